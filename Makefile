@@ -1,0 +1,52 @@
+# dpseg: every target installs what it needs first; `make install` runs once (it is redone only
+# when pyproject.toml or constraints.txt change).
+# torch/torchvision are pinned and installed before anything else: an unpinned torch pulls the
+# newest CUDA build (several GB); these versions come from the local mirror in about a minute.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TORCH  := torch==2.14.1 torchvision==0.29.1
+# Tests and the demo run on 2 CPU cores; more threads than cores only slows them down.
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: help install lint format test demo presets lock clean
+.DEFAULT_GOAL := help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv and install dpseg, pinned, with its dev tools
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -c "import torch; assert torch.__version__.split('+')[0] == '2.14.1', torch.__version__"
+	touch $(STAMP)
+
+lint: $(STAMP)  ## ruff check + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)  ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint  ## lint, then the test suite (offline, CPU, tiny presets)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)  ## what runs end to end so far: synthetic data + preview, offline presets
+	$(PY) cli.py data synthetic --root demo_out/datasets --preview demo_out/synthetic_preview.png
+	$(PY) cli.py presets --fingerprints
+	@echo "demo: wrote demo_out/ (the training demo arrives with the model issue; see README)"
+
+presets: $(STAMP)  ## list model presets and what each needs
+	$(PY) cli.py presets
+
+lock: $(STAMP)  ## rewrite constraints.txt from the current .venv
+	{ head -2 constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^dpseg'; } > constraints.new
+	mv constraints.new constraints.txt
+
+clean:  ## remove the venv and generated outputs
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo_out

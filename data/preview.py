@@ -1,0 +1,67 @@
+"""Pictures of label maps: a fixed palette, colourised masks, and a dataset preview sheet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+IGNORE_COLOUR = (255, 255, 255)
+
+
+def palette(num_classes: int, seed: int = 3) -> np.ndarray:
+    """(K, 3) uint8 colours, the same for a given K on every run; class 0 is dark grey."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(40, 256, size=(max(num_classes, 1), 3), dtype=np.uint8)
+    colours[0] = (60, 60, 60)
+    return colours[:num_classes]
+
+
+def colorize(label: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """(H, W) class ids to (H, W, 3) uint8 RGB; ignore (and out-of-range ids) in white."""
+    colours = palette(num_classes)
+    out = np.full((*label.shape, 3), IGNORE_COLOUR, dtype=np.uint8)
+    valid = (label != ignore_index) & (label < num_classes)
+    out[valid] = colours[label[valid]]
+    return out
+
+
+def legend(names: list[str], num_classes: int, width: int) -> Image.Image:
+    """A strip with one colour swatch and name per class."""
+    font = ImageFont.load_default()
+    row, columns = 14, max(1, width // 150)
+    rows = (len(names) + columns - 1) // columns
+    strip = Image.new("RGB", (width, rows * row + 4), "white")
+    draw = ImageDraw.Draw(strip)
+    colours = palette(num_classes)
+    for i, name in enumerate(names):
+        x, y = (i % columns) * (width // columns) + 4, (i // columns) * row + 2
+        draw.rectangle([x, y + 1, x + 10, y + 11], fill=tuple(int(c) for c in colours[i]))
+        draw.text((x + 14, y), f"{i} {name}", fill="black", font=font)
+    return strip
+
+
+def write_synthetic_preview(root: str | Path, out: str | Path, count: int = 8) -> Path:
+    """A sheet of `count` val images (top) over their colourised labels (bottom), with a legend."""
+    from data.synthetic import dataset_dir, synthetic_class_names
+
+    base = dataset_dir(root)
+    images = sorted((base / "images" / "val").glob("*.jpg"))[:count]
+    if not images:
+        raise FileNotFoundError(f"no val images under {str(base)!r}; write the dataset first")
+    names = synthetic_class_names()
+    tiles = []
+    for path in images:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        label = np.asarray(Image.open(base / "annotations_detectron2" / "val" / f"{path.stem}.png"))
+        tiles.append(np.concatenate([image, colorize(label, len(names))], axis=0))
+    sheet = Image.fromarray(np.concatenate(tiles, axis=1))
+    key = legend(names, len(names), sheet.width)
+    canvas = Image.new("RGB", (sheet.width, sheet.height + key.height), "white")
+    canvas.paste(sheet, (0, 0))
+    canvas.paste(key, (0, sheet.height))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out

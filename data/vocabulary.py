@@ -1,0 +1,224 @@
+"""Vocabularies: ordered class lists with synonyms (canonical name first).
+
+Two on-disk formats are in use in the field and both are read here:
+
+- JSON (CAT-Seg / SED ``datasets/*.json``): a list of strings, synonyms comma-separated,
+  e.g. ``["wall", "building, edifice", ...]``.
+- Text (SCLIP / VIP ``cls_*.txt``): one class per line, aliases comma-separated.
+
+A vocabulary is resolved by :func:`load_vocabulary` from, in order: a path to a ``.json`` or
+``.txt`` file; an inline list (``"cat, kitty; dog; grass"``: classes separated by ``;``); a
+built-in name (``voc20``, ``pc59``, ``ade150``, ``coco171``, ``synthetic``); a file
+``<name>.json`` / ``<name>.txt`` in the vocabulary directory (``$DPSEG_VOCAB_DIR``, default
+``./vocab``), where users drop lists we do not ship (``ade847``, ``pc459``).
+
+Duplicate canonical names with different synonyms are allowed (ADE-847 has ten, e.g. ``"pot"`` and
+``"pot, flowerpot"``): their synonym averages differ. An entry repeated exactly is refused by
+default, because two identical prompts give identical logits and the second class can never win
+an argmax (VIP's ``cls_ade20k.txt`` has ``shower`` twice); ``allow_duplicates=True`` accepts it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+BUILTIN_VOCABULARIES = ("voc20", "pc59", "ade150", "coco171", "synthetic")
+"""Shipped with the package (``data/vocabularies/<name>.txt``)."""
+
+VOCAB_DIR_ENV = "DPSEG_VOCAB_DIR"
+DEFAULT_VOCAB_DIR = "vocab"
+
+
+class VocabularyError(ValueError):
+    """A vocabulary could not be resolved or is malformed; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class ClassName:
+    """One class: its synonyms, canonical name first (the one that goes to Stable Diffusion)."""
+
+    synonyms: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """The canonical name."""
+        return self.synonyms[0]
+
+    def __str__(self) -> str:
+        return ", ".join(self.synonyms)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """An ordered list of K classes; the index of a class is its label id."""
+
+    name: str  # a built-in name, a file stem, or "inline"
+    classes: tuple[ClassName, ...]
+    source: str = ""  # where it was read from (file path or "builtin:<name>")
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise VocabularyError(
+                f"vocabulary {self.name!r} ({self.source or 'no source'}) has no classes; "
+                "give at least one class (one per line, or one string per JSON entry)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def __iter__(self):
+        return iter(self.classes)
+
+    def __getitem__(self, index: int) -> ClassName:
+        return self.classes[index]
+
+    @property
+    def names(self) -> list[str]:
+        """Canonical names, one per class."""
+        return [c.name for c in self.classes]
+
+    @property
+    def entries(self) -> list[str]:
+        """Each class as its comma-separated synonym string (the JSON format's entries)."""
+        return [str(c) for c in self.classes]
+
+    def to_json(self) -> str:
+        return json.dumps(self.entries, ensure_ascii=False)
+
+    def to_text(self) -> str:
+        return "\n".join(self.entries) + "\n"
+
+    @classmethod
+    def from_entries(
+        cls,
+        entries: list[str],
+        name: str = "inline",
+        source: str = "",
+        allow_duplicates: bool = False,
+    ) -> Vocabulary:
+        """Build from entries like ``"building, edifice"``; ``source`` is used in errors."""
+        where = source or name
+        classes = []
+        first_seen: dict[tuple[str, ...], int] = {}
+        for i, entry in enumerate(entries, start=1):
+            if not isinstance(entry, str):
+                raise VocabularyError(
+                    f"{where}: entry {i} is {entry!r} ({type(entry).__name__}); "
+                    "each class must be a string of comma-separated synonyms"
+                )
+            parts = [s.strip() for s in entry.split(",")]
+            if not parts[0]:
+                raise VocabularyError(
+                    f"{where}: entry {i} ({entry!r}) has a blank class name; "
+                    "remove the empty entry or the leading comma"
+                )
+            # A stray trailing comma ("marble floor, marble flooring, " in VIP's COCO-Stuff
+            # file) adds an empty synonym: dropped, since an empty prompt would be encoded.
+            synonyms = tuple(s for s in parts if s)
+            key = tuple(s.casefold() for s in synonyms)
+            if key in first_seen and not allow_duplicates:
+                raise VocabularyError(
+                    f"{where}: entry {i} ({entry!r}) repeats entry {first_seen[key]}; two "
+                    "identical prompts give identical scores, so the second class can never be "
+                    "predicted. Rename or remove one, or pass allow_duplicates=True "
+                    "(--allow-duplicate-classes) to keep the list as it is"
+                )
+            first_seen.setdefault(key, i)
+            classes.append(ClassName(synonyms))
+        return cls(name=name, classes=tuple(classes), source=source)
+
+
+def read_vocabulary_file(path: str | os.PathLike, allow_duplicates: bool = False) -> Vocabulary:
+    """Read a ``.json`` list (CAT-Seg format) or a text file with one class per line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise VocabularyError(f"cannot read vocabulary file {str(path)!r}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise VocabularyError(
+            f"vocabulary file {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from e
+    if path.suffix.lower() == ".json":
+        try:
+            entries = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise VocabularyError(
+                f"vocabulary file {str(path)!r} is not valid JSON (line {e.lineno}: {e.msg}); "
+                'expected a list of strings like ["wall", "building, edifice"]'
+            ) from e
+        if not isinstance(entries, list):
+            raise VocabularyError(
+                f"vocabulary file {str(path)!r} holds a JSON {type(entries).__name__}; "
+                'expected a list of strings like ["wall", "building, edifice"]'
+            )
+    else:
+        # Text format: one class per line; trailing blank lines are tolerated, inner ones are not.
+        entries = text.rstrip("\n\r ").splitlines() if text.strip() else []
+    return Vocabulary.from_entries(
+        entries, name=path.stem, source=str(path), allow_duplicates=allow_duplicates
+    )
+
+
+def vocab_dir() -> Path:
+    """The directory searched for vocabularies that are not built in."""
+    return Path(os.environ.get(VOCAB_DIR_ENV, DEFAULT_VOCAB_DIR))
+
+
+def _builtin_path(name: str):
+    return resources.files("data") / "vocabularies" / f"{name}.txt"
+
+
+def list_vocabularies() -> dict[str, str]:
+    """Known vocabulary names and where each comes from (built-ins, then the vocabulary dir)."""
+    known = {name: f"builtin:{name}" for name in BUILTIN_VOCABULARIES}
+    directory = vocab_dir()
+    if directory.is_dir():
+        for p in sorted(directory.iterdir()):
+            if p.suffix.lower() in (".json", ".txt") and p.stem not in known:
+                known[p.stem] = str(p)
+    return known
+
+
+def load_vocabulary(spec: str | os.PathLike | Vocabulary, allow_duplicates: bool = False):
+    """Resolve a vocabulary from a file path, an inline ``"a; b, c"`` list or a name.
+
+    Args:
+        spec: a path to ``.json``/``.txt``; an inline list with ``;`` between classes and ``,``
+            between synonyms; or a name (built-in, or a file in ``$DPSEG_VOCAB_DIR``).
+        allow_duplicates: accept exactly repeated entries (see the module docstring).
+    """
+    if isinstance(spec, Vocabulary):
+        return spec
+    text = str(spec)
+    path = Path(text)
+    if path.suffix.lower() in (".json", ".txt") or os.sep in text:
+        if not path.is_file():
+            raise VocabularyError(f"vocabulary file {text!r} does not exist")
+        return read_vocabulary_file(path, allow_duplicates)
+    if ";" in text:
+        return Vocabulary.from_entries(
+            text.split(";"), name="inline", source="inline list", allow_duplicates=allow_duplicates
+        )
+    if text in BUILTIN_VOCABULARIES:
+        entries = _builtin_path(text).read_text(encoding="utf-8").splitlines()
+        return Vocabulary.from_entries(
+            entries, name=text, source=f"builtin:{text}", allow_duplicates=allow_duplicates
+        )
+    directory = vocab_dir()
+    for suffix in (".json", ".txt"):
+        candidate = directory / f"{text}{suffix}"
+        if candidate.is_file():
+            vocab = read_vocabulary_file(candidate, allow_duplicates)
+            return Vocabulary(name=text, classes=vocab.classes, source=vocab.source)
+    known = ", ".join(list_vocabularies())
+    raise VocabularyError(
+        f"unknown vocabulary {text!r}. Known: {known}. To add one, put {text}.json (a JSON list "
+        f"of class strings, CAT-Seg format) or {text}.txt (one class per line, synonyms "
+        f"comma-separated) in {str(directory)!r} (set ${VOCAB_DIR_ENV} to use another directory), "
+        "or pass a file path or an inline list like 'cat, kitty; dog; grass'"
+    )

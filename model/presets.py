@@ -1,0 +1,286 @@
+"""Every named preset in one place: image encoders, image generators, and bank presets.
+
+Presets are plain frozen dataclasses (no torch, no download); builders live next to the code they
+build (:func:`model.backbone.create_clip`, :func:`prompt_bank.generator.create_generator`).
+``tiny-*`` presets are random weights from a fixed seed, built offline in seconds, for tests, the
+demo and CPU runs (DESIGN §6). Real presets load pretrained weights from the Hugging Face hub or a
+local path. ``python cli.py presets`` prints this registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+
+class PresetError(ValueError):
+    """Unknown preset name or invalid preset settings; the message lists the known names."""
+
+
+def _needs(preset: EncoderPreset | GeneratorPreset, hub_id: str | None, local_option: str) -> str:
+    if preset.is_random:
+        return f"nothing: random weights (seed {preset.seed}), built offline"
+    return f"weights from hf-hub {hub_id} (or {local_option})"
+
+
+@dataclass(frozen=True)
+class EncoderPreset:
+    """A CLIP model (image + text towers) from open_clip."""
+
+    name: str
+    family: Literal["vit", "convnext"]  # how levels and dense features are taken (DESIGN §2.2)
+    arch: str  # open_clip model name (or a name for the custom config below)
+    pretrained: str | None  # open_clip pretrained tag; None = random weights from `seed`
+    image_size: int  # input side the weights were trained at
+    levels: tuple[int, ...]  # forward_intermediates indices of the multi-scale levels 1..L
+    description: str
+    model_cfg: dict | None = field(default=None, compare=False)  # open_clip config (tiny only)
+    quick_gelu: bool = False  # OpenAI weights were trained with QuickGELU
+    seed: int = 0  # initialisation seed of random-weight presets
+    mean: tuple[float, float, float] = OPENAI_DATASET_MEAN  # input normalisation
+    std: tuple[float, float, float] = OPENAI_DATASET_STD
+
+    def __post_init__(self) -> None:
+        if self.image_size <= 0 or not self.levels:
+            raise PresetError(f"encoder preset {self.name!r}: image_size and levels must be set")
+        if list(self.levels) != sorted(set(self.levels)):
+            raise PresetError(f"encoder preset {self.name!r}: levels {self.levels} must increase")
+
+    @property
+    def is_random(self) -> bool:
+        return self.pretrained is None
+
+    @property
+    def hub_id(self) -> str | None:
+        """The Hugging Face repository open_clip downloads this preset's weights from."""
+        if self.pretrained is None:
+            return None
+        import open_clip
+
+        cfg = open_clip.get_pretrained_cfg(self.arch, self.pretrained)
+        return cfg.get("hf_hub", "").rstrip("/") or cfg.get("url") or None
+
+    @property
+    def needs(self) -> str:
+        return _needs(self, self.hub_id, "--encoder-weights PATH")
+
+
+@dataclass(frozen=True)
+class GeneratorPreset:
+    """A Stable Diffusion text-to-image pipeline from diffusers, with its sampling settings."""
+
+    name: str
+    model_id: str | None  # diffusers repository; None = tiny random pipeline built in code
+    scheduler: str  # diffusers scheduler class; "default" keeps the repository's own
+    steps: int  # denoising steps
+    guidance: float  # classifier-free guidance scale; <= 1 means no unconditional pass
+    height: int
+    width: int
+    description: str
+    max_steps: int = 1000  # distilled models (turbo) are only good for a few steps
+    revision: str | None = None  # repository revision; None = the default branch
+    seed: int = 0  # initialisation seed of the tiny pipeline
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.steps <= self.max_steps:
+            raise PresetError(
+                f"generator preset {self.name!r}: steps={self.steps} must be in 1..{self.max_steps}"
+            )
+        if self.height % 8 or self.width % 8:
+            raise PresetError(
+                f"generator preset {self.name!r}: height={self.height}, width={self.width} must "
+                "be multiples of 8 (the VAE downsamples by 8)"
+            )
+
+    @property
+    def is_random(self) -> bool:
+        return self.model_id is None
+
+    @property
+    def needs(self) -> str:
+        return _needs(self, self.model_id, "--generator-weights DIR")
+
+
+@dataclass(frozen=True)
+class BankPreset:
+    """A generator and an encoder that build a prompt bank together (DESIGN §4)."""
+
+    name: str
+    generator: str
+    encoder: str
+    description: str
+
+    @property
+    def needs(self) -> str:
+        gen, enc = get_generator_preset(self.generator), get_encoder_preset(self.encoder)
+        if gen.is_random and enc.is_random:
+            return "nothing: built offline"
+        return f"{gen.name} + {enc.name} weights"
+
+
+_TINY_TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
+
+ENCODERS: dict[str, EncoderPreset] = {
+    p.name: p
+    for p in [
+        EncoderPreset(
+            name="tiny-vit",
+            family="vit",
+            arch="dpseg-tiny-vit",
+            pretrained=None,
+            image_size=128,
+            levels=(0, 1, 2, 3),
+            description="ViT, patch 8, width 64, 4 blocks; text width 64 x 2 layers; embed 64",
+            model_cfg={
+                "embed_dim": 64,
+                "vision_cfg": {
+                    "image_size": 128,
+                    "patch_size": 8,
+                    "width": 64,
+                    "layers": 4,
+                    "head_width": 16,
+                },
+                "text_cfg": _TINY_TEXT_CFG,
+            },
+        ),
+        EncoderPreset(
+            name="tiny-convnext",
+            family="convnext",
+            arch="dpseg-tiny-convnext",
+            pretrained=None,
+            image_size=128,
+            levels=(0, 1, 2, 3),
+            description="timm convnext_atto (strides 4/8/16/32); text width 64 x 2 layers; embed 64",
+            model_cfg={
+                "embed_dim": 64,
+                "vision_cfg": {
+                    "timm_model_name": "convnext_atto",
+                    "timm_model_pretrained": False,
+                    "timm_pool": "",
+                    "timm_proj": "linear",
+                    "image_size": 128,
+                },
+                "text_cfg": _TINY_TEXT_CFG,
+            },
+        ),
+        EncoderPreset(
+            name="vit-b16-openai",
+            family="vit",
+            arch="ViT-B-16",
+            pretrained="openai",
+            image_size=224,
+            levels=(2, 5, 8, 11),  # (ours) every third of the 12 blocks
+            quick_gelu=True,
+            description="OpenAI CLIP ViT-B/16 (CAT-Seg's ViT-B)",
+        ),
+        EncoderPreset(
+            name="convnext-b-laion",
+            family="convnext",
+            arch="convnext_base_w_320",
+            pretrained="laion_aesthetic_s13b_b82k",
+            image_size=320,
+            levels=(0, 1, 2, 3),
+            description="LAION ConvNeXt-B/w 320 (SED's and DPSeg's ConvNeXt-B)",
+        ),
+        EncoderPreset(
+            name="convnext-l-laion",
+            family="convnext",
+            arch="convnext_large_d_320",
+            pretrained="laion2b_s29b_b131k_ft_soup",
+            image_size=320,
+            levels=(0, 1, 2, 3),
+            description="LAION ConvNeXt-L/d 320 soup (SED's and DPSeg's ConvNeXt-L)",
+        ),
+    ]
+}
+
+GENERATORS: dict[str, GeneratorPreset] = {
+    p.name: p
+    for p in [
+        GeneratorPreset(
+            name="tiny-sd",
+            model_id=None,
+            scheduler="DDIMScheduler",
+            steps=2,
+            guidance=7.5,
+            height=64,
+            width=64,
+            description="random UNet/VAE/CLIP text encoder, 64x64, 2 steps (tests, demo)",
+        ),
+        GeneratorPreset(
+            name="sd15",
+            model_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
+            scheduler="DPMSolverMultistepScheduler",  # (ours) 25 DPM++ steps ~ 50 PNDM steps
+            steps=25,
+            guidance=7.5,
+            height=512,
+            width=512,
+            description="Stable Diffusion 1.5, 512x512, 25 DPM-Solver++ steps, guidance 7.5",
+        ),
+        GeneratorPreset(
+            name="sd21",
+            model_id="stabilityai/stable-diffusion-2-1",
+            scheduler="DPMSolverMultistepScheduler",
+            steps=25,
+            guidance=7.5,
+            height=768,
+            width=768,
+            description="Stable Diffusion 2.1 (v-prediction), 768x768, 25 steps, guidance 7.5",
+        ),
+        GeneratorPreset(
+            name="sd-turbo",
+            model_id="stabilityai/sd-turbo",
+            scheduler="default",
+            steps=1,
+            guidance=0.0,
+            height=512,
+            width=512,
+            max_steps=4,
+            description="SD-Turbo (distilled SD 2.1), 512x512, 1-4 steps, no guidance",
+        ),
+    ]
+}
+
+BANKS: dict[str, BankPreset] = {
+    p.name: p
+    for p in [
+        BankPreset("paper", "sd15", "convnext-b-laion", "the paper's setting (SD + ConvNeXt-B)"),
+        BankPreset("fast", "sd-turbo", "convnext-b-laion", "1-step SD-Turbo + ConvNeXt-B"),
+        BankPreset("vit", "sd-turbo", "vit-b16-openai", "1-step SD-Turbo + ViT-B/16"),
+        BankPreset("tiny", "tiny-sd", "tiny-convnext", "random tiny models, offline (tests, demo)"),
+    ]
+}
+
+_REGISTRIES = {"encoder": ENCODERS, "generator": GENERATORS, "bank": BANKS}
+
+
+def _get(kind: str, name: str):
+    registry = _REGISTRIES[kind]
+    if name not in registry:
+        raise PresetError(
+            f"unknown {kind} preset {name!r}; known {kind} presets: {', '.join(registry)} "
+            "(python cli.py presets lists them with what each needs)"
+        )
+    return registry[name]
+
+
+def get_encoder_preset(name: str) -> EncoderPreset:
+    return _get("encoder", name)
+
+
+def get_generator_preset(name: str) -> GeneratorPreset:
+    return _get("generator", name)
+
+
+def get_bank_preset(name: str) -> BankPreset:
+    return _get("bank", name)
+
+
+def list_presets(kind: str | None = None) -> list[EncoderPreset | GeneratorPreset | BankPreset]:
+    """All presets, or those of one kind (``encoder``, ``generator``, ``bank``)."""
+    if kind is not None and kind not in _REGISTRIES:
+        raise PresetError(f"unknown preset kind {kind!r}; use one of {', '.join(_REGISTRIES)}")
+    kinds = [kind] if kind else list(_REGISTRIES)
+    return [p for k in kinds for p in _REGISTRIES[k].values()]

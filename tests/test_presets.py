@@ -1,0 +1,288 @@
+"""Contract tests over every preset: names, offline builds, shapes, determinism, fingerprints."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from conftest import ROOT, run_cli
+
+from model.backbone import create_clip
+from model.fingerprint import state_fingerprint, weights_fingerprint
+from model.hub import WeightsUnavailableError, local_weights_file
+from model.presets import (
+    EncoderPreset,
+    PresetError,
+    get_bank_preset,
+    get_encoder_preset,
+    get_generator_preset,
+    list_presets,
+)
+from prompt_bank.generator import clip_tokenizer, create_generator
+
+GOLDEN = Path(__file__).parent / "golden" / "fingerprints.json"
+TINY = ("tiny-vit", "tiny-convnext", "tiny-sd")
+
+EXPECTED = {
+    "encoder": [
+        "tiny-vit",
+        "tiny-convnext",
+        "vit-b16-openai",
+        "convnext-b-laion",
+        "convnext-l-laion",
+    ],
+    "generator": ["tiny-sd", "sd15", "sd21", "sd-turbo"],
+    "bank": ["paper", "fast", "vit", "tiny"],
+}
+
+
+def build(name):
+    return create_generator(name) if name == "tiny-sd" else create_clip(name)
+
+
+def test_registry_names():
+    for kind, names in EXPECTED.items():
+        assert [p.name for p in list_presets(kind)] == names
+    assert get_encoder_preset("convnext-b-laion").arch == "convnext_base_w_320"
+    assert get_encoder_preset("convnext-b-laion").pretrained == "laion_aesthetic_s13b_b82k"
+    assert get_encoder_preset("convnext-l-laion").pretrained == "laion2b_s29b_b131k_ft_soup"
+    assert get_generator_preset("sd-turbo").guidance == 0.0
+    assert get_generator_preset("sd-turbo").max_steps == 4
+    assert (get_bank_preset("paper").generator, get_bank_preset("paper").encoder) == (
+        "sd15",
+        "convnext-b-laion",
+    )
+    for bank in list_presets("bank"):  # every bank preset names existing parts
+        get_generator_preset(bank.generator)
+        get_encoder_preset(bank.encoder)
+
+
+def test_real_presets_point_at_open_clip_weights():
+    assert get_encoder_preset("convnext-b-laion").hub_id == (
+        "laion/CLIP-convnext_base_w_320-laion_aesthetic-s13B-b82K"
+    )
+    for p in list_presets("encoder"):
+        if not p.is_random:
+            assert p.pretrained in open_clip.list_pretrained_tags_by_model(p.arch)
+
+
+@pytest.mark.parametrize("kind", ["encoder", "generator", "bank"])
+def test_unknown_name_lists_known(kind):
+    getter = {"encoder": get_encoder_preset, "generator": get_generator_preset}.get(
+        kind, get_bank_preset
+    )
+    with pytest.raises(PresetError, match=f"unknown {kind} preset 'nope'; known {kind} presets: "):
+        getter("nope")
+
+
+def test_turbo_step_range_enforced():
+    from dataclasses import replace
+
+    with pytest.raises(PresetError, match=r"steps=8 must be in 1..4"):
+        replace(get_generator_preset("sd-turbo"), steps=8)
+
+
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-convnext"])
+def test_tiny_encoder_contract(name):
+    built = create_clip(name)
+    model = built.model
+    assert not model.training
+    images = torch.randn(2, 3, 128, 128)
+    out = model.visual.forward_intermediates(images)
+    levels = [out["image_intermediates"][i] for i in built.preset.levels]
+    if built.preset.family == "convnext":  # a true pyramid: strides 4/8/16/32 (DESIGN §2.2)
+        assert [128 // f.shape[-1] for f in levels] == [4, 8, 16, 32]
+    else:  # ViT: one stride (patch 8)
+        assert all(f.shape[-2:] == (16, 16) for f in levels)
+    emb = model.encode_image(images)
+    text = model.encode_text(open_clip.tokenize(["a red disc", "a green square"]))
+    assert emb.shape == (2, 64) and text.shape == (2, 64)
+    assert torch.isfinite(emb).all() and torch.isfinite(text).all()
+
+
+def test_tiny_sd_generates_images():
+    built = create_generator("tiny-sd")
+    pipe = built.pipeline
+    generators = [torch.Generator().manual_seed(i) for i in range(3)]
+    images = pipe(
+        prompt=["a red disc", "a green square", "a blue triangle"],
+        num_inference_steps=built.preset.steps,
+        guidance_scale=built.preset.guidance,
+        generator=generators,
+        output_type="pt",
+    ).images
+    assert images.shape == (3, 3, 64, 64)
+    assert torch.isfinite(images).all() and images.min() >= 0 and images.max() <= 1
+    assert images.std() > 0.01  # not a constant picture
+    again = pipe(
+        prompt=["a red disc"],
+        num_inference_steps=2,
+        generator=[torch.Generator().manual_seed(0)],
+        output_type="pt",
+    ).images
+    # One seeded generator per item: the same picture alone or in a batch, up to float rounding
+    # (CPU kernels round differently for other batch sizes: bit-identity needs fixed batches).
+    torch.testing.assert_close(again[0], images[0], atol=1e-4, rtol=0)
+
+
+def test_tokenizer_matches_open_clip():
+    ours, theirs = clip_tokenizer(), open_clip.SimpleTokenizer()
+    for text in ["A photo of a red disc in the scene.", "itap of the hot-dog's café, 1984!"]:
+        assert ours(text).input_ids == [49406, *theirs.encode(text), 49407]
+    assert len(ours) == 49408 and ours.model_max_length == 77
+
+
+def test_build_is_deterministic_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = [build(n).fingerprint for n in TINY]
+    assert torch.equal(torch.rand(3), expected)
+    assert [build(n).fingerprint for n in TINY] == first
+
+
+def test_fingerprints_match_golden_and_a_fresh_process():
+    """Same name and seed, same bytes: against the recorded values and in another process."""
+    golden = json.loads(GOLDEN.read_text())
+    here = {n: build(n).fingerprint for n in TINY}
+    code = (
+        "import json; from model.backbone import create_clip;"
+        "from prompt_bank.generator import create_generator;"
+        "print(json.dumps({'tiny-sd': create_generator('tiny-sd').fingerprint,"
+        "**{n: create_clip(n).fingerprint for n in ('tiny-vit', 'tiny-convnext')}}))"
+    )
+    fresh = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert json.loads(fresh.stdout.strip().splitlines()[-1]) == here
+    assert here == golden["fingerprints"], (
+        "tiny preset weights changed: if torch/timm/open_clip/diffusers/transformers were "
+        "upgraded on purpose, run `python tests/golden/regenerate.py` and note it (banks and "
+        f"checkpoints built before will be refused); versions recorded: {golden['versions']}"
+    )
+
+
+def test_tiny_builds_in_seconds():
+    start = time.perf_counter()
+    for name in TINY:
+        build(name)
+    assert time.perf_counter() - start < 30  # generous bound for a loaded 2-core CI machine
+
+
+def test_fingerprint_sensitivity():
+    model = create_clip("tiny-vit").model
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    base = state_fingerprint(state)
+    assert state_fingerprint(dict(reversed(list(state.items())))) == base  # order-free
+    key = next(iter(state))
+    state[key].view(-1)[0] += 1e-6
+    assert state_fingerprint(state) != base  # one value
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert state_fingerprint({k: v.to(torch.bfloat16) for k, v in state.items()}) != base  # dtype
+    assert weights_fingerprint(model) != weights_fingerprint(model, prefixes=("other",))  # names
+
+
+def test_local_weights_file_for_a_pretrained_preset(tmp_path, monkeypatch):
+    """A pretrained preset given a local file loads it (the path users take offline)."""
+    tiny = create_clip("tiny-vit")
+    weights = tmp_path / "snapshot" / "open_clip_model.safetensors"
+    weights.parent.mkdir()
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tiny.model.state_dict().items()}, str(weights))
+    config = tmp_path / "dpseg-test-arch.json"
+    config.write_text(json.dumps(tiny.preset.model_cfg))
+    open_clip.add_model_config(config)
+    preset = EncoderPreset(
+        name="test-local",
+        family="vit",
+        arch="dpseg-test-arch",
+        pretrained="not-a-hub-tag",
+        image_size=128,
+        levels=(0, 1, 2, 3),
+        description="test",
+    )
+    for given in (weights, weights.parent):  # the file, or the folder holding it
+        built = create_clip(preset, weights=given)
+        assert built.fingerprint == tiny.fingerprint
+        assert built.weights == str(weights)
+
+
+def test_local_weights_errors(tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="does not exist"):
+        local_weights_file(tmp_path / "nope.bin", ("a.bin",), "--encoder-weights")
+    (tmp_path / "readme.txt").write_text("x")
+    with pytest.raises(WeightsUnavailableError, match=r"folder without any of a.bin.*readme.txt"):
+        local_weights_file(tmp_path, ("a.bin",), "--encoder-weights")
+    with pytest.raises(ValueError, match="has random weights"):
+        create_clip("tiny-vit", weights=tmp_path)
+
+
+OFFLINE_SCRIPT = """
+import sys, time
+from model.backbone import create_clip
+from prompt_bank.generator import create_generator
+from model.hub import WeightsUnavailableError
+start = time.perf_counter()
+try:
+    (create_clip if sys.argv[1] == "encoder" else create_generator)(sys.argv[2])
+except WeightsUnavailableError as e:
+    print(f"{time.perf_counter() - start:.2f}")
+    print(e)
+"""
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
+    ids=["hf-offline", "unreachable-endpoint"],
+)
+@pytest.mark.parametrize(
+    ("kind", "name", "model_id", "option"),
+    [
+        (
+            "encoder",
+            "convnext-b-laion",
+            "laion/CLIP-convnext_base_w_320-laion_aesthetic-s13B-b82K",
+            "--encoder-weights",
+        ),
+        ("generator", "sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", "--generator-weights"),
+    ],
+)
+def test_real_preset_offline_fails_fast_and_clearly(tmp_path, env, kind, name, model_id, option):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HTTP", "http"))}
+    clean.update(env, HF_HOME=str(tmp_path))  # an empty cache
+    result = subprocess.run(
+        [sys.executable, "-c", OFFLINE_SCRIPT, kind, name],
+        cwd=ROOT,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = result.stdout.strip().splitlines()
+    assert lines, result.stderr
+    assert float(lines[0]) < 15, "must not retry for a minute"
+    message = "\n".join(lines[1:])
+    assert model_id in message and option in message and "PRESET=tiny" in message
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_presets_lists_everything():
+    result = run_cli("presets", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["name"] for r in rows] == [n for names in EXPECTED.values() for n in names]
+    needs = {r["name"]: r["needs"] for r in rows}
+    assert needs["tiny-convnext"].startswith("nothing")
+    assert "laion/CLIP-convnext_large_d_320" in needs["convnext-l-laion"]
+    text = run_cli("presets", "--fingerprints")
+    assert text.returncode == 0, text.stderr
+    golden = json.loads(GOLDEN.read_text())["fingerprints"]
+    for name in TINY:
+        assert f"sha256: {golden[name]}" in text.stdout
