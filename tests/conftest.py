@@ -14,7 +14,7 @@ SHARED = ROOT.parent / "shared"
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("-m"):
+    if config.getoption("markexpr"):
         return
     skip = pytest.mark.skip(reason="needs real weights: run with -m slow")
     for item in items:

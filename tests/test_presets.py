@@ -286,3 +286,12 @@ def test_cli_presets_lists_everything():
     golden = json.loads(GOLDEN.read_text())["fingerprints"]
     for name in TINY:
         assert f"sha256: {golden[name]}" in text.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [p.name for p in list_presets("encoder") if not p.is_random])
+def test_real_encoder_loads_pretrained_weights(name):
+    """With the weights at hand (-m slow): they load, and differ from the random architecture."""
+    built = create_clip(name)
+    assert built.weights == built.preset.hub_id
+    assert built.fingerprint != create_clip(name, random_weights=True).fingerprint
