@@ -10,7 +10,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # Tests and the demo run on 2 CPU cores; more threads than cores only slows them down.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install lint format test demo presets lock clean
+.PHONY: help install lint format test demo presets bank lock clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -40,6 +40,19 @@ demo: $(STAMP)  ## what runs end to end so far: synthetic data + preview, offlin
 	$(PY) cli.py data synthetic --root demo_out/datasets --preview demo_out/synthetic_preview.png
 	$(PY) cli.py presets --fingerprints
 	@echo "demo: wrote demo_out/ (the training demo arrives with the model issue; see README)"
+
+# make bank VOCAB=ade847 [PRESET=paper|fast|vit|tiny] [TEMPLATES=imagenet80] [IMAGES=1] [OUT=...]
+VOCAB     ?=
+PRESET    ?= paper
+TEMPLATES ?= imagenet80
+IMAGES    ?= 1
+OUT       ?= banks/$(notdir $(basename $(VOCAB))).zarr
+BANK_ARGS ?=
+
+bank: $(STAMP)  ## build/resume a prompt bank: make bank VOCAB=ade847 [PRESET=tiny] [OUT=...]
+	@test -n "$(VOCAB)" || { echo "usage: make bank VOCAB=<name or file> [PRESET=paper|fast|vit|tiny] [TEMPLATES=imagenet80] [IMAGES=1] [OUT=banks/<vocab>.zarr]"; exit 2; }
+	$(PY) cli.py bank build --vocab '$(VOCAB)' --preset $(PRESET) --templates '$(TEMPLATES)' \
+		--images-per-prompt $(IMAGES) --out '$(OUT)' $(BANK_ARGS)
 
 presets: $(STAMP)  ## list model presets and what each needs
 	$(PY) cli.py presets

@@ -25,8 +25,19 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from data.vocabulary import VocabularyError
     from model.hub import WeightsUnavailableError
     from model.presets import PresetError
+    from prompt_bank.build import BankMismatchError
+    from prompt_bank.format import BankFormatError
 
-    return (VocabularyError, TemplateError, PresetError, WeightsUnavailableError, FileExistsError)
+    return (
+        VocabularyError,
+        TemplateError,
+        PresetError,
+        WeightsUnavailableError,
+        BankFormatError,
+        BankMismatchError,
+        FileExistsError,
+        FileNotFoundError,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,6 +144,173 @@ def cmd_data_synthetic(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# bank
+
+
+def cmd_bank_build(args: argparse.Namespace) -> None:
+    """Build or resume a prompt bank (one process, or every rank of torchrun/accelerate)."""
+    from accelerate import PartialState
+
+    from data.templates import load_templates
+    from data.vocabulary import load_vocabulary
+    from prompt_bank.build import BuildConfig, build_bank, resolve_preset
+
+    generator, encoder = resolve_preset(args.preset, args.generator, args.encoder)
+    try:
+        config = BuildConfig(
+            vocabulary=load_vocabulary(args.vocab, allow_duplicates=args.allow_duplicate_classes),
+            templates=load_templates(args.templates),
+            images_per_prompt=args.images_per_prompt,
+            generator=generator,
+            encoder=encoder,
+            generator_weights=args.generator_weights,
+            encoder_weights=args.encoder_weights,
+            random_weights=args.random_weights,
+            seed=args.seed,
+            steps=args.steps,
+            guidance=args.guidance,
+            batch_size=args.batch_size,
+            classes_per_shard=args.classes_per_shard,
+            keep_images=args.keep_images,
+            level_dtype=args.level_dtype,
+            device=args.device,
+            cpu_threads=args.cpu_threads,
+            flush_seconds=args.flush_seconds,
+            progress=not args.quiet,
+        )
+        summary = build_bank(config, args.out)
+    except ValueError as e:
+        if type(e) is not ValueError:
+            raise
+        raise SystemExit(f"error: {e}") from None
+    if PartialState().is_main_process:
+        print(summary.line())
+
+
+def _open_bank(location: str):
+    from prompt_bank.store import Bank
+
+    return Bank.open(location)
+
+
+def cmd_bank_info(args: argparse.Namespace) -> None:
+    from prompt_bank.inspect import bank_info, format_info
+
+    info = bank_info(_open_bank(args.bank))
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(format_info(info))
+
+
+def cmd_bank_verify(args: argparse.Namespace) -> int:
+    from prompt_bank.verify import verify_bank
+
+    report = verify_bank(
+        _open_bank(args.bank),
+        regenerate=args.regenerate,
+        seed=args.seed,
+        tolerance=args.tolerance,
+        generator_weights=args.generator_weights,
+        encoder_weights=args.encoder_weights,
+    )
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
+def cmd_bank_merge(args: argparse.Namespace) -> None:
+    from prompt_bank.merge import merge_banks
+
+    summary = merge_banks(_open_bank(args.a), _open_bank(args.b), args.out)
+    print(
+        f"merged bank {summary['out']}: {summary['classes']} classes ({summary['from_a']} from "
+        f"{args.a}, {summary['from_b']} more from {args.b}, {summary['shared']} in both)"
+    )
+
+
+def cmd_bank_gallery(args: argparse.Namespace) -> None:
+    from prompt_bank.inspect import write_gallery
+
+    try:
+        path = write_gallery(_open_bank(args.bank), args.out, max_classes=args.max_classes)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"gallery: {path}")
+
+
+def add_bank_commands(commands) -> None:
+    bank = commands.add_parser(
+        "bank", help="build, inspect, verify, merge prompt banks"
+    ).add_subparsers(dest="bank_command", metavar="BANK_COMMAND", required=True)
+    p = bank.add_parser("build", help="build or resume a prompt bank (Stable Diffusion + CLIP)")
+    p.add_argument(
+        "--vocab", required=True, help="vocabulary: a name, a .json/.txt file, or 'a; b, c'"
+    )
+    p.add_argument("--out", required=True, help="bank location: a path or an fsspec URL")
+    p.add_argument("--preset", default=None, help="bank preset: paper (default), fast, vit, tiny")
+    p.add_argument("--generator", help="generator preset (overrides the bank preset's)")
+    p.add_argument("--encoder", help="encoder preset (overrides the bank preset's)")
+    p.add_argument("--generator-weights", metavar="DIR", help="local diffusers folder")
+    p.add_argument("--encoder-weights", metavar="PATH", help="local CLIP weights file or folder")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="real architectures with random weights: for speed checks, not for use",
+    )
+    p.add_argument(
+        "--templates", default="imagenet80", help="imagenet80, imagenet80:N, single, or a file"
+    )
+    p.add_argument(
+        "--images-per-prompt", type=int, default=1, help="N images per (class, template)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the generator preset's)")
+    p.add_argument("--guidance", type=float, help="guidance scale (default: the preset's)")
+    p.add_argument(
+        "--batch-size", type=int, help="items per batch (default 8; a resume keeps the bank's)"
+    )
+    p.add_argument(
+        "--classes-per-shard", type=int, default=16, help="classes per shard (default 16)"
+    )
+    p.add_argument("--keep-images", action="store_true", help="also store the generated images")
+    p.add_argument("--level-dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    p.add_argument("--cpu-threads", type=int, help="CPU threads (recorded: results depend on it)")
+    p.add_argument("--flush-seconds", type=float, default=60.0, help="write results this often")
+    p.add_argument("--allow-duplicate-classes", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bank_build)
+
+    p = bank.add_parser("info", help="what a bank holds")
+    p.add_argument("bank", help="a path or an fsspec URL")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bank_info)
+
+    p = bank.add_parser(
+        "verify", help="check schema, values, completeness; optionally rebuild items"
+    )
+    p.add_argument("bank", help="a path or an fsspec URL")
+    p.add_argument("--regenerate", type=int, default=0, metavar="K", help="rebuild K random items")
+    p.add_argument("--seed", type=int, default=0, help="which items --regenerate picks")
+    p.add_argument("--tolerance", type=float, default=0.0, help="max abs difference allowed")
+    p.add_argument("--generator-weights", metavar="DIR")
+    p.add_argument("--encoder-weights", metavar="PATH")
+    p.set_defaults(func=cmd_bank_verify)
+
+    p = bank.add_parser("merge", help="union of the classes of two compatible banks")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_bank_merge)
+
+    p = bank.add_parser("gallery", help="a contact sheet of the stored images")
+    p.add_argument("bank")
+    p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--max-classes", type=int, default=32)
+    p.set_defaults(func=cmd_bank_gallery)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_vocab)
 
+    add_bank_commands(commands)
+
     data = commands.add_parser("data", help="datasets").add_subparsers(
         dest="data_command", metavar="DATA_COMMAND", required=True
     )
@@ -185,11 +365,10 @@ def main(argv: list[str] | None = None) -> int:
 
         args.root = os.environ.get("DETECTRON2_DATASETS", "datasets")
     try:
-        args.func(args)
+        return args.func(args) or 0
     except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -99,3 +99,76 @@ def create_clip(
         )
     model.eval()
     return BuiltEncoder(model, preset, weights_fingerprint(model), source)
+
+
+@dataclass
+class ImageEncoding:
+    """What the frozen visual-prompt encoder gives for a batch of images."""
+
+    embedding: torch.Tensor  # (B, D) L2-normalised final embedding
+    levels: list[torch.Tensor]  # per level j: (B, C_j, h_j, w_j) intermediate feature maps
+
+    def pooled_levels(self) -> list[torch.Tensor]:
+        """Spatial means of the level maps: per level (B, C_j) (DESIGN §2.2, ours)."""
+        return [f.mean(dim=(-2, -1)) for f in self.levels]
+
+
+class ClipEncoder(nn.Module):
+    """A CLIP model seen as the encoders dpseg needs: images in [0, 1] and tokenised text.
+
+    Images are resized to the preset's input size and normalised here, so callers (Stable
+    Diffusion's ``output_type="pt"`` output, crops of the input image) pass plain RGB in [0, 1].
+    Levels are taken with ``forward_intermediates`` at the preset's indices (DESIGN §8.6).
+    """
+
+    def __init__(self, clip: nn.Module, preset: EncoderPreset):
+        super().__init__()
+        self.clip = clip
+        self.preset = preset
+        self.register_buffer("mean", torch.tensor(preset.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(preset.std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.clip.text_projection.shape[-1])
+
+    def level_dims(self) -> list[int]:
+        """Channels C_j of each level, found by one small forward pass."""
+        probe = torch.zeros(1, 3, self.preset.image_size, self.preset.image_size)
+        probe = probe.to(self.mean.device)
+        with torch.inference_mode():
+            return [f.shape[1] for f in self.encode_images(probe).levels]
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0, 1] -> (B, 3, S, S) normalised at the preset's size S."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"images must be (B, 3, H, W) RGB in [0, 1], got {tuple(images.shape)}"
+            )
+        size = self.preset.image_size
+        if images.shape[-2:] != (size, size):
+            images = nn.functional.interpolate(
+                images, size=(size, size), mode="bicubic", antialias=True, align_corners=False
+            ).clamp(0, 1)
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def encode_images(self, images: torch.Tensor) -> ImageEncoding:
+        """(B, 3, H, W) in [0, 1] -> normalised (B, D) embedding and the level maps."""
+        out = self.clip.visual.forward_intermediates(
+            self.preprocess(images), indices=list(self.preset.levels)
+        )
+        embedding = nn.functional.normalize(out["image_features"].float(), dim=-1)
+        return ImageEncoding(embedding, list(out["image_intermediates"]))
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(T, L) token ids -> (T, D) L2-normalised text embeddings."""
+        return nn.functional.normalize(self.clip.encode_text(tokens).float(), dim=-1)
+
+
+def clip_tokenizer_for(preset: EncoderPreset):
+    """open_clip's tokenizer for the preset (the tiny presets use CLIP's BPE, context 77)."""
+    import open_clip
+
+    if preset.model_cfg is not None:
+        return open_clip.get_tokenizer("ViT-B-16")  # CLIP's SimpleTokenizer, context 77
+    return open_clip.get_tokenizer(preset.arch)

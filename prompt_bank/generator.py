@@ -67,60 +67,64 @@ def clip_tokenizer(context_length: int = 77):
     )
 
 
-def _tiny_pipeline(preset: GeneratorPreset):
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
+_CLIP_TOKENS = {"vocab_size": 49408, "max_position_embeddings": 77, "bos_token_id": 49406,
+                "eos_token_id": 49407, "pad_token_id": 49407}  # fmt: skip
+
+# Architectures of the random-weight pipelines: the tiny one, and the real presets' (their
+# configs on the hub, written out so full-size speed can be measured with no download).
+ARCHITECTURES = {
+    "tiny-sd": {
+        "unet": {"layers_per_block": 1, "block_out_channels": (32, 64), "cross_attention_dim": 32,
+                 "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+                 "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"), "attention_head_dim": 8},
+        # 4 blocks: the VAE downsamples by 8 as in SD
+        "vae": {"block_out_channels": (8, 16, 32, 32), "layers_per_block": 1, "norm_num_groups": 8},
+        "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                 "num_attention_heads": 4, "projection_dim": 32},
+    },
+    "sd15": {
+        "unet": {"cross_attention_dim": 768, "attention_head_dim": 8},  # the rest: defaults
+        "vae": {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2},
+        "text": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                 "num_attention_heads": 12, "projection_dim": 768, "hidden_act": "quick_gelu"},
+    },
+    "sd21": {
+        "unet": {"cross_attention_dim": 1024, "attention_head_dim": (5, 10, 20, 20),
+                 "use_linear_projection": True},
+        "vae": {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2},
+        "text": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23,
+                 "num_attention_heads": 16, "projection_dim": 512, "hidden_act": "gelu"},
+    },
+}  # fmt: skip
+ARCHITECTURES["sd-turbo"] = ARCHITECTURES["sd21"]
+
+
+def _random_pipeline(preset: GeneratorPreset, seed: int):
+    """The preset's architecture with seeded random weights (built on CPU, fp32)."""
+    import diffusers
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    latent = preset.height // 8
+    arch = ARCHITECTURES[preset.name]
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(preset.seed)
-        unet = UNet2DConditionModel(
-            sample_size=latent,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=1,
-            block_out_channels=(32, 64),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=8,
-        )
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(sample_size=preset.height // 8, **arch["unet"])
         vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,  # 4 blocks: downsampling by 8 as in SD
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(8, 16, 32, 32),
-            layers_per_block=1,
+            down_block_types=("DownEncoderBlock2D",) * len(arch["vae"]["block_out_channels"]),
+            up_block_types=("UpDecoderBlock2D",) * len(arch["vae"]["block_out_channels"]),
             latent_channels=4,
-            norm_num_groups=8,
             sample_size=preset.height,
+            **arch["vae"],
         )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                projection_dim=32,
-                bos_token_id=49406,
-                eos_token_id=49407,
-                pad_token_id=49407,
-            )
-        )
+        text_encoder = CLIPTextModel(CLIPTextConfig(**_CLIP_TOKENS, **arch["text"]))
+    scheduler_name = "DDIMScheduler" if preset.scheduler == "default" else preset.scheduler
+    scheduler = getattr(diffusers, scheduler_name).from_config(SD_SCHEDULE)
     pipeline = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=clip_tokenizer(),
         unet=unet,
-        scheduler=DDIMScheduler(**SD_SCHEDULE),
+        scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -163,7 +167,9 @@ def _pretrained_pipeline(preset: GeneratorPreset, weights: str | os.PathLike | N
 
 
 def create_generator(
-    preset: str | GeneratorPreset, weights: str | os.PathLike | None = None
+    preset: str | GeneratorPreset,
+    weights: str | os.PathLike | None = None,
+    random_weights: bool = False,
 ) -> BuiltGenerator:
     """Build the Stable Diffusion pipeline of a generator preset (fp32, CPU, progress bar off).
 
@@ -171,6 +177,8 @@ def create_generator(
         preset: a generator preset name (see ``python cli.py presets``) or a preset object.
         weights: a local diffusers folder (``model_index.json`` and component folders) used
             instead of the hub.
+        random_weights: the full-size architecture with seeded random weights, no download
+            (to measure speed on a GPU without weights).
 
     Raises:
         model.presets.PresetError: unknown preset name.
@@ -178,9 +186,9 @@ def create_generator(
     """
     if isinstance(preset, str):
         preset = get_generator_preset(preset)
-    if preset.is_random:
+    if preset.is_random or random_weights:
         refuse_weights_for_random(preset.name, weights)
-        pipeline, source = _tiny_pipeline(preset), f"random(seed={preset.seed})"
+        pipeline, source = _random_pipeline(preset, preset.seed), f"random(seed={preset.seed})"
     else:
         pipeline, source = _pretrained_pipeline(preset, weights)
         if preset.scheduler != "default":

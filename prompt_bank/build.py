@@ -1,0 +1,573 @@
+"""Building a prompt bank: batched Stable Diffusion -> frozen CLIP encoder -> Zarr (DESIGN §1, §4).
+
+The work is a fixed plan: classes are split into shards of ``classes_per_shard``; within a shard,
+items ``(k, p, n)`` are taken in order and cut into batches of ``batch_size`` (the last one may be
+short). A batch's bits depend on its composition, the device, the dtype and (on CPU) the thread
+count, so all of them are recorded in the bank and reused on resume and by every rank: an item is
+then bit-identical whatever run, rank or resume produced it. Each item's Stable Diffusion noise
+comes from its own generator, seeded from (base seed, class, template index, image index).
+
+A rank owns whole shards (shard i goes to rank ``i % world_size``). Results are buffered per
+shard and flushed every ``flush_seconds`` and at the shard's end: data arrays first, then the
+``done`` flags, each shard written as one object (zarr's local store writes by rename), so a kill
+at any moment loses at most the unflushed batches and never leaves a flag without its data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from data.vocabulary import Vocabulary
+from model.presets import get_bank_preset
+from prompt_bank.format import FORMAT_NAME, FORMAT_VERSION, BankLayout, create_arrays
+from prompt_bank.store import open_group
+
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_CLASSES_PER_SHARD = 16
+TEXT_CHUNK = 256  # prompts per text-encoder forward
+
+
+class BankMismatchError(ValueError):
+    """Resuming a bank with settings that differ from the ones it was started with."""
+
+
+def item_seed(base_seed: int, class_entry: str, template_index: int, image_index: int) -> int:
+    """The Stable Diffusion seed of one item, independent of batch, rank and resume (DESIGN §4).
+
+    The class is identified by its full entry (all synonyms), so two classes that share a
+    canonical name (ADE-847's two "pot"s) still get different images.
+    """
+    key = f"{base_seed}\x1f{class_entry}\x1f{template_index}\x1f{image_index}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
+
+
+def shard_batches(
+    k0: int, k1: int, num_templates: int, images_per_prompt: int, batch_size: int
+) -> list[list[tuple[int, int, int]]]:
+    """The batch plan of shard [k0, k1): items (k, p, n) in order, cut every `batch_size`."""
+    items = [
+        (k, p, n)
+        for k in range(k0, k1)
+        for p in range(num_templates)
+        for n in range(images_per_prompt)
+    ]
+    return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+
+
+@dataclass
+class BuildConfig:
+    """What to build; every field that changes the bank's content is recorded in it."""
+
+    vocabulary: Vocabulary
+    templates: list[str]
+    images_per_prompt: int = 1  # N images per (class, template)
+    generator: str = "tiny-sd"  # generator preset
+    encoder: str = "tiny-convnext"  # encoder preset
+    generator_weights: str | None = None  # local diffusers folder instead of the hub
+    encoder_weights: str | None = None  # local CLIP weights instead of the hub
+    random_weights: bool = False  # real architectures, random weights (speed checks only)
+    seed: int = 0  # base seed of every item's seed
+    steps: int | None = None  # override the preset's denoising steps
+    guidance: float | None = None  # override the preset's guidance scale
+    batch_size: int | None = None  # items per batch; None = the bank's own, or 8 for a new one
+    classes_per_shard: int = DEFAULT_CLASSES_PER_SHARD
+    keep_images: bool = False  # also store the generated images (visual/images)
+    level_dtype: str = "float16"  # dtype of visual/level_<j>
+    device: str | None = None  # "cpu", "cuda"; None = cuda when available
+    cpu_threads: int | None = None  # CPU only: threads (recorded; bits depend on it)
+    flush_seconds: float = 60.0  # write buffered results at least this often
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.images_per_prompt < 1:
+            raise ValueError(f"--images-per-prompt {self.images_per_prompt}: must be >= 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"--batch-size {self.batch_size}: must be >= 1")
+        if self.classes_per_shard < 1:
+            raise ValueError(f"--classes-per-shard {self.classes_per_shard}: must be >= 1")
+
+
+@dataclass
+class BuildSummary:
+    location: str
+    items_done: int  # items computed by this run (all ranks)
+    items_total: int
+    seconds: float
+    bytes_stored: int
+    skipped_shards: int = 0
+    rank_items: list[int] = field(default_factory=list)
+    phases: str = ""  # rank 0's time shares: generation, encoding, storage
+
+    def line(self) -> str:
+        rate = self.items_done / self.seconds if self.seconds > 0 else 0.0
+        ranks = ""
+        if len(self.rank_items) > 1:
+            ranks = (
+                f" by {len(self.rank_items)} processes ({' + '.join(map(str, self.rank_items))})"
+            )
+        return (
+            f"bank {self.location}: {self.items_done} items built{ranks} ({self.items_total} in "
+            f"the bank, {self.skipped_shards} shards already complete) in {self.seconds:.1f} s, "
+            f"{rate:.2f} items/s, {self.bytes_stored / 1e6:.2f} MB stored"
+            + (f"; time: {self.phases}" if self.phases else "")
+        )
+
+
+def resolve_preset(preset: str | None, generator: str | None, encoder: str | None):
+    """(generator, encoder) from a bank preset, with either part overridable."""
+    bank = get_bank_preset(preset or "paper")
+    return generator or bank.generator, encoder or bank.encoder
+
+
+class Stopwatch:
+    """Seconds spent per phase (generation, encoding, storage); waits for CUDA to be honest."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def shares(self) -> str:
+        total = sum(self.seconds.values()) or 1.0
+        return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in self.seconds.items())
+
+
+class _Models:
+    """The generator pipeline and the frozen encoder, placed on the build device."""
+
+    def __init__(self, config: BuildConfig, device: torch.device):
+        from model.backbone import ClipEncoder, clip_tokenizer_for, create_clip
+        from prompt_bank.generator import create_generator
+
+        self.device = device
+        gen = create_generator(
+            config.generator, weights=config.generator_weights, random_weights=config.random_weights
+        )
+        enc = create_clip(
+            config.encoder, weights=config.encoder_weights, random_weights=config.random_weights
+        )
+        self.gen, self.enc = gen, enc
+        self.steps = config.steps or gen.preset.steps
+        self.guidance = gen.preset.guidance if config.guidance is None else config.guidance
+        if not 1 <= self.steps <= gen.preset.max_steps:
+            raise ValueError(
+                f"--steps {self.steps} is out of range for generator {gen.preset.name!r} "
+                f"(1..{gen.preset.max_steps})"
+            )
+        cuda = device.type == "cuda"
+        self.dtype = torch.float16 if cuda else torch.float32
+        self.pipe = gen.pipeline.to(device)
+        if self.dtype != torch.float32:
+            from diffusers.utils import logging as diffusers_logging
+
+            level = diffusers_logging.get_verbosity()
+            diffusers_logging.set_verbosity_error()  # its fp32-module advice is for from_pretrained
+            self.pipe.to(torch_dtype=self.dtype)
+            diffusers_logging.set_verbosity(level)
+        self.encoder = ClipEncoder(enc.model, enc.preset).to(device).eval()
+        if cuda:  # channels_last speeds up the convolutions; bits stay fixed per batch shape
+            self.pipe.unet.to(memory_format=torch.channels_last)
+            self.pipe.vae.to(memory_format=torch.channels_last)
+            self.encoder.to(memory_format=torch.channels_last)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+        self.tokenizer = clip_tokenizer_for(enc.preset)
+        self.level_dims = tuple(self.encoder.level_dims())
+        self._uncond = None
+        self.timer = Stopwatch(device)
+
+    def attrs(self, config: BuildConfig) -> tuple[dict, dict]:
+        g, e = self.gen, self.enc
+        generator = {
+            "preset": g.preset.name,
+            "model_id": g.preset.model_id,
+            "revision": g.preset.revision,
+            "scheduler": type(self.pipe.scheduler).__name__,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "height": g.preset.height,
+            "width": g.preset.width,
+            "base_seed": config.seed,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device_type": self.device.type,
+            "fingerprint": g.fingerprint,
+        }
+        encoder = {
+            "preset": e.preset.name,
+            "arch": e.preset.arch,
+            "pretrained": e.preset.pretrained,
+            "image_size": e.preset.image_size,
+            "levels": list(e.preset.levels),
+            "embed_dim": self.encoder.embed_dim,
+            "level_dims": list(self.level_dims),
+            "autocast": "bfloat16" if self.device.type == "cuda" else None,
+            "fingerprint": e.fingerprint,
+        }
+        return generator, encoder
+
+    @torch.inference_mode()
+    def text_embeddings(self, classes: list, templates: list[str]) -> np.ndarray:
+        """(K_s, P, D): per class and template, synonyms averaged then renormalised (§2.1)."""
+        prompts, owners = [], []
+        for i, cls in enumerate(classes):
+            for p, template in enumerate(templates):
+                for synonym in cls.synonyms:
+                    prompts.append(template.format(synonym))
+                    owners.append((i, p))
+        tokens = self.tokenizer(prompts).to(self.device)
+        with self.autocast:  # fixed chunks bound memory and keep the bits independent of K
+            emb = torch.cat([self.encoder.encode_tokens(t) for t in tokens.split(TEXT_CHUNK)])
+        out = torch.zeros(len(classes), len(templates), emb.shape[-1], device=self.device)
+        index = torch.tensor([i * len(templates) + p for i, p in owners], device=self.device)
+        out.view(-1, emb.shape[-1]).index_add_(0, index, emb)
+        return torch.nn.functional.normalize(out, dim=-1).cpu().numpy()
+
+    @torch.inference_mode()
+    def prompt_embeds(self, prompts: list[str]) -> torch.Tensor:
+        chunks = [prompts[i : i + TEXT_CHUNK] for i in range(0, len(prompts), TEXT_CHUNK)]
+        return torch.cat([self.pipe.encode_prompt(c, self.device, 1, False)[0] for c in chunks])
+
+    @torch.inference_mode()
+    def generate_and_encode(self, embeds: torch.Tensor, seeds: list[int]):
+        """(B, L, C) prompt embeddings -> images (B, 3, H, W) in [0, 1] and their encoding."""
+        kwargs = {}
+        if self.guidance > 1:  # classifier-free guidance: the cached unconditional embedding
+            if self._uncond is None:
+                self._uncond = self.prompt_embeds([""])
+            kwargs["negative_prompt_embeds"] = self._uncond.expand(len(seeds), -1, -1)
+        preset = self.gen.preset
+        with self.timer("generation"):
+            images = self.pipe(
+                prompt_embeds=embeds,
+                num_inference_steps=self.steps,
+                guidance_scale=self.guidance,
+                height=preset.height,
+                width=preset.width,
+                generator=[torch.Generator(self.device).manual_seed(s) for s in seeds],
+                output_type="pt",
+                **kwargs,
+            ).images
+        with self.timer("encoding"), self.autocast:
+            encoding = self.encoder.encode_images(images.float())
+        return images, encoding
+
+
+def _check_resume(stored: dict, expected: dict, location: str) -> None:
+    """Refuse to resume with other settings; say exactly what differs."""
+    differences = []
+    for key in ("classes", "templates", "images_per_prompt"):
+        if stored.get(key) != expected[key]:
+            if key == "classes":
+                a, b = stored.get(key) or [], expected[key]
+                first = next(
+                    (i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))
+                )
+                differences.append(
+                    f"vocabulary: stored {len(a)} classes, now {len(b)}; first difference at "
+                    f"class {first}: {a[first] if first < len(a) else None!r} vs "
+                    f"{b[first] if first < len(b) else None!r}"
+                )
+            elif key == "templates":
+                differences.append(
+                    f"templates: stored {len(stored.get(key) or [])}, now {len(expected[key])}"
+                )
+            else:
+                differences.append(f"{key}: stored {stored.get(key)}, now {expected[key]}")
+    for section in ("generator", "encoder", "build"):
+        old, new = stored.get(section) or {}, expected[section]
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                differences.append(
+                    f"{section}.{key}: stored {old.get(key)!r}, now {new.get(key)!r}"
+                )
+    if differences:
+        raise BankMismatchError(
+            f"{location} was started with other settings, so resuming would mix two banks:\n  "
+            + "\n  ".join(differences)
+            + "\nRerun with the original settings, or write to another --out."
+        )
+
+
+def _distributed_state(device: str | None):
+    from accelerate import PartialState
+
+    use_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: use cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible; use --device cpu")
+    return PartialState(cpu=use_cpu)
+
+
+def build_bank(config: BuildConfig, location: str | os.PathLike) -> BuildSummary:
+    """Build (or resume) the bank at `location`; every rank of a launch calls this."""
+    location = str(location)
+    state = _distributed_state(config.device)
+    rank, world = state.process_index, state.num_processes
+    device = state.device if state.device.type == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False  # the same kernels for the same batch shapes
+        torch.backends.cudnn.deterministic = True
+
+    # The batch plan and thread count: the bank's own when resuming, else from the config.
+    existing = None
+    try:
+        existing = dict(open_group(location, mode="r").attrs).get("build")
+    except Exception:
+        existing = None
+    batch_size = config.batch_size or (existing or {}).get("batch_size") or DEFAULT_BATCH_SIZE
+    cpu_threads = None
+    if device.type == "cpu":
+        cpu_threads = (
+            config.cpu_threads or (existing or {}).get("cpu_threads") or torch.get_num_threads()
+        )
+        torch.set_num_threads(cpu_threads)
+
+    models = _Models(config, device)
+    generator_attrs, encoder_attrs = models.attrs(config)
+    expected = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "classes": config.vocabulary.entries,
+        "templates": list(config.templates),
+        "images_per_prompt": config.images_per_prompt,
+        "generator": generator_attrs,
+        "encoder": encoder_attrs,
+        "build": {
+            "batch_size": batch_size,
+            "classes_per_shard": config.classes_per_shard,
+            "cpu_threads": cpu_threads,
+            "keep_images": config.keep_images,
+            "level_dtype": config.level_dtype,
+        },
+    }
+    layout = BankLayout(
+        num_classes=len(config.vocabulary),
+        num_templates=len(config.templates),
+        images_per_prompt=config.images_per_prompt,
+        embed_dim=encoder_attrs["embed_dim"],
+        level_dims=models.level_dims,
+        level_dtype=config.level_dtype,
+        image_size=(models.gen.preset.height, models.gen.preset.width)
+        if config.keep_images
+        else None,
+        classes_per_shard=config.classes_per_shard,
+    )
+    if rank == 0:
+        group = open_group(location, mode="a")
+        if "format" not in group.attrs:
+            # Arrays first, attributes last: the attributes mark a bank as started, so a build
+            # killed in between is simply started again here.
+            from importlib.metadata import version
+
+            foreign = sorted(set(group.keys()) - {"text", "visual"})
+            if foreign:
+                raise BankMismatchError(
+                    f"{location} holds {', '.join(foreign)} and is not a prompt bank; "
+                    "choose another --out (nothing was written)"
+                )
+            create_arrays(group, layout, overwrite=True)
+            group.attrs.update(
+                {
+                    **expected,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "builder": {"name": "dpseg", "version": version("dpseg")},
+                }
+            )
+    state.wait_for_everyone()
+    group = open_group(location, mode="r+")
+    _check_resume(dict(group.attrs), expected, location)
+    from prompt_bank.format import validate_group
+
+    validate_group(group, location)
+
+    shards = layout.shard_ranges()[rank::world]
+    total_items = sum(
+        (k1 - k0) * layout.num_templates * layout.images_per_prompt for k0, k1 in shards
+    )
+    start = time.perf_counter()
+    built, skipped = 0, 0
+    progress = _progress(config.progress and rank == 0, total_items, world)
+    with progress as bar:
+        for k0, k1 in shards:
+            n_built, complete = _build_shard(group, layout, config, models, batch_size, k0, k1, bar)
+            built += n_built
+            skipped += complete
+    state.wait_for_everyone()
+    counts = _gather_counts(state, [built, skipped])
+    summary = BuildSummary(
+        location=location,
+        items_done=int(sum(c[0] for c in counts)),
+        items_total=layout.num_classes * layout.num_templates * layout.images_per_prompt,
+        seconds=time.perf_counter() - start,
+        bytes_stored=0,
+        skipped_shards=int(sum(c[1] for c in counts)),
+        rank_items=[int(c[0]) for c in counts],
+        phases=models.timer.shares() if built else "",
+    )
+    if rank == 0:
+        from prompt_bank.store import Bank
+
+        summary.bytes_stored = Bank.open(location).nbytes_stored()
+    return summary
+
+
+def _gather_counts(state, values: list[int]) -> list[list[int]]:
+    if state.num_processes == 1:
+        return [values]
+    import torch.distributed as dist
+
+    out: list = [None] * state.num_processes
+    dist.all_gather_object(out, values)
+    return out
+
+
+class _NoProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def advance(self, n: int) -> None:
+        pass
+
+
+class _RichProgress:
+    """items/s and ETA for this rank's items (the whole bank when world_size is 1)."""
+
+    def __init__(self, total: int, world: int):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        label = "bank items" if world == 1 else f"bank items (rank 0 of {world})"
+        self.progress = Progress(
+            TextColumn(label),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} items/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        self.task = self.progress.add_task("build", total=total, rate="-")
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def advance(self, n: int) -> None:
+        self.progress.advance(self.task, n)
+        speed = self.progress.tasks[0].speed
+        self.progress.update(self.task, rate=f"{speed:.1f}" if speed else "-")
+
+
+def _progress(enabled: bool, total: int, world: int):
+    return _RichProgress(total, world) if enabled else _NoProgress()
+
+
+def _read_shard(group, paths: list[str], k0: int, k1: int) -> dict[str, np.ndarray] | None:
+    """The stored shard, or None when any of it cannot be read (a torn or corrupted write)."""
+    try:
+        return {path: np.asarray(group[path][k0:k1]) for path in paths}
+    except Exception:
+        return None
+
+
+def _build_shard(group, layout, config, models, batch_size, k0, k1, bar) -> tuple[int, int]:
+    """Compute the missing items of shard [k0, k1); returns (items computed, 1 if complete)."""
+    paths = list(layout.arrays())
+    stored = _read_shard(group, paths, k0, k1)
+    if stored is not None and stored["visual/done"].all():
+        bar.advance(int(stored["visual/done"].size))
+        return 0, 1
+    if stored is None or not stored["visual/done"].any():  # nothing to keep: start clean
+        stored = {
+            path: np.zeros((k1 - k0, *shape[1:]), dtype=dtype)
+            for path, (shape, dtype) in layout.arrays().items()
+        }
+    buffers = stored
+    classes = list(config.vocabulary.classes[k0:k1])
+    buffers["text/embeddings"][:] = models.text_embeddings(classes, config.templates)
+    embed_of = shard_prompt_embeds(models, config, k0, k1)
+    done = buffers["visual/done"]
+    computed, last_flush = 0, time.perf_counter()
+    for batch in shard_batches(k0, k1, layout.num_templates, layout.images_per_prompt, batch_size):
+        if all(done[k - k0, p, n] for k, p, n in batch):
+            bar.advance(len(batch))
+            continue
+        values = compute_batch(
+            models, config, embed_of, batch, keep_images="visual/images" in buffers
+        )
+        for i, (k, p, n) in enumerate(batch):
+            for path, rows in values.items():
+                buffers[path][k - k0, p, n] = rows[i]
+            done[k - k0, p, n] = True
+        computed += len(batch)
+        bar.advance(len(batch))
+        if time.perf_counter() - last_flush >= config.flush_seconds:
+            with models.timer("storage"):
+                _flush(group, buffers, k0, k1)
+            last_flush = time.perf_counter()
+    with models.timer("storage"):
+        _flush(group, buffers, k0, k1)
+    return computed, 0
+
+
+def compute_batch(models, config, embed_of: dict, batch: list, keep_images: bool) -> dict:
+    """Generate and encode one batch of items (k, p, n); returns per array path (B, ...) rows."""
+    seeds = [item_seed(config.seed, config.vocabulary.entries[k], p, n) for k, p, n in batch]
+    images, encoding = models.generate_and_encode(
+        torch.stack([embed_of[(k, p)] for k, p, _ in batch]), seeds
+    )
+    values = {"visual/embeddings": encoding.embedding.cpu().numpy()}
+    for j, level in enumerate(encoding.pooled_levels(), start=1):
+        values[f"visual/level_{j}"] = level.float().cpu().numpy()
+    if keep_images:
+        pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        values["visual/images"] = pixels.permute(0, 2, 3, 1).cpu().numpy()
+    return values
+
+
+def shard_prompt_embeds(models, config, k0: int, k1: int) -> dict:
+    """Stable Diffusion prompt embeddings of every (class, template) of a shard, computed once."""
+    keys = [(k, p) for k in range(k0, k1) for p in range(len(config.templates))]
+    # The canonical (first) synonym goes to Stable Diffusion (DESIGN §2.1, ours).
+    prompts = [config.templates[p].format(config.vocabulary[k].name) for k, p in keys]
+    embeds = models.prompt_embeds(prompts)
+    return {key: embeds[i] for i, key in enumerate(keys)}
+
+
+def _flush(group, buffers: dict[str, np.ndarray], k0: int, k1: int) -> None:
+    """Write the shard's data, then its done flags (never a flag before its data)."""
+    for path, values in buffers.items():
+        if path != "visual/done":
+            group[path][k0:k1] = values
+    group["visual/done"][k0:k1] = buffers["visual/done"]

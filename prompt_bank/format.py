@@ -1,0 +1,199 @@
+"""Prompt bank format v1: the contract between teams (DESIGN §4).
+
+A Zarr v3 group; nothing in it is pickled or executed, everything is plain arrays and JSON.
+
+=====================  ================  =============  =======================================
+path                   shape             dtype          meaning
+=====================  ================  =============  =======================================
+text/embeddings        (K, P, D)         float32        normalised text embedding, class k,
+                                                        template p (synonyms averaged)
+visual/embeddings      (K, P, N, D)      float32        normalised image embedding of image n
+visual/level_<j>       (K, P, N, C_j)    float16/32     spatially pooled level-j feature,
+                                                        j = 1..L (the paper's F_v^j numbering)
+visual/images          (K, P, N, H, W,3) uint8          optional (--keep-images)
+visual/done            (K, P, N)         bool           set only after that item's data
+=====================  ================  =============  =======================================
+
+Group attributes: ``format``, ``format_version``, ``classes``, ``templates``,
+``images_per_prompt``, ``generator``, ``encoder``, ``created``, ``builder``, and (ours)
+``build``: the batch plan that makes items bit-identical across resumes and ranks.
+
+Storage (ours): every array is sharded along K in blocks of ``build.classes_per_shard`` classes
+(one shard = one object in the store), with one class (images: one item) per inner chunk,
+compressed with zstd and checked with crc32c so a corrupted chunk is detected on read. A writer
+owns whole shards: two writers on one shard would overwrite each other's data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FORMAT_NAME = "dpseg-prompt-bank"
+FORMAT_VERSION = 1
+REQUIRED_ATTRS = (
+    "format",
+    "format_version",
+    "classes",
+    "templates",
+    "images_per_prompt",
+    "generator",
+    "encoder",
+    "created",
+    "builder",
+    "build",
+)
+LEVEL_DTYPES = ("float16", "float32")
+
+
+class BankFormatError(ValueError):
+    """A store is not a valid v1 bank; the message names the array or attribute and the fix."""
+
+
+@dataclass(frozen=True)
+class BankLayout:
+    """The shapes and dtypes of a bank, from which every array's metadata follows."""
+
+    num_classes: int  # K
+    num_templates: int  # P
+    images_per_prompt: int  # N
+    embed_dim: int  # D
+    level_dims: tuple[int, ...]  # C_j for j = 1..L
+    level_dtype: str  # "float16" or "float32"
+    image_size: tuple[int, int] | None  # (H, W) of kept images, None = images not kept
+    classes_per_shard: int
+
+    def __post_init__(self) -> None:
+        if self.level_dtype not in LEVEL_DTYPES:
+            raise BankFormatError(
+                f"level dtype {self.level_dtype!r} is not one of {', '.join(LEVEL_DTYPES)}"
+            )
+        if min(self.num_classes, self.num_templates, self.images_per_prompt) < 1:
+            raise BankFormatError("a bank needs at least one class, template and image")
+        if self.classes_per_shard < 1:
+            raise BankFormatError(f"classes_per_shard={self.classes_per_shard} must be >= 1")
+
+    def arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Every array path with its (shape, dtype)."""
+        k, p, n = self.num_classes, self.num_templates, self.images_per_prompt
+        arrays = {
+            "text/embeddings": ((k, p, self.embed_dim), "float32"),
+            "visual/embeddings": ((k, p, n, self.embed_dim), "float32"),
+            **{
+                f"visual/level_{j}": ((k, p, n, c), self.level_dtype)
+                for j, c in enumerate(self.level_dims, start=1)
+            },
+            "visual/done": ((k, p, n), "bool"),
+        }
+        if self.image_size is not None:
+            arrays["visual/images"] = ((k, p, n, *self.image_size, 3), "uint8")
+        return arrays
+
+    def shard_ranges(self) -> list[tuple[int, int]]:
+        """[start, stop) class ranges of the shards, in order."""
+        s = self.classes_per_shard
+        return [(k0, min(k0 + s, self.num_classes)) for k0 in range(0, self.num_classes, s)]
+
+
+def create_arrays(group, layout: BankLayout, overwrite: bool = False) -> None:
+    """Create every array of `layout` in a zarr group (replacing half-created ones if asked)."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    for path, (shape, dtype) in layout.arrays().items():
+        inner = (1,) * 3 + shape[3:] if path == "visual/images" else (1, *shape[1:])
+        group.create_array(
+            path,
+            shape=shape,
+            dtype=dtype,
+            chunks=inner,
+            shards=(min(layout.classes_per_shard, shape[0]), *shape[1:]),
+            compressors=[ZstdCodec(level=3), Crc32cCodec()],
+            fill_value=False if dtype == "bool" else 0,
+            dimension_names=("K", "P", "N", "H", "W", "RGB")[: len(shape)]
+            if path != "text/embeddings"
+            else ("K", "P", "D"),
+            overwrite=overwrite,
+        )
+
+
+def _layout_from_attrs(attrs: dict, arrays: dict) -> BankLayout:
+    classes, templates = attrs["classes"], attrs["templates"]
+    encoder, build = attrs["encoder"], attrs["build"]
+    images = arrays.get("visual/images")
+    levels = encoder.get("level_dims")
+    if not isinstance(levels, list) or not all(isinstance(c, int) for c in levels):
+        raise BankFormatError(
+            f"attribute encoder.level_dims is {levels!r}; expected a list of ints"
+        )
+    level_array = arrays.get("visual/level_1")
+    return BankLayout(
+        num_classes=len(classes),
+        num_templates=len(templates),
+        images_per_prompt=int(attrs["images_per_prompt"]),
+        embed_dim=int(encoder["embed_dim"]),
+        level_dims=tuple(levels),
+        level_dtype=str(level_array.dtype) if level_array is not None else "float16",
+        image_size=tuple(images.shape[3:5]) if images is not None else None,
+        classes_per_shard=int(build["classes_per_shard"]),
+    )
+
+
+def validate_group(group, where: str) -> BankLayout:
+    """Check a zarr group against format v1 before any array data is read.
+
+    Raises:
+        BankFormatError: naming the attribute or array and the expected value.
+    """
+    attrs = dict(group.attrs)
+    if attrs.get("format") != FORMAT_NAME:
+        raise BankFormatError(
+            f"{where} is not a dpseg prompt bank: attribute format is {attrs.get('format')!r}, "
+            f"expected {FORMAT_NAME!r}"
+        )
+    if attrs.get("format_version") != FORMAT_VERSION:
+        raise BankFormatError(
+            f"{where} has format_version {attrs.get('format_version')!r}; this dpseg reads "
+            f"version {FORMAT_VERSION}: upgrade dpseg or rebuild the bank"
+        )
+    missing = [a for a in REQUIRED_ATTRS if a not in attrs]
+    if missing:
+        raise BankFormatError(f"{where} lacks the attributes {', '.join(missing)}")
+    for name, kind in (("classes", str), ("templates", str)):
+        value = attrs[name]
+        if not isinstance(value, list) or not value or not all(isinstance(v, kind) for v in value):
+            raise BankFormatError(f"{where}: attribute {name} must be a non-empty list of strings")
+
+    import zarr
+
+    arrays = {}
+    for sub in ("text", "visual"):
+        if sub not in group or not isinstance(group[sub], zarr.Group):
+            raise BankFormatError(f"{where} lacks the group {sub}/")
+        for name, node in group[sub].members():
+            if isinstance(node, zarr.Array):
+                arrays[f"{sub}/{name}"] = node
+    layout = _layout_from_attrs(attrs, arrays)
+    expected = layout.arrays()
+    for path, (shape, dtype) in expected.items():
+        if path not in arrays:
+            raise BankFormatError(f"{where} lacks the array {path} (expected {shape} {dtype})")
+        array = arrays[path]
+        if tuple(array.shape) != shape:
+            raise BankFormatError(
+                f"{where}: array {path} has shape {tuple(array.shape)}, expected {shape} "
+                "(from the classes, templates, images_per_prompt and encoder attributes)"
+            )
+        if np.dtype(array.dtype) != np.dtype(dtype) or (
+            path.startswith("visual/level_") and str(array.dtype) not in LEVEL_DTYPES
+        ):
+            raise BankFormatError(
+                f"{where}: array {path} has dtype {array.dtype}, expected {dtype}"
+            )
+    extra = sorted(set(arrays) - set(expected))
+    if extra:
+        raise BankFormatError(
+            f"{where} has arrays the attributes do not explain: {', '.join(extra)} "
+            f"(encoder.level_dims lists {len(layout.level_dims)} levels)"
+        )
+    return layout

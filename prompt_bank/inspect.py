@@ -1,0 +1,109 @@
+"""What a bank holds (``cli.py bank info``) and a contact sheet of its images (``bank gallery``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from prompt_bank.store import Bank
+
+
+def bank_info(bank: Bank) -> dict:
+    """Classes, templates, shapes, generator, encoder, size and completeness, as plain JSON."""
+    layout, attrs = bank.layout, bank.attrs
+    done = bank.done()
+    shards = layout.shard_ranges()
+    return {
+        "location": bank.location,
+        "format_version": attrs["format_version"],
+        "classes": len(attrs["classes"]),
+        "class_names": attrs["classes"],
+        "templates": attrs["templates"],
+        "images_per_prompt": layout.images_per_prompt,
+        "arrays": {p: {"shape": list(s), "dtype": d} for p, (s, d) in layout.arrays().items()},
+        "generator": attrs["generator"],
+        "encoder": attrs["encoder"],
+        "build": attrs["build"],
+        "created": attrs["created"],
+        "builder": attrs["builder"],
+        "items_done": int(done.sum()),
+        "items_total": int(done.size),
+        "shards_complete": sum(bool(done[a:b].all()) for a, b in shards),
+        "shards": len(shards),
+        "complete": bool(done.all()),
+        "bytes_stored": bank.nbytes_stored(),
+    }
+
+
+def format_info(info: dict) -> str:
+    g, e = info["generator"], info["encoder"]
+    names = info["class_names"]
+    shown = ", ".join(n.split(",")[0] for n in names[:8]) + (", ..." if len(names) > 8 else "")
+    levels = ", ".join(
+        f"{p.split('/')[-1]} {a['shape'][-1]} {a['dtype']}"
+        for p, a in info["arrays"].items()
+        if p.startswith("visual/level_")
+    )
+    images = info["arrays"].get("visual/images")
+    state = (
+        "complete" if info["complete"] else "INCOMPLETE (resume with the same bank build command)"
+    )
+    return "\n".join(
+        [
+            f"bank       {info['location']} (format v{info['format_version']}, {state})",
+            f"classes    {info['classes']}: {shown}",
+            f"templates  {len(info['templates'])}: {info['templates'][0]!r}"
+            + (", ..." if len(info["templates"]) > 1 else ""),
+            f"images     {info['images_per_prompt']} per prompt"
+            + (f", kept at {images['shape'][3]}x{images['shape'][4]}" if images else ", not kept"),
+            f"generator  {g['preset']} ({g['model_id'] or 'random weights'}), {g['scheduler']}, "
+            f"{g['steps']} steps, guidance {g['guidance']}, {g['height']}x{g['width']}, "
+            f"seed {g['base_seed']}, {g['dtype']} on {g['device_type']}",
+            f"encoder    {e['preset']} ({e['arch']}, {e['pretrained'] or 'random weights'}), "
+            f"{e['image_size']} px, embed {e['embed_dim']}, levels {e['levels']}",
+            f"arrays     text/embeddings {info['arrays']['text/embeddings']['shape']}, "
+            f"visual/embeddings {info['arrays']['visual/embeddings']['shape']}; {levels}",
+            f"done       {info['items_done']}/{info['items_total']} items, "
+            f"{info['shards_complete']}/{info['shards']} shards",
+            f"size       {info['bytes_stored'] / 1e6:.2f} MB stored",
+            f"fingerprints generator {g['fingerprint'][:16]}…, encoder {e['fingerprint'][:16]}…",
+            f"created    {info['created']} by {info['builder'].get('name')} "
+            f"{info['builder'].get('version')}",
+        ]
+    )
+
+
+def write_gallery(bank: Bank, out: str | Path, max_classes: int = 32, max_columns: int = 8) -> Path:
+    """A contact sheet: one row per class (its name on the left), stored images along the row."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if bank.layout.image_size is None:
+        raise ValueError(
+            f"bank {bank.location} kept no images; rebuild it with --keep-images to get a gallery"
+        )
+    layout = bank.layout
+    k = min(layout.num_classes, max_classes)
+    images = bank.array("visual/images")
+    done = bank.done()
+    h, w = layout.image_size
+    columns = [(p, n) for p in range(layout.num_templates) for n in range(layout.images_per_prompt)]
+    columns = columns[:max_columns]
+    label_w = 160
+    sheet = Image.new("RGB", (label_w + w * len(columns), h * k), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    stored = np.asarray(images[:k])
+    for row in range(k):
+        name = bank.classes[row].split(",")[0]
+        draw.text((4, row * h + h // 2 - 6), f"{row} {name}"[:26], fill="black", font=font)
+        for col, (p, n) in enumerate(columns):
+            if done[row, p, n]:
+                tile = Image.fromarray(stored[row, p, n])
+            else:  # not built yet: a grey tile
+                tile = Image.new("RGB", (w, h), (200, 200, 200))
+            sheet.paste(tile, (label_w + col * w, row * h))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out

@@ -1,0 +1,200 @@
+"""``cli.py bank verify``: schema, readable chunks, finite and normalised values, completeness,
+and optionally a rebuild of random items compared with what is stored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from prompt_bank.store import Bank
+
+NORM_TOLERANCE = 1e-3  # |norm - 1| allowed for stored embeddings (float32 normalisation)
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    location: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def add(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append(Check(name, ok, detail))
+
+    def lines(self) -> list[str]:
+        out = [f"{'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}" for c in self.checks]
+        out.append(f"bank {self.location}: {'verified' if self.ok else 'FAILED verification'}")
+        return out
+
+
+def _read_all(bank: Bank, report: VerifyReport) -> dict[str, np.ndarray] | None:
+    """Every array, shard by shard, so an unreadable shard is named."""
+    data, bad = {}, []
+    for path in bank.layout.arrays():
+        if path == "visual/images":
+            continue  # large; read by the gallery, checked by the crc32c codec when read
+        parts = []
+        for k0, k1 in bank.layout.shard_ranges():
+            try:
+                parts.append(np.asarray(bank.array(path)[k0:k1]))
+            except Exception as e:
+                bad.append(f"{path} classes {k0}-{k1 - 1}: {type(e).__name__}: {e}")
+                parts.append(None)
+        if all(p is not None for p in parts):
+            data[path] = np.concatenate(parts)
+    report.add(
+        "chunks readable",
+        not bad,
+        "all shards decode and pass their checksums" if not bad else "; ".join(bad),
+    )
+    return data if not bad else None
+
+
+def verify_bank(
+    bank: Bank,
+    regenerate: int = 0,
+    seed: int = 0,
+    tolerance: float = 0.0,
+    generator_weights: str | None = None,
+    encoder_weights: str | None = None,
+) -> VerifyReport:
+    """Check a bank (already schema-validated by ``Bank.open``)."""
+    report = VerifyReport(bank.location)
+    report.add("schema", True, f"format v1, arrays {', '.join(bank.layout.arrays())}")
+    data = _read_all(bank, report)
+    if data is None:
+        return report
+    done = data["visual/done"]
+    report.add(
+        "complete",
+        bool(done.all()),
+        f"{int(done.sum())}/{done.size} items done"
+        + ("" if done.all() else " (resume with the same bank build command)"),
+    )
+    bad_values = [
+        f"{p}: {int((~np.isfinite(v.astype(np.float32))).sum())} non-finite values"
+        for p, v in data.items()
+        if v.dtype != bool and not np.isfinite(v.astype(np.float32)).all()
+    ]
+    report.add("finite", not bad_values, "; ".join(bad_values) or "no NaN or Inf")
+    norms = []
+    for path, mask in (("text/embeddings", None), ("visual/embeddings", done)):
+        n = np.linalg.norm(data[path].astype(np.float64), axis=-1)
+        n = n[mask] if mask is not None else n.reshape(-1)
+        worst = float(np.abs(n - 1).max()) if n.size else 0.0
+        norms.append((path, worst))
+    off = [f"{p} max |norm-1| = {w:.2e}" for p, w in norms if w > NORM_TOLERANCE]
+    report.add(
+        "normalised",
+        not off,
+        "; ".join(off) or ", ".join(f"{p} max |norm-1| = {w:.1e}" for p, w in norms),
+    )
+    undone_nonzero = int(np.abs(data["visual/embeddings"][~done]).sum() > 0) if (~done).any() else 0
+    if undone_nonzero:
+        report.add("done flags", False, "items not marked done hold data (a flag was lost)")
+    if regenerate:
+        _regenerate(
+            bank, data, report, regenerate, seed, tolerance, generator_weights, encoder_weights
+        )
+    return report
+
+
+def _regenerate(bank, data, report, count, seed, tolerance, generator_weights, encoder_weights):
+    """Rebuild `count` random done items with the recorded plan and compare."""
+    import torch
+
+    from prompt_bank.build import (
+        BuildConfig,
+        _Models,
+        compute_batch,
+        shard_batches,
+        shard_prompt_embeds,
+    )
+
+    attrs = bank.attrs
+    done = data["visual/done"]
+    candidates = np.argwhere(done)
+    if not len(candidates):
+        report.add("regenerate", False, "no done items to regenerate")
+        return
+    rng = np.random.default_rng(seed)
+    picks = [
+        tuple(int(i) for i in candidates[j])
+        for j in rng.choice(len(candidates), size=min(count, len(candidates)), replace=False)
+    ]
+
+    from data.vocabulary import Vocabulary
+
+    g, e, b = attrs["generator"], attrs["encoder"], attrs["build"]
+    config = BuildConfig(
+        vocabulary=Vocabulary.from_entries(attrs["classes"], name="bank", allow_duplicates=True),
+        templates=attrs["templates"],
+        images_per_prompt=attrs["images_per_prompt"],
+        generator=g["preset"],
+        encoder=e["preset"],
+        generator_weights=generator_weights,
+        encoder_weights=encoder_weights,
+        seed=g["base_seed"],
+        steps=g["steps"],
+        guidance=g["guidance"],
+        progress=False,
+    )
+    device = torch.device(
+        "cuda" if g["device_type"] == "cuda" and torch.cuda.is_available() else "cpu"
+    )
+    if device.type != g["device_type"]:
+        report.add(
+            "regenerate",
+            False,
+            f"the bank was built on {g['device_type']}; this machine has no {g['device_type']} device, so bits cannot match",
+        )
+        return
+    if device.type == "cpu" and b.get("cpu_threads"):
+        torch.set_num_threads(int(b["cpu_threads"]))
+    models = _Models(config, device)
+    if models.gen.fingerprint != g["fingerprint"] or models.enc.fingerprint != e["fingerprint"]:
+        report.add(
+            "regenerate",
+            False,
+            "the generator or encoder weights here differ from the bank's (fingerprints differ); pass --generator-weights/--encoder-weights",
+        )
+        return
+    layout, worst, details = bank.layout, 0.0, []
+    keep = "visual/images" in layout.arrays()
+    for k, p, n in picks:
+        k0, k1 = next((a, z) for a, z in layout.shard_ranges() if a <= k < z)
+        batch = next(
+            bt
+            for bt in shard_batches(
+                k0, k1, layout.num_templates, layout.images_per_prompt, b["batch_size"]
+            )
+            if (k, p, n) in bt
+        )
+        values = compute_batch(
+            models, config, shard_prompt_embeds(models, config, k0, k1), batch, keep
+        )
+        i = batch.index((k, p, n))
+        diffs = {}
+        for path, rows in values.items():
+            stored = data[path][k, p, n] if path in data else np.asarray(bank.array(path)[k, p, n])
+            fresh = rows[i].astype(stored.dtype)  # levels are stored in float16 or float32
+            diffs[path] = float(np.abs(fresh.astype(np.float64) - stored.astype(np.float64)).max())
+        item_worst = max(diffs.values())
+        worst = max(worst, item_worst)
+        details.append(f"({k},{p},{n}) max diff {item_worst:.2e}")
+    report.add(
+        "regenerate",
+        worst <= tolerance,
+        f"{len(picks)} items rebuilt, max abs diff {worst:.2e} (tolerance {tolerance:g}): "
+        + ", ".join(details),
+    )
