@@ -27,7 +27,13 @@ import torch
 
 from data.vocabulary import Vocabulary
 from model.presets import get_bank_preset
-from prompt_bank.format import FORMAT_NAME, FORMAT_VERSION, BankLayout, create_arrays
+from prompt_bank.format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    BankLayout,
+    create_arrays,
+    validate_group,
+)
 from prompt_bank.store import open_group
 
 DEFAULT_BATCH_SIZE = 8
@@ -341,7 +347,8 @@ def build_bank(config: BuildConfig, location: str | os.PathLike) -> BuildSummary
         )
         torch.set_num_threads(cpu_threads)
 
-    models = _Models(config, device)
+    with state.main_process_first():  # rank 0 fills the weights cache; the others then read it
+        models = _Models(config, device)
     generator_attrs, encoder_attrs = models.attrs(config)
     expected = {
         "format": FORMAT_NAME,
@@ -395,8 +402,6 @@ def build_bank(config: BuildConfig, location: str | os.PathLike) -> BuildSummary
     state.wait_for_everyone()
     group = open_group(location, mode="r+")
     _check_resume(dict(group.attrs), expected, location)
-    from prompt_bank.format import validate_group
-
     validate_group(group, location)
 
     shards = layout.shard_ranges()[rank::world]
