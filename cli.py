@@ -21,6 +21,7 @@ def _version() -> str:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from data.catalog import DatasetError
     from data.templates import TemplateError
     from data.vocabulary import VocabularyError
     from model.hub import WeightsUnavailableError
@@ -29,6 +30,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from prompt_bank.format import BankFormatError
 
     return (
+        DatasetError,
         VocabularyError,
         TemplateError,
         PresetError,
@@ -141,6 +143,14 @@ def cmd_data_synthetic(args: argparse.Namespace) -> None:
 
         path = write_synthetic_preview(args.root, args.preview, count=8)
         print(f"preview: {path}")
+
+
+def cmd_data_stats(args: argparse.Namespace) -> None:
+    """Counts, label values, pixels per class and problems of a prepared dataset."""
+    from data.stats import dataset_stats, format_stats
+
+    stats = dataset_stats(args.name, args.root, progress=not (args.quiet or args.json))
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,6 +365,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", metavar="PNG", help="also write a picture of a few val samples")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_synthetic)
+
+    from data.catalog import DATASETS
+
+    p = data.add_parser("stats", help="check a prepared dataset: counts, values, problems")
+    p.add_argument("name", choices=list(DATASETS), metavar="NAME", help=", ".join(DATASETS))
+    p.add_argument(
+        "--root", default=None, help="datasets root (default $DETECTRON2_DATASETS or ./datasets)"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output, every count")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_stats)
     return parser
 
 

@@ -8,7 +8,7 @@ Two on-disk formats are in use in the field and both are read here:
 
 A vocabulary is resolved by :func:`load_vocabulary` from, in order: a path to a ``.json`` or
 ``.txt`` file; an inline list (``"cat, kitty; dog; grass"``: classes separated by ``;``); a
-built-in name (``voc20``, ``pc59``, ``ade150``, ``coco171``, ``synthetic``); a file
+built-in name (``voc20``, ``voc20b``, ``pc59``, ``ade150``, ``coco171``, ``synthetic``); a file
 ``<name>.json`` / ``<name>.txt`` in the vocabulary directory (``$DPSEG_VOCAB_DIR``, default
 ``./vocab``), where users drop lists we do not ship (``ade847``, ``pc459``).
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-BUILTIN_VOCABULARIES = ("voc20", "pc59", "ade150", "coco171", "synthetic")
+BUILTIN_VOCABULARIES = ("voc20", "voc20b", "pc59", "ade150", "coco171", "synthetic")
 """Shipped with the package (``data/vocabularies/<name>.txt``)."""
 
 VOCAB_DIR_ENV = "DPSEG_VOCAB_DIR"

@@ -13,8 +13,14 @@ from data.vocabulary import (
 )
 
 # Built-in name -> the CAT-Seg reference list it must equal (DESIGN §5).
-CATSEG_FILES = {"voc20": "voc20", "pc59": "pc59", "ade150": "ade150", "coco171": "coco"}
-SIZES = {"voc20": 20, "pc59": 59, "ade150": 150, "coco171": 171, "synthetic": 8}
+CATSEG_FILES = {
+    "voc20": "voc20",
+    "voc20b": "voc20b",
+    "pc59": "pc59",
+    "ade150": "ade150",
+    "coco171": "coco",
+}
+SIZES = {"voc20": 20, "voc20b": 59, "pc59": 59, "ade150": 150, "coco171": 171, "synthetic": 8}
 
 
 @pytest.mark.parametrize("name", sorted(CATSEG_FILES))
@@ -88,7 +94,7 @@ def test_unknown_name_lists_known_and_how_to_add(tmp_path, monkeypatch):
         load_vocabulary("pc459")
     message = str(err.value)
     assert "unknown vocabulary 'pc459'" in message
-    assert "voc20, pc59, ade150, coco171, synthetic" in message
+    assert "voc20, voc20b, pc59, ade150, coco171, synthetic" in message
     assert "pc459.json" in message and str(tmp_path) in message and "DPSEG_VOCAB_DIR" in message
 
 

@@ -1,0 +1,317 @@
+"""Reading the benchmarks (detectron2 layout) and Hugging Face datasets into one sample format.
+
+A sample is a dict: ``image`` (H, W, 3) uint8 RGB, ``label`` (H, W) int64 with every on-disk
+ignore value mapped to :data:`data.catalog.IGNORE_INDEX`, ``name`` (the file stem) and
+``vocabulary`` (the name of the class list). Transforms (``data.transforms``) turn it into
+tensors.
+
+Bad input (a missing image or label, an image/label size mismatch, label values outside the
+vocabulary, an unreadable file, an empty dataset) raises :class:`DatasetError` naming the file
+and the fix. With ``on_bad_sample="skip"`` a bad sample comes back as ``{"name", "skip": reason}``
+instead, so a loop can count it and go on; :func:`collate` drops such samples into a list.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from data.catalog import (
+    IGNORE_INDEX,
+    DatasetError,
+    DatasetSpec,
+    datasets_root,
+    get_dataset_spec,
+)
+
+BAD_SAMPLE_POLICIES = ("error", "skip")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, EXIF orientation applied (as detectron2's ``read_image``)."""
+    with Image.open(path) as image:
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """(H, W) int64 label ids as stored: palette PNGs give indices, 16-bit TIFFs their values."""
+    with Image.open(path) as image:
+        if image.mode not in ("P", "L", "I;16", "I;16B", "I;16L", "I", "1"):
+            raise DatasetError(
+                f"label {str(path)!r} has mode {image.mode} ({len(image.getbands())} channels); "
+                "expected a single-channel map of class ids (8-bit PNG or 16-bit TIFF)"
+            )
+        return np.asarray(image).astype(np.int64)
+
+
+def map_label(
+    raw: np.ndarray, num_classes: int, ignore_values: tuple[int, ...], where: str
+) -> np.ndarray:
+    """On-disk ids -> internal ids: ignore values to IGNORE_INDEX; others must be in [0, K)."""
+    label = raw.astype(np.int64, copy=True)
+    ignored = np.isin(label, ignore_values)
+    bad = (~ignored) & ((label < 0) | (label >= num_classes))
+    if bad.any():
+        values = np.unique(label[bad])
+        shown = ", ".join(map(str, values[:10])) + (" ..." if len(values) > 10 else "")
+        raise DatasetError(
+            f"{where}: label values {shown} are outside the {num_classes} classes of the "
+            f"vocabulary (ignore values: {list(ignore_values)}); check that the labels were "
+            "prepared for this dataset (cli.py data prepare) or pass --on-bad-sample skip"
+        )
+    label[ignored] = IGNORE_INDEX
+    return label
+
+
+@dataclass(frozen=True)
+class SampleFiles:
+    name: str  # file stem
+    image: Path
+    label: Path
+
+
+def index_files(spec: DatasetSpec, root: Path) -> tuple[list[SampleFiles], dict]:
+    """Pair images and labels by file stem; returns the pairs and what did not pair."""
+    image_root, label_root = spec.image_root(root), spec.label_root(root)
+    for what, folder in (("images", image_root), ("labels", label_root)):
+        if not folder.is_dir():
+            raise DatasetError(
+                f"dataset {spec.name!r}: the {what} folder {str(folder)!r} does not exist. "
+                f"Prepare it with `{spec.prepare.replace('DIR', str(root))}` "
+                f"(root: --root or ${'DETECTRON2_DATASETS'}, now {str(root)!r})"
+            )
+    images = {
+        p.stem: p
+        for p in image_root.iterdir()
+        if p.suffix.lower() in spec.image_suffixes and not p.name.startswith(".")
+    }
+    labels = {p.stem: p for p in label_root.iterdir() if p.suffix.lower() == spec.label_suffix}
+    if spec.index_by == "labels":
+        keys = sorted(labels)
+        missing_images = [k for k in keys if k not in images]
+        missing_labels: list[str] = []
+    else:
+        keys = sorted(images)
+        missing_labels = [k for k in keys if k not in labels]
+        missing_images = [k for k in labels if k not in images]
+    pairs = [SampleFiles(k, images[k], labels[k]) for k in keys if k in images and k in labels]
+    return pairs, {"missing_images": sorted(missing_images), "missing_labels": missing_labels}
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+class SegmentationFolder:
+    """One benchmark split in the detectron2 layout (``data.catalog.DATASETS``).
+
+    Args:
+        spec: a dataset name (``ade150``, ``coco171:train``, ...) or a DatasetSpec.
+        root: the datasets root (default ``$DETECTRON2_DATASETS`` or ``./datasets``).
+        on_bad_sample: ``error`` (default) or ``skip``.
+        transform: called on each good sample dict (e.g. ``data.transforms``).
+        limit: use only the first N samples (quick checks).
+    """
+
+    def __init__(
+        self,
+        spec: str | DatasetSpec,
+        root: str | os.PathLike | None = None,
+        on_bad_sample: str = "error",
+        transform: Callable[[dict], dict] | None = None,
+        limit: int | None = None,
+    ):
+        if on_bad_sample not in BAD_SAMPLE_POLICIES:
+            raise ValueError(f"on_bad_sample={on_bad_sample!r}: use one of {BAD_SAMPLE_POLICIES}")
+        self.spec = get_dataset_spec(spec) if isinstance(spec, str) else spec
+        self.root = datasets_root(root)
+        self.on_bad_sample = on_bad_sample
+        self.transform = transform
+        self.files, self.unpaired = index_files(self.spec, self.root)
+        if limit is not None:
+            self.files = self.files[:limit]
+        problems = []
+        if self.unpaired["missing_labels"]:
+            problems.append(
+                f"{len(self.unpaired['missing_labels'])} images have no label file "
+                f"({_listing(self.unpaired['missing_labels'])}) in {str(self.spec.label_root(self.root))!r}"
+            )
+        if self.unpaired["missing_images"]:
+            problems.append(
+                f"{len(self.unpaired['missing_images'])} labels have no image "
+                f"({_listing(self.unpaired['missing_images'])}) in {str(self.spec.image_root(self.root))!r}"
+            )
+        if problems and on_bad_sample == "error":
+            raise DatasetError(
+                f"dataset {self.spec.name!r}: "
+                + "; ".join(problems)
+                + ". Re-run the preparation, or pass --on-bad-sample skip to evaluate the rest"
+            )
+        if not self.files:
+            raise DatasetError(
+                f"dataset {self.spec.name!r} under {str(self.root)!r} has no image with a label "
+                f"(images in {str(self.spec.image_root(self.root))!r}, labels "
+                f"*{self.spec.label_suffix} in {str(self.spec.label_root(self.root))!r})"
+            )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, index: int) -> dict:
+        """The raw sample (no transform); raises DatasetError for a bad one."""
+        files = self.files[index]
+        try:
+            image = read_image(files.image)
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise DatasetError(f"cannot read image {str(files.image)!r}: {e}") from e
+        try:
+            raw = read_label(files.label)
+        except DatasetError:
+            raise
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise DatasetError(f"cannot read label {str(files.label)!r}: {e}") from e
+        if raw.shape != image.shape[:2]:
+            raise DatasetError(
+                f"{files.name}: image {str(files.image)!r} is {image.shape[1]}x{image.shape[0]} "
+                f"but its label {str(files.label)!r} is {raw.shape[1]}x{raw.shape[0]} (W x H); "
+                "re-run the preparation for this file"
+            )
+        label = map_label(raw, self.spec.num_classes, self.spec.ignore_values, str(files.label))
+        return {
+            "image": image,
+            "label": label,
+            "name": files.name,
+            "vocabulary": self.spec.vocabulary,
+        }
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            sample = self.load(index)
+        except DatasetError as e:
+            if self.on_bad_sample == "error":
+                raise
+            return {"name": self.files[index].name, "skip": str(e)}
+        return self.transform(sample) if self.transform else sample
+
+
+def collate(samples: list[dict]) -> dict:
+    """Batch good samples (stacking tensors of equal shape, else lists); bad ones go to "skipped"."""
+    import torch
+
+    good = [s for s in samples if "skip" not in s]
+    batch: dict = {"skipped": [(s["name"], s["skip"]) for s in samples if "skip" in s]}
+    if not good:
+        return batch
+    for key in good[0]:
+        values = [s[key] for s in good]
+        same_shape = all(isinstance(v, torch.Tensor) and v.shape == values[0].shape for v in values)
+        batch[key] = torch.stack(values) if same_shape else values
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face datasets
+
+
+class HFSegmentationDataset:
+    """A Hugging Face dataset with an image column and a mask column, as dpseg samples.
+
+    Args:
+        source: a folder saved with ``save_to_disk``, a folder or file of parquet files, or a
+            hub dataset name.
+        vocabulary: the class list the mask ids refer to (a vocabulary name, file or inline list).
+        split: the split to read (hub and parquet sources).
+        image_column, mask_column: column names.
+        ignore_values: mask values that mean "not evaluated".
+        rank, world_size: this process's shard under DDP (``datasets``' split_dataset_by_node);
+            default: from torch.distributed when it is initialised.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        vocabulary: str,
+        split: str = "validation",
+        image_column: str = "image",
+        mask_column: str = "mask",
+        ignore_values: tuple[int, ...] = (255,),
+        rank: int | None = None,
+        world_size: int | None = None,
+        transform: Callable[[dict], dict] | None = None,
+    ):
+        from datasets.distributed import split_dataset_by_node
+
+        from data.vocabulary import load_vocabulary
+
+        self.vocab = load_vocabulary(vocabulary)
+        self.vocabulary = vocabulary
+        self.ignore_values = tuple(ignore_values)
+        self.transform = transform
+        dataset = _load_hf(source, split)
+        for column in (image_column, mask_column):
+            if column not in dataset.column_names:
+                raise DatasetError(
+                    f"Hugging Face dataset {source!r} has no column {column!r} (columns: "
+                    f"{', '.join(dataset.column_names)}); pass --image-column/--mask-column"
+                )
+        self.image_column, self.mask_column = image_column, mask_column
+        if rank is None or world_size is None:
+            rank, world_size = _dist_rank_world()
+        if world_size > 1:
+            dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
+        self.dataset = dataset
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.dataset[index]
+        image = np.asarray(ImageOps.exif_transpose(row[self.image_column]).convert("RGB"))
+        raw = np.asarray(row[self.mask_column]).astype(np.int64)
+        where = f"{self.source}[{index}]"
+        if raw.ndim != 2:
+            raise DatasetError(f"{where}: mask has shape {raw.shape}; expected (H, W) class ids")
+        if raw.shape != image.shape[:2]:
+            raise DatasetError(f"{where}: image {image.shape[:2]} and mask {raw.shape} differ")
+        label = map_label(raw, len(self.vocab), self.ignore_values, where)
+        sample = {"image": image, "label": label, "name": str(index), "vocabulary": self.vocabulary}
+        return self.transform(sample) if self.transform else sample
+
+
+def _load_hf(source: str, split: str):
+    import datasets
+
+    path = Path(source)
+    if path.is_dir() and (path / "dataset_dict.json").is_file():
+        loaded = datasets.load_from_disk(str(path))
+        if split not in loaded:
+            raise DatasetError(f"{source!r} has splits {list(loaded)}, not {split!r}; pass --split")
+        return loaded[split]
+    if path.is_dir() and (path / "state.json").is_file():  # a Dataset saved with save_to_disk
+        return datasets.load_from_disk(str(path))
+    if path.exists():
+        files = [str(p) for p in sorted(path.rglob("*.parquet"))] if path.is_dir() else [str(path)]
+        if not files:
+            raise DatasetError(f"{source!r} holds neither a saved dataset nor parquet files")
+        return datasets.load_dataset("parquet", data_files=files, split="train")
+    try:
+        return datasets.load_dataset(source, split=split)
+    except Exception as e:  # the hub client raises many types; one clear message instead
+        raise DatasetError(
+            f"cannot load the Hugging Face dataset {source!r} (split {split!r}): {e}. Offline, "
+            "download it elsewhere and pass the folder (save_to_disk or parquet files)"
+        ) from e
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

@@ -1,0 +1,136 @@
+"""``cli.py data stats NAME``: trust a prepared dataset before trusting a number.
+
+Counts images (against the official count), label values, pixels per class, images without a
+label, labels without an image, labels outside the vocabulary, unreadable files and size
+mismatches, reading only label maps and image headers (fast: no image is decoded).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from data.catalog import DatasetSpec, datasets_root, get_dataset_spec
+from data.datasets import index_files, read_label
+
+
+def dataset_stats(spec: str | DatasetSpec, root: str | os.PathLike | None = None,
+                  progress: bool = True) -> dict:  # fmt: skip
+    """Everything `data stats` reports, as plain JSON-able values."""
+    from rich.progress import Progress
+
+    from data.vocabulary import VocabularyError, load_vocabulary
+
+    spec = get_dataset_spec(spec) if isinstance(spec, str) else spec
+    root = datasets_root(root)
+    files, unpaired = index_files(spec, root)
+    try:
+        names = load_vocabulary(spec.vocabulary).names
+    except VocabularyError:
+        names = [str(k) for k in range(spec.num_classes)]  # ade847/pc459 without a list file
+    counts: dict[int, int] = {}
+    outside: list[dict] = []
+    unreadable: list[str] = []
+    mismatched: list[str] = []
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"{spec.name} labels", total=len(files))
+        for f in files:
+            bar.advance(task)
+            try:
+                with Image.open(f.image) as image:
+                    width, height = image.size
+                raw = read_label(f.label)
+            except Exception as e:  # report every unreadable file, keep counting the rest
+                unreadable.append(f"{f.name}: {e}")
+                continue
+            if raw.shape != (height, width):
+                mismatched.append(
+                    f"{f.name}: image {width}x{height}, label {raw.shape[1]}x{raw.shape[0]}"
+                )
+            values, n = np.unique(raw, return_counts=True)
+            for v, c in zip(values.tolist(), n.tolist()):
+                counts[v] = counts.get(v, 0) + c
+            bad = [v for v in values.tolist()
+                   if v not in spec.ignore_values and not 0 <= v < spec.num_classes]  # fmt: skip
+            if bad:
+                outside.append({"file": str(f.label), "values": bad[:20]})
+    total = sum(counts.values()) or 1
+    ignored = sum(counts.get(v, 0) for v in spec.ignore_values)
+    per_class = {names[k]: counts.get(k, 0) for k in range(spec.num_classes)}
+    return {
+        "dataset": spec.name,
+        "root": str(root),
+        "labels": str(spec.label_root(root)),
+        "vocabulary": spec.vocabulary,
+        "num_classes": spec.num_classes,
+        "images": len(files),
+        "expected_images": spec.expected_images,
+        "images_without_label": unpaired["missing_labels"],
+        "labels_without_image": unpaired["missing_images"],
+        "label_values": sorted(counts),
+        "ignore_values": list(spec.ignore_values),
+        "ignore_fraction": ignored / total,
+        "pixels_per_class": per_class,
+        "classes_without_pixels": [n for n, c in per_class.items() if c == 0],
+        "labels_outside_vocabulary": outside,
+        "unreadable": unreadable,
+        "size_mismatches": mismatched,
+    }
+
+
+def _values(values: list[int], ignore: list[int]) -> str:
+    """Compress [0, 1, 2, 5, 255] to '0..2, 5, 255 (ignore)'."""
+    parts, run = [], []
+    for v in values:
+        if run and v == run[-1] + 1:
+            run.append(v)
+            continue
+        if run:
+            parts.append(f"{run[0]}..{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)))
+        run = [v]
+    if run:
+        parts.append(f"{run[0]}..{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)))
+    text = ", ".join(parts)
+    shown = [v for v in values if v in ignore]
+    return text + (f" ({', '.join(map(str, shown))} = ignore)" if shown else "")
+
+
+def format_stats(stats: dict) -> str:
+    expected = stats["expected_images"]
+    count = f"{stats['images']} with labels"
+    if expected is not None:
+        count += f" (expected {expected}: {'ok' if stats['images'] == expected else 'MISMATCH'})"
+    empty = stats["classes_without_pixels"]
+    problems = []
+    for key, label in (
+        ("images_without_label", "images without a label"),
+        ("labels_without_image", "labels without an image"),
+        ("labels_outside_vocabulary", "label files with values outside the vocabulary"),
+        ("unreadable", "unreadable files"),
+        ("size_mismatches", "image/label size mismatches"),
+    ):
+        items = stats[key]
+        if items:
+            first = (
+                items[0]
+                if isinstance(items[0], str)
+                else f"{items[0]['file']} {items[0]['values']}"
+            )
+            problems.append(f"{len(items)} {label} (first: {first})")
+    lines = [
+        f"dataset    {stats['dataset']}: {stats['num_classes']} classes ({stats['vocabulary']}), "
+        f"labels in {stats['labels']}",
+        f"images     {count}",
+        f"values     {_values(stats['label_values'], stats['ignore_values'])}",
+        f"pixels     {100 * stats['ignore_fraction']:.1f}% ignore; "
+        f"{stats['num_classes'] - len(empty)}/{stats['num_classes']} classes have pixels"
+        + (
+            f"; none for: {', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}"
+            if empty
+            else ""
+        ),
+        f"problems   {'; '.join(problems) if problems else 'none'}",
+    ]
+    return "\n".join(lines)

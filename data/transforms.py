@@ -1,0 +1,190 @@
+"""Training augmentation and the three test protocols of the field (DESIGN §5).
+
+Training (:class:`TrainTransform`): random resize of the short side, random crop (padded with
+ignore where the image is smaller), horizontal flip. Test protocols wrap a model callable
+``logits_fn(images (B, 3, h, w) float in [0, 1]) -> (B, K, h', w')`` and return logits at the
+label's original size, where predictions are scored:
+
+- :class:`ResizeSquare` (SED): resize to S x S (768), one forward.
+- :class:`SlidingWindow` with ``global_view=True`` (CAT-Seg: short side 640, crop 384, stride
+  256): windows averaged where they overlap, then averaged with the whole image seen at crop size.
+- :class:`SlidingWindow` with ``global_view=False`` (VIP: short side 336, crop 336, stride 112).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data.catalog import IGNORE_INDEX
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def to_tensors(sample: dict) -> dict:
+    """image (H, W, 3) uint8 -> (3, H, W) float in [0, 1]; label (H, W) int64 -> long tensor."""
+    out = dict(sample)
+    out["image"] = torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1)
+    out["image"] = out["image"].float().div_(255)
+    out["label"] = torch.from_numpy(np.ascontiguousarray(sample["label"])).long()
+    return out
+
+
+def resize_short_side(image: torch.Tensor, short: int) -> torch.Tensor:
+    """(..., 3, H, W) -> the same with min(H, W) == short, aspect kept."""
+    h, w = image.shape[-2:]
+    scale = short / min(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return resize(image, size)
+
+
+def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear (antialiased when shrinking) resize of (3, H, W) or (B, 3, H, W) images."""
+    batched = image.ndim == 4
+    x = image if batched else image[None]
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x if batched else x[0]
+
+
+@dataclass
+class TrainTransform:
+    """Random resize (short side = crop x scale), random crop, horizontal flip.
+
+    Applied to a sample dict with numpy ``image``/``label``; returns tensors: image
+    (3, crop, crop) float in [0, 1], label (crop, crop) long with IGNORE_INDEX padding.
+    """
+
+    crop: int = 384
+    scale: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+    seed: int | None = None  # for reproducible tests; None draws from torch's global RNG
+
+    def __post_init__(self) -> None:
+        if self.crop < 8 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"crop={self.crop}, scale={self.scale}: need crop >= 8, 0 < lo <= hi")
+        self._generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
+
+    def _rand(self) -> float:
+        return float(torch.rand((), generator=self._generator))
+
+    def __call__(self, sample: dict) -> dict:
+        sample = to_tensors(sample)
+        image, label = sample["image"], sample["label"]
+        lo, hi = self.scale
+        short = max(8, round(self.crop * (lo + (hi - lo) * self._rand())))
+        image = resize_short_side(image, short)
+        label = F.interpolate(label[None, None].float(), size=image.shape[-2:], mode="nearest")
+        label = label[0, 0].long()
+        # Pad to at least crop x crop (image with 0, label with ignore), then crop.
+        h, w = image.shape[-2:]
+        ph, pw = max(0, self.crop - h), max(0, self.crop - w)
+        if ph or pw:
+            image = F.pad(image, (0, pw, 0, ph), value=0.0)
+            label = F.pad(label, (0, pw, 0, ph), value=IGNORE_INDEX)
+        h, w = image.shape[-2:]
+        top = int(self._rand() * (h - self.crop + 1))
+        left = int(self._rand() * (w - self.crop + 1))
+        image = image[:, top : top + self.crop, left : left + self.crop]
+        label = label[top : top + self.crop, left : left + self.crop]
+        if self.flip and self._rand() < 0.5:
+            image, label = image.flip(-1), label.flip(-1)
+        sample.update(image=image.contiguous(), label=label.contiguous())
+        return sample
+
+
+def _upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+@dataclass
+class ResizeSquare:
+    """SED's protocol: the image resized to size x size, one forward, logits back to (H, W)."""
+
+    size: int = 768
+
+    def __call__(self, logits_fn: LogitsFn, image: torch.Tensor) -> torch.Tensor:
+        """image (3, H, W) in [0, 1] -> logits (K, H, W)."""
+        h, w = image.shape[-2:]
+        logits = logits_fn(resize(image, (self.size, self.size))[None])
+        return _upsample(logits, (h, w))[0]
+
+
+def window_starts(length: int, crop: int, stride: int) -> list[int]:
+    """Window offsets covering [0, length): every stride, the last one flush with the end."""
+    if length <= crop:
+        return [0]
+    starts = list(range(0, length - crop + 1, stride))
+    if starts[-1] != length - crop:
+        starts.append(length - crop)
+    return starts
+
+
+@dataclass
+class SlidingWindow:
+    """Short side resized, crop x crop windows every stride, logits averaged where they overlap.
+
+    With ``global_view`` (CAT-Seg) the whole resized image is also seen at crop x crop, and the
+    final logits are the mean of the window average and that global view.
+    """
+
+    short_side: int = 640
+    crop: int = 384
+    stride: int = 256
+    global_view: bool = True
+    batch_size: int = 8  # windows per forward
+
+    def __post_init__(self) -> None:
+        if not 0 < self.stride <= self.crop <= self.short_side:
+            raise ValueError(
+                f"stride={self.stride}, crop={self.crop}, short_side={self.short_side}: "
+                "need 0 < stride <= crop <= short_side"
+            )
+
+    def __call__(self, logits_fn: LogitsFn, image: torch.Tensor) -> torch.Tensor:
+        """image (3, H, W) in [0, 1] -> logits (K, H, W)."""
+        h0, w0 = image.shape[-2:]
+        x = resize_short_side(image, self.short_side)
+        h, w = x.shape[-2:]
+        boxes = [
+            (top, left)
+            for top in window_starts(h, self.crop, self.stride)
+            for left in window_starts(w, self.crop, self.stride)
+        ]
+        total = count = None
+        for i in range(0, len(boxes), self.batch_size):
+            chunk = boxes[i : i + self.batch_size]
+            windows = torch.stack([x[:, t : t + self.crop, c : c + self.crop] for t, c in chunk])
+            logits = _upsample(logits_fn(windows), windows.shape[-2:])
+            if total is None:
+                k = logits.shape[1]
+                total = logits.new_zeros(k, h, w)
+                count = logits.new_zeros(1, h, w)
+            for (t, c), window_logits in zip(chunk, logits):
+                total[:, t : t + self.crop, c : c + self.crop] += window_logits
+                count[:, t : t + self.crop, c : c + self.crop] += 1
+        logits = total / count
+        if self.global_view:
+            whole = logits_fn(resize(x, (self.crop, self.crop))[None])
+            logits = (logits + _upsample(whole, (h, w))[0]) / 2
+        return _upsample(logits[None], (h0, w0))[0]
+
+
+TEST_PROTOCOLS = {
+    "sed": lambda: ResizeSquare(768),
+    "catseg": lambda: SlidingWindow(640, 384, 256, global_view=True),
+    "vip": lambda: SlidingWindow(336, 336, 112, global_view=False),
+}
+
+
+def get_test_protocol(name: str):
+    """A test protocol by name: ``sed``, ``catseg`` or ``vip``."""
+    if name not in TEST_PROTOCOLS:
+        raise ValueError(f"unknown test protocol {name!r}; use one of {', '.join(TEST_PROTOCOLS)}")
+    return TEST_PROTOCOLS[name]()
