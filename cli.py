@@ -351,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bank_commands(commands)
 
+    from data.eval_masks import add_eval_masks_parser
+
+    add_eval_masks_parser(commands)
+
     data = commands.add_parser("data", help="datasets").add_subparsers(
         dest="data_command", metavar="DATA_COMMAND", required=True
     )
@@ -376,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output, every count")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_stats)
+
+    from data.prepare import add_prepare_parser
+
+    add_prepare_parser(data)
     return parser
 
 

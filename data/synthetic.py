@@ -20,7 +20,6 @@ same bytes as a full run.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from data.io import save_image_atomic
 from data.vocabulary import load_vocabulary
 
 IGNORE_INDEX = 255
@@ -176,12 +176,6 @@ def render_sample(config: SyntheticConfig, split: str, index: int) -> tuple[np.n
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
-def _save_atomic(image: Image.Image, path: Path, **kwargs) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, **kwargs)
-    os.replace(tmp, path)
-
-
 def dataset_dir(root: str | Path) -> Path:
     return Path(root) / "synthetic"
 
@@ -227,9 +221,9 @@ def write_synthetic_dataset(
                 image, label = render_sample(config, split, i)
                 # Label first, image last, each written whole (temp file + rename): a killed run
                 # leaves no truncated file and no image without its label.
-                _save_atomic(Image.fromarray(label), label_path, format="PNG")
-                _save_atomic(
-                    Image.fromarray(image), image_path, format="JPEG", quality=config.jpeg_quality
+                save_image_atomic(Image.fromarray(label), label_path, "PNG")
+                save_image_atomic(
+                    Image.fromarray(image), image_path, "JPEG", quality=config.jpeg_quality
                 )
                 written += 1
             bar.advance(task)

@@ -1,0 +1,381 @@
+"""Score saved prediction maps of any method against label maps: ``cli.py eval-masks``.
+
+Predictions and labels are single-channel images matched by file stem (``000123.png`` is scored
+against ``000123.png`` or ``000123.tif``): PNG or TIFF, 8- or 16-bit, a palette PNG read as its
+indices. The scores are those of :class:`data.evaluator.SemSegMetric` (detectron2's rules), so
+a number printed here is comparable with the ones our own evaluation and papers report.
+
+Bad input stops the run with a :class:`~data.catalog.DatasetError` that names the file(s) and the
+fix, because a silently skipped or mis-read image changes the score without anyone noticing.
+With ``on_bad_sample="skip"`` such samples are left out instead and counted by reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from data.catalog import IGNORE_INDEX, DatasetError
+
+MASK_SUFFIXES = (".png", ".tif", ".tiff")
+ON_BAD_SAMPLE = ("error", "skip")
+LIST_AT_MOST = 5  # file names listed in a message or a report, per reason
+
+# Why a sample can be left out (on_bad_sample="skip"), and how the report words it.
+SKIP_REASONS = {
+    "missing_prediction": "no prediction with the label's stem",
+    "ambiguous_stem": "several files share the stem (e.g. a.png and a.tif)",
+    "unreadable": "file unreadable or not a single-channel label map",
+    "size_mismatch": "prediction and label sizes differ",
+    "label_out_of_range": "label values outside [0, K) that are not the ignore value",
+    "prediction_out_of_range": "prediction values outside [0, K) at labelled pixels",
+}
+
+# Single-channel PIL modes: 1/8-bit, palette (its indices are the ids), 16- and 32-bit integer.
+_LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+class _BadSample(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A label or prediction map as an (H, W) int64 array of the values stored in the file.
+
+    Raises DatasetError when the file cannot be read or is not a single-channel integer image (an
+    RGB rendering of a mask has lost its class ids).
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            # A palette image reads as its indices (np.asarray does not apply the palette).
+            array = np.asarray(image) if mode in _LABEL_MODES else None
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot read it as an image ({e})") from e
+    if array is None:
+        raise DatasetError(
+            f"{path}: image mode {mode!r} is not a label map; save class ids as a single-channel "
+            "PNG (8-bit, 16-bit or palette) or a 16-bit TIFF, not colours"
+        )
+    if array.ndim != 2:
+        raise DatasetError(f"{path}: expected a single-channel (H, W) map, got {array.shape}")
+    return array.astype(np.int64)
+
+
+def _index_folder(folder: Path) -> dict[str, list[Path]]:
+    """Stem -> the mask files with that stem (more than one is ambiguous)."""
+    found: dict[str, list[Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in MASK_SUFFIXES:
+            found.setdefault(p.stem, []).append(p)
+    return found
+
+
+def _listing(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:LIST_AT_MOST])
+    return shown + (f" and {len(names) - LIST_AT_MOST} more" if len(names) > LIST_AT_MOST else "")
+
+
+def _values(values: np.ndarray, limit: int = 10) -> str:
+    distinct = np.unique(values).tolist()
+    shown = ", ".join(str(v) for v in distinct[:limit])
+    return shown + (f" and {len(distinct) - limit} more" if len(distinct) > limit else "")
+
+
+def _load_pair(
+    pred_path: Path,
+    gt_path: Path,
+    num_classes: int,
+    ignore_values: tuple[int, ...],
+    background_from: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(pred, label) as (H, W) int64 arrays, the label's ignore values mapped to IGNORE_INDEX.
+
+    Raises _BadSample with the reason and a message naming the file.
+    """
+    try:
+        label = read_mask(gt_path)
+    except DatasetError as e:
+        raise _BadSample("unreadable", str(e)) from e
+    try:
+        pred = read_mask(pred_path)
+    except DatasetError as e:
+        raise _BadSample("unreadable", str(e)) from e
+    if pred.shape != label.shape:
+        raise _BadSample(
+            "size_mismatch",
+            f"{pred_path}: prediction is {pred.shape[0]}x{pred.shape[1]} (H x W) but its label "
+            f"{gt_path} is {label.shape[0]}x{label.shape[1]}; save predictions at the label's "
+            "resolution",
+        )
+    ignored = np.isin(label, ignore_values)
+    bad = ~ignored & ((label < 0) | (label >= num_classes))
+    if bad.any():
+        raise _BadSample(
+            "label_out_of_range",
+            f"{gt_path}: label values {_values(label[bad])} are outside [0, {num_classes}) and "
+            f"not the ignore value ({', '.join(map(str, ignore_values))}); check --num-classes "
+            "and --ignore-index",
+        )
+    label = np.where(ignored, IGNORE_INDEX, label)
+    scored = pred[~ignored]  # pixels under an ignore label are dropped, whatever their prediction
+    if background_from is not None:
+        scored = np.minimum(scored, background_from)
+    bad = (scored < 0) | (scored >= num_classes)
+    if bad.any():
+        values = scored[bad]
+        hint = "; check --num-classes"
+        if np.isin(values, ignore_values).all():
+            # A prediction cannot abstain: a K x K confusion matrix has no column for "none".
+            hint = (
+                "; the ignore value is accepted in predictions only where the label is ignore: "
+                "predict a class at every labelled pixel"
+            )
+        elif background_from is None and (values >= num_classes).all():
+            hint += ", or pass --background-from when extra prompts mean background"
+        raise _BadSample(
+            "prediction_out_of_range",
+            f"{pred_path}: prediction values {_values(values)} are outside [0, {num_classes}) at "
+            f"{int(bad.sum())} labelled pixels{hint}",
+        )
+    return pred, label
+
+
+def evaluate_mask_folders(
+    pred_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    num_classes: int,
+    ignore_index: int | Iterable[int],
+    class_names: Sequence[str] | None = None,
+    on_bad_sample: str = "error",
+    progress: bool = True,
+    background_from: int | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Score every label map in ``gt_dir`` against the prediction with the same stem.
+
+    Args:
+        pred_dir: folder of prediction maps (class ids 0..K-1); files without a label are unused.
+        gt_dir: folder of label maps (class ids 0..K-1 or an ignore value).
+        num_classes: K.
+        ignore_index: the on-disk ignore value(s) of the labels (255 for most benchmarks, 65535
+            for ADE-847; PC-459: 459 and 65535), mapped to the evaluator's IGNORE_INDEX.
+        class_names: K names, only checked here (the metrics are by class id).
+        on_bad_sample: "error" (default) stops at bad input with a DatasetError naming the file;
+            "skip" leaves such samples out and counts them by reason in the report.
+        progress: show a progress bar.
+        background_from: predictions >= this id count as this class (VOC with background).
+
+    Returns:
+        (metrics, report): the :func:`data.evaluator.metrics_from_confusion` dict, and a report
+        with the folders, file counts, ``skipped`` (reason -> count) and ``skipped_files``
+        (reason -> up to 5 file names).
+    """
+    from data.evaluator import SemSegMetric
+
+    if on_bad_sample not in ON_BAD_SAMPLE:
+        raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {on_bad_sample!r}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise DatasetError(f"num_classes must be a positive int, got {num_classes!r}")
+    ignore_values = (ignore_index,) if isinstance(ignore_index, int) else tuple(ignore_index)
+    if class_names is not None and len(class_names) != num_classes:
+        raise DatasetError(
+            f"{len(class_names)} class names for {num_classes} classes; give a vocabulary with "
+            f"{num_classes} classes"
+        )
+    pred_root, gt_root = Path(pred_dir), Path(gt_dir)
+    for what, folder in (("prediction", pred_root), ("ground-truth", gt_root)):
+        if not folder.is_dir():
+            raise DatasetError(f"{what} folder {str(folder)!r} does not exist")
+    start = time.perf_counter()
+    gts, preds = _index_folder(gt_root), _index_folder(pred_root)
+    if not gts:
+        raise DatasetError(
+            f"no ground-truth files in {str(gt_root)!r}; expected label maps named like "
+            f"000123{' or 000123'.join(MASK_SUFFIXES)}"
+        )
+    skip = on_bad_sample == "skip"
+    skipped: dict[str, list[str]] = {}
+    first_message: dict[str, str] = {}  # per reason, for the error when nothing could be scored
+
+    def bad(reason: str, names: list[str], message: str) -> None:
+        if not skip:
+            raise DatasetError(message)
+        skipped.setdefault(reason, []).extend(names)
+        first_message.setdefault(reason, message)
+
+    # One entry per ground-truth sample, naming the files that share its stem.
+    ambiguous_stems = {s for s in gts if len(gts[s]) > 1 or len(preds.get(s, ())) > 1}
+    ambiguous = [
+        f"{s} (labels: {', '.join(p.name for p in gts[s])}; predictions: "
+        f"{', '.join(p.name for p in preds.get(s, [])) or 'none'})"
+        for s in sorted(ambiguous_stems)
+    ]
+    if ambiguous:
+        bad(
+            "ambiguous_stem",
+            ambiguous,
+            f"{len(ambiguous)} ground-truth stems match more than one mask file: "
+            f"{_listing(ambiguous)}; files are matched by stem, so keep one file per stem in "
+            "each folder",
+        )
+    missing = sorted(gts[s][0].name for s in gts if s not in preds and s not in ambiguous_stems)
+    if missing:
+        bad(
+            "missing_prediction",
+            missing,
+            f"prediction missing for {len(missing)} of {len(gts)} ground-truth files: "
+            f"{_listing(missing)} (looked in {str(pred_root)!r} for the same stem with "
+            f"{', '.join(MASK_SUFFIXES)}); predict every image, or pass --on-bad-sample skip",
+        )
+    stems = [s for s in sorted(gts) if s in preds and s not in ambiguous_stems]
+
+    metric = SemSegMetric(num_classes, IGNORE_INDEX, background_from)
+    evaluated = 0
+    from rich.console import Console
+    from rich.progress import Progress
+
+    # The bar goes to stderr: stdout holds only the scores (or the JSON document).
+    with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
+        task = bar.add_task("scoring masks", total=len(stems))
+        for stem in stems:
+            gt_path, pred_path = gts[stem][0], preds[stem][0]
+            try:
+                pred, label = _load_pair(
+                    pred_path, gt_path, num_classes, ignore_values, background_from
+                )
+            except _BadSample as e:
+                bad(e.reason, [gt_path.name], str(e))
+            else:
+                metric.update(pred, label)  # (H, W) each
+                evaluated += 1
+            bar.advance(task)
+    if evaluated == 0:
+        counts = "; ".join(
+            f"{len(v)} skipped, {SKIP_REASONS[r]}, e.g. {first_message[r]}"
+            for r, v in skipped.items()
+        )
+        raise DatasetError(f"no sample of {str(gt_root)!r} could be scored: {counts}")
+    report = {
+        "pred_dir": str(pred_root),
+        "gt_dir": str(gt_root),
+        "ground_truth_files": len(gts),
+        "evaluated": evaluated,
+        "unmatched_predictions": sum(1 for s in preds if s not in gts),
+        "ignore_values": list(ignore_values),
+        "skipped": {reason: len(names) for reason, names in skipped.items()},
+        "skipped_files": {reason: names[:LIST_AT_MOST] for reason, names in skipped.items()},
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    return metric.compute(), report
+
+
+# ---------------------------------------------------------------------------------------------
+# command line (wired into cli.py as `eval-masks`)
+
+
+def add_eval_masks_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``eval-masks`` on an argparse subparsers object; returns its parser."""
+    p = subparsers.add_parser(
+        "eval-masks",
+        help="score saved prediction maps against label maps (mIoU, fwIoU, mACC, pACC)",
+        description=(
+            "Score the prediction maps of any method against label maps, matched by file stem, "
+            "with detectron2's rules (mIoU over classes with ground truth). Maps are PNG or "
+            "TIFF, 8- or 16-bit, one class id per pixel (a palette PNG reads as its indices)."
+        ),
+    )
+    p.add_argument("--pred", required=True, metavar="DIR", help="folder of prediction maps")
+    p.add_argument("--gt", required=True, metavar="DIR", help="folder of label maps")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        required=True,
+        metavar="K",
+        help="label values 0..K-1 are classes",
+    )
+    p.add_argument(
+        "--ignore-index",
+        type=int,
+        nargs="+",
+        required=True,
+        metavar="I",
+        help="on-disk label value(s) not scored: 255 (most), 65535 (ADE-847), 459 65535 (PC-459)",
+    )
+    p.add_argument(
+        "--background-from",
+        type=int,
+        metavar="C",
+        help="predictions >= C count as class C (VOC with background: 20)",
+    )
+    p.add_argument(
+        "--vocab", metavar="NAME", help="class names (a vocabulary with K classes) for the outputs"
+    )
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument(
+        "--out", metavar="DIR", help="also write metrics.json, a per-class CSV and an IoU chart"
+    )
+    p.add_argument(
+        "--on-bad-sample",
+        choices=ON_BAD_SAMPLE,
+        default="error",
+        help="error (default): stop at a bad or missing file; skip: leave it out and count it",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval_masks)
+    return p
+
+
+def cmd_eval_masks(args: argparse.Namespace) -> int:
+    """Run ``eval-masks``: print the scores, optionally write them; 2 on a user error."""
+    from data.evaluator import format_metrics, metrics_to_json, write_results
+    from data.vocabulary import VocabularyError, load_vocabulary
+
+    try:
+        names = None
+        if args.vocab:
+            vocab = load_vocabulary(args.vocab)
+            if len(vocab) != args.num_classes:
+                raise DatasetError(
+                    f"vocabulary {args.vocab!r} has {len(vocab)} classes but --num-classes is "
+                    f"{args.num_classes}; give a vocabulary with one class per label id"
+                )
+            names = vocab.names
+        metrics, report = evaluate_mask_folders(
+            args.pred,
+            args.gt,
+            args.num_classes,
+            args.ignore_index,
+            class_names=names,
+            on_bad_sample=args.on_bad_sample,
+            progress=not getattr(args, "quiet", False) and not args.json,
+            background_from=getattr(args, "background_from", None),
+        )
+    except (DatasetError, VocabularyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # With --json stdout holds only the JSON document; the notes go to stderr.
+    notes = sys.stderr if args.json else sys.stdout
+    if args.json:
+        print(json.dumps({"metrics": metrics_to_json(metrics, names), "report": report}, indent=2))
+    else:
+        print(format_metrics(metrics))
+        print(f"scored {report['evaluated']} of {report['ground_truth_files']} ground-truth files")
+    for reason, count in report["skipped"].items():
+        files = _listing(report["skipped_files"][reason])
+        print(f"skipped {count}: {SKIP_REASONS[reason]} ({files})", file=notes)
+    if args.out:
+        paths = write_results(metrics, args.out, names)
+        print(f"results: {', '.join(str(p) for p in paths.values())}", file=notes)
+    return 0
