@@ -562,3 +562,23 @@ def test_cmd_eval_masks_vocab_out_and_skip(folders, tmp_path, capsys):
     assert err.startswith("error: prediction missing for 1 of 3") and "c.png" in err
     assert _run_eval_masks(*common, "--ignore-index", "255", "--vocab", "voc20") == 2
     assert "has 20 classes but --num-classes is 3" in capsys.readouterr().err
+
+
+def test_eval_masks_command_as_a_user_runs_it(folders, tmp_path):
+    """The real command line, in a fresh process: scores, JSON, result files, bad input."""
+    from conftest import run_cli
+
+    pred_dir, gt_dir = folders
+    common = ["eval-masks", "--pred", str(pred_dir), "--gt", str(gt_dir), "--num-classes", "3"]
+    result = run_cli(
+        *common, "--ignore-index", "255", "--vocab", "a; b; c", "--out", str(tmp_path / "o")
+    )
+    assert result.returncode == 0, result.stderr
+    assert EXPECTED_LINE in result.stdout
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "metrics.json", "metrics_per_class.csv", "metrics_per_class_iou.png"
+    ]  # fmt: skip
+    as_json = run_cli(*common, "--ignore-index", "255", "--json", "--quiet")
+    assert json.loads(as_json.stdout)["metrics"]["mIoU"] == pytest.approx(EXPECTED["mIoU"])
+    wrong = run_cli(*common, "--ignore-index", "255", "--vocab", "a; b")
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
