@@ -172,3 +172,75 @@ def clip_tokenizer_for(preset: EncoderPreset):
     if preset.model_cfg is not None:
         return open_clip.get_tokenizer("ViT-B-16")  # CLIP's SimpleTokenizer, context 77
     return open_clip.get_tokenizer(preset.arch)
+
+
+def resample_vit_positions(visual: nn.Module, image_size: int) -> None:
+    """Resize a ViT's positional embedding to a new input size (bicubic over the patch grid),
+    as CAT-Seg does to train ViT-B/16 at 384 px; the class token's embedding is kept."""
+    patch = visual.patch_size[0] if isinstance(visual.patch_size, tuple) else visual.patch_size
+    if image_size % patch:
+        raise ValueError(f"image_size={image_size} must be a multiple of the patch size {patch}")
+    pos = visual.positional_embedding.data  # (1 + g*g, C)
+    old = round((pos.shape[0] - 1) ** 0.5)
+    new = image_size // patch
+    grid = pos[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = nn.functional.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+    resized = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(new * new, -1)])
+    visual.positional_embedding = nn.Parameter(resized)
+    visual.grid_size = (new, new)
+    visual.image_size = (image_size, image_size)
+
+
+@dataclass
+class BackboneFeatures:
+    """Image features for the segmentation model (DESIGN §1, §2.2)."""
+
+    dense: torch.Tensor  # (B, D, h, w) final-layer features projected into the joint space
+    levels: list[torch.Tensor]  # per level j = 1..L: (B, C_j, h_j, w_j) intermediate maps
+
+
+class ClipBackbone(nn.Module):
+    """The CLIP image encoder as a dense feature extractor (the trainable image encoder).
+
+    ConvNeXt (timm trunk): the last stage's map goes through the trunk head's norm and the
+    projection per pixel, as SED does (open_clip pools before them, DESIGN §6). ViT: the patch
+    tokens of the last block go through ``ln_post`` and ``proj``. Levels come from
+    ``forward_intermediates`` at the preset's indices (ConvNeXt: strides 4/8/16/32; ViT: one
+    stride, the blocks chosen by the preset).
+    """
+
+    def __init__(self, clip: nn.Module, preset: EncoderPreset, image_size: int | None = None):
+        super().__init__()
+        self.visual = clip.visual
+        self.preset = preset
+        self.image_size = image_size or preset.image_size
+        if preset.family == "vit" and self.image_size != preset.image_size:
+            resample_vit_positions(self.visual, self.image_size)
+        self.register_buffer("mean", torch.tensor(preset.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(preset.std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> BackboneFeatures:
+        """images (B, 3, H, W) RGB in [0, 1]; a ViT needs H = W = ``image_size``."""
+        if self.preset.family == "vit" and tuple(images.shape[-2:]) != (self.image_size,) * 2:
+            raise ValueError(
+                f"the ViT backbone ({self.preset.name}) takes {self.image_size}x{self.image_size} "
+                f"images (its positional embedding), got {tuple(images.shape[-2:])}; use a "
+                "test protocol with square crops of that size, or build it with image_size="
+            )
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        levels = list(self.preset.levels)
+        if self.preset.family == "convnext":
+            trunk = self.visual.trunk
+            final, maps = trunk.forward_intermediates(x, indices=levels)
+            normed = trunk.head.norm(final)  # LayerNorm2d over channels, per pixel
+            dense = torch.einsum("bchw,dc->bdhw", normed, self.visual.head.proj.weight)
+            return BackboneFeatures(dense, list(maps))
+        blocks = len(self.visual.transformer.resblocks)
+        out = self.visual.forward_intermediates(
+            x, indices=sorted(set(levels) | {blocks - 1}), intermediates_only=True
+        )
+        maps = dict(zip(sorted(set(levels) | {blocks - 1}), out["image_intermediates"]))
+        last = maps[blocks - 1]  # (B, C, h, w) patch tokens of the last block
+        tokens = self.visual.ln_post(last.permute(0, 2, 3, 1))  # (B, h, w, C)
+        dense = (tokens @ self.visual.proj).permute(0, 3, 1, 2)  # (B, D, h, w)
+        return BackboneFeatures(dense.contiguous(), [maps[i] for i in levels])

@@ -1,0 +1,162 @@
+"""The cost-volume-guided decoder, CVGD (DESIGN §2.2).
+
+Three stages; each works on every class's map separately (weights shared over classes), so
+classes can be processed in chunks with identical results and memory bounded for K = 847:
+
+    fuse: [class features, image level-j features (projected), F_v^j (if enabled)] -> conv 3x3
+    hybrid dilated convolutions 3x3, dilations 1, 2, 4 (residual)
+    self-attention over the map's positions (residual)
+    2x transposed-convolution upsampling
+
+Stage s uses level j = L + 1 - s (ConvNeXt: strides 32, 16, 8; the paper's F_v^{4,3,2}), so
+``visual_levels=(2, 3, 4)`` is the full model, ``(2,)`` the one-level row and ``()`` "only F_c" of
+the paper's ablation. Level maps are resized to the stage's grid (ViT levels share one stride).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, channels), channels)
+
+
+class HybridDilatedConv(nn.Module):
+    """Three 3x3 convolutions with dilations 1, 2, 4: a wide receptive field without gridding."""
+
+    def __init__(self, channels: int, dilations: tuple[int, ...] = (1, 2, 4)):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(channels, channels, 3, padding=d, dilation=d), _norm(channels), nn.GELU()
+            )
+            for d in dilations
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = x + layer(x)
+        return x
+
+
+class SpatialSelfAttention(nn.Module):
+    """Multi-head self-attention over the h*w positions of each map (pre-norm, residual)."""
+
+    def __init__(self, channels: int, heads: int):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"channels {channels} must be divisible by heads {heads}")
+        self.heads = heads
+        self.norm = nn.LayerNorm(channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.out = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2)  # (n, hw, c)
+        q, k, v = self.qkv(self.norm(tokens)).chunk(3, dim=-1)
+        q, k, v = (t.view(n, h * w, self.heads, c // self.heads).transpose(1, 2) for t in (q, k, v))
+        attended = F.scaled_dot_product_attention(q, k, v)  # (n, heads, hw, c/heads)
+        attended = attended.transpose(1, 2).reshape(n, h * w, c)
+        return x + self.out(attended).transpose(1, 2).view(n, c, h, w)
+
+
+class DecoderStage(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, level_channels: int,
+                 guidance_channels: int, use_visual_cost: bool, attention_heads: int):  # fmt: skip
+        super().__init__()
+        self.use_visual_cost = use_visual_cost
+        self.guidance = nn.Conv2d(level_channels, guidance_channels, 1)
+        fused_in = in_channels + guidance_channels + int(use_visual_cost)
+        self.fuse = nn.Sequential(
+            nn.Conv2d(fused_in, in_channels, 3, padding=1), _norm(in_channels), nn.GELU()
+        )
+        self.hdc = HybridDilatedConv(in_channels)
+        self.attention = (
+            SpatialSelfAttention(in_channels, attention_heads) if attention_heads else None
+        )
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2),
+            _norm(out_channels),
+            nn.GELU(),
+        )
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor, visual_cost: torch.Tensor | None):
+        """x (B, k, C, h, w) class maps; level (B, C_j, h_j, w_j); visual_cost (B, k, h_j, w_j)."""
+        b, k, _, h, w = x.shape
+        guidance = self.guidance(
+            F.interpolate(level, size=(h, w), mode="bilinear", align_corners=False)
+        )
+        parts = [x, guidance[:, None].expand(b, k, -1, h, w)]
+        if self.use_visual_cost:
+            fv = F.interpolate(visual_cost, size=(h, w), mode="bilinear", align_corners=False)
+            parts.append(fv[:, :, None])
+        y = self.fuse(torch.cat(parts, dim=2).flatten(0, 1))  # (B*k, C, h, w)
+        y = self.hdc(y)
+        if self.attention is not None:
+            y = self.attention(y)
+        y = self.up(y)
+        return y.view(b, k, *y.shape[1:])
+
+
+class CVGDecoder(nn.Module):
+    """Class maps (B, K, C, h, w) + image levels + visual cost volumes -> logits (B, K, 8h, 8w)."""
+
+    def __init__(
+        self,
+        cost_channels: int,
+        level_dims: tuple[int, ...],
+        channels: tuple[int, int, int] = (128, 64, 32),
+        guidance_channels: tuple[int, int, int] = (64, 32, 16),
+        visual_levels: tuple[int, ...] = (2, 3, 4),
+        attention_heads: int = 4,
+        class_chunk: int = 64,
+    ):
+        super().__init__()
+        num_levels = len(level_dims)
+        if num_levels < 3:
+            raise ValueError(f"the decoder needs 3 feature levels, the encoder gives {num_levels}")
+        self.stage_levels = tuple(num_levels - s for s in range(3))  # 1-based: L, L-1, L-2
+        unknown = sorted(set(visual_levels) - set(self.stage_levels))
+        if unknown:
+            raise ValueError(
+                f"visual_levels {tuple(visual_levels)}: levels {unknown} have no decoder stage; "
+                f"choose from {sorted(self.stage_levels)} (or () for none)"
+            )
+        self.visual_levels = tuple(sorted(visual_levels))
+        self.class_chunk = class_chunk
+        ins = (cost_channels, *channels[:-1])
+        self.stages = nn.ModuleList(
+            DecoderStage(
+                ins[s],
+                channels[s],
+                level_dims[self.stage_levels[s] - 1],
+                guidance_channels[s],
+                self.stage_levels[s] in self.visual_levels,
+                attention_heads,
+            )  # fmt: skip
+            for s in range(3)
+        )
+        self.head = nn.Conv2d(channels[-1], 1, 1)
+
+    def forward(
+        self,
+        class_maps: torch.Tensor,
+        levels: list[torch.Tensor],
+        visual_costs: dict[int, torch.Tensor],
+    ) -> torch.Tensor:
+        """class_maps (B, K, C, h, w); levels[j-1] (B, C_j, h_j, w_j); visual_costs {j: (B, K,
+        h_j, w_j)} for j in visual_levels -> logits (B, K, 8h, 8w)."""
+        outputs = []
+        for k0 in range(0, class_maps.shape[1], self.class_chunk):
+            ks = slice(k0, k0 + self.class_chunk)
+            x = class_maps[:, ks]
+            for stage, j in zip(self.stages, self.stage_levels):
+                fv = visual_costs[j][:, ks] if j in self.visual_levels else None
+                x = stage(x, levels[j - 1], fv)
+            b, k = x.shape[:2]
+            outputs.append(self.head(x.flatten(0, 1)).view(b, k, *x.shape[-2:]))
+        return torch.cat(outputs, dim=1)

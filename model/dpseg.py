@@ -1,0 +1,102 @@
+"""DPSeg: the dual-prompt cost volume and the cost-volume-guided decoder (DESIGN §1, §2).
+
+    image ──> ClipBackbone ──> dense E (B, D, h, w) + levels E_j
+    prompts ─> R = fuse(T, V) (K, P, D)
+    cost volume F_c = cos(E, R) (B, P, K, h, w) ──> CostEmbedding ──> (B, K, C, h, w)
+    visual cost volumes F_v^j = cos(E_j, V_j) (B, K, h_j, w_j)
+    CVGD decoder ──> logits (B, K, H/4, W/4) ──> bilinear ──> (B, K, H, W)
+
+The module is pure: prompts come in as tensors (``Prompts``), built from a bank by the I/O code.
+``forward`` accepts precomputed backbone features so round II reuses round I's (DESIGN §2.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.backbone import BackboneFeatures, ClipBackbone
+from model.cost_volume import (
+    PROMPT_MODES,
+    CostEmbedding,
+    Prompts,
+    cost_volume,
+    fuse_prompts,
+    visual_cost_volume,
+)
+from model.decoder import CVGDecoder
+
+
+@dataclass
+class DPSegConfig:
+    """Model settings; every ablation of the paper is one field."""
+
+    prompt_mode: str = "avg"  # "text", "visual" or "avg" (the dual prompt), DESIGN §2.1
+    visual_levels: tuple[int, ...] = (2, 3, 4)  # F_v^j in the decoder: (), (2,), (2, 3, 4)
+    center_prompts: bool = False  # subtract the class mean from R (ours, for random tiny towers)
+    cost_channels: int = 128  # channels of the embedded cost volume per class
+    decoder_channels: tuple[int, int, int] = (128, 64, 32)
+    guidance_channels: tuple[int, int, int] = (64, 32, 16)
+    attention_heads: int = 4  # 0 disables the decoder's self-attention
+    class_chunk: int = 64  # classes through the decoder at once (memory for K = 847)
+
+    def __post_init__(self) -> None:
+        if self.prompt_mode not in PROMPT_MODES:
+            raise ValueError(
+                f"prompt_mode={self.prompt_mode!r}: use one of {', '.join(PROMPT_MODES)}"
+            )
+        self.visual_levels = tuple(self.visual_levels)
+        self.decoder_channels = tuple(self.decoder_channels)
+        self.guidance_channels = tuple(self.guidance_channels)
+        if self.class_chunk < 1:
+            raise ValueError(f"class_chunk={self.class_chunk} must be >= 1")
+
+
+@dataclass
+class DPSegOutput:
+    logits: torch.Tensor  # (B, K, H, W) per-class logits at the input resolution
+    cost: torch.Tensor  # (B, P, K, h, w) the dual-prompt cost volume (for an auxiliary loss)
+    features: BackboneFeatures = field(repr=False)  # reusable by round II
+
+
+class DPSeg(nn.Module):
+    """The trained half of DPSeg. Parts are given in the constructor (DESIGN §8.1)."""
+
+    def __init__(self, backbone: ClipBackbone, num_templates: int, level_dims: tuple[int, ...],
+                 config: DPSegConfig | None = None):  # fmt: skip
+        super().__init__()
+        self.config = config or DPSegConfig()
+        self.backbone = backbone
+        self.cost_embedding = CostEmbedding(num_templates, self.config.cost_channels)
+        self.decoder = CVGDecoder(
+            self.config.cost_channels,
+            tuple(level_dims),
+            channels=self.config.decoder_channels,
+            guidance_channels=self.config.guidance_channels,
+            visual_levels=self.config.visual_levels,
+            attention_heads=self.config.attention_heads,
+            class_chunk=self.config.class_chunk,
+        )
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        prompts: Prompts,
+        features: BackboneFeatures | None = None,
+    ) -> DPSegOutput:
+        """images (B, 3, H, W) in [0, 1]; prompts of K classes -> logits (B, K, H, W)."""
+        if features is None:
+            features = self.backbone(images)
+        r = fuse_prompts(prompts, self.config.prompt_mode, self.config.center_prompts)
+        cost = cost_volume(features.dense, r)  # (B, P, K, h, w)
+        class_maps = self.cost_embedding(cost)  # (B, K, C, h, w)
+        visual_costs = {
+            j: visual_cost_volume(features.levels[j - 1], prompts.visual_levels[j - 1])
+            for j in self.config.visual_levels
+        }
+        logits = self.decoder(class_maps, features.levels, visual_costs)
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return DPSegOutput(logits, cost, features)

@@ -1,0 +1,133 @@
+"""Contract tests of the DPSeg model parts: shapes, values, ablation switches, chunking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.backbone import ClipBackbone, create_clip
+from model.cost_volume import Prompts, cost_volume, fuse_prompts, visual_cost_volume
+from model.dpseg import DPSeg, DPSegConfig
+
+K, P = 5, 3
+SMALL = dict(cost_channels=16, decoder_channels=(16, 8, 8), guidance_channels=(8, 4, 4),
+             attention_heads=2)  # fmt: skip
+
+
+def random_prompts(dims, k=K, p=P, d=64, seed=0) -> Prompts:
+    g = torch.Generator().manual_seed(seed)
+    text = F.normalize(torch.randn(k, p, d, generator=g), dim=-1)
+    visual = F.normalize(torch.randn(k, p, d, generator=g), dim=-1)
+    return Prompts(text, visual, [torch.randn(k, c, generator=g) for c in dims])
+
+
+def build(name: str, **config) -> tuple[DPSeg, tuple[int, ...]]:
+    built = create_clip(name)
+    backbone = ClipBackbone(built.model, built.preset)
+    with torch.no_grad():
+        dims = tuple(f.shape[1] for f in backbone(torch.zeros(1, 3, 128, 128)).levels)
+    torch.manual_seed(0)
+    return DPSeg(backbone, P, dims, DPSegConfig(**{**SMALL, **config})), dims
+
+
+@pytest.mark.parametrize("encoder", ["tiny-convnext", "tiny-vit"])
+def test_shapes_finite_and_gradients(encoder):
+    model, dims = build(encoder)
+    prompts = random_prompts(dims)
+    width = 96 if encoder == "tiny-convnext" else 128  # a ViT takes its own square size
+    out = model(torch.rand(2, 3, 128, width), prompts)
+    assert out.logits.shape == (2, K, 128, width)
+    assert out.cost.shape[:3] == (2, P, K)
+    assert torch.isfinite(out.logits).all()
+    out.logits.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    assert prompts.text.grad is None  # prompts are inputs, never trained
+
+
+def test_cost_volume_is_cosine_per_pixel():
+    dense = torch.randn(2, 8, 3, 4)
+    prompts = F.normalize(torch.randn(K, P, 8), dim=-1)
+    cost = cost_volume(dense, prompts)
+    assert cost.shape == (2, P, K, 3, 4)
+    expected = F.cosine_similarity(dense[1, :, 2, 3], prompts[4, 1], dim=0)
+    assert cost[1, 1, 4, 2, 3] == pytest.approx(float(expected), abs=1e-6)
+    fv = visual_cost_volume(torch.randn(2, 6, 3, 4), torch.randn(K, 6))
+    assert fv.shape == (2, K, 3, 4) and fv.abs().max() <= 1 + 1e-6
+
+
+def test_prompt_fusion_modes():
+    text, visual = (F.normalize(torch.randn(K, P, 8), dim=-1) for _ in range(2))
+    prompts = Prompts(text, visual, [])
+    torch.testing.assert_close(fuse_prompts(prompts, "text"), text)
+    torch.testing.assert_close(fuse_prompts(prompts, "visual"), visual)
+    torch.testing.assert_close(fuse_prompts(prompts, "avg"), F.normalize(text + visual, dim=-1))
+    centred = fuse_prompts(prompts, "avg", center=True)
+    torch.testing.assert_close(centred.norm(dim=-1), torch.ones(K, P))
+    with pytest.raises(ValueError, match="prompt mode 'sum'"):
+        fuse_prompts(prompts, "sum")
+
+
+def test_text_mode_ignores_visual_prompts_and_visual_levels_switch():
+    model, dims = build("tiny-convnext", prompt_mode="text", visual_levels=())
+    model.eval()
+    a, b = random_prompts(dims, seed=1), random_prompts(dims, seed=2)
+    mixed = Prompts(a.text, b.visual, b.visual_levels)  # same text, other visual prompts
+    image = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(model(image, a).logits, model(image, mixed).logits)
+    full, _ = build("tiny-convnext", prompt_mode="text", visual_levels=(2, 3, 4))
+    full.eval()
+    with torch.no_grad():  # with F_v the visual prompts' level features matter
+        assert not torch.allclose(full(image, a).logits, full(image, mixed).logits)
+
+
+def test_class_chunks_give_the_same_logits():
+    model, dims = build("tiny-convnext", class_chunk=64)
+    model.eval()
+    prompts, image = random_prompts(dims), torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        whole = model(image, prompts).logits
+        model.decoder.class_chunk = 2
+        chunked = model(image, prompts).logits
+    torch.testing.assert_close(whole, chunked, atol=1e-5, rtol=1e-5)
+
+
+def test_features_are_reused_not_recomputed():
+    model, dims = build("tiny-convnext")
+    calls = []
+    model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    image, prompts = torch.rand(1, 3, 128, 128), random_prompts(dims)
+    first = model(image, prompts)
+    model(image, prompts, features=first.features)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        ({"visual_levels": (1,)}, r"levels \[1\] have no decoder stage; choose from \[2, 3, 4\]"),
+        ({"prompt_mode": "both"}, "prompt_mode='both'"),
+        ({"class_chunk": 0}, "class_chunk=0"),
+    ],
+)
+def test_bad_config(config, match):
+    with pytest.raises(ValueError, match=match):
+        build("tiny-convnext", **config)
+
+
+def test_template_count_mismatch_is_clear():
+    model, dims = build("tiny-convnext")
+    wrong = random_prompts(dims, p=P + 1)
+    with pytest.raises(ValueError, match="has 4 templates but the model was built for 3"):
+        model(torch.rand(1, 3, 128, 128), wrong)
+
+
+def test_vit_positions_resampled_for_another_size():
+    built = create_clip("tiny-vit")
+    backbone = ClipBackbone(built.model, built.preset, image_size=192)
+    features = backbone(torch.rand(1, 3, 192, 192))
+    assert features.dense.shape == (1, 64, 24, 24)
+    with pytest.raises(ValueError, match=r"takes 192x192 images .* got \(128, 128\)"):
+        backbone(torch.rand(1, 3, 128, 128))
