@@ -137,7 +137,7 @@ class CVGDecoder(nn.Module):
                 guidance_channels[s],
                 self.stage_levels[s] in self.visual_levels,
                 attention_heads,
-            )  # fmt: skip
+            )
             for s in range(3)
         )
         self.head = nn.Conv2d(channels[-1], 1, 1)
