@@ -170,6 +170,7 @@ def _regenerate(bank, data, report, count, seed, tolerance, generator_weights, e
         )
         return
     layout, worst, details = bank.layout, 0.0, []
+    prompt_cache: dict = {}
     keep = "visual/images" in layout.arrays()
     for k, p, n in picks:
         k0, k1 = next((a, z) for a, z in layout.shard_ranges() if a <= k < z)
@@ -180,9 +181,9 @@ def _regenerate(bank, data, report, count, seed, tolerance, generator_weights, e
             )
             if (k, p, n) in bt
         )
-        values = compute_batch(
-            models, config, shard_prompt_embeds(models, config, k0, k1), batch, keep
-        )
+        if (k0, k1) not in prompt_cache:  # once per shard, however many of its items are picked
+            prompt_cache[(k0, k1)] = shard_prompt_embeds(models, config, k0, k1)
+        values = compute_batch(models, config, prompt_cache[(k0, k1)], batch, keep)
         i = batch.index((k, p, n))
         diffs = {}
         for path, rows in values.items():
