@@ -38,15 +38,33 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
 
 
+LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
+"""PIL modes that hold one class id per pixel (palette PNGs read as their indices)."""
+
+
 def read_label(path: str | os.PathLike) -> np.ndarray:
-    """(H, W) int64 label ids as stored: palette PNGs give indices, 16-bit TIFFs their values."""
-    with Image.open(path) as image:
-        if image.mode not in ("P", "L", "I;16", "I;16B", "I;16L", "I", "1"):
-            raise DatasetError(
-                f"label {str(path)!r} has mode {image.mode} ({len(image.getbands())} channels); "
-                "expected a single-channel map of class ids (8-bit PNG or 16-bit TIFF)"
-            )
-        return np.asarray(image).astype(np.int64)
+    """(H, W) int64 label ids as stored: palette PNGs give indices, 16-bit TIFFs their values.
+
+    The one reader of label and prediction maps (datasets, ``data stats``, ``eval-masks``).
+
+    Raises:
+        DatasetError: the file cannot be read, or holds colours rather than class ids.
+    """
+    try:
+        with Image.open(path) as image:
+            mode, bands = image.mode, len(image.getbands())
+            array = np.asarray(image) if mode in LABEL_MODES else None
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DatasetError(
+            f"cannot read label {str(path)!r}: cannot read it as an image ({e})"
+        ) from e
+    if array is None or array.ndim != 2:
+        raise DatasetError(
+            f"label {str(path)!r} has mode {mode} ({bands} channels), and mode {mode!r} is not a "
+            "label map: save class ids as a single-channel PNG (8-bit, 16-bit or palette) or a "
+            "16-bit TIFF, not colours"
+        )
+    return array.astype(np.int64)
 
 
 def map_label(
@@ -169,12 +187,7 @@ class SegmentationFolder:
             image = read_image(files.image)
         except (OSError, UnidentifiedImageError, ValueError) as e:
             raise DatasetError(f"cannot read image {str(files.image)!r}: {e}") from e
-        try:
-            raw = read_label(files.label)
-        except DatasetError:
-            raise
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise DatasetError(f"cannot read label {str(files.label)!r}: {e}") from e
+        raw = read_label(files.label)
         if raw.shape != image.shape[:2]:
             raise DatasetError(
                 f"{files.name}: image {str(files.image)!r} is {image.shape[1]}x{image.shape[0]} "

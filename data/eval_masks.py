@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from data.catalog import IGNORE_INDEX, DatasetError
+from data.datasets import read_label
 
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
 ON_BAD_SAMPLE = ("error", "skip")
@@ -40,38 +40,12 @@ SKIP_REASONS = {
     "prediction_out_of_range": "prediction values outside [0, K) at labelled pixels",
 }
 
+
 # Single-channel PIL modes: 1/8-bit, palette (its indices are the ids), 16- and 32-bit integer.
-_LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
-
-
 class _BadSample(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """A label or prediction map as an (H, W) int64 array of the values stored in the file.
-
-    Raises DatasetError when the file cannot be read or is not a single-channel integer image (an
-    RGB rendering of a mask has lost its class ids).
-    """
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            mode = image.mode
-            # A palette image reads as its indices (np.asarray does not apply the palette).
-            array = np.asarray(image) if mode in _LABEL_MODES else None
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot read it as an image ({e})") from e
-    if array is None:
-        raise DatasetError(
-            f"{path}: image mode {mode!r} is not a label map; save class ids as a single-channel "
-            "PNG (8-bit, 16-bit or palette) or a 16-bit TIFF, not colours"
-        )
-    if array.ndim != 2:
-        raise DatasetError(f"{path}: expected a single-channel (H, W) map, got {array.shape}")
-    return array.astype(np.int64)
 
 
 def _index_folder(folder: Path) -> dict[str, list[Path]]:
@@ -106,11 +80,11 @@ def _load_pair(
     Raises _BadSample with the reason and a message naming the file.
     """
     try:
-        label = read_mask(gt_path)
+        label = read_label(gt_path)
     except DatasetError as e:
         raise _BadSample("unreadable", str(e)) from e
     try:
-        pred = read_mask(pred_path)
+        pred = read_label(pred_path)
     except DatasetError as e:
         raise _BadSample("unreadable", str(e)) from e
     if pred.shape != label.shape:

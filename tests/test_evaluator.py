@@ -19,7 +19,8 @@ from conftest import ROOT
 from PIL import Image
 
 from data.catalog import IGNORE_INDEX, DatasetError
-from data.eval_masks import add_eval_masks_parser, evaluate_mask_folders, read_mask
+from data.datasets import read_label
+from data.eval_masks import add_eval_masks_parser, evaluate_mask_folders
 from data.evaluator import (
     SemSegMetric,
     _named_positions,
@@ -369,9 +370,9 @@ def folders(tmp_path):
 def test_read_mask_keeps_palette_indices_and_16_bit_values(tmp_path):
     _save_png(tmp_path / "p.png", [[0, 7, 200]], palette=True)
     assert Image.open(tmp_path / "p.png").mode == "P"
-    assert read_mask(tmp_path / "p.png").tolist() == [[0, 7, 200]]
+    assert read_label(tmp_path / "p.png").tolist() == [[0, 7, 200]]
     _save_tif16(tmp_path / "t.tif", [[0, 846, 65535]])
-    mask = read_mask(tmp_path / "t.tif")
+    mask = read_label(tmp_path / "t.tif")
     assert mask.dtype == np.int64 and mask.tolist() == [[0, 846, 65535]]
 
 
