@@ -27,8 +27,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from data.vocabulary import VocabularyError
     from model.hub import WeightsUnavailableError
     from model.presets import PresetError
-    from prompt_bank.build import BankMismatchError
-    from prompt_bank.format import BankFormatError
+    from prompt_bank.format import BankFormatError, BankMismatchError
 
     return (
         DatasetError,
@@ -332,6 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dpseg {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    for name, what in (
+        ("fit", "train DPSeg (LightningCLI: cli.py fit --config configs/tiny_synthetic.yaml)"),
+        ("validate", "validate a checkpoint on data.val (LightningCLI)"),
+        ("test", "test on every (dataset, bank) of data.test; metrics + summary (LightningCLI)"),
+        ("predict", "label maps of data.test's images (LightningCLI)"),
+    ):
+        commands.add_parser(name, help=what, add_help=False)
+
     p = commands.add_parser("presets", help="list model presets and what each needs")
     p.add_argument("--kind", choices=("encoder", "generator", "bank"), help="only this kind")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -388,9 +395,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+"""Run by LightningCLI (``model/lightning_cli.py``): ``cli.py fit --config configs/X.yaml``."""
+
+
+def lightning_main(argv: list[str]) -> int:
+    """fit/validate/test/predict; our user errors end in one line, as the other commands."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from model.lightning_cli import main as run
+
+    try:
+        run(argv)
+    except _user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGPIPE"):  # `cli.py ... | head` ends quietly, as Unix tools do
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        return lightning_main(argv)
     args = build_parser().parse_args(argv)
     if getattr(args, "root", "unset") is None:
         import os

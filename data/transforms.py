@@ -28,9 +28,9 @@ LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 def to_tensors(sample: dict) -> dict:
     """image (H, W, 3) uint8 -> (3, H, W) float in [0, 1]; label (H, W) int64 -> long tensor."""
     out = dict(sample)
-    out["image"] = torch.from_numpy(np.ascontiguousarray(sample["image"])).permute(2, 0, 1)
+    out["image"] = torch.from_numpy(np.array(sample["image"], copy=True)).permute(2, 0, 1)
     out["image"] = out["image"].float().div_(255)
-    out["label"] = torch.from_numpy(np.ascontiguousarray(sample["label"])).long()
+    out["label"] = torch.from_numpy(np.array(sample["label"], copy=True)).long()
     return out
 
 
@@ -184,7 +184,11 @@ TEST_PROTOCOLS = {
 
 
 def get_test_protocol(name: str):
-    """A test protocol by name: ``sed``, ``catseg`` or ``vip``."""
+    """A test protocol by name: ``sed``, ``catseg``, ``vip``, or ``resize:N`` (N x N, one pass)."""
+    if name.startswith("resize:") and name.removeprefix("resize:").isdigit():
+        return ResizeSquare(int(name.removeprefix("resize:")))
     if name not in TEST_PROTOCOLS:
-        raise ValueError(f"unknown test protocol {name!r}; use one of {', '.join(TEST_PROTOCOLS)}")
+        raise ValueError(
+            f"unknown test protocol {name!r}; use one of {', '.join(TEST_PROTOCOLS)} or resize:N"
+        )
     return TEST_PROTOCOLS[name]()

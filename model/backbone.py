@@ -139,23 +139,24 @@ class ClipEncoder(nn.Module):
         with torch.inference_mode():
             return [f.shape[1] for f in self.encode_images(probe).levels]
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) RGB in [0, 1] -> (B, 3, S, S) normalised at the preset's size S."""
+    def preprocess(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0, 1] -> (B, 3, S, S) normalised at ``size`` (default: the
+        preset's; ConvNeXt takes any size, a ViT only its own)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(
                 f"images must be (B, 3, H, W) RGB in [0, 1], got {tuple(images.shape)}"
             )
-        size = self.preset.image_size
+        size = size or self.preset.image_size
         if images.shape[-2:] != (size, size):
             images = nn.functional.interpolate(
                 images, size=(size, size), mode="bicubic", antialias=True, align_corners=False
             ).clamp(0, 1)
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
-    def encode_images(self, images: torch.Tensor) -> ImageEncoding:
+    def encode_images(self, images: torch.Tensor, size: int | None = None) -> ImageEncoding:
         """(B, 3, H, W) in [0, 1] -> normalised (B, D) embedding and the level maps."""
         out = self.clip.visual.forward_intermediates(
-            self.preprocess(images), indices=list(self.preset.levels)
+            self.preprocess(images, size), indices=list(self.preset.levels)
         )
         embedding = nn.functional.normalize(out["image_features"].float(), dim=-1)
         return ImageEncoding(embedding, list(out["image_intermediates"]))
@@ -163,6 +164,26 @@ class ClipEncoder(nn.Module):
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """(T, L) token ids -> (T, D) L2-normalised text embeddings."""
         return nn.functional.normalize(self.clip.encode_text(tokens).float(), dim=-1)
+
+    def encode_class_texts(self, classes, templates: list[str], tokenizer, chunk: int = 256):
+        """T (K, P, D): each class in each template, synonyms averaged, renormalised (§2.1).
+
+        ``classes`` are ``data.vocabulary.ClassName`` (or anything with ``.synonyms``);
+        ``templates`` hold one ``{}``. Texts go through in fixed chunks, which bounds memory and
+        keeps every embedding's bits independent of K.
+        """
+        prompts, owners = [], []
+        for i, cls in enumerate(classes):
+            for p, template in enumerate(templates):
+                for synonym in cls.synonyms:
+                    prompts.append(template.format(synonym))
+                    owners.append(i * len(templates) + p)
+        device = self.mean.device
+        tokens = tokenizer(prompts).to(device)
+        emb = torch.cat([self.encode_tokens(t) for t in tokens.split(chunk)])
+        out = torch.zeros(len(classes), len(templates), emb.shape[-1], device=device)
+        out.view(-1, emb.shape[-1]).index_add_(0, torch.tensor(owners, device=device), emb)
+        return nn.functional.normalize(out, dim=-1)
 
 
 def clip_tokenizer_for(preset: EncoderPreset):

@@ -31,6 +31,7 @@ from prompt_bank.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     BankLayout,
+    BankMismatchError,
     create_arrays,
     validate_group,
 )
@@ -39,10 +40,6 @@ from prompt_bank.store import open_group
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_CLASSES_PER_SHARD = 16
 TEXT_CHUNK = 256  # prompts per text-encoder forward
-
-
-class BankMismatchError(ValueError):
-    """Resuming a bank with settings that differ from the ones it was started with."""
 
 
 def item_seed(base_seed: int, class_entry: str, template_index: int, image_index: int) -> int:
@@ -232,19 +229,9 @@ class _Models:
     @torch.inference_mode()
     def text_embeddings(self, classes: list, templates: list[str]) -> np.ndarray:
         """(K_s, P, D): per class and template, synonyms averaged then renormalised (§2.1)."""
-        prompts, owners = [], []
-        for i, cls in enumerate(classes):
-            for p, template in enumerate(templates):
-                for synonym in cls.synonyms:
-                    prompts.append(template.format(synonym))
-                    owners.append((i, p))
-        tokens = self.tokenizer(prompts).to(self.device)
         with self.autocast:  # fixed chunks bound memory and keep the bits independent of K
-            emb = torch.cat([self.encoder.encode_tokens(t) for t in tokens.split(TEXT_CHUNK)])
-        out = torch.zeros(len(classes), len(templates), emb.shape[-1], device=self.device)
-        index = torch.tensor([i * len(templates) + p for i, p in owners], device=self.device)
-        out.view(-1, emb.shape[-1]).index_add_(0, index, emb)
-        return torch.nn.functional.normalize(out, dim=-1).cpu().numpy()
+            emb = self.encoder.encode_class_texts(classes, templates, self.tokenizer, TEXT_CHUNK)
+        return emb.cpu().numpy()
 
     @torch.inference_mode()
     def prompt_embeds(self, prompts: list[str]) -> torch.Tensor:

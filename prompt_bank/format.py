@@ -51,6 +51,11 @@ class BankFormatError(ValueError):
     """A store is not a valid v1 bank; the message names the array or attribute and the fix."""
 
 
+class BankMismatchError(ValueError):
+    """A bank does not fit its use: resumed with other settings, merged with a bank of another
+    encoder, or given to a model whose prompt encoder differs (fingerprints)."""
+
+
 @dataclass(frozen=True)
 class BankLayout:
     """The shapes and dtypes of a bank, from which every array's metadata follows."""

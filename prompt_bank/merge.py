@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from prompt_bank.build import BankMismatchError
-from prompt_bank.format import BankLayout, create_arrays
+from prompt_bank.format import BankLayout, BankMismatchError, create_arrays
 from prompt_bank.store import Bank, open_group
 
 # What must agree for two banks' prompts to be interchangeable.

@@ -17,8 +17,8 @@ from conftest import ROOT, run_cli
 
 from data.templates import load_templates
 from data.vocabulary import load_vocabulary
-from prompt_bank.build import BankMismatchError, BuildConfig, build_bank, item_seed
-from prompt_bank.format import BankFormatError
+from prompt_bank.build import BuildConfig, build_bank, item_seed
+from prompt_bank.format import BankFormatError, BankMismatchError
 from prompt_bank.store import Bank
 
 # A small bank: 8 classes x 3 templates x 2 images, 4 shards of 2 classes, batches of 4.

@@ -1,0 +1,466 @@
+"""DPSeg in Lightning: training loss and optimiser, prompts from banks, evaluation and results.
+
+The pure model (``model.dpseg.DPSeg``, ``model.refine.TwoRoundSegmenter``) never reads a file;
+this wrapper loads each dataset's prompts from its bank (``model.prompts``), checks the bank's
+encoder against the model's frozen prompt encoder, and writes metrics (DESIGN §8.2).
+
+Trainable: the image encoder (``backbone``, lr x ``encoder_lr_mult``), cost embedding and
+decoder. Frozen and not checkpointed: the prompt encoder (the original CLIP of the preset, for
+round II crops and text-only classes). The checkpoint holds plain types only (hyper-parameters
+as dicts, provenance as strings), so ``torch.load(..., weights_only=True)`` reads it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data.catalog import IGNORE_INDEX, get_dataset_spec
+from data.evaluator import SemSegMetric, format_metrics, metrics_to_json, write_results
+from data.module import stack_images
+from data.transforms import get_test_protocol
+from data.vocabulary import load_vocabulary
+from model.backbone import ClipBackbone, ClipEncoder, clip_tokenizer_for, create_clip
+from model.cost_volume import Prompts
+from model.dpseg import DPSeg, DPSegConfig
+from model.prompts import BankProvenance, load_prompts
+from model.refine import RefineConfig, TwoRoundSegmenter
+
+log = logging.getLogger(__name__)
+
+IGNORE_MODES = ("negative", "mask")
+SUMMARY_ORDER = ("ade847", "pc459", "ade150", "pc59", "voc20", "voc20b")
+"""Column order of the paper's Table 1 (A-847, PC-459, A-150, PC-59, PAS-20, PAS-20b)."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a cosine schedule (DESIGN §2.4)."""
+
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    encoder_lr_mult: float = 0.01  # image encoder lr = lr x this (1.0 for random tiny encoders)
+    warmup_steps: int = 0  # linear warm-up before the cosine decay
+    min_lr_ratio: float = 0.0  # the cosine ends at lr x this
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.encoder_lr_mult < 0 or self.warmup_steps < 0:
+            raise ValueError(
+                f"optim: lr={self.lr} must be > 0, encoder_lr_mult={self.encoder_lr_mult} >= 0, "
+                f"warmup_steps={self.warmup_steps} >= 0"
+            )
+
+
+@dataclass
+class LossConfig:
+    """Per-pixel BCE over the K classes (DESIGN §2.4) and an optional auxiliary term."""
+
+    ignore_mode: str = "negative"  # "negative": ignore pixels are negatives (SED, CAT-Seg); "mask"
+    aux_weight: float = 0.0  # cross-entropy on the cost volume itself (DESIGN §6; 0 = off)
+    aux_scale: float = 10.0  # cosine x this = the auxiliary logits
+
+    def __post_init__(self) -> None:
+        if self.ignore_mode not in IGNORE_MODES:
+            raise ValueError(
+                f"loss.ignore_mode={self.ignore_mode!r}: use one of {', '.join(IGNORE_MODES)}"
+            )
+        if self.aux_weight < 0:
+            raise ValueError(f"loss.aux_weight={self.aux_weight} must be >= 0")
+
+
+def _as(cls, value):
+    """A config dataclass from itself or a dict (hyper-parameters of a checkpoint are dicts)."""
+    if value is None:
+        return cls()
+    return cls(**value) if isinstance(value, dict) else copy.deepcopy(value)
+
+
+def bce_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_mode: str) -> torch.Tensor:
+    """logits (B, K, H, W), labels (B, H, W) with IGNORE_INDEX -> mean per-pixel BCE.
+
+    ``negative``: an ignore pixel is a negative for every class; ``mask``: it is left out.
+    """
+    k = logits.shape[1]
+    valid = labels != IGNORE_INDEX
+    target = F.one_hot(labels.clamp(min=0), k).permute(0, 3, 1, 2).to(logits.dtype)
+    target = target * valid[:, None]
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if ignore_mode == "mask":
+        weight = valid[:, None].expand_as(loss).to(loss.dtype)
+        return (loss * weight).sum() / weight.sum().clamp(min=1)
+    return loss.mean()
+
+
+def cost_aux_loss(cost: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
+    """Cross-entropy of the template-averaged cost volume (B, P, K, h, w) x scale, upsampled."""
+    logits = F.interpolate(
+        cost.mean(dim=1) * scale, size=labels.shape[-2:], mode="bilinear", align_corners=False
+    )
+    if not (labels != IGNORE_INDEX).any():
+        return logits.sum() * 0
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+
+
+class DPSegModule(L.LightningModule):
+    """DPSeg for ``cli.py fit|validate|test|predict``.
+
+    Args:
+        encoder: encoder preset of the image and prompt encoders (``cli.py presets``); the
+            banks must be built with it (checked by fingerprint).
+        encoder_weights: local weights file or folder instead of the hub.
+        image_size: input size of a ViT encoder (positional embedding resampled; linked to
+            ``data.crop``); ignored by ConvNeXt.
+        num_templates: P of the banks (linked to the data module, which reads it from them).
+        dpseg: model settings (prompt mode, F_v levels, decoder sizes, class chunk).
+        optim: AdamW and schedule. loss: BCE ignore mode and auxiliary loss.
+        inference: rounds (1 or 2), detection area, crop policy.
+        test_protocol: ``sed`` (768 square), ``catseg`` (sliding windows), ``vip``, ``resize:N``.
+        allow_text_only: classes missing from a bank get text prompts (warning) instead of an
+            error.
+        results_dir: where ``test`` writes metrics (default: the logger's folder /results).
+    """
+
+    def __init__(
+        self,
+        encoder: str = "convnext-b-laion",
+        encoder_weights: str | None = None,
+        image_size: int | None = None,
+        num_templates: int = 80,
+        dpseg: DPSegConfig | None = None,
+        optim: OptimConfig | None = None,
+        loss: LossConfig | None = None,
+        inference: RefineConfig | None = None,
+        test_protocol: str = "sed",
+        allow_text_only: bool = False,
+        results_dir: str | None = None,
+    ):
+        super().__init__()
+        self.dpseg_config = _as(DPSegConfig, dpseg)
+        self.optim_config = _as(OptimConfig, optim)
+        self.loss_config = _as(LossConfig, loss)
+        self.inference_config = _as(RefineConfig, inference)
+        get_test_protocol(test_protocol)  # fail at construction on an unknown name
+        # Inference settings are not hyper-parameters: LightningCLI puts a checkpoint's
+        # hyper-parameters over the command line, and `test --model.inference.rounds 2` on a
+        # checkpoint must mean what it says. Plain dicts, not dataclasses: weights_only=True.
+        self.save_hyperparameters(
+            ignore=["dpseg", "optim", "loss", "inference", "test_protocol", "results_dir",
+                    "allow_text_only"]
+        )  # fmt: skip
+        self.hparams.update(
+            dpseg=asdict(self.dpseg_config),
+            optim=asdict(self.optim_config),
+            loss=asdict(self.loss_config),
+        )
+        self.test_protocol = test_protocol
+        self.allow_text_only = allow_text_only
+        self.results_location = results_dir
+        built = create_clip(encoder, weights=encoder_weights)
+        self.encoder_fingerprint = built.fingerprint
+        self.encoder_source = built.weights
+        # The frozen prompt encoder: the original weights, kept out of the state dict.
+        prompt_clip = copy.deepcopy(built.model).requires_grad_(False).eval()
+        self._frozen = {"prompt_encoder": ClipEncoder(prompt_clip, built.preset)}
+        self._frozen["tokenizer"] = clip_tokenizer_for(built.preset)
+        level_dims = tuple(self._frozen["prompt_encoder"].level_dims())
+        backbone = ClipBackbone(built.model, built.preset, image_size=image_size)
+        del built  # the text tower of the trainable copy is not needed
+        model = DPSeg(backbone, num_templates, level_dims, self.dpseg_config)
+        self.segmenter = TwoRoundSegmenter(model, self._frozen["prompt_encoder"], RefineConfig())
+        self._prompts: dict[str, Prompts] = {}
+        self._provenance: dict[str, dict] = {}
+        self._metrics = nn.ModuleDict()
+        self._skipped: dict[str, list] = {}
+        self.train()  # create_clip returns eval mode; training toggles it per stage from here
+
+    # -- parts ------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> DPSeg:
+        return self.segmenter.model
+
+    @property
+    def prompt_encoder(self) -> ClipEncoder:
+        enc = self._frozen["prompt_encoder"]
+        if enc.mean.device != self.device:
+            enc.to(self.device)
+        return enc
+
+    def _text_prompts(self, classes, templates) -> torch.Tensor:
+        with torch.no_grad():
+            return self.prompt_encoder.encode_class_texts(
+                classes, templates, self._frozen["tokenizer"]
+            )
+
+    # -- prompts from banks -----------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if datamodule is None:
+            return
+        stages = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+        stages["predict"] = ("test",)
+        for split in stages[stage]:
+            for pair in datamodule.pairs(split):
+                self.add_prompts(pair.dataset, pair.bank)
+            if split != "train":
+                for pair in datamodule.pairs(split):
+                    spec = get_dataset_spec(pair.dataset)
+                    self._metrics[_key(pair.dataset)] = SemSegMetric(
+                        spec.num_classes, background_from=spec.background_from
+                    )
+
+    def add_prompts(self, dataset: str, bank: str | None) -> Prompts:
+        """Load (once) the prompts of a dataset's vocabulary from its bank."""
+        if dataset in self._prompts:
+            return self._prompts[dataset]
+        from prompt_bank.store import Bank
+
+        spec = get_dataset_spec(dataset)
+        vocabulary = load_vocabulary(spec.vocabulary)
+        if bank is None:
+            if not self.allow_text_only:
+                raise ValueError(
+                    f"dataset {dataset!r} has no bank; give one ({{dataset: {dataset}, bank: "
+                    "PATH}}) or pass --model.allow_text_only true for text prompts only"
+                )
+            templates = None
+            text = self._text_prompts(vocabulary.classes, ["a photo of a {}."])
+            prompts = Prompts(text.cpu(), text.cpu(), [])
+        else:
+            opened = Bank.open(bank)
+            templates = opened.templates
+            prompts = load_prompts(
+                opened,
+                vocabulary,
+                encoder_preset=self.hparams.encoder,
+                encoder_fingerprint=self.encoder_fingerprint,
+                text_encoder=self._text_prompts,
+                allow_text_only=self.allow_text_only,
+            )
+            self._provenance[dataset] = asdict(BankProvenance.of(opened))
+        if templates is not None and len(templates) != self.model.cost_embedding.num_templates:
+            raise ValueError(
+                f"bank {bank!r} has {len(templates)} templates but the model has "
+                f"{self.model.cost_embedding.num_templates}; use banks built with the model's "
+                "templates (the checkpoint's num_templates)"
+            )
+        self._prompts[dataset] = prompts
+        return prompts
+
+    def prompts_for(self, dataset: str) -> Prompts:
+        if dataset not in self._prompts:
+            raise KeyError(f"no prompts for dataset {dataset!r}; call add_prompts first")
+        prompts = self._prompts[dataset]
+        if prompts.text.device != self.device:
+            prompts = self._prompts[dataset] = prompts.to(self.device)
+        return prompts
+
+    # -- training ---------------------------------------------------------------------------
+
+    def forward(self, images: torch.Tensor, prompts: Prompts) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1] -> logits (B, K, H, W) (rounds as configured)."""
+        return self.segmenter(images, prompts)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        dataset = self.trainer.datamodule.pairs("train")[0].dataset
+        images, labels = stack_images(batch), batch["label"]
+        out = self.model(images, self.prompts_for(dataset))
+        bce = bce_loss(out.logits, labels, self.loss_config.ignore_mode)
+        loss = bce
+        if self.loss_config.aux_weight > 0:
+            aux = cost_aux_loss(out.cost, labels, self.loss_config.aux_scale)
+            loss = loss + self.loss_config.aux_weight * aux
+            self.log("train/aux", aux)
+        self.log("train/bce", bce)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        cfg = self.optim_config
+        encoder = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        encoder_ids = {id(p) for p in encoder}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in encoder_ids]
+        groups = [{"params": rest, "lr": cfg.lr}]
+        if encoder and cfg.encoder_lr_mult > 0:
+            groups.append({"params": encoder, "lr": cfg.lr * cfg.encoder_lr_mult})
+        else:
+            self.model.backbone.requires_grad_(False)
+        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+
+        def factor(step: int) -> float:
+            if step < cfg.warmup_steps:
+                return (step + 1) / cfg.warmup_steps
+            t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def _eval_datasets(self, split: str) -> list[str]:
+        return [p.dataset for p in self.trainer.datamodule.pairs(split)]
+
+    def segment(self, image: torch.Tensor, dataset: str) -> torch.Tensor:
+        """One image (3, H, W) in [0, 1] -> logits (K, H, W) by the test protocol and rounds."""
+        prompts = self.prompts_for(dataset)
+        self.segmenter.config = self.inference_config
+        protocol = get_test_protocol(self.test_protocol)
+        return protocol(lambda x: self.segmenter(x, prompts), image)
+
+    def _eval_step(self, batch: dict, dataloader_idx: int, split: str) -> None:
+        dataset = self._eval_datasets(split)[dataloader_idx]
+        for name, reason in batch.get("skipped", []):
+            self._skipped.setdefault(dataset, []).append(name)
+            log.warning("skipped %s of %s: %s", name, dataset, reason)
+        if "image" not in batch:
+            return
+        images = stack_images(batch)
+        for image, label in zip(images, batch["label"]):
+            pred = self.segment(image, dataset).argmax(dim=0)
+            self._metrics[_key(dataset)].update(pred, label)
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx, "test")
+
+    def _compute(self, split: str) -> dict[str, dict]:
+        results = {}
+        for dataset in self._eval_datasets(split):
+            metric = self._metrics[_key(dataset)]
+            results[dataset] = dict(metric.compute())
+            with metric.sync_context():  # the matrix summed over ranks, for the run record
+                results[dataset]["confusion_matrix"] = metric.confmat.tolist()
+            metric.reset()
+        return results
+
+    def on_validation_epoch_end(self) -> None:
+        results = self._compute("val")
+        for dataset, m in results.items():
+            self.log(f"val/{dataset}/mIoU", float(m["mIoU"]), sync_dist=False)
+        mean = sum(float(m["mIoU"]) for m in results.values()) / max(1, len(results))
+        self.log("val/mIoU", mean, prog_bar=True, sync_dist=False)
+
+    def on_test_epoch_end(self) -> None:
+        results = self._compute("test")
+        for dataset, m in results.items():
+            for key in ("mIoU", "fwIoU", "mACC", "pACC"):
+                self.log(f"test/{dataset}/{key}", float(m[key]), sync_dist=False)
+        if self.trainer.is_global_zero:
+            self.write_test_results(results)
+
+    def results_dir(self) -> Path:
+        if self.results_location:
+            return Path(self.results_location)
+        base = self.trainer.log_dir if self.trainer and self.trainer.log_dir else "."
+        return Path(base) / "results"
+
+    def write_test_results(self, results: dict[str, dict]) -> Path:
+        """One metrics JSON/CSV/chart per dataset, and the summary table (paper's Table 1)."""
+        out = self.results_dir()
+        out.mkdir(parents=True, exist_ok=True)
+        rows = {}
+        for dataset, metrics in results.items():
+            metrics = dict(metrics)
+            confusion = metrics.pop("confusion_matrix", None)
+            names = load_vocabulary(get_dataset_spec(dataset).vocabulary).names
+            names = names[: metrics["num_classes"]]
+            stem = dataset.replace(":", "_")  # coco171:train -> coco171_train.json
+            write_results(metrics, out, names, name=stem)
+            meta = {
+                "dataset": dataset,
+                "rounds": self.inference_config.rounds,
+                "prompt_mode": self.dpseg_config.prompt_mode,
+                "test_protocol": self.test_protocol,
+                "encoder": self.hparams.encoder,
+                "bank": self._provenance.get(dataset),
+                "skipped": self._skipped.get(dataset, []),
+                "metrics": metrics_to_json(metrics),
+                "confusion_matrix": confusion,  # rows ground truth, columns prediction
+            }
+            (out / f"{stem}.run.json").write_text(json.dumps(meta, indent=2) + "\n")
+            rows[dataset] = 100 * float(metrics["mIoU"])
+            log.info("%s: %s", dataset, format_metrics(metrics))
+        order = [d for d in SUMMARY_ORDER if d in rows] + [
+            d for d in rows if d not in SUMMARY_ORDER
+        ]
+        label = f"DPSeg ({self.hparams.encoder}, round {self.inference_config.rounds})"
+        header = "| model | " + " | ".join(order) + " |"
+        line = "|" + "---|" * (len(order) + 1)
+        row = f"| {label} | " + " | ".join(f"{rows[d]:.1f}" for d in order) + " |"
+        table = "\n".join([header, line, row]) + "\n"
+        (out / "summary.md").write_text(table)
+        (out / "summary.csv").write_text(
+            "model,"
+            + ",".join(order)
+            + "\n"
+            + label
+            + ","
+            + ",".join(f"{rows[d]:.2f}" for d in order)
+            + "\n"
+        )
+        print(f"\nmIoU (%) by dataset, results in {out}:\n{table}")
+        return out
+
+    # -- predict ----------------------------------------------------------------------------
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+        """Label maps of the test datasets' images, written as PNG under results/predictions."""
+        from PIL import Image
+
+        dataset = self._eval_datasets("test")[dataloader_idx]
+        out = self.results_dir() / "predictions" / dataset.replace(":", "_")
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        if "image" not in batch:
+            return written
+        for image, name in zip(stack_images(batch), batch["name"]):
+            labels = self.segment(image, dataset).argmax(dim=0).cpu().numpy()
+            mode_dtype = "uint8" if labels.max() < 256 else "uint16"
+            path = out / f"{name}.png"
+            Image.fromarray(labels.astype(mode_dtype)).save(path)
+            written.append({"dataset": dataset, "name": name, "path": str(path)})
+        return written
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["dpseg"] = {
+            "encoder": {
+                "preset": self.hparams.encoder,
+                "fingerprint": self.encoder_fingerprint,
+                "weights": self.encoder_source,
+            },
+            "banks": copy.deepcopy(self._provenance),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("dpseg", {}).get("encoder", {})
+        if saved and saved.get("fingerprint") != self.encoder_fingerprint:
+            raise ValueError(
+                f"the checkpoint was trained from encoder {saved.get('preset')!r} (fingerprint "
+                f"{str(saved.get('fingerprint'))[:12]}) but this model starts from "
+                f"{self.hparams.encoder!r} ({self.encoder_fingerprint[:12]}); pass "
+                "--model.encoder and --model.encoder_weights as in training"
+            )
+
+
+def _key(dataset: str) -> str:
+    """A ModuleDict key for a dataset name (no dots or colons)."""
+    return dataset.replace(":", "__").replace(".", "_")

@@ -1,0 +1,384 @@
+"""DPSeg training and inference: loss, prompts from banks, two rounds, LightningCLI, DDP.
+
+Everything runs on the tiny presets with a small synthetic set and small real banks."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from conftest import ROOT, run_cli
+
+from data.catalog import IGNORE_INDEX
+from data.datasets import SegmentationFolder
+from data.synthetic import SyntheticConfig, write_synthetic_dataset
+from data.templates import load_templates
+from data.vocabulary import Vocabulary, load_vocabulary
+from model.lightning import DPSegModule, bce_loss, cost_aux_loss
+from model.prompts import load_prompts
+from model.refine import RefineConfig, crop_regions, detected_classes
+from prompt_bank.build import BuildConfig, build_bank
+from prompt_bank.format import BankMismatchError
+from prompt_bank.store import Bank
+
+TINY = ROOT / "configs" / "tiny_synthetic.yaml"
+ABLATIONS = sorted((ROOT / "configs" / "ablations").glob("*.yaml"))
+TEMPLATES = 4
+
+
+def make_bank(location: Path, templates: str, encoder: str = "tiny-convnext") -> Path:
+    if not location.exists():
+        config = BuildConfig(
+            vocabulary=load_vocabulary("synthetic"),
+            templates=load_templates(templates),
+            images_per_prompt=2 if templates == f"imagenet80:{TEMPLATES}" else 1,
+            encoder=encoder,
+            classes_per_shard=8,
+            batch_size=16,
+            cpu_threads=1,
+            progress=False,
+        )
+        threads = torch.get_num_threads()
+        build_bank(config, location)
+        torch.set_num_threads(threads)  # build_bank pins the thread count it records
+    return location
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> Path:
+    """A small synthetic set, a bank (4 templates, 2 images each) and a config overlay."""
+    root = tmp_path_factory.mktemp("world")
+    write_synthetic_dataset(
+        root / "datasets", SyntheticConfig(train_images=24, val_images=6), progress=False
+    )
+    bank = make_bank(root / "bank.zarr", f"imagenet80:{TEMPLATES}")
+    overlay = {
+        "trainer": {"max_steps": 4, "val_check_interval": 4, "log_every_n_steps": 1},
+        "data": {
+            "root": str(root / "datasets"),
+            "train": {"dataset": "synthetic:train", "bank": str(bank)},
+            "val": [{"dataset": "synthetic", "bank": str(bank)}],
+            "test": [{"dataset": "synthetic", "bank": str(bank)}],
+            "num_workers": 0,
+            "batch_size": 4,
+            "limit_eval": 6,
+        },
+    }
+    (root / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    return root
+
+
+def tiny_module(**kwargs) -> DPSegModule:
+    tiny = yaml.safe_load(TINY.read_text())["model"]
+    return DPSegModule(**{**tiny, "num_templates": TEMPLATES, **kwargs})
+
+
+# ---------------------------------------------------------------------------------------------
+# losses
+
+
+def test_bce_loss_counts_ignore_as_negative_or_leaves_it_out():
+    logits = torch.tensor([[[[2.0, -1.0]], [[0.5, 3.0]]]])  # (B=1, K=2, H=1, W=2)
+    labels = torch.tensor([[[0, IGNORE_INDEX]]])
+
+    def bce(x, t):
+        return -(
+            t * math.log(1 / (1 + math.exp(-x))) + (1 - t) * math.log(1 - 1 / (1 + math.exp(-x)))
+        )
+
+    # pixel 0 is class 0: targets (1, 0); pixel 1 is ignore: (0, 0) as negatives, or left out
+    px0 = [bce(2.0, 1), bce(0.5, 0)]
+    px1 = [bce(-1.0, 0), bce(3.0, 0)]
+    assert bce_loss(logits, labels, "negative").item() == pytest.approx(sum(px0 + px1) / 4)
+    assert bce_loss(logits, labels, "mask").item() == pytest.approx(sum(px0) / 2)
+
+
+def test_cost_aux_loss_is_cross_entropy_of_the_scaled_mean_cost():
+    torch.manual_seed(0)
+    cost = torch.rand(2, 3, 4, 4, 4) * 2 - 1  # (B, P, K, h, w)
+    labels = torch.randint(0, 4, (2, 8, 8))
+    labels[0, 0, 0] = IGNORE_INDEX
+    up = F.interpolate(cost.mean(1) * 10, size=(8, 8), mode="bilinear", align_corners=False)
+    expected = F.cross_entropy(up, labels, ignore_index=IGNORE_INDEX)
+    assert cost_aux_loss(cost, labels, 10.0).item() == pytest.approx(expected.item(), rel=1e-6)
+    all_ignored = torch.full((2, 8, 8), IGNORE_INDEX)
+    assert cost_aux_loss(cost, all_ignored, 10.0).item() == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# prompts from a bank
+
+
+def test_prompts_are_the_bank_arrays_averaged(world):
+    bank = Bank.open(world / "bank.zarr")
+    module = tiny_module()
+    vocab = load_vocabulary("synthetic")
+    prompts = load_prompts(
+        bank, vocab, encoder_preset="tiny-convnext", encoder_fingerprint=module.encoder_fingerprint
+    )
+    text = bank.read("text/embeddings")
+    visual = bank.read("visual/embeddings")  # (K, P, N, D)
+    assert prompts.text.shape == (8, TEMPLATES, text.shape[-1])
+    np.testing.assert_allclose(prompts.text.numpy(), text, rtol=0, atol=0)
+    mean = visual.mean(axis=2)
+    mean /= np.linalg.norm(mean, axis=-1, keepdims=True)
+    np.testing.assert_allclose(prompts.visual.numpy(), mean, atol=1e-6)
+    for j, name in enumerate(bank.level_names()):
+        level = bank.read(name).astype(np.float32).mean(axis=(1, 2))  # (K, C_j)
+        np.testing.assert_allclose(prompts.visual_levels[j].numpy(), level, rtol=1e-5)
+
+
+def test_missing_classes_are_listed_or_served_text_only(world, caplog):
+    module = tiny_module()
+    vocab = Vocabulary.from_entries([*load_vocabulary("synthetic").entries, "zebra", "okapi"])
+    with pytest.raises(BankMismatchError, match=r"lacks 2 of the 10 classes.*'zebra', 'okapi'"):
+        module_prompts = load_prompts(
+            world / "bank.zarr",
+            vocab,
+            encoder_preset="tiny-convnext",
+            encoder_fingerprint=module.encoder_fingerprint,
+        )
+    module_prompts = load_prompts(
+        world / "bank.zarr",
+        vocab,
+        encoder_preset="tiny-convnext",
+        encoder_fingerprint=module.encoder_fingerprint,
+        text_encoder=module._text_prompts,
+        allow_text_only=True,
+    )
+    assert "zebra" in caplog.text and "text-only" in caplog.text
+    expected = module._text_prompts(vocab.classes[8:], Bank.open(world / "bank.zarr").templates)
+    torch.testing.assert_close(module_prompts.text[8:], expected)
+    torch.testing.assert_close(module_prompts.visual[8:], expected)  # avg(T, T) = T
+    assert module_prompts.visual_levels[0][8:].abs().sum() == 0
+
+
+def test_bank_of_another_encoder_is_refused(world):
+    module = tiny_module(encoder="tiny-vit")
+    with pytest.raises(BankMismatchError, match=r"tiny-convnext.*tiny-vit.*--encoder tiny-vit"):
+        module.add_prompts("synthetic", str(world / "bank.zarr"))
+
+
+# ---------------------------------------------------------------------------------------------
+# model contract
+
+
+def test_training_step_gradients_only_on_trainable_parameters(world):
+    torch.manual_seed(0)
+    module = tiny_module()
+    prompts = module.add_prompts("synthetic", str(world / "bank.zarr"))
+    images = torch.rand(2, 3, 64, 64)
+    labels = torch.randint(0, 8, (2, 64, 64))
+    labels[:, :4] = IGNORE_INDEX
+    out = module.model(images, prompts)
+    assert out.logits.shape == (2, 8, 64, 64) and torch.isfinite(out.logits).all()
+    loss = bce_loss(out.logits, labels, "negative") + 0.5 * cost_aux_loss(out.cost, labels, 10)
+    loss.backward()
+    for name, p in module.named_parameters():
+        assert p.requires_grad and p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), name
+    frozen = module.prompt_encoder
+    assert all(not p.requires_grad and p.grad is None for p in frozen.parameters())
+    # The frozen prompt encoder (and its text tower) is not part of the checkpointed state.
+    assert not any("transformer" in k or "text" in k for k in module.state_dict())
+    assert all(k.startswith("segmenter.model.") for k in module.state_dict())
+
+
+def test_detection_and_crops():
+    labels = torch.zeros(10, 12, dtype=torch.long)
+    labels[2:6, 3:9] = 1  # 24 px
+    labels[8, 0] = 2  # 1 px: below min_area
+    found = detected_classes(labels, num_classes=4, min_area=0.05)
+    assert found.tolist() == [0, 1]
+    image = torch.rand(3, 10, 12)
+    box, masked = (
+        crop_regions(image, labels, torch.tensor([1]), RefineConfig(crop_policy=p, crop_margin=0))[
+            0
+        ]
+        for p in ("box", "masked")
+    )
+    torch.testing.assert_close(box, image[:, 2:6, 3:9])
+    torch.testing.assert_close(masked, image[:, 2:6, 3:9])  # the box holds only class 1
+    grown = crop_regions(image, labels, torch.tensor([1]), RefineConfig(crop_margin=0.5))[0]
+    assert grown.shape == (3, 8, 12)  # rows 0..8, cols 0..12 (clipped to the image)
+    masked0 = crop_regions(image, labels, torch.tensor([0]), RefineConfig(crop_policy="masked"))[0]
+    fill = image.mean(dim=(1, 2))
+    assert torch.allclose(masked0[:, 2, 3], fill)  # a class-1 pixel inside class 0's box
+
+
+def test_round_two_reuses_the_image_features(world):
+    module = tiny_module().eval()
+    prompts = module.add_prompts("synthetic", str(world / "bank.zarr"))
+    calls = {"backbone": 0, "crops": 0}
+    module.model.backbone.register_forward_pre_hook(
+        lambda *_: calls.__setitem__("backbone", calls["backbone"] + 1)
+    )
+    encoder = module.prompt_encoder
+    original = encoder.encode_images
+
+    def counting(images, size=None):
+        calls["crops"] += images.shape[0]
+        return original(images, size)
+
+    encoder.encode_images = counting
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        module.segmenter.config = RefineConfig(rounds=1)
+        first = module(images, prompts)
+        assert calls == {"backbone": 1, "crops": 0}
+        module.segmenter.config = RefineConfig(rounds=2, min_area=0.0)
+        second = module(images, prompts)
+    assert calls["backbone"] == 2  # once per call: round II did not run it again
+    detected = sum(len(detected_classes(first[b].argmax(0), 8, 0.0)) for b in range(2))
+    assert calls["crops"] == detected > 0
+    assert second.shape == first.shape and not torch.equal(first, second)
+
+
+def test_decoding_a_subset_of_classes_equals_the_full_decode(world):
+    module = tiny_module().eval()  # centred prompts: every class's R depends on all K
+    prompts = module.add_prompts("synthetic", str(world / "bank.zarr"))
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        full = module.model(images, prompts)
+        part = module.model(images, prompts, features=full.features, classes=torch.tensor([1, 5]))
+    torch.testing.assert_close(part.logits, full.logits[:, [1, 5]])
+
+
+def test_max_classes_keeps_the_largest():
+    labels = torch.tensor([[0, 0, 0, 1, 1, 2], [0, 0, 3, 3, 3, 3]])
+    assert detected_classes(labels, 4, 0.0).tolist() == [0, 1, 2, 3]
+    assert detected_classes(labels, 4, 0.0, max_classes=2).tolist() == [0, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# LightningCLI
+
+
+def _cli(world: Path, *args: str, env: dict | None = None):
+    overlay = str(world / "overlay.yaml")
+    return run_cli(*args[:1], "--config", str(TINY), "--config", overlay, *args[1:],
+                   env={"OMP_NUM_THREADS": "1", **(env or {})}, cwd=world, timeout=600)  # fmt: skip
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS, ids=[p.stem for p in ABLATIONS])
+def test_every_ablation_config_instantiates_and_runs_a_step(world, ablation):
+    from model.lightning_cli import make_cli
+
+    settings = yaml.safe_load(ablation.read_text())
+    extra = []
+    if ablation.stem.startswith("templates_"):
+        n = int(ablation.stem.split("_")[1])
+        # The row is a set of banks with n templates; here: the synthetic vocabulary's.
+        assert all(f"banks/t{n}/" in str(v) for v in settings["data"].values())
+        bank = make_bank(world / f"t{n}.zarr", f"imagenet80:{n}")
+        val = json.dumps([{"dataset": "synthetic", "bank": str(bank)}])
+        extra = ["--data.train", json.dumps({"dataset": "synthetic:train", "bank": str(bank)}),
+                 "--data.val", val, "--data.test", val]  # fmt: skip
+    cli = make_cli(
+        ["--config", str(TINY), "--config", str(ablation), "--config", str(world / "overlay.yaml"),
+         *extra, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
+         "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
+         "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false",
+         "--trainer.num_sanity_val_steps", "0", "--trainer.val_check_interval", "1"],
+        run=False,
+    )  # fmt: skip
+    model = cli.model
+    for key, value in settings.get("model", {}).get("dpseg", {}).items():
+        assert getattr(model.dpseg_config, key) == (
+            tuple(value) if isinstance(value, list) else value
+        )
+    for key, value in settings.get("model", {}).get("inference", {}).items():
+        assert getattr(model.inference_config, key) == value
+    if extra:
+        assert model.model.cost_embedding.num_templates == n  # linked from the bank
+    cli.trainer.fit(model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 1
+    assert math.isfinite(float(cli.trainer.callback_metrics["train/loss"]))
+    assert 0 <= float(cli.trainer.callback_metrics["val/mIoU"]) <= 1
+
+
+def test_print_config_shows_the_settings():
+    result = run_cli("fit", "--config", str(TINY), "--print_config")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert config["model"]["dpseg"]["prompt_mode"] == "avg"
+    assert config["data"]["train"]["dataset"] == "synthetic:train"
+    assert "num_templates" not in config["model"]  # linked from the banks, not repeated
+
+
+def test_unknown_dataset_and_bad_prompt_mode_are_clear_errors(world):
+    result = _cli(world, "fit", "--data.train", '{"dataset": "ade9000", "bank": "x"}')
+    assert result.returncode != 0
+    assert "ade9000" in result.stderr and "known:" in result.stderr
+    result = _cli(world, "fit", "--model.dpseg.prompt_mode", "both")
+    assert result.returncode != 0 and "prompt_mode" in result.stderr
+
+
+@pytest.fixture(scope="session")
+def trained(world) -> Path:
+    """fit 4 steps through the real command line; returns last.ckpt."""
+    result = _cli(world, "fit")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpts = sorted(world.glob("runs/dpseg/version_*/checkpoints/last.ckpt"))
+    assert ckpts, list(world.rglob("*.ckpt"))
+    return ckpts[-1]
+
+
+def test_checkpoint_is_weights_only_safe_and_records_provenance(trained, world):
+    ckpt = torch.load(trained, map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 4
+    meta = ckpt["dpseg"]
+    golden = json.loads((ROOT / "tests" / "golden" / "fingerprints.json").read_text())
+    assert meta["encoder"]["fingerprint"] == golden["fingerprints"]["tiny-convnext"]
+    bank = meta["banks"]["synthetic:train"]
+    assert bank["location"] == str(world / "bank.zarr") and bank["templates"] == TEMPLATES
+    assert ckpt["hyper_parameters"]["dpseg"]["prompt_mode"] == "avg"
+    # Inference settings stay out: LightningCLI would put them over `test --model.inference...`
+    assert not {"inference", "results_dir", "test_protocol"} & set(ckpt["hyper_parameters"])
+    assert all(k.startswith("segmenter.model.") for k in ckpt["state_dict"])  # no frozen parts
+
+
+def test_test_on_two_datasets_writes_metrics_and_summary(trained, world):
+    out = world / "results_two"
+    test = json.dumps([{"dataset": "synthetic", "bank": str(world / "bank.zarr")},
+                       {"dataset": "synthetic:train", "bank": str(world / "bank.zarr")}])  # fmt: skip
+    result = _cli(world, "test", "--ckpt_path", str(trained), "--data.test", test,
+                  "--model.results_dir", str(out), "--model.inference.rounds", "2")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stem in ("synthetic", "synthetic_train"):
+        metrics = json.loads((out / f"{stem}.json").read_text())
+        assert 0 <= metrics["mIoU"] <= 1 and metrics["num_classes"] == 8
+        run = json.loads((out / f"{stem}.run.json").read_text())
+        assert run["rounds"] == 2 and run["bank"]["templates"] == TEMPLATES
+        assert (out / f"{stem}_per_class_iou.png").stat().st_size > 0
+    summary = (out / "summary.md").read_text()
+    assert "| synthetic | synthetic:train |" in summary and "round 2" in summary
+    assert "mIoU (%) by dataset" in result.stdout
+
+
+def test_two_process_ddp_fit_and_test_match_one_process(trained, world):
+    env = {"OMP_NUM_THREADS": "1"}
+    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    result = _cli(world, "fit", *ddp, "--trainer.max_steps", "2", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    confusions = []
+    for devices, name in (("1", "one"), ("2", "two")):
+        args = ["--trainer.devices", devices] + (
+            ["--trainer.strategy", "ddp"] if devices == "2" else []
+        )
+        result = _cli(world, "test", "--ckpt_path", str(trained), *args,
+                      "--model.results_dir", str(world / name), env=env)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        confusions.append(json.loads((world / name / "synthetic.run.json").read_text()))
+    one, two = confusions
+    assert one["confusion_matrix"] == two["confusion_matrix"]
+    folder = SegmentationFolder("synthetic", world / "datasets", limit=6)
+    valid = sum(int((folder.load(i)["label"] != IGNORE_INDEX).sum()) for i in range(6))
+    assert sum(map(sum, one["confusion_matrix"])) == valid  # every labelled pixel exactly once
+    assert one["metrics"] == two["metrics"]
