@@ -285,7 +285,8 @@ def test_every_ablation_config_instantiates_and_runs_a_step(world, ablation):
          *extra, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
          "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
          "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false",
-         "--trainer.num_sanity_val_steps", "0", "--trainer.val_check_interval", "1"],
+         "--trainer.num_sanity_val_steps", "0", "--trainer.val_check_interval", "1",
+         "--trainer.default_root_dir", str(world / f"ablation_{ablation.stem}")],
         run=False,
     )  # fmt: skip
     model = cli.model
