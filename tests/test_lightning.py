@@ -383,3 +383,18 @@ def test_two_process_ddp_fit_and_test_match_one_process(trained, world):
     valid = sum(int((folder.load(i)["label"] != IGNORE_INDEX).sum()) for i in range(6))
     assert sum(map(sum, one["confusion_matrix"])) == valid  # every labelled pixel exactly once
     assert one["metrics"] == two["metrics"]
+
+
+def test_validate_and_predict_run_from_a_checkpoint(trained, world):
+    out = world / "predicted"
+    result = _cli(world, "predict", "--ckpt_path", str(trained), "--model.results_dir", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    maps = sorted((out / "predictions" / "synthetic").glob("*.png"))
+    assert len(maps) == 6
+    from PIL import Image
+
+    label = np.asarray(Image.open(maps[0]))
+    assert label.shape == (128, 128) and label.max() < 8
+    result = _cli(world, "validate", "--ckpt_path", str(trained))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "val/mIoU" in result.stdout
