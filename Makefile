@@ -36,10 +36,8 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 test: lint  ## lint, then the test suite (offline, CPU, tiny presets)
 	$(PY) -m pytest -q
 
-demo: $(STAMP)  ## what runs end to end so far: synthetic data + preview, offline presets
-	$(PY) cli.py data synthetic --root demo_out/datasets --preview demo_out/synthetic_preview.png
-	$(PY) cli.py presets --fingerprints
-	@echo "demo: wrote demo_out/ (the training demo arrives with the model issue; see README)"
+demo: $(STAMP)  ## the whole path offline on tiny models: data, bank, fit, test x2, predict (~5 min)
+	$(PY) demo.py --out demo_out
 
 # make bank VOCAB=ade847 [PRESET=paper|fast|vit|tiny] [TEMPLATES=imagenet80] [IMAGES=1] [OUT=...]
 VOCAB     ?=

@@ -335,9 +335,22 @@ def build_parser() -> argparse.ArgumentParser:
         ("fit", "train DPSeg (LightningCLI: cli.py fit --config configs/tiny_synthetic.yaml)"),
         ("validate", "validate a checkpoint on data.val (LightningCLI)"),
         ("test", "test on every (dataset, bank) of data.test; metrics + summary (LightningCLI)"),
-        ("predict", "label maps of data.test's images (LightningCLI)"),
+        ("predict", "segment images: --ckpt --images --vocab --out (see predict --images -h)"),
     ):
         commands.add_parser(name, help=what, add_help=False)
+
+    p = commands.add_parser(
+        "explain", help="text, visual and dual-prompt cost maps of one class on one image"
+    )
+    p.add_argument("--ckpt", required=True, help="a checkpoint of cli.py fit")
+    p.add_argument("--image", required=True, help="an image file")
+    p.add_argument("--class", dest="class_name", required=True, help="the class to explain")
+    p.add_argument("--vocab", help="the other classes (default: the bank's)")
+    p.add_argument("--bank", help="prompt bank (default: the checkpoint's training bank)")
+    p.add_argument("--text-only", action="store_true", help="no generated visual prompts")
+    p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    p.add_argument("--out", default="explain.png", help="output PNG (default explain.png)")
+    p.set_defaults(func=cmd_explain)
 
     p = commands.add_parser("presets", help="list model presets and what each needs")
     p.add_argument("--kind", choices=("encoder", "generator", "bank"), help="only this kind")
@@ -395,17 +408,110 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_ours() -> None:
+    """Our modules' info messages on stderr; other libraries' only from warnings up."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for ours in ("model", "data", "prompt_bank"):
+        logger = logging.getLogger(ours)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False  # Lightning's root handler would print it again
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Segment images with a checkpoint and any vocabulary; outputs per image in --out."""
+
+    from model.predictor import Predictor, expand_images, predict_images
+
+    _log_ours()
+    paths = expand_images(args.images)
+    if not paths:
+        raise FileNotFoundError(f"--images {' '.join(args.images)}: no image found")
+    predictor = Predictor.from_checkpoint(args.ckpt, device=args.device, rounds=args.rounds)
+    predictor.set_vocabulary(
+        args.vocab,
+        bank=args.bank,
+        text_only=args.text_only,
+        generator_weights=args.generator_weights,
+        progress=not args.quiet,
+    )
+    summary = predict_images(predictor, paths, args.out, progress=not args.quiet)
+    for item in summary["skipped"]:
+        print(f"skipped {item['image']}: {item['error']}", file=sys.stderr)
+    generated = sum(v == "generated" for v in summary["prompts"].values())
+    text = sum(v == "text" for v in summary["prompts"].values())
+    print(
+        f"predict: {summary['images']} images in {summary['seconds']} s "
+        f"({summary['images_per_second']} images/s), {len(summary['skipped'])} skipped; "
+        f"{len(predictor.vocabulary)} classes ({generated} with generated prompts, {text} "
+        f"text-only); outputs in {args.out} (label maps, overlays, class areas, summary.json)"
+    )
+    return 1 if summary["skipped"] and not summary["images"] else 0
+
+
+def predict_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cli.py predict",
+        description="Segment images with a checkpoint and any vocabulary. (Without --images, "
+        "`predict` is LightningCLI's over data.test: cli.py predict --config ... --ckpt_path ...)",
+    )
+    p.add_argument("--ckpt", required=True, help="a checkpoint of cli.py fit")
+    p.add_argument("--images", nargs="+", required=True, help="files, folders or glob patterns")
+    p.add_argument("--vocab", required=True, help="'cat, kitty; dog; grass', a name or a file")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--bank", help="prompt bank (default: the checkpoint's training bank)")
+    p.add_argument("--text-only", action="store_true", help="no visual prompts for missing classes")
+    p.add_argument("--rounds", type=int, choices=(1, 2), help="inference rounds (default: 1)")
+    p.add_argument("--generator-weights", help="local generator weights for missing classes")
+    p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Text, visual and dual-prompt cost maps of one class on one image (paper's Figure 1)."""
+    from data.datasets import read_image
+    from data.vocabulary import Vocabulary, load_vocabulary
+    from model.explain import write_explanation
+    from model.predictor import Predictor
+    from prompt_bank.store import Bank
+
+    _log_ours()
+    image = read_image(args.image)
+    predictor = Predictor.from_checkpoint(args.ckpt, device=args.device)
+    if args.vocab:
+        vocabulary = load_vocabulary(args.vocab)
+    else:  # the bank's classes: the other classes matter when prompts are centred
+        bank = args.bank or predictor.training_bank()
+        if bank is None:
+            raise FileNotFoundError("no bank recorded in the checkpoint is here: pass --vocab")
+        vocabulary = Vocabulary.from_entries(Bank.open(bank).classes, name="bank")
+    if args.class_name not in vocabulary.names:
+        vocabulary = Vocabulary.from_entries(
+            [*vocabulary.entries, args.class_name], vocabulary.name
+        )
+    predictor.set_vocabulary(vocabulary, bank=args.bank, text_only=args.text_only)
+    out = write_explanation(predictor, image, args.class_name, args.out)
+    print(f"explain: {out} ({args.class_name!r}: {predictor.sources[args.class_name]} prompts)")
+    return 0
+
+
+def _wants_image_predict(argv: list[str]) -> bool:
+    return any(a.split("=")[0] in ("--images", "--ckpt", "--vocab") for a in argv[1:])
+
+
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 """Run by LightningCLI (``model/lightning_cli.py``): ``cli.py fit --config configs/X.yaml``."""
 
 
 def lightning_main(argv: list[str]) -> int:
     """fit/validate/test/predict; our user errors end in one line, as the other commands."""
-    import logging
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _log_ours()
     from model.lightning_cli import main as run
 
     try:
@@ -420,6 +526,13 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGPIPE"):  # `cli.py ... | head` ends quietly, as Unix tools do
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["predict"] and _wants_image_predict(argv):
+        args = predict_parser().parse_args(argv[1:])
+        try:
+            return cmd_predict(args)
+        except _user_errors() as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if argv and argv[0] in LIGHTNING_COMMANDS:
         return lightning_main(argv)
     args = build_parser().parse_args(argv)

@@ -10,6 +10,7 @@ equal those of one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -120,16 +121,18 @@ class SegmentationData(L.LightningDataModule):
     @property
     def num_templates(self) -> int:
         """P of the banks (they must agree): the model's cost embedding is built for it."""
-        from prompt_bank.store import Bank
+        from prompt_bank.store import Bank, is_url
 
         counts = {}
-        for pair in [*self.train, *self.val, *self.test]:
-            if pair.bank is not None and pair.bank not in counts:
-                counts[pair.bank] = len(Bank.open(pair.bank).templates)
+        listed = [p.bank for p in [*self.train, *self.val, *self.test] if p.bank is not None]
+        for bank in listed:  # banks absent here belong to another stage (fit vs test)
+            if bank not in counts and (is_url(bank) or Path(bank).exists()):
+                counts[bank] = len(Bank.open(bank).templates)
         if not counts:
             raise DatasetError(
-                "no bank is given (data.train/val/test entries have no `bank`), so the number of "
-                "templates is unknown; give a bank for at least one dataset"
+                "no bank of data.train/val/test is here "
+                f"({', '.join(repr(b) for b in listed) or 'none given'}), so the number of "
+                "templates is unknown; build them (make bank VOCAB=...) or fix the paths"
             )
         if len(set(counts.values())) > 1:
             listing = ", ".join(f"{b!r}: {n}" for b, n in counts.items())

@@ -27,18 +27,21 @@ def colorize(label: np.ndarray, num_classes: int, ignore_index: int = 255) -> np
     return out
 
 
-def legend(names: list[str], num_classes: int, width: int) -> Image.Image:
-    """A strip with one colour swatch and name per class."""
+def legend(
+    names: list[str], num_classes: int, width: int, ids: list[int] | None = None
+) -> Image.Image:
+    """A strip with one colour swatch and "id name" per class (only ``ids`` when given)."""
+    ids = list(range(len(names))) if ids is None else ids
     font = ImageFont.load_default()
     row, columns = 14, max(1, width // 150)
-    rows = (len(names) + columns - 1) // columns
+    rows = (len(ids) + columns - 1) // columns
     strip = Image.new("RGB", (width, rows * row + 4), "white")
     draw = ImageDraw.Draw(strip)
     colours = palette(num_classes)
-    for i, name in enumerate(names):
-        x, y = (i % columns) * (width // columns) + 4, (i // columns) * row + 2
+    for n, i in enumerate(ids):
+        x, y = (n % columns) * (width // columns) + 4, (n // columns) * row + 2
         draw.rectangle([x, y + 1, x + 10, y + 11], fill=tuple(int(c) for c in colours[i]))
-        draw.text((x + 14, y), f"{i} {name}", fill="black", font=font)
+        draw.text((x + 14, y), f"{i} {names[i]}"[:24], fill="black", font=font)
     return strip
 
 
@@ -65,3 +68,23 @@ def write_synthetic_preview(root: str | Path, out: str | Path, count: int = 8) -
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
     return out
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, names: list[str], alpha: float = 0.5):
+    """The image with its label map blended in, over a legend of the classes present.
+
+    image (H, W, 3) uint8, labels (H, W) ids into ``names``; colours are ``palette(len(names))``
+    so a class has the same colour in every picture of one vocabulary.
+    """
+    k = len(names)
+    colours = colorize(labels, k, ignore_index=-1)
+    blend = image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha
+    picture = Image.fromarray(blend.round().astype(np.uint8))
+    ids, counts = np.unique(labels, return_counts=True)
+    present = [int(i) for i, _ in sorted(zip(ids, counts), key=lambda t: -t[1]) if 0 <= i < k]
+    width = max(picture.width, 300)
+    key = legend(names, k, width, ids=present)
+    canvas = Image.new("RGB", (width, picture.height + key.height), "white")
+    canvas.paste(picture, (0, 0))
+    canvas.paste(key, (0, picture.height))
+    return canvas

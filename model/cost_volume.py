@@ -63,7 +63,9 @@ class Prompts:
         return Prompts(self.text, new_visual, new_levels)
 
 
-def fuse_prompts(prompts: Prompts, mode: PromptMode, center: bool = False) -> torch.Tensor:
+def fuse_prompts(
+    prompts: Prompts, mode: PromptMode, center: bool = False, mean: torch.Tensor | None = None
+) -> torch.Tensor:
     """R (K, P, D): the prompt embeddings the cost volume compares pixels with.
 
     ``avg`` is the paper's dual prompt, R = normalize((T + V) / 2); ``text`` and ``visual`` are
@@ -78,9 +80,18 @@ def fuse_prompts(prompts: Prompts, mode: PromptMode, center: bool = False) -> to
         r = (prompts.text + prompts.visual) / 2
     else:
         raise ValueError(f"prompt mode {mode!r}: use one of {', '.join(PROMPT_MODES)}")
-    if center and r.shape[0] > 1:
-        r = r - r.mean(dim=0, keepdim=True)
+    if center and (mean is not None or r.shape[0] > 1):
+        r = r - (class_mean(prompts, mode) if mean is None else mean)
     return F.normalize(r.float(), dim=-1)
+
+
+def class_mean(prompts: Prompts, mode: PromptMode) -> torch.Tensor:
+    """(1, P, D) the mean over classes that ``center`` subtracts (round II keeps round I's, so
+    a refined class does not move the prompts of the others)."""
+    r = {"text": prompts.text, "visual": prompts.visual}.get(mode)
+    if r is None:
+        r = (prompts.text + prompts.visual) / 2
+    return r.mean(dim=0, keepdim=True)
 
 
 def cost_volume(dense: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:

@@ -87,16 +87,19 @@ class DPSeg(nn.Module):
         prompts: Prompts,
         features: BackboneFeatures | None = None,
         classes: torch.Tensor | None = None,
+        center_mean: torch.Tensor | None = None,
     ) -> DPSegOutput:
         """images (B, 3, H, W) in [0, 1]; prompts of K classes -> logits (B, K, H, W).
 
         ``classes`` (K',) decodes only those classes (logits (B, K', H, W)), exactly as they
         would be in the full output: prompts are fused (and centred) over all K first, and the
-        decoder treats every class alone. Round II uses it to redo only the refined classes.
+        decoder treats every class alone. Round II uses it to redo only the refined classes,
+        with ``center_mean`` = round I's class mean (``cost_volume.class_mean``), so that with
+        ``center_prompts`` the classes it does not refine keep exactly their round I prompts.
         """
         if features is None:
             features = self.backbone(images)
-        r = fuse_prompts(prompts, self.config.prompt_mode, self.config.center_prompts)
+        r = fuse_prompts(prompts, self.config.prompt_mode, self.config.center_prompts, center_mean)
         if classes is not None:
             r, prompts = r[classes], prompts.select(classes)
         cost = cost_volume(features.dense, r)  # (B, P, K, h, w)

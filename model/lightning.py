@@ -27,6 +27,7 @@ from torch import nn
 from data.catalog import IGNORE_INDEX, get_dataset_spec
 from data.evaluator import SemSegMetric, format_metrics, metrics_to_json, write_results
 from data.module import stack_images
+from data.templates import SINGLE_TEMPLATE
 from data.transforms import get_test_protocol
 from data.vocabulary import load_vocabulary
 from model.backbone import ClipBackbone, ClipEncoder, clip_tokenizer_for, create_clip
@@ -89,10 +90,9 @@ def bce_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_mode: str) -> to
 
     ``negative``: an ignore pixel is a negative for every class; ``mask``: it is left out.
     """
-    k = logits.shape[1]
     valid = labels != IGNORE_INDEX
-    target = F.one_hot(labels.clamp(min=0), k).permute(0, 3, 1, 2).to(logits.dtype)
-    target = target * valid[:, None]
+    target = torch.zeros_like(logits)  # one-hot in the logits' dtype (no int64 K-fold copy)
+    target.scatter_(1, labels.clamp(min=0)[:, None], valid[:, None].to(logits.dtype))
     loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     if ignore_mode == "mask":
         weight = valid[:, None].expand_as(loss).to(loss.dtype)
@@ -171,12 +171,17 @@ class DPSegModule(L.LightningModule):
         prompt_clip = copy.deepcopy(built.model).requires_grad_(False).eval()
         self._frozen = {"prompt_encoder": ClipEncoder(prompt_clip, built.preset)}
         self._frozen["tokenizer"] = clip_tokenizer_for(built.preset)
-        level_dims = tuple(self._frozen["prompt_encoder"].level_dims())
+        self.level_dims = level_dims = tuple(self._frozen["prompt_encoder"].level_dims())
         backbone = ClipBackbone(built.model, built.preset, image_size=image_size)
         del built  # the text tower of the trainable copy is not needed
         model = DPSeg(backbone, num_templates, level_dims, self.dpseg_config)
-        self.segmenter = TwoRoundSegmenter(model, self._frozen["prompt_encoder"], RefineConfig())
+        self.segmenter = TwoRoundSegmenter(
+            model, self._frozen["prompt_encoder"], self.inference_config
+        )
+        if self.optim_config.encoder_lr_mult == 0:  # frozen before DDP wraps the module
+            model.backbone.requires_grad_(False)
         self._prompts: dict[str, Prompts] = {}
+        self._prompt_banks: dict[str, str | None] = {}
         self._provenance: dict[str, dict] = {}
         self._metrics = nn.ModuleDict()
         self._skipped: dict[str, list] = {}
@@ -203,6 +208,25 @@ class DPSegModule(L.LightningModule):
 
     # -- prompts from banks -----------------------------------------------------------------
 
+    def _start(self) -> None:
+        """On every rank before a loop: the frozen prompt encoder on the module's device (it is
+        not a submodule, so Lightning does not move it) and the results folder (trainer.log_dir
+        is a collective call: every rank must ask, and only here)."""
+        self._frozen["prompt_encoder"].to(self.device)
+        self._results = self.results_dir()
+
+    def on_fit_start(self) -> None:
+        self._start()
+
+    def on_validation_start(self) -> None:
+        self._start()
+
+    def on_test_start(self) -> None:
+        self._start()
+
+    def on_predict_start(self) -> None:
+        self._start()
+
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if datamodule is None:
@@ -220,8 +244,8 @@ class DPSegModule(L.LightningModule):
                     )
 
     def add_prompts(self, dataset: str, bank: str | None) -> Prompts:
-        """Load (once) the prompts of a dataset's vocabulary from its bank."""
-        if dataset in self._prompts:
+        """Load (once per bank) the prompts of a dataset's vocabulary from its bank."""
+        if dataset in self._prompts and self._prompt_banks.get(dataset) == bank:
             return self._prompts[dataset]
         from prompt_bank.store import Bank
 
@@ -234,19 +258,11 @@ class DPSegModule(L.LightningModule):
                     "PATH}}) or pass --model.allow_text_only true for text prompts only"
                 )
             templates = None
-            text = self._text_prompts(vocabulary.classes, ["a photo of a {}."])
-            prompts = Prompts(text.cpu(), text.cpu(), [])
+            prompts = self.text_only_prompts(vocabulary)
         else:
             opened = Bank.open(bank)
             templates = opened.templates
-            prompts = load_prompts(
-                opened,
-                vocabulary,
-                encoder_preset=self.hparams.encoder,
-                encoder_fingerprint=self.encoder_fingerprint,
-                text_encoder=self._text_prompts,
-                allow_text_only=self.allow_text_only,
-            )
+            prompts = self.bank_prompts([opened], vocabulary, self.allow_text_only)
             self._provenance[dataset] = asdict(BankProvenance.of(opened))
         if templates is not None and len(templates) != self.model.cost_embedding.num_templates:
             raise ValueError(
@@ -255,7 +271,27 @@ class DPSegModule(L.LightningModule):
                 "templates (the checkpoint's num_templates)"
             )
         self._prompts[dataset] = prompts
+        self._prompt_banks[dataset] = bank
         return prompts
+
+    def bank_prompts(self, banks: list, vocabulary, allow_text_only: bool) -> Prompts:
+        """``model.prompts.load_prompts`` checked against this model's prompt encoder."""
+        return load_prompts(
+            banks,
+            vocabulary,
+            encoder_preset=self.hparams.encoder,
+            encoder_fingerprint=self.encoder_fingerprint,
+            text_encoder=self._text_prompts,
+            allow_text_only=allow_text_only,
+        )
+
+    def text_only_prompts(self, vocabulary) -> Prompts:
+        """Prompts without a bank: one template's text prompt in each of the model's P slots,
+        the visual prompt equal to it (so ``avg`` is text), level prompts zero."""
+        text = self._text_prompts(vocabulary.classes, [SINGLE_TEMPLATE]).float().cpu()
+        text = text.expand(-1, self.model.cost_embedding.num_templates, -1).contiguous()
+        levels = [torch.zeros(len(vocabulary), c) for c in self.level_dims]
+        return Prompts(text, text.clone(), levels)
 
     def prompts_for(self, dataset: str) -> Prompts:
         if dataset not in self._prompts:
@@ -291,10 +327,8 @@ class DPSegModule(L.LightningModule):
         encoder_ids = {id(p) for p in encoder}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in encoder_ids]
         groups = [{"params": rest, "lr": cfg.lr}]
-        if encoder and cfg.encoder_lr_mult > 0:
+        if encoder:
             groups.append({"params": encoder, "lr": cfg.lr * cfg.encoder_lr_mult})
-        else:
-            self.model.backbone.requires_grad_(False)
         optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
 
@@ -359,11 +393,25 @@ class DPSegModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         results = self._compute("test")
+        self._gather_skipped()
         for dataset, m in results.items():
             for key in ("mIoU", "fwIoU", "mACC", "pACC"):
                 self.log(f"test/{dataset}/{key}", float(m[key]), sync_dist=False)
         if self.trainer.is_global_zero:
             self.write_test_results(results)
+
+    def _gather_skipped(self) -> None:
+        """The skipped files of every rank (each rank saw its own share of the images)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, self._skipped)
+            merged: dict[str, list] = {}
+            for part in gathered:
+                for dataset, names in part.items():
+                    merged.setdefault(dataset, []).extend(names)
+            self._skipped = merged
 
     def results_dir(self) -> Path:
         if self.results_location:
@@ -373,7 +421,7 @@ class DPSegModule(L.LightningModule):
 
     def write_test_results(self, results: dict[str, dict]) -> Path:
         """One metrics JSON/CSV/chart per dataset, and the summary table (paper's Table 1)."""
-        out = self.results_dir()
+        out = self._results
         out.mkdir(parents=True, exist_ok=True)
         rows = {}
         for dataset, metrics in results.items():
@@ -425,7 +473,7 @@ class DPSegModule(L.LightningModule):
         from PIL import Image
 
         dataset = self._eval_datasets("test")[dataloader_idx]
-        out = self.results_dir() / "predictions" / dataset.replace(":", "_")
+        out = self._results / "predictions" / dataset.replace(":", "_")
         out.mkdir(parents=True, exist_ok=True)
         written = []
         if "image" not in batch:

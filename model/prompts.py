@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,7 +87,7 @@ def _incomplete(done: np.ndarray) -> list[int]:
 
 
 def load_prompts(
-    bank: Bank | str | os.PathLike,
+    bank: Bank | str | os.PathLike | Sequence[Bank | str | os.PathLike],
     vocabulary: Vocabulary,
     *,
     encoder_preset: str,
@@ -94,36 +95,71 @@ def load_prompts(
     text_encoder=None,
     allow_text_only: bool = False,
 ) -> Prompts:
-    """The prompts of ``vocabulary`` from a bank.
+    """The prompts of ``vocabulary`` from a bank (or several: a class comes from the first that
+    has it, e.g. a shared bank then a local cache of generated extra classes).
 
     Args:
-        bank: a bank or its location.
+        bank: a bank, its location, or a list of them (same encoder and templates).
         vocabulary: the classes to segment, in label order.
-        encoder_preset / encoder_fingerprint: the model's prompt encoder (checked against the bank).
-        text_encoder: ``(classes, templates) -> (K', P, D)`` text embeddings, for classes the bank
-            lacks when ``allow_text_only``.
+        encoder_preset / encoder_fingerprint: the model's prompt encoder (checked against banks).
+        text_encoder: ``(classes, templates) -> (K', P, D)`` text embeddings, for classes no bank
+            has when ``allow_text_only``.
         allow_text_only: serve missing classes with text prompts instead of refusing.
 
     Raises:
-        BankMismatchError: other encoder, classes missing (listed), or incomplete items.
+        BankMismatchError: other encoder, other templates, classes missing (listed), or
+            incomplete items.
     """
-    if not isinstance(bank, Bank):
-        bank = Bank.open(bank)
-    check_bank_encoder(bank, encoder_preset, encoder_fingerprint)
-    rows = class_index(bank.classes, vocabulary)
-    missing = [str(c) for c, r in zip(vocabulary, rows) if r is None]
+    banks = [bank] if isinstance(bank, Bank | str | os.PathLike) else list(bank)
+    banks = [b if isinstance(b, Bank) else Bank.open(b) for b in banks]
+    first = banks[0]
+    for b in banks:
+        check_bank_encoder(b, encoder_preset, encoder_fingerprint)
+        if b.templates != first.templates or b.layout.level_dims != first.layout.level_dims:
+            raise BankMismatchError(
+                f"banks {first.location!r} and {b.location!r} differ in templates or level "
+                "sizes; prompts of one model come from banks built with the same settings"
+            )
+    k, p, d = len(vocabulary), len(first.templates), first.layout.embed_dim
+    text, visual = torch.zeros(k, p, d), torch.zeros(k, p, d)
+    levels = [torch.zeros(k, c) for c in first.layout.level_dims]
+    todo = list(range(k))
+    for b in banks:
+        rows = class_index(b.classes, vocabulary)
+        here = [i for i in todo if rows[i] is not None]
+        if here:
+            _read_rows(b, [rows[i] for i in here], here, text, visual, levels)
+        todo = [i for i in todo if rows[i] is None]
+    missing = [str(vocabulary[i]) for i in todo]
+    where = " or ".join(repr(b.location) for b in banks)
     if missing and not allow_text_only:
         shown = ", ".join(repr(m) for m in missing[:20])
         more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
         raise BankMismatchError(
-            f"bank {bank.location!r} lacks {len(missing)} of the {len(vocabulary)} classes of "
-            f"vocabulary {vocabulary.name!r}: {shown}{more}. Build them into a bank (cli.py bank "
-            "build --vocab ... then bank merge), or serve them text-only with --allow-text-only"
+            f"bank {where} lacks {len(missing)} of the {k} classes of vocabulary "
+            f"{vocabulary.name!r}: {shown}{more}. Build them into a bank (cli.py bank build "
+            "--vocab ... then bank merge), or serve them text-only with --allow-text-only"
         )
-    present = [r for r in rows if r is not None]
-    index = np.asarray(sorted(set(present)), dtype=np.int64)
+    if missing:
+        log.warning(
+            "%d classes are not in bank %s and are served text-only: %s",
+            len(missing),
+            where,
+            ", ".join(missing[:20]),
+        )
+        if text_encoder is None:
+            raise ValueError("allow_text_only needs a text_encoder for the missing classes")
+        t = text_encoder([vocabulary[i] for i in todo], first.templates).float().cpu()
+        text[todo] = t
+        visual[todo] = t  # avg(T, T) = T: the text prompt alone; level prompts stay 0
+    return Prompts(text, visual, levels)
+
+
+def _read_rows(bank: Bank, rows: list[int], targets: list[int], text, visual, levels) -> None:
+    """Copy the prompts of bank rows ``rows`` into positions ``targets`` of the outputs."""
+    index = np.asarray(sorted(set(rows)), dtype=np.int64)
     where = {int(r): i for i, r in enumerate(index)}
-    done = bank.read("visual/done", index) if len(index) else np.zeros((0, 1, 1), bool)
+    done = bank.read("visual/done", index)
     bad = _incomplete(done)
     if bad:
         names = ", ".join(repr(bank.classes[int(index[i])]) for i in bad[:10])
@@ -131,32 +167,10 @@ def load_prompts(
             f"bank {bank.location!r} is incomplete for {len(bad)} of the needed classes ({names}); "
             "finish it by running the same `cli.py bank build` command again (it resumes)"
         )
-    p, d = len(bank.templates), bank.layout.embed_dim
-    k = len(vocabulary)
-    text = torch.zeros(k, p, d)
-    visual = torch.zeros(k, p, d)
-    levels = [torch.zeros(k, c) for c in bank.layout.level_dims]
-    have = [i for i, r in enumerate(rows) if r is not None]
-    if have:
-        sel = [where[rows[i]] for i in have]
-        t = torch.from_numpy(bank.read("text/embeddings", index))[sel]
-        v = torch.from_numpy(bank.read("visual/embeddings", index)).float()[sel]  # (K, P, N, D)
-        text[have] = t.float()
-        visual[have] = F.normalize(v.mean(dim=2), dim=-1)
-        for j, name in enumerate(bank.level_names()):
-            lv = torch.from_numpy(bank.read(name, index).astype(np.float32))[sel]
-            levels[j][have] = lv.mean(dim=(1, 2))
-    if missing:
-        log.warning(
-            "%d classes are not in bank %s and are served text-only: %s",
-            len(missing),
-            bank.location,
-            ", ".join(missing[:20]),
-        )
-        if text_encoder is None:
-            raise ValueError("allow_text_only needs a text_encoder for the missing classes")
-        lacking = [i for i, r in enumerate(rows) if r is None]
-        t = text_encoder([vocabulary[i] for i in lacking], bank.templates).float().cpu()
-        text[lacking] = t
-        visual[lacking] = t  # avg(T, T) = T: the text prompt alone
-    return Prompts(text, visual, levels)
+    sel = [where[r] for r in rows]
+    text[targets] = torch.from_numpy(bank.read("text/embeddings", index))[sel].float()
+    v = torch.from_numpy(bank.read("visual/embeddings", index)).float()[sel]  # (K', P, N, D)
+    visual[targets] = F.normalize(v.mean(dim=2), dim=-1)
+    for j, name in enumerate(bank.level_names()):
+        lv = torch.from_numpy(bank.read(name, index).astype(np.float32))[sel]
+        levels[j][targets] = lv.mean(dim=(1, 2))

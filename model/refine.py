@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.backbone import BackboneFeatures, ClipEncoder
-from model.cost_volume import Prompts
+from model.cost_volume import Prompts, class_mean
 from model.dpseg import DPSeg, DPSegOutput
 
 CROP_POLICIES = ("box", "masked")
@@ -151,6 +151,7 @@ class TwoRoundSegmenter(nn.Module):
         """
         labels = first.logits.argmax(dim=1)  # (B, H, W)
         out = first.logits.clone()
+        mean = class_mean(prompts, self.model.config.prompt_mode)  # round I's centre, kept
         for b in range(images.shape[0]):
             refined, classes = self.refined_prompts(images[b], labels[b], prompts)
             if len(classes) == 0:
@@ -159,7 +160,7 @@ class TwoRoundSegmenter(nn.Module):
                 first.features.dense[b : b + 1], [lv[b : b + 1] for lv in first.features.levels]
             )
             logits = self.model(
-                images[b : b + 1], refined, features=features, classes=classes
+                images[b : b + 1], refined, features=features, classes=classes, center_mean=mean
             ).logits
             out[b, classes.to(out.device)] = logits[0]
         return out

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -42,3 +44,76 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path = ROOT, timeout: floa
         cwd=cwd,
         timeout=timeout,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# A small trained world for the model and user-path tests: synthetic data, a tiny bank, a
+# 4-step checkpoint (session fixtures, built once).
+
+TINY = ROOT / "configs" / "tiny_synthetic.yaml"
+TEMPLATES = 4
+
+
+def make_bank(location: Path, templates: str, encoder: str = "tiny-convnext") -> Path:
+    from data.templates import load_templates
+    from data.vocabulary import load_vocabulary
+    from prompt_bank.build import BuildConfig, build_bank
+
+    if not location.exists():
+        config = BuildConfig(
+            vocabulary=load_vocabulary("synthetic"),
+            templates=load_templates(templates),
+            images_per_prompt=2 if templates == f"imagenet80:{TEMPLATES}" else 1,
+            encoder=encoder,
+            classes_per_shard=8,
+            batch_size=16,
+            cpu_threads=1,
+            progress=False,
+        )
+        threads = torch.get_num_threads()
+        build_bank(config, location)
+        torch.set_num_threads(threads)  # build_bank pins the thread count it records
+    return location
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> Path:
+    """A small synthetic set, a bank (4 templates, 2 images each) and a config overlay."""
+    from data.synthetic import SyntheticConfig, write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("world")
+    write_synthetic_dataset(
+        root / "datasets", SyntheticConfig(train_images=24, val_images=6), progress=False
+    )
+    bank = make_bank(root / "bank.zarr", f"imagenet80:{TEMPLATES}")
+    overlay = {
+        "trainer": {"max_steps": 4, "val_check_interval": 4, "log_every_n_steps": 1},
+        "data": {
+            "root": str(root / "datasets"),
+            "train": {"dataset": "synthetic:train", "bank": str(bank)},
+            "val": [{"dataset": "synthetic", "bank": str(bank)}],
+            "test": [{"dataset": "synthetic", "bank": str(bank)}],
+            "num_workers": 0,
+            "batch_size": 4,
+            "limit_eval": 6,
+        },
+    }
+    (root / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    return root
+
+
+def run_tiny_cli(world: Path, *args: str, env: dict | None = None):
+    """``cli.py COMMAND --config tiny_synthetic.yaml --config <world overlay> ARGS`` in world."""
+    overlay = str(world / "overlay.yaml")
+    return run_cli(*args[:1], "--config", str(TINY), "--config", overlay, *args[1:],
+                   env={"OMP_NUM_THREADS": "1", **(env or {})}, cwd=world, timeout=600)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained(world) -> Path:
+    """fit 4 steps through the real command line; returns last.ckpt."""
+    result = run_tiny_cli(world, "fit")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpts = sorted(world.glob("runs/dpseg/version_*/checkpoints/last.ckpt"))
+    assert ckpts, list(world.rglob("*.ckpt"))
+    return ckpts[-1]

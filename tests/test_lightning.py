@@ -6,72 +6,24 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import ROOT, run_cli
+from conftest import ROOT, TEMPLATES, TINY, make_bank, run_cli, run_tiny_cli
 
 from data.catalog import IGNORE_INDEX
 from data.datasets import SegmentationFolder
-from data.synthetic import SyntheticConfig, write_synthetic_dataset
-from data.templates import load_templates
 from data.vocabulary import Vocabulary, load_vocabulary
 from model.lightning import DPSegModule, bce_loss, cost_aux_loss
 from model.prompts import load_prompts
 from model.refine import RefineConfig, crop_regions, detected_classes
-from prompt_bank.build import BuildConfig, build_bank
 from prompt_bank.format import BankMismatchError
 from prompt_bank.store import Bank
 
-TINY = ROOT / "configs" / "tiny_synthetic.yaml"
 ABLATIONS = sorted((ROOT / "configs" / "ablations").glob("*.yaml"))
-TEMPLATES = 4
-
-
-def make_bank(location: Path, templates: str, encoder: str = "tiny-convnext") -> Path:
-    if not location.exists():
-        config = BuildConfig(
-            vocabulary=load_vocabulary("synthetic"),
-            templates=load_templates(templates),
-            images_per_prompt=2 if templates == f"imagenet80:{TEMPLATES}" else 1,
-            encoder=encoder,
-            classes_per_shard=8,
-            batch_size=16,
-            cpu_threads=1,
-            progress=False,
-        )
-        threads = torch.get_num_threads()
-        build_bank(config, location)
-        torch.set_num_threads(threads)  # build_bank pins the thread count it records
-    return location
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory) -> Path:
-    """A small synthetic set, a bank (4 templates, 2 images each) and a config overlay."""
-    root = tmp_path_factory.mktemp("world")
-    write_synthetic_dataset(
-        root / "datasets", SyntheticConfig(train_images=24, val_images=6), progress=False
-    )
-    bank = make_bank(root / "bank.zarr", f"imagenet80:{TEMPLATES}")
-    overlay = {
-        "trainer": {"max_steps": 4, "val_check_interval": 4, "log_every_n_steps": 1},
-        "data": {
-            "root": str(root / "datasets"),
-            "train": {"dataset": "synthetic:train", "bank": str(bank)},
-            "val": [{"dataset": "synthetic", "bank": str(bank)}],
-            "test": [{"dataset": "synthetic", "bank": str(bank)}],
-            "num_workers": 0,
-            "batch_size": 4,
-            "limit_eval": 6,
-        },
-    }
-    (root / "overlay.yaml").write_text(yaml.safe_dump(overlay))
-    return root
 
 
 def tiny_module(**kwargs) -> DPSegModule:
@@ -250,6 +202,53 @@ def test_decoding_a_subset_of_classes_equals_the_full_decode(world):
     torch.testing.assert_close(part.logits, full.logits[:, [1, 5]])
 
 
+def test_round_two_equals_a_full_decode_of_the_refined_prompts(world):
+    from model.cost_volume import class_mean
+
+    module = tiny_module().eval()  # centred prompts: refining one class must not move the others
+    prompts = module.add_prompts("synthetic", str(world / "bank.zarr"))
+    module.segmenter.config = RefineConfig(rounds=2, min_area=0.0, max_classes=1)
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        first = module.model(images, prompts)
+        second = module.segmenter.second_round(images, prompts, first)
+        refined, classes = module.segmenter.refined_prompts(
+            images[0], first.logits[0].argmax(0), prompts
+        )
+        full = module.model(images, refined, features=first.features,
+                            center_mean=class_mean(prompts, "avg")).logits  # fmt: skip
+    assert len(classes) == 1
+    torch.testing.assert_close(second, full)
+    others = [c for c in range(8) if c != int(classes[0])]
+    torch.testing.assert_close(second[:, others], first.logits[:, others])
+
+
+def test_optimizer_groups_and_schedule(world):
+    module = tiny_module(optim={"lr": 1e-3, "encoder_lr_mult": 0.1, "warmup_steps": 2})
+
+    class Trainer:  # what configure_optimizers reads
+        estimated_stepping_batches = 10
+
+    module._trainer = Trainer()
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    decoder, encoder = optimizer.param_groups
+    assert {id(p) for p in encoder["params"]} == {id(p) for p in module.model.backbone.parameters()}
+    assert len(decoder["params"]) + len(encoder["params"]) == len(list(module.parameters()))
+    lrs = []
+    for _ in range(10):
+        lrs.append((optimizer.param_groups[0]["lr"], optimizer.param_groups[1]["lr"]))
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx((0.5e-3, 0.5e-4))  # warm-up 1/2
+    assert lrs[2] == pytest.approx((1e-3, 1e-4))  # cosine starts at the peak
+    assert lrs[6] == pytest.approx(
+        (0.5e-3 * (1 + math.cos(math.pi * 4 / 8)), 0.5e-4 * (1 + math.cos(math.pi * 4 / 8)))
+    )
+    frozen = tiny_module(optim={"encoder_lr_mult": 0.0})
+    assert not any(p.requires_grad for p in frozen.model.backbone.parameters())
+
+
 def test_max_classes_keeps_the_largest():
     labels = torch.tensor([[0, 0, 0, 1, 1, 2], [0, 0, 3, 3, 3, 3]])
     assert detected_classes(labels, 4, 0.0).tolist() == [0, 1, 2, 3]
@@ -258,12 +257,6 @@ def test_max_classes_keeps_the_largest():
 
 # ---------------------------------------------------------------------------------------------
 # LightningCLI
-
-
-def _cli(world: Path, *args: str, env: dict | None = None):
-    overlay = str(world / "overlay.yaml")
-    return run_cli(*args[:1], "--config", str(TINY), "--config", overlay, *args[1:],
-                   env={"OMP_NUM_THREADS": "1", **(env or {})}, cwd=world, timeout=600)  # fmt: skip
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS, ids=[p.stem for p in ABLATIONS])
@@ -314,21 +307,11 @@ def test_print_config_shows_the_settings():
 
 
 def test_unknown_dataset_and_bad_prompt_mode_are_clear_errors(world):
-    result = _cli(world, "fit", "--data.train", '{"dataset": "ade9000", "bank": "x"}')
+    result = run_tiny_cli(world, "fit", "--data.train", '{"dataset": "ade9000", "bank": "x"}')
     assert result.returncode != 0
     assert "ade9000" in result.stderr and "known:" in result.stderr
-    result = _cli(world, "fit", "--model.dpseg.prompt_mode", "both")
+    result = run_tiny_cli(world, "fit", "--model.dpseg.prompt_mode", "both")
     assert result.returncode != 0 and "prompt_mode" in result.stderr
-
-
-@pytest.fixture(scope="session")
-def trained(world) -> Path:
-    """fit 4 steps through the real command line; returns last.ckpt."""
-    result = _cli(world, "fit")
-    assert result.returncode == 0, result.stderr[-3000:]
-    ckpts = sorted(world.glob("runs/dpseg/version_*/checkpoints/last.ckpt"))
-    assert ckpts, list(world.rglob("*.ckpt"))
-    return ckpts[-1]
 
 
 def test_checkpoint_is_weights_only_safe_and_records_provenance(trained, world):
@@ -349,7 +332,7 @@ def test_test_on_two_datasets_writes_metrics_and_summary(trained, world):
     out = world / "results_two"
     test = json.dumps([{"dataset": "synthetic", "bank": str(world / "bank.zarr")},
                        {"dataset": "synthetic:train", "bank": str(world / "bank.zarr")}])  # fmt: skip
-    result = _cli(world, "test", "--ckpt_path", str(trained), "--data.test", test,
+    result = run_tiny_cli(world, "test", "--ckpt_path", str(trained), "--data.test", test,
                   "--model.results_dir", str(out), "--model.inference.rounds", "2")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     for stem in ("synthetic", "synthetic_train"):
@@ -366,14 +349,14 @@ def test_test_on_two_datasets_writes_metrics_and_summary(trained, world):
 def test_two_process_ddp_fit_and_test_match_one_process(trained, world):
     env = {"OMP_NUM_THREADS": "1"}
     ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
-    result = _cli(world, "fit", *ddp, "--trainer.max_steps", "2", env=env)
+    result = run_tiny_cli(world, "fit", *ddp, "--trainer.max_steps", "2", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     confusions = []
     for devices, name in (("1", "one"), ("2", "two")):
         args = ["--trainer.devices", devices] + (
             ["--trainer.strategy", "ddp"] if devices == "2" else []
         )
-        result = _cli(world, "test", "--ckpt_path", str(trained), *args,
+        result = run_tiny_cli(world, "test", "--ckpt_path", str(trained), *args,
                       "--model.results_dir", str(world / name), env=env)  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
         confusions.append(json.loads((world / name / "synthetic.run.json").read_text()))
@@ -387,7 +370,9 @@ def test_two_process_ddp_fit_and_test_match_one_process(trained, world):
 
 def test_validate_and_predict_run_from_a_checkpoint(trained, world):
     out = world / "predicted"
-    result = _cli(world, "predict", "--ckpt_path", str(trained), "--model.results_dir", str(out))
+    result = run_tiny_cli(
+        world, "predict", "--ckpt_path", str(trained), "--model.results_dir", str(out)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     maps = sorted((out / "predictions" / "synthetic").glob("*.png"))
     assert len(maps) == 6
@@ -395,6 +380,6 @@ def test_validate_and_predict_run_from_a_checkpoint(trained, world):
 
     label = np.asarray(Image.open(maps[0]))
     assert label.shape == (128, 128) and label.max() < 8
-    result = _cli(world, "validate", "--ckpt_path", str(trained))
+    result = run_tiny_cli(world, "validate", "--ckpt_path", str(trained))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "val/mIoU" in result.stdout

@@ -1,0 +1,142 @@
+"""`make demo`: the whole DPSeg path on the tiny presets, offline, as a user runs it.
+
+    synthetic data -> tiny prompt bank -> fit tiny_synthetic -> test (1 and 2 rounds)
+    -> predict on a few validation images -> explain one class -> report
+
+Every step is the real command line (``cli.py ...``) in its own process; the report says where
+each output is, the mIoU of each round and the time of each step. ``--quick`` runs a few steps
+on a few images (the test suite uses it so this script and the README cannot drift).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent
+CONFIG = ROOT / "configs" / "tiny_synthetic.yaml"
+
+
+def run(step: str, args: list[str], times: dict, quiet: bool = False) -> str:
+    """Run ``cli.py ARGS``; stop the demo with the command's output if it fails."""
+    print(f"\n== {step}: cli.py {' '.join(args)}", flush=True)
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *args], capture_output=quiet, text=True, cwd=ROOT
+    )
+    times[step] = time.perf_counter() - start
+    if result.returncode != 0:
+        if quiet:
+            print(result.stdout[-3000:], result.stderr[-3000:], sep="\n")
+        sys.exit(f"demo: step {step!r} failed (exit {result.returncode}); see above")
+    return result.stdout or ""
+
+
+def overlay_config(out: Path, bank: Path, quick: bool) -> Path:
+    """The demo's settings over configs/tiny_synthetic.yaml: its folders (and --quick sizes)."""
+    pair = {"dataset": "synthetic", "bank": str(bank)}
+    logger = {"save_dir": str(out / "runs"), "name": "dpseg", "version": "demo"}
+    config = {
+        "trainer": {
+            "logger": [
+                {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": logger},
+                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": logger},
+            ]
+        },
+        "data": {
+            "root": str(out / "datasets"),
+            "train": {"dataset": "synthetic:train", "bank": str(bank)},
+            "val": [pair],
+            "test": [pair],
+        },
+    }
+    if quick:
+        config["trainer"].update(max_steps=6, val_check_interval=6, log_every_n_steps=2)
+        config["data"].update(limit_eval=4, num_workers=0, batch_size=4)
+    path = out / "demo_config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    parser.add_argument("--quick", action="store_true", help="a few steps on a few images")
+    args = parser.parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    quick = args.quick
+    bank = out / "banks" / "synthetic_tiny.zarr"
+
+    sizes = ["--train", "24", "--val", "6"] if quick else []
+    run("data", ["data", "synthetic", "--root", str(out / "datasets"), *sizes,
+                 "--preview", str(out / "synthetic_preview.png"), "--quiet"], times)  # fmt: skip
+    templates = "imagenet80:4" if quick else "imagenet80"
+    run("bank", ["bank", "build", "--vocab", "synthetic", "--preset", "tiny", "--templates",
+                 templates, "--images-per-prompt", "1", "--keep-images", "--out", str(bank),
+                 "--quiet"], times)  # fmt: skip
+    run("gallery", ["bank", "gallery", str(bank), "--out", str(out / "bank_gallery.png")], times)
+
+    config = overlay_config(out, bank, quick)
+    run_dir = out / "runs" / "dpseg" / "demo"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a rerun trains afresh in the same folder
+    common = ["--config", str(CONFIG), "--config", str(config)]
+    run("fit", ["fit", *common], times)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        sys.exit(f"demo: fit wrote no {ckpt}")
+    miou = {}
+    for rounds in (1, 2):
+        results = out / "results" / f"round{rounds}"
+        run(f"test, round {'I' * rounds}", ["test", *common, "--ckpt_path", str(ckpt),
+            "--model.inference.rounds", str(rounds), "--model.results_dir", str(results)],
+            times, quiet=True)  # fmt: skip
+        miou[rounds] = json.loads((results / "synthetic.json").read_text())["mIoU"]
+
+    images = sorted((out / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[:4]
+    run("predict", ["predict", "--ckpt", str(ckpt), "--images", *map(str, images), "--vocab",
+                    "synthetic", "--out", str(out / "predict"), "--quiet"], times)  # fmt: skip
+    run("explain", ["explain", "--ckpt", str(ckpt), "--image", str(images[0]), "--class",
+                    "cyan checkerboard", "--out", str(out / "explain.png")], times)  # fmt: skip
+
+    steps = 6 if quick else yaml.safe_load(CONFIG.read_text())["trainer"]["max_steps"]
+
+    def rel(path: Path) -> str:
+        return os.path.relpath(path) if str(path).startswith(os.getcwd()) else str(path)
+
+    print("\n" + "=" * 72)
+    print(f"dpseg demo: tiny DPSeg on the synthetic set ({steps} training steps, 2 CPU threads)")
+    print(f"  mIoU, round I  (bank prompts):          {100 * miou[1]:5.1f}  (chance 12.5)")
+    print(f"  mIoU, round II (prompts from the image): {100 * miou[2]:5.1f}")
+    print("outputs:")
+    for what, path in [
+        ("dataset + preview", out / "synthetic_preview.png"),
+        ("prompt bank", bank),
+        ("bank gallery", out / "bank_gallery.png"),
+        ("checkpoint", ckpt),
+        ("TensorBoard / CSV logs", run_dir),
+        ("test results, round I", out / "results" / "round1" / "summary.md"),
+        ("per-class IoU chart", out / "results" / "round1" / "synthetic_per_class_iou.png"),
+        ("test results, round II", out / "results" / "round2" / "summary.md"),
+        ("predictions (overlays)", out / "predict"),
+        ("cost maps of one class", out / "explain.png"),
+    ]:
+        print(f"  {what:26s} {rel(path)}{'' if path.exists() else '  (MISSING)'}")
+    print("time per step:")
+    for step, seconds in times.items():
+        print(f"  {step:26s} {seconds:6.1f} s")
+    print(f"  {'total':26s} {sum(times.values()):6.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

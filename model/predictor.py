@@ -1,0 +1,290 @@
+"""Segment any images with a trained checkpoint and any vocabulary (the user's path).
+
+    predictor = Predictor.from_checkpoint("last.ckpt")
+    predictor.set_vocabulary("cat, kitty; dog; grass", bank="banks/coco171.zarr")
+    labels = predictor.predict(image)            # (H, W) class ids for an (H, W, 3) uint8 image
+
+Classes of the vocabulary that the bank lacks get prompts made on the fly with the bank's own
+generator and encoder (same presets, templates, images per prompt, seed), cached in a bank next
+to it (``<bank>.cache/<hash>.zarr``) so the next run reuses them; or, with ``text_only``, text
+prompts only. This is the I/O side (SAM's ``SamPredictor``); the model stays pure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.transforms import ResizeSquare, SlidingWindow
+from data.vocabulary import Vocabulary, load_vocabulary
+from model.cost_volume import Prompts
+from model.lightning import DPSegModule
+from model.prompts import class_index
+from prompt_bank.store import Bank, is_url
+
+log = logging.getLogger(__name__)
+
+
+def cache_location(bank: str, vocabulary: Vocabulary) -> str:
+    """Where the extra classes of ``vocabulary`` for ``bank`` are cached."""
+    digest = hashlib.sha256("\n".join(vocabulary.entries).encode()).hexdigest()[:16]
+    if is_url(bank):  # a remote bank: the cache is local
+        return str(Path("banks") / "cache" / f"{digest}.zarr")
+    return str(Path(str(bank).rstrip("/")).with_suffix(".cache") / f"{digest}.zarr")
+
+
+def build_missing_classes(
+    bank: Bank, missing: Vocabulary, generator_weights: str | None = None, progress: bool = True
+) -> str:
+    """Build (or resume, or reuse) a bank of ``missing`` with ``bank``'s settings."""
+    from prompt_bank.build import BuildConfig, build_bank
+
+    a = bank.attrs
+    gen, enc, build = a["generator"], a["encoder"], a["build"]
+    location = cache_location(bank.location, missing)
+    config = BuildConfig(
+        vocabulary=missing,
+        templates=list(a["templates"]),
+        images_per_prompt=int(a["images_per_prompt"]),
+        generator=gen["preset"],
+        encoder=enc["preset"],
+        generator_weights=generator_weights,
+        seed=int(gen["base_seed"]),
+        steps=int(gen["steps"]),
+        guidance=float(gen["guidance"]),
+        batch_size=int(build["batch_size"]),
+        classes_per_shard=int(build["classes_per_shard"]),
+        level_dtype=build["level_dtype"],
+        cpu_threads=build.get("cpu_threads"),
+        progress=progress,
+    )
+    threads = torch.get_num_threads()
+    try:
+        build_bank(config, location)
+    finally:
+        torch.set_num_threads(threads)
+    return location
+
+
+class Predictor:
+    """A trained DPSeg model with a vocabulary's prompts, for images of any size."""
+
+    def __init__(self, module: DPSegModule, device: str | torch.device = "cpu"):
+        self.module = module.eval().to(device)
+        self.device = torch.device(device)
+        self.vocabulary: Vocabulary | None = None
+        self.prompts: Prompts | None = None
+        self.sources: dict[str, str] = {}  # class -> "bank", "generated" or "text"
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device: str | None = None, rounds: int | None = None
+    ) -> Predictor:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--ckpt {str(path)!r}: no such checkpoint file")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        module = DPSegModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        if rounds is not None:
+            module.inference_config.rounds = rounds
+        module.segmenter.config = module.inference_config
+        predictor = cls(module, device)
+        predictor.checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return predictor
+
+    def training_bank(self) -> str | None:
+        """The training bank the checkpoint records, if it is still there."""
+        banks = getattr(self, "checkpoint", {}).get("dpseg", {}).get("banks", {})
+        for info in banks.values():
+            location = info.get("location")
+            if location and (is_url(location) or Path(location).exists()):
+                return location
+        return None
+
+    def set_vocabulary(
+        self,
+        vocabulary: str | Vocabulary,
+        bank: str | None = None,
+        text_only: bool = False,
+        generator_weights: str | None = None,
+        progress: bool = True,
+    ) -> Prompts:
+        """Prompts for ``vocabulary``: from ``bank``, generated for missing classes, or text."""
+        module = self.module
+        vocabulary = load_vocabulary(vocabulary)
+        if bank is None:
+            bank = self.training_bank()
+            if bank is None and not text_only:
+                raise FileNotFoundError(
+                    "no bank: the checkpoint's training bank is not found here; pass --bank "
+                    "PATH (a bank built with the model's encoder) or --text-only"
+                )
+            if bank is not None:
+                log.info("using the checkpoint's training bank %s", bank)
+        banks = []
+        if bank is not None:
+            opened = Bank.open(bank)
+            banks.append(opened)
+            if len(opened.templates) != module.model.cost_embedding.num_templates:
+                raise ValueError(
+                    f"--bank {bank!r} has {len(opened.templates)} templates, the model "
+                    f"{module.model.cost_embedding.num_templates}; use a bank built with the "
+                    "model's templates"
+                )
+            rows = class_index(opened.classes, vocabulary)
+            missing = [c for c, r in zip(vocabulary, rows) if r is None]
+            self.sources = {c.name: "bank" for c, r in zip(vocabulary, rows) if r is not None}
+            if missing and not text_only:
+                extra = Vocabulary(f"{vocabulary.name}-extra", tuple(missing), "generated")
+                log.info(
+                    "generating prompts for %d classes not in %s: %s",
+                    len(missing),
+                    bank,
+                    ", ".join(c.name for c in missing[:10]),
+                )
+                location = build_missing_classes(opened, extra, generator_weights, progress)
+                banks.append(Bank.open(location))
+                self.sources.update({c.name: "generated" for c in missing})
+        if banks:
+            prompts = module.bank_prompts(banks, vocabulary, allow_text_only=True)
+        else:
+            prompts = module.text_only_prompts(vocabulary)
+        for c in vocabulary:
+            self.sources.setdefault(c.name, "text")
+        self.vocabulary = vocabulary
+        self.prompts = prompts.to(self.device)
+        return self.prompts
+
+    def protocol(self):
+        """How an image of any size is fed: ConvNeXt resized to the training crop's side as a
+        square (SED); a ViT in windows of its input size (CAT-Seg)."""
+        size = self.module.model.backbone.image_size
+        if self.module.model.backbone.preset.family == "vit":
+            return SlidingWindow(short_side=size * 5 // 3, crop=size, stride=size * 2 // 3)
+        return ResizeSquare(size)
+
+    @torch.no_grad()
+    def logits(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB -> (K, H, W) logits."""
+        if self.prompts is None:
+            raise RuntimeError("call set_vocabulary first")
+        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div(255)
+        x = x.to(self.device)
+        segmenter, prompts = self.module.segmenter, self.prompts
+        return self.protocol()(lambda batch: segmenter(batch, prompts), x)
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> (H, W) int64 class ids of the vocabulary."""
+        return self.logits(image).argmax(dim=0).cpu().numpy()
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def expand_images(specs: list[str]) -> list[Path]:
+    """Files, folders (their images, sorted) and glob patterns -> image paths, in order."""
+    import glob
+
+    paths: list[Path] = []
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            paths.append(p)
+        else:
+            matches = sorted(glob.glob(spec, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"--images {spec!r}: no such file, folder or glob match")
+            paths += [Path(m) for m in matches if Path(m).is_file()]
+    return paths
+
+
+def write_prediction(out: Path, stem: str, image: np.ndarray, labels: np.ndarray,
+                     vocabulary: Vocabulary, sources: dict[str, str], source: str) -> dict:  # fmt: skip
+    """``stem.png`` (label ids: 8-bit, 16-bit when K > 256), ``stem_overlay.png``, ``stem.json``."""
+    from PIL import Image
+
+    from data.io import save_image_atomic
+    from data.preview import overlay
+
+    k = len(vocabulary)
+    if k <= 256:
+        label_image = Image.fromarray(labels.astype(np.uint8))
+    else:
+        label_image = Image.fromarray(labels.astype(np.uint16))  # PNG 16-bit grey
+    save_image_atomic(label_image, out / f"{stem}.png", "PNG")
+    save_image_atomic(overlay(image, labels, vocabulary.names), out / f"{stem}_overlay.png", "PNG")
+    counts = np.bincount(labels.ravel(), minlength=k)
+    total = int(labels.size)
+    classes = [
+        {"id": int(c), "name": vocabulary.names[c], "pixels": int(counts[c]),
+         "fraction": round(float(counts[c]) / total, 6), "prompt": sources.get(vocabulary.names[c])}
+        for c in np.argsort(-counts, kind="stable") if counts[c] > 0
+    ]  # fmt: skip
+    record = {
+        "image": source,
+        "height": int(labels.shape[0]),
+        "width": int(labels.shape[1]),
+        "vocabulary": vocabulary.name,
+        "num_classes": k,
+        "label_map": f"{stem}.png",
+        "overlay": f"{stem}_overlay.png",
+        "classes": classes,
+    }
+    import json
+
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    return record
+
+
+def predict_images(predictor: Predictor, paths: list[Path], out: str | os.PathLike,
+                   progress: bool = True) -> dict:  # fmt: skip
+    """Segment every image; an unreadable one is reported and skipped. Returns a summary."""
+    import json
+    import time
+
+    from PIL import UnidentifiedImageError
+    from rich.progress import Progress
+
+    from data.datasets import read_image
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written, skipped, stems = [], [], set()
+    start = time.perf_counter()
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("predict", total=len(paths))
+        for path in paths:
+            stem = path.stem
+            n = 1
+            while stem in stems:  # the same name in two folders
+                n += 1
+                stem = f"{path.stem}_{n}"
+            try:
+                image = read_image(path)
+            except (OSError, UnidentifiedImageError, ValueError) as e:
+                skipped.append({"image": str(path), "error": f"{type(e).__name__}: {e}"})
+                log.warning("skipped %s: cannot read it (%s)", path, e)
+                bar.advance(task)
+                continue
+            stems.add(stem)
+            labels = predictor.predict(image)
+            written.append(write_prediction(out, stem, image, labels, predictor.vocabulary,
+                                            predictor.sources, str(path)))  # fmt: skip
+            bar.advance(task)
+    seconds = time.perf_counter() - start
+    summary = {
+        "images": len(written),
+        "skipped": skipped,
+        "seconds": round(seconds, 2),
+        "images_per_second": round(len(written) / seconds, 2) if seconds else None,
+        "prompts": predictor.sources,
+        "outputs": [r["label_map"] for r in written],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    return summary

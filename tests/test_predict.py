@@ -1,0 +1,100 @@
+"""The user's path: predict on any images and vocabulary, explain, and the demo itself."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_cli
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def mixed_images(world, tmp_path_factory):
+    """Images of several sizes and modes, one EXIF-rotated, one unreadable."""
+    folder = tmp_path_factory.mktemp("mixed")
+    val = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))
+    source = Image.open(val[0])
+    source.save(folder / "a_rgb.jpg")
+    source.convert("RGBA").resize((200, 150)).save(folder / "b_rgba.png")
+    source.convert("L").resize((90, 170)).save(folder / "c_gray.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view": stored 160 wide x 96 high, seen 96 x 160
+    source.resize((96, 160)).transpose(Image.Transpose.ROTATE_90).save(
+        folder / "d_exif.jpg", exif=exif
+    )
+    (folder / "e_broken.jpg").write_bytes(b"not an image")
+    return folder
+
+
+def test_predict_mixed_images_with_a_free_form_vocabulary(trained, world, mixed_images, tmp_path):
+    out = tmp_path / "pred"
+    vocab = "red disc; green square; blue triangle; background; zebra, striped horse"
+    result = run_cli("predict", "--ckpt", str(trained), "--images", str(mixed_images),
+                     "--vocab", vocab, "--out", str(out), "--quiet", cwd=world)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "e_broken.jpg" in result.stderr and "4 images" in result.stdout
+    sizes = {"a_rgb": (128, 128), "b_rgba": (150, 200), "c_gray": (170, 90), "d_exif": (160, 96)}
+    for stem, shape in sizes.items():
+        label = np.asarray(Image.open(out / f"{stem}.png"))
+        assert label.shape == shape and label.dtype == np.uint8 and label.max() < 5
+        record = json.loads((out / f"{stem}.json").read_text())
+        assert sum(c["pixels"] for c in record["classes"]) == shape[0] * shape[1]
+        assert {c["name"] for c in record["classes"]} == {
+            ["red disc", "green square", "blue triangle", "background", "zebra"][i]
+            for i in np.unique(label)
+        }
+        overlay = Image.open(out / f"{stem}_overlay.png")
+        assert overlay.width >= shape[1] and overlay.height > shape[0]  # image + legend
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 4 and summary["skipped"][0]["image"].endswith("e_broken.jpg")
+    # "zebra" is not in the bank: its prompts were generated with the bank's presets and cached
+    assert summary["prompts"]["zebra"] == "generated" and summary["prompts"]["red disc"] == "bank"
+    caches = list((world / "bank.cache").glob("*.zarr"))
+    assert len(caches) == 1
+    cached = json.loads((caches[0] / "zarr.json").read_text())["attributes"]
+    assert cached["classes"] == ["zebra, striped horse"]
+    # text-only: no generation
+    result = run_cli("predict", "--ckpt", str(trained), "--images", str(mixed_images / "a_rgb.jpg"),
+                     "--vocab", "red disc; okapi", "--text-only", "--out", str(tmp_path / "t"),
+                     "--quiet", cwd=world)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    prompts = json.loads((tmp_path / "t" / "summary.json").read_text())["prompts"]
+    assert prompts == {"red disc": "bank", "okapi": "text"}
+
+
+def test_predict_errors_name_the_argument(trained, world, tmp_path):
+    result = run_cli("predict", "--ckpt", str(tmp_path / "none.ckpt"), "--images", "x.jpg",
+                     "--vocab", "cat", "--out", str(tmp_path), cwd=world)  # fmt: skip
+    assert (
+        result.returncode == 2 and "no image found" in result.stderr
+    ) or "--images" in result.stderr
+    result = run_cli("predict", "--ckpt", str(tmp_path / "none.ckpt"), "--images", str(ROOT / "README.md"),
+                     "--vocab", "cat", "--out", str(tmp_path), cwd=world)  # fmt: skip
+    assert result.returncode == 2 and "--ckpt" in result.stderr and "none.ckpt" in result.stderr
+
+
+def test_explain_writes_the_three_cost_maps(trained, world, tmp_path):
+    image = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[0]
+    out = tmp_path / "explain.png"
+    result = run_cli("explain", "--ckpt", str(trained), "--image", str(image), "--class",
+                     "red disc", "--out", str(out), cwd=world)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    picture = Image.open(out)
+    assert picture.width > 3 * picture.height  # five panels side by side
+
+
+def test_quick_demo_runs_and_reports(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--quick", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=900, cwd=ROOT)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = result.stdout[result.stdout.index("dpseg demo:") :]
+    assert "mIoU, round I " in report and "mIoU, round II" in report
+    assert "MISSING" not in report
+    for name in ("synthetic_preview.png", "bank_gallery.png", "explain.png",
+                 "results/round1/summary.md", "results/round2/synthetic.json"):  # fmt: skip
+        assert (tmp_path / name).stat().st_size > 0
+    assert len(list((tmp_path / "predict").glob("*_overlay.png"))) == 4
