@@ -66,6 +66,20 @@ def overlay_config(out: Path, bank: Path, quick: bool) -> Path:
     return path
 
 
+def contact_sheet(paths: list[Path], out: Path) -> Path:
+    """The overlays side by side (the README's picture)."""
+    from PIL import Image
+
+    tiles = [Image.open(p).convert("RGB") for p in paths]
+    sheet = Image.new("RGB", (sum(t.width for t in tiles), max(t.height for t in tiles)), "white")
+    x = 0
+    for tile in tiles:
+        sheet.paste(tile, (x, 0))
+        x += tile.width
+    sheet.save(out, optimize=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
@@ -108,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     run("explain", ["explain", "--ckpt", str(ckpt), "--image", str(images[0]), "--class",
                     "cyan checkerboard", "--out", str(out / "explain.png")], times)  # fmt: skip
 
+    sheet = contact_sheet(
+        sorted((out / "predict").glob("*_overlay.png")), out / "predict_sheet.png"
+    )
+
     steps = 6 if quick else yaml.safe_load(CONFIG.read_text())["trainer"]["max_steps"]
 
     def rel(path: Path) -> str:
@@ -128,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         ("per-class IoU chart", out / "results" / "round1" / "synthetic_per_class_iou.png"),
         ("test results, round II", out / "results" / "round2" / "summary.md"),
         ("predictions (overlays)", out / "predict"),
+        ("the overlays on one sheet", sheet),
         ("cost maps of one class", out / "explain.png"),
     ]:
         print(f"  {what:26s} {rel(path)}{'' if path.exists() else '  (MISSING)'}")
