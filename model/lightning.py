@@ -156,8 +156,10 @@ class DPSegModule(L.LightningModule):
             ignore=["dpseg", "optim", "loss", "inference", "test_protocol", "results_dir",
                     "allow_text_only"]
         )  # fmt: skip
+        # class_chunk only bounds memory (any value, the same logits): the machine's choice.
+        dpseg_saved = {k: v for k, v in asdict(self.dpseg_config).items() if k != "class_chunk"}
         self.hparams.update(
-            dpseg=asdict(self.dpseg_config),
+            dpseg=dpseg_saved,
             optim=asdict(self.optim_config),
             loss=asdict(self.loss_config),
         )

@@ -325,6 +325,7 @@ def test_checkpoint_is_weights_only_safe_and_records_provenance(trained, world):
     assert ckpt["hyper_parameters"]["dpseg"]["prompt_mode"] == "avg"
     # Inference settings stay out: LightningCLI would put them over `test --model.inference...`
     assert not {"inference", "results_dir", "test_protocol"} & set(ckpt["hyper_parameters"])
+    assert "class_chunk" not in ckpt["hyper_parameters"]["dpseg"]  # a memory knob, not a weight
     assert all(k.startswith("segmenter.model.") for k in ckpt["state_dict"])  # no frozen parts
 
 

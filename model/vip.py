@@ -1,0 +1,126 @@
+"""VIP's training-free parts (DESIGN §3): proxy attention, alias weights, saliency-aware
+aggregation, the background threshold.
+
+Axis names: B images, N patches, A aliases (all classes' aliases, concatenated), K classes,
+H x W a grid. ``owner`` (A,) gives the class of each alias. These functions are pure tensor
+maths; the segmenter that feeds them dense CLIP features is the VIP issue's next step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+BACKGROUND_MODES = ("class", "ignore")
+
+
+@dataclass
+class VIPConfig:
+    """VIP's inference settings (DESIGN §3); per-dataset values in configs/vip_*.yaml."""
+
+    logit_scale: float = 40.0  # cosine x this before the softmax over classes
+    tau: float = 3.0  # sharpness of the logsumexp over a class's aliases (VOC21: 3, ADE: 5)
+    prob_thd: float = 0.0  # pixels whose top probability is below this are background
+    background: str = "class"  # "class": the background class id; "ignore": not scored
+    proxy_beta: float = 1.5  # S' = (S - beta * mean(S)) * gamma, entries <= 0 masked
+    proxy_gamma: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.tau <= 0 or self.logit_scale <= 0:
+            raise ValueError(f"tau={self.tau} and logit_scale={self.logit_scale} must be > 0")
+        if not 0 <= self.prob_thd < 1:
+            raise ValueError(f"prob_thd={self.prob_thd} must be in [0, 1)")
+        if self.background not in BACKGROUND_MODES:
+            raise ValueError(
+                f"background={self.background!r}: use one of {', '.join(BACKGROUND_MODES)}"
+            )
+
+
+def proxy_attention(features: torch.Tensor, beta: float = 1.5, gamma: float = 0.5) -> torch.Tensor:
+    """Attention from the image's own patch self-similarity: (B, N, C) -> (B, N, N), rows sum to 1.
+
+    S = cos(f_i, f_j); S' = (S - beta * mean(S)) * gamma with the mean over the image's whole
+    matrix; entries <= 0 are masked before the softmax over j. A row with every entry masked
+    (all its similarities below beta times the mean) would be NaN, as in the reference code;
+    here it attends to its own patch alone.
+    """
+    f = F.normalize(features.float(), dim=-1)
+    s = f @ f.transpose(1, 2)  # (B, N, N)
+    s = (s - beta * s.mean(dim=(1, 2), keepdim=True)) * gamma
+    masked = s <= 0
+    empty = masked.all(dim=-1, keepdim=True)  # (B, N, 1): rows that would be NaN
+    eye = torch.eye(s.shape[-1], dtype=torch.bool, device=s.device).expand_as(masked)
+    masked = torch.where(empty, ~eye, masked)
+    return s.masked_fill(masked, float("-inf")).softmax(dim=-1)
+
+
+def alias_weights(
+    image_embedding: torch.Tensor,
+    alias_embeddings: torch.Tensor,
+    owner: torch.Tensor,
+    num_classes: int,
+    scale: float = 40.0,
+) -> torch.Tensor:
+    """Per-image alias weights from image-level similarity: (B, D), (A, D) -> (B, A).
+
+    Within each class: softmax over its aliases of ``scale x cos(image, alias)``, rescaled so
+    the class's weights average 1 (a class with one alias gets weight 1).
+    """
+    sim = (
+        scale
+        * F.normalize(image_embedding.float(), dim=-1)
+        @ F.normalize(alias_embeddings.float(), dim=-1).T
+    )  # (B, A)
+    b = sim.shape[0]
+    index = owner.to(sim.device).expand(b, -1)
+    peak = sim.new_full((b, num_classes), float("-inf")).scatter_reduce(
+        1, index, sim, "amax", include_self=True
+    )
+    e = (sim - peak.gather(1, index)).exp()
+    total = sim.new_zeros(b, num_classes).index_add(1, owner.to(sim.device), e)
+    count = torch.bincount(owner, minlength=num_classes).to(sim)
+    return e / total.gather(1, index) * count[owner.to(sim.device)]
+
+
+def aggregate_aliases(
+    logits: torch.Tensor, weights: torch.Tensor, owner: torch.Tensor, num_classes: int, tau: float
+) -> torch.Tensor:
+    """Saliency-aware aggregation: (B, A, H, W) alias logits, (B, A) weights -> (B, K, H, W).
+
+    class map = (1 / tau) * logsumexp_a(tau * w_a * logit_a) over the class's aliases.
+    """
+    x = tau * weights[:, :, None, None] * logits.float()
+    b, _, h, w = x.shape
+    owner = owner.to(x.device)
+    index = owner[None, :, None, None].expand_as(x)
+    peak = x.new_full((b, num_classes, h, w), float("-inf"))
+    peak = peak.scatter_reduce(1, index, x, "amax", include_self=True)
+    total = x.new_zeros(b, num_classes, h, w).index_add(1, owner, (x - peak[:, owner]).exp())
+    return (peak + total.log()) / tau
+
+
+def assign_labels(
+    class_logits: torch.Tensor,
+    config: VIPConfig,
+    background_id: int | None = None,
+    ignore_index: int = -1,
+) -> torch.Tensor:
+    """(B, K, H, W) class logits -> (B, H, W) ids; low-confidence pixels to background.
+
+    Probabilities are ``softmax(logit_scale x logits)`` over classes; a pixel whose top
+    probability is under ``prob_thd`` becomes ``background_id`` (``background="class"``) or
+    ``ignore_index`` (``"ignore"``: those pixels are not scored, which inflates mIoU).
+    """
+    probs = (config.logit_scale * class_logits.float()).softmax(dim=1)
+    top, labels = probs.max(dim=1)
+    if config.prob_thd > 0:
+        if config.background == "class":
+            if background_id is None:
+                raise ValueError("background='class' needs background_id (the class's index)")
+            fill = background_id
+        else:
+            fill = ignore_index
+        labels = labels.masked_fill(top < config.prob_thd, fill)
+    return labels
