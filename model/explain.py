@@ -24,7 +24,8 @@ MODES = (("text", "text prompt"), ("visual", "visual prompt"), ("avg", "dual pro
 @torch.no_grad()
 def class_maps(predictor: Predictor, image: np.ndarray, class_id: int) -> dict[str, np.ndarray]:
     """(H, W, 3) uint8 -> per mode the template-averaged cosine map of ``class_id`` at the
-    image's size, and ``probability``: the model's sigmoid for the class."""
+    image's size, and ``probability``: the model's round I sigmoid for the class (the backbone
+    runs once for all four maps)."""
     module, prompts = predictor.module, predictor.prompts
     model = module.model
     h, w = image.shape[:2]
@@ -37,7 +38,7 @@ def class_maps(predictor: Predictor, image: np.ndarray, class_id: int) -> dict[s
         r = fuse_prompts(prompts, mode, model.config.center_prompts)
         cost = cost_volume(features.dense, r[class_id : class_id + 1])  # (1, P, 1, h, w)
         maps[mode] = cost.mean(dim=1)[:, 0]  # (1, h, w)
-    logits = module.segmenter(x, prompts)[:, class_id]  # (1, S, S)
+    logits = model(x, prompts, features=features).logits[:, class_id]  # round I, (1, S, S)
     maps["probability"] = logits.sigmoid()
     return {
         k: F.interpolate(v[None].float(), size=(h, w), mode="bilinear")[0, 0].cpu().numpy()
@@ -71,7 +72,7 @@ def write_explanation(
         ax.set_title(f"{title}\ncos {maps[mode].min():.2f}..{maps[mode].max():.2f}")
     fig.colorbar(shown, ax=list(axes[1:4]), fraction=0.02, pad=0.01)
     prob = axes[4].imshow(maps["probability"], cmap="magma", vmin=0, vmax=1)
-    axes[4].set_title(f"model: P({class_name})")
+    axes[4].set_title(f"model, round I: P({class_name})")
     fig.colorbar(prob, ax=axes[4], fraction=0.046, pad=0.01)
     for ax in axes:
         ax.set_xticks([])
