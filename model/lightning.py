@@ -35,6 +35,7 @@ from model.cost_volume import Prompts
 from model.dpseg import DPSeg, DPSegConfig
 from model.prompts import BankProvenance, load_prompts
 from model.refine import RefineConfig, TwoRoundSegmenter
+from prompt_bank.format import BankMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,7 @@ class DPSegModule(L.LightningModule):
             model.backbone.requires_grad_(False)
         self._prompts: dict[str, Prompts] = {}
         self._prompt_banks: dict[str, str | None] = {}
+        self.loaded_provenance: dict = {}  # the "dpseg" record of the checkpoint loaded, if any
         self._provenance: dict[str, dict] = {}
         self._metrics = nn.ModuleDict()
         self._skipped: dict[str, list] = {}
@@ -255,26 +257,28 @@ class DPSegModule(L.LightningModule):
         vocabulary = load_vocabulary(spec.vocabulary)
         if bank is None:
             if not self.allow_text_only:
-                raise ValueError(
+                raise BankMismatchError(
                     f"dataset {dataset!r} has no bank; give one ({{dataset: {dataset}, bank: "
                     "PATH}}) or pass --model.allow_text_only true for text prompts only"
                 )
-            templates = None
             prompts = self.text_only_prompts(vocabulary)
         else:
-            opened = Bank.open(bank)
-            templates = opened.templates
+            opened = self.check_templates(Bank.open(bank))
             prompts = self.bank_prompts([opened], vocabulary, self.allow_text_only)
             self._provenance[dataset] = asdict(BankProvenance.of(opened))
-        if templates is not None and len(templates) != self.model.cost_embedding.num_templates:
-            raise ValueError(
-                f"bank {bank!r} has {len(templates)} templates but the model has "
-                f"{self.model.cost_embedding.num_templates}; use banks built with the model's "
-                "templates (the checkpoint's num_templates)"
-            )
         self._prompts[dataset] = prompts
         self._prompt_banks[dataset] = bank
         return prompts
+
+    def check_templates(self, bank):
+        """The bank, if it has the model's number of templates P (the cost embedding's input)."""
+        p = self.model.cost_embedding.num_templates
+        if len(bank.templates) != p:
+            raise BankMismatchError(
+                f"bank {bank.location!r} has {len(bank.templates)} templates but the model was "
+                f"built for {p}; use a bank built with the model's templates (--templates)"
+            )
+        return bank
 
     def bank_prompts(self, banks: list, vocabulary, allow_text_only: bool) -> Prompts:
         """``model.prompts.load_prompts`` checked against this model's prompt encoder."""
@@ -501,13 +505,15 @@ class DPSegModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.loaded_provenance = copy.deepcopy(checkpoint.get("dpseg", {}))
         saved = checkpoint.get("dpseg", {}).get("encoder", {})
         if saved and saved.get("fingerprint") != self.encoder_fingerprint:
             raise ValueError(
                 f"the checkpoint was trained from encoder {saved.get('preset')!r} (fingerprint "
                 f"{str(saved.get('fingerprint'))[:12]}) but this model starts from "
-                f"{self.hparams.encoder!r} ({self.encoder_fingerprint[:12]}); pass "
-                "--model.encoder and --model.encoder_weights as in training"
+                f"{self.hparams.encoder!r} ({self.encoder_fingerprint[:12]}): the encoder weights "
+                "found here are not the ones it was trained from; put those in the Hugging Face "
+                "cache (or at the checkpoint's hyper_parameters.encoder_weights)"
             )
 
 

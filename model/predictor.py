@@ -92,13 +92,11 @@ class Predictor:
         if rounds is not None:
             module.inference_config.rounds = rounds
         module.segmenter.config = module.inference_config
-        predictor = cls(module, device)
-        predictor.checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        return predictor
+        return cls(module, device)
 
     def training_bank(self) -> str | None:
         """The training bank the checkpoint records, if it is still there."""
-        banks = getattr(self, "checkpoint", {}).get("dpseg", {}).get("banks", {})
+        banks = self.module.loaded_provenance.get("banks", {})
         for info in banks.values():
             location = info.get("location")
             if location and (is_url(location) or Path(location).exists()):
@@ -127,14 +125,8 @@ class Predictor:
                 log.info("using the checkpoint's training bank %s", bank)
         banks = []
         if bank is not None:
-            opened = Bank.open(bank)
+            opened = module.check_templates(Bank.open(bank))
             banks.append(opened)
-            if len(opened.templates) != module.model.cost_embedding.num_templates:
-                raise ValueError(
-                    f"--bank {bank!r} has {len(opened.templates)} templates, the model "
-                    f"{module.model.cost_embedding.num_templates}; use a bank built with the "
-                    "model's templates"
-                )
             rows = class_index(opened.classes, vocabulary)
             missing = [c for c, r in zip(vocabulary, rows) if r is None]
             self.sources = {c.name: "bank" for c, r in zip(vocabulary, rows) if r is not None}

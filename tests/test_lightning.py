@@ -111,6 +111,15 @@ def test_missing_classes_are_listed_or_served_text_only(world, caplog):
     assert module_prompts.visual_levels[0][8:].abs().sum() == 0
 
 
+def test_bank_with_other_templates_is_refused(world):
+    module = tiny_module(num_templates=TEMPLATES - 1)
+    with pytest.raises(
+        BankMismatchError,
+        match=f"has {TEMPLATES} templates but the model was built for {TEMPLATES - 1}",
+    ):
+        module.add_prompts("synthetic", str(world / "bank.zarr"))
+
+
 def test_bank_of_another_encoder_is_refused(world):
     module = tiny_module(encoder="tiny-vit")
     with pytest.raises(BankMismatchError, match=r"tiny-convnext.*tiny-vit.*--encoder tiny-vit"):
