@@ -1,9 +1,22 @@
-"""The benchmarks in the detectron2 layout that CAT-Seg and SED use (DESIGN §5).
+"""The benchmarks: the detectron2 layout that CAT-Seg and SED use (DESIGN §5), and the
+mmsegmentation layout of the training-free methods (SCLIP, ClearCLIP, VIP).
 
 Every dataset lives under a root (``$DETECTRON2_DATASETS``, default ``./datasets``). A
-:class:`DatasetSpec` says where its images and label maps are, which on-disk label values mean
-"ignore", how many classes it has and which vocabulary names them. Readers map every on-disk
-ignore value to the one internal :data:`IGNORE_INDEX`.
+:class:`DatasetSpec` says where its images and label maps are, which images form the split,
+which on-disk label values mean "ignore", how many classes it has and which vocabulary names
+them. Readers map every on-disk ignore value to the one internal :data:`IGNORE_INDEX`.
+
+The mmsegmentation-layout benchmarks keep background as class 0 (it is scored):
+
+- ``voc21``: VOC 2012 ``SegmentationClass`` palette PNGs (0 background, 1..20, 255 void), the
+  1449 ids of ``ImageSets/Segmentation/val.txt``.
+- ``pc60``: PASCAL-Context ``SegmentationClassContext`` (0 background, 1..59 = pc59), the ids of
+  ``ImageSets/SegmentationContext/val.txt`` (both written by mmseg's ``pascal_context.py``).
+- ``coco-object``: COCO-Stuff 164k as 80 things + background, ``<id>_instanceTrainIds.png``
+  (GroupViT's conversion, made by ``cli.py data prepare coco-object``).
+- ``cityscapes``: ``cityscapes/leftImg8bit/val/<city>/<stem>_leftImg8bit.png`` with
+  ``cityscapes/gtFine/val/<city>/<stem>_gtFine_labelTrainIds.png`` (19 trainIds, 255 ignore;
+  made by ``cli.py data prepare cityscapes``), as detectron2's ``cityscapes`` folder.
 """
 
 from __future__ import annotations
@@ -38,14 +51,28 @@ class DatasetSpec:
     index_by: str = "images"  # "images": every image needs a label; "labels": the label files
     # define the split (VOC/PASCAL-Context folders hold images of every split)
     image_suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png")
-    prepare: str = ""  # how to make it: `cli.py data prepare ...`
+    prepare: str = ""  # how to make it: `cli.py data prepare ...`, or what to unpack where
     background_from: int | None = None  # voc20b: predictions >= this id count as background
+    split_file: str = ""  # relative to the root: the split's ids, one per line (mmseg's
+    # ann_file); when set it defines the split and index_by is not used
+    image_id_suffix: str = ""  # end of an image's stem after the sample id ("_leftImg8bit"):
+    # stripped to pair it; images whose stem lacks it are not part of the dataset
+    label_id_suffix: str = ""  # likewise for labels ("_gtFine_labelTrainIds"); other files in
+    # the label folder (Cityscapes' *_labelIds.png, COCO's *_labelTrainIds.png) are passed over
+    recursive: bool = False  # search the folders recursively (Cityscapes: one folder per city)
+
+    def __post_init__(self) -> None:
+        if self.index_by not in ("images", "labels"):
+            raise ValueError(f"{self.name}: index_by={self.index_by!r}; use 'images' or 'labels'")
 
     def image_root(self, root: str | os.PathLike) -> Path:
         return Path(root) / self.image_dir
 
     def label_root(self, root: str | os.PathLike) -> Path:
         return Path(root) / self.label_dir
+
+    def split_path(self, root: str | os.PathLike) -> Path | None:
+        return Path(root) / self.split_file if self.split_file else None
 
 
 def datasets_root(root: str | os.PathLike | None = None) -> Path:
@@ -87,6 +114,26 @@ DATASETS: dict[str, DatasetSpec] = {
                     f"{_VOC12}/annotations_detectron2_bg/val", ".png", (255,), 1449,
                     index_by="labels", prepare="cli.py data prepare voc20b --root DIR",
                     background_from=20),
+        # mmsegmentation layout (SCLIP, ClearCLIP, VIP): background is class 0 and is scored.
+        DatasetSpec("voc21", "voc21", 21, f"{_VOC12}/JPEGImages", f"{_VOC12}/SegmentationClass",
+                    ".png", (255,), 1449, split_file=f"{_VOC12}/ImageSets/Segmentation/val.txt",
+                    prepare="unpack VOCtrainval_11-May-2012.tar of PASCAL VOC 2012 into DIR"),
+        # 5104, not the 5105 of the PASCAL-Context paper: mmseg's pascal_context.py (Detail API)
+        # writes 5104 val ids (mmsegmentation issue #394), the count of CAT-Seg's pc59 list too.
+        DatasetSpec("pc60", "pc60", 60, f"{_VOC10}/JPEGImages",
+                    f"{_VOC10}/SegmentationClassContext", ".png", (255,), 5104,
+                    split_file=f"{_VOC10}/ImageSets/SegmentationContext/val.txt",
+                    prepare="run mmsegmentation's tools/dataset_converters/pascal_context.py "
+                    "DIR/VOCdevkit DIR/VOCdevkit/VOC2010/trainval_merged.json (it writes "
+                    "SegmentationClassContext and ImageSets/SegmentationContext)"),
+        DatasetSpec("coco-object", "coco_object", 81, "coco_stuff164k/images/val2017",
+                    "coco_stuff164k/annotations/val2017", ".png", (255,), 5000,
+                    label_id_suffix="_instanceTrainIds",
+                    prepare="cli.py data prepare coco-object --root DIR"),
+        DatasetSpec("cityscapes", "cityscapes", 19, "cityscapes/leftImg8bit/val",
+                    "cityscapes/gtFine/val", ".png", (255,), 500,
+                    image_id_suffix="_leftImg8bit", label_id_suffix="_gtFine_labelTrainIds",
+                    recursive=True, prepare="cli.py data prepare cityscapes --root DIR"),
         DatasetSpec("synthetic", "synthetic", 8, "synthetic/images/val",
                     "synthetic/annotations_detectron2/val", ".png", (255,), None,
                     prepare="cli.py data synthetic --root DIR"),

@@ -1,7 +1,9 @@
-"""Reading the benchmarks (detectron2 layout) and Hugging Face datasets into one sample format.
+"""Reading the benchmarks (detectron2 and mmsegmentation layouts) and Hugging Face datasets into
+one sample format.
 
 A sample is a dict: ``image`` (H, W, 3) uint8 RGB, ``label`` (H, W) int64 with every on-disk
-ignore value mapped to :data:`data.catalog.IGNORE_INDEX`, ``name`` (the file stem) and
+ignore value mapped to :data:`data.catalog.IGNORE_INDEX`, ``name`` (the sample id: the file stem,
+less a layout suffix such as Cityscapes' ``_leftImg8bit``) and
 ``vocabulary`` (the name of the class list). Transforms (``data.transforms``) turn it into
 tensors.
 
@@ -88,31 +90,82 @@ def map_label(
 
 @dataclass(frozen=True)
 class SampleFiles:
-    name: str  # file stem
+    name: str  # sample id: the file stem less the spec's image/label id suffix
     image: Path
     label: Path
 
 
+def how_to_get(spec: DatasetSpec, root: Path) -> str:
+    """The fix for a missing dataset: its `cli.py data prepare` command, or what to unpack."""
+    how = spec.prepare.replace("DIR", str(root))
+    return f"Prepare it with `{how}`" if how.startswith("cli.py") else f"To get it, {how}"
+
+
+def _scan(
+    folder: Path, suffixes: tuple[str, ...], id_suffix: str, spec: DatasetSpec
+) -> dict[str, Path]:
+    """{sample id: path} of the files in folder with one of the suffixes (and the id suffix)."""
+    found: dict[str, Path] = {}
+    paths = sorted(folder.rglob("*")) if spec.recursive else folder.iterdir()
+    for p in paths:
+        if p.name.startswith(".") or p.suffix.lower() not in suffixes:
+            continue
+        key = p.stem
+        if id_suffix:
+            if not key.endswith(id_suffix):
+                continue
+            key = key[: -len(id_suffix)]
+        if spec.recursive and key in found:
+            # The id is the sample's name, and predictions are written as <name>.png: it must
+            # be unique across the nested folders.
+            raise DatasetError(
+                f"dataset {spec.name!r}: {str(found[key])!r} and {str(p)!r} have the same "
+                f"sample id {key!r}; remove the stray copy under {str(folder)!r}"
+            )
+        found[key] = p
+    return found
+
+
+def read_split_ids(path: Path) -> list[str]:
+    """The ids of a split file (one per line, blank lines ignored), sorted and unique."""
+    ids = {line.strip() for line in path.read_text(encoding="utf-8").splitlines()} - {""}
+    if not ids:
+        raise DatasetError(f"split file {str(path)!r} lists no image ids; expected one per line")
+    return sorted(ids)
+
+
 def index_files(spec: DatasetSpec, root: Path) -> tuple[list[SampleFiles], dict]:
-    """Pair images and labels by file stem; returns the pairs and what did not pair."""
+    """Pair images and labels by sample id; returns the pairs and what did not pair.
+
+    The id is the file stem without the spec's ``image_id_suffix`` / ``label_id_suffix``
+    (``frankfurt_000000_000294`` pairs ``..._leftImg8bit.png`` with
+    ``..._gtFine_labelTrainIds.png``). The split is, in order: the ids of ``split_file``; else
+    every label file (``index_by="labels"``); else every image.
+    """
     image_root, label_root = spec.image_root(root), spec.label_root(root)
     for what, folder in (("images", image_root), ("labels", label_root)):
         if not folder.is_dir():
             raise DatasetError(
                 f"dataset {spec.name!r}: the {what} folder {str(folder)!r} does not exist. "
-                f"Prepare it with `{spec.prepare.replace('DIR', str(root))}` "
+                f"{how_to_get(spec, root)} "
                 f"(root: --root or ${'DETECTRON2_DATASETS'}, now {str(root)!r})"
             )
-    images = {
-        p.stem: p
-        for p in image_root.iterdir()
-        if p.suffix.lower() in spec.image_suffixes and not p.name.startswith(".")
-    }
-    labels = {p.stem: p for p in label_root.iterdir() if p.suffix.lower() == spec.label_suffix}
-    if spec.index_by == "labels":
+    split = spec.split_path(root)
+    if split is not None and not split.is_file():
+        raise DatasetError(
+            f"dataset {spec.name!r}: the split file {str(split)!r} (the ids of the split, one "
+            f"per line) does not exist. {how_to_get(spec, root)}"
+        )
+    images = _scan(image_root, spec.image_suffixes, spec.image_id_suffix, spec)
+    labels = _scan(label_root, (spec.label_suffix,), spec.label_id_suffix, spec)
+    if split is not None:
+        keys = read_split_ids(split)
+        missing_images = [k for k in keys if k not in images]
+        missing_labels = [k for k in keys if k not in labels]
+    elif spec.index_by == "labels":
         keys = sorted(labels)
         missing_images = [k for k in keys if k not in images]
-        missing_labels: list[str] = []
+        missing_labels = []
     else:
         keys = sorted(images)
         missing_labels = [k for k in keys if k not in labels]
@@ -126,7 +179,7 @@ def _listing(names: list[str]) -> str:
 
 
 class SegmentationFolder:
-    """One benchmark split in the detectron2 layout (``data.catalog.DATASETS``).
+    """One benchmark split in its on-disk layout (``data.catalog.DATASETS``).
 
     Args:
         spec: a dataset name (``ade150``, ``coco171:train``, ...) or a DatasetSpec.
@@ -154,21 +207,25 @@ class SegmentationFolder:
         if limit is not None:
             self.files = self.files[:limit]
         problems = []
+        split = self.spec.split_path(self.root)
+        listed = f"ids listed in {str(split)!r}" if split is not None else None
         if self.unpaired["missing_labels"]:
             problems.append(
-                f"{len(self.unpaired['missing_labels'])} images have no label file "
+                f"{len(self.unpaired['missing_labels'])} {listed or 'images'} have no label file "
                 f"({_listing(self.unpaired['missing_labels'])}) in {str(self.spec.label_root(self.root))!r}"
             )
         if self.unpaired["missing_images"]:
             problems.append(
-                f"{len(self.unpaired['missing_images'])} labels have no image "
+                f"{len(self.unpaired['missing_images'])} {listed or 'labels'} have no image "
                 f"({_listing(self.unpaired['missing_images'])}) in {str(self.spec.image_root(self.root))!r}"
             )
         if problems and on_bad_sample == "error":
+            how = self.spec.prepare.replace("DIR", str(self.root))
+            fix = f"Make the missing files again ({how})" if split else "Re-run the preparation"
             raise DatasetError(
                 f"dataset {self.spec.name!r}: "
                 + "; ".join(problems)
-                + ". Re-run the preparation, or pass --on-bad-sample skip to evaluate the rest"
+                + f". {fix}, or pass --on-bad-sample skip to evaluate the rest"
             )
         if not self.files:
             raise DatasetError(

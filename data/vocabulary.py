@@ -4,11 +4,13 @@ Two on-disk formats are in use in the field and both are read here:
 
 - JSON (CAT-Seg / SED ``datasets/*.json``): a list of strings, synonyms comma-separated,
   e.g. ``["wall", "building, edifice", ...]``.
-- Text (SCLIP / VIP ``cls_*.txt``): one class per line, aliases comma-separated.
+- Text (SCLIP / VIP ``cls_*.txt``): one class per line, aliases comma-separated; lines that
+  start with ``#`` are comments.
 
 A vocabulary is resolved by :func:`load_vocabulary` from, in order: a path to a ``.json`` or
 ``.txt`` file; an inline list (``"cat, kitty; dog; grass"``: classes separated by ``;``); a
-built-in name (``voc20``, ``voc20b``, ``pc59``, ``ade150``, ``coco171``, ``synthetic``); a file
+built-in name (``voc20``, ``voc20b``, ``pc59``, ``ade150``, ``coco171``, ``synthetic``, and with
+background as class 0 ``voc21``, ``pc60``, ``coco_object``; ``cityscapes``); a file
 ``<name>.json`` / ``<name>.txt`` in the vocabulary directory (``$DPSEG_VOCAB_DIR``, default
 ``./vocab``), where users drop lists we do not ship (``ade847``, ``pc459``).
 
@@ -26,7 +28,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-BUILTIN_VOCABULARIES = ("voc20", "voc20b", "pc59", "ade150", "coco171", "synthetic")
+BUILTIN_VOCABULARIES = (
+    "voc20", "voc20b", "pc59", "ade150", "coco171", "synthetic",
+    # the mmsegmentation-layout benchmarks, background first (data.catalog)
+    "voc21", "pc60", "coco_object", "cityscapes",
+)  # fmt: skip
 """Shipped with the package (``data/vocabularies/<name>.txt``)."""
 
 VOCAB_DIR_ENV = "DPSEG_VOCAB_DIR"
@@ -158,7 +164,10 @@ def read_vocabulary_file(path: str | os.PathLike, allow_duplicates: bool = False
             )
     else:
         # Text format: one class per line; trailing blank lines are tolerated, inner ones are not.
-        entries = text.rstrip("\n\r ").splitlines() if text.strip() else []
+        # Lines starting with "#" are comments (the scores of `cli.py vip select-aliases`).
+        lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+        body = "\n".join(lines)
+        entries = body.rstrip("\n\r ").splitlines() if body.strip() else []
     return Vocabulary.from_entries(
         entries, name=path.stem, source=str(path), allow_duplicates=allow_duplicates
     )

@@ -70,6 +70,11 @@ def test_catalog_matches_design():
         "voc20": (20, 1449),
         "voc20b": (21, 1449),
         "synthetic": (8, None),
+        # mmsegmentation layout (tests/test_vip_datasets.py)
+        "voc21": (21, 1449),
+        "pc60": (60, 5104),
+        "coco-object": (81, 5000),
+        "cityscapes": (19, 500),
     }
     assert get_dataset_spec("ade847").ignore_values == (65535,)
     with pytest.raises(DatasetError, match="unknown dataset 'ade20k'; known: coco171"):

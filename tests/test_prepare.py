@@ -533,4 +533,5 @@ def test_cmd_prepare(tmp_path, capsys, monkeypatch):
     assert "error: ade150:" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser().parse_args(["prepare", "synthetic"])
-    assert set(PREPARABLE) == {"coco171", "ade150", "ade847", "pc59", "pc459", "voc20", "voc20b"}
+    assert set(PREPARABLE) == {"coco171", "ade150", "ade847", "pc59", "pc459", "voc20", "voc20b",
+                               "coco-object", "cityscapes"}  # fmt: skip
