@@ -13,6 +13,12 @@ The rules are detectron2's current ones (``evaluation/sem_seg_evaluation.py``):
 - fwIoU weights each counted class's IoU by its share of ground-truth pixels; pACC is the share of
   labelled pixels predicted right.
 
+With ``allow_unassigned`` (VIP's low-confidence pixels left unlabelled), a prediction equal to the
+ignore value at a labelled pixel is "no class": it counts against its ground-truth class (a
+miss, in the union) and as nobody's prediction (no false positive), as mmsegmentation's
+``IoUMetric`` scores the reference code's 255. Such pixels are counted per ground-truth class in
+an ``unassigned`` state next to the confusion matrix.
+
 Scores are fractions in [0, 1]; :func:`format_metrics` prints percentages as papers report them.
 """
 
@@ -79,6 +85,8 @@ class SemSegMetric(Metric):
             dataset readers produce).
         background_from: for VOC with background (21 classes scored with 59 prompts), every
             prediction >= this id counts as this id (the background class). None: off.
+        allow_unassigned: predictions equal to ``ignore_index`` are "no class" (module
+            docstring) instead of an error.
     """
 
     is_differentiable = False
@@ -92,6 +100,7 @@ class SemSegMetric(Metric):
         num_classes: int,
         ignore_index: int = IGNORE_INDEX,
         background_from: int | None = None,
+        allow_unassigned: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -110,9 +119,15 @@ class SemSegMetric(Metric):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.background_from = background_from
+        self.allow_unassigned = allow_unassigned
         self.add_state(
             "confmat",
             default=torch.zeros(num_classes, num_classes, dtype=torch.int64),
+            dist_reduce_fx="sum",
+        )
+        self.add_state(
+            "unassigned",
+            default=torch.zeros(num_classes, dtype=torch.int64),
             dist_reduce_fx="sum",
         )
 
@@ -143,6 +158,11 @@ class SemSegMetric(Metric):
                 f"not ignore_index {self.ignore_index}; map the dataset's ignore value to "
                 f"{self.ignore_index} or check num_classes"
             )
+        if self.allow_unassigned:
+            none = pred == self.ignore_index
+            if bool(none.any()):
+                self.unassigned += torch.bincount(gt[none], minlength=k)
+                gt, pred = gt[~none], pred[~none]
         bad_pred = (pred < 0) | (pred >= k)
         if bool(bad_pred.any()):
             fix = "predict one of the K classes at every labelled pixel (argmax over K scores)"
@@ -158,16 +178,19 @@ class SemSegMetric(Metric):
 
     def compute(self) -> dict[str, Any]:
         """The scores of the (already summed) confusion matrix; see :func:`metrics_from_confusion`."""
-        return metrics_from_confusion(self.confmat)
+        return metrics_from_confusion(self.confmat, self.unassigned)
 
 
-def metrics_from_confusion(confmat: torch.Tensor | np.ndarray) -> dict[str, Any]:
+def metrics_from_confusion(
+    confmat: torch.Tensor | np.ndarray, unassigned: torch.Tensor | np.ndarray | None = None
+) -> dict[str, Any]:
     """detectron2's scores from a (K, K) confusion matrix, rows ground truth, columns prediction.
 
     Returns a dict: ``mIoU``, ``fwIoU``, ``mACC``, ``pACC`` (floats in [0, 1], NaN when no pixel
     was labelled); ``per_class_iou`` and ``per_class_acc`` (K floats, NaN for classes without
     ground-truth pixels); ``per_class_gt_pixels`` (K ints); ``classes_counted`` (classes with
-    ground truth, the ones mIoU averages); ``num_classes`` (K); ``pixels`` (labelled pixels).
+    ground truth, the ones mIoU averages); ``num_classes`` (K); ``pixels`` (labelled pixels);
+    ``unassigned_pixels`` (labelled pixels predicted as no class, counted as misses).
     """
     if isinstance(confmat, torch.Tensor):
         confmat = confmat.detach().cpu().numpy()
@@ -177,8 +200,18 @@ def metrics_from_confusion(confmat: torch.Tensor | np.ndarray) -> dict[str, Any]
     counts = cm.astype(np.int64)
     cm = cm.astype(np.float64)
     k = cm.shape[0]
+    missed = (
+        np.zeros(k)
+        if unassigned is None
+        else np.asarray(
+            unassigned.detach().cpu().numpy()
+            if isinstance(unassigned, torch.Tensor)
+            else unassigned,
+            dtype=np.float64,
+        )
+    )
     tp = np.diag(cm)
-    pos_gt = cm.sum(axis=1)
+    pos_gt = cm.sum(axis=1) + missed
     pos_pred = cm.sum(axis=0)
     acc = np.full(k, np.nan)
     iou = np.full(k, np.nan)
@@ -201,10 +234,11 @@ def metrics_from_confusion(confmat: torch.Tensor | np.ndarray) -> dict[str, Any]
         "pACC": pacc,
         "per_class_iou": iou.tolist(),
         "per_class_acc": acc.tolist(),
-        "per_class_gt_pixels": counts.sum(axis=1).tolist(),
+        "per_class_gt_pixels": (counts.sum(axis=1) + missed.astype(np.int64)).tolist(),
         "classes_counted": int(iou_valid.sum()),
         "num_classes": k,
-        "pixels": int(counts.sum()),
+        "pixels": int(counts.sum() + missed.sum()),
+        "unassigned_pixels": int(missed.sum()),
     }
 
 

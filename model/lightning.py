@@ -13,26 +13,21 @@ as dicts, provenance as strings), so ``torch.load(..., weights_only=True)`` read
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from data.catalog import IGNORE_INDEX, get_dataset_spec
-from data.evaluator import SemSegMetric, format_metrics, metrics_to_json, write_results
 from data.module import stack_images
 from data.templates import SINGLE_TEMPLATE
-from data.transforms import get_test_protocol
 from data.vocabulary import load_vocabulary
 from model.backbone import ClipBackbone, ClipEncoder, clip_tokenizer_for, create_clip
 from model.cost_volume import Prompts
 from model.dpseg import DPSeg, DPSegConfig
+from model.evaluation import SegmentationModule
 from model.prompts import BankProvenance, load_prompts
 from model.refine import RefineConfig, TwoRoundSegmenter
 from prompt_bank.format import BankMismatchError
@@ -40,8 +35,6 @@ from prompt_bank.format import BankMismatchError
 log = logging.getLogger(__name__)
 
 IGNORE_MODES = ("negative", "mask")
-SUMMARY_ORDER = ("ade847", "pc459", "ade150", "pc59", "voc20", "voc20b")
-"""Column order of the paper's Table 1 (A-847, PC-459, A-150, PC-59, PAS-20, PAS-20b)."""
 
 
 @dataclass
@@ -111,7 +104,7 @@ def cost_aux_loss(cost: torch.Tensor, labels: torch.Tensor, scale: float) -> tor
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
 
 
-class DPSegModule(L.LightningModule):
+class DPSegModule(SegmentationModule):
     """DPSeg for ``cli.py fit|validate|test|predict``.
 
     Args:
@@ -144,12 +137,11 @@ class DPSegModule(L.LightningModule):
         allow_text_only: bool = False,
         results_dir: str | None = None,
     ):
-        super().__init__()
+        super().__init__(test_protocol, results_dir)
         self.dpseg_config = _as(DPSegConfig, dpseg)
         self.optim_config = _as(OptimConfig, optim)
         self.loss_config = _as(LossConfig, loss)
         self.inference_config = _as(RefineConfig, inference)
-        get_test_protocol(test_protocol)  # fail at construction on an unknown name
         # Inference settings are not hyper-parameters: LightningCLI puts a checkpoint's
         # hyper-parameters over the command line, and `test --model.inference.rounds 2` on a
         # checkpoint must mean what it says. Plain dicts, not dataclasses: weights_only=True.
@@ -164,9 +156,7 @@ class DPSegModule(L.LightningModule):
             optim=asdict(self.optim_config),
             loss=asdict(self.loss_config),
         )
-        self.test_protocol = test_protocol
         self.allow_text_only = allow_text_only
-        self.results_location = results_dir
         built = create_clip(encoder, weights=encoder_weights)
         self.encoder_fingerprint = built.fingerprint
         self.encoder_source = built.weights
@@ -187,8 +177,6 @@ class DPSegModule(L.LightningModule):
         self._prompt_banks: dict[str, str | None] = {}
         self.loaded_provenance: dict = {}  # the "dpseg" record of the checkpoint loaded, if any
         self._provenance: dict[str, dict] = {}
-        self._metrics = nn.ModuleDict()
-        self._skipped: dict[str, list] = {}
         self.train()  # create_clip returns eval mode; training toggles it per stage from here
 
     # -- parts ------------------------------------------------------------------------------
@@ -213,39 +201,16 @@ class DPSegModule(L.LightningModule):
     # -- prompts from banks -----------------------------------------------------------------
 
     def _start(self) -> None:
-        """On every rank before a loop: the frozen prompt encoder on the module's device (it is
-        not a submodule, so Lightning does not move it) and the results folder (trainer.log_dir
-        is a collective call: every rank must ask, and only here)."""
+        """Also the frozen prompt encoder on the module's device: it is not a submodule, so
+        Lightning does not move it."""
         self._frozen["prompt_encoder"].to(self.device)
-        self._results = self.results_dir()
+        super()._start()
 
     def on_fit_start(self) -> None:
         self._start()
 
-    def on_validation_start(self) -> None:
-        self._start()
-
-    def on_test_start(self) -> None:
-        self._start()
-
-    def on_predict_start(self) -> None:
-        self._start()
-
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        if datamodule is None:
-            return
-        stages = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
-        stages["predict"] = ("test",)
-        for split in stages[stage]:
-            for pair in datamodule.pairs(split):
-                self.add_prompts(pair.dataset, pair.bank)
-            if split != "train":
-                for pair in datamodule.pairs(split):
-                    spec = get_dataset_spec(pair.dataset)
-                    self._metrics[_key(pair.dataset)] = SemSegMetric(
-                        spec.num_classes, background_from=spec.background_from
-                    )
+    def prepare_dataset(self, dataset: str, bank: str | None) -> None:
+        self.add_prompts(dataset, bank)
 
     def add_prompts(self, dataset: str, bank: str | None) -> Prompts:
         """Load (once per bank) the prompts of a dataset's vocabulary from its bank."""
@@ -350,147 +315,24 @@ class DPSegModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
-    # -- evaluation -------------------------------------------------------------------------
-
-    def _eval_datasets(self, split: str) -> list[str]:
-        return [p.dataset for p in self.trainer.datamodule.pairs(split)]
+    # -- evaluation (loops and results: model.evaluation) -----------------------------------
 
     def segment(self, image: torch.Tensor, dataset: str) -> torch.Tensor:
         """One image (3, H, W) in [0, 1] -> logits (K, H, W) by the test protocol and rounds."""
         prompts = self.prompts_for(dataset)
         self.segmenter.config = self.inference_config
-        protocol = get_test_protocol(self.test_protocol)
-        return protocol(lambda x: self.segmenter(x, prompts), image)
+        return self.protocol()(lambda x: self.segmenter(x, prompts), image)
 
-    def _eval_step(self, batch: dict, dataloader_idx: int, split: str) -> None:
-        dataset = self._eval_datasets(split)[dataloader_idx]
-        for name, reason in batch.get("skipped", []):
-            self._skipped.setdefault(dataset, []).append(name)
-            log.warning("skipped %s of %s: %s", name, dataset, reason)
-        if "image" not in batch:
-            return
-        images = stack_images(batch)
-        for image, label in zip(images, batch["label"]):
-            pred = self.segment(image, dataset).argmax(dim=0)
-            self._metrics[_key(dataset)].update(pred, label)
+    def run_record(self, dataset: str) -> dict:
+        return {
+            "rounds": self.inference_config.rounds,
+            "prompt_mode": self.dpseg_config.prompt_mode,
+            "encoder": self.hparams.encoder,
+            "bank": self._provenance.get(dataset),
+        }
 
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, dataloader_idx, "val")
-
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, dataloader_idx, "test")
-
-    def _compute(self, split: str) -> dict[str, dict]:
-        results = {}
-        for dataset in self._eval_datasets(split):
-            metric = self._metrics[_key(dataset)]
-            results[dataset] = dict(metric.compute())
-            with metric.sync_context():  # the matrix summed over ranks, for the run record
-                results[dataset]["confusion_matrix"] = metric.confmat.tolist()
-            metric.reset()
-        return results
-
-    def on_validation_epoch_end(self) -> None:
-        results = self._compute("val")
-        for dataset, m in results.items():
-            self.log(f"val/{dataset}/mIoU", float(m["mIoU"]), sync_dist=False)
-        mean = sum(float(m["mIoU"]) for m in results.values()) / max(1, len(results))
-        self.log("val/mIoU", mean, prog_bar=True, sync_dist=False)
-
-    def on_test_epoch_end(self) -> None:
-        results = self._compute("test")
-        self._gather_skipped()
-        for dataset, m in results.items():
-            for key in ("mIoU", "fwIoU", "mACC", "pACC"):
-                self.log(f"test/{dataset}/{key}", float(m[key]), sync_dist=False)
-        if self.trainer.is_global_zero:
-            self.write_test_results(results)
-
-    def _gather_skipped(self) -> None:
-        """The skipped files of every rank (each rank saw its own share of the images)."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, self._skipped)
-            merged: dict[str, list] = {}
-            for part in gathered:
-                for dataset, names in part.items():
-                    merged.setdefault(dataset, []).extend(names)
-            self._skipped = merged
-
-    def results_dir(self) -> Path:
-        if self.results_location:
-            return Path(self.results_location)
-        base = self.trainer.log_dir if self.trainer and self.trainer.log_dir else "."
-        return Path(base) / "results"
-
-    def write_test_results(self, results: dict[str, dict]) -> Path:
-        """One metrics JSON/CSV/chart per dataset, and the summary table (paper's Table 1)."""
-        out = self._results
-        out.mkdir(parents=True, exist_ok=True)
-        rows = {}
-        for dataset, metrics in results.items():
-            metrics = dict(metrics)
-            confusion = metrics.pop("confusion_matrix", None)
-            names = load_vocabulary(get_dataset_spec(dataset).vocabulary).names
-            names = names[: metrics["num_classes"]]
-            stem = dataset.replace(":", "_")  # coco171:train -> coco171_train.json
-            write_results(metrics, out, names, name=stem)
-            meta = {
-                "dataset": dataset,
-                "rounds": self.inference_config.rounds,
-                "prompt_mode": self.dpseg_config.prompt_mode,
-                "test_protocol": self.test_protocol,
-                "encoder": self.hparams.encoder,
-                "bank": self._provenance.get(dataset),
-                "skipped": self._skipped.get(dataset, []),
-                "metrics": metrics_to_json(metrics),
-                "confusion_matrix": confusion,  # rows ground truth, columns prediction
-            }
-            (out / f"{stem}.run.json").write_text(json.dumps(meta, indent=2) + "\n")
-            rows[dataset] = 100 * float(metrics["mIoU"])
-            log.info("%s: %s", dataset, format_metrics(metrics))
-        order = [d for d in SUMMARY_ORDER if d in rows] + [
-            d for d in rows if d not in SUMMARY_ORDER
-        ]
-        label = f"DPSeg ({self.hparams.encoder}, round {self.inference_config.rounds})"
-        header = "| model | " + " | ".join(order) + " |"
-        line = "|" + "---|" * (len(order) + 1)
-        row = f"| {label} | " + " | ".join(f"{rows[d]:.1f}" for d in order) + " |"
-        table = "\n".join([header, line, row]) + "\n"
-        (out / "summary.md").write_text(table)
-        (out / "summary.csv").write_text(
-            "model,"
-            + ",".join(order)
-            + "\n"
-            + label
-            + ","
-            + ",".join(f"{rows[d]:.2f}" for d in order)
-            + "\n"
-        )
-        print(f"\nmIoU (%) by dataset, results in {out}:\n{table}")
-        return out
-
-    # -- predict ----------------------------------------------------------------------------
-
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
-        """Label maps of the test datasets' images, written as PNG under results/predictions."""
-        from PIL import Image
-
-        dataset = self._eval_datasets("test")[dataloader_idx]
-        out = self._results / "predictions" / dataset.replace(":", "_")
-        out.mkdir(parents=True, exist_ok=True)
-        written = []
-        if "image" not in batch:
-            return written
-        for image, name in zip(stack_images(batch), batch["name"]):
-            labels = self.segment(image, dataset).argmax(dim=0).cpu().numpy()
-            mode_dtype = "uint8" if labels.max() < 256 else "uint16"
-            path = out / f"{name}.png"
-            Image.fromarray(labels.astype(mode_dtype)).save(path)
-            written.append({"dataset": dataset, "name": name, "path": str(path)})
-        return written
+    def summary_label(self) -> str:
+        return f"DPSeg ({self.hparams.encoder}, round {self.inference_config.rounds})"
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -515,8 +357,3 @@ class DPSegModule(L.LightningModule):
                 "found here are not the ones it was trained from; put those in the Hugging Face "
                 "cache (or at the checkpoint's hyper_parameters.encoder_weights)"
             )
-
-
-def _key(dataset: str) -> str:
-    """A ModuleDict key for a dataset name (no dots or colons)."""
-    return dataset.replace(":", "__").replace(".", "_")

@@ -583,3 +583,19 @@ def test_eval_masks_command_as_a_user_runs_it(folders, tmp_path):
     assert json.loads(as_json.stdout)["metrics"]["mIoU"] == pytest.approx(EXPECTED["mIoU"])
     wrong = run_cli(*common, "--ignore-index", "255", "--vocab", "a; b")
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+
+
+def test_unassigned_predictions_are_misses_not_false_positives():
+    """mmseg's IoUMetric on a prediction of 255 (VIP's low-confidence pixels): the pixel is in
+    its ground-truth class's union and in nobody's predictions."""
+    target = torch.tensor([[0, 0, 1, 1]])
+    preds = torch.tensor([[0, IGNORE_INDEX, 1, 0]])
+    with pytest.raises(ValueError, match="outside"):
+        SemSegMetric(2).update(preds, target)
+    metric = SemSegMetric(2, allow_unassigned=True)
+    metric.update(preds, target)
+    m = metric.compute()
+    # class 0: tp 1, gt 2 (one unassigned), pred 2 -> IoU 1/3; class 1: tp 1, gt 2, pred 1 -> 1/2
+    assert m["per_class_iou"] == pytest.approx([1 / 3, 1 / 2])
+    assert m["unassigned_pixels"] == 1 and m["pixels"] == 4 and m["pACC"] == pytest.approx(0.5)
+    assert metric.unassigned.tolist() == [1, 0]
