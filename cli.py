@@ -334,7 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (
         ("fit", "train DPSeg (LightningCLI: cli.py fit --config configs/tiny_synthetic.yaml)"),
         ("validate", "validate a checkpoint on data.val (LightningCLI)"),
-        ("test", "test on every (dataset, bank) of data.test; metrics + summary (LightningCLI)"),
+        (
+            "test",
+            "test on every (dataset, bank) of data.test; metrics + summary (LightningCLI; "
+            "VIP: cli.py test --config configs/vip_tiny.yaml [--dual-prompts BANK])",
+        ),
         ("predict", "segment images: --ckpt --images --vocab --out (see predict --images -h)"),
     ):
         commands.add_parser(name, help=what, add_help=False)
@@ -371,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_vocab)
 
     add_bank_commands(commands)
+    add_vip_commands(commands)
 
     from data.eval_masks import add_eval_masks_parser
 
@@ -500,12 +505,92 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vip_select_aliases(args: argparse.Namespace) -> int:
+    """Score every alias on images of the target data; write the kept ones with their scores."""
+    from model.vip.selection import SelectionConfig, select_aliases
+
+    _log_ours()
+    try:
+        config = SelectionConfig(threshold=args.threshold, steps=args.steps)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    path, scores = select_aliases(
+        args.data,
+        args.vocab,
+        args.out,
+        encoder=args.encoder,
+        encoder_weights=args.encoder_weights,
+        attention=args.attention,
+        templates=args.templates,
+        config=config,
+        root=args.root,
+        limit=args.limit,
+        size=args.size,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    classes = len({s.owner for s in scores})
+    kept = sum(s.kept for s in scores)
+    print(
+        f"select-aliases: {classes} classes, {len(scores)} aliases scored, {kept} kept "
+        f"({kept - classes} besides the canonical names) -> {path}"
+    )
+    return 0
+
+
+def add_vip_commands(commands) -> None:
+    vip = commands.add_parser(
+        "vip", help="VIP tools (testing VIP: cli.py test --config configs/vip_*.yaml)"
+    ).add_subparsers(dest="vip_command", metavar="VIP_COMMAND", required=True)
+    p = vip.add_parser(
+        "select-aliases",
+        help="keep the aliases that images agree with (visual-guided selection)",
+        description="Score every alias of --vocab on unlabeled images of --data (activation "
+        "region, agreement with the map propagated by the image's patch affinity, entropy); keep "
+        "the canonical name and the aliases that beat it on agreement and entropy; write them "
+        "with the scores as comments.",
+    )
+    p.add_argument("--data", required=True, help="a dataset name (cli.py data stats) or a folder")
+    p.add_argument("--vocab", required=True, help="alias vocabulary: a cls_*.txt file or a name")
+    p.add_argument("--out", required=True, help="the alias file to write")
+    p.add_argument("--encoder", default="vit-b16-openai", help="encoder preset (tiny-vit offline)")
+    p.add_argument("--encoder-weights", metavar="PATH", help="local CLIP weights file or folder")
+    p.add_argument(
+        "--attention", default="clear", help="last block: clear, sclip, vanilla, proxy, none"
+    )
+    p.add_argument("--templates", default="imagenet80", help="imagenet80, imagenet80:N, single")
+    p.add_argument("--threshold", type=float, default=0.5, help="activation: probability >= this")
+    p.add_argument("--steps", type=int, default=2, help="random-walk steps (default 2)")
+    p.add_argument("--limit", type=int, default=200, help="images scored (default 200; 0: all)")
+    p.add_argument("--size", type=int, default=336, help="image side (short side + centre crop)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--root", default=None, help="datasets root (default $DETECTRON2_DATASETS or ./datasets)"
+    )
+    p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_vip_select_aliases)
+
+
 def _wants_image_predict(argv: list[str]) -> bool:
     return any(a.split("=")[0] in ("--images", "--ckpt", "--vocab") for a in argv[1:])
 
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 """Run by LightningCLI (``model/lightning_cli.py``): ``cli.py fit --config configs/X.yaml``."""
+
+
+def _dual_prompts_option(argv: list[str]) -> list[str]:
+    """``--dual-prompts BANK`` (VIP with a bank's visual prompts) is ``--model.dual_prompts``."""
+    out = []
+    for arg in argv:
+        if arg == "--dual-prompts":
+            arg = "--model.dual_prompts"
+        elif arg.startswith("--dual-prompts="):
+            arg = "--model.dual_prompts=" + arg.split("=", 1)[1]
+        out.append(arg)
+    return out
 
 
 def lightning_main(argv: list[str]) -> int:
@@ -515,7 +600,7 @@ def lightning_main(argv: list[str]) -> int:
     from model.lightning_cli import main as run
 
     try:
-        run(argv)
+        run(_dual_prompts_option(argv))
     except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -184,11 +184,18 @@ TEST_PROTOCOLS = {
 
 
 def get_test_protocol(name: str):
-    """A test protocol by name: ``sed``, ``catseg``, ``vip``, or ``resize:N`` (N x N, one pass)."""
+    """A test protocol by name: ``sed``, ``catseg``, ``vip``, ``vip:N`` (VIP's windows with
+    short side N: 448 COCO-Stuff, 560 Cityscapes), or ``resize:N`` (N x N, one pass)."""
     if name.startswith("resize:") and name.removeprefix("resize:").isdigit():
         return ResizeSquare(int(name.removeprefix("resize:")))
+    if name.startswith("vip:") and name.removeprefix("vip:").isdigit():
+        short = int(name.removeprefix("vip:"))
+        if short < 336:
+            raise ValueError(f"test protocol {name!r}: the short side must be >= the 336 crop")
+        return SlidingWindow(short, 336, 112, global_view=False)
     if name not in TEST_PROTOCOLS:
         raise ValueError(
-            f"unknown test protocol {name!r}; use one of {', '.join(TEST_PROTOCOLS)} or resize:N"
+            f"unknown test protocol {name!r}; use one of {', '.join(TEST_PROTOCOLS)}, vip:N or "
+            "resize:N"
         )
     return TEST_PROTOCOLS[name]()

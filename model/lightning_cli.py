@@ -1,28 +1,38 @@
-"""``cli.py fit|validate|test|predict``: LightningCLI over DPSegModule and SegmentationData.
+"""``cli.py fit|validate|test|predict``: LightningCLI over a method's module and SegmentationData.
 
-Arguments that must agree are linked, not repeated: the number of templates comes from the banks
-(``data.num_templates`` -> ``model.num_templates``) and a ViT's input size from the training crop
-(``data.crop`` -> ``model.image_size``). The encoder is given once (``model.encoder``); every bank
-is checked against it by weight fingerprint when prompts are loaded.
+The method is a top-level key of the config (``method: dpseg`` or ``method: vip``; default
+dpseg) or ``--method`` on the command line: ``dpseg`` is ``DPSegModule`` (trained), ``vip`` is
+``model.vip.lightning.VIPModule`` (training-free: validate, test and predict only).
+
+DPSeg's arguments that must agree are linked, not repeated: the number of templates comes from
+the banks (``data.num_templates`` -> ``model.num_templates``) and a ViT's input size from the
+training crop (``data.crop`` -> ``model.image_size``). The encoder is given once
+(``model.encoder``); every bank is checked against it by weight fingerprint when prompts load.
 """
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
+import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from data.module import SegmentationData
-from model.lightning import DPSegModule
 
-TRAINER_DEFAULTS = {
-    "logger": [
-        {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-         "init_args": {"save_dir": "runs", "name": "dpseg"}},
-        {"class_path": "lightning.pytorch.loggers.CSVLogger",
-         "init_args": {"save_dir": "runs", "name": "dpseg"}},
-    ],
-}  # fmt: skip
+METHODS = ("dpseg", "vip")
+
+
+def trainer_defaults(method: str) -> dict:
+    """TensorBoard + CSV loggers in runs/<method>/version_N."""
+    return {
+        "logger": [
+            {"class_path": f"lightning.pytorch.loggers.{kind}",
+             "init_args": {"save_dir": "runs", "name": method}}
+            for kind in ("TensorBoardLogger", "CSVLogger")
+        ],
+    }  # fmt: skip
+
 
 CALLBACKS = [
         {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
@@ -35,8 +45,15 @@ CALLBACKS = [
     ]  # fmt: skip
 
 
+def _add_method(parser, method: str) -> None:
+    parser.add_argument(
+        "--method", choices=METHODS, default=method, help="dpseg (trained) or vip (training-free)"
+    )
+
+
 class DPSegCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
+        _add_method(parser, "dpseg")
         parser.set_defaults({"trainer.callbacks": CALLBACKS})  # shown by --print_config
         parser.link_arguments("data.crop", "model.image_size")
         parser.link_arguments("data.num_templates", "model.num_templates", apply_on="instantiate")
@@ -53,16 +70,60 @@ class DPSegCLI(LightningCLI):
         return trainer
 
 
-def make_cli(argv: list[str], run: bool = True) -> DPSegCLI:
+class VIPCLI(DPSegCLI):
+    """No links (VIP has no templates to agree on, no training crop) and no checkpointing."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        _add_method(parser, "vip")
+        parser.set_defaults(
+            {"trainer.callbacks": [{"class_path": "lightning.pytorch.callbacks.RichProgressBar"}]}
+        )
+
+    def fit(self, model, **kwargs):
+        raise SystemExit(
+            "error: VIP is training-free: use cli.py test (or validate, predict) with this config"
+        )
+
+
+def method_of(argv: list[str]) -> str:
+    """The method of a command line: ``--method X``, else the last config file's ``method:``."""
+    method = None
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--method" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--method="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv) and Path(argv[i + 1]).is_file():
+            loaded = yaml.safe_load(Path(argv[i + 1]).read_text()) or {}
+            value = loaded.get("method") if isinstance(loaded, dict) else None
+        elif arg.startswith("--config=") and Path(arg.split("=", 1)[1]).is_file():
+            loaded = yaml.safe_load(Path(arg.split("=", 1)[1]).read_text()) or {}
+            value = loaded.get("method") if isinstance(loaded, dict) else None
+        if value is not None:
+            method = value
+    return method if method in METHODS else "dpseg"  # an unknown value: the parser says so
+
+
+def make_cli(argv: list[str], run: bool = True) -> LightningCLI:
     """The CLI over ``argv`` (``["fit", "--config", ...]``; without a subcommand when run=False)."""
+    method = method_of(argv)
+    if method == "vip":
+        from model.vip.lightning import VIPModule
+
+        cli_class, module = VIPCLI, VIPModule
+    else:
+        from model.lightning import DPSegModule
+
+        cli_class, module = DPSegCLI, DPSegModule
     with warnings.catch_warnings():  # args given from Python (tests) on purpose
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        return DPSegCLI(
-            DPSegModule,
+        return cli_class(
+            module,
             SegmentationData,
             args=argv,
             run=run,
-            trainer_defaults=TRAINER_DEFAULTS,
+            trainer_defaults=trainer_defaults(method),
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "cli.py"},
         )

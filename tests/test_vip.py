@@ -54,14 +54,204 @@ def test_aggregation_is_a_weighted_logsumexp_per_class():
 
 
 def test_background_threshold_to_a_class_or_to_ignore():
-    logits = torch.tensor([[0.30, 0.31], [0.1, 0.5]]).T.reshape(1, 2, 1, 2)  # pixel 0 unsure
+    # cosines x logit scale 40: pixel 0 is unsure (p = 0.60), pixel 1 sure (p > 0.99)
+    logits = 40 * torch.tensor([[0.30, 0.31], [0.1, 0.5]]).T.reshape(1, 2, 1, 2)
     confident = VIPConfig(prob_thd=0.0)
     assert assign_labels(logits, confident).tolist() == [[[1, 1]]]
-    as_class = VIPConfig(prob_thd=0.9, background="class")
-    assert assign_labels(logits, as_class, background_id=0).tolist() == [[[0, 1]]]
+    as_class = VIPConfig(prob_thd=0.9, background="class", background_id=0)
+    assert assign_labels(logits, as_class).tolist() == [[[0, 1]]]
+    assert assign_labels(logits, VIPConfig(prob_thd=0.55, background="class")).tolist() == [
+        [[1, 1]]
+    ]  # 0.60 >= 0.55: kept
     as_ignore = VIPConfig(prob_thd=0.9, background="ignore")
     assert assign_labels(logits, as_ignore).tolist() == [[[-1, 1]]]
-    with pytest.raises(ValueError, match="background_id"):
-        assign_labels(logits, as_class)
+    with pytest.raises(ValueError, match="background_id=5"):
+        assign_labels(logits, VIPConfig(prob_thd=0.9, background="class", background_id=5))
     with pytest.raises(ValueError, match="background='sky'"):
         VIPConfig(background="sky")
+
+
+# ---------------------------------------------------------------------------------------------
+# visual-guided alias selection
+
+
+def _two_region_image() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """16 patches: 0-7 an object (direction 0), 8-15 the rest (direction 1); a texture
+    (direction 2) on patches 0, 3, 9, 12 of both regions. Class 0 has a vague canonical name, a
+    'texture' alias (scattered over both regions) and an 'object' alias (exactly the object)."""
+    gen = torch.Generator().manual_seed(0)
+    f = torch.zeros(16, 6)
+    f[:8, 0] = 1.0
+    f[8:, 1] = 1.0
+    f[[0, 3, 9, 12], 2] = 0.8
+    f[:, 3:] = 0.05 * torch.randn(16, 3, generator=gen)
+    queries = torch.tensor(
+        [
+            [0.6, 0.4, 0.69, 0, 0, 0],  # class 0 canonical: vague
+            [0.0, 0.0, 1.0, 0, 0, 0],  # class 0 alias: the texture
+            [1.0, 0.0, 0.0, 0, 0, 0],  # class 0 alias: the object
+            [0.0, 1.0, 0.0, 0, 0, 0],  # class 1 canonical
+        ]
+    )
+    return f[None], queries, torch.tensor([0, 0, 0, 1])
+
+
+def test_alias_selection_keeps_the_better_alias_and_drops_the_worse():
+    from model.vip.selection import AliasSelector, SelectionConfig
+
+    features, queries, owner = _two_region_image()
+    selector = AliasSelector(
+        ["thing", "texture", "object", "stuff"], owner, SelectionConfig(logit_scale=10)
+    )
+    selector.update(features, queries)
+    scores = {s.alias: s for s in selector.scores()}
+    thing, texture, obj = scores["thing"], scores["texture"], scores["object"]
+    assert thing.kept and thing.canonical and scores["stuff"].kept
+    assert obj.kept and obj.agreement > thing.agreement and obj.entropy < thing.entropy
+    assert not texture.kept and texture.agreement < thing.agreement
+    assert obj.activation == pytest.approx(0.5)  # exactly the 8 object patches
+
+
+def test_alias_substitution_matches_a_brute_force_softmax():
+    from model.vip.selection import AliasSelector, SelectionConfig
+
+    features, queries, owner = _two_region_image()
+    selector = AliasSelector(["a", "b", "c", "d"], owner, SelectionConfig())
+    logits = (
+        40
+        * torch.nn.functional.normalize(features[0], dim=-1)
+        @ torch.nn.functional.normalize(queries, dim=-1).T
+    )
+    prob, entropy = selector._substituted(logits)
+    for a, k in enumerate(owner.tolist()):
+        classes = logits[:, [0, 3]].double().clone()  # the canonical names of classes 0 and 1
+        classes[:, k] = logits[:, a]
+        p = classes.softmax(dim=1)
+        torch.testing.assert_close(prob[:, a], p[:, k])
+        torch.testing.assert_close(entropy[:, a], -(p * p.clamp(min=1e-300).log()).sum(1))
+
+
+def test_alias_file_round_trips_through_the_vocabulary_reader(tmp_path):
+    from data.vocabulary import read_vocabulary_file
+    from model.vip.selection import AliasSelector, SelectionConfig, write_alias_file
+
+    features, queries, owner = _two_region_image()
+    selector = AliasSelector(
+        ["thing", "texture", "object", "stuff"], owner, SelectionConfig(logit_scale=10)
+    )
+    selector.update(features, queries)
+    path = write_alias_file(selector.scores(), tmp_path / "aliases.txt", ["made by a test"])
+    text = path.read_text()
+    assert "# class 0 'texture': agreement" in text and "(dropped)" in text
+    vocab = read_vocabulary_file(path)
+    assert [c.synonyms for c in vocab] == [("thing", "object"), ("stuff",)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the dense encoder and the segmenter
+
+
+@pytest.fixture(scope="module")
+def tiny_vit():
+    from model.backbone import create_clip
+
+    return create_clip("tiny-vit")
+
+
+def test_dense_clip_plain_last_block_equals_the_dpseg_backbone(tiny_vit):
+    from model.backbone import ClipBackbone
+    from model.vip.dense import DenseCLIP
+
+    images = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = DenseCLIP(tiny_vit.model, tiny_vit.preset, attention="none")(images)
+        reference = ClipBackbone(tiny_vit.model, tiny_vit.preset)(images).dense
+    assert plain.shape == (2, 64, 16, 16)
+    torch.testing.assert_close(plain, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_clip_last_block_variants(tiny_vit):
+    from model.vip.dense import DenseCLIP
+
+    visual = tiny_vit.model.visual
+    images = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    outs = {}
+    with torch.no_grad():
+        for attention in ("clear", "sclip", "vanilla", "proxy"):
+            outs[attention] = DenseCLIP(tiny_vit.model, tiny_vit.preset, attention)(images)
+        # vanilla = the block's own attention, without the residual and the FFN
+        dense = DenseCLIP(tiny_vit.model, tiny_vit.preset, "vanilla")
+        tokens, grid = dense._tokens_before_last_block((images - dense.mean) / dense.std)
+        block = visual.transformer.resblocks[-1]
+        y = block.ln_1(tokens)
+        attended = block.attn(y, y, y, need_weights=False)[0]
+        expected = (visual.ln_post(attended[:, 1:]) @ visual.proj).mT.reshape(1, 64, *grid)
+    assert grid == (8, 12)  # a 64 x 96 input: positions resized to the 8 x 12 patch grid
+    torch.testing.assert_close(outs["vanilla"], expected, rtol=1e-4, atol=1e-5)
+    for a in ("clear", "sclip", "proxy"):
+        assert outs[a].shape == (1, 64, 8, 12)
+        assert not torch.allclose(outs[a], outs["vanilla"])
+
+
+def test_dense_clip_refuses_an_attention_the_tower_lacks():
+    from model.backbone import create_clip
+    from model.vip.dense import DenseCLIP
+
+    convnext = create_clip("tiny-convnext")
+    with pytest.raises(ValueError, match=r"attention='clear'.*proxy, none"):
+        DenseCLIP(convnext.model, convnext.preset, "clear")
+    dense = DenseCLIP(convnext.model, convnext.preset, "proxy")
+    with torch.no_grad():
+        assert dense(torch.rand(1, 3, 128, 128)).shape == (1, 64, 4, 4)
+
+
+class _FixedFeatures(torch.nn.Module):
+    """An encoder that returns given dense features (the maths downstream is under test)."""
+
+    def __init__(self, features: torch.Tensor):
+        super().__init__()
+        self.features = features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features
+
+
+def test_segmenter_aggregates_aliases_and_adds_visual_prompts():
+    from model.vip.segmenter import AliasQueries, VIPSegmenter
+
+    features = torch.tensor([[1.0, 0.0], [0.6, 0.8]]).T.reshape(1, 2, 1, 2)  # 2 pixels
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6]])  # class 0: aliases 0, 1
+    queries = AliasQueries(text, torch.tensor([0, 0, 1]), ["a", "b", "c"], num_classes=2)
+    config = VIPConfig(logit_scale=10.0, tau=2.0, alias_scale=1.0)
+    segmenter = VIPSegmenter(_FixedFeatures(features), config)
+    logits = segmenter(torch.zeros(1, 3, 8, 16), queries)
+    f = torch.nn.functional.normalize(features.flatten(2).mT[0], dim=-1)  # (2, D)
+    image = torch.nn.functional.normalize(f.mean(0), dim=0)
+    w = alias_weights(image[None], text, queries.owner, 2, scale=1.0)[0]
+    for pixel in range(2):
+        cos = f[pixel] @ text.T
+        c0 = torch.logsumexp(2.0 * w[:2] * 10 * cos[:2], 0) / 2.0
+        assert logits[0, 0, 0, pixel].item() == pytest.approx(c0.item(), rel=1e-5)
+        assert logits[0, 1, 0, pixel].item() == pytest.approx(10 * cos[2].item(), rel=1e-5)
+    # dual prompts: each alias query is the average of its text and its class's visual prompt
+    visual = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    dual = AliasQueries(text, queries.owner, queries.aliases, 2, visual=visual)
+    torch.testing.assert_close(dual.embeddings(0.5), (text + visual[[0, 0, 1]]) / 2)
+    assert not torch.allclose(segmenter(torch.zeros(1, 3, 8, 16), dual), logits)
+    with pytest.raises(ValueError, match="visual prompts"):
+        AliasQueries(text, queries.owner, queries.aliases, 2, visual=torch.zeros(3, 2))
+
+
+def test_alias_queries_average_the_templates_of_each_alias(tiny_vit):
+    from data.vocabulary import ClassName, load_vocabulary
+    from model.backbone import ClipEncoder, clip_tokenizer_for
+    from model.vip.segmenter import encode_aliases
+
+    encoder = ClipEncoder(tiny_vit.model, tiny_vit.preset)
+    tokenizer = clip_tokenizer_for(tiny_vit.preset)
+    templates = ["a photo of a {}.", "a drawing of a {}."]
+    queries = encode_aliases(encoder, load_vocabulary("cat, kitty; dog"), templates, tokenizer)
+    assert queries.aliases == ["cat", "kitty", "dog"] and queries.owner.tolist() == [0, 0, 1]
+    with torch.no_grad():
+        kitty = encoder.encode_class_texts([ClassName(("kitty",))], templates, tokenizer)
+    torch.testing.assert_close(queries.text[1], kitty[0].mean(0))

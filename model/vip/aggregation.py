@@ -2,8 +2,8 @@
 aggregation, the background threshold.
 
 Axis names: B images, N patches, A aliases (all classes' aliases, concatenated), K classes,
-H x W a grid. ``owner`` (A,) gives the class of each alias. These functions are pure tensor
-maths; the segmenter that feeds them dense CLIP features is the VIP issue's next step.
+H x W a grid. ``owner`` (A,) gives the class of each alias. Pure tensor maths: the segmenter
+that feeds them dense CLIP features is ``model.vip.segmenter``.
 """
 
 from __future__ import annotations
@@ -20,16 +20,24 @@ BACKGROUND_MODES = ("class", "ignore")
 class VIPConfig:
     """VIP's inference settings (DESIGN §3); per-dataset values in configs/vip_*.yaml."""
 
-    logit_scale: float = 40.0  # cosine x this before the softmax over classes
+    logit_scale: float = 40.0  # alias logit = cosine x this (before aggregation and softmax)
     tau: float = 3.0  # sharpness of the logsumexp over a class's aliases (VOC21: 3, ADE: 5)
-    prob_thd: float = 0.0  # pixels whose top probability is below this are background
-    background: str = "class"  # "class": the background class id; "ignore": not scored
+    prob_thd: float = 0.0  # pixels whose top probability is below this are low-confidence
+    background: str = "ignore"  # low-confidence pixels: "class" -> background_id; "ignore"
+    background_id: int = 0  # the background class (VOC21, PC60, COCO-Object: 0)
+    alias_scale: float = 1.0  # alias weights: softmax of cos x this (the reference: 1 / tem, 1)
+    visual_weight: float = 0.5  # dual prompts: query = (1 - w) text + w visual (DPSeg: 0.5)
     proxy_beta: float = 1.5  # S' = (S - beta * mean(S)) * gamma, entries <= 0 masked
     proxy_gamma: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.tau <= 0 or self.logit_scale <= 0:
-            raise ValueError(f"tau={self.tau} and logit_scale={self.logit_scale} must be > 0")
+        if self.tau <= 0 or self.logit_scale <= 0 or self.alias_scale <= 0:
+            raise ValueError(
+                f"tau={self.tau}, logit_scale={self.logit_scale} and "
+                f"alias_scale={self.alias_scale} must be > 0"
+            )
+        if not 0 <= self.visual_weight <= 1:
+            raise ValueError(f"visual_weight={self.visual_weight} must be in [0, 1]")
         if not 0 <= self.prob_thd < 1:
             raise ValueError(f"prob_thd={self.prob_thd} must be in [0, 1)")
         if self.background not in BACKGROUND_MODES:
@@ -102,25 +110,23 @@ def aggregate_aliases(
 
 
 def assign_labels(
-    class_logits: torch.Tensor,
-    config: VIPConfig,
-    background_id: int | None = None,
-    ignore_index: int = -1,
+    class_logits: torch.Tensor, config: VIPConfig, ignore_index: int = -1
 ) -> torch.Tensor:
-    """(B, K, H, W) class logits -> (B, H, W) ids; low-confidence pixels to background.
+    """(B, K, H, W) class logits (already x logit_scale) -> (B, H, W) ids.
 
-    Probabilities are ``softmax(logit_scale x logits)`` over classes; a pixel whose top
-    probability is under ``prob_thd`` becomes ``background_id`` (``background="class"``) or
-    ``ignore_index`` (``"ignore"``: those pixels are not scored, which inflates mIoU).
+    Probabilities are ``softmax(logits)`` over classes; a pixel whose top probability is under
+    ``prob_thd`` becomes ``background_id`` (``background="class"``) or ``ignore_index``
+    (``"ignore"``: those pixels are not scored, which inflates mIoU).
     """
-    probs = (config.logit_scale * class_logits.float()).softmax(dim=1)
+    k = class_logits.shape[1]
+    if config.background == "class" and not 0 <= config.background_id < k:
+        raise ValueError(
+            f"background_id={config.background_id} is not one of the {k} classes; set "
+            "vip.background_id to the background class, or vip.background to ignore"
+        )
+    probs = class_logits.float().softmax(dim=1)
     top, labels = probs.max(dim=1)
     if config.prob_thd > 0:
-        if config.background == "class":
-            if background_id is None:
-                raise ValueError("background='class' needs background_id (the class's index)")
-            fill = background_id
-        else:
-            fill = ignore_index
+        fill = config.background_id if config.background == "class" else ignore_index
         labels = labels.masked_fill(top < config.prob_thd, fill)
     return labels

@@ -1,0 +1,151 @@
+"""CLIP's image tower as a training-free dense encoder (DESIGN §3).
+
+CLIP's last block mixes every patch with the whole image (its residual stream and FFN carry the
+global token's content), so its patch tokens localise poorly. ClearCLIP and SCLIP change only
+that block at inference: no residual, no FFN, and an attention whose scores compare a patch
+with patches like it. ``attention`` picks the variant:
+
+- ``clear``: softmax(q q^T) (ClearCLIP), no residual, no FFN;
+- ``sclip``: softmax(q q^T) + softmax(k k^T) (SCLIP's correlative attention), no residual/FFN;
+- ``vanilla``: softmax(q k^T), no residual, no FFN (the ablation of the two above);
+- ``proxy``: the proxy attention of :func:`model.vip.aggregation.proxy_attention` built from the
+  image's own patch similarity (ProxyCLIP's idea without a second backbone), no residual/FFN;
+- ``none``: the unchanged last block (plain dense CLIP: the baseline of the overhead benchmark).
+
+A ConvNeXt tower has no attention to change: its last stage's map goes through the head's norm
+and projection per pixel (as ``model.backbone.ClipBackbone``); ``proxy`` then smooths that map
+with the proxy attention, ``none`` leaves it.
+
+A ViT takes any input size: the positional embedding is resized (bicubic) to the patch grid of
+the window, as SCLIP does for 336 px windows of a 224 px model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.backbone import ClipBackbone
+from model.presets import EncoderPreset
+from model.vip.aggregation import proxy_attention
+
+VIT_ATTENTIONS = ("clear", "sclip", "vanilla", "proxy", "none")
+CONVNEXT_ATTENTIONS = ("proxy", "none")
+
+
+class DenseCLIP(nn.Module):
+    """images (B, 3, H, W) RGB in [0, 1] -> dense features (B, D, h, w) in CLIP's joint space.
+
+    Args:
+        clip: an open_clip CLIP model (``model.backbone.create_clip(...).model``).
+        preset: its encoder preset (normalisation, family).
+        attention: how the last block attends (module docstring).
+        proxy_beta, proxy_gamma: the proxy attention's shift and scale.
+    """
+
+    def __init__(
+        self,
+        clip: nn.Module,
+        preset: EncoderPreset,
+        attention: str = "clear",
+        proxy_beta: float = 1.5,
+        proxy_gamma: float = 0.5,
+    ):
+        super().__init__()
+        allowed = VIT_ATTENTIONS if preset.family == "vit" else CONVNEXT_ATTENTIONS
+        if attention not in allowed:
+            raise ValueError(
+                f"attention={attention!r} is not available for {preset.name} ({preset.family}); "
+                f"use one of {', '.join(allowed)}"
+            )
+        self.preset = preset
+        self.attention = attention
+        self.proxy = (proxy_beta, proxy_gamma)
+        if preset.family == "vit":
+            self.visual = clip.visual
+        else:
+            self.convnext = ClipBackbone(clip, preset)
+        self.register_buffer("mean", torch.tensor(preset.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(preset.std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def patch_size(self) -> int:
+        """Input pixels per feature cell (ViT: the patch; ConvNeXt: the last stage's stride)."""
+        if self.preset.family == "vit":
+            p = self.visual.patch_size
+            return p[0] if isinstance(p, tuple) else p
+        return 32
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
+        if self.preset.family != "vit":
+            dense = self.convnext(images).dense  # (B, D, h, w)
+            if self.attention == "proxy":
+                b, d, h, w = dense.shape
+                tokens = dense.flatten(2).transpose(1, 2)  # (B, N, D)
+                mixed = proxy_attention(tokens, *self.proxy) @ tokens.float()
+                dense = mixed.transpose(1, 2).reshape(b, d, h, w).to(dense.dtype)
+            return dense
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        tokens, (h, w) = self._tokens_before_last_block(x)
+        out = self._last_block(tokens)  # (B, 1 + h*w, C)
+        out = self.visual.ln_post(out[:, 1:]) @ self.visual.proj  # (B, h*w, D)
+        return out.transpose(1, 2).reshape(out.shape[0], -1, h, w)
+
+    # -- ViT --------------------------------------------------------------------------------
+
+    def _positions(self, h: int, w: int) -> torch.Tensor:
+        """(1 + h*w, C) positional embedding for an h x w patch grid (bicubic resize)."""
+        pos = self.visual.positional_embedding
+        g0, g1 = self.visual.grid_size
+        if (h, w) == (g0, g1):
+            return pos
+        grid = pos[1:].reshape(1, g0, g1, -1).permute(0, 3, 1, 2).float()
+        grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
+        return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(h * w, -1).to(pos.dtype)])
+
+    def _tokens_before_last_block(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        v = self.visual
+        x = v.conv1(x)  # (B, C, h, w)
+        b, c, h, w = x.shape
+        x = x.flatten(2).transpose(1, 2)  # (B, h*w, C)
+        cls = v.class_embedding.to(x.dtype).expand(b, 1, c)
+        x = torch.cat([cls, x], dim=1) + self._positions(h, w).to(x.dtype)
+        x = v.ln_pre(v.patch_dropout(x))
+        for block in v.transformer.resblocks[:-1]:
+            x = block(x)
+        return x, (h, w)
+
+    def _last_block(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + N, C) tokens -> (B, 1 + N, C) after the (modified) last block."""
+        block = self.visual.transformer.resblocks[-1]
+        if self.attention == "none":
+            return block(x)
+        attn = block.attn
+        y = block.ln_1(x)
+        q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        b, n, c = q.shape
+        heads = attn.num_heads
+
+        def split(t: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, heads, N, C / heads)
+            return t.reshape(b, n, heads, c // heads).transpose(1, 2)
+
+        q, k, v = split(q), split(k), split(v)
+        scale = (c // heads) ** -0.5
+        if self.attention == "proxy":
+            # patches attend by their own similarity; the class token keeps itself
+            a = proxy_attention(y[:, 1:], *self.proxy).to(v.dtype)  # (B, N-1, N-1)
+            out = torch.cat([v[:, :, :1], a[:, None] @ v[:, :, 1:]], dim=2)
+        else:
+            if self.attention == "clear":
+                a = (q @ q.transpose(-2, -1) * scale).softmax(dim=-1)
+            elif self.attention == "sclip":
+                a = (q @ q.transpose(-2, -1) * scale).softmax(dim=-1)
+                a = a + (k @ k.transpose(-2, -1) * scale).softmax(dim=-1)
+            else:  # vanilla
+                a = (q @ k.transpose(-2, -1) * scale).softmax(dim=-1)
+            out = a @ v
+        out = out.transpose(1, 2).reshape(b, n, c)
+        return attn.out_proj(out)  # no residual, no FFN (ClearCLIP)

@@ -1,0 +1,330 @@
+"""Visual-guided alias selection (DESIGN §3): keep the aliases the images agree with.
+
+Each alias is scored on unlabeled images of the target data, in place of its class's canonical
+name (the other classes keep theirs), by three figures:
+
+- **activation**: the fraction of patches where its class's probability (softmax over the K
+  classes of ``logit_scale x cos``) is >= ``threshold``: its region;
+- **agreement**: how well its probability map m survives a random walk on the image's own patch
+  affinity (``model.vip.aggregation.proxy_attention``, rows sum to 1): the soft IoU
+  ``sum min(m, m') / sum max(m, m')`` with ``m' = A^steps m``, pooled over the images. A map
+  that follows objects is stable under propagation; scattered or leaking activations are not;
+- **entropy**: the mean class entropy (nats) of the softmax over classes inside its region: a
+  confident alias separates its class from the others.
+
+The canonical name is always kept; an alias is kept when it beats the canonical name on both
+agreement (higher) and entropy (lower). :func:`write_alias_file` writes the kept aliases in
+VIP's text format with every score as a comment line (``#``, which ``data.vocabulary`` skips).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from model.vip.aggregation import proxy_attention
+
+
+@dataclass
+class SelectionConfig:
+    """How aliases are scored."""
+
+    threshold: float = 0.5  # activation region: class probability >= this
+    steps: int = 2  # random-walk steps of the propagation
+    logit_scale: float = 40.0  # as VIP's inference
+    proxy_beta: float = 1.5  # the affinity: proxy attention's shift and scale
+    proxy_gamma: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold < 1 or self.steps < 1 or self.logit_scale <= 0:
+            raise ValueError(
+                f"threshold={self.threshold} must be in (0, 1), steps={self.steps} >= 1, "
+                f"logit_scale={self.logit_scale} > 0"
+            )
+
+
+@dataclass
+class AliasScore:
+    """One alias's figures over the images seen."""
+
+    alias: str
+    owner: int  # its class
+    canonical: bool
+    activation: float  # mean fraction of patches in its region
+    agreement: float  # soft IoU of its map and the propagated map (higher: better)
+    entropy: float  # mean class entropy in its region, nats (lower: better; inf: no region)
+    kept: bool = False
+
+
+class AliasSelector:
+    """Accumulates alias scores image by image; :meth:`scores` decides.
+
+    Args:
+        owner: (A,) class of each alias; ``canonical`` (K,) the index of each class's canonical
+            alias (its first).
+    """
+
+    def __init__(self, aliases: list[str], owner: torch.Tensor, config: SelectionConfig):
+        self.aliases = list(aliases)
+        self.owner = owner.long().cpu()
+        self.num_classes = int(self.owner.max()) + 1
+        first = {}
+        for a, k in enumerate(self.owner.tolist()):
+            first.setdefault(k, a)
+        if sorted(first) != list(range(self.num_classes)):
+            raise ValueError("every class needs at least one alias (owner must cover 0..K-1)")
+        self.canonical = torch.tensor([first[k] for k in range(self.num_classes)])
+        self.config = config
+        a = len(self.aliases)
+        self._overlap = torch.zeros(a, dtype=torch.float64)
+        self._union = torch.zeros(a, dtype=torch.float64)
+        self._entropy = torch.zeros(a, dtype=torch.float64)
+        self._region = torch.zeros(a, dtype=torch.float64)
+        self._patches = 0
+        self.images = 0
+
+    @torch.no_grad()
+    def update(self, features: torch.Tensor, queries: torch.Tensor) -> None:
+        """features (B, N, D) dense patch features of B images; queries (A, D) alias queries."""
+        if features.ndim != 3 or queries.ndim != 2 or features.shape[-1] != queries.shape[-1]:
+            raise ValueError(
+                f"features {tuple(features.shape)} must be (B, N, D) and queries "
+                f"{tuple(queries.shape)} (A, D) with the same D"
+            )
+        f = F.normalize(features.float(), dim=-1)
+        q = F.normalize(queries.float().to(f.device), dim=-1)
+        affinity = proxy_attention(f, self.config.proxy_beta, self.config.proxy_gamma)
+        for i in range(f.shape[0]):
+            prob, entropy = self._substituted(self.config.logit_scale * f[i] @ q.T)  # (N, A)
+            propagated = prob
+            for _ in range(self.config.steps):
+                propagated = affinity[i].double() @ propagated
+            region = prob >= self.config.threshold
+            self._overlap += torch.minimum(prob, propagated).sum(0).cpu()
+            self._union += torch.maximum(prob, propagated).sum(0).cpu()
+            self._entropy += (entropy * region).sum(0).cpu()
+            self._region += region.sum(0).cpu()
+            self._patches += prob.shape[0]
+            self.images += 1
+
+    def _substituted(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, A) alias logits -> per alias a, with a in place of its class's canonical name:
+        its class's probability (N, A) and the entropy over classes (N, A), in float64."""
+        x = logits.double()
+        owner, canon = self.owner.to(x.device), self.canonical.to(x.device)
+        top = x.max(dim=1, keepdim=True).values
+        e = (x - top).exp()  # (N, A), shifted so the largest is 1
+        ec, lc = e[:, canon], (x - top)[:, canon]  # (N, K) the canonical names
+        # sums over the other classes, without subtracting a dominant term (cancellation)
+        others = _sum_of_others(ec)[:, owner]  # (N, A)
+        others_weighted = _sum_of_others(ec * lc)[:, owner]
+        z = others + e
+        prob = e / z
+        entropy = z.log() - (others_weighted + e * (x - top)) / z
+        return prob, entropy
+
+    def scores(self) -> list[AliasScore]:
+        """Every alias's figures, ``kept`` decided against its class's canonical name."""
+        if self.images == 0:
+            raise ValueError("no image was scored: call update() with at least one image")
+        agreement = (self._overlap / self._union.clamp(min=1e-12)).tolist()
+        entropy = [
+            e / r if r > 0 else math.inf
+            for e, r in zip(self._entropy.tolist(), self._region.tolist())
+        ]
+        activation = (self._region / self._patches).tolist()
+        canon = self.canonical.tolist()
+        out = []
+        for a, alias in enumerate(self.aliases):
+            c = canon[self.owner[a]]
+            is_canon = a == c
+            kept = is_canon or (agreement[a] > agreement[c] and entropy[a] < entropy[c])
+            out.append(
+                AliasScore(alias, int(self.owner[a]), is_canon, activation[a], agreement[a],
+                           entropy[a], kept)
+            )  # fmt: skip
+        return out
+
+
+def _sum_of_others(x: torch.Tensor) -> torch.Tensor:
+    """(N, K) -> (N, K): entry k is the sum over j != k, as prefix + suffix sums."""
+    prefix = F.pad(x.cumsum(dim=1)[:, :-1], (1, 0))
+    suffix = F.pad(x.flip(1).cumsum(dim=1)[:, :-1], (1, 0)).flip(1)
+    return prefix + suffix
+
+
+def _figures(s: AliasScore) -> str:
+    return f"agreement {s.agreement:.3f}, entropy {s.entropy:.3f}, activation {s.activation:.3f}"
+
+
+def write_alias_file(scores: list[AliasScore], path: str | Path, header: list[str]) -> Path:
+    """The kept aliases, one class per line (canonical first), each line preceded by comment
+    lines with the scores of all of the class's aliases."""
+    path = Path(path)
+    by_class: dict[int, list[AliasScore]] = {}
+    for s in scores:
+        by_class.setdefault(s.owner, []).append(s)
+    lines = [f"# {h}" for h in header]
+    for k in sorted(by_class):
+        for s in by_class[k]:
+            verdict = "canonical" if s.canonical else ("kept" if s.kept else "dropped")
+            lines.append(f"# class {k} {s.alias!r}: {_figures(s)} ({verdict})")
+        lines.append(", ".join(s.alias for s in by_class[k] if s.kept))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# the command: cli.py vip select-aliases
+
+
+def selection_images(data: str, root: str | None, limit: int | None) -> list[Path]:
+    """Image paths of a dataset (its evaluated split; the image folder when labels are absent)
+    or of a folder of images, at most ``limit``, in a fixed order."""
+    from data.catalog import DATASETS, DatasetError, datasets_root, get_dataset_spec
+    from data.datasets import SegmentationFolder
+    from model.predictor import expand_images
+
+    if data not in DATASETS:
+        if not Path(data).exists():
+            raise DatasetError(
+                f"--data {data!r} is neither a dataset ({', '.join(DATASETS)}) nor a folder or "
+                "file of images"
+            )
+        paths = expand_images([data])
+    else:
+        spec = get_dataset_spec(data)
+        try:
+            paths = [f.image for f in SegmentationFolder(spec, root, on_bad_sample="skip").files]
+        except DatasetError:  # unlabeled: every image of its folder
+            folder = spec.image_root(datasets_root(root))
+            if not folder.is_dir():
+                raise
+            paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in spec.image_suffixes)
+    if not paths:
+        raise DatasetError(f"--data {data!r}: no image found")
+    return paths[:limit] if limit else paths
+
+
+def _square(path: Path, size: int) -> torch.Tensor:
+    """(3, size, size) in [0, 1]: short side resized to ``size``, centre crop."""
+    from data.datasets import read_image
+    from data.transforms import resize_short_side
+
+    image = torch.from_numpy(read_image(path).copy()).permute(2, 0, 1).float().div(255)
+    x = resize_short_side(image, size)
+    h, w = x.shape[-2:]
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[:, top : top + size, left : left + size]
+
+
+def select_aliases(
+    data: str,
+    vocabulary,
+    out: str | Path,
+    encoder: str = "vit-b16-openai",
+    encoder_weights: str | None = None,
+    attention: str = "clear",
+    templates: str = "imagenet80",
+    config: SelectionConfig | None = None,
+    root: str | None = None,
+    limit: int | None = 200,
+    size: int = 336,
+    batch_size: int = 8,
+    device: str | None = None,
+    progress: bool = True,
+) -> tuple[Path, list[AliasScore]]:
+    """Score every alias of ``vocabulary`` on images of ``data``; write the kept ones to ``out``."""
+    import time
+
+    from data.templates import load_templates
+    from data.vocabulary import load_vocabulary
+    from model.backbone import ClipEncoder, clip_tokenizer_for, create_clip
+    from model.vip.dense import DenseCLIP
+    from model.vip.segmenter import encode_aliases
+
+    config = config or SelectionConfig()
+    vocab = load_vocabulary(vocabulary)
+    paths = selection_images(data, root, limit)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    built = create_clip(encoder, weights=encoder_weights)
+    built.model.to(device)
+    template_list = load_templates(templates)
+    queries = encode_aliases(
+        ClipEncoder(built.model, built.preset).to(device),
+        vocab,
+        template_list,
+        clip_tokenizer_for(built.preset),
+    )
+    dense = DenseCLIP(built.model, built.preset, attention, config.proxy_beta, config.proxy_gamma)
+    selector = AliasSelector(queries.aliases, queries.owner, config)
+    start = time.perf_counter()
+    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    with _progress(progress, len(paths)) as advance, torch.inference_mode():
+        for batch in batches:
+            images = torch.stack([_square(p, size) for p in batch]).to(device)
+            features = dense(images)  # (B, D, h, w)
+            selector.update(features.flatten(2).transpose(1, 2), queries.text.to(device))
+            advance(len(batch))
+    scores = selector.scores()
+    kept = sum(s.kept and not s.canonical for s in scores)
+    header = [
+        f"dpseg vip select-aliases: {len(paths)} images of {data}, vocabulary {vocab.source}",
+        f"encoder {encoder} (attention {attention}), templates {templates}, {size} px, "
+        f"threshold {config.threshold}, {config.steps} random-walk steps, logit scale "
+        f"{config.logit_scale}, {time.perf_counter() - start:.1f} s",
+        f"an alias is kept when its agreement is higher and its entropy lower than its class's "
+        f"canonical name: {kept} of {len(scores) - len(vocab)} aliases kept",
+        "canonical name first, aliases comma-separated (VIP's cls_*.txt format)",
+    ]
+    return write_alias_file(scores, out, header), scores
+
+
+class _progress:
+    """A rich progress bar (images/s, ETA) as a context giving ``advance(n)``; silent if off."""
+
+    def __init__(self, show: bool, total: int):
+        self.show, self.total = show, total
+
+    def __enter__(self):
+        if not self.show:
+            return lambda n: None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("scoring aliases"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} images/s"),
+            TimeRemainingColumn(),
+        )
+        self.bar.__enter__()
+        task = self.bar.add_task("score", total=self.total, rate="-")
+        import time
+
+        start = time.perf_counter()
+
+        def advance(n: int) -> None:
+            done = self.bar.tasks[0].completed + n
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            self.bar.update(task, advance=n, rate=f"{rate:.1f}")
+
+        return advance
+
+    def __exit__(self, *exc):
+        if self.show:
+            self.bar.__exit__(*exc)
+        return False

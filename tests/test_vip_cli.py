@@ -1,0 +1,162 @@
+"""VIP through the real command line: test (with and without dual prompts), predict, alias
+selection, and the dataset configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, SHARED, make_bank, run_cli
+
+VIP_TINY = ROOT / "configs" / "vip_tiny.yaml"
+ENV = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def vip_world(world, tmp_path_factory) -> Path:
+    """The synthetic world's data, an overlay for VIP, and a bank of the VIP encoder."""
+    root = tmp_path_factory.mktemp("vip")
+    overlay = {
+        "model": {"templates": "imagenet80:4"},
+        "data": {"root": str(world / "datasets"), "limit_eval": 3},
+    }
+    (root / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    make_bank(root / "vit_bank.zarr", "imagenet80:4", encoder="tiny-vit")
+    return root
+
+
+def run_vip(vip_world: Path, *args: str):
+    return run_cli(args[0], "--config", str(VIP_TINY), "--config", str(vip_world / "overlay.yaml"),
+                   *args[1:], env=ENV, cwd=vip_world, timeout=600)  # fmt: skip
+
+
+def test_vip_test_writes_metrics_and_dual_prompts_change_them(vip_world, world):
+    plain = run_vip(vip_world, "test", "--model.results_dir", str(vip_world / "plain"))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    record = json.loads((vip_world / "plain" / "synthetic.run.json").read_text())
+    assert record["method"] == "VIP" and record["attention"] == "clear"
+    assert record["aliases"] == 8 and record["dual_prompts"] is None
+    assert record["low_confidence"].startswith("none")
+    scored = sum(map(sum, record["confusion_matrix"]))  # all but the 255 object boundaries
+    assert 0.9 * 3 * 128 * 128 < scored < 3 * 128 * 128
+    metrics = json.loads((vip_world / "plain" / "synthetic.json").read_text())
+    assert 0 <= metrics["mIoU"] <= 1
+    assert "| VIP (tiny-vit, clear) |" in (vip_world / "plain" / "summary.md").read_text()
+
+    bank = vip_world / "vit_bank.zarr"
+    dual = run_vip(vip_world, "test", "--dual-prompts", str(bank),
+                   "--model.results_dir", str(vip_world / "dual"))  # fmt: skip
+    assert dual.returncode == 0, dual.stderr[-3000:]
+    dual_record = json.loads((vip_world / "dual" / "synthetic.run.json").read_text())
+    assert dual_record["dual_prompts"]["encoder"] == "tiny-vit"
+    assert dual_record["dual_prompts"]["location"].endswith("vit_bank.zarr")
+    assert dual_record["confusion_matrix"] != record["confusion_matrix"]
+    assert "dual prompts" in (vip_world / "dual" / "summary.md").read_text()
+
+    # a bank of another encoder: refused with the reason, no traceback
+    other = run_vip(vip_world, "test", "--dual-prompts", str(world / "bank.zarr"),
+                    "--model.results_dir", str(vip_world / "other"))  # fmt: skip
+    assert other.returncode == 2
+    assert "tiny-convnext" in other.stderr and "Traceback" not in other.stderr
+
+
+def test_vip_thresholds_low_confidence_pixels_to_ignore(vip_world):
+    out = vip_world / "ignored"
+    result = run_vip(vip_world, "test", "--model.vip.prob_thd", "0.99",
+                     "--model.vip.background", "ignore", "--model.results_dir", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "inflates mIoU" in result.stderr
+    record = json.loads((out / "synthetic.run.json").read_text())
+    assert "no class" in record["low_confidence"]
+    # random tiny weights are never 99% sure: (nearly) every pixel is unassigned, a miss
+    unassigned = sum(record["unassigned_per_class"])
+    assert sum(map(sum, record["confusion_matrix"])) < 0.05 * unassigned, scored_note()
+    assert record["metrics"]["unassigned_pixels"] == unassigned
+    assert record["metrics"]["mIoU"] < 0.02
+
+
+def scored_note() -> str:
+    return "random tiny weights are expected to be unsure everywhere"
+
+
+def test_vip_predict_writes_label_maps_and_refuses_fit(vip_world):
+    out = vip_world / "predicted"
+    result = run_vip(vip_world, "predict", "--model.results_dir", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    maps = sorted((out / "predictions" / "synthetic").glob("*.png"))
+    assert len(maps) == 3
+    fit = run_vip(vip_world, "fit")
+    assert fit.returncode != 0 and "training-free" in fit.stderr
+
+
+def test_select_aliases_command_writes_a_readable_alias_file(vip_world, world):
+    from data.vocabulary import read_vocabulary_file
+
+    vocab = vip_world / "aliases.txt"
+    vocab.write_text("background, backdrop\nred disc, red circle, tomato\ngreen square\n"
+                     "blue triangle\nyellow stripes\nmagenta ring\ncyan checkerboard\n"
+                     "orange cross, plus sign\n")  # fmt: skip
+    out = vip_world / "selected.txt"
+    result = run_cli("vip", "select-aliases", "--data", "synthetic", "--vocab", str(vocab),
+                     "--out", str(out), "--encoder", "tiny-vit", "--templates", "imagenet80:2",
+                     "--limit", "3", "--size", "128", "--root", str(world / "datasets"),
+                     "--quiet", env=ENV)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "8 classes, 12 aliases scored" in result.stdout
+    text = out.read_text()
+    assert "3 images of synthetic" in text and "# class 1 'tomato': agreement" in text
+    selected = read_vocabulary_file(out)
+    assert len(selected) == 8
+    assert [c.name for c in selected] == [c.split(",")[0] for c in vocab.read_text().splitlines()]
+    bad = run_cli("vip", "select-aliases", "--data", "nowhere", "--vocab", str(vocab),
+                  "--out", str(out), "--encoder", "tiny-vit", env=ENV)  # fmt: skip
+    assert bad.returncode == 2 and "--data 'nowhere'" in bad.stderr
+
+
+VIP_CONFIGS = sorted(p for p in (ROOT / "configs").glob("vip_*.yaml") if p.name != "vip_tiny.yaml")
+
+
+def test_there_is_a_config_per_training_free_benchmark():
+    datasets = set()
+    for path in VIP_CONFIGS:
+        config = yaml.safe_load(path.read_text())
+        assert config["method"] == "vip"
+        datasets |= {pair["dataset"] for pair in config["data"]["test"]}
+    assert datasets == {"voc21", "pc60", "coco-object", "voc20", "pc59", "coco171",
+                        "cityscapes", "ade150"}  # fmt: skip
+    published = {"voc21": (0.28, 3.0), "coco-object": (0.13, 6.0), "cityscapes": (0.15, 2.0),
+                 "ade150": (0.07, 5.0)}  # fmt: skip
+    for path in VIP_CONFIGS:
+        config = yaml.safe_load(path.read_text())
+        dataset = config["data"]["test"][0]["dataset"]
+        if dataset in published:
+            vip = config["model"]["vip"]
+            assert (vip["prob_thd"], vip["tau"]) == published[dataset], path.name
+
+
+@pytest.mark.parametrize("path", VIP_CONFIGS, ids=lambda p: p.stem)
+def test_vip_config_alias_files_fit_their_datasets(path):
+    """Each config's alias file (VIP's own, from ../shared) has the dataset's K classes."""
+    from data.catalog import get_dataset_spec
+    from data.vocabulary import read_vocabulary_file
+
+    config = yaml.safe_load(path.read_text())
+    for dataset, name in config["model"]["vocabularies"].items():
+        file = SHARED / "vocab" / "vip" / f"{name}.txt"
+        vocab = read_vocabulary_file(
+            file, allow_duplicates=config["model"].get("allow_duplicate_classes", False)
+        )
+        assert len(vocab) == get_dataset_spec(dataset).num_classes, (dataset, name)
+
+
+def test_vip_config_parses_through_lightning_cli():
+    result = run_cli("test", "--config", str(ROOT / "configs" / "vip_voc21.yaml"),
+                     "--print_config", env=ENV)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = yaml.safe_load(result.stdout)
+    assert printed["method"] == "vip"
+    assert printed["model"]["vip"]["prob_thd"] == 0.28
+    assert printed["model"]["vocabularies"] == {"voc21": "cls_voc21"}
