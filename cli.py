@@ -428,32 +428,51 @@ def _log_ours() -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Segment images with a checkpoint and any vocabulary; outputs per image in --out."""
+    """Segment images with a checkpoint (DPSeg) or VIP and any vocabulary; outputs in --out."""
 
-    from model.predictor import Predictor, expand_images, predict_images
+    from model.predictor import expand_images, predict_images
 
     _log_ours()
     paths = expand_images(args.images)
     if not paths:
         raise FileNotFoundError(f"--images {' '.join(args.images)}: no image found")
-    predictor = Predictor.from_checkpoint(args.ckpt, device=args.device, rounds=args.rounds)
-    predictor.set_vocabulary(
-        args.vocab,
-        bank=args.bank,
-        text_only=args.text_only,
-        generator_weights=args.generator_weights,
-        progress=not args.quiet,
-    )
+    if args.method == "vip":
+        from model.vip.predictor import VIPPredictor
+
+        predictor = VIPPredictor.from_config(args.config, args.encoder, args.device)
+        predictor.set_vocabulary(args.vocab, bank=args.dual_prompts)
+    else:
+        from model.predictor import Predictor
+
+        if not args.ckpt:
+            raise FileNotFoundError(
+                "predict needs --ckpt (a checkpoint of cli.py fit), or --method vip (training-free)"
+            )
+        predictor = Predictor.from_checkpoint(args.ckpt, device=args.device, rounds=args.rounds)
+        predictor.set_vocabulary(
+            args.vocab,
+            bank=args.bank,
+            text_only=args.text_only,
+            generator_weights=args.generator_weights,
+            progress=not args.quiet,
+        )
     summary = predict_images(predictor, paths, args.out, progress=not args.quiet)
     for item in summary["skipped"]:
         print(f"skipped {item['image']}: {item['error']}", file=sys.stderr)
-    generated = sum(v == "generated" for v in summary["prompts"].values())
-    text = sum(v == "text" for v in summary["prompts"].values())
+    if args.method == "vip":
+        prompts = "dual prompts" if args.dual_prompts else "text aliases"
+        classes = f"{len(predictor.vocabulary)} classes ({prompts})"
+    else:
+        generated = sum(v == "generated" for v in summary["prompts"].values())
+        text = sum(v == "text" for v in summary["prompts"].values())
+        classes = (
+            f"{len(predictor.vocabulary)} classes ({generated} with generated prompts, {text} "
+            "text-only)"
+        )
     print(
         f"predict: {summary['images']} images in {summary['seconds']} s "
         f"({summary['images_per_second']} images/s), {len(summary['skipped'])} skipped; "
-        f"{len(predictor.vocabulary)} classes ({generated} with generated prompts, {text} "
-        f"text-only); outputs in {args.out} (label maps, overlays, class areas, summary.json)"
+        f"{classes}; outputs in {args.out} (label maps, overlays, class areas, summary.json)"
     )
     return 1 if summary["skipped"] and not summary["images"] else 0
 
@@ -461,17 +480,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def predict_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cli.py predict",
-        description="Segment images with a checkpoint and any vocabulary. (Without --images, "
-        "`predict` is LightningCLI's over data.test: cli.py predict --config ... --ckpt_path ...)",
+        description="Segment images with a checkpoint (DPSeg) or with VIP (--method vip, no "
+        "training) and any vocabulary. (Without --images, `predict` is LightningCLI's over "
+        "data.test: cli.py predict --config ... [--ckpt_path ...])",
     )
-    p.add_argument("--ckpt", required=True, help="a checkpoint of cli.py fit")
+    p.add_argument("--method", choices=("dpseg", "vip"), default="dpseg", help="default dpseg")
+    p.add_argument("--ckpt", help="DPSeg: a checkpoint of cli.py fit")
     p.add_argument("--images", nargs="+", required=True, help="files, folders or glob patterns")
     p.add_argument("--vocab", required=True, help="'cat, kitty; dog; grass', a name or a file")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--bank", help="prompt bank (default: the checkpoint's training bank)")
-    p.add_argument("--text-only", action="store_true", help="no visual prompts for missing classes")
-    p.add_argument("--rounds", type=int, choices=(1, 2), help="inference rounds (default: 1)")
-    p.add_argument("--generator-weights", help="local generator weights for missing classes")
+    p.add_argument("--bank", help="DPSeg: prompt bank (default: the checkpoint's training bank)")
+    p.add_argument(
+        "--text-only", action="store_true", help="DPSeg: no visual prompts for missing classes"
+    )
+    p.add_argument("--rounds", type=int, choices=(1, 2), help="DPSeg: inference rounds (default 1)")
+    p.add_argument("--generator-weights", help="DPSeg: local generator weights for missing classes")
+    p.add_argument("--config", help="VIP: settings from a configs/vip_*.yaml (its model: section)")
+    p.add_argument("--encoder", help="VIP: encoder preset (default: the config's, vit-b16-openai)")
+    p.add_argument("--dual-prompts", metavar="BANK", help="VIP: add a bank's visual prompts")
     p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p

@@ -160,3 +160,22 @@ def test_vip_config_parses_through_lightning_cli():
     assert printed["method"] == "vip"
     assert printed["model"]["vip"]["prob_thd"] == 0.28
     assert printed["model"]["vocabularies"] == {"voc21": "cls_voc21"}
+
+
+def test_vip_image_predict_with_a_free_vocabulary_and_dual_prompts(vip_world, world):
+    images = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[:2]
+    out = vip_world / "free"
+    result = run_cli("predict", "--method", "vip", "--config", str(VIP_TINY),
+                     "--images", *map(str, images), "--vocab", "red disc, red circle; background",
+                     "--out", str(out), "--dual-prompts", str(vip_world / "vit_bank.zarr"),
+                     "--quiet", env=ENV)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 classes (dual prompts)" in result.stdout
+    record = json.loads((out / f"{images[0].stem}.json").read_text())
+    assert record["num_classes"] == 2 and record["height"] == 128
+    assert {c["name"] for c in record["classes"]} <= {"red disc", "background"}
+    assert all(c["prompt"].startswith("text+visual") for c in record["classes"])
+    assert (out / f"{images[0].stem}_overlay.png").is_file()
+    no_ckpt = run_cli("predict", "--images", str(images[0]), "--vocab", "a; b", "--out",
+                      str(out), env=ENV)  # fmt: skip
+    assert no_ckpt.returncode == 2 and "--method vip" in no_ckpt.stderr
