@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.memory import current_memory_mb, peak_memory_mb, reset_peak
 from model.backbone import ClipBackbone, ClipEncoder, create_clip
 from model.cost_volume import Prompts
 from model.dpseg import DPSeg, DPSegConfig
@@ -121,34 +121,6 @@ class CallCounter:
     def reset(self) -> None:
         self.backbone = self.encodes = self.crops = 0
         self.encode_s = 0.0
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: max_memory_allocated since the last reset; CPU: peak RSS since the last reset."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # kB on Linux
-
-
-def reset_peak(device: torch.device) -> bool:
-    """Reset the peak counter; False where the CPU high-water mark cannot be reset."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return True
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, which ru_maxrss reports
-        return True
-    except OSError:
-        return False
-
-
-def current_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.memory_allocated(device) / 2**20
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 2**10
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
 
 def time_modes(args, model, encoder, counter, device, autocast, k: int) -> None:

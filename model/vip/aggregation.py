@@ -69,7 +69,7 @@ def alias_weights(
     alias_embeddings: torch.Tensor,
     owner: torch.Tensor,
     num_classes: int,
-    scale: float = 40.0,
+    scale: float = 1.0,
 ) -> torch.Tensor:
     """Per-image alias weights from image-level similarity: (B, D), (A, D) -> (B, A).
 

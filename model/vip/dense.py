@@ -133,19 +133,16 @@ class DenseCLIP(nn.Module):
             return t.reshape(b, n, heads, c // heads).transpose(1, 2)
 
         q, k, v = split(q), split(k), split(v)
-        scale = (c // heads) ** -0.5
+        sdpa = F.scaled_dot_product_attention  # fused: no (N, N) matrix kept per head
         if self.attention == "proxy":
             # patches attend by their own similarity; the class token keeps itself
             a = proxy_attention(y[:, 1:], *self.proxy).to(v.dtype)  # (B, N-1, N-1)
             out = torch.cat([v[:, :, :1], a[:, None] @ v[:, :, 1:]], dim=2)
-        else:
-            if self.attention == "clear":
-                a = (q @ q.transpose(-2, -1) * scale).softmax(dim=-1)
-            elif self.attention == "sclip":
-                a = (q @ q.transpose(-2, -1) * scale).softmax(dim=-1)
-                a = a + (k @ k.transpose(-2, -1) * scale).softmax(dim=-1)
-            else:  # vanilla
-                a = (q @ k.transpose(-2, -1) * scale).softmax(dim=-1)
-            out = a @ v
+        elif self.attention == "clear":
+            out = sdpa(q, q, v)
+        elif self.attention == "sclip":
+            out = sdpa(q, q, v) + sdpa(k, k, v)  # (softmax(qq) + softmax(kk)) v
+        else:  # vanilla
+            out = sdpa(q, k, v)
         out = out.transpose(1, 2).reshape(b, n, c)
-        return attn.out_proj(out)  # no residual, no FFN (ClearCLIP)
+        return block.ls_1(attn.out_proj(out))  # no residual, no FFN (ClearCLIP)
