@@ -293,13 +293,16 @@ def _plan_coco171(root: Path) -> _Plan:
         out = root / "coco-stuff" / "annotations_detectron2" / split
         plan.outputs.append(out)
         plan.jobs += [_lut_png_job(s, out / s.name, lut, what) for s in sources]
-        images = root / "coco-stuff" / "images" / split
-        if not images.is_dir():
-            plan.warnings.append(
-                f"images {_rel(images, root)} are absent: unzip {split}.zip from "
-                f"https://cocodataset.org into {images.parent}"
-            )
+        _warn_missing_coco_images(plan, root / "coco-stuff" / "images" / split, root)
     return plan
+
+
+def _warn_missing_coco_images(plan: _Plan, images: Path, root: Path) -> None:
+    if not images.is_dir():
+        plan.warnings.append(
+            f"images {_rel(images, root)} are absent: unzip {images.name}.zip from "
+            f"https://cocodataset.org into {images.parent}"
+        )
 
 
 def _plan_ade150(root: Path) -> _Plan:
@@ -391,11 +394,7 @@ def _plan_coco_object(root: Path) -> _Plan:
     lut = coco_object_lut()
     plan = _Plan(f"{name} labels", [out], [])
     plan.jobs = [_lut_png_job(s, out / f"{i}{_COCO_OBJECT_SUFFIX}", lut, what) for s, i in sources]
-    if not images.is_dir():
-        plan.warnings.append(
-            f"images {_rel(images, root)} are absent: unzip val2017.zip from "
-            f"https://cocodataset.org into {images.parent}"
-        )
+    _warn_missing_coco_images(plan, images, root)
     return plan
 
 

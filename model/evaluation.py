@@ -60,7 +60,7 @@ class SegmentationModule(L.LightningModule):
 
     def segment(self, image: torch.Tensor, dataset: str) -> torch.Tensor:
         """One image (3, H, W) in [0, 1] -> class logits (K, H, W) by the test protocol."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define segment(image, dataset)")
 
     def predict_labels(self, image: torch.Tensor, dataset: str) -> torch.Tensor:
         """One image (3, H, W) -> label ids (H, W); the argmax unless a subclass thresholds."""

@@ -107,15 +107,16 @@ class VIPModule(SegmentationModule):
             )
         return vocabulary
 
-    def encode_vocabulary(self, vocabulary, bank: str | None = None) -> AliasQueries:
-        """Alias queries of a vocabulary, with the visual prompts of ``bank`` if given."""
+    def encode_vocabulary(self, vocabulary, bank=None) -> AliasQueries:
+        """Alias queries of a vocabulary, with the visual prompts of ``bank`` (a location or an
+        opened ``prompt_bank.store.Bank``) if given."""
         encoder = self._text["encoder"].to(self.device)
         queries = encode_aliases(encoder, vocabulary, self.templates, self._text["tokenizer"])
         if bank is not None:
             queries.visual = self.visual_prompts(bank, vocabulary)
         return queries
 
-    def visual_prompts(self, bank: str, vocabulary) -> torch.Tensor:
+    def visual_prompts(self, bank, vocabulary) -> torch.Tensor:
         """(K, D) a bank's visual prompts of the vocabulary's classes (templates averaged)."""
         from model.prompts import load_prompts
 
@@ -128,9 +129,12 @@ class VIPModule(SegmentationModule):
         return prompts.visual.mean(dim=1).float()  # (K, P, D) -> (K, D)
 
     def prepare_dataset(self, dataset: str, bank: str | None) -> None:
-        bank = bank or self.dual_prompts
+        from prompt_bank.store import Bank
+
+        location = bank or self.dual_prompts
+        opened = Bank.open(location) if location is not None else None  # opened once
         vocabulary = self.alias_vocabulary(dataset)
-        queries = self.encode_vocabulary(vocabulary, bank)
+        queries = self.encode_vocabulary(vocabulary, opened)
         self._queries[dataset] = queries
         record = {
             "method": "VIP",
@@ -144,16 +148,15 @@ class VIPModule(SegmentationModule):
             "low_confidence": self.low_confidence_rule(),
             "dual_prompts": None,
         }
-        if bank is not None:
+        if opened is not None:
             from model.prompts import BankProvenance
-            from prompt_bank.store import Bank
 
-            record["dual_prompts"] = asdict(BankProvenance.of(Bank.open(bank)))
+            record["dual_prompts"] = asdict(BankProvenance.of(opened))
         self._records[dataset] = record
         log.info(
             "VIP on %s: %d classes, %d aliases, %s%s", dataset, len(vocabulary),
             len(queries.aliases), record["low_confidence"],
-            f", dual prompts from {bank}" if bank else "",
+            f", dual prompts from {location}" if location else "",
         )  # fmt: skip
         if self.config.prob_thd > 0 and self.config.background == "ignore":
             log.warning(
