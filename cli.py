@@ -50,6 +50,7 @@ def cmd_presets(args: argparse.Namespace) -> None:
     """Print every preset with what it needs (optionally building the offline ones)."""
     import time
 
+    from model.fingerprint import check_recorded
     from model.presets import list_presets
 
     rows = []
@@ -66,6 +67,7 @@ def cmd_presets(args: argparse.Namespace) -> None:
             built = create_clip(p) if kind == "encoder" else create_generator(p)
             row["fingerprint"] = built.fingerprint
             row["build_seconds"] = round(time.perf_counter() - start, 2)
+            row["mismatch"] = check_recorded(p.name, built.fingerprint)
         rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -84,9 +86,13 @@ def cmd_presets(args: argparse.Namespace) -> None:
         print(f"  {row['name']:<{width}}  {row['description']}")
         print(f"  {'':<{width}}  needs: {row['needs']}")
         if "fingerprint" in row:
+            state = "as recorded" if row["mismatch"] is None else "NOT as recorded"
             print(
-                f"  {'':<{width}}  sha256: {row['fingerprint']} (built in {row['build_seconds']} s)"
+                f"  {'':<{width}}  sha256: {row['fingerprint']} ({state}; built in "
+                f"{row['build_seconds']} s)"
             )
+            if row["mismatch"] is not None:
+                print(f"  {'':<{width}}  {row['mismatch']}")
     print(
         "\nReal presets load weights from the Hugging Face hub or its cache; a local file or folder "
         "goes in --encoder-weights / --generator-weights. Offline: the tiny presets (PRESET=tiny)."

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from model.fingerprint import weights_fingerprint
+from model.fingerprint import warn_if_unrecorded, weights_fingerprint
 from model.hub import hub_file, local_weights_file, refuse_weights_for_random
+from model.portable_init import build_portable
 from model.presets import EncoderPreset, get_encoder_preset
 
 # What open_clip's hub repositories and snapshot folders call their weights, best first.
@@ -37,23 +38,35 @@ class BuiltEncoder:
 
 
 def _random_clip(preset: EncoderPreset) -> nn.Module:
-    """The preset's architecture with seeded random weights, identical on every machine."""
+    """The preset's architecture with seeded random weights.
+
+    Offline presets (``tiny-*``) are redrawn by :mod:`model.portable_init`: the same bits on
+    every machine. The full-size architectures with ``random_weights`` (speed only) keep
+    torch's initialisers, whose bits depend on the CPU's kernels.
+    """
     import open_clip
 
-    # Build on CPU inside a forked RNG: the same bytes whatever the caller's device or RNG state.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(preset.seed)
+    def build() -> dict[str, nn.Module]:
         if preset.model_cfg is not None:
             cfg = dict(preset.model_cfg)
-            return open_clip.CLIP(
+            model = open_clip.CLIP(
                 embed_dim=cfg["embed_dim"],
                 vision_cfg=dict(cfg["vision_cfg"]),
                 text_cfg=dict(cfg["text_cfg"]),
                 quick_gelu=preset.quick_gelu,
             )
-        return open_clip.create_model(
-            preset.arch, pretrained=None, force_quick_gelu=preset.quick_gelu
-        )
+        else:
+            model = open_clip.create_model(
+                preset.arch, pretrained=None, force_quick_gelu=preset.quick_gelu
+            )
+        return {"clip": model}
+
+    if preset.is_random:
+        return build_portable(build, preset.seed)["clip"]
+    # Build on CPU inside a forked RNG: the caller's RNG state is left alone.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(preset.seed)
+        return build()["clip"]
 
 
 def create_clip(
@@ -98,7 +111,10 @@ def create_clip(
             preset.arch, pretrained=path, force_quick_gelu=preset.quick_gelu
         )
     model.eval()
-    return BuiltEncoder(model, preset, weights_fingerprint(model), source)
+    fingerprint = weights_fingerprint(model)
+    if preset.is_random:
+        warn_if_unrecorded(preset.name, fingerprint)
+    return BuiltEncoder(model, preset, fingerprint, source)
 
 
 @dataclass

@@ -8,10 +8,20 @@ weights file, a different torch version's initialisation or a cast to bf16 all c
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
+import logging
+from pathlib import Path
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
+
+# The fingerprints of the offline presets' weights, recorded with the package versions that built
+# them (rewritten by ``tests/golden/regenerate.py`` after a deliberate change).
+RECORDED = Path(__file__).with_name("recorded_fingerprints.json")
 
 
 def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -43,3 +53,88 @@ def weights_fingerprint(*modules: nn.Module, prefixes: tuple[str, ...] | None = 
         for key, value in module.state_dict().items():
             state[f"{prefix}.{key}"] = value
     return state_fingerprint(state)
+
+
+# The packages whose versions decide how weights are built or loaded (recorded with fingerprints).
+WEIGHT_PACKAGES = ("torch", "timm", "open_clip_torch", "diffusers", "transformers", "numpy")
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of :data:`WEIGHT_PACKAGES` (``"absent"`` where one is missing)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in WEIGHT_PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+def versions_note(recorded: dict | None) -> str:
+    """Whether the package versions recorded with a fingerprint differ from the installed ones."""
+    if not recorded:
+        return "the package versions it was made with are not recorded"
+    here = package_versions()
+    differ = [
+        f"{name} {recorded[name]} there, {here.get(name, 'absent')} here"
+        for name in sorted(recorded)
+        if recorded[name] != here.get(name, "absent")
+    ]
+    if differ:
+        return "package versions differ: " + "; ".join(differ)
+    return "package versions are the same, so the weights themselves differ"
+
+
+def fingerprint_mismatch(
+    what: str,
+    made_with: str,
+    expected: str,
+    here: str,
+    found: str,
+    recorded: dict | None = None,
+) -> str:
+    """One line: which weights were expected, which were found, and whether versions differ.
+
+    Args:
+        what: what holds the expected fingerprint ("bank 'x.zarr'", "the checkpoint").
+        made_with / expected: the preset it was made with and that fingerprint.
+        here / found: the preset built here and its fingerprint.
+        recorded: the package versions recorded with ``expected``, if any.
+    """
+    same = "the same preset" if made_with == here else f"preset {here!r}"
+    return (
+        f"{what} was made with preset {made_with!r} (fingerprint {expected[:12]}), but "
+        f"{same} gives {found[:12]} here; {versions_note(recorded)}"
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def recorded_fingerprints() -> dict:
+    """``{"fingerprints": {preset: sha256}, "packages": {package: version}}`` as recorded."""
+    return json.loads(RECORDED.read_text())
+
+
+def check_recorded(preset: str, found: str) -> str | None:
+    """None when an offline preset's weights built here have the recorded fingerprint, else the
+    one line that says so (both fingerprints, whether package versions differ, what follows)."""
+    record = recorded_fingerprints()
+    expected = record["fingerprints"].get(preset)
+    if expected is None or expected == found:
+        return None
+    return (
+        f"{fingerprint_mismatch('the record of offline presets', preset, expected, preset, found, record['packages'])}"
+        "; banks and checkpoints made with the recorded weights will be refused here"
+    )
+
+
+def warn_if_unrecorded(preset: str, found: str) -> None:
+    """Log :func:`check_recorded`'s line, once per preset and fingerprint, when they differ."""
+    line = check_recorded(preset, found)
+    if line is not None and (preset, found) not in _warned:
+        _warned.add((preset, found))
+        log.warning(line)
+
+
+_warned: set[tuple[str, str]] = set()

@@ -28,6 +28,7 @@ from model.backbone import ClipBackbone, ClipEncoder, clip_tokenizer_for, create
 from model.cost_volume import Prompts
 from model.dpseg import DPSeg, DPSegConfig
 from model.evaluation import SegmentationModule
+from model.fingerprint import fingerprint_mismatch, package_versions
 from model.prompts import BankProvenance, load_prompts
 from model.refine import RefineConfig, TwoRoundSegmenter
 from prompt_bank.format import BankMismatchError
@@ -342,6 +343,7 @@ class DPSegModule(SegmentationModule):
                 "preset": self.hparams.encoder,
                 "fingerprint": self.encoder_fingerprint,
                 "weights": self.encoder_source,
+                "packages": package_versions(),
             },
             "banks": copy.deepcopy(self._provenance),
         }
@@ -350,10 +352,16 @@ class DPSegModule(SegmentationModule):
         self.loaded_provenance = copy.deepcopy(checkpoint.get("dpseg", {}))
         saved = checkpoint.get("dpseg", {}).get("encoder", {})
         if saved and saved.get("fingerprint") != self.encoder_fingerprint:
+            mismatch = fingerprint_mismatch(
+                "the checkpoint",
+                str(saved.get("preset")),
+                str(saved.get("fingerprint")),
+                self.hparams.encoder,
+                self.encoder_fingerprint,
+                saved.get("packages"),
+            )
             raise ValueError(
-                f"the checkpoint was trained from encoder {saved.get('preset')!r} (fingerprint "
-                f"{str(saved.get('fingerprint'))[:12]}) but this model starts from "
-                f"{self.hparams.encoder!r} ({self.encoder_fingerprint[:12]}): the encoder weights "
-                "found here are not the ones it was trained from; put those in the Hugging Face "
-                "cache (or at the checkpoint's hyper_parameters.encoder_weights)"
+                f"{mismatch}: the encoder weights found here are not the ones it was trained "
+                "from; put those in the Hugging Face cache (or at the checkpoint's "
+                "hyper_parameters.encoder_weights)"
             )

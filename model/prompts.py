@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from data.vocabulary import Vocabulary
 from model.cost_volume import Prompts
+from model.fingerprint import fingerprint_mismatch
 from prompt_bank.format import BankMismatchError
 from prompt_bank.store import Bank
 
@@ -64,11 +65,17 @@ def check_bank_encoder(bank: Bank, preset: str, fingerprint: str) -> None:
     """Refuse a bank made by another encoder than the model's prompt encoder."""
     enc = bank.attrs["encoder"]
     if enc.get("fingerprint") != fingerprint:
+        mismatch = fingerprint_mismatch(
+            f"bank {bank.location!r}",
+            str(enc.get("preset")),
+            str(enc.get("fingerprint")),
+            preset,
+            fingerprint,
+            bank.attrs.get("builder", {}).get("packages"),
+        )
         raise BankMismatchError(
-            f"bank {bank.location!r} was built with encoder {enc.get('preset')!r} (fingerprint "
-            f"{str(enc.get('fingerprint'))[:12]}) but the model's prompt encoder is {preset!r} "
-            f"(fingerprint {fingerprint[:12]}); their embeddings are not comparable. Build a bank "
-            f"with the model's encoder: cli.py bank build --encoder {preset} ..."
+            f"{mismatch}; their embeddings are not comparable. Build a bank with the model's "
+            f"encoder: cli.py bank build --encoder {preset} ..."
         )
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from data.vocabulary import Vocabulary
+from model.fingerprint import package_versions
 from model.presets import get_bank_preset
 from prompt_bank.format import (
     FORMAT_NAME,
@@ -383,7 +384,11 @@ def build_bank(config: BuildConfig, location: str | os.PathLike) -> BuildSummary
                 {
                     **expected,
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "builder": {"name": "dpseg", "version": version("dpseg")},
+                    "builder": {
+                        "name": "dpseg",
+                        "version": version("dpseg"),
+                        "packages": package_versions(),
+                    },
                 }
             )
     state.wait_for_everyone()

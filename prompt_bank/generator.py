@@ -15,12 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
-from model.fingerprint import weights_fingerprint
+from model.fingerprint import warn_if_unrecorded, weights_fingerprint
 from model.hub import (
     WeightsUnavailableError,
     ensure_hub_reachable_or_cached,
     refuse_weights_for_random,
 )
+from model.portable_init import build_portable
 from model.presets import GeneratorPreset, get_generator_preset
 
 # SD 1.x's noise schedule (the tiny pipeline uses it too, so samplers behave as on the real one).
@@ -106,17 +107,28 @@ def _random_pipeline(preset: GeneratorPreset, seed: int):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     arch = ARCHITECTURES[preset.name]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(sample_size=preset.height // 8, **arch["unet"])
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * len(arch["vae"]["block_out_channels"]),
-            up_block_types=("UpDecoderBlock2D",) * len(arch["vae"]["block_out_channels"]),
-            latent_channels=4,
-            sample_size=preset.height,
-            **arch["vae"],
-        )
-        text_encoder = CLIPTextModel(CLIPTextConfig(**_CLIP_TOKENS, **arch["text"]))
+
+    def build() -> dict[str, torch.nn.Module]:
+        vae_blocks = len(arch["vae"]["block_out_channels"])
+        return {
+            "unet": UNet2DConditionModel(sample_size=preset.height // 8, **arch["unet"]),
+            "vae": AutoencoderKL(
+                down_block_types=("DownEncoderBlock2D",) * vae_blocks,
+                up_block_types=("UpDecoderBlock2D",) * vae_blocks,
+                latent_channels=4,
+                sample_size=preset.height,
+                **arch["vae"],
+            ),
+            "text": CLIPTextModel(CLIPTextConfig(**_CLIP_TOKENS, **arch["text"])),
+        }
+
+    if preset.is_random:  # the offline preset: the same bits on every machine
+        parts = build_portable(build, seed)
+    else:  # full-size architectures, for speed only: torch's initialisers
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            parts = build()
+    unet, vae, text_encoder = parts["unet"], parts["vae"], parts["text"]
     scheduler_name = "DDIMScheduler" if preset.scheduler == "default" else preset.scheduler
     scheduler = getattr(diffusers, scheduler_name).from_config(SD_SCHEDULE)
     pipeline = StableDiffusionPipeline(
@@ -200,4 +212,6 @@ def create_generator(
     fingerprint = weights_fingerprint(
         pipeline.unet, pipeline.vae, pipeline.text_encoder, prefixes=("unet", "vae", "text")
     )
+    if preset.is_random:
+        warn_if_unrecorded(preset.name, fingerprint)
     return BuiltGenerator(pipeline, preset, fingerprint, source)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from model.fingerprint import fingerprint_mismatch
 from prompt_bank.store import Bank
 
 NORM_TOLERANCE = 1e-3  # |norm - 1| allowed for stored embeddings (float32 normalisation)
@@ -162,13 +163,22 @@ def _regenerate(bank, data, report, count, seed, tolerance, generator_weights, e
     if device.type == "cpu" and b.get("cpu_threads"):
         torch.set_num_threads(int(b["cpu_threads"]))
     models = _Models(config, device)
-    if models.gen.fingerprint != g["fingerprint"] or models.enc.fingerprint != e["fingerprint"]:
-        report.add(
-            "regenerate",
-            False,
-            "the generator or encoder weights here differ from the bank's (fingerprints differ); pass --generator-weights/--encoder-weights",
-        )
-        return
+    packages = attrs.get("builder", {}).get("packages")
+    for kind, built, recorded, option in (
+        ("generator", models.gen, g, "--generator-weights"),
+        ("encoder", models.enc, e, "--encoder-weights"),
+    ):
+        if built.fingerprint != recorded["fingerprint"]:
+            mismatch = fingerprint_mismatch(
+                f"the bank's {kind}",
+                recorded["preset"],
+                recorded["fingerprint"],
+                built.preset.name,
+                built.fingerprint,
+                packages,
+            )
+            report.add("regenerate", False, f"{mismatch}; pass the bank's weights with {option}")
+            return
     layout, worst, details = bank.layout, 0.0, []
     prompt_cache: dict = {}
     keep = "visual/images" in layout.arrays()

@@ -17,6 +17,7 @@ from conftest import ROOT, TEMPLATES, TINY, make_bank, run_cli, run_tiny_cli
 from data.catalog import IGNORE_INDEX
 from data.datasets import SegmentationFolder
 from data.vocabulary import Vocabulary, load_vocabulary
+from model.fingerprint import package_versions, recorded_fingerprints
 from model.lightning import DPSegModule, bce_loss, cost_aux_loss
 from model.prompts import load_prompts
 from model.refine import RefineConfig, crop_regions, detected_classes
@@ -124,6 +125,32 @@ def test_bank_of_another_encoder_is_refused(world):
     module = tiny_module(encoder="tiny-vit")
     with pytest.raises(BankMismatchError, match=r"tiny-convnext.*tiny-vit.*--encoder tiny-vit"):
         module.add_prompts("synthetic", str(world / "bank.zarr"))
+
+
+def test_a_fingerprint_mismatch_says_whether_package_versions_differ(world, tmp_path):
+    """The same preset with other weights (made with other versions): one line saying so."""
+    import shutil
+
+    import zarr
+
+    bank = tmp_path / "bank.zarr"
+    shutil.copytree(world / "bank.zarr", bank)
+    group = zarr.open_group(str(bank), mode="r+")
+    fingerprint = group.attrs["encoder"]["fingerprint"]
+    group.attrs["encoder"] = {**group.attrs["encoder"], "fingerprint": "ce57886f" + "0" * 56}
+    group.attrs["builder"] = {
+        **group.attrs["builder"],
+        "packages": {**package_versions(), "torch": "2.0.0"},
+    }
+    with pytest.raises(BankMismatchError) as caught:
+        tiny_module().add_prompts("synthetic", str(bank))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "with preset 'tiny-convnext' (fingerprint ce57886f0000)" in message
+    assert f"the same preset gives {fingerprint[:12]} here" in message
+    assert f"package versions differ: torch 2.0.0 there, {package_versions()['torch']} here" in (
+        message
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,8 +354,9 @@ def test_checkpoint_is_weights_only_safe_and_records_provenance(trained, world):
     ckpt = torch.load(trained, map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4
     meta = ckpt["dpseg"]
-    golden = json.loads((ROOT / "tests" / "golden" / "fingerprints.json").read_text())
-    assert meta["encoder"]["fingerprint"] == golden["fingerprints"]["tiny-convnext"]
+    recorded = recorded_fingerprints()
+    assert meta["encoder"]["fingerprint"] == recorded["fingerprints"]["tiny-convnext"]
+    assert meta["encoder"]["packages"] == package_versions()  # said when a fingerprint differs
     bank = meta["banks"]["synthetic:train"]
     assert bank["location"] == str(world / "bank.zarr") and bank["templates"] == TEMPLATES
     assert ckpt["hyper_parameters"]["dpseg"]["prompt_mode"] == "avg"

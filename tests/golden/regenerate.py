@@ -1,7 +1,9 @@
-"""Regenerate ``fingerprints.json``: the sha256 of every offline preset's weights.
+"""Rewrite ``model/recorded_fingerprints.json``: the sha256 of every offline preset's weights.
 
-Run after a deliberate upgrade of torch, timm, open_clip, diffusers or transformers that changes
-initialisation, and say so in the change: banks and checkpoints built with the old tiny presets
+The offline presets' weights are drawn portably (``model/portable_init.py``): the same bits on
+every CPU and thread count, so this changes only when an architecture, a preset's seed, the
+portable draw or a package's module layout (parameter names) changes. Run it after such a
+deliberate change and say so in the commit: banks and checkpoints built with the old weights
 will then be refused (their fingerprints differ).
 
     .venv/bin/python tests/golden/regenerate.py
@@ -9,24 +11,24 @@ will then be refused (their fingerprints differ).
 
 import json
 import sys
-from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from model.backbone import create_clip  # noqa: E402
+from model.fingerprint import RECORDED, package_versions  # noqa: E402
+from model.presets import list_presets  # noqa: E402
 from prompt_bank.generator import create_generator  # noqa: E402
-
-PACKAGES = ("torch", "timm", "open_clip_torch", "diffusers", "transformers")
 
 if __name__ == "__main__":
     fingerprints = {
-        "tiny-vit": create_clip("tiny-vit").fingerprint,
-        "tiny-convnext": create_clip("tiny-convnext").fingerprint,
-        "tiny-sd": create_generator("tiny-sd").fingerprint,
+        p.name: (
+            create_clip(p) if type(p).__name__ == "EncoderPreset" else create_generator(p)
+        ).fingerprint
+        for p in [*list_presets("encoder"), *list_presets("generator")]
+        if p.is_random
     }
-    record = {"fingerprints": fingerprints, "versions": {p: version(p) for p in PACKAGES}}
-    out = Path(__file__).with_name("fingerprints.json")
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    record = {"fingerprints": fingerprints, "packages": package_versions()}
+    RECORDED.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
