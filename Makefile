@@ -10,7 +10,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # Tests and the demo run on 2 CPU cores; more threads than cores only slows them down.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install lint format test demo presets bank lock clean
+.PHONY: help install lint format test demo claims presets bank lock clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -36,8 +36,11 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 test: lint  ## lint, then the test suite (offline, CPU, tiny presets)
 	$(PY) -m pytest -q
 
-demo: $(STAMP)  ## the whole path offline on tiny models: data, bank, fit, test x2, predict (~5 min)
+demo: $(STAMP)  ## the whole path offline in the toy world: data, bank, fit, test x2, predict
 	$(PY) demo.py --out demo_out
+
+claims: $(STAMP)  ## the papers' claims measured in the toy world, 3 seeds (docs/toy_world.md)
+	$(PY) benchmarks/claims.py --out claims_out
 
 # make bank VOCAB=ade847 [PRESET=paper|fast|vit|tiny] [TEMPLATES=imagenet80] [IMAGES=1] [OUT=...]
 VOCAB     ?=
@@ -60,4 +63,4 @@ lock: $(STAMP)  ## rewrite constraints.txt from the current .venv
 	mv constraints.new constraints.txt
 
 clean:  ## remove the venv and generated outputs
-	rm -rf $(VENV) .pytest_cache .ruff_cache demo_out
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo_out claims_out

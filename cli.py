@@ -59,7 +59,7 @@ def cmd_presets(args: argparse.Namespace) -> None:
         row = {"kind": kind, "name": p.name, "description": p.description, "needs": p.needs}
         if kind == "bank":
             row["description"] = f"{p.generator} + {p.encoder}: {p.description}"
-        if args.fingerprints and kind != "bank" and p.is_random:
+        if args.fingerprints and kind != "bank" and p.offline:
             from model.backbone import create_clip
             from prompt_bank.generator import create_generator
 
@@ -99,6 +99,37 @@ def cmd_presets(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_presets_pretrain(args: argparse.Namespace) -> int:
+    """Pretrain a toy preset on the toy world and write its weights file."""
+    from model.toy_pretrain import PretrainConfig, pretrain
+
+    try:
+        config = PretrainConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            pool=args.pool,
+            seed=args.seed,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or f"runs/pretrain/{args.name}.safetensors"
+    report = pretrain(args.name, config, out, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(
+        f"{args.name}: zero-shot accuracy on held-out pictures {100 * report['zero_shot_plain']:.1f}% "
+        f"('a photo of a {{}}.'), {100 * report['zero_shot_any_template']:.1f}% (any template "
+        f"and style); chance {100 * report['chance']:.1f}%; {config.steps} steps in "
+        f"{report['seconds']} s; {report['bytes'] / 1e6:.2f} MB written to {out}\n"
+        f"use it with --encoder-weights {out} (or --model.encoder_weights), or copy it to "
+        f"model/weights/ and run tests/golden/regenerate.py to make it the preset's weights"
+    )
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # vocab
 
@@ -131,6 +162,7 @@ def cmd_vocab(args: argparse.Namespace) -> None:
 
 def cmd_data_synthetic(args: argparse.Namespace) -> None:
     """Write the synthetic dataset in the detectron2 layout, optionally with a preview picture."""
+    from data.catalog import datasets_root
     from data.synthetic import SyntheticConfig, write_synthetic_dataset
 
     try:
@@ -139,7 +171,8 @@ def cmd_data_synthetic(args: argparse.Namespace) -> None:
         )
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    summary = write_synthetic_dataset(args.root, config, progress=not args.quiet)
+    root = datasets_root(args.root)
+    summary = write_synthetic_dataset(root, config, progress=not args.quiet)
     print(
         f"synthetic dataset: {summary['train']} train + {summary['val']} val images in "
         f"{summary['root']} ({summary['written']} written, {summary['seconds']} s)"
@@ -147,8 +180,36 @@ def cmd_data_synthetic(args: argparse.Namespace) -> None:
     if args.preview:
         from data.preview import write_synthetic_preview
 
-        path = write_synthetic_preview(args.root, args.preview, count=8)
+        path = write_synthetic_preview(root, args.preview, count=8)
         print(f"preview: {path}")
+
+
+def cmd_data_toy(args: argparse.Namespace) -> int:
+    """Write the toy world's segmentation dataset (toy, toy:train), optionally with a preview."""
+    from data.catalog import datasets_root
+    from data.toy_world import ToySceneConfig, class_names, write_toy_dataset
+
+    try:
+        config = ToySceneConfig(
+            train_images=args.train, val_images=args.val, size=args.size, seed=args.seed
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = write_toy_dataset(datasets_root(args.root), config, progress=not args.quiet)
+    print(
+        f"toy world: {summary['train']} train images (seen classes) + {summary['val']} val "
+        f"images (all classes) in {summary['root']} ({summary['written']} written, "
+        f"{summary['seconds']} s)"
+    )
+    if args.preview:
+        from pathlib import Path
+
+        from data.preview import write_dataset_preview
+
+        path = write_dataset_preview(Path(summary["root"]), class_names(), args.preview, count=8)
+        print(f"preview: {path}")
+    return 0
 
 
 def cmd_data_stats(args: argparse.Namespace) -> None:
@@ -210,9 +271,12 @@ def _open_bank(location: str):
 
 
 def cmd_bank_info(args: argparse.Namespace) -> None:
-    from prompt_bank.inspect import bank_info, format_info
+    from prompt_bank.inspect import bank_info, format_info, prompt_agreement
 
-    info = bank_info(_open_bank(args.bank))
+    bank = _open_bank(args.bank)
+    info = bank_info(bank)
+    if args.prompts:
+        info["prompts"] = prompt_agreement(bank)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -300,6 +364,12 @@ def add_bank_commands(commands) -> None:
     p = bank.add_parser("info", help="what a bank holds")
     p.add_argument("bank", help="a path or an fsspec URL")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--prompts",
+        action="store_true",
+        help="also check that visual prompts carry class information (nearest text prompt of "
+        "each class's mean visual prompt; reads every embedding)",
+    )
     p.set_defaults(func=cmd_bank_info)
 
     p = bank.add_parser(
@@ -368,9 +438,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fingerprints",
         action="store_true",
-        help="build the offline (random-weight) presets and print their sha256 fingerprints",
+        help="build the offline presets and print their sha256 fingerprints",
     )
     p.set_defaults(func=cmd_presets)
+    sub = p.add_subparsers(dest="presets_command", metavar="{pretrain}")
+    from model.toy_pretrain import PretrainConfig
+
+    defaults = PretrainConfig()
+    q = sub.add_parser(
+        "pretrain",
+        help="pretrain a toy preset's CLIP on the toy world (writes its weights file)",
+        description="Contrastive pretraining of toy-convnext or toy-vit on captioned pictures "
+        "of the toy world (model/toy_pretrain.py); prints zero-shot accuracies.",
+    )
+    q.add_argument("name", choices=("toy-convnext", "toy-vit"), help="the toy preset")
+    q.add_argument("--out", help="weights file (default runs/pretrain/NAME.safetensors)")
+    q.add_argument("--steps", type=int, default=defaults.steps, help=f"({defaults.steps})")
+    q.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help=f"({defaults.batch_size})"
+    )
+    q.add_argument("--lr", type=float, default=defaults.lr, help=f"({defaults.lr})")
+    q.add_argument("--pool", type=int, default=defaults.pool, help=f"pictures ({defaults.pool})")
+    q.add_argument("--seed", type=int, default=defaults.seed, help=f"({defaults.seed})")
+    q.add_argument("--json", action="store_true", help="print the report as JSON")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_presets_pretrain)
 
     p = commands.add_parser("vocab", help="list vocabularies, or show one")
     p.add_argument("spec", nargs="?", help="a name, a .json/.txt file, or 'cat, kitty; dog'")
@@ -401,6 +493,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", metavar="PNG", help="also write a picture of a few val samples")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_synthetic)
+
+    p = data.add_parser("toy", help="write the toy world's dataset: toy (val), toy:train")
+    p.add_argument(
+        "--root", default=None, help="datasets root (default $DETECTRON2_DATASETS or ./datasets)"
+    )
+    p.add_argument("--train", type=int, default=600, help="train images, seen classes (600)")
+    p.add_argument("--val", type=int, default=160, help="val images, all classes (160)")
+    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--preview", metavar="PNG", help="also write a picture of a few val samples")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_toy)
 
     from data.catalog import DATASETS
 

@@ -1,7 +1,8 @@
-"""`make demo`: the whole DPSeg path on the tiny presets, offline, as a user runs it.
+"""`make demo`: the whole DPSeg path in the toy world, offline, as a user runs it.
 
-    synthetic data -> tiny prompt bank -> fit tiny_synthetic -> test (1 and 2 rounds)
-    -> predict on a few validation images -> explain one class -> report
+    toy world data -> toy prompt bank (renderer + pretrained toy ConvNeXt) -> fit on the seen
+    classes -> test on seen and unseen classes (1 and 2 rounds) -> predict on a few validation
+    images -> explain an unseen class -> report
 
 Every step is the real command line (``cli.py ...``) in its own process; the report says where
 each output is, the mIoU of each round and the time of each step. ``--quick`` runs a few steps
@@ -22,7 +23,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent
-CONFIG = ROOT / "configs" / "tiny_synthetic.yaml"
+CONFIG = ROOT / "configs" / "toy_world.yaml"
+EXPLAINED = "red triangle"  # an unseen class: never in training
 
 
 def run(step: str, args: list[str], times: dict, quiet: bool = False) -> str:
@@ -41,8 +43,8 @@ def run(step: str, args: list[str], times: dict, quiet: bool = False) -> str:
 
 
 def overlay_config(out: Path, bank: Path, quick: bool) -> Path:
-    """The demo's settings over configs/tiny_synthetic.yaml: its folders (and --quick sizes)."""
-    pair = {"dataset": "synthetic", "bank": str(bank)}
+    """The demo's settings over configs/toy_world.yaml: its folders (and --quick sizes)."""
+    pair = {"dataset": "toy", "bank": str(bank)}
     logger = {"save_dir": str(out / "runs"), "name": "dpseg", "version": "demo"}
     config = {
         "trainer": {
@@ -53,7 +55,7 @@ def overlay_config(out: Path, bank: Path, quick: bool) -> Path:
         },
         "data": {
             "root": str(out / "datasets"),
-            "train": {"dataset": "synthetic:train", "bank": str(bank)},
+            "train": {"dataset": "toy:train", "bank": str(bank)},
             "val": [pair],
             "test": [pair],
         },
@@ -89,16 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     quick = args.quick
-    bank = out / "banks" / "synthetic_tiny.zarr"
+    bank = out / "banks" / "toy.zarr"
 
-    sizes = ["--train", "24", "--val", "6"] if quick else []
-    run("data", ["data", "synthetic", "--root", str(out / "datasets"), *sizes,
-                 "--preview", str(out / "synthetic_preview.png"), "--quiet"], times)  # fmt: skip
+    sizes = ["--train", "24", "--val", "8"] if quick else []
+    run("data", ["data", "toy", "--root", str(out / "datasets"), *sizes,
+                 "--preview", str(out / "toy_preview.png"), "--quiet"], times)  # fmt: skip
     templates = "imagenet80:4" if quick else "imagenet80"
-    run("bank", ["bank", "build", "--vocab", "synthetic", "--preset", "tiny", "--templates",
-                 templates, "--images-per-prompt", "1", "--keep-images", "--out", str(bank),
-                 "--quiet"], times)  # fmt: skip
+    run("bank", ["bank", "build", "--vocab", "toy", "--preset", "toy", "--templates",
+                 templates, "--images-per-prompt", "1", "--keep-images", "--batch-size", "32",
+                 "--out", str(bank), "--quiet"], times)  # fmt: skip
     run("gallery", ["bank", "gallery", str(bank), "--out", str(out / "bank_gallery.png")], times)
+    info = json.loads(run("bank info", ["bank", "info", str(bank), "--prompts", "--json"],
+                          times, quiet=True))["prompts"]  # fmt: skip
 
     config = overlay_config(out, bank, quick)
     run_dir = out / "runs" / "dpseg" / "demo"
@@ -108,19 +112,19 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         sys.exit(f"demo: fit wrote no {ckpt}")
-    miou = {}
+    scores = {}
     for rounds in (1, 2):
         results = out / "results" / f"round{rounds}"
         run(f"test, round {'I' * rounds}", ["test", *common, "--ckpt_path", str(ckpt),
             "--model.inference.rounds", str(rounds), "--model.results_dir", str(results)],
             times, quiet=True)  # fmt: skip
-        miou[rounds] = json.loads((results / "synthetic.json").read_text())["mIoU"]
+        scores[rounds] = json.loads((results / "toy.json").read_text())
 
-    images = sorted((out / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[:4]
+    images = sorted((out / "datasets" / "toy" / "images" / "val").glob("*.jpg"))[:4]
     run("predict", ["predict", "--ckpt", str(ckpt), "--images", *map(str, images), "--vocab",
-                    "synthetic", "--out", str(out / "predict"), "--quiet"], times)  # fmt: skip
+                    "toy", "--out", str(out / "predict"), "--quiet"], times)  # fmt: skip
     run("explain", ["explain", "--ckpt", str(ckpt), "--image", str(images[0]), "--class",
-                    "cyan checkerboard", "--out", str(out / "explain.png")], times)  # fmt: skip
+                    EXPLAINED, "--out", str(out / "explain.png")], times)  # fmt: skip
 
     sheet = contact_sheet(
         sorted((out / "predict").glob("*_overlay.png")), out / "predict_sheet.png"
@@ -132,22 +136,28 @@ def main(argv: list[str] | None = None) -> int:
         return os.path.relpath(path) if str(path).startswith(os.getcwd()) else str(path)
 
     print("\n" + "=" * 72)
-    print(f"dpseg demo: tiny DPSeg on the synthetic set ({steps} training steps, 2 CPU threads)")
-    print(f"  mIoU, round I  (bank prompts):          {100 * miou[1]:5.1f}  (chance 12.5)")
-    print(f"  mIoU, round II (prompts from the image): {100 * miou[2]:5.1f}")
+    print(f"dpseg demo: DPSeg in the toy world ({steps} training steps on the 24 seen classes, "
+          "2 CPU threads)")  # fmt: skip
+    print(f"  bank: visual -> text prompt retrieval {info['retrieved']}/{info['classes']} classes")
+    print("  mIoU (%)                                 all   seen  unseen  hIoU  (chance 3.2)")
+    for rounds, label in ((1, "round I  (bank prompts):         "),
+                          (2, "round II (prompts from the image):")):  # fmt: skip
+        m = scores[rounds]
+        print(f"  {label}  {100 * m['mIoU']:5.1f}  {100 * m['mIoU_seen']:5.1f}  "
+              f"{100 * m['mIoU_unseen']:5.1f}  {100 * m['hIoU']:5.1f}")  # fmt: skip
     print("outputs:")
     for what, path in [
-        ("dataset + preview", out / "synthetic_preview.png"),
+        ("dataset + preview", out / "toy_preview.png"),
         ("prompt bank", bank),
         ("bank gallery", out / "bank_gallery.png"),
         ("checkpoint", ckpt),
         ("TensorBoard / CSV logs", run_dir),
         ("test results, round I", out / "results" / "round1" / "summary.md"),
-        ("per-class IoU chart", out / "results" / "round1" / "synthetic_per_class_iou.png"),
+        ("per-class IoU chart", out / "results" / "round1" / "toy_per_class_iou.png"),
         ("test results, round II", out / "results" / "round2" / "summary.md"),
         ("predictions (overlays)", out / "predict"),
         ("the overlays on one sheet", sheet),
-        ("cost maps of one class", out / "explain.png"),
+        (f"cost maps of {EXPLAINED!r} (unseen)", out / "explain.png"),
     ]:
         print(f"  {what:26s} {rel(path)}{'' if path.exists() else '  (MISSING)'}")
     print("time per step:")

@@ -25,6 +25,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.toy_world import unseen_names
+
 IGNORE_INDEX = -1
 """The internal ignore label (label maps are int64): one value for every dataset, since 255 is
 a real class of ADE-847 and PC-459."""
@@ -60,6 +62,8 @@ class DatasetSpec:
     label_id_suffix: str = ""  # likewise for labels ("_gtFine_labelTrainIds"); other files in
     # the label folder (Cityscapes' *_labelIds.png, COCO's *_labelTrainIds.png) are passed over
     recursive: bool = False  # search the folders recursively (Cityscapes: one folder per city)
+    unseen_classes: tuple[str, ...] = ()  # classes kept out of training (the toy world): the
+    # results then give mIoU over seen and unseen classes and their harmonic mean
 
     def __post_init__(self) -> None:
         if self.index_by not in ("images", "labels"):
@@ -134,6 +138,12 @@ DATASETS: dict[str, DatasetSpec] = {
                     "cityscapes/gtFine/val", ".png", (255,), 500,
                     image_id_suffix="_leftImg8bit", label_id_suffix="_gtFine_labelTrainIds",
                     recursive=True, prepare="cli.py data prepare cityscapes --root DIR"),
+        DatasetSpec("toy", "toy", 31, "toy/images/val", "toy/annotations_detectron2/val",
+                    ".png", (255,), None, prepare="cli.py data toy --root DIR",
+                    unseen_classes=tuple(unseen_names())),
+        DatasetSpec("toy:train", "toy_seen", 25, "toy/images/train",
+                    "toy/annotations_detectron2/train", ".png", (255,), None,
+                    prepare="cli.py data toy --root DIR"),
         DatasetSpec("synthetic", "synthetic", 8, "synthetic/images/val",
                     "synthetic/annotations_detectron2/val", ".png", (255,), None,
                     prepare="cli.py data synthetic --root DIR"),

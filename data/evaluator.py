@@ -242,14 +242,41 @@ def metrics_from_confusion(
     }
 
 
+def seen_unseen_scores(
+    metrics: dict[str, Any], class_names: Sequence[str], unseen: Sequence[str]
+) -> dict[str, float]:
+    """mIoU over the seen classes (every class not in ``unseen``, background included), over
+    the unseen ones, and their harmonic mean ``hIoU`` (zero-shot segmentation's summary: it is
+    high only when both are). Classes without ground truth are left out, as in mIoU."""
+    iou = np.asarray(metrics["per_class_iou"], dtype=np.float64)
+    missing = sorted(set(unseen) - set(class_names))
+    if missing:
+        raise ValueError(f"unseen classes {missing} are not in the vocabulary")
+    is_unseen = np.array([name in set(unseen) for name in class_names])
+    valid = ~np.isnan(iou)
+
+    def mean(selected: np.ndarray) -> float:
+        chosen = iou[selected & valid]
+        return float(chosen.mean()) if len(chosen) else math.nan
+
+    seen, new = mean(~is_unseen), mean(is_unseen)
+    harmonic = 2 * seen * new / (seen + new) if seen + new > 0 else math.nan
+    return {"mIoU_seen": seen, "mIoU_unseen": new, "hIoU": harmonic}
+
+
 def format_metrics(metrics: dict[str, Any]) -> str:
     """One line, in percent with 2 decimals as papers report: ``mIoU 45.21  fwIoU ...``."""
     scores = "  ".join(
         f"{key} {100 * metrics[key]:.2f}" for key in ("mIoU", "fwIoU", "mACC", "pACC")
     )
+    split = "  ".join(
+        f"{key} {100 * metrics[key]:.2f}"
+        for key in ("mIoU_seen", "mIoU_unseen", "hIoU")
+        if key in metrics
+    )
     return (
-        f"{scores} ({metrics['classes_counted']} of {metrics['num_classes']} classes with "
-        "ground truth)"
+        f"{scores}{'  ' + split if split else ''} ({metrics['classes_counted']} of "
+        f"{metrics['num_classes']} classes with ground truth)"
     )
 
 

@@ -80,7 +80,7 @@ def synthetic_class_names() -> list[str]:
     return ["background"] + [c[0] for c in OBJECT_CLASSES]
 
 
-def _shape_mask(shape: str, yy: np.ndarray, xx: np.ndarray, cy, cx, r, angle) -> np.ndarray:
+def shape_mask(shape: str, yy: np.ndarray, xx: np.ndarray, cy, cx, r, angle) -> np.ndarray:
     """Boolean mask of a shape of "radius" r centred at (cy, cx), rotated by angle (radians)."""
     dy, dx = yy - cy, xx - cx
     c, s = np.cos(angle), np.sin(angle)
@@ -118,7 +118,7 @@ def _texture(kind: str, yy, xx, period: float, angle: float) -> np.ndarray:
     raise AssertionError(f"unknown texture {kind}")
 
 
-def _boundary(mask: np.ndarray, width: int) -> np.ndarray:
+def boundary(mask: np.ndarray, width: int) -> np.ndarray:
     """Pixels within `width` of the mask's edge (inside or outside), by max/min pooling."""
     padded = np.pad(mask, width, mode="edge")
     h, w = mask.shape
@@ -160,7 +160,7 @@ def render_sample(config: SyntheticConfig, split: str, index: int) -> tuple[np.n
         r = float(np.exp(rng.uniform(np.log(3.0), np.log(0.36 * n))))
         cy, cx = rng.uniform(0, n, size=2)
         angle = float(rng.uniform(0, 2 * np.pi))
-        mask = _shape_mask(shape, yy, xx, cy, cx, r, angle)
+        mask = shape_mask(shape, yy, xx, cy, cx, r, angle)
         if not mask.any():
             continue
         colour = np.clip(np.array(rgb, np.float32) + rng.normal(0, 12, size=3), 0, 255)
@@ -170,7 +170,7 @@ def render_sample(config: SyntheticConfig, split: str, index: int) -> tuple[np.n
         label[mask] = class_id
         ignore[mask] = False  # an occluder's interior is labelled, not ignored
         if config.ignore_border:
-            ignore |= _boundary(mask, config.ignore_border)
+            ignore |= boundary(mask, config.ignore_border)
 
     label[ignore] = IGNORE_INDEX
     return np.clip(image, 0, 255).astype(np.uint8), label
@@ -188,21 +188,42 @@ def write_synthetic_dataset(
     Files that already exist with the same config are kept (a rerun is a no-op); a folder made
     with a different config is refused rather than mixed.
     """
-    out = dataset_dir(root)
+    files = {"vocabulary.json": load_vocabulary("synthetic").to_json()}
+    return write_rendered_dataset(
+        dataset_dir(root), "dpseg.synthetic", config, render_sample, files, progress
+    )
+
+
+def write_rendered_dataset(
+    out: Path,
+    generator: str,
+    config: SyntheticConfig,
+    render,
+    files: dict[str, str],
+    progress: bool = True,
+) -> dict:
+    """Write ``render(config, split, index) -> (image, label)`` for every image of both splits
+    under ``out`` in the detectron2 layout, with ``meta.json`` and the text ``files`` given.
+
+    Files that already exist with the same generator and config are kept (a rerun is a no-op);
+    a folder made otherwise is refused rather than mixed.
+    """
     meta_path = out / "meta.json"
-    meta = {"generator": "dpseg.synthetic", "version": 1, "config": asdict(config)}
+    meta = {"generator": generator, "version": 1, "config": asdict(config)}
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
         if old != meta:
             raise FileExistsError(
-                f"{str(out)!r} holds a synthetic dataset made with another config "
-                f"({old.get('config')}); remove the folder or choose another --root"
+                f"{str(out)!r} holds a dataset made with another config "
+                f"({old.get('generator')}, {old.get('config')}); remove the folder or choose "
+                "another --root"
             )
     for split in SPLITS:
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "annotations_detectron2" / split).mkdir(parents=True, exist_ok=True)
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    (out / "vocabulary.json").write_text(load_vocabulary("synthetic").to_json() + "\n")
+    for name, text in files.items():
+        (out / name).write_text(text + "\n")
 
     jobs = [
         (s, i)
@@ -213,12 +234,12 @@ def write_synthetic_dataset(
     from rich.progress import Progress
 
     with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("synthetic images", total=len(jobs))
+        task = bar.add_task(f"{out.name} images", total=len(jobs))
         for split, i in jobs:
             image_path = out / "images" / split / f"{i:06d}.jpg"
             label_path = out / "annotations_detectron2" / split / f"{i:06d}.png"
             if not (image_path.is_file() and label_path.is_file()):
-                image, label = render_sample(config, split, i)
+                image, label = render(config, split, i)
                 # Label first, image last, each written whole (temp file + rename): a killed run
                 # leaves no truncated file and no image without its label.
                 save_image_atomic(Image.fromarray(label), label_path, "PNG")

@@ -30,6 +30,8 @@ from pathlib import Path
 
 BUILTIN_VOCABULARIES = (
     "voc20", "voc20b", "pc59", "ade150", "coco171", "synthetic",
+    # the toy world (data.toy_world): all classes, the seen ones, and every class's aliases
+    "toy", "toy_seen", "toy_aliases",
     # the mmsegmentation-layout benchmarks, background first (data.catalog)
     "voc21", "pc60", "coco_object", "cityscapes",
 )  # fmt: skip

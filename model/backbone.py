@@ -37,14 +37,37 @@ class BuiltEncoder:
     weights: str  # "random(seed=0)", a local path, or the hub id they came from
 
 
-def _random_clip(preset: EncoderPreset) -> nn.Module:
+def _register_timm_architectures() -> None:
+    """timm names for our own trunks (open_clip builds timm trunks by name only)."""
+    import timm
+    from timm.models import register_model
+
+    if timm.models.is_model("dpseg_convnext_toy"):
+        return
+
+    @register_model
+    def dpseg_convnext_toy(pretrained: bool = False, **kwargs):
+        """(ours) the toy presets' ConvNeXt: 24/48/96/192 channels, 1/1/2/1 blocks, no layer
+        scale (short training from scratch); strides 4/8/16/32 as every ConvNeXt. The head
+        norms each pixel before the pool (``head_norm_first``), so the image embedding is the
+        mean of the dense features DPSeg reads (docs/toy_world.md)."""
+        from timm.models.convnext import _create_convnext
+
+        args = {"depths": (1, 1, 2, 1), "dims": (24, 48, 96, 192), "ls_init_value": None,
+                "head_norm_first": True}  # fmt: skip
+        return _create_convnext("convnext_atto", pretrained=False, **args, **kwargs)
+
+
+def clip_architecture(preset: EncoderPreset) -> nn.Module:
     """The preset's architecture with seeded random weights.
 
-    Offline presets (``tiny-*``) are redrawn by :mod:`model.portable_init`: the same bits on
-    every machine. The full-size architectures with ``random_weights`` (speed only) keep
-    torch's initialisers, whose bits depend on the CPU's kernels.
+    Offline presets (``tiny-*``, and the toy presets before their weights load) are drawn by
+    :mod:`model.portable_init`: the same bits on every machine. The full-size architectures with
+    ``random_weights`` (speed only) keep torch's initialisers, whose bits depend on the CPU.
     """
     import open_clip
+
+    _register_timm_architectures()
 
     def build() -> dict[str, nn.Module]:
         if preset.model_cfg is not None:
@@ -61,7 +84,7 @@ def _random_clip(preset: EncoderPreset) -> nn.Module:
             )
         return {"clip": model}
 
-    if preset.is_random:
+    if preset.model_cfg is not None:
         return build_portable(build, preset.seed)["clip"]
     # Build on CPU inside a forked RNG: the caller's RNG state is left alone.
     with torch.random.fork_rng(devices=[]):
@@ -93,7 +116,14 @@ def create_clip(
 
     if preset.is_random or random_weights:
         refuse_weights_for_random(preset.name, weights)
-        model, source = _random_clip(preset), f"random(seed={preset.seed})"
+        model, source = clip_architecture(preset), f"random(seed={preset.seed})"
+    elif preset.bundled is not None:  # the toy presets: our own pretrained file
+        from model.bundled_weights import bundled_path, load_weights
+
+        model = clip_architecture(preset)
+        path = weights if weights is not None else bundled_path(preset.bundled)
+        load_weights(model, path, "--encoder-weights" if weights is not None else "the file")
+        source = str(weights) if weights is not None else f"bundled:{preset.bundled}"
     else:
         if weights is not None:
             path = local_weights_file(weights, CLIP_WEIGHT_FILES, "--encoder-weights")
@@ -112,7 +142,7 @@ def create_clip(
         )
     model.eval()
     fingerprint = weights_fingerprint(model)
-    if preset.is_random:
+    if (preset.is_random or preset.bundled) and not random_weights and weights is None:
         warn_if_unrecorded(preset.name, fingerprint)
     return BuiltEncoder(model, preset, fingerprint, source)
 
@@ -203,11 +233,11 @@ class ClipEncoder(nn.Module):
 
 
 def clip_tokenizer_for(preset: EncoderPreset):
-    """open_clip's tokenizer for the preset (the tiny presets use CLIP's BPE, context 77)."""
+    """open_clip's tokenizer for the preset (our presets use CLIP's BPE, at their context)."""
     import open_clip
 
-    if preset.model_cfg is not None:
-        return open_clip.get_tokenizer("ViT-B-16")  # CLIP's SimpleTokenizer, context 77
+    if preset.model_cfg is not None:  # CLIP's SimpleTokenizer
+        return open_clip.get_tokenizer("ViT-B-16", context_length=preset.context_length)
     return open_clip.get_tokenizer(preset.arch)
 
 
@@ -269,7 +299,9 @@ class ClipBackbone(nn.Module):
         if self.preset.family == "convnext":
             trunk = self.visual.trunk
             final, maps = trunk.forward_intermediates(x, indices=levels)
-            normed = trunk.head.norm(final)  # LayerNorm2d over channels, per pixel
+            # LayerNorm2d over channels, per pixel (a head_norm_first trunk has normed already)
+            head_norm = getattr(trunk.head, "norm", None)
+            normed = final if head_norm is None else head_norm(final)
             dense = torch.einsum("bchw,dc->bdhw", normed, self.visual.head.proj.weight)
             return BackboneFeatures(dense, list(maps))
         blocks = len(self.visual.transformer.resblocks)

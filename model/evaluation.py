@@ -20,7 +20,13 @@ import torch
 from torch import nn
 
 from data.catalog import get_dataset_spec
-from data.evaluator import SemSegMetric, format_metrics, metrics_to_json, write_results
+from data.evaluator import (
+    SemSegMetric,
+    format_metrics,
+    metrics_to_json,
+    seen_unseen_scores,
+    write_results,
+)
 from data.module import stack_images
 from data.transforms import get_test_protocol
 from data.vocabulary import load_vocabulary
@@ -190,8 +196,11 @@ class SegmentationModule(L.LightningModule):
             metrics = dict(metrics)
             confusion = metrics.pop("confusion_matrix", None)
             unassigned = metrics.pop("unassigned_per_class", None)
-            names = load_vocabulary(get_dataset_spec(dataset).vocabulary).names
+            spec = get_dataset_spec(dataset)
+            names = load_vocabulary(spec.vocabulary).names
             names = names[: metrics["num_classes"]]
+            if spec.unseen_classes:
+                metrics.update(seen_unseen_scores(metrics, names, spec.unseen_classes))
             stem = dataset.replace(":", "_")  # coco171:train -> coco171_train.json
             write_results(metrics, out, names, name=stem)
             meta = {

@@ -41,6 +41,7 @@ class EncoderPreset:
     seed: int = 0  # initialisation seed of random-weight presets
     mean: tuple[float, float, float] = OPENAI_DATASET_MEAN  # input normalisation
     std: tuple[float, float, float] = OPENAI_DATASET_STD
+    bundled: str | None = None  # weights file shipped in model/weights/ (the toy presets)
 
     def __post_init__(self) -> None:
         if self.image_size <= 0 or not self.levels:
@@ -50,7 +51,19 @@ class EncoderPreset:
 
     @property
     def is_random(self) -> bool:
-        return self.pretrained is None
+        return self.pretrained is None and self.bundled is None
+
+    @property
+    def offline(self) -> bool:
+        """Built without any download (random, or weights shipped in the package)."""
+        return self.is_random or self.bundled is not None
+
+    @property
+    def context_length(self) -> int:
+        """Tokens per text (CLIP's 77; the toy presets' text tower is shorter)."""
+        if self.model_cfg is not None:
+            return int(self.model_cfg["text_cfg"].get("context_length", 77))
+        return 77
 
     @property
     def hub_id(self) -> str | None:
@@ -64,6 +77,11 @@ class EncoderPreset:
 
     @property
     def needs(self) -> str:
+        if self.bundled is not None:
+            return (
+                f"nothing: pretrained on the toy world by dpseg (cli.py presets pretrain "
+                f"{self.name}), shipped as model/weights/{self.bundled}"
+            )
         return _needs(self, self.hub_id, "--encoder-weights PATH")
 
 
@@ -82,6 +100,8 @@ class GeneratorPreset:
     max_steps: int = 1000  # distilled models (turbo) are only good for a few steps
     revision: str | None = None  # repository revision; None = the default branch
     seed: int = 0  # initialisation seed of the tiny pipeline
+    kind: Literal["diffusers", "toy-render"] = "diffusers"  # a diffusers pipeline, or the toy
+    # world's renderer (prompt -> picture, data.toy_world; no weights)
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= self.max_steps:
@@ -99,7 +119,14 @@ class GeneratorPreset:
         return self.model_id is None
 
     @property
+    def offline(self) -> bool:
+        """Built without any download (random tiny pipeline, or the toy renderer)."""
+        return self.model_id is None
+
+    @property
     def needs(self) -> str:
+        if self.kind == "toy-render":
+            return "nothing: draws the toy world, no weights"
         return _needs(self, self.model_id, "--generator-weights DIR")
 
 
@@ -121,6 +148,8 @@ class BankPreset:
 
 
 _TINY_TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
+# The toy world's captions are short: 32 tokens (ours) keep the text tower 2.4x cheaper.
+_TOY_TEXT_CFG = {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
 
 ENCODERS: dict[str, EncoderPreset] = {
     p.name: p
@@ -163,6 +192,52 @@ ENCODERS: dict[str, EncoderPreset] = {
                     "image_size": 128,
                 },
                 "text_cfg": _TINY_TEXT_CFG,
+            },
+        ),
+        EncoderPreset(
+            name="toy-convnext",
+            family="convnext",
+            arch="dpseg-toy-convnext",
+            pretrained=None,
+            bundled="toy-convnext.safetensors",
+            image_size=64,
+            levels=(0, 1, 2, 3),
+            description="ConvNeXt 24/48/96/192 x 1/1/2/1 blocks (strides 4/8/16/32), norm "
+            "before pool, 64 px; text 64 x 2 layers, context 32; embed 64; pretrained on the toy "
+            "world",
+            model_cfg={
+                "embed_dim": 64,
+                "vision_cfg": {
+                    "timm_model_name": "dpseg_convnext_toy",
+                    "timm_model_pretrained": False,
+                    "timm_pool": "",
+                    "timm_proj": "linear",
+                    "image_size": 64,
+                },
+                "text_cfg": _TOY_TEXT_CFG,
+            },
+        ),
+        EncoderPreset(
+            name="toy-vit",
+            family="vit",
+            arch="dpseg-toy-vit",
+            pretrained=None,
+            bundled="toy-vit.safetensors",
+            image_size=64,
+            levels=(0, 1, 2, 3),
+            description="ViT, patch 8, width 96, 4 blocks, 64 px, mean-pooled patches; text 64 "
+            "x 2 layers, context 32; embed 64; pretrained on the toy world",
+            model_cfg={
+                "embed_dim": 64,
+                "vision_cfg": {
+                    "image_size": 64,
+                    "patch_size": 8,
+                    "width": 96,
+                    "layers": 4,
+                    "head_width": 24,
+                    "pool_type": "avg",  # (ours) the embedding is the mean patch feature
+                },
+                "text_cfg": _TOY_TEXT_CFG,
             },
         ),
         EncoderPreset(
@@ -210,6 +285,19 @@ GENERATORS: dict[str, GeneratorPreset] = {
             description="random UNet/VAE/CLIP text encoder, 64x64, 2 steps (tests, demo)",
         ),
         GeneratorPreset(
+            name="toy-render",
+            model_id=None,
+            scheduler="none",
+            steps=1,
+            guidance=0.0,
+            height=64,
+            width=64,
+            max_steps=1,
+            kind="toy-render",
+            description="the toy world's Stable Diffusion: draws what a prompt names, in the "
+            "style its template asks for (close-up, many, sketch, low resolution, ...), 64x64",
+        ),
+        GeneratorPreset(
             name="sd15",
             model_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
             scheduler="DPMSolverMultistepScheduler",  # (ours) 25 DPM++ steps ~ 50 PNDM steps
@@ -249,7 +337,14 @@ BANKS: dict[str, BankPreset] = {
         BankPreset("paper", "sd15", "convnext-b-laion", "the paper's setting (SD + ConvNeXt-B)"),
         BankPreset("fast", "sd-turbo", "convnext-b-laion", "1-step SD-Turbo + ConvNeXt-B"),
         BankPreset("vit", "sd-turbo", "vit-b16-openai", "1-step SD-Turbo + ViT-B/16"),
-        BankPreset("tiny", "tiny-sd", "tiny-convnext", "random tiny models, offline (tests, demo)"),
+        BankPreset("tiny", "tiny-sd", "tiny-convnext", "random tiny models, offline (tests)"),
+        BankPreset(
+            "toy",
+            "toy-render",
+            "toy-convnext",
+            "the toy world: renderer + pretrained toy ConvNeXt, offline (demo, claims)",
+        ),
+        BankPreset("toy-vit", "toy-render", "toy-vit", "the toy world for VIP's dual prompts"),
     ]
 }
 

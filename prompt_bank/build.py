@@ -178,7 +178,8 @@ class _Models:
                 f"(1..{gen.preset.max_steps})"
             )
         cuda = device.type == "cuda"
-        self.dtype = torch.float16 if cuda else torch.float32
+        self.rendered = gen.preset.kind == "toy-render"  # prompts drawn directly, no diffusion
+        self.dtype = torch.float16 if cuda and not self.rendered else torch.float32
         self.pipe = gen.pipeline.to(device)
         if self.dtype != torch.float32:
             from diffusers.utils import logging as diffusers_logging
@@ -189,8 +190,9 @@ class _Models:
             diffusers_logging.set_verbosity(level)
         self.encoder = ClipEncoder(enc.model, enc.preset).to(device).eval()
         if cuda:  # channels_last speeds up the convolutions; bits stay fixed per batch shape
-            self.pipe.unet.to(memory_format=torch.channels_last)
-            self.pipe.vae.to(memory_format=torch.channels_last)
+            if not self.rendered:
+                self.pipe.unet.to(memory_format=torch.channels_last)
+                self.pipe.vae.to(memory_format=torch.channels_last)
             self.encoder.to(memory_format=torch.channels_last)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
         self.tokenizer = clip_tokenizer_for(enc.preset)
@@ -204,7 +206,7 @@ class _Models:
             "preset": g.preset.name,
             "model_id": g.preset.model_id,
             "revision": g.preset.revision,
-            "scheduler": type(self.pipe.scheduler).__name__,
+            "scheduler": "none" if self.rendered else type(self.pipe.scheduler).__name__,
             "steps": self.steps,
             "guidance": self.guidance,
             "height": g.preset.height,
@@ -235,13 +237,25 @@ class _Models:
         return emb.cpu().numpy()
 
     @torch.inference_mode()
-    def prompt_embeds(self, prompts: list[str]) -> torch.Tensor:
+    def prompt_embeds(self, prompts: list[str]) -> torch.Tensor | list[str]:
+        """What the generator is conditioned on, one row per prompt: Stable Diffusion's prompt
+        embeddings (N, L, C), or the prompts themselves for the toy renderer."""
+        if self.rendered:
+            return list(prompts)
         chunks = [prompts[i : i + TEXT_CHUNK] for i in range(0, len(prompts), TEXT_CHUNK)]
         return torch.cat([self.pipe.encode_prompt(c, self.device, 1, False)[0] for c in chunks])
 
     @torch.inference_mode()
-    def generate_and_encode(self, embeds: torch.Tensor, seeds: list[int]):
-        """(B, L, C) prompt embeddings -> images (B, 3, H, W) in [0, 1] and their encoding."""
+    def generate_and_encode(self, conditions: list, seeds: list[int]):
+        """B conditions (rows of :meth:`prompt_embeds`) -> images (B, 3, H, W) in [0, 1] and
+        their encoding."""
+        if self.rendered:
+            with self.timer("generation"):
+                images = self.pipe.render(conditions, seeds).to(self.device)
+            with self.timer("encoding"), self.autocast:
+                encoding = self.encoder.encode_images(images)
+            return images, encoding
+        embeds = torch.stack(conditions)
         kwargs = {}
         if self.guidance > 1:  # classifier-free guidance: the cached unconditional embedding
             if self._uncond is None:
@@ -541,9 +555,7 @@ def _build_shard(group, layout, config, models, batch_size, k0, k1, bar) -> tupl
 def compute_batch(models, config, embed_of: dict, batch: list, keep_images: bool) -> dict:
     """Generate and encode one batch of items (k, p, n); returns per array path (B, ...) rows."""
     seeds = [item_seed(config.seed, config.vocabulary.entries[k], p, n) for k, p, n in batch]
-    images, encoding = models.generate_and_encode(
-        torch.stack([embed_of[(k, p)] for k, p, _ in batch]), seeds
-    )
+    images, encoding = models.generate_and_encode([embed_of[(k, p)] for k, p, _ in batch], seeds)
     values = {"visual/embeddings": encoding.embedding.cpu().numpy()}
     for j, level in enumerate(encoding.pooled_levels(), start=1):
         values[f"visual/level_{j}"] = level.float().cpu().numpy()

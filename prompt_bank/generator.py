@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from model.fingerprint import warn_if_unrecorded, weights_fingerprint
@@ -178,6 +180,28 @@ def _pretrained_pipeline(preset: GeneratorPreset, weights: str | os.PathLike | N
     return pipeline, preset.model_id
 
 
+TOY_RENDER_VERSION = "toy-render/1"  # bump when data.toy_world.render_prompt draws otherwise
+
+
+class ToyRenderer:
+    """The toy world's stand-in for Stable Diffusion: each prompt drawn by
+    :func:`data.toy_world.render_prompt` (the class it names, in its template's style), one
+    seed per image; no weights, no noise schedule."""
+
+    def __init__(self, preset: GeneratorPreset):
+        self.preset = preset
+
+    def to(self, *args, **kwargs) -> ToyRenderer:
+        return self  # numpy on the CPU whatever the build device
+
+    def render(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        """N prompts and seeds -> (N, 3, H, W) float32 in [0, 1]."""
+        from data.toy_world import render_prompt
+
+        pictures = [render_prompt(p, s, size=self.preset.height)[0] for p, s in zip(prompts, seeds)]
+        return torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 255.0
+
+
 def create_generator(
     preset: str | GeneratorPreset,
     weights: str | os.PathLike | None = None,
@@ -198,6 +222,16 @@ def create_generator(
     """
     if isinstance(preset, str):
         preset = get_generator_preset(preset)
+    if preset.kind == "toy-render":
+        if weights is not None:
+            raise ValueError(
+                f"generator {preset.name!r} draws the toy world and takes no weights; "
+                f"weights={str(weights)!r} would be ignored: drop it"
+            )
+        identity = f"{TOY_RENDER_VERSION}|{preset.height}x{preset.width}".encode()
+        return BuiltGenerator(
+            ToyRenderer(preset), preset, hashlib.sha256(identity).hexdigest(), TOY_RENDER_VERSION
+        )
     if preset.is_random or random_weights:
         refuse_weights_for_random(preset.name, weights)
         pipeline, source = _random_pipeline(preset, preset.seed), f"random(seed={preset.seed})"

@@ -36,6 +36,49 @@ def bank_info(bank: Bank) -> dict:
     }
 
 
+def prompt_agreement(bank: Bank) -> dict:
+    """Do the visual prompts carry class information? Per class, its mean visual prompt (over
+    templates and images) against every class's mean text prompt: the share of classes whose
+    nearest text prompt is their own (retrieval), the mean cosine of a class's two prompts, and
+    the mean cosine between different classes' visual (and text) prompts. Reads every
+    embedding; only done items count."""
+    done = bank.done()
+    text = np.asarray(bank.read("text/embeddings"), dtype=np.float64)  # (K, P, D)
+    visual = np.asarray(bank.read("visual/embeddings"), dtype=np.float64)  # (K, P, N, D)
+    weights = done[..., None].astype(np.float64)
+
+    def unit(x):
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+    t = unit(text.mean(axis=1))
+    v = unit((visual * weights).sum(axis=(1, 2)) / np.maximum(weights.sum(axis=(1, 2)), 1))
+    scores = v @ t.T  # (K, K)
+    nearest = scores.argmax(axis=1)
+    k = len(t)
+    off = ~np.eye(k, dtype=bool)
+    names = [c.split(",")[0] for c in bank.classes]
+    return {
+        "retrieval": float((nearest == np.arange(k)).mean()),
+        "retrieved": int((nearest == np.arange(k)).sum()),
+        "classes": k,
+        "own_cosine": float(np.diag(scores).mean()),
+        "visual_between_classes": float((v @ v.T)[off].mean()) if k > 1 else float("nan"),
+        "text_between_classes": float((t @ t.T)[off].mean()) if k > 1 else float("nan"),
+        "misses": [(names[i], names[j]) for i, j in enumerate(nearest) if i != j],
+    }
+
+
+def format_agreement(a: dict) -> str:
+    misses = ", ".join(f"{x} -> {y}" for x, y in a["misses"][:6])
+    more = f" (+{len(a['misses']) - 6})" if len(a["misses"]) > 6 else ""
+    return (
+        f"prompts    visual -> text retrieval {a['retrieved']}/{a['classes']} classes "
+        f"({100 * a['retrieval']:.0f}%); cos(V_k, T_k) {a['own_cosine']:.3f}; between classes: "
+        f"visual {a['visual_between_classes']:.3f}, text {a['text_between_classes']:.3f}"
+        + (f"\n           nearest text of another class: {misses}{more}" if misses else "")
+    )
+
+
 def format_info(info: dict) -> str:
     g, e = info["generator"], info["encoder"]
     names = info["class_names"]
@@ -71,6 +114,7 @@ def format_info(info: dict) -> str:
             f"created    {info['created']} by {info['builder'].get('name')} "
             f"{info['builder'].get('version')}",
         ]
+        + ([format_agreement(info["prompts"])] if "prompts" in info else [])
     )
 
 

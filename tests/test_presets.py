@@ -31,17 +31,20 @@ from model.presets import (
 from prompt_bank.generator import clip_tokenizer, create_generator
 
 TINY = ("tiny-vit", "tiny-convnext", "tiny-sd")
+OFFLINE = (*TINY, "toy-convnext", "toy-vit", "toy-render")  # built with no download
 
 EXPECTED = {
     "encoder": [
         "tiny-vit",
         "tiny-convnext",
+        "toy-convnext",
+        "toy-vit",
         "vit-b16-openai",
         "convnext-b-laion",
         "convnext-l-laion",
     ],
-    "generator": ["tiny-sd", "sd15", "sd21", "sd-turbo"],
-    "bank": ["paper", "fast", "vit", "tiny"],
+    "generator": ["tiny-sd", "toy-render", "sd15", "sd21", "sd-turbo"],
+    "bank": ["paper", "fast", "vit", "tiny", "toy", "toy-vit"],
 }
 
 
@@ -71,7 +74,7 @@ def test_real_presets_point_at_open_clip_weights():
         "laion/CLIP-convnext_base_w_320-laion_aesthetic-s13B-b82K"
     )
     for p in list_presets("encoder"):
-        if not p.is_random:
+        if not p.offline:
             assert p.pretrained in open_clip.list_pretrained_tags_by_model(p.arch)
 
 
@@ -153,9 +156,10 @@ def test_build_is_deterministic_and_leaves_global_rng_alone():
 FINGERPRINTS_SCRIPT = (
     "import json, torch; from model.backbone import create_clip;"
     "from prompt_bank.generator import create_generator;"
-    "print(torch.backends.cpu.get_cpu_capability(), json.dumps({'tiny-sd': "
-    "create_generator('tiny-sd').fingerprint,"
-    "**{n: create_clip(n).fingerprint for n in ('tiny-vit', 'tiny-convnext')}}))"
+    "print(torch.backends.cpu.get_cpu_capability(), json.dumps({"
+    "**{n: create_generator(n).fingerprint for n in ('tiny-sd', 'toy-render')},"
+    "**{n: create_clip(n).fingerprint for n in ('tiny-vit', 'tiny-convnext', 'toy-convnext',"
+    " 'toy-vit')}}))"
 )
 
 
@@ -181,7 +185,7 @@ def test_fingerprints_are_recorded_ones_under_every_cpu_kernel(capability, threa
         assert kernel in {"DEFAULT", capability.upper()}
     found = json.loads(found)
     mismatches = [check_recorded(n, f) for n, f in found.items()]
-    assert found == {n: recorded["fingerprints"][n] for n in TINY}, mismatches
+    assert found == {n: recorded["fingerprints"][n] for n in OFFLINE}, mismatches
     assert "WARNING" not in fresh.stderr  # built as recorded: nothing to warn about
 
 
@@ -323,12 +327,12 @@ def test_cli_presets_lists_everything():
     text = run_cli("presets", "--fingerprints")
     assert text.returncode == 0, text.stderr
     recorded = recorded_fingerprints()["fingerprints"]
-    for name in TINY:
+    for name in OFFLINE:
         assert f"sha256: {recorded[name]} (as recorded;" in text.stdout
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [p.name for p in list_presets("encoder") if not p.is_random])
+@pytest.mark.parametrize("name", [p.name for p in list_presets("encoder") if not p.offline])
 def test_real_encoder_loads_pretrained_weights(name):
     """With the weights at hand (-m slow): they load, and differ from the random architecture."""
     built = create_clip(name)

@@ -27,7 +27,7 @@ if __name__ == "__main__":
             create_clip(p) if type(p).__name__ == "EncoderPreset" else create_generator(p)
         ).fingerprint
         for p in [*list_presets("encoder"), *list_presets("generator")]
-        if p.is_random
+        if p.offline
     }
     record = {"fingerprints": fingerprints, "packages": package_versions()}
     RECORDED.write_text(json.dumps(record, indent=2) + "\n")

@@ -1,0 +1,275 @@
+"""The papers' claims measured in the toy world (``make claims``).
+
+    .venv/bin/python benchmarks/claims.py [--seeds 0 1 2] [--steps 300] [--out claims_out]
+
+Every row is one existing config switch, run as a user runs it (``cli.py fit`` / ``cli.py test``
+in fresh processes), on the toy world (docs/toy_world.md): DPSeg trained on the 24 seen classes
+and tested on all 30 + background of ``toy`` (val), reporting mIoU over all, seen and unseen
+classes and their harmonic mean; VIP training-free on the same images.
+
+DPSeg rows (configs/toy_world.yaml + one file of configs/ablations/), mean and spread over seeds:
+    dual prompt (avg), F_v^{2,3,4}, round I     the full model
+    text prompt / visual prompt                 prompt_text.yaml / prompt_visual.yaml
+    F_v none / F_v^2                            fv_none.yaml / fv_2.yaml
+    round II                                    rounds_2.yaml (the full model's checkpoints)
+VIP rows (configs/vip_toy.yaml; deterministic, one run each):
+    plain dense CLIP                            --model.attention none, canonical names only
+    VIP: aliases + saliency-aware aggregation   the config as it is
+    VIP + dual prompts                          --dual-prompts (a bank of the toy ViT)
+
+It also prints what the claims rest on: the toy presets' zero-shot accuracy (recorded in their
+weights files) and each bank's prompt retrieval (``bank info --prompts``). Writes
+``OUT/claims.md``, ``OUT/claims.json`` and ``OUT/claims.png``; every run's outputs stay in OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ABLATIONS = ROOT / "configs" / "ablations"
+
+DPSEG_ROWS = [  # (row, the paper's claim it tests, ablation file or None)
+    ("DPSeg: dual prompt (avg), F_v^{2,3,4}", "the full model", None),
+    ("DPSeg: text prompt only", "dual > text", "prompt_text.yaml"),
+    ("DPSeg: visual prompt only", "dual > visual", "prompt_visual.yaml"),
+    ("DPSeg: no visual cost volume", "F_v^{2,3,4} > none", "fv_none.yaml"),
+    ("DPSeg: F_v^2 only", "F_v^{2,3,4} > F_v^2 > none", "fv_2.yaml"),
+]
+ROUND_II = ("DPSeg: round II (prompts from the image)", "round II > round I", "rounds_2.yaml")
+VIP_ROWS = [  # (row, claim, extra arguments)
+    ("plain dense CLIP (canonical names)", "the baseline",
+     ["--model.attention", "none", "--model.vocabularies", "{toy: toy}"]),
+    ("VIP: aliases + saliency-aware aggregation", "VIP > plain", []),
+    ("VIP + dual prompts (ours)", "dual prompts help VIP", ["--dual-prompts", "BANK"]),
+]  # fmt: skip
+METRICS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU")
+
+
+class Runner:
+    """Runs ``cli.py`` commands, times them and prints progress with an ETA."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+
+    def __call__(self, what: str, args: list[str], weight: int = 1) -> str:
+        started = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=ROOT
+        )
+        if result.returncode != 0:
+            print(result.stdout[-2000:], result.stderr[-3000:], sep="\n")
+            sys.exit(f"claims: {what} failed (exit {result.returncode}): cli.py {' '.join(args)}")
+        self.done += weight
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / self.done * (self.total - self.done)
+        print(f"[{self.done}/{self.total}] {what}: {time.perf_counter() - started:.0f} s "
+              f"(elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min)", flush=True)  # fmt: skip
+        return result.stdout
+
+
+def overlay(out: Path, data_root: Path, bank: Path, steps: int) -> Path:
+    """The claims' settings over configs/toy_world.yaml: folders, steps, no validation."""
+    pair = {"dataset": "toy", "bank": str(bank)}
+    config = {
+        "trainer": {
+            "max_steps": steps,
+            "limit_val_batches": 0,
+            "num_sanity_val_steps": 0,
+            "logger": False,
+            "default_root_dir": str(out / "runs"),
+        },
+        "data": {
+            "root": str(data_root),
+            "train": {"dataset": "toy:train", "bank": str(bank)},
+            "val": [pair],
+            "test": [pair],
+        },
+    }
+    path = out / "claims_overlay.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def scores(results: Path) -> dict[str, float]:
+    metrics = json.loads((results / "toy.json").read_text())
+    return {k: 100 * float(metrics[k]) for k in METRICS}
+
+
+def summarise(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {
+        k: {
+            "mean": statistics.fmean(r[k] for r in runs),
+            "std": statistics.stdev([r[k] for r in runs]) if len(runs) > 1 else 0.0,
+        }
+        for k in METRICS
+    }
+
+
+def chart(rows: list[dict], out: Path) -> Path:
+    """Bars of mIoU on seen and unseen classes per row, with the spread over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["row"] for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.5))
+    y = range(len(rows))
+    for offset, key, colour in ((-0.2, "mIoU_seen", "#4c72b0"), (0.2, "mIoU_unseen", "#dd8452")):
+        ax.barh([i + offset for i in y], [r["scores"][key]["mean"] for r in rows], height=0.38,
+                xerr=[r["scores"][key]["std"] for r in rows], color=colour,
+                label=key.replace("mIoU_", "mIoU, ") + " classes")  # fmt: skip
+    ax.set_yticks(list(y), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("mIoU (%) on the toy world's val images (bars: mean; lines: spread over seeds)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=300, help="training steps per DPSeg run")
+    parser.add_argument("--out", default="claims_out")
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data_root, bank, vit_bank = (
+        out / "datasets",
+        out / "banks" / "toy.zarr",
+        out / "banks" / "toy_vit.zarr",
+    )
+    seeds = args.seeds
+    total = 3 + len(DPSEG_ROWS) * len(seeds) * 2 + len(seeds) + len(VIP_ROWS)
+    run = Runner(total)
+    start = time.perf_counter()
+
+    run("data", ["data", "toy", "--root", str(data_root), "--quiet"])
+    agreement = {}
+    for path, preset in ((bank, "toy"), (vit_bank, "toy-vit")):
+        run(
+            f"bank {preset}",
+            [
+                "bank",
+                "build",
+                "--vocab",
+                "toy",
+                "--preset",
+                preset,
+                "--templates",
+                "imagenet80",
+                "--batch-size",
+                "32",
+                "--out",
+                str(path),
+                "--quiet",
+            ],
+        )
+        info = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "cli.py"),
+                "bank",
+                "info",
+                str(path),
+                "--prompts",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        agreement[preset] = json.loads(info.stdout)["prompts"]  # fmt: skip
+    from model.bundled_weights import bundled_path, read_metadata
+
+    zero_shot = {
+        name: {k: float(read_metadata(bundled_path(f"{name}.safetensors"))[k])
+               for k in ("zero_shot_plain", "zero_shot_any_template", "chance")}
+        for name in ("toy-convnext", "toy-vit")
+    }  # fmt: skip
+
+    base = overlay(out, data_root, bank, args.steps)
+    common = ["--config", str(ROOT / "configs" / "toy_world.yaml"), "--config", str(base)]
+    rows = []
+    round_two: list[dict[str, float]] = []
+    for row, claim, ablation in DPSEG_ROWS:
+        runs = []
+        extra = ["--config", str(ABLATIONS / ablation)] if ablation else []
+        for seed in seeds:
+            tag = f"{(ablation or 'full').removesuffix('.yaml')}_seed{seed}"
+            ckpt_dir = out / "runs" / tag
+            run(f"fit {tag}", ["fit", *common, *extra, "--seed_everything", str(seed),
+                               "--trainer.default_root_dir", str(ckpt_dir)])  # fmt: skip
+            ckpt = next(ckpt_dir.rglob("last.ckpt"))
+            results = out / "results" / tag
+            run(f"test {tag}", ["test", *common, *extra, "--ckpt_path", str(ckpt),
+                                "--model.results_dir", str(results)])  # fmt: skip
+            runs.append(scores(results))
+            if ablation is None:  # round II of the full model
+                results2 = out / "results" / f"round2_seed{seed}"
+                run(f"test round II seed {seed}", ["test", *common, "--config",
+                    str(ABLATIONS / ROUND_II[2]), "--ckpt_path", str(ckpt),
+                    "--model.results_dir", str(results2)])  # fmt: skip
+                round_two.append(scores(results2))
+        rows.append({"row": row, "claim": claim, "runs": runs, "scores": summarise(runs)})
+        if ablation is None:
+            rows.append({"row": ROUND_II[0], "claim": ROUND_II[1], "runs": round_two,
+                         "scores": summarise(round_two)})  # fmt: skip
+    vip_config = ["--config", str(ROOT / "configs" / "vip_toy.yaml"), "--data.root", str(data_root)]
+    for row, claim, extra in VIP_ROWS:
+        extra = [str(vit_bank) if a == "BANK" else a for a in extra]
+        results = out / "results" / f"vip_{len(rows)}"
+        run(f"test {row}", ["test", *vip_config, *extra, "--model.results_dir", str(results)])
+        one = scores(results)
+        rows.append({"row": row, "claim": claim, "runs": [one], "scores": summarise([one])})
+
+    minutes = (time.perf_counter() - start) / 60
+    lines = [
+        f"Toy world, {len(seeds)} seeds ({', '.join(map(str, seeds))}), {args.steps} training "
+        f"steps per DPSeg run, 2 CPU threads, {minutes:.1f} min "
+        "(`.venv/bin/python benchmarks/claims.py`)",
+        "",
+        "| row | claim tested | mIoU | seen | unseen | hIoU |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        s = r["scores"]
+        cells = " | ".join(f"{s[k]['mean']:.1f} ± {s[k]['std']:.1f}" if len(r["runs"]) > 1
+                           else f"{s[k]['mean']:.1f}" for k in METRICS)  # fmt: skip
+        lines.append(f"| {r['row']} | {r['claim']} | {cells} |")
+    lines += ["", "What the rows rest on:"]
+    for name, z in zero_shot.items():
+        lines.append(
+            f"- {name}: zero-shot accuracy {100 * z['zero_shot_plain']:.1f}% ('a photo of a "
+            f"{{}}.'), {100 * z['zero_shot_any_template']:.1f}% (any template), chance "
+            f"{100 * z['chance']:.1f}%"
+        )
+    for preset, a in agreement.items():
+        lines.append(
+            f"- bank {preset}: visual -> text prompt retrieval {a['retrieved']}/{a['classes']} "
+            f"classes; mean cosine between classes' visual prompts {a['visual_between_classes']:.3f}"
+        )
+    table = "\n".join(lines) + "\n"
+    (out / "claims.md").write_text(table)
+    record = {"seeds": seeds, "steps": args.steps, "minutes": minutes, "rows": rows,
+              "zero_shot": zero_shot, "bank_agreement": agreement}  # fmt: skip
+    (out / "claims.json").write_text(json.dumps(record, indent=2) + "\n")
+    picture = chart(rows, out / "claims.png")
+    print("\n" + table + f"\nchart: {picture}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

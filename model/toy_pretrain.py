@@ -1,0 +1,264 @@
+"""Contrastive pretraining of the toy CLIP presets on captioned pictures of the toy world.
+
+Real CLIP has seen the whole real world; ours sees the whole toy world (``data.toy_world``):
+pictures of every class (30 objects and ``background``, unseen classes included, as CLIP has
+seen ADE's classes) drawn from captions that fill one of the 80 ImageNet templates with the
+class's name or an alias ("a sketch of the crimson circle."), in the style the template asks
+for, with a few small distractor objects; and, as real captions name several things, photos of
+2-3 objects captioned with all of them ("a photo of a red disc and a blue square."). The model
+is an open_clip ``CLIP`` of the preset's architecture, from its portable initial weights.
+
+Choices (ours): a pool of pictures rendered once and reused over epochs (rendering is numpy on
+the same 2 cores); CLIP's symmetric cross-entropy with every caption of the same class counted
+as a positive (the toy world has 31 classes, so a batch of 128 holds each several times, and
+treating those as negatives would fight the labels; a group photo's only positive is its own
+caption); AdamW with warm-up and cosine decay, no
+weight decay on gains, biases, embeddings and the temperature. ``cli.py presets pretrain NAME``
+runs it and writes the weights file the preset loads (``model.bundled_weights``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data.templates import imagenet80
+from data.toy_world import BACKGROUND, OBJECTS, render_group, render_prompt
+
+PLAIN_TEMPLATE = "a photo of a {}."
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """How a toy preset is pretrained (recorded in the weights file's metadata)."""
+
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    pool: int = 12000  # captioned pictures rendered once and reused
+    distractors: int = 1  # at most this many small other objects per picture
+    groups: float = 0.25  # share of photos of 2-3 objects captioned with all of them
+    seed: int = 0
+    eval_images: int = 600  # held-out pictures for the zero-shot accuracy
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "pool", "eval_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"--lr {self.lr}: must be > 0")
+
+
+def world_classes() -> list[tuple[str, ...]]:
+    """Per class index (0 = background, then the 30 objects): its names, canonical first."""
+    return [(BACKGROUND,)] + [(o.name, *o.aliases) for o in OBJECTS]
+
+
+def render_pool(
+    count: int,
+    seed: int,
+    size: int,
+    distractors: int,
+    plain: bool = False,
+    groups: float = 0.0,
+    progress=None,
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """``count`` captioned pictures: (N, S, S, 3) uint8, N captions, (N,) labels.
+
+    Picture i is a pure function of (seed, i): class, template and name are drawn from
+    ``SeedSequence((seed, i))``. A label is the class index (0 = background), or for a group
+    photo (a share ``groups`` of the pictures) ``1000 + i``, a label of its own. ``plain``: the
+    canonical name in ``a photo of a {}.``.
+    """
+    classes, templates = world_classes(), imagenet80()
+    images = np.zeros((count, size, size, 3), dtype=np.uint8)
+    captions, labels = [], np.zeros(count, dtype=np.int64)
+    for i in range(count):
+        rng = np.random.default_rng(np.random.SeedSequence((seed, i)))
+        if groups and rng.random() < groups:
+            picks = rng.choice(len(OBJECTS), size=int(rng.integers(2, 4)), replace=False)
+            members = [OBJECTS[int(j)] for j in picks]
+            names = [classes[int(j) + 1][int(rng.integers(5))] for j in picks]
+            caption = "a photo of a " + " and a ".join(names) + "."
+            images[i] = render_group(members, seed=int(rng.integers(2**31)), size=size)
+            label = 1000 + i
+        else:
+            label = int(rng.integers(len(classes)))
+            names = classes[label]
+            if plain:
+                caption = PLAIN_TEMPLATE.format(names[0])
+            else:
+                template = templates[int(rng.integers(len(templates)))]
+                caption = template.format(names[int(rng.integers(len(names)))])
+            images[i], _ = render_prompt(caption, seed=int(rng.integers(2**31)), size=size,
+                                         distractors=distractors)  # fmt: skip
+        captions.append(caption)
+        labels[i] = label
+        if progress is not None:
+            progress(1)
+    return images, captions, labels
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+
+
+@torch.no_grad()
+def class_text_embeddings(encoder, tokenizer, templates: list[str] | None = None) -> torch.Tensor:
+    """(31, D) normalised: each class's canonical name in every template, averaged."""
+    from data.vocabulary import ClassName
+
+    classes = [ClassName((names[0],)) for names in world_classes()]
+    texts = encoder.encode_class_texts(classes, templates or imagenet80(), tokenizer)
+    return F.normalize(texts.mean(dim=1), dim=-1)
+
+
+@torch.no_grad()
+def zero_shot_accuracy(encoder, tokenizer, images: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy over the 31 classes of pictures (N, S, S, 3), by their nearest class text
+    embedding (80 templates averaged, as CLIP's zero-shot ImageNet protocol)."""
+    text = class_text_embeddings(encoder, tokenizer)
+    correct = 0
+    for start in range(0, len(images), 256):
+        batch = _to_tensor(images[start : start + 256])
+        emb = encoder.encode_images(batch).embedding
+        correct += int(((emb @ text.T).argmax(dim=1).numpy() == labels[start : start + 256]).sum())
+    return correct / len(images)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        flat = p.ndim < 2 or "embedding" in name or "logit_scale" in name
+        (no_decay if flat else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0},
+    ]
+
+
+def contrastive_loss(
+    image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric cross-entropy of (B, D) x (B, D) normalised embeddings, every pair of the same
+    class a positive (the targets spread evenly over a row's positives)."""
+    logits = scale * image @ text.T
+    same = (labels[:, None] == labels[None, :]).float()
+    target = same / same.sum(dim=1, keepdim=True)
+    return 0.5 * (
+        torch.sum(-target * F.log_softmax(logits, dim=1), dim=1).mean()
+        + torch.sum(-target * F.log_softmax(logits.T, dim=1), dim=1).mean()
+    )
+
+
+def pretrain(
+    preset_name: str, config: PretrainConfig, out: str | os.PathLike, progress: bool = True
+) -> dict:
+    """Pretrain a toy preset's CLIP from its portable initial weights and write its file.
+
+    Returns:
+        A report: zero-shot accuracies (plain template; any template and style), chance, loss,
+        seconds, the file and its size.
+    """
+    from model.backbone import ClipEncoder, clip_architecture, clip_tokenizer_for
+    from model.bundled_weights import save_weights
+    from model.presets import get_encoder_preset
+
+    preset = get_encoder_preset(preset_name)
+    if preset.bundled is None:
+        raise ValueError(
+            f"preset {preset_name!r} is not a toy preset (pretraining makes the weights of "
+            "toy-convnext and toy-vit)"
+        )
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    model = clip_architecture(preset)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    encoder = ClipEncoder(model, preset)
+    tokenizer = clip_tokenizer_for(preset)
+    size = preset.image_size
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        task = bar.add_task("rendering captioned pictures", total=config.pool, info="")
+        images, captions, labels = render_pool(
+            config.pool,
+            config.seed,
+            size,
+            config.distractors,
+            groups=config.groups,
+            progress=lambda n: bar.advance(task, n),
+        )
+        tokens = tokenizer(captions)
+        held_out = render_pool(config.eval_images, config.seed + 1_000_003, size, 0)
+        held_plain = render_pool(config.eval_images, config.seed + 2_000_003, size, 0, plain=True)
+
+        optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+
+        def factor(step: int) -> float:
+            if step < config.warmup_steps:
+                return (step + 1) / config.warmup_steps
+            t = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        rng = np.random.default_rng(config.seed)
+        labels_t = torch.from_numpy(labels)
+        model.train()
+        task = bar.add_task(f"pretraining {preset_name}", total=config.steps, info="")
+        loss_avg = None
+        for _ in range(config.steps):
+            idx = rng.choice(config.pool, size=config.batch_size, replace=False)
+            batch = _to_tensor(images[idx])
+            if rng.random() < 0.5:  # flips keep every shape's name
+                batch = batch.flip(-1)
+            image = F.normalize(model.encode_image(encoder.preprocess(batch)), dim=-1)
+            text = F.normalize(model.encode_text(tokens[idx]), dim=-1)
+            scale = model.logit_scale.exp().clamp(max=100)
+            loss = contrastive_loss(image, text, labels_t[idx], scale)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            value = float(loss.detach())
+            loss_avg = value if loss_avg is None else 0.95 * loss_avg + 0.05 * value
+            speed = bar.tasks[task].speed
+            info = f"loss {loss_avg:.3f}" + (f", {speed:.1f} steps/s" if speed else "")
+            bar.update(task, advance=1, info=info)
+    model.eval()
+    report = {
+        "preset": preset_name,
+        "zero_shot_plain": zero_shot_accuracy(encoder, tokenizer, held_plain[0], held_plain[2]),
+        "zero_shot_any_template": zero_shot_accuracy(encoder, tokenizer, held_out[0], held_out[2]),
+        "chance": 1 / len(world_classes()),
+        "final_loss": loss_avg,
+        "seconds": round(time.perf_counter() - start, 1),
+        "config": asdict(config),
+    }
+    metadata = {k: str(v) for k, v in report.items() if k != "config"}
+    metadata["config"] = str(asdict(config))
+    metadata["command"] = f"cli.py presets pretrain {preset_name} (see config)"
+    report["bytes"] = save_weights(model, out, initial, metadata)
+    report["out"] = str(out)
+    return report
