@@ -75,6 +75,8 @@ def test_catalog_matches_design():
         "pc60": (60, 5104),
         "coco-object": (81, 5000),
         "cityscapes": (19, 500),
+        # the toy world (tests/test_toy_world.py); its training split is "toy:train"
+        "toy": (31, None),
     }
     assert get_dataset_spec("ade847").ignore_values == (65535,)
     with pytest.raises(DatasetError, match="unknown dataset 'ade20k'; known: coco171"):

@@ -116,7 +116,10 @@ def test_select_aliases_command_writes_a_readable_alias_file(vip_world, world):
     assert bad.returncode == 2 and "--data 'nowhere'" in bad.stderr
 
 
-VIP_CONFIGS = sorted(p for p in (ROOT / "configs").glob("vip_*.yaml") if p.name != "vip_tiny.yaml")
+# Configs for published benchmarks: vip_tiny (plumbing) and vip_toy (the toy world) are ours.
+VIP_CONFIGS = sorted(
+    p for p in (ROOT / "configs").glob("vip_*.yaml") if p.name not in ("vip_tiny.yaml", "vip_toy.yaml")
+)
 
 
 def test_there_is_a_config_per_training_free_benchmark():
@@ -179,3 +182,17 @@ def test_vip_image_predict_with_a_free_vocabulary_and_dual_prompts(vip_world, wo
     no_ckpt = run_cli("predict", "--images", str(images[0]), "--vocab", "a; b", "--out",
                       str(out), env=ENV)  # fmt: skip
     assert no_ckpt.returncode == 2 and "--method vip" in no_ckpt.stderr
+
+
+def test_vip_toy_config_uses_the_toy_worlds_builtin_aliases():
+    """The toy world's VIP config reads its alias list from the project (no ../shared file)."""
+    from data.catalog import get_dataset_spec
+    from data.vocabulary import load_vocabulary
+
+    config = yaml.safe_load((ROOT / "configs" / "vip_toy.yaml").read_text())
+    assert config["method"] == "vip"
+    for dataset, name in config["model"]["vocabularies"].items():
+        vocab = load_vocabulary(name)
+        assert vocab.source == f"builtin:{name}"
+        assert len(vocab) == get_dataset_spec(dataset).num_classes
+        assert all(len(entry.synonyms) >= 2 for entry in vocab.classes[1:]), "every class has aliases"
