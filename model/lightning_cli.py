@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 import yaml
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from data.module import SegmentationData
 
@@ -49,6 +49,16 @@ def _add_method(parser, method: str) -> None:
     parser.add_argument(
         "--method", choices=METHODS, default=method, help="dpseg (trained) or vip (training-free)"
     )
+
+
+class SaveConfigToLogs(SaveConfigCallback):
+    """config.yaml beside the run's logs; a run without loggers (``--trainer.logger false``)
+    writes none, rather than into the working directory (its results' ``.run.json`` records the
+    settings)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.loggers:
+            super().setup(trainer, pl_module, stage)
 
 
 class DPSegCLI(LightningCLI):
@@ -124,6 +134,7 @@ def make_cli(argv: list[str], run: bool = True) -> LightningCLI:
             args=argv,
             run=run,
             trainer_defaults=trainer_defaults(method),
+            save_config_callback=SaveConfigToLogs,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "cli.py"},
         )
