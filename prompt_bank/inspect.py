@@ -6,7 +6,26 @@ from pathlib import Path
 
 import numpy as np
 
+from model.presets import PresetError, get_encoder_preset, get_generator_preset
 from prompt_bank.store import Bank
+
+
+def weights_note(kind: str, record: dict, stored: str | None) -> str:
+    """Where a bank's model's weights came from, in words: the recorded hub id or tag, the
+    project's committed file (toy presets), no weights (toy renderer), or random weights."""
+    if stored:
+        return stored
+    try:
+        preset = (get_encoder_preset if kind == "encoder" else get_generator_preset)(
+            record["preset"]
+        )
+    except PresetError:  # a preset this version does not know: say what the bank says
+        return "random weights"
+    if getattr(preset, "bundled", None):
+        return f"trained weights model/weights/{preset.bundled}"
+    if getattr(preset, "kind", None) == "toy-render":
+        return "drawn from the prompt, no weights"
+    return "random weights"
 
 
 def bank_info(bank: Bank) -> dict:
@@ -100,10 +119,10 @@ def format_info(info: dict) -> str:
             + (", ..." if len(info["templates"]) > 1 else ""),
             f"images     {info['images_per_prompt']} per prompt"
             + (f", kept at {images['shape'][3]}x{images['shape'][4]}" if images else ", not kept"),
-            f"generator  {g['preset']} ({g['model_id'] or 'random weights'}), {g['scheduler']}, "
+            f"generator  {g['preset']} ({weights_note('generator', g, g['model_id'])}), {g['scheduler']}, "
             f"{g['steps']} steps, guidance {g['guidance']}, {g['height']}x{g['width']}, "
             f"seed {g['base_seed']}, {g['dtype']} on {g['device_type']}",
-            f"encoder    {e['preset']} ({e['arch']}, {e['pretrained'] or 'random weights'}), "
+            f"encoder    {e['preset']} ({e['arch']}, {weights_note('encoder', e, e['pretrained'])}), "
             f"{e['image_size']} px, embed {e['embed_dim']}, levels {e['levels']}",
             f"arrays     text/embeddings {info['arrays']['text/embeddings']['shape']}, "
             f"visual/embeddings {info['arrays']['visual/embeddings']['shape']}; {levels}",

@@ -108,4 +108,6 @@ def test_a_toy_bank_has_visual_prompts_that_find_their_own_class(tmp_path):
     assert agreement["visual_between_classes"] < 0.5  # classes' visual prompts differ
     text = run_cli("bank", "info", str(out), "--prompts")
     assert "visual -> text retrieval" in text.stdout
+    assert "trained weights model/weights/toy-convnext.safetensors" in text.stdout
+    assert "toy-render (drawn from the prompt, no weights)" in text.stdout
     assert np.isfinite(agreement["own_cosine"])
