@@ -82,6 +82,20 @@ def contact_sheet(paths: list[Path], out: Path) -> Path:
     return out
 
 
+def image_with_class(root: Path, name: str) -> Path | None:
+    """The toy val image where the class ``name`` covers most pixels (None if in none)."""
+    import numpy as np
+    from PIL import Image
+
+    from data.vocabulary import load_vocabulary
+
+    index = load_vocabulary("toy").names.index(name)
+    labels = sorted((root / "toy" / "annotations_detectron2" / "val").glob("*.png"))
+    areas = {label.stem: int((np.asarray(Image.open(label)) == index).sum()) for label in labels}
+    best = max(areas, key=areas.get, default=None)
+    return root / "toy" / "images" / "val" / f"{best}.jpg" if best and areas[best] else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
@@ -116,14 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     for rounds in (1, 2):
         results = out / "results" / f"round{rounds}"
         run(f"test, round {'I' * rounds}", ["test", *common, "--ckpt_path", str(ckpt),
-            "--model.inference.rounds", str(rounds), "--model.results_dir", str(results)],
+            "--model.inference.rounds", str(rounds), "--model.results_dir", str(results),
+            "--trainer.logger", "false"],
             times, quiet=True)  # fmt: skip
         scores[rounds] = json.loads((results / "toy.json").read_text())
 
-    images = sorted((out / "datasets" / "toy" / "images" / "val").glob("*.jpg"))[:4]
+    val = sorted((out / "datasets" / "toy" / "images" / "val").glob("*.jpg"))
+    shown = image_with_class(out / "datasets", EXPLAINED) or val[0]
+    images = [shown, *[p for p in val if p != shown][:3]]
     run("predict", ["predict", "--ckpt", str(ckpt), "--images", *map(str, images), "--vocab",
                     "toy", "--out", str(out / "predict"), "--quiet"], times)  # fmt: skip
-    run("explain", ["explain", "--ckpt", str(ckpt), "--image", str(images[0]), "--class",
+    run("explain", ["explain", "--ckpt", str(ckpt), "--image", str(shown), "--class",
                     EXPLAINED, "--out", str(out / "explain.png")], times)  # fmt: skip
 
     sheet = contact_sheet(
@@ -139,12 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dpseg demo: DPSeg in the toy world ({steps} training steps on the 24 seen classes, "
           "2 CPU threads)")  # fmt: skip
     print(f"  bank: visual -> text prompt retrieval {info['retrieved']}/{info['classes']} classes")
-    print("  mIoU (%)                                 all   seen  unseen  hIoU  (chance 3.2)")
-    for rounds, label in ((1, "round I  (bank prompts):         "),
-                          (2, "round II (prompts from the image):")):  # fmt: skip
+    labels = {1: "round I  (bank prompts):", 2: "round II (prompts from the image):"}
+    print(f"  {'mIoU (%)':35s} {'all':>5s}  {'seen':>5s}  {'unseen':>6s}  {'hIoU':>5s}"
+          "   (chance 3.2)")  # fmt: skip
+    for rounds, label in labels.items():
         m = scores[rounds]
-        print(f"  {label}  {100 * m['mIoU']:5.1f}  {100 * m['mIoU_seen']:5.1f}  "
-              f"{100 * m['mIoU_unseen']:5.1f}  {100 * m['hIoU']:5.1f}")  # fmt: skip
+        print(f"  {label:35s} {100 * m['mIoU']:5.1f}  {100 * m['mIoU_seen']:5.1f}  "
+              f"{100 * m['mIoU_unseen']:6.1f}  {100 * m['hIoU']:5.1f}")  # fmt: skip
     print("outputs:")
     for what, path in [
         ("dataset + preview", out / "toy_preview.png"),
@@ -157,13 +175,13 @@ def main(argv: list[str] | None = None) -> int:
         ("test results, round II", out / "results" / "round2" / "summary.md"),
         ("predictions (overlays)", out / "predict"),
         ("the overlays on one sheet", sheet),
-        (f"cost maps of {EXPLAINED!r} (unseen)", out / "explain.png"),
+        (f"cost maps of {EXPLAINED!r}", out / "explain.png"),
     ]:
-        print(f"  {what:26s} {rel(path)}{'' if path.exists() else '  (MISSING)'}")
+        print(f"  {what:27s} {rel(path)}{'' if path.exists() else '  (MISSING)'}")
     print("time per step:")
     for step, seconds in times.items():
-        print(f"  {step:26s} {seconds:6.1f} s")
-    print(f"  {'total':26s} {sum(times.values()):6.1f} s")
+        print(f"  {step:27s} {seconds:6.1f} s")
+    print(f"  {'total':27s} {sum(times.values()):6.1f} s")
     return 0
 
 

@@ -1,6 +1,7 @@
 """The papers' claims measured in the toy world (``make claims``).
 
     .venv/bin/python benchmarks/claims.py [--seeds 0 1 2] [--steps 300] [--out claims_out]
+                                          [--jobs 2] [--threads 1]
 
 Every row is one existing config switch, run as a user runs it (``cli.py fit`` / ``cli.py test``
 in fresh processes), on the toy world (docs/toy_world.md): DPSeg trained on the 24 seen classes
@@ -11,7 +12,7 @@ DPSeg rows (configs/toy_world.yaml + one file of configs/ablations/), mean and s
     dual prompt (avg), F_v^{2,3,4}, round I     the full model
     text prompt / visual prompt                 prompt_text.yaml / prompt_visual.yaml
     F_v none / F_v^2                            fv_none.yaml / fv_2.yaml
-    round II                                    rounds_2.yaml (the full model's checkpoints)
+    round II, masked / box crops                rounds_2.yaml (the full model's checkpoints)
 VIP rows (configs/vip_toy.yaml; deterministic, one run each):
     plain dense CLIP                            --model.attention none, canonical names only
     VIP: aliases + saliency-aware aggregation   the config as it is
@@ -26,10 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -44,7 +48,11 @@ DPSEG_ROWS = [  # (row, the paper's claim it tests, ablation file or None)
     ("DPSeg: no visual cost volume", "F_v^{2,3,4} > none", "fv_none.yaml"),
     ("DPSeg: F_v^2 only", "F_v^{2,3,4} > F_v^2 > none", "fv_2.yaml"),
 ]
-ROUND_II = ("DPSeg: round II (prompts from the image)", "round II > round I", "rounds_2.yaml")
+ROUND_II = [  # (row, claim, extra arguments) over the full model's checkpoints
+    ("DPSeg: round II, masked crops (config)", "round II > round I", []),
+    ("DPSeg: round II, box crops (paper)", "round II > round I",
+     ["--model.inference.crop_policy", "box"]),
+]  # fmt: skip
 VIP_ROWS = [  # (row, claim, extra arguments)
     ("plain dense CLIP (canonical names)", "the baseline",
      ["--model.attention", "none", "--model.vocabularies", "{toy: toy}"]),
@@ -52,27 +60,32 @@ VIP_ROWS = [  # (row, claim, extra arguments)
     ("VIP + dual prompts (ours)", "dual prompts help VIP", ["--dual-prompts", "BANK"]),
 ]  # fmt: skip
 METRICS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU")
+NO_LOGS = ["--trainer.logger", "false"]  # test results go to --model.results_dir
 
 
 class Runner:
-    """Runs ``cli.py`` commands, times them and prints progress with an ETA."""
+    """Runs ``cli.py`` commands, times them and prints progress with an ETA (thread-safe: runs
+    of different rows go side by side, each with its own CPU threads)."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, threads: int):
         self.total, self.done, self.start = total, 0, time.perf_counter()
+        self.env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        self.lock = threading.Lock()
 
-    def __call__(self, what: str, args: list[str], weight: int = 1) -> str:
+    def __call__(self, what: str, args: list[str]) -> str:
         started = time.perf_counter()
-        result = subprocess.run(
-            [sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=ROOT
-        )
+        result = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args],
+                                capture_output=True, text=True, cwd=ROOT, env=self.env)  # fmt: skip
         if result.returncode != 0:
             print(result.stdout[-2000:], result.stderr[-3000:], sep="\n")
-            sys.exit(f"claims: {what} failed (exit {result.returncode}): cli.py {' '.join(args)}")
-        self.done += weight
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / self.done * (self.total - self.done)
-        print(f"[{self.done}/{self.total}] {what}: {time.perf_counter() - started:.0f} s "
-              f"(elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min)", flush=True)  # fmt: skip
+            raise SystemExit(f"claims: {what} failed (exit {result.returncode}): "
+                             f"cli.py {' '.join(args)}")  # fmt: skip
+        with self.lock:
+            self.done += 1
+            elapsed = time.perf_counter() - self.start
+            eta = elapsed / self.done * (self.total - self.done)
+            print(f"[{self.done}/{self.total}] {what}: {time.perf_counter() - started:.0f} s "
+                  f"(elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min)", flush=True)  # fmt: skip
         return result.stdout
 
 
@@ -84,8 +97,6 @@ def overlay(out: Path, data_root: Path, bank: Path, steps: int) -> Path:
             "max_steps": steps,
             "limit_val_batches": 0,
             "num_sanity_val_steps": 0,
-            "logger": False,
-            "default_root_dir": str(out / "runs"),
         },
         "data": {
             "root": str(data_root),
@@ -96,6 +107,16 @@ def overlay(out: Path, data_root: Path, bank: Path, steps: int) -> Path:
     }
     path = out / "claims_overlay.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_logger(run_dir: Path) -> Path:
+    """A config giving one run its own CSV log folder (its checkpoints go there too)."""
+    logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+              "init_args": {"save_dir": str(run_dir), "name": "dpseg", "version": "run"}}  # fmt: skip
+    path = run_dir.with_suffix(".yaml")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"trainer": {"logger": [logger]}}, sort_keys=False))
     return path
 
 
@@ -143,7 +164,11 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=300, help="training steps per DPSeg run")
     parser.add_argument("--out", default="claims_out")
+    parser.add_argument("--jobs", type=int, default=2, help="DPSeg runs side by side (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1)")
     args = parser.parse_args()
+    if args.jobs < 1 or args.threads < 1:
+        parser.error(f"--jobs {args.jobs} / --threads {args.threads}: give 1 or more")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data_root, bank, vit_bank = (
@@ -152,8 +177,8 @@ def main() -> int:
         out / "banks" / "toy_vit.zarr",
     )
     seeds = args.seeds
-    total = 3 + len(DPSEG_ROWS) * len(seeds) * 2 + len(seeds) + len(VIP_ROWS)
-    run = Runner(total)
+    total = 3 + len(DPSEG_ROWS) * len(seeds) * 2 + len(ROUND_II) * len(seeds) + len(VIP_ROWS)
+    run = Runner(total, args.threads)
     start = time.perf_counter()
 
     run("data", ["data", "toy", "--root", str(data_root), "--quiet"])
@@ -202,44 +227,51 @@ def main() -> int:
 
     base = overlay(out, data_root, bank, args.steps)
     common = ["--config", str(ROOT / "configs" / "toy_world.yaml"), "--config", str(base)]
-    rows = []
-    round_two: list[dict[str, float]] = []
-    for row, claim, ablation in DPSEG_ROWS:
-        runs = []
+
+    def dpseg_run(ablation: str | None, seed: int) -> tuple[dict, list[dict]]:
+        """Fit one row with one seed, test it (and, for the full model, its round II rows)."""
         extra = ["--config", str(ABLATIONS / ablation)] if ablation else []
-        for seed in seeds:
-            tag = f"{(ablation or 'full').removesuffix('.yaml')}_seed{seed}"
-            ckpt_dir = out / "runs" / tag
-            run(f"fit {tag}", ["fit", *common, *extra, "--seed_everything", str(seed),
-                               "--trainer.default_root_dir", str(ckpt_dir)])  # fmt: skip
-            ckpt = next(ckpt_dir.rglob("last.ckpt"))
-            results = out / "results" / tag
-            run(f"test {tag}", ["test", *common, *extra, "--ckpt_path", str(ckpt),
-                                "--model.results_dir", str(results)])  # fmt: skip
-            runs.append(scores(results))
-            if ablation is None:  # round II of the full model
-                results2 = out / "results" / f"round2_seed{seed}"
-                run(f"test round II seed {seed}", ["test", *common, "--config",
-                    str(ABLATIONS / ROUND_II[2]), "--ckpt_path", str(ckpt),
-                    "--model.results_dir", str(results2)])  # fmt: skip
-                round_two.append(scores(results2))
+        tag = f"{(ablation or 'full').removesuffix('.yaml')}_seed{seed}"
+        ckpt_dir = out / "runs" / tag
+        run(f"fit {tag}", ["fit", *common, *extra, "--config", str(run_logger(ckpt_dir)),
+                           "--seed_everything", str(seed)])  # fmt: skip
+        ckpt = next(ckpt_dir.rglob("last.ckpt"))
+        results = out / "results" / tag
+        run(f"test {tag}", ["test", *common, *extra, "--ckpt_path", str(ckpt),
+                            "--model.results_dir", str(results), *NO_LOGS])  # fmt: skip
+        second = []
+        for n, (row2, _, extra2) in enumerate(ROUND_II if ablation is None else []):
+            results2 = out / "results" / f"round2_{n}_seed{seed}"
+            run(f"test {row2}, seed {seed}", ["test", *common, "--config",
+                str(ABLATIONS / "rounds_2.yaml"), *extra2, "--ckpt_path", str(ckpt),
+                "--model.results_dir", str(results2), *NO_LOGS])  # fmt: skip
+            second.append(scores(results2))
+        return scores(results), second
+
+    jobs = [(ablation, seed) for _, _, ablation in DPSEG_ROWS for seed in seeds]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        done = dict(zip(jobs, pool.map(lambda job: dpseg_run(*job), jobs)))
+    rows = []
+    for row, claim, ablation in DPSEG_ROWS:
+        runs = [done[ablation, seed][0] for seed in seeds]
         rows.append({"row": row, "claim": claim, "runs": runs, "scores": summarise(runs)})
-        if ablation is None:
-            rows.append({"row": ROUND_II[0], "claim": ROUND_II[1], "runs": round_two,
-                         "scores": summarise(round_two)})  # fmt: skip
+        for n, (row2, claim2, _) in enumerate(ROUND_II if ablation is None else []):
+            runs2 = [done[ablation, seed][1][n] for seed in seeds]
+            rows.append({"row": row2, "claim": claim2, "runs": runs2, "scores": summarise(runs2)})
     vip_config = ["--config", str(ROOT / "configs" / "vip_toy.yaml"), "--data.root", str(data_root)]
     for row, claim, extra in VIP_ROWS:
         extra = [str(vit_bank) if a == "BANK" else a for a in extra]
         results = out / "results" / f"vip_{len(rows)}"
-        run(f"test {row}", ["test", *vip_config, *extra, "--model.results_dir", str(results)])
+        run(f"test {row}", ["test", *vip_config, *extra, "--model.results_dir", str(results),
+                            *NO_LOGS])  # fmt: skip
         one = scores(results)
         rows.append({"row": row, "claim": claim, "runs": [one], "scores": summarise([one])})
 
     minutes = (time.perf_counter() - start) / 60
     lines = [
         f"Toy world, {len(seeds)} seeds ({', '.join(map(str, seeds))}), {args.steps} training "
-        f"steps per DPSeg run, 2 CPU threads, {minutes:.1f} min "
-        "(`.venv/bin/python benchmarks/claims.py`)",
+        f"steps per DPSeg run, {args.jobs} runs side by side with {args.threads} CPU thread(s) "
+        f"each, {minutes:.1f} min (`.venv/bin/python benchmarks/claims.py`)",
         "",
         "| row | claim tested | mIoU | seen | unseen | hIoU |",
         "|---|---|---|---|---|---|",
@@ -263,7 +295,8 @@ def main() -> int:
         )
     table = "\n".join(lines) + "\n"
     (out / "claims.md").write_text(table)
-    record = {"seeds": seeds, "steps": args.steps, "minutes": minutes, "rows": rows,
+    record = {"seeds": seeds, "steps": args.steps, "jobs": args.jobs, "threads": args.threads,
+              "minutes": minutes, "rows": rows,
               "zero_shot": zero_shot, "bank_agreement": agreement}  # fmt: skip
     (out / "claims.json").write_text(json.dumps(record, indent=2) + "\n")
     picture = chart(rows, out / "claims.png")

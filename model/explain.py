@@ -72,7 +72,7 @@ def write_explanation(
         ax.set_title(f"{title}\ncos {maps[mode].min():.2f}..{maps[mode].max():.2f}")
     fig.colorbar(shown, ax=list(axes[1:4]), fraction=0.02, pad=0.01)
     prob = axes[4].imshow(maps["probability"], cmap="magma", vmin=0, vmax=1)
-    axes[4].set_title(f"model, round I: P({class_name})")
+    axes[4].set_title(f"model, round I:\nP({class_name})")
     fig.colorbar(prob, ax=axes[4], fraction=0.046, pad=0.01)
     for ax in axes:
         ax.set_xticks([])
