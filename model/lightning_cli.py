@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import yaml
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from data.module import SegmentationData
@@ -69,6 +70,13 @@ class DPSegCLI(LightningCLI):
         parser.link_arguments("data.num_templates", "model.num_templates", apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs):
+        # --trainer.enable_progress_bar false turns off our default RichProgressBar too (Lightning
+        # refuses a progress-bar callback with the bar disabled).
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if trainer_config.get("enable_progress_bar") is False:
+            trainer_config["callbacks"] = [
+                c for c in trainer_config.get("callbacks") or [] if not isinstance(c, ProgressBar)
+            ]
         trainer = super().instantiate_trainer(**kwargs)
         # Every logger of a run in one folder (runs/dpseg/version_N): loggers pick their version
         # independently, and the first one's folder exists (config.yaml) before the others look.

@@ -67,8 +67,9 @@ def test_vip_thresholds_low_confidence_pixels_to_ignore(vip_world):
     out = vip_world / "ignored"
     result = run_vip(vip_world, "test", "--model.vip.prob_thd", "0.99",
                      "--model.vip.background", "ignore", "--model.results_dir", str(out),
-                     "--trainer.logger", "false")  # fmt: skip
+                     "--trainer.logger", "false", "--trainer.enable_progress_bar", "false")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Testing" not in result.stdout + result.stderr, "the progress bar is off"
     assert "inflates mIoU" in result.stderr
     assert not (vip_world / "config.yaml").exists(), "no logs: no config.yaml in the working dir"
     record = json.loads((out / "synthetic.run.json").read_text())
