@@ -160,56 +160,46 @@ def cmd_vocab(args: argparse.Namespace) -> None:
 # data
 
 
-def cmd_data_synthetic(args: argparse.Namespace) -> None:
-    """Write the synthetic dataset in the detectron2 layout, optionally with a preview picture."""
+def _write_dataset(args: argparse.Namespace, config_class, write, class_names, what: str) -> int:
+    """Write a rendered dataset (synthetic, toy) in the detectron2 layout, with a preview."""
+    from pathlib import Path
+
     from data.catalog import datasets_root
-    from data.synthetic import SyntheticConfig, write_synthetic_dataset
 
     try:
-        config = SyntheticConfig(
-            train_images=args.train, val_images=args.val, size=args.size, seed=args.seed
-        )
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    root = datasets_root(args.root)
-    summary = write_synthetic_dataset(root, config, progress=not args.quiet)
-    print(
-        f"synthetic dataset: {summary['train']} train + {summary['val']} val images in "
-        f"{summary['root']} ({summary['written']} written, {summary['seconds']} s)"
-    )
-    if args.preview:
-        from data.preview import write_synthetic_preview
-
-        path = write_synthetic_preview(root, args.preview, count=8)
-        print(f"preview: {path}")
-
-
-def cmd_data_toy(args: argparse.Namespace) -> int:
-    """Write the toy world's segmentation dataset (toy, toy:train), optionally with a preview."""
-    from data.catalog import datasets_root
-    from data.toy_world import ToySceneConfig, class_names, write_toy_dataset
-
-    try:
-        config = ToySceneConfig(
+        config = config_class(
             train_images=args.train, val_images=args.val, size=args.size, seed=args.seed
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = write_toy_dataset(datasets_root(args.root), config, progress=not args.quiet)
+    summary = write(datasets_root(args.root), config, progress=not args.quiet)
     print(
-        f"toy world: {summary['train']} train images (seen classes) + {summary['val']} val "
-        f"images (all classes) in {summary['root']} ({summary['written']} written, "
-        f"{summary['seconds']} s)"
+        f"{what}: {summary['train']} train + {summary['val']} val images in {summary['root']} "
+        f"({summary['written']} written, {summary['seconds']} s)"
     )
     if args.preview:
-        from pathlib import Path
-
         from data.preview import write_dataset_preview
 
-        path = write_dataset_preview(Path(summary["root"]), class_names(), args.preview, count=8)
+        path = write_dataset_preview(Path(summary["root"]), class_names, args.preview, count=8)
         print(f"preview: {path}")
     return 0
+
+
+def cmd_data_synthetic(args: argparse.Namespace) -> int:
+    """Write the synthetic dataset in the detectron2 layout, optionally with a preview picture."""
+    from data.synthetic import SyntheticConfig, synthetic_class_names, write_synthetic_dataset
+
+    return _write_dataset(args, SyntheticConfig, write_synthetic_dataset,
+                          synthetic_class_names(), "synthetic dataset")  # fmt: skip
+
+
+def cmd_data_toy(args: argparse.Namespace) -> int:
+    """Write the toy world's segmentation dataset (toy, toy:train), optionally with a preview."""
+    from data.toy_world import ToySceneConfig, class_names, write_toy_dataset
+
+    return _write_dataset(args, ToySceneConfig, write_toy_dataset, class_names(),
+                          "toy world (train: seen classes, val: all)")  # fmt: skip
 
 
 def cmd_data_stats(args: argparse.Namespace) -> None:

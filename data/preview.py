@@ -45,15 +45,9 @@ def legend(
     return strip
 
 
-def write_synthetic_preview(root: str | Path, out: str | Path, count: int = 8) -> Path:
-    """A sheet of `count` val images (top) over their colourised labels (bottom), with a legend."""
-    from data.synthetic import dataset_dir, synthetic_class_names
-
-    return write_dataset_preview(dataset_dir(root), synthetic_class_names(), out, count)
-
-
 def write_dataset_preview(base: Path, names: list[str], out: str | Path, count: int = 8) -> Path:
-    """The same sheet for any dataset written in the detectron2 layout under ``base``."""
+    """A sheet of ``count`` val images (top) over their colourised labels (bottom), with a
+    legend, for a dataset written in the detectron2 layout under ``base``."""
     images = sorted((base / "images" / "val").glob("*.jpg"))[:count]
     if not images:
         raise FileNotFoundError(f"no val images under {str(base)!r}; write the dataset first")

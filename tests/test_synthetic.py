@@ -142,4 +142,4 @@ def test_cli_writes_dataset_and_preview(tmp_path):
     preview = Image.open(tmp_path / "preview.png")
     assert preview.width == 8 * 64 and preview.height > 2 * 64  # 8 tiles, image over label, legend
     bad = run_cli("data", "synthetic", "--root", str(tmp_path), "--size", "8", "--quiet")
-    assert bad.returncode != 0 and "at least 32" in bad.stderr
+    assert bad.returncode == 2 and "at least 32" in bad.stderr
