@@ -21,6 +21,10 @@ def _version() -> str:
         return "unknown (not installed: run make install)"
 
 
+class UserError(Exception):
+    """A mistake of the user's the command line found itself: one line, exit status 2."""
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from data.catalog import DatasetError
     from data.templates import TemplateError
@@ -30,6 +34,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from prompt_bank.format import BankFormatError, BankMismatchError
 
     return (
+        UserError,
         DatasetError,
         VocabularyError,
         TemplateError,
@@ -214,13 +219,48 @@ def cmd_data_stats(args: argparse.Namespace) -> None:
 # bank
 
 
-def cmd_bank_build(args: argparse.Namespace) -> None:
-    """Build or resume a prompt bank (one process, or every rank of torchrun/accelerate)."""
+def _command_line() -> str:
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in ["python", "cli.py", *sys.argv[1:]])
+
+
+def _storage_options(args: argparse.Namespace) -> dict | None:
+    raw = getattr(args, "storage_options", None)
+    if raw is None:
+        return None
+    try:
+        options = json.loads(raw)
+    except ValueError as e:
+        raise UserError(f"--storage-options {raw!r} is not JSON ({e})") from None
+    if not isinstance(options, dict):
+        raise UserError(f"--storage-options {raw!r} must be a JSON object")
+    return options
+
+
+def _run_build(config, location: str) -> None:
+    """Build/resume/repair; Ctrl-C or SIGTERM ends in one line once finished items are saved."""
     from accelerate import PartialState
 
+    from prompt_bank.build import build_bank
+    from prompt_bank.safety import Interrupted
+
+    try:
+        summary = build_bank(config, location)
+    except Interrupted as e:
+        raise UserError(
+            f"interrupted by {e}: the {e.saved} items this run finished are saved in "
+            f"{location}; run the same command again to resume"
+        ) from None
+    if PartialState().is_main_process:
+        print(summary.line())
+
+
+def cmd_bank_build(args: argparse.Namespace) -> None:
+    """Build or resume a prompt bank (one process, or every rank of torchrun/accelerate)."""
     from data.templates import load_templates
     from data.vocabulary import load_vocabulary
-    from prompt_bank.build import BuildConfig, build_bank, resolve_preset
+    from prompt_bank.build import BuildConfig, resolve_preset
 
     generator, encoder = resolve_preset(args.preset, args.generator, args.encoder)
     try:
@@ -244,26 +284,51 @@ def cmd_bank_build(args: argparse.Namespace) -> None:
             cpu_threads=args.cpu_threads,
             flush_seconds=args.flush_seconds,
             progress=not args.quiet,
+            command=_command_line(),
         )
-        summary = build_bank(config, args.out)
+        _run_build(config, args.out)
     except ValueError as e:
         if type(e) is not ValueError:
             raise
-        raise SystemExit(f"error: {e}") from None
-    if PartialState().is_main_process:
-        print(summary.line())
+        raise UserError(f"{e}") from None
 
 
-def _open_bank(location: str):
+def cmd_bank_repair(args: argparse.Namespace) -> None:
+    """Resume a bank with the settings it records: damaged shards are dropped and rebuilt."""
+    from prompt_bank.build import config_from_bank
+    from prompt_bank.format import BankFormatError
+    from prompt_bank.store import open_group
+
+    try:
+        attrs = dict(open_group(args.bank, mode="r").attrs)
+    except FileNotFoundError:
+        raise
+    if "classes" not in attrs or "build" not in attrs:
+        raise BankFormatError(
+            f"{args.bank} has no complete bank attributes (its root zarr.json is damaged or the "
+            "build never started): run its bank build command again"
+        )
+    config = config_from_bank(
+        attrs, args.generator_weights, args.encoder_weights, progress=not args.quiet
+    )
+    try:
+        _run_build(config, args.bank)
+    except ValueError as e:
+        if type(e) is not ValueError:
+            raise
+        raise UserError(f"{e}") from None
+
+
+def _open_bank(location: str, args: argparse.Namespace | None = None):
     from prompt_bank.store import Bank
 
-    return Bank.open(location)
+    return Bank.open(location, _storage_options(args) if args is not None else None)
 
 
 def cmd_bank_info(args: argparse.Namespace) -> None:
     from prompt_bank.inspect import bank_info, format_info, prompt_agreement
 
-    bank = _open_bank(args.bank)
+    bank = _open_bank(args.bank, args)
     info = bank_info(bank)
     if args.prompts:
         info["prompts"] = prompt_agreement(bank)
@@ -277,7 +342,7 @@ def cmd_bank_verify(args: argparse.Namespace) -> int:
     from prompt_bank.verify import verify_bank
 
     report = verify_bank(
-        _open_bank(args.bank),
+        _open_bank(args.bank, args),
         regenerate=args.regenerate,
         seed=args.seed,
         tolerance=args.tolerance,
@@ -289,29 +354,76 @@ def cmd_bank_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_bank_merge(args: argparse.Namespace) -> None:
-    from prompt_bank.merge import merge_banks
+    from prompt_bank.compose import merge_banks
 
-    summary = merge_banks(_open_bank(args.a), _open_bank(args.b), args.out)
+    summary = merge_banks(
+        _open_bank(args.a, args), _open_bank(args.b, args), args.out, _storage_options(args)
+    )
     print(
         f"merged bank {summary['out']}: {summary['classes']} classes ({summary['from_a']} from "
         f"{args.a}, {summary['from_b']} more from {args.b}, {summary['shared']} in both)"
     )
 
 
+def cmd_bank_subset(args: argparse.Namespace) -> None:
+    from data.vocabulary import load_vocabulary
+    from prompt_bank.compose import subset_bank
+
+    summary = subset_bank(
+        _open_bank(args.bank, args), load_vocabulary(args.vocab), args.out, _storage_options(args)
+    )
+    print(
+        f"subset bank {summary['out']}: {summary['classes']} of the {summary['of']} classes of "
+        f"{args.bank} ({summary['by_synonym']} found under another spelling or by synonym)"
+    )
+
+
+def cmd_bank_push(args: argparse.Namespace) -> None:
+    from prompt_bank.share import push_bank
+
+    result = push_bank(args.bank, args.url, _storage_options(args), progress=not args.quiet)
+    if not result["uploaded"]:
+        print(f"{args.url} already holds this bank (content key {result['content_key'][:16]})")
+    else:
+        print(
+            f"pushed {args.bank} to {args.url}: {result['uploaded'] / 1e6:.2f} MB in "
+            f"{result['seconds']:.1f} s (content key {result['content_key'][:16]})"
+        )
+
+
+def cmd_bank_pull(args: argparse.Namespace) -> None:
+    from prompt_bank.share import pull_bank
+
+    result = pull_bank(args.url, args.to, _storage_options(args), progress=not args.quiet)
+    if not result["downloaded"]:
+        print(f"{result['path']} (already here; content key {result['content_key'][:16]})")
+    else:
+        print(
+            f"{result['path']}: {result['downloaded'] / 1e6:.2f} MB from {args.url} in "
+            f"{result['seconds']:.1f} s, every object checked (content key "
+            f"{result['content_key'][:16]})"
+        )
+
+
 def cmd_bank_gallery(args: argparse.Namespace) -> None:
     from prompt_bank.inspect import write_gallery
 
     try:
-        path = write_gallery(_open_bank(args.bank), args.out, max_classes=args.max_classes)
+        path = write_gallery(_open_bank(args.bank, args), args.out, max_classes=args.max_classes)
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise UserError(f"{e}") from None
     print(f"gallery: {path}")
 
 
 def add_bank_commands(commands) -> None:
     bank = commands.add_parser(
-        "bank", help="build, inspect, verify, merge prompt banks"
+        "bank", help="build, inspect, verify, repair, merge, subset, push and pull prompt banks"
     ).add_subparsers(dest="bank_command", metavar="BANK_COMMAND", required=True)
+    remote = {
+        "metavar": "JSON",
+        "help": "fsspec storage options for URLs, as a JSON object (default: "
+        "$DPSEG_STORAGE_OPTIONS; credentials come from the filesystem's usual places)",
+    }
     p = bank.add_parser("build", help="build or resume a prompt bank (Stable Diffusion + CLIP)")
     p.add_argument(
         "--vocab", required=True, help="vocabulary: a name, a .json/.txt file, or 'a; b, c'"
@@ -360,6 +472,7 @@ def add_bank_commands(commands) -> None:
         help="also check that visual prompts carry class information (nearest text prompt of "
         "each class's mean visual prompt; reads every embedding)",
     )
+    p.add_argument("--storage-options", **remote)
     p.set_defaults(func=cmd_bank_info)
 
     p = bank.add_parser(
@@ -371,13 +484,47 @@ def add_bank_commands(commands) -> None:
     p.add_argument("--tolerance", type=float, default=0.0, help="max abs difference allowed")
     p.add_argument("--generator-weights", metavar="DIR")
     p.add_argument("--encoder-weights", metavar="PATH")
+    p.add_argument("--storage-options", **remote)
     p.set_defaults(func=cmd_bank_verify)
+
+    p = bank.add_parser(
+        "repair", help="rebuild damaged shards with the bank's recorded settings (a resume)"
+    )
+    p.add_argument("bank", help="a path or an fsspec URL")
+    p.add_argument("--generator-weights", metavar="DIR", help="the bank's generator weights")
+    p.add_argument("--encoder-weights", metavar="PATH", help="the bank's encoder weights")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bank_repair)
 
     p = bank.add_parser("merge", help="union of the classes of two compatible banks")
     p.add_argument("a")
     p.add_argument("b")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="a new path or URL (never an existing bank)")
+    p.add_argument("--storage-options", **remote)
     p.set_defaults(func=cmd_bank_merge)
+
+    p = bank.add_parser(
+        "subset", help="a bank of some classes of a bigger one (by name or synonym)"
+    )
+    p.add_argument("bank", help="a path or an fsspec URL")
+    p.add_argument("--vocab", required=True, help="the classes: a name, a file, or 'a; b, c'")
+    p.add_argument("--out", required=True, help="a new path or URL (never an existing bank)")
+    p.add_argument("--storage-options", **remote)
+    p.set_defaults(func=cmd_bank_subset)
+
+    p = bank.add_parser("push", help="upload a complete bank (hf://datasets/ORG/NAME, s3://, ...)")
+    p.add_argument("bank", help="a local bank folder")
+    p.add_argument("url", help="hf://datasets/ORG/NAME or an fsspec URL (s3://, gs://, file://)")
+    p.add_argument("--storage-options", **remote)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bank_push)
+
+    p = bank.add_parser("pull", help="download a bank, check every object, cache it by content")
+    p.add_argument("url", help="hf://datasets/ORG/NAME[@REVISION] or an fsspec URL")
+    p.add_argument("--to", metavar="DIR", help="where (default: the cache, keyed by content)")
+    p.add_argument("--storage-options", **remote)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bank_pull)
 
     p = bank.add_parser("gallery", help="a contact sheet of the stored images")
     p.add_argument("bank")
@@ -639,7 +786,7 @@ def cmd_vip_select_aliases(args: argparse.Namespace) -> int:
     try:
         config = SelectionConfig(threshold=args.threshold, steps=args.steps)
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise UserError(f"{e}") from None
     path, scores = select_aliases(
         args.data,
         args.vocab,

@@ -233,3 +233,32 @@ def load_vocabulary(spec: str | os.PathLike | Vocabulary, allow_duplicates: bool
         f"comma-separated) in {str(directory)!r} (set ${VOCAB_DIR_ENV} to use another directory), "
         "or pass a file path or an inline list like 'cat, kitty; dog; grass'"
     )
+
+
+def match_entries(entries: list[str], vocabulary: Vocabulary) -> list[int | None]:
+    """For each class of `vocabulary`, the index of the entry (``"name, synonym"`` strings, e.g.
+    a bank's classes) that stands for it, or None.
+
+    Tried in order: the same full entry; the same canonical name; a synonym of one that is a
+    synonym of the other, when exactly one entry qualifies (case-insensitive). Where an entry
+    appears twice (ADE-847's two "pot"s), the first wins. So an ADE-847 bank serves ADE-150 or
+    PASCAL-Context classes whose names ADE-847 spells the same or lists as synonyms.
+    """
+    by_entry: dict[str, int] = {}
+    by_name: dict[str, int] = {}
+    by_synonym: dict[str, set[int]] = {}
+    for i, entry in enumerate(entries):
+        synonyms = [s.strip().casefold() for s in entry.split(",") if s.strip()]
+        by_entry.setdefault(entry, i)
+        if synonyms:
+            by_name.setdefault(synonyms[0], i)
+        for s in synonyms:
+            by_synonym.setdefault(s, set()).add(i)
+    out: list[int | None] = []
+    for c in vocabulary:
+        found = by_entry.get(str(c), by_name.get(c.name.casefold()))
+        if found is None:
+            candidates = set().union(*(by_synonym.get(s.casefold(), set()) for s in c.synonyms))
+            found = next(iter(candidates)) if len(candidates) == 1 else None
+        out.append(found)
+    return out

@@ -135,8 +135,9 @@ def create_clip(
                 CLIP_WEIGHT_FILES,
                 what=f"encoder preset {preset.name!r} ({preset.arch}, {preset.pretrained})",
                 local_option="--encoder-weights PATH",
+                revision=preset.revision,
             )
-            source = repo_id
+            source = f"{repo_id}@{preset.revision}" if preset.revision else repo_id
         model = open_clip.create_model(
             preset.arch, pretrained=path, force_quick_gelu=preset.quick_gelu
         )

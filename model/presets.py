@@ -42,6 +42,8 @@ class EncoderPreset:
     mean: tuple[float, float, float] = OPENAI_DATASET_MEAN  # input normalisation
     std: tuple[float, float, float] = OPENAI_DATASET_STD
     bundled: str | None = None  # weights file shipped in model/weights/ (the toy presets)
+    revision: str | None = None  # hub commit of the weights repository (pinned)
+    license: str = "Apache-2.0 (dpseg's own weights)"  # the weights' licence, for bank cards
 
     def __post_init__(self) -> None:
         if self.image_size <= 0 or not self.levels:
@@ -98,7 +100,8 @@ class GeneratorPreset:
     width: int
     description: str
     max_steps: int = 1000  # distilled models (turbo) are only good for a few steps
-    revision: str | None = None  # repository revision; None = the default branch
+    revision: str | None = None  # repository commit (pinned for every hub preset)
+    license: str = "Apache-2.0 (dpseg's own random weights)"  # the weights' licence (bank cards)
     seed: int = 0  # initialisation seed of the tiny pipeline
     kind: Literal["diffusers", "toy-render"] = "diffusers"  # a diffusers pipeline, or the toy
     # world's renderer (prompt -> picture, data.toy_world; no weights)
@@ -249,6 +252,8 @@ ENCODERS: dict[str, EncoderPreset] = {
             levels=(2, 5, 8, 11),  # (ours) every third of the 12 blocks
             quick_gelu=True,
             description="OpenAI CLIP ViT-B/16 (CAT-Seg's ViT-B)",
+            revision="977e3dd0ec55ab8da155f2fbeb6b5f54948b6e3d",
+            license="MIT (OpenAI CLIP)",
         ),
         EncoderPreset(
             name="convnext-b-laion",
@@ -258,6 +263,8 @@ ENCODERS: dict[str, EncoderPreset] = {
             image_size=320,
             levels=(0, 1, 2, 3),
             description="LAION ConvNeXt-B/w 320 (SED's and DPSeg's ConvNeXt-B)",
+            revision="933ffb0c401227b58c9fe283bc488c7b58da4278",
+            license="MIT (LAION OpenCLIP)",
         ),
         EncoderPreset(
             name="convnext-l-laion",
@@ -267,6 +274,8 @@ ENCODERS: dict[str, EncoderPreset] = {
             image_size=320,
             levels=(0, 1, 2, 3),
             description="LAION ConvNeXt-L/d 320 soup (SED's and DPSeg's ConvNeXt-L)",
+            revision="39918dfbdf69ccd2172e6510a430e92337ee23e1",
+            license="MIT (LAION OpenCLIP)",
         ),
     ]
 }
@@ -296,6 +305,7 @@ GENERATORS: dict[str, GeneratorPreset] = {
             kind="toy-render",
             description="the toy world's Stable Diffusion: draws what a prompt names, in the "
             "style its template asks for (close-up, many, sketch, low resolution, ...), 64x64",
+            license="Apache-2.0 (dpseg's own renderer; no weights)",
         ),
         GeneratorPreset(
             name="sd15",
@@ -306,6 +316,8 @@ GENERATORS: dict[str, GeneratorPreset] = {
             height=512,
             width=512,
             description="Stable Diffusion 1.5, 512x512, 25 DPM-Solver++ steps, guidance 7.5",
+            revision="f03de327dd89b501a01da37fc5240cf4fdba85a1",
+            license="CreativeML Open RAIL-M (creativeml-openrail-m)",
         ),
         GeneratorPreset(
             name="sd21",
@@ -316,6 +328,8 @@ GENERATORS: dict[str, GeneratorPreset] = {
             height=768,
             width=768,
             description="Stable Diffusion 2.1 (v-prediction), 768x768, 25 steps, guidance 7.5",
+            revision="5cae40e6a2745ae2b01ad92ae5043f95f23644d6",
+            license="CreativeML Open RAIL++-M (openrail++)",
         ),
         GeneratorPreset(
             name="sd-turbo",
@@ -327,6 +341,9 @@ GENERATORS: dict[str, GeneratorPreset] = {
             width=512,
             max_steps=4,
             description="SD-Turbo (distilled SD 2.1), 512x512, 1-4 steps, no guidance",
+            revision="b261bac6fd2cf515557d5d0707481eafa0485ec2",
+            license="Stability AI Non-Commercial Research Community License (sai-nc-community): "
+            "non-commercial use only",
         ),
     ]
 }

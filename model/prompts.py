@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.vocabulary import Vocabulary
+from data.vocabulary import Vocabulary, match_entries
 from model.cost_volume import Prompts
 from model.fingerprint import fingerprint_mismatch
 from prompt_bank.format import BankMismatchError
@@ -80,12 +80,9 @@ def check_bank_encoder(bank: Bank, preset: str, fingerprint: str) -> None:
 
 
 def class_index(bank_classes: list[str], vocabulary: Vocabulary) -> list[int | None]:
-    """For each vocabulary class, its row in the bank: full entry first, then canonical name."""
-    by_entry = {entry: i for i, entry in reversed(list(enumerate(bank_classes)))}
-    by_name = {
-        entry.split(",")[0].strip(): i for i, entry in reversed(list(enumerate(bank_classes)))
-    }
-    return [by_entry.get(str(c), by_name.get(c.name)) for c in vocabulary]
+    """For each vocabulary class, its row in the bank (full entry, canonical name, then an
+    unambiguous synonym: ``data.vocabulary.match_entries``)."""
+    return match_entries(bank_classes, vocabulary)
 
 
 def _incomplete(done: np.ndarray) -> list[int]:

@@ -1,16 +1,20 @@
-"""Building a prompt bank: batched Stable Diffusion -> frozen CLIP encoder -> Zarr (DESIGN §1, §4).
+"""Building a prompt bank: batched Stable Diffusion -> frozen CLIP encoder -> Zarr
+(docs/bank_format.md).
 
-The work is a fixed plan: classes are split into shards of ``classes_per_shard``; within a shard,
-items ``(k, p, n)`` are taken in order and cut into batches of ``batch_size`` (the last one may be
-short). A batch's bits depend on its composition, the device, the dtype and (on CPU) the thread
-count, so all of them are recorded in the bank and reused on resume and by every rank: an item is
-then bit-identical whatever run, rank or resume produced it. Each item's Stable Diffusion noise
-comes from its own generator, seeded from (base seed, class, template index, image index).
+The work is a fixed plan: classes are split into shards of ``classes_per_shard``; the items
+``(p, n)`` of one class are taken in order and cut into batches of ``batch_size`` (the last one
+may be short), and a class's text prompts go through the text encoder on their own. A batch's
+bits depend on its composition, the device, the dtype and (on CPU) the thread count; all of them
+are recorded in the bank and reused on resume and by every rank, and since a batch never mixes
+classes, an item's bits do not depend on the classes around it: a merged or subset bank equals a
+direct build of its classes (format v2; v1 batched across classes). Each item's Stable Diffusion
+noise comes from its own generator, seeded from (base seed, class, template index, image index).
 
 A rank owns whole shards (shard i goes to rank ``i % world_size``). Results are buffered per
-shard and flushed every ``flush_seconds`` and at the shard's end: data arrays first, then the
-``done`` flags, each shard written as one object (zarr's local store writes by rename), so a kill
-at any moment loses at most the unflushed batches and never leaves a flag without its data.
+shard and flushed every ``flush_seconds``, at the shard's end, and when SIGINT or SIGTERM
+arrives, by the manifest protocol of prompt_bank/integrity.py: a kill at any moment loses at
+most the unflushed batches, never leaves a flag without its data, and any damage found on resume
+(a missing, truncated, swapped or stale object) drops that shard, which is built again.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,10 +36,19 @@ from model.presets import get_bank_preset
 from prompt_bank.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    BankFormatError,
     BankLayout,
     BankMismatchError,
     create_arrays,
     validate_group,
+)
+from prompt_bank.integrity import check_shard, drop_shard, flush_shard
+from prompt_bank.safety import (
+    BankLockError,
+    Interrupted,
+    build_lock,
+    check_output,
+    interruptible,
 )
 from prompt_bank.store import open_group
 
@@ -44,7 +58,7 @@ TEXT_CHUNK = 256  # prompts per text-encoder forward
 
 
 def item_seed(base_seed: int, class_entry: str, template_index: int, image_index: int) -> int:
-    """The Stable Diffusion seed of one item, independent of batch, rank and resume (DESIGN §4).
+    """The Stable Diffusion seed of one item, independent of batch, rank and resume.
 
     The class is identified by its full entry (all synonyms), so two classes that share a
     canonical name (ADE-847's two "pot"s) still get different images.
@@ -53,17 +67,23 @@ def item_seed(base_seed: int, class_entry: str, template_index: int, image_index
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
 
 
+def class_batches(
+    k: int, num_templates: int, images_per_prompt: int, batch_size: int
+) -> list[list[tuple[int, int, int]]]:
+    """The batches of class k: its items (k, p, n) in order, cut every `batch_size`."""
+    items = [(k, p, n) for p in range(num_templates) for n in range(images_per_prompt)]
+    return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+
+
 def shard_batches(
     k0: int, k1: int, num_templates: int, images_per_prompt: int, batch_size: int
 ) -> list[list[tuple[int, int, int]]]:
-    """The batch plan of shard [k0, k1): items (k, p, n) in order, cut every `batch_size`."""
-    items = [
-        (k, p, n)
+    """The batch plan of shard [k0, k1): each class's batches, classes in order."""
+    return [
+        batch
         for k in range(k0, k1)
-        for p in range(num_templates)
-        for n in range(images_per_prompt)
+        for batch in class_batches(k, num_templates, images_per_prompt, batch_size)
     ]
-    return [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
 
 
 @dataclass
@@ -89,6 +109,7 @@ class BuildConfig:
     cpu_threads: int | None = None  # CPU only: threads (recorded; bits depend on it)
     flush_seconds: float = 60.0  # write buffered results at least this often
     progress: bool = True
+    command: str | None = None  # the command line, recorded in the bank and its card
 
     def __post_init__(self) -> None:
         if self.images_per_prompt < 1:
@@ -314,6 +335,37 @@ def _check_resume(stored: dict, expected: dict, location: str) -> None:
         )
 
 
+def config_from_bank(
+    attrs: dict,
+    generator_weights: str | None = None,
+    encoder_weights: str | None = None,
+    progress: bool = True,
+    device: str | None = None,
+) -> BuildConfig:
+    """The build settings a bank records (to repair it, or rebuild items to verify them)."""
+    g, e, b = attrs["generator"], attrs["encoder"], attrs["build"]
+    return BuildConfig(
+        vocabulary=Vocabulary.from_entries(attrs["classes"], name="bank", allow_duplicates=True),
+        templates=list(attrs["templates"]),
+        images_per_prompt=int(attrs["images_per_prompt"]),
+        generator=g["preset"],
+        encoder=e["preset"],
+        generator_weights=generator_weights,
+        encoder_weights=encoder_weights,
+        seed=int(g["base_seed"]),
+        steps=g["steps"],
+        guidance=g["guidance"],
+        batch_size=b["batch_size"],
+        classes_per_shard=b["classes_per_shard"],
+        keep_images=bool(b["keep_images"]),
+        level_dtype=b["level_dtype"],
+        device=device or g.get("device_type"),
+        cpu_threads=b.get("cpu_threads"),
+        progress=progress,
+        command=attrs.get("command"),
+    )
+
+
 def _distributed_state(device: str | None):
     from accelerate import PartialState
 
@@ -325,8 +377,37 @@ def _distributed_state(device: str | None):
     return PartialState(cpu=use_cpu)
 
 
+def _rank0_then_share(state, work) -> None:
+    """Run `work` on rank 0; if it raises, every rank raises the same user error (rather than
+    the other ranks waiting at a barrier for a rank that has given up)."""
+    error = None
+    if state.is_main_process:
+        try:
+            work()
+        except (BankFormatError, BankMismatchError) as e:
+            error = e
+    if state.num_processes > 1:
+        import torch.distributed as dist
+
+        box = [None if error is None else (type(error).__name__, str(error))]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None and error is None:
+            kinds = {c.__name__: c for c in (BankFormatError, BankMismatchError, BankLockError)}
+            raise kinds.get(box[0][0], BankMismatchError)(box[0][1])
+    if error is not None:
+        raise error
+
+
 def build_bank(config: BuildConfig, location: str | os.PathLike) -> BuildSummary:
-    """Build (or resume) the bank at `location`; every rank of a launch calls this."""
+    """Build, resume or repair the bank at `location`; every rank of a launch calls this.
+
+    Raises:
+        BankFormatError: `location` holds something that is not a dpseg bank (left untouched),
+            or a v1 bank (which cannot be resumed).
+        BankMismatchError: the bank was started with other settings.
+        BankLockError: another process is building it.
+        Interrupted: SIGINT/SIGTERM; the finished items were flushed first.
+    """
     location = str(location)
     state = _distributed_state(config.device)
     rank, world = state.process_index, state.num_processes
@@ -334,6 +415,8 @@ def build_bank(config: BuildConfig, location: str | os.PathLike) -> BuildSummary
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False  # the same kernels for the same batch shapes
         torch.backends.cudnn.deterministic = True
+    if rank == 0:
+        check_output(location)  # before any model is built: refuse a foreign --out at once
 
     # The batch plan and thread count: the bank's own when resuming, else from the config.
     existing = None
@@ -380,64 +463,82 @@ def build_bank(config: BuildConfig, location: str | os.PathLike) -> BuildSummary
         else None,
         classes_per_shard=config.classes_per_shard,
     )
-    if rank == 0:
-        group = open_group(location, mode="a")
-        if "format" not in group.attrs:
-            # Arrays first, attributes last: the attributes mark a bank as started, so a build
-            # killed in between is simply started again here.
-            from importlib.metadata import version
+    with contextlib.ExitStack() as held:
 
-            foreign = sorted(set(group.keys()) - {"text", "visual"})
-            if foreign:
-                raise BankMismatchError(
-                    f"{location} holds {', '.join(foreign)} and is not a prompt bank; "
-                    "choose another --out (nothing was written)"
+        def start() -> None:
+            """Rank 0: mark the location as a bank, take the lock, create what is missing."""
+            group = open_group(location, mode="a")
+            if "format" not in group.attrs:  # the marker first: ours from now on
+                group.attrs.update({"format": FORMAT_NAME, "format_version": FORMAT_VERSION})
+            held.enter_context(build_lock(group, location, config.command))
+            attrs = dict(group.attrs)
+            if "classes" in attrs and attrs.get("format_version") != FORMAT_VERSION:
+                raise BankFormatError(
+                    f"{location} is a format v{attrs.get('format_version')} bank, which this "
+                    f"dpseg reads but cannot resume or repair (v{FORMAT_VERSION} batches items "
+                    "otherwise); build it again into another --out"
                 )
-            create_arrays(group, layout, overwrite=True)
-            group.attrs.update(
-                {
-                    **expected,
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "builder": {
-                        "name": "dpseg",
-                        "version": version("dpseg"),
-                        "packages": package_versions(),
-                    },
-                }
-            )
-    state.wait_for_everyone()
-    group = open_group(location, mode="r+")
-    _check_resume(dict(group.attrs), expected, location)
-    validate_group(group, location)
+            if "classes" not in attrs:
+                # Arrays first, the full attributes last: a build killed in between starts
+                # again here.
+                from importlib.metadata import version
 
-    shards = layout.shard_ranges()[rank::world]
-    total_items = sum(
-        (k1 - k0) * layout.num_templates * layout.images_per_prompt for k0, k1 in shards
-    )
-    start = time.perf_counter()
-    built, skipped = 0, 0
-    progress = _progress(config.progress and rank == 0, total_items, world)
-    with progress as bar:
-        for k0, k1 in shards:
-            n_built, complete = _build_shard(group, layout, config, models, batch_size, k0, k1, bar)
-            built += n_built
-            skipped += complete
-    state.wait_for_everyone()
-    counts = _gather_counts(state, [built, skipped])
-    summary = BuildSummary(
-        location=location,
-        items_done=int(sum(c[0] for c in counts)),
-        items_total=layout.num_classes * layout.num_templates * layout.images_per_prompt,
-        seconds=time.perf_counter() - start,
-        bytes_stored=0,
-        skipped_shards=int(sum(c[1] for c in counts)),
-        rank_items=[int(c[0]) for c in counts],
-        phases=models.timer.shares() if built else "",
-    )
-    if rank == 0:
-        from prompt_bank.store import Bank
+                create_arrays(group, layout, overwrite=True)
+                group.attrs.update(
+                    {
+                        **expected,
+                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "builder": {
+                            "name": "dpseg",
+                            "version": version("dpseg"),
+                            "packages": package_versions(),
+                        },
+                        "command": config.command,
+                    }
+                )
+            _check_resume(dict(group.attrs), expected, location)
 
-        summary.bytes_stored = Bank.open(location).nbytes_stored()
+        _rank0_then_share(state, start)
+        state.wait_for_everyone()
+        group = open_group(location, mode="r+")
+        _check_resume(dict(group.attrs), expected, location)
+        validate_group(group, location)
+
+        shards = list(range(len(layout.shard_ranges())))[rank::world]
+        total_items = sum(
+            (k1 - k0) * layout.num_templates * layout.images_per_prompt
+            for k0, k1 in (layout.shard_ranges()[i] for i in shards)
+        )
+        start_time = time.perf_counter()
+        built, skipped = 0, 0
+        progress = _progress(config.progress and rank == 0, total_items, world)
+        with interruptible(), progress as bar:
+            for shard in shards:
+                try:
+                    n_built, complete = _build_shard(
+                        group, layout, config, models, batch_size, shard, bar
+                    )
+                except Interrupted as e:
+                    e.saved += built
+                    raise
+                built += n_built
+                skipped += complete
+        state.wait_for_everyone()
+        counts = _gather_counts(state, [built, skipped])
+        summary = BuildSummary(
+            location=location,
+            items_done=int(sum(c[0] for c in counts)),
+            items_total=layout.num_classes * layout.num_templates * layout.images_per_prompt,
+            seconds=time.perf_counter() - start_time,
+            bytes_stored=0,
+            skipped_shards=int(sum(c[1] for c in counts)),
+            rank_items=[int(c[0]) for c in counts],
+            phases=models.timer.shares() if built else "",
+        )
+        if rank == 0:
+            from prompt_bank.seal import seal_bank
+
+            summary.bytes_stored = seal_bank(location)
     return summary
 
 
@@ -460,6 +561,9 @@ class _NoProgress:
 
     def advance(self, n: int) -> None:
         pass
+
+    def log(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
 
 
 class _RichProgress:
@@ -494,6 +598,9 @@ class _RichProgress:
     def __exit__(self, *exc):
         return self.progress.__exit__(*exc)
 
+    def log(self, message: str) -> None:
+        self.progress.console.print(message, markup=False, highlight=False)
+
     def advance(self, n: int) -> None:
         self.progress.advance(self.task, n)
         speed = self.progress.tasks[0].speed
@@ -504,51 +611,63 @@ def _progress(enabled: bool, total: int, world: int):
     return _RichProgress(total, world) if enabled else _NoProgress()
 
 
-def _read_shard(group, paths: list[str], k0: int, k1: int) -> dict[str, np.ndarray] | None:
-    """The stored shard, or None when any of it cannot be read (a torn or corrupted write)."""
-    try:
-        return {path: np.asarray(group[path][k0:k1]) for path in paths}
-    except Exception:
-        return None
+def _build_shard(group, layout, config, models, batch_size, shard, bar) -> tuple[int, int]:
+    """Compute the missing items of one shard, rebuilding it if it is damaged; returns
+    (items computed, 1 if it was already complete)."""
+    from prompt_bank.seal import unseal
 
-
-def _build_shard(group, layout, config, models, batch_size, k0, k1, bar) -> tuple[int, int]:
-    """Compute the missing items of shard [k0, k1); returns (items computed, 1 if complete)."""
-    paths = list(layout.arrays())
-    stored = _read_shard(group, paths, k0, k1)
-    if stored is not None and stored["visual/done"].all():
-        bar.advance(int(stored["visual/done"].size))
+    k0, k1 = layout.shard_ranges()[shard]
+    found = check_shard(group, layout, shard)
+    if found.status == "complete":
+        bar.advance(int(found.done.size))
         return 0, 1
-    if stored is None or not stored["visual/done"].any():  # nothing to keep: start clean
-        stored = {
+    unseal(group)  # the bank changes: its sealed contents no longer hold
+    if found.damaged:
+        bar.log(
+            f"shard {shard} (classes {k0}-{k1 - 1}) is damaged, rebuilding it: "
+            + "; ".join(found.problems)
+        )
+        drop_shard(group, layout, shard)
+    if found.status in ("damaged", "empty"):  # nothing to keep: start clean
+        buffers = {
             path: np.zeros((k1 - k0, *shape[1:]), dtype=dtype)
             for path, (shape, dtype) in layout.arrays().items()
         }
-    buffers = stored
+    else:
+        buffers = found.data
     classes = list(config.vocabulary.classes[k0:k1])
-    buffers["text/embeddings"][:] = models.text_embeddings(classes, config.templates)
+    buffers["text/embeddings"][:] = np.concatenate(
+        [models.text_embeddings([c], config.templates) for c in classes]  # one class at a time
+    )
     embed_of = shard_prompt_embeds(models, config, k0, k1)
     done = buffers["visual/done"]
     computed, last_flush = 0, time.perf_counter()
-    for batch in shard_batches(k0, k1, layout.num_templates, layout.images_per_prompt, batch_size):
-        if all(done[k - k0, p, n] for k, p, n in batch):
+    try:
+        for batch in shard_batches(
+            k0, k1, layout.num_templates, layout.images_per_prompt, batch_size
+        ):
+            if all(done[k - k0, p, n] for k, p, n in batch):
+                bar.advance(len(batch))
+                continue
+            values = compute_batch(
+                models, config, embed_of, batch, keep_images="visual/images" in buffers
+            )
+            for i, (k, p, n) in enumerate(batch):
+                for path, rows in values.items():
+                    buffers[path][k - k0, p, n] = rows[i]
+                done[k - k0, p, n] = True
+            computed += len(batch)
             bar.advance(len(batch))
-            continue
-        values = compute_batch(
-            models, config, embed_of, batch, keep_images="visual/images" in buffers
-        )
-        for i, (k, p, n) in enumerate(batch):
-            for path, rows in values.items():
-                buffers[path][k - k0, p, n] = rows[i]
-            done[k - k0, p, n] = True
-        computed += len(batch)
-        bar.advance(len(batch))
-        if time.perf_counter() - last_flush >= config.flush_seconds:
-            with models.timer("storage"):
-                _flush(group, buffers, k0, k1)
-            last_flush = time.perf_counter()
+            if time.perf_counter() - last_flush >= config.flush_seconds:
+                with models.timer("storage"):
+                    flush_shard(group, layout, shard, buffers)
+                last_flush = time.perf_counter()
+    except Interrupted as e:  # save what is finished (done flags are set per finished batch)
+        flush_shard(group, layout, shard, buffers)
+        e.saved += computed
+        raise
     with models.timer("storage"):
-        _flush(group, buffers, k0, k1)
+        flush_shard(group, layout, shard, buffers)
     return computed, 0
 
 
@@ -566,17 +685,12 @@ def compute_batch(models, config, embed_of: dict, batch: list, keep_images: bool
 
 
 def shard_prompt_embeds(models, config, k0: int, k1: int) -> dict:
-    """Stable Diffusion prompt embeddings of every (class, template) of a shard, computed once."""
-    keys = [(k, p) for k in range(k0, k1) for p in range(len(config.templates))]
-    # The canonical (first) synonym goes to Stable Diffusion (DESIGN §2.1, ours).
-    prompts = [config.templates[p].format(config.vocabulary[k].name) for k, p in keys]
-    embeds = models.prompt_embeds(prompts)
-    return {key: embeds[i] for i, key in enumerate(keys)}
-
-
-def _flush(group, buffers: dict[str, np.ndarray], k0: int, k1: int) -> None:
-    """Write the shard's data, then its done flags (never a flag before its data)."""
-    for path, values in buffers.items():
-        if path != "visual/done":
-            group[path][k0:k1] = values
-    group["visual/done"][k0:k1] = buffers["visual/done"]
+    """Stable Diffusion prompt embeddings of every (class, template) of a shard, computed once,
+    one class per forward (so they do not depend on the shard's other classes)."""
+    out = {}
+    for k in range(k0, k1):
+        # The canonical (first) synonym goes to Stable Diffusion (ours).
+        prompts = [t.format(config.vocabulary[k].name) for t in config.templates]
+        embeds = models.prompt_embeds(prompts)
+        out.update({(k, p): embeds[p] for p in range(len(prompts))})
+    return out

@@ -1,4 +1,4 @@
-"""Prompt bank format v1: the contract between teams (DESIGN §4).
+"""Prompt bank format v2: the contract between teams (docs/bank_format.md).
 
 A Zarr v3 group; nothing in it is pickled or executed, everything is plain arrays and JSON.
 
@@ -16,7 +16,18 @@ visual/done            (K, P, N)         bool           set only after that item
 
 Group attributes: ``format``, ``format_version``, ``classes``, ``templates``,
 ``images_per_prompt``, ``generator``, ``encoder``, ``created``, ``builder``, and (ours)
-``build``: the batch plan that makes items bit-identical across resumes and ranks.
+``build``: the batch plan that makes items bit-identical across resumes and ranks; optionally
+``command`` (how it was built), ``provenance`` (the source bank of each class, after a merge or
+a subset) and ``contents`` (written when a bank is complete: its content key, item count, size
+and every object's sha256; with it the metadata is consolidated into the root ``zarr.json``, so
+opening a remote bank costs one request).
+
+Beside the arrays (ours, v2): ``manifest/shard-<i>.json`` (each shard object's sha256, see
+prompt_bank/integrity.py), ``README.md`` (the bank card) and, while a build runs, ``build.lock``.
+
+v2 changed the batch plan (items are batched within their class, so an item's bits do not depend
+on its neighbours: merged and subset banks equal direct builds) and added the manifests. v1 banks
+are still read; they cannot be resumed or repaired (rebuild them).
 
 Storage (ours): every array is sharded along K in blocks of ``build.classes_per_shard`` classes
 (one shard = one object in the store), with one class (images: one item) per inner chunk,
@@ -31,7 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 
 FORMAT_NAME = "dpseg-prompt-bank"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 REQUIRED_ATTRS = (
     "format",
     "format_version",
@@ -48,7 +60,7 @@ LEVEL_DTYPES = ("float16", "float32")
 
 
 class BankFormatError(ValueError):
-    """A store is not a valid v1 bank; the message names the array or attribute and the fix."""
+    """A store is not a valid bank; the message names the array or attribute and the fix."""
 
 
 class BankMismatchError(ValueError):
@@ -145,7 +157,7 @@ def _layout_from_attrs(attrs: dict, arrays: dict) -> BankLayout:
 
 
 def validate_group(group, where: str) -> BankLayout:
-    """Check a zarr group against format v1 before any array data is read.
+    """Check a zarr group against the format before any array data is read.
 
     Raises:
         BankFormatError: naming the attribute or array and the expected value.
@@ -156,10 +168,10 @@ def validate_group(group, where: str) -> BankLayout:
             f"{where} is not a dpseg prompt bank: attribute format is {attrs.get('format')!r}, "
             f"expected {FORMAT_NAME!r}"
         )
-    if attrs.get("format_version") != FORMAT_VERSION:
+    if attrs.get("format_version") not in READABLE_VERSIONS:
         raise BankFormatError(
             f"{where} has format_version {attrs.get('format_version')!r}; this dpseg reads "
-            f"version {FORMAT_VERSION}: upgrade dpseg or rebuild the bank"
+            f"versions {', '.join(map(str, READABLE_VERSIONS))}: upgrade dpseg or rebuild the bank"
         )
     missing = [a for a in REQUIRED_ATTRS if a not in attrs]
     if missing:
@@ -178,6 +190,19 @@ def validate_group(group, where: str) -> BankLayout:
         for name, node in group[sub].members():
             if isinstance(node, zarr.Array):
                 arrays[f"{sub}/{name}"] = node
+    # The arrays the layout needs, each read by its path: a group's listing may come from
+    # consolidated metadata, which a writer that bypassed dpseg can leave out of date.
+    levels = attrs["encoder"].get("level_dims") if isinstance(attrs["encoder"], dict) else None
+    needed = ["text/embeddings", "visual/embeddings", "visual/done", "visual/images"]
+    needed += [f"visual/level_{j}" for j in range(1, len(levels or []) + 1)]
+    for path in needed:
+        arrays.pop(path, None)
+        try:
+            node = group[path]
+        except KeyError:
+            continue
+        if isinstance(node, zarr.Array):
+            arrays[path] = node
     layout = _layout_from_attrs(attrs, arrays)
     expected = layout.arrays()
     for path, (shape, dtype) in expected.items():

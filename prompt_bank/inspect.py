@@ -29,10 +29,24 @@ def weights_note(kind: str, record: dict, stored: str | None) -> str:
 
 
 def bank_info(bank: Bank) -> dict:
-    """Classes, templates, shapes, generator, encoder, size and completeness, as plain JSON."""
+    """Classes, templates, shapes, generator, encoder, size and completeness, as plain JSON.
+
+    A sealed bank answers from its root metadata alone (one request for a remote bank); an
+    unsealed one is read: its done flags, and the size of every object.
+    """
+    from prompt_bank.seal import sealed_contents
+
     layout, attrs = bank.layout, bank.attrs
-    done = bank.done()
     shards = layout.shard_ranges()
+    contents = sealed_contents(bank)
+    if contents is not None:
+        items, shards_done, size = contents["items"], len(shards), contents["bytes"]
+        total = items
+    else:
+        done = bank.done()
+        items, total = int(done.sum()), int(done.size)
+        shards_done = sum(bool(done[a:b].all()) for a, b in shards)
+        size = bank.nbytes_stored()
     return {
         "location": bank.location,
         "format_version": attrs["format_version"],
@@ -46,12 +60,19 @@ def bank_info(bank: Bank) -> dict:
         "build": attrs["build"],
         "created": attrs["created"],
         "builder": attrs["builder"],
-        "items_done": int(done.sum()),
-        "items_total": int(done.size),
-        "shards_complete": sum(bool(done[a:b].all()) for a, b in shards),
+        "items_done": items,
+        "items_total": total,
+        "shards_complete": shards_done,
         "shards": len(shards),
-        "complete": bool(done.all()),
-        "bytes_stored": bank.nbytes_stored(),
+        "complete": items == total,
+        "bytes_stored": size,
+        "sealed": contents is not None,
+        "content_key": contents["content_key"] if contents else None,
+        "command": attrs.get("command"),
+        "provenance": [
+            {k: v for k, v in p.items() if k != "rows"} | {"classes": len(p["rows"])}
+            for p in attrs.get("provenance") or []
+        ],
     }
 
 
@@ -109,7 +130,9 @@ def format_info(info: dict) -> str:
     )
     images = info["arrays"].get("visual/images")
     state = (
-        "complete" if info["complete"] else "INCOMPLETE (resume with the same bank build command)"
+        ("complete, sealed" if info["sealed"] else "complete")
+        if info["complete"]
+        else "INCOMPLETE (resume with the same bank build command)"
     )
     return "\n".join(
         [
@@ -132,6 +155,11 @@ def format_info(info: dict) -> str:
             f"fingerprints generator {g['fingerprint'][:16]}…, encoder {e['fingerprint'][:16]}…",
             f"created    {info['created']} by {info['builder'].get('name')} "
             f"{info['builder'].get('version')}",
+        ]
+        + ([f"content    {info['content_key']}"] if info["content_key"] else [])
+        + [
+            f"from       {p['location']} ({p['classes']} classes, built {p.get('created')})"
+            for p in info["provenance"]
         ]
         + ([format_agreement(info["prompts"])] if "prompts" in info else [])
     )

@@ -1,11 +1,15 @@
 """Opening banks by path or fsspec URL, and reading them (read-only, validated first).
 
-``memory://``, ``file://``, ``s3://``, ``hf://`` and other fsspec URLs go through zarr's
-``FsspecStore`` when the filesystem package is installed; anything else is a local path.
+``memory://``, ``file://``, ``s3://``, ``gs://``, ``http(s)://``, ``hf://`` and other fsspec URLs
+go through zarr's ``FsspecStore`` when the filesystem package is installed; anything else is a
+local path. Credentials come from where each filesystem looks (``AWS_*`` variables and
+``~/.aws`` for s3fs, ``HF_TOKEN`` for the hub, ...); ``storage_options`` (or the environment
+variable ``DPSEG_STORAGE_OPTIONS``, a JSON object) are passed to the filesystem as they are.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -18,15 +22,29 @@ def is_url(location: str) -> bool:
     return "://" in location
 
 
-def open_store(location: str | os.PathLike, read_only: bool):
+def storage_options_from_env() -> dict:
+    raw = os.environ.get("DPSEG_STORAGE_OPTIONS", "")
+    try:
+        options = json.loads(raw) if raw else {}
+    except ValueError as e:
+        raise BankFormatError(f"DPSEG_STORAGE_OPTIONS={raw!r} is not JSON ({e})") from None
+    if not isinstance(options, dict):
+        raise BankFormatError(f"DPSEG_STORAGE_OPTIONS={raw!r} must be a JSON object")
+    return options
+
+
+def open_store(location: str | os.PathLike, read_only: bool, storage_options: dict | None = None):
     """A zarr store for a local path or an fsspec URL."""
     from zarr.storage import FsspecStore, LocalStore
 
     location = str(location)
     if is_url(location):
         protocol = location.split("://", 1)[0]
+        options = storage_options_from_env() if storage_options is None else storage_options
         try:
-            return FsspecStore.from_url(location, read_only=read_only)
+            return FsspecStore.from_url(
+                location, read_only=read_only, storage_options=options or None
+            )
         except (ImportError, ValueError) as e:
             raise BankFormatError(
                 f"cannot open {location!r}: {e}. The {protocol}:// filesystem needs its fsspec "
@@ -37,12 +55,22 @@ def open_store(location: str | os.PathLike, read_only: bool):
     return LocalStore(location, read_only=read_only)
 
 
-def open_group(location: str | os.PathLike, mode: str):
+def open_group(
+    location: str | os.PathLike,
+    mode: str,
+    storage_options: dict | None = None,
+    consolidated: bool | None = None,
+):
+    """The bank's root group. Consolidated metadata (one request for the whole hierarchy) is
+    used for URLs; a local bank reads each array's own zarr.json, which is cheap and cannot be
+    out of date (``consolidated`` overrides)."""
     import zarr
 
-    store = open_store(location, read_only=mode == "r")
+    store = open_store(location, read_only=mode == "r", storage_options=storage_options)
+    if consolidated is None:
+        consolidated = None if is_url(str(location)) else False
     try:
-        return zarr.open_group(store=store, mode=mode, zarr_format=3)
+        return zarr.open_group(store=store, mode=mode, zarr_format=3, use_consolidated=consolidated)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
         raise BankFormatError(f"{str(location)!r} is not a zarr v3 group ({e})") from e
 
@@ -56,10 +84,11 @@ class Bank:
     layout: BankLayout
 
     @classmethod
-    def open(cls, location: str | os.PathLike) -> Bank:
-        """Open and validate; raises BankFormatError before any array data is read."""
+    def open(cls, location: str | os.PathLike, storage_options: dict | None = None) -> Bank:
+        """Open and validate; raises BankFormatError before any array data is read. A sealed
+        bank's metadata is consolidated: a remote open costs one request."""
         try:
-            group = open_group(location, mode="r")
+            group = open_group(location, mode="r", storage_options=storage_options)
         except (BankFormatError, FileNotFoundError):
             raise
         except Exception as e:
@@ -92,7 +121,9 @@ class Bank:
         return [f"visual/level_{j}" for j in range(1, len(self.layout.level_dims) + 1)]
 
     def nbytes_stored(self) -> int:
-        """Bytes the bank takes in its store (0 where the store cannot list sizes)."""
+        """Bytes the bank's arrays (data and metadata) and manifests take in its store: all but
+        the root zarr.json (which grows when sealed), the card and the build lock (0 where the
+        store cannot list sizes)."""
         from zarr.core.sync import sync
 
         store = self.group.store
@@ -100,7 +131,8 @@ class Bank:
         async def total() -> int:
             size = 0
             async for key in store.list():
-                size += await store.getsize(key)
+                if key not in ("zarr.json", "README.md", "build.lock"):
+                    size += await store.getsize(key)
             return size
 
         try:

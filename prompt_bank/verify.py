@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model.fingerprint import fingerprint_mismatch
+from prompt_bank.integrity import check_shard
+from prompt_bank.seal import sealed_contents
 from prompt_bank.store import Bank
 
 NORM_TOLERANCE = 1e-3  # |norm - 1| allowed for stored embeddings (float32 normalisation)
@@ -38,27 +40,43 @@ class VerifyReport:
         return out
 
 
-def _read_all(bank: Bank, report: VerifyReport) -> dict[str, np.ndarray] | None:
-    """Every array, shard by shard, so an unreadable shard is named."""
-    data, bad = {}, []
-    for path in bank.layout.arrays():
-        if path == "visual/images":
-            continue  # large; read by the gallery, checked by the crc32c codec when read
-        parts = []
-        for k0, k1 in bank.layout.shard_ranges():
-            try:
-                parts.append(np.asarray(bank.array(path)[k0:k1]))
-            except Exception as e:
-                bad.append(f"{path} classes {k0}-{k1 - 1}: {type(e).__name__}: {e}")
-                parts.append(None)
-        if all(p is not None for p in parts):
-            data[path] = np.concatenate(parts)
-    report.add(
-        "chunks readable",
-        not bad,
-        "all shards decode and pass their checksums" if not bad else "; ".join(bad),
+def _check_shards(bank: Bank, report: VerifyReport) -> dict[str, np.ndarray] | None:
+    """Every shard against its manifest, decoded once; every problem named with its repair."""
+    legacy = bank.attrs["format_version"] < 2
+    states = [
+        check_shard(bank.group, bank.layout, i, legacy=legacy)
+        for i in range(len(bank.layout.shard_ranges()))
+    ]
+    problems = [f"shard {s.index}: {p}" for s in states for p in s.problems]
+    repair = f"repair: python cli.py bank repair {bank.location}"
+    what = (
+        "every object decodes and passes its checksum (format v1: no manifest to compare with)"
+        if legacy
+        else "every object exists, decodes and matches its manifest's sha256; done flags agree "
+        "with the data"
     )
-    return data if not bad else None
+    report.add(
+        "objects", not problems, what if not problems else "; ".join(problems) + f" ({repair})"
+    )
+    sealed = sealed_contents(bank)
+    if sealed is not None and not problems:
+        stored = {k: v for s in states for k, v in s.hashes.items()}
+        stale = sorted(k for k, v in sealed["objects"].items() if stored.get(k) != v)
+        report.add(
+            "sealed contents",
+            not stale,
+            f"content key {sealed['content_key'][:16]}, {len(sealed['objects'])} objects as sealed"
+            if not stale
+            else f"{len(stale)} objects differ from zarr.json's contents ({', '.join(stale[:3])}) "
+            f"({repair})",
+        )
+    if problems:
+        return None
+    return {
+        path: np.concatenate([s.data[path] for s in states])
+        for path in bank.layout.arrays()
+        if path != "visual/images"
+    }
 
 
 def verify_bank(
@@ -71,8 +89,12 @@ def verify_bank(
 ) -> VerifyReport:
     """Check a bank (already schema-validated by ``Bank.open``)."""
     report = VerifyReport(bank.location)
-    report.add("schema", True, f"format v1, arrays {', '.join(bank.layout.arrays())}")
-    data = _read_all(bank, report)
+    report.add(
+        "schema",
+        True,
+        f"format v{bank.attrs['format_version']}, arrays {', '.join(bank.layout.arrays())}",
+    )
+    data = _check_shards(bank, report)
     if data is None:
         return report
     done = data["visual/done"]
@@ -100,9 +122,6 @@ def verify_bank(
         not off,
         "; ".join(off) or ", ".join(f"{p} max |norm-1| = {w:.1e}" for p, w in norms),
     )
-    undone_nonzero = int(np.abs(data["visual/embeddings"][~done]).sum() > 0) if (~done).any() else 0
-    if undone_nonzero:
-        report.add("done flags", False, "items not marked done hold data (a flag was lost)")
     if regenerate:
         _regenerate(
             bank, data, report, regenerate, seed, tolerance, generator_weights, encoder_weights
@@ -115,9 +134,9 @@ def _regenerate(bank, data, report, count, seed, tolerance, generator_weights, e
     import torch
 
     from prompt_bank.build import (
-        BuildConfig,
         _Models,
         compute_batch,
+        config_from_bank,
         shard_batches,
         shard_prompt_embeds,
     )
@@ -134,22 +153,8 @@ def _regenerate(bank, data, report, count, seed, tolerance, generator_weights, e
         for j in rng.choice(len(candidates), size=min(count, len(candidates)), replace=False)
     ]
 
-    from data.vocabulary import Vocabulary
-
     g, e, b = attrs["generator"], attrs["encoder"], attrs["build"]
-    config = BuildConfig(
-        vocabulary=Vocabulary.from_entries(attrs["classes"], name="bank", allow_duplicates=True),
-        templates=attrs["templates"],
-        images_per_prompt=attrs["images_per_prompt"],
-        generator=g["preset"],
-        encoder=e["preset"],
-        generator_weights=generator_weights,
-        encoder_weights=encoder_weights,
-        seed=g["base_seed"],
-        steps=g["steps"],
-        guidance=g["guidance"],
-        progress=False,
-    )
+    config = config_from_bank(attrs, generator_weights, encoder_weights, progress=False)
     device = torch.device(
         "cuda" if g["device_type"] == "cuda" and torch.cuda.is_available() else "cpu"
     )

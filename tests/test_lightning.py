@@ -112,6 +112,22 @@ def test_missing_classes_are_listed_or_served_text_only(world, caplog):
     assert module_prompts.visual_levels[0][8:].abs().sum() == 0
 
 
+def test_a_bigger_bank_serves_a_vocabulary_by_name_or_synonym(world):
+    """A bank whose classes are a superset (an ade847 bank serving ade150): rows by name."""
+    module = tiny_module()
+    entries = load_vocabulary("synthetic").entries
+    # Reordered, one class by a synonym of ours that the bank does not list as its name.
+    vocab = Vocabulary.from_entries([entries[5], "disc, " + entries[1], entries[3]])
+    prompts = load_prompts(
+        world / "bank.zarr",
+        vocab,
+        encoder_preset="tiny-convnext",
+        encoder_fingerprint=module.encoder_fingerprint,
+    )
+    text = torch.from_numpy(Bank.open(world / "bank.zarr").read("text/embeddings"))
+    torch.testing.assert_close(prompts.text, text[[5, 1, 3]])
+
+
 def test_bank_with_other_templates_is_refused(world):
     module = tiny_module(num_templates=TEMPLATES - 1)
     with pytest.raises(

@@ -1,0 +1,261 @@
+"""Shard manifests: what a bank's objects must hash to, so damage is found without rebuilding.
+
+A shard (``classes_per_shard`` classes of every array) is stored as one object per array. Each
+flush encodes the shard's objects in memory, records their sha256 in ``manifest/shard-<i>.json``
+and only then writes them, data first and ``visual/done`` last::
+
+    1. manifest: every object -> [new hash, previous hash]   (a flush in progress)
+    2. the data objects, then the done object                 (each an atomic put)
+    3. manifest: every object -> [new hash]                   (the flush is over)
+
+Whatever moment a build is killed at, every object then hashes to a hash its manifest lists, and
+the done flags (written last) never claim an item whose data is not stored. Any other object -
+missing, truncated, copied from another shard, left over from an older build - is damage: it is
+named, and resuming (or ``cli.py bank repair``) drops the shard and builds it again. A ``null``
+hash means the object is absent on purpose (zarr stores no object for a shard that holds only
+fill values). The manifest layout and this protocol are ours (format v2, docs/bank_format.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from prompt_bank.format import BankLayout, BankMismatchError
+
+MANIFEST_PREFIX = "manifest"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def manifest_key(shard: int) -> str:
+    return f"{MANIFEST_PREFIX}/shard-{shard:05d}.json"
+
+
+def shard_key(array, shard: int) -> str:
+    """The store key of shard `shard` (along K) of a zarr array sharded along K only."""
+    coords = (shard,) + (0,) * (len(array.shape) - 1)
+    return f"{array.path}/{array.metadata.encode_chunk_key(coords)}"
+
+
+def sha256(raw: bytes | None) -> str | None:
+    return None if raw is None else hashlib.sha256(raw).hexdigest()
+
+
+def _sync(coroutine):
+    from zarr.core.sync import sync
+
+    return sync(coroutine)
+
+
+def get_object(store, key: str) -> bytes | None:
+    from zarr.core.buffer import default_buffer_prototype
+
+    buffer = _sync(store.get(key, prototype=default_buffer_prototype()))
+    return None if buffer is None else buffer.to_bytes()
+
+
+def put_object(store, key: str, raw: bytes | None) -> None:
+    """Write (or, for ``None``, delete) one object."""
+    from zarr.core.buffer import default_buffer_prototype
+
+    if raw is None:
+        _sync(store.delete(key))
+    else:
+        _sync(store.set(key, default_buffer_prototype().buffer.from_bytes(raw)))
+
+
+def read_manifest(store, shard: int) -> dict[str, list[str | None]] | None:
+    raw = get_object(store, manifest_key(shard))
+    if raw is None:
+        return None
+    try:
+        entries = json.loads(raw)["objects"]
+    except (ValueError, KeyError, TypeError):
+        return {}  # unreadable: every object then counts as unexpected
+    return entries if isinstance(entries, dict) else {}
+
+
+def write_manifest(store, shard: int, k0: int, k1: int, entries: dict) -> None:
+    body = {"shard": shard, "classes": [k0, k1], "objects": entries}
+    put_object(store, manifest_key(shard), json.dumps(body, indent=1, sort_keys=True).encode())
+
+
+def _memory_array(array, store_dict: dict):
+    """An empty copy of `array` (same metadata, so the same encoding) in a memory store."""
+    import zarr
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.storage import MemoryStore
+
+    store = MemoryStore(store_dict=store_dict)
+    for name, buffer in array.metadata.to_buffer_dict(default_buffer_prototype()).items():
+        _sync(store.set(f"{array.path}/{name}", buffer))
+    return zarr.open_array(store=store, path=array.path, mode="r+")
+
+
+def encode_shard(array, shard: int, k0: int, k1: int, values: np.ndarray) -> bytes | None:
+    """The bytes zarr would store for rows [k0, k1) of `array` (None: no object, all fill)."""
+    store_dict: dict = {}
+    _memory_array(array, store_dict)[k0:k1] = values
+    buffer = store_dict.get(shard_key(array, shard))
+    return None if buffer is None else buffer.to_bytes()
+
+
+def decode_shard(array, shard: int, k0: int, k1: int, raw: bytes | None) -> np.ndarray:
+    """Rows [k0, k1) of `array` from its shard object's bytes (fill values when None)."""
+    from zarr.core.buffer import default_buffer_prototype
+
+    store_dict: dict = {}
+    memory = _memory_array(array, store_dict)
+    if raw is not None:
+        store_dict[shard_key(array, shard)] = default_buffer_prototype().buffer.from_bytes(raw)
+    return np.asarray(memory[k0:k1])
+
+
+def flush_shard(group, layout: BankLayout, shard: int, buffers: dict[str, np.ndarray]) -> None:
+    """Write shard `shard` from `buffers` (array path -> rows [k0, k1)) by the protocol above."""
+    k0, k1 = layout.shard_ranges()[shard]
+    store = group.store
+    encoded = {
+        shard_key(group[path], shard): encode_shard(group[path], shard, k0, k1, values)
+        for path, values in buffers.items()
+    }
+    previous = read_manifest(store, shard) or {}
+    intent = {}
+    for key, raw in encoded.items():
+        new, old = sha256(raw), (previous.get(key) or [None])[0]
+        intent[key] = [new] if new == old else [new, old]
+    write_manifest(store, shard, k0, k1, intent)
+    done_key = shard_key(group["visual/done"], shard)
+    for key in sorted(encoded, key=lambda k: k == done_key):  # the done flags last
+        put_object(store, key, encoded[key])
+    write_manifest(store, shard, k0, k1, {key: [sha256(raw)] for key, raw in encoded.items()})
+
+
+@dataclass
+class ShardState:
+    """What a shard holds, judged against its manifest."""
+
+    index: int
+    k0: int
+    k1: int
+    problems: list[str] = field(default_factory=list)
+    data: dict[str, np.ndarray] | None = None  # decoded rows [k0, k1) when not damaged
+    hashes: dict[str, str | None] = field(default_factory=dict)  # object key -> sha256
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.problems)
+
+    @property
+    def done(self) -> np.ndarray | None:
+        return None if self.data is None else self.data["visual/done"]
+
+    @property
+    def status(self) -> str:
+        if self.damaged:
+            return "damaged"
+        if not self.done.any():
+            return "empty"
+        return "complete" if self.done.all() else "partial"
+
+
+def _agreement(data: dict[str, np.ndarray]) -> list[str]:
+    """Done flags against the data: every item marked done holds values. (Items not marked done
+    may hold data: a flush interrupted between the data and the flags; they are rebuilt. Kept
+    images are not checked: a generated image may be black.)"""
+    done, out = data["visual/done"], []
+    for path, values in data.items():
+        if path in ("visual/done", "text/embeddings", "visual/images"):
+            continue
+        held = np.abs(values.reshape(*done.shape, -1).astype(np.float32)).sum(axis=-1) > 0
+        if (done & ~held).any():
+            out.append(f"{path} holds no data for {int((done & ~held).sum())} items marked done")
+    if done.any() and not (np.abs(data["text/embeddings"]).sum(axis=-1) > 0).all():
+        out.append("text/embeddings is empty for classes with items done")
+    return out
+
+
+def check_shard(group, layout: BankLayout, shard: int, legacy: bool = False) -> ShardState:
+    """Read shard `shard` once and judge it: objects against the manifest (skipped for a
+    ``legacy`` v1 bank, which has none), decoding and checksums, done flags against data."""
+    k0, k1 = layout.shard_ranges()[shard]
+    state = ShardState(shard, k0, k1)
+    store = group.store
+    raws = {path: get_object(store, shard_key(group[path], shard)) for path in layout.arrays()}
+    state.hashes = {shard_key(group[p], shard): sha256(r) for p, r in raws.items()}
+    manifest = None if legacy else read_manifest(store, shard)
+    if manifest is None and not legacy and any(r is not None for r in raws.values()):
+        state.problems.append(
+            f"{manifest_key(shard)} is missing although the shard holds objects (copied in, "
+            "or written by a build killed before its first manifest)"
+        )
+    for key, found in state.hashes.items():
+        if manifest is None:
+            break
+        allowed = manifest.get(key, [])
+        if found not in allowed:
+            what = (
+                "is missing"
+                if found is None
+                else "is empty (0 bytes)"
+                if found == EMPTY_SHA256
+                else f"has sha256 {found[:12]}"
+            )
+            expected = " or ".join("absent" if h is None else h[:12] for h in allowed) or "none"
+            state.problems.append(f"object {key} {what}, the manifest expects {expected}")
+    data = {}
+    for path, raw in raws.items():
+        try:
+            data[path] = decode_shard(group[path], shard, k0, k1, raw)
+        except Exception as e:  # truncated, bit flips (crc32c), damaged shard index
+            key = shard_key(group[path], shard)
+            state.problems.append(f"object {key} does not decode: {type(e).__name__}: {e}")
+    if not state.problems:
+        state.problems.extend(f"classes {k0}-{k1 - 1}: {p}" for p in _agreement(data))
+    if not state.problems:
+        state.data = data
+    return state
+
+
+def require_intact(bank) -> list[ShardState]:
+    """Every shard of a (``prompt_bank.store.Bank``) checked; the first damage is an error that
+    names the object and the repair."""
+    states = []
+    for shard in range(len(bank.layout.shard_ranges())):
+        state = check_shard(bank.group, bank.layout, shard)
+        if state.damaged:
+            raise BankMismatchError(
+                f"{bank.location} shard {shard}: {state.problems[0]}; repair it first: "
+                f"python cli.py bank repair {bank.location}"
+            )
+        states.append(state)
+    return states
+
+
+def drop_shard(group, layout: BankLayout, shard: int) -> None:
+    """Delete a damaged shard's objects and its manifest (it is then built again)."""
+    store = group.store
+    for path in layout.arrays():
+        put_object(store, shard_key(group[path], shard), None)
+    put_object(store, manifest_key(shard), None)
+
+
+def content_key(attrs: dict, hashes: dict[str, str | None]) -> str:
+    """A bank's identity by content: what it holds and how it was made, not when or where."""
+    identity = {
+        key: attrs.get(key)
+        for key in (
+            "format_version",
+            "classes",
+            "templates",
+            "images_per_prompt",
+            "generator",
+            "encoder",
+        )
+    }
+    identity["objects"] = dict(sorted(hashes.items()))
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()

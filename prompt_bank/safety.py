@@ -1,0 +1,210 @@
+"""Writing banks without harming anything: output checks, the build lock, staged outputs, and
+signals that save finished work (all ours; docs/bank_format.md, "Safe outputs").
+
+- ``check_output``: a bank is written only where nothing is, or where a dpseg bank is; anything
+  else (a user's directory, a zarr array, another zarr group) is refused by name, untouched.
+- ``build_lock``: one builder per bank. The lock is an object ``build.lock`` in the bank holding
+  pid, host, start time and command, created exclusively; a lock whose process is gone from this
+  host is stale and taken over. The ranks of one torchrun/accelerate launch share rank 0's lock.
+- ``staged_output``: merge, subset and pull write into a temporary sibling and rename it into
+  place on success, so a failure leaves nothing that blocks the retry.
+- ``interruptible``: SIGINT and SIGTERM raise :class:`Interrupted` at the next Python step, so
+  the builder flushes the items it finished and the command ends with one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prompt_bank.format import FORMAT_NAME, BankFormatError, BankMismatchError
+from prompt_bank.integrity import get_object, put_object
+from prompt_bank.store import is_url, open_store
+
+LOCK_KEY = "build.lock"
+
+
+class BankLockError(BankMismatchError):
+    """Another process is building the bank."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; finished items were saved (``saved`` of them by this run)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.saved = 0
+        super().__init__(signal.Signals(signum).name)
+
+
+def _describe_root(raw: bytes, location: str) -> str | None:
+    """Why a root zarr.json is not a dpseg bank's (None when it is one)."""
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return f"{location} holds a zarr.json that is not JSON"
+    if meta.get("node_type") == "array":
+        return f"{location} is a zarr array, not a prompt bank"
+    if (meta.get("attributes") or {}).get("format") != FORMAT_NAME:
+        return f"{location} is a zarr group that is not a dpseg prompt bank"
+    return None
+
+
+def check_output(location: str, option: str = "--out", storage_options: dict | None = None) -> bool:
+    """Refuse to write a bank where something else is; True when a dpseg bank is already there.
+
+    Raises:
+        BankFormatError: naming the location, what it holds, and the fix.
+    """
+    fix = f"; choose another {option} (nothing was written)"
+    if not is_url(location):
+        path = Path(location)
+        if not path.exists():
+            return False
+        if not path.is_dir():
+            raise BankFormatError(f"{option} {location} is a file, not a bank directory{fix}")
+        if (path / "zarr.json").is_file():
+            reason = _describe_root((path / "zarr.json").read_bytes(), f"{option} {location}")
+            if reason:
+                raise BankFormatError(reason + fix)
+            return True
+        entries = sorted(p.name for p in path.iterdir())
+        if entries:
+            shown = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
+            raise BankFormatError(
+                f"{option} {location} is a directory that is not a dpseg bank (it holds "
+                f"{shown}){fix}"
+            )
+        return False
+    store = open_store(location, read_only=True, storage_options=storage_options)
+    raw = get_object(store, "zarr.json")
+    if raw is not None:
+        reason = _describe_root(raw, f"{option} {location}")
+        if reason:
+            raise BankFormatError(reason + fix)
+        return True
+    from zarr.core.sync import sync
+
+    async def first_key():
+        async for key in store.list_prefix(""):
+            return key
+        return None
+
+    key = sync(first_key())
+    if key is not None:
+        raise BankFormatError(f"{option} {location} holds objects ({key}) but no bank{fix}")
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def build_lock(group, location: str, command: str | None = None):
+    """Hold ``build.lock`` in the bank for the duration; refuse a live holder, take a stale one."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    store = group.store
+    mine = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "token": uuid.uuid4().hex,
+    }
+    body = default_buffer_prototype().buffer.from_bytes(json.dumps(mine).encode())
+    for _ in range(2):
+        sync(store.set_if_not_exists(LOCK_KEY, body))
+        raw = get_object(store, LOCK_KEY)
+        try:
+            holder = json.loads(raw) if raw is not None else {}
+        except ValueError:
+            holder = {}
+        if holder.get("token") == mine["token"]:
+            break
+        stale = holder.get("host") == mine["host"] and not _alive(int(holder.get("pid") or 0))
+        if stale or not holder:
+            put_object(store, LOCK_KEY, None)  # its builder is gone: take over
+            continue
+        raise BankLockError(
+            f"{location} is being built by pid {holder.get('pid')} on {holder.get('host')} "
+            f"since {holder.get('started')}; wait for it to finish (several processes build one "
+            "bank only as ranks of one torchrun/accelerate launch). If that process is gone, "
+            f"delete {location.rstrip('/')}/{LOCK_KEY}"
+        )
+    else:
+        raise BankLockError(f"could not take the lock {location}/{LOCK_KEY}; try again")
+    try:
+        yield
+    finally:
+        raw = get_object(store, LOCK_KEY)
+        with contextlib.suppress(ValueError, TypeError):
+            if raw is not None and json.loads(raw).get("token") == mine["token"]:
+                put_object(store, LOCK_KEY, None)
+
+
+@contextlib.contextmanager
+def interruptible():
+    """SIGINT/SIGTERM raise :class:`Interrupted` once; later ones wait for the flush to end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def handler(signum, frame):
+        if received:
+            return  # already stopping: let the flush finish
+        received.append(signum)
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def staged_output(out: str, option: str = "--out", storage_options: dict | None = None):
+    """Yield a fresh local directory to write a bank in; on success it becomes `out` (renamed
+    for a local `out`, uploaded with its root metadata last for a URL), on failure it goes."""
+    if check_output(out, option, storage_options):
+        raise FileExistsError(
+            f"{option} {out} already holds a bank; choose a new location (this command never "
+            "writes into an existing bank)"
+        )
+    if is_url(out):
+        staging = Path(tempfile.mkdtemp(prefix="dpseg-bank-"))
+    else:
+        target = Path(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        yield str(staging)
+        if is_url(out):
+            from prompt_bank.share import upload_folder
+
+            upload_folder(staging, out, storage_options)
+        else:
+            os.rename(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,100 @@
+"""Sealing a complete bank: its ``contents`` attribute (content key, items, size, every object's
+sha256), its card (README.md) and consolidated metadata, so that a remote reader learns what a
+bank is, how big, and whether it is whole from the root ``zarr.json`` alone (ours, format v2).
+
+A bank is sealed at the end of every build that leaves it complete, and by merge, subset and
+pull; any build step that changes a shard unseals it first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+
+import numpy as np
+
+from prompt_bank.format import validate_group
+from prompt_bank.integrity import content_key, put_object, read_manifest
+from prompt_bank.store import Bank, open_group
+
+CARD_KEY = "README.md"
+
+
+def unseal(group) -> None:
+    """Forget the sealed contents (the bank is about to change)."""
+    if "contents" in group.attrs:
+        attrs = dict(group.attrs)
+        attrs.pop("contents")
+        group.attrs.put(attrs)
+        put_object(group.store, CARD_KEY, None)
+
+
+def manifest_hashes(group, layout) -> dict[str, str | None] | None:
+    """Every shard object's sha256 from the manifests; None unless every flush is finished."""
+    hashes: dict[str, str | None] = {}
+    for shard in range(len(layout.shard_ranges())):
+        entries = read_manifest(group.store, shard)
+        if not entries or any(len(v) != 1 for v in entries.values()):
+            return None
+        hashes.update({key: v[0] for key, v in entries.items()})
+    return hashes
+
+
+def consolidate(location: str) -> None:
+    """Put every array's metadata into the root zarr.json (one request opens the bank).
+
+    Only the root keeps it: zarr also writes a copy into each subgroup, which a local reader
+    (who reads each array's own zarr.json) would otherwise take for the truth.
+    """
+    import zarr
+
+    from prompt_bank.integrity import get_object
+    from prompt_bank.store import open_store
+
+    store = open_store(location, read_only=False)
+    with warnings.catch_warnings():
+        # Consolidated metadata is zarr-python's extension to v3; the manifests, card and
+        # lock beside the arrays are not zarr nodes. Both are expected here.
+        warnings.simplefilter("ignore", category=UserWarning)
+        zarr.consolidate_metadata(store, zarr_format=3)
+    for sub in ("text", "visual"):
+        key = f"{sub}/zarr.json"
+        meta = json.loads(get_object(store, key))
+        if meta.pop("consolidated_metadata", None) is not None:
+            put_object(store, key, json.dumps(meta, indent=2).encode())
+
+
+def seal_bank(location: str) -> int:
+    """Seal the bank at `location` if it is complete; returns the bytes it takes."""
+    group = open_group(location, mode="r+")
+    layout = validate_group(group, location)
+    hashes = manifest_hashes(group, layout)
+    done = np.asarray(group["visual/done"][:])
+    bank = Bank(location, group, layout)
+    if hashes is None or not done.all():
+        return bank.nbytes_stored()
+    put_object(group.store, CARD_KEY, None)  # the size below is the data's, not the card's
+    attrs = dict(group.attrs)
+    attrs["contents"] = {
+        "complete": True,
+        "items": int(done.size),
+        "bytes": bank.nbytes_stored(),
+        "content_key": content_key(attrs, hashes),
+        "objects": dict(sorted(hashes.items())),
+    }
+    group.attrs.put(attrs)
+    from prompt_bank.card import bank_card
+
+    put_object(group.store, CARD_KEY, bank_card(attrs).encode())
+    consolidate(location)
+    return attrs["contents"]["bytes"]
+
+
+def sealed_contents(bank: Bank) -> dict | None:
+    """The bank's sealed contents, or None (building, or older than format v2)."""
+    with contextlib.suppress(KeyError, TypeError):
+        contents = bank.attrs["contents"]
+        if contents.get("complete"):
+            return contents
+    return None

@@ -1,0 +1,248 @@
+"""Sharing banks between teams: ``cli.py bank push BANK URL`` and ``bank pull URL [--to DIR]``.
+
+URLs: ``hf://datasets/ORG/NAME`` (the Hugging Face hub, through huggingface_hub; ``@REVISION``
+pins a commit when pulling) and any fsspec store: ``s3://``, ``gs://``, ``file://``, and
+``http(s)://`` for reading. Only sealed banks travel (complete, with ``contents`` in their root
+``zarr.json``): the sealed object list is what a pull downloads, with no listing (plain HTTP
+cannot list), and what it checks every downloaded object against. A push uploads the root
+``zarr.json`` last, so a reader never sees a bank before its objects are all there.
+
+Pulled banks go to a local cache keyed by content (``$DPSEG_CACHE``, else
+``$XDG_CACHE_HOME/dpseg/banks``, else ``~/.cache/dpseg/banks``, then the content key): pulling a
+bank that is already there downloads nothing but its root metadata, whatever URL it comes from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+from prompt_bank.format import BankFormatError, BankMismatchError
+from prompt_bank.integrity import manifest_key, require_intact
+from prompt_bank.safety import LOCK_KEY, check_output, staged_output
+from prompt_bank.seal import CARD_KEY, sealed_contents
+from prompt_bank.store import Bank, is_url, storage_options_from_env
+
+
+def cache_dir() -> Path:
+    if os.environ.get("DPSEG_CACHE"):
+        return Path(os.environ["DPSEG_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dpseg" / "banks"
+
+
+def bank_keys(bank: Bank) -> list[str]:
+    """Every key of a sealed bank, found without listing: metadata, manifests, card, objects;
+    the root zarr.json last."""
+    contents = sealed_contents(bank)
+    arrays = list(bank.layout.arrays())
+    groups = sorted({path.split("/")[0] for path in arrays})
+    keys = [f"{g}/zarr.json" for g in groups] + [f"{p}/zarr.json" for p in arrays]
+    keys += [manifest_key(i) for i in range(len(bank.layout.shard_ranges()))]
+    keys += [CARD_KEY, *sorted(k for k, h in contents["objects"].items() if h is not None)]
+    return [*keys, "zarr.json"]
+
+
+def _require_sealed(bank: Bank, what: str) -> dict:
+    contents = sealed_contents(bank)
+    if contents is None:
+        raise BankMismatchError(
+            f"{bank.location} is not sealed (incomplete, or built before format v2): only "
+            f"complete banks can be {what}; finish it with its bank build command (or rebuild a "
+            "v1 bank) first"
+        )
+    return contents
+
+
+class _Transfer:
+    """Files and MB/s with an ETA, on stderr (rich)."""
+
+    def __init__(self, label: str, total: int, enabled: bool):
+        self.progress = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn(label),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self.task = self.progress.add_task(label, total=total)
+
+    def __enter__(self):
+        if self.progress:
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress:
+            self.progress.__exit__(*exc)
+        return False
+
+    def advance(self, nbytes: int) -> None:
+        if self.progress:
+            self.progress.advance(self.task, nbytes)
+
+
+def _hub_repo(url: str) -> tuple[str, str | None]:
+    """``hf://datasets/ORG/NAME[@REV]`` -> (ORG/NAME, REV)."""
+    rest = url.removeprefix("hf://")
+    if not rest.startswith("datasets/") or rest.count("/") < 2:
+        raise BankFormatError(
+            f"{url!r}: banks live in hub dataset repositories; write hf://datasets/ORG/NAME"
+        )
+    repo = rest.removeprefix("datasets/").rstrip("/")
+    repo, _, revision = repo.partition("@")
+    return repo, revision or None
+
+
+def hub_upload_plan(local: str | os.PathLike) -> list[str]:
+    """The files ``push`` sends to the hub from a local bank: all but the build lock."""
+    root = Path(local)
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and p.name != LOCK_KEY and not p.name.startswith(".")
+    )
+
+
+def upload_folder(
+    local: str | os.PathLike, url: str, storage_options: dict | None = None, progress=False
+) -> None:
+    """Copy a local bank folder to `url`, its root zarr.json last."""
+    root = Path(local)
+    files = hub_upload_plan(root)
+    if url.startswith("hf://"):
+        from huggingface_hub import HfApi
+
+        repo, _ = _hub_repo(url)
+        api = HfApi()
+        api.create_repo(repo, repo_type="dataset", exist_ok=True)
+        api.upload_folder(
+            repo_id=repo,
+            repo_type="dataset",
+            folder_path=str(root),
+            allow_patterns=files,
+            commit_message="dpseg prompt bank",
+        )
+        return
+    import fsspec
+
+    options = storage_options_from_env() if storage_options is None else storage_options
+    fs, base = fsspec.core.url_to_fs(url, **options)
+    files.sort(key=lambda f: f == "zarr.json")
+    total = sum((root / f).stat().st_size for f in files)
+    with _Transfer("push", total, progress) as bar:
+        local_fs = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+        for name in files:
+            target = f"{base.rstrip('/')}/{name}"
+            if local_fs:  # object stores have no folders to make
+                fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            fs.put_file(str(root / name), target)
+            bar.advance((root / name).stat().st_size)
+
+
+def push_bank(location: str, url: str, storage_options: dict | None = None, progress=True) -> dict:
+    """Upload a sealed local bank to `url` after checking every object against its manifest.
+
+    Raises:
+        BankMismatchError: the bank is not sealed, is damaged, or `url` holds another bank.
+    """
+    if is_url(location):
+        raise BankFormatError(f"bank push: BANK {location!r} must be a local bank folder")
+    bank = Bank.open(location)
+    contents = _require_sealed(bank, "pushed")
+    require_intact(bank)
+    if not url.startswith("hf://") and check_output(url, "URL", storage_options):
+        there = sealed_contents(Bank.open(url, storage_options))
+        if there is not None and there["content_key"] == contents["content_key"]:
+            return {"url": url, "uploaded": 0, "content_key": contents["content_key"]}
+        raise BankMismatchError(
+            f"URL {url} holds another bank; push to a new URL (a push never replaces a bank)"
+        )
+    start = time.perf_counter()
+    upload_folder(location, url, storage_options, progress)
+    return {
+        "url": url,
+        "uploaded": contents["bytes"],
+        "content_key": contents["content_key"],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _download(remote: Bank, url: str, staging: Path, options: dict, progress: bool) -> int:
+    """Every object of a sealed remote bank into `staging`, each checked; returns bytes."""
+    contents = sealed_contents(remote)
+    keys = bank_keys(remote)
+    if url.startswith("hf://"):
+        from huggingface_hub import snapshot_download
+
+        repo, revision = _hub_repo(url)
+        snapshot_download(
+            repo, repo_type="dataset", revision=revision, local_dir=str(staging),
+            allow_patterns=keys,
+        )  # fmt: skip
+    else:
+        import fsspec
+
+        fs, base = fsspec.core.url_to_fs(url, **options)
+        with _Transfer("pull", contents["bytes"], progress) as bar:
+            for i in range(0, len(keys), 64):  # concurrent requests where the filesystem can
+                batch = keys[i : i + 64]
+                blobs = fs.cat([f"{base.rstrip('/')}/{k}" for k in batch])
+                for key in batch:
+                    data = blobs[f"{base.rstrip('/')}/{key}"]
+                    target = staging / key
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(data)
+                    bar.advance(len(data))
+    for key, expected in contents["objects"].items():
+        path = staging / key
+        found = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        if found != expected:
+            raise BankMismatchError(
+                f"{url}: object {key} arrived with sha256 {found and found[:12]}, the bank's "
+                f"contents say {expected and expected[:12]}; the remote copy is damaged (its "
+                f"owner can check it with: python cli.py bank verify {url})"
+            )
+    return sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
+
+
+def pull_bank(
+    url: str, to: str | None = None, storage_options: dict | None = None, progress=True
+) -> dict:
+    """Download a sealed bank (checked object by object) into `to` or the content cache."""
+    options = storage_options_from_env() if storage_options is None else storage_options
+    remote = Bank.open(url, options)
+    contents = _require_sealed(remote, "pulled")
+    target = Path(to) if to else cache_dir() / contents["content_key"]
+    if target.exists() and (target / "zarr.json").is_file():
+        here = sealed_contents(Bank.open(target))
+        if here is not None and here["content_key"] == contents["content_key"]:
+            return {"path": str(target), "downloaded": 0, "content_key": contents["content_key"]}
+    start = time.perf_counter()
+    with staged_output(str(target), "--to") as staging:
+        downloaded = _download(remote, url, Path(staging), options, progress)
+        local = sealed_contents(Bank.open(staging))
+        if local is None or local["content_key"] != contents["content_key"]:
+            raise BankMismatchError(f"{url} changed while it was pulled; pull it again")
+    return {
+        "path": str(target),
+        "downloaded": downloaded,
+        "content_key": contents["content_key"],
+        "seconds": time.perf_counter() - start,
+    }

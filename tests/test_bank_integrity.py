@@ -1,0 +1,363 @@
+"""Banks that can be trusted: damage found by `verify` and repaired by a resume, items whose bits
+do not depend on their neighbours (merge, subset), outputs that never harm anything, one builder
+per bank, and SIGINT/SIGTERM that save finished work."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from conftest import ROOT, run_cli
+from test_bank import SMALL, arrays_of, assert_same_bank, small_config
+
+from data.templates import load_templates
+from data.vocabulary import Vocabulary, load_vocabulary, match_entries
+from prompt_bank.build import build_bank, config_from_bank
+from prompt_bank.compose import merge_banks, subset_bank
+from prompt_bank.format import BankFormatError, BankMismatchError
+from prompt_bank.integrity import flush_shard
+from prompt_bank.safety import BankLockError
+from prompt_bank.store import Bank
+from prompt_bank.verify import verify_bank
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The bank of test_bank.py's SMALL command (8 classes, 4 shards), built once here."""
+    location = tmp_path_factory.mktemp("integrity") / "bank.zarr"
+    build_bank(small_config(keep_images=True), location)
+    return location
+
+
+def copy_of(reference: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(reference, copy)
+    return copy
+
+
+def shard_object(bank: Path, array: str, shard: int) -> Path:
+    zeros = {"text/embeddings": 2, "visual/done": 2, "visual/images": 5}.get(array, 3)
+    return bank / array / "c" / str(shard) / Path(*["0"] * zeros)
+
+
+def resume(bank: Path, *extra: str):
+    result = run_cli("bank", "build", *SMALL, "--keep-images", "--out", str(bank), *extra)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# integrity and repair
+
+
+def _damage(bank: Path, damage: str) -> None:
+    if damage == "delete level":
+        shard_object(bank, "visual/level_2", 1).unlink()
+    elif damage == "empty level":
+        shard_object(bank, "visual/level_3", 2).write_bytes(b"")
+    elif damage == "delete embeddings":
+        shard_object(bank, "visual/embeddings", 3).unlink()
+    elif damage == "swap shards":  # a valid shard, in the wrong place: decodes fine
+        shutil.copy(
+            shard_object(bank, "visual/embeddings", 0), shard_object(bank, "visual/embeddings", 3)
+        )
+    elif damage == "truncate":
+        path = shard_object(bank, "visual/level_4", 0)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "shard index":  # zarr keeps a shard's index at its end
+        path = shard_object(bank, "text/embeddings", 2)
+        raw = bytearray(path.read_bytes())
+        raw[-10] ^= 0xFF
+        path.write_bytes(bytes(raw))
+    elif damage == "manifest":
+        (bank / "manifest" / "shard-00001.json").write_text("{not json")
+
+
+DAMAGE = {
+    "delete level": r"shard 1: object visual/level_2/c/1/0/0/0 is missing",
+    "empty level": r"shard 2: object visual/level_3/c/2/0/0/0 is empty \(0 bytes\)",
+    "swap shards": r"shard 3: object visual/embeddings/c/3/0/0/0 has sha256 [0-9a-f]{12}",
+    "truncate": r"shard 0: object visual/level_4/c/0/0/0/0 has sha256",
+    "manifest": r"shard 1: object .* has sha256 .*the manifest expects none",
+    "shard index": r"shard 2: object text/embeddings/c/2/0/0 has sha256",
+    "delete embeddings": r"shard 3: object visual/embeddings/c/3/0/0/0 is missing",
+}
+
+
+@pytest.mark.parametrize(
+    ("damages", "complete"),
+    [
+        (("delete level", "empty level", "swap shards"), 1),
+        (("truncate", "manifest", "shard index", "delete embeddings"), 0),
+    ],
+)
+def test_damage_is_named_and_a_resume_repairs_it(reference, tmp_path, damages, complete):
+    bank = copy_of(reference, tmp_path)
+    for damage in damages:
+        _damage(bank, damage)
+    verify = run_cli("bank", "verify", str(bank))
+    assert verify.returncode == 1
+    for damage in damages:
+        assert re.search(DAMAGE[damage], verify.stdout), (damage, verify.stdout)
+    assert f"repair: python cli.py bank repair {bank}" in verify.stdout
+    # The same build command repairs it: each damaged shard (12 items) is built again.
+    resumed = resume(bank)
+    built = 12 * (4 - complete)
+    assert f"{built} items built (48 in the bank, {complete} shards already" in resumed.stdout
+    assert "is damaged, rebuilding it" in resumed.stdout + resumed.stderr
+    assert_same_bank(reference, bank)
+
+
+def test_bank_repair_uses_the_recorded_settings(reference, tmp_path):
+    bank = copy_of(reference, tmp_path)
+    shard_object(bank, "visual/images", 2).unlink()
+    result = run_cli("bank", "repair", str(bank), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "12 items built" in result.stdout
+    assert_same_bank(reference, bank)
+    sealed = Bank.open(bank).attrs["contents"]
+    assert sealed["content_key"] == Bank.open(reference).attrs["contents"]["content_key"]
+    assert run_cli("bank", "verify", str(bank)).returncode == 0
+
+
+def test_done_flags_must_agree_with_the_data(reference, tmp_path):
+    """Flags that claim an item whose data is zero are caught even with a valid manifest."""
+    bank = copy_of(reference, tmp_path)
+    group = zarr.open_group(str(bank), mode="r+")
+    b = Bank.open(bank)
+    buffers = {path: np.asarray(group[path][0:2]) for path in b.layout.arrays()}
+    buffers["visual/level_1"][1, 2, 0] = 0  # the data of item (1, 2, 0) lost, its flag kept
+    flush_shard(group, b.layout, 0, buffers)
+    result = run_cli("bank", "verify", str(bank))
+    assert result.returncode == 1
+    assert "visual/level_1 holds no data for 1 items marked done" in result.stdout
+
+
+def test_sealed_bank_says_what_it_holds(reference):
+    attrs = Bank.open(reference).attrs
+    contents = attrs["contents"]
+    assert contents["complete"] and contents["items"] == 48
+    assert len(contents["objects"]) == 4 * 8  # 4 shards of 8 arrays
+    for key, digest in contents["objects"].items():
+        import hashlib
+
+        assert hashlib.sha256((reference / key).read_bytes()).hexdigest() == digest, key
+    root = json.loads((reference / "zarr.json").read_text())
+    assert "visual/level_4" in root["consolidated_metadata"]["metadata"]  # one request opens it
+    card = (reference / "README.md").read_text()
+    assert contents["content_key"] in card and "tiny-sd" in card
+
+
+# ---------------------------------------------------------------------------------------------
+# items independent of the bank around them
+
+
+def test_merge_equals_a_direct_build_and_regenerates_exactly(reference, tmp_path):
+    vocab = load_vocabulary("synthetic")
+    a = Vocabulary.from_entries(vocab.entries[:5], name="a")
+    b = Vocabulary.from_entries(vocab.entries[3:], name="b")
+    build_bank(small_config(vocabulary=a, keep_images=True), tmp_path / "a.zarr")
+    # Other shards than the reference's: items do not care.
+    build_bank(
+        small_config(vocabulary=b, keep_images=True, classes_per_shard=3), tmp_path / "b.zarr"
+    )
+    merged = run_cli("bank", "merge", str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr"),
+                     "--out", str(tmp_path / "c.zarr"))  # fmt: skip
+    assert merged.returncode == 0, merged.stderr
+    direct, combined = arrays_of(reference), arrays_of(tmp_path / "c.zarr")
+    for path in direct:
+        assert np.array_equal(direct[path], combined[path]), path
+    report = verify_bank(Bank.open(tmp_path / "c.zarr"), regenerate=6)
+    assert report.ok, report.lines()
+    assert "6 items rebuilt, max abs diff 0.00e+00 (tolerance 0)" in report.checks[-1].detail
+    provenance = Bank.open(tmp_path / "c.zarr").attrs["provenance"]
+    assert [(p["location"], p["rows"]) for p in provenance] == [
+        (str(tmp_path / "a.zarr"), [0, 1, 2, 3, 4]),
+        (str(tmp_path / "b.zarr"), [5, 6, 7]),
+    ]
+    assert all(len(p["content_key"]) == 64 for p in provenance)
+    # Another batch size gives other bits: refused, naming it.
+    build_bank(small_config(vocabulary=b, batch_size=2), tmp_path / "d.zarr")
+    with pytest.raises(BankMismatchError, match=r"build\.batch_size: 4 vs 2"):
+        merge_banks(Bank.open(tmp_path / "a.zarr"), Bank.open(tmp_path / "d.zarr"), "e.zarr")
+    build_bank(small_config(vocabulary=b, templates=load_templates("single")), tmp_path / "f.zarr")
+    refused = run_cli("bank", "merge", str(tmp_path / "a.zarr"), str(tmp_path / "f.zarr"),
+                      "--out", str(tmp_path / "e.zarr"))  # fmt: skip
+    assert refused.returncode == 2 and "templates: 3 vs 1" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "e.zarr").exists()
+
+
+def test_subset_equals_the_rows_of_the_big_bank(reference, tmp_path):
+    vocab = load_vocabulary("synthetic")
+    picked = [vocab.entries[6], vocab.entries[1], vocab.entries[4]]
+    result = run_cli("bank", "subset", str(reference), "--vocab", "; ".join(picked),
+                     "--out", str(tmp_path / "s.zarr"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "3 of the 8 classes" in result.stdout
+    big, small = arrays_of(reference), arrays_of(tmp_path / "s.zarr")
+    for path in big:
+        assert np.array_equal(big[path][[6, 1, 4]], small[path]), path
+    sub = Bank.open(tmp_path / "s.zarr")
+    assert sub.classes == picked
+    assert sub.attrs["provenance"][0]["rows"] == [0, 1, 2]
+    report = verify_bank(sub, regenerate=2)
+    assert report.ok, report.lines()
+    with pytest.raises(BankMismatchError, match=r"lacks 2 of the 3 classes.*'zebra', 'okapi'"):
+        vocab = Vocabulary.from_entries(["red disc", "zebra", "okapi"])
+        subset_bank(Bank.open(reference), vocab, str(tmp_path / "t.zarr"))
+    assert not (tmp_path / "t.zarr").exists()
+
+
+def test_classes_match_by_name_or_synonym():
+    entries = ["wall", "pot, flowerpot", "pot, cooking pot", "person, individual, someone",
+               "tv, television receiver"]  # fmt: skip
+    vocab = Vocabulary.from_entries(
+        ["wall, brick wall", "flowerpot", "someone", "television receiver, tv", "pot", "zebra"]
+    )
+    assert match_entries(entries, vocab) == [0, 1, 3, 4, 1, None]
+
+
+def test_failed_merge_leaves_nothing_and_the_retry_works(reference, tmp_path):
+    vocab = load_vocabulary("synthetic")
+    a = Vocabulary.from_entries(vocab.entries[:4], name="a")
+    build_bank(small_config(vocabulary=a, keep_images=True), tmp_path / "a.zarr")
+    b = copy_of(reference, tmp_path)
+    path = shard_object(b, "visual/level_1", 3)
+    path.write_bytes(path.read_bytes()[:40])
+    out = tmp_path / "c.zarr"
+    failed = run_cli("bank", "merge", str(tmp_path / "a.zarr"), str(b), "--out", str(out))
+    assert failed.returncode == 2, failed.stderr
+    assert "visual/level_1/c/3/0/0/0" in failed.stderr and "bank repair" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".c.zarr*"))
+    build_bank(config_from_bank(Bank.open(b).attrs, progress=False), b)  # = bank repair
+    merge_banks(Bank.open(tmp_path / "a.zarr"), Bank.open(b), str(out))  # the retry
+    assert arrays_of(out)["visual/embeddings"].shape[0] == 8
+    with pytest.raises(FileExistsError, match="already holds a bank"):
+        merge_banks(Bank.open(tmp_path / "a.zarr"), Bank.open(b), str(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# safe outputs and the lock
+
+
+def test_out_that_is_not_a_bank_is_refused_untouched(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    (mine / "notes.txt").write_text("my work")
+    before = {p.name: p.read_bytes() for p in mine.iterdir()}
+    with pytest.raises(BankFormatError, match=f"--out {mine} is a zarr group that is not a dpseg"):
+        build_bank(small_config(), mine)
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
+    (mine / "zarr.json").unlink()
+    with pytest.raises(
+        BankFormatError, match=r"is a directory that is not a dpseg bank \(it holds"
+    ):
+        build_bank(small_config(), mine)
+    afile = tmp_path / "file.zarr"
+    afile.write_text("x")
+    with pytest.raises(BankFormatError, match="is a file, not a bank directory"):
+        build_bank(small_config(), afile)
+    array = tmp_path / "array.zarr"
+    zarr.create_array(str(array), shape=(4,), dtype="i4")
+    result = run_cli("bank", "build", *SMALL, "--out", str(array))
+    assert result.returncode == 2 and "is a zarr array, not a prompt bank" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _write_lock(bank: Path, pid: int, host: str) -> None:
+    lock = {"pid": pid, "host": host, "started": "2026-11-30T00:00:00+00:00", "token": "x"}
+    (bank / "build.lock").write_text(json.dumps(lock))
+
+
+def test_a_second_builder_is_refused_and_a_stale_lock_taken_over(reference, tmp_path):
+    bank = copy_of(reference, tmp_path)
+    shard_object(bank, "visual/done", 1).unlink()  # work left to do
+    _write_lock(bank, os.getpid(), socket.gethostname())  # a live process on this host
+    result = run_cli("bank", "build", *SMALL, "--keep-images", "--out", str(bank))
+    assert result.returncode == 2
+    assert f"is being built by pid {os.getpid()} on {socket.gethostname()}" in result.stderr
+    assert "delete" in result.stderr and "build.lock" in result.stderr
+    _write_lock(bank, 1, "another-host")  # elsewhere: cannot tell, so refused
+    with pytest.raises(BankLockError, match="is being built by pid 1 on another-host"):
+        build_bank(small_config(keep_images=True), bank)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    _write_lock(bank, gone.pid, socket.gethostname())  # its process has ended: stale
+    build_bank(small_config(keep_images=True), bank)
+    assert not (bank / "build.lock").exists()
+    assert_same_bank(reference, bank)
+
+
+def test_a_v1_bank_is_read_but_not_resumed(reference, tmp_path):
+    bank = copy_of(reference, tmp_path)
+    zarr.open_group(str(bank), mode="r+").attrs["format_version"] = 1
+    assert Bank.open(bank).done().all()  # still read
+    with pytest.raises(BankFormatError, match="is a format v1 bank, which this dpseg reads but"):
+        build_bank(small_config(keep_images=True), bank)
+
+
+def test_hub_presets_pin_their_revisions():
+    from model.presets import ENCODERS, GENERATORS
+
+    for preset in [*GENERATORS.values(), *ENCODERS.values()]:
+        on_hub = getattr(preset, "model_id", None) or getattr(preset, "pretrained", None)
+        if on_hub:
+            assert re.fullmatch(r"[0-9a-f]{40}", preset.revision or ""), preset.name
+        assert preset.license, preset.name
+
+
+# ---------------------------------------------------------------------------------------------
+# signals
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_finished_items_and_ends_in_one_line(tmp_path, signum):
+    args = ["--vocab", "synthetic", "--preset", "tiny", "--templates", "imagenet80:6",
+            "--images-per-prompt", "2", "--classes-per-shard", "4", "--batch-size", "2",
+            "--cpu-threads", "1", "--quiet"]  # fmt: skip
+    bank = tmp_path / "bank.zarr"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "bank", "build", *args, "--flush-seconds", "1000",
+         "--out", str(bank)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while not (bank / "manifest").exists():  # the first batches are being computed
+        assert process.poll() is None, process.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.01)
+    time.sleep(0.3)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    name = signal.Signals(signum).name
+    saved = int(re.search(rf"interrupted by {name}: the (\d+) items this run finished", stderr)[1])
+    done = zarr.open_group(str(bank), mode="r")["visual/done"][:]
+    assert saved == int(done.sum()) and 0 < saved < done.size
+    assert not (bank / "build.lock").exists()
+    if signum == signal.SIGTERM:
+        return  # resuming is the same after either signal: checked once, below
+    finished = run_cli("bank", "build", *args, "--out", str(bank))
+    assert finished.returncode == 0, finished.stderr
+    assert f"{done.size - saved} items built" in finished.stdout
+    config = small_config(
+        templates=load_templates("imagenet80:6"), classes_per_shard=4, batch_size=2
+    )
+    build_bank(config, tmp_path / "direct.zarr")
+    assert_same_bank(tmp_path / "direct.zarr", bank)
