@@ -42,26 +42,17 @@ def build_missing_classes(
     bank: Bank, missing: Vocabulary, generator_weights: str | None = None, progress: bool = True
 ) -> str:
     """Build (or resume, or reuse) a bank of ``missing`` with ``bank``'s settings."""
-    from prompt_bank.build import BuildConfig, build_bank
+    import dataclasses
 
-    a = bank.attrs
-    gen, enc, build = a["generator"], a["encoder"], a["build"]
+    from prompt_bank.build import build_bank, config_from_bank
+
     location = cache_location(bank.location, missing)
-    config = BuildConfig(
+    config = dataclasses.replace(  # the bank's own settings, for other classes
+        config_from_bank(bank.attrs, generator_weights, progress=progress),
         vocabulary=missing,
-        templates=list(a["templates"]),
-        images_per_prompt=int(a["images_per_prompt"]),
-        generator=gen["preset"],
-        encoder=enc["preset"],
-        generator_weights=generator_weights,
-        seed=int(gen["base_seed"]),
-        steps=int(gen["steps"]),
-        guidance=float(gen["guidance"]),
-        batch_size=int(build["batch_size"]),
-        classes_per_shard=int(build["classes_per_shard"]),
-        level_dtype=build["level_dtype"],
-        cpu_threads=build.get("cpu_threads"),
-        progress=progress,
+        keep_images=False,
+        device=None,
+        command=None,
     )
     threads = torch.get_num_threads()
     try:
