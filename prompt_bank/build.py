@@ -42,7 +42,7 @@ from prompt_bank.format import (
     create_arrays,
     validate_group,
 )
-from prompt_bank.integrity import check_shard, drop_shard, flush_shard
+from prompt_bank.integrity import check_shard, drop_shard, flush_shard, settle_manifest
 from prompt_bank.safety import (
     BankLockError,
     Interrupted,
@@ -378,13 +378,14 @@ def _distributed_state(device: str | None):
 
 
 def _rank0_then_share(state, work) -> None:
-    """Run `work` on rank 0; if it raises, every rank raises the same user error (rather than
-    the other ranks waiting at a barrier for a rank that has given up)."""
+    """Run `work` on rank 0; if it raises, every rank raises (our user errors as themselves,
+    anything else as a RuntimeError naming rank 0's), rather than the other ranks waiting at a
+    barrier for a rank that has given up."""
     error = None
     if state.is_main_process:
         try:
             work()
-        except (BankFormatError, BankMismatchError) as e:
+        except Exception as e:
             error = e
     if state.num_processes > 1:
         import torch.distributed as dist
@@ -393,7 +394,10 @@ def _rank0_then_share(state, work) -> None:
         dist.broadcast_object_list(box, src=0)
         if box[0] is not None and error is None:
             kinds = {c.__name__: c for c in (BankFormatError, BankMismatchError, BankLockError)}
-            raise kinds.get(box[0][0], BankMismatchError)(box[0][1])
+            name, message = box[0]
+            if name in kinds:
+                raise kinds[name](message)
+            raise RuntimeError(f"rank 0 failed with {name}: {message}")
     if error is not None:
         raise error
 
@@ -415,8 +419,8 @@ def build_bank(config: BuildConfig, location: str | os.PathLike) -> BuildSummary
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False  # the same kernels for the same batch shapes
         torch.backends.cudnn.deterministic = True
-    if rank == 0:
-        check_output(location)  # before any model is built: refuse a foreign --out at once
+    # Before any model is built: refuse a foreign --out at once.
+    _rank0_then_share(state, lambda: check_output(location))
 
     # The batch plan and thread count: the bank's own when resuming, else from the config.
     existing = None
@@ -464,6 +468,7 @@ def build_bank(config: BuildConfig, location: str | os.PathLike) -> BuildSummary
         classes_per_shard=config.classes_per_shard,
     )
     with contextlib.ExitStack() as held:
+        held.enter_context(interruptible())  # from here on, Ctrl-C ends in one line
 
         def start() -> None:
             """Rank 0: mark the location as a bank, take the lock, create what is missing."""
@@ -512,33 +517,33 @@ def build_bank(config: BuildConfig, location: str | os.PathLike) -> BuildSummary
         start_time = time.perf_counter()
         built, skipped = 0, 0
         progress = _progress(config.progress and rank == 0, total_items, world)
-        with interruptible(), progress as bar:
-            for shard in shards:
-                try:
+        try:
+            with progress as bar:
+                for shard in shards:
                     n_built, complete = _build_shard(
                         group, layout, config, models, batch_size, shard, bar
                     )
-                except Interrupted as e:
-                    e.saved += built
-                    raise
-                built += n_built
-                skipped += complete
-        state.wait_for_everyone()
-        counts = _gather_counts(state, [built, skipped])
-        summary = BuildSummary(
-            location=location,
-            items_done=int(sum(c[0] for c in counts)),
-            items_total=layout.num_classes * layout.num_templates * layout.images_per_prompt,
-            seconds=time.perf_counter() - start_time,
-            bytes_stored=0,
-            skipped_shards=int(sum(c[1] for c in counts)),
-            rank_items=[int(c[0]) for c in counts],
-            phases=models.timer.shares() if built else "",
-        )
-        if rank == 0:
-            from prompt_bank.seal import seal_bank
+                    built += n_built
+                    skipped += complete
+            state.wait_for_everyone()
+            counts = _gather_counts(state, [built, skipped])
+            summary = BuildSummary(
+                location=location,
+                items_done=int(sum(c[0] for c in counts)),
+                items_total=layout.num_classes * layout.num_templates * layout.images_per_prompt,
+                seconds=time.perf_counter() - start_time,
+                bytes_stored=0,
+                skipped_shards=int(sum(c[1] for c in counts)),
+                rank_items=[int(c[0]) for c in counts],
+                phases=models.timer.shares() if built else "",
+            )
+            if rank == 0:
+                from prompt_bank.seal import seal_bank
 
-            summary.bytes_stored = seal_bank(location)
+                summary.bytes_stored = seal_bank(location)
+        except Interrupted as e:  # the shard being built has added its own finished items
+            e.saved += built
+            raise
     return summary
 
 
@@ -619,6 +624,8 @@ def _build_shard(group, layout, config, models, batch_size, shard, bar) -> tuple
     k0, k1 = layout.shard_ranges()[shard]
     found = check_shard(group, layout, shard)
     if found.status == "complete":
+        if not found.settled:  # killed after its last flush wrote the flags: settle it
+            settle_manifest(group.store, found)
         bar.advance(int(found.done.size))
         return 0, 1
     unseal(group)  # the bank changes: its sealed contents no longer hold
@@ -635,14 +642,15 @@ def _build_shard(group, layout, config, models, batch_size, shard, bar) -> tuple
         }
     else:
         buffers = found.data
-    classes = list(config.vocabulary.classes[k0:k1])
-    buffers["text/embeddings"][:] = np.concatenate(
-        [models.text_embeddings([c], config.templates) for c in classes]  # one class at a time
-    )
-    embed_of = shard_prompt_embeds(models, config, k0, k1)
-    done = buffers["visual/done"]
-    computed, last_flush = 0, time.perf_counter()
+    computed = 0
     try:
+        classes = list(config.vocabulary.classes[k0:k1])
+        buffers["text/embeddings"][:] = np.concatenate(
+            [models.text_embeddings([c], config.templates) for c in classes]  # one class at once
+        )
+        embed_of = shard_prompt_embeds(models, config, k0, k1)
+        done = buffers["visual/done"]
+        last_flush = time.perf_counter()
         for batch in shard_batches(
             k0, k1, layout.num_templates, layout.images_per_prompt, batch_size
         ):
@@ -662,12 +670,13 @@ def _build_shard(group, layout, config, models, batch_size, shard, bar) -> tuple
                 with models.timer("storage"):
                     flush_shard(group, layout, shard, buffers)
                 last_flush = time.perf_counter()
+        with models.timer("storage"):
+            flush_shard(group, layout, shard, buffers)
     except Interrupted as e:  # save what is finished (done flags are set per finished batch)
-        flush_shard(group, layout, shard, buffers)
+        if computed:
+            flush_shard(group, layout, shard, buffers)
         e.saved += computed
         raise
-    with models.timer("storage"):
-        flush_shard(group, layout, shard, buffers)
     return computed, 0
 
 

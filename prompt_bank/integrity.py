@@ -67,20 +67,45 @@ def put_object(store, key: str, raw: bytes | None) -> None:
         _sync(store.set(key, default_buffer_prototype().buffer.from_bytes(raw)))
 
 
-def read_manifest(store, shard: int) -> dict[str, list[str | None]] | None:
+def read_manifest_body(store, shard: int) -> dict | None:
+    """The manifest as stored (None: absent; {}: unreadable, so every object is unexpected)."""
     raw = get_object(store, manifest_key(shard))
     if raw is None:
         return None
     try:
-        entries = json.loads(raw)["objects"]
-    except (ValueError, KeyError, TypeError):
-        return {}  # unreadable: every object then counts as unexpected
-    return entries if isinstance(entries, dict) else {}
+        body = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(body, dict) or not isinstance(body.get("objects"), dict):
+        return {}
+    return body
 
 
-def write_manifest(store, shard: int, k0: int, k1: int, entries: dict) -> None:
+def read_manifest(store, shard: int) -> dict[str, list[str | None]] | None:
+    body = read_manifest_body(store, shard)
+    return None if body is None else body.get("objects", {})
+
+
+def write_manifest(
+    store, shard: int, k0: int, k1: int, entries: dict, sizes: dict | None = None
+) -> None:
+    """``entries``: object key -> accepted hashes; ``sizes`` (settled manifests): bytes."""
     body = {"shard": shard, "classes": [k0, k1], "objects": entries}
+    if sizes is not None:
+        body["sizes"] = sizes
     put_object(store, manifest_key(shard), json.dumps(body, indent=1, sort_keys=True).encode())
+
+
+def settle_manifest(store, state) -> None:
+    """Rewrite a shard's manifest with the hashes its objects have (one per object)."""
+    write_manifest(
+        store,
+        state.index,
+        state.k0,
+        state.k1,
+        {key: [h] for key, h in state.hashes.items()},
+        state.sizes,
+    )
 
 
 def _memory_array(array, store_dict: dict):
@@ -125,13 +150,21 @@ def flush_shard(group, layout: BankLayout, shard: int, buffers: dict[str, np.nda
     previous = read_manifest(store, shard) or {}
     intent = {}
     for key, raw in encoded.items():
-        new, old = sha256(raw), (previous.get(key) or [None])[0]
-        intent[key] = [new] if new == old else [new, old]
+        # Every hash the object may have now (an earlier flush may itself have been cut short)
+        accepted = [sha256(raw), *(previous.get(key) or [None])]
+        intent[key] = list(dict.fromkeys(accepted))
     write_manifest(store, shard, k0, k1, intent)
     done_key = shard_key(group["visual/done"], shard)
     for key in sorted(encoded, key=lambda k: k == done_key):  # the done flags last
         put_object(store, key, encoded[key])
-    write_manifest(store, shard, k0, k1, {key: [sha256(raw)] for key, raw in encoded.items()})
+    write_manifest(
+        store,
+        shard,
+        k0,
+        k1,
+        {key: [sha256(raw)] for key, raw in encoded.items()},
+        {key: len(raw or b"") for key, raw in encoded.items()},
+    )
 
 
 @dataclass
@@ -144,6 +177,8 @@ class ShardState:
     problems: list[str] = field(default_factory=list)
     data: dict[str, np.ndarray] | None = None  # decoded rows [k0, k1) when not damaged
     hashes: dict[str, str | None] = field(default_factory=dict)  # object key -> sha256
+    sizes: dict[str, int] = field(default_factory=dict)  # object key -> bytes (0: absent)
+    settled: bool = False  # the manifest lists one hash per object (no flush cut short)
 
     @property
     def damaged(self) -> bool:
@@ -186,7 +221,9 @@ def check_shard(group, layout: BankLayout, shard: int, legacy: bool = False) -> 
     store = group.store
     raws = {path: get_object(store, shard_key(group[path], shard)) for path in layout.arrays()}
     state.hashes = {shard_key(group[p], shard): sha256(r) for p, r in raws.items()}
+    state.sizes = {shard_key(group[p], shard): len(r or b"") for p, r in raws.items()}
     manifest = None if legacy else read_manifest(store, shard)
+    state.settled = bool(manifest) and all(len(v) == 1 for v in manifest.values())
     if manifest is None and not legacy and any(r is not None for r in raws.values()):
         state.problems.append(
             f"{manifest_key(shard)} is missing although the shard holds objects (copied in, "

@@ -95,7 +95,7 @@ def check_output(location: str, option: str = "--out", storage_options: dict | N
     from zarr.core.sync import sync
 
     async def first_key():
-        async for key in store.list_prefix(""):
+        async for key in store.list_dir(""):  # one level: a bucket may hold much else
             return key
         return None
 

@@ -14,8 +14,8 @@ import warnings
 
 import numpy as np
 
-from prompt_bank.format import validate_group
-from prompt_bank.integrity import content_key, put_object, read_manifest
+from prompt_bank.format import BankFormatError, validate_group
+from prompt_bank.integrity import content_key, put_object, read_manifest_body
 from prompt_bank.store import Bank, open_group
 
 CARD_KEY = "README.md"
@@ -30,15 +30,19 @@ def unseal(group) -> None:
         put_object(group.store, CARD_KEY, None)
 
 
-def manifest_hashes(group, layout) -> dict[str, str | None] | None:
-    """Every shard object's sha256 from the manifests; None unless every flush is finished."""
+def manifest_hashes(group, layout) -> tuple[dict[str, str | None], int] | None:
+    """Every shard object's sha256 and their total size, from the manifests (one request per
+    shard); None unless every flush is finished."""
     hashes: dict[str, str | None] = {}
+    size = 0
     for shard in range(len(layout.shard_ranges())):
-        entries = read_manifest(group.store, shard)
-        if not entries or any(len(v) != 1 for v in entries.values()):
+        body = read_manifest_body(group.store, shard)
+        entries = (body or {}).get("objects")
+        if not entries or any(len(v) != 1 for v in entries.values()) or "sizes" not in body:
             return None
         hashes.update({key: v[0] for key, v in entries.items()})
-    return hashes
+        size += sum(int(n) for n in body["sizes"].values())
+    return hashes, size
 
 
 def consolidate(location: str) -> None:
@@ -69,17 +73,16 @@ def seal_bank(location: str) -> int:
     """Seal the bank at `location` if it is complete; returns the bytes it takes."""
     group = open_group(location, mode="r+")
     layout = validate_group(group, location)
-    hashes = manifest_hashes(group, layout)
+    found = manifest_hashes(group, layout)
     done = np.asarray(group["visual/done"][:])
-    bank = Bank(location, group, layout)
-    if hashes is None or not done.all():
-        return bank.nbytes_stored()
-    put_object(group.store, CARD_KEY, None)  # the size below is the data's, not the card's
+    if found is None or not done.all():
+        return Bank(location, group, layout).nbytes_stored()
+    hashes, size = found
     attrs = dict(group.attrs)
     attrs["contents"] = {
         "complete": True,
         "items": int(done.size),
-        "bytes": bank.nbytes_stored(),
+        "bytes": size,
         "content_key": content_key(attrs, hashes),
         "objects": dict(sorted(hashes.items())),
     }
@@ -92,9 +95,21 @@ def seal_bank(location: str) -> int:
 
 
 def sealed_contents(bank: Bank) -> dict | None:
-    """The bank's sealed contents, or None (building, or older than format v2)."""
-    with contextlib.suppress(KeyError, TypeError):
-        contents = bank.attrs["contents"]
+    """The bank's sealed contents, or None (building, or older than format v2).
+
+    Raises:
+        BankFormatError: the content key does not follow from the attributes and object hashes
+            (the root zarr.json was edited after sealing): nothing of it can be trusted.
+    """
+    with contextlib.suppress(KeyError, TypeError, AttributeError):
+        attrs = bank.attrs
+        contents = attrs["contents"]
         if contents.get("complete"):
+            if content_key(attrs, contents["objects"]) != contents["content_key"]:
+                raise BankFormatError(
+                    f"{bank.location}: its sealed content key does not match its attributes and "
+                    "objects (the root zarr.json was changed after the bank was sealed); get the "
+                    "bank again from its source, or rebuild it"
+                )
             return contents
     return None

@@ -111,12 +111,16 @@ def _hub_repo(url: str) -> tuple[str, str | None]:
 
 
 def hub_upload_plan(local: str | os.PathLike) -> list[str]:
-    """The files ``push`` sends to the hub from a local bank: all but the build lock."""
+    """The files ``push`` sends from a local bank: all but the build lock, hidden files and
+    the temporary files a killed writer may leave (``*.partial``)."""
     root = Path(local)
     return sorted(
         str(p.relative_to(root))
         for p in root.rglob("*")
-        if p.is_file() and p.name != LOCK_KEY and not p.name.startswith(".")
+        if p.is_file()
+        and p.name != LOCK_KEY
+        and not p.name.startswith(".")
+        and not p.name.endswith(".partial")
     )
 
 
@@ -156,6 +160,23 @@ def upload_folder(
             bar.advance((root / name).stat().st_size)
 
 
+def _holds_a_bank(location: str, url: str, storage_options: dict | None) -> bool:
+    """Whether `url` holds a bank; objects without a root are accepted only when they are all
+    files of this bank (an upload that was cut short: the push then resumes)."""
+    try:
+        return check_output(url, "URL", storage_options)
+    except BankFormatError:
+        import fsspec
+
+        options = storage_options_from_env() if storage_options is None else storage_options
+        fs, base = fsspec.core.url_to_fs(url, **options)
+        prefix = base.rstrip("/") + "/"
+        there = {p.removeprefix(prefix) for p in fs.find(base)}
+        if not there <= set(hub_upload_plan(location)):
+            raise
+        return False
+
+
 def push_bank(location: str, url: str, storage_options: dict | None = None, progress=True) -> dict:
     """Upload a sealed local bank to `url` after checking every object against its manifest.
 
@@ -167,7 +188,7 @@ def push_bank(location: str, url: str, storage_options: dict | None = None, prog
     bank = Bank.open(location)
     contents = _require_sealed(bank, "pushed")
     require_intact(bank)
-    if not url.startswith("hf://") and check_output(url, "URL", storage_options):
+    if not url.startswith("hf://") and _holds_a_bank(location, url, storage_options):
         there = sealed_contents(Bank.open(url, storage_options))
         if there is not None and there["content_key"] == contents["content_key"]:
             return {"url": url, "uploaded": 0, "content_key": contents["content_key"]}

@@ -41,6 +41,8 @@ def open_store(location: str | os.PathLike, read_only: bool, storage_options: di
     if is_url(location):
         protocol = location.split("://", 1)[0]
         options = storage_options_from_env() if storage_options is None else storage_options
+        if protocol in ("file", "local") and not read_only:
+            options = {"auto_mkdir": True, **options}  # fsspec's local files make no folders
         try:
             return FsspecStore.from_url(
                 location, read_only=read_only, storage_options=options or None
@@ -71,6 +73,8 @@ def open_group(
         consolidated = None if is_url(str(location)) else False
     try:
         return zarr.open_group(store=store, mode=mode, zarr_format=3, use_consolidated=consolidated)
+    except zarr.errors.ContainsArrayError:
+        raise BankFormatError(f"{str(location)!r} is a zarr array, not a prompt bank") from None
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
         raise BankFormatError(f"{str(location)!r} is not a zarr v3 group ({e})") from e
 

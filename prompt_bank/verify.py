@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model.fingerprint import fingerprint_mismatch
+from prompt_bank.format import BankFormatError
 from prompt_bank.integrity import check_shard
 from prompt_bank.seal import sealed_contents
 from prompt_bank.store import Bank
@@ -58,7 +59,11 @@ def _check_shards(bank: Bank, report: VerifyReport) -> dict[str, np.ndarray] | N
     report.add(
         "objects", not problems, what if not problems else "; ".join(problems) + f" ({repair})"
     )
-    sealed = sealed_contents(bank)
+    try:
+        sealed = sealed_contents(bank)
+    except BankFormatError as e:
+        report.add("sealed contents", False, str(e))
+        sealed = None
     if sealed is not None and not problems:
         stored = {k: v for s in states for k, v in s.hashes.items()}
         stale = sorted(k for k, v in sealed["objects"].items() if stored.get(k) != v)

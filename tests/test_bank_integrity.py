@@ -28,6 +28,7 @@ from prompt_bank.compose import merge_banks, subset_bank
 from prompt_bank.format import BankFormatError, BankMismatchError
 from prompt_bank.integrity import flush_shard
 from prompt_bank.safety import BankLockError
+from prompt_bank.share import hub_upload_plan, pull_bank
 from prompt_bank.store import Bank
 from prompt_bank.verify import verify_bank
 
@@ -361,3 +362,82 @@ def test_a_signal_saves_finished_items_and_ends_in_one_line(tmp_path, signum):
     )
     build_bank(config, tmp_path / "direct.zarr")
     assert_same_bank(tmp_path / "direct.zarr", bank)
+
+
+# ---------------------------------------------------------------------------------------------
+# kills between two writes of a flush (found by review)
+
+
+def test_a_kill_after_the_last_flags_still_ends_sealed(reference, tmp_path):
+    """Killed after a shard's last done flags but before its final manifest: the resume
+    settles that manifest and seals the bank (else it could never be pushed)."""
+    bank = copy_of(reference, tmp_path)
+    group = zarr.open_group(str(bank), mode="r+")
+    attrs = dict(group.attrs)
+    attrs.pop("contents")
+    group.attrs.put(attrs)
+    manifest = bank / "manifest" / "shard-00002.json"
+    body = json.loads(manifest.read_text())
+    body["objects"] = {k: [v[0], "0" * 64] for k, v in body["objects"].items()}
+    del body["sizes"]
+    manifest.write_text(json.dumps(body))
+    summary = build_bank(small_config(keep_images=True), bank)
+    assert summary.items_done == 0 and summary.skipped_shards == 4
+    assert Bank.open(bank).attrs["contents"] == Bank.open(reference).attrs["contents"]
+
+
+def test_two_cut_flushes_in_a_row_keep_the_shard(reference, tmp_path, monkeypatch):
+    """A flush cut short leaves [new, old] with the old object stored; a second flush cut right
+    after its intent must still accept that object (it lists every hash the object may have)."""
+    import prompt_bank.integrity as integrity
+
+    bank = copy_of(reference, tmp_path)
+    manifest = bank / "manifest" / "shard-00000.json"
+    body = json.loads(manifest.read_text())
+    body["objects"] = {k: ["f" * 64, v[0]] for k, v in body["objects"].items()}
+    manifest.write_text(json.dumps(body))
+    group = zarr.open_group(str(bank), mode="r+")
+    layout = Bank.open(bank).layout
+    buffers = {path: np.asarray(group[path][0:2]) for path in layout.arrays()}
+    buffers["visual/level_1"][0, 0, 0] += 1  # new bytes for the flush to write
+    real_put = integrity.put_object
+
+    def killed_after_the_manifest(store, key, raw):
+        if not key.startswith("manifest/"):
+            raise KeyboardInterrupt("killed")
+        real_put(store, key, raw)
+
+    monkeypatch.setattr(integrity, "put_object", killed_after_the_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        flush_shard(group, layout, 0, buffers)
+    monkeypatch.setattr(integrity, "put_object", real_put)
+    state = integrity.check_shard(group, layout, 0)
+    assert not state.damaged, state.problems
+    assert state.status == "complete"
+
+
+def test_an_edited_sealed_bank_is_not_trusted(reference, tmp_path):
+    bank = copy_of(reference, tmp_path)
+    root = json.loads((bank / "zarr.json").read_text())
+    root["attributes"]["classes"][0] = "tiger"  # relabelled after sealing
+    (bank / "zarr.json").write_text(json.dumps(root))
+    with pytest.raises(BankFormatError, match="content key does not match its attributes"):
+        pull_bank(f"file://{bank}", to=str(tmp_path / "pulled"), progress=False)
+    assert not (tmp_path / "pulled").exists()
+
+
+def test_file_urls_and_user_errors_in_process(reference, tmp_path, capsys):
+    import cli
+
+    build_bank(small_config(), f"file://{tmp_path}/nested/bank.zarr")  # folders are made
+    assert Bank.open(tmp_path / "nested" / "bank.zarr").done().all()
+    array = tmp_path / "array.zarr"
+    zarr.create_array(str(array), shape=(4,), dtype="i4")
+    assert cli.main(["bank", "repair", str(array)]) == 2
+    assert "is a zarr array, not a prompt bank" in capsys.readouterr().err
+    (tmp_path / "leftover.partial").write_text("x")
+    shutil.copy(tmp_path / "leftover.partial", reference / "text" / "x.1234.partial")
+    try:
+        assert not any(f.endswith(".partial") for f in hub_upload_plan(reference))
+    finally:
+        (reference / "text" / "x.1234.partial").unlink()
