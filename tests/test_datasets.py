@@ -192,7 +192,15 @@ def test_hugging_face_dataset(tmp_path, form):
 
 
 def test_hugging_face_hub_offline_is_clear(monkeypatch):
+    import huggingface_hub
+
+    import datasets
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Both libraries read the variable when first imported: set their copies too, or the test
+    # waits for network timeouts (23 s here) instead of failing offline at once.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(DatasetError, match="cannot load the Hugging Face dataset 'nobody/none'"):
         HFSegmentationDataset("nobody/none", vocabulary="a; b")
 
