@@ -1,0 +1,199 @@
+"""dino.txt at tiny width: VIP's proxy head against a direct transcription of its formula, the
+official key layouts loading without missing or unexpected keys, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.dinotxt import (
+    PREFIX_TOKENS,
+    TINY_DINOTXT,
+    DinoTxt,
+    load_backbone_weights,
+    load_dinotxt_weights,
+    proxy_affinity,
+)
+from model.hub import WeightsUnavailableError
+
+
+@pytest.fixture(scope="module")
+def model() -> DinoTxt:
+    torch.manual_seed(0)
+    m = DinoTxt(TINY_DINOTXT).eval()
+    with torch.no_grad():  # LayerScales at 1, not 1e-5: the blocks must matter in the test
+        for p in m.head.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        for block in m.head.blocks:
+            block.ls1.gamma.fill_(1.0)
+            block.ls2.gamma.fill_(1.0)
+    return m
+
+
+def reference_head(head, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """VIP's vision head with proxy attention, written out from its description, batch 1."""
+    x = tokens[0]
+    feat = tokens[0, PREFIX_TOKENS:]
+    c = x.shape[-1]
+    heads = head.blocks[0].attn.heads
+    f_hat = feat / feat.norm(dim=-1, keepdim=True)
+    s = f_hat @ f_hat.T
+    s2 = 0.5 * (s - 1.5 * s.mean())
+    s2[s2 <= 0] = float("-inf")
+    a = torch.softmax(s2, dim=-1)
+    for blk in head.blocks:
+        z = F.layer_norm(x, (c,), blk.norm1.weight, blk.norm1.bias, 1e-5)
+        v = z[PREFIX_TOKENS:] @ blk.attn.qkv.weight[2 * c :].T  # (N, C), no bias
+        v = v.reshape(-1, heads, c // heads).permute(1, 0, 2)  # (h, N, d)
+        o = (a @ v).permute(1, 0, 2).reshape(-1, c)
+        o = o @ blk.attn.proj.weight.T + blk.attn.proj.bias
+        x = x + blk.ls1.gamma * torch.cat([z[:PREFIX_TOKENS], o])
+        y = F.layer_norm(x, (c,), blk.norm2.weight, blk.norm2.bias, 1e-5)
+        mlp = blk.mlp
+        x = x + blk.ls2.gamma * mlp.w3(F.silu(mlp.w1(y)) * mlp.w2(y))
+    out = F.layer_norm(x, (c,), head.ln_final.weight, head.ln_final.bias, 1e-5)
+    patches = out[PREFIX_TOKENS:]
+    return torch.cat([out[0], patches.mean(0)])[None], patches[None]
+
+
+def test_proxy_head_matches_the_reference_formula(model):
+    torch.manual_seed(1)
+    images = torch.randn(1, 3, 64, 96)  # a 4 x 6 grid: any size, not only square
+    with torch.no_grad():
+        tokens = model.backbone.forward_features(images)
+        ours = model.head(tokens, proxy=True)
+        theirs = reference_head(model.head, tokens)
+        global_, patches = model.encode_image(images)
+    for a, b in zip(ours, theirs):
+        assert (a - b).abs().max().item() <= 1e-5
+    assert global_.shape == (1, 128) and patches.shape == (1, 4, 6, 64)
+    torch.testing.assert_close(global_[:, 64:], patches.mean(dim=(1, 2)))  # [CLS, mean patches]
+
+
+def test_batches_equal_single_images_and_plain_attention_differs(model):
+    torch.manual_seed(2)
+    images = torch.randn(3, 3, 48, 48)
+    with torch.no_grad():
+        together = model.encode_image(images)[1]
+        alone = torch.cat([model.encode_image(images[i : i + 1])[1] for i in range(3)])
+        plain = model.encode_image(images, proxy=False)[1]
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+    assert (plain - together).abs().max() > 1e-3
+
+
+def test_a_flat_crop_gives_no_nan():
+    """Every S_ij equal: no entry exceeds 1.5 mean S (VIP: NaN); each token keeps itself."""
+    affinity = proxy_affinity(torch.ones(1, 9, 8))
+    torch.testing.assert_close(affinity[0], torch.eye(9))
+    assert torch.isfinite(affinity).all()
+
+
+def test_text_tower_pools_the_eot_token(model):
+    tokens = torch.zeros(2, 77, dtype=torch.long)
+    tokens[:, 0] = 49406
+    tokens[0, 1:4] = torch.tensor([320, 1125, 49407])  # EOT at 3
+    tokens[1, 1:3] = torch.tensor([320, 49407])  # EOT at 2
+    with torch.no_grad():
+        out = model.encode_text(tokens)
+        longer = tokens.clone()
+        longer[1, 3:6] = 7  # after EOT: a causal tower does not see it
+        again = model.encode_text(longer)
+    assert out.shape == (2, 128)
+    torch.testing.assert_close(out, again)
+
+
+def official_backbone_state(config) -> dict[str, torch.Tensor]:
+    """A state dict with the official DINOv3 key names and shapes (random values)."""
+    c, h = config.width, 4 * config.width
+    state = {
+        "cls_token": (1, 1, c),
+        "storage_tokens": (1, 4, c),
+        "mask_token": (1, c),
+        "patch_embed.proj.weight": (c, 3, config.patch, config.patch),
+        "patch_embed.proj.bias": (c,),
+        "rope_embed.periods": (c // config.heads // 4,),
+        "norm.weight": (c,),
+        "norm.bias": (c,),
+    }
+    for i in range(config.depth):
+        for name, shape in {
+            "norm1.weight": (c,), "norm1.bias": (c,), "attn.qkv.weight": (3 * c, c),
+            "attn.qkv.bias": (3 * c,), "attn.qkv.bias_mask": (3 * c,),
+            "attn.proj.weight": (c, c), "attn.proj.bias": (c,), "ls1.gamma": (c,),
+            "norm2.weight": (c,), "norm2.bias": (c,), "mlp.fc1.weight": (h, c),
+            "mlp.fc1.bias": (h,), "mlp.fc2.weight": (c, h), "mlp.fc2.bias": (c,),
+            "ls2.gamma": (c,),
+        }.items():  # fmt: skip
+            state[f"blocks.{i}.{name}"] = shape
+    return {k: torch.randn(shape) for k, shape in state.items()}
+
+
+def official_dinotxt_state(config) -> dict[str, torch.Tensor]:
+    """A state dict with the official dino.txt head and text key names and shapes."""
+    c, m, w = config.width, config.head_mlp, config.text_width
+    state = {"logit_scale": (1,), "visual_model.head.ln_final.weight": (c,),
+             "visual_model.head.ln_final.bias": (c,)}  # fmt: skip
+    for i in range(config.head_blocks):
+        for name, shape in {
+            "norm1.weight": (c,), "norm1.bias": (c,), "attn.qkv.weight": (3 * c, c),
+            "attn.proj.weight": (c, c), "attn.proj.bias": (c,), "ls1.gamma": (c,),
+            "norm2.weight": (c,), "norm2.bias": (c,), "mlp.w1.weight": (m, c), "mlp.w1.bias": (m,),
+            "mlp.w2.weight": (m, c), "mlp.w2.bias": (m,), "mlp.w3.weight": (c, m),
+            "mlp.w3.bias": (c,), "ls2.gamma": (c,),
+        }.items():  # fmt: skip
+            state[f"visual_model.head.blocks.{i}.{name}"] = shape
+    t = "text_model.backbone."
+    state |= {f"{t}token_embedding.weight": (config.vocab_size, w),
+              f"{t}positional_embedding": (config.context_length, w),
+              f"{t}ln_final.weight": (w,), f"{t}ln_final.bias": (w,),
+              "text_model.head.linear_projection.weight": (2 * c, w)}  # fmt: skip
+    for i in range(config.text_depth):
+        for name, shape in {
+            "attention_norm.weight": (w,), "attention_norm.bias": (w,),
+            "attention.qkv.weight": (3 * w, w), "attention.proj.weight": (w, w),
+            "attention.proj.bias": (w,), "ffn_norm.weight": (w,), "ffn_norm.bias": (w,),
+            "feed_forward.fc1.weight": (4 * w, w), "feed_forward.fc1.bias": (4 * w,),
+            "feed_forward.fc2.weight": (w, 4 * w), "feed_forward.fc2.bias": (w,),
+        }.items():  # fmt: skip
+            state[f"{t}blocks.{i}.{name}"] = shape
+    return {k: torch.randn(shape) for k, shape in state.items()}
+
+
+def test_official_layouts_load_with_every_key_used(tmp_path):
+    torch.manual_seed(3)
+    model = DinoTxt(TINY_DINOTXT)
+    backbone, dinotxt = official_backbone_state(TINY_DINOTXT), official_dinotxt_state(TINY_DINOTXT)
+    torch.save(backbone, tmp_path / "backbone.pth")
+    torch.save(dinotxt, tmp_path / "dinotxt.pth")
+    load_backbone_weights(model, tmp_path / "backbone.pth")
+    load_dinotxt_weights(model, tmp_path / "dinotxt.pth")
+    c = TINY_DINOTXT.width
+    block = model.backbone.blocks[1]
+    torch.testing.assert_close(block.attn.q_bias, backbone["blocks.1.attn.qkv.bias"][:c])
+    torch.testing.assert_close(block.gamma_2, backbone["blocks.1.ls2.gamma"])
+    torch.testing.assert_close(model.backbone.reg_token, backbone["storage_tokens"])
+    torch.testing.assert_close(model.backbone.rope.periods, backbone["rope_embed.periods"])
+    torch.testing.assert_close(
+        model.head.blocks[0].mlp.w3.weight, dinotxt["visual_model.head.blocks.0.mlp.w3.weight"]
+    )
+    torch.testing.assert_close(
+        model.text.linear_projection.weight, dinotxt["text_model.head.linear_projection.weight"]
+    )
+
+
+def test_wrong_files_are_refused_by_name(tmp_path):
+    model = DinoTxt(TINY_DINOTXT)
+    dinotxt = official_dinotxt_state(TINY_DINOTXT)
+    del dinotxt["visual_model.head.blocks.1.mlp.w1.bias"]
+    torch.save(dinotxt, tmp_path / "partial.pth")
+    with pytest.raises(WeightsUnavailableError, match=r"1 missing keys \(blocks\.1\.mlp\.w1\.bias"):
+        load_dinotxt_weights(model, tmp_path / "partial.pth")
+    torch.save(official_dinotxt_state(TINY_DINOTXT), tmp_path / "dinotxt.pth")
+    with pytest.raises(WeightsUnavailableError, match="does not fit the backbone"):
+        load_backbone_weights(model, tmp_path / "dinotxt.pth")  # the two files swapped
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsUnavailableError, match="is not a readable weights file"):
+        load_backbone_weights(model, tmp_path / "junk.pth")
+    with pytest.raises(WeightsUnavailableError, match="no such file"):
+        load_dinotxt_weights(model, tmp_path / "absent.pth")
