@@ -192,9 +192,8 @@ def test_hugging_face_dataset(tmp_path, form):
 
 
 def test_hugging_face_hub_offline_is_clear(monkeypatch):
-    import huggingface_hub
-
     import datasets
+    import huggingface_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # Both libraries read the variable when first imported: set their copies too, or the test
