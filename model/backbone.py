@@ -209,28 +209,37 @@ class ClipEncoder(nn.Module):
         return ImageEncoding(embedding, list(out["image_intermediates"]))
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(T, L) token ids -> (T, D) L2-normalised text embeddings."""
+        """(T, L) token ids (any device) -> (T, D) L2-normalised text embeddings."""
+        tokens = tokens.to(self.mean.device)
         return nn.functional.normalize(self.clip.encode_text(tokens).float(), dim=-1)
 
     def encode_class_texts(self, classes, templates: list[str], tokenizer, chunk: int = 256):
-        """T (K, P, D): each class in each template, synonyms averaged, renormalised (§2.1).
+        """T (K, P, D): each class in each template, synonyms averaged, renormalised (§2.1)."""
+        return encode_class_texts(self.encode_tokens, classes, templates, tokenizer, chunk)
 
-        ``classes`` are ``data.vocabulary.ClassName`` (or anything with ``.synonyms``);
-        ``templates`` hold one ``{}``. Texts go through in fixed chunks, which bounds memory and
-        keeps every embedding's bits independent of K.
-        """
-        prompts, owners = [], []
-        for i, cls in enumerate(classes):
-            for p, template in enumerate(templates):
-                for synonym in cls.synonyms:
-                    prompts.append(template.format(synonym))
-                    owners.append(i * len(templates) + p)
-        device = self.mean.device
-        tokens = tokenizer(prompts).to(device)
-        emb = torch.cat([self.encode_tokens(t) for t in tokens.split(chunk)])
-        out = torch.zeros(len(classes), len(templates), emb.shape[-1], device=device)
-        out.view(-1, emb.shape[-1]).index_add_(0, torch.tensor(owners, device=device), emb)
-        return nn.functional.normalize(out, dim=-1)
+
+def encode_class_texts(
+    encode_tokens, classes, templates: list[str], tokenizer, chunk: int = 256
+) -> torch.Tensor:
+    """T (K, P, D): each class in each template, synonyms averaged, renormalised (§2.1).
+
+    ``encode_tokens`` maps (T, L) token ids to (T, D) normalised embeddings (any text tower);
+    ``classes`` are ``data.vocabulary.ClassName`` (or anything with ``.synonyms``); ``templates``
+    hold one ``{}``. Texts go through in fixed chunks, which bounds memory and keeps every
+    embedding's bits independent of K.
+    """
+    prompts, owners = [], []
+    for i, cls in enumerate(classes):
+        for p, template in enumerate(templates):
+            for synonym in cls.synonyms:
+                prompts.append(template.format(synonym))
+                owners.append(i * len(templates) + p)
+    tokens = tokenizer(prompts)
+    emb = torch.cat([encode_tokens(t) for t in tokens.split(chunk)])
+    device = emb.device
+    out = torch.zeros(len(classes), len(templates), emb.shape[-1], device=device)
+    out.view(-1, emb.shape[-1]).index_add_(0, torch.tensor(owners, device=device), emb)
+    return nn.functional.normalize(out, dim=-1)
 
 
 def clip_tokenizer_for(preset: EncoderPreset):

@@ -4,8 +4,9 @@ uses it (VIP's abstract: it "moves beyond the CLIP-based paradigm and harnesses"
 Architecture facts (shapes, key names, the proxy-attention formula) are those of the official
 code (facebookresearch/dinov3) and of VIP's modified copy of it (MiSsU-HH/VIP@5bd25ee).
 
-Status: the model, its weight loading and VIP's proxy head exist and are tested (tests/
-test_dinotxt.py); VIP's segmenter, presets and configs do not use it yet (issue 15).
+Status: the model, its weight loading, VIP's proxy head and the two seams VIP plugs into
+(``DenseDinoTxt``, ``DinoTxtTextEncoder``) exist and are tested (tests/test_dinotxt.py); VIP's
+presets, LightningModule and configs do not use them yet (issue 15).
 
 - Backbone: timm's ``vit_large_patch16_dinov3_qkvb`` is the DINOv3 ViT-L/16 exactly; its
   checkpoint filter converts the official file (``storage_tokens`` -> ``reg_token``, LayerScale
@@ -364,3 +365,60 @@ def load_dinotxt_weights(model: DinoTxt, path: str | os.PathLike) -> None:
         )
     _load_exactly(model.head, head, "dino.txt vision head", option)
     _load_exactly(model.text, text, "dino.txt text tower", option)
+
+
+# ---------------------------------------------------------------------------------------------
+# the seams VIP plugs into (model.vip.segmenter): a dense encoder and a text encoder
+
+
+class DenseDinoTxt(nn.Module):
+    """images (B, 3, H, W) RGB in [0, 1] -> (B, C, H/16, W/16) patch embeddings of dino.txt's
+    head (with VIP's proxy attention unless ``proxy=False``): what ``VIPSegmenter`` compares
+    with the second half of text embeddings. H and W must be multiples of 16."""
+
+    def __init__(self, model: DinoTxt, proxy: bool = True):
+        super().__init__()
+        self.model = model
+        self.proxy = proxy
+        self.register_buffer("mean", torch.tensor(DinoTxt.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(DinoTxt.std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def patch_size(self) -> int:
+        return self.model.config.patch
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        _, patches = self.model.encode_image(x, proxy=self.proxy)
+        return patches.permute(0, 3, 1, 2)
+
+
+class DinoTxtTextEncoder:
+    """Text prompts in the space of patch embeddings: the second half ([C:]) of dino.txt's text
+    embedding, L2-normalised; ``encode_class_texts`` as ``model.backbone.ClipEncoder``'s."""
+
+    def __init__(self, model: DinoTxt):
+        self.model = model
+
+    @torch.no_grad()
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(T, 77) token ids -> (T, C) normalised patch-side text embeddings."""
+        c = self.model.config.width
+        tokens = tokens.to(next(self.model.parameters()).device)
+        return F.normalize(self.model.encode_text(tokens).float()[:, c:], dim=-1)
+
+    @torch.no_grad()
+    def encode_class_texts(self, classes, templates: list[str], tokenizer, chunk: int = 256):
+        """(K, P, C): each class in each template, synonyms averaged, renormalised."""
+        from model.backbone import encode_class_texts
+
+        return encode_class_texts(self.encode_tokens, classes, templates, tokenizer, chunk)
+
+
+def dinotxt_tokenizer():
+    """CLIP's BPE at 77 tokens: dino.txt's tokenizer (the same vocabulary and cleaning)."""
+    import open_clip
+
+    return open_clip.get_tokenizer("ViT-B-32")

@@ -197,3 +197,31 @@ def test_wrong_files_are_refused_by_name(tmp_path):
         load_backbone_weights(model, tmp_path / "junk.pth")
     with pytest.raises(WeightsUnavailableError, match="no such file"):
         load_dinotxt_weights(model, tmp_path / "absent.pth")
+
+
+def test_vip_runs_on_dinotxt_through_its_seams(model):
+    """The segmenter VIP uses, fed by dino.txt's dense and text encoders (a tiny random model:
+    shapes and plumbing, not accuracy)."""
+    from data.vocabulary import Vocabulary
+    from model.dinotxt import DenseDinoTxt, DinoTxtTextEncoder, dinotxt_tokenizer
+    from model.vip.segmenter import VIPSegmenter, encode_aliases
+
+    vocab = Vocabulary.from_entries(["background", "cat, kitty", "dog"])
+    text = DinoTxtTextEncoder(model)
+    per_template = text.encode_class_texts(vocab.classes, ["a photo of a {}."], dinotxt_tokenizer())
+    assert per_template.shape == (3, 1, 64)
+    torch.testing.assert_close(per_template.norm(dim=-1), torch.ones(3, 1))
+    queries = encode_aliases(text, vocab, ["a photo of a {}.", "{} isolated."], dinotxt_tokenizer())
+    assert queries.text.shape == (4, 64) and queries.aliases == [
+        "background",
+        "cat",
+        "kitty",
+        "dog",
+    ]
+    dense = DenseDinoTxt(model)
+    images = torch.rand(2, 3, 48, 64)
+    with torch.no_grad():
+        features = dense(images)
+        logits = VIPSegmenter(dense)(images, queries)
+    assert features.shape == (2, 64, 3, 4) and logits.shape == (2, 3, 3, 4)
+    assert torch.isfinite(logits).all()
