@@ -405,6 +405,9 @@ def _rank0_then_share(state, work) -> None:
 def build_bank(config: BuildConfig, location: str | os.PathLike) -> BuildSummary:
     """Build, resume or repair the bank at `location`; every rank of a launch calls this.
 
+    SIGINT and SIGTERM raise :class:`Interrupted` at any point (loading models included),
+    after the items finished so far are flushed: the command ends in one line.
+
     Raises:
         BankFormatError: `location` holds something that is not a dpseg bank (left untouched),
             or a v1 bank (which cannot be resumed).
@@ -412,7 +415,12 @@ def build_bank(config: BuildConfig, location: str | os.PathLike) -> BuildSummary
         BankLockError: another process is building it.
         Interrupted: SIGINT/SIGTERM; the finished items were flushed first.
     """
-    location = str(location)
+    with interruptible():
+        return _build_bank(config, str(location))
+
+
+def _build_bank(config: BuildConfig, location: str) -> BuildSummary:
+    """build_bank's work (signals already turned into Interrupted)."""
     state = _distributed_state(config.device)
     rank, world = state.process_index, state.num_processes
     device = state.device if state.device.type == "cuda" else torch.device("cpu")
@@ -468,7 +476,6 @@ def build_bank(config: BuildConfig, location: str | os.PathLike) -> BuildSummary
         classes_per_shard=config.classes_per_shard,
     )
     with contextlib.ExitStack() as held:
-        held.enter_context(interruptible())  # from here on, Ctrl-C ends in one line
 
         def start() -> None:
             """Rank 0: mark the location as a bank, take the lock, create what is missing."""

@@ -37,8 +37,11 @@ class BankLockError(BankMismatchError):
     """Another process is building the bank."""
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; finished items were saved (``saved`` of them by this run)."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; finished items were saved (``saved`` of them by this run).
+
+    A BaseException, as KeyboardInterrupt: library code's ``except Exception`` must not
+    swallow it."""
 
     def __init__(self, signum: int):
         self.signum = signum

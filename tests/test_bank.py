@@ -1,4 +1,4 @@
-"""The prompt bank: format v1, determinism, resume after SIGKILL, several processes, tools."""
+"""The prompt bank: format v2 layout, determinism, resume after SIGKILL, several processes, tools."""
 
 from __future__ import annotations
 
