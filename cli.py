@@ -106,7 +106,8 @@ def cmd_presets(args: argparse.Namespace) -> None:
 
 def cmd_presets_pretrain(args: argparse.Namespace) -> int:
     """Pretrain a toy preset on the toy world and write its weights file."""
-    from model.toy_pretrain import PretrainConfig, pretrain
+    from model.presets import PretrainConfig
+    from model.toy_pretrain import pretrain
 
     try:
         config = PretrainConfig(
@@ -579,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_presets)
     sub = p.add_subparsers(dest="presets_command", metavar="{pretrain}")
-    from model.toy_pretrain import PretrainConfig
+    from model.presets import PretrainConfig  # light: the trainer itself imports torch
 
     defaults = PretrainConfig()
     q = sub.add_parser(

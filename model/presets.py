@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+# OpenAI CLIP's input statistics (open_clip.constants' values; importing open_clip here would
+# load all of it, 2.4 s, into every command that only lists or checks presets)
+OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class PresetError(ValueError):
@@ -396,3 +399,26 @@ def list_presets(kind: str | None = None) -> list[EncoderPreset | GeneratorPrese
         raise PresetError(f"unknown preset kind {kind!r}; use one of {', '.join(_REGISTRIES)}")
     kinds = [kind] if kind else list(_REGISTRIES)
     return [p for k in kinds for p in _REGISTRIES[k].values()]
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """How a toy preset is pretrained (recorded in the weights file's metadata)."""
+
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    pool: int = 12000  # captioned pictures rendered once and reused
+    distractors: int = 1  # at most this many small other objects per picture
+    groups: float = 0.25  # share of photos of 2-3 objects captioned with all of them
+    seed: int = 0
+    eval_images: int = 600  # held-out pictures for the zero-shot accuracy
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "pool", "eval_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"--lr {self.lr}: must be > 0")

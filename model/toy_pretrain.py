@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -30,31 +30,9 @@ import torch.nn.functional as F
 
 from data.templates import imagenet80
 from data.toy_world import BACKGROUND, OBJECTS, render_group, render_prompt
+from model.presets import PretrainConfig
 
 PLAIN_TEMPLATE = "a photo of a {}."
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """How a toy preset is pretrained (recorded in the weights file's metadata)."""
-
-    steps: int = 3000
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 100
-    pool: int = 12000  # captioned pictures rendered once and reused
-    distractors: int = 1  # at most this many small other objects per picture
-    groups: float = 0.25  # share of photos of 2-3 objects captioned with all of them
-    seed: int = 0
-    eval_images: int = 600  # held-out pictures for the zero-shot accuracy
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "pool", "eval_images"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
-        if self.lr <= 0:
-            raise ValueError(f"--lr {self.lr}: must be > 0")
 
 
 def world_classes() -> list[tuple[str, ...]]:
