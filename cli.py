@@ -227,16 +227,10 @@ def _command_line() -> str:
 
 
 def _storage_options(args: argparse.Namespace) -> dict | None:
+    from prompt_bank.store import parse_storage_options
+
     raw = getattr(args, "storage_options", None)
-    if raw is None:
-        return None
-    try:
-        options = json.loads(raw)
-    except ValueError as e:
-        raise UserError(f"--storage-options {raw!r} is not JSON ({e})") from None
-    if not isinstance(options, dict):
-        raise UserError(f"--storage-options {raw!r} must be a JSON object")
-    return options
+    return None if raw is None else parse_storage_options(raw, "--storage-options")
 
 
 def _run_build(config, location: str) -> None:
@@ -300,10 +294,7 @@ def cmd_bank_repair(args: argparse.Namespace) -> None:
     from prompt_bank.format import BankFormatError
     from prompt_bank.store import open_group
 
-    try:
-        attrs = dict(open_group(args.bank, mode="r").attrs)
-    except FileNotFoundError:
-        raise
+    attrs = dict(open_group(args.bank, mode="r").attrs)
     if "classes" not in attrs or "build" not in attrs:
         raise BankFormatError(
             f"{args.bank} has no complete bank attributes (its root zarr.json is damaged or the "

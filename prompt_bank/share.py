@@ -23,7 +23,7 @@ from prompt_bank.format import BankFormatError, BankMismatchError
 from prompt_bank.integrity import manifest_key, require_intact
 from prompt_bank.safety import LOCK_KEY, check_output, staged_output
 from prompt_bank.seal import CARD_KEY, sealed_contents
-from prompt_bank.store import Bank, is_url, storage_options_from_env
+from prompt_bank.store import Bank, filesystem, is_url, resolve_storage_options
 
 
 def cache_dir() -> Path:
@@ -144,10 +144,7 @@ def upload_folder(
             commit_message="dpseg prompt bank",
         )
         return
-    import fsspec
-
-    options = storage_options_from_env() if storage_options is None else storage_options
-    fs, base = fsspec.core.url_to_fs(url, **options)
+    fs, base = filesystem(url, storage_options)
     files.sort(key=lambda f: f == "zarr.json")
     total = sum((root / f).stat().st_size for f in files)
     with _Transfer("push", total, progress) as bar:
@@ -166,10 +163,7 @@ def _holds_a_bank(location: str, url: str, storage_options: dict | None) -> bool
     try:
         return check_output(url, "URL", storage_options)
     except BankFormatError:
-        import fsspec
-
-        options = storage_options_from_env() if storage_options is None else storage_options
-        fs, base = fsspec.core.url_to_fs(url, **options)
+        fs, base = filesystem(url, storage_options)
         prefix = base.rstrip("/") + "/"
         there = {p.removeprefix(prefix) for p in fs.find(base)}
         if not there <= set(hub_upload_plan(location)):
@@ -218,9 +212,7 @@ def _download(remote: Bank, url: str, staging: Path, options: dict, progress: bo
             allow_patterns=keys,
         )  # fmt: skip
     else:
-        import fsspec
-
-        fs, base = fsspec.core.url_to_fs(url, **options)
+        fs, base = filesystem(url, options)
         with _Transfer("pull", contents["bytes"], progress) as bar:
             for i in range(0, len(keys), 64):  # concurrent requests where the filesystem can
                 batch = keys[i : i + 64]
@@ -247,7 +239,7 @@ def pull_bank(
     url: str, to: str | None = None, storage_options: dict | None = None, progress=True
 ) -> dict:
     """Download a sealed bank (checked object by object) into `to` or the content cache."""
-    options = storage_options_from_env() if storage_options is None else storage_options
+    options = resolve_storage_options(storage_options)
     remote = Bank.open(url, options)
     contents = _require_sealed(remote, "pulled")
     target = Path(to) if to else cache_dir() / contents["content_key"]

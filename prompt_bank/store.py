@@ -22,15 +22,33 @@ def is_url(location: str) -> bool:
     return "://" in location
 
 
-def storage_options_from_env() -> dict:
-    raw = os.environ.get("DPSEG_STORAGE_OPTIONS", "")
+def parse_storage_options(raw: str, source: str) -> dict:
+    """fsspec storage options from a JSON object; `source` names where it came from."""
     try:
         options = json.loads(raw) if raw else {}
     except ValueError as e:
-        raise BankFormatError(f"DPSEG_STORAGE_OPTIONS={raw!r} is not JSON ({e})") from None
+        raise BankFormatError(f"{source} {raw!r} is not JSON ({e})") from None
     if not isinstance(options, dict):
-        raise BankFormatError(f"DPSEG_STORAGE_OPTIONS={raw!r} must be a JSON object")
+        raise BankFormatError(f"{source} {raw!r} must be a JSON object, e.g. '{{\"anon\": true}}'")
     return options
+
+
+def storage_options_from_env() -> dict:
+    return parse_storage_options(
+        os.environ.get("DPSEG_STORAGE_OPTIONS", ""), "$DPSEG_STORAGE_OPTIONS"
+    )
+
+
+def resolve_storage_options(storage_options: dict | None) -> dict:
+    """The options given, or else those of $DPSEG_STORAGE_OPTIONS."""
+    return storage_options_from_env() if storage_options is None else storage_options
+
+
+def filesystem(url: str, storage_options: dict | None = None):
+    """(fsspec filesystem, path inside it) of a URL."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(url, **resolve_storage_options(storage_options))
 
 
 def open_store(location: str | os.PathLike, read_only: bool, storage_options: dict | None = None):
@@ -40,7 +58,7 @@ def open_store(location: str | os.PathLike, read_only: bool, storage_options: di
     location = str(location)
     if is_url(location):
         protocol = location.split("://", 1)[0]
-        options = storage_options_from_env() if storage_options is None else storage_options
+        options = resolve_storage_options(storage_options)
         if protocol in ("file", "local") and not read_only:
             options = {"auto_mkdir": True, **options}  # fsspec's local files make no folders
         try:

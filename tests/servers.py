@@ -240,17 +240,20 @@ class MotoS3Server:
             "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
         }
 
-    def make_bucket(self, name: str) -> None:
+    def client(self):
+        """A boto3 S3 client for this server."""
         import boto3
 
-        client = boto3.client(
+        return boto3.client(
             "s3",
             endpoint_url=self.endpoint_url,
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
             region_name=self.region,
         )
-        client.create_bucket(Bucket=name)
+
+    def make_bucket(self, name: str) -> None:
+        self.client().create_bucket(Bucket=name)
 
     def _reset(self) -> None:
         request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")

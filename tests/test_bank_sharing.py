@@ -24,10 +24,10 @@ import torch
 import yaml
 from conftest import ROOT, TINY
 from servers import MotoS3Server, RangeHTTPServer, s3fs_filesystem
+from test_bank import small_config
 
 from data.templates import load_templates
-from data.vocabulary import load_vocabulary
-from prompt_bank.build import BuildConfig, build_bank
+from prompt_bank.build import build_bank
 from prompt_bank.format import BankFormatError, BankLayout, create_arrays
 from prompt_bank.inspect import bank_info
 from prompt_bank.integrity import flush_shard
@@ -96,15 +96,7 @@ def bucket_keys(server: MotoS3Server, url: str) -> dict[str, str]:
 
 def versions(server: MotoS3Server, url: str) -> dict[str, int]:
     """Relative key -> how many times it was written (the bucket keeps every version)."""
-    import boto3
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=server.endpoint_url,
-        aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key,
-        region_name=server.region,
-    )
+    client = server.client()
     prefix = url.removeprefix(f"s3://{BUCKET}/").rstrip("/") + "/"
     counts: dict[str, int] = {}
     for page in client.get_paginator("list_object_versions").paginate(Bucket=BUCKET, Prefix=prefix):
@@ -115,20 +107,12 @@ def versions(server: MotoS3Server, url: str) -> dict[str, int]:
 
 
 def build(location: Path, **overrides) -> Path:
-    fields = dict(
-        vocabulary=load_vocabulary("synthetic"),
-        templates=load_templates("imagenet80:2"),
-        images_per_prompt=1,
-        generator="tiny-sd",
-        encoder="tiny-convnext",
-        classes_per_shard=4,
-        batch_size=8,
-        cpu_threads=1,
-        progress=False,
-        command=COMMAND,
-    )
+    config = small_config(
+        templates=load_templates("imagenet80:2"), images_per_prompt=1, classes_per_shard=4,
+        batch_size=8, command=COMMAND, **overrides,
+    )  # fmt: skip
     threads = torch.get_num_threads()
-    build_bank(BuildConfig(**{**fields, **overrides}), location)
+    build_bank(config, location)
     torch.set_num_threads(threads)  # build_bank pins the thread count it records
     return location
 
@@ -192,15 +176,9 @@ def other(tmp_path_factory) -> Path:
 def s3():
     with MotoS3Server() as server:
         server.make_bucket(BUCKET)
-        import boto3
-
-        boto3.client(
-            "s3",
-            endpoint_url=server.endpoint_url,
-            aws_access_key_id=server.access_key,
-            aws_secret_access_key=server.secret_key,
-            region_name=server.region,
-        ).put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        server.client().put_bucket_versioning(
+            Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"}
+        )
         yield server
 
 
