@@ -146,8 +146,9 @@ def test_there_is_a_config_per_training_free_benchmark():
 
 
 @pytest.mark.parametrize("path", VIP_CONFIGS, ids=lambda p: p.stem)
-def test_vip_config_alias_files_fit_their_datasets(path):
-    """Each config's alias file (VIP's own, from ../shared) has the dataset's K classes."""
+def test_vip_config_alias_files_fit_their_datasets(path, shared_vocab):
+    """Each config's alias file (VIP's own, from ../shared; skipped without it) has the
+    dataset's K classes."""
     from data.catalog import get_dataset_spec
     from data.vocabulary import read_vocabulary_file
 
