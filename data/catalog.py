@@ -17,6 +17,22 @@ The mmsegmentation-layout benchmarks keep background as class 0 (it is scored):
 - ``cityscapes``: ``cityscapes/leftImg8bit/val/<city>/<stem>_leftImg8bit.png`` with
   ``cityscapes/gtFine/val/<city>/<stem>_gtFine_labelTrainIds.png`` (19 trainIds, 255 ignore;
   made by ``cli.py data prepare cityscapes``), as detectron2's ``cityscapes`` folder.
+
+The remote-sensing benchmarks of VIP (its ``cfg_potsdam.py``, ``cfg_vaihingen.py``,
+``cfg_iSAID.py``, ``cfg_vdd.py``, read with mmsegmentation's dataset classes):
+
+- ``potsdam`` / ``vaihingen``: ``<name>/img_dir/val/*.png`` with ``<name>/ann_dir/val/*.png``,
+  512 x 512 crops of the ISPRS tiles written by mmseg's ``potsdam.py`` / ``vaihingen.py`` (or
+  ``cli.py data prepare potsdam|vaihingen``). Six classes: impervious surface, building, low
+  vegetation, tree, car, clutter. mmseg's ``PotsdamDataset`` / ``ISPRSDataset`` set
+  ``reduce_zero_label=True``: on disk 0 is the eroded boundary (ignore) and 1..6 are the classes
+  0..5 (``DatasetSpec.reduce_zero_label``).
+- ``isaid``: ``iSAID/img_dir/val/<id>.png`` with ``iSAID/ann_dir/val/<id>_instance_color_RGB.png``
+  (mmseg's ``iSAIDDataset`` suffix; 896 x 896 patches by mmseg's ``isaid.py`` or ``cli.py data
+  prepare isaid``): 0 background + 15 classes, 255 ignore (padding), reduce_zero_label False.
+- ``vdd``: ``VDD/test/src/*.JPG`` with ``VDD/test/gt/*.png`` as the VDD download has them
+  (SegEarth-OV's ``VDDDataset``, which VIP uses): 0..6 = other, wall, road, vegetation,
+  vehicle, roof, water; 255 ignore.
 """
 
 from __future__ import annotations
@@ -64,10 +80,22 @@ class DatasetSpec:
     recursive: bool = False  # search the folders recursively (Cityscapes: one folder per city)
     unseen_classes: tuple[str, ...] = ()  # classes kept out of training (the toy world): the
     # results then give mIoU over seen and unseen classes and their harmonic mean
+    reduce_zero_label: bool = False  # mmseg's flag: on-disk 0 is ignore (so 0 must be among
+    # ignore_values) and on-disk value v is class v - 1 (ISPRS Potsdam/Vaihingen)
 
     def __post_init__(self) -> None:
         if self.index_by not in ("images", "labels"):
             raise ValueError(f"{self.name}: index_by={self.index_by!r}; use 'images' or 'labels'")
+        if self.reduce_zero_label and 0 not in self.ignore_values:
+            raise ValueError(
+                f"{self.name}: reduce_zero_label makes on-disk 0 an ignore value; add 0 to "
+                f"ignore_values {self.ignore_values}"
+            )
+
+    @property
+    def label_offset(self) -> int:
+        """On-disk value of class 0: 1 with reduce_zero_label (class k is stored as k + 1)."""
+        return 1 if self.reduce_zero_label else 0
 
     def image_root(self, root: str | os.PathLike) -> Path:
         return Path(root) / self.image_dir
@@ -138,6 +166,23 @@ DATASETS: dict[str, DatasetSpec] = {
                     "cityscapes/gtFine/val", ".png", (255,), 500,
                     image_id_suffix="_leftImg8bit", label_id_suffix="_gtFine_labelTrainIds",
                     recursive=True, prepare="cli.py data prepare cityscapes --root DIR"),
+        # Remote sensing, as VIP reads them (mmseg's dataset classes). ISPRS: on-disk 0 is the
+        # eroded boundary, 1..6 the classes (reduce_zero_label); mmseg's docs count 2016 and
+        # 398 val crops. iSAID: 255 is the padding of images smaller than a patch; 11644 val
+        # patches (mmseg's docs). VDD: its test split; the count is not pinned (unverified).
+        DatasetSpec("potsdam", "potsdam", 6, "potsdam/img_dir/val", "potsdam/ann_dir/val",
+                    ".png", (0, 255), 2016, reduce_zero_label=True,
+                    prepare="cli.py data prepare potsdam --root DIR"),
+        DatasetSpec("vaihingen", "vaihingen", 6, "vaihingen/img_dir/val",
+                    "vaihingen/ann_dir/val", ".png", (0, 255), 398, reduce_zero_label=True,
+                    prepare="cli.py data prepare vaihingen --root DIR"),
+        DatasetSpec("isaid", "isaid", 16, "iSAID/img_dir/val", "iSAID/ann_dir/val", ".png",
+                    (255,), 11644, label_id_suffix="_instance_color_RGB",
+                    prepare="cli.py data prepare isaid --root DIR"),
+        DatasetSpec("vdd", "vdd", 7, "VDD/test/src", "VDD/test/gt", ".png", (255,), None,
+                    prepare="download VDD (https://github.com/RussRobin/VDD) and unzip it into "
+                    "DIR/VDD so that DIR/VDD/test/src and DIR/VDD/test/gt exist (`cli.py data "
+                    "prepare vdd --root DIR` checks them)"),
         DatasetSpec("toy", "toy", 31, "toy/images/val", "toy/annotations_detectron2/val",
                     ".png", (255,), None, prepare="cli.py data toy --root DIR",
                     unseen_classes=tuple(unseen_names())),

@@ -2,8 +2,9 @@
 one sample format.
 
 A sample is a dict: ``image`` (H, W, 3) uint8 RGB, ``label`` (H, W) int64 with every on-disk
-ignore value mapped to :data:`data.catalog.IGNORE_INDEX`, ``name`` (the sample id: the file stem,
-less a layout suffix such as Cityscapes' ``_leftImg8bit``) and
+ignore value mapped to :data:`data.catalog.IGNORE_INDEX` (and, for a spec with mmseg's
+``reduce_zero_label``, on-disk class ids 1..K shifted to 0..K-1), ``name`` (the sample id: the
+file stem, less a layout suffix such as Cityscapes' ``_leftImg8bit``) and
 ``vocabulary`` (the name of the class list). Transforms (``data.transforms``) turn it into
 tensors.
 
@@ -70,20 +71,29 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
 
 
 def map_label(
-    raw: np.ndarray, num_classes: int, ignore_values: tuple[int, ...], where: str
+    raw: np.ndarray,
+    num_classes: int,
+    ignore_values: tuple[int, ...],
+    where: str,
+    offset: int = 0,
 ) -> np.ndarray:
-    """On-disk ids -> internal ids: ignore values to IGNORE_INDEX; others must be in [0, K)."""
+    """On-disk ids -> internal ids: ignore values to IGNORE_INDEX; others must be in
+    [offset, offset + K) and become value - offset (offset 1: mmseg's reduce_zero_label, see
+    :attr:`data.catalog.DatasetSpec.label_offset`)."""
     label = raw.astype(np.int64, copy=True)
     ignored = np.isin(label, ignore_values)
-    bad = (~ignored) & ((label < 0) | (label >= num_classes))
+    bad = (~ignored) & ((label < offset) | (label >= num_classes + offset))
     if bad.any():
         values = np.unique(label[bad])
         shown = ", ".join(map(str, values[:10])) + (" ..." if len(values) > 10 else "")
+        stored = f", stored as {offset}..{num_classes - 1 + offset}" if offset else ""
         raise DatasetError(
             f"{where}: label values {shown} are outside the {num_classes} classes of the "
-            f"vocabulary (ignore values: {list(ignore_values)}); check that the labels were "
-            "prepared for this dataset (cli.py data prepare) or pass --on-bad-sample skip"
+            f"vocabulary (ignore values: {list(ignore_values)}{stored}); check that the labels "
+            "were prepared for this dataset (cli.py data prepare) or pass --on-bad-sample skip"
         )
+    if offset:
+        label -= offset
     label[ignored] = IGNORE_INDEX
     return label
 
@@ -251,7 +261,13 @@ class SegmentationFolder:
                 f"but its label {str(files.label)!r} is {raw.shape[1]}x{raw.shape[0]} (W x H); "
                 "re-run the preparation for this file"
             )
-        label = map_label(raw, self.spec.num_classes, self.spec.ignore_values, str(files.label))
+        label = map_label(
+            raw,
+            self.spec.num_classes,
+            self.spec.ignore_values,
+            str(files.label),
+            offset=self.spec.label_offset,
+        )
         return {
             "image": image,
             "label": label,

@@ -30,6 +30,7 @@ def dataset_stats(spec: str | DatasetSpec, root: str | os.PathLike | None = None
         names = load_vocabulary(spec.vocabulary).names
     except VocabularyError:
         names = [str(k) for k in range(spec.num_classes)]  # ade847/pc459 without a list file
+    low = spec.label_offset  # on-disk value of class 0 (1 with mmseg's reduce_zero_label)
     counts: dict[int, int] = {}
     outside: list[dict] = []
     unreadable: list[str] = []
@@ -52,13 +53,15 @@ def dataset_stats(spec: str | DatasetSpec, root: str | os.PathLike | None = None
             values, n = np.unique(raw, return_counts=True)
             for v, c in zip(values.tolist(), n.tolist()):
                 counts[v] = counts.get(v, 0) + c
-            bad = [v for v in values.tolist()
-                   if v not in spec.ignore_values and not 0 <= v < spec.num_classes]  # fmt: skip
+            high = low + spec.num_classes
+            bad = [
+                v for v in values.tolist() if v not in spec.ignore_values and not low <= v < high
+            ]
             if bad:
                 outside.append({"file": str(f.label), "values": bad[:20]})
     total = sum(counts.values()) or 1
     ignored = sum(counts.get(v, 0) for v in spec.ignore_values)
-    per_class = {names[k]: counts.get(k, 0) for k in range(spec.num_classes)}
+    per_class = {names[k]: counts.get(k + low, 0) for k in range(spec.num_classes)}
     return {
         "dataset": spec.name,
         "root": str(root),
@@ -71,6 +74,7 @@ def dataset_stats(spec: str | DatasetSpec, root: str | os.PathLike | None = None
         "labels_without_image": unpaired["missing_images"],
         "label_values": sorted(counts),
         "ignore_values": list(spec.ignore_values),
+        "reduce_zero_label": spec.reduce_zero_label,
         "ignore_fraction": ignored / total,
         "pixels_per_class": per_class,
         "classes_without_pixels": [n for n, c in per_class.items() if c == 0],
@@ -123,7 +127,12 @@ def format_stats(stats: dict) -> str:
         f"dataset    {stats['dataset']}: {stats['num_classes']} classes ({stats['vocabulary']}), "
         f"labels in {stats['labels']}",
         f"images     {count}",
-        f"values     {_values(stats['label_values'], stats['ignore_values'])}",
+        f"values     {_values(stats['label_values'], stats['ignore_values'])}"
+        + (
+            "; class k is stored as k + 1 (reduce_zero_label)"
+            if stats.get("reduce_zero_label")
+            else ""
+        ),
         f"pixels     {100 * stats['ignore_fraction']:.1f}% ignore; "
         f"{stats['num_classes'] - len(empty)}/{stats['num_classes']} classes have pixels"
         + (

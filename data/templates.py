@@ -3,6 +3,10 @@
 - ``imagenet80``: open_clip's ``OPENAI_IMAGENET_TEMPLATES`` (the 80 templates SED and VIP use).
 - ``single``: ``"A photo of a {} in the scene."`` (CAT-Seg's single template).
 - ``imagenet80:N``: the first N of the 80 (the paper ablates 1/10/20/40/80 templates).
+- ``seg`` (6) and ``city`` (10): VIP's template sets (MiSsU-HH/VIP, prompts/imagenet_template.py;
+  VOC, COCO-Object and ADE use ``seg``; Cityscapes, COCO-Stuff and PASCAL-Context ``city``).
+  ``city`` lists "{} in a city environment." twice, so that template weighs double in the
+  mean; kept as the reference has it.
 - a path to a text file with one template per line, each containing ``{}`` exactly once.
 """
 
@@ -12,7 +16,29 @@ import os
 from pathlib import Path
 
 SINGLE_TEMPLATE = "A photo of a {} in the scene."  # CAT-Seg's template
-BUILTIN_TEMPLATES = ("imagenet80", "single")
+BUILTIN_TEMPLATES = ("imagenet80", "single", "seg", "city")
+VIP_TEMPLATES = {
+    "seg": (
+        "a photo of a {}.",
+        "a cropped photo of a {}.",
+        "a detailed view of a {}.",
+        "the pixel of a {} with visible surface details.",
+        "{} with fine details.",
+        "{} isolated.",
+    ),
+    "city": (
+        "a photo of a {}.",
+        "a detailed view of a {}.",
+        "{} isolated.",
+        "{} on an urban street.",
+        "{} in a city environment.",
+        "{} with urban background.",
+        "{} in a city environment.",  # the reference's duplicate: this template weighs double
+        "{} in traffic.",
+        "{} with structural details.",
+        "{} with functional parts.",
+    ),
+}
 
 
 class TemplateError(ValueError):
@@ -49,12 +75,15 @@ def _check(templates: list[str], source: str) -> list[str]:
 
 
 def load_templates(spec: str | os.PathLike) -> list[str]:
-    """Resolve templates by name (``imagenet80``, ``imagenet80:N``, ``single``) or file path."""
+    """Resolve templates by name (``imagenet80``, ``imagenet80:N``, ``single``, ``seg``,
+    ``city``) or file path."""
     text = str(spec)
     if text == "single":
         return [SINGLE_TEMPLATE]
     if text == "imagenet80":
         return imagenet80()
+    if text in VIP_TEMPLATES:
+        return list(VIP_TEMPLATES[text])
     if text.startswith("imagenet80:"):
         count = text.split(":", 1)[1]
         if not count.isdigit() or not 1 <= int(count) <= 80:

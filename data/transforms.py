@@ -42,6 +42,16 @@ def resize_short_side(image: torch.Tensor, short: int) -> torch.Tensor:
     return resize(image, size)
 
 
+def resize_keep_ratio(image: torch.Tensor, short: int, long: int) -> torch.Tensor:
+    """(..., 3, H, W) scaled by min(short / min(H, W), long / max(H, W)), aspect kept: mmcv's
+    ``Resize(scale=(long, short), keep_ratio=True)`` (VIP: (2048, 336); (448, 448) fits the
+    image inside a 448 x 448 square)."""
+    h, w = image.shape[-2:]
+    scale = min(short / min(h, w), long / max(h, w))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return resize(image, size)
+
+
 def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear (antialiased when shrinking) resize of (3, H, W) or (B, 3, H, W) images."""
     batched = image.ndim == 4
@@ -131,7 +141,9 @@ class SlidingWindow:
     """Short side resized, crop x crop windows every stride, logits averaged where they overlap.
 
     With ``global_view`` (CAT-Seg) the whole resized image is also seen at crop x crop, and the
-    final logits are the mean of the window average and that global view.
+    final logits are the mean of the window average and that global view. With ``long_side``,
+    the long side is capped too (:func:`resize_keep_ratio`; VIP's protocols); an image smaller
+    than the crop is one window of its own size.
     """
 
     short_side: int = 640
@@ -139,6 +151,7 @@ class SlidingWindow:
     stride: int = 256
     global_view: bool = True
     batch_size: int = 8  # windows per forward
+    long_side: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.stride <= self.crop <= self.short_side:
@@ -150,7 +163,10 @@ class SlidingWindow:
     def __call__(self, logits_fn: LogitsFn, image: torch.Tensor) -> torch.Tensor:
         """image (3, H, W) in [0, 1] -> logits (K, H, W)."""
         h0, w0 = image.shape[-2:]
-        x = resize_short_side(image, self.short_side)
+        if self.long_side is None:
+            x = resize_short_side(image, self.short_side)
+        else:
+            x = resize_keep_ratio(image, self.short_side, self.long_side)
         h, w = x.shape[-2:]
         boxes = [
             (top, left)
@@ -179,23 +195,30 @@ class SlidingWindow:
 TEST_PROTOCOLS = {
     "sed": lambda: ResizeSquare(768),
     "catseg": lambda: SlidingWindow(640, 384, 256, global_view=True),
-    "vip": lambda: SlidingWindow(336, 336, 112, global_view=False),
+    "vip": lambda: SlidingWindow(336, 336, 112, global_view=False, long_side=2048),
 }
 
 
 def get_test_protocol(name: str):
-    """A test protocol by name: ``sed``, ``catseg``, ``vip``, ``vip:N`` (VIP's windows with
-    short side N: 448 COCO-Stuff, 560 Cityscapes), or ``resize:N`` (N x N, one pass)."""
+    """A test protocol by name: ``sed``, ``catseg``, ``vip`` (= ``vip:336``), ``vip:N`` (VIP's
+    336 px windows every 112 px, short side N and long side at most 2048: 448 COCO-Stuff, 560
+    Cityscapes), ``vip-fit:N`` (the same windows over the image fitted inside N x N: 448 on the
+    remote-sensing sets), or ``resize:N`` (N x N, one pass)."""
     if name.startswith("resize:") and name.removeprefix("resize:").isdigit():
         return ResizeSquare(int(name.removeprefix("resize:")))
     if name.startswith("vip:") and name.removeprefix("vip:").isdigit():
         short = int(name.removeprefix("vip:"))
         if short < 336:
             raise ValueError(f"test protocol {name!r}: the short side must be >= the 336 crop")
-        return SlidingWindow(short, 336, 112, global_view=False)
+        return SlidingWindow(short, 336, 112, global_view=False, long_side=2048)
+    if name.startswith("vip-fit:") and name.removeprefix("vip-fit:").isdigit():
+        side = int(name.removeprefix("vip-fit:"))
+        if side < 336:
+            raise ValueError(f"test protocol {name!r}: the square must be >= the 336 crop")
+        return SlidingWindow(side, 336, 112, global_view=False, long_side=side)
     if name not in TEST_PROTOCOLS:
         raise ValueError(
-            f"unknown test protocol {name!r}; use one of {', '.join(TEST_PROTOCOLS)}, vip:N or "
-            "resize:N"
+            f"unknown test protocol {name!r}; use one of {', '.join(TEST_PROTOCOLS)}, vip:N, "
+            "vip-fit:N or resize:N"
         )
     return TEST_PROTOCOLS[name]()

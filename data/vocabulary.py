@@ -10,7 +10,8 @@ Two on-disk formats are in use in the field and both are read here:
 A vocabulary is resolved by :func:`load_vocabulary` from, in order: a path to a ``.json`` or
 ``.txt`` file; an inline list (``"cat, kitty; dog; grass"``: classes separated by ``;``); a
 built-in name (``voc20``, ``voc20b``, ``pc59``, ``ade150``, ``coco171``, ``synthetic``, and with
-background as class 0 ``voc21``, ``pc60``, ``coco_object``; ``cityscapes``); a file
+background as class 0 ``voc21``, ``pc60``, ``coco_object``; ``cityscapes``; the remote-sensing
+``potsdam``, ``vaihingen``, ``isaid``, ``vdd``); a file
 ``<name>.json`` / ``<name>.txt`` in the vocabulary directory (``$DPSEG_VOCAB_DIR``, default
 ``./vocab``), where users drop lists we do not ship (``ade847``, ``pc459``).
 
@@ -34,6 +35,8 @@ BUILTIN_VOCABULARIES = (
     "toy", "toy_seen", "toy_aliases",
     # the mmsegmentation-layout benchmarks, background first (data.catalog)
     "voc21", "pc60", "coco_object", "cityscapes",
+    # the remote-sensing benchmarks of VIP (data.catalog), in mmseg's label order
+    "potsdam", "vaihingen", "isaid", "vdd",
 )  # fmt: skip
 """Shipped with the package (``data/vocabularies/<name>.txt``)."""
 

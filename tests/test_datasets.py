@@ -75,6 +75,11 @@ def test_catalog_matches_design():
         "pc60": (60, 5104),
         "coco-object": (81, 5000),
         "cityscapes": (19, 500),
+        # remote sensing, VIP's benchmarks (tests/test_remote_sensing.py)
+        "potsdam": (6, 2016),
+        "vaihingen": (6, 398),
+        "isaid": (16, 11644),
+        "vdd": (7, None),
         # the toy world (tests/test_toy_world.py); its training split is "toy:train"
         "toy": (31, None),
     }

@@ -534,4 +534,5 @@ def test_cmd_prepare(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         parser().parse_args(["prepare", "synthetic"])
     assert set(PREPARABLE) == {"coco171", "ade150", "ade847", "pc59", "pc459", "voc20", "voc20b",
-                               "coco-object", "cityscapes"}  # fmt: skip
+                               "coco-object", "cityscapes", "potsdam", "vaihingen", "isaid",
+                               "vdd"}  # fmt: skip
