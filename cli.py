@@ -65,11 +65,11 @@ def cmd_presets(args: argparse.Namespace) -> None:
         if kind == "bank":
             row["description"] = f"{p.generator} + {p.encoder}: {p.description}"
         if args.fingerprints and kind != "bank" and p.offline:
-            from model.backbone import create_clip
+            from model.backbone import create_encoder
             from prompt_bank.generator import create_generator
 
             start = time.perf_counter()
-            built = create_clip(p) if kind == "encoder" else create_generator(p)
+            built = create_encoder(p) if kind == "encoder" else create_generator(p)
             row["fingerprint"] = built.fingerprint
             row["build_seconds"] = round(time.perf_counter() - start, 2)
             row["mismatch"] = check_recorded(p.name, built.fingerprint)
@@ -735,7 +735,7 @@ def predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, choices=(1, 2), help="DPSeg: inference rounds (default 1)")
     p.add_argument("--generator-weights", help="DPSeg: local generator weights for missing classes")
     p.add_argument("--config", help="VIP: settings from a configs/vip_*.yaml (its model: section)")
-    p.add_argument("--encoder", help="VIP: encoder preset (default: the config's, vit-b16-openai)")
+    p.add_argument("--encoder", help="VIP: encoder preset (default: the config's, dinotxt-l16)")
     p.add_argument("--dual-prompts", metavar="BANK", help="VIP: add a bank's visual prompts")
     p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -776,7 +776,15 @@ def cmd_vip_select_aliases(args: argparse.Namespace) -> int:
 
     _log_ours()
     try:
-        config = SelectionConfig(threshold=args.threshold, steps=args.steps)
+        settings = {"steps": args.steps}
+        if args.threshold is not None:
+            settings["threshold"] = args.threshold
+        if args.prefilter is not None:
+            settings["prefilter"] = args.prefilter
+        if args.rule == "reported":
+            config = SelectionConfig.reported(**settings)
+        else:
+            config = SelectionConfig(**settings)
     except ValueError as e:
         raise UserError(f"{e}") from None
     path, scores = select_aliases(
@@ -819,13 +827,39 @@ def add_vip_commands(commands) -> None:
     p.add_argument("--data", required=True, help="a dataset name (cli.py data stats) or a folder")
     p.add_argument("--vocab", required=True, help="alias vocabulary: a cls_*.txt file or a name")
     p.add_argument("--out", required=True, help="the alias file to write")
-    p.add_argument("--encoder", default="vit-b16-openai", help="encoder preset (tiny-vit offline)")
-    p.add_argument("--encoder-weights", metavar="PATH", help="local CLIP weights file or folder")
     p.add_argument(
-        "--attention", default="clear", help="last block: clear, sclip, vanilla, proxy, none"
+        "--encoder",
+        default="dinotxt-l16",
+        help="encoder preset (default dinotxt-l16, VIP's; tiny-dinotxt and tiny-vit offline)",
     )
-    p.add_argument("--templates", default="imagenet80", help="imagenet80, imagenet80:N, single")
-    p.add_argument("--threshold", type=float, default=0.5, help="activation: probability >= this")
+    p.add_argument(
+        "--encoder-weights",
+        metavar="PATH",
+        help="local weights: a CLIP file or folder; dinotxt-l16: the folder of its two files",
+    )
+    p.add_argument(
+        "--attention",
+        help="dense path: dino.txt proxy (default) or none; CLIP ViT clear (default), sclip, "
+        "vanilla, proxy, none",
+    )
+    p.add_argument(
+        "--templates", default="seg", help="seg (default), city, imagenet80, imagenet80:N, single"
+    )
+    p.add_argument(
+        "--rule",
+        choices=("ours", "reported"),
+        default="ours",
+        help="ours (docs/vip.md), or the rule third-party notes report (unconfirmed): pre-filter "
+        "0.7, threshold 0.4, agreement over non-empty regions only",
+    )
+    p.add_argument(
+        "--threshold", type=float, help="activation: probability >= this (ours 0.5, reported 0.4)"
+    )
+    p.add_argument(
+        "--prefilter",
+        type=float,
+        help="drop aliases whose text cosine with the canonical name is below this",
+    )
     p.add_argument("--steps", type=int, default=2, help="random-walk steps (default 2)")
     p.add_argument("--limit", type=int, default=200, help="images scored (default 200; 0: all)")
     p.add_argument("--size", type=int, default=336, help="image side (short side + centre crop)")

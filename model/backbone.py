@@ -112,6 +112,11 @@ def create_clip(
     """
     if isinstance(preset, str):
         preset = get_encoder_preset(preset)
+    if preset.family == "dinotxt":
+        raise ValueError(
+            f"encoder preset {preset.name!r} is dino.txt, an encoder for VIP and prompt banks; "
+            "DPSeg's image encoder is a CLIP: use a vit or convnext preset (cli.py presets)"
+        )
     import open_clip
 
     if preset.is_random or random_weights:
@@ -148,6 +153,32 @@ def create_clip(
     return BuiltEncoder(model, preset, fingerprint, source)
 
 
+def create_encoder(
+    preset: str | EncoderPreset,
+    weights: str | os.PathLike | None = None,
+    random_weights: bool = False,
+    option: str = "--encoder-weights",
+) -> BuiltEncoder:
+    """Any encoder preset: a CLIP (:func:`create_clip`) or dino.txt
+    (``model.dinotxt.create_dinotxt``). ``option`` names the weights option in messages."""
+    if isinstance(preset, str):
+        preset = get_encoder_preset(preset)
+    if preset.family == "dinotxt":
+        from model.dinotxt import create_dinotxt
+
+        return create_dinotxt(preset, weights, random_weights, option)
+    return create_clip(preset, weights, random_weights)
+
+
+def text_encoder_for(built: BuiltEncoder) -> ImageTextEncoder:
+    """The image + text encoder of a built preset (``ClipEncoder`` or ``DinoTxtEncoder``)."""
+    if built.preset.family == "dinotxt":
+        from model.dinotxt import DinoTxtEncoder
+
+        return DinoTxtEncoder(built.model, built.preset)
+    return ClipEncoder(built.model, built.preset)
+
+
 @dataclass
 class ImageEncoding:
     """What the frozen visual-prompt encoder gives for a batch of images."""
@@ -160,24 +191,30 @@ class ImageEncoding:
         return [f.mean(dim=(-2, -1)) for f in self.levels]
 
 
-class ClipEncoder(nn.Module):
-    """A CLIP model seen as the encoders dpseg needs: images in [0, 1] and tokenised text.
+class ImageTextEncoder(nn.Module):
+    """What a frozen image + text encoder gives dpseg (a prompt bank's encoder, VIP's texts):
+    images in [0, 1] -> ``ImageEncoding``, token ids -> normalised text embeddings. Subclasses:
+    :class:`ClipEncoder` (open_clip) and ``model.dinotxt.DinoTxtEncoder``.
 
     Images are resized to the preset's input size and normalised here, so callers (Stable
     Diffusion's ``output_type="pt"`` output, crops of the input image) pass plain RGB in [0, 1].
-    Levels are taken with ``forward_intermediates`` at the preset's indices (DESIGN §8.6).
     """
 
-    def __init__(self, clip: nn.Module, preset: EncoderPreset):
+    def __init__(self, preset: EncoderPreset):
         super().__init__()
-        self.clip = clip
         self.preset = preset
         self.register_buffer("mean", torch.tensor(preset.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(preset.std).view(1, 3, 1, 1), persistent=False)
 
     @property
     def embed_dim(self) -> int:
-        return int(self.clip.text_projection.shape[-1])
+        raise NotImplementedError
+
+    def encode_images(self, images: torch.Tensor, size: int | None = None) -> ImageEncoding:
+        raise NotImplementedError
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def level_dims(self) -> list[int]:
         """Channels C_j of each level, found by one small forward pass."""
@@ -200,6 +237,25 @@ class ClipEncoder(nn.Module):
             ).clamp(0, 1)
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
+    def encode_class_texts(self, classes, templates: list[str], tokenizer, chunk: int = 256):
+        """T (K, P, D): each class in each template, synonyms averaged, renormalised (§2.1)."""
+        return encode_class_texts(self.encode_tokens, classes, templates, tokenizer, chunk)
+
+
+class ClipEncoder(ImageTextEncoder):
+    """A CLIP model seen as the encoders dpseg needs: images in [0, 1] and tokenised text.
+
+    Levels are taken with ``forward_intermediates`` at the preset's indices (DESIGN §8.6).
+    """
+
+    def __init__(self, clip: nn.Module, preset: EncoderPreset):
+        super().__init__(preset)
+        self.clip = clip
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.clip.text_projection.shape[-1])
+
     def encode_images(self, images: torch.Tensor, size: int | None = None) -> ImageEncoding:
         """(B, 3, H, W) in [0, 1] -> normalised (B, D) embedding and the level maps."""
         out = self.clip.visual.forward_intermediates(
@@ -212,10 +268,6 @@ class ClipEncoder(nn.Module):
         """(T, L) token ids (any device) -> (T, D) L2-normalised text embeddings."""
         tokens = tokens.to(self.mean.device)
         return nn.functional.normalize(self.clip.encode_text(tokens).float(), dim=-1)
-
-    def encode_class_texts(self, classes, templates: list[str], tokenizer, chunk: int = 256):
-        """T (K, P, D): each class in each template, synonyms averaged, renormalised (§2.1)."""
-        return encode_class_texts(self.encode_tokens, classes, templates, tokenizer, chunk)
 
 
 def encode_class_texts(
@@ -246,6 +298,8 @@ def clip_tokenizer_for(preset: EncoderPreset):
     """open_clip's tokenizer for the preset (our presets use CLIP's BPE, at their context)."""
     import open_clip
 
+    if preset.family == "dinotxt":  # dino.txt's tokenizer is CLIP's BPE at 77 tokens
+        return open_clip.get_tokenizer("ViT-B-16")
     if preset.model_cfg is not None:  # CLIP's SimpleTokenizer
         return open_clip.get_tokenizer("ViT-B-16", context_length=preset.context_length)
     return open_clip.get_tokenizer(preset.arch)

@@ -4,9 +4,9 @@ uses it (VIP's abstract: it "moves beyond the CLIP-based paradigm and harnesses"
 Architecture facts (shapes, key names, the proxy-attention formula) are those of the official
 code (facebookresearch/dinov3) and of VIP's modified copy of it (MiSsU-HH/VIP@5bd25ee).
 
-Status: the model, its weight loading, VIP's proxy head and the two seams VIP plugs into
-(``DenseDinoTxt``, ``DinoTxtTextEncoder``) exist and are tested (tests/test_dinotxt.py); VIP's
-presets, LightningModule and configs do not use them yet (issue 15).
+Presets: ``dinotxt-l16`` (the two official files, by local path) and ``tiny-dinotxt`` (this code
+at width 64, portable random weights); :func:`create_dinotxt` builds either. VIP plugs in through
+``DenseDinoTxt`` (pixels) and ``DinoTxtEncoder`` (texts, and the images of a prompt bank).
 
 - Backbone: timm's ``vit_large_patch16_dinov3_qkvb`` is the DINOv3 ViT-L/16 exactly; its
   checkpoint filter converts the official file (``storage_tokens`` -> ``reg_token``, LayerScale
@@ -34,12 +34,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.backbone import ImageEncoding, ImageTextEncoder
 from model.hub import WeightsUnavailableError
+from model.presets import DINOTXT_FILES, ENCODERS, IMAGENET_MEAN, IMAGENET_STD, EncoderPreset
+from model.vip.aggregation import proxy_attention
 
 PREFIX_TOKENS = 5  # CLS + 4 registers
 
@@ -59,6 +63,8 @@ class DinoTxtConfig:
     text_heads: int = 20
     context_length: int = 77
     vocab_size: int = 49408
+    layer_scale: float = 1e-5  # LayerScale init (the checkpoint's values replace it); the tiny
+    # random preset uses 1 (ours) so that every block of a random model changes its output
 
     @property
     def embed_dim(self) -> int:
@@ -67,9 +73,7 @@ class DinoTxtConfig:
 
 
 DINOTXT_L16 = DinoTxtConfig()
-TINY_DINOTXT = DinoTxtConfig(
-    width=64, depth=2, heads=4, head_mlp=192, text_width=64, text_depth=2, text_heads=4
-)
+TINY_DINOTXT = DinoTxtConfig(**ENCODERS["tiny-dinotxt"].model_cfg)
 
 
 class LayerNormFp32(nn.LayerNorm):
@@ -102,24 +106,6 @@ class SwiGLU(nn.Module):
         return self.w3(F.silu(self.w1(x)) * self.w2(x))
 
 
-def proxy_affinity(features: torch.Tensor) -> torch.Tensor:
-    """VIP's proxy attention map from backbone patch tokens.
-
-    Args:
-        features: (B, N, C) the backbone's final-normed patch tokens.
-    Returns:
-        (B, N, N) row-stochastic weights: softmax over j of S'_ij = 0.5 (S_ij - 1.5 mean S),
-        entries with S'_ij <= 0 excluded; a row with none left attends to itself (ours).
-    """
-    unit = F.normalize(features.float(), dim=-1)
-    s = unit @ unit.transpose(1, 2)
-    shifted = 0.5 * (s - 1.5 * s.mean(dim=(1, 2), keepdim=True))
-    keep = shifted > 0
-    empty = ~keep.any(dim=-1, keepdim=True)  # flat crops: VIP's softmax gives NaN here
-    keep = keep | (empty & torch.eye(s.shape[-1], dtype=torch.bool, device=s.device))
-    return torch.softmax(shifted.masked_fill(~keep, float("-inf")), dim=-1)
-
-
 class HeadAttention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -144,14 +130,14 @@ class HeadAttention(nn.Module):
 
 
 class HeadBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp: int):
+    def __init__(self, dim: int, heads: int, mlp: int, layer_scale: float = 1e-5):
         super().__init__()
         self.norm1 = LayerNormFp32(dim, eps=1e-5)
         self.attn = HeadAttention(dim, heads)
-        self.ls1 = LayerScale(dim)
+        self.ls1 = LayerScale(dim, layer_scale)
         self.norm2 = LayerNormFp32(dim, eps=1e-5)
         self.mlp = SwiGLU(dim, mlp)
-        self.ls2 = LayerScale(dim)
+        self.ls2 = LayerScale(dim, layer_scale)
 
     def forward(self, x: torch.Tensor, affinity: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, 5 + N, C); with `affinity` (B, N, N), VIP's proxy attention."""
@@ -169,16 +155,19 @@ class VisionHead(nn.Module):
     def __init__(self, config: DinoTxtConfig):
         super().__init__()
         self.blocks = nn.ModuleList(
-            HeadBlock(config.width, config.heads, config.head_mlp)
+            HeadBlock(config.width, config.heads, config.head_mlp, config.layer_scale)
             for _ in range(config.head_blocks)
         )
         self.ln_final = nn.LayerNorm(config.width, eps=1e-5)
 
     def forward(
-        self, tokens: torch.Tensor, proxy: bool = True
+        self, tokens: torch.Tensor, proxy: bool = True, shape: tuple[float, float] = (1.5, 0.5)
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (B, 5 + N, C) from the backbone -> (global (B, 2C), patches (B, N, C))."""
-        affinity = proxy_affinity(tokens[:, PREFIX_TOKENS:]) if proxy else None
+        """tokens (B, 5 + N, C) from the backbone -> (global (B, 2C), patches (B, N, C)).
+
+        ``proxy``: VIP's proxy attention from the backbone's patch tokens, with ``shape`` =
+        (beta, gamma) of S' = gamma (S - beta mean S) (VIP: 1.5, 0.5); else plain attention."""
+        affinity = proxy_attention(tokens[:, PREFIX_TOKENS:], *shape) if proxy else None
         x = tokens
         for block in self.blocks:
             x = block(x, affinity)
@@ -247,14 +236,15 @@ def create_backbone(config: DinoTxtConfig) -> nn.Module:
         depth=config.depth,
         num_heads=config.heads,
         patch_size=config.patch,
+        init_values=config.layer_scale,
     )
 
 
 class DinoTxt(nn.Module):
     """dino.txt: images -> (global, patch) embeddings, texts -> embeddings."""
 
-    mean = (0.485, 0.456, 0.406)  # ImageNet statistics, RGB in [0, 1]
-    std = (0.229, 0.224, 0.225)
+    mean = IMAGENET_MEAN  # RGB in [0, 1]
+    std = IMAGENET_STD
 
     def __init__(self, config: DinoTxtConfig = DINOTXT_L16):
         super().__init__()
@@ -264,17 +254,23 @@ class DinoTxt(nn.Module):
         self.text = TextTower(config)
 
     def encode_image(
-        self, images: torch.Tensor, proxy: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        images: torch.Tensor,
+        proxy: bool = True,
+        shape: tuple[float, float] = (1.5, 0.5),
+        levels: tuple[int, ...] = (),
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """images (B, 3, H, W), ImageNet-normalised, H and W multiples of the patch ->
-        (global (B, 2C), patches (B, H/16, W/16, C)); unnormalised, as the official model."""
+        global (B, 2C), patches (B, H/16, W/16, C) (unnormalised, as the official model) and the
+        backbone's patch tokens after the blocks ``levels``, each (B, C, H/16, W/16)."""
         b, _, h, w = images.shape
         p = self.config.patch
         if h % p or w % p:
             raise ValueError(f"image size {h}x{w} must be a multiple of the patch size {p}")
-        tokens = self.backbone.forward_features(images)  # (B, 5 + N, C), final norm applied
-        global_, patches = self.head(tokens, proxy=proxy)
-        return global_, patches.reshape(b, h // p, w // p, -1)
+        # (B, 5 + N, C) after the final norm, and the level maps, in one pass
+        tokens, maps = self.backbone.forward_intermediates(images, indices=list(levels) or [0])
+        global_, patches = self.head(tokens, proxy=proxy, shape=shape)
+        return global_, patches.reshape(b, h // p, w // p, -1), list(maps) if levels else []
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, 77) token ids -> (B, 2C); [C:] pairs with the mean patch embedding."""
@@ -331,22 +327,25 @@ def _load_exactly(module: nn.Module, state: dict, what: str, option: str) -> Non
         )
 
 
-def load_backbone_weights(model: DinoTxt, path: str | os.PathLike) -> None:
+def load_backbone_weights(
+    model: DinoTxt, path: str | os.PathLike, option: str = "--encoder-weights"
+) -> None:
     """The official ``dinov3_vitl16_pretrain_lvd1689m-*.pth`` into the timm backbone."""
     from timm.models.eva import checkpoint_filter_fn
 
-    option = "--backbone-weights"
     state = _read_state_dict(path, option)
     periods = state.get("rope_embed.periods")
-    _load_exactly(model.backbone, checkpoint_filter_fn(state, model.backbone), "backbone", option)
+    where = f"{option} ({Path(path).name})"
+    _load_exactly(model.backbone, checkpoint_filter_fn(state, model.backbone), "backbone", where)
     if periods is not None:  # the file's (bf16-rounded) periods, for bit parity
         model.backbone.rope.periods.copy_(periods.float())
 
 
-def load_dinotxt_weights(model: DinoTxt, path: str | os.PathLike) -> None:
+def load_dinotxt_weights(
+    model: DinoTxt, path: str | os.PathLike, option: str = "--encoder-weights"
+) -> None:
     """The official ``dinov3_vitl16_dinotxt_vision_head_and_text_encoder-*.pth``: the vision head
     (``visual_model.head.*``) and the text tower (``text_model.*``); ``logit_scale`` unused."""
-    option = "--dinotxt-weights"
     state = _read_state_dict(path, option)
     head, text, other = {}, {}, []
     for key, value in state.items():
@@ -363,23 +362,109 @@ def load_dinotxt_weights(model: DinoTxt, path: str | os.PathLike) -> None:
             f"{option}: the file does not fit dino.txt: {len(other)} unexpected keys "
             f"({', '.join(other[:6])}); pass the official dino.txt head and text file"
         )
-    _load_exactly(model.head, head, "dino.txt vision head", option)
-    _load_exactly(model.text, text, "dino.txt text tower", option)
+    where = f"{option} ({Path(path).name})"
+    _load_exactly(model.head, head, "dino.txt vision head", where)
+    _load_exactly(model.text, text, "dino.txt text tower", where)
 
 
 # ---------------------------------------------------------------------------------------------
-# the seams VIP plugs into (model.vip.segmenter): a dense encoder and a text encoder
+# the presets: finding the files, building the model
+
+
+def find_weight_files(weights: str | os.PathLike | None, option: str) -> tuple[Path, Path]:
+    """The two official files (backbone, head and text) in the folder ``weights``, or, without
+    one, in torch hub's checkpoint folder (where ``torch.hub.load`` of facebookresearch/dinov3
+    puts them). Any file starting like the official name (its hash suffix aside) is taken.
+
+    Raises:
+        WeightsUnavailableError: one line naming both files, where they were looked for, and
+            the option that takes their folder.
+    """
+    if weights is not None and not Path(weights).is_dir():
+        raise WeightsUnavailableError(
+            f"{option} {str(weights)!r} is not a folder: give the folder that holds both "
+            f"{DINOTXT_FILES[0]} and {DINOTXT_FILES[1]}"
+        )
+    folder = Path(weights) if weights is not None else Path(torch.hub.get_dir()) / "checkpoints"
+    found = []
+    for name in DINOTXT_FILES:
+        stem = name.rsplit("-", 1)[0]
+        hits = sorted(
+            p for p in folder.glob(f"{stem}*") if p.suffix in (".pth", ".pt", ".safetensors")
+        )
+        found.append(hits[0] if hits else None)
+    if None in found:
+        lacking = [n for n, f in zip(DINOTXT_FILES, found) if f is None]
+        lacking = "neither is" if len(lacking) == 2 else f"{lacking[0]} is not"
+        raise WeightsUnavailableError(
+            f"dino.txt (encoder preset dinotxt-l16) needs its two official weight files "
+            f"{DINOTXT_FILES[0]} (DINOv3 ViT-L/16 backbone) and {DINOTXT_FILES[1]} (vision head "
+            f"and text tower); {lacking} in {folder}: download them from Meta "
+            "(github.com/facebookresearch/dinov3, 'Pretrained models') and pass their folder "
+            f"with {option} DIR"
+        )
+    return found[0], found[1]
+
+
+def create_dinotxt(
+    preset: EncoderPreset,
+    weights: str | os.PathLike | None = None,
+    random_weights: bool = False,
+    option: str = "--encoder-weights",
+):
+    """dino.txt for an encoder preset of family ``dinotxt``: a ``BuiltEncoder`` (eval, fp32, CPU).
+
+    ``tiny-dinotxt``: portable random weights (the same bits on every CPU); ``dinotxt-l16``: the
+    two official files from the folder ``weights`` (:func:`find_weight_files`), or the
+    architecture with seeded random weights when ``random_weights`` (speed only).
+    """
+    from model.backbone import BuiltEncoder
+    from model.fingerprint import warn_if_unrecorded, weights_fingerprint
+    from model.hub import refuse_weights_for_random
+    from model.portable_init import build_portable
+
+    config = DinoTxtConfig(**preset.model_cfg) if preset.model_cfg else DINOTXT_L16
+    if preset.is_random or random_weights:
+        refuse_weights_for_random(preset.name, weights)
+        if preset.is_random:
+            model = build_portable(lambda: {"dinotxt": DinoTxt(config)}, preset.seed)["dinotxt"]
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(preset.seed)
+                model = DinoTxt(config)
+        source = f"random(seed={preset.seed})"
+    else:
+        backbone_file, dinotxt_file = find_weight_files(weights, option)
+        model = DinoTxt(config)
+        load_backbone_weights(model, backbone_file, option)
+        load_dinotxt_weights(model, dinotxt_file, option)
+        source = f"{backbone_file} + {dinotxt_file.name}"
+    model.eval()
+    fingerprint = weights_fingerprint(model)
+    if preset.is_random and not random_weights:
+        warn_if_unrecorded(preset.name, fingerprint)
+    return BuiltEncoder(model, preset, fingerprint, source)
+
+
+# ---------------------------------------------------------------------------------------------
+# the seams VIP and the bank builder plug into: a dense encoder, and the image + text encoder
 
 
 class DenseDinoTxt(nn.Module):
     """images (B, 3, H, W) RGB in [0, 1] -> (B, C, H/16, W/16) patch embeddings of dino.txt's
     head (with VIP's proxy attention unless ``proxy=False``): what ``VIPSegmenter`` compares
-    with the second half of text embeddings. H and W must be multiples of 16."""
+    with the second half of text embeddings, ``(B, C, ceil(H/16), ceil(W/16))``.
 
-    def __init__(self, model: DinoTxt, proxy: bool = True):
+    Sizes that are not multiples of the patch are padded at the bottom and right with the mean
+    colour (0 after normalisation) and the cells that hold only padding are cut off again
+    (ours; the reference pads its crops to multiples of 56 with CLIP's mean colour).
+    ``shape`` = (beta, gamma) of the proxy attention (VIP: 1.5, 0.5)."""
+
+    def __init__(self, model: DinoTxt, proxy: bool = True, shape: tuple[float, float] = (1.5, 0.5)):
         super().__init__()
         self.model = model
         self.proxy = proxy
+        self.shape = shape
         self.register_buffer("mean", torch.tensor(DinoTxt.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(DinoTxt.std).view(1, 3, 1, 1), persistent=False)
 
@@ -391,34 +476,42 @@ class DenseDinoTxt(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
         x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
-        _, patches = self.model.encode_image(x, proxy=self.proxy)
-        return patches.permute(0, 3, 1, 2)
+        p = self.patch_size
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, -w % p, 0, -h % p))
+        _, patches, _ = self.model.encode_image(x, proxy=self.proxy, shape=self.shape)
+        return patches.permute(0, 3, 1, 2)[:, :, : -(-h // p), : -(-w // p)]
 
 
-class DinoTxtTextEncoder:
-    """Text prompts in the space of patch embeddings: the second half ([C:]) of dino.txt's text
-    embedding, L2-normalised; ``encode_class_texts`` as ``model.backbone.ClipEncoder``'s."""
+class DinoTxtEncoder(ImageTextEncoder):
+    """dino.txt as the frozen encoder of a prompt bank and of VIP's texts (``ClipEncoder``'s
+    interface), in the space of patch embeddings (C = ``embed_dim``):
 
-    def __init__(self, model: DinoTxt):
+    - texts: the second half ([C:]) of the text embedding, L2-normalised (what VIP compares
+      with pixels);
+    - images: the mean of the head's patch embeddings (= the global embedding's second half)
+      through VIP's proxy head, L2-normalised: the visual prompt comes through the same dense
+      path as the pixels it is compared with (ours: VIP has no visual prompts);
+    - levels: the backbone's patch tokens after the preset's blocks, (B, C, h, w) each.
+    """
+
+    def __init__(self, model: DinoTxt, preset: EncoderPreset):
+        super().__init__(preset)
         self.model = model
 
-    @torch.no_grad()
+    @property
+    def embed_dim(self) -> int:
+        return self.model.config.width
+
+    def encode_images(self, images: torch.Tensor, size: int | None = None) -> ImageEncoding:
+        """(B, 3, H, W) in [0, 1] -> normalised (B, C) embedding and the level maps."""
+        x = self.preprocess(images, size)
+        global_, _, maps = self.model.encode_image(x, levels=tuple(self.preset.levels))
+        c = self.embed_dim
+        return ImageEncoding(F.normalize(global_[:, c:].float(), dim=-1), maps)
+
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """(T, 77) token ids -> (T, C) normalised patch-side text embeddings."""
-        c = self.model.config.width
-        tokens = tokens.to(next(self.model.parameters()).device)
+        c = self.embed_dim
+        tokens = tokens.to(self.mean.device)
         return F.normalize(self.model.encode_text(tokens).float()[:, c:], dim=-1)
-
-    @torch.no_grad()
-    def encode_class_texts(self, classes, templates: list[str], tokenizer, chunk: int = 256):
-        """(K, P, C): each class in each template, synonyms averaged, renormalised."""
-        from model.backbone import encode_class_texts
-
-        return encode_class_texts(self.encode_tokens, classes, templates, tokenizer, chunk)
-
-
-def dinotxt_tokenizer():
-    """CLIP's BPE at 77 tokens: dino.txt's tokenizer (the same vocabulary and cleaning)."""
-    import open_clip
-
-    return open_clip.get_tokenizer("ViT-B-32")

@@ -12,6 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+# ImageNet's input statistics (DINOv3 and dino.txt)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# dino.txt's two official weight files (facebookresearch/dinov3's hub names), for dinotxt-l16
+DINOTXT_FILES = (
+    "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth",
+    "dinov3_vitl16_dinotxt_vision_head_and_text_encoder-a442d8f5.pth",
+)
+
 # OpenAI CLIP's input statistics (open_clip.constants' values; importing open_clip here would
 # load all of it, 2.4 s, into every command that only lists or checks presets)
 OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -30,10 +39,11 @@ def _needs(preset: EncoderPreset | GeneratorPreset, hub_id: str | None, local_op
 
 @dataclass(frozen=True)
 class EncoderPreset:
-    """A CLIP model (image + text towers) from open_clip."""
+    """An image + text model: a CLIP from open_clip (``vit``, ``convnext``), or dino.txt
+    (``dinotxt``: ``model.dinotxt``, whose ``model_cfg`` holds ``DinoTxtConfig`` sizes)."""
 
     name: str
-    family: Literal["vit", "convnext"]  # how levels and dense features are taken (DESIGN §2.2)
+    family: Literal["vit", "convnext", "dinotxt"]  # how levels and dense features are taken
     arch: str  # open_clip model name (or a name for the custom config below)
     pretrained: str | None  # open_clip pretrained tag; None = random weights from `seed`
     image_size: int  # input side the weights were trained at
@@ -66,14 +76,14 @@ class EncoderPreset:
     @property
     def context_length(self) -> int:
         """Tokens per text (CLIP's 77; the toy presets' text tower is shorter)."""
-        if self.model_cfg is not None:
+        if self.model_cfg is not None and "text_cfg" in self.model_cfg:
             return int(self.model_cfg["text_cfg"].get("context_length", 77))
         return 77
 
     @property
     def hub_id(self) -> str | None:
         """The Hugging Face repository open_clip downloads this preset's weights from."""
-        if self.pretrained is None:
+        if self.pretrained is None or self.family == "dinotxt":
             return None
         import open_clip
 
@@ -87,6 +97,8 @@ class EncoderPreset:
                 f"nothing: pretrained on the toy world by dpseg (cli.py presets pretrain "
                 f"{self.name}), shipped as model/weights/{self.bundled}"
             )
+        if self.family == "dinotxt" and not self.is_random:
+            return f"the two official files {' and '.join(DINOTXT_FILES)} (--encoder-weights DIR)"
         return _needs(self, self.hub_id, "--encoder-weights PATH")
 
 
@@ -245,6 +257,42 @@ ENCODERS: dict[str, EncoderPreset] = {
                 },
                 "text_cfg": _TOY_TEXT_CFG,
             },
+        ),
+        EncoderPreset(
+            name="tiny-dinotxt",
+            family="dinotxt",
+            arch="dinotxt",
+            pretrained=None,
+            image_size=128,
+            levels=(0, 1),
+            description="dino.txt's code at small width: DINOv3 ViT patch 16, width 64, 2 blocks; "
+            "head 2 blocks; text 64 x 2 layers; embed 2 x 64",
+            model_cfg={  # model.dinotxt.DinoTxtConfig's fields; layer scale 1 (ours): random
+                # blocks that matter
+                "width": 64,
+                "depth": 2,
+                "heads": 4,
+                "head_mlp": 192,
+                "text_width": 64,
+                "text_depth": 2,
+                "text_heads": 4,
+                "layer_scale": 1.0,
+            },
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+        ),
+        EncoderPreset(
+            name="dinotxt-l16",
+            family="dinotxt",
+            arch="dinotxt",
+            pretrained="lvd1689m",
+            image_size=224,  # the head was trained at 224 px; VIP runs it on 336 px windows
+            levels=(5, 11, 17, 23),  # (ours) every sixth of the 24 backbone blocks
+            description="dino.txt: DINOv3 ViT-L/16 (LVD-1689M) + dino.txt vision head and text "
+            "tower (VIP's encoder); the two official files, no hub",
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            license="DINOv3 License (Meta; facebookresearch/dinov3 LICENSE.md)",
         ),
         EncoderPreset(
             name="vit-b16-openai",

@@ -180,14 +180,14 @@ class _Models:
     """The generator pipeline and the frozen encoder, placed on the build device."""
 
     def __init__(self, config: BuildConfig, device: torch.device):
-        from model.backbone import ClipEncoder, clip_tokenizer_for, create_clip
+        from model.backbone import clip_tokenizer_for, create_encoder, text_encoder_for
         from prompt_bank.generator import create_generator
 
         self.device = device
         gen = create_generator(
             config.generator, weights=config.generator_weights, random_weights=config.random_weights
         )
-        enc = create_clip(
+        enc = create_encoder(
             config.encoder, weights=config.encoder_weights, random_weights=config.random_weights
         )
         self.gen, self.enc = gen, enc
@@ -209,7 +209,7 @@ class _Models:
             diffusers_logging.set_verbosity_error()  # its fp32-module advice is for from_pretrained
             self.pipe.to(torch_dtype=self.dtype)
             diffusers_logging.set_verbosity(level)
-        self.encoder = ClipEncoder(enc.model, enc.preset).to(device).eval()
+        self.encoder = text_encoder_for(enc).to(device).eval()
         if cuda:  # channels_last speeds up the convolutions; bits stay fixed per batch shape
             if not self.rendered:
                 self.pipe.unet.to(memory_format=torch.channels_last)

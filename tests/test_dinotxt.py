@@ -1,5 +1,6 @@
 """dino.txt at tiny width: VIP's proxy head against a direct transcription of its formula, the
-official key layouts loading without missing or unexpected keys, and clear errors."""
+official key layouts loading without missing or unexpected keys (also through the preset path:
+a folder of officially named files), the encoder a bank uses, and clear errors."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from model.dinotxt import (
     DinoTxt,
     load_backbone_weights,
     load_dinotxt_weights,
-    proxy_affinity,
 )
 from model.hub import WeightsUnavailableError
+from model.presets import DINOTXT_FILES, EncoderPreset, get_encoder_preset
+from model.vip.aggregation import proxy_attention
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +66,15 @@ def test_proxy_head_matches_the_reference_formula(model):
         tokens = model.backbone.forward_features(images)
         ours = model.head(tokens, proxy=True)
         theirs = reference_head(model.head, tokens)
-        global_, patches = model.encode_image(images)
+        global_, patches, levels = model.encode_image(images, levels=(0, 1))
     for a, b in zip(ours, theirs):
         assert (a - b).abs().max().item() <= 1e-5
     assert global_.shape == (1, 128) and patches.shape == (1, 4, 6, 64)
+    assert [tuple(m.shape) for m in levels] == [(1, 64, 4, 6)] * 2
+    after_last = model.backbone.forward_intermediates(images, indices=[1], norm=True)[1][0]
+    torch.testing.assert_close(  # the last level, normed, is what the head received
+        after_last.flatten(2).mT, tokens[:, PREFIX_TOKENS:]
+    )
     torch.testing.assert_close(global_[:, 64:], patches.mean(dim=(1, 2)))  # [CLS, mean patches]
 
 
@@ -84,7 +91,7 @@ def test_batches_equal_single_images_and_plain_attention_differs(model):
 
 def test_a_flat_crop_gives_no_nan():
     """Every S_ij equal: no entry exceeds 1.5 mean S (VIP: NaN); each token keeps itself."""
-    affinity = proxy_affinity(torch.ones(1, 9, 8))
+    affinity = proxy_attention(torch.ones(1, 9, 8))
     torch.testing.assert_close(affinity[0], torch.eye(9))
     assert torch.isfinite(affinity).all()
 
@@ -203,16 +210,19 @@ def test_vip_runs_on_dinotxt_through_its_seams(model):
     """The segmenter VIP uses, fed by dino.txt's dense and text encoders (a tiny random model:
     shapes and plumbing, not accuracy)."""
     from data.vocabulary import Vocabulary
-    from model.dinotxt import DenseDinoTxt, DinoTxtTextEncoder, dinotxt_tokenizer
+    from model.backbone import clip_tokenizer_for
+    from model.dinotxt import DenseDinoTxt, DinoTxtEncoder
+
+    dinotxt_tokenizer = lambda: clip_tokenizer_for(get_encoder_preset("tiny-dinotxt"))  # noqa: E731
     from model.vip.segmenter import VIPSegmenter, encode_aliases
 
     vocab = Vocabulary.from_entries(["background", "cat, kitty", "dog"])
-    text = DinoTxtTextEncoder(model)
+    text = DinoTxtEncoder(model, get_encoder_preset("tiny-dinotxt"))
     per_template = text.encode_class_texts(vocab.classes, ["a photo of a {}."], dinotxt_tokenizer())
     assert per_template.shape == (3, 1, 64)
     torch.testing.assert_close(per_template.norm(dim=-1), torch.ones(3, 1))
     queries = encode_aliases(text, vocab, ["a photo of a {}.", "{} isolated."], dinotxt_tokenizer())
-    assert queries.text.shape == (4, 64) and queries.aliases == [
+    assert queries.text.shape == (4, 2, 64) and queries.aliases == [
         "background",
         "cat",
         "kitty",
@@ -225,3 +235,91 @@ def test_vip_runs_on_dinotxt_through_its_seams(model):
         logits = VIPSegmenter(dense)(images, queries)
     assert features.shape == (2, 64, 3, 4) and logits.shape == (2, 3, 3, 4)
     assert torch.isfinite(logits).all()
+
+
+def test_bank_encoder_embeds_images_through_the_pixels_dense_path(model):
+    """A visual prompt of dino.txt is the generated image's patch embeddings after the proxy
+    head, pooled and normalised: the same path as the pixels VIP compares it with."""
+    from model.dinotxt import DenseDinoTxt, DinoTxtEncoder
+
+    preset = get_encoder_preset("tiny-dinotxt")
+    encoder, dense = DinoTxtEncoder(model, preset), DenseDinoTxt(model)
+    images = torch.rand(2, 3, preset.image_size, preset.image_size)
+    with torch.no_grad():
+        encoding = encoder.encode_images(images)
+        pooled = F.normalize(dense(images).mean(dim=(2, 3)), dim=-1)
+    torch.testing.assert_close(encoding.embedding, pooled, atol=1e-5, rtol=1e-5)
+    assert encoder.level_dims() == [64, 64] and encoder.embed_dim == 64
+    side = preset.image_size // 16
+    assert [tuple(m.shape) for m in encoding.levels] == [(2, 64, side, side)] * 2
+
+
+def test_dense_path_takes_sizes_that_are_not_multiples_of_the_patch(model):
+    from model.dinotxt import DenseDinoTxt
+
+    dense = DenseDinoTxt(model)
+    with torch.no_grad():
+        odd = dense(torch.rand(1, 3, 50, 33))
+    assert odd.shape == (1, 64, 4, 3) and torch.isfinite(odd).all()  # ceil(50/16), ceil(33/16)
+
+
+def _officially_named_folder(folder, config):
+    folder.mkdir()
+    torch.save(official_backbone_state(config), folder / DINOTXT_FILES[0])
+    torch.save(official_dinotxt_state(config), folder / DINOTXT_FILES[1])
+    return folder
+
+
+def test_a_folder_of_the_official_files_builds_the_preset(tmp_path):
+    """The preset path a user takes: a folder holding the two files by their official names
+    (here in tiny shapes, under a tiny variant of the dinotxt-l16 preset)."""
+    from dataclasses import asdict
+
+    from model.dinotxt import create_dinotxt, find_weight_files
+
+    torch.manual_seed(4)
+    folder = _officially_named_folder(tmp_path / "weights", TINY_DINOTXT)
+    assert find_weight_files(folder, "--x") == (
+        folder / DINOTXT_FILES[0],
+        folder / DINOTXT_FILES[1],
+    )
+    preset = EncoderPreset(
+        name="dinotxt-tiny-test", family="dinotxt", arch="dinotxt", pretrained="lvd1689m",
+        image_size=64, levels=(0, 1), description="test", model_cfg=asdict(TINY_DINOTXT),
+    )  # fmt: skip
+    built = create_dinotxt(preset, folder, option="--model.encoder_weights")
+    backbone = torch.load(folder / DINOTXT_FILES[0], weights_only=True)
+    torch.testing.assert_close(built.model.backbone.reg_token, backbone["storage_tokens"])
+    assert built.weights.endswith(DINOTXT_FILES[1]) and len(built.fingerprint) == 64
+    again = create_dinotxt(preset, folder)
+    assert again.fingerprint == built.fingerprint
+
+
+def test_missing_files_name_both_files_and_the_option(tmp_path):
+    from model.backbone import create_encoder
+    from model.dinotxt import find_weight_files
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WeightsUnavailableError) as info:
+        create_encoder("dinotxt-l16", weights=tmp_path / "empty", option="--model.encoder_weights")
+    message = str(info.value)
+    assert "\n" not in message and "neither is in" in message
+    assert (
+        all(name in message for name in DINOTXT_FILES) and "--model.encoder_weights DIR" in message
+    )
+    torch.save({}, tmp_path / "empty" / DINOTXT_FILES[0])
+    with pytest.raises(WeightsUnavailableError, match=f"{DINOTXT_FILES[1]} is not in"):
+        find_weight_files(tmp_path / "empty", "--encoder-weights")
+    with pytest.raises(WeightsUnavailableError, match="is not a folder"):
+        find_weight_files(tmp_path / "empty" / DINOTXT_FILES[0], "--encoder-weights")
+
+
+def test_tiny_dinotxt_preset_is_portable_and_random():
+    from model.backbone import create_encoder
+
+    a, b = create_encoder("tiny-dinotxt"), create_encoder("tiny-dinotxt")
+    assert a.fingerprint == b.fingerprint and a.weights == "random(seed=0)"
+    with pytest.raises(ValueError, match="DPSeg's image encoder is a CLIP"):
+        from model.backbone import create_clip
+
+        create_clip("tiny-dinotxt")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import ROOT, run_cli
 
-from model.backbone import create_clip
+from model.backbone import create_clip, create_encoder
 from model.fingerprint import (
     check_recorded,
     package_versions,
@@ -30,7 +30,7 @@ from model.presets import (
 )
 from prompt_bank.generator import clip_tokenizer, create_generator
 
-TINY = ("tiny-vit", "tiny-convnext", "tiny-sd")
+TINY = ("tiny-vit", "tiny-convnext", "tiny-dinotxt", "tiny-sd")
 OFFLINE = (*TINY, "toy-convnext", "toy-vit", "toy-render")  # built with no download
 
 EXPECTED = {
@@ -39,6 +39,8 @@ EXPECTED = {
         "tiny-convnext",
         "toy-convnext",
         "toy-vit",
+        "tiny-dinotxt",
+        "dinotxt-l16",
         "vit-b16-openai",
         "convnext-b-laion",
         "convnext-l-laion",
@@ -49,7 +51,7 @@ EXPECTED = {
 
 
 def build(name):
-    return create_generator(name) if name == "tiny-sd" else create_clip(name)
+    return create_generator(name) if name == "tiny-sd" else create_encoder(name)
 
 
 def test_registry_names():
@@ -74,7 +76,7 @@ def test_real_presets_point_at_open_clip_weights():
         "laion/CLIP-convnext_base_w_320-laion_aesthetic-s13B-b82K"
     )
     for p in list_presets("encoder"):
-        if not p.offline:
+        if not p.offline and p.family != "dinotxt":  # dino.txt: two local files, no hub
             assert p.pretrained in open_clip.list_pretrained_tags_by_model(p.arch)
 
 
@@ -154,12 +156,12 @@ def test_build_is_deterministic_and_leaves_global_rng_alone():
 
 
 FINGERPRINTS_SCRIPT = (
-    "import json, torch; from model.backbone import create_clip;"
+    "import json, torch; from model.backbone import create_encoder;"
     "from prompt_bank.generator import create_generator;"
     "print(torch.backends.cpu.get_cpu_capability(), json.dumps({"
     "**{n: create_generator(n).fingerprint for n in ('tiny-sd', 'toy-render')},"
-    "**{n: create_clip(n).fingerprint for n in ('tiny-vit', 'tiny-convnext', 'toy-convnext',"
-    " 'toy-vit')}}))"
+    "**{n: create_encoder(n).fingerprint for n in ('tiny-vit', 'tiny-convnext', 'toy-convnext',"
+    " 'toy-vit', 'tiny-dinotxt')}}))"
 )
 
 

@@ -131,6 +131,58 @@ def test_alias_substitution_matches_a_brute_force_softmax():
         torch.testing.assert_close(entropy[:, a], -(p * p.clamp(min=1e-300).log()).sum(1))
 
 
+def test_a_flat_map_scores_no_agreement_and_a_silent_canonical_name_keeps_no_alias():
+    """A map constant over the image (every patch alike) is perfectly 'stable' under
+    propagation; it scores 0, not 1. A class whose canonical name never activates has nothing
+    to compare its aliases with: they are dropped, saying why."""
+    from model.vip.selection import AliasSelector, SelectionConfig
+
+    features, _, owner = _two_region_image()
+    queries = torch.tensor(
+        [
+            [-1.0, -1.0, 0, 0, 0, 0],  # class 0 canonical: far from every patch
+            [1.0, 0, 0, 0, 0, 0],  # class 0 alias: the object
+            [0, 0, 1.0, 0, 0, 0],  # class 0 alias: the texture
+            [0, 1.0, 0, 0, 0, 0],  # class 1 canonical
+        ]
+    )
+    names = ["silent", "object", "texture", "stuff"]
+    selector = AliasSelector(names, owner, SelectionConfig(logit_scale=10))
+    selector.update(features, queries)
+    scores = {s.alias: s for s in selector.scores()}
+    assert scores["silent"].entropy == float("inf") and scores["silent"].kept
+    assert scores["object"].activation > 0 and not scores["object"].kept
+    assert scores["object"].reason == "the canonical name has no region: nothing to compare with"
+
+    blank = features[:, :1].expand_as(features)  # every patch alike: every map is flat
+    flat = AliasSelector(names, owner, SelectionConfig(logit_scale=10))
+    flat.update(blank, queries)
+    assert all(s.agreement == 0.0 for s in flat.scores())  # a soft IoU gave each of them 1
+
+
+def test_reported_rule_prefilters_by_text_cosine_and_counts_only_non_empty_regions():
+    from model.vip.selection import AliasSelector, SelectionConfig
+
+    reported = SelectionConfig.reported(logit_scale=10)
+    assert (reported.threshold, reported.prefilter, reported.nonempty_only) == (0.4, 0.7, True)
+    features, queries, owner = _two_region_image()
+    cosine = torch.tensor([1.0, 0.2, 0.9, 1.0])  # 'texture' is far from 'thing' in text
+    selector = AliasSelector(["thing", "texture", "object", "stuff"], owner, reported, cosine)
+    selector.update(features, queries)
+    stuff_only = features[:, 8:9].expand_as(features)  # every patch the 'stuff' of class 1
+    selector.update(stuff_only, queries)
+    scores = {s.alias: s for s in selector.scores()}
+    assert scores["texture"].reason == "text cosine with the canonical name 0.20 < 0.7"
+    assert scores["object"].kept
+    # class 0 has no region in the second image: it is not counted, the figure is the first's
+    alone = AliasSelector(["thing", "texture", "object", "stuff"], owner, reported, cosine)
+    alone.update(features, queries)
+    first = {s.alias: s for s in alone.scores()}
+    assert scores["object"].agreement == pytest.approx(first["object"].agreement)
+    with pytest.raises(ValueError, match="prefilter"):
+        SelectionConfig(prefilter=2.0)
+
+
 def test_alias_file_round_trips_through_the_vocabulary_reader(tmp_path):
     from data.vocabulary import read_vocabulary_file
     from model.vip.selection import AliasSelector, SelectionConfig, write_alias_file
@@ -142,7 +194,8 @@ def test_alias_file_round_trips_through_the_vocabulary_reader(tmp_path):
     selector.update(features, queries)
     path = write_alias_file(selector.scores(), tmp_path / "aliases.txt", ["made by a test"])
     text = path.read_text()
-    assert "# class 0 'texture': agreement" in text and "(dropped)" in text
+    assert "# class 0 'texture': agreement" in text
+    assert "(dropped: agreement not above the canonical name's)" in text
     vocab = read_vocabulary_file(path)
     assert [c.synonyms for c in vocab] == [("thing", "object"), ("stuff",)]
 
@@ -233,13 +286,43 @@ def test_segmenter_aggregates_aliases_and_adds_visual_prompts():
         c0 = torch.logsumexp(2.0 * w[:2] * 10 * cos[:2], 0) / 2.0
         assert logits[0, 0, 0, pixel].item() == pytest.approx(c0.item(), rel=1e-5)
         assert logits[0, 1, 0, pixel].item() == pytest.approx(10 * cos[2].item(), rel=1e-5)
-    # dual prompts: each alias query is the average of its text and its class's visual prompt
+    # dual prompts: each alias query is normalize((t + v) / 2) with its class's visual prompt
     visual = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
     dual = AliasQueries(text, queries.owner, queries.aliases, 2, visual=visual)
-    torch.testing.assert_close(dual.embeddings(0.5), (text + visual[[0, 0, 1]]) / 2)
+    fused = torch.nn.functional.normalize((text + visual[[0, 0, 1]]) / 2, dim=-1)
+    torch.testing.assert_close(dual.embeddings(0.5), fused)
+    assert dual.embeddings(0.5).norm(dim=-1).allclose(torch.ones(3))  # one logit scale for all
     assert not torch.allclose(segmenter(torch.zeros(1, 3, 8, 16), dual), logits)
     with pytest.raises(ValueError, match="visual prompts"):
         AliasQueries(text, queries.owner, queries.aliases, 2, visual=torch.zeros(3, 2))
+
+
+def test_dual_prompts_fuse_per_template_then_average_the_templates():
+    """(A, P, D) text and (K, P, D) visual: r = normalize((1 - w) t + w v) per alias and
+    template, then the template mean; a bank of other templates gives one v per class."""
+    from model.vip.segmenter import AliasQueries
+
+    gen = torch.Generator().manual_seed(0)
+    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, generator=gen), dim=-1)  # noqa: E731
+    text, visual, owner = unit(3, 4, 8), unit(2, 4, 8), torch.tensor([0, 0, 1])
+    queries = AliasQueries(text, owner, ["a", "b", "c"], 2, visual=visual)
+    expected = torch.stack(
+        [
+            torch.stack(
+                [torch.nn.functional.normalize(0.7 * text[a, p] + 0.3 * visual[owner[a], p], dim=0)
+                 for p in range(4)]
+            ).mean(0)
+            for a in range(3)
+        ]
+    )  # fmt: skip
+    torch.testing.assert_close(queries.embeddings(0.3), expected)
+    torch.testing.assert_close(
+        AliasQueries(text, owner, ["a", "b", "c"], 2).embeddings(0.3), text.mean(dim=1)
+    )
+    one = AliasQueries(text, owner, ["a", "b", "c"], 2, visual=visual[:, :1])  # (K, 1, D)
+    assert one.embeddings(0.5).shape == (3, 8)
+    with pytest.raises(ValueError, match="P=4 or 1"):
+        AliasQueries(text, owner, ["a", "b", "c"], 2, visual=visual[:, :3])
 
 
 def test_alias_queries_average_the_templates_of_each_alias(tiny_vit):
@@ -254,4 +337,5 @@ def test_alias_queries_average_the_templates_of_each_alias(tiny_vit):
     assert queries.aliases == ["cat", "kitty", "dog"] and queries.owner.tolist() == [0, 0, 1]
     with torch.no_grad():
         kitty = encoder.encode_class_texts([ClassName(("kitty",))], templates, tokenizer)
-    torch.testing.assert_close(queries.text[1], kitty[0].mean(0))
+    torch.testing.assert_close(queries.text[1], kitty[0])  # (P, D) per template
+    torch.testing.assert_close(queries.embeddings()[1], kitty[0].mean(0))

@@ -122,27 +122,9 @@ def test_select_aliases_command_writes_a_readable_alias_file(vip_world, world):
 # Configs for published benchmarks: vip_tiny (plumbing) and vip_toy (the toy world) are ours.
 VIP_CONFIGS = sorted(
     p
-    for p in (ROOT / "configs").glob("vip_*.yaml")
-    if p.name not in ("vip_tiny.yaml", "vip_toy.yaml")
+    for p in [*(ROOT / "configs").glob("vip_*.yaml"), *(ROOT / "configs" / "vip_clip").glob("*")]
+    if p.name not in ("vip_tiny.yaml", "vip_toy.yaml", "vip_tiny_dinotxt.yaml")
 )
-
-
-def test_there_is_a_config_per_training_free_benchmark():
-    datasets = set()
-    for path in VIP_CONFIGS:
-        config = yaml.safe_load(path.read_text())
-        assert config["method"] == "vip"
-        datasets |= {pair["dataset"] for pair in config["data"]["test"]}
-    assert datasets == {"voc21", "pc60", "coco-object", "voc20", "pc59", "coco171",
-                        "cityscapes", "ade150"}  # fmt: skip
-    published = {"voc21": (0.28, 3.0), "coco-object": (0.13, 6.0), "cityscapes": (0.15, 2.0),
-                 "ade150": (0.07, 5.0)}  # fmt: skip
-    for path in VIP_CONFIGS:
-        config = yaml.safe_load(path.read_text())
-        dataset = config["data"]["test"][0]["dataset"]
-        if dataset in published:
-            vip = config["model"]["vip"]
-            assert (vip["prob_thd"], vip["tau"]) == published[dataset], path.name
 
 
 @pytest.mark.parametrize("path", VIP_CONFIGS, ids=lambda p: p.stem)
@@ -204,3 +186,71 @@ def test_vip_toy_config_uses_the_toy_worlds_builtin_aliases():
         assert all(len(entry.synonyms) >= 2 for entry in vocab.classes[1:]), (
             "every class has aliases"
         )
+
+
+# VIP on dino.txt (tiny-dinotxt: the real code at width 64, random portable weights)
+
+VIP_TINY_DINOTXT = ROOT / "configs" / "vip_tiny_dinotxt.yaml"
+
+
+def run_vip_dinotxt(vip_world: Path, *args: str):
+    return run_cli(args[0], "--config", str(VIP_TINY_DINOTXT), "--config",
+                   str(vip_world / "overlay_dinotxt.yaml"), *args[1:], env=ENV, cwd=vip_world,
+                   timeout=600)  # fmt: skip
+
+
+def test_vip_on_tiny_dinotxt_tests_with_and_without_dual_prompts(vip_world, world):
+    overlay = {"data": {"root": str(world / "datasets"), "limit_eval": 2}}
+    (vip_world / "overlay_dinotxt.yaml").write_text(yaml.safe_dump(overlay))
+    plain = run_vip_dinotxt(vip_world, "test", "--model.results_dir", str(vip_world / "dt"))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    record = json.loads((vip_world / "dt" / "synthetic.run.json").read_text())
+    assert (record["encoder"], record["attention"]) == ("tiny-dinotxt", "proxy")
+    assert record["templates"] == "seg (6)" and record["dual_prompts"] is None
+
+    bank = make_bank(vip_world / "dinotxt_bank.zarr", "seg", encoder="tiny-dinotxt")
+    dual = run_vip_dinotxt(vip_world, "test", "--dual-prompts", str(bank),
+                           "--model.results_dir", str(vip_world / "dt_dual"))  # fmt: skip
+    assert dual.returncode == 0, dual.stderr[-3000:]
+    dual_record = json.loads((vip_world / "dt_dual" / "synthetic.run.json").read_text())
+    assert dual_record["dual_prompts"]["encoder"] == "tiny-dinotxt"
+    assert dual_record["dual_prompts"]["fusion"] == "normalize(0.5 t + 0.5 v) per template"
+    assert dual_record["confusion_matrix"] != record["confusion_matrix"]
+
+    # the plain head (attention none) is the other dense path dino.txt has; ClearCLIP's is not
+    none = run_vip_dinotxt(vip_world, "test", "--model.attention", "none",
+                           "--model.results_dir", str(vip_world / "dt_none"))  # fmt: skip
+    assert none.returncode == 0, none.stderr[-3000:]
+    clear = run_vip_dinotxt(vip_world, "test", "--model.attention", "clear")
+    assert clear.returncode == 2 and "attention='clear' is not available" in clear.stderr
+
+
+def test_vip_on_tiny_dinotxt_predicts_and_selects_aliases(vip_world, world):
+    images = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[:1]
+    out = vip_world / "dt_pred"
+    result = run_cli("predict", "--method", "vip", "--config", str(VIP_TINY_DINOTXT),
+                     "--images", str(images[0]), "--vocab", "red disc, red circle; background",
+                     "--out", str(out), "--quiet", env=ENV)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / f"{images[0].stem}.json").read_text())["num_classes"] == 2
+    selected = vip_world / "dt_selected.txt"
+    result = run_cli("vip", "select-aliases", "--data", "synthetic", "--vocab",
+                     "background; red disc, red circle, tomato", "--out", str(selected),
+                     "--encoder", "tiny-dinotxt", "--rule", "reported", "--limit", "2",
+                     "--root", str(world / "datasets"), "--quiet", env=ENV)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = selected.read_text()
+    assert "encoder tiny-dinotxt (attention proxy), templates seg" in text
+    assert "text pre-filter 0.7" in text and "# class 1 'tomato': agreement" in text
+
+
+def test_published_vip_config_resolves_to_dinotxt_and_stops_offline_naming_both_files(tmp_path):
+    """No dino.txt files anywhere: one line naming both files and the option, exit 2."""
+    result = run_cli("test", "--config", str(ROOT / "configs" / "vip_voc21.yaml"),
+                     env={**ENV, "TORCH_HOME": str(tmp_path)}, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    assert "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth" in errors[0]
+    assert "dinov3_vitl16_dinotxt_vision_head_and_text_encoder-a442d8f5.pth" in errors[0]
+    assert "--model.encoder_weights DIR" in errors[0]

@@ -16,6 +16,10 @@ A ConvNeXt tower has no attention to change: its last stage's map goes through t
 and projection per pixel (as ``model.backbone.ClipBackbone``); ``proxy`` then smooths that map
 with the proxy attention, ``none`` leaves it.
 
+dino.txt (``model.dinotxt.DenseDinoTxt``, VIP's own encoder) has its own dense path: ``proxy``
+is VIP's proxy attention in both blocks of its vision head, ``none`` the plain head.
+:func:`create_dense_encoder` picks the class for a built preset.
+
 A ViT takes any input size: the positional embedding is resized (bicubic) to the patch grid of
 the window, as SCLIP does for 336 px windows of a 224 px model.
 """
@@ -27,11 +31,43 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.backbone import ClipBackbone
-from model.presets import EncoderPreset
+from model.presets import EncoderPreset, PresetError
 from model.vip.aggregation import proxy_attention
 
 VIT_ATTENTIONS = ("clear", "sclip", "vanilla", "proxy", "none")
 CONVNEXT_ATTENTIONS = ("proxy", "none")
+DINOTXT_ATTENTIONS = ("proxy", "none")
+ATTENTIONS = {"vit": VIT_ATTENTIONS, "convnext": CONVNEXT_ATTENTIONS, "dinotxt": DINOTXT_ATTENTIONS}
+DEFAULT_ATTENTION = {"vit": "clear", "convnext": "proxy", "dinotxt": "proxy"}
+"""Per encoder family: ClearCLIP's block for a CLIP ViT, VIP's proxy head for dino.txt."""
+
+
+def check_attention(attention: str | None, preset: EncoderPreset) -> str:
+    """``attention`` (None: the family's default) if the preset's family has it."""
+    attention = attention or DEFAULT_ATTENTION[preset.family]
+    allowed = ATTENTIONS[preset.family]
+    if attention not in allowed:
+        raise PresetError(
+            f"attention={attention!r} is not available for {preset.name} ({preset.family}); "
+            f"use one of {', '.join(allowed)}"
+        )
+    return attention
+
+
+def create_dense_encoder(
+    built, attention: str | None = None, proxy_beta: float = 1.5, proxy_gamma: float = 0.5
+) -> nn.Module:
+    """images (B, 3, H, W) in [0, 1] -> (B, D, h, w) for a ``model.backbone.BuiltEncoder``:
+    ``DenseCLIP`` for a CLIP, ``DenseDinoTxt`` for dino.txt. Its ``attention`` and
+    ``patch_size`` attributes say what it is."""
+    attention = check_attention(attention, built.preset)
+    if built.preset.family == "dinotxt":
+        from model.dinotxt import DenseDinoTxt
+
+        dense = DenseDinoTxt(built.model, attention == "proxy", (proxy_beta, proxy_gamma))
+        dense.attention = attention
+        return dense
+    return DenseCLIP(built.model, built.preset, attention, proxy_beta, proxy_gamma)
 
 
 class DenseCLIP(nn.Module):
@@ -53,12 +89,7 @@ class DenseCLIP(nn.Module):
         proxy_gamma: float = 0.5,
     ):
         super().__init__()
-        allowed = VIT_ATTENTIONS if preset.family == "vit" else CONVNEXT_ATTENTIONS
-        if attention not in allowed:
-            raise ValueError(
-                f"attention={attention!r} is not available for {preset.name} ({preset.family}); "
-                f"use one of {', '.join(allowed)}"
-            )
+        check_attention(attention, preset)
         self.preset = preset
         self.attention = attention
         self.proxy = (proxy_beta, proxy_gamma)

@@ -17,10 +17,10 @@ import torch
 from data.catalog import get_dataset_spec
 from data.templates import load_templates
 from data.vocabulary import VocabularyError, load_vocabulary
-from model.backbone import ClipEncoder, clip_tokenizer_for, create_clip
+from model.backbone import clip_tokenizer_for, create_encoder, text_encoder_for
 from model.evaluation import SegmentationModule
 from model.vip.aggregation import VIPConfig, assign_labels
-from model.vip.dense import DenseCLIP
+from model.vip.dense import create_dense_encoder
 from model.vip.segmenter import AliasQueries, VIPSegmenter, encode_aliases
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,18 @@ def _vip_config(value) -> VIPConfig:
 
 
 class VIPModule(SegmentationModule):
-    """Training-free VIP over an open_clip encoder.
+    """Training-free VIP over dino.txt (VIP's encoder) or an open_clip CLIP (ours).
 
     Args:
-        encoder: encoder preset (``cli.py presets``); ``tiny-vit`` offline.
-        encoder_weights: local weights file or folder instead of the hub.
-        attention: the last block: ``clear`` (ClearCLIP), ``sclip``, ``vanilla``, ``proxy``,
-            ``none`` (plain CLIP); ConvNeXt: ``proxy`` or ``none``.
-        templates: ``imagenet80`` (the protocol), ``imagenet80:N``, ``single`` or a file.
+        encoder: encoder preset (``cli.py presets``): ``dinotxt-l16`` (VIP's), ``tiny-dinotxt``
+            and ``tiny-vit`` offline, or a CLIP.
+        encoder_weights: local weights file or folder instead of the hub (``dinotxt-l16``: the
+            folder holding its two official files).
+        attention: the dense path; dino.txt: ``proxy`` (VIP's proxy head, its default) or
+            ``none`` (the plain head); a CLIP ViT's last block: ``clear`` (ClearCLIP, its
+            default), ``sclip``, ``vanilla``, ``proxy``, ``none``; ConvNeXt: ``proxy`` or ``none``.
+        templates: ``seg`` and ``city`` (VIP's sets), ``imagenet80`` (also ``imagenet80:N``),
+            ``single`` or a file.
         vip: logit scale, tau, prob_thd, background handling, alias weight scale.
         vocabularies: alias vocabulary per dataset name (a name in ``$DPSEG_VOCAB_DIR``, a
             file, or an inline list); its K must be the dataset's.
@@ -57,9 +61,9 @@ class VIPModule(SegmentationModule):
 
     def __init__(
         self,
-        encoder: str = "vit-b16-openai",
+        encoder: str = "dinotxt-l16",
         encoder_weights: str | None = None,
-        attention: str = "clear",
+        attention: str | None = None,
         templates: str = "imagenet80",
         vip: VIPConfig | None = None,
         vocabularies: dict[str, str] | None = None,
@@ -71,21 +75,21 @@ class VIPModule(SegmentationModule):
         super().__init__(test_protocol, results_dir)
         self.config = _vip_config(vip)
         self.encoder_name = encoder
-        self.attention = attention
         self.templates_spec = templates
         self.templates = load_templates(templates)
         self.vocabularies = dict(vocabularies or {})
         self.allow_duplicate_classes = allow_duplicate_classes
         self.dual_prompts = dual_prompts
-        built = create_clip(encoder, weights=encoder_weights)
+        built = create_encoder(encoder, weights=encoder_weights, option="--model.encoder_weights")
         self.encoder_fingerprint = built.fingerprint
         self.encoder_source = built.weights
-        dense = DenseCLIP(
-            built.model, built.preset, attention, self.config.proxy_beta, self.config.proxy_gamma
+        dense = create_dense_encoder(
+            built, attention, self.config.proxy_beta, self.config.proxy_gamma
         )
+        self.attention = dense.attention
         self.segmenter = VIPSegmenter(dense, self.config).eval()
         # The text tower is used once per vocabulary; kept out of the module's parameters.
-        self._text = {"encoder": ClipEncoder(built.model, built.preset)}
+        self._text = {"encoder": text_encoder_for(built)}
         self._text["tokenizer"] = clip_tokenizer_for(built.preset)
         self._queries: dict[str, AliasQueries] = {}
         self._records: dict[str, dict] = {}
@@ -117,16 +121,22 @@ class VIPModule(SegmentationModule):
         return queries
 
     def visual_prompts(self, bank, vocabulary) -> torch.Tensor:
-        """(K, D) a bank's visual prompts of the vocabulary's classes (templates averaged)."""
+        """A bank's visual prompts of the vocabulary's classes: (K, P, D) per template when the
+        bank has VIP's templates (in its order), else (K, 1, D) its templates' normalised mean."""
         from model.prompts import load_prompts
+        from prompt_bank.store import Bank
 
+        opened = bank if isinstance(bank, Bank) else Bank.open(bank)
         prompts = load_prompts(
-            bank,
+            opened,
             vocabulary,
             encoder_preset=self.encoder_name,
             encoder_fingerprint=self.encoder_fingerprint,
         )
-        return prompts.visual.mean(dim=1).float()  # (K, P, D) -> (K, D)
+        visual = prompts.visual.float()  # (K, P', D)
+        if list(opened.templates) == list(self.templates):
+            return visual
+        return torch.nn.functional.normalize(visual.mean(dim=1, keepdim=True), dim=-1)
 
     def prepare_dataset(self, dataset: str, bank: str | None) -> None:
         from prompt_bank.store import Bank
@@ -152,6 +162,11 @@ class VIPModule(SegmentationModule):
             from model.prompts import BankProvenance
 
             record["dual_prompts"] = asdict(BankProvenance.of(opened))
+            per_template = queries.visual.shape[1] == len(self.templates) > 1
+            record["dual_prompts"]["fusion"] = (
+                f"normalize({1 - self.config.visual_weight:g} t + {self.config.visual_weight:g} v) "
+                + ("per template" if per_template else "with v the mean of the bank's templates")
+            )
         self._records[dataset] = record
         log.info(
             "VIP on %s: %d classes, %d aliases, %s%s", dataset, len(vocabulary),

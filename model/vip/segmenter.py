@@ -1,13 +1,18 @@
 """VIP's segmenter: alias queries, per-image alias weights, saliency-aware aggregation.
 
-Every alias of every class is a query of its own (text: the 80 templates' normalised embeddings
-averaged, so a pixel's score is its cosine averaged over templates, as the reference code). A
-pixel's alias logit is ``logit_scale x cos``; a class's map is the weighted logsumexp of its
-aliases (``model.vip.aggregation``) with weights from the image's mean patch feature.
+Every alias of every class is a query of its own. Text: each template's normalised embedding;
+a pixel's alias score is its cosine averaged over the templates (the reference code's mean of
+cosines, which equals the dot product with the unrenormalised template mean). A pixel's alias
+logit is ``logit_scale x`` that score; a class's map is the weighted logsumexp of its aliases
+(``model.vip.aggregation``) with weights from the image's mean patch feature.
 
-Dual prompts (ours, what neither paper has): with a prompt bank, each alias query becomes
-``(1 - w) x text + w x visual`` with the visual prompt of its class (DPSeg's averaging at
-``w = 0.5``; the bank must be built with the same encoder, checked by fingerprint).
+Dual prompts (ours, what neither paper has), fused as DPSeg fuses its prompts: with a prompt
+bank, each alias and template's query becomes ``r = normalize((1 - w) t + w v)`` (``w = 0.5``:
+DPSeg's ``normalize((t + v) / 2)``) before the similarity, ``v`` being the visual prompt of the
+alias's class in the same template when the bank was built with VIP's templates, otherwise the
+normalised mean of the bank's templates. The bank must come from the same encoder (checked by
+fingerprint); with dino.txt, ``v`` is the generated images' patch embeddings pooled after the
+same proxy head the pixels go through (``model.dinotxt.DinoTxtEncoder``).
 """
 
 from __future__ import annotations
@@ -19,30 +24,42 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.vip.aggregation import VIPConfig, aggregate_aliases, alias_weights
-from model.vip.dense import DenseCLIP
 
 
 @dataclass
 class AliasQueries:
-    """The A alias queries of a K-class vocabulary."""
+    """The A alias queries of a K-class vocabulary.
 
-    text: torch.Tensor  # (A, D) template-averaged normalised text embeddings (norm <= 1)
+    ``text`` is (A, P, D): each alias in each of P templates, L2-normalised (an (A, D) tensor is
+    taken as one template). ``visual`` is (K, P, D) per template, (K, 1, D) one per class, or
+    None (an (K, D) tensor is one per class).
+    """
+
+    text: torch.Tensor
     owner: torch.Tensor  # (A,) int64 class of each alias
     aliases: list[str]  # the A alias strings, class by class, canonical first
     num_classes: int  # K
-    visual: torch.Tensor | None = None  # (K, D) the bank's visual prompts, or None
+    visual: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        a = self.text.shape[0]
+        if self.text.ndim == 2:
+            self.text = self.text[:, None]
+        if self.visual is not None and self.visual.ndim == 2:
+            self.visual = self.visual[:, None]
+        a, p, d = self.text.shape
         if self.owner.shape != (a,) or len(self.aliases) != a:
             raise ValueError(
                 f"text {tuple(self.text.shape)}, owner {tuple(self.owner.shape)} and "
                 f"{len(self.aliases)} aliases must agree on A"
             )
-        if self.visual is not None and self.visual.shape != (self.num_classes, self.text.shape[1]):
+        if self.visual is not None and (
+            self.visual.shape[0] != self.num_classes
+            or self.visual.shape[1] not in (1, p)
+            or self.visual.shape[2] != d
+        ):
             raise ValueError(
                 f"visual prompts {tuple(self.visual.shape)} must be (K={self.num_classes}, "
-                f"D={self.text.shape[1]})"
+                f"P={p} or 1, D={d})"
             )
 
     def to(self, device) -> AliasQueries:
@@ -52,18 +69,22 @@ class AliasQueries:
         )
 
     def embeddings(self, visual_weight: float = 0.5) -> torch.Tensor:
-        """(A, D) the queries pixels are compared with (dual when visual prompts are set)."""
+        """(A, D) the queries pixels are compared with: the template mean of the text queries,
+        or of the fused ``normalize((1 - w) t + w v)`` when visual prompts are set."""
         if self.visual is None:
-            return self.text
-        return (1 - visual_weight) * self.text + visual_weight * self.visual[self.owner]
+            return self.text.mean(dim=1)
+        v = self.visual[self.owner]  # (A, P or 1, D)
+        fused = F.normalize((1 - visual_weight) * self.text + visual_weight * v, dim=-1)
+        return fused.mean(dim=1)
 
 
 @torch.no_grad()
-def encode_aliases(clip_encoder, vocabulary, templates: list[str], tokenizer) -> AliasQueries:
-    """Every alias of every class as its own query: (A, D), templates averaged.
+def encode_aliases(text_encoder, vocabulary, templates: list[str], tokenizer) -> AliasQueries:
+    """Every alias of every class as its own query: (A, P, D), one per template.
 
-    ``clip_encoder`` is a ``model.backbone.ClipEncoder``; ``vocabulary`` a
-    ``data.vocabulary.Vocabulary`` whose synonyms are the aliases (VIP's ``cls_*.txt``).
+    ``text_encoder`` is a ``model.backbone.ImageTextEncoder`` (CLIP or dino.txt);
+    ``vocabulary`` a ``data.vocabulary.Vocabulary`` whose synonyms are the aliases (VIP's
+    ``cls_*.txt``).
     """
     from data.vocabulary import ClassName
 
@@ -72,9 +93,9 @@ def encode_aliases(clip_encoder, vocabulary, templates: list[str], tokenizer) ->
         aliases.extend(cls.synonyms)
         owner.extend([k] * len(cls.synonyms))
     singles = [ClassName((a,)) for a in aliases]
-    per_template = clip_encoder.encode_class_texts(singles, templates, tokenizer)  # (A, P, D)
+    per_template = text_encoder.encode_class_texts(singles, templates, tokenizer)  # (A, P, D)
     return AliasQueries(
-        per_template.mean(dim=1).float().cpu(),
+        per_template.float().cpu(),
         torch.tensor(owner, dtype=torch.long),
         aliases,
         len(vocabulary),
@@ -84,11 +105,13 @@ def encode_aliases(clip_encoder, vocabulary, templates: list[str], tokenizer) ->
 class VIPSegmenter(nn.Module):
     """images (B, 3, H, W) in [0, 1] + alias queries -> class logits (B, K, h, w).
 
+    ``encoder``: images -> (B, D, h, w) dense features (``model.vip.dense.create_dense_encoder``).
+
     The logits are already ``logit_scale`` x cosine, aggregated over aliases: a softmax over K
     gives VIP's probabilities (``model.vip.aggregation.assign_labels``).
     """
 
-    def __init__(self, encoder: DenseCLIP, config: VIPConfig | None = None):
+    def __init__(self, encoder: nn.Module, config: VIPConfig | None = None):
         super().__init__()
         self.encoder = encoder
         self.config = config or VIPConfig()
@@ -98,7 +121,7 @@ class VIPSegmenter(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, A, h, w) alias logits, (B, D) image embeddings, (A, D) the queries used."""
         features = F.normalize(self.encoder(images).float(), dim=1)  # (B, D, h, w)
-        q = queries.embeddings(self.config.visual_weight).to(features)
+        q = queries.embeddings(self.config.visual_weight).to(features)  # (A, D)
         logits = self.config.logit_scale * torch.einsum("bdhw,ad->bahw", features, q)
         image = F.normalize(features.mean(dim=(2, 3)), dim=-1)  # VIP: the mean patch feature
         return logits, image, q

@@ -6,15 +6,28 @@ name (the other classes keep theirs), by three figures:
 - **activation**: the fraction of patches where its class's probability (softmax over the K
   classes of ``logit_scale x cos``) is >= ``threshold``: its region;
 - **agreement**: how well its probability map m survives a random walk on the image's own patch
-  affinity (``model.vip.aggregation.proxy_attention``, rows sum to 1): the soft IoU
-  ``sum min(m, m') / sum max(m, m')`` with ``m' = A^steps m``, pooled over the images. A map
-  that follows objects is stable under propagation; scattered or leaking activations are not;
+  affinity (``model.vip.aggregation.proxy_attention``, rows sum to 1): the correlation of m and
+  ``m' = A^steps m`` over the image's patches, averaged over the images. A map that follows
+  objects is stable under propagation; scattered or leaking activations are not. A flat map
+  (no variation over the image) says nothing about where its class is and scores 0 on that
+  image (a soft IoU of m and m', our first measure, gave a flat map the best score, 1);
 - **entropy**: the mean class entropy (nats) of the softmax over classes inside its region: a
   confident alias separates its class from the others.
 
-The canonical name is always kept; an alias is kept when it beats the canonical name on both
-agreement (higher) and entropy (lower). :func:`write_alias_file` writes the kept aliases in
-VIP's text format with every score as a comment line (``#``, which ``data.vocabulary`` skips).
+The canonical name is always kept; an alias is kept when it has a region, and beats the
+canonical name on both agreement (higher) and entropy (lower). When the canonical name never
+activates (no region: its entropy is undefined), nothing supports a comparison and its aliases
+are dropped (ours, conservative; before, every alias that activated passed the entropy test
+against an infinite entropy). :func:`write_alias_file` writes the kept aliases in VIP's text
+format with every score as a comment line (``#``, which ``data.vocabulary`` skips).
+
+All of the above is ours: VIP's paper describes the selection in words only, and its code
+ships the selected alias files, not the selection. Third-party notes (unconfirmed) report a
+rule with a cosine pre-filter of 0.7 between an alias's and its canonical name's text
+embeddings, a region threshold of 0.4, an affinity from the backbone's attention, and scores
+taken only over images where the region is not empty; ``SelectionConfig.reported()`` sets the
+first, second and fourth of these (``prefilter``, ``threshold``, ``nonempty_only``). The
+backbone-attention affinity is not implemented: the affinity stays the proxy attention.
 """
 
 from __future__ import annotations
@@ -33,11 +46,15 @@ from model.vip.aggregation import proxy_attention
 class SelectionConfig:
     """How aliases are scored."""
 
-    threshold: float = 0.5  # activation region: class probability >= this
+    threshold: float = 0.5  # activation region: class probability >= this (reported: 0.4)
     steps: int = 2  # random-walk steps of the propagation
     logit_scale: float = 40.0  # as VIP's inference
     proxy_beta: float = 1.5  # the affinity: proxy attention's shift and scale
     proxy_gamma: float = 0.5
+    prefilter: float | None = None  # drop an alias whose text cosine with its canonical name
+    # is below this before any image is seen (reported: 0.7)
+    nonempty_only: bool = False  # agreement over the images where the alias has a region only
+    # (reported); else over every image
 
     def __post_init__(self) -> None:
         if not 0 < self.threshold < 1 or self.steps < 1 or self.logit_scale <= 0:
@@ -45,6 +62,14 @@ class SelectionConfig:
                 f"threshold={self.threshold} must be in (0, 1), steps={self.steps} >= 1, "
                 f"logit_scale={self.logit_scale} > 0"
             )
+        if self.prefilter is not None and not -1 <= self.prefilter <= 1:
+            raise ValueError(f"prefilter={self.prefilter} must be a cosine in [-1, 1]")
+
+    @classmethod
+    def reported(cls, **overrides) -> SelectionConfig:
+        """The settings third-party notes report for VIP's selection (unconfirmed): pre-filter
+        0.7, threshold 0.4, figures over non-empty regions only."""
+        return cls(**{"threshold": 0.4, "prefilter": 0.7, "nonempty_only": True, **overrides})
 
 
 @dataclass
@@ -55,9 +80,10 @@ class AliasScore:
     owner: int  # its class
     canonical: bool
     activation: float  # mean fraction of patches in its region
-    agreement: float  # soft IoU of its map and the propagated map (higher: better)
+    agreement: float  # correlation of its map and the propagated map (higher: better)
     entropy: float  # mean class entropy in its region, nats (lower: better; inf: no region)
     kept: bool = False
+    reason: str = ""  # why it was dropped (empty when kept)
 
 
 class AliasSelector:
@@ -68,7 +94,13 @@ class AliasSelector:
             alias (its first).
     """
 
-    def __init__(self, aliases: list[str], owner: torch.Tensor, config: SelectionConfig):
+    def __init__(
+        self,
+        aliases: list[str],
+        owner: torch.Tensor,
+        config: SelectionConfig,
+        text_cosine: torch.Tensor | None = None,
+    ):
         self.aliases = list(aliases)
         self.owner = owner.long().cpu()
         self.num_classes = int(self.owner.max()) + 1
@@ -80,8 +112,10 @@ class AliasSelector:
         self.canonical = torch.tensor([first[k] for k in range(self.num_classes)])
         self.config = config
         a = len(self.aliases)
-        self._overlap = torch.zeros(a, dtype=torch.float64)
-        self._union = torch.zeros(a, dtype=torch.float64)
+        # (A,) each alias's text cosine with its canonical name (for the pre-filter)
+        self.text_cosine = None if text_cosine is None else text_cosine.double().cpu()
+        self._agreement = torch.zeros(a, dtype=torch.float64)  # summed per-image correlations
+        self._counted = torch.zeros(a, dtype=torch.float64)  # images they were summed over
         self._entropy = torch.zeros(a, dtype=torch.float64)
         self._region = torch.zeros(a, dtype=torch.float64)
         self._patches = 0
@@ -104,8 +138,10 @@ class AliasSelector:
             for _ in range(self.config.steps):
                 propagated = affinity[i].double() @ propagated
             region = prob >= self.config.threshold
-            self._overlap += torch.minimum(prob, propagated).sum(0).cpu()
-            self._union += torch.maximum(prob, propagated).sum(0).cpu()
+            has_region = region.any(dim=0)  # (A,)
+            counted = has_region if self.config.nonempty_only else torch.ones_like(has_region)
+            self._agreement += (_correlation(prob, propagated) * counted).cpu()
+            self._counted += counted.cpu()
             self._entropy += (entropy * region).sum(0).cpu()
             self._region += region.sum(0).cpu()
             self._patches += prob.shape[0]
@@ -131,7 +167,7 @@ class AliasSelector:
         """Every alias's figures, ``kept`` decided against its class's canonical name."""
         if self.images == 0:
             raise ValueError("no image was scored: call update() with at least one image")
-        agreement = (self._overlap / self._union.clamp(min=1e-12)).tolist()
+        agreement = (self._agreement / self._counted.clamp(min=1)).tolist()
         entropy = [
             e / r if r > 0 else math.inf
             for e, r in zip(self._entropy.tolist(), self._region.tolist())
@@ -141,13 +177,37 @@ class AliasSelector:
         out = []
         for a, alias in enumerate(self.aliases):
             c = canon[self.owner[a]]
-            is_canon = a == c
-            kept = is_canon or (agreement[a] > agreement[c] and entropy[a] < entropy[c])
+            reason = "" if a == c else self._drop_reason(a, c, agreement, entropy)
             out.append(
-                AliasScore(alias, int(self.owner[a]), is_canon, activation[a], agreement[a],
-                           entropy[a], kept)
+                AliasScore(alias, int(self.owner[a]), a == c, activation[a], agreement[a],
+                           entropy[a], not reason, reason)
             )  # fmt: skip
         return out
+
+    def _drop_reason(self, a: int, c: int, agreement: list, entropy: list) -> str:
+        """Why alias ``a`` is not kept against its canonical name ``c`` ('' if kept)."""
+        prefilter, cosine = self.config.prefilter, self.text_cosine
+        if prefilter is not None and cosine is not None and cosine[a] < prefilter:
+            return f"text cosine with the canonical name {cosine[a]:.2f} < {prefilter}"
+        if math.isinf(entropy[a]):
+            return "no region"
+        if math.isinf(entropy[c]):
+            return "the canonical name has no region: nothing to compare with"
+        if agreement[a] <= agreement[c]:
+            return "agreement not above the canonical name's"
+        if entropy[a] >= entropy[c]:
+            return "entropy not below the canonical name's"
+        return ""
+
+
+def _correlation(m: torch.Tensor, n: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
+    """(N, A), (N, A) -> (A,) Pearson correlation over the N patches; 0 where either map is
+    flat (variance below ``eps``)."""
+    dm, dn = m - m.mean(dim=0), n - n.mean(dim=0)
+    var_m, var_n = (dm * dm).sum(dim=0), (dn * dn).sum(dim=0)
+    flat = (var_m < eps) | (var_n < eps)
+    corr = (dm * dn).sum(dim=0) / (var_m * var_n).clamp(min=eps * eps).sqrt()
+    return corr.masked_fill(flat, 0.0)
 
 
 def _sum_of_others(x: torch.Tensor) -> torch.Tensor:
@@ -171,7 +231,7 @@ def write_alias_file(scores: list[AliasScore], path: str | Path, header: list[st
     lines = [f"# {h}" for h in header]
     for k in sorted(by_class):
         for s in by_class[k]:
-            verdict = "canonical" if s.canonical else ("kept" if s.kept else "dropped")
+            verdict = "canonical" if s.canonical else ("kept" if s.kept else f"dropped: {s.reason}")
             lines.append(f"# class {k} {s.alias!r}: {_figures(s)} ({verdict})")
         lines.append(", ".join(s.alias for s in by_class[k] if s.kept))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,10 +289,10 @@ def select_aliases(
     data: str,
     vocabulary,
     out: str | Path,
-    encoder: str = "vit-b16-openai",
+    encoder: str = "dinotxt-l16",
     encoder_weights: str | None = None,
-    attention: str = "clear",
-    templates: str = "imagenet80",
+    attention: str | None = None,
+    templates: str = "seg",
     config: SelectionConfig | None = None,
     root: str | None = None,
     limit: int | None = 200,
@@ -246,32 +306,36 @@ def select_aliases(
 
     from data.templates import load_templates
     from data.vocabulary import load_vocabulary
-    from model.backbone import ClipEncoder, clip_tokenizer_for, create_clip
-    from model.vip.dense import DenseCLIP
+    from model.backbone import clip_tokenizer_for, create_encoder, text_encoder_for
+    from model.vip.dense import create_dense_encoder
     from model.vip.segmenter import encode_aliases
 
     config = config or SelectionConfig()
     vocab = load_vocabulary(vocabulary)
     paths = selection_images(data, root, limit)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    built = create_clip(encoder, weights=encoder_weights)
+    built = create_encoder(encoder, weights=encoder_weights)
     built.model.to(device)
     template_list = load_templates(templates)
     queries = encode_aliases(
-        ClipEncoder(built.model, built.preset).to(device),
-        vocab,
-        template_list,
-        clip_tokenizer_for(built.preset),
+        text_encoder_for(built).to(device), vocab, template_list, clip_tokenizer_for(built.preset)
     )
-    dense = DenseCLIP(built.model, built.preset, attention, config.proxy_beta, config.proxy_gamma)
-    selector = AliasSelector(queries.aliases, queries.owner, config)
+    dense = create_dense_encoder(built, attention, config.proxy_beta, config.proxy_gamma)
+    attention = dense.attention
+    unit = torch.nn.functional.normalize(queries.embeddings().float(), dim=-1)  # (A, D)
+    first = {}
+    for a, k in enumerate(queries.owner.tolist()):
+        first.setdefault(k, a)
+    canonical = torch.tensor([first[k] for k in queries.owner.tolist()])
+    text_cosine = (unit * unit[canonical]).sum(dim=-1)  # (A,) cosine with the canonical name
+    selector = AliasSelector(queries.aliases, queries.owner, config, text_cosine)
     start = time.perf_counter()
     batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     with _progress(progress, len(paths)) as advance, torch.inference_mode():
         for batch in batches:
             images = torch.stack([_square(p, size) for p in batch]).to(device)
             features = dense(images)  # (B, D, h, w)
-            selector.update(features.flatten(2).transpose(1, 2), queries.text.to(device))
+            selector.update(features.flatten(2).transpose(1, 2), queries.embeddings().to(device))
             advance(len(batch))
     scores = selector.scores()
     kept = sum(s.kept and not s.canonical for s in scores)
@@ -279,9 +343,12 @@ def select_aliases(
         f"dpseg vip select-aliases: {len(paths)} images of {data}, vocabulary {vocab.source}",
         f"encoder {encoder} (attention {attention}), templates {templates}, {size} px, "
         f"threshold {config.threshold}, {config.steps} random-walk steps, logit scale "
-        f"{config.logit_scale}, {time.perf_counter() - start:.1f} s",
-        f"an alias is kept when its agreement is higher and its entropy lower than its class's "
-        f"canonical name: {kept} of {len(scores) - len(vocab)} aliases kept",
+        f"{config.logit_scale}, text pre-filter {config.prefilter}, agreement over "
+        f"{'images where the alias has a region' if config.nonempty_only else 'every image'}, "
+        f"{time.perf_counter() - start:.1f} s",
+        f"an alias is kept when it has a region, and its agreement is higher and its entropy "
+        f"lower than its class's canonical name: {kept} of {len(scores) - len(vocab)} aliases "
+        "kept",
         "canonical name first, aliases comma-separated (VIP's cls_*.txt format)",
     ]
     return write_alias_file(scores, out, header), scores

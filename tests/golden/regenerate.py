@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from model.backbone import create_clip  # noqa: E402
+from model.backbone import create_encoder  # noqa: E402
 from model.fingerprint import RECORDED, package_versions  # noqa: E402
 from model.presets import list_presets  # noqa: E402
 from prompt_bank.generator import create_generator  # noqa: E402
@@ -24,7 +24,7 @@ from prompt_bank.generator import create_generator  # noqa: E402
 if __name__ == "__main__":
     fingerprints = {
         p.name: (
-            create_clip(p) if type(p).__name__ == "EncoderPreset" else create_generator(p)
+            create_encoder(p) if type(p).__name__ == "EncoderPreset" else create_generator(p)
         ).fingerprint
         for p in [*list_presets("encoder"), *list_presets("generator")]
         if p.offline
