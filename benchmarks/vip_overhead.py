@@ -1,26 +1,46 @@
-"""VIP's inference overhead against plain dense CLIP inference with the same backbone.
+"""VIP's inference overhead against plain dense inference with the same encoder.
 
     .venv/bin/python benchmarks/vip_overhead.py --threads 2      # tiny-vit, 336 px, CPU ok
-    .venv/bin/python benchmarks/vip_overhead.py --full-size --device cuda --bf16
-                                                    # ViT-B/16 (vit-b16-openai's architecture,
-                                                    #   random weights, no download) on a GPU
-    .venv/bin/python benchmarks/vip_overhead.py --full-size --repeats 3 --warmup 1   # CPU
+    .venv/bin/python benchmarks/vip_overhead.py --full-size --threads 2 --repeats 3 --warmup 1
+                                  # dino.txt L/16 (dinotxt-l16's architecture, random weights,
+                                  #   no files) on CPU
+    .venv/bin/python benchmarks/vip_overhead.py --full-size --device cuda --bf16   # on a GPU
+    .venv/bin/python benchmarks/vip_overhead.py --full-size --preset vit-b16-openai
+                                  # CLIP ViT-B/16 with ClearCLIP's last block (the old figure)
 
-The VIP paper claims a marginal overhead over the dense backbone it wraps (DESIGN §3). Rows, all
-on the same random windows (B x 3 x S x S, default 1 x 3 x 336 x 336):
+The VIP paper claims a marginal overhead over the dense backbone it wraps (DESIGN §3). All rows
+run on the same random windows (B x 3 x S x S, default 1 x 3 x 336 x 336, VIP's window), one
+encoder built once, its modules shared by the rows.
 
-1. ``plain``: ``DenseCLIP(attention="none")`` features (the unchanged last block), one cosine
-   against K class queries (templates averaged: one (K, D) tensor), x logit scale, argmax;
-2. ``clear``: ``DenseCLIP(attention="clear")`` (ClearCLIP's last block) + the same head;
-3. ``VIP``: ``DenseCLIP(attention=--attention)`` + ``VIPSegmenter`` over A aliases of K classes
-   (A cosines, per-image alias weights, weighted logsumexp per class) + ``assign_labels``;
-4. ``VIP + dual``: row 3 with ``AliasQueries.visual`` set (K random normalised visual prompts,
+dino.txt (``--full-size``: ``dinotxt-l16``, the DINOv3 ViT-L/16 backbone + dino.txt's 2-block
+vision head, VIP's real encoder; ``--preset tiny-dinotxt`` at small width):
+
+1. ``plain``: ``create_dense_encoder(built, "none")``, the plain dino.txt head's patch
+   embeddings, one cosine against K class queries (one (K, D) tensor), x logit scale, argmax;
+2. ``VIP``: ``create_dense_encoder(built, "proxy")`` (VIP's proxy attention in both head blocks,
+   from the backbone's patch affinity) + ``VIPSegmenter`` over A aliases of K classes (A cosines,
+   per-image alias weights, weighted logsumexp per class) + ``assign_labels``;
+3. ``VIP + dual``: row 2 with ``AliasQueries.visual`` set (K random normalised visual prompts,
    query = (1 - w) text + w visual).
 
-``x plain`` is each row's time over row 1's; row 2 against row 1 is the cost of the training-free
-last block, row 3 against row 2 the cost of the alias head. Timings: median over ``--repeats``
-after ``--warmup`` calls, the rows taken in turn within each repeat (so a load change on a shared
-machine hits every row alike), ``torch.cuda.synchronize`` around each call on CUDA.
+The backbone (0.3 B parameters, 24 blocks) is the same in all rows; row 2 against row 1 is the
+proxy head and the alias head together. There is no ``clear`` row: ClearCLIP's block is a CLIP
+ViT's. D = 1024, the width of the patch embeddings (the second half of dino.txt's 2048-d text
+embedding is what pixels are compared with). The text tower (24 layers of width 1280) is built
+with the model and dropped before timing: it runs once per vocabulary, not per image.
+
+CLIP ViT (the default ``tiny-vit``; ``--preset vit-b16-openai``: ViT-B/16's architecture, random
+weights, no download): ``plain`` = ``DenseCLIP(attention="none")`` (the unchanged last block) +
+the same single-query head; ``clear`` = ``DenseCLIP(attention="clear")`` (ClearCLIP's last block)
++ the same head; ``VIP`` and ``VIP + dual`` as above with ``DenseCLIP(attention=--attention)``
+(default clear). Row 2 against row 1 is the cost of the training-free last block, row 3 against
+row 2 the cost of the alias head.
+
+``x plain`` is each row's time over row 1's. Timings: median over ``--repeats`` after
+``--warmup`` calls, the rows taken in turn within each repeat (so a load change on a shared
+machine hits every row alike), ``torch.cuda.synchronize`` around each call on CUDA. The header
+names the device: the CPU model (``/proc/cpuinfo``), torch's CPU capability, logical CPUs and
+torch threads; on CUDA the GPU's name.
 
 Peak memory: CUDA, ``torch.cuda.max_memory_allocated`` over one call after resetting it (and its
 increase over the memory allocated before the call: weights and input excluded). CPU, as
@@ -34,9 +54,20 @@ A second table times the VIP test protocol (``data.transforms.get_test_protocol(
 side 336, 336 px windows every 112 px, logits averaged) on one 512 x 683 random image, plain
 against VIP, in images/s (2 windows of 336 px per image).
 
-tiny-vit (width 64, 4 blocks, patch 8: 1,765 tokens at 336 px) is dominated by attention, so its
-ratios say little about a real backbone: ``--full-size`` (ViT-B/16, 442 tokens) is the figure to
-quote. CPU timings on a shared machine are noisy (the load average is printed when high).
+The tiny presets (tiny-vit: width 64, 4 blocks, patch 8, 1,765 tokens at 336 px) are dominated
+by attention and the heads, so their ratios say little about a real encoder: ``--full-size`` is
+the figure to quote. CPU timings on a shared machine are noisy (the load average is printed when
+high).
+
+Where the numbers were measured: on CPU only. ``--full-size --threads 2 --repeats 3 --warmup 1``
+on the development machine (Intel(R) Xeon(R) Processor, AVX512, 2 logical CPUs shared with other
+work, load average 2.3 to 3.1 during the run; 2 torch threads, fp32, torch 2.14.1): dinotxt-l16
+plain 7,364 ms per 336 px window, VIP 7,524 ms (1.02x, +160 ms), VIP + dual 7,807 ms (1.06x);
+peak RSS 2,031 to 2,032 MB in every row (+27 to +28 MB over the RSS before the call; the text
+tower is not loaded); VIP test protocol 10.04 s (plain) and 10.20 s (VIP) per 512 x 683 image
+(1.02x). Medians of 3 on shared cores: differences of a few percent are within the noise. The
+CUDA path (``--device cuda --bf16``) is written but has not been run (no GPU here): no GPU figure
+has been measured.
 
 The class and alias queries are random normalised tensors built directly (no text encoder: the
 text tower runs once per vocabulary, not per image, so it is no part of the per-image cost), and
@@ -62,15 +93,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.memory import current_memory_mb, peak_memory_mb, reset_peak
 from data.transforms import get_test_protocol, resize_short_side, window_starts
-from model.backbone import create_clip
+from model.backbone import create_encoder
 from model.presets import get_encoder_preset, list_presets
 from model.vip.aggregation import VIPConfig, assign_labels
-from model.vip.dense import VIT_ATTENTIONS, DenseCLIP
+from model.vip.dense import VIT_ATTENTIONS, check_attention, create_dense_encoder
 from model.vip.segmenter import AliasQueries, VIPSegmenter
 
 TINY_PRESET = "tiny-vit"
-FULL_PRESET = "vit-b16-openai"
-ROWS = ("plain", "clear", "VIP", "VIP + dual")
+FULL_PRESET = "dinotxt-l16"  # VIP's encoder; --preset vit-b16-openai: CLIP ViT-B/16
+FAMILIES = ("vit", "dinotxt")  # the encoder families with a dense path worth timing here
+ROWS = {  # per family: the rows, in order (row 1 is the x plain reference)
+    "vit": ("plain", "clear", "VIP", "VIP + dual"),
+    "dinotxt": ("plain", "VIP", "VIP + dual"),
+}
 PROTOCOL_IMAGE = (512, 683)  # (H, W) of the sliding-window table's image
 
 
@@ -92,10 +127,30 @@ def random_queries(k: int, per_class: int, dim: int, device: torch.device) -> Al
     return AliasQueries(text, owner, aliases, k, visual).to(device)
 
 
-class SingleQueryHead:
-    """Plain dense CLIP inference: cosine of each pixel with K class queries, argmax."""
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (``?`` where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
 
-    def __init__(self, dense: DenseCLIP, classes: torch.Tensor, scale: float):
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return (
+        f"{cpu_model()}, {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} logical "
+        f"CPUs, {torch.get_num_threads()} torch threads"
+    )
+
+
+class SingleQueryHead:
+    """Plain dense inference: cosine of each pixel with K class queries, argmax."""
+
+    def __init__(self, dense: torch.nn.Module, classes: torch.Tensor, scale: float):
         self.dense, self.classes, self.scale = dense, classes, scale
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -123,26 +178,36 @@ Head = SingleQueryHead | VIPHead
 
 
 def build(args, device: torch.device) -> tuple[dict[str, Head], AliasQueries, str]:
-    """The four rows' label functions, sharing one CLIP image tower, and the preset's name."""
-    built = create_clip(args.preset, random_weights=True)
+    """The rows' label functions (``ROWS[family]``), sharing one image encoder, and the
+    preset's name."""
+    built = create_encoder(args.preset, random_weights=True)
+    family = built.preset.family
     config = VIPConfig()
+    if family == "dinotxt":
+        built.model.text = None  # the text tower: once per vocabulary, not per image
+        dim = built.model.config.width  # patch embeddings: the text embedding's second half
+    else:
+        dim = built.model.visual.output_dim
+    single = ("none", "clear") if family == "vit" else ("none",)
     dense = {
-        name: DenseCLIP(built.model, built.preset, name, config.proxy_beta, config.proxy_gamma)
+        name: create_dense_encoder(built, name, config.proxy_beta, config.proxy_gamma)
         .eval()
         .to(device)
-        for name in dict.fromkeys(("none", "clear", args.attention))
-    }  # the modules share built.model.visual; only the image tower moves to the device
-    dim = built.model.visual.output_dim
+        for name in dict.fromkeys((*single, args.attention))
+    }  # the modules share one image encoder (a CLIP's visual tower, or dino.txt's backbone +
+    # head), which alone moves to the device
     queries = random_queries(args.classes, args.aliases_per_class, dim, device)
     text_only = AliasQueries(queries.text, queries.owner, queries.aliases, queries.num_classes)
-    canonical = queries.text[:: args.aliases_per_class]  # (K, D) the class queries of rows 1-2
+    canonical = queries.text[:: args.aliases_per_class, 0]  # (K, D) the single-query rows'
     segmenter = VIPSegmenter(dense[args.attention], config).eval()
-    rows = {
-        "plain": SingleQueryHead(dense["none"], canonical, config.logit_scale),
-        "clear": SingleQueryHead(dense["clear"], canonical, config.logit_scale),
-        "VIP": VIPHead(segmenter, text_only),
-        "VIP + dual": VIPHead(segmenter, queries),
+    rows: dict[str, Head] = {
+        name: SingleQueryHead(dense[attention], canonical, config.logit_scale)
+        for name, attention in (("plain", "none"), ("clear", "clear"))
+        if attention in dense
     }
+    rows["VIP"] = VIPHead(segmenter, text_only)
+    rows["VIP + dual"] = VIPHead(segmenter, queries)
+    assert tuple(rows) == ROWS[family], (tuple(rows), family)
     return rows, queries, built.preset.name
 
 
@@ -191,13 +256,13 @@ def measure_memory(rows: dict[str, Head], images, device, autocast) -> dict:
     return out
 
 
-def memory_in_child(args) -> dict:
+def memory_in_child(args, names: tuple[str, ...]) -> dict:
     """CPU: the memory of every row in a fresh process whose freed tensors go back to the OS."""
     cmd = [sys.executable, __file__, *sys.argv[1:], "--memory-child"]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("PEAK_MB")]
-    if out.returncode or len(lines) != len(ROWS):
+    if out.returncode or len(lines) != len(names):
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
     result = {}
     for line in lines:
@@ -215,36 +280,46 @@ def row_table(args, rows, images, device, autocast) -> None:
     memory = {}
     if not args.no_memory:
         cuda = device.type == "cuda"
-        memory = measure_memory(rows, images, device, autocast) if cuda else memory_in_child(args)
+        memory = (
+            measure_memory(rows, images, device, autocast)
+            if cuda
+            else memory_in_child(args, tuple(rows))
+        )
     what = "max_memory_allocated" if device.type == "cuda" else "peak RSS, fresh process"
     print(
-        f"\n{args.batch} x 3 x {args.size} x {args.size} random windows; median of "
-        f"{args.repeats} after {args.warmup} warm-up"
+        f"\n{args.batch} x 3 x {args.size} x {args.size} random windows on {device.type}; ms per "
+        f"{args.size} px window, median of {args.repeats} after {args.warmup} warm-up"
         + ("" if args.no_memory else f"; memory: {what} over one call (+: above the memory before)")
     )
     print(
-        f"{'row':12s} {'ms/image':>9s} {'x plain':>8s}"
+        f"{'row':12s} {'ms/window':>10s} {'x plain':>8s}"
         + (f" {'peak MB':>9s} {'+ MB':>8s}" if memory else "")
     )
     base = seconds["plain"]
-    for name in ROWS:
+    for name in rows:
         ms = seconds[name] / args.batch * 1e3
-        line = f"{name:12s} {ms:9.2f} {seconds[name] / base:7.2f}x"
+        line = f"{name:12s} {ms:10.2f} {seconds[name] / base:7.2f}x"
         if memory:
             peak, increase, exact = memory[name]
             line += f" {peak:9.1f} {increase:8.1f}" + ("" if exact else "  (upper bound)")
         print(line)
-    vip, clear, plain = seconds["VIP"], seconds["clear"], seconds["plain"]
+
+    def over(a: float, b: float) -> str:
+        return f"{(a - b) / args.batch * 1e3:+.2f} ms/window ({(a / b - 1) * 100:+.1f}%)"
+
+    vip, plain = seconds["VIP"], seconds["plain"]
+    if "clear" not in seconds:  # dino.txt: the proxy head and the alias head together
+        print(
+            f"VIP over plain ({args.attention} head + alias head over the plain head + one "
+            f"cosine per class): {over(vip, plain)}"
+        )
+        return
     head = (
         "the alias head alone (VIP over clear, the same last block)"
         if args.attention == "clear"
         else f"VIP ({args.attention} last block) over clear"
     )
-    print(
-        f"VIP over plain: {(vip - plain) / args.batch * 1e3:+.2f} ms/image "
-        f"({(vip / plain - 1) * 100:+.1f}%); {head}: "
-        f"{(vip - clear) / args.batch * 1e3:+.2f} ms/image ({(vip / clear - 1) * 100:+.1f}%)"
-    )
+    print(f"VIP over plain: {over(vip, plain)}; {head}: {over(vip, seconds['clear'])}")
 
 
 def protocol_table(args, rows, device, autocast) -> None:
@@ -277,17 +352,21 @@ def protocol_table(args, rows, device, autocast) -> None:
 
 
 def main() -> None:
-    vit_presets = [p.name for p in list_presets("encoder") if p.family == "vit"]
+    presets = [p.name for p in list_presets("encoder") if p.family in FAMILIES]
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--preset",
+        "--encoder",
         default=None,
-        choices=vit_presets,
-        help=f"ViT encoder preset, random weights (default {TINY_PRESET}; --full-size: "
-        f"{FULL_PRESET})",
+        choices=presets,
+        help=f"encoder preset (CLIP ViT or dino.txt), random weights (default {TINY_PRESET}; "
+        f"--full-size: {FULL_PRESET}; --full-size --preset vit-b16-openai: CLIP ViT-B/16)",
     )
     parser.add_argument(
-        "--full-size", action="store_true", help=f"{FULL_PRESET}'s architecture, random weights"
+        "--full-size",
+        action="store_true",
+        help=f"a full-size encoder, random weights: {FULL_PRESET} (dino.txt ViT-L/16) unless "
+        "--preset names another",
     )
     parser.add_argument("--size", type=int, default=336, help="window side S (VIP: 336)")
     parser.add_argument("--batch", type=int, default=1, help="windows per call B")
@@ -296,7 +375,11 @@ def main() -> None:
         "--aliases-per-class", type=int, default=5, help="aliases per class, canonical included"
     )
     parser.add_argument(
-        "--attention", default="clear", choices=VIT_ATTENTIONS, help="VIP rows' last block"
+        "--attention",
+        default=None,
+        choices=VIT_ATTENTIONS,
+        help="the VIP rows' dense path: a CLIP ViT's last block (default clear), dino.txt's "
+        "head (proxy, the default, or none)",
     )
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
@@ -316,6 +399,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.preset = args.preset or (FULL_PRESET if args.full_size else TINY_PRESET)
+    encoder = get_encoder_preset(args.preset)
+    if args.full_size and (encoder.is_random or encoder.bundled):  # tiny-*, toy-*
+        parser.error(f"--full-size with --preset {args.preset}: a small preset")
+    try:
+        args.attention = check_attention(args.attention, encoder)
+    except ValueError as err:
+        parser.error(str(err))
     device = torch.device(args.device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else nullcontext()
     images = random_windows(args, device)
@@ -328,22 +418,20 @@ def main() -> None:
             print(f"PEAK_MB {peak:.1f} {increase:.1f} {int(exact)} {name}")
         return
 
-    random_note = "random weights" if not get_encoder_preset(preset).is_random else "seeded"
-    hardware = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"{torch.get_num_threads()} threads"
-    )
+    random_note = "random weights" if not encoder.is_random else "seeded"
+    where = "both head blocks" if encoder.family == "dinotxt" else "last block"
     print(
         f"preset {preset} ({random_note}), size {args.size}, batch {args.batch}, "
         f"K={args.classes}, A={len(queries.aliases)} ({args.aliases_per_class} per class), "
-        f"VIP attention {args.attention}, threads {torch.get_num_threads()}, device {device} "
-        f"({hardware}), dtype {'bf16 autocast' if args.bf16 else 'fp32'}; torch "
-        f"{torch.__version__}; built in {built_s:.1f} s"
+        f"VIP attention {args.attention} ({where}), dtype "
+        f"{'bf16 autocast' if args.bf16 else 'fp32'}; torch {torch.__version__}; built in "
+        f"{built_s:.1f} s"
     )
+    print(f"device {device}: {device_name(device)}")
     print(
-        "queries: random normalised (K, D) class and (A, D) alias tensors, no text encoder "
-        "(text is encoded once per vocabulary, not per image)"
+        f"queries: random normalised (K, D) class and (A, D) alias tensors, D="
+        f"{queries.text.shape[-1]}, no text encoder (text is encoded once per vocabulary, not "
+        "per image)"
     )
     if device.type == "cpu" and os.getloadavg()[0] > (os.cpu_count() or 1) / 2:
         print(
