@@ -12,8 +12,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PromptMode = Literal["text", "visual", "avg"]
-PROMPT_MODES = ("text", "visual", "avg")
+PromptMode = Literal["text", "visual", "avg", "cost-avg", "cost-concat"]
+PROMPT_MODES = ("text", "visual", "avg", "cost-avg", "cost-concat")
+PROMPT_PARTS: dict[str, tuple[str, ...]] = {
+    "text": ("text",),
+    "visual": ("visual",),
+    "avg": ("avg",),
+    "cost-avg": ("text", "visual"),
+    "cost-concat": ("text", "visual"),
+}
+"""The prompt embeddings each mode compares pixels with, one cost volume per part. ``avg`` is
+the paper's dual prompt (the embeddings averaged, one cost volume); ``cost-avg`` and
+``cost-concat`` are the rows it compares against (paper: "averaging outperforms concatenation
+and fusion strategies at the cost volume level"): a text and a visual cost volume, averaged or
+concatenated along the template axis (2P channels into the cost embedding). How the paper's
+cost-level rows were built is not stated: these two are ours."""
 
 
 @dataclass
@@ -63,35 +76,66 @@ class Prompts:
         return Prompts(self.text, new_visual, new_levels)
 
 
+def _unfused(prompts: Prompts, part: str) -> torch.Tensor:
+    if part == "text":
+        return prompts.text
+    if part == "visual":
+        return prompts.visual
+    if part == "avg":
+        return (prompts.text + prompts.visual) / 2
+    raise ValueError(f"prompt part {part!r}: use text, visual or avg")
+
+
 def fuse_prompts(
-    prompts: Prompts, mode: PromptMode, center: bool = False, mean: torch.Tensor | None = None
+    prompts: Prompts, part: str, center: bool = False, mean: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """R (K, P, D): the prompt embeddings the cost volume compares pixels with.
+    """R (K, P, D): one set of prompt embeddings a cost volume compares pixels with.
 
     ``avg`` is the paper's dual prompt, R = normalize((T + V) / 2); ``text`` and ``visual`` are
     its ablation rows. ``center`` subtracts the mean over classes first (ours, DESIGN §6: random
-    tiny towers give nearly identical class embeddings; centring separates them).
+    tiny towers give nearly identical class embeddings; centring separates them); ``mean``
+    (1, P, D) replaces the prompts' own class mean.
     """
-    if mode == "text":
-        r = prompts.text
-    elif mode == "visual":
-        r = prompts.visual
-    elif mode == "avg":
-        r = (prompts.text + prompts.visual) / 2
-    else:
-        raise ValueError(f"prompt mode {mode!r}: use one of {', '.join(PROMPT_MODES)}")
+    r = _unfused(prompts, part)
     if center and (mean is not None or r.shape[0] > 1):
-        r = r - (class_mean(prompts, mode) if mean is None else mean)
+        r = r - (r.mean(dim=0, keepdim=True) if mean is None else mean)
     return F.normalize(r.float(), dim=-1)
 
 
+def prompt_embeddings(
+    prompts: Prompts, mode: PromptMode, center: bool = False, mean: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """Per part of ``mode`` (:data:`PROMPT_PARTS`) its R (K, P, D); ``mean`` (S, 1, P, D) the
+    class means of the S parts (:func:`class_mean`) to centre with instead of their own."""
+    if mode not in PROMPT_PARTS:
+        raise ValueError(f"prompt mode {mode!r}: use one of {', '.join(PROMPT_MODES)}")
+    return [
+        fuse_prompts(prompts, part, center, None if mean is None else mean[i])
+        for i, part in enumerate(PROMPT_PARTS[mode])
+    ]
+
+
+def combine_costs(costs: list[torch.Tensor], mode: PromptMode) -> torch.Tensor:
+    """The parts' cost volumes (B, P, K, h, w) each -> the mode's: (B, P, K, h, w), or
+    (B, 2P, K, h, w) for ``cost-concat`` (text templates first)."""
+    if mode == "cost-concat":
+        return torch.cat(costs, dim=1)
+    if mode == "cost-avg":
+        return torch.stack(costs).mean(dim=0)
+    return costs[0]
+
+
+def cost_channels(mode: PromptMode, num_templates: int) -> int:
+    """Template channels of the mode's cost volume: 2P for ``cost-concat``, else P."""
+    return 2 * num_templates if mode == "cost-concat" else num_templates
+
+
 def class_mean(prompts: Prompts, mode: PromptMode) -> torch.Tensor:
-    """(1, P, D) the mean over classes that ``center`` subtracts (round II keeps round I's, so
-    a refined class does not move the prompts of the others)."""
-    r = {"text": prompts.text, "visual": prompts.visual}.get(mode)
-    if r is None:
-        r = (prompts.text + prompts.visual) / 2
-    return r.mean(dim=0, keepdim=True)
+    """(S, 1, P, D) the means over classes that ``center`` subtracts, one per part of the mode
+    (round II keeps round I's, so a refined class does not move the prompts of the others)."""
+    return torch.stack(
+        [_unfused(prompts, part).mean(dim=0, keepdim=True) for part in PROMPT_PARTS[mode]]
+    )
 
 
 def cost_volume(dense: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,12 @@ classes can be processed in chunks with identical results and memory bounded for
 
     fuse: [class features, image level-j features (projected), F_v^j (if enabled)] -> conv 3x3
     hybrid dilated convolutions 3x3, dilations 1, 2, 4 (residual)
-    self-attention over the map's positions (residual)
+    self-attention over the map's positions (residual; ours: each class alone, over positions only,
+    as the paper does not detail the decoder's attention)
     2x transposed-convolution upsampling
 
-Stage s uses level j = L + 1 - s (ConvNeXt: strides 32, 16, 8; the paper's F_v^{4,3,2}), so
+Stage s uses level j = L + 1 - s (ConvNeXt: strides 32, 16, 8, read as the paper's F_v^{4,3,2}: our
+reading, the paper does not state the mapping), so
 ``visual_levels=(2, 3, 4)`` is the full model, ``(2,)`` the one-level row and ``()`` "only F_c" of
 the paper's ablation. Level maps are resized to the stage's grid (ViT levels share one stride).
 """

@@ -1,7 +1,7 @@
 """DPSeg: the dual-prompt cost volume and the cost-volume-guided decoder (DESIGN §1, §2).
 
     image ──> ClipBackbone ──> dense E (B, D, h, w) + levels E_j
-    prompts ─> R = fuse(T, V) (K, P, D)
+    prompts ─> R = fuse(T, V) (K, P, D)  (cost-level rows: R_T and R_V, one cost volume each)
     cost volume F_c = cos(E, R) (B, P, K, h, w) ──> CostEmbedding ──> (B, K, C, h, w)
     visual cost volumes F_v^j = cos(E_j, V_j) (B, K, h_j, w_j)
     CVGD decoder ──> logits (B, K, H/4, W/4) ──> bilinear ──> (B, K, H, W)
@@ -23,8 +23,10 @@ from model.cost_volume import (
     PROMPT_MODES,
     CostEmbedding,
     Prompts,
+    combine_costs,
+    cost_channels,
     cost_volume,
-    fuse_prompts,
+    prompt_embeddings,
     visual_cost_volume,
 )
 from model.decoder import CVGDecoder
@@ -34,7 +36,8 @@ from model.decoder import CVGDecoder
 class DPSegConfig:
     """Model settings; every ablation of the paper is one field."""
 
-    prompt_mode: str = "avg"  # "text", "visual" or "avg" (the dual prompt), DESIGN §2.1
+    prompt_mode: str = "avg"  # "avg" (the dual prompt), "text", "visual", or a cost-level
+    # fusion: "cost-avg", "cost-concat" (model.cost_volume.PROMPT_PARTS)
     visual_levels: tuple[int, ...] = (2, 3, 4)  # F_v^j in the decoder: (), (2,), (2, 3, 4)
     center_prompts: bool = False  # subtract the class mean from R (ours, for random tiny towers)
     cost_channels: int = 128  # channels of the embedded cost volume per class
@@ -58,7 +61,8 @@ class DPSegConfig:
 @dataclass
 class DPSegOutput:
     logits: torch.Tensor  # (B, K, H, W) per-class logits at the input resolution
-    cost: torch.Tensor  # (B, P, K, h, w) the dual-prompt cost volume (for an auxiliary loss)
+    cost: torch.Tensor  # (B, P, K, h, w) the dual-prompt cost volume (for an auxiliary loss;
+    # (B, 2P, K, h, w) for cost-concat)
     features: BackboneFeatures = field(repr=False)  # reusable by round II
 
 
@@ -70,7 +74,10 @@ class DPSeg(nn.Module):
         super().__init__()
         self.config = config or DPSegConfig()
         self.backbone = backbone
-        self.cost_embedding = CostEmbedding(num_templates, self.config.cost_channels)
+        self.num_templates = num_templates  # P of the banks
+        self.cost_embedding = CostEmbedding(
+            cost_channels(self.config.prompt_mode, num_templates), self.config.cost_channels
+        )
         self.decoder = CVGDecoder(
             self.config.cost_channels,
             tuple(level_dims),
@@ -99,10 +106,11 @@ class DPSeg(nn.Module):
         """
         if features is None:
             features = self.backbone(images)
-        r = fuse_prompts(prompts, self.config.prompt_mode, self.config.center_prompts, center_mean)
+        mode = self.config.prompt_mode
+        rs = prompt_embeddings(prompts, mode, self.config.center_prompts, center_mean)
         if classes is not None:
-            r, prompts = r[classes], prompts.select(classes)
-        cost = cost_volume(features.dense, r)  # (B, P, K, h, w)
+            rs, prompts = [r[classes] for r in rs], prompts.select(classes)
+        cost = combine_costs([cost_volume(features.dense, r) for r in rs], mode)  # (B, P, K, h, w)
         class_maps = self.cost_embedding(cost)  # (B, K, C, h, w)
         visual_costs = {
             j: visual_cost_volume(features.levels[j - 1], prompts.visual_levels[j - 1])

@@ -238,7 +238,7 @@ class DPSegModule(SegmentationModule):
 
     def check_templates(self, bank):
         """The bank, if it has the model's number of templates P (the cost embedding's input)."""
-        p = self.model.cost_embedding.num_templates
+        p = self.model.num_templates
         if len(bank.templates) != p:
             raise BankMismatchError(
                 f"bank {bank.location!r} has {len(bank.templates)} templates but the model was "
@@ -261,7 +261,7 @@ class DPSegModule(SegmentationModule):
         """Prompts without a bank: one template's text prompt in each of the model's P slots,
         the visual prompt equal to it (so ``avg`` is text), level prompts zero."""
         text = self._text_prompts(vocabulary.classes, [SINGLE_TEMPLATE]).float().cpu()
-        text = text.expand(-1, self.model.cost_embedding.num_templates, -1).contiguous()
+        text = text.expand(-1, self.model.num_templates, -1).contiguous()
         levels = [torch.zeros(len(vocabulary), c) for c in self.level_dims]
         return Prompts(text, text.clone(), levels)
 

@@ -65,8 +65,33 @@ def test_prompt_fusion_modes():
     torch.testing.assert_close(fuse_prompts(prompts, "avg"), F.normalize(text + visual, dim=-1))
     centred = fuse_prompts(prompts, "avg", center=True)
     torch.testing.assert_close(centred.norm(dim=-1), torch.ones(K, P))
-    with pytest.raises(ValueError, match="prompt mode 'sum'"):
+    with pytest.raises(ValueError, match="prompt part 'sum'"):
         fuse_prompts(prompts, "sum")
+
+
+@pytest.mark.parametrize("mode", ["cost-avg", "cost-concat"])
+def test_cost_level_fusion_rows(mode):
+    """The rows the paper compares its averaged embeddings with: a text and a visual cost
+    volume, averaged or concatenated along the template axis (2P channels); a subset of
+    classes decodes as in the full output, centred on the full prompts' means."""
+    from model.cost_volume import class_mean
+
+    model, dims = build("tiny-convnext", prompt_mode=mode, center_prompts=True)
+    model.eval()
+    assert model.cost_embedding.num_templates == (2 * P if mode == "cost-concat" else P)
+    prompts, image = random_prompts(dims), torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        out = model(image, prompts)
+        dense = out.features.dense
+        t = cost_volume(dense, fuse_prompts(prompts, "text", center=True))
+        v = cost_volume(dense, fuse_prompts(prompts, "visual", center=True))
+        expected = torch.cat([t, v], dim=1) if mode == "cost-concat" else (t + v) / 2
+        torch.testing.assert_close(out.cost, expected)
+        classes = torch.tensor([3, 1])
+        subset = model(image, prompts, features=out.features, classes=classes,
+                       center_mean=class_mean(prompts, mode)).logits  # fmt: skip
+    torch.testing.assert_close(subset, out.logits[:, classes], atol=1e-5, rtol=1e-5)
+    assert class_mean(prompts, mode).shape == (2, 1, P, 64)
 
 
 def test_text_mode_ignores_visual_prompts_and_visual_levels_switch():
