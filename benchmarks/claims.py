@@ -1,7 +1,7 @@
 """The papers' claims measured in the toy world (``make claims``).
 
     .venv/bin/python benchmarks/claims.py [--seeds 0 1 2] [--steps 300] [--out claims_out]
-                                          [--jobs 2] [--threads 1]
+                                          [--jobs 2] [--threads 1] [--rows TEXT ...]
 
 Every row is one existing config switch, run as a user runs it (``cli.py fit`` / ``cli.py test``
 in fresh processes), on the toy world (docs/toy_world.md): DPSeg trained on the 24 seen classes
@@ -12,7 +12,9 @@ DPSeg rows (configs/toy_world.yaml + one file of configs/ablations/), mean and s
     dual prompt (avg), F_v^{2,3,4}, round I     the full model
     text prompt / visual prompt                 prompt_text.yaml / prompt_visual.yaml
     F_v none / F_v^2                            fv_none.yaml / fv_2.yaml
-    round II, masked / box crops                rounds_2.yaml (the full model's checkpoints)
+    text prompt with F_v kept (ours)            prompt_text_keep_fv.yaml
+    cost volumes averaged / concatenated        prompt_cost_avg.yaml / prompt_cost_concat.yaml
+    round II, masked / box crops / pooled       rounds_2.yaml (the full model's checkpoints)
 VIP rows (configs/vip_toy.yaml; deterministic, one run each):
     plain dense CLIP                            --model.attention none, canonical names only
     VIP: aliases + saliency-aware aggregation   the config as it is
@@ -47,11 +49,16 @@ DPSEG_ROWS = [  # (row, the paper's claim it tests, ablation file or None)
     ("DPSeg: visual prompt only", "dual > visual", "prompt_visual.yaml"),
     ("DPSeg: no visual cost volume", "F_v^{2,3,4} > none", "fv_none.yaml"),
     ("DPSeg: F_v^2 only", "F_v^{2,3,4} > F_v^2 > none", "fv_2.yaml"),
+    ("DPSeg: text prompt, F_v kept (ours)", "what F_v adds to text", "prompt_text_keep_fv.yaml"),
+    ("DPSeg: cost volumes averaged", "avg(T,V) > cost-level avg", "prompt_cost_avg.yaml"),
+    ("DPSeg: cost volumes concatenated", "avg(T,V) > cost-level concat", "prompt_cost_concat.yaml"),
 ]
 ROUND_II = [  # (row, claim, extra arguments) over the full model's checkpoints
     ("DPSeg: round II, masked crops (config)", "round II > round I", []),
     ("DPSeg: round II, box crops (paper)", "round II > round I",
      ["--model.inference.crop_policy", "box"]),
+    ("DPSeg: round II, pooled (ours)", "pooled as good as crops",
+     ["--model.inference.crop_policy", "pooled"]),
 ]  # fmt: skip
 VIP_ROWS = [  # (row, claim, extra arguments)
     ("plain dense CLIP (canonical names)", "the baseline",
@@ -166,6 +173,13 @@ def main() -> int:
     parser.add_argument("--out", default="claims_out")
     parser.add_argument("--jobs", type=int, default=2, help="DPSeg runs side by side (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1)")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        metavar="TEXT",
+        help="only the rows whose name contains one of these (case-insensitive); the full "
+        "model is trained whenever a round II row is chosen",
+    )
     args = parser.parse_args()
     if args.jobs < 1 or args.threads < 1:
         parser.error(f"--jobs {args.jobs} / --threads {args.threads}: give 1 or more")
@@ -177,7 +191,16 @@ def main() -> int:
         out / "banks" / "toy_vit.zarr",
     )
     seeds = args.seeds
-    total = 3 + len(DPSEG_ROWS) * len(seeds) * 2 + len(ROUND_II) * len(seeds) + len(VIP_ROWS)
+
+    def wanted(name: str) -> bool:
+        return not args.rows or any(t.lower() in name.lower() for t in args.rows)
+
+    round_ii = [r for r in ROUND_II if wanted(r[0])]
+    dpseg_rows = [r for r in DPSEG_ROWS if wanted(r[0]) or (r[2] is None and round_ii)]
+    vip_rows = [r for r in VIP_ROWS if wanted(r[0])]
+    if not (dpseg_rows or vip_rows):
+        parser.error(f"--rows {' '.join(args.rows)}: no row's name contains any of them")
+    total = 3 + len(dpseg_rows) * len(seeds) * 2 + len(round_ii) * len(seeds) + len(vip_rows)
     run = Runner(total, args.threads)
     start = time.perf_counter()
 
@@ -240,7 +263,7 @@ def main() -> int:
         run(f"test {tag}", ["test", *common, *extra, "--ckpt_path", str(ckpt),
                             "--model.results_dir", str(results), *NO_LOGS])  # fmt: skip
         second = []
-        for n, (row2, _, extra2) in enumerate(ROUND_II if ablation is None else []):
+        for n, (row2, _, extra2) in enumerate(round_ii if ablation is None else []):
             results2 = out / "results" / f"round2_{n}_seed{seed}"
             run(f"test {row2}, seed {seed}", ["test", *common, "--config",
                 str(ABLATIONS / "rounds_2.yaml"), *extra2, "--ckpt_path", str(ckpt),
@@ -248,18 +271,18 @@ def main() -> int:
             second.append(scores(results2))
         return scores(results), second
 
-    jobs = [(ablation, seed) for _, _, ablation in DPSEG_ROWS for seed in seeds]
+    jobs = [(ablation, seed) for _, _, ablation in dpseg_rows for seed in seeds]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         done = dict(zip(jobs, pool.map(lambda job: dpseg_run(*job), jobs)))
     rows = []
-    for row, claim, ablation in DPSEG_ROWS:
+    for row, claim, ablation in dpseg_rows:
         runs = [done[ablation, seed][0] for seed in seeds]
         rows.append({"row": row, "claim": claim, "runs": runs, "scores": summarise(runs)})
-        for n, (row2, claim2, _) in enumerate(ROUND_II if ablation is None else []):
+        for n, (row2, claim2, _) in enumerate(round_ii if ablation is None else []):
             runs2 = [done[ablation, seed][1][n] for seed in seeds]
             rows.append({"row": row2, "claim": claim2, "runs": runs2, "scores": summarise(runs2)})
     vip_config = ["--config", str(ROOT / "configs" / "vip_toy.yaml"), "--data.root", str(data_root)]
-    for row, claim, extra in VIP_ROWS:
+    for row, claim, extra in vip_rows:
         extra = [str(vit_bank) if a == "BANK" else a for a in extra]
         results = out / "results" / f"vip_{len(rows)}"
         run(f"test {row}", ["test", *vip_config, *extra, "--model.results_dir", str(results),

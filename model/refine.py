@@ -6,8 +6,18 @@
     round II  logits_2 = DPSeg(image, prompts with those visual prompts replaced,
                                features = round I's)               (no second backbone pass)
 
-Crop policies: ``box`` (the bounding box of the class's pixels), ``masked`` (the same box with
-the pixels of other classes set to the image mean, so the crop shows the class alone).
+Policies (``crop_policy``) for a detected class's new visual prompt:
+
+- ``box`` (the paper's: the region cropped): the bounding box of the class's pixels;
+- ``masked`` (ours): the same box with the pixels of other classes set to the image mean, so
+  the crop shows the class alone;
+- ``pooled`` (ours): no crops: the frozen encoder sees the whole image once (at its own input
+  size, as it saw the bank's images) and each class's prompt is its dense features (and level
+  features) averaged inside the class's mask (area-weighted on the feature grid). One frozen
+  pass per image instead of one encoding per crop.
+
+Every crop of every image of a batch goes through the frozen encoder in one forward, at one size
+(``crop_size``, default the encoder's own), and only the refined classes are decoded again.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from model.backbone import BackboneFeatures, ClipEncoder
 from model.cost_volume import Prompts, class_mean
 from model.dpseg import DPSeg, DPSegOutput
 
-CROP_POLICIES = ("box", "masked")
+CROP_POLICIES = ("box", "masked", "pooled")
 
 
 @dataclass
@@ -31,7 +41,7 @@ class RefineConfig:
 
     rounds: int = 1  # 1: bank prompts only; 2: + semantic-guided refinement (DESIGN §2.3)
     min_area: float = 0.01  # a class is "detected" when its argmax covers this image fraction
-    crop_policy: str = "box"  # "box" or "masked"
+    crop_policy: str = "box"  # "box" (the paper's), "masked" or "pooled" (ours)
     crop_margin: float = 0.1  # the box grown by this fraction of its size on each side
     max_classes: int | None = None  # refine at most this many classes (largest areas first)
     crop_size: int | None = None  # crops encoded at this size (ConvNeXt); None: the preset's
@@ -100,6 +110,7 @@ class TwoRoundSegmenter(nn.Module):
         self.model = model
         self.config = config
         self._encoder = [prompt_encoder]  # a list: not a submodule, not in the state dict
+        self._dense = None  # the pooled policy's dense view of the frozen encoder, built once
         if config.rounds == 2 and prompt_encoder is None:
             raise ValueError("rounds=2 needs the frozen prompt encoder to encode the crops")
 
@@ -113,35 +124,94 @@ class TwoRoundSegmenter(nn.Module):
             return first.logits
         return self.second_round(images, prompts, first)
 
-    @torch.no_grad()
-    def refined_prompts(self, image: torch.Tensor, labels: torch.Tensor, prompts: Prompts):
-        """One image's prompts after round I, detected classes with their crop's embedding;
-        returns (prompts, the refined class ids)."""
-        classes = detected_classes(
-            labels, prompts.num_classes, self.config.min_area, self.config.max_classes
-        )
-        if len(classes) == 0:
-            return prompts, classes
-        crops = crop_regions(image, labels, classes, self.config)
+    def _detected(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+        return detected_classes(labels, num_classes, self.config.min_area, self.config.max_classes)
+
+    def _crop_size(self) -> int:
         encoder = self.prompt_encoder
-        size = (self.config.crop_size or encoder.preset.image_size,) * 2
-        if encoder.preset.family == "vit" and size[0] != encoder.preset.image_size:
+        size = self.config.crop_size or encoder.preset.image_size
+        if encoder.preset.family == "vit" and size != encoder.preset.image_size:
             raise ValueError(
-                f"crop_size={size[0]}: the ViT prompt encoder ({encoder.preset.name}) takes "
+                f"crop_size={size}: the ViT prompt encoder ({encoder.preset.name}) takes "
                 f"{encoder.preset.image_size} px only; leave crop_size unset"
             )
-        # The resize ClipEncoder.preprocess gives the bank's images: bicubic, antialiased.
+        return size
+
+    @torch.no_grad()
+    def encode_regions(
+        self, images: torch.Tensor, labels: torch.Tensor, classes: list[torch.Tensor]
+    ) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        """New visual prompts of the detected classes of each image.
+
+        Args:
+            images: (B, 3, H, W) in [0, 1]; labels (B, H, W) round I's argmax.
+            classes: per image, the (n_b,) class ids to refine.
+        Returns:
+            per image: embeddings (n_b, D) (not yet normalised) and per level (n_b, C_j).
+        """
+        encoder = self.prompt_encoder
+        if self.config.crop_policy == "pooled":
+            return [self._pooled(images[b], labels[b], c) for b, c in enumerate(classes)]
+        size = (self._crop_size(),) * 2
+        crops = [
+            crop
+            for b, c in enumerate(classes)
+            if len(c)
+            for crop in crop_regions(images[b], labels[b], c, self.config)
+        ]
+        # The resize ClipEncoder.preprocess gives the bank's images: bicubic, antialiased; every
+        # crop of the batch in one forward.
         batch = torch.cat(
             [F.interpolate(c[None].float(), size, mode="bicubic", antialias=True) for c in crops]
         ).clamp(0, 1)
         encoding = encoder.encode_images(batch.to(encoder.mean.device), size=size[0])
+        levels = encoding.pooled_levels()
+        out, start = [], 0
+        for c in classes:
+            end = start + len(c)
+            out.append((encoding.embedding[start:end], [lv[start:end] for lv in levels]))
+            start = end
+        return out
+
+    def _pooled(
+        self, image: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The ``pooled`` policy for one image: (n, D) embeddings, per level (n, C_j)."""
+        from model.backbone import ClipBackbone
+
+        encoder = self.prompt_encoder
+        if len(classes) == 0:
+            return encoder.mean.new_zeros(0, encoder.embed_dim), []
+        if self._dense is None:  # the frozen CLIP's dense view (shares its weights)
+            self._dense = [ClipBackbone(encoder.clip, encoder.preset)]
+        size = (encoder.preset.image_size,) * 2
+        x = F.interpolate(image[None].float(), size, mode="bicubic", antialias=True).clamp(0, 1)
+        features = self._dense[0](x.to(encoder.mean.device))
+        masks = (labels[None] == classes.to(labels.device)[:, None, None]).float()  # (n, H, W)
+
+        def pool(grid: torch.Tensor) -> torch.Tensor:  # (1, C, h, w) -> (n, C)
+            weights = F.adaptive_avg_pool2d(masks[None], grid.shape[-2:])[0].to(grid)  # (n,h,w)
+            total = weights.flatten(1).sum(dim=1, keepdim=True).clamp(min=1e-12)
+            return torch.einsum("nhw,chw->nc", weights, grid[0].float()) / total
+
+        return pool(features.dense), [pool(level) for level in features.levels]
+
+    @torch.no_grad()
+    def refined_prompts(self, image: torch.Tensor, labels: torch.Tensor, prompts: Prompts):
+        """One image's prompts after round I, detected classes with their new visual prompt;
+        returns (prompts, the refined class ids)."""
+        classes = self._detected(labels, prompts.num_classes)
+        if len(classes) == 0:
+            return prompts, classes
+        embedding, levels = self.encode_regions(image[None], labels[None], [classes])[0]
+        return self._with_visual(prompts, classes, embedding, levels), classes
+
+    @staticmethod
+    def _with_visual(prompts: Prompts, classes, embedding, levels) -> Prompts:
         device = prompts.visual.device
-        refined = prompts.with_visual(
-            classes.to(device),
-            encoding.embedding.to(device),
-            [lv.to(device) for lv in encoding.pooled_levels()],
+        return prompts.with_visual(
+            classes.to(device), embedding.to(device), [lv.to(device) for lv in levels]
         )
-        return refined, classes
 
     def second_round(self, images: torch.Tensor, prompts: Prompts, first: DPSegOutput):
         """Round II for each image of the batch, reusing round I's features.
@@ -152,10 +222,14 @@ class TwoRoundSegmenter(nn.Module):
         labels = first.logits.argmax(dim=1)  # (B, H, W)
         out = first.logits.clone()
         mean = class_mean(prompts, self.model.config.prompt_mode)  # round I's centre, kept
-        for b in range(images.shape[0]):
-            refined, classes = self.refined_prompts(images[b], labels[b], prompts)
+        classes_per_image = [self._detected(lb, prompts.num_classes) for lb in labels]
+        if not any(len(c) for c in classes_per_image):
+            return out
+        encoded = self.encode_regions(images, labels, classes_per_image)
+        for b, (classes, (embedding, levels)) in enumerate(zip(classes_per_image, encoded)):
             if len(classes) == 0:
                 continue
+            refined = self._with_visual(prompts, classes, embedding, levels)
             features = BackboneFeatures(
                 first.features.dense[b : b + 1], [lv[b : b + 1] for lv in first.features.levels]
             )

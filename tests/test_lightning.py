@@ -216,6 +216,51 @@ def test_detection_and_crops():
     assert torch.allclose(masked0[:, 2, 3], fill)  # a class-1 pixel inside class 0's box
 
 
+def test_pooled_policy_pools_the_frozen_encoders_features_inside_each_mask():
+    """One frozen pass over the image; a class's prompt is its features averaged over its
+    mask. With a mask that covers the whole image, the prompt is the image's own embedding
+    and level means (toy-convnext norms per pixel before its pool: exactly the bank's)."""
+    from model.backbone import ClipEncoder, create_clip
+    from model.refine import TwoRoundSegmenter
+
+    built = create_clip("toy-convnext")
+    encoder = ClipEncoder(built.model, built.preset).eval()
+    segmenter = TwoRoundSegmenter(None, encoder, RefineConfig(rounds=2, crop_policy="pooled"))
+    image = torch.rand(3, 64, 64)
+    whole = torch.zeros(64, 64, dtype=torch.long)
+    ((embedding, levels),) = segmenter.encode_regions(image[None], whole[None], [torch.tensor([0])])
+    with torch.no_grad():
+        expected = encoder.encode_images(image[None])
+    torch.testing.assert_close(F.normalize(embedding, dim=-1), expected.embedding, atol=1e-5,
+                               rtol=1e-5)  # fmt: skip
+    for ours, theirs in zip(levels, expected.pooled_levels()):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    halves = torch.zeros(64, 64, dtype=torch.long)
+    halves[:, 32:] = 1  # two classes, one half each: two different prompts, one frozen pass
+    calls = []
+    segmenter._dense[0].register_forward_pre_hook(lambda *_: calls.append(1))  # the frozen view
+    ((two, _),) = segmenter.encode_regions(image[None], halves[None], [torch.tensor([0, 1])])
+    assert two.shape == (2, expected.embedding.shape[1]) and not torch.allclose(two[0], two[1])
+    assert len(calls) == 1
+
+
+def test_crops_of_a_whole_batch_go_through_the_encoder_in_one_forward(world):
+    module = tiny_module(inference={"rounds": 2, "min_area": 0.0}).eval()
+    prompts = module.add_prompts("synthetic", str(world / "bank.zarr"))
+    encoder = module.segmenter.prompt_encoder
+    sizes = []
+    original = encoder.encode_images
+    encoder.encode_images = lambda images, size=None: (
+        sizes.append(len(images)) or original(images, size)
+    )
+    with torch.no_grad():
+        first = module.model(torch.rand(3, 3, 64, 64), prompts)
+        module.segmenter.second_round(torch.rand(3, 3, 64, 64), prompts, first)
+    labels = first.logits.argmax(dim=1)
+    expected = sum(len(detected_classes(lb, 8, 0.0)) for lb in labels)
+    assert sizes == [expected]
+
+
 def test_round_two_reuses_the_image_features(world):
     module = tiny_module().eval()
     prompts = module.add_prompts("synthetic", str(world / "bank.zarr"))
