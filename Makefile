@@ -10,7 +10,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # Tests and the demo run on 2 CPU cores; more threads than cores only slows them down.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install lint format test demo claims presets bank lock clean
+.PHONY: help install lint format test demo claims presets bank bench-gpu lock clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -54,6 +54,9 @@ bank: $(STAMP)  ## build/resume a prompt bank: make bank VOCAB=ade847 [PRESET=ti
 	@test -n "$(VOCAB)" || { echo "usage: make bank VOCAB=<name or file> [PRESET=paper|fast|vit|tiny] [TEMPLATES=imagenet80] [IMAGES=1] [OUT=banks/<vocab>.zarr]"; exit 2; }
 	$(PY) cli.py bank build --vocab '$(VOCAB)' --preset $(PRESET) --templates '$(TEMPLATES)' \
 		--images-per-prompt $(IMAGES) --out '$(OUT)' $(BANK_ARGS)
+
+bench-gpu: $(STAMP)  ## GPU speed and memory (bank, inference, a training step), <= 8 min
+	$(PY) benchmarks/bench_gpu.py
 
 presets: $(STAMP)  ## list model presets and what each needs
 	$(PY) cli.py presets

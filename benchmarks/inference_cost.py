@@ -5,15 +5,22 @@
                                                                  #   weights, paper decoder, 768 px,
                                                                  #   bf16 autocast; meant for a GPU
     .venv/bin/python benchmarks/inference_cost.py --full-size --classes 171 847
+    .venv/bin/python benchmarks/inference_cost.py --flops [--refined 8] [--json PATH]
+                                                                 # FLOPs per image, device-
+                                                                 #   independent (meta tensors)
 
 DESIGN §2.3 (ours): round II reuses round I's image features (no second backbone pass), so it
-should cost at most 1.5x a single round. Prints, per K:
+should cost at most 1.5x a single round. Prints, per K (default 8, every class refined: the
+worst case; and 150, the paper's regime, with 8 refined):
 
-- median time per image of ``rounds=1`` and of ``rounds=2`` (round II's total, round I
-  included), their ratio, the backbone (``ClipBackbone.forward``) calls per image in each mode
-  (a forward pre-hook), the crops the frozen prompt encoder encoded, and the classes refined.
-  ``--min-area 0`` (default): every class in round I's argmax is refined, so round II does real
-  work; the refined count drives round II's cost (one crop encoding each).
+- median time per image of round I and of round II under each policy of ``--policies``
+  (``model.refine.CROP_POLICIES``: box and masked crops, pooled, pooled-own; round II's total,
+  round I included), their ratio, the passes per image of the trained backbone
+  (``ClipBackbone.forward``, a pre-hook) and of the frozen prompt encoder (one per batch of
+  crops, or the pooled policy's one pass over the image), the crops, and the classes refined.
+  ``--min-area 0`` (default) and ``--max-classes 8`` (default): the 8 largest classes of round
+  I's argmax are refined (random prompts make it speckled over almost every class), so round II
+  does real work; the refined count drives its cost (a crop encoding and a decode each).
 - default mode only: peak memory of round I for K = 64 and 847 with the decoder's class chunking
   (``DPSegConfig.class_chunk``, default 64) and without it (``class_chunk=K``), each in a fresh
   process (CPU: peak RSS increase over the forward, from ``resource.getrusage`` after resetting
@@ -46,7 +53,7 @@ from benchmarks.memory import current_memory_mb, peak_memory_mb, reset_peak
 from model.backbone import ClipBackbone, ClipEncoder, create_clip
 from model.cost_volume import Prompts
 from model.dpseg import DPSeg, DPSegConfig
-from model.refine import RefineConfig, TwoRoundSegmenter, detected_classes
+from model.refine import CROP_POLICIES, RefineConfig, TwoRoundSegmenter, detected_classes
 
 TINY_PRESET = "tiny-convnext"
 FULL_PRESET = "convnext-b-laion"
@@ -98,7 +105,7 @@ class CallCounter:
     """Counts backbone forwards (a pre-hook) and the frozen encoder's crop encodings."""
 
     def __init__(self, model: DPSeg, encoder: ClipEncoder, device: torch.device):
-        self.backbone = self.encodes = self.crops = 0
+        self.backbone = self.encodes = self.crops = self.frozen = 0
         self.encode_s = 0.0
         model.backbone.register_forward_pre_hook(self._on_backbone)
         original = encoder.encode_images
@@ -118,28 +125,36 @@ class CallCounter:
     def _on_backbone(self, module, args) -> None:
         self.backbone += 1
 
+    def on_frozen_pass(self, module, args) -> None:
+        self.frozen += 1
+
     def reset(self) -> None:
-        self.backbone = self.encodes = self.crops = 0
+        self.backbone = self.encodes = self.crops = self.frozen = 0
         self.encode_s = 0.0
 
 
-def time_modes(args, model, encoder, counter, device, autocast, k: int) -> None:
-    """Round I and round II of one K: time, calls, refined classes, peak memory."""
+def time_modes(args, model, encoder, counter, device, autocast, k: int) -> dict:
+    """Round I and round II (every policy of ``--policies``) of one K: time, calls, refined
+    classes, peak memory. Returns the rows (for --json)."""
     prompts = random_prompts(encoder, k, args.templates, device)
     images = block_images(args.batch, args.image_size, device)
-    refine = dict(min_area=args.min_area, crop_policy=args.crop_policy, crop_size=args.crop_size)
     with torch.inference_mode(), autocast:
         first = model(images, prompts)
         labels = first.logits.argmax(dim=1)
-        refined = [len(detected_classes(lb, k, args.min_area)) for lb in labels]
+        refined = [len(detected_classes(lb, k, args.min_area, args.max_classes)) for lb in labels]
         del first, labels
+    modes = [("round I", 1, "box")] + [(f"II {p}", 2, p) for p in args.policies]
     rows = {}
-    for rounds in (1, 2):
-        segmenter = TwoRoundSegmenter(model, encoder, RefineConfig(rounds=rounds, **refine))
+    for name, rounds, policy in modes:
+        config = RefineConfig(rounds=rounds, min_area=args.min_area, crop_policy=policy,
+                              crop_size=args.crop_size, max_classes=args.max_classes)  # fmt: skip
+        segmenter = TwoRoundSegmenter(model, encoder, config)
         times = []
         with torch.inference_mode(), autocast:
             for _ in range(args.warmup):
                 segmenter(images, prompts)
+            if segmenter._dense is not None:  # the pooled policy's frozen pass, counted too
+                segmenter._dense[0].register_forward_pre_hook(counter.on_frozen_pass)
             sync(device)
             counter.reset()
             reset_peak(device)
@@ -148,44 +163,38 @@ def time_modes(args, model, encoder, counter, device, autocast, k: int) -> None:
                 segmenter(images, prompts)
                 sync(device)
                 times.append(time.perf_counter() - start)
-        rows[rounds] = dict(
+        n = args.iters * args.batch
+        rows[name] = dict(
             s=statistics.median(times) / args.batch,
-            backbone=counter.backbone / (args.iters * args.batch),
-            crops=counter.crops / (args.iters * args.batch),
-            encode_s=counter.encode_s / (args.iters * args.batch),
+            backbone=counter.backbone / n,
+            frozen=(counter.encodes + counter.frozen) / n,
+            crops=counter.crops / n,
+            encode_s=counter.encode_s / n,
             peak=peak_memory_mb(device),
         )
     memory = "max_memory_allocated" if device.type == "cuda" else "process peak RSS"
     print(
         f"\nK={k} classes, P={args.templates} templates, {args.image_size}x{args.image_size} px, "
-        f"batch {args.batch}; median of {args.iters} iterations after {args.warmup} warm-up"
-    )
-    print(
-        f"{'mode':9s} {'ms/image':>10s} {'images/s':>9s} {'backbone/img':>13s} "
-        f"{'crops/img':>10s} {'crop enc ms':>12s} {memory + ' MB':>22s}"
-    )
-    for rounds, name in ((1, "round I"), (2, "round II")):
-        r = rows[rounds]
-        print(
-            f"{name:9s} {r['s'] * 1e3:10.1f} {1 / r['s']:9.2f} {r['backbone']:13.2f} "
-            f"{r['crops']:10.2f} {r['encode_s'] * 1e3:12.1f} {r['peak']:22.1f}"
-        )
-    ratio = rows[2]["s"] / rows[1]["s"]
-    print(
-        f"classes refined per image (min_area={args.min_area:g}, {args.crop_policy} crops): "
+        f"batch {args.batch}; median of {args.iters} iterations after {args.warmup} warm-up; "
+        f"classes refined per image (min_area={args.min_area:g}): "
         f"{', '.join(map(str, refined))} of {k}"
     )
     print(
-        f"round II total / round I: {ratio:.2f}x (DESIGN §2.3 goal <= 1.5x: "
-        f"{'met' if ratio <= 1.5 else 'NOT met'}); round II extra: "
-        f"{(rows[2]['s'] - rows[1]['s']) * 1e3:.1f} ms/image, of which crop encoding "
-        f"{rows[2]['encode_s'] * 1e3:.1f} ms"
-        + (
-            f" ({rows[2]['encode_s'] / rows[2]['crops'] * 1e3:.1f} ms per crop)"
-            if rows[2]["crops"]
-            else ""
-        )
+        f"{'mode':16s} {'ms/image':>9s} {'x round I':>9s} {'backbone':>9s} {'frozen':>7s} "
+        f"{'crops':>6s} {'crop enc ms':>12s} {memory + ' MB':>22s}"
     )
+    base = rows["round I"]["s"]
+    for name, r in rows.items():
+        print(
+            f"{name:16s} {r['s'] * 1e3:9.1f} {r['s'] / base:8.2f}x {r['backbone']:9.2f} "
+            f"{r['frozen']:7.2f} {r['crops']:6.2f} {r['encode_s'] * 1e3:12.1f} {r['peak']:22.1f}"
+        )
+    print(
+        "backbone / frozen: passes per image of the trained backbone and of the frozen prompt "
+        "encoder (one per batch of crops, or the pooled policy's whole image); goal (DESIGN "
+        "§2.3): round II <= 1.5x round I"
+    )
+    return {"classes": k, "refined": refined, "rows": rows}
 
 
 def one_memory(args, k: int, chunk: int) -> None:
@@ -258,13 +267,30 @@ def main() -> None:
         default=0.0,
         help="round II detection threshold; 0: every class in round I's argmax is refined",
     )
-    parser.add_argument("--crop-policy", default="box", choices=("box", "masked"))
+    parser.add_argument(
+        "--max-classes",
+        type=int,
+        default=8,
+        help="round II refines at most this many classes per image (default 8, an image's "
+        "classes: random prompts make round I's argmax speckled over almost every class)",
+    )
+    parser.add_argument(
+        "--policies",
+        nargs="+",
+        default=list(CROP_POLICIES),
+        choices=CROP_POLICIES,
+        help="round II policies to time (default: all)",
+    )
     parser.add_argument("--crop-size", type=int, default=None, help="round II crop size (ConvNeXt)")
     parser.add_argument("--memory-classes", type=int, nargs="+", default=[64, 847])
     parser.add_argument("--no-memory", action="store_true", help="skip the chunking memory table")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--one-memory", type=int, nargs=2, help=argparse.SUPPRESS)
+    add_flops_arguments(parser)
     args = parser.parse_args()
+    if args.flops:  # its own code path: FLOPs only, no timing (flops_main)
+        flops_main(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -274,7 +300,7 @@ def main() -> None:
     if args.one_memory:
         one_memory(args, *args.one_memory)
         return
-    args.classes = args.classes or ([171] if args.full_size else [8])
+    args.classes = args.classes or ([171] if args.full_size else [8, 150])
     if args.iters is None:
         args.iters = (2 if cpu else 5) if args.full_size else 10
     if args.warmup is None:
@@ -312,6 +338,300 @@ def main() -> None:
     if not (args.full_size or args.no_memory):
         del model, encoder
         memory_table(args)
+
+
+# ---------------------------------------------------------------------------------------------
+# --flops: FLOPs per image by torch.utils.flop_counter.FlopCounterMode. A code path of its own:
+# nothing above runs (no timing), nothing here times anything.
+
+FLOP_PRESETS = ("convnext-b-laion", "convnext-l-laion")
+FLOP_CLASSES = (150, 847)
+FLOP_TEMPLATES = 80
+FLOP_IMAGE_SIZE = 768  # the `sed` test protocol: one 768 x 768 pass
+FLOP_REFINED = 8
+FLOP_PARTS = {  # JSON key: table header. Their sum is the total (checked)
+    "backbone": "backbone",
+    "cost_cos": "cos(E,R) + F_v",
+    "cost_embedding": "cost emb.",
+    "decoder_stage1": "dec. stage 1",
+    "decoder_stage2": "dec. stage 2",
+    "decoder_stage3": "dec. stage 3",
+    "decoder_head": "dec. head",
+    "round2_crops": "II: crop enc.",
+    "round2_redecode": "II: re-decode",
+}
+FLOP_CONVENTION = (
+    "FLOPs: torch.utils.flop_counter.FlopCounterMode, forward pass, batch 1, per image. A "
+    "multiply-add counts 2 FLOPs (matmul 2mnk, convolutions alike, attention 4 s^2 d per head); "
+    "only matmuls, convolutions and attention are counted: normalisations, activations, "
+    "softmax, interpolation and other elementwise ops count 0. Counters that count a "
+    "multiply-add as 1 (e.g. fvcore) give half of these figures."
+)
+PUBLISHED_FIGURES = (
+    "Published figures (looked up with a search of papers and repositories; FLOPs not found):\n"
+    "  SED (Xie et al., CVPR 2024, arXiv 2311.15537 abstract; github.com/xb534/SED README): "
+    "ConvNeXt-B, 82 ms per image on one A6000 on A-150 (a latency, not FLOPs); category early "
+    "rejection up to 4.7x faster (PC-459). No GFLOPs figure found.\n"
+    "  CAT-Seg (Cho et al., CVPR 2024, arXiv 2303.11797): no FLOPs figure found by the search; "
+    "not looked up further (no number given rather than one from memory)."
+)
+
+
+def add_flops_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("FLOPs (--flops; --classes/--templates/--image-size/"
+                                      "--crop-size apply too)")  # fmt: skip
+    group.add_argument(
+        "--flops",
+        action="store_true",
+        help="count FLOPs per image instead of timing: "
+        f"{' and '.join(FLOP_PRESETS)} (random weights), the paper's decoder, "
+        f"{FLOP_IMAGE_SIZE} px, K = {' and '.join(map(str, FLOP_CLASSES))}, "
+        f"P = {FLOP_TEMPLATES}, rounds I and II",
+    )
+    group.add_argument(
+        "--preset",
+        nargs="+",
+        default=None,
+        help="--flops: encoder presets (default: the two above); a tiny-* preset gets the tiny "
+        "decoder",
+    )
+    group.add_argument(
+        "--refined",
+        type=int,
+        default=FLOP_REFINED,
+        help=f"--flops: classes refined per image in round II (data-dependent; default "
+        f"{FLOP_REFINED}, an assumption)",
+    )
+    group.add_argument(
+        "--flops-device",
+        choices=("meta", "cpu"),
+        default="meta",
+        help="--flops: meta tensors (shapes only, default) or real CPU tensors (small sizes)",
+    )
+    group.add_argument("--json", default=None, help="--flops: also write the results here")
+
+
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+    """CPU's flash attention has no formula in FlopCounterMode's registry (it would count 0):
+    the same formula as the CUDA kernels'."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mapping = {}
+    cpu_attention = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_attention is not None:
+        mapping[cpu_attention] = _cpu_attention_flops
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+def dpseg_flop_parts(counter) -> dict[str, int]:
+    """One counted ``DPSeg.forward`` split by module (FlopCounterMode's per-module counts).
+
+    The cost volume cos(E, R) and the visual cost volumes F_v^j are einsums in
+    ``DPSeg.forward`` itself (no submodule): they are the total less the modules.
+    """
+    counts = counter.get_flop_counts()
+
+    def of(name: str) -> int:
+        return sum(counts.get(name, {}).values())
+
+    total = counter.get_total_flops()
+    stages = [of(f"DPSeg.decoder.stages.{s}") for s in range(3)]
+    decoder = of("DPSeg.decoder")
+    parts = {
+        "backbone": of("DPSeg.backbone"),
+        "cost_embedding": of("DPSeg.cost_embedding"),
+        "decoder_stage1": stages[0],
+        "decoder_stage2": stages[1],
+        "decoder_stage3": stages[2],
+        "decoder_head": decoder - sum(stages),  # the 1x1 head (and any decoder op outside stages)
+    }
+    parts["cost_cos"] = total - parts["backbone"] - parts["cost_embedding"] - decoder
+    if of("DPSeg") != total:
+        raise RuntimeError(f"FLOPs outside DPSeg's forward: {total - of('DPSeg')}")
+    return parts
+
+
+def attention_flops(counter) -> list[int]:
+    """Per decoder stage, the FLOPs of its self-attention module (q/k/v/out projections and
+    attention over the h*w positions of each class map)."""
+    counts = counter.get_flop_counts()
+    return [sum(counts.get(f"DPSeg.decoder.stages.{s}.attention", {}).values()) for s in range(3)]
+
+
+def analytic_cost_flops(model: DPSeg, features, k: int, p: int) -> int:
+    """cos(E, R) and F_v^j by hand (2 FLOPs per multiply-add), to check the attribution."""
+    dense = features.dense
+    flops = 2 * dense.shape[1] * p * k * dense.shape[2] * dense.shape[3]
+    for j in model.config.visual_levels:
+        level = features.levels[j - 1]
+        flops += 2 * level.shape[1] * k * level.shape[2] * level.shape[3]
+    return flops
+
+
+def count_flops(model, encoder, k: int, args, device: torch.device) -> list[dict]:
+    """Round I and round II of one K: FLOPs per image, by part."""
+    from model.cost_volume import class_mean
+
+    p, size, n = args.templates, args.image_size, min(args.refined, k)
+    crop = args.crop_size or encoder.preset.image_size  # as TwoRoundSegmenter.refined_prompts
+    prompts = random_prompts(encoder, k, p, device)
+    images = torch.zeros(1, 3, size, size, device=device)
+    with torch.no_grad():
+        with flop_counter() as first_count:
+            first = model(images, prompts)
+        first_parts = dpseg_flop_parts(first_count)
+        analytic = analytic_cost_flops(model, first.features, k, p)
+        # Round II (TwoRoundSegmenter.second_round) without its data-dependent steps (argmax
+        # areas, crop boxes): n crops encoded by the frozen prompt encoder, then the n classes
+        # decoded again on round I's features. Which classes does not change the count.
+        crops = torch.zeros(n, 3, crop, crop, device=device)
+        with flop_counter() as crop_count:
+            encoding = encoder.encode_images(crops, size=crop)
+        classes = torch.arange(n, device=device)
+        refined = prompts.with_visual(classes, encoding.embedding, encoding.pooled_levels())
+        mean = class_mean(prompts, model.config.prompt_mode)
+        with flop_counter() as redo_count:
+            model(images, refined, features=first.features, classes=classes, center_mean=mean)
+        redo_parts = dpseg_flop_parts(redo_count)
+    if redo_parts["backbone"]:
+        raise RuntimeError("round II ran the backbone again")
+    common = dict(
+        preset=encoder.preset.name, classes=k, templates=p, image_size=size,
+        analytic_cost_cos=analytic, decoder_attention=attention_flops(first_count),
+    )  # fmt: skip
+    one = {**first_parts, "round2_crops": 0, "round2_redecode": 0}
+    two = {
+        **first_parts,
+        "round2_crops": crop_count.get_total_flops(),
+        "round2_redecode": redo_count.get_total_flops(),
+    }
+    return [
+        {**common, "round": 1, "total": first_count.get_total_flops(), "parts": one},
+        {
+            **common,
+            "round": 2,
+            "refined": n,
+            "crop_size": crop,
+            "total": sum(two.values()),
+            "parts": two,
+            "redecode_parts": redo_parts,
+        },
+    ]
+
+
+def _gflops(flops: int) -> str:
+    g = flops / 1e9
+    return f"{g:,.1f}" if g >= 10 else f"{g:.3f}"
+
+
+def flops_table(rows: list[dict]) -> str:
+    heads = ["model", "K", "round", "total GFLOPs", *FLOP_PARTS.values()]
+    lines = [
+        "| " + " | ".join(heads) + " |",
+        "|" + "|".join(["---"] * 3 + ["---:"] * (len(heads) - 3)) + "|",
+    ]
+    for r in rows:
+        rnd = "I" if r["round"] == 1 else f"II ({r['refined']} refined)"
+        cells = [r["preset"], str(r["classes"]), rnd, _gflops(r["total"])]
+        cells += [_gflops(r["parts"][key]) for key in FLOP_PARTS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def flops_main(args) -> None:
+    """``--flops``: the table (and ``--json``) of FLOPs per image."""
+    import json
+
+    presets = args.preset or list(FLOP_PRESETS)
+    classes = args.classes or list(FLOP_CLASSES)
+    args.templates = args.templates or FLOP_TEMPLATES
+    args.image_size = args.image_size or FLOP_IMAGE_SIZE
+    if args.refined < 1:
+        raise SystemExit(f"--refined {args.refined}: must be >= 1")
+    device = torch.device(args.flops_device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(FLOP_CONVENTION)
+    rows = []
+    start = time.perf_counter()
+    for preset in presets:
+        config = tiny_config() if preset.startswith("tiny") else DPSegConfig()
+        model, encoder = build(preset, config, args.templates, device)
+        for k in classes:
+            rows += count_flops(model, encoder, k, args, device)
+        del model, encoder
+    crop = sorted({f"{r['preset']} {r['crop_size']} px" for r in rows if r["round"] == 2})
+    print(
+        f"\nPer image, {args.image_size}x{args.image_size} px, P={args.templates} templates, "
+        f"decoder {'tiny' if all(p.startswith('tiny') for p in presets) else 'paper'}. Round II "
+        f"(DESIGN §2.3): {args.refined} classes refined per image (--refined; an assumption: "
+        "the count is data-dependent, the classes covering >= min_area of round I's argmax), "
+        f"each crop encoded by the frozen prompt encoder ({', '.join(crop)}: RefineConfig."
+        "crop_size or the preset's), then those classes decoded again on round I's features "
+        "(no second backbone pass); its rows repeat round I's parts and add the two II columns."
+    )
+    print(
+        "Parts: backbone = ClipBackbone (ConvNeXt trunk + projection); cos(E,R) + F_v = the "
+        "einsums of DPSeg.forward (the rest of the total); cost emb. = the 7x7 CostEmbedding; "
+        "dec. stage 1/2/3 = CVGD stages at 1/32, 1/16, 1/8 of the image (fuse, dilated "
+        "convolutions, self-attention, 2x up); dec. head = the 1x1 head.\n"
+    )
+    print(flops_table(rows))
+    for r in rows:
+        if sum(r["parts"].values()) != r["total"]:
+            raise RuntimeError(f"parts do not sum to the total: {r}")
+        if r["parts"]["cost_cos"] != r["analytic_cost_cos"]:
+            print(
+                f"note: {r['preset']} K={r['classes']}: cos(E,R) + F_v counted "
+                f"{r['parts']['cost_cos']}, by hand {r['analytic_cost_cos']}"
+            )
+    shares = [
+        f"{r['preset']} K={r['classes']} "
+        + "/".join(
+            f"{100 * a / max(1, r['parts'][f'decoder_stage{s + 1}']):.0f}%"
+            for s, a in enumerate(r["decoder_attention"])
+        )
+        for r in rows
+        if r["round"] == 1
+    ]
+    print(
+        "\nSelf-attention's share of decoder stages 1/2/3 (SpatialSelfAttention, over the h*w "
+        f"positions of each class map, per class): {'; '.join(shares)}"
+    )
+    largest = max(rows, key=lambda r: r["total"])
+    logits_gb = largest["classes"] * args.image_size**2 * 4 / 1e9
+    if device.type == "meta":
+        print(
+            "\nTensors: meta (torch.device('meta'): shapes only, nothing allocated or computed; "
+            "the models are built on CPU with random weights, then moved). Real CPU tensors "
+            f"were not used: the largest count here is {largest['total'] / 1e12:.1f} TFLOPs per "
+            f"image, to be computed on this machine's {os.cpu_count()} CPU cores, and its "
+            f"logits alone take {logits_gb:.2f} GB (K x H x W x 4 bytes). Meta and CPU tensors "
+            "give the same counts (tests/test_benchmarks.py, tiny preset)."
+        )
+    else:
+        print("\nTensors: real CPU tensors, batch 1.")
+    print(f"\n(counted in {time.perf_counter() - start:.0f} s)\n")
+    print(PUBLISHED_FIGURES)
+    if args.json:
+        out = {
+            "counter": "torch.utils.flop_counter.FlopCounterMode",
+            "convention": FLOP_CONVENTION,
+            "tensors": device.type,
+            "image_size": args.image_size,
+            "templates": args.templates,
+            "refined": args.refined,
+            "rows": rows,
+            "published": PUBLISHED_FIGURES,
+        }
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

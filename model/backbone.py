@@ -334,10 +334,10 @@ class ClipBackbone(nn.Module):
     """The CLIP image encoder as a dense feature extractor (the trainable image encoder).
 
     ConvNeXt (timm trunk): the last stage's map goes through the trunk head's norm and the
-    projection per pixel, as SED does (open_clip pools before them, DESIGN §6). ViT: the patch
-    tokens of the last block go through ``ln_post`` and ``proj``. Levels come from
-    ``forward_intermediates`` at the preset's indices (ConvNeXt: strides 4/8/16/32; ViT: one
-    stride, the blocks chosen by the preset).
+    projection per pixel (a linear one, or ConvNeXt-L/D's MLP), as SED does (open_clip pools
+    before them, DESIGN §6). ViT: the patch tokens of the last block go through ``ln_post`` and
+    ``proj``. Levels come from ``forward_intermediates`` at the preset's indices (ConvNeXt:
+    strides 4/8/16/32; ViT: one stride, the blocks chosen by the preset).
     """
 
     def __init__(self, clip: nn.Module, preset: EncoderPreset, image_size: int | None = None):
@@ -366,7 +366,11 @@ class ClipBackbone(nn.Module):
             # LayerNorm2d over channels, per pixel (a head_norm_first trunk has normed already)
             head_norm = getattr(trunk.head, "norm", None)
             normed = final if head_norm is None else head_norm(final)
-            dense = torch.einsum("bchw,dc->bdhw", normed, self.visual.head.proj.weight)
+            head = self.visual.head
+            if hasattr(head, "proj"):  # a linear projection (ConvNeXt-B/W)
+                dense = torch.einsum("bchw,dc->bdhw", normed, head.proj.weight)
+            else:  # an MLP head (ConvNeXt-L/D), per pixel, as SED applies it
+                dense = head(normed.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
             return BackboneFeatures(dense, list(maps))
         blocks = len(self.visual.transformer.resblocks)
         out = self.visual.forward_intermediates(

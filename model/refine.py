@@ -14,7 +14,11 @@ Policies (``crop_policy``) for a detected class's new visual prompt:
 - ``pooled`` (ours): no crops: the frozen encoder sees the whole image once (at its own input
   size, as it saw the bank's images) and each class's prompt is its dense features (and level
   features) averaged inside the class's mask (area-weighted on the feature grid). One frozen
-  pass per image instead of one encoding per crop.
+  pass per image instead of one encoding per crop;
+- ``pooled-own`` (ours): the same pooling over round I's own image features (the trained
+  backbone's, already computed): no extra pass at all. The prompts then come from the
+  fine-tuned encoder rather than the frozen one the bank used; they are in the space of the
+  features E they are compared with.
 
 Every crop of every image of a batch goes through the frozen encoder in one forward, at one size
 (``crop_size``, default the encoder's own), and only the refined classes are decoded again.
@@ -32,7 +36,7 @@ from model.backbone import BackboneFeatures, ClipEncoder
 from model.cost_volume import Prompts, class_mean
 from model.dpseg import DPSeg, DPSegOutput
 
-CROP_POLICIES = ("box", "masked", "pooled")
+CROP_POLICIES = ("box", "masked", "pooled", "pooled-own")
 
 
 @dataclass
@@ -41,7 +45,7 @@ class RefineConfig:
 
     rounds: int = 1  # 1: bank prompts only; 2: + semantic-guided refinement (DESIGN §2.3)
     min_area: float = 0.01  # a class is "detected" when its argmax covers this image fraction
-    crop_policy: str = "box"  # "box" (the paper's), "masked" or "pooled" (ours)
+    crop_policy: str = "box"  # "box" (the paper's), "masked", "pooled", "pooled-own" (ours)
     crop_margin: float = 0.1  # the box grown by this fraction of its size on each side
     max_classes: int | None = None  # refine at most this many classes (largest areas first)
     crop_size: int | None = None  # crops encoded at this size (ConvNeXt); None: the preset's
@@ -97,6 +101,22 @@ def crop_regions(
     return crops
 
 
+def _pool_masks(
+    labels: torch.Tensor, classes: torch.Tensor, dense: torch.Tensor, levels: list[torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """labels (H, W); dense (1, D, h, w) and level maps (1, C_j, h_j, w_j) of one image ->
+    per class of ``classes`` (n,) its features averaged over its mask, the mask's share of each
+    grid cell as weights: (n, D) and per level (n, C_j)."""
+    masks = (labels[None] == classes.to(labels.device)[:, None, None]).float()  # (n, H, W)
+
+    def pool(grid: torch.Tensor) -> torch.Tensor:  # (1, C, h, w) -> (n, C)
+        weights = F.adaptive_avg_pool2d(masks[None], grid.shape[-2:])[0].to(grid.device)
+        total = weights.flatten(1).sum(dim=1, keepdim=True).clamp(min=1e-12)
+        return torch.einsum("nhw,chw->nc", weights, grid[0].float()) / total
+
+    return pool(dense), [pool(level) for level in levels]
+
+
 class TwoRoundSegmenter(nn.Module):
     """DPSeg with the frozen prompt encoder for round II. Parts come in the constructor.
 
@@ -139,19 +159,32 @@ class TwoRoundSegmenter(nn.Module):
 
     @torch.no_grad()
     def encode_regions(
-        self, images: torch.Tensor, labels: torch.Tensor, classes: list[torch.Tensor]
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        classes: list[torch.Tensor],
+        features: BackboneFeatures | None = None,
     ) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
         """New visual prompts of the detected classes of each image.
 
         Args:
             images: (B, 3, H, W) in [0, 1]; labels (B, H, W) round I's argmax.
             classes: per image, the (n_b,) class ids to refine.
+            features: round I's image features (``pooled-own`` pools them).
         Returns:
             per image: embeddings (n_b, D) (not yet normalised) and per level (n_b, C_j).
         """
         encoder = self.prompt_encoder
         if self.config.crop_policy == "pooled":
             return [self._pooled(images[b], labels[b], c) for b, c in enumerate(classes)]
+        if self.config.crop_policy == "pooled-own":
+            if features is None:
+                raise ValueError("crop_policy='pooled-own' pools round I's features: pass them")
+            return [
+                _pool_masks(labels[b], c, features.dense[b : b + 1],
+                            [lv[b : b + 1] for lv in features.levels])
+                for b, c in enumerate(classes)
+            ]  # fmt: skip
         size = (self._crop_size(),) * 2
         crops = [
             crop
@@ -187,23 +220,23 @@ class TwoRoundSegmenter(nn.Module):
         size = (encoder.preset.image_size,) * 2
         x = F.interpolate(image[None].float(), size, mode="bicubic", antialias=True).clamp(0, 1)
         features = self._dense[0](x.to(encoder.mean.device))
-        masks = (labels[None] == classes.to(labels.device)[:, None, None]).float()  # (n, H, W)
-
-        def pool(grid: torch.Tensor) -> torch.Tensor:  # (1, C, h, w) -> (n, C)
-            weights = F.adaptive_avg_pool2d(masks[None], grid.shape[-2:])[0].to(grid)  # (n,h,w)
-            total = weights.flatten(1).sum(dim=1, keepdim=True).clamp(min=1e-12)
-            return torch.einsum("nhw,chw->nc", weights, grid[0].float()) / total
-
-        return pool(features.dense), [pool(level) for level in features.levels]
+        return _pool_masks(labels, classes, features.dense, features.levels)
 
     @torch.no_grad()
-    def refined_prompts(self, image: torch.Tensor, labels: torch.Tensor, prompts: Prompts):
-        """One image's prompts after round I, detected classes with their new visual prompt;
-        returns (prompts, the refined class ids)."""
+    def refined_prompts(
+        self,
+        image: torch.Tensor,
+        labels: torch.Tensor,
+        prompts: Prompts,
+        features: BackboneFeatures | None = None,
+    ):
+        """One image's prompts after round I, detected classes with their new visual prompt
+        (``features``: the image's round I features, batch 1, for ``pooled-own``); returns
+        (prompts, the refined class ids)."""
         classes = self._detected(labels, prompts.num_classes)
         if len(classes) == 0:
             return prompts, classes
-        embedding, levels = self.encode_regions(image[None], labels[None], [classes])[0]
+        embedding, levels = self.encode_regions(image[None], labels[None], [classes], features)[0]
         return self._with_visual(prompts, classes, embedding, levels), classes
 
     @staticmethod
@@ -225,7 +258,7 @@ class TwoRoundSegmenter(nn.Module):
         classes_per_image = [self._detected(lb, prompts.num_classes) for lb in labels]
         if not any(len(c) for c in classes_per_image):
             return out
-        encoded = self.encode_regions(images, labels, classes_per_image)
+        encoded = self.encode_regions(images, labels, classes_per_image, first.features)
         for b, (classes, (embedding, levels)) in enumerate(zip(classes_per_image, encoded)):
             if len(classes) == 0:
                 continue

@@ -17,6 +17,7 @@ from conftest import ROOT, TEMPLATES, TINY, make_bank, run_cli, run_tiny_cli
 from data.catalog import IGNORE_INDEX
 from data.datasets import SegmentationFolder
 from data.vocabulary import Vocabulary, load_vocabulary
+from model.backbone import BackboneFeatures
 from model.fingerprint import package_versions, recorded_fingerprints
 from model.lightning import DPSegModule, bce_loss, cost_aux_loss
 from model.prompts import load_prompts
@@ -242,6 +243,33 @@ def test_pooled_policy_pools_the_frozen_encoders_features_inside_each_mask():
     ((two, _),) = segmenter.encode_regions(image[None], halves[None], [torch.tensor([0, 1])])
     assert two.shape == (2, expected.embedding.shape[1]) and not torch.allclose(two[0], two[1])
     assert len(calls) == 1
+
+
+def test_pooled_own_pools_round_one_features_without_any_frozen_pass(world):
+    module = tiny_module(inference={"rounds": 2, "min_area": 0.0, "crop_policy": "pooled-own"})
+    module.eval()
+    prompts = module.add_prompts("synthetic", str(world / "bank.zarr"))
+    encoder = module.segmenter.prompt_encoder
+    encoder.encode_images = lambda *a, **k: pytest.fail("no crop may be encoded")
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        first = module.model(images, prompts)
+        second = module.segmenter.second_round(images, prompts, first)
+        labels = first.logits.argmax(dim=1)
+        classes = detected_classes(labels[1], 8, 0.0)
+        (embedding, levels), = module.segmenter.encode_regions(
+            images[1:], labels[1:], [classes],
+            BackboneFeatures(first.features.dense[1:], [lv[1:] for lv in first.features.levels]),
+        )  # fmt: skip
+    assert module.segmenter._dense is None and second.shape == first.logits.shape
+    mask = (labels[1] == classes[0]).float()[None, None]
+    grid = first.features.dense[1:]
+    weights = F.adaptive_avg_pool2d(mask, grid.shape[-2:])[0, 0]
+    expected = (grid[0] * weights).sum(dim=(1, 2)) / weights.sum()
+    torch.testing.assert_close(embedding[0], expected, atol=1e-5, rtol=1e-5)
+    assert len(levels) == len(first.features.levels)
+    with pytest.raises(ValueError, match="pooled-own"):
+        module.segmenter.encode_regions(images, labels, [classes, classes])
 
 
 def test_crops_of_a_whole_batch_go_through_the_encoder_in_one_forward(world):

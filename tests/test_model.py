@@ -156,3 +156,30 @@ def test_vit_positions_resampled_for_another_size():
     assert features.dense.shape == (1, 64, 24, 24)
     with pytest.raises(ValueError, match=r"takes 192x192 images .* got \(128, 128\)"):
         backbone(torch.rand(1, 3, 128, 128))
+
+
+def test_a_convnext_clip_with_an_mlp_head_gives_dense_features():
+    """ConvNeXt-L/D's CLIP projects with an MLP (no ``head.proj``): the dense map is that MLP
+    applied per pixel after the trunk's head norm, as SED does."""
+    import dataclasses
+
+    import open_clip
+
+    from model.backbone import clip_architecture
+    from model.presets import get_encoder_preset
+
+    tiny = get_encoder_preset("tiny-convnext")
+    cfg = {**tiny.model_cfg, "vision_cfg": {**tiny.model_cfg["vision_cfg"], "timm_proj": "mlp"}}
+    preset = dataclasses.replace(tiny, name="tiny-convnext-mlp", model_cfg=cfg)
+    clip = clip_architecture(preset).eval()
+    assert not hasattr(clip.visual.head, "proj") and isinstance(clip, open_clip.CLIP)
+    backbone = ClipBackbone(clip, preset)
+    images = torch.rand(2, 3, 128, 96)
+    with torch.no_grad():
+        features = backbone(images)
+        x = (images - backbone.mean) / backbone.std
+        final = clip.visual.trunk.forward_intermediates(x, indices=[3])[0]
+        normed = clip.visual.trunk.head.norm(final)
+        pixel = clip.visual.head(normed[:, :, 1, 2])  # one cell through the MLP
+    assert features.dense.shape == (2, 64, 4, 3)
+    torch.testing.assert_close(features.dense[:, :, 1, 2], pixel)
