@@ -40,7 +40,8 @@ IGNORE_MODES = ("negative", "mask")
 
 @dataclass
 class OptimConfig:
-    """AdamW with a cosine schedule (DESIGN §2.4)."""
+    """AdamW with a cosine schedule. Every value here is ours (SED-like): the DPSeg paper states
+    no optimiser, schedule or learning rates (configs/README.md)."""
 
     lr: float = 2e-4
     weight_decay: float = 1e-4
