@@ -104,14 +104,27 @@ def cmd_presets(args: argparse.Namespace) -> None:
     )
 
 
+def _dinotxt_zero_shot(report: dict) -> str:
+    """dino.txt's other zero-shot figures (the first two are VIP's: proxy head, patch half)."""
+    if "zero_shot_plain_global" not in report:
+        return ""
+    plain, global_ = report["zero_shot_plain_plain_head"], report["zero_shot_plain_global"]
+    return (
+        f" with VIP's proxy head on the patch half; {100 * plain:.1f}% with the plain head, "
+        f"{100 * global_:.1f}% on the 2C global embedding (plain head, as trained)"
+    )
+
+
 def cmd_presets_pretrain(args: argparse.Namespace) -> int:
     """Pretrain a toy preset on the toy world and write its weights file."""
-    from model.presets import PretrainConfig
+    from model.presets import PRETRAIN_STEPS, PretrainConfig
     from model.toy_pretrain import pretrain
 
     try:
         config = PretrainConfig(
-            steps=args.steps,
+            steps=PRETRAIN_STEPS.get(args.name, PretrainConfig.steps)
+            if args.steps is None
+            else args.steps,
             batch_size=args.batch_size,
             lr=args.lr,
             pool=args.pool,
@@ -128,7 +141,8 @@ def cmd_presets_pretrain(args: argparse.Namespace) -> int:
     print(
         f"{args.name}: zero-shot accuracy on held-out pictures {100 * report['zero_shot_plain']:.1f}% "
         f"('a photo of a {{}}.'), {100 * report['zero_shot_any_template']:.1f}% (any template "
-        f"and style); chance {100 * report['chance']:.1f}%; {config.steps} steps in "
+        f"and style){_dinotxt_zero_shot(report)}; chance {100 * report['chance']:.1f}%; "
+        f"{config.steps} steps in "
         f"{report['seconds']} s; {report['bytes'] / 1e6:.2f} MB written to {out}\n"
         f"use it with --encoder-weights {out} (or --model.encoder_weights), or copy it to "
         f"model/weights/ and run tests/golden/regenerate.py to make it the preset's weights"
@@ -576,13 +590,19 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = PretrainConfig()
     q = sub.add_parser(
         "pretrain",
-        help="pretrain a toy preset's CLIP on the toy world (writes its weights file)",
-        description="Contrastive pretraining of toy-convnext or toy-vit on captioned pictures "
-        "of the toy world (model/toy_pretrain.py); prints zero-shot accuracies.",
+        help="pretrain a toy preset (CLIP or dino.txt) on the toy world (writes its weights file)",
+        description="Contrastive pretraining of toy-convnext, toy-vit or toy-dinotxt on captioned "
+        "pictures of the toy world (model/toy_pretrain.py); prints zero-shot accuracies.",
     )
-    q.add_argument("name", choices=("toy-convnext", "toy-vit"), help="the toy preset")
+    q.add_argument(
+        "name", choices=("toy-convnext", "toy-vit", "toy-dinotxt"), help="the toy preset"
+    )
     q.add_argument("--out", help="weights file (default runs/pretrain/NAME.safetensors)")
-    q.add_argument("--steps", type=int, default=defaults.steps, help=f"({defaults.steps})")
+    q.add_argument(
+        "--steps",
+        type=int,
+        help=f"({defaults.steps}; toy-dinotxt 2000: the steps of the committed weights)",
+    )
     q.add_argument(
         "--batch-size", type=int, default=defaults.batch_size, help=f"({defaults.batch_size})"
     )

@@ -298,8 +298,9 @@ def clip_tokenizer_for(preset: EncoderPreset):
     """open_clip's tokenizer for the preset (our presets use CLIP's BPE, at their context)."""
     import open_clip
 
-    if preset.family == "dinotxt":  # dino.txt's tokenizer is CLIP's BPE at 77 tokens
-        return open_clip.get_tokenizer("ViT-B-16")
+    if preset.family == "dinotxt":  # dino.txt's tokenizer is CLIP's BPE at 77 tokens (the toy
+        # preset's text tower takes 32)
+        return open_clip.get_tokenizer("ViT-B-16", context_length=preset.context_length)
     if preset.model_cfg is not None:  # CLIP's SimpleTokenizer
         return open_clip.get_tokenizer("ViT-B-16", context_length=preset.context_length)
     return open_clip.get_tokenizer(preset.arch)

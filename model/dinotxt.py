@@ -4,8 +4,10 @@ uses it (VIP's abstract: it "moves beyond the CLIP-based paradigm and harnesses"
 Architecture facts (shapes, key names, the proxy-attention formula) are those of the official
 code (facebookresearch/dinov3) and of VIP's modified copy of it (MiSsU-HH/VIP@5bd25ee).
 
-Presets: ``dinotxt-l16`` (the two official files, by local path) and ``tiny-dinotxt`` (this code
-at width 64, portable random weights); :func:`create_dinotxt` builds either. VIP plugs in through
+Presets: ``dinotxt-l16`` (the two official files, by local path), ``tiny-dinotxt`` (this code
+at width 64, portable random weights) and ``toy-dinotxt`` (patch 8, width 96, pretrained on the
+toy world by ``model.toy_pretrain``, shipped in ``model/weights/``); :func:`create_dinotxt`
+builds any of them. VIP plugs in through
 ``DenseDinoTxt`` (pixels) and ``DinoTxtEncoder`` (texts, and the images of a prompt bank).
 
 - Backbone: timm's ``vit_large_patch16_dinov3_qkvb`` is the DINOv3 ViT-L/16 exactly; its
@@ -406,6 +408,21 @@ def find_weight_files(weights: str | os.PathLike | None, option: str) -> tuple[P
     return found[0], found[1]
 
 
+def dinotxt_config(preset: EncoderPreset) -> DinoTxtConfig:
+    """The preset's sizes: ``model_cfg`` (``DinoTxtConfig``'s fields), else ViT-L/16's."""
+    return DinoTxtConfig(**preset.model_cfg) if preset.model_cfg else DINOTXT_L16
+
+
+def dinotxt_architecture(preset: EncoderPreset) -> DinoTxt:
+    """The preset's architecture with portable random weights (``model.portable_init``: the
+    same bits on every CPU), as ``tiny-dinotxt`` is and as ``toy-dinotxt`` starts before its
+    file loads (and its pretraining starts)."""
+    from model.portable_init import build_portable
+
+    config = dinotxt_config(preset)
+    return build_portable(lambda: {"dinotxt": DinoTxt(config)}, preset.seed)["dinotxt"]
+
+
 def create_dinotxt(
     preset: EncoderPreset,
     weights: str | os.PathLike | None = None,
@@ -414,25 +431,34 @@ def create_dinotxt(
 ):
     """dino.txt for an encoder preset of family ``dinotxt``: a ``BuiltEncoder`` (eval, fp32, CPU).
 
-    ``tiny-dinotxt``: portable random weights (the same bits on every CPU); ``dinotxt-l16``: the
-    two official files from the folder ``weights`` (:func:`find_weight_files`), or the
-    architecture with seeded random weights when ``random_weights`` (speed only).
+    ``tiny-dinotxt``: portable random weights (the same bits on every CPU); ``toy-dinotxt``: its
+    portable initial weights, then its file pretrained on the toy world
+    (``model/weights/toy-dinotxt.safetensors``, or the file ``weights``:
+    ``model.bundled_weights``); ``dinotxt-l16``: the two official files from the folder
+    ``weights`` (:func:`find_weight_files`), or the architecture with seeded random weights when
+    ``random_weights`` (speed only).
     """
     from model.backbone import BuiltEncoder
     from model.fingerprint import warn_if_unrecorded, weights_fingerprint
     from model.hub import refuse_weights_for_random
-    from model.portable_init import build_portable
 
-    config = DinoTxtConfig(**preset.model_cfg) if preset.model_cfg else DINOTXT_L16
+    config = dinotxt_config(preset)
     if preset.is_random or random_weights:
         refuse_weights_for_random(preset.name, weights)
-        if preset.is_random:
-            model = build_portable(lambda: {"dinotxt": DinoTxt(config)}, preset.seed)["dinotxt"]
+        if preset.is_random or preset.bundled is not None:
+            model = dinotxt_architecture(preset)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(preset.seed)
                 model = DinoTxt(config)
         source = f"random(seed={preset.seed})"
+    elif preset.bundled is not None:  # the toy preset: our own pretrained file
+        from model.bundled_weights import bundled_path, load_weights
+
+        model = dinotxt_architecture(preset)
+        path = weights if weights is not None else bundled_path(preset.bundled)
+        load_weights(model, path, option if weights is not None else "the file")
+        source = str(weights) if weights is not None else f"bundled:{preset.bundled}"
     else:
         backbone_file, dinotxt_file = find_weight_files(weights, option)
         model = DinoTxt(config)
@@ -441,7 +467,7 @@ def create_dinotxt(
         source = f"{backbone_file} + {dinotxt_file.name}"
     model.eval()
     fingerprint = weights_fingerprint(model)
-    if preset.is_random and not random_weights:
+    if (preset.is_random or preset.bundled) and not random_weights and weights is None:
         warn_if_unrecorded(preset.name, fingerprint)
     return BuiltEncoder(model, preset, fingerprint, source)
 

@@ -78,6 +78,8 @@ class EncoderPreset:
         """Tokens per text (CLIP's 77; the toy presets' text tower is shorter)."""
         if self.model_cfg is not None and "text_cfg" in self.model_cfg:
             return int(self.model_cfg["text_cfg"].get("context_length", 77))
+        if self.model_cfg is not None:  # dino.txt: DinoTxtConfig's field
+            return int(self.model_cfg.get("context_length", 77))
         return 77
 
     @property
@@ -164,6 +166,15 @@ class BankPreset:
             return "nothing: built offline"
         return f"{gen.name} + {enc.name} weights"
 
+
+# toy-dinotxt's LayerScale init (ours; the official 1e-5 suits a head on a trained backbone).
+# A short trial (300 steps, 3000 pictures) from scratch, zero-shot on 300 held-out pictures
+# with VIP's proxy head / the plain head / the 2C global embedding: 1.0 -> 15 / 32 / 33%,
+# 0.1 -> 15 / 20 / 36%, 1e-5 -> 3 / 15 / 32% (chance 3.2%): 1.0 for the patch side VIP uses.
+LAYER_SCALE_TOY = 1.0
+# Steps the committed toy weights were pretrained with (PretrainConfig's default elsewhere):
+# a toy dino.txt step costs 1.5x a toy-vit step, so 2000 keep its time close to toy-vit's.
+PRETRAIN_STEPS = {"toy-dinotxt": 2000}
 
 _TINY_TEXT_CFG = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
 # The toy world's captions are short: 32 tokens (ours) keep the text tower 2.4x cheaper.
@@ -277,6 +288,34 @@ ENCODERS: dict[str, EncoderPreset] = {
                 "text_depth": 2,
                 "text_heads": 4,
                 "layer_scale": 1.0,
+            },
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+        ),
+        EncoderPreset(
+            name="toy-dinotxt",
+            family="dinotxt",
+            arch="dinotxt",
+            pretrained=None,
+            bundled="toy-dinotxt.safetensors",
+            image_size=64,
+            levels=(0, 1, 2, 3),
+            description="dino.txt's code at the toy world's scale: DINOv3 ViT patch 8, width 96, "
+            "4 blocks; head 2 blocks; text 64 x 2 layers, context 32; embed 2 x 96; pretrained "
+            "on the toy world",
+            # weights: cli.py presets pretrain toy-dinotxt --steps 2000 (a step costs 1.5x
+            # toy-vit's: 2000 steps took 1040 s on 2 cores; the file's metadata has the report)
+            model_cfg={  # model.dinotxt.DinoTxtConfig's fields (sizes ours, at toy-vit's scale)
+                "width": 96,
+                "depth": 4,
+                "heads": 4,
+                "patch": 8,
+                "head_mlp": 256,
+                "text_width": 64,
+                "text_depth": 2,
+                "text_heads": 4,
+                "context_length": 32,
+                "layer_scale": LAYER_SCALE_TOY,
             },
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
@@ -413,6 +452,12 @@ BANKS: dict[str, BankPreset] = {
             "the toy world: renderer + pretrained toy ConvNeXt, offline (demo, claims)",
         ),
         BankPreset("toy-vit", "toy-render", "toy-vit", "the toy world for VIP's dual prompts"),
+        BankPreset(
+            "toy-dinotxt",
+            "toy-render",
+            "toy-dinotxt",
+            "the toy world for VIP's dual prompts on dino.txt",
+        ),
     ]
 }
 

@@ -6,7 +6,8 @@ seen ADE's classes) drawn from captions that fill one of the 80 ImageNet templat
 class's name or an alias ("a sketch of the crimson circle."), in the style the template asks
 for, with a few small distractor objects; and, as real captions name several things, photos of
 2-3 objects captioned with all of them ("a photo of a red disc and a blue square."). The model
-is an open_clip ``CLIP`` of the preset's architecture, from its portable initial weights.
+is an open_clip ``CLIP`` of the preset's architecture, from its portable initial weights; for
+``toy-dinotxt`` it is ``model.dinotxt.DinoTxt`` (below).
 
 Choices (ours): a pool of pictures rendered once and reused over epochs (rendering is numpy on
 the same 2 cores); CLIP's symmetric cross-entropy with every caption of the same class counted
@@ -15,6 +16,18 @@ treating those as negatives would fight the labels; a group photo's only positiv
 caption); AdamW with warm-up and cosine decay, no
 weight decay on gains, biases, embeddings and the temperature. ``cli.py presets pretrain NAME``
 runs it and writes the weights file the preset loads (``model.bundled_weights``).
+
+dino.txt (``toy-dinotxt``; the objective and its settings are ours, after dino.txt's): the same
+loop and loss between the normalised global image embedding [CLS_out, mean of patch_out] (2C)
+and the normalised text embedding (2C), with a learned temperature (``logit_scale``, CLIP's
+init log(1/0.07); the official file keeps one too; ours is not stored as a tensor, VIP does not
+use it: its final value goes in the file's metadata). The vision head is trained with plain
+attention (the official head is; VIP switches its proxy attention on at inference). Unlike
+dino.txt, whose backbone is a frozen self-supervised DINOv3, the whole model (backbone, head,
+text tower) trains from its portable initial weights: there is no self-supervised toy backbone
+to start from. Its zero-shot accuracies are measured as VIP uses the model
+(``DinoTxtEncoder``: the text's patch half against the mean patch embedding of the proxy head),
+and also with the plain head, and on the full 2C global embedding it was trained on.
 """
 
 from __future__ import annotations
@@ -30,7 +43,7 @@ import torch.nn.functional as F
 
 from data.templates import imagenet80
 from data.toy_world import BACKGROUND, OBJECTS, render_group, render_prompt
-from model.presets import PretrainConfig
+from model.presets import EncoderPreset, PretrainConfig
 
 PLAIN_TEMPLATE = "a photo of a {}."
 
@@ -139,30 +152,81 @@ def contrastive_loss(
     )
 
 
+class DinoTxtContrastive(torch.nn.Module):
+    """dino.txt seen as the training loop sees a CLIP: ``encode_image`` (the global embedding
+    [CLS_out, mean patch_out], plain-attention head), ``encode_text`` (2C) and a learned
+    ``logit_scale`` (CLIP's init, log(1/0.07)) kept beside the model, not in its file."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(images, proxy=False)[0]
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens)
+
+
+def _dinotxt_zero_shot_encoder(model, preset, proxy: bool, side: str):
+    """A ``DinoTxtEncoder`` whose images go through the head with or without proxy attention,
+    compared on the patch half (``side="patch"``, VIP's) or the full 2C global embedding."""
+    from model.backbone import ImageEncoding
+    from model.dinotxt import DinoTxtEncoder
+
+    class ZeroShot(DinoTxtEncoder):
+        def encode_images(self, images, size=None):
+            global_, _, _ = self.model.encode_image(self.preprocess(images, size), proxy=proxy)
+            c = self.model.config.width
+            chosen = global_[:, c:] if side == "patch" else global_
+            return ImageEncoding(F.normalize(chosen.float(), dim=-1), [])
+
+        def encode_tokens(self, tokens):
+            text = self.model.encode_text(tokens.to(self.mean.device)).float()
+            c = self.model.config.width
+            return F.normalize(text[:, c:] if side == "patch" else text, dim=-1)
+
+    return ZeroShot(model, preset)
+
+
 def pretrain(
-    preset_name: str, config: PretrainConfig, out: str | os.PathLike, progress: bool = True
+    preset_name: str | EncoderPreset,
+    config: PretrainConfig,
+    out: str | os.PathLike,
+    progress: bool = True,
 ) -> dict:
-    """Pretrain a toy preset's CLIP from its portable initial weights and write its file.
+    """Pretrain a toy preset (CLIP, or dino.txt) from its portable initial weights and write its
+    file. ``preset_name``: a toy preset's name (or a preset object, for trials of other sizes).
 
     Returns:
-        A report: zero-shot accuracies (plain template; any template and style), chance, loss,
-        seconds, the file and its size.
+        A report: zero-shot accuracies (plain template; any template and style; for dino.txt
+        also with the plain head and on the 2C global embedding), chance, loss, seconds, the
+        file and its size.
     """
     from model.backbone import ClipEncoder, clip_architecture, clip_tokenizer_for
     from model.bundled_weights import save_weights
     from model.presets import get_encoder_preset
 
-    preset = get_encoder_preset(preset_name)
+    preset = get_encoder_preset(preset_name) if isinstance(preset_name, str) else preset_name
+    preset_name = preset.name
     if preset.bundled is None:
         raise ValueError(
             f"preset {preset_name!r} is not a toy preset (pretraining makes the weights of "
-            "toy-convnext and toy-vit)"
+            "toy-convnext, toy-vit and toy-dinotxt)"
         )
     start = time.perf_counter()
     torch.manual_seed(config.seed)
-    model = clip_architecture(preset)
+    if preset.family == "dinotxt":
+        from model.dinotxt import DinoTxtEncoder, dinotxt_architecture
+
+        model = dinotxt_architecture(preset)  # what the file stores
+        trainee = DinoTxtContrastive(model)  # + the temperature
+        encoder = DinoTxtEncoder(model, preset)  # as VIP uses it: proxy head, patch side
+    else:
+        model = trainee = clip_architecture(preset)
+        encoder = ClipEncoder(model, preset)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    encoder = ClipEncoder(model, preset)
     tokenizer = clip_tokenizer_for(preset)
     size = preset.image_size
 
@@ -192,7 +256,7 @@ def pretrain(
         held_out = render_pool(config.eval_images, config.seed + 1_000_003, size, 0)
         held_plain = render_pool(config.eval_images, config.seed + 2_000_003, size, 0, plain=True)
 
-        optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+        optimizer = torch.optim.AdamW(_param_groups(trainee, config.weight_decay), lr=config.lr)
 
         def factor(step: int) -> float:
             if step < config.warmup_steps:
@@ -203,7 +267,7 @@ def pretrain(
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         rng = np.random.default_rng(config.seed)
         labels_t = torch.from_numpy(labels)
-        model.train()
+        trainee.train()
         task = bar.add_task(f"pretraining {preset_name}", total=config.steps, info="")
         loss_avg = None
         for _ in range(config.steps):
@@ -211,9 +275,9 @@ def pretrain(
             batch = _to_tensor(images[idx])
             if rng.random() < 0.5:  # flips keep every shape's name
                 batch = batch.flip(-1)
-            image = F.normalize(model.encode_image(encoder.preprocess(batch)), dim=-1)
-            text = F.normalize(model.encode_text(tokens[idx]), dim=-1)
-            scale = model.logit_scale.exp().clamp(max=100)
+            image = F.normalize(trainee.encode_image(encoder.preprocess(batch)), dim=-1)
+            text = F.normalize(trainee.encode_text(tokens[idx]), dim=-1)
+            scale = trainee.logit_scale.exp().clamp(max=100)
             loss = contrastive_loss(image, text, labels_t[idx], scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -224,11 +288,21 @@ def pretrain(
             speed = bar.tasks[task].speed
             info = f"loss {loss_avg:.3f}" + (f", {speed:.1f} steps/s" if speed else "")
             bar.update(task, advance=1, info=info)
-    model.eval()
+    trainee.eval()
     report = {
         "preset": preset_name,
         "zero_shot_plain": zero_shot_accuracy(encoder, tokenizer, held_plain[0], held_plain[2]),
         "zero_shot_any_template": zero_shot_accuracy(encoder, tokenizer, held_out[0], held_out[2]),
+    }
+    if preset.family == "dinotxt":  # the plain head (VIP's --model.attention none), the global
+        for key, proxy, side in (("plain_head", False, "patch"), ("global", False, "global")):
+            other = _dinotxt_zero_shot_encoder(model, preset, proxy, side)
+            report[f"zero_shot_plain_{key}"] = zero_shot_accuracy(
+                other, tokenizer, held_plain[0], held_plain[2]
+            )
+        report["logit_scale"] = round(float(trainee.logit_scale.detach()), 4)  # log, as stored
+        # in the official file (the logits' scale is its exp)
+    report |= {
         "chance": 1 / len(world_classes()),
         "final_loss": loss_avg,
         "seconds": round(time.perf_counter() - start, 1),

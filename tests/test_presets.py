@@ -31,7 +31,7 @@ from model.presets import (
 from prompt_bank.generator import clip_tokenizer, create_generator
 
 TINY = ("tiny-vit", "tiny-convnext", "tiny-dinotxt", "tiny-sd")
-OFFLINE = (*TINY, "toy-convnext", "toy-vit", "toy-render")  # built with no download
+OFFLINE = (*TINY, "toy-convnext", "toy-vit", "toy-dinotxt", "toy-render")  # built with no download
 
 EXPECTED = {
     "encoder": [
@@ -40,13 +40,14 @@ EXPECTED = {
         "toy-convnext",
         "toy-vit",
         "tiny-dinotxt",
+        "toy-dinotxt",
         "dinotxt-l16",
         "vit-b16-openai",
         "convnext-b-laion",
         "convnext-l-laion",
     ],
     "generator": ["tiny-sd", "toy-render", "sd15", "sd21", "sd-turbo"],
-    "bank": ["paper", "fast", "vit", "tiny", "toy", "toy-vit"],
+    "bank": ["paper", "fast", "vit", "tiny", "toy", "toy-vit", "toy-dinotxt"],
 }
 
 
@@ -161,7 +162,7 @@ FINGERPRINTS_SCRIPT = (
     "print(torch.backends.cpu.get_cpu_capability(), json.dumps({"
     "**{n: create_generator(n).fingerprint for n in ('tiny-sd', 'toy-render')},"
     "**{n: create_encoder(n).fingerprint for n in ('tiny-vit', 'tiny-convnext', 'toy-convnext',"
-    " 'toy-vit', 'tiny-dinotxt')}}))"
+    " 'toy-vit', 'tiny-dinotxt', 'toy-dinotxt')}}))"
 )
 
 

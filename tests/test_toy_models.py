@@ -11,36 +11,102 @@ import pytest
 import torch
 from conftest import run_cli
 
-from model.backbone import ClipEncoder, clip_tokenizer_for, create_clip
+from model.backbone import (
+    clip_architecture,
+    clip_tokenizer_for,
+    create_clip,
+    create_encoder,
+    text_encoder_for,
+)
 from model.bundled_weights import bundled_path, load_weights, read_metadata, save_weights
+from model.dinotxt import dinotxt_architecture
 from model.fingerprint import recorded_fingerprints
 from model.hub import WeightsUnavailableError
 from model.presets import get_encoder_preset
 from model.toy_pretrain import PretrainConfig, pretrain, render_pool, zero_shot_accuracy
 
 CHANCE = 1 / 31
-TOY = ("toy-convnext", "toy-vit")
+TOY = ("toy-convnext", "toy-vit", "toy-dinotxt")
+# zero-shot floors: 10x chance; dino.txt is measured as VIP uses it, through the proxy head that
+# pretraining never ran (the plain head it trained: 60% recorded; the proxy head: 30%)
+FLOOR = {"toy-dinotxt": 5 * CHANCE}
+
+
+def architecture(name):
+    """A toy preset's architecture with its portable initial weights (CLIP or dino.txt)."""
+    preset = get_encoder_preset(name)
+    return (dinotxt_architecture if preset.family == "dinotxt" else clip_architecture)(preset)
 
 
 @pytest.mark.parametrize("name", TOY)
 def test_committed_weights_load_as_recorded_and_are_small(name):
-    built = create_clip(name)
+    built = create_encoder(name)
     assert built.weights == f"bundled:{name}.safetensors"
     assert built.fingerprint == recorded_fingerprints()["fingerprints"][name]
     assert bundled_path(f"{name}.safetensors").stat().st_size < 4e6  # a few MB in git
-    assert get_encoder_preset(name).offline and not get_encoder_preset(name).is_random
+    preset = get_encoder_preset(name)
+    assert preset.offline and not preset.is_random
+    assert preset.needs.startswith("nothing: pretrained on the toy world")
+    assert clip_tokenizer_for(preset)(["a red disc"]).shape == (1, 32)  # the toy context
 
 
 @pytest.mark.parametrize("name", TOY)
 def test_committed_weights_classify_held_out_pictures(name):
-    """Zero-shot on pictures never used in pretraining (other seeds), far above chance."""
-    built = create_clip(name)
-    encoder, tokenizer = ClipEncoder(built.model, built.preset), clip_tokenizer_for(built.preset)
+    """Zero-shot on pictures never used in pretraining (other seeds), far above chance (dino.txt:
+    as VIP uses it, text's patch half against the proxy head's mean patch embedding)."""
+    built = create_encoder(name)
+    encoder, tokenizer = text_encoder_for(built), clip_tokenizer_for(built.preset)
     images, _, labels = render_pool(300, seed=987_654, size=64, distractors=0, plain=True)
     accuracy = zero_shot_accuracy(encoder, tokenizer, images, labels)
-    assert accuracy > 10 * CHANCE, accuracy
+    assert accuracy > FLOOR.get(name, 10 * CHANCE), accuracy
     recorded = float(read_metadata(bundled_path(f"{name}.safetensors"))["zero_shot_plain"])
     assert abs(accuracy - recorded) < 0.12  # the file's record says what it does
+
+
+def test_toy_dinotxt_file_records_its_objective_and_stays_a_dinotxt_state():
+    """The file holds dino.txt's own tensors (no temperature: VIP does not use it; its value is
+    in the metadata), the token table by changed rows, and the dino.txt zero-shot figures."""
+    from safetensors.torch import load_file
+
+    path = bundled_path("toy-dinotxt.safetensors")
+    meta, stored = read_metadata(path), load_file(str(path))
+    assert "logit_scale" not in stored and float(meta["logit_scale"]) > 0
+    assert len(stored["text.token_embedding.weight.rows"]) < 500  # the toy world's tokens
+    assert float(meta["zero_shot_plain"]) > FLOOR["toy-dinotxt"]  # VIP's proxy head
+    for key in ("zero_shot_plain_plain_head", "zero_shot_plain_global"):  # as trained
+        assert float(meta[key]) > 10 * CHANCE, (key, meta[key])
+    assert meta["command"].startswith("cli.py presets pretrain toy-dinotxt")
+    with pytest.raises(ValueError, match=r"is dino\.txt"):  # not DPSeg's CLIP
+        create_clip("toy-dinotxt")
+
+
+def test_a_short_dinotxt_pretraining_trains_the_plain_head_and_writes_a_valid_file(
+    tmp_path, monkeypatch
+):
+    """A few steps: the head trains with plain attention (the official head's training; VIP's
+    proxy attention is for inference, and for the VIP-side zero-shot figure), the temperature
+    learns, and the file is a valid toy-dinotxt weights file."""
+    from model import dinotxt
+
+    calls = []
+    forward = dinotxt.VisionHead.forward
+
+    def spy(self, tokens, proxy=True, shape=(1.5, 0.5)):
+        calls.append((torch.is_grad_enabled(), proxy))
+        return forward(self, tokens, proxy, shape)
+
+    monkeypatch.setattr(dinotxt.VisionHead, "forward", spy)
+    out = tmp_path / "toy-dinotxt.safetensors"
+    config = PretrainConfig(steps=2, batch_size=16, pool=64, eval_images=32, warmup_steps=1)
+    report = pretrain("toy-dinotxt", config, out, progress=False)
+    training = [proxy for grad, proxy in calls if grad]
+    assert training == [False, False]  # two steps, plain attention
+    assert {proxy for grad, proxy in calls if not grad} == {True, False}  # VIP's, plain, global
+    assert report["logit_scale"] != round(float(np.log(1 / 0.07)), 4)  # it learned
+    assert {"zero_shot_plain_plain_head", "zero_shot_plain_global"} <= set(report)
+    built = create_encoder("toy-dinotxt", weights=out)
+    assert built.weights == str(out) and out.stat().st_size == report["bytes"]
+    assert built.fingerprint != recorded_fingerprints()["fingerprints"]["toy-dinotxt"]
 
 
 def test_a_short_pretraining_is_informative(tmp_path):
@@ -66,26 +132,32 @@ def test_pretrain_refuses_bad_settings():
         pretrain("tiny-vit", PretrainConfig(steps=1), "/tmp/never.safetensors", progress=False)
 
 
-def test_weights_file_keeps_only_changed_token_rows_and_refuses_other_architectures(tmp_path):
-    from model.backbone import clip_architecture
-
-    preset = get_encoder_preset("toy-vit")
-    model = clip_architecture(preset)
+@pytest.mark.parametrize(
+    ("name", "table", "other"),
+    [
+        ("toy-vit", "token_embedding.weight", "toy-convnext"),
+        ("toy-dinotxt", "text.token_embedding.weight", "toy-vit"),
+    ],
+)
+def test_weights_file_keeps_only_changed_token_rows_and_refuses_other_architectures(
+    tmp_path, name, table, other
+):
+    model = architecture(name)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
-        model.token_embedding.weight[[5, 7]] += 1.0
-        model.visual.proj += 0.5
+        model.get_parameter(table)[[5, 7]] += 1.0
+        next(p for k, p in model.named_parameters() if k != table).add_(0.5)
     path = tmp_path / "w.safetensors"
     save_weights(model, path, initial)
     from safetensors.torch import load_file
 
     stored = load_file(str(path))
-    assert stored["token_embedding.weight.rows"].tolist() == [5, 7]
-    fresh = clip_architecture(preset)
+    assert stored[f"{table}.rows"].tolist() == [5, 7]
+    fresh = architecture(name)
     load_weights(fresh, path, "--encoder-weights")
     for key, value in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
-    other = clip_architecture(get_encoder_preset("toy-convnext"))
+    other = architecture(other)
     with pytest.raises(WeightsUnavailableError, match="does not fit the preset's architecture"):
         load_weights(other, path, "--encoder-weights")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")

@@ -43,6 +43,7 @@ def test_the_table_has_the_twelve_rows_of_vips_paper_and_code():
         "vip_tiny",
         "vip_tiny_dinotxt",
         "vip_toy",
+        "vip_toy_dinotxt",
     }
     assert {p.stem for p in (ROOT / "configs" / "vip_clip").glob("*.yaml")} == {
         f"vip_{r['config']}" for r in SETTINGS
