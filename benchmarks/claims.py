@@ -15,10 +15,11 @@ DPSeg rows (configs/toy_world.yaml + one file of configs/ablations/), mean and s
     text prompt with F_v kept (ours)            prompt_text_keep_fv.yaml
     cost volumes averaged / concatenated        prompt_cost_avg.yaml / prompt_cost_concat.yaml
     round II, masked / box crops / pooled       rounds_2.yaml (the full model's checkpoints)
-VIP rows (configs/vip_toy.yaml; deterministic, one run each):
-    plain dense CLIP                            --model.attention none, canonical names only
+VIP rows (configs/vip_toy.yaml on toy-vit, configs/vip_toy_dinotxt.yaml on toy-dinotxt;
+deterministic, one run each):
+    plain dense encoder                         --model.attention none, canonical names only
     VIP: aliases + saliency-aware aggregation   the config as it is
-    VIP + dual prompts                          --dual-prompts (a bank of the toy ViT)
+    VIP + dual prompts                          --dual-prompts (a bank of the same encoder)
 
 It also prints what the claims rest on: the toy presets' zero-shot accuracy (recorded in their
 weights files) and each bank's prompt retrieval (``bank info --prompts``). Writes
@@ -60,11 +61,16 @@ ROUND_II = [  # (row, claim, extra arguments) over the full model's checkpoints
     ("DPSeg: round II, pooled (ours)", "pooled as good as crops",
      ["--model.inference.crop_policy", "pooled"]),
 ]  # fmt: skip
-VIP_ROWS = [  # (row, claim, extra arguments)
-    ("plain dense CLIP (canonical names)", "the baseline",
+VIP_ROWS = [  # (row, claim, encoder preset, extra arguments): configs/vip_toy[_dinotxt].yaml
+    ("plain dense CLIP (canonical names)", "the baseline", "toy-vit",
      ["--model.attention", "none", "--model.vocabularies", "{toy: toy}"]),
-    ("VIP: aliases + saliency-aware aggregation", "VIP > plain", []),
-    ("VIP + dual prompts (ours)", "dual prompts help VIP", ["--dual-prompts", "BANK"]),
+    ("VIP: aliases + saliency-aware aggregation", "VIP > plain", "toy-vit", []),
+    ("VIP + dual prompts (ours)", "dual prompts help VIP", "toy-vit", ["--dual-prompts", "BANK"]),
+    ("dino.txt: plain head (canonical names)", "the baseline", "toy-dinotxt",
+     ["--model.attention", "none", "--model.vocabularies", "{toy: toy}"]),
+    ("dino.txt: VIP (proxy head + aliases)", "VIP > plain", "toy-dinotxt", []),
+    ("dino.txt: VIP + dual prompts (ours)", "dual prompts help VIP", "toy-dinotxt",
+     ["--dual-prompts", "BANK"]),
 ]  # fmt: skip
 METRICS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU")
 NO_LOGS = ["--trainer.logger", "false"]  # test results go to --model.results_dir
@@ -185,11 +191,10 @@ def main() -> int:
         parser.error(f"--jobs {args.jobs} / --threads {args.threads}: give 1 or more")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    data_root, bank, vit_bank = (
-        out / "datasets",
-        out / "banks" / "toy.zarr",
-        out / "banks" / "toy_vit.zarr",
-    )
+    data_root, bank = out / "datasets", out / "banks" / "toy.zarr"
+    vip_banks = {
+        p: out / "banks" / f"{p.replace('-', '_')}.zarr" for p in ("toy-vit", "toy-dinotxt")
+    }
     seeds = args.seeds
 
     def wanted(name: str) -> bool:
@@ -200,13 +205,13 @@ def main() -> int:
     vip_rows = [r for r in VIP_ROWS if wanted(r[0])]
     if not (dpseg_rows or vip_rows):
         parser.error(f"--rows {' '.join(args.rows)}: no row's name contains any of them")
-    total = 3 + len(dpseg_rows) * len(seeds) * 2 + len(round_ii) * len(seeds) + len(vip_rows)
+    total = 4 + len(dpseg_rows) * len(seeds) * 2 + len(round_ii) * len(seeds) + len(vip_rows)
     run = Runner(total, args.threads)
     start = time.perf_counter()
 
     run("data", ["data", "toy", "--root", str(data_root), "--quiet"])
     agreement = {}
-    for path, preset in ((bank, "toy"), (vit_bank, "toy-vit")):
+    for path, preset in ((bank, "toy"), *((b, p) for p, b in vip_banks.items())):
         run(
             f"bank {preset}",
             [
@@ -245,7 +250,7 @@ def main() -> int:
     zero_shot = {
         name: {k: float(read_metadata(bundled_path(f"{name}.safetensors"))[k])
                for k in ("zero_shot_plain", "zero_shot_any_template", "chance")}
-        for name in ("toy-convnext", "toy-vit")
+        for name in ("toy-convnext", "toy-vit", "toy-dinotxt")
     }  # fmt: skip
 
     base = overlay(out, data_root, bank, args.steps)
@@ -281,9 +286,11 @@ def main() -> int:
         for n, (row2, claim2, _) in enumerate(round_ii if ablation is None else []):
             runs2 = [done[ablation, seed][1][n] for seed in seeds]
             rows.append({"row": row2, "claim": claim2, "runs": runs2, "scores": summarise(runs2)})
-    vip_config = ["--config", str(ROOT / "configs" / "vip_toy.yaml"), "--data.root", str(data_root)]
-    for row, claim, extra in vip_rows:
-        extra = [str(vit_bank) if a == "BANK" else a for a in extra]
+    configs = {"toy-vit": "vip_toy.yaml", "toy-dinotxt": "vip_toy_dinotxt.yaml"}
+    for row, claim, preset, extra in vip_rows:
+        extra = [str(vip_banks[preset]) if a == "BANK" else a for a in extra]
+        vip_config = ["--config", str(ROOT / "configs" / configs[preset]), "--data.root",
+                      str(data_root)]  # fmt: skip
         results = out / "results" / f"vip_{len(rows)}"
         run(f"test {row}", ["test", *vip_config, *extra, "--model.results_dir", str(results),
                             *NO_LOGS])  # fmt: skip

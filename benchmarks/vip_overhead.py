@@ -59,19 +59,8 @@ by attention and the heads, so their ratios say little about a real encoder: ``-
 the figure to quote. CPU timings on a shared machine are noisy (the load average is printed when
 high).
 
-Where the numbers were measured: on CPU only. ``--full-size --threads 2 --repeats 3 --warmup 1``
-on the development machine (Intel(R) Xeon(R) Processor, AVX512, 2 logical CPUs shared with other
-work, load average 2.3 to 3.1 during the run; 2 torch threads, fp32, torch 2.14.1): dinotxt-l16
-plain 7,364 ms per 336 px window, VIP 7,524 ms (1.02x, +160 ms), VIP + dual 7,807 ms (1.06x);
-peak RSS 2,031 to 2,032 MB in every row (+27 to +28 MB over the RSS before the call; the text
-tower is not loaded); VIP test protocol 10.04 s (plain) and 10.20 s (VIP) per 512 x 683 image
-(1.02x). Medians of 3 on shared cores: differences of a few percent are within the noise. The
-CUDA path (``--device cuda --bf16``) is written but has not been run (no GPU here): no GPU figure
-has been measured.
-
-The class and alias queries are random normalised tensors built directly (no text encoder: the
-text tower runs once per vocabulary, not per image, so it is no part of the per-image cost), and
-the images are random: timings, not accuracy.
+Figures: the README's VIP section quotes this script's output with the command and the machine.
+The CUDA path (``--device cuda --bf16``) is written but has not been run (no GPU here).
 """
 
 from __future__ import annotations
