@@ -801,6 +801,8 @@ def cmd_vip_select_aliases(args: argparse.Namespace) -> int:
             settings["threshold"] = args.threshold
         if args.prefilter is not None:
             settings["prefilter"] = args.prefilter
+        if args.affinity is not None:
+            settings["affinity"] = args.affinity
         if args.rule == "reported":
             config = SelectionConfig.reported(**settings)
         else:
@@ -870,7 +872,8 @@ def add_vip_commands(commands) -> None:
         choices=("ours", "reported"),
         default="ours",
         help="ours (docs/vip.md), or the rule third-party notes report (unconfirmed): pre-filter "
-        "0.7, threshold 0.4, agreement over non-empty regions only",
+        "0.7, threshold 0.4, agreement over non-empty regions only, the backbone's attention as "
+        "affinity",
     )
     p.add_argument(
         "--threshold", type=float, help="activation: probability >= this (ours 0.5, reported 0.4)"
@@ -879,6 +882,12 @@ def add_vip_commands(commands) -> None:
         "--prefilter",
         type=float,
         help="drop aliases whose text cosine with the canonical name is below this",
+    )
+    p.add_argument(
+        "--affinity",
+        choices=("proxy", "attention"),
+        help="the random walk's affinity: proxy (ours), attention (reported: the backbone's "
+        "last-block attention; dino.txt only)",
     )
     p.add_argument("--steps", type=int, default=2, help="random-walk steps (default 2)")
     p.add_argument("--limit", type=int, default=200, help="images scored (default 200; 0: all)")

@@ -163,8 +163,9 @@ def test_a_flat_map_scores_no_agreement_and_a_silent_canonical_name_keeps_no_ali
 def test_reported_rule_prefilters_by_text_cosine_and_counts_only_non_empty_regions():
     from model.vip.selection import AliasSelector, SelectionConfig
 
-    reported = SelectionConfig.reported(logit_scale=10)
+    reported = SelectionConfig.reported(logit_scale=10, affinity="proxy")
     assert (reported.threshold, reported.prefilter, reported.nonempty_only) == (0.4, 0.7, True)
+    assert SelectionConfig.reported().affinity == "attention"
     features, queries, owner = _two_region_image()
     cosine = torch.tensor([1.0, 0.2, 0.9, 1.0])  # 'texture' is far from 'thing' in text
     selector = AliasSelector(["thing", "texture", "object", "stuff"], owner, reported, cosine)
@@ -339,3 +340,28 @@ def test_alias_queries_average_the_templates_of_each_alias(tiny_vit):
         kitty = encoder.encode_class_texts([ClassName(("kitty",))], templates, tokenizer)
     torch.testing.assert_close(queries.text[1], kitty[0])  # (P, D) per template
     torch.testing.assert_close(queries.embeddings()[1], kitty[0].mean(0))
+
+
+def test_reported_affinity_is_the_backbones_attention_among_patches():
+    """dino.txt's last backbone block's attention, heads averaged, patches only, rows
+    renormalised, on the grid the dense path keeps; the selector takes it in place of the
+    proxy attention and asks for it when the config says so."""
+    from model.backbone import create_encoder
+    from model.vip.dense import create_dense_encoder
+    from model.vip.selection import AliasSelector, SelectionConfig
+
+    dense = create_dense_encoder(create_encoder("tiny-dinotxt"))
+    images = torch.rand(2, 3, 50, 33)  # padded to 64 x 48 inside, 4 x 3 cells kept
+    affinity = dense.backbone_attention(images)
+    assert affinity.shape == (2, 12, 12) and (affinity >= 0).all()
+    torch.testing.assert_close(affinity.sum(dim=-1), torch.ones(2, 12))
+    attn = dense.model.backbone.blocks[-1].attn
+    assert attn.fused_attn  # restored after the call
+    features = dense(images).flatten(2).transpose(1, 2)  # (2, 12, 64)
+    assert not torch.allclose(affinity, proxy_attention(features), atol=1e-3)
+    queries = torch.nn.functional.normalize(torch.randn(3, 64), dim=-1)
+    selector = AliasSelector(["a", "b", "c"], torch.tensor([0, 0, 1]), SelectionConfig.reported())
+    with pytest.raises(ValueError, match="pass the"):
+        selector.update(features, queries)
+    selector.update(features, queries, affinity)
+    assert selector.images == 2

@@ -242,7 +242,8 @@ def test_vip_on_tiny_dinotxt_predicts_and_selects_aliases(vip_world, world):
     assert result.returncode == 0, result.stderr[-3000:]
     text = selected.read_text()
     assert "encoder tiny-dinotxt (attention proxy), templates seg" in text
-    assert "text pre-filter 0.7" in text and "# class 1 'tomato': agreement" in text
+    assert "text pre-filter 0.7, affinity attention" in text
+    assert "# class 1 'tomato': agreement" in text
 
 
 def test_published_vip_config_resolves_to_dinotxt_and_stops_offline_naming_both_files(tmp_path):

@@ -25,9 +25,9 @@ All of the above is ours: VIP's paper describes the selection in words only, and
 ships the selected alias files, not the selection. Third-party notes (unconfirmed) report a
 rule with a cosine pre-filter of 0.7 between an alias's and its canonical name's text
 embeddings, a region threshold of 0.4, an affinity from the backbone's attention, and scores
-taken only over images where the region is not empty; ``SelectionConfig.reported()`` sets the
-first, second and fourth of these (``prefilter``, ``threshold``, ``nonempty_only``). The
-backbone-attention affinity is not implemented: the affinity stays the proxy attention.
+taken only over images where the region is not empty; ``SelectionConfig.reported()`` sets all
+four (``prefilter``, ``threshold``, ``affinity="attention"``: the backbone's last-block attention
+among patches, heads averaged, for dino.txt; ``nonempty_only``).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from model.vip.aggregation import proxy_attention
+
+AFFINITIES = ("proxy", "attention")
 
 
 @dataclass
@@ -55,6 +57,9 @@ class SelectionConfig:
     # is below this before any image is seen (reported: 0.7)
     nonempty_only: bool = False  # agreement over the images where the alias has a region only
     # (reported); else over every image
+    affinity: str = "proxy"  # the random walk's affinity: "proxy" (ours: the proxy attention of
+    # the dense features) or "attention" (reported: the backbone's last-block attention among
+    # patches, heads averaged; dino.txt only)
 
     def __post_init__(self) -> None:
         if not 0 < self.threshold < 1 or self.steps < 1 or self.logit_scale <= 0:
@@ -64,12 +69,17 @@ class SelectionConfig:
             )
         if self.prefilter is not None and not -1 <= self.prefilter <= 1:
             raise ValueError(f"prefilter={self.prefilter} must be a cosine in [-1, 1]")
+        if self.affinity not in AFFINITIES:
+            raise ValueError(f"affinity={self.affinity!r}: use one of {', '.join(AFFINITIES)}")
 
     @classmethod
     def reported(cls, **overrides) -> SelectionConfig:
         """The settings third-party notes report for VIP's selection (unconfirmed): pre-filter
-        0.7, threshold 0.4, figures over non-empty regions only."""
-        return cls(**{"threshold": 0.4, "prefilter": 0.7, "nonempty_only": True, **overrides})
+        0.7, threshold 0.4, figures over non-empty regions only, the backbone's attention as the
+        affinity."""
+        reported = {"threshold": 0.4, "prefilter": 0.7, "nonempty_only": True,
+                    "affinity": "attention"}  # fmt: skip
+        return cls(**{**reported, **overrides})
 
 
 @dataclass
@@ -122,8 +132,12 @@ class AliasSelector:
         self.images = 0
 
     @torch.no_grad()
-    def update(self, features: torch.Tensor, queries: torch.Tensor) -> None:
-        """features (B, N, D) dense patch features of B images; queries (A, D) alias queries."""
+    def update(
+        self, features: torch.Tensor, queries: torch.Tensor, affinity: torch.Tensor | None = None
+    ) -> None:
+        """features (B, N, D) dense patch features of B images; queries (A, D) alias queries;
+        ``affinity`` (B, N, N) rows summing to 1, required with ``affinity="attention"``
+        (default: the proxy attention of the features)."""
         if features.ndim != 3 or queries.ndim != 2 or features.shape[-1] != queries.shape[-1]:
             raise ValueError(
                 f"features {tuple(features.shape)} must be (B, N, D) and queries "
@@ -131,7 +145,15 @@ class AliasSelector:
             )
         f = F.normalize(features.float(), dim=-1)
         q = F.normalize(queries.float().to(f.device), dim=-1)
-        affinity = proxy_attention(f, self.config.proxy_beta, self.config.proxy_gamma)
+        if affinity is None:
+            if self.config.affinity != "proxy":
+                raise ValueError(
+                    f"affinity={self.config.affinity!r}: pass the (B, N, N) affinity to update()"
+                )
+            affinity = proxy_attention(f, self.config.proxy_beta, self.config.proxy_gamma)
+        elif affinity.shape != (f.shape[0], f.shape[1], f.shape[1]):
+            raise ValueError(f"affinity {tuple(affinity.shape)} must be (B, N, N) for features "
+                             f"{tuple(f.shape)}")  # fmt: skip
         for i in range(f.shape[0]):
             prob, entropy = self._substituted(self.config.logit_scale * f[i] @ q.T)  # (N, A)
             propagated = prob
@@ -322,6 +344,13 @@ def select_aliases(
     )
     dense = create_dense_encoder(built, attention, config.proxy_beta, config.proxy_gamma)
     attention = dense.attention
+    if config.affinity == "attention" and not hasattr(dense, "backbone_attention"):
+        from model.presets import PresetError
+
+        raise PresetError(
+            f"affinity 'attention' (the reported rule's backbone attention) is implemented for "
+            f"dino.txt encoders; {encoder!r} is a CLIP: pass --affinity proxy"
+        )
     unit = torch.nn.functional.normalize(queries.embeddings().float(), dim=-1)  # (A, D)
     first = {}
     for a, k in enumerate(queries.owner.tolist()):
@@ -335,7 +364,10 @@ def select_aliases(
         for batch in batches:
             images = torch.stack([_square(p, size) for p in batch]).to(device)
             features = dense(images)  # (B, D, h, w)
-            selector.update(features.flatten(2).transpose(1, 2), queries.embeddings().to(device))
+            affinity = dense.backbone_attention(images) if config.affinity == "attention" else None
+            selector.update(
+                features.flatten(2).transpose(1, 2), queries.embeddings().to(device), affinity
+            )
             advance(len(batch))
     scores = selector.scores()
     kept = sum(s.kept and not s.canonical for s in scores)
@@ -343,7 +375,8 @@ def select_aliases(
         f"dpseg vip select-aliases: {len(paths)} images of {data}, vocabulary {vocab.source}",
         f"encoder {encoder} (attention {attention}), templates {templates}, {size} px, "
         f"threshold {config.threshold}, {config.steps} random-walk steps, logit scale "
-        f"{config.logit_scale}, text pre-filter {config.prefilter}, agreement over "
+        f"{config.logit_scale}, text pre-filter {config.prefilter}, affinity {config.affinity}, "
+        "agreement over "
         f"{'images where the alias has a region' if config.nonempty_only else 'every image'}, "
         f"{time.perf_counter() - start:.1f} s",
         f"an alias is kept when it has a region, and its agreement is higher and its entropy "
