@@ -201,7 +201,7 @@ def run_vip_dinotxt(vip_world: Path, *args: str):
 
 
 def test_vip_on_tiny_dinotxt_tests_with_and_without_dual_prompts(vip_world, world):
-    overlay = {"data": {"root": str(world / "datasets"), "limit_eval": 2}}
+    overlay = {"data": {"root": str(world / "datasets"), "limit_eval": 1}}
     (vip_world / "overlay_dinotxt.yaml").write_text(yaml.safe_dump(overlay))
     plain = run_vip_dinotxt(vip_world, "test", "--model.results_dir", str(vip_world / "dt"))
     assert plain.returncode == 0, plain.stderr[-3000:]
@@ -218,10 +218,7 @@ def test_vip_on_tiny_dinotxt_tests_with_and_without_dual_prompts(vip_world, worl
     assert dual_record["dual_prompts"]["fusion"] == "normalize(0.5 t + 0.5 v) per template"
     assert dual_record["confusion_matrix"] != record["confusion_matrix"]
 
-    # the plain head (attention none) is the other dense path dino.txt has; ClearCLIP's is not
-    none = run_vip_dinotxt(vip_world, "test", "--model.attention", "none",
-                           "--model.results_dir", str(vip_world / "dt_none"))  # fmt: skip
-    assert none.returncode == 0, none.stderr[-3000:]
+    # ClearCLIP's block is a CLIP ViT's, not a dense path of dino.txt (proxy or none)
     clear = run_vip_dinotxt(vip_world, "test", "--model.attention", "clear")
     assert clear.returncode == 2 and "attention='clear' is not available" in clear.stderr
 
