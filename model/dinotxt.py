@@ -490,6 +490,7 @@ class DenseDinoTxt(nn.Module):
         super().__init__()
         self.model = model
         self.proxy = proxy
+        self.attention = "proxy" if proxy else "none"  # as model.vip.dense names dense paths
         self.shape = shape
         self.register_buffer("mean", torch.tensor(DinoTxt.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(DinoTxt.std).view(1, 3, 1, 1), persistent=False)

@@ -64,9 +64,7 @@ def create_dense_encoder(
     if built.preset.family == "dinotxt":
         from model.dinotxt import DenseDinoTxt
 
-        dense = DenseDinoTxt(built.model, attention == "proxy", (proxy_beta, proxy_gamma))
-        dense.attention = attention
-        return dense
+        return DenseDinoTxt(built.model, attention == "proxy", (proxy_beta, proxy_gamma))
     return DenseCLIP(built.model, built.preset, attention, proxy_beta, proxy_gamma)
 
 
