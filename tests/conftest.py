@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -31,6 +32,23 @@ def shared_vocab() -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent (it sits beside the checkout in CI)")
     return path
+
+
+def read_image_file(path: Path) -> np.ndarray:
+    """An image file's pixels as numpy (PIL)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under ``folder``: its bytes and mtime (a rerun must leave them alone)."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path = ROOT, timeout: float = 300):

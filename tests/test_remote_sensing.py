@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import read_image_file as read
+from conftest import run_cli, snapshot
 from PIL import Image
 
 from data.catalog import IGNORE_INDEX, DatasetError, DatasetSpec, get_dataset_spec
@@ -47,19 +48,6 @@ ISAID_RGB = np.array(
      (0, 127, 63), (0, 127, 127), (0, 0, 127), (0, 0, 191), (0, 0, 255), (0, 191, 127),
      (0, 127, 191), (0, 127, 255), (0, 100, 155)], np.uint8,
 )  # fmt: skip
-
-
-def read(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im)
-
-
-def snapshot(folder: Path) -> dict:
-    return {
-        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def encode(array: np.ndarray, fmt: str) -> bytes:

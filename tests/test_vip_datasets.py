@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import read_image_file as read
+from conftest import run_cli, snapshot
 from PIL import Image
 
 from data.catalog import IGNORE_INDEX, DatasetError, get_dataset_spec
@@ -20,19 +21,6 @@ from data.stats import dataset_stats
 from data.vocabulary import load_vocabulary
 
 NEW = {"voc21": 21, "pc60": 60, "coco-object": 81, "cityscapes": 19}
-
-
-def read(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im)
-
-
-def snapshot(folder: Path) -> dict:
-    return {
-        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def save_image(path: Path, shape: tuple[int, int], fmt: str | None = None) -> None:
