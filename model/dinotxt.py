@@ -510,29 +510,25 @@ class DenseDinoTxt(nn.Module):
         return patches.permute(0, 3, 1, 2)[:, :, : -(-h // p), : -(-w // p)]
 
     @torch.no_grad()
-    def backbone_attention(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, N, N) the backbone's last-block attention among the N patch tokens of the
-        images (the grid of :meth:`forward`), heads averaged, rows renormalised over patches:
-        the affinity the reported alias-selection rule uses."""
-        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
-        p = self.patch_size
-        h, w = x.shape[-2:]
-        x = F.pad(x, (0, -w % p, 0, -h % p))
+    def features_and_attention(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward`'s features and, from the same pass, the backbone's last-block
+        attention among its patch tokens (B, N, N), heads averaged, rows renormalised over
+        patches: the affinity the reported alias-selection rule uses."""
         attn = self.model.backbone.blocks[-1].attn
         probs: list[torch.Tensor] = []
         fused, attn.fused_attn = attn.fused_attn, False  # the path that forms the probabilities
         hook = attn.attn_drop.register_forward_hook(lambda _m, _i, out: probs.append(out))
         try:
-            self.model.backbone.forward_features(x)
+            features = self(images)
         finally:
             hook.remove()
             attn.fused_attn = fused
-        a = probs[-1].float().mean(dim=1)[:, PREFIX_TOKENS:, PREFIX_TOKENS:]  # (B, N', N')
-        gh, gw = x.shape[-2] // p, x.shape[-1] // p
-        keep = torch.zeros(gh, gw, dtype=torch.bool, device=a.device)
-        keep[: -(-h // p), : -(-w // p)] = True  # the cells forward() keeps
-        a = a[:, keep.flatten()][:, :, keep.flatten()]
-        return a / a.sum(dim=-1, keepdim=True).clamp(min=1e-12)
+        a = probs[-1].float().mean(dim=1)[:, PREFIX_TOKENS:, PREFIX_TOKENS:]
+        return features, a / a.sum(dim=-1, keepdim=True).clamp(min=1e-12)
+
+    def backbone_attention(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, N, N) the attention of :meth:`features_and_attention` alone."""
+        return self.features_and_attention(images)[1]
 
 
 class DinoTxtEncoder(ImageTextEncoder):

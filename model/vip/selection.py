@@ -344,7 +344,7 @@ def select_aliases(
     )
     dense = create_dense_encoder(built, attention, config.proxy_beta, config.proxy_gamma)
     attention = dense.attention
-    if config.affinity == "attention" and not hasattr(dense, "backbone_attention"):
+    if config.affinity == "attention" and not hasattr(dense, "features_and_attention"):
         from model.presets import PresetError
 
         raise PresetError(
@@ -363,8 +363,10 @@ def select_aliases(
     with _progress(progress, len(paths)) as advance, torch.inference_mode():
         for batch in batches:
             images = torch.stack([_square(p, size) for p in batch]).to(device)
-            features = dense(images)  # (B, D, h, w)
-            affinity = dense.backbone_attention(images) if config.affinity == "attention" else None
+            if config.affinity == "attention":  # one pass gives both
+                features, affinity = dense.features_and_attention(images)  # (B, D, h, w), (B,N,N)
+            else:
+                features, affinity = dense(images), None
             selector.update(
                 features.flatten(2).transpose(1, 2), queries.embeddings().to(device), affinity
             )
