@@ -29,8 +29,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from data.catalog import DatasetError
     from data.templates import TemplateError
     from data.vocabulary import VocabularyError
-    from model.hub import WeightsUnavailableError
-    from model.presets import PresetError
+    from pretrained.hub import WeightsUnavailableError
+    from pretrained.presets import PresetError
     from prompt_bank.format import BankFormatError, BankMismatchError
 
     return (
@@ -55,8 +55,8 @@ def cmd_presets(args: argparse.Namespace) -> None:
     """Print every preset with what it needs (optionally building the offline ones)."""
     import time
 
-    from model.fingerprint import check_recorded
-    from model.presets import list_presets
+    from pretrained.fingerprint import check_recorded
+    from pretrained.presets import list_presets
 
     rows = []
     for p in list_presets(args.kind):
@@ -65,7 +65,7 @@ def cmd_presets(args: argparse.Namespace) -> None:
         if kind == "bank":
             row["description"] = f"{p.generator} + {p.encoder}: {p.description}"
         if args.fingerprints and kind != "bank" and p.offline:
-            from model.backbone import create_encoder
+            from pretrained.backbone import create_encoder
             from prompt_bank.generator import create_generator
 
             start = time.perf_counter()
@@ -117,8 +117,8 @@ def _dinotxt_zero_shot(report: dict) -> str:
 
 def cmd_presets_pretrain(args: argparse.Namespace) -> int:
     """Pretrain a toy preset on the toy world and write its weights file."""
-    from model.presets import PRETRAIN_STEPS, PretrainConfig
-    from model.toy_pretrain import pretrain
+    from pretrained.presets import PRETRAIN_STEPS, PretrainConfig
+    from pretrained.toy_pretrain import pretrain
 
     try:
         config = PretrainConfig(
@@ -145,7 +145,7 @@ def cmd_presets_pretrain(args: argparse.Namespace) -> int:
         f"{config.steps} steps in "
         f"{report['seconds']} s; {report['bytes'] / 1e6:.2f} MB written to {out}\n"
         f"use it with --encoder-weights {out} (or --model.encoder_weights), or copy it to "
-        f"model/weights/ and run tests/golden/regenerate.py to make it the preset's weights"
+        f"pretrained/weights/ and run tests/golden/regenerate.py to make it the preset's weights"
     )
     return 0
 
@@ -585,14 +585,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_presets)
     sub = p.add_subparsers(dest="presets_command", metavar="{pretrain}")
-    from model.presets import PretrainConfig  # light: the trainer itself imports torch
+    from pretrained.presets import PretrainConfig  # light: the trainer itself imports torch
 
     defaults = PretrainConfig()
     q = sub.add_parser(
         "pretrain",
         help="pretrain a toy preset (CLIP or dino.txt) on the toy world (writes its weights file)",
         description="Contrastive pretraining of toy-convnext, toy-vit or toy-dinotxt on captioned "
-        "pictures of the toy world (model/toy_pretrain.py); prints zero-shot accuracies.",
+        "pictures of the toy world (pretrained/toy_pretrain.py); prints zero-shot accuracies.",
     )
     q.add_argument(
         "name", choices=("toy-convnext", "toy-vit", "toy-dinotxt"), help="the toy preset"
@@ -678,7 +678,7 @@ def _log_ours() -> None:
 
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    for ours in ("model", "data", "prompt_bank"):
+    for ours in ("model", "data", "prompt_bank", "pretrained"):
         logger = logging.getLogger(ours)
         if not logger.handlers:
             logger.addHandler(handler)

@@ -245,7 +245,7 @@ def main() -> int:
             cwd=ROOT,
         )
         agreement[preset] = json.loads(info.stdout)["prompts"]  # fmt: skip
-    from model.bundled_weights import bundled_path, read_metadata
+    from pretrained.bundled_weights import bundled_path, read_metadata
 
     zero_shot = {
         name: {k: float(read_metadata(bundled_path(f"{name}.safetensors"))[k])

@@ -9,7 +9,7 @@
                                                                  # FLOPs per image, device-
                                                                  #   independent (meta tensors)
 
-DESIGN §2.3 (ours): round II reuses round I's image features (no second backbone pass), so it
+docs/design.md §2.3 (ours): round II reuses round I's image features (no second backbone pass), so it
 should cost at most 1.5x a single round. Prints, per K (default 8, every class refined: the
 worst case; and 150, the paper's regime, with 8 refined):
 
@@ -50,10 +50,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.memory import current_memory_mb, peak_memory_mb, reset_peak
-from model.backbone import ClipBackbone, ClipEncoder, create_clip
 from model.cost_volume import Prompts
 from model.dpseg import DPSeg, DPSegConfig
 from model.refine import CROP_POLICIES, RefineConfig, TwoRoundSegmenter, detected_classes
+from pretrained.backbone import ClipBackbone, ClipEncoder, create_clip
 
 TINY_PRESET = "tiny-convnext"
 FULL_PRESET = "convnext-b-laion"
@@ -570,7 +570,7 @@ def flops_main(args) -> None:
     print(
         f"\nPer image, {args.image_size}x{args.image_size} px, P={args.templates} templates, "
         f"decoder {'tiny' if all(p.startswith('tiny') for p in presets) else 'paper'}. Round II "
-        f"(DESIGN §2.3): {args.refined} classes refined per image (--refined; an assumption: "
+        f"(docs/design.md §2.3): {args.refined} classes refined per image (--refined; an assumption: "
         "the count is data-dependent, the classes covering >= min_area of round I's argmax), "
         f"each crop encoded by the frozen prompt encoder ({', '.join(crop)}: RefineConfig."
         "crop_size or the preset's), then those classes decoded again on round I's features "

@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--templates", default="imagenet80:4")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from model.fingerprint import recorded_fingerprints
+    from pretrained.fingerprint import recorded_fingerprints
 
     recorded = recorded_fingerprints()["fingerprints"]
     rows, first = [], None

@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.backbone import create_clip
-from model.presets import list_presets
+from pretrained.backbone import create_clip
+from pretrained.presets import list_presets
 from prompt_bank.generator import create_generator
 
 

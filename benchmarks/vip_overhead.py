@@ -8,7 +8,7 @@
     .venv/bin/python benchmarks/vip_overhead.py --full-size --preset vit-b16-openai
                                   # CLIP ViT-B/16 with ClearCLIP's last block (the old figure)
 
-The VIP paper claims a marginal overhead over the dense backbone it wraps (DESIGN §3). All rows
+The VIP paper claims a marginal overhead over the dense backbone it wraps (docs/design.md §3). All rows
 run on the same random windows (B x 3 x S x S, default 1 x 3 x 336 x 336, VIP's window), one
 encoder built once, its modules shared by the rows.
 
@@ -82,11 +82,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.memory import current_memory_mb, peak_memory_mb, reset_peak
 from data.transforms import get_test_protocol, resize_short_side, window_starts
-from model.backbone import create_encoder
-from model.presets import get_encoder_preset, list_presets
 from model.vip.aggregation import VIPConfig, assign_labels
 from model.vip.dense import VIT_ATTENTIONS, check_attention, create_dense_encoder
 from model.vip.segmenter import AliasQueries, VIPSegmenter
+from pretrained.backbone import create_encoder
+from pretrained.presets import get_encoder_preset, list_presets
 
 TINY_PRESET = "tiny-vit"
 FULL_PRESET = "dinotxt-l16"  # VIP's encoder; --preset vit-b16-openai: CLIP ViT-B/16

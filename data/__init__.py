@@ -1,1 +1,1 @@
-"""Vocabularies, prompt templates, datasets in the detectron2 layout, and pictures (DESIGN §5)."""
+"""Vocabularies, prompt templates, datasets in the detectron2 layout, and pictures (docs/design.md §5)."""

@@ -1,4 +1,4 @@
-"""The benchmarks: the detectron2 layout that CAT-Seg and SED use (DESIGN §5), and the
+"""The benchmarks: the detectron2 layout that CAT-Seg and SED use (docs/design.md §5), and the
 mmsegmentation layout of the training-free methods (SCLIP, ClearCLIP, VIP).
 
 Every dataset lives under a root (``$DETECTRON2_DATASETS``, default ``./datasets``). A
@@ -65,7 +65,7 @@ class DatasetSpec:
     label_dir: str  # relative to the root
     label_suffix: str  # ".png" or ".tif"
     ignore_values: tuple[int, ...]  # on-disk values that mean "not evaluated"
-    expected_images: int | None  # the official count (DESIGN §5), for `data stats`
+    expected_images: int | None  # the official count (docs/design.md §5), for `data stats`
     index_by: str = "images"  # "images": every image needs a label; "labels": the label files
     # define the split (VOC/PASCAL-Context folders hold images of every split)
     image_suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png")
@@ -133,7 +133,7 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("pc59", "pc59", 59, f"{_VOC10}/JPEGImages",
                     f"{_VOC10}/annotations_detectron2/pc59_val", ".png", (255,), 5104,
                     index_by="labels", prepare="cli.py data prepare pc59 --root DIR"),
-        # PC-459: 459 never occurs (DESIGN §5); 65535 marks pixels the .mat left unlabelled.
+        # PC-459: 459 never occurs (docs/design.md §5); 65535 marks pixels the .mat left unlabelled.
         DatasetSpec("pc459", "pc459", 459, f"{_VOC10}/JPEGImages",
                     f"{_VOC10}/annotations_detectron2/pc459_val", ".tif", (459, 65535), 5104,
                     index_by="labels", prepare="cli.py data prepare pc459 --root DIR"),

@@ -1,4 +1,4 @@
-"""Semantic-segmentation scores exactly as detectron2's ``SemSegEvaluator`` computes them (DESIGN §5).
+"""Semantic-segmentation scores exactly as detectron2's ``SemSegEvaluator`` computes them (docs/design.md §5).
 
 One K x K confusion matrix (rows ground truth, columns prediction) is accumulated over the whole
 dataset and, under DDP, summed across processes; every score is derived from it only at the end,

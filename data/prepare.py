@@ -1,4 +1,4 @@
-"""Converters from the official benchmark downloads to the detectron2 layout of DESIGN §5 (and to
+"""Converters from the official benchmark downloads to the detectron2 layout of docs/design.md §5 (and to
 the mmsegmentation layout of the training-free methods).
 
 ``python cli.py data prepare NAME --root DIR`` turns what the dataset authors publish into the
@@ -1481,7 +1481,7 @@ def add_prepare_parser(data_subparsers) -> argparse.ArgumentParser:
         "prepare",
         help="convert an official benchmark download into the detectron2 layout",
         description="Convert the official download of a benchmark into the detectron2 layout "
-        "(DESIGN §5). Existing outputs are kept: a rerun is a no-op, a killed run resumes.",
+        "(docs/design.md §5). Existing outputs are kept: a rerun is a no-op, a killed run resumes.",
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,4 +1,4 @@
-"""A deterministic synthetic segmentation dataset, written in the detectron2 layout of DESIGN §5.
+"""A deterministic synthetic segmentation dataset, written in the detectron2 layout of docs/design.md §5.
 
 It lets the demo and the tests run the real data path (files on disk, JPEG images, PNG labels
 with an ignore value) without any download. Each image has a textured background and 2-5 objects

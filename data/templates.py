@@ -1,4 +1,4 @@
-"""Prompt templates: a list of format strings with one ``{}`` for the class name (DESIGN §2.1).
+"""Prompt templates: a list of format strings with one ``{}`` for the class name (docs/design.md §2.1).
 
 - ``imagenet80``: open_clip's ``OPENAI_IMAGENET_TEMPLATES`` (the 80 templates SED and VIP use).
 - ``single``: ``"A photo of a {} in the scene."`` (CAT-Seg's single template).

@@ -16,7 +16,7 @@ project's own code renders, learns and segments, offline, in minutes on 2 CPU co
 - **Photos of a prompt** (:func:`render_prompt`): an image of what a caption says ("a sketch of
   a crimson disc"), with the template's meaning where it has one (close-up, many, small, low
   resolution, sketch, black and white, dark, ...). The CLIP presets ``toy-*`` are pretrained on
-  such captioned images (``model.toy_pretrain``) and the generator preset ``toy-render`` (this
+  such captioned images (``pretrained.toy_pretrain``) and the generator preset ``toy-render`` (this
   world's Stable Diffusion) draws the bank's visual prompts with it, never copying a dataset
   image.
 

@@ -1,4 +1,4 @@
-"""Training augmentation and the three test protocols of the field (DESIGN §5).
+"""Training augmentation and the three test protocols of the field (docs/design.md §5).
 
 Training (:class:`TrainTransform`): random resize of the short side, random crop (padded with
 ignore where the image is smaller), horizontal flip. Test protocols wrap a model callable

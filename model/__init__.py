@@ -1,2 +1,4 @@
-"""Networks: every named preset (``presets``), the open_clip backbone, weights and fingerprints;
-the DPSeg cost volume, decoder and VIP follow the method figure (DESIGN §2, §3, §8)."""
+"""The two methods' networks, following the method figures: DPSeg's cost volume, decoder and
+two-round inference; VIP (``model.vip``); their LightningModules, the data module that pairs
+datasets with banks, and the predictors (docs/design.md §2, §3). The frozen encoders they build on
+live in ``pretrained``."""

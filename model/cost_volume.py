@@ -1,4 +1,4 @@
-"""The dual-prompt cost volume and the visual cost volumes (DESIGN §2.1, §2.2).
+"""The dual-prompt cost volume and the visual cost volumes (docs/design.md §2.1, §2.2).
 
 Axis names: B images, K classes, P templates, D joint embedding, C channels, h x w a grid.
 """
@@ -64,7 +64,7 @@ class Prompts:
     def with_visual(self, classes: torch.Tensor, visual: torch.Tensor, levels: list[torch.Tensor]):
         """A copy where `classes` get new visual prompts: visual (n, D), levels (n, C_j) each.
 
-        Used by round II (DESIGN §2.3): the crop's embedding replaces every template's V.
+        Used by round II (docs/design.md §2.3): the crop's embedding replaces every template's V.
         """
         new_visual = self.visual.clone()
         new_visual[classes] = F.normalize(visual, dim=-1)[:, None, :].to(new_visual.dtype)
@@ -92,7 +92,7 @@ def fuse_prompts(
     """R (K, P, D): one set of prompt embeddings a cost volume compares pixels with.
 
     ``avg`` is the paper's dual prompt, R = normalize((T + V) / 2); ``text`` and ``visual`` are
-    its ablation rows. ``center`` subtracts the mean over classes first (ours, DESIGN §6: random
+    its ablation rows. ``center`` subtracts the mean over classes first (ours, docs/design.md §6: random
     tiny towers give nearly identical class embeddings; centring separates them); ``mean``
     (1, P, D) replaces the prompts' own class mean.
     """

@@ -1,4 +1,4 @@
-"""The cost-volume-guided decoder, CVGD (DESIGN §2.2).
+"""The cost-volume-guided decoder, CVGD (docs/design.md §2.2).
 
 Three stages; each works on every class's map separately (weights shared over classes), so
 classes can be processed in chunks with identical results and memory bounded for K = 847:

@@ -1,4 +1,4 @@
-"""DPSeg: the dual-prompt cost volume and the cost-volume-guided decoder (DESIGN §1, §2).
+"""DPSeg: the dual-prompt cost volume and the cost-volume-guided decoder (docs/design.md §1, §2).
 
     image ──> ClipBackbone ──> dense E (B, D, h, w) + levels E_j
     prompts ─> R = fuse(T, V) (K, P, D)  (cost-level rows: R_T and R_V, one cost volume each)
@@ -7,7 +7,7 @@
     CVGD decoder ──> logits (B, K, H/4, W/4) ──> bilinear ──> (B, K, H, W)
 
 The module is pure: prompts come in as tensors (``Prompts``), built from a bank by the I/O code.
-``forward`` accepts precomputed backbone features so round II reuses round I's (DESIGN §2.3).
+``forward`` accepts precomputed backbone features so round II reuses round I's (docs/design.md §2.3).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.backbone import BackboneFeatures, ClipBackbone
 from model.cost_volume import (
     PROMPT_MODES,
     CostEmbedding,
@@ -30,6 +29,7 @@ from model.cost_volume import (
     visual_cost_volume,
 )
 from model.decoder import CVGDecoder
+from pretrained.backbone import BackboneFeatures, ClipBackbone
 
 
 @dataclass
@@ -67,7 +67,7 @@ class DPSegOutput:
 
 
 class DPSeg(nn.Module):
-    """The trained half of DPSeg. Parts are given in the constructor (DESIGN §8.1)."""
+    """The trained half of DPSeg. Parts are given in the constructor (docs/design.md §8.1)."""
 
     def __init__(self, backbone: ClipBackbone, num_templates: int, level_dims: tuple[int, ...],
                  config: DPSegConfig | None = None):  # fmt: skip

@@ -27,9 +27,9 @@ from data.evaluator import (
     seen_unseen_scores,
     write_results,
 )
-from data.module import stack_images
 from data.transforms import get_test_protocol
 from data.vocabulary import load_vocabulary
+from model.data_module import stack_images
 
 log = logging.getLogger(__name__)
 

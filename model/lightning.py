@@ -2,7 +2,7 @@
 
 The pure model (``model.dpseg.DPSeg``, ``model.refine.TwoRoundSegmenter``) never reads a file;
 this wrapper loads each dataset's prompts from its bank (``model.prompts``), checks the bank's
-encoder against the model's frozen prompt encoder, and writes metrics (DESIGN §8.2).
+encoder against the model's frozen prompt encoder, and writes metrics (docs/design.md §8.2).
 
 Trainable: the image encoder (``backbone``, lr x ``encoder_lr_mult``), cost embedding and
 decoder. Frozen and not checkpointed: the prompt encoder (the original CLIP of the preset, for
@@ -21,16 +21,16 @@ import torch
 import torch.nn.functional as F
 
 from data.catalog import IGNORE_INDEX, get_dataset_spec
-from data.module import stack_images
 from data.templates import SINGLE_TEMPLATE
 from data.vocabulary import load_vocabulary
-from model.backbone import ClipBackbone, ClipEncoder, clip_tokenizer_for, create_clip
 from model.cost_volume import Prompts
+from model.data_module import stack_images
 from model.dpseg import DPSeg, DPSegConfig
 from model.evaluation import SegmentationModule
-from model.fingerprint import fingerprint_mismatch, package_versions
 from model.prompts import BankProvenance, load_prompts
 from model.refine import RefineConfig, TwoRoundSegmenter
+from pretrained.backbone import ClipBackbone, ClipEncoder, clip_tokenizer_for, create_clip
+from pretrained.fingerprint import fingerprint_mismatch, package_versions
 from prompt_bank.format import BankMismatchError
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,10 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    """Per-pixel BCE over the K classes (DESIGN §2.4) and an optional auxiliary term."""
+    """Per-pixel BCE over the K classes (docs/design.md §2.4) and an optional auxiliary term."""
 
     ignore_mode: str = "negative"  # "negative": ignore pixels are negatives (SED, CAT-Seg); "mask"
-    aux_weight: float = 0.0  # cross-entropy on the cost volume itself (DESIGN §6; 0 = off)
+    aux_weight: float = 0.0  # cross-entropy on the cost volume itself (docs/design.md §6; 0 = off)
     aux_scale: float = 10.0  # cosine x this = the auxiliary logits
 
     def __post_init__(self) -> None:

@@ -19,7 +19,7 @@ import yaml
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from data.module import SegmentationData
+from model.data_module import SegmentationData
 
 METHODS = ("dpseg", "vip")
 

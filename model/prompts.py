@@ -1,10 +1,10 @@
-"""Prompts for a vocabulary, read from a prompt bank (the I/O side of DESIGN §2.1).
+"""Prompts for a vocabulary, read from a prompt bank (the I/O side of docs/design.md §2.1).
 
 The model consumes :class:`model.cost_volume.Prompts`; this module makes them from a bank:
 
     text      T (K, P, D) = text/embeddings
     visual    V (K, P, D) = normalize(mean_n visual/embeddings)        (the N images averaged)
-    levels    V_j (K, C_j) = mean_{p, n} visual/level_j                 (DESIGN §2.2, ours)
+    levels    V_j (K, C_j) = mean_{p, n} visual/level_j                 (docs/design.md §2.2, ours)
 
 A bank is accepted only when its encoder is the model's prompt encoder (same weight
 fingerprint): cosines between a bank of one CLIP and the features of another mean nothing.
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from data.vocabulary import Vocabulary, match_entries
 from model.cost_volume import Prompts
-from model.fingerprint import fingerprint_mismatch
+from pretrained.fingerprint import fingerprint_mismatch
 from prompt_bank.format import BankMismatchError
 from prompt_bank.store import Bank
 

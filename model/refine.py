@@ -1,4 +1,4 @@
-"""Two-round inference: semantic-guided prompt refinement (DESIGN §2.3).
+"""Two-round inference: semantic-guided prompt refinement (docs/design.md §2.3).
 
     round I   logits_1 = DPSeg(image, bank prompts)                 (backbone runs once)
     detect    classes whose argmax area >= min_area of the image
@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.backbone import BackboneFeatures, ClipEncoder
 from model.cost_volume import Prompts, class_mean
 from model.dpseg import DPSeg, DPSegOutput
+from pretrained.backbone import BackboneFeatures, ClipEncoder
 
 CROP_POLICIES = ("box", "masked", "pooled", "pooled-own")
 
@@ -43,7 +43,7 @@ CROP_POLICIES = ("box", "masked", "pooled", "pooled-own")
 class RefineConfig:
     """Settings of inference."""
 
-    rounds: int = 1  # 1: bank prompts only; 2: + semantic-guided refinement (DESIGN §2.3)
+    rounds: int = 1  # 1: bank prompts only; 2: + semantic-guided refinement (docs/design.md §2.3)
     min_area: float = 0.01  # a class is "detected" when its argmax covers this image fraction
     crop_policy: str = "box"  # "box" (the paper's), "masked", "pooled", "pooled-own" (ours)
     crop_margin: float = 0.1  # the box grown by this fraction of its size on each side
@@ -210,7 +210,7 @@ class TwoRoundSegmenter(nn.Module):
         self, image: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The ``pooled`` policy for one image: (n, D) embeddings, per level (n, C_j)."""
-        from model.backbone import ClipBackbone
+        from pretrained.backbone import ClipBackbone
 
         encoder = self.prompt_encoder
         if len(classes) == 0:

@@ -1,2 +1,2 @@
 """The offline half of DPSeg: Stable Diffusion images per (class, template), encoded by a frozen
-CLIP image encoder and stored in a shareable Zarr bank (DESIGN §1, §4)."""
+CLIP image encoder and stored in a shareable Zarr bank (docs/design.md §1, §4)."""

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from data.vocabulary import Vocabulary
-from model.fingerprint import package_versions
-from model.presets import get_bank_preset
+from pretrained.fingerprint import package_versions
+from pretrained.presets import get_bank_preset
 from prompt_bank.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -180,7 +180,7 @@ class _Models:
     """The generator pipeline and the frozen encoder, placed on the build device."""
 
     def __init__(self, config: BuildConfig, device: torch.device):
-        from model.backbone import clip_tokenizer_for, create_encoder, text_encoder_for
+        from pretrained.backbone import clip_tokenizer_for, create_encoder, text_encoder_for
         from prompt_bank.generator import create_generator
 
         self.device = device

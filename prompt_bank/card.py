@@ -8,7 +8,7 @@ card's; the rest is plain Markdown.
 
 from __future__ import annotations
 
-from model.presets import PresetError, get_encoder_preset, get_generator_preset
+from pretrained.presets import PresetError, get_encoder_preset, get_generator_preset
 
 _HF_LICENSES = {  # the hub's licence identifiers of the generators' licences
     "sd15": ("creativeml-openrail-m", None),

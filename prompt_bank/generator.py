@@ -1,4 +1,4 @@
-"""Stable Diffusion pipelines from a generator preset (DESIGN §2.1, §6).
+"""Stable Diffusion pipelines from a generator preset (docs/design.md §2.1, §6).
 
 ``tiny-sd`` is a real diffusers ``StableDiffusionPipeline`` whose UNet, VAE and CLIP text
 encoder are tiny and randomly initialised from a fixed seed, with a CLIP tokenizer built from
@@ -17,14 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.fingerprint import warn_if_unrecorded, weights_fingerprint
-from model.hub import (
+from pretrained.fingerprint import warn_if_unrecorded, weights_fingerprint
+from pretrained.hub import (
     WeightsUnavailableError,
     ensure_hub_reachable_or_cached,
     refuse_weights_for_random,
 )
-from model.portable_init import build_portable
-from model.presets import GeneratorPreset, get_generator_preset
+from pretrained.portable_init import build_portable
+from pretrained.presets import GeneratorPreset, get_generator_preset
 
 # SD 1.x's noise schedule (the tiny pipeline uses it too, so samplers behave as on the real one).
 SD_SCHEDULE = {
@@ -217,8 +217,8 @@ def create_generator(
             (to measure speed on a GPU without weights).
 
     Raises:
-        model.presets.PresetError: unknown preset name.
-        model.hub.WeightsUnavailableError: weights neither local nor downloadable.
+        pretrained.presets.PresetError: unknown preset name.
+        pretrained.hub.WeightsUnavailableError: weights neither local nor downloadable.
     """
     if isinstance(preset, str):
         preset = get_generator_preset(preset)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.presets import PresetError, get_encoder_preset, get_generator_preset
+from pretrained.presets import PresetError, get_encoder_preset, get_generator_preset
 from prompt_bank.store import Bank
 
 
@@ -22,7 +22,7 @@ def weights_note(kind: str, record: dict, stored: str | None) -> str:
     except PresetError:  # a preset this version does not know: say what the bank says
         return "random weights"
     if getattr(preset, "bundled", None):
-        return f"trained weights model/weights/{preset.bundled}"
+        return f"trained weights pretrained/weights/{preset.bundled}"
     if getattr(preset, "kind", None) == "toy-render":
         return "drawn from the prompt, no weights"
     return "random weights"

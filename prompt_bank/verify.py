@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.fingerprint import fingerprint_mismatch
+from pretrained.fingerprint import fingerprint_mismatch
 from prompt_bank.format import BankFormatError
 from prompt_bank.integrity import check_shard
 from prompt_bank.seal import sealed_contents

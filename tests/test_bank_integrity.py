@@ -320,7 +320,7 @@ def test_a_v1_bank_is_read_but_not_resumed(reference, tmp_path):
 
 
 def test_hub_presets_pin_their_revisions():
-    from model.presets import ENCODERS, GENERATORS
+    from pretrained.presets import ENCODERS, GENERATORS
 
     for preset in [*GENERATORS.values(), *ENCODERS.values()]:
         on_hub = getattr(preset, "model_id", None) or getattr(preset, "hub_id", None)

@@ -8,16 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.dinotxt import (
+from model.vip.aggregation import proxy_attention
+from pretrained.dinotxt import (
     PREFIX_TOKENS,
     TINY_DINOTXT,
     DinoTxt,
     load_backbone_weights,
     load_dinotxt_weights,
 )
-from model.hub import WeightsUnavailableError
-from model.presets import DINOTXT_FILES, EncoderPreset, get_encoder_preset
-from model.vip.aggregation import proxy_attention
+from pretrained.hub import WeightsUnavailableError
+from pretrained.presets import DINOTXT_FILES, EncoderPreset, get_encoder_preset
 
 
 @pytest.fixture(scope="module")
@@ -210,8 +210,8 @@ def test_vip_runs_on_dinotxt_through_its_seams(model):
     """The segmenter VIP uses, fed by dino.txt's dense and text encoders (a tiny random model:
     shapes and plumbing, not accuracy)."""
     from data.vocabulary import Vocabulary
-    from model.backbone import clip_tokenizer_for
-    from model.dinotxt import DenseDinoTxt, DinoTxtEncoder
+    from pretrained.backbone import clip_tokenizer_for
+    from pretrained.dinotxt import DenseDinoTxt, DinoTxtEncoder
 
     dinotxt_tokenizer = lambda: clip_tokenizer_for(get_encoder_preset("tiny-dinotxt"))  # noqa: E731
     from model.vip.segmenter import VIPSegmenter, encode_aliases
@@ -240,7 +240,7 @@ def test_vip_runs_on_dinotxt_through_its_seams(model):
 def test_bank_encoder_embeds_images_through_the_pixels_dense_path(model):
     """A visual prompt of dino.txt is the generated image's patch embeddings after the proxy
     head, pooled and normalised: the same path as the pixels VIP compares it with."""
-    from model.dinotxt import DenseDinoTxt, DinoTxtEncoder
+    from pretrained.dinotxt import DenseDinoTxt, DinoTxtEncoder
 
     preset = get_encoder_preset("tiny-dinotxt")
     encoder, dense = DinoTxtEncoder(model, preset), DenseDinoTxt(model)
@@ -255,7 +255,7 @@ def test_bank_encoder_embeds_images_through_the_pixels_dense_path(model):
 
 
 def test_dense_path_takes_sizes_that_are_not_multiples_of_the_patch(model):
-    from model.dinotxt import DenseDinoTxt
+    from pretrained.dinotxt import DenseDinoTxt
 
     dense = DenseDinoTxt(model)
     with torch.no_grad():
@@ -275,7 +275,7 @@ def test_a_folder_of_the_official_files_builds_the_preset(tmp_path):
     (here in tiny shapes, under a tiny variant of the dinotxt-l16 preset)."""
     from dataclasses import asdict
 
-    from model.dinotxt import create_dinotxt, find_weight_files
+    from pretrained.dinotxt import create_dinotxt, find_weight_files
 
     torch.manual_seed(4)
     folder = _officially_named_folder(tmp_path / "weights", TINY_DINOTXT)
@@ -296,8 +296,8 @@ def test_a_folder_of_the_official_files_builds_the_preset(tmp_path):
 
 
 def test_missing_files_name_both_files_and_the_option(tmp_path):
-    from model.backbone import create_encoder
-    from model.dinotxt import find_weight_files
+    from pretrained.backbone import create_encoder
+    from pretrained.dinotxt import find_weight_files
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(WeightsUnavailableError) as info:
@@ -315,11 +315,11 @@ def test_missing_files_name_both_files_and_the_option(tmp_path):
 
 
 def test_tiny_dinotxt_preset_is_portable_and_random():
-    from model.backbone import create_encoder
+    from pretrained.backbone import create_encoder
 
     a, b = create_encoder("tiny-dinotxt"), create_encoder("tiny-dinotxt")
     assert a.fingerprint == b.fingerprint and a.weights == "random(seed=0)"
     with pytest.raises(ValueError, match="DPSeg's image encoder is a CLIP"):
-        from model.backbone import create_clip
+        from pretrained.backbone import create_clip
 
         create_clip("tiny-dinotxt")

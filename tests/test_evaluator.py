@@ -1,4 +1,4 @@
-"""The evaluator scores as detectron2's SemSegEvaluator (DESIGN §5): hand-computed matrices, an
+"""The evaluator scores as detectron2's SemSegEvaluator (docs/design.md §5): hand-computed matrices, an
 independent numpy reference, a real 2-process DDP all-reduce, and eval-masks on made-up folders."""
 
 from __future__ import annotations

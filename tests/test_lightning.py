@@ -17,11 +17,11 @@ from conftest import ROOT, TEMPLATES, TINY, make_bank, run_cli, run_tiny_cli
 from data.catalog import IGNORE_INDEX
 from data.datasets import SegmentationFolder
 from data.vocabulary import Vocabulary, load_vocabulary
-from model.backbone import BackboneFeatures
-from model.fingerprint import package_versions, recorded_fingerprints
 from model.lightning import DPSegModule, bce_loss, cost_aux_loss
 from model.prompts import load_prompts
 from model.refine import RefineConfig, crop_regions, detected_classes
+from pretrained.backbone import BackboneFeatures
+from pretrained.fingerprint import package_versions, recorded_fingerprints
 from prompt_bank.format import BankMismatchError
 from prompt_bank.store import Bank
 
@@ -221,8 +221,8 @@ def test_pooled_policy_pools_the_frozen_encoders_features_inside_each_mask():
     """One frozen pass over the image; a class's prompt is its features averaged over its
     mask. With a mask that covers the whole image, the prompt is the image's own embedding
     and level means (toy-convnext norms per pixel before its pool: exactly the bank's)."""
-    from model.backbone import ClipEncoder, create_clip
     from model.refine import TwoRoundSegmenter
+    from pretrained.backbone import ClipEncoder, create_clip
 
     built = create_clip("toy-convnext")
     encoder = ClipEncoder(built.model, built.preset).eval()

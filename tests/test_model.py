@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.backbone import ClipBackbone, create_clip
 from model.cost_volume import Prompts, cost_volume, fuse_prompts, visual_cost_volume
 from model.dpseg import DPSeg, DPSegConfig
+from pretrained.backbone import ClipBackbone, create_clip
 
 K, P = 5, 3
 SMALL = dict(cost_channels=16, decoder_channels=(16, 8, 8), guidance_channels=(8, 4, 4),
@@ -165,8 +165,8 @@ def test_a_convnext_clip_with_an_mlp_head_gives_dense_features():
 
     import open_clip
 
-    from model.backbone import clip_architecture
-    from model.presets import get_encoder_preset
+    from pretrained.backbone import clip_architecture
+    from pretrained.presets import get_encoder_preset
 
     tiny = get_encoder_preset("tiny-convnext")
     cfg = {**tiny.model_cfg, "vision_cfg": {**tiny.model_cfg["vision_cfg"], "timm_proj": "mlp"}}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.portable_init import VECTOR_STD, build_portable, portable_std, portable_uniform
+from pretrained.portable_init import VECTOR_STD, build_portable, portable_std, portable_uniform
 
 
 def test_values_are_the_recorded_bits():
@@ -88,7 +88,7 @@ def test_build_portable_redraws_random_tensors_and_keeps_constants():
 
 def test_a_portable_clip_computes_informative_features():
     """The redrawn tiny CLIP is no degenerate network: distinct inputs, distinct embeddings."""
-    from model.backbone import create_clip
+    from pretrained.backbone import create_clip
 
     model = create_clip("tiny-vit").model
     with torch.no_grad():

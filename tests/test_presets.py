@@ -11,16 +11,16 @@ import pytest
 import torch
 from conftest import ROOT, run_cli
 
-from model.backbone import create_clip, create_encoder
-from model.fingerprint import (
+from pretrained.backbone import create_clip, create_encoder
+from pretrained.fingerprint import (
     check_recorded,
     package_versions,
     recorded_fingerprints,
     state_fingerprint,
     weights_fingerprint,
 )
-from model.hub import WeightsUnavailableError, local_weights_file
-from model.presets import (
+from pretrained.hub import WeightsUnavailableError, local_weights_file
+from pretrained.presets import (
     EncoderPreset,
     PresetError,
     get_bank_preset,
@@ -105,7 +105,7 @@ def test_tiny_encoder_contract(name):
     images = torch.randn(2, 3, 128, 128)
     out = model.visual.forward_intermediates(images)
     levels = [out["image_intermediates"][i] for i in built.preset.levels]
-    if built.preset.family == "convnext":  # a true pyramid: strides 4/8/16/32 (DESIGN §2.2)
+    if built.preset.family == "convnext":  # a true pyramid: strides 4/8/16/32 (docs/design.md §2.2)
         assert [128 // f.shape[-1] for f in levels] == [4, 8, 16, 32]
     else:  # ViT: one stride (patch 8)
         assert all(f.shape[-2:] == (16, 16) for f in levels)
@@ -157,7 +157,7 @@ def test_build_is_deterministic_and_leaves_global_rng_alone():
 
 
 FINGERPRINTS_SCRIPT = (
-    "import json, torch; from model.backbone import create_encoder;"
+    "import json, torch; from pretrained.backbone import create_encoder;"
     "from prompt_bank.generator import create_generator;"
     "print(torch.backends.cpu.get_cpu_capability(), json.dumps({"
     "**{n: create_generator(n).fingerprint for n in ('tiny-sd', 'toy-render')},"
@@ -208,7 +208,7 @@ def test_a_changed_fingerprint_is_one_line_naming_preset_fingerprints_and_versio
     line = check_recorded("tiny-convnext", "ce57886f" + "0" * 56)
     assert f"torch 2.0.0 there, {package_versions()['torch']} here" in line
     monkeypatch.setitem(recorded["fingerprints"], "tiny-vit", "0" * 64)
-    with caplog.at_level("WARNING", logger="model.fingerprint"):
+    with caplog.at_level("WARNING", logger="pretrained.fingerprint"):
         create_clip("tiny-vit")
     assert [r.message for r in caplog.records if "'tiny-vit'" in r.message]
 
@@ -271,9 +271,9 @@ def test_local_weights_errors(tmp_path):
 
 OFFLINE_SCRIPT = """
 import sys, time
-from model.backbone import create_clip
+from pretrained.backbone import create_clip
 from prompt_bank.generator import create_generator
-from model.hub import WeightsUnavailableError
+from pretrained.hub import WeightsUnavailableError
 start = time.perf_counter()
 try:
     (create_clip if sys.argv[1] == "encoder" else create_generator)(sys.argv[2])

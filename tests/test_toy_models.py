@@ -11,19 +11,19 @@ import pytest
 import torch
 from conftest import run_cli
 
-from model.backbone import (
+from pretrained.backbone import (
     clip_architecture,
     clip_tokenizer_for,
     create_clip,
     create_encoder,
     text_encoder_for,
 )
-from model.bundled_weights import bundled_path, load_weights, read_metadata, save_weights
-from model.dinotxt import dinotxt_architecture
-from model.fingerprint import recorded_fingerprints
-from model.hub import WeightsUnavailableError
-from model.presets import get_encoder_preset
-from model.toy_pretrain import PretrainConfig, pretrain, render_pool, zero_shot_accuracy
+from pretrained.bundled_weights import bundled_path, load_weights, read_metadata, save_weights
+from pretrained.dinotxt import dinotxt_architecture
+from pretrained.fingerprint import recorded_fingerprints
+from pretrained.hub import WeightsUnavailableError
+from pretrained.presets import get_encoder_preset
+from pretrained.toy_pretrain import PretrainConfig, pretrain, render_pool, zero_shot_accuracy
 
 CHANCE = 1 / 31
 TOY = ("toy-convnext", "toy-vit", "toy-dinotxt")
@@ -86,7 +86,7 @@ def test_a_short_dinotxt_pretraining_trains_the_plain_head_and_writes_a_valid_fi
     """A few steps: the head trains with plain attention (the official head's training; VIP's
     proxy attention is for inference, and for the VIP-side zero-shot figure), the temperature
     learns, and the file is a valid toy-dinotxt weights file."""
-    from model import dinotxt
+    from pretrained import dinotxt
 
     calls = []
     forward = dinotxt.VisionHead.forward
@@ -180,6 +180,6 @@ def test_a_toy_bank_has_visual_prompts_that_find_their_own_class(tmp_path):
     assert agreement["visual_between_classes"] < 0.5  # classes' visual prompts differ
     text = run_cli("bank", "info", str(out), "--prompts")
     assert "visual -> text retrieval" in text.stdout
-    assert "trained weights model/weights/toy-convnext.safetensors" in text.stdout
+    assert "trained weights pretrained/weights/toy-convnext.safetensors" in text.stdout
     assert "toy-render (drawn from the prompt, no weights)" in text.stdout
     assert np.isfinite(agreement["own_cosine"])

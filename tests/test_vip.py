@@ -207,14 +207,14 @@ def test_alias_file_round_trips_through_the_vocabulary_reader(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_vit():
-    from model.backbone import create_clip
+    from pretrained.backbone import create_clip
 
     return create_clip("tiny-vit")
 
 
 def test_dense_clip_plain_last_block_equals_the_dpseg_backbone(tiny_vit):
-    from model.backbone import ClipBackbone
     from model.vip.dense import DenseCLIP
+    from pretrained.backbone import ClipBackbone
 
     images = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -248,8 +248,8 @@ def test_dense_clip_last_block_variants(tiny_vit):
 
 
 def test_dense_clip_refuses_an_attention_the_tower_lacks():
-    from model.backbone import create_clip
     from model.vip.dense import DenseCLIP
+    from pretrained.backbone import create_clip
 
     convnext = create_clip("tiny-convnext")
     with pytest.raises(ValueError, match=r"attention='clear'.*proxy, none"):
@@ -328,8 +328,8 @@ def test_dual_prompts_fuse_per_template_then_average_the_templates():
 
 def test_alias_queries_average_the_templates_of_each_alias(tiny_vit):
     from data.vocabulary import ClassName, load_vocabulary
-    from model.backbone import ClipEncoder, clip_tokenizer_for
     from model.vip.segmenter import encode_aliases
+    from pretrained.backbone import ClipEncoder, clip_tokenizer_for
 
     encoder = ClipEncoder(tiny_vit.model, tiny_vit.preset)
     tokenizer = clip_tokenizer_for(tiny_vit.preset)
@@ -346,9 +346,9 @@ def test_reported_affinity_is_the_backbones_attention_among_patches():
     """dino.txt's last backbone block's attention, heads averaged, patches only, rows
     renormalised, on the grid the dense path keeps; the selector takes it in place of the
     proxy attention and asks for it when the config says so."""
-    from model.backbone import create_encoder
     from model.vip.dense import create_dense_encoder
     from model.vip.selection import AliasSelector, SelectionConfig
+    from pretrained.backbone import create_encoder
 
     dense = create_dense_encoder(create_encoder("tiny-dinotxt"))
     images = torch.rand(2, 3, 50, 33)  # padded to 64 x 48 inside, 4 x 3 cells kept

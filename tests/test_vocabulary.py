@@ -12,7 +12,7 @@ from data.vocabulary import (
     read_vocabulary_file,
 )
 
-# Built-in name -> the CAT-Seg reference list it must equal (DESIGN §5).
+# Built-in name -> the CAT-Seg reference list it must equal (docs/design.md §5).
 CATSEG_FILES = {
     "voc20": "voc20",
     "voc20b": "voc20b",

@@ -1,4 +1,4 @@
-"""VIP's training-free parts (DESIGN §3): proxy attention, alias weights, saliency-aware
+"""VIP's training-free parts (docs/design.md §3): proxy attention, alias weights, saliency-aware
 aggregation, the background threshold.
 
 Axis names: B images, N patches, A aliases (all classes' aliases, concatenated), K classes,
@@ -13,12 +13,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pretrained.proxy_attention import proxy_attention
+
+__all__ = ["VIPConfig", "aggregate_aliases", "alias_weights", "assign_labels", "proxy_attention"]
+
 BACKGROUND_MODES = ("class", "ignore")
 
 
 @dataclass
 class VIPConfig:
-    """VIP's inference settings (DESIGN §3); per-dataset values in configs/vip_*.yaml."""
+    """VIP's inference settings (docs/design.md §3); per-dataset values in configs/vip_*.yaml."""
 
     logit_scale: float = 40.0  # alias logit = cosine x this (before aggregation and softmax)
     tau: float = 3.0  # sharpness of the logsumexp over a class's aliases (VOC21: 3, ADE: 5)
@@ -44,24 +48,6 @@ class VIPConfig:
             raise ValueError(
                 f"background={self.background!r}: use one of {', '.join(BACKGROUND_MODES)}"
             )
-
-
-def proxy_attention(features: torch.Tensor, beta: float = 1.5, gamma: float = 0.5) -> torch.Tensor:
-    """Attention from the image's own patch self-similarity: (B, N, C) -> (B, N, N), rows sum to 1.
-
-    S = cos(f_i, f_j); S' = (S - beta * mean(S)) * gamma with the mean over the image's whole
-    matrix; entries <= 0 are masked before the softmax over j. A row with every entry masked
-    (all its similarities below beta times the mean) would be NaN, as in the reference code;
-    here it attends to its own patch alone.
-    """
-    f = F.normalize(features.float(), dim=-1)
-    s = f @ f.transpose(1, 2)  # (B, N, N)
-    s = (s - beta * s.mean(dim=(1, 2), keepdim=True)) * gamma
-    masked = s <= 0
-    empty = masked.all(dim=-1, keepdim=True)  # (B, N, 1): rows that would be NaN
-    eye = torch.eye(s.shape[-1], dtype=torch.bool, device=s.device).expand_as(masked)
-    masked = torch.where(empty, ~eye, masked)
-    return s.masked_fill(masked, float("-inf")).softmax(dim=-1)
 
 
 def alias_weights(

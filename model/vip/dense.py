@@ -1,4 +1,4 @@
-"""CLIP's image tower as a training-free dense encoder (DESIGN §3).
+"""CLIP's image tower as a training-free dense encoder (docs/design.md §3).
 
 CLIP's last block mixes every patch with the whole image (its residual stream and FFN carry the
 global token's content), so its patch tokens localise poorly. ClearCLIP and SCLIP change only
@@ -8,15 +8,15 @@ with patches like it. ``attention`` picks the variant:
 - ``clear``: softmax(q q^T) (ClearCLIP), no residual, no FFN;
 - ``sclip``: softmax(q q^T) + softmax(k k^T) (SCLIP's correlative attention), no residual/FFN;
 - ``vanilla``: softmax(q k^T), no residual, no FFN (the ablation of the two above);
-- ``proxy``: the proxy attention of :func:`model.vip.aggregation.proxy_attention` built from the
+- ``proxy``: the proxy attention of :func:`pretrained.proxy_attention.proxy_attention` built from the
   image's own patch similarity (ProxyCLIP's idea without a second backbone), no residual/FFN;
 - ``none``: the unchanged last block (plain dense CLIP: the baseline of the overhead benchmark).
 
 A ConvNeXt tower has no attention to change: its last stage's map goes through the head's norm
-and projection per pixel (as ``model.backbone.ClipBackbone``); ``proxy`` then smooths that map
+and projection per pixel (as ``pretrained.backbone.ClipBackbone``); ``proxy`` then smooths that map
 with the proxy attention, ``none`` leaves it.
 
-dino.txt (``model.dinotxt.DenseDinoTxt``, VIP's own encoder) has its own dense path: ``proxy``
+dino.txt (``pretrained.dinotxt.DenseDinoTxt``, VIP's own encoder) has its own dense path: ``proxy``
 is VIP's proxy attention in both blocks of its vision head, ``none`` the plain head.
 :func:`create_dense_encoder` picks the class for a built preset.
 
@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.backbone import ClipBackbone
-from model.presets import EncoderPreset, PresetError
-from model.vip.aggregation import proxy_attention
+from pretrained.backbone import ClipBackbone
+from pretrained.presets import EncoderPreset, PresetError
+from pretrained.proxy_attention import proxy_attention
 
 VIT_ATTENTIONS = ("clear", "sclip", "vanilla", "proxy", "none")
 CONVNEXT_ATTENTIONS = ("proxy", "none")
@@ -57,12 +57,12 @@ def check_attention(attention: str | None, preset: EncoderPreset) -> str:
 def create_dense_encoder(
     built, attention: str | None = None, proxy_beta: float = 1.5, proxy_gamma: float = 0.5
 ) -> nn.Module:
-    """images (B, 3, H, W) in [0, 1] -> (B, D, h, w) for a ``model.backbone.BuiltEncoder``:
+    """images (B, 3, H, W) in [0, 1] -> (B, D, h, w) for a ``pretrained.backbone.BuiltEncoder``:
     ``DenseCLIP`` for a CLIP, ``DenseDinoTxt`` for dino.txt. Its ``attention`` and
     ``patch_size`` attributes say what it is."""
     attention = check_attention(attention, built.preset)
     if built.preset.family == "dinotxt":
-        from model.dinotxt import DenseDinoTxt
+        from pretrained.dinotxt import DenseDinoTxt
 
         return DenseDinoTxt(built.model, attention == "proxy", (proxy_beta, proxy_gamma))
     return DenseCLIP(built.model, built.preset, attention, proxy_beta, proxy_gamma)
@@ -72,7 +72,7 @@ class DenseCLIP(nn.Module):
     """images (B, 3, H, W) RGB in [0, 1] -> dense features (B, D, h, w) in CLIP's joint space.
 
     Args:
-        clip: an open_clip CLIP model (``model.backbone.create_clip(...).model``).
+        clip: an open_clip CLIP model (``pretrained.backbone.create_clip(...).model``).
         preset: its encoder preset (normalisation, family).
         attention: how the last block attends (module docstring).
         proxy_beta, proxy_gamma: the proxy attention's shift and scale.

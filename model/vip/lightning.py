@@ -17,11 +17,11 @@ import torch
 from data.catalog import get_dataset_spec
 from data.templates import load_templates
 from data.vocabulary import VocabularyError, load_vocabulary
-from model.backbone import clip_tokenizer_for, create_encoder, text_encoder_for
 from model.evaluation import SegmentationModule
 from model.vip.aggregation import VIPConfig, assign_labels
 from model.vip.dense import create_dense_encoder
 from model.vip.segmenter import AliasQueries, VIPSegmenter, encode_aliases
+from pretrained.backbone import clip_tokenizer_for, create_encoder, text_encoder_for
 
 log = logging.getLogger(__name__)
 

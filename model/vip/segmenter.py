@@ -12,7 +12,7 @@ DPSeg's ``normalize((t + v) / 2)``) before the similarity, ``v`` being the visua
 alias's class in the same template when the bank was built with VIP's templates, otherwise the
 normalised mean of the bank's templates. The bank must come from the same encoder (checked by
 fingerprint); with dino.txt, ``v`` is the generated images' patch embeddings pooled after the
-same proxy head the pixels go through (``model.dinotxt.DinoTxtEncoder``).
+same proxy head the pixels go through (``pretrained.dinotxt.DinoTxtEncoder``).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class AliasQueries:
 def encode_aliases(text_encoder, vocabulary, templates: list[str], tokenizer) -> AliasQueries:
     """Every alias of every class as its own query: (A, P, D), one per template.
 
-    ``text_encoder`` is a ``model.backbone.ImageTextEncoder`` (CLIP or dino.txt);
+    ``text_encoder`` is a ``pretrained.backbone.ImageTextEncoder`` (CLIP or dino.txt);
     ``vocabulary`` a ``data.vocabulary.Vocabulary`` whose synonyms are the aliases (VIP's
     ``cls_*.txt``).
     """

@@ -1,4 +1,4 @@
-"""Visual-guided alias selection (DESIGN §3): keep the aliases the images agree with.
+"""Visual-guided alias selection (docs/design.md §3): keep the aliases the images agree with.
 
 Each alias is scored on unlabeled images of the target data, in place of its class's canonical
 name (the other classes keep theirs), by three figures:
@@ -6,7 +6,7 @@ name (the other classes keep theirs), by three figures:
 - **activation**: the fraction of patches where its class's probability (softmax over the K
   classes of ``logit_scale x cos``) is >= ``threshold``: its region;
 - **agreement**: how well its probability map m survives a random walk on the image's own patch
-  affinity (``model.vip.aggregation.proxy_attention``, rows sum to 1): the correlation of m and
+  affinity (``pretrained.proxy_attention.proxy_attention``, rows sum to 1): the correlation of m and
   ``m' = A^steps m`` over the image's patches, averaged over the images. A map that follows
   objects is stable under propagation; scattered or leaking activations are not. A flat map
   (no variation over the image) says nothing about where its class is and scores 0 on that
@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from model.vip.aggregation import proxy_attention
+from pretrained.proxy_attention import proxy_attention
 
 AFFINITIES = ("proxy", "attention")
 
@@ -328,9 +328,9 @@ def select_aliases(
 
     from data.templates import load_templates
     from data.vocabulary import load_vocabulary
-    from model.backbone import clip_tokenizer_for, create_encoder, text_encoder_for
     from model.vip.dense import create_dense_encoder
     from model.vip.segmenter import encode_aliases
+    from pretrained.backbone import clip_tokenizer_for, create_encoder, text_encoder_for
 
     config = config or SelectionConfig()
     vocab = load_vocabulary(vocabulary)
@@ -345,7 +345,7 @@ def select_aliases(
     dense = create_dense_encoder(built, attention, config.proxy_beta, config.proxy_gamma)
     attention = dense.attention
     if config.affinity == "attention" and not hasattr(dense, "features_and_attention"):
-        from model.presets import PresetError
+        from pretrained.presets import PresetError
 
         raise PresetError(
             f"affinity 'attention' (the reported rule's backbone attention) is implemented for "

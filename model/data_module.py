@@ -1,7 +1,7 @@
 """The Lightning data module: which datasets train, validate and test, each with its bank.
 
 A split is a list of (dataset, bank) pairs (``DatasetBank``), so one ``cli.py test`` evaluates
-several benchmarks, each with the prompt bank of its vocabulary (DESIGN §1). Evaluation runs one
+several benchmarks, each with the prompt bank of its vocabulary (docs/design.md §1). Evaluation runs one
 image per batch (images keep their size; the model's test protocol resizes or slides windows)
 and, in DDP, every image on exactly one rank (no padding duplicates), so metrics of N processes
 equal those of one.
@@ -68,7 +68,7 @@ class SegmentationData(L.LightningDataModule):
         val: datasets validated during fit (and by ``validate``).
         test: datasets of ``test`` (and ``predict``); one metrics file each plus a summary.
         root: datasets root (default ``$DETECTRON2_DATASETS`` or ``./datasets``).
-        crop: training crop side (DESIGN §2.4: 768 ConvNeXt, 384 ViT); linked to the model.
+        crop: training crop side (docs/design.md §2.4: 768 ConvNeXt, 384 ViT); linked to the model.
         scale: training random resize range of the short side, as a fraction of ``crop``.
         batch_size: training images per process.
         num_workers: loader processes per dataloader.

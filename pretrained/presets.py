@@ -1,9 +1,9 @@
 """Every named preset in one place: image encoders, image generators, and bank presets.
 
 Presets are plain frozen dataclasses (no torch, no download); builders live next to the code they
-build (:func:`model.backbone.create_clip`, :func:`prompt_bank.generator.create_generator`).
+build (:func:`pretrained.backbone.create_clip`, :func:`prompt_bank.generator.create_generator`).
 ``tiny-*`` presets are random weights from a fixed seed, built offline in seconds, for tests, the
-demo and CPU runs (DESIGN §6). Real presets load pretrained weights from the Hugging Face hub or a
+demo and CPU runs (docs/design.md §6). Real presets load pretrained weights from the Hugging Face hub or a
 local path. ``python cli.py presets`` prints this registry.
 """
 
@@ -40,7 +40,7 @@ def _needs(preset: EncoderPreset | GeneratorPreset, hub_id: str | None, local_op
 @dataclass(frozen=True)
 class EncoderPreset:
     """An image + text model: a CLIP from open_clip (``vit``, ``convnext``), or dino.txt
-    (``dinotxt``: ``model.dinotxt``, whose ``model_cfg`` holds ``DinoTxtConfig`` sizes)."""
+    (``dinotxt``: ``pretrained.dinotxt``, whose ``model_cfg`` holds ``DinoTxtConfig`` sizes)."""
 
     name: str
     family: Literal["vit", "convnext", "dinotxt"]  # how levels and dense features are taken
@@ -54,7 +54,7 @@ class EncoderPreset:
     seed: int = 0  # initialisation seed of random-weight presets
     mean: tuple[float, float, float] = OPENAI_DATASET_MEAN  # input normalisation
     std: tuple[float, float, float] = OPENAI_DATASET_STD
-    bundled: str | None = None  # weights file shipped in model/weights/ (the toy presets)
+    bundled: str | None = None  # weights file shipped in pretrained/weights/ (the toy presets)
     revision: str | None = None  # hub commit of the weights repository (pinned)
     license: str = "Apache-2.0 (dpseg's own weights)"  # the weights' licence, for bank cards
 
@@ -97,7 +97,7 @@ class EncoderPreset:
         if self.bundled is not None:
             return (
                 f"nothing: pretrained on the toy world by dpseg (cli.py presets pretrain "
-                f"{self.name}), shipped as model/weights/{self.bundled}"
+                f"{self.name}), shipped as pretrained/weights/{self.bundled}"
             )
         if self.family == "dinotxt" and not self.is_random:
             return f"the two official files {' and '.join(DINOTXT_FILES)} (--encoder-weights DIR)"
@@ -152,7 +152,7 @@ class GeneratorPreset:
 
 @dataclass(frozen=True)
 class BankPreset:
-    """A generator and an encoder that build a prompt bank together (DESIGN §4)."""
+    """A generator and an encoder that build a prompt bank together (docs/design.md §4)."""
 
     name: str
     generator: str
@@ -278,7 +278,7 @@ ENCODERS: dict[str, EncoderPreset] = {
             levels=(0, 1),
             description="dino.txt's code at small width: DINOv3 ViT patch 16, width 64, 2 blocks; "
             "head 2 blocks; text 64 x 2 layers; embed 2 x 64",
-            model_cfg={  # model.dinotxt.DinoTxtConfig's fields; layer scale 1 (ours): random
+            model_cfg={  # pretrained.dinotxt.DinoTxtConfig's fields; layer scale 1 (ours): random
                 # blocks that matter
                 "width": 64,
                 "depth": 2,
@@ -305,7 +305,7 @@ ENCODERS: dict[str, EncoderPreset] = {
             "on the toy world",
             # weights: cli.py presets pretrain toy-dinotxt --steps 2000 (a step costs 1.5x
             # toy-vit's: 2000 steps took 1040 s on 2 cores; the file's metadata has the report)
-            model_cfg={  # model.dinotxt.DinoTxtConfig's fields (sizes ours, at toy-vit's scale)
+            model_cfg={  # pretrained.dinotxt.DinoTxtConfig's fields (sizes ours, at toy-vit's scale)
                 "width": 96,
                 "depth": 4,
                 "heads": 4,

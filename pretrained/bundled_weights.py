@@ -1,11 +1,11 @@
 """Weights shipped inside the package (the toy presets), as small safetensors files.
 
-The toy CLIP presets are pretrained by our own code (``model.toy_pretrain``) and committed, so
+The toy CLIP presets are pretrained by our own code (``pretrained.toy_pretrain``) and committed, so
 every machine loads the same bits (training on CPU gives other bits on other CPUs). A CLIP text
 tower's token table (49408 x width) is most of its size but the toy world uses about a hundred
 tokens, so the file stores (ours) only the rows that training changed:
 ``<name>.rows`` (R,) int64 and ``<name>.values`` (R, width); the other rows are the portable
-initial values (``model.portable_init``), the same bits everywhere. Everything else is stored
+initial values (``pretrained.portable_init``), the same bits everywhere. Everything else is stored
 whole. Files are read with safetensors (no pickle, nothing executed), strictly: a missing or
 unexpected tensor is an error that lists them.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model.hub import WeightsUnavailableError
+from pretrained.hub import WeightsUnavailableError
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 SPARSE = ("text.token_embedding.weight", "token_embedding.weight")  # stored by changed rows

@@ -1,4 +1,4 @@
-"""CLIP image/text encoders from open_clip, built from an encoder preset (DESIGN §6).
+"""CLIP image/text encoders from open_clip, built from an encoder preset (docs/design.md §6).
 
 :func:`create_clip` is the one way a CLIP model enters dpseg: the prompt-bank builder (frozen
 visual-prompt and text encoder) and the segmentation model (trainable image encoder) both use it,
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from model.fingerprint import warn_if_unrecorded, weights_fingerprint
-from model.hub import hub_file, local_weights_file, refuse_weights_for_random
-from model.portable_init import build_portable
-from model.presets import EncoderPreset, get_encoder_preset
+from pretrained.fingerprint import warn_if_unrecorded, weights_fingerprint
+from pretrained.hub import hub_file, local_weights_file, refuse_weights_for_random
+from pretrained.portable_init import build_portable
+from pretrained.presets import EncoderPreset, get_encoder_preset
 
 # What open_clip's hub repositories and snapshot folders call their weights, best first.
 CLIP_WEIGHT_FILES = (
@@ -62,7 +62,7 @@ def clip_architecture(preset: EncoderPreset) -> nn.Module:
     """The preset's architecture with seeded random weights.
 
     Offline presets (``tiny-*``, and the toy presets before their weights load) are drawn by
-    :mod:`model.portable_init`: the same bits on every machine. The full-size architectures with
+    :mod:`pretrained.portable_init`: the same bits on every machine. The full-size architectures with
     ``random_weights`` (speed only) keep torch's initialisers, whose bits depend on the CPU.
     """
     import open_clip
@@ -107,8 +107,8 @@ def create_clip(
             (used to measure speed on a GPU without weights).
 
     Raises:
-        model.presets.PresetError: unknown preset name.
-        model.hub.WeightsUnavailableError: pretrained weights neither local nor downloadable.
+        pretrained.presets.PresetError: unknown preset name.
+        pretrained.hub.WeightsUnavailableError: pretrained weights neither local nor downloadable.
     """
     if isinstance(preset, str):
         preset = get_encoder_preset(preset)
@@ -123,7 +123,7 @@ def create_clip(
         refuse_weights_for_random(preset.name, weights)
         model, source = clip_architecture(preset), f"random(seed={preset.seed})"
     elif preset.bundled is not None:  # the toy presets: our own pretrained file
-        from model.bundled_weights import bundled_path, load_weights
+        from pretrained.bundled_weights import bundled_path, load_weights
 
         model = clip_architecture(preset)
         path = weights if weights is not None else bundled_path(preset.bundled)
@@ -160,11 +160,11 @@ def create_encoder(
     option: str = "--encoder-weights",
 ) -> BuiltEncoder:
     """Any encoder preset: a CLIP (:func:`create_clip`) or dino.txt
-    (``model.dinotxt.create_dinotxt``). ``option`` names the weights option in messages."""
+    (``pretrained.dinotxt.create_dinotxt``). ``option`` names the weights option in messages."""
     if isinstance(preset, str):
         preset = get_encoder_preset(preset)
     if preset.family == "dinotxt":
-        from model.dinotxt import create_dinotxt
+        from pretrained.dinotxt import create_dinotxt
 
         return create_dinotxt(preset, weights, random_weights, option)
     return create_clip(preset, weights, random_weights)
@@ -173,7 +173,7 @@ def create_encoder(
 def text_encoder_for(built: BuiltEncoder) -> ImageTextEncoder:
     """The image + text encoder of a built preset (``ClipEncoder`` or ``DinoTxtEncoder``)."""
     if built.preset.family == "dinotxt":
-        from model.dinotxt import DinoTxtEncoder
+        from pretrained.dinotxt import DinoTxtEncoder
 
         return DinoTxtEncoder(built.model, built.preset)
     return ClipEncoder(built.model, built.preset)
@@ -187,14 +187,14 @@ class ImageEncoding:
     levels: list[torch.Tensor]  # per level j: (B, C_j, h_j, w_j) intermediate feature maps
 
     def pooled_levels(self) -> list[torch.Tensor]:
-        """Spatial means of the level maps: per level (B, C_j) (DESIGN §2.2, ours)."""
+        """Spatial means of the level maps: per level (B, C_j) (docs/design.md §2.2, ours)."""
         return [f.mean(dim=(-2, -1)) for f in self.levels]
 
 
 class ImageTextEncoder(nn.Module):
     """What a frozen image + text encoder gives dpseg (a prompt bank's encoder, VIP's texts):
     images in [0, 1] -> ``ImageEncoding``, token ids -> normalised text embeddings. Subclasses:
-    :class:`ClipEncoder` (open_clip) and ``model.dinotxt.DinoTxtEncoder``.
+    :class:`ClipEncoder` (open_clip) and ``pretrained.dinotxt.DinoTxtEncoder``.
 
     Images are resized to the preset's input size and normalised here, so callers (Stable
     Diffusion's ``output_type="pt"`` output, crops of the input image) pass plain RGB in [0, 1].
@@ -245,7 +245,7 @@ class ImageTextEncoder(nn.Module):
 class ClipEncoder(ImageTextEncoder):
     """A CLIP model seen as the encoders dpseg needs: images in [0, 1] and tokenised text.
 
-    Levels are taken with ``forward_intermediates`` at the preset's indices (DESIGN §8.6).
+    Levels are taken with ``forward_intermediates`` at the preset's indices (docs/design.md §8.6).
     """
 
     def __init__(self, clip: nn.Module, preset: EncoderPreset):
@@ -325,7 +325,7 @@ def resample_vit_positions(visual: nn.Module, image_size: int) -> None:
 
 @dataclass
 class BackboneFeatures:
-    """Image features for the segmentation model (DESIGN §1, §2.2)."""
+    """Image features for the segmentation model (docs/design.md §1, §2.2)."""
 
     dense: torch.Tensor  # (B, D, h, w) final-layer features projected into the joint space
     levels: list[torch.Tensor]  # per level j = 1..L: (B, C_j, h_j, w_j) intermediate maps
@@ -336,7 +336,7 @@ class ClipBackbone(nn.Module):
 
     ConvNeXt (timm trunk): the last stage's map goes through the trunk head's norm and the
     projection per pixel (a linear one, or ConvNeXt-L/D's MLP), as SED does (open_clip pools
-    before them, DESIGN §6). ViT: the patch tokens of the last block go through ``ln_post`` and
+    before them, docs/design.md §6). ViT: the patch tokens of the last block go through ``ln_post`` and
     ``proj``. Levels come from ``forward_intermediates`` at the preset's indices (ConvNeXt:
     strides 4/8/16/32; ViT: one stride, the blocks chosen by the preset).
     """

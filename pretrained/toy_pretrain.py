@@ -7,7 +7,7 @@ class's name or an alias ("a sketch of the crimson circle."), in the style the t
 for, with a few small distractor objects; and, as real captions name several things, photos of
 2-3 objects captioned with all of them ("a photo of a red disc and a blue square."). The model
 is an open_clip ``CLIP`` of the preset's architecture, from its portable initial weights; for
-``toy-dinotxt`` it is ``model.dinotxt.DinoTxt`` (below).
+``toy-dinotxt`` it is ``pretrained.dinotxt.DinoTxt`` (below).
 
 Choices (ours): a pool of pictures rendered once and reused over epochs (rendering is numpy on
 the same 2 cores); CLIP's symmetric cross-entropy with every caption of the same class counted
@@ -15,7 +15,7 @@ as a positive (the toy world has 31 classes, so a batch of 128 holds each severa
 treating those as negatives would fight the labels; a group photo's only positive is its own
 caption); AdamW with warm-up and cosine decay, no
 weight decay on gains, biases, embeddings and the temperature. ``cli.py presets pretrain NAME``
-runs it and writes the weights file the preset loads (``model.bundled_weights``).
+runs it and writes the weights file the preset loads (``pretrained.bundled_weights``).
 
 dino.txt (``toy-dinotxt``; the objective and its settings are ours, after dino.txt's): the same
 loop and loss between the normalised global image embedding [CLS_out, mean of patch_out] (2C)
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from data.templates import imagenet80
 from data.toy_world import BACKGROUND, OBJECTS, render_group, render_prompt
-from model.presets import EncoderPreset, PretrainConfig
+from pretrained.presets import EncoderPreset, PretrainConfig
 
 PLAIN_TEMPLATE = "a photo of a {}."
 
@@ -172,8 +172,8 @@ class DinoTxtContrastive(torch.nn.Module):
 def _dinotxt_zero_shot_encoder(model, preset, proxy: bool, side: str):
     """A ``DinoTxtEncoder`` whose images go through the head with or without proxy attention,
     compared on the patch half (``side="patch"``, VIP's) or the full 2C global embedding."""
-    from model.backbone import ImageEncoding
-    from model.dinotxt import DinoTxtEncoder
+    from pretrained.backbone import ImageEncoding
+    from pretrained.dinotxt import DinoTxtEncoder
 
     class ZeroShot(DinoTxtEncoder):
         def encode_images(self, images, size=None):
@@ -204,9 +204,9 @@ def pretrain(
         also with the plain head and on the 2C global embedding), chance, loss, seconds, the
         file and its size.
     """
-    from model.backbone import ClipEncoder, clip_architecture, clip_tokenizer_for
-    from model.bundled_weights import save_weights
-    from model.presets import get_encoder_preset
+    from pretrained.backbone import ClipEncoder, clip_architecture, clip_tokenizer_for
+    from pretrained.bundled_weights import save_weights
+    from pretrained.presets import get_encoder_preset
 
     preset = get_encoder_preset(preset_name) if isinstance(preset_name, str) else preset_name
     preset_name = preset.name
@@ -218,7 +218,7 @@ def pretrain(
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     if preset.family == "dinotxt":
-        from model.dinotxt import DinoTxtEncoder, dinotxt_architecture
+        from pretrained.dinotxt import DinoTxtEncoder, dinotxt_architecture
 
         model = dinotxt_architecture(preset)  # what the file stores
         trainee = DinoTxtContrastive(model)  # + the temperature

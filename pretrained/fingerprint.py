@@ -2,7 +2,7 @@
 
 Two models share a fingerprint exactly when they have the same parameter and buffer names,
 dtypes, shapes and bytes. A bank built by one encoder is refused by a model whose prompt encoder
-has another fingerprint (DESIGN §4): comparing names of presets is not enough, since a local
+has another fingerprint (docs/design.md §4): comparing names of presets is not enough, since a local
 weights file, a different torch version's initialisation or a cast to bf16 all change the weights.
 """
 

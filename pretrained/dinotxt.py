@@ -6,7 +6,7 @@ code (facebookresearch/dinov3) and of VIP's modified copy of it (MiSsU-HH/VIP@5b
 
 Presets: ``dinotxt-l16`` (the two official files, by local path), ``tiny-dinotxt`` (this code
 at width 64, portable random weights) and ``toy-dinotxt`` (patch 8, width 96, pretrained on the
-toy world by ``model.toy_pretrain``, shipped in ``model/weights/``); :func:`create_dinotxt`
+toy world by ``pretrained.toy_pretrain``, shipped in ``pretrained/weights/``); :func:`create_dinotxt`
 builds any of them. VIP plugs in through
 ``DenseDinoTxt`` (pixels) and ``DinoTxtEncoder`` (texts, and the images of a prompt bank).
 
@@ -42,10 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.backbone import ImageEncoding, ImageTextEncoder
-from model.hub import WeightsUnavailableError
-from model.presets import DINOTXT_FILES, ENCODERS, IMAGENET_MEAN, IMAGENET_STD, EncoderPreset
-from model.vip.aggregation import proxy_attention
+from pretrained.backbone import ImageEncoding, ImageTextEncoder
+from pretrained.hub import WeightsUnavailableError
+from pretrained.presets import DINOTXT_FILES, ENCODERS, IMAGENET_MEAN, IMAGENET_STD, EncoderPreset
+from pretrained.proxy_attention import proxy_attention
 
 PREFIX_TOKENS = 5  # CLS + 4 registers
 
@@ -414,10 +414,10 @@ def dinotxt_config(preset: EncoderPreset) -> DinoTxtConfig:
 
 
 def dinotxt_architecture(preset: EncoderPreset) -> DinoTxt:
-    """The preset's architecture with portable random weights (``model.portable_init``: the
+    """The preset's architecture with portable random weights (``pretrained.portable_init``: the
     same bits on every CPU), as ``tiny-dinotxt`` is and as ``toy-dinotxt`` starts before its
     file loads (and its pretraining starts)."""
-    from model.portable_init import build_portable
+    from pretrained.portable_init import build_portable
 
     config = dinotxt_config(preset)
     return build_portable(lambda: {"dinotxt": DinoTxt(config)}, preset.seed)["dinotxt"]
@@ -433,14 +433,14 @@ def create_dinotxt(
 
     ``tiny-dinotxt``: portable random weights (the same bits on every CPU); ``toy-dinotxt``: its
     portable initial weights, then its file pretrained on the toy world
-    (``model/weights/toy-dinotxt.safetensors``, or the file ``weights``:
-    ``model.bundled_weights``); ``dinotxt-l16``: the two official files from the folder
+    (``pretrained/weights/toy-dinotxt.safetensors``, or the file ``weights``:
+    ``pretrained.bundled_weights``); ``dinotxt-l16``: the two official files from the folder
     ``weights`` (:func:`find_weight_files`), or the architecture with seeded random weights when
     ``random_weights`` (speed only).
     """
-    from model.backbone import BuiltEncoder
-    from model.fingerprint import warn_if_unrecorded, weights_fingerprint
-    from model.hub import refuse_weights_for_random
+    from pretrained.backbone import BuiltEncoder
+    from pretrained.fingerprint import warn_if_unrecorded, weights_fingerprint
+    from pretrained.hub import refuse_weights_for_random
 
     config = dinotxt_config(preset)
     if preset.is_random or random_weights:
@@ -453,7 +453,7 @@ def create_dinotxt(
                 model = DinoTxt(config)
         source = f"random(seed={preset.seed})"
     elif preset.bundled is not None:  # the toy preset: our own pretrained file
-        from model.bundled_weights import bundled_path, load_weights
+        from pretrained.bundled_weights import bundled_path, load_weights
 
         model = dinotxt_architecture(preset)
         path = weights if weights is not None else bundled_path(preset.bundled)
