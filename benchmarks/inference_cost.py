@@ -34,7 +34,6 @@ fixed random colour blocks: timings, not accuracy.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import statistics
 import subprocess
@@ -52,8 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.memory import current_memory_mb, peak_memory_mb, reset_peak
 from model.cost_volume import Prompts
 from model.dpseg import DPSeg, DPSegConfig
+from model.factory import build_dpseg
 from model.refine import CROP_POLICIES, RefineConfig, TwoRoundSegmenter, detected_classes
-from pretrained.backbone import ClipBackbone, ClipEncoder, create_clip
+from pretrained.backbone import ClipEncoder
 
 TINY_PRESET = "tiny-convnext"
 FULL_PRESET = "convnext-b-laion"
@@ -75,14 +75,9 @@ def sync(device: torch.device) -> None:
 
 
 def build(preset: str, config: DPSegConfig, num_templates: int, device: torch.device):
-    """DPSeg and the frozen prompt encoder, built as ``DPSegModule.__init__`` builds them."""
-    built = create_clip(preset, random_weights=True)
-    prompt_clip = copy.deepcopy(built.model).requires_grad_(False).eval()
-    prompt_encoder = ClipEncoder(prompt_clip, built.preset)
-    level_dims = tuple(prompt_encoder.level_dims())
-    backbone = ClipBackbone(built.model, built.preset)
-    model = DPSeg(backbone, num_templates, level_dims, config).eval().to(device)
-    return model, prompt_encoder.to(device)
+    """DPSeg and the frozen prompt encoder, as ``cli.py fit`` builds them (``build_dpseg``)."""
+    parts = build_dpseg(preset, num_templates, config, random_weights=True)
+    return parts.model.eval().to(device), parts.prompt_encoder.to(device)
 
 
 def random_prompts(encoder: ClipEncoder, k: int, p: int, device: torch.device) -> Prompts:

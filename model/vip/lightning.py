@@ -18,10 +18,9 @@ from data.catalog import get_dataset_spec
 from data.templates import load_templates
 from data.vocabulary import VocabularyError, load_vocabulary
 from model.evaluation import SegmentationModule
+from model.factory import build_vip
 from model.vip.aggregation import VIPConfig, assign_labels
-from model.vip.dense import create_dense_encoder
-from model.vip.segmenter import AliasQueries, VIPSegmenter, encode_aliases
-from pretrained.backbone import clip_tokenizer_for, create_encoder, text_encoder_for
+from model.vip.segmenter import AliasQueries, encode_aliases
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +79,15 @@ class VIPModule(SegmentationModule):
         self.vocabularies = dict(vocabularies or {})
         self.allow_duplicate_classes = allow_duplicate_classes
         self.dual_prompts = dual_prompts
-        built = create_encoder(encoder, weights=encoder_weights, option="--model.encoder_weights")
-        self.encoder_fingerprint = built.fingerprint
-        self.encoder_source = built.weights
-        dense = create_dense_encoder(
-            built, attention, self.config.proxy_beta, self.config.proxy_gamma
+        parts = build_vip(
+            encoder, attention, self.config, encoder_weights, option="--model.encoder_weights"
         )
-        self.attention = dense.attention
-        self.segmenter = VIPSegmenter(dense, self.config).eval()
+        self.encoder_fingerprint = parts.fingerprint
+        self.encoder_source = parts.weights
+        self.attention = parts.attention
+        self.segmenter = parts.segmenter
         # The text tower is used once per vocabulary; kept out of the module's parameters.
-        self._text = {"encoder": text_encoder_for(built)}
-        self._text["tokenizer"] = clip_tokenizer_for(built.preset)
+        self._text = {"encoder": parts.text_encoder, "tokenizer": parts.tokenizer}
         self._queries: dict[str, AliasQueries] = {}
         self._records: dict[str, dict] = {}
         self.requires_grad_(False)
