@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -37,6 +38,9 @@ import torch
 from torchmetrics import Metric
 
 from data.catalog import IGNORE_INDEX
+from data.optional import available
+
+log = logging.getLogger(__name__)
 
 CHART_ALL_NAMES_UP_TO = 40
 """Up to this many classes the IoU chart names every bar; above, the 10 worst and 10 best."""
@@ -347,7 +351,11 @@ def write_results(
         )
         for i, (cls, iou, acc, pixels) in enumerate(rows):
             writer.writerow([i, cls, _csv_score(iou), _csv_score(acc), pixels])
-    _write_iou_chart(metrics, class_names, paths["png"])
+    if available("matplotlib"):
+        _write_iou_chart(metrics, class_names, paths["png"])
+    else:  # the metrics do not need it
+        del paths["png"]
+        log.warning("no per-class IoU chart: it needs matplotlib (pip install 'dpseg[charts]')")
     return paths
 
 

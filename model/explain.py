@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.optional import require
 from model.cost_volume import cost_volume, fuse_prompts
 from model.predictor import Predictor
 
@@ -50,9 +51,7 @@ def write_explanation(
     predictor: Predictor, image: np.ndarray, class_name: str, out: str | os.PathLike
 ) -> Path:
     """A PNG: the image, the three cost maps (one colour scale), the model's probability."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    require("matplotlib", "explain's picture").use("Agg")
     import matplotlib.pyplot as plt
 
     names = predictor.vocabulary.names
