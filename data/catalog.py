@@ -41,6 +41,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.errors import UserError
 from data.toy_world import unseen_names
 
 IGNORE_INDEX = -1
@@ -50,7 +51,7 @@ a real class of ADE-847 and PC-459."""
 DATASETS_ENV = "DETECTRON2_DATASETS"
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset is missing, incomplete or malformed; the message names the files and the fix."""
 
 

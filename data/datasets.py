@@ -31,14 +31,45 @@ from data.catalog import (
     datasets_root,
     get_dataset_spec,
 )
+from data.errors import UnreadableFileError, one_line
+from data.optional import require
 
 BAD_SAMPLE_POLICIES = ("error", "skip")
 
 
+class UnreadableImageError(UnreadableFileError):
+    """An image file that is missing, does not decode, or is a decompression bomb (more pixels
+    than PIL's ``Image.MAX_IMAGE_PIXELS`` guard allows). ``reason`` is why, without the path."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, fix: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"image {self.path!r}: {reason}; {fix}")
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, EXIF orientation applied (as detectron2's ``read_image``)."""
-    with Image.open(path) as image:
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    """(H, W, 3) uint8 RGB, EXIF orientation applied (as detectron2's ``read_image``).
+
+    Raises:
+        UnreadableImageError: (a user error, also a ValueError) the file is missing, is not an
+            image PIL can decode, or claims more pixels than PIL's decompression-bomb limit; the
+            message names the file, the reason and the fix, on one line.
+    """
+    try:
+        with Image.open(path) as image:
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except Image.DecompressionBombError as e:
+        raise UnreadableImageError(
+            path, one_line(e).rstrip("."), "resize it (or raise PIL.Image.MAX_IMAGE_PIXELS)"
+        ) from None
+    except UnidentifiedImageError:
+        raise UnreadableImageError(
+            path, "not an image PIL can decode", "give a PNG, JPEG, TIFF or other picture"
+        ) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
+        raise UnreadableImageError(
+            path, f"cannot read it ({reason})", "give a readable PNG, JPEG, TIFF or other picture"
+        ) from None
 
 
 LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
@@ -252,8 +283,8 @@ class SegmentationFolder:
         files = self.files[index]
         try:
             image = read_image(files.image)
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise DatasetError(f"cannot read image {str(files.image)!r}: {e}") from e
+        except UnreadableImageError as e:  # names the file and the reason
+            raise DatasetError(f"{e}") from e
         raw = read_label(files.label)
         if raw.shape != image.shape[:2]:
             raise DatasetError(
@@ -330,7 +361,9 @@ class HFSegmentationDataset:
         world_size: int | None = None,
         transform: Callable[[dict], dict] | None = None,
     ):
-        from datasets.distributed import split_dataset_by_node
+        split_dataset_by_node = require(
+            "datasets.distributed", "a Hugging Face dataset source"
+        ).split_dataset_by_node
 
         from data.vocabulary import load_vocabulary
 
@@ -371,7 +404,7 @@ class HFSegmentationDataset:
 
 
 def _load_hf(source: str, split: str):
-    import datasets
+    datasets = require("datasets", "a Hugging Face dataset source")
 
     path = Path(source)
     if path.is_dir() and (path / "dataset_dict.json").is_file():

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from data.errors import UserError
+
 SINGLE_TEMPLATE = "A photo of a {} in the scene."  # CAT-Seg's template
 BUILTIN_TEMPLATES = ("imagenet80", "single", "seg", "city")
 VIP_TEMPLATES = {
@@ -41,7 +43,7 @@ VIP_TEMPLATES = {
 }
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError, ValueError):
     """Templates could not be resolved or are malformed; the message says how to fix it."""
 
 

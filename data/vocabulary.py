@@ -7,13 +7,14 @@ Two on-disk formats are in use in the field and both are read here:
 - Text (SCLIP / VIP ``cls_*.txt``): one class per line, aliases comma-separated; lines that
   start with ``#`` are comments.
 
-A vocabulary is resolved by :func:`load_vocabulary` from, in order: a path to a ``.json`` or
-``.txt`` file; an inline list (``"cat, kitty; dog; grass"``: classes separated by ``;``); a
-built-in name (``voc20``, ``voc20b``, ``pc59``, ``ade150``, ``coco171``, ``synthetic``, and with
-background as class 0 ``voc21``, ``pc60``, ``coco_object``; ``cityscapes``; the remote-sensing
-``potsdam``, ``vaihingen``, ``isaid``, ``vdd``); a file
+A vocabulary is resolved by :func:`load_vocabulary` (which spells out the rule) from, in order:
+an existing ``.json`` or ``.txt`` file; an inline list (``"cat, kitty; dog; grass"``: classes
+separated by ``;``); a built-in name (``voc20``, ``voc20b``, ``pc59``, ``ade150``, ``coco171``,
+``synthetic``, and with background as class 0 ``voc21``, ``pc60``, ``coco_object``;
+``cityscapes``; the remote-sensing ``potsdam``, ``vaihingen``, ``isaid``, ``vdd``); a file
 ``<name>.json`` / ``<name>.txt`` in the vocabulary directory (``$DPSEG_VOCAB_DIR``, default
-``./vocab``), where users drop lists we do not ship (``ade847``, ``pc459``).
+``./vocab``), where users drop lists we do not ship (``ade847``, ``pc459``); else, unless it looks
+like a vocabulary's name, a single class (``"cat"``, ``"car/truck"``).
 
 Duplicate canonical names with different synonyms are allowed (ADE-847 has ten, e.g. ``"pot"`` and
 ``"pot, flowerpot"``): their synonym averages differ. An entry repeated exactly is refused by
@@ -23,11 +24,15 @@ an argmax (VIP's ``cls_ade20k.txt`` has ``shower`` twice); ``allow_duplicates=Tr
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+from data.errors import UserError
 
 BUILTIN_VOCABULARIES = (
     "voc20", "voc20b", "pc59", "ade150", "coco171", "synthetic",
@@ -44,7 +49,7 @@ VOCAB_DIR_ENV = "DPSEG_VOCAB_DIR"
 DEFAULT_VOCAB_DIR = "vocab"
 
 
-class VocabularyError(ValueError):
+class VocabularyError(UserError, ValueError):
     """A vocabulary could not be resolved or is malformed; the message says how to fix it."""
 
 
@@ -199,24 +204,47 @@ def list_vocabularies() -> dict[str, str]:
 
 
 def load_vocabulary(spec: str | os.PathLike | Vocabulary, allow_duplicates: bool = False):
-    """Resolve a vocabulary from a file path, an inline ``"a; b, c"`` list or a name.
+    """Resolve a vocabulary from a file, an inline list, a name, or a single class.
+
+    ``spec`` is read by the first rule that applies:
+
+    1. an existing file named with a ``.json``/``.txt`` suffix or a path separator
+       (``./classes.csv``): a JSON list, or one class per line;
+    2. text with a ``;``: an inline list, ``;`` between classes and ``,`` between synonyms
+       (``"cat, kitty; dog; traffic light/signal"``); a trailing ``;`` is allowed, so ``"toys;"``
+       is a list of one class;
+    3. a ``.json``/``.txt`` name, or a path whose folder exists (``vocab/mine``): a file that
+       does not exist, an error;
+    4. a known name: built-in, or ``<name>.json``/``.txt`` in the vocabulary directory;
+    5. something that looks like a vocabulary name (a word with a digit or ``_``, such as
+       ``ade847``, or close to a known name, such as ``ade15O``): an unknown vocabulary, an error
+       that says what was meant and how to add it;
+    6. anything else is ONE class, its synonyms separated by ``,``: ``"cat"``,
+       ``"cat, kitty"``, ``"traffic light"``, ``"car/truck"`` (a ``/`` that names no file).
 
     Args:
-        spec: a path to ``.json``/``.txt``; an inline list with ``;`` between classes and ``,``
-            between synonyms; or a name (built-in, or a file in ``$DPSEG_VOCAB_DIR``).
+        spec: as above.
         allow_duplicates: accept exactly repeated entries (see the module docstring).
     """
     if isinstance(spec, Vocabulary):
         return spec
     text = str(spec)
     path = Path(text)
-    if path.suffix.lower() in (".json", ".txt") or os.sep in text:
-        if not path.is_file():
-            raise VocabularyError(f"vocabulary file {text!r} does not exist")
+    has_separator = "/" in text or os.sep in text
+    is_json_or_txt = path.suffix.lower() in (".json", ".txt")
+    if (is_json_or_txt or has_separator) and path.is_file():
         return read_vocabulary_file(path, allow_duplicates)
     if ";" in text:
+        entries = text.split(";")
+        if len(entries) > 1 and not entries[-1].strip():  # "toys;": a list of one class
+            entries = entries[:-1]
         return Vocabulary.from_entries(
-            text.split(";"), name="inline", source="inline list", allow_duplicates=allow_duplicates
+            entries, name="inline", source="inline list", allow_duplicates=allow_duplicates
+        )
+    if is_json_or_txt or (has_separator and path.parent.is_dir()):
+        raise VocabularyError(
+            f"vocabulary file {text!r} does not exist; give an existing .json/.txt file, a "
+            "name (cli.py vocab lists them) or classes like 'cat, kitty; dog'"
         )
     if text in BUILTIN_VOCABULARIES:
         entries = _builtin_path(text).read_text(encoding="utf-8").splitlines()
@@ -229,12 +257,27 @@ def load_vocabulary(spec: str | os.PathLike | Vocabulary, allow_duplicates: bool
         if candidate.is_file():
             vocab = read_vocabulary_file(candidate, allow_duplicates)
             return Vocabulary(name=text, classes=vocab.classes, source=vocab.source)
-    known = ", ".join(list_vocabularies())
-    raise VocabularyError(
-        f"unknown vocabulary {text!r}. Known: {known}. To add one, put {text}.json (a JSON list "
-        f"of class strings, CAT-Seg format) or {text}.txt (one class per line, synonyms "
-        f"comma-separated) in {str(directory)!r} (set ${VOCAB_DIR_ENV} to use another directory), "
-        "or pass a file path or an inline list like 'cat, kitty; dog; grass'"
+    known = list_vocabularies()
+    close = difflib.get_close_matches(text.casefold(), list(known), n=1, cutoff=0.8)
+    if close or _looks_like_a_name(text):
+        meant = f"; did you mean {close[0]}?" if close else "."
+        raise VocabularyError(
+            f"unknown vocabulary {text!r}{meant} Known: {', '.join(known)}. To add one, put "
+            f"{text}.json (a JSON list of class strings, CAT-Seg format) or {text}.txt (one "
+            f"class per line, synonyms comma-separated) in {str(directory)!r} (set "
+            f"${VOCAB_DIR_ENV} to use another directory), or pass a file path or an inline list "
+            f"like 'cat, kitty; dog; grass' (one class named {text!r}: '{text};')"
+        )
+    return Vocabulary.from_entries(
+        [text], name="inline", source="inline class", allow_duplicates=allow_duplicates
+    )
+
+
+def _looks_like_a_name(text: str) -> bool:
+    """A word with a digit or an underscore (``ade847``, ``coco_stuff``): a vocabulary's name,
+    not a class (classes are words and spaces: ``traffic light``)."""
+    return re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", text) is not None and any(
+        c.isdigit() or c == "_" for c in text
     )
 
 

@@ -12,25 +12,31 @@ training crop (``data.crop`` -> ``model.image_size``). The encoder is given once
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from pathlib import Path
 
 import yaml
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from data.errors import UnreadableFileError, one_line
+from data.optional import available
+from model.checkpoint import LIGHTNING_SHORTHANDS, check_checkpoint, reading_failed
 from model.data_module import SegmentationData
 
 METHODS = ("dpseg", "vip")
 
 
 def trainer_defaults(method: str) -> dict:
-    """TensorBoard + CSV loggers in runs/<method>/version_N."""
+    """TensorBoard (where the ``tensorboard`` extra is installed) + CSV loggers in
+    runs/<method>/version_N."""
+    kinds = ("TensorBoardLogger", "CSVLogger") if available("tensorboard") else ("CSVLogger",)
     return {
         "logger": [
             {"class_path": f"lightning.pytorch.loggers.{kind}",
              "init_args": {"save_dir": "runs", "name": method}}
-            for kind in ("TensorBoardLogger", "CSVLogger")
+            for kind in kinds
         ],
     }  # fmt: skip
 
@@ -69,6 +75,18 @@ class DPSegCLI(LightningCLI):
         parser.link_arguments("data.crop", "model.image_size")
         parser.link_arguments("data.num_templates", "model.num_templates", apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        # Lightning torch.loads --ckpt_path here (its hyperparameters): a file that is not a
+        # checkpoint ends in one line (model/checkpoint.py), not torch's unpickling error.
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt and str(ckpt) not in LIGHTNING_SHORTHANDS and "://" not in str(ckpt):
+            check_checkpoint(ckpt, "--ckpt_path")
+        try:
+            super()._parse_ckpt_path()
+        except (pickle.UnpicklingError, EOFError) as e:  # an archive, not a checkpoint
+            raise reading_failed(e, ckpt, "--ckpt_path") from None
+
     def instantiate_trainer(self, **kwargs):
         # --trainer.enable_progress_bar false turns off our default RichProgressBar too (Lightning
         # refuses a progress-bar callback with the bar disabled).
@@ -77,6 +95,16 @@ class DPSegCLI(LightningCLI):
             trainer_config["callbacks"] = [
                 c for c in trainer_config.get("callbacks") or [] if not isinstance(c, ProgressBar)
             ]
+        # Likewise --trainer.logger false drops our learning-rate monitor, and
+        # --trainer.enable_checkpointing false our ModelCheckpoint (Lightning refuses them then).
+        for flag, needs_it in (
+            ("logger", LearningRateMonitor),
+            ("enable_checkpointing", ModelCheckpoint),
+        ):
+            if trainer_config.get(flag) is False:
+                trainer_config["callbacks"] = [
+                    c for c in trainer_config.get("callbacks") or [] if not isinstance(c, needs_it)
+                ]
         trainer = super().instantiate_trainer(**kwargs)
         # Every logger of a run in one folder (runs/dpseg/version_N): loggers pick their version
         # independently, and the first one's folder exists (config.yaml) before the others look.
@@ -103,6 +131,25 @@ class VIPCLI(DPSegCLI):
         )
 
 
+def read_config(path: str):
+    """A ``--config`` file's YAML; one user error (data/errors.py) when it is not UTF-8 or not
+    YAML, which is read here first (for ``method:``), before jsonargparse."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UnreadableFileError(
+            f"--config {path!r}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+            f"{e.start}); save the file as UTF-8"
+        ) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or one_line(e)
+        raise UnreadableFileError(
+            f"--config {path!r}: not valid YAML{where} ({one_line(problem)}); fix the file"
+        ) from None
+
+
 def method_of(argv: list[str]) -> str:
     """The method of a command line: ``--method X``, else the last config file's ``method:``."""
     method = None
@@ -113,10 +160,10 @@ def method_of(argv: list[str]) -> str:
         elif arg.startswith("--method="):
             value = arg.split("=", 1)[1]
         elif arg == "--config" and i + 1 < len(argv) and Path(argv[i + 1]).is_file():
-            loaded = yaml.safe_load(Path(argv[i + 1]).read_text()) or {}
+            loaded = read_config(argv[i + 1]) or {}
             value = loaded.get("method") if isinstance(loaded, dict) else None
         elif arg.startswith("--config=") and Path(arg.split("=", 1)[1]).is_file():
-            loaded = yaml.safe_load(Path(arg.split("=", 1)[1]).read_text()) or {}
+            loaded = read_config(arg.split("=", 1)[1]) or {}
             value = loaded.get("method") if isinstance(loaded, dict) else None
         if value is not None:
             method = value

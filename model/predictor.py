@@ -1,65 +1,36 @@
 """Segment any images with a trained checkpoint and any vocabulary (the user's path).
 
     predictor = Predictor.from_checkpoint("last.ckpt")
-    predictor.set_vocabulary("cat, kitty; dog; grass", bank="banks/coco171.zarr")
+    predictor.set_vocabulary("cat, kitty; dog; grass", bank="banks/coco171.zarr")  # classes it has
     labels = predictor.predict(image)            # (H, W) class ids for an (H, W, 3) uint8 image
 
-Classes of the vocabulary that the bank lacks get prompts made on the fly with the bank's own
-generator and encoder (same presets, templates, images per prompt, seed), cached in a bank next
-to it (``<bank>.cache/<hash>.zarr``) so the next run reuses them; or, with ``text_only``, text
-prompts only. This is the I/O side (SAM's ``SamPredictor``); the model stays pure.
+Classes of the vocabulary that the bank lacks come from ``extra_banks``: banks of those classes
+built with the bank's own settings by ``prompt_bank.extend.build_missing_classes`` (which
+``cli.py segment`` calls); or, with ``text_only``, they get text prompts only. This is the I/O
+side (SAM's ``SamPredictor``); the model stays pure.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from data.errors import UserError
 from data.transforms import ResizeSquare, SlidingWindow
 from data.vocabulary import Vocabulary, load_vocabulary
 from model.cost_volume import Prompts
 from model.lightning import DPSegModule
 from model.prompts import class_index
+from prompt_bank.format import BankMismatchError
 from prompt_bank.store import Bank, is_url
 
 log = logging.getLogger(__name__)
-
-
-def cache_location(bank: str, vocabulary: Vocabulary) -> str:
-    """Where the extra classes of ``vocabulary`` for ``bank`` are cached."""
-    digest = hashlib.sha256("\n".join(vocabulary.entries).encode()).hexdigest()[:16]
-    if is_url(bank):  # a remote bank: the cache is local
-        return str(Path("banks") / "cache" / f"{digest}.zarr")
-    return str(Path(str(bank).rstrip("/")).with_suffix(".cache") / f"{digest}.zarr")
-
-
-def build_missing_classes(
-    bank: Bank, missing: Vocabulary, generator_weights: str | None = None, progress: bool = True
-) -> str:
-    """Build (or resume, or reuse) a bank of ``missing`` with ``bank``'s settings."""
-    import dataclasses
-
-    from prompt_bank.build import build_bank, config_from_bank
-
-    location = cache_location(bank.location, missing)
-    config = dataclasses.replace(  # the bank's own settings, for other classes
-        config_from_bank(bank.attrs, generator_weights, progress=progress),
-        vocabulary=missing,
-        keep_images=False,
-        device=None,
-        command=None,
-    )
-    threads = torch.get_num_threads()
-    try:
-        build_bank(config, location)
-    finally:
-        torch.set_num_threads(threads)
-    return location
 
 
 class Predictor:
@@ -76,10 +47,14 @@ class Predictor:
     def from_checkpoint(
         cls, path: str | os.PathLike, device: str | None = None, rounds: int | None = None
     ) -> Predictor:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--ckpt {str(path)!r}: no such checkpoint file")
+        from model.checkpoint import check_checkpoint, reading_failed
+
+        check_checkpoint(path, "--ckpt")  # garbage: one line, not torch's unpickling error
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        module = DPSegModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        try:
+            module = DPSegModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, EOFError, KeyError) as e:  # an archive, not ours
+            raise reading_failed(e, path, "--ckpt") from None
         if rounds is not None:
             module.inference_config.rounds = rounds
         module.segmenter.config = module.inference_config
@@ -98,11 +73,12 @@ class Predictor:
         self,
         vocabulary: str | Vocabulary,
         bank: str | None = None,
+        extra_banks: Sequence[str] = (),
         text_only: bool = False,
-        generator_weights: str | None = None,
-        progress: bool = True,
     ) -> Prompts:
-        """Prompts for ``vocabulary``: from ``bank``, generated for missing classes, or text."""
+        """Prompts for ``vocabulary``: from ``bank`` (default: the checkpoint's training bank),
+        then from ``extra_banks`` (classes built for it: ``prompt_bank.extend``), else text
+        prompts where ``text_only`` allows them."""
         module = self.module
         vocabulary = load_vocabulary(vocabulary)
         if bank is None:
@@ -114,24 +90,21 @@ class Predictor:
                 )
             if bank is not None:
                 log.info("using the checkpoint's training bank %s", bank)
-        banks = []
-        if bank is not None:
-            opened = module.check_templates(Bank.open(bank))
-            banks.append(opened)
-            rows = class_index(opened.classes, vocabulary)
-            missing = [c for c, r in zip(vocabulary, rows) if r is None]
-            self.sources = {c.name: "bank" for c, r in zip(vocabulary, rows) if r is not None}
-            if missing and not text_only:
-                extra = Vocabulary(f"{vocabulary.name}-extra", tuple(missing), "generated")
-                log.info(
-                    "generating prompts for %d classes not in %s: %s",
-                    len(missing),
-                    bank,
-                    ", ".join(c.name for c in missing[:10]),
-                )
-                location = build_missing_classes(opened, extra, generator_weights, progress)
-                banks.append(Bank.open(location))
-                self.sources.update({c.name: "generated" for c in missing})
+        banks = [] if bank is None else [bank, *extra_banks]
+        banks = [module.check_templates(Bank.open(b)) for b in banks]
+        self.sources = {}
+        for i, opened in enumerate(banks):
+            for c, row in zip(vocabulary, class_index(opened.classes, vocabulary)):
+                if row is not None:
+                    self.sources.setdefault(c.name, "bank" if i == 0 else "generated")
+        missing = [c.name for c in vocabulary if c.name not in self.sources]
+        if banks and missing and not text_only:
+            raise BankMismatchError(
+                f"--vocab: {len(missing)} classes are not in {bank} "
+                f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): build them "
+                "with prompt_bank.extend.build_missing_classes (cli.py segment does) and pass "
+                "extra_banks, or allow text prompts for them (text_only=True, --text-only)"
+            )
         if banks:
             prompts = module.bank_prompts(banks, vocabulary, allow_text_only=True)
         else:
@@ -225,16 +198,24 @@ def write_prediction(out: Path, stem: str, image: np.ndarray, labels: np.ndarray
     return record
 
 
+class NoReadableImageError(UserError):
+    """Every input image was unreadable: nothing to segment (a user error, exit status 2)."""
+
+
 def predict_images(predictor: Predictor, paths: list[Path], out: str | os.PathLike,
                    progress: bool = True) -> dict:  # fmt: skip
-    """Segment every image; an unreadable one is reported and skipped. Returns a summary."""
+    """Segment every image; an unreadable one is reported and skipped. Returns a summary.
+
+    An image that does not decode, or is a decompression bomb, is skipped (``summary["skipped"]``
+    names it and why) and the run goes on. When NO image could be read, after summary.json is
+    written, it raises :class:`NoReadableImageError` (a user error: one line, exit status 2).
+    """
     import json
     import time
 
-    from PIL import UnidentifiedImageError
     from rich.progress import Progress
 
-    from data.datasets import read_image
+    from data.datasets import UnreadableImageError, read_image
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,9 +231,9 @@ def predict_images(predictor: Predictor, paths: list[Path], out: str | os.PathLi
                 stem = f"{path.stem}_{n}"
             try:
                 image = read_image(path)
-            except (OSError, UnidentifiedImageError, ValueError) as e:
-                skipped.append({"image": str(path), "error": f"{type(e).__name__}: {e}"})
-                log.warning("skipped %s: cannot read it (%s)", path, e)
+            except UnreadableImageError as e:  # also a decompression bomb: one line each
+                skipped.append({"image": str(path), "error": e.reason})
+                log.debug("skipped %s: %s", path, e)  # the caller reports summary["skipped"]
                 bar.advance(task)
                 continue
             stems.add(stem)
@@ -270,4 +251,10 @@ def predict_images(predictor: Predictor, paths: list[Path], out: str | os.PathLi
         "outputs": [r["label_map"] for r in written],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    if skipped and not written:
+        raise NoReadableImageError(
+            f"--images: none of the {len(skipped)} images could be read ({skipped[0]['image']}: "
+            f"{skipped[0]['error']}{'; ...' if len(skipped) > 1 else ''}; all in "
+            f"{str(out / 'summary.json')!r}); give image files PIL can read"
+        )
     return summary

@@ -12,8 +12,10 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from data.errors import UserError
 
-class WeightsUnavailableError(RuntimeError):
+
+class WeightsUnavailableError(UserError, RuntimeError):
     """Pretrained weights could not be found locally nor fetched; the message says how to fix it."""
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from data.errors import SettingError, UserError
+
 # ImageNet's input statistics (DINOv3 and dino.txt)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,7 +29,7 @@ OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class PresetError(ValueError):
+class PresetError(UserError, ValueError):
     """Unknown preset name or invalid preset settings; the message lists the known names."""
 
 
@@ -498,20 +500,23 @@ def list_presets(kind: str | None = None) -> list[EncoderPreset | GeneratorPrese
 class PretrainConfig:
     """How a toy preset is pretrained (recorded in the weights file's metadata)."""
 
-    steps: int = 3000
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 100
+    steps: int = 3000  # training steps
+    batch_size: int = 128  # captioned pictures per step
+    lr: float = 2e-3  # peak learning rate (AdamW)
+    weight_decay: float = 0.05  # AdamW's
+    warmup_steps: int = 100  # linear warm-up, then cosine decay
     pool: int = 12000  # captioned pictures rendered once and reused
     distractors: int = 1  # at most this many small other objects per picture
     groups: float = 0.25  # share of photos of 2-3 objects captioned with all of them
-    seed: int = 0
+    seed: int = 0  # of the pictures and the initial weights
     eval_images: int = 600  # held-out pictures for the zero-shot accuracy
 
     def __post_init__(self) -> None:
+        # SettingError: a user error (one line, exit status 2) and a ValueError
         for name in ("steps", "batch_size", "pool", "eval_images"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+                raise SettingError(
+                    f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1"
+                )
         if self.lr <= 0:
-            raise ValueError(f"--lr {self.lr}: must be > 0")
+            raise SettingError(f"--lr {self.lr}: must be > 0")

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
+from data.errors import SettingError
 from data.vocabulary import Vocabulary
 from pretrained.fingerprint import package_versions
 from pretrained.presets import get_bank_preset
@@ -102,22 +103,36 @@ class BuildConfig:
     steps: int | None = None  # override the preset's denoising steps
     guidance: float | None = None  # override the preset's guidance scale
     batch_size: int | None = None  # items per batch; None = the bank's own, or 8 for a new one
-    classes_per_shard: int = DEFAULT_CLASSES_PER_SHARD
+    classes_per_shard: int = DEFAULT_CLASSES_PER_SHARD  # classes per shard (a unit of storage)
     keep_images: bool = False  # also store the generated images (visual/images)
     level_dtype: str = "float16"  # dtype of visual/level_<j>
     device: str | None = None  # "cpu", "cuda"; None = cuda when available
     cpu_threads: int | None = None  # CPU only: threads (recorded; bits depend on it)
-    flush_seconds: float = 60.0  # write buffered results at least this often
+    flush_seconds: float = 60.0  # write buffered results at least this often (0: every batch)
     progress: bool = True
     command: str | None = None  # the command line, recorded in the bank and its card
 
     def __post_init__(self) -> None:
-        if self.images_per_prompt < 1:
-            raise ValueError(f"--images-per-prompt {self.images_per_prompt}: must be >= 1")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"--batch-size {self.batch_size}: must be >= 1")
-        if self.classes_per_shard < 1:
-            raise ValueError(f"--classes-per-shard {self.classes_per_shard}: must be >= 1")
+        # A 0 is refused, never read as "the default" (None is the default): SettingError is a
+        # user error (one line, exit status 2) and a ValueError.
+        for option, value in (
+            ("images-per-prompt", self.images_per_prompt),
+            ("batch-size", self.batch_size),
+            ("classes-per-shard", self.classes_per_shard),
+            ("steps", self.steps),
+            ("cpu-threads", self.cpu_threads),
+        ):
+            if value is not None and value < 1:
+                default = " (leave it out for the default)" if option in OPTIONAL else ""
+                raise SettingError(f"--{option} {value}: must be >= 1{default}")
+        if self.flush_seconds < 0:
+            raise SettingError(
+                f"--flush-seconds {self.flush_seconds}: must be >= 0 (0: after every batch)"
+            )
+
+
+OPTIONAL = ("batch-size", "steps", "cpu-threads")
+"""BuildConfig's options whose default (None) comes from the preset, the bank or the machine."""
 
 
 @dataclass
@@ -191,10 +206,10 @@ class _Models:
             config.encoder, weights=config.encoder_weights, random_weights=config.random_weights
         )
         self.gen, self.enc = gen, enc
-        self.steps = config.steps or gen.preset.steps
+        self.steps = gen.preset.steps if config.steps is None else config.steps
         self.guidance = gen.preset.guidance if config.guidance is None else config.guidance
         if not 1 <= self.steps <= gen.preset.max_steps:
-            raise ValueError(
+            raise SettingError(
                 f"--steps {self.steps} is out of range for generator {gen.preset.name!r} "
                 f"(1..{gen.preset.max_steps})"
             )

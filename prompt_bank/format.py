@@ -41,6 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data.errors import UserError
+
 FORMAT_NAME = "dpseg-prompt-bank"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -59,11 +61,11 @@ REQUIRED_ATTRS = (
 LEVEL_DTYPES = ("float16", "float32")
 
 
-class BankFormatError(ValueError):
+class BankFormatError(UserError, ValueError):
     """A store is not a valid bank; the message names the array or attribute and the fix."""
 
 
-class BankMismatchError(ValueError):
+class BankMismatchError(UserError, ValueError):
     """A bank does not fit its use: resumed with other settings, merged with a bank of another
     encoder, or given to a model whose prompt encoder differs (fingerprints)."""
 
@@ -156,6 +158,75 @@ def _layout_from_attrs(attrs: dict, arrays: dict) -> BankLayout:
     )
 
 
+def _arrays_of(group, attrs: dict, where: str) -> dict:
+    """Every array of the bank's text/ and visual/ groups, by path (reads their metadata)."""
+    import zarr
+
+    arrays = {}
+    for sub in ("text", "visual"):
+        if sub not in group or not isinstance(group[sub], zarr.Group):
+            raise BankFormatError(f"{where} lacks the group {sub}/")
+        for name, node in group[sub].members():
+            if isinstance(node, zarr.Array):
+                arrays[f"{sub}/{name}"] = node
+    # The arrays the layout needs, each read by its path: a group's listing may come from
+    # consolidated metadata, which a writer that bypassed dpseg can leave out of date.
+    levels = attrs["encoder"].get("level_dims") if isinstance(attrs["encoder"], dict) else None
+    needed = ["text/embeddings", "visual/embeddings", "visual/done", "visual/images"]
+    needed += [f"visual/level_{j}" for j in range(1, len(levels or []) + 1)]
+    for path in needed:
+        arrays.pop(path, None)
+        try:
+            node = group[path]
+        except KeyError:
+            continue
+        if isinstance(node, zarr.Array):
+            arrays[path] = node
+    return arrays
+
+
+def _damaged_metadata_key(group) -> str | None:
+    """The first ``zarr.json`` under ``group``'s store that is not a JSON object, or None."""
+    import json
+
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    store = group.store
+
+    async def first_bad() -> str | None:
+        keys = sorted([k async for k in store.list() if k.rsplit("/", 1)[-1] == "zarr.json"])
+        for key in keys:
+            buffer = await store.get(key, prototype=default_buffer_prototype())
+            try:
+                meta = json.loads(buffer.to_bytes()) if buffer is not None else None
+            except ValueError:
+                return key
+            if not isinstance(meta, dict):
+                return key
+        return None
+
+    try:
+        return sync(first_bad())
+    except Exception:  # a store that cannot list: the message goes without the file's name
+        return None
+
+
+def damaged_metadata_error(group, where: str, attrs: dict, error: BaseException):
+    """The one-line :class:`BankFormatError` for an array or group ``zarr.json`` zarr could not
+    read: it names the file and how to get a good bank again."""
+    key = _damaged_metadata_key(group)
+    what = f"its metadata file {key}" if key else "an array's metadata (zarr.json)"
+    reason = " ".join(str(error).split()) or type(error).__name__
+    command = attrs.get("command")
+    again = f" ({command})" if isinstance(command, str) and command else ""
+    return BankFormatError(
+        f"{where}: {what} is damaged ({type(error).__name__}: {reason}); the bank cannot be "
+        f"read, and cli.py bank repair rebuilds data, not metadata: delete the bank and run its "
+        f"bank build command again{again}, or pull it again"
+    )
+
+
 def validate_group(group, where: str) -> BankLayout:
     """Check a zarr group against the format before any array data is read.
 
@@ -181,28 +252,12 @@ def validate_group(group, where: str) -> BankLayout:
         if not isinstance(value, list) or not value or not all(isinstance(v, kind) for v in value):
             raise BankFormatError(f"{where}: attribute {name} must be a non-empty list of strings")
 
-    import zarr
-
-    arrays = {}
-    for sub in ("text", "visual"):
-        if sub not in group or not isinstance(group[sub], zarr.Group):
-            raise BankFormatError(f"{where} lacks the group {sub}/")
-        for name, node in group[sub].members():
-            if isinstance(node, zarr.Array):
-                arrays[f"{sub}/{name}"] = node
-    # The arrays the layout needs, each read by its path: a group's listing may come from
-    # consolidated metadata, which a writer that bypassed dpseg can leave out of date.
-    levels = attrs["encoder"].get("level_dims") if isinstance(attrs["encoder"], dict) else None
-    needed = ["text/embeddings", "visual/embeddings", "visual/done", "visual/images"]
-    needed += [f"visual/level_{j}" for j in range(1, len(levels or []) + 1)]
-    for path in needed:
-        arrays.pop(path, None)
-        try:
-            node = group[path]
-        except KeyError:
-            continue
-        if isinstance(node, zarr.Array):
-            arrays[path] = node
+    try:
+        arrays = _arrays_of(group, attrs, where)
+    except BankFormatError:
+        raise
+    except (ValueError, TypeError) as e:  # zarr reading a damaged zarr.json (JSON, UTF-8, schema)
+        raise damaged_metadata_error(group, where, attrs, e) from None
     layout = _layout_from_attrs(attrs, arrays)
     expected = layout.arrays()
     for path, (shape, dtype) in expected.items():

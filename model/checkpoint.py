@@ -1,0 +1,54 @@
+"""Checking a checkpoint file the user named before torch unpickles it.
+
+``torch.load`` of a file that is not a checkpoint ends in a 30-line unpickling error that
+suggests ``weights_only=False`` (which would run whatever the file holds). Here such a file ends
+in one :class:`CheckpointError` that names the option, the file and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+from data.errors import UnreadableFileError, one_line
+
+LIGHTNING_SHORTHANDS = ("last", "best", "hpc", "registry")
+"""``--ckpt_path`` values Lightning resolves itself (not files)."""
+
+
+class CheckpointError(UnreadableFileError):
+    """A file given as a checkpoint is not one (garbage, truncated, or another kind of file)."""
+
+
+def _fix(option: str, path: str) -> str:
+    return (
+        f"{option} {path!r}: not a checkpoint of cli.py fit ({{why}}); pass a .ckpt file that "
+        "cli.py fit wrote (runs/dpseg/version_N/checkpoints/last.ckpt)"
+    )
+
+
+def check_checkpoint(path: str | os.PathLike, option: str = "--ckpt") -> Path:
+    """``path`` if it can be a checkpoint (a torch zip archive with a pickle); else a user error.
+
+    Cheap: reads the archive's directory, not the tensors. A missing file is FileNotFoundError.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{option} {str(path)!r}: no such checkpoint file")
+    message = _fix(option, str(path))
+    try:
+        with zipfile.ZipFile(p) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        raise CheckpointError(message.format(why="not a torch zip archive")) from None
+    if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        raise CheckpointError(message.format(why="a zip archive without torch's data.pkl"))
+    return p
+
+
+def reading_failed(error: BaseException, path: str | os.PathLike, option: str = "--ckpt"):
+    """The :class:`CheckpointError` for an error torch or Lightning raised reading ``path``
+    (an archive that passed :func:`check_checkpoint` but whose content is not a checkpoint)."""
+    first = one_line(str(error).strip().splitlines()[0] if str(error).strip() else type(error))
+    return CheckpointError(_fix(option, str(path)).format(why=f"{type(error).__name__}: {first}"))

@@ -1,0 +1,346 @@
+"""One user-error type (data/errors.py), one line, exit status 2, everywhere.
+
+Each case is a mistake a user made (a file that is not what the option wants, a value out of
+range, a damaged bank): the command ends in ONE stderr line ``error: ...`` that names the
+argument, the value and the fix, exits with status 2, and prints no traceback. Most run
+in-process (``cli.main``); those whose point is the real process (Lightning, the config reader,
+decompression bombs) run ``python cli.py`` as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from conftest import run_cli, run_tiny_cli
+from PIL import Image
+
+import cli
+from data.errors import UserError
+
+
+def image_command() -> str:
+    """Segmenting any images: ``segment`` (``predict --images`` before it was renamed)."""
+    return "segment" if "segment" in cli.commands() else "predict"
+
+
+def one_error_line(stderr: str, *, only: bool = True) -> str:
+    """The one ``error:`` line of ``stderr``; ``only``: no other non-empty line either (Lightning
+    commands print their own info lines first, so those pass only=False)."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == lines[-1], stderr[-3000:]
+    if only:
+        assert len(lines) == 1, stderr[-3000:]
+    return errors[0]
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    """``cli.main(argv)`` in this process: (exit status, stdout, stderr)."""
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def user_error(capsys, *argv: str) -> str:
+    code, _, err = run_main(capsys, *argv)
+    assert code == 2, err
+    return one_error_line(err)
+
+
+def bomb_png(path: Path, side: int = 20000) -> Path:
+    """A real 1-bit PNG of side x side pixels (400 M > PIL's 179 M limit), about 50 kB."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    compressor = zlib.compressobj(9)
+    row = b"\0" * (1 + side // 8)
+    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+@pytest.fixture
+def files(tmp_path) -> dict[str, Path]:
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(bytes(range(256)) * 8)
+    good = tmp_path / "good.png"
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(good)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    return {
+        "garbage": garbage,
+        "good": good,
+        "broken": broken,
+        "bomb": bomb_png(tmp_path / "bomb.png"),
+    }
+
+
+def test_every_error_class_is_a_user_error_and_keeps_its_base():
+    from data.catalog import DatasetError
+    from data.datasets import UnreadableImageError
+    from data.templates import TemplateError
+    from data.vocabulary import VocabularyError
+    from model.checkpoint import CheckpointError
+    from pretrained.hub import WeightsUnavailableError
+    from pretrained.presets import PresetError
+    from prompt_bank.format import BankFormatError, BankMismatchError
+    from prompt_bank.safety import BankLockError
+
+    assert cli.UserError is UserError
+    for cls in (DatasetError, VocabularyError, TemplateError, PresetError, BankFormatError,
+                BankMismatchError, BankLockError, UnreadableImageError, CheckpointError):  # fmt: skip
+        assert issubclass(cls, UserError) and issubclass(cls, ValueError), cls
+    assert issubclass(WeightsUnavailableError, UserError)
+    assert issubclass(WeightsUnavailableError, RuntimeError)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. a file that is not a checkpoint
+
+
+def test_garbage_checkpoint_to_segment_is_one_line(files, tmp_path, capsys):
+    line = user_error(capsys, image_command(), "--ckpt", str(files["garbage"]), "--images",
+                      str(files["good"]), "--vocab", "cat; dog", "--out", str(tmp_path / "o"))  # fmt: skip
+    assert "--ckpt" in line and "garbage.ckpt" in line and "not a checkpoint" in line
+    assert "weights_only" not in line
+
+
+def test_a_zip_that_is_not_a_checkpoint_is_one_line(tmp_path):
+    import zipfile
+
+    from model.checkpoint import CheckpointError, check_checkpoint
+
+    archive = tmp_path / "other.ckpt"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("readme.txt", "hello")
+    with pytest.raises(CheckpointError, match=r"--ckpt_path '.*other.ckpt': not a checkpoint"):
+        check_checkpoint(archive, "--ckpt_path")
+
+
+def test_garbage_checkpoint_to_explain_is_one_line(files, capsys):
+    line = user_error(capsys, "explain", "--ckpt", str(files["garbage"]), "--image",
+                      str(files["good"]), "--class", "cat", "--vocab", "cat; dog")  # fmt: skip
+    assert "--ckpt" in line and "garbage.ckpt" in line
+
+
+def test_garbage_checkpoint_to_lightning_test_is_one_line(world, files):
+    result = run_tiny_cli(world, "test", "--ckpt_path", str(files["garbage"]))
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_error_line(result.stderr, only=False)
+    assert "--ckpt_path" in line and "garbage.ckpt" in line and "not a checkpoint" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. and 9. unreadable images: skipped, one line each; none readable: one error line, exit 2
+
+
+def test_decompression_bomb_is_skipped_and_the_run_goes_on(files, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(image_command(), "--method", "vip", "--config", "configs/vip_tiny.yaml",
+                     "--images", str(files["good"]), str(files["bomb"]), "--vocab", "cat; dog",
+                     "--out", str(out), "--quiet", env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 1 and "bomb.png" in skipped[0] and "pixels" in skipped[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 1 and summary["skipped"][0]["image"].endswith("bomb.png")
+    assert (out / "good.png").is_file()
+
+
+def test_read_image_refuses_a_bomb_and_garbage_as_user_errors(files):
+    from data.datasets import UnreadableImageError, read_image
+
+    with pytest.raises(UnreadableImageError, match=r"bomb.png.*pixels.*resize it"):
+        read_image(files["bomb"])
+    with pytest.raises(UnreadableImageError, match=r"broken.jpg.*not an image"):
+        read_image(files["broken"])
+    assert read_image(files["good"]).shape == (24, 32, 3)
+
+
+def test_no_readable_image_is_a_user_error(files, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run_main(capsys, image_command(), "--method", "vip", "--config",
+                            "configs/vip_tiny.yaml", "--images", str(files["broken"]),
+                            str(files["bomb"]), "--vocab", "cat; dog", "--out", str(out),
+                            "--quiet")  # fmt: skip
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--images" in errors[0] and "none of the 2" in errors[0]
+    assert "Traceback" not in err
+    assert json.loads((out / "summary.json").read_text())["images"] == 0  # the report is kept
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. explain with an unreadable image
+
+
+def test_explain_with_an_unreadable_image_is_one_line(files, capsys):
+    line = user_error(capsys, "explain", "--ckpt", str(files["garbage"]), "--image",
+                      str(files["broken"]), "--class", "cat")  # fmt: skip
+    assert "broken.jpg" in line and "not an image" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. a config file that is not UTF-8 (or not YAML)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"trainer:\n  max_steps: \xff\xfe 3\n", "not UTF-8"), (b"trainer: [1,\n", "not valid YAML")],
+)
+def test_a_config_that_is_not_utf8_or_yaml_is_one_line(tmp_path, content, expected):
+    config = tmp_path / "bad.yaml"
+    config.write_bytes(content)
+    result = run_cli("fit", "--config", str(config))
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_error_line(result.stderr)
+    assert "--config" in line and "bad.yaml" in line and expected in line
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. a damaged array zarr.json in a bank
+
+
+@pytest.fixture(scope="module")
+def tiny_bank(tmp_path_factory) -> Path:
+    """Two classes, one template, one image each: the smallest bank the tiny presets build."""
+    import torch
+
+    from data.templates import load_templates
+    from data.vocabulary import load_vocabulary
+    from prompt_bank.build import BuildConfig, build_bank
+
+    location = tmp_path_factory.mktemp("user_errors") / "bank.zarr"
+    config = BuildConfig(vocabulary=load_vocabulary("red disc; green square"),
+                         templates=load_templates("single"), classes_per_shard=2, batch_size=4,
+                         cpu_threads=1, progress=False)  # fmt: skip
+    threads = torch.get_num_threads()
+    build_bank(config, location)
+    torch.set_num_threads(threads)
+    return location
+
+
+@pytest.mark.parametrize("array", ["text/embeddings", "visual/level_2", "visual"])
+@pytest.mark.parametrize("damage", ["truncate", "not utf-8"])
+def test_a_damaged_zarr_json_in_a_bank_is_one_line(tiny_bank, tmp_path, capsys, array, damage):
+    bank = tmp_path / "bank.zarr"
+    shutil.copytree(tiny_bank, bank)
+    meta = bank / array / "zarr.json"
+    if damage == "truncate":
+        meta.write_bytes(meta.read_bytes()[:40])
+    else:
+        meta.write_bytes(b"\xff\xfe\x00garbage")
+    for command in ("info", "repair"):
+        line = user_error(capsys, "bank", command, str(bank))
+        assert f"{array}/zarr.json is damaged" in line and "bank build" in line, line
+
+
+def test_a_damaged_bank_given_to_lightning_test_is_one_line(world, tmp_path):
+    bank = tmp_path / "bank.zarr"
+    shutil.copytree(world / "bank.zarr", bank)
+    meta = bank / "visual" / "embeddings" / "zarr.json"
+    meta.write_bytes(meta.read_bytes()[:40])
+    test_sets = json.dumps([{"dataset": "synthetic", "bank": str(bank)}])
+    result = run_tiny_cli(world, "test", "--data.test", test_sets)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_error_line(result.stderr, only=False)
+    assert "visual/embeddings/zarr.json is damaged" in line and "bank build" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. zero or negative counts are refused, never read as "the default"
+
+
+@pytest.mark.parametrize(
+    "option", [("--cpu-threads", "-2"), ("--cpu-threads", "0"), ("--steps", "0")]
+)
+def test_bank_build_refuses_zero_and_negative_counts(tmp_path, capsys, option):
+    out = tmp_path / "bank.zarr"
+    line = user_error(capsys, "bank", "build", "--vocab", "cat; dog", "--preset", "tiny",
+                      "--templates", "single", "--out", str(out), "--quiet", *option)  # fmt: skip
+    assert line.startswith(f"error: {option[0]} {option[1]}: must be >= 1")
+    assert not out.exists()
+
+
+def test_presets_pretrain_refuses_zero_steps(tmp_path, capsys):
+    out = tmp_path / "w.safetensors"
+    line = user_error(capsys, "presets", "pretrain", "toy-vit", "--steps", "0", "--out", str(out))
+    assert line == "error: --steps 0: must be >= 1" and not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. fit without a progress bar (and without loggers)
+
+
+def test_fit_without_progress_bar_or_loggers(world):
+    result = run_tiny_cli(world, "fit", "--trainer.enable_progress_bar", "false",
+                          "--trainer.logger", "false", "--trainer.max_steps", "1",
+                          "--trainer.val_check_interval", "1",
+                          "--trainer.enable_checkpointing", "false")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. one inline class; a class with a "/"; a typo of a name still gets help
+
+
+@pytest.mark.parametrize(
+    ("spec", "classes"),
+    [
+        ("cat", ["cat"]),
+        ("cat, kitty", ["cat, kitty"]),
+        ("car/truck", ["car/truck"]),
+        ("cat; traffic light/signal", ["cat", "traffic light/signal"]),
+        ("toys;", ["toys"]),
+    ],
+)
+def test_vocab_one_class_and_slashes(capsys, spec, classes):
+    code, out, err = run_main(capsys, "vocab", spec, "--json")
+    assert code == 0, err
+    assert json.loads(out)["classes"] == classes
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("ade15O", "unknown vocabulary 'ade15O'; did you mean ade150?"),
+        ("ade847", "unknown vocabulary 'ade847'."),
+        ("toys", "did you mean toy?"),
+        ("no/such/file.json", "vocabulary file 'no/such/file.json' does not exist"),
+        ("tests/nothing_here", "vocabulary file 'tests/nothing_here' does not exist"),
+    ],
+)
+def test_vocab_names_and_paths_that_do_not_exist_are_one_line(capsys, spec, expected):
+    assert expected in user_error(capsys, "vocab", spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. a failed verification is a result (exit 1), not a user error
+
+
+def test_bank_verify_failure_is_status_1_and_a_missing_bank_is_2(tiny_bank, tmp_path, capsys):
+    bank = tmp_path / "bank.zarr"
+    shutil.copytree(tiny_bank, bank)
+    code, out, err = run_main(capsys, "bank", "verify", str(bank))
+    assert code == 0, out + err
+    for chunk in sorted((bank / "visual" / "embeddings" / "c").rglob("*")):
+        if chunk.is_file():
+            chunk.write_bytes(chunk.read_bytes()[:-8])
+            break
+    code, out, err = run_main(capsys, "bank", "verify", str(bank))
+    assert code == 1 and "Traceback" not in err, out + err
+    user_error(capsys, "bank", "verify", str(tmp_path / "nothing.zarr"))
