@@ -8,10 +8,15 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
+from typing import Literal
+
+from data.errors import UserError  # the one user-error type (cheap: no torch)
 
 
 def _version() -> str:
@@ -21,29 +26,127 @@ def _version() -> str:
         return "unknown (not installed: run make install)"
 
 
-class UserError(Exception):
-    """A mistake of the user's the command line found itself: one line, exit status 2."""
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from data.catalog import DatasetError
-    from data.templates import TemplateError
-    from data.vocabulary import VocabularyError
-    from pretrained.hub import WeightsUnavailableError
-    from pretrained.presets import PresetError
-    from prompt_bank.format import BankFormatError, BankMismatchError
+    """What ends a command in ONE line, ``error: ...``, and exit status 2 (data/errors.py).
 
-    return (
-        UserError,
-        DatasetError,
-        VocabularyError,
-        TemplateError,
-        PresetError,
-        WeightsUnavailableError,
-        BankFormatError,
-        BankMismatchError,
-        FileExistsError,
-        FileNotFoundError,
+    Every error class of ours that is the user's doing subclasses :class:`UserError`
+    (``VocabularyError``, ``DatasetError``, ``BankFormatError``, ``PresetError``, ...). Python's
+    FileNotFoundError / FileExistsError stay here too: they are raised for paths the user named
+    (``--out`` of an existing bank, a missing ``--images`` file) and their message names the path.
+    """
+    return (UserError, FileExistsError, FileNotFoundError)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command tree (jsonargparse) and options taken from dataclasses
+#
+# Every command but LightningCLI's four is a jsonargparse parser in one tree (build_parser). Where
+# a command runs a settings dataclass (BuildConfig, SelectionConfig, PretrainConfig) its options
+# are that dataclass's fields, added by _add_fields: ``--field-name``, the field's type and
+# default, and as help the comment the field carries in its class. Where the user types strings
+# that become objects (a vocabulary, templates) a small *Options dataclass here documents them.
+
+
+@dataclasses.dataclass
+class Command:
+    """One command: its help line, what adds its options, what runs it, its subcommands."""
+
+    help: str
+    options: Callable | None = None  # options(parser): adds the options (only when it is chosen)
+    run: Callable | None = None  # run(args) -> exit status (None: 0); None: a group
+    subcommands: dict[str, Command] = dataclasses.field(default_factory=dict)
+    description: str | None = None  # the -h text (default: help)
+
+
+def _field_docs(cls) -> dict[str, str]:
+    """Each dataclass field's comment: ``name: type = default  # what it is``, continued on the
+    comment-only lines right below it (``# fmt:`` directives are no documentation)."""
+    import inspect
+    import io
+    import re
+    import textwrap
+    import tokenize
+
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments = {
+        token.start[0]: token.string.lstrip("#").strip()
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT and not token.string.lstrip("# ").startswith("fmt:")
+    }
+    names = {f.name for f in dataclasses.fields(cls)}
+    docs: dict[str, str] = {}
+    current = None
+    for number, line in enumerate(source.splitlines(), 1):
+        field = re.match(r" {4}(\w+)\s*:", line)
+        if field and field.group(1) in names:
+            current = field.group(1) if number in comments else None
+            if current:
+                docs[current] = comments[number]
+        elif current and line.lstrip().startswith("#") and number in comments:
+            docs[current] += " " + comments[number]
+        else:
+            current = None
+    return docs
+
+
+def _add_fields(parser, cls, skip=(), overrides: dict | None = None, unset: str = "") -> None:
+    """One option per field of the dataclass ``cls`` (but ``skip``): ``--field-name``, typed,
+    with the field's default, and its comment as help. ``overrides[field]``: add_argument keywords
+    that add to or replace these (choices, a metavar, a help where the class has none).
+    ``unset``: every option defaults to None, "not given", and its help says what then applies
+    (``unset`` and the field's own default), for settings another default can decide."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    docs = _field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = hints[f.name]
+        kwargs: dict = {"help": docs.get(f.name, "")}
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if unset:
+            kwargs.update(type=kind | None, default=None)
+            kwargs["help"] += f" (not given: {unset} {default})"
+        elif kind is bool and default is False:
+            kwargs["action"] = "store_true"
+        elif default is dataclasses.MISSING:
+            kwargs.update(type=kind, required=True)
+        else:
+            kwargs.update(type=kind, default=default)
+        extra = (overrides or {}).get(f.name, {})
+        if "choices" in extra:  # the choices are strings: no type (Literal, str | None) to apply
+            kwargs.pop("type", None)
+        kwargs.update(extra)
+        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def _config_from(cls, args, **values):
+    """An instance of the dataclass ``cls`` from the parsed options named after its fields (those
+    given: an option left None keeps the field's default), ``values`` on top."""
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if getattr(args, f.name, None) is not None
+    }
+    return cls(**{**given, **values})
+
+
+def _config_file(parser) -> None:
+    """``--config FILE.yaml``: the command's options from a YAML file (``--print_config`` writes
+    one); options given after it override it."""
+    from jsonargparse import ActionConfigFile
+
+    parser.add_argument(
+        "--config",
+        action=ActionConfigFile,
+        help="a YAML file of these options, keys spelled with underscores (images_per_prompt: 2); "
+        "options after it override it; --print_config prints one",
     )
 
 
@@ -115,24 +218,39 @@ def _dinotxt_zero_shot(report: dict) -> str:
     )
 
 
+TOY_PRESETS = ("toy-convnext", "toy-vit", "toy-dinotxt")
+
+
+def _presets_pretrain_options(p) -> None:
+    from pretrained.presets import PRETRAIN_STEPS, PretrainConfig  # light: no torch
+
+    p.description = (
+        "Contrastive pretraining of toy-convnext, toy-vit or toy-dinotxt on captioned pictures "
+        "of the toy world (pretrained/toy_pretrain.py); prints zero-shot accuracies. The options "
+        "are pretrained.presets.PretrainConfig's fields."
+    )
+    _config_file(p)
+    p.add_argument("name", choices=TOY_PRESETS, help="the toy preset")
+    p.add_argument("--out", help="weights file (default runs/pretrain/NAME.safetensors)")
+    own = ", ".join(f"{name} {steps}" for name, steps in PRETRAIN_STEPS.items())
+    _add_fields(p, PretrainConfig, overrides={"steps": {
+        "type": int | None, "default": None,
+        "help": f"training steps (default {PretrainConfig.steps}; {own}: the steps of the "
+        "committed weights)"}})  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def cmd_presets_pretrain(args: argparse.Namespace) -> int:
     """Pretrain a toy preset on the toy world and write its weights file."""
     from pretrained.presets import PRETRAIN_STEPS, PretrainConfig
     from pretrained.toy_pretrain import pretrain
 
+    steps = args.steps if args.steps is not None else PRETRAIN_STEPS.get(args.name)
     try:
-        config = PretrainConfig(
-            steps=PRETRAIN_STEPS.get(args.name, PretrainConfig.steps)
-            if args.steps is None
-            else args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            pool=args.pool,
-            seed=args.seed,
-        )
+        config = _config_from(PretrainConfig, args, **({} if steps is None else {"steps": steps}))
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(f"{e}") from None
     out = args.out or f"runs/pretrain/{args.name}.safetensors"
     report = pretrain(args.name, config, out, progress=not args.quiet)
     if args.json:
@@ -265,6 +383,41 @@ def _run_build(config, location: str) -> None:
         print(summary.line())
 
 
+@dataclasses.dataclass
+class BankBuildOptions:
+    """``bank build``'s options typed as strings before they become a BuildConfig (its other
+    options are prompt_bank.build.BuildConfig's own fields)."""
+
+    vocab: str  # vocabulary: a name, a .json/.txt file, or 'a; b, c'
+    out: str  # bank location: a path or an fsspec URL
+    preset: str | None = None  # bank preset: paper (default), fast, vit, tiny, toy, toy-vit,
+    # toy-dinotxt (cli.py presets --kind bank)
+    generator: str | None = None  # generator preset (overrides the bank preset's)
+    encoder: str | None = None  # encoder preset (overrides the bank preset's)
+    templates: str = "imagenet80"  # imagenet80, imagenet80:N, single, or a file
+    allow_duplicate_classes: bool = False  # accept exactly repeated vocabulary entries
+    quiet: bool = False  # no progress bar
+
+
+def _bank_build_options(p) -> None:
+    from prompt_bank.build import BuildConfig
+
+    p.description = (
+        "Build or resume a prompt bank: one process, or every rank of torchrun/accelerate. Its "
+        "options: the strings you type (vocabulary, templates, presets), then "
+        "prompt_bank.build.BuildConfig's fields; all of them can come from --config FILE.yaml."
+    )
+    _config_file(p)
+    _add_fields(p, BankBuildOptions)
+    _add_fields(p, BuildConfig, skip=("vocabulary", "templates", "generator", "encoder",
+                                      "progress", "command"), overrides={
+        "generator_weights": {"metavar": "DIR"},
+        "encoder_weights": {"metavar": "PATH"},
+        "level_dtype": {"choices": ("float16", "float32")},
+        "device": {"choices": ("cpu", "cuda")},
+    })  # fmt: skip
+
+
 def cmd_bank_build(args: argparse.Namespace) -> None:
     """Build or resume a prompt bank (one process, or every rank of torchrun/accelerate)."""
     from data.templates import load_templates
@@ -273,25 +426,13 @@ def cmd_bank_build(args: argparse.Namespace) -> None:
 
     generator, encoder = resolve_preset(args.preset, args.generator, args.encoder)
     try:
-        config = BuildConfig(
+        config = _config_from(
+            BuildConfig,
+            args,
             vocabulary=load_vocabulary(args.vocab, allow_duplicates=args.allow_duplicate_classes),
             templates=load_templates(args.templates),
-            images_per_prompt=args.images_per_prompt,
             generator=generator,
             encoder=encoder,
-            generator_weights=args.generator_weights,
-            encoder_weights=args.encoder_weights,
-            random_weights=args.random_weights,
-            seed=args.seed,
-            steps=args.steps,
-            guidance=args.guidance,
-            batch_size=args.batch_size,
-            classes_per_shard=args.classes_per_shard,
-            keep_images=args.keep_images,
-            level_dtype=args.level_dtype,
-            device=args.device,
-            cpu_threads=args.cpu_threads,
-            flush_seconds=args.flush_seconds,
             progress=not args.quiet,
             command=_command_line(),
         )
@@ -421,150 +562,79 @@ def cmd_bank_gallery(args: argparse.Namespace) -> None:
     print(f"gallery: {path}")
 
 
-def add_bank_commands(commands) -> None:
-    bank = commands.add_parser(
-        "bank", help="build, inspect, verify, repair, merge, subset, push and pull prompt banks"
-    ).add_subparsers(dest="bank_command", metavar="BANK_COMMAND", required=True)
-    remote = {
-        "metavar": "JSON",
-        "help": "fsspec storage options for URLs, as a JSON object (default: "
-        "$DPSEG_STORAGE_OPTIONS; credentials come from the filesystem's usual places)",
-    }
-    p = bank.add_parser("build", help="build or resume a prompt bank (Stable Diffusion + CLIP)")
+def _storage_option(p) -> None:
     p.add_argument(
-        "--vocab", required=True, help="vocabulary: a name, a .json/.txt file, or 'a; b, c'"
+        "--storage-options",
+        metavar="JSON",
+        help="fsspec storage options for URLs, as a JSON object (default: $DPSEG_STORAGE_OPTIONS; "
+        "credentials come from the filesystem's usual places)",
     )
-    p.add_argument("--out", required=True, help="bank location: a path or an fsspec URL")
-    p.add_argument("--preset", default=None, help="bank preset: paper (default), fast, vit, tiny")
-    p.add_argument("--generator", help="generator preset (overrides the bank preset's)")
-    p.add_argument("--encoder", help="encoder preset (overrides the bank preset's)")
-    p.add_argument("--generator-weights", metavar="DIR", help="local diffusers folder")
-    p.add_argument("--encoder-weights", metavar="PATH", help="local CLIP weights file or folder")
-    p.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="real architectures with random weights: for speed checks, not for use",
-    )
-    p.add_argument(
-        "--templates", default="imagenet80", help="imagenet80, imagenet80:N, single, or a file"
-    )
-    p.add_argument(
-        "--images-per-prompt", type=int, default=1, help="N images per (class, template)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    p.add_argument("--steps", type=int, help="denoising steps (default: the generator preset's)")
-    p.add_argument("--guidance", type=float, help="guidance scale (default: the preset's)")
-    p.add_argument(
-        "--batch-size", type=int, help="items per batch (default 8; a resume keeps the bank's)"
-    )
-    p.add_argument(
-        "--classes-per-shard", type=int, default=16, help="classes per shard (default 16)"
-    )
-    p.add_argument("--keep-images", action="store_true", help="also store the generated images")
-    p.add_argument("--level-dtype", choices=("float16", "float32"), default="float16")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
-    p.add_argument("--cpu-threads", type=int, help="CPU threads (recorded: results depend on it)")
-    p.add_argument("--flush-seconds", type=float, default=60.0, help="write results this often")
-    p.add_argument("--allow-duplicate-classes", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_bank_build)
 
-    p = bank.add_parser("info", help="what a bank holds")
+
+def _bank_info_options(p) -> None:
     p.add_argument("bank", help="a path or an fsspec URL")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
         "--prompts",
         action="store_true",
         help="also check that visual prompts carry class information (nearest text prompt of "
         "each class's mean visual prompt; reads every embedding)",
     )
-    p.add_argument("--storage-options", **remote)
-    p.set_defaults(func=cmd_bank_info)
+    _storage_option(p)
 
-    p = bank.add_parser(
-        "verify", help="check schema, values, completeness; optionally rebuild items"
-    )
+
+def _bank_verify_options(p) -> None:
     p.add_argument("bank", help="a path or an fsspec URL")
     p.add_argument("--regenerate", type=int, default=0, metavar="K", help="rebuild K random items")
     p.add_argument("--seed", type=int, default=0, help="which items --regenerate picks")
     p.add_argument("--tolerance", type=float, default=0.0, help="max abs difference allowed")
-    p.add_argument("--generator-weights", metavar="DIR")
-    p.add_argument("--encoder-weights", metavar="PATH")
-    p.add_argument("--storage-options", **remote)
-    p.set_defaults(func=cmd_bank_verify)
+    p.add_argument("--generator-weights", metavar="DIR", help="the bank's generator weights")
+    p.add_argument("--encoder-weights", metavar="PATH", help="the bank's encoder weights")
+    _storage_option(p)
 
-    p = bank.add_parser(
-        "repair", help="rebuild damaged shards with the bank's recorded settings (a resume)"
-    )
+
+def _bank_repair_options(p) -> None:
     p.add_argument("bank", help="a path or an fsspec URL")
     p.add_argument("--generator-weights", metavar="DIR", help="the bank's generator weights")
     p.add_argument("--encoder-weights", metavar="PATH", help="the bank's encoder weights")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_bank_repair)
 
-    p = bank.add_parser("merge", help="union of the classes of two compatible banks")
-    p.add_argument("a")
-    p.add_argument("b")
+
+def _bank_merge_options(p) -> None:
+    p.add_argument("a", help="a bank: a path or an fsspec URL")
+    p.add_argument("b", help="another bank, with the same encoder and templates")
     p.add_argument("--out", required=True, help="a new path or URL (never an existing bank)")
-    p.add_argument("--storage-options", **remote)
-    p.set_defaults(func=cmd_bank_merge)
+    _storage_option(p)
 
-    p = bank.add_parser(
-        "subset", help="a bank of some classes of a bigger one (by name or synonym)"
-    )
+
+def _bank_subset_options(p) -> None:
     p.add_argument("bank", help="a path or an fsspec URL")
-    p.add_argument("--vocab", required=True, help="the classes: a name, a file, or 'a; b, c'")
+    p.add_argument("--vocab", required=True, help="a name, a file, 'a; b, c' or one class")
     p.add_argument("--out", required=True, help="a new path or URL (never an existing bank)")
-    p.add_argument("--storage-options", **remote)
-    p.set_defaults(func=cmd_bank_subset)
+    _storage_option(p)
 
-    p = bank.add_parser("push", help="upload a complete bank (hf://datasets/ORG/NAME, s3://, ...)")
+
+def _bank_push_options(p) -> None:
     p.add_argument("bank", help="a local bank folder")
     p.add_argument("url", help="hf://datasets/ORG/NAME or an fsspec URL (s3://, gs://, file://)")
-    p.add_argument("--storage-options", **remote)
+    _storage_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_bank_push)
 
-    p = bank.add_parser("pull", help="download a bank, check every object, cache it by content")
+
+def _bank_pull_options(p) -> None:
     p.add_argument("url", help="hf://datasets/ORG/NAME[@REVISION] or an fsspec URL")
     p.add_argument("--to", metavar="DIR", help="where (default: the cache, keyed by content)")
-    p.add_argument("--storage-options", **remote)
+    _storage_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_bank_pull)
 
-    p = bank.add_parser("gallery", help="a contact sheet of the stored images")
-    p.add_argument("bank")
+
+def _bank_gallery_options(p) -> None:
+    p.add_argument("bank", help="a path or an fsspec URL")
     p.add_argument("--out", required=True, help="PNG path")
-    p.add_argument("--max-classes", type=int, default=32)
-    p.set_defaults(func=cmd_bank_gallery)
+    p.add_argument("--max-classes", type=int, default=32, help="classes shown")
 
 
-# ---------------------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cli.py",
-        description="dpseg: open-vocabulary semantic segmentation with dual prompts (DPSeg, VIP).",
-    )
-    parser.add_argument("--version", action="version", version=f"dpseg {_version()}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    for name, what in (
-        ("fit", "train DPSeg (LightningCLI: cli.py fit --config configs/tiny_synthetic.yaml)"),
-        ("validate", "validate a checkpoint on data.val (LightningCLI)"),
-        (
-            "test",
-            "test on every (dataset, bank) of data.test; metrics + summary (LightningCLI; "
-            "VIP: cli.py test --config configs/vip_tiny.yaml [--dual-prompts BANK])",
-        ),
-        ("predict", "segment images: --ckpt --images --vocab --out (see predict --images -h)"),
-    ):
-        commands.add_parser(name, help=what, add_help=False)
-
-    p = commands.add_parser(
-        "explain", help="text, visual and dual-prompt cost maps of one class on one image"
-    )
+def _explain_options(p) -> None:
     p.add_argument("--ckpt", required=True, help="a checkpoint of cli.py fit")
     p.add_argument("--image", required=True, help="an image file")
     p.add_argument("--class", dest="class_name", required=True, help="the class to explain")
@@ -572,10 +642,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bank", help="prompt bank (default: the checkpoint's training bank)")
     p.add_argument("--text-only", action="store_true", help="no generated visual prompts")
     p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
-    p.add_argument("--out", default="explain.png", help="output PNG (default explain.png)")
-    p.set_defaults(func=cmd_explain)
+    p.add_argument("--out", default="explain.png", help="output PNG")
 
-    p = commands.add_parser("presets", help="list model presets and what each needs")
+
+def _presets_options(p) -> None:
     p.add_argument("--kind", choices=("encoder", "generator", "bank"), help="only this kind")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
@@ -583,93 +653,264 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="build the offline presets and print their sha256 fingerprints",
     )
-    p.set_defaults(func=cmd_presets)
-    sub = p.add_subparsers(dest="presets_command", metavar="{pretrain}")
-    from pretrained.presets import PretrainConfig  # light: the trainer itself imports torch
 
-    defaults = PretrainConfig()
-    q = sub.add_parser(
-        "pretrain",
-        help="pretrain a toy preset (CLIP or dino.txt) on the toy world (writes its weights file)",
-        description="Contrastive pretraining of toy-convnext, toy-vit or toy-dinotxt on captioned "
-        "pictures of the toy world (pretrained/toy_pretrain.py); prints zero-shot accuracies.",
-    )
-    q.add_argument(
-        "name", choices=("toy-convnext", "toy-vit", "toy-dinotxt"), help="the toy preset"
-    )
-    q.add_argument("--out", help="weights file (default runs/pretrain/NAME.safetensors)")
-    q.add_argument(
-        "--steps",
-        type=int,
-        help=f"({defaults.steps}; toy-dinotxt 2000: the steps of the committed weights)",
-    )
-    q.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help=f"({defaults.batch_size})"
-    )
-    q.add_argument("--lr", type=float, default=defaults.lr, help=f"({defaults.lr})")
-    q.add_argument("--pool", type=int, default=defaults.pool, help=f"pictures ({defaults.pool})")
-    q.add_argument("--seed", type=int, default=defaults.seed, help=f"({defaults.seed})")
-    q.add_argument("--json", action="store_true", help="print the report as JSON")
-    q.add_argument("--quiet", action="store_true", help="no progress bar")
-    q.set_defaults(func=cmd_presets_pretrain)
 
-    p = commands.add_parser("vocab", help="list vocabularies, or show one")
-    p.add_argument("spec", nargs="?", help="a name, a .json/.txt file, or 'cat, kitty; dog'")
+def _vocab_options(p) -> None:
+    p.add_argument(
+        "spec",
+        nargs="?",
+        help="a name, a .json/.txt file, 'cat, kitty; dog', or one class: 'cat', 'car/truck' "
+        "(a word with a digit or _ is taken as a name; 'toys;' forces a class)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
         "--allow-duplicate-classes", action="store_true", help="accept exactly repeated entries"
     )
-    p.set_defaults(func=cmd_vocab)
 
-    add_bank_commands(commands)
-    add_vip_commands(commands)
 
-    from data.eval_masks import add_eval_masks_parser
+_ROOT_HELP = "datasets root (default $DETECTRON2_DATASETS or ./datasets)"
 
-    add_eval_masks_parser(commands)
 
-    data = commands.add_parser("data", help="datasets").add_subparsers(
-        dest="data_command", metavar="DATA_COMMAND", required=True
-    )
-    p = data.add_parser("synthetic", help="write the synthetic dataset (detectron2 layout)")
-    p.add_argument(
-        "--root", default=None, help="datasets root (default $DETECTRON2_DATASETS or ./datasets)"
-    )
-    p.add_argument("--train", type=int, default=400, help="train images (default 400)")
-    p.add_argument("--val", type=int, default=64, help="val images (default 64)")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
-    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    p.add_argument("--preview", metavar="PNG", help="also write a picture of a few val samples")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_data_synthetic)
+def _dataset_options(train: int, val: int, what: str):
+    def options(p) -> None:
+        p.add_argument("--root", default=None, help=_ROOT_HELP)
+        p.add_argument("--train", type=int, default=train, help=f"train images{what}")
+        p.add_argument("--val", type=int, default=val, help="val images")
+        p.add_argument("--size", type=int, default=128, help="image side in pixels")
+        p.add_argument("--seed", type=int, default=0, help="base seed")
+        p.add_argument("--preview", metavar="PNG", help="also write a picture of a few val samples")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = data.add_parser("toy", help="write the toy world's dataset: toy (val), toy:train")
-    p.add_argument(
-        "--root", default=None, help="datasets root (default $DETECTRON2_DATASETS or ./datasets)"
-    )
-    p.add_argument("--train", type=int, default=600, help="train images, seen classes (600)")
-    p.add_argument("--val", type=int, default=160, help="val images, all classes (160)")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
-    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    p.add_argument("--preview", metavar="PNG", help="also write a picture of a few val samples")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_data_toy)
+    return options
 
+
+def _data_stats_options(p) -> None:
     from data.catalog import DATASETS
 
-    p = data.add_parser("stats", help="check a prepared dataset: counts, values, problems")
     p.add_argument("name", choices=list(DATASETS), metavar="NAME", help=", ".join(DATASETS))
-    p.add_argument(
-        "--root", default=None, help="datasets root (default $DETECTRON2_DATASETS or ./datasets)"
-    )
+    p.add_argument("--root", default=None, help=_ROOT_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output, every count")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_data_stats)
 
-    from data.prepare import add_prepare_parser
 
-    add_prepare_parser(data)
+def _lazy(module: str, name: str) -> Callable:
+    """``module.name``, imported when first called (a command's options or its run)."""
+
+    def call(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    return call
+
+
+LIGHTNING_COMMANDS = {
+    "fit": "train DPSeg (LightningCLI: cli.py fit --config configs/tiny_synthetic.yaml)",
+    "validate": "validate a checkpoint on data.val (LightningCLI)",
+    "test": "test on every (dataset, bank) of data.test; metrics + summary (LightningCLI; VIP: "
+    "cli.py test --config configs/vip_tiny.yaml [--dual-prompts BANK])",
+    "predict": "LightningCLI's predict over data.test: --config ... --ckpt_path ... (any images: "
+    "cli.py segment)",
+}
+"""Run by LightningCLI (``model/lightning_cli.py``): ``cli.py fit --config configs/X.yaml``."""
+
+
+def commands() -> dict[str, Command]:
+    """Every command of ``cli.py``: name -> :class:`Command` (LightningCLI's four have no
+    options here: they are LightningCLI's)."""
+    return {
+        **{name: Command(what) for name, what in LIGHTNING_COMMANDS.items()},
+        "segment": Command(
+            "segment images with a checkpoint (DPSeg) or VIP and any vocabulary",
+            _segment_options,
+            cmd_segment,
+        ),
+        "explain": Command(
+            "text, visual and dual-prompt cost maps of one class on one image",
+            _explain_options,
+            cmd_explain,
+        ),
+        "presets": Command(
+            "list model presets and what each needs; presets pretrain: train a toy one",
+            _presets_options,
+            cmd_presets,
+            {
+                "pretrain": Command(
+                    "pretrain a toy preset (CLIP or dino.txt) on the toy world (writes its "
+                    "weights file)",
+                    _presets_pretrain_options,
+                    cmd_presets_pretrain,
+                )
+            },
+        ),
+        "vocab": Command("list vocabularies, or show one", _vocab_options, cmd_vocab),
+        "bank": Command(
+            "build, inspect, verify, repair, merge, subset, push and pull prompt banks",
+            subcommands={
+                "build": Command(
+                    "build or resume a prompt bank (Stable Diffusion + CLIP)",
+                    _bank_build_options,
+                    cmd_bank_build,
+                ),
+                "info": Command("what a bank holds", _bank_info_options, cmd_bank_info),
+                "verify": Command(
+                    "check schema, values, completeness; optionally rebuild items",
+                    _bank_verify_options,
+                    cmd_bank_verify,
+                ),
+                "repair": Command(
+                    "rebuild damaged shards with the bank's recorded settings (a resume)",
+                    _bank_repair_options,
+                    cmd_bank_repair,
+                ),
+                "merge": Command(
+                    "union of the classes of two compatible banks",
+                    _bank_merge_options,
+                    cmd_bank_merge,
+                ),
+                "subset": Command(
+                    "a bank of some classes of a bigger one (by name or synonym)",
+                    _bank_subset_options,
+                    cmd_bank_subset,
+                ),
+                "push": Command(
+                    "upload a complete bank (hf://datasets/ORG/NAME, s3://, ...)",
+                    _bank_push_options,
+                    cmd_bank_push,
+                ),
+                "pull": Command(
+                    "download a bank, check every object, cache it by content",
+                    _bank_pull_options,
+                    cmd_bank_pull,
+                ),
+                "gallery": Command(
+                    "a contact sheet of the stored images", _bank_gallery_options, cmd_bank_gallery
+                ),
+            },
+        ),
+        "vip": Command(
+            "VIP tools (testing VIP: cli.py test --config configs/vip_*.yaml)",
+            subcommands={
+                "select-aliases": Command(
+                    "keep the aliases that images agree with (visual-guided selection)",
+                    _select_aliases_options,
+                    cmd_vip_select_aliases,
+                )
+            },
+        ),
+        "eval-masks": Command(
+            "score saved prediction maps against label maps (mIoU, fwIoU, mACC, pACC)",
+            _lazy("data.eval_masks", "eval_masks_options"),
+            _lazy("data.eval_masks", "cmd_eval_masks"),
+        ),
+        "data": Command(
+            "datasets: write synthetic/toy ones, check one, convert a benchmark download",
+            subcommands={
+                "synthetic": Command(
+                    "write the synthetic dataset (detectron2 layout)",
+                    _dataset_options(400, 64, ""),
+                    cmd_data_synthetic,
+                ),
+                "toy": Command(
+                    "write the toy world's dataset: toy (val), toy:train",
+                    _dataset_options(600, 160, ", seen classes (val: all)"),
+                    cmd_data_toy,
+                ),
+                "stats": Command(
+                    "check a prepared dataset: counts, values, problems",
+                    _data_stats_options,
+                    cmd_data_stats,
+                ),
+                "prepare": Command(
+                    "convert an official benchmark download into the detectron2 layout",
+                    _lazy("data.prepare", "prepare_options"),
+                    _lazy("data.prepare", "cmd_prepare"),
+                ),
+            },
+        ),
+    }
+
+
+def _help_formatter():
+    from jsonargparse import DefaultHelpFormatter
+
+    class HelpFormatter(DefaultHelpFormatter):
+        """jsonargparse's, but an option whose help tells its default is not given another."""
+
+        def _get_help_string(self, action) -> str:
+            text = super()._get_help_string(action)
+            if "default" in (action.help or ""):
+                text = text.replace(", default: %(default)s)", ")")
+                text = text.replace(" (default: %(default)s)", "")
+            return text
+
+    return HelpFormatter
+
+
+def build_parser(argv: list[str] | None = None, parsers: dict | None = None):
+    """The command tree, one jsonargparse parser. Only the commands named in ``argv`` get their
+    options (what they import, torch for some, waits until they are chosen); None: all do.
+    ``parsers`` (a dict) receives each command's parser by its path (``("bank", "build")``)."""
+    from jsonargparse import ArgumentParser
+
+    formatter = _help_formatter()
+    parser = ArgumentParser(
+        prog="cli.py",
+        formatter_class=formatter,
+        description="dpseg: open-vocabulary semantic segmentation with dual prompts (DPSeg, VIP). "
+        "fit, validate, test and predict are LightningCLI's (cli.py fit -h); any images: "
+        "cli.py segment -h.",
+    )
+    parser.add_argument("--version", action="version", version=f"dpseg {_version()}")
+    _add_commands(parser, commands(), argv, formatter, {} if parsers is None else parsers)
     return parser
+
+
+def _add_commands(parser, tree, argv, formatter, parsers, path=(), required=True) -> None:
+    from jsonargparse import ArgumentParser
+
+    subcommands = parser.add_subcommands(dest="command", metavar="COMMAND", required=required)
+    for name, command in tree.items():
+        sub = ArgumentParser(
+            description=command.description or command.help, formatter_class=formatter
+        )
+        subcommands.add_subcommand(name, sub, help=command.help)  # before its own subcommands
+        parsers[(*path, name)] = sub
+        if argv is None or name in argv:
+            if command.options is not None:
+                command.options(sub)
+            if command.subcommands:
+                _add_commands(sub, command.subcommands, argv, formatter, parsers,
+                              (*path, name), command.run is None)  # fmt: skip
+
+
+def _parse(argv: list[str]) -> tuple[Command, object]:
+    """The command a command line chose and its options. The deepest command named at its
+    start parses the rest itself, so that its errors come with its own usage line (jsonargparse
+    4.53 reports an unknown key of a YAML file given to a subcommand's subcommand as a KeyError
+    of the parent's name)."""
+    parsers: dict = {}
+    parser = build_parser(argv, parsers)
+    tree, path, command = commands(), (), None
+    while len(path) < len(argv) and argv[len(path)] in tree:
+        command = tree[argv[len(path)]]
+        path = (*path, argv[len(path)])
+        tree = command.subcommands
+    if command is None:
+        return _chosen(parser.parse_args(argv))
+    parser = parsers[path]
+    vars(parser).pop("parent_parser", None)  # a root now: --print_config prints its options
+    return _chosen(parser.parse_args(argv[len(path) :]), command)
+
+
+def _chosen(config, command: Command | None = None) -> tuple[Command, object]:
+    """The command a parsed command line chose (below ``command``), and its own options."""
+    tree = commands() if command is None else command.subcommands
+    args = config
+    while args.get("command"):
+        command, args = tree[args.command], args[args.command]
+        tree = command.subcommands
+    return command, args
 
 
 def _log_ours() -> None:
@@ -686,7 +927,7 @@ def _log_ours() -> None:
             logger.propagate = False  # Lightning's root handler would print it again
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def cmd_segment(args: argparse.Namespace) -> int:
     """Segment images with a checkpoint (DPSeg) or VIP and any vocabulary; outputs in --out."""
 
     from model.predictor import expand_images, predict_images
@@ -705,15 +946,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         if not args.ckpt:
             raise FileNotFoundError(
-                "predict needs --ckpt (a checkpoint of cli.py fit), or --method vip (training-free)"
+                "segment needs --ckpt (a checkpoint of cli.py fit), or --method vip (training-free)"
             )
         predictor = Predictor.from_checkpoint(args.ckpt, device=args.device, rounds=args.rounds)
-        predictor.set_vocabulary(
-            args.vocab,
-            bank=args.bank,
-            text_only=args.text_only,
-            generator_weights=args.generator_weights,
-            progress=not args.quiet,
+        _dpseg_prompts(
+            predictor, args.vocab, args.bank, args.text_only, args.generator_weights, not args.quiet
         )
     summary = predict_images(predictor, paths, args.out, progress=not args.quiet)
     for item in summary["skipped"]:
@@ -729,37 +966,53 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "text-only)"
         )
     print(
-        f"predict: {summary['images']} images in {summary['seconds']} s "
+        f"segment: {summary['images']} images in {summary['seconds']} s "
         f"({summary['images_per_second']} images/s), {len(summary['skipped'])} skipped; "
         f"{classes}; outputs in {args.out} (label maps, overlays, class areas, summary.json)"
     )
-    return 1 if summary["skipped"] and not summary["images"] else 0
+    return 0
 
 
-def predict_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cli.py predict",
-        description="Segment images with a checkpoint (DPSeg) or with VIP (--method vip, no "
-        "training) and any vocabulary. (Without --images, `predict` is LightningCLI's over "
-        "data.test: cli.py predict --config ... [--ckpt_path ...])",
+def _segment_options(p) -> None:
+    p.description = (
+        "Segment images with a checkpoint of cli.py fit (DPSeg) or with VIP (--method vip, no "
+        "training) and any vocabulary: label maps, overlays, class areas and summary.json in "
+        "--out. (LightningCLI's predict, over data.test: cli.py predict --config ... "
+        "--ckpt_path ...)"
     )
-    p.add_argument("--method", choices=("dpseg", "vip"), default="dpseg", help="default dpseg")
+    p.add_argument("--method", choices=("dpseg", "vip"), default="dpseg", help="the method")
     p.add_argument("--ckpt", help="DPSeg: a checkpoint of cli.py fit")
     p.add_argument("--images", nargs="+", required=True, help="files, folders or glob patterns")
-    p.add_argument("--vocab", required=True, help="'cat, kitty; dog; grass', a name or a file")
+    p.add_argument("--vocab", required=True, help="'cat, kitty; dog', one class, a name or a file")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--bank", help="DPSeg: prompt bank (default: the checkpoint's training bank)")
     p.add_argument(
         "--text-only", action="store_true", help="DPSeg: no visual prompts for missing classes"
     )
-    p.add_argument("--rounds", type=int, choices=(1, 2), help="DPSeg: inference rounds (default 1)")
+    p.add_argument(
+        "--rounds", type=Literal[1, 2] | None, help="DPSeg: inference rounds (default 1)"
+    )
     p.add_argument("--generator-weights", help="DPSeg: local generator weights for missing classes")
     p.add_argument("--config", help="VIP: settings from a configs/vip_*.yaml (its model: section)")
     p.add_argument("--encoder", help="VIP: encoder preset (default: the config's, dinotxt-l16)")
     p.add_argument("--dual-prompts", metavar="BANK", help="VIP: add a bank's visual prompts")
     p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
+
+
+def _dpseg_prompts(predictor, vocabulary, bank: str | None, text_only: bool,
+                   generator_weights: str | None = None, progress: bool = True) -> None:  # fmt: skip
+    """A DPSeg predictor's prompts: classes the bank (default: the checkpoint's training bank)
+    lacks are built first with its own settings (``prompt_bank.extend``), unless text-only."""
+    from prompt_bank.extend import build_missing_classes
+    from prompt_bank.store import Bank
+
+    bank = bank or predictor.training_bank()
+    extra = []
+    if bank is not None and not text_only:
+        opened = predictor.module.check_templates(Bank.open(bank))  # before any generation
+        extra = build_missing_classes(opened, vocabulary, generator_weights, progress)
+    predictor.set_vocabulary(vocabulary, bank=bank, extra_banks=extra, text_only=text_only)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -784,10 +1037,50 @@ def cmd_explain(args: argparse.Namespace) -> int:
         vocabulary = Vocabulary.from_entries(
             [*vocabulary.entries, args.class_name], vocabulary.name
         )
-    predictor.set_vocabulary(vocabulary, bank=args.bank, text_only=args.text_only)
+    _dpseg_prompts(predictor, vocabulary, args.bank, args.text_only)
     out = write_explanation(predictor, image, args.class_name, args.out)
     print(f"explain: {out} ({args.class_name!r}: {predictor.sources[args.class_name]} prompts)")
     return 0
+
+
+@dataclasses.dataclass
+class SelectAliasesOptions:
+    """``vip select-aliases``: what is scored, with what, on how many images (how aliases are
+    scored: model.vip.selection.SelectionConfig's fields, the options after these)."""
+
+    data: str  # a dataset name (cli.py data stats) or a folder of images
+    vocab: str  # alias vocabulary: a cls_*.txt file, a name, or 'a, a2; b'
+    out: str  # the alias file to write
+    encoder: str = "dinotxt-l16"  # encoder preset (VIP's; tiny-dinotxt and tiny-vit run offline)
+    encoder_weights: str | None = None  # local weights: a CLIP file or folder; dinotxt-l16: the
+    # folder of its two files
+    attention: str | None = None  # dense path: dino.txt proxy (default) or none; CLIP ViT clear
+    # (default), sclip, vanilla, proxy, none
+    templates: str = "seg"  # seg, city, imagenet80, imagenet80:N, single
+    rule: Literal["ours", "reported"] = "ours"  # ours (docs/vip.md), or the rule third-party
+    # notes report (unconfirmed): pre-filter 0.7, threshold 0.4, agreement over non-empty regions
+    # only, the backbone's attention as affinity; the scoring options below override it
+    limit: int = 200  # images scored (0: all)
+    size: int = 336  # image side (short side + centre crop)
+    batch_size: int = 8  # images per batch
+    root: str | None = None  # datasets root (default $DETECTRON2_DATASETS or ./datasets)
+    device: str | None = None  # cpu, cuda (default: cuda when available)
+    quiet: bool = False  # no progress bar
+
+
+def _select_aliases_options(p) -> None:
+    from model.vip.selection import AFFINITIES, SelectionConfig
+
+    p.description = (
+        "Score every alias of --vocab on unlabeled images of --data (activation region, "
+        "agreement with the map propagated by the image's patch affinity, entropy); keep the "
+        "canonical name and the aliases that beat it on agreement and entropy; write them with "
+        "the scores as comments."
+    )
+    _config_file(p)
+    _add_fields(p, SelectAliasesOptions, overrides={"rule": {"choices": ("ours", "reported")}})
+    _add_fields(p, SelectionConfig, unset="the --rule's; ours", overrides={
+        "affinity": {"choices": AFFINITIES}})  # fmt: skip
 
 
 def cmd_vip_select_aliases(args: argparse.Namespace) -> int:
@@ -796,17 +1089,11 @@ def cmd_vip_select_aliases(args: argparse.Namespace) -> int:
 
     _log_ours()
     try:
-        settings = {"steps": args.steps}
-        if args.threshold is not None:
-            settings["threshold"] = args.threshold
-        if args.prefilter is not None:
-            settings["prefilter"] = args.prefilter
-        if args.affinity is not None:
-            settings["affinity"] = args.affinity
         if args.rule == "reported":
-            config = SelectionConfig.reported(**settings)
+            given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SelectionConfig)}
+            config = SelectionConfig.reported(**{k: v for k, v in given.items() if v is not None})
         else:
-            config = SelectionConfig(**settings)
+            config = _config_from(SelectionConfig, args)
     except ValueError as e:
         raise UserError(f"{e}") from None
     path, scores = select_aliases(
@@ -834,79 +1121,7 @@ def cmd_vip_select_aliases(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_vip_commands(commands) -> None:
-    vip = commands.add_parser(
-        "vip", help="VIP tools (testing VIP: cli.py test --config configs/vip_*.yaml)"
-    ).add_subparsers(dest="vip_command", metavar="VIP_COMMAND", required=True)
-    p = vip.add_parser(
-        "select-aliases",
-        help="keep the aliases that images agree with (visual-guided selection)",
-        description="Score every alias of --vocab on unlabeled images of --data (activation "
-        "region, agreement with the map propagated by the image's patch affinity, entropy); keep "
-        "the canonical name and the aliases that beat it on agreement and entropy; write them "
-        "with the scores as comments.",
-    )
-    p.add_argument("--data", required=True, help="a dataset name (cli.py data stats) or a folder")
-    p.add_argument("--vocab", required=True, help="alias vocabulary: a cls_*.txt file or a name")
-    p.add_argument("--out", required=True, help="the alias file to write")
-    p.add_argument(
-        "--encoder",
-        default="dinotxt-l16",
-        help="encoder preset (default dinotxt-l16, VIP's; tiny-dinotxt and tiny-vit offline)",
-    )
-    p.add_argument(
-        "--encoder-weights",
-        metavar="PATH",
-        help="local weights: a CLIP file or folder; dinotxt-l16: the folder of its two files",
-    )
-    p.add_argument(
-        "--attention",
-        help="dense path: dino.txt proxy (default) or none; CLIP ViT clear (default), sclip, "
-        "vanilla, proxy, none",
-    )
-    p.add_argument(
-        "--templates", default="seg", help="seg (default), city, imagenet80, imagenet80:N, single"
-    )
-    p.add_argument(
-        "--rule",
-        choices=("ours", "reported"),
-        default="ours",
-        help="ours (docs/vip.md), or the rule third-party notes report (unconfirmed): pre-filter "
-        "0.7, threshold 0.4, agreement over non-empty regions only, the backbone's attention as "
-        "affinity",
-    )
-    p.add_argument(
-        "--threshold", type=float, help="activation: probability >= this (ours 0.5, reported 0.4)"
-    )
-    p.add_argument(
-        "--prefilter",
-        type=float,
-        help="drop aliases whose text cosine with the canonical name is below this",
-    )
-    p.add_argument(
-        "--affinity",
-        choices=("proxy", "attention"),
-        help="the random walk's affinity: proxy (ours), attention (reported: the backbone's "
-        "last-block attention; dino.txt only)",
-    )
-    p.add_argument("--steps", type=int, default=2, help="random-walk steps (default 2)")
-    p.add_argument("--limit", type=int, default=200, help="images scored (default 200; 0: all)")
-    p.add_argument("--size", type=int, default=336, help="image side (short side + centre crop)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument(
-        "--root", default=None, help="datasets root (default $DETECTRON2_DATASETS or ./datasets)"
-    )
-    p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_vip_select_aliases)
-
-
-def _wants_image_predict(argv: list[str]) -> bool:
-    return any(a.split("=")[0] in ("--images", "--ckpt", "--vocab") for a in argv[1:])
-
-
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-"""Run by LightningCLI (``model/lightning_cli.py``): ``cli.py fit --config configs/X.yaml``."""
+# ---------------------------------------------------------------------------------------------
 
 
 def _dual_prompts_option(argv: list[str]) -> list[str]:
@@ -922,16 +1137,21 @@ def _dual_prompts_option(argv: list[str]) -> list[str]:
 
 
 def lightning_main(argv: list[str]) -> int:
-    """fit/validate/test/predict; our user errors end in one line, as the other commands."""
+    """fit/validate/test/predict, exactly LightningCLI's (model/lightning_cli.py)."""
 
     _log_ours()
     from model.lightning_cli import main as run
 
     try:
         run(_dual_prompts_option(argv))
-    except _user_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except SystemExit as e:
+        if e.code == 2 and argv[0] == "predict" and any(a.startswith("--images") for a in argv):
+            print(
+                "hint: predict is LightningCLI's (over data.test); any images: cli.py segment "
+                "--images ... --vocab ... --out ...",
+                file=sys.stderr,
+            )
+        raise
     return 0
 
 
@@ -939,22 +1159,15 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGPIPE"):  # `cli.py ... | head` ends quietly, as Unix tools do
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["predict"] and _wants_image_predict(argv):
-        args = predict_parser().parse_args(argv[1:])
-        try:
-            return cmd_predict(args)
-        except _user_errors() as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    if argv and argv[0] in LIGHTNING_COMMANDS:
-        return lightning_main(argv)
-    args = build_parser().parse_args(argv)
-    if getattr(args, "root", "unset") is None:
-        import os
-
-        args.root = os.environ.get("DETECTRON2_DATASETS", "datasets")
     try:
-        return args.func(args) or 0
+        if argv and argv[0] in LIGHTNING_COMMANDS:
+            return lightning_main(argv)
+        command, args = _parse(argv)
+        if args.get("root", "unset") is None:
+            import os
+
+            args.root = os.environ.get("DETECTRON2_DATASETS", "datasets")
+        return command.run(args) or 0
     except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """`make demo`: the whole DPSeg path in the toy world, offline, as a user runs it.
 
     toy world data -> toy prompt bank (renderer + pretrained toy ConvNeXt) -> fit on the seen
-    classes -> test on seen and unseen classes (1 and 2 rounds) -> predict on a few validation
+    classes -> test on seen and unseen classes (1 and 2 rounds) -> segment a few validation
     images -> explain an unseen class -> report
 
 Every step is the real command line (``cli.py ...``) in its own process; the report says where
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     val = sorted((out / "datasets" / "toy" / "images" / "val").glob("*.jpg"))
     shown = image_with_class(out / "datasets", EXPLAINED) or val[0]
     images = [shown, *[p for p in val if p != shown][:3]]
-    run("predict", ["predict", "--ckpt", str(ckpt), "--images", *map(str, images), "--vocab",
+    run("segment", ["segment", "--ckpt", str(ckpt), "--images", *map(str, images), "--vocab",
                     "toy", "--out", str(out / "predict"), "--quiet"], times)  # fmt: skip
     run("explain", ["explain", "--ckpt", str(ckpt), "--image", str(shown), "--class",
                     EXPLAINED, "--out", str(out / "explain.png")], times)  # fmt: skip

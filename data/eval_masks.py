@@ -259,16 +259,24 @@ def evaluate_mask_folders(
 # command line (wired into cli.py as `eval-masks`)
 
 
+EVAL_MASKS_HELP = "score saved prediction maps against label maps (mIoU, fwIoU, mACC, pACC)"
+
+
 def add_eval_masks_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``eval-masks`` on an argparse subparsers object; returns its parser."""
-    p = subparsers.add_parser(
-        "eval-masks",
-        help="score saved prediction maps against label maps (mIoU, fwIoU, mACC, pACC)",
-        description=(
-            "Score the prediction maps of any method against label maps, matched by file stem, "
-            "with detectron2's rules (mIoU over classes with ground truth). Maps are PNG or "
-            "TIFF, 8- or 16-bit, one class id per pixel (a palette PNG reads as its indices)."
-        ),
+    """Register ``eval-masks`` on an argparse subparsers object; returns its parser (cli.py's
+    jsonargparse tree takes :func:`eval_masks_options`)."""
+    p = subparsers.add_parser("eval-masks", help=EVAL_MASKS_HELP)
+    eval_masks_options(p)
+    p.set_defaults(func=cmd_eval_masks)
+    return p
+
+
+def eval_masks_options(p) -> None:
+    """``eval-masks``'s description and options, on an argparse or a jsonargparse parser."""
+    p.description = (
+        "Score the prediction maps of any method against label maps, matched by file stem, "
+        "with detectron2's rules (mIoU over classes with ground truth). Maps are PNG or "
+        "TIFF, 8- or 16-bit, one class id per pixel (a palette PNG reads as its indices)."
     )
     p.add_argument("--pred", required=True, metavar="DIR", help="folder of prediction maps")
     p.add_argument("--gt", required=True, metavar="DIR", help="folder of label maps")
@@ -307,8 +315,6 @@ def add_eval_masks_parser(subparsers) -> argparse.ArgumentParser:
         help="error (default): stop at a bad or missing file; skip: leave it out and count it",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_eval_masks)
-    return p
 
 
 def cmd_eval_masks(args: argparse.Namespace) -> int:

@@ -88,6 +88,7 @@ from PIL import Image
 
 from data.catalog import DatasetError, datasets_root
 from data.io import save_image_atomic
+from data.optional import require
 from data.vocabulary import Vocabulary, VocabularyError, load_vocabulary, read_vocabulary_file
 
 PREPARABLE = (
@@ -1003,7 +1004,7 @@ def pc59_lut(labels: dict[int, str], source: str = "labels.txt") -> np.ndarray:
 
 
 def _read_label_map(path: Path) -> np.ndarray:
-    from scipy.io import loadmat
+    loadmat = require("scipy.io", "PASCAL-Context's .mat annotations").loadmat
 
     try:
         mat = loadmat(path, variable_names=["LabelMap"])
@@ -1472,18 +1473,29 @@ def prepare_dataset(
 # command line (wired into cli.py as `data prepare`)
 
 
+PREPARE_HELP = "convert an official benchmark download into the detectron2 layout"
+
+
 def add_prepare_parser(data_subparsers) -> argparse.ArgumentParser:
-    """Register ``prepare`` on the ``data`` subcommands; returns its parser."""
-    epilog = "what each dataset needs under --root:\n" + "\n".join(
+    """Register ``prepare`` on argparse's ``data`` subcommands; returns its parser (cli.py's
+    jsonargparse tree takes :func:`prepare_options`)."""
+    p = data_subparsers.add_parser("prepare", help=PREPARE_HELP)
+    prepare_options(p)
+    p.set_defaults(func=cmd_prepare)
+    return p
+
+
+def prepare_options(p) -> None:
+    """``data prepare``'s description and options, on an argparse or a jsonargparse parser."""
+    p.description = (
+        "Convert the official download of a benchmark into the detectron2 layout "
+        "(docs/design.md §5). Existing outputs are kept: a rerun is a no-op, a killed run resumes."
+    )
+    p.epilog = "what each dataset needs under --root:\n" + "\n".join(
         f"  {n}: {RAW_SOURCES[n]}" for n in PREPARABLE
     )
-    p = data_subparsers.add_parser(
-        "prepare",
-        help="convert an official benchmark download into the detectron2 layout",
-        description="Convert the official download of a benchmark into the detectron2 layout "
-        "(docs/design.md §5). Existing outputs are kept: a rerun is a no-op, a killed run resumes.",
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p.formatter_class = type(  # the epilog's lines as written
+        "RawDescription", (argparse.RawDescriptionHelpFormatter, p.formatter_class), {}
     )
     p.add_argument("name", metavar="NAME", choices=PREPARABLE, help=", ".join(PREPARABLE))
     p.add_argument(
@@ -1496,8 +1508,6 @@ def add_prepare_parser(data_subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=None, help="threads (default min(8, CPUs))")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_prepare)
-    return p
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

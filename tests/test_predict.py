@@ -1,4 +1,4 @@
-"""The user's path: predict on any images and vocabulary, explain, and the demo itself."""
+"""The user's path: segment any images with any vocabulary, explain, and the demo itself."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def mixed_images(world, tmp_path_factory):
 def test_predict_mixed_images_with_a_free_form_vocabulary(trained, world, mixed_images, tmp_path):
     out = tmp_path / "pred"
     vocab = "red disc; green square; blue triangle; background; zebra, striped horse"
-    result = run_cli("predict", "--ckpt", str(trained), "--images", str(mixed_images),
+    result = run_cli("segment", "--ckpt", str(trained), "--images", str(mixed_images),
                      "--vocab", vocab, "--out", str(out), "--quiet", cwd=world)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "e_broken.jpg" in result.stderr and "4 images" in result.stdout
@@ -58,7 +58,7 @@ def test_predict_mixed_images_with_a_free_form_vocabulary(trained, world, mixed_
     cached = json.loads((caches[0] / "zarr.json").read_text())["attributes"]
     assert cached["classes"] == ["zebra, striped horse"]
     # text-only: no generation
-    result = run_cli("predict", "--ckpt", str(trained), "--images", str(mixed_images / "a_rgb.jpg"),
+    result = run_cli("segment", "--ckpt", str(trained), "--images", str(mixed_images / "a_rgb.jpg"),
                      "--vocab", "red disc; okapi", "--text-only", "--out", str(tmp_path / "t"),
                      "--quiet", cwd=world)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -67,12 +67,12 @@ def test_predict_mixed_images_with_a_free_form_vocabulary(trained, world, mixed_
 
 
 def test_predict_errors_name_the_argument(trained, world, tmp_path):
-    result = run_cli("predict", "--ckpt", str(tmp_path / "none.ckpt"), "--images", "x.jpg",
+    result = run_cli("segment", "--ckpt", str(tmp_path / "none.ckpt"), "--images", "x.jpg",
                      "--vocab", "cat", "--out", str(tmp_path), cwd=world)  # fmt: skip
     assert (
         result.returncode == 2 and "no image found" in result.stderr
     ) or "--images" in result.stderr
-    result = run_cli("predict", "--ckpt", str(tmp_path / "none.ckpt"), "--images", str(ROOT / "README.md"),
+    result = run_cli("segment", "--ckpt", str(tmp_path / "none.ckpt"), "--images", str(ROOT / "README.md"),
                      "--vocab", "cat", "--out", str(tmp_path), cwd=world)  # fmt: skip
     assert result.returncode == 2 and "--ckpt" in result.stderr and "none.ckpt" in result.stderr
 
@@ -103,14 +103,15 @@ def test_quick_demo_runs_and_reports(tmp_path):
 
 
 def test_readme_quotes_the_demo_figures_consistently():
-    """The demo report in the README and the training section quote the same round I mIoU,
-    and the unseen classes score well above chance (1/31)."""
+    """The demo report in the README and the training page (docs/dpseg.md) quote the same round
+    I mIoU, and the unseen classes score well above chance (1/31)."""
     import re
 
     readme = (ROOT / "README.md").read_text()
     report = re.search(
         r"round I  \(bank prompts\): +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+)", readme
     )
-    table = re.search(r"\| DPSeg \(toy-convnext, round 1\) \| ([\d.]+) \|", readme)
+    training = (ROOT / "docs" / "dpseg.md").read_text()
+    table = re.search(r"\| DPSeg \(toy-convnext, round 1\) \| ([\d.]+) \|", training)
     assert report and table and report.group(1) == table.group(1)
     assert float(report.group(3)) >= 10  # unseen classes: well above chance (3.2)

@@ -157,7 +157,7 @@ def test_vip_config_parses_through_lightning_cli():
 def test_vip_image_predict_with_a_free_vocabulary_and_dual_prompts(vip_world, world):
     images = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[:2]
     out = vip_world / "free"
-    result = run_cli("predict", "--method", "vip", "--config", str(VIP_TINY),
+    result = run_cli("segment", "--method", "vip", "--config", str(VIP_TINY),
                      "--images", *map(str, images), "--vocab", "red disc, red circle; background",
                      "--out", str(out), "--dual-prompts", str(vip_world / "vit_bank.zarr"),
                      "--quiet", env=ENV)  # fmt: skip
@@ -168,7 +168,7 @@ def test_vip_image_predict_with_a_free_vocabulary_and_dual_prompts(vip_world, wo
     assert {c["name"] for c in record["classes"]} <= {"red disc", "background"}
     assert all(c["prompt"].startswith("text+visual") for c in record["classes"])
     assert (out / f"{images[0].stem}_overlay.png").is_file()
-    no_ckpt = run_cli("predict", "--images", str(images[0]), "--vocab", "a; b", "--out",
+    no_ckpt = run_cli("segment", "--images", str(images[0]), "--vocab", "a; b", "--out",
                       str(out), env=ENV)  # fmt: skip
     assert no_ckpt.returncode == 2 and "--method vip" in no_ckpt.stderr
 
@@ -226,7 +226,7 @@ def test_vip_on_tiny_dinotxt_tests_with_and_without_dual_prompts(vip_world, worl
 def test_vip_on_tiny_dinotxt_predicts_and_selects_aliases(vip_world, world):
     images = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[:1]
     out = vip_world / "dt_pred"
-    result = run_cli("predict", "--method", "vip", "--config", str(VIP_TINY_DINOTXT),
+    result = run_cli("segment", "--method", "vip", "--config", str(VIP_TINY_DINOTXT),
                      "--images", str(images[0]), "--vocab", "red disc, red circle; background",
                      "--out", str(out), "--quiet", env=ENV)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Segment any images with VIP and any vocabulary (``cli.py predict --method vip``).
+"""Segment any images with VIP and any vocabulary (``cli.py segment --method vip``).
 
     predictor = VIPPredictor.from_config("configs/vip_voc21.yaml")   # or encoder="tiny-vit"
     predictor.set_vocabulary("cat, kitty; dog; grass")               # aliases after commas
