@@ -262,17 +262,8 @@ def evaluate_mask_folders(
 EVAL_MASKS_HELP = "score saved prediction maps against label maps (mIoU, fwIoU, mACC, pACC)"
 
 
-def add_eval_masks_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``eval-masks`` on an argparse subparsers object; returns its parser (cli.py's
-    jsonargparse tree takes :func:`eval_masks_options`)."""
-    p = subparsers.add_parser("eval-masks", help=EVAL_MASKS_HELP)
-    eval_masks_options(p)
-    p.set_defaults(func=cmd_eval_masks)
-    return p
-
-
 def eval_masks_options(p) -> None:
-    """``eval-masks``'s description and options, on an argparse or a jsonargparse parser."""
+    """``eval-masks``'s description and options (cli.py's jsonargparse tree adds them)."""
     p.description = (
         "Score the prediction maps of any method against label maps, matched by file stem, "
         "with detectron2's rules (mIoU over classes with ground truth). Maps are PNG or "

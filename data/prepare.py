@@ -1476,17 +1476,8 @@ def prepare_dataset(
 PREPARE_HELP = "convert an official benchmark download into the detectron2 layout"
 
 
-def add_prepare_parser(data_subparsers) -> argparse.ArgumentParser:
-    """Register ``prepare`` on argparse's ``data`` subcommands; returns its parser (cli.py's
-    jsonargparse tree takes :func:`prepare_options`)."""
-    p = data_subparsers.add_parser("prepare", help=PREPARE_HELP)
-    prepare_options(p)
-    p.set_defaults(func=cmd_prepare)
-    return p
-
-
 def prepare_options(p) -> None:
-    """``data prepare``'s description and options, on an argparse or a jsonargparse parser."""
+    """``data prepare``'s description and options (cli.py's jsonargparse tree adds them)."""
     p.description = (
         "Convert the official download of a benchmark into the detectron2 layout "
         "(docs/design.md §5). Existing outputs are kept: a rerun is a no-op, a killed run resumes."

@@ -3,7 +3,6 @@ independent numpy reference, a real 2-process DDP all-reduce, and eval-masks on 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -18,9 +17,10 @@ import torch
 from conftest import ROOT
 from PIL import Image
 
+from cli import main as cli_main
 from data.catalog import IGNORE_INDEX, DatasetError
 from data.datasets import read_label
-from data.eval_masks import add_eval_masks_parser, evaluate_mask_folders
+from data.eval_masks import evaluate_mask_folders
 from data.evaluator import (
     SemSegMetric,
     _named_positions,
@@ -509,14 +509,11 @@ def test_eval_masks_skip_mode_counts_by_reason(folders):
 
 
 # ---------------------------------------------------------------------------------------------
-# the eval-masks command (wired into cli.py by add_eval_masks_parser)
+# the eval-masks command (cli.py eval-masks, in process)
 
 
 def _run_eval_masks(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="cli.py")
-    add_eval_masks_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["eval-masks", *argv])
-    return args.func(args)
+    return cli_main(["eval-masks", *argv])
 
 
 def test_cmd_eval_masks_prints_the_scores_and_writes_nothing(

@@ -1,6 +1,5 @@
 """data.prepare: tiny fixtures in the official raw formats, converted and checked value by value."""
 
-import argparse
 import json
 import os
 import pickle
@@ -10,12 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli import main as cli_main
 from data.catalog import DatasetError
 from data.prepare import (
     PREPARABLE,
-    add_prepare_parser,
     ade847_size,
-    cmd_prepare,
     load_ade20k_index,
     prepare_dataset,
     resize_bilinear,
@@ -512,27 +510,20 @@ def test_unknown_name_and_root(tmp_path):
         prepare_dataset("voc20", tmp_path / "nowhere")
 
 
-def parser():
-    p = argparse.ArgumentParser()
-    add_prepare_parser(p.add_subparsers(dest="data_command"))
-    return p
-
-
 def test_cmd_prepare(tmp_path, capsys, monkeypatch):
     make_voc(tmp_path)
-    args = parser().parse_args(["prepare", "voc20", "--root", str(tmp_path), "--quiet"])
-    assert args.func is cmd_prepare
-    assert cmd_prepare(args) == 0
+    assert cli_main(["data", "prepare", "voc20", "--root", str(tmp_path), "--quiet"]) == 0
     assert "voc20: 2 written, 0 already converted" in capsys.readouterr().out
 
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
-    assert cmd_prepare(parser().parse_args(["prepare", "voc20", "--quiet"])) == 0
+    assert cli_main(["data", "prepare", "voc20", "--quiet"]) == 0
     assert "0 written, 2 already converted" in capsys.readouterr().out
 
-    assert cmd_prepare(parser().parse_args(["prepare", "ade150", "--quiet"])) == 2
+    assert cli_main(["data", "prepare", "ade150", "--quiet"]) == 2
     assert "error: ade150:" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        parser().parse_args(["prepare", "synthetic"])
+    with pytest.raises(SystemExit) as usage:  # not a choice: the parser's usage error
+        cli_main(["data", "prepare", "synthetic"])
+    assert usage.value.code == 2
     assert set(PREPARABLE) == {"coco171", "ade150", "ade847", "pc59", "pc459", "voc20", "voc20b",
                                "coco-object", "cityscapes", "potsdam", "vaihingen", "isaid",
                                "vdd"}  # fmt: skip

@@ -9,7 +9,6 @@ so the tiles are just over one crop wide.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import zipfile
@@ -21,11 +20,10 @@ from conftest import read_image_file as read
 from conftest import run_cli, snapshot
 from PIL import Image
 
+from cli import main as cli_main
 from data.catalog import IGNORE_INDEX, DatasetError, DatasetSpec, get_dataset_spec
 from data.datasets import SegmentationFolder
 from data.prepare import (
-    add_prepare_parser,
-    cmd_prepare,
     isaid_windows,
     isprs_boxes,
     isprs_colour_to_index,
@@ -504,17 +502,13 @@ def test_prepare_vdd_checks_the_layout(tmp_path):
 
 
 def test_cmd_prepare_accepts_the_remote_sensing_names(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_prepare_parser(parser.add_subparsers(dest="data_command"))
     spec = get_dataset_spec("vdd")
     save(spec.image_root(tmp_path) / "DJI_0001.JPG", tile_image(2, 2, 0), "JPEG")
     save(spec.label_root(tmp_path) / "DJI_0001.png", [[0, 6], [3, 4]])
-    args = parser.parse_args(["prepare", "vdd", "--root", str(tmp_path), "--quiet"])
-    assert cmd_prepare(args) == 0
+    assert cli_main(["data", "prepare", "vdd", "--root", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "vdd: 0 written, 0 already converted" in out and "vdd is ready: 1 images" in out
     for name in ("potsdam", "vaihingen", "isaid"):
-        args = parser.parse_args(["prepare", name, "--root", str(tmp_path), "--quiet"])
-        assert cmd_prepare(args) == 2
+        assert cli_main(["data", "prepare", name, "--root", str(tmp_path), "--quiet"]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {name}: ") and err.count("\n") == 1

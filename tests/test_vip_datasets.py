@@ -4,7 +4,6 @@ converters, vocabularies and `data stats`."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -14,9 +13,10 @@ from conftest import read_image_file as read
 from conftest import run_cli, snapshot
 from PIL import Image
 
+from cli import main as cli_main
 from data.catalog import IGNORE_INDEX, DatasetError, get_dataset_spec
 from data.datasets import SegmentationFolder
-from data.prepare import add_prepare_parser, cmd_prepare, prepare_dataset
+from data.prepare import prepare_dataset
 from data.stats import dataset_stats
 from data.vocabulary import load_vocabulary
 
@@ -409,15 +409,11 @@ def test_prepare_coco_object_errors(tmp_path):
 
 
 def test_cmd_prepare_accepts_the_new_names(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_prepare_parser(parser.add_subparsers(dest="data_command"))
     save_label(tmp_path / CITY / "gtFine/val/bonn/bonn_000000_000019_gtFine_labelIds.png",
                [[7, 33]])  # fmt: skip
-    args = parser.parse_args(["prepare", "cityscapes", "--root", str(tmp_path), "--quiet"])
-    assert cmd_prepare(args) == 0
+    assert cli_main(["data", "prepare", "cityscapes", "--root", str(tmp_path), "--quiet"]) == 0
     assert "cityscapes: 1 written, 0 already converted" in capsys.readouterr().out
-    args = parser.parse_args(["prepare", "coco-object", "--root", str(tmp_path), "--quiet"])
-    assert cmd_prepare(args) == 2
+    assert cli_main(["data", "prepare", "coco-object", "--root", str(tmp_path), "--quiet"]) == 2
     assert "error: coco-object: no COCO-Stuff labels" in capsys.readouterr().err
 
 
