@@ -1012,6 +1012,7 @@ def _dpseg_prompts(predictor, vocabulary, bank: str | None, text_only: bool,
     if bank is not None and not text_only:
         opened = predictor.module.check_templates(Bank.open(bank))  # before any generation
         extra = build_missing_classes(opened, vocabulary, generator_weights, progress)
+        bank = opened  # opened once
     predictor.set_vocabulary(vocabulary, bank=bank, extra_banks=extra, text_only=text_only)
 
 

@@ -88,16 +88,12 @@ class DPSegCLI(LightningCLI):
             raise reading_failed(e, ckpt, "--ckpt_path") from None
 
     def instantiate_trainer(self, **kwargs):
-        # --trainer.enable_progress_bar false turns off our default RichProgressBar too (Lightning
-        # refuses a progress-bar callback with the bar disabled).
+        # A feature turned off drops our default callback that needs it (Lightning refuses a
+        # progress bar with the bar disabled, a learning-rate monitor without a logger, a
+        # ModelCheckpoint without checkpointing).
         trainer_config = self._get(self.config_init, "trainer", default={})
-        if trainer_config.get("enable_progress_bar") is False:
-            trainer_config["callbacks"] = [
-                c for c in trainer_config.get("callbacks") or [] if not isinstance(c, ProgressBar)
-            ]
-        # Likewise --trainer.logger false drops our learning-rate monitor, and
-        # --trainer.enable_checkpointing false our ModelCheckpoint (Lightning refuses them then).
         for flag, needs_it in (
+            ("enable_progress_bar", ProgressBar),
             ("logger", LearningRateMonitor),
             ("enable_checkpointing", ModelCheckpoint),
         ):

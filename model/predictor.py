@@ -72,8 +72,8 @@ class Predictor:
     def set_vocabulary(
         self,
         vocabulary: str | Vocabulary,
-        bank: str | None = None,
-        extra_banks: Sequence[str] = (),
+        bank: str | Bank | None = None,
+        extra_banks: Sequence[str | Bank] = (),
         text_only: bool = False,
     ) -> Prompts:
         """Prompts for ``vocabulary``: from ``bank`` (default: the checkpoint's training bank),
@@ -91,7 +91,7 @@ class Predictor:
             if bank is not None:
                 log.info("using the checkpoint's training bank %s", bank)
         banks = [] if bank is None else [bank, *extra_banks]
-        banks = [module.check_templates(Bank.open(b)) for b in banks]
+        banks = [module.check_templates(b if isinstance(b, Bank) else Bank.open(b)) for b in banks]
         self.sources = {}
         for i, opened in enumerate(banks):
             for c, row in zip(vocabulary, class_index(opened.classes, vocabulary)):
@@ -100,7 +100,7 @@ class Predictor:
         missing = [c.name for c in vocabulary if c.name not in self.sources]
         if banks and missing and not text_only:
             raise BankMismatchError(
-                f"--vocab: {len(missing)} classes are not in {bank} "
+                f"--vocab: {len(missing)} classes are not in {banks[0].location} "
                 f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): build them "
                 "with prompt_bank.extend.build_missing_classes (cli.py segment does) and pass "
                 "extra_banks, or allow text prompts for them (text_only=True, --text-only)"

@@ -23,11 +23,6 @@ import cli
 from data.errors import UserError
 
 
-def image_command() -> str:
-    """Segmenting any images: ``segment`` (``predict --images`` before it was renamed)."""
-    return "segment" if "segment" in cli.commands() else "predict"
-
-
 def one_error_line(stderr: str, *, only: bool = True) -> str:
     """The one ``error:`` line of ``stderr``; ``only``: no other non-empty line either (Lightning
     commands print their own info lines first, so those pass only=False)."""
@@ -111,7 +106,7 @@ def test_every_error_class_is_a_user_error_and_keeps_its_base():
 
 
 def test_garbage_checkpoint_to_segment_is_one_line(files, tmp_path, capsys):
-    line = user_error(capsys, image_command(), "--ckpt", str(files["garbage"]), "--images",
+    line = user_error(capsys, "segment", "--ckpt", str(files["garbage"]), "--images",
                       str(files["good"]), "--vocab", "cat; dog", "--out", str(tmp_path / "o"))  # fmt: skip
     assert "--ckpt" in line and "garbage.ckpt" in line and "not a checkpoint" in line
     assert "weights_only" not in line
@@ -148,7 +143,7 @@ def test_garbage_checkpoint_to_lightning_test_is_one_line(world, files):
 
 def test_decompression_bomb_is_skipped_and_the_run_goes_on(files, tmp_path):
     out = tmp_path / "out"
-    result = run_cli(image_command(), "--method", "vip", "--config", "configs/vip_tiny.yaml",
+    result = run_cli("segment", "--method", "vip", "--config", "configs/vip_tiny.yaml",
                      "--images", str(files["good"]), str(files["bomb"]), "--vocab", "cat; dog",
                      "--out", str(out), "--quiet", env={"OMP_NUM_THREADS": "1"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -172,7 +167,7 @@ def test_read_image_refuses_a_bomb_and_garbage_as_user_errors(files):
 
 def test_no_readable_image_is_a_user_error(files, tmp_path, capsys):
     out = tmp_path / "out"
-    code, _, err = run_main(capsys, image_command(), "--method", "vip", "--config",
+    code, _, err = run_main(capsys, "segment", "--method", "vip", "--config",
                             "configs/vip_tiny.yaml", "--images", str(files["broken"]),
                             str(files["bomb"]), "--vocab", "cat; dog", "--out", str(out),
                             "--quiet")  # fmt: skip
@@ -208,6 +203,18 @@ def test_a_config_that_is_not_utf8_or_yaml_is_one_line(tmp_path, content, expect
     assert result.returncode == 2, result.stderr[-3000:]
     line = one_error_line(result.stderr)
     assert "--config" in line and "bad.yaml" in line and expected in line
+
+
+def test_a_vip_segment_config_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_bytes(b"model:\n  tau: \xff\n")
+    image = tmp_path / "a.png"
+    image.write_bytes(b"")
+    argv = ["segment", "--method", "vip", "--config", str(config), "--images", str(image),
+            "--vocab", "cat", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert cli.main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--config" in line and "bad.yaml" in line and "not UTF-8" in line
 
 
 # ---------------------------------------------------------------------------------------------

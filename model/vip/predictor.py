@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from data.vocabulary import load_vocabulary
+from model.lightning_cli import read_config
 from model.vip.aggregation import assign_labels
 from model.vip.lightning import VIPModule
 
@@ -45,7 +45,7 @@ class VIPPredictor:
         defaults), the encoder optionally replaced."""
         settings: dict = {}
         if config is not None:
-            loaded = yaml.safe_load(Path(config).read_text()) or {}
+            loaded = read_config(str(config)) or {}  # not UTF-8 or not YAML: one line
             settings = dict(loaded.get("model") or {})
             if loaded.get("method", "vip") != "vip":
                 raise ValueError(f"--config {str(config)!r} is not a VIP config (method: vip)")
