@@ -16,7 +16,7 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
 
-from data.errors import UserError  # the one user-error type (cheap: no torch)
+from data.errors import USER_ERRORS, UserError  # the one user-error type (cheap: no torch)
 
 
 def _version() -> str:
@@ -24,17 +24,6 @@ def _version() -> str:
         return version("dpseg")
     except PackageNotFoundError:
         return "unknown (not installed: run make install)"
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """What ends a command in ONE line, ``error: ...``, and exit status 2 (data/errors.py).
-
-    Every error class of ours that is the user's doing subclasses :class:`UserError`
-    (``VocabularyError``, ``DatasetError``, ``BankFormatError``, ``PresetError``, ...). Python's
-    FileNotFoundError / FileExistsError stay here too: they are raised for paths the user named
-    (``--out`` of an existing bank, a missing ``--images`` file) and their message names the path.
-    """
-    return (UserError, FileExistsError, FileNotFoundError)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1169,7 +1158,7 @@ def main(argv: list[str] | None = None) -> int:
 
             args.root = os.environ.get("DETECTRON2_DATASETS", "datasets")
         return command.run(args) or 0
-    except _user_errors() as e:
+    except USER_ERRORS as e:  # data/errors.py: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2
 

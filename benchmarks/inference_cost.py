@@ -8,12 +8,16 @@
     .venv/bin/python benchmarks/inference_cost.py --flops [--refined 8] [--json PATH]
                                                                  # FLOPs per image, device-
                                                                  #   independent (meta tensors)
+    .venv/bin/python benchmarks/inference_cost.py --ckpt last.ckpt --images DIR --vocab V
+                                                                 # a trained model on real images
 
 docs/design.md §2.3 (ours): round II reuses round I's image features (no second backbone pass), so it
 should cost at most 1.5x a single round. Prints, per K (default 8, every class refined: the
 worst case; and 150, the paper's regime, with 8 refined):
 
-- median time per image of round I and of round II under each policy of ``--policies``
+- median time per image (the modes interleaved: each iteration runs every mode once, so a drift
+  of the machine's speed moves them alike) of round I and of round II under each policy of
+  ``--policies``
   (``model.refine.CROP_POLICIES``: box and masked crops, pooled, pooled-own; round II's total,
   round I included), their ratio, the passes per image of the trained backbone
   (``ClipBackbone.forward``, a pre-hook) and of the frozen prompt encoder (one per batch of
@@ -26,9 +30,12 @@ worst case; and 150, the paper's regime, with 8 refined):
   process (CPU: peak RSS increase over the forward, from ``resource.getrusage`` after resetting
   the high-water mark; CUDA: ``torch.cuda.max_memory_allocated`` above the model's baseline).
 - ``--full-size``: images/s and peak memory (CUDA: ``max_memory_allocated``; CPU: peak RSS).
+- ``--ckpt``: the same table for a trained model on the first ``--max-images`` of a folder,
+  through the user's protocol (``Predictor``), with the checkpoint's inference settings: the
+  classes refined are those round I detects (``min_area``), not a fixed count.
 
-Prompts are random (normalised text and visual prompts, random level features) and the image is
-fixed random colour blocks: timings, not accuracy.
+Without ``--ckpt``, prompts are random (normalised text and visual prompts, random level
+features) and the image is fixed random colour blocks: timings, not accuracy.
 """
 
 from __future__ import annotations
@@ -52,10 +59,12 @@ from benchmarks.memory import current_memory_mb, peak_memory_mb, reset_peak
 from model.cost_volume import Prompts
 from model.dpseg import DPSeg, DPSegConfig
 from model.factory import build_dpseg
+from model.labels import class_labels
 from model.refine import CROP_POLICIES, RefineConfig, TwoRoundSegmenter, detected_classes
 from pretrained.backbone import ClipEncoder
 
 TINY_PRESET = "tiny-convnext"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 FULL_PRESET = "convnext-b-laion"
 
 
@@ -127,53 +136,56 @@ class CallCounter:
         self.backbone = self.encodes = self.crops = self.frozen = 0
         self.encode_s = 0.0
 
+    def counts(self) -> dict:
+        """What was counted since the last reset; ``frozen``: crop batches + pooled passes."""
+        return dict(backbone=self.backbone, frozen=self.encodes + self.frozen, crops=self.crops,
+                    encode_s=self.encode_s)  # fmt: skip
 
-def time_modes(args, model, encoder, counter, device, autocast, k: int) -> dict:
-    """Round I and round II (every policy of ``--policies``) of one K: time, calls, refined
-    classes, peak memory. Returns the rows (for --json)."""
-    prompts = random_prompts(encoder, k, args.templates, device)
-    images = block_images(args.batch, args.image_size, device)
+
+def time_segmenters(segmenters: dict, run, args, counter, device, autocast, per_run: int) -> dict:
+    """Time ``run(segmenter)`` (one pass over the inputs, ``per_run`` images) for every
+    segmenter: ``args.warmup`` passes each, then ``args.iters`` interleaved passes (each pass
+    runs every mode once, so a drift of the machine's speed, other processes or the clock,
+    moves every mode alike and leaves the ratios alone). Returns per mode: the median seconds
+    per image, the passes of the backbone and of the frozen encoder, crops and their encoding
+    seconds per image, and the peak memory."""
+    totals = {name: dict(times=[], backbone=0, frozen=0, crops=0, encode_s=0.0, peak=0.0)
+              for name in segmenters}  # fmt: skip
     with torch.inference_mode(), autocast:
-        first = model(images, prompts)
-        labels = first.logits.argmax(dim=1)
-        refined = [len(detected_classes(lb, k, args.min_area, args.max_classes)) for lb in labels]
-        del first, labels
-    modes = [("round I", 1, "box")] + [(f"II {p}", 2, p) for p in args.policies]
-    rows = {}
-    for name, rounds, policy in modes:
-        config = RefineConfig(rounds=rounds, min_area=args.min_area, crop_policy=policy,
-                              crop_size=args.crop_size, max_classes=args.max_classes)  # fmt: skip
-        segmenter = TwoRoundSegmenter(model, encoder, config)
-        times = []
-        with torch.inference_mode(), autocast:
+        for segmenter in segmenters.values():
             for _ in range(args.warmup):
-                segmenter(images, prompts)
+                run(segmenter)
             if segmenter._dense is not None:  # the pooled policy's frozen pass, counted too
                 segmenter._dense[0].register_forward_pre_hook(counter.on_frozen_pass)
-            sync(device)
-            counter.reset()
-            reset_peak(device)
-            for _ in range(args.iters):
-                start = time.perf_counter()
-                segmenter(images, prompts)
+        for _ in range(args.iters):
+            for name, segmenter in segmenters.items():
+                total = totals[name]
                 sync(device)
-                times.append(time.perf_counter() - start)
-        n = args.iters * args.batch
-        rows[name] = dict(
-            s=statistics.median(times) / args.batch,
-            backbone=counter.backbone / n,
-            frozen=(counter.encodes + counter.frozen) / n,
-            crops=counter.crops / n,
-            encode_s=counter.encode_s / n,
-            peak=peak_memory_mb(device),
+                counter.reset()
+                reset_peak(device)
+                start = time.perf_counter()
+                run(segmenter)
+                sync(device)
+                total["times"].append(time.perf_counter() - start)
+                for key, value in counter.counts().items():
+                    total[key] += value
+                total["peak"] = max(total["peak"], peak_memory_mb(device))
+    n = args.iters * per_run
+    return {
+        name: dict(
+            s=statistics.median(t["times"]) / per_run,
+            backbone=t["backbone"] / n,
+            frozen=t["frozen"] / n,
+            crops=t["crops"] / n,
+            encode_s=t["encode_s"] / n,
+            peak=t["peak"],
         )
+        for name, t in totals.items()
+    }
+
+
+def print_rows(rows: dict, device: torch.device) -> None:
     memory = "max_memory_allocated" if device.type == "cuda" else "process peak RSS"
-    print(
-        f"\nK={k} classes, P={args.templates} templates, {args.image_size}x{args.image_size} px, "
-        f"batch {args.batch}; median of {args.iters} iterations after {args.warmup} warm-up; "
-        f"classes refined per image (min_area={args.min_area:g}): "
-        f"{', '.join(map(str, refined))} of {k}"
-    )
     print(
         f"{'mode':16s} {'ms/image':>9s} {'x round I':>9s} {'backbone':>9s} {'frozen':>7s} "
         f"{'crops':>6s} {'crop enc ms':>12s} {memory + ' MB':>22s}"
@@ -186,10 +198,105 @@ def time_modes(args, model, encoder, counter, device, autocast, k: int) -> dict:
         )
     print(
         "backbone / frozen: passes per image of the trained backbone and of the frozen prompt "
-        "encoder (one per batch of crops, or the pooled policy's whole image); goal (DESIGN "
-        "§2.3): round II <= 1.5x round I"
+        "encoder (one per batch of crops, or the pooled policy's whole image); goal "
+        "(docs/design.md §2.3): round II <= 1.5x round I"
     )
+
+
+def segmenters_for(model, encoder, policies, **settings) -> dict:
+    """Round I and round II under each policy, the other inference settings alike."""
+    modes = [("round I", 1, "box")] + [(f"II {p}", 2, p) for p in policies]
+    return {
+        name: TwoRoundSegmenter(
+            model, encoder, RefineConfig(rounds=rounds, crop_policy=policy, **settings)
+        )
+        for name, rounds, policy in modes
+    }
+
+
+def time_modes(args, model, encoder, counter, device, autocast, k: int) -> dict:
+    """Round I and round II (every policy of ``--policies``) of one K: time, calls, refined
+    classes, peak memory. Returns the rows (for --json)."""
+    prompts = random_prompts(encoder, k, args.templates, device)
+    images = block_images(args.batch, args.image_size, device)
+    with torch.inference_mode(), autocast:
+        first = model(images, prompts)
+        labels = class_labels(first.logits, dim=1)
+        refined = [len(detected_classes(lb, k, args.min_area, args.max_classes)) for lb in labels]
+        del first, labels
+    segmenters = segmenters_for(
+        model, encoder, args.policies, min_area=args.min_area, crop_size=args.crop_size,
+        max_classes=args.max_classes,
+    )  # fmt: skip
+    rows = time_segmenters(
+        segmenters, lambda s: s(images, prompts), args, counter, device, autocast, args.batch
+    )
+    print(
+        f"\nK={k} classes, P={args.templates} templates, {args.image_size}x{args.image_size} px, "
+        f"batch {args.batch}; median of {args.iters} iterations after {args.warmup} warm-up; "
+        f"classes refined per image (min_area={args.min_area:g}): "
+        f"{', '.join(map(str, refined))} of {k}"
+    )
+    print_rows(rows, device)
     return {"classes": k, "refined": refined, "rows": rows}
+
+
+def trained_main(args, device: torch.device) -> None:
+    """``--ckpt``: round I against round II of a trained model on real images, with the
+    checkpoint's inference settings (detection threshold, crop size) and the user's protocol
+    (``Predictor``: the image resized, logits back to its size); every policy of
+    ``--policies``. The classes refined are the ones round I really detects."""
+    import numpy as np
+
+    from data.datasets import read_image
+    from data.errors import USER_ERRORS, one_line
+    from model.predictor import Predictor
+
+    folder = Path(args.images)
+    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if (
+        folder.is_dir()) else []  # fmt: skip
+    if not found:
+        print(f"error: --images {folder}: no .jpg/.png images there", file=sys.stderr)
+        sys.exit(2)
+    try:
+        predictor = Predictor.from_checkpoint(args.ckpt, device=str(device))
+        prompts = predictor.set_vocabulary(args.vocab, bank=args.bank)
+    except USER_ERRORS as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    module = predictor.module
+    images = [
+        torch.from_numpy(np.array(read_image(p))).permute(2, 0, 1).float().div(255)
+        for p in found[: args.max_images]
+    ]
+    images = [x.to(device) for x in images]
+    protocol = predictor.protocol()
+    config = module.inference_config
+    settings = dict(min_area=config.min_area, crop_margin=config.crop_margin,
+                    max_classes=config.max_classes, crop_size=config.crop_size)  # fmt: skip
+    model, encoder = module.model, module.segmenter.prompt_encoder
+    with torch.inference_mode():
+        refined = []
+        for x in images:
+            labels = class_labels(protocol(lambda b: model(b, prompts).logits, x), dim=0)
+            refined.append(len(detected_classes(labels, prompts.num_classes, config.min_area,
+                                                config.max_classes)))  # fmt: skip
+    segmenters = segmenters_for(model, encoder, args.policies, **settings)
+    counter = CallCounter(model, encoder, device)
+
+    def run(segmenter):
+        for x in images:
+            protocol(lambda b: segmenter(b, prompts), x)
+
+    rows = time_segmenters(segmenters, run, args, counter, device, nullcontext(), len(images))
+    print(
+        f"\n{args.ckpt} ({module.model.backbone.preset.name}, "
+        f"{module.model.backbone.image_size} px), {len(images)} images of {args.images}, "
+        f"K={prompts.num_classes} ({args.vocab}); median of {args.iters} passes after "
+        f"{args.warmup} warm-up; min_area={config.min_area:g}; classes refined per image: "
+        f"mean {statistics.mean(refined):.1f}, range {min(refined)}-{max(refined)}"
+    )
+    print_rows(rows, device)
 
 
 def one_memory(args, k: int, chunk: int) -> None:
@@ -281,8 +388,19 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the chunking memory table")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--one-memory", type=int, nargs=2, help=argparse.SUPPRESS)
+    group = parser.add_argument_group(
+        "a trained model on real images (--ckpt): its inference settings, the classes "
+        "round I detects"
+    )
+    group.add_argument("--ckpt", default=None, help="a DPSeg checkpoint (cli.py fit's)")
+    group.add_argument("--images", default=None, help="a folder of .jpg/.png images")
+    group.add_argument("--vocab", default=None, help="the vocabulary (name, file or list)")
+    group.add_argument("--bank", default=None, help="default: the checkpoint's training bank")
+    group.add_argument("--max-images", type=int, default=32, help="the first N images (32)")
     add_flops_arguments(parser)
     args = parser.parse_args()
+    if args.ckpt and not (args.images and args.vocab):
+        parser.error("--ckpt needs --images DIR and --vocab")
     if args.flops:  # its own code path: FLOPs only, no timing (flops_main)
         flops_main(args)
         return
@@ -294,6 +412,11 @@ def main() -> None:
     args.image_size = args.image_size or (768 if args.full_size else 128)
     if args.one_memory:
         one_memory(args, *args.one_memory)
+        return
+    if args.ckpt:
+        args.iters = args.iters or 5
+        args.warmup = 1 if args.warmup is None else args.warmup
+        trained_main(args, device)
         return
     args.classes = args.classes or ([171] if args.full_size else [8, 150])
     if args.iters is None:

@@ -24,6 +24,12 @@ class UserError(Exception):
     """A mistake in the user's input: one line naming the argument, the value and the fix; exit 2."""
 
 
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileExistsError, FileNotFoundError)
+"""What a command ends in ONE line and exit status 2: our :class:`UserError` and Python's
+FileNotFoundError / FileExistsError, which are raised for paths the user named (``--out`` of an
+existing bank, a missing ``--images`` file) and whose message names the path."""
+
+
 class UnreadableFileError(UserError, ValueError):
     """A file the user named exists but cannot be read as what it should be (an image that does
     not decode, a checkpoint that is not one, a config that is not UTF-8 text)."""

@@ -30,6 +30,7 @@ from data.evaluator import (
 from data.transforms import get_test_protocol
 from data.vocabulary import load_vocabulary
 from model.data_module import stack_images
+from model.labels import class_labels
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class SegmentationModule(L.LightningModule):
 
     def predict_labels(self, image: torch.Tensor, dataset: str) -> torch.Tensor:
         """One image (3, H, W) -> label ids (H, W); the argmax unless a subclass thresholds."""
-        return self.segment(image, dataset).argmax(dim=0)
+        return class_labels(self.segment(image, dataset), dim=0)
 
     def prepare_dataset(self, dataset: str, bank: str | None) -> None:
         """Called once per (dataset, bank) of a stage before it runs (prompts, queries)."""

@@ -25,6 +25,7 @@ from data.errors import UserError
 from data.transforms import ResizeSquare, SlidingWindow
 from data.vocabulary import Vocabulary, load_vocabulary
 from model.cost_volume import Prompts
+from model.labels import class_labels
 from model.lightning import DPSegModule
 from model.prompts import class_index
 from prompt_bank.format import BankMismatchError
@@ -135,7 +136,7 @@ class Predictor:
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (H, W) int64 class ids of the vocabulary."""
-        return self.logits(image).argmax(dim=0).cpu().numpy()
+        return class_labels(self.logits(image), dim=0).cpu().numpy()
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")

@@ -34,6 +34,7 @@ from torch import nn
 
 from model.cost_volume import Prompts, class_mean
 from model.dpseg import DPSeg, DPSegOutput
+from model.labels import class_labels
 from pretrained.backbone import BackboneFeatures, ClipEncoder
 
 CROP_POLICIES = ("box", "masked", "pooled", "pooled-own")
@@ -142,7 +143,7 @@ class TwoRoundSegmenter(nn.Module):
         first = self.model(images, prompts)
         if self.config.rounds == 1:
             return first.logits
-        return self.second_round(images, prompts, first)
+        return self.second_round(images, prompts, first, reuse_logits=True)
 
     def _detected(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
         return detected_classes(labels, num_classes, self.config.min_area, self.config.max_classes)
@@ -246,14 +247,18 @@ class TwoRoundSegmenter(nn.Module):
             classes.to(device), embedding.to(device), [lv.to(device) for lv in levels]
         )
 
-    def second_round(self, images: torch.Tensor, prompts: Prompts, first: DPSegOutput):
-        """Round II for each image of the batch, reusing round I's features.
+    def second_round(
+        self, images: torch.Tensor, prompts: Prompts, first: DPSegOutput, reuse_logits: bool = False
+    ) -> torch.Tensor:
+        """Round II for each image of the batch, reusing round I's features -> (B, K, H, W).
 
         Only the refined classes are decoded again; the others keep round I's logits, which
         are what a full second decode would give them (the decoder treats classes alone).
+        ``reuse_logits`` writes round II's logits into ``first.logits`` instead of a copy (one
+        (B, K, H, W) copy less: ``forward`` does, as nothing else sees round I there).
         """
-        labels = first.logits.argmax(dim=1)  # (B, H, W)
-        out = first.logits.clone()
+        labels = class_labels(first.logits, dim=1)  # (B, H, W)
+        out = first.logits if reuse_logits else first.logits.clone()
         mean = class_mean(prompts, self.model.config.prompt_mode)  # round I's centre, kept
         classes_per_image = [self._detected(lb, prompts.num_classes) for lb in labels]
         if not any(len(c) for c in classes_per_image):

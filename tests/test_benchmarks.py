@@ -119,3 +119,31 @@ def test_flops_on_meta_tensors_equal_real_cpu_tensors(meta_rows, tmp_path):
     meta, cpu = meta_rows, flops_rows(tmp_path, "cpu")
     assert [r["parts"] for r in meta] == [r["parts"] for r in cpu]
     assert [r["total"] for r in meta] == [r["total"] for r in cpu]
+
+
+def test_inference_cost_times_a_trained_checkpoint_on_real_images(trained, world):
+    images = world / "datasets" / "synthetic" / "images" / "val"
+    out = run_script(
+        "benchmarks/inference_cost.py", "--ckpt", str(trained), "--images", str(images),
+        "--vocab", "synthetic", "--bank", str(world / "bank.zarr"), "--max-images", "2",
+        "--iters", "1", "--warmup", "0", "--policies", "box", "pooled-own", "--threads", "1",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 images of" in out.stdout and "K=8 (synthetic)" in out.stdout
+    rows = {}
+    for line in out.stdout.splitlines():
+        if line.startswith(("round I ", "II ")):
+            name, values = line[:16].strip(), line[16:].split()
+            rows[name] = dict(zip(("ms", "ratio", "backbone", "frozen", "crops"), values))
+    assert set(rows) == {"round I", "II box", "II pooled-own"}
+    assert rows["round I"]["ratio"] == "1.00x" and float(rows["round I"]["crops"]) == 0
+    assert all(r["backbone"] == "1.00" for r in rows.values())  # round II reuses the features
+    assert rows["II pooled-own"]["frozen"] == "0.00"  # no frozen pass at all
+    refined = out.stdout.split("classes refined per image: mean ")[1].split(",")[0]
+    assert float(rows["II box"]["crops"]) == float(refined) > 0  # one crop per refined class
+
+
+def test_inference_cost_checkpoint_needs_images_and_vocab(trained):
+    out = run_script("benchmarks/inference_cost.py", "--ckpt", str(trained))
+    assert out.returncode == 2
+    assert "--ckpt needs --images DIR and --vocab" in out.stderr

@@ -348,6 +348,34 @@ def test_round_two_equals_a_full_decode_of_the_refined_prompts(world):
     torch.testing.assert_close(second[:, others], first.logits[:, others])
 
 
+def test_round_two_in_place_equals_round_two_on_a_copy(world):
+    module = tiny_module(inference={"rounds": 2, "min_area": 0.0}).eval()
+    prompts = module.add_prompts("synthetic", str(world / "bank.zarr"))
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        first = module.model(images, prompts)
+        kept = first.logits.clone()
+        copied = module.segmenter.second_round(images, prompts, first)
+        assert torch.equal(first.logits, kept)  # the default leaves round I alone
+        in_place = module.segmenter.second_round(images, prompts, first, reuse_logits=True)
+        through_forward = module.segmenter(images, prompts)
+    assert in_place is first.logits and not torch.equal(in_place, kept)
+    torch.testing.assert_close(in_place, copied, rtol=0, atol=0)
+    torch.testing.assert_close(through_forward, copied, rtol=0, atol=0)
+
+
+def test_class_labels_equal_argmax_with_ties_and_nan():
+    from model.labels import class_labels
+
+    scores = torch.randn(2, 150, 17, 19)
+    scores[0, 3] = scores[0, 7]  # ties: the first class wins, as argmax
+    scores[1, :, 0, 0] = 1.0
+    scores[1, 9, 1, 1] = float("nan")
+    for dim in (0, 1):
+        assert torch.equal(class_labels(scores, dim), scores.argmax(dim=dim))
+    assert class_labels(scores, 1)[1, 0, 0] == 0 and class_labels(scores, 1)[1, 1, 1] == 9
+
+
 def test_optimizer_groups_and_schedule(world):
     module = tiny_module(optim={"lr": 1e-3, "encoder_lr_mult": 0.1, "warmup_steps": 2})
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from data.vocabulary import load_vocabulary
+from model.labels import class_labels
 from model.lightning_cli import read_config
 from model.vip.aggregation import assign_labels
 from model.vip.lightning import VIPModule
@@ -80,4 +81,4 @@ class VIPPredictor:
         config = self.module.config
         if config.prob_thd > 0 and config.background == "class":
             return assign_labels(logits[None], config)[0].cpu().numpy()
-        return logits.argmax(dim=0).cpu().numpy()
+        return class_labels(logits, dim=0).cpu().numpy()
