@@ -93,11 +93,15 @@ def test_segment_and_bank_build_help(capsys):
 
 
 def test_field_docs_come_from_the_dataclass_comments():
-    docs = cli._field_docs(cli.BankBuildOptions)
+    from commands.bank import BankBuildOptions
+    from commands.options import field_docs
+    from commands.vip import SelectAliasesOptions
+
+    docs = field_docs(BankBuildOptions)
     assert docs["vocab"] == "vocabulary: a name, a .json/.txt file, or 'a; b, c'"
     assert docs["preset"].endswith("toy-vit, toy-dinotxt (cli.py presets --kind bank)")
-    assert set(docs) == {f for f in cli.BankBuildOptions.__dataclass_fields__}
-    rule = cli._field_docs(cli.SelectAliasesOptions)["rule"]  # three comment lines
+    assert set(docs) == {f for f in BankBuildOptions.__dataclass_fields__}
+    rule = field_docs(SelectAliasesOptions)["rule"]  # three comment lines
     assert rule.startswith("ours (docs/vip.md)") and rule.endswith("options below override it")
 
 

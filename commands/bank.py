@@ -1,0 +1,341 @@
+"""``bank build|info|verify|repair|merge|subset|push|pull|gallery``: prompt banks."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from commands.options import Command, add_fields, config_file, config_from
+from data.errors import UserError
+
+
+def _command_line() -> str:
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in ["python", "cli.py", *sys.argv[1:]])
+
+
+def _storage_options(args: argparse.Namespace) -> dict | None:
+    from prompt_bank.store import parse_storage_options
+
+    raw = getattr(args, "storage_options", None)
+    return None if raw is None else parse_storage_options(raw, "--storage-options")
+
+
+def _run_build(config, location: str) -> None:
+    """Build/resume/repair; Ctrl-C or SIGTERM ends in one line once finished items are saved."""
+    from accelerate import PartialState
+
+    from prompt_bank.build import build_bank
+    from prompt_bank.safety import Interrupted
+
+    try:
+        summary = build_bank(config, location)
+    except Interrupted as e:
+        raise UserError(
+            f"interrupted by {e}: the {e.saved} items this run finished are saved in "
+            f"{location}; run the same command again to resume"
+        ) from None
+    if PartialState().is_main_process:
+        print(summary.line())
+
+
+@dataclasses.dataclass
+class BankBuildOptions:
+    """``bank build``'s options typed as strings before they become a BuildConfig (its other
+    options are prompt_bank.build.BuildConfig's own fields)."""
+
+    vocab: str  # vocabulary: a name, a .json/.txt file, or 'a; b, c'
+    out: str  # bank location: a path or an fsspec URL
+    preset: str | None = None  # bank preset: paper (default), fast, vit, tiny, toy, toy-vit,
+    # toy-dinotxt (cli.py presets --kind bank)
+    generator: str | None = None  # generator preset (overrides the bank preset's)
+    encoder: str | None = None  # encoder preset (overrides the bank preset's)
+    templates: str = "imagenet80"  # imagenet80, imagenet80:N, single, or a file
+    allow_duplicate_classes: bool = False  # accept exactly repeated vocabulary entries
+    quiet: bool = False  # no progress bar
+
+
+def _bank_build_options(p) -> None:
+    from prompt_bank.build import BuildConfig
+
+    p.description = (
+        "Build or resume a prompt bank: one process, or every rank of torchrun/accelerate. Its "
+        "options: the strings you type (vocabulary, templates, presets), then "
+        "prompt_bank.build.BuildConfig's fields; all of them can come from --config FILE.yaml."
+    )
+    config_file(p)
+    add_fields(p, BankBuildOptions)
+    add_fields(p, BuildConfig, skip=("vocabulary", "templates", "generator", "encoder",
+                                      "progress", "command"), overrides={
+        "generator_weights": {"metavar": "DIR"},
+        "encoder_weights": {"metavar": "PATH"},
+        "level_dtype": {"choices": ("float16", "float32")},
+        "device": {"choices": ("cpu", "cuda")},
+    })  # fmt: skip
+
+
+def cmd_bank_build(args: argparse.Namespace) -> None:
+    """Build or resume a prompt bank (one process, or every rank of torchrun/accelerate)."""
+    from data.templates import load_templates
+    from data.vocabulary import load_vocabulary
+    from prompt_bank.build import BuildConfig, resolve_preset
+
+    generator, encoder = resolve_preset(args.preset, args.generator, args.encoder)
+    try:
+        config = config_from(
+            BuildConfig,
+            args,
+            vocabulary=load_vocabulary(args.vocab, allow_duplicates=args.allow_duplicate_classes),
+            templates=load_templates(args.templates),
+            generator=generator,
+            encoder=encoder,
+            progress=not args.quiet,
+            command=_command_line(),
+        )
+        _run_build(config, args.out)
+    except ValueError as e:
+        if type(e) is not ValueError:
+            raise
+        raise UserError(f"{e}") from None
+
+
+def cmd_bank_repair(args: argparse.Namespace) -> None:
+    """Resume a bank with the settings it records: damaged shards are dropped and rebuilt."""
+    from prompt_bank.build import config_from_bank
+    from prompt_bank.format import BankFormatError
+    from prompt_bank.store import open_group
+
+    attrs = dict(open_group(args.bank, mode="r").attrs)
+    if "classes" not in attrs or "build" not in attrs:
+        raise BankFormatError(
+            f"{args.bank} has no complete bank attributes (its root zarr.json is damaged or the "
+            "build never started): run its bank build command again"
+        )
+    config = config_from_bank(
+        attrs, args.generator_weights, args.encoder_weights, progress=not args.quiet
+    )
+    try:
+        _run_build(config, args.bank)
+    except ValueError as e:
+        if type(e) is not ValueError:
+            raise
+        raise UserError(f"{e}") from None
+
+
+def _open_bank(location: str, args: argparse.Namespace | None = None):
+    from prompt_bank.store import Bank
+
+    return Bank.open(location, _storage_options(args) if args is not None else None)
+
+
+def cmd_bank_info(args: argparse.Namespace) -> None:
+    from prompt_bank.inspect import bank_info, format_info, prompt_agreement
+
+    bank = _open_bank(args.bank, args)
+    info = bank_info(bank)
+    if args.prompts:
+        info["prompts"] = prompt_agreement(bank)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(format_info(info))
+
+
+def cmd_bank_verify(args: argparse.Namespace) -> int:
+    from prompt_bank.verify import verify_bank
+
+    report = verify_bank(
+        _open_bank(args.bank, args),
+        regenerate=args.regenerate,
+        seed=args.seed,
+        tolerance=args.tolerance,
+        generator_weights=args.generator_weights,
+        encoder_weights=args.encoder_weights,
+    )
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
+def cmd_bank_merge(args: argparse.Namespace) -> None:
+    from prompt_bank.compose import merge_banks
+
+    summary = merge_banks(
+        _open_bank(args.a, args), _open_bank(args.b, args), args.out, _storage_options(args)
+    )
+    print(
+        f"merged bank {summary['out']}: {summary['classes']} classes ({summary['from_a']} from "
+        f"{args.a}, {summary['from_b']} more from {args.b}, {summary['shared']} in both)"
+    )
+
+
+def cmd_bank_subset(args: argparse.Namespace) -> None:
+    from data.vocabulary import load_vocabulary
+    from prompt_bank.compose import subset_bank
+
+    summary = subset_bank(
+        _open_bank(args.bank, args), load_vocabulary(args.vocab), args.out, _storage_options(args)
+    )
+    print(
+        f"subset bank {summary['out']}: {summary['classes']} of the {summary['of']} classes of "
+        f"{args.bank} ({summary['by_synonym']} found under another spelling or by synonym)"
+    )
+
+
+def cmd_bank_push(args: argparse.Namespace) -> None:
+    from prompt_bank.share import push_bank
+
+    result = push_bank(args.bank, args.url, _storage_options(args), progress=not args.quiet)
+    if not result["uploaded"]:
+        print(f"{args.url} already holds this bank (content key {result['content_key'][:16]})")
+    else:
+        print(
+            f"pushed {args.bank} to {args.url}: {result['uploaded'] / 1e6:.2f} MB in "
+            f"{result['seconds']:.1f} s (content key {result['content_key'][:16]})"
+        )
+
+
+def cmd_bank_pull(args: argparse.Namespace) -> None:
+    from prompt_bank.share import pull_bank
+
+    result = pull_bank(args.url, args.to, _storage_options(args), progress=not args.quiet)
+    if not result["downloaded"]:
+        print(f"{result['path']} (already here; content key {result['content_key'][:16]})")
+    else:
+        print(
+            f"{result['path']}: {result['downloaded'] / 1e6:.2f} MB from {args.url} in "
+            f"{result['seconds']:.1f} s, every object checked (content key "
+            f"{result['content_key'][:16]})"
+        )
+
+
+def cmd_bank_gallery(args: argparse.Namespace) -> None:
+    from prompt_bank.inspect import write_gallery
+
+    try:
+        path = write_gallery(_open_bank(args.bank, args), args.out, max_classes=args.max_classes)
+    except ValueError as e:
+        raise UserError(f"{e}") from None
+    print(f"gallery: {path}")
+
+
+def _storage_option(p) -> None:
+    p.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help="fsspec storage options for URLs, as a JSON object (default: $DPSEG_STORAGE_OPTIONS; "
+        "credentials come from the filesystem's usual places)",
+    )
+
+
+def _bank_info_options(p) -> None:
+    p.add_argument("bank", help="a path or an fsspec URL")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--prompts",
+        action="store_true",
+        help="also check that visual prompts carry class information (nearest text prompt of "
+        "each class's mean visual prompt; reads every embedding)",
+    )
+    _storage_option(p)
+
+
+def _bank_verify_options(p) -> None:
+    p.add_argument("bank", help="a path or an fsspec URL")
+    p.add_argument("--regenerate", type=int, default=0, metavar="K", help="rebuild K random items")
+    p.add_argument("--seed", type=int, default=0, help="which items --regenerate picks")
+    p.add_argument("--tolerance", type=float, default=0.0, help="max abs difference allowed")
+    p.add_argument("--generator-weights", metavar="DIR", help="the bank's generator weights")
+    p.add_argument("--encoder-weights", metavar="PATH", help="the bank's encoder weights")
+    _storage_option(p)
+
+
+def _bank_repair_options(p) -> None:
+    p.add_argument("bank", help="a path or an fsspec URL")
+    p.add_argument("--generator-weights", metavar="DIR", help="the bank's generator weights")
+    p.add_argument("--encoder-weights", metavar="PATH", help="the bank's encoder weights")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _bank_merge_options(p) -> None:
+    p.add_argument("a", help="a bank: a path or an fsspec URL")
+    p.add_argument("b", help="another bank, with the same encoder and templates")
+    p.add_argument("--out", required=True, help="a new path or URL (never an existing bank)")
+    _storage_option(p)
+
+
+def _bank_subset_options(p) -> None:
+    p.add_argument("bank", help="a path or an fsspec URL")
+    p.add_argument("--vocab", required=True, help="a name, a file, 'a; b, c' or one class")
+    p.add_argument("--out", required=True, help="a new path or URL (never an existing bank)")
+    _storage_option(p)
+
+
+def _bank_push_options(p) -> None:
+    p.add_argument("bank", help="a local bank folder")
+    p.add_argument("url", help="hf://datasets/ORG/NAME or an fsspec URL (s3://, gs://, file://)")
+    _storage_option(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _bank_pull_options(p) -> None:
+    p.add_argument("url", help="hf://datasets/ORG/NAME[@REVISION] or an fsspec URL")
+    p.add_argument("--to", metavar="DIR", help="where (default: the cache, keyed by content)")
+    _storage_option(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _bank_gallery_options(p) -> None:
+    p.add_argument("bank", help="a path or an fsspec URL")
+    p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--max-classes", type=int, default=32, help="classes shown")
+
+
+COMMANDS = {
+    "bank": Command(
+        "build, inspect, verify, repair, merge, subset, push and pull prompt banks",
+        subcommands={
+            "build": Command(
+                "build or resume a prompt bank (Stable Diffusion + CLIP)",
+                _bank_build_options,
+                cmd_bank_build,
+            ),
+            "info": Command("what a bank holds", _bank_info_options, cmd_bank_info),
+            "verify": Command(
+                "check schema, values, completeness; optionally rebuild items",
+                _bank_verify_options,
+                cmd_bank_verify,
+            ),
+            "repair": Command(
+                "rebuild damaged shards with the bank's recorded settings (a resume)",
+                _bank_repair_options,
+                cmd_bank_repair,
+            ),
+            "merge": Command(
+                "union of the classes of two compatible banks",
+                _bank_merge_options,
+                cmd_bank_merge,
+            ),
+            "subset": Command(
+                "a bank of some classes of a bigger one (by name or synonym)",
+                _bank_subset_options,
+                cmd_bank_subset,
+            ),
+            "push": Command(
+                "upload a complete bank (hf://datasets/ORG/NAME, s3://, ...)",
+                _bank_push_options,
+                cmd_bank_push,
+            ),
+            "pull": Command(
+                "download a bank, check every object, cache it by content",
+                _bank_pull_options,
+                cmd_bank_pull,
+            ),
+            "gallery": Command(
+                "a contact sheet of the stored images", _bank_gallery_options, cmd_bank_gallery
+            ),
+        },
+    ),
+}

@@ -1,0 +1,145 @@
+"""What every command module shares: the :class:`Command` record, options made from a settings
+dataclass's fields (their comments as help), ``--config FILE.yaml``, lazy imports, our logging.
+
+Every command but LightningCLI's four is a jsonargparse parser in one tree (``cli.build_parser``).
+Where a command runs a settings dataclass (BuildConfig, SelectionConfig, PretrainConfig) its
+options are that dataclass's fields, added by :func:`add_fields`: ``--field-name``, the field's
+type and default, and as help the comment the field carries in its class. Where the user types
+strings that become objects (a vocabulary, templates) a small *Options dataclass in the command's
+module documents them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+ROOT_HELP = "datasets root (default $DETECTRON2_DATASETS or ./datasets)"
+
+
+@dataclasses.dataclass
+class Command:
+    """One command: its help line, what adds its options, what runs it, its subcommands."""
+
+    help: str
+    options: Callable | None = None  # options(parser): adds the options (only when it is chosen)
+    run: Callable | None = None  # run(args) -> exit status (None: 0); None: a group
+    subcommands: dict[str, Command] = dataclasses.field(default_factory=dict)
+    description: str | None = None  # the -h text (default: help)
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Each dataclass field's comment: ``name: type = default  # what it is``, continued on the
+    comment-only lines right below it (``# fmt:`` directives are no documentation)."""
+    import inspect
+    import io
+    import re
+    import textwrap
+    import tokenize
+
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments = {
+        token.start[0]: token.string.lstrip("#").strip()
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT and not token.string.lstrip("# ").startswith("fmt:")
+    }
+    names = {f.name for f in dataclasses.fields(cls)}
+    docs: dict[str, str] = {}
+    current = None
+    for number, line in enumerate(source.splitlines(), 1):
+        field = re.match(r" {4}(\w+)\s*:", line)
+        if field and field.group(1) in names:
+            current = field.group(1) if number in comments else None
+            if current:
+                docs[current] = comments[number]
+        elif current and line.lstrip().startswith("#") and number in comments:
+            docs[current] += " " + comments[number]
+        else:
+            current = None
+    return docs
+
+
+def add_fields(parser, cls, skip=(), overrides: dict | None = None, unset: str = "") -> None:
+    """One option per field of the dataclass ``cls`` (but ``skip``): ``--field-name``, typed,
+    with the field's default, and its comment as help. ``overrides[field]``: add_argument keywords
+    that add to or replace these (choices, a metavar, a help where the class has none).
+    ``unset``: every option defaults to None, "not given", and its help says what then applies
+    (``unset`` and the field's own default), for settings another default can decide."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = hints[f.name]
+        kwargs: dict = {"help": docs.get(f.name, "")}
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if unset:
+            kwargs.update(type=kind | None, default=None)
+            kwargs["help"] += f" (not given: {unset} {default})"
+        elif kind is bool and default is False:
+            kwargs["action"] = "store_true"
+        elif default is dataclasses.MISSING:
+            kwargs.update(type=kind, required=True)
+        else:
+            kwargs.update(type=kind, default=default)
+        extra = (overrides or {}).get(f.name, {})
+        if "choices" in extra:  # the choices are strings: no type (Literal, str | None) to apply
+            kwargs.pop("type", None)
+        kwargs.update(extra)
+        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def config_from(cls, args, **values):
+    """An instance of the dataclass ``cls`` from the parsed options named after its fields (those
+    given: an option left None keeps the field's default), ``values`` on top."""
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if getattr(args, f.name, None) is not None
+    }
+    return cls(**{**given, **values})
+
+
+def config_file(parser) -> None:
+    """``--config FILE.yaml``: the command's options from a YAML file (``--print_config`` writes
+    one); options given after it override it."""
+    from jsonargparse import ActionConfigFile
+
+    parser.add_argument(
+        "--config",
+        action=ActionConfigFile,
+        help="a YAML file of these options, keys spelled with underscores (images_per_prompt: 2); "
+        "options after it override it; --print_config prints one",
+    )
+
+
+def lazy(module: str, name: str) -> Callable:
+    """``module.name``, imported when first called (a command's options or its run)."""
+
+    def call(*args, **kwargs):
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    return call
+
+
+def log_ours() -> None:
+    """Our modules' info messages on stderr; other libraries' only from warnings up."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for ours in ("model", "data", "prompt_bank", "pretrained"):
+        logger = logging.getLogger(ours)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False  # Lightning's root handler would print it again

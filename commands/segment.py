@@ -1,0 +1,151 @@
+"""``segment``: any images with a checkpoint (DPSeg) or VIP; ``explain``: one class's cost maps."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Literal
+
+from commands.options import Command, log_ours
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    """Segment images with a checkpoint (DPSeg) or VIP and any vocabulary; outputs in --out."""
+
+    from model.predictor import expand_images, predict_images
+
+    log_ours()
+    paths = expand_images(args.images)
+    if not paths:
+        raise FileNotFoundError(f"--images {' '.join(args.images)}: no image found")
+    if args.method == "vip":
+        from model.vip.predictor import VIPPredictor
+
+        predictor = VIPPredictor.from_config(args.config, args.encoder, args.device)
+        predictor.set_vocabulary(args.vocab, bank=args.dual_prompts)
+    else:
+        from model.predictor import Predictor
+
+        if not args.ckpt:
+            raise FileNotFoundError(
+                "segment needs --ckpt (a checkpoint of cli.py fit), or --method vip (training-free)"
+            )
+        predictor = Predictor.from_checkpoint(args.ckpt, device=args.device, rounds=args.rounds)
+        _dpseg_prompts(
+            predictor, args.vocab, args.bank, args.text_only, args.generator_weights, not args.quiet
+        )
+    summary = predict_images(predictor, paths, args.out, progress=not args.quiet)
+    for item in summary["skipped"]:
+        print(f"skipped {item['image']}: {item['error']}", file=sys.stderr)
+    if args.method == "vip":
+        prompts = "dual prompts" if args.dual_prompts else "text aliases"
+        classes = f"{len(predictor.vocabulary)} classes ({prompts})"
+    else:
+        generated = sum(v == "generated" for v in summary["prompts"].values())
+        text = sum(v == "text" for v in summary["prompts"].values())
+        classes = (
+            f"{len(predictor.vocabulary)} classes ({generated} with generated prompts, {text} "
+            "text-only)"
+        )
+    print(
+        f"segment: {summary['images']} images in {summary['seconds']} s "
+        f"({summary['images_per_second']} images/s), {len(summary['skipped'])} skipped; "
+        f"{classes}; outputs in {args.out} (label maps, overlays, class areas, summary.json)"
+    )
+    return 0
+
+
+def _segment_options(p) -> None:
+    p.description = (
+        "Segment images with a checkpoint of cli.py fit (DPSeg) or with VIP (--method vip, no "
+        "training) and any vocabulary: label maps, overlays, class areas and summary.json in "
+        "--out. (LightningCLI's predict, over data.test: cli.py predict --config ... "
+        "--ckpt_path ...)"
+    )
+    p.add_argument("--method", choices=("dpseg", "vip"), default="dpseg", help="the method")
+    p.add_argument("--ckpt", help="DPSeg: a checkpoint of cli.py fit")
+    p.add_argument("--images", nargs="+", required=True, help="files, folders or glob patterns")
+    p.add_argument("--vocab", required=True, help="'cat, kitty; dog', one class, a name or a file")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--bank", help="DPSeg: prompt bank (default: the checkpoint's training bank)")
+    p.add_argument(
+        "--text-only", action="store_true", help="DPSeg: no visual prompts for missing classes"
+    )
+    p.add_argument(
+        "--rounds", type=Literal[1, 2] | None, help="DPSeg: inference rounds (default 1)"
+    )
+    p.add_argument("--generator-weights", help="DPSeg: local generator weights for missing classes")
+    p.add_argument("--config", help="VIP: settings from a configs/vip_*.yaml (its model: section)")
+    p.add_argument("--encoder", help="VIP: encoder preset (default: the config's, dinotxt-l16)")
+    p.add_argument("--dual-prompts", metavar="BANK", help="VIP: add a bank's visual prompts")
+    p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _dpseg_prompts(predictor, vocabulary, bank: str | None, text_only: bool,
+                   generator_weights: str | None = None, progress: bool = True) -> None:  # fmt: skip
+    """A DPSeg predictor's prompts: classes the bank (default: the checkpoint's training bank)
+    lacks are built first with its own settings (``prompt_bank.extend``), unless text-only."""
+    from prompt_bank.extend import build_missing_classes
+    from prompt_bank.store import Bank
+
+    bank = bank or predictor.training_bank()
+    extra = []
+    if bank is not None and not text_only:
+        opened = predictor.module.check_templates(Bank.open(bank))  # before any generation
+        extra = build_missing_classes(opened, vocabulary, generator_weights, progress)
+        bank = opened  # opened once
+    predictor.set_vocabulary(vocabulary, bank=bank, extra_banks=extra, text_only=text_only)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Text, visual and dual-prompt cost maps of one class on one image (paper's Figure 1)."""
+    from data.datasets import read_image
+    from data.vocabulary import Vocabulary, load_vocabulary
+    from model.explain import write_explanation
+    from model.predictor import Predictor
+    from prompt_bank.store import Bank
+
+    log_ours()
+    image = read_image(args.image)
+    predictor = Predictor.from_checkpoint(args.ckpt, device=args.device)
+    if args.vocab:
+        vocabulary = load_vocabulary(args.vocab)
+    else:  # the bank's classes: the other classes matter when prompts are centred
+        bank = args.bank or predictor.training_bank()
+        if bank is None:
+            raise FileNotFoundError("no bank recorded in the checkpoint is here: pass --vocab")
+        vocabulary = Vocabulary.from_entries(Bank.open(bank).classes, name="bank")
+    if args.class_name not in vocabulary.names:
+        vocabulary = Vocabulary.from_entries(
+            [*vocabulary.entries, args.class_name], vocabulary.name
+        )
+    _dpseg_prompts(predictor, vocabulary, args.bank, args.text_only)
+    out = write_explanation(predictor, image, args.class_name, args.out)
+    print(f"explain: {out} ({args.class_name!r}: {predictor.sources[args.class_name]} prompts)")
+    return 0
+
+
+def _explain_options(p) -> None:
+    p.add_argument("--ckpt", required=True, help="a checkpoint of cli.py fit")
+    p.add_argument("--image", required=True, help="an image file")
+    p.add_argument("--class", dest="class_name", required=True, help="the class to explain")
+    p.add_argument("--vocab", help="the other classes (default: the bank's)")
+    p.add_argument("--bank", help="prompt bank (default: the checkpoint's training bank)")
+    p.add_argument("--text-only", action="store_true", help="no generated visual prompts")
+    p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    p.add_argument("--out", default="explain.png", help="output PNG")
+
+
+COMMANDS = {
+    "segment": Command(
+        "segment images with a checkpoint (DPSeg) or VIP and any vocabulary",
+        _segment_options,
+        cmd_segment,
+    ),
+    "explain": Command(
+        "text, visual and dual-prompt cost maps of one class on one image",
+        _explain_options,
+        cmd_explain,
+    ),
+}
