@@ -275,12 +275,19 @@ def trained_main(args, device: torch.device) -> None:
     settings = dict(min_area=config.min_area, crop_margin=config.crop_margin,
                     max_classes=config.max_classes, crop_size=config.crop_size)  # fmt: skip
     model, encoder = module.model, module.segmenter.prompt_encoder
+    refined = []  # per image: the classes round II refines (summed over a protocol's windows)
+
+    def count_refined(batch: torch.Tensor) -> torch.Tensor:  # what the protocol feeds the model
+        logits = model(batch, prompts).logits
+        refined[-1] += sum(len(detected_classes(lb, prompts.num_classes, config.min_area,
+                                                config.max_classes))
+                           for lb in class_labels(logits, dim=1))  # fmt: skip
+        return logits
+
     with torch.inference_mode():
-        refined = []
         for x in images:
-            labels = class_labels(protocol(lambda b: model(b, prompts).logits, x), dim=0)
-            refined.append(len(detected_classes(labels, prompts.num_classes, config.min_area,
-                                                config.max_classes)))  # fmt: skip
+            refined.append(0)
+            protocol(count_refined, x)
     segmenters = segmenters_for(model, encoder, args.policies, **settings)
     counter = CallCounter(model, encoder, device)
 
