@@ -143,19 +143,22 @@ def cost_volume(dense: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
 
     Args:
         dense: (B, D, h, w) image features.
-        prompts: (K, P, D) normalised prompt embeddings.
+        prompts: (K, P, D) normalised prompt embeddings, the same for every image; or
+            (B, K, P, D), each image its own (round II's refined prompts).
     Returns:
         (B, P, K, h, w) cosine similarities.
     """
     features = F.normalize(dense.float(), dim=1)
-    return torch.einsum("bdhw,kpd->bpkhw", features, prompts.float())
+    equation = "bdhw,bkpd->bpkhw" if prompts.ndim == 4 else "bdhw,kpd->bpkhw"
+    return torch.einsum(equation, features, prompts.float())
 
 
 def visual_cost_volume(features: torch.Tensor, prompt_features: torch.Tensor) -> torch.Tensor:
-    """F_v^j = cos(E_j, V_j): (B, C_j, h_j, w_j) x (K, C_j) -> (B, K, h_j, w_j)."""
+    """F_v^j = cos(E_j, V_j): (B, C_j, h_j, w_j) x (K, C_j) -> (B, K, h_j, w_j); per-image
+    prompts (B, K, C_j) as :func:`cost_volume`'s."""
     e = F.normalize(features.float(), dim=1)
     v = F.normalize(prompt_features.float(), dim=-1)
-    return torch.einsum("bchw,kc->bkhw", e, v)
+    return torch.einsum("bchw,bkc->bkhw" if v.ndim == 3 else "bchw,kc->bkhw", e, v)
 
 
 class CostEmbedding(nn.Module):

@@ -106,16 +106,66 @@ class DPSeg(nn.Module):
         """
         if features is None:
             features = self.backbone(images)
+        rs, visual_levels = self._class_prompts(prompts, classes, center_mean)
+        logits, cost = self._decode(images.shape[-2:], features, rs, visual_levels)
+        return DPSegOutput(logits, cost, features)
+
+    def decode_per_image(
+        self,
+        size: tuple[int, int],
+        features: BackboneFeatures,
+        prompts: list[Prompts],
+        classes: list[torch.Tensor],
+        center_mean: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """Decode, in one call, image b's ``classes[b]`` (k_b,) with image b's own ``prompts[b]``
+        (K classes each) on its ``features`` (batch B) -> per image logits (k_b, H, W) at ``size``.
+
+        Round II's re-decode: each image refines its own classes with its own crops. Each
+        image's classes are padded to the largest k_b with copies of its last one (their logits
+        are dropped; the decoder treats classes alone, so they change nothing else). Equal to B
+        calls of ``forward(..., classes=classes[b], center_mean=center_mean)``.
+        """
+        k = max(len(c) for c in classes)
+        parts, levels = [], []
+        for image_prompts, ids in zip(prompts, classes):
+            padded = torch.cat([ids, ids[-1:].expand(k - len(ids))])
+            rs, visual_levels = self._class_prompts(image_prompts, padded, center_mean)
+            parts.append(rs)
+            levels.append(visual_levels)
+        rs = [torch.stack(per_part) for per_part in zip(*parts)]  # each (B, k, P, D)
+        visual_levels = [torch.stack(per_level) for per_level in zip(*levels)]  # (B, k, C_j)
+        logits, _ = self._decode(size, features, rs, visual_levels)
+        return [logits[b, : len(ids)] for b, ids in enumerate(classes)]
+
+    def _class_prompts(
+        self, prompts: Prompts, classes: torch.Tensor | None, center_mean: torch.Tensor | None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The mode's R per part (K', P, D) and the visual level prompts (K', C_j) of
+        ``classes`` (None: all K), fused (and centred) over all K first."""
         mode = self.config.prompt_mode
         rs = prompt_embeddings(prompts, mode, self.config.center_prompts, center_mean)
         if classes is not None:
             rs, prompts = [r[classes] for r in rs], prompts.select(classes)
+        return rs, prompts.visual_levels
+
+    def _decode(
+        self,
+        size: tuple[int, int],
+        features: BackboneFeatures,
+        rs: list[torch.Tensor],
+        visual_levels: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cost volume, its embedding and the decoder -> logits (B, K, H, W) at ``size`` and
+        the cost volume (B, P, K, h, w). ``rs`` and ``visual_levels`` are shared by the images
+        ((K, P, D), (K, C_j)) or per image ((B, K, P, D), (B, K, C_j))."""
+        mode = self.config.prompt_mode
         cost = combine_costs([cost_volume(features.dense, r) for r in rs], mode)  # (B, P, K, h, w)
         class_maps = self.cost_embedding(cost)  # (B, K, C, h, w)
         visual_costs = {
-            j: visual_cost_volume(features.levels[j - 1], prompts.visual_levels[j - 1])
+            j: visual_cost_volume(features.levels[j - 1], visual_levels[j - 1])
             for j in self.config.visual_levels
         }
         logits = self.decoder(class_maps, features.levels, visual_costs)
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return DPSegOutput(logits, cost, features)
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits, cost

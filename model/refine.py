@@ -14,14 +14,15 @@ Policies (``crop_policy``) for a detected class's new visual prompt:
 - ``pooled`` (ours): no crops: the frozen encoder sees the whole image once (at its own input
   size, as it saw the bank's images) and each class's prompt is its dense features (and level
   features) averaged inside the class's mask (area-weighted on the feature grid). One frozen
-  pass per image instead of one encoding per crop;
+  pass over the batch's images instead of one encoding per crop;
 - ``pooled-own`` (ours): the same pooling over round I's own image features (the trained
   backbone's, already computed): no extra pass at all. The prompts then come from the
   fine-tuned encoder rather than the frozen one the bank used; they are in the space of the
   features E they are compared with.
 
 Every crop of every image of a batch goes through the frozen encoder in one forward, at one size
-(``crop_size``, default the encoder's own), and only the refined classes are decoded again.
+(``crop_size``, default the encoder's own), and only the refined classes are decoded again, those
+of every image of the batch in one decoder call (``DPSeg.decode_per_image``).
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ class TwoRoundSegmenter(nn.Module):
         """
         encoder = self.prompt_encoder
         if self.config.crop_policy == "pooled":
-            return [self._pooled(images[b], labels[b], c) for b, c in enumerate(classes)]
+            return self._pooled(images, labels, classes)
         if self.config.crop_policy == "pooled-own":
             if features is None:
                 raise ValueError("crop_policy='pooled-own' pools round I's features: pass them")
@@ -208,20 +209,27 @@ class TwoRoundSegmenter(nn.Module):
         return out
 
     def _pooled(
-        self, image: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The ``pooled`` policy for one image: (n, D) embeddings, per level (n, C_j)."""
+        self, images: torch.Tensor, labels: torch.Tensor, classes: list[torch.Tensor]
+    ) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        """The ``pooled`` policy: one frozen pass over every image of the batch that refines a
+        class (at the encoder's input size, as it saw the bank's images); per image (n, D)
+        embeddings and per level (n, C_j)."""
         from pretrained.backbone import ClipBackbone
 
         encoder = self.prompt_encoder
-        if len(classes) == 0:
-            return encoder.mean.new_zeros(0, encoder.embed_dim), []
+        todo = [b for b, c in enumerate(classes) if len(c)]
+        out = [(encoder.mean.new_zeros(0, encoder.embed_dim), []) for _ in classes]
+        if not todo:
+            return out
         if self._dense is None:  # the frozen CLIP's dense view (shares its weights)
             self._dense = [ClipBackbone(encoder.clip, encoder.preset)]
         size = (encoder.preset.image_size,) * 2
-        x = F.interpolate(image[None].float(), size, mode="bicubic", antialias=True).clamp(0, 1)
+        x = F.interpolate(images[todo].float(), size, mode="bicubic", antialias=True).clamp(0, 1)
         features = self._dense[0](x.to(encoder.mean.device))
-        return _pool_masks(labels, classes, features.dense, features.levels)
+        for i, b in enumerate(todo):
+            levels = [lv[i : i + 1] for lv in features.levels]
+            out[b] = _pool_masks(labels[b], classes[b], features.dense[i : i + 1], levels)
+        return out
 
     @torch.no_grad()
     def refined_prompts(
@@ -252,8 +260,9 @@ class TwoRoundSegmenter(nn.Module):
     ) -> torch.Tensor:
         """Round II for each image of the batch, reusing round I's features -> (B, K, H, W).
 
-        Only the refined classes are decoded again; the others keep round I's logits, which
-        are what a full second decode would give them (the decoder treats classes alone).
+        Only the refined classes are decoded again, every image's in one decoder call
+        (``DPSeg.decode_per_image``); the others keep round I's logits, which are what a full
+        second decode would give them (the decoder treats classes alone).
         ``reuse_logits`` writes round II's logits into ``first.logits`` instead of a copy (one
         (B, K, H, W) copy less: ``forward`` does, as nothing else sees round I there).
         """
@@ -264,15 +273,15 @@ class TwoRoundSegmenter(nn.Module):
         if not any(len(c) for c in classes_per_image):
             return out
         encoded = self.encode_regions(images, labels, classes_per_image, first.features)
-        for b, (classes, (embedding, levels)) in enumerate(zip(classes_per_image, encoded)):
-            if len(classes) == 0:
-                continue
-            refined = self._with_visual(prompts, classes, embedding, levels)
-            features = BackboneFeatures(
-                first.features.dense[b : b + 1], [lv[b : b + 1] for lv in first.features.levels]
-            )
-            logits = self.model(
-                images[b : b + 1], refined, features=features, classes=classes, center_mean=mean
-            ).logits
-            out[b, classes.to(out.device)] = logits[0]
+        todo = [b for b, classes in enumerate(classes_per_image) if len(classes)]
+        refined = [self._with_visual(prompts, classes_per_image[b], *encoded[b]) for b in todo]
+        features = BackboneFeatures(
+            first.features.dense[todo], [lv[todo] for lv in first.features.levels]
+        )
+        # every image's refined classes in one decoder call, each with its own crops' prompts
+        logits = self.model.decode_per_image(
+            images.shape[-2:], features, refined, [classes_per_image[b] for b in todo], mean
+        )
+        for b, image_logits in zip(todo, logits):
+            out[b, classes_per_image[b].to(out.device)] = image_logits
         return out

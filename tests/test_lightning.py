@@ -364,6 +364,55 @@ def test_round_two_in_place_equals_round_two_on_a_copy(world):
     torch.testing.assert_close(through_forward, copied, rtol=0, atol=0)
 
 
+def test_round_two_of_a_batch_equals_round_two_of_each_image_alone(world):
+    # one decoder call for the batch: image b's classes with image b's crops, padded to the
+    # largest count; round I's label maps are set by hand so the images refine 3, 1 and 2 classes
+    from model.dpseg import DPSegOutput
+
+    module = tiny_module(inference={"rounds": 2, "min_area": 0.05}).eval()
+    prompts = module.add_prompts("synthetic", str(world / "bank.zarr"))
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    logits = torch.zeros(3, 8, 64, 64)
+    logits[0, 1, :, :20], logits[0, 4, :, 20:40], logits[0, 6, :, 40:] = 1, 1, 1
+    logits[1, 2] = 1
+    logits[2, 0, :32], logits[2, 7, 32:] = 1, 1
+    with torch.no_grad():
+        features = module.model.backbone(images)
+        first = DPSegOutput(logits, torch.zeros(0), features)
+        batch = module.segmenter.second_round(images, prompts, first)
+
+        def alone(b: int) -> torch.Tensor:
+            one = BackboneFeatures(features.dense[b : b + 1],
+                                   [lv[b : b + 1] for lv in features.levels])  # fmt: skip
+            first_b = DPSegOutput(logits[b : b + 1], torch.zeros(0), one)
+            return module.segmenter.second_round(images[b : b + 1], prompts, first_b)
+
+        alone = torch.cat([alone(b) for b in range(3)])
+    changed = [(batch[b] != logits[b]).flatten(1).any(dim=1).nonzero().flatten().tolist()
+               for b in range(3)]  # fmt: skip
+    assert changed == [[1, 4, 6], [2], [0, 7]]  # exactly the refined classes were decoded
+    torch.testing.assert_close(batch, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_decode_per_image_equals_one_forward_per_image(world):
+    module = tiny_module().eval()  # centred prompts
+    prompts = module.add_prompts("synthetic", str(world / "bank.zarr"))
+    images = torch.rand(2, 3, 64, 64)
+    other = prompts.with_visual(torch.tensor([2, 6]), torch.randn(2, prompts.visual.shape[-1]),
+                                [torch.randn(2, lv.shape[1]) for lv in prompts.visual_levels])  # fmt: skip
+    classes = [torch.tensor([1, 5, 6]), torch.tensor([2])]
+    with torch.no_grad():
+        features = module.model.backbone(images)
+        batched = module.model.decode_per_image((64, 64), features, [prompts, other], classes)
+        for b, image_prompts in enumerate([prompts, other]):
+            one = BackboneFeatures(features.dense[b : b + 1],
+                                   [lv[b : b + 1] for lv in features.levels])  # fmt: skip
+            expected = module.model(images[b : b + 1], image_prompts, features=one,
+                                    classes=classes[b]).logits[0]  # fmt: skip
+            assert batched[b].shape == (len(classes[b]), 64, 64)
+            torch.testing.assert_close(batched[b], expected, rtol=1e-4, atol=1e-5)
+
+
 def test_class_labels_equal_argmax_with_ties_and_nan():
     from model.labels import class_labels
 
