@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             args.root = os.environ.get("DETECTRON2_DATASETS", "datasets")
         return command.run(args) or 0
     except USER_ERRORS as e:  # data/errors.py: one line, exit 2
-        print(f"error: {e}", file=sys.stderr)
+        sys.stderr.write(f"error: {e}\n")  # one write: the lines of several ranks stay whole
+        sys.stderr.flush()
         return 2
 
 

@@ -34,9 +34,15 @@ def _run_build(config, location: str) -> None:
     try:
         summary = build_bank(config, location)
     except Interrupted as e:
+        # every rank of torchrun/accelerate gets the signal and says what it saved (no
+        # collective is safe once one rank stops)
+        state = PartialState()
+        rank = f"rank {state.process_index} of {state.num_processes}: " if (
+            state.num_processes > 1) else ""  # fmt: skip
         raise UserError(
-            f"interrupted by {e}: the {e.saved} items this run finished are saved in "
-            f"{location}; run the same command again to resume"
+            f"{rank}interrupted by {e}: the {e.saved} items this "
+            f"{'rank' if rank else 'run'} finished are saved in {location}; run the same "
+            "command again to resume"
         ) from None
     if PartialState().is_main_process:
         print(summary.line())

@@ -370,6 +370,53 @@ def test_a_signal_saves_finished_items_and_ends_in_one_line(tmp_path, signum):
     assert_same_bank(tmp_path / "direct.zarr", bank)
 
 
+def test_a_signal_to_torchrun_stops_every_rank_in_one_line_each_and_the_bank_resumes(tmp_path):
+    """Ctrl-C on ``torchrun ... bank build``: torchrun passes SIGINT on to its two ranks, each
+    saves what it finished and says so in one line naming its rank; the same build in one
+    process then completes the bank exactly as an uninterrupted build."""
+    args = ["--vocab", "synthetic", "--preset", "tiny", "--templates", "imagenet80:20",
+            "--images-per-prompt", "4", "--classes-per-shard", "2", "--batch-size", "2",
+            "--cpu-threads", "1", "--quiet", "--flush-seconds", "1000"]  # fmt: skip
+    bank = tmp_path / "bank.zarr"
+    env = {**os.environ, "MASTER_PORT": str(29500 + (os.getpid() + 7) % 1000),
+           "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         str(ROOT / "cli.py"), "bank", "build", *args, "--out", str(bank)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    deadline = time.time() + 180
+    while not (bank / "manifest").exists():  # a first shard is finished: work is under way
+        assert process.poll() is None, process.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.01)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)  # torchrun's agent sends it to every rank
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    lines = sorted(ln for ln in stderr.splitlines() if ln.startswith("error: "))
+    assert len(lines) == 2, stderr[-3000:]
+    saved = 0
+    for rank, line in enumerate(lines):
+        found = re.fullmatch(
+            rf"error: rank {rank} of 2: interrupted by SIGINT: the (\d+) items this rank "
+            rf"finished are saved in {re.escape(str(bank))}; run the same command again to resume",
+            line,
+        )
+        assert found, line
+        saved += int(found[1])
+    done = zarr.open_group(str(bank), mode="r")["visual/done"][:]
+    assert saved == int(done.sum()) and 0 < saved < done.size
+    assert not (bank / "build.lock").exists()
+    resumed = run_cli("bank", "build", *args, "--out", str(bank))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{done.size - saved} items built" in resumed.stdout
+    config = small_config(templates=load_templates("imagenet80:20"), images_per_prompt=4,
+                          batch_size=2)  # fmt: skip
+    build_bank(config, tmp_path / "direct.zarr")
+    assert_same_bank(tmp_path / "direct.zarr", bank)
+
+
 # ---------------------------------------------------------------------------------------------
 # kills between two writes of a flush (found by review)
 
