@@ -217,12 +217,10 @@ def evaluate_mask_folders(
 
     metric = SemSegMetric(num_classes, IGNORE_INDEX, background_from)
     evaluated = 0
-    from rich.console import Console
-    from rich.progress import Progress
+    from data.progress import ProgressBar
 
     # The bar goes to stderr: stdout holds only the scores (or the JSON document).
-    with Progress(console=Console(stderr=True), disable=not progress, transient=True) as bar:
-        task = bar.add_task("scoring masks", total=len(stems))
+    with ProgressBar("scoring masks", len(stems), unit="masks", enabled=progress) as bar:
         for stem in stems:
             gt_path, pred_path = gts[stem][0], preds[stem][0]
             try:
@@ -234,7 +232,7 @@ def evaluate_mask_folders(
             else:
                 metric.update(pred, label)  # (H, W) each
                 evaluated += 1
-            bar.advance(task)
+            bar.advance()
     if evaluated == 0:
         counts = "; ".join(
             f"{len(v)} skipped, {SKIP_REASONS[r]}, e.g. {first_message[r]}"

@@ -1360,15 +1360,14 @@ def _plan_ade847(root: Path, vocab_dir: str | os.PathLike | None) -> _Plan:
 
 def _run_jobs(jobs: list[Job], description: str, progress: bool, workers: int) -> Counter:
     """Run jobs with a progress bar; threads overlap the PNG/TIFF codecs, which release the GIL."""
-    from rich.progress import Progress
+    from data.progress import ProgressBar
 
     counts: Counter = Counter()
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(description, total=len(jobs))
+    with ProgressBar(description, len(jobs), unit="files", enabled=progress) as bar:
         if workers <= 1:
             for job in jobs:
                 counts[job()] += 1
-                bar.advance(task)
+                bar.advance()
             return counts
         pending: set[Future] = set()
         it = iter(jobs)
@@ -1380,10 +1379,10 @@ def _run_jobs(jobs: list[Job], description: str, progress: bool, workers: int) -
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for f in done:
                         counts[f.result()] += 1  # re-raises a job's DatasetError
-                        bar.advance(task)
+                        bar.advance()
             for f in pending:
                 counts[f.result()] += 1
-                bar.advance(task)
+                bar.advance()
     return counts
 
 

@@ -19,8 +19,7 @@ from data.datasets import index_files, read_label
 def dataset_stats(spec: str | DatasetSpec, root: str | os.PathLike | None = None,
                   progress: bool = True) -> dict:  # fmt: skip
     """Everything `data stats` reports, as plain JSON-able values."""
-    from rich.progress import Progress
-
+    from data.progress import ProgressBar
     from data.vocabulary import VocabularyError, load_vocabulary
 
     spec = get_dataset_spec(spec) if isinstance(spec, str) else spec
@@ -35,10 +34,9 @@ def dataset_stats(spec: str | DatasetSpec, root: str | os.PathLike | None = None
     outside: list[dict] = []
     unreadable: list[str] = []
     mismatched: list[str] = []
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"{spec.name} labels", total=len(files))
+    with ProgressBar(f"{spec.name} labels", len(files), unit="files", enabled=progress) as bar:
         for f in files:
-            bar.advance(task)
+            bar.advance()
             try:
                 with Image.open(f.image) as image:
                     width, height = image.size

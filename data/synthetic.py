@@ -231,10 +231,9 @@ def write_rendered_dataset(
         for i in range(count)
     ]
     start, written = time.perf_counter(), 0
-    from rich.progress import Progress
+    from data.progress import ProgressBar
 
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"{out.name} images", total=len(jobs))
+    with ProgressBar(f"{out.name} images", len(jobs), unit="images", enabled=progress) as bar:
         for split, i in jobs:
             image_path = out / "images" / split / f"{i:06d}.jpg"
             label_path = out / "annotations_detectron2" / split / f"{i:06d}.png"
@@ -247,7 +246,7 @@ def write_rendered_dataset(
                     Image.fromarray(image), image_path, "JPEG", quality=config.jpeg_quality
                 )
                 written += 1
-            bar.advance(task)
+            bar.advance()
     return {
         "root": str(out),
         "train": config.train_images,

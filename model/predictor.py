@@ -214,16 +214,14 @@ def predict_images(predictor: Predictor, paths: list[Path], out: str | os.PathLi
     import json
     import time
 
-    from rich.progress import Progress
-
     from data.datasets import UnreadableImageError, read_image
+    from data.progress import ProgressBar
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written, skipped, stems = [], [], set()
     start = time.perf_counter()
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("predict", total=len(paths))
+    with ProgressBar("segment", len(paths), unit="images", enabled=progress) as bar:
         for path in paths:
             stem = path.stem
             n = 1
@@ -235,13 +233,13 @@ def predict_images(predictor: Predictor, paths: list[Path], out: str | os.PathLi
             except UnreadableImageError as e:  # also a decompression bomb: one line each
                 skipped.append({"image": str(path), "error": e.reason})
                 log.debug("skipped %s: %s", path, e)  # the caller reports summary["skipped"]
-                bar.advance(task)
+                bar.advance()
                 continue
             stems.add(stem)
             labels = predictor.predict(image)
             written.append(write_prediction(out, stem, image, labels, predictor.vocabulary,
                                             predictor.sources, str(path)))  # fmt: skip
-            bar.advance(task)
+            bar.advance()
     seconds = time.perf_counter() - start
     summary = {
         "images": len(written),

@@ -230,27 +230,18 @@ def pretrain(
     tokenizer = clip_tokenizer_for(preset)
     size = preset.image_size
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from data.progress import ProgressBar
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-               TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, disable=not progress, transient=True) as bar:
-        task = bar.add_task("rendering captioned pictures", total=config.pool, info="")
+    rendering = ProgressBar("rendering captioned pictures", config.pool, unit="pictures",
+                         enabled=progress)  # fmt: skip
+    with rendering as bar:
         images, captions, labels = render_pool(
             config.pool,
             config.seed,
             size,
             config.distractors,
             groups=config.groups,
-            progress=lambda n: bar.advance(task, n),
+            progress=bar.advance,
         )
         tokens = tokenizer(captions)
         held_out = render_pool(config.eval_images, config.seed + 1_000_003, size, 0)
@@ -268,7 +259,8 @@ def pretrain(
         rng = np.random.default_rng(config.seed)
         labels_t = torch.from_numpy(labels)
         trainee.train()
-        task = bar.add_task(f"pretraining {preset_name}", total=config.steps, info="")
+        bar.update(label=f"pretraining {preset_name}", total=config.steps, unit="steps",
+                   restart=True)  # fmt: skip
         loss_avg = None
         for _ in range(config.steps):
             idx = rng.choice(config.pool, size=config.batch_size, replace=False)
@@ -285,9 +277,8 @@ def pretrain(
             schedule.step()
             value = float(loss.detach())
             loss_avg = value if loss_avg is None else 0.95 * loss_avg + 0.05 * value
-            speed = bar.tasks[task].speed
-            info = f"loss {loss_avg:.3f}" + (f", {speed:.1f} steps/s" if speed else "")
-            bar.update(task, advance=1, info=info)
+            bar.update(info=f"loss {loss_avg:.3f}")
+            bar.advance()
     trainee.eval()
     report = {
         "preset": preset_name,

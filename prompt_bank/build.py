@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from data.errors import SettingError
+from data.progress import ProgressBar
 from data.vocabulary import Vocabulary
 from pretrained.fingerprint import package_versions
 from pretrained.presets import get_bank_preset
@@ -538,7 +538,9 @@ def _build_bank(config: BuildConfig, location: str) -> BuildSummary:
         )
         start_time = time.perf_counter()
         built, skipped = 0, 0
-        progress = _progress(config.progress and rank == 0, total_items, world)
+        label = "bank items" if world == 1 else f"bank items (rank 0 of {world})"
+        progress = ProgressBar(label, total_items, unit="items",
+                               enabled=config.progress and rank == 0, transient=False)  # fmt: skip
         try:
             with progress as bar:
                 for shard in shards:
@@ -577,65 +579,6 @@ def _gather_counts(state, values: list[int]) -> list[list[int]]:
     out: list = [None] * state.num_processes
     dist.all_gather_object(out, values)
     return out
-
-
-class _NoProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def advance(self, n: int) -> None:
-        pass
-
-    def log(self, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-
-class _RichProgress:
-    """items/s and ETA for this rank's items (the whole bank when world_size is 1)."""
-
-    def __init__(self, total: int, world: int):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        label = "bank items" if world == 1 else f"bank items (rank 0 of {world})"
-        self.progress = Progress(
-            TextColumn(label),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} items/s"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-        )
-        self.task = self.progress.add_task("build", total=total, rate="-")
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def log(self, message: str) -> None:
-        self.progress.console.print(message, markup=False, highlight=False)
-
-    def advance(self, n: int) -> None:
-        self.progress.advance(self.task, n)
-        speed = self.progress.tasks[0].speed
-        self.progress.update(self.task, rate=f"{speed:.1f}" if speed else "-")
-
-
-def _progress(enabled: bool, total: int, world: int):
-    return _RichProgress(total, world) if enabled else _NoProgress()
 
 
 def _build_shard(group, layout, config, models, batch_size, shard, bar) -> tuple[int, int]:

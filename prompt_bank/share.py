@@ -19,6 +19,7 @@ import os
 import time
 from pathlib import Path
 
+from data.progress import ProgressBar
 from prompt_bank.format import BankFormatError, BankMismatchError
 from prompt_bank.integrity import manifest_key, require_intact
 from prompt_bank.safety import LOCK_KEY, check_output, staged_output
@@ -54,48 +55,6 @@ def _require_sealed(bank: Bank, what: str) -> dict:
             "v1 bank) first"
         )
     return contents
-
-
-class _Transfer:
-    """Files and MB/s with an ETA, on stderr (rich)."""
-
-    def __init__(self, label: str, total: int, enabled: bool):
-        self.progress = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
-            self.progress = Progress(
-                TextColumn(label),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
-            self.task = self.progress.add_task(label, total=total)
-
-    def __enter__(self):
-        if self.progress:
-            self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.progress:
-            self.progress.__exit__(*exc)
-        return False
-
-    def advance(self, nbytes: int) -> None:
-        if self.progress:
-            self.progress.advance(self.task, nbytes)
 
 
 def _hub_repo(url: str) -> tuple[str, str | None]:
@@ -147,7 +106,7 @@ def upload_folder(
     fs, base = filesystem(url, storage_options)
     files.sort(key=lambda f: f == "zarr.json")
     total = sum((root / f).stat().st_size for f in files)
-    with _Transfer("push", total, progress) as bar:
+    with ProgressBar("push", total, unit="bytes", enabled=progress) as bar:
         local_fs = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
         for name in files:
             target = f"{base.rstrip('/')}/{name}"
@@ -213,7 +172,7 @@ def _download(remote: Bank, url: str, staging: Path, options: dict, progress: bo
         )  # fmt: skip
     else:
         fs, base = filesystem(url, options)
-        with _Transfer("pull", contents["bytes"], progress) as bar:
+        with ProgressBar("pull", contents["bytes"], unit="bytes", enabled=progress) as bar:
             for i in range(0, len(keys), 64):  # concurrent requests where the filesystem can
                 batch = keys[i : i + 64]
                 blobs = fs.cat([f"{base.rstrip('/')}/{k}" for k in batch])

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from data.progress import ProgressBar
 from pretrained.proxy_attention import proxy_attention
 
 AFFINITIES = ("proxy", "attention")
@@ -360,7 +361,8 @@ def select_aliases(
     selector = AliasSelector(queries.aliases, queries.owner, config, text_cosine)
     start = time.perf_counter()
     batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-    with _progress(progress, len(paths)) as advance, torch.inference_mode():
+    scoring = ProgressBar("scoring aliases", len(paths), unit="images", enabled=progress)
+    with scoring as bar, torch.inference_mode():
         for batch in batches:
             images = torch.stack([_square(p, size) for p in batch]).to(device)
             if config.affinity == "attention":  # one pass gives both
@@ -370,7 +372,7 @@ def select_aliases(
             selector.update(
                 features.flatten(2).transpose(1, 2), queries.embeddings().to(device), affinity
             )
-            advance(len(batch))
+            bar.advance(len(batch))
     scores = selector.scores()
     kept = sum(s.kept and not s.canonical for s in scores)
     header = [
@@ -387,46 +389,3 @@ def select_aliases(
         "canonical name first, aliases comma-separated (VIP's cls_*.txt format)",
     ]
     return write_alias_file(scores, out, header), scores
-
-
-class _progress:
-    """A rich progress bar (images/s, ETA) as a context giving ``advance(n)``; silent if off."""
-
-    def __init__(self, show: bool, total: int):
-        self.show, self.total = show, total
-
-    def __enter__(self):
-        if not self.show:
-            return lambda n: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("scoring aliases"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} images/s"),
-            TimeRemainingColumn(),
-        )
-        self.bar.__enter__()
-        task = self.bar.add_task("score", total=self.total, rate="-")
-        import time
-
-        start = time.perf_counter()
-
-        def advance(n: int) -> None:
-            done = self.bar.tasks[0].completed + n
-            rate = done / max(time.perf_counter() - start, 1e-9)
-            self.bar.update(task, advance=n, rate=f"{rate:.1f}")
-
-        return advance
-
-    def __exit__(self, *exc):
-        if self.show:
-            self.bar.__exit__(*exc)
-        return False

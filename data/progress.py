@@ -1,0 +1,120 @@
+"""One progress bar for all long work (the bottom layer: every package may use it).
+
+    with ProgressBar("bank items", total, unit="items", enabled=show) as bar:
+        bar.advance(n)
+        bar.log("a line above the bar")
+
+A row reads ``label | bar | done/total | rate unit/s | elapsed | ETA``. With ``unit="bytes"`` the
+row shows MB and MB/s instead. It goes to stderr, so that stdout keeps only the results (a
+table, JSON). When the bar is disabled, ``advance`` does nothing and ``log`` prints to stderr.
+The rate is rich's estimate over the last 30 s. ``info`` is free text after the rate, for
+example a training loss.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+class ProgressBar:
+    """A rich progress bar as a context manager; a silent stand-in when ``enabled`` is False."""
+
+    def __init__(
+        self,
+        label: str,
+        total: int | None,
+        unit: str = "items",
+        enabled: bool = True,
+        transient: bool = True,
+    ):
+        self.label, self.total, self.unit = label, total, unit
+        self.enabled = enabled
+        self._bar = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        if unit == "bytes":
+            counts = (DownloadColumn(), TransferSpeedColumn())
+        else:
+            counts = (MofNCompleteColumn(), _rate_column())
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            *counts,
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=transient,
+        )
+        self._task = self._bar.add_task(label, total=total, info="", unit=unit)
+
+    def __enter__(self) -> ProgressBar:
+        if self._bar is not None:
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+        return False
+
+    def advance(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, n)
+
+    def update(self, label: str | None = None, total: int | None = None, info: str | None = None,
+               unit: str | None = None, restart: bool = False) -> None:  # fmt: skip
+        """A new label, total, free text or unit (not for bytes); ``restart`` counts again from
+        0 (a new phase)."""
+        if self._bar is None:
+            return
+        task = next(t for t in self._bar.tasks if t.id == self._task)
+        fields = {**task.fields, **({} if info is None else {"info": info}),
+                  **({} if unit is None else {"unit": unit})}  # fmt: skip
+        if label is not None:
+            fields["description"] = label
+        if total is not None:
+            fields["total"] = total
+        if restart:
+            self._bar.reset(self._task, **fields)
+        else:
+            self._bar.update(self._task, **fields)
+
+    @property
+    def speed(self) -> float | None:
+        """Units per second over the last 30 s (None before two updates or when disabled)."""
+        return None if self._bar is None else self._bar.tasks[0].speed
+
+    def log(self, message: str) -> None:
+        """A line on stderr, above the bar when it shows."""
+        if self._bar is not None:
+            self._bar.console.print(message, markup=False, highlight=False)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+
+def _rate_column():
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        """``12.3 items/s`` from rich's speed estimate (``-`` before there is one)."""
+
+        def render(self, task) -> Text:
+            speed, unit = task.finished_speed or task.speed, task.fields["unit"]
+            return Text(f"{speed:.1f} {unit}/s" if speed else f"- {unit}/s")
+
+    return RateColumn()
