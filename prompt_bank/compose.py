@@ -14,7 +14,7 @@ import numpy as np
 
 from data.vocabulary import Vocabulary, match_entries
 from prompt_bank.format import BankLayout, BankMismatchError, create_arrays
-from prompt_bank.integrity import flush_shard, require_intact
+from prompt_bank.integrity import check_shard, flush_shard
 from prompt_bank.safety import staged_output
 from prompt_bank.seal import seal_bank, sealed_contents
 from prompt_bank.store import Bank, open_group
@@ -48,16 +48,59 @@ def _differences(a: Bank, b: Bank) -> list[str]:
 
 
 def _check_source(bank: Bank) -> None:
+    """A source must be format v2; its shards are checked when they are read (:class:`_Rows`)."""
     if bank.attrs["format_version"] < 2:
         raise BankMismatchError(
             f"{bank.location} is a format v1 bank, whose items depend on the classes batched "
             "with them; rebuild it with this dpseg (cli.py bank build) before merging or "
             "taking a subset"
         )
-    if any(state.status != "complete" for state in require_intact(bank)):
-        raise BankMismatchError(
-            f"{bank.location} is incomplete; finish it (rerun its bank build command) first"
-        )
+
+
+class _Rows:
+    """The rows a new bank copies, each source shard read once and checked as it is read.
+
+    Only the shards that hold a copied row are read (a subset of a remote bank fetches just
+    those). A shard is judged (objects against its manifest, decoding, agreement of the done
+    flags: ``check_shard``) and its rows that are still to be written are kept until then, so
+    memory holds at most the rows read ahead of their turn.
+    """
+
+    def __init__(self, sources: list[tuple[Bank, int]]):
+        self._left: dict[tuple[int, int], int] = {}
+        for bank, row in sources:
+            self._left[(id(bank), row)] = self._left.get((id(bank), row), 0) + 1
+        self._rows: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+
+    def take(self, bank: Bank, row: int) -> dict[str, np.ndarray]:
+        """Row ``row`` of ``bank``: every array's (1 class) slice, checked."""
+        key = (id(bank), row)
+        if key not in self._rows:
+            self._read_shard(bank, row)
+        data = self._rows[key]
+        self._left[key] -= 1
+        if not self._left[key]:
+            del self._rows[key]
+        return data
+
+    def _read_shard(self, bank: Bank, row: int) -> None:
+        shard = next(s for s, (k0, k1) in enumerate(bank.layout.shard_ranges()) if k0 <= row < k1)
+        state = check_shard(bank.group, bank.layout, shard)
+        if state.damaged:
+            raise BankMismatchError(
+                f"{bank.location} shard {shard}: {state.problems[0]}; repair it first: "
+                f"python cli.py bank repair {bank.location}"
+            )
+        if state.status != "complete":
+            raise BankMismatchError(
+                f"{bank.location} is incomplete (shard {shard}); finish it (rerun its bank "
+                "build command) first"
+            )
+        for i in range(state.k0, state.k1):
+            if self._left.get((id(bank), i)) and (id(bank), i) not in self._rows:
+                self._rows[(id(bank), i)] = {
+                    path: np.array(values[i - state.k0]) for path, values in state.data.items()
+                }
 
 
 def _origin(bank: Bank, row: int) -> dict:
@@ -81,7 +124,8 @@ def write_bank(
     storage_options: dict | None = None,
 ) -> None:
     """A bank at `out` holding, in order, row `i` of bank `b` for each (b, i) of `sources`
-    (all compatible: checked by the callers); written in a staging folder, renamed on success."""
+    (all compatible: checked by the callers); written in a staging folder, renamed on success.
+    Each source shard that holds a copied row is read once and checked (:class:`_Rows`)."""
     first = sources[0][0]
     layout = BankLayout(**{**first.layout.__dict__, "num_classes": len(sources)})
     provenance: list[dict] = []
@@ -96,14 +140,13 @@ def write_bank(
     attrs.pop("contents", None)
     attrs["classes"] = [bank.classes[i] for bank, i in sources]
     attrs["provenance"] = provenance
+    rows = _Rows(sources)
     with staged_output(out, option, storage_options) as staging:
         group = open_group(staging, mode="w-")
         create_arrays(group, layout)
         for shard, (k0, k1) in enumerate(layout.shard_ranges()):
-            buffers = {
-                path: np.stack([np.asarray(bank.array(path)[i]) for bank, i in sources[k0:k1]])
-                for path in layout.arrays()
-            }
+            taken = [rows.take(bank, i) for bank, i in sources[k0:k1]]
+            buffers = {path: np.stack([t[path] for t in taken]) for path in layout.arrays()}
             flush_shard(group, layout, shard, buffers)
         group.attrs.update(attrs)
         seal_bank(staging)
