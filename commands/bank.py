@@ -73,14 +73,19 @@ def _bank_build_options(p) -> None:
         "prompt_bank.build.BuildConfig's fields; all of them can come from --config FILE.yaml."
     )
     config_file(p)
-    add_fields(p, BankBuildOptions)
-    add_fields(p, BuildConfig, skip=("vocabulary", "templates", "generator", "encoder",
-                                      "progress", "command"), overrides={
-        "generator_weights": {"metavar": "DIR"},
-        "encoder_weights": {"metavar": "PATH"},
-        "level_dtype": {"choices": ("float16", "float32")},
-        "device": {"choices": ("cpu", "cuda")},
-    })  # fmt: skip
+    add_fields(p, BankBuildOptions, group="what to build (the strings you type)")
+    add_fields(
+        p,
+        BuildConfig,
+        group="how items are made and stored (prompt_bank.build.BuildConfig)",
+        skip=("vocabulary", "templates", "generator", "encoder", "progress", "command"),
+        overrides={
+            "generator_weights": {"metavar": "DIR"},
+            "encoder_weights": {"metavar": "PATH"},
+            "level_dtype": {"choices": ("float16", "float32")},
+            "device": {"choices": ("cpu", "cuda")},
+        },
+    )
 
 
 def cmd_bank_build(args: argparse.Namespace) -> None:

@@ -59,14 +59,18 @@ def field_docs(cls) -> dict[str, str]:
     return docs
 
 
-def add_fields(parser, cls, skip=(), overrides: dict | None = None, unset: str = "") -> None:
+def add_fields(parser, cls, skip=(), overrides: dict | None = None, unset: str = "",
+               group: str | None = None) -> None:  # fmt: skip
     """One option per field of the dataclass ``cls`` (but ``skip``): ``--field-name``, typed,
     with the field's default, and its comment as help. ``overrides[field]``: add_argument keywords
     that add to or replace these (choices, a metavar, a help where the class has none).
     ``unset``: every option defaults to None, "not given", and its help says what then applies
-    (``unset`` and the field's own default), for settings another default can decide."""
+    (``unset`` and the field's own default), for settings another default can decide. ``group``:
+    the title under which ``-h`` lists them."""
     import typing
 
+    if group is not None:
+        parser = parser.add_argument_group(group)
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):

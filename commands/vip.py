@@ -45,8 +45,10 @@ def _select_aliases_options(p) -> None:
         "the scores as comments."
     )
     config_file(p)
-    add_fields(p, SelectAliasesOptions, overrides={"rule": {"choices": ("ours", "reported")}})
-    add_fields(p, SelectionConfig, unset="the --rule's; ours", overrides={
+    add_fields(p, SelectAliasesOptions, group="what is scored, with what",
+               overrides={"rule": {"choices": ("ours", "reported")}})  # fmt: skip
+    add_fields(p, SelectionConfig, group="how aliases are scored (model.vip.selection."
+               "SelectionConfig)", unset="the --rule's; ours", overrides={
         "affinity": {"choices": AFFINITIES}})  # fmt: skip
 
 
