@@ -27,6 +27,23 @@ CONFIG = ROOT / "configs" / "toy_world.yaml"
 EXPLAINED = "red triangle"  # an unseen class: never in training
 
 
+def stale_bank(bank: Path) -> None:
+    """The demo's own bank, left by an older dpseg in another format, is built again (a
+    bank of the user's is never deleted: this is demo_out's)."""
+    from prompt_bank.format import FORMAT_VERSION
+
+    root = bank / "zarr.json"
+    if not root.is_file():
+        return
+    try:
+        version = json.loads(root.read_text())["attributes"]["format_version"]
+    except (ValueError, KeyError, TypeError):
+        version = None
+    if version != FORMAT_VERSION:
+        print(f"demo: {bank} is a bank of format {version!r} (an older dpseg): building it again")
+        shutil.rmtree(bank)
+
+
 def run(step: str, args: list[str], times: dict, quiet: bool = False) -> str:
     """Run ``cli.py ARGS``; stop the demo with the command's output if it fails."""
     print(f"\n== {step}: cli.py {' '.join(args)}", flush=True)
@@ -111,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     run("data", ["data", "toy", "--root", str(out / "datasets"), *sizes,
                  "--preview", str(out / "toy_preview.png"), "--quiet"], times)  # fmt: skip
     templates = "imagenet80:4" if quick else "imagenet80"
+    stale_bank(bank)
     run("bank", ["bank", "build", "--vocab", "toy", "--preset", "toy", "--templates",
                  templates, "--images-per-prompt", "1", "--keep-images", "--batch-size", "32",
                  "--out", str(bank), "--quiet"], times)  # fmt: skip

@@ -88,9 +88,17 @@ def test_explain_writes_the_three_cost_maps(trained, world, tmp_path):
 
 
 def test_quick_demo_runs_and_reports(tmp_path):
+    stale = tmp_path / "banks" / "toy.zarr"  # demo_out's bank left by an older dpseg
+    stale.mkdir(parents=True)
+    (stale / "zarr.json").write_text(
+        json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"format_version": 1}})
+    )
     result = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--quick", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=900, cwd=ROOT)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"demo: {stale} is a bank of format 1 (an older dpseg): building it again" in (
+        result.stdout
+    )
     report = result.stdout[result.stdout.index("dpseg demo:") :]
     assert "round I  (bank prompts):" in report and "round II (prompts from the image):" in report
     assert "visual -> text prompt retrieval" in report
