@@ -246,10 +246,10 @@ def trained_main(args, device: torch.device) -> None:
     checkpoint's inference settings (detection threshold, crop size) and the user's protocol
     (``Predictor``: the image resized, logits back to its size); every policy of
     ``--policies``. The classes refined are the ones round I really detects."""
-    import numpy as np
 
     from data.datasets import read_image
     from data.errors import USER_ERRORS, one_line
+    from data.transforms import image_tensor
     from model.predictor import Predictor
 
     folder = Path(args.images)
@@ -265,10 +265,7 @@ def trained_main(args, device: torch.device) -> None:
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     module = predictor.module
-    images = [
-        torch.from_numpy(np.array(read_image(p))).permute(2, 0, 1).float().div(255)
-        for p in found[: args.max_images]
-    ]
+    images = [image_tensor(read_image(p)) for p in found[: args.max_images]]
     images = [x.to(device) for x in images]
     protocol = predictor.protocol()
     config = module.inference_config

@@ -27,8 +27,6 @@ class ProgressBar:
         enabled: bool = True,
         transient: bool = True,
     ):
-        self.label, self.total, self.unit = label, total, unit
-        self.enabled = enabled
         self._bar = None
         if not enabled:
             return

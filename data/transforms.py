@@ -25,11 +25,15 @@ from data.catalog import IGNORE_INDEX
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float in [0, 1] (a copy: read-only arrays are fine)."""
+    return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div_(255)
+
+
 def to_tensors(sample: dict) -> dict:
     """image (H, W, 3) uint8 -> (3, H, W) float in [0, 1]; label (H, W) int64 -> long tensor."""
     out = dict(sample)
-    out["image"] = torch.from_numpy(np.array(sample["image"], copy=True)).permute(2, 0, 1)
-    out["image"] = out["image"].float().div_(255)
+    out["image"] = image_tensor(sample["image"])
     out["label"] = torch.from_numpy(np.array(sample["label"], copy=True)).long()
     return out
 

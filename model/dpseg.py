@@ -142,9 +142,14 @@ class DPSeg(nn.Module):
         self, prompts: Prompts, classes: torch.Tensor | None, center_mean: torch.Tensor | None
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The mode's R per part (K', P, D) and the visual level prompts (K', C_j) of
-        ``classes`` (None: all K), fused (and centred) over all K first."""
-        mode = self.config.prompt_mode
-        rs = prompt_embeddings(prompts, mode, self.config.center_prompts, center_mean)
+        ``classes`` (None: all K), as fusing all K and keeping those rows would give them.
+
+        Fusion is per class except centring on the prompts' own class mean; so the classes are
+        selected first (round II: K' refined of K) unless that mean is needed."""
+        mode, center = self.config.prompt_mode, self.config.center_prompts
+        if classes is not None and (center_mean is not None or not center):
+            prompts, classes = prompts.select(classes), None
+        rs = prompt_embeddings(prompts, mode, center, center_mean)
         if classes is not None:
             rs, prompts = [r[classes] for r in rs], prompts.select(classes)
         return rs, prompts.visual_levels

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from data.optional import require
+from data.transforms import image_tensor
 from model.cost_volume import cost_volume, fuse_prompts
 from model.predictor import Predictor
 
@@ -30,7 +31,7 @@ def class_maps(predictor: Predictor, image: np.ndarray, class_id: int) -> dict[s
     module, prompts = predictor.module, predictor.prompts
     model = module.model
     h, w = image.shape[:2]
-    x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div(255)[None]
+    x = image_tensor(image)[None]
     size = model.backbone.image_size
     x = F.interpolate(x.to(predictor.device), size=(size, size), mode="bilinear", antialias=True)
     features = model.backbone(x)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from data.errors import UserError
-from data.transforms import ResizeSquare, SlidingWindow
+from data.transforms import ResizeSquare, SlidingWindow, image_tensor
 from data.vocabulary import Vocabulary, load_vocabulary
 from model.cost_volume import Prompts
 from model.labels import class_labels
@@ -129,7 +129,7 @@ class Predictor:
         """(H, W, 3) uint8 RGB -> (K, H, W) logits."""
         if self.prompts is None:
             raise RuntimeError("call set_vocabulary first")
-        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div(255)
+        x = image_tensor(image)
         x = x.to(self.device)
         segmenter, prompts = self.module.segmenter, self.prompts
         return self.protocol()(lambda batch: segmenter(batch, prompts), x)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.transforms import image_tensor
 from data.vocabulary import load_vocabulary
 from model.labels import class_labels
 from model.lightning_cli import read_config
@@ -71,7 +72,7 @@ class VIPPredictor:
         """(H, W, 3) uint8 RGB -> (K, H, W) class logits (x logit scale)."""
         if self.queries is None:
             raise RuntimeError("call set_vocabulary first")
-        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div(255)
+        x = image_tensor(image)
         segmenter, queries = self.module.segmenter, self.queries
         return self.module.protocol()(lambda b: segmenter(b, queries), x.to(self.device))
 

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from data.progress import ProgressBar
+from data.transforms import image_tensor
 from pretrained.proxy_attention import proxy_attention
 
 AFFINITIES = ("proxy", "attention")
@@ -301,7 +302,7 @@ def _square(path: Path, size: int) -> torch.Tensor:
     from data.datasets import read_image
     from data.transforms import resize_short_side
 
-    image = torch.from_numpy(read_image(path).copy()).permute(2, 0, 1).float().div(255)
+    image = image_tensor(read_image(path))
     x = resize_short_side(image, size)
     h, w = x.shape[-2:]
     top, left = (h - size) // 2, (w - size) // 2
