@@ -14,7 +14,8 @@ DPSeg rows (configs/toy_world.yaml + one file of configs/ablations/), mean and s
     F_v none / F_v^2                            fv_none.yaml / fv_2.yaml
     text prompt with F_v kept (ours)            prompt_text_keep_fv.yaml
     cost volumes averaged / concatenated        prompt_cost_avg.yaml / prompt_cost_concat.yaml
-    round II, masked / box crops / pooled       rounds_2.yaml (the full model's checkpoints)
+    round II, masked / box crops / pooled /     rounds_2.yaml (the full model's checkpoints)
+      pooled-own
 VIP rows (configs/vip_toy.yaml on toy-vit, configs/vip_toy_dinotxt.yaml on toy-dinotxt;
 deterministic, one run each):
     plain dense encoder                         --model.attention none, canonical names only
@@ -60,6 +61,8 @@ ROUND_II = [  # (row, claim, extra arguments) over the full model's checkpoints
      ["--model.inference.crop_policy", "box"]),
     ("DPSeg: round II, pooled (ours)", "pooled as good as crops",
      ["--model.inference.crop_policy", "pooled"]),
+    ("DPSeg: round II, pooled-own (ours)", "pooled-own as good as crops",
+     ["--model.inference.crop_policy", "pooled-own"]),
 ]  # fmt: skip
 VIP_ROWS = [  # (row, claim, encoder preset, extra arguments): configs/vip_toy[_dinotxt].yaml
     ("plain dense CLIP (canonical names)", "the baseline", "toy-vit",

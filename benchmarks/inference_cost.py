@@ -25,6 +25,10 @@ worst case; and 150, the paper's regime, with 8 refined):
   ``--min-area 0`` (default) and ``--max-classes 8`` (default): the 8 largest classes of round
   I's argmax are refined (random prompts make it speckled over almost every class), so round II
   does real work; the refined count drives its cost (a crop encoding and a decode each).
+- the floor no policy can go below (``policy_floor``): round I's backbone and decode, and the
+  refined classes decoded again, timed alone; round II >= (backbone + decode + re-decode) /
+  (backbone + decode) even if its new prompts cost nothing. With every class refined the
+  re-decode is a whole decode, so the floor is 1 + decode / (backbone + decode).
 - default mode only: peak memory of round I for K = 64 and 847 with the decoder's class chunking
   (``DPSegConfig.class_chunk``, default 64) and without it (``class_chunk=K``), each in a fresh
   process (CPU: peak RSS increase over the forward, from ``resource.getrusage`` after resetting
@@ -56,12 +60,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.memory import current_memory_mb, peak_memory_mb, reset_peak
-from model.cost_volume import Prompts
+from model.cost_volume import Prompts, class_mean
 from model.dpseg import DPSeg, DPSegConfig
 from model.factory import build_dpseg
 from model.labels import class_labels
 from model.refine import CROP_POLICIES, RefineConfig, TwoRoundSegmenter, detected_classes
-from pretrained.backbone import ClipEncoder
+from pretrained.backbone import BackboneFeatures, ClipEncoder
 
 TINY_PRESET = "tiny-convnext"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -238,7 +242,49 @@ def time_modes(args, model, encoder, counter, device, autocast, k: int) -> dict:
         f"{', '.join(map(str, refined))} of {k}"
     )
     print_rows(rows, device)
-    return {"classes": k, "refined": refined, "rows": rows}
+    floor = policy_floor(args, model, images, prompts, device, autocast)
+    print(
+        f"floor for every policy: round I = backbone {floor['backbone_s'] * 1e3:.1f} ms + "
+        f"decode of K {floor['decode_s'] * 1e3:.1f} ms; decoding the refined classes again "
+        f"{floor['redecode_s'] * 1e3:.1f} ms -> round II >= {floor['ratio']:.2f}x round I with "
+        "a free new prompt"
+    )
+    return {"classes": k, "refined": refined, "rows": rows, "floor": floor}
+
+
+def policy_floor(args, model: DPSeg, images, prompts: Prompts, device, autocast) -> dict:
+    """What no round II policy can go below: round I's backbone and decode, and the decode of
+    the refined classes again (round II's decoder call, every image's in one), all medians of
+    ``args.iters`` interleaved passes. Floor = (backbone + decode + re-decode) / (backbone +
+    decode): round II with a new visual prompt that costs nothing."""
+    times = {"backbone_s": [], "decode_s": [], "redecode_s": []}
+    with torch.inference_mode(), autocast:
+        first = model(images, prompts)
+        classes = [detected_classes(lb, prompts.num_classes, args.min_area, args.max_classes)
+                   for lb in class_labels(first.logits, dim=1)]  # fmt: skip
+        todo = [b for b, c in enumerate(classes) if len(c)]
+        refined = BackboneFeatures(first.features.dense[todo],
+                                   [lv[todo] for lv in first.features.levels])  # fmt: skip
+        mean = class_mean(prompts, model.config.prompt_mode)  # as second_round
+        steps = {
+            "backbone_s": lambda: model.backbone(images),
+            "decode_s": lambda: model(images, prompts, features=first.features),
+            "redecode_s": lambda: todo and model.decode_per_image(
+                images.shape[-2:], refined, [prompts] * len(todo), [classes[b] for b in todo],
+                mean),
+        }  # fmt: skip
+        for i in range(args.warmup + args.iters):
+            for key, step in steps.items():
+                sync(device)
+                start = time.perf_counter()
+                step()
+                sync(device)
+                if i >= args.warmup:
+                    times[key].append(time.perf_counter() - start)
+    out = {key: statistics.median(t) / args.batch for key, t in times.items()}
+    first_round = out["backbone_s"] + out["decode_s"]
+    out["ratio"] = (first_round + out["redecode_s"]) / first_round
+    return out
 
 
 def trained_main(args, device: torch.device) -> None:

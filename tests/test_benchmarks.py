@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -121,6 +122,34 @@ def test_flops_on_meta_tensors_equal_real_cpu_tensors(meta_rows, tmp_path):
     assert [r["total"] for r in meta] == [r["total"] for r in cpu]
 
 
+def table_rows(stdout: str) -> dict[str, dict[str, str]]:
+    """inference_cost.py's rows: mode -> ms, ratio, backbone, frozen and crops columns."""
+    rows = {}
+    for line in stdout.splitlines():
+        if line.startswith(("round I ", "II ")):
+            name, values = line[:16].strip(), line[16:].split()
+            rows[name] = dict(zip(("ms", "ratio", "backbone", "frozen", "crops"), values))
+    return rows
+
+
+def test_inference_cost_random_prompts_prints_rows_and_the_floor():
+    out = run_script(
+        "benchmarks/inference_cost.py", "--classes", "6", "--max-classes", "3", "--iters", "1",
+        "--warmup", "0", "--no-memory", "--policies", "box", "pooled-own", "--threads", "1",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = table_rows(out.stdout)
+    assert set(rows) == {"round I", "II box", "II pooled-own"}
+    assert all(r["backbone"] == "1.00" for r in rows.values())
+    assert rows["II box"]["crops"] == "3.00" and rows["II box"]["frozen"] == "1.00"
+    assert rows["II pooled-own"]["frozen"] == "0.00"
+    line = next(x for x in out.stdout.splitlines() if x.startswith("floor for every policy"))
+    backbone, decode, redecode = (float(ms) for ms in re.findall(r"([\d.]+) ms", line))
+    assert min(backbone, decode, redecode) > 0
+    ratio = float(re.search(r"round II >= ([\d.]+)x", line)[1])
+    assert ratio == pytest.approx(1 + redecode / (backbone + decode), abs=0.01)
+
+
 def test_inference_cost_times_a_trained_checkpoint_on_real_images(trained, world):
     images = world / "datasets" / "synthetic" / "images" / "val"
     out = run_script(
@@ -130,11 +159,7 @@ def test_inference_cost_times_a_trained_checkpoint_on_real_images(trained, world
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 images of" in out.stdout and "K=8 (synthetic)" in out.stdout
-    rows = {}
-    for line in out.stdout.splitlines():
-        if line.startswith(("round I ", "II ")):
-            name, values = line[:16].strip(), line[16:].split()
-            rows[name] = dict(zip(("ms", "ratio", "backbone", "frozen", "crops"), values))
+    rows = table_rows(out.stdout)
     assert set(rows) == {"round I", "II box", "II pooled-own"}
     assert rows["round I"]["ratio"] == "1.00x" and float(rows["round I"]["crops"]) == 0
     assert all(r["backbone"] == "1.00" for r in rows.values())  # round II reuses the features
