@@ -96,6 +96,12 @@ class SegmentationData(L.LightningDataModule):
             )
         if batch_size < 1:
             raise DatasetError(f"data.batch_size={batch_size} must be >= 1")
+        if crop < 8:
+            raise DatasetError(f"data.crop={crop}: the training crop side in pixels, must be >= 8")
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+            raise DatasetError(
+                f"data.scale={list(scale)}: the random resize range [lo, hi], need 0 < lo <= hi"
+            )
         self.train = _pairs(train, "train")
         self.val = _pairs(val, "val")
         self.test = _pairs(test, "test")

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from data.catalog import IGNORE_INDEX, get_dataset_spec
+from data.errors import SettingError
 from data.templates import SINGLE_TEMPLATE
 from data.vocabulary import load_vocabulary
 from model.cost_volume import Prompts
@@ -52,11 +53,17 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # the cosine ends at lr x this
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.encoder_lr_mult < 0 or self.warmup_steps < 0:
-            raise ValueError(
-                f"optim: lr={self.lr} must be > 0, encoder_lr_mult={self.encoder_lr_mult} >= 0, "
-                f"warmup_steps={self.warmup_steps} >= 0"
-            )
+        rules = {
+            "lr": self.lr > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "encoder_lr_mult": self.encoder_lr_mult >= 0,
+            "warmup_steps": self.warmup_steps >= 0,
+            "min_lr_ratio": self.min_lr_ratio >= 0,
+        }
+        for name, ok in rules.items():
+            if not ok:
+                bound = "> 0" if name == "lr" else ">= 0"
+                raise SettingError(f"model.optim.{name}={getattr(self, name)}: must be {bound}")
 
 
 @dataclass

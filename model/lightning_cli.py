@@ -13,14 +13,17 @@ training crop (``data.crop`` -> ``model.image_size``). The encoder is given once
 from __future__ import annotations
 
 import pickle
+import signal
+import threading
 import warnings
 from pathlib import Path
 
+import torch
 import yaml
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from data.errors import UnreadableFileError, one_line
+from data.errors import SettingError, UnreadableFileError, UserError, one_line
 from data.optional import available
 from model.checkpoint import LIGHTNING_SHORTHANDS, check_checkpoint, reading_failed
 from model.data_module import SegmentationData
@@ -68,6 +71,52 @@ class SaveConfigToLogs(SaveConfigCallback):
             super().setup(trainer, pl_module, stage)
 
 
+class StopOnInterrupt(Callback):
+    """Ctrl-C (SIGINT) during ``fit`` stops training at the end of the step in progress and saves
+    ``interrupted.ckpt`` beside the run's checkpoints, to resume from (a second Ctrl-C stops at
+    once, as Lightning does). In validate/test/predict it only records the interruption. Either
+    way ``cli.py`` then ends in one line (``DPSegCLI``), exit status 2."""
+
+    def __init__(self):
+        self.signal: str | None = None  # the signal's name once one came
+        self.saved: Path | None = None
+        self._previous = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.signal is not None:  # the second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        trainer.should_stop = trainer.should_stop or self.signal is not None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.signal is not None:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.signal is None:
+            return
+        checkpoints = trainer.checkpoint_callback
+        folder = Path(checkpoints.dirpath) if checkpoints and checkpoints.dirpath else Path(
+            trainer.log_dir or trainer.default_root_dir) / "checkpoints"  # fmt: skip
+        self.saved = (folder / "interrupted.ckpt").absolute()
+        trainer.save_checkpoint(self.saved)  # every rank calls it; rank 0 writes
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt) and self.signal is None:
+            self.signal = "SIGINT"
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 class DPSegCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         _add_method(parser, "dpseg")
@@ -77,15 +126,53 @@ class DPSegCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         # Lightning torch.loads --ckpt_path here (its hyperparameters): a file that is not a
-        # checkpoint ends in one line (model/checkpoint.py), not torch's unpickling error.
+        # checkpoint ends in one line (model/checkpoint.py), not torch's unpickling error, and
+        # a torch file that is not Lightning's not in a KeyError once the run has started.
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt and str(ckpt) not in LIGHTNING_SHORTHANDS and "://" not in str(ckpt):
-            check_checkpoint(ckpt, "--ckpt_path")
         try:
+            if ckpt and str(ckpt) not in LIGHTNING_SHORTHANDS and "://" not in str(ckpt):
+                check_checkpoint(ckpt, "--ckpt_path")
+                content = torch.load(ckpt, weights_only=True, map_location="cpu", mmap=True)
+                if not isinstance(content, dict) or "pytorch-lightning_version" not in content:
+                    raise KeyError("no 'pytorch-lightning_version': a torch file, not Lightning's")
             super()._parse_ckpt_path()
-        except (pickle.UnpicklingError, EOFError) as e:  # an archive, not a checkpoint
+        except (pickle.UnpicklingError, EOFError, KeyError) as e:  # an archive, not a checkpoint
             raise reading_failed(e, ckpt, "--ckpt_path") from None
+
+    def fit(self, model, **kwargs) -> None:
+        self._run_trainer("fit", model=model, **kwargs)
+        stop = self.interruption
+        if stop.saved is not None:
+            raise UserError(
+                f"fit interrupted by {stop.signal} at step {self.trainer.global_step}: the model, "
+                f"optimizer and loop state are saved in {stop.saved}; resume with the same "
+                f"command and --ckpt_path {stop.saved}"
+            )
+
+    def _run_trainer(self, name: str, **kwargs) -> None:
+        """``trainer.<name>(**kwargs)``; Lightning's exit after a Ctrl-C it caught (a second one
+        in fit, any in validate/test/predict) becomes one line."""
+        try:
+            getattr(self.trainer, name)(**kwargs)
+        except SystemExit as e:
+            if e.code == 1 and self.interruption.signal is not None:
+                lost = ("stopped at once: nothing since the last checkpoint was saved" if
+                        name == "fit" else "no results were written")  # fmt: skip
+                raise UserError(
+                    f"{name} interrupted by {self.interruption.signal}: {lost}; run the same "
+                    "command again"
+                ) from None
+            raise
+
+    def validate(self, **kwargs) -> None:
+        self._run_trainer("validate", **kwargs)
+
+    def test(self, **kwargs) -> None:
+        self._run_trainer("test", **kwargs)
+
+    def predict(self, **kwargs) -> None:
+        self._run_trainer("predict", **kwargs)
 
     def instantiate_trainer(self, **kwargs):
         # A feature turned off drops our default callback that needs it (Lightning refuses a
@@ -102,6 +189,10 @@ class DPSegCLI(LightningCLI):
                     c for c in trainer_config.get("callbacks") or [] if not isinstance(c, needs_it)
                 ]
         trainer = super().instantiate_trainer(**kwargs)
+        self.interruption = StopOnInterrupt()
+        trainer.callbacks.append(self.interruption)
+        if self.subcommand == "fit":
+            self.interruption.install()
         # Every logger of a run in one folder (runs/dpseg/version_N): loggers pick their version
         # independently, and the first one's folder exists (config.yaml) before the others look.
         loggers = trainer.loggers
@@ -191,5 +282,23 @@ def make_cli(argv: list[str], run: bool = True) -> LightningCLI:
         )
 
 
+def union_error(error: ValueError) -> SettingError | None:
+    """The user error inside jsonargparse's "Does not validate against any of the Union subtypes"
+    (a config dataclass's ``__post_init__`` refusing a value, e.g. an unknown dataset): its own
+    one-line message; None for any other ValueError."""
+    text = str(error)
+    if "Does not validate against any of the Union subtypes" not in text:
+        return None
+    reasons = [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("- ")]
+    reasons = [r for r in reasons if not r.startswith("Expected a ")]
+    return SettingError(one_line(reasons[0])) if reasons else None
+
+
 def main(argv: list[str]) -> None:
-    make_cli(argv)
+    try:
+        make_cli(argv)
+    except ValueError as e:
+        user_error = union_error(e)
+        if user_error is None:
+            raise
+        raise user_error from None
