@@ -124,7 +124,13 @@ def cmd_bank_repair(args: argparse.Namespace) -> None:
     from prompt_bank.format import BankFormatError
     from prompt_bank.store import open_group
 
-    attrs = dict(open_group(args.bank, mode="r").attrs)
+    try:
+        attrs = dict(open_group(args.bank, mode="r").attrs)  # a damaged root: BankFormatError
+    except FileNotFoundError:
+        raise BankFormatError(
+            f"bank repair: BANK {args.bank!r} does not exist; give the path of a bank that "
+            "`python cli.py bank build` started"
+        ) from None
     if "classes" not in attrs or "build" not in attrs:
         raise BankFormatError(
             f"{args.bank} has no complete bank attributes (its root zarr.json is damaged or the "
@@ -227,9 +233,34 @@ def cmd_bank_pull(args: argparse.Namespace) -> None:
         )
 
 
+def _check_gallery_options(args: argparse.Namespace) -> None:
+    """``--max-classes`` and ``--out`` checked before the bank is read."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from data.errors import SettingError
+
+    if args.max_classes < 1:
+        raise SettingError(
+            f"--max-classes {args.max_classes}: must be >= 1 (the number of classes shown, one "
+            "row each)"
+        )
+    Image.init()
+    suffix = Path(args.out).suffix.lower()
+    kind = Image.registered_extensions().get(suffix)
+    if kind is None or kind not in Image.SAVE:
+        what = f"unknown image file extension {suffix!r}" if suffix else "no file extension"
+        raise SettingError(
+            f"--out {args.out!r}: {what}; give a .png path (or another image format PIL "
+            "writes: .jpg, .webp, ...)"
+        )
+
+
 def cmd_bank_gallery(args: argparse.Namespace) -> None:
     from prompt_bank.inspect import write_gallery
 
+    _check_gallery_options(args)
     try:
         path = write_gallery(_open_bank(args.bank, args), args.out, max_classes=args.max_classes)
     except ValueError as e:

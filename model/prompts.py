@@ -142,7 +142,8 @@ def load_prompts(
         raise BankMismatchError(
             f"bank {where} lacks {len(missing)} of the {k} classes of vocabulary "
             f"{vocabulary.name!r}: {shown}{more}. Build them into a bank (cli.py bank build "
-            "--vocab ... then bank merge), or serve them text-only with --allow-text-only"
+            "--vocab ... then bank merge), or serve them text-only (cli.py fit/test: "
+            "--model.allow_text_only true; cli.py segment/explain: --text-only)"
         )
     if missing:
         log.warning(
@@ -163,8 +164,12 @@ def _read_rows(bank: Bank, rows: list[int], targets: list[int], text, visual, le
     """Copy the prompts of bank rows ``rows`` into positions ``targets`` of the outputs."""
     index = np.asarray(sorted(set(rows)), dtype=np.int64)
     where = {int(r): i for i, r in enumerate(index)}
-    done = bank.read("visual/done", index)
-    bad = _incomplete(done)
+    # every needed shard read once and checked against its manifest: damage is a one-line
+    # BankFormatError naming the object and `bank verify` / `bank repair`, never zeros
+    data = bank.read_rows(
+        index, ["visual/done", "text/embeddings", "visual/embeddings", *bank.level_names()]
+    )
+    bad = _incomplete(data["visual/done"])
     if bad:
         names = ", ".join(repr(bank.classes[int(index[i])]) for i in bad[:10])
         raise BankMismatchError(
@@ -172,9 +177,9 @@ def _read_rows(bank: Bank, rows: list[int], targets: list[int], text, visual, le
             "finish it by running the same `cli.py bank build` command again (it resumes)"
         )
     sel = [where[r] for r in rows]
-    text[targets] = torch.from_numpy(bank.read("text/embeddings", index))[sel].float()
-    v = torch.from_numpy(bank.read("visual/embeddings", index)).float()[sel]  # (K', P, N, D)
+    text[targets] = torch.from_numpy(data["text/embeddings"])[sel].float()
+    v = torch.from_numpy(data["visual/embeddings"]).float()[sel]  # (K', P, N, D)
     visual[targets] = F.normalize(v.mean(dim=2), dim=-1)
     for j, name in enumerate(bank.level_names()):
-        lv = torch.from_numpy(bank.read(name, index).astype(np.float32))[sel]
+        lv = torch.from_numpy(data[name].astype(np.float32))[sel]
         levels[j][targets] = lv.mean(dim=(1, 2))

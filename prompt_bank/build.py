@@ -344,9 +344,9 @@ def _check_resume(stored: dict, expected: dict, location: str) -> None:
                 )
     if differences:
         raise BankMismatchError(
-            f"{location} was started with other settings, so resuming would mix two banks:\n  "
-            + "\n  ".join(differences)
-            + "\nRerun with the original settings, or write to another --out."
+            f"{location} was started with other settings, so resuming would mix two banks: "
+            + "; ".join(differences)
+            + ". Rerun with the original settings, or write to another --out"
         )
 
 

@@ -157,8 +157,10 @@ def merge_banks(a: Bank, b: Bank, out: str, storage_options: dict | None = None)
     differences = _differences(a, b)
     if differences:
         raise BankMismatchError(
-            f"cannot merge {a.location} and {b.location}: their items were not made alike:\n  "
-            + "\n  ".join(differences)
+            f"cannot merge {a.location} and {b.location}: their items were not made alike ("
+            + "; ".join(differences)
+            + "); merge banks built with the same settings, or rebuild one of them (cli.py bank "
+            "build) with the other's"
         )
     for bank in (a, b):
         _check_source(bank)

@@ -81,10 +81,12 @@ def prompt_agreement(bank: Bank) -> dict:
     templates and images) against every class's mean text prompt: the share of classes whose
     nearest text prompt is their own (retrieval), the mean cosine of a class's two prompts, and
     the mean cosine between different classes' visual (and text) prompts. Reads every
-    embedding; only done items count."""
-    done = bank.done()
-    text = np.asarray(bank.read("text/embeddings"), dtype=np.float64)  # (K, P, D)
-    visual = np.asarray(bank.read("visual/embeddings"), dtype=np.float64)  # (K, P, N, D)
+    embedding (each shard once, checked: a damaged one is a BankFormatError); only done items
+    count."""
+    data = bank.read_rows(paths=["visual/done", "text/embeddings", "visual/embeddings"])
+    done = data["visual/done"]
+    text = np.asarray(data["text/embeddings"], dtype=np.float64)  # (K, P, D)
+    visual = np.asarray(data["visual/embeddings"], dtype=np.float64)  # (K, P, N, D)
     weights = done[..., None].astype(np.float64)
 
     def unit(x):
@@ -175,8 +177,9 @@ def write_gallery(bank: Bank, out: str | Path, max_classes: int = 32, max_column
         )
     layout = bank.layout
     k = min(layout.num_classes, max_classes)
-    images = bank.array("visual/images")
-    done = bank.done()
+    # the shards of the classes shown, each read once and checked (damage: BankFormatError)
+    data = bank.read_rows(slice(0, k), ["visual/done", "visual/images"])
+    done, stored = data["visual/done"], data["visual/images"]
     h, w = layout.image_size
     columns = [(p, n) for p in range(layout.num_templates) for n in range(layout.images_per_prompt)]
     columns = columns[:max_columns]
@@ -184,7 +187,6 @@ def write_gallery(bank: Bank, out: str | Path, max_classes: int = 32, max_column
     sheet = Image.new("RGB", (label_w + w * len(columns), h * k), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
-    stored = np.asarray(images[:k])
     for row in range(k):
         name = bank.classes[row].split(",")[0]
         draw.text((4, row * h + h // 2 - 6), f"{row} {name}"[:26], fill="black", font=font)

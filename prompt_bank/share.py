@@ -121,8 +121,11 @@ def _holds_a_bank(location: str, url: str, storage_options: dict | None) -> bool
     files of this bank (an upload that was cut short: the push then resumes)."""
     try:
         return check_output(url, "URL", storage_options)
-    except BankFormatError:
-        fs, base = filesystem(url, storage_options)
+    except BankFormatError as refused:
+        try:
+            fs, base = filesystem(url, storage_options)
+        except BankFormatError:  # no filesystem for the URL: the first error says why
+            raise refused from None
         prefix = base.rstrip("/") + "/"
         there = {p.removeprefix(prefix) for p in fs.find(base)}
         if not there <= set(hub_upload_plan(location)):

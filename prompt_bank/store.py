@@ -48,7 +48,19 @@ def filesystem(url: str, storage_options: dict | None = None):
     """(fsspec filesystem, path inside it) of a URL."""
     import fsspec
 
-    return fsspec.core.url_to_fs(url, **resolve_storage_options(storage_options))
+    try:
+        return fsspec.core.url_to_fs(url, **resolve_storage_options(storage_options))
+    except (ImportError, ValueError) as e:  # an unknown protocol, its package not installed
+        raise BankFormatError(
+            f"cannot open {url!r}: {e}. {_protocol_hint(url.split('://', 1)[0])}"
+        ) from None
+
+
+def _protocol_hint(protocol: str) -> str:
+    return (
+        f"Check the URL's protocol; {protocol}:// needs its fsspec package installed (s3fs for "
+        "s3://, huggingface_hub for hf://, gcsfs for gs://)"
+    )
 
 
 def open_store(location: str | os.PathLike, read_only: bool, storage_options: dict | None = None):
@@ -67,8 +79,7 @@ def open_store(location: str | os.PathLike, read_only: bool, storage_options: di
             )
         except (ImportError, ValueError) as e:
             raise BankFormatError(
-                f"cannot open {location!r}: {e}. The {protocol}:// filesystem needs its fsspec "
-                f"package (s3fs for s3://, huggingface_hub for hf://, gcsfs for gs://)"
+                f"cannot open {location!r}: {e}. {_protocol_hint(protocol)}"
             ) from e
     if read_only and not os.path.exists(location):
         raise FileNotFoundError(f"no bank at {location!r}")
@@ -95,6 +106,34 @@ def open_group(
         raise BankFormatError(f"{str(location)!r} is a zarr array, not a prompt bank") from None
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
         raise BankFormatError(f"{str(location)!r} is not a zarr v3 group ({e})") from e
+    except (ValueError, TypeError, UnicodeDecodeError) as e:  # a root zarr.json zarr can't read
+        raise damaged_root_error(store, str(location), e) from None
+
+
+def damaged_root_error(store, location: str, error: BaseException) -> BankFormatError:
+    """The one-line error for a bank whose root ``zarr.json`` (which holds its settings) zarr
+    cannot read: neither ``bank repair`` nor a resume can use it, so the fix is a new build (the
+    command its card README.md records, when it is there) or a new copy."""
+    import re
+
+    from data.errors import one_line
+
+    command = None
+    try:
+        from prompt_bank.integrity import get_object
+
+        card = (get_object(store, "README.md") or b"").decode("utf-8", "replace")
+        found = re.search(r"^- command: `(.+)`$", card, flags=re.M)
+        command = found.group(1) if found and found.group(1) != "not recorded" else None
+    except Exception:  # no card, or a store that cannot read it: the message goes without
+        pass
+    again = f" ({command})" if command else ""
+    return BankFormatError(
+        f"{location!r}: its root zarr.json is damaged ({type(error).__name__}: "
+        f"{one_line(error) or type(error).__name__}); it holds the bank's settings, so cli.py "
+        f"bank repair cannot use it: delete the bank and run its bank build command again{again}"
+        ", or pull or copy it again from where it came from"
+    )
 
 
 @dataclass
@@ -114,7 +153,13 @@ class Bank:
         except (BankFormatError, FileNotFoundError):
             raise
         except Exception as e:
-            raise BankFormatError(f"cannot open a bank at {str(location)!r}: {e}") from e
+            from data.errors import one_line
+
+            raise BankFormatError(
+                f"cannot open a bank at {str(location)!r}: {one_line(e)}; check that the path "
+                "or URL names a bank that can be reached (credentials: --storage-options or "
+                "$DPSEG_STORAGE_OPTIONS)"
+            ) from e
         return cls(str(location), group, validate_group(group, repr(str(location))))
 
     @property
@@ -130,14 +175,100 @@ class Bank:
         return list(self.group.attrs["templates"])
 
     def array(self, path: str):
+        """The zarr array at `path`, unchecked (:meth:`read_rows` checks what it reads)."""
         return self.group[path]
 
+    def repair_hint(self) -> str:
+        """How to see and fix a damaged shard of this bank (the commands that exist)."""
+        if self.attrs.get("format_version", 2) < 2:  # v1: no manifests, no resume
+            return (
+                f"see every problem with `python cli.py bank verify {self.location}`, then build "
+                "the bank again with its bank build command into another --out (a format v1 "
+                "bank cannot be repaired)"
+            )
+        return (
+            f"see every problem with `python cli.py bank verify {self.location}` and rebuild the "
+            f"damaged shards with `python cli.py bank repair {self.location}` (or build the "
+            "bank again)"
+        )
+
+    def check_shard(self, shard: int, images: bool = False):
+        """Shard `shard` read once and judged (``prompt_bank.integrity.check_shard``: objects
+        against its manifest, decoding and checksums, done flags against the data); its kept
+        images only when `images`. Damage is a BankFormatError naming the object and the fix."""
+        from dataclasses import replace
+
+        from data.errors import one_line
+        from prompt_bank.integrity import check_shard
+
+        layout = self.layout if images else replace(self.layout, image_size=None)
+        state = check_shard(self.group, layout, shard, legacy=self.attrs["format_version"] < 2)
+        if state.damaged:
+            more = len(state.problems) - 1
+            raise BankFormatError(
+                f"bank {self.location!r} is damaged in shard {shard} (classes {state.k0}-"
+                f"{state.k1 - 1}): {one_line(state.problems[0])}"
+                + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+                + f"; {self.repair_hint()}"
+            )
+        return state
+
+    def read_rows(
+        self,
+        rows: slice | np.ndarray | list[int] = slice(None),
+        paths: tuple[str, ...] | list[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Rows `rows` (bank classes, in the order given) of the arrays `paths` (default: all
+        but the kept images), checked: each shard holding a needed row is read once and judged
+        (:meth:`check_shard`), no other shard is read. A damaged shard (an object changed,
+        missing or undecodable) is a BankFormatError naming it and the fix, never zeros."""
+        paths = (
+            [p for p in self.layout.arrays() if p != "visual/images"] if paths is None else paths
+        )
+        unknown = [p for p in paths if p not in self.layout.arrays()]
+        if unknown:
+            raise KeyError(f"bank {self.location!r} has no array {unknown[0]!r}")
+        index = np.arange(self.layout.num_classes)[rows] if isinstance(rows, slice) else rows
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        out = {
+            p: np.empty((len(index), *shape[1:]), dtype=dtype)
+            for p, (shape, dtype) in self.layout.arrays().items()
+            if p in paths
+        }
+        for shard, (k0, k1) in enumerate(self.layout.shard_ranges()):
+            here = np.flatnonzero((index >= k0) & (index < k1))
+            if not len(here):
+                continue
+            state = self.check_shard(shard, images="visual/images" in paths)
+            for p in out:
+                out[p][here] = state.data[p][index[here] - k0]
+        return out
+
     def read(self, path: str, classes: slice | np.ndarray = slice(None)) -> np.ndarray:
-        return np.asarray(self.group[path][classes])
+        """Rows `classes` of one array, checked (:meth:`read_rows`; read several arrays with
+        one :meth:`read_rows` call, which reads each shard once)."""
+        return self.read_rows(classes, [path])[path]
 
     def done(self) -> np.ndarray:
-        """(K, P, N) bool: which items are complete."""
-        return self.read("visual/done")
+        """(K, P, N) bool: which items are complete, as the done flags say. Cheap: only the
+        flags' objects are read (one per shard), not checked against the manifests
+        (:meth:`read_rows` checks); one that does not decode is a BankFormatError naming it and
+        the fix."""
+        from data.errors import one_line
+        from prompt_bank.integrity import decode_shard, get_object, shard_key
+
+        array, out = self.group["visual/done"], []
+        for shard, (k0, k1) in enumerate(self.layout.shard_ranges()):
+            key = shard_key(array, shard)
+            try:  # decoded in memory, as check_shard does: no zarr tasks left behind
+                out.append(decode_shard(array, shard, k0, k1, get_object(self.group.store, key)))
+            except Exception as e:
+                raise BankFormatError(
+                    f"bank {self.location!r} is damaged in shard {shard} (classes {k0}-{k1 - 1}): "
+                    f"object {key} does not decode ({type(e).__name__}: {one_line(e)}); "
+                    f"{self.repair_hint()}"
+                ) from None
+        return np.concatenate(out)
 
     def level_names(self) -> list[str]:
         return [f"visual/level_{j}" for j in range(1, len(self.layout.level_dims) + 1)]
