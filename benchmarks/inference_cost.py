@@ -397,6 +397,43 @@ def memory_table(args) -> None:
         print(f"{k:5d} {values[0]:9.1f} MB {values[1]:9.1f} MB {ratio:6.2f}x{note}")
 
 
+MIN_IMAGE_SIZE = 32
+"""The smallest --image-size: one cell of the ConvNeXt's last stage (stride 32)."""
+
+
+def argument_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the parsed options (one line naming the option, the value and the
+    fix), or None: checked before anything is built, so that a typo costs no time."""
+    from data.errors import USER_ERRORS, one_line
+
+    at_least = [("--iters", args.iters, 1), ("--warmup", args.warmup, 0),
+                ("--templates", args.templates, 1), ("--batch", args.batch, 1),
+                ("--max-classes", args.max_classes, 1), ("--crop-size", args.crop_size, 1),
+                ("--threads", args.threads, 1), ("--max-images", args.max_images, 1),
+                ("--refined", args.refined, 1),
+                ("--image-size", args.image_size, MIN_IMAGE_SIZE)]  # fmt: skip
+    at_least += [("--classes", k, 1) for k in args.classes or ()]
+    at_least += [("--memory-classes", k, 1) for k in args.memory_classes or ()]
+    for option, value, low in at_least:
+        if value is not None and value < low:
+            return f"{option} {value}: must be >= {low} (leave it out for the default)"
+    if not 0 <= args.min_area <= 1:
+        return f"--min-area {args.min_area}: must be a share of the image in [0, 1]"
+    try:
+        if args.flops:
+            from pretrained.presets import get_encoder_preset
+
+            for preset in args.preset or ():
+                get_encoder_preset(preset)
+        elif not args.one_memory:
+            from data.errors import check_device
+
+            check_device(args.device)
+    except USER_ERRORS as e:
+        return f"--preset: {one_line(e)}" if args.flops else one_line(e)
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -408,7 +445,11 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=None, help="default 10; --full-size: 5 or 2")
     parser.add_argument("--warmup", type=int, default=None, help="default 2; --full-size CPU: 1")
     parser.add_argument(
-        "--classes", type=int, nargs="+", default=None, help="K values; default 8 or 171"
+        "--classes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="K values; default 8 150; --full-size: 171",
     )
     parser.add_argument("--templates", type=int, default=None, help="P; default 8 or 80")
     parser.add_argument("--image-size", type=int, default=None, help="default 128 or 768")
@@ -451,6 +492,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.ckpt and not (args.images and args.vocab):
         parser.error("--ckpt needs --images DIR and --vocab")
+    problem = argument_error(args)
+    if problem:  # one line, exit 2 (the project's rule for a user's mistake), before any work
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     if args.flops:  # its own code path: FLOPs only, no timing (flops_main)
         flops_main(args)
         return
@@ -720,8 +765,6 @@ def flops_main(args) -> None:
     classes = args.classes or list(FLOP_CLASSES)
     args.templates = args.templates or FLOP_TEMPLATES
     args.image_size = args.image_size or FLOP_IMAGE_SIZE
-    if args.refined < 1:
-        raise SystemExit(f"--refined {args.refined}: must be >= 1")
     device = torch.device(args.flops_device)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -14,6 +14,7 @@ def _write_dataset(args: argparse.Namespace, config_class, write, class_names, w
     from pathlib import Path
 
     from data.catalog import datasets_root
+    from data.errors import check_output_file, check_output_folder
 
     try:
         config = config_class(
@@ -22,6 +23,9 @@ def _write_dataset(args: argparse.Namespace, config_class, write, class_names, w
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    check_output_folder(datasets_root(args.root), "--root")  # before any image is drawn
+    if args.preview:
+        check_output_file(args.preview, "--preview", example="preview.png")
     summary = write(datasets_root(args.root), config, progress=not args.quiet)
     print(
         f"{what}: {summary['train']} train + {summary['val']} val images in {summary['root']} "

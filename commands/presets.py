@@ -6,7 +6,7 @@ import argparse
 import json
 
 from commands.options import Command, add_fields, config_file, config_from
-from data.errors import UserError
+from data.errors import UserError, check_output_file
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
@@ -100,7 +100,6 @@ def _presets_pretrain_options(p) -> None:
 def cmd_presets_pretrain(args: argparse.Namespace) -> int:
     """Pretrain a toy preset on the toy world and write its weights file."""
     from pretrained.presets import PRETRAIN_STEPS, PretrainConfig
-    from pretrained.toy_pretrain import pretrain
 
     steps = args.steps if args.steps is not None else PRETRAIN_STEPS.get(args.name)
     try:
@@ -108,6 +107,9 @@ def cmd_presets_pretrain(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(f"{e}") from None
     out = args.out or f"runs/pretrain/{args.name}.safetensors"
+    check_output_file(out, "--out", example=f"{args.name}.safetensors")  # before the training
+    from pretrained.toy_pretrain import pretrain  # torch: after the checks
+
     report = pretrain(args.name, config, out, progress=not args.quiet)
     if args.json:
         print(json.dumps(report, indent=2))

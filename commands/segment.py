@@ -12,6 +12,7 @@ from commands.options import Command, log_ours
 def cmd_segment(args: argparse.Namespace) -> int:
     """Segment images with a checkpoint (DPSeg) or VIP and any vocabulary; outputs in --out."""
 
+    _check_segment_arguments(args)  # before torch is imported, a model loaded, a prompt made
     from model.predictor import expand_images, predict_images
 
     log_ours()
@@ -26,10 +27,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
     else:
         from model.predictor import Predictor
 
-        if not args.ckpt:
-            raise FileNotFoundError(
-                "segment needs --ckpt (a checkpoint of cli.py fit), or --method vip (training-free)"
-            )
         predictor = Predictor.from_checkpoint(args.ckpt, device=args.device, rounds=args.rounds)
         _dpseg_prompts(
             predictor, args.vocab, args.bank, args.text_only, args.generator_weights, not args.quiet
@@ -55,6 +52,34 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+DPSEG_ONLY = {"ckpt": "--ckpt", "bank": "--bank", "text_only": "--text-only",
+              "rounds": "--rounds", "generator_weights": "--generator-weights"}  # fmt: skip
+VIP_ONLY = {"config": "--config", "encoder": "--encoder", "dual_prompts": "--dual-prompts"}
+
+
+def _check_segment_arguments(args: argparse.Namespace) -> None:
+    """segment's options checked before any work: the device, --out, and no option of the other
+    method (it would be silently ignored). One line naming the option (SettingError)."""
+    from data.errors import SettingError, check_device, check_output_folder
+
+    if args.method == "dpseg" and not args.ckpt:
+        raise SettingError(
+            "segment needs --ckpt (a checkpoint of cli.py fit), or --method vip (training-free)"
+        )
+    check_device(args.device)
+    check_output_folder(args.out, "--out")
+    other, method = (DPSEG_ONLY, "DPSeg") if args.method == "vip" else (VIP_ONLY, "VIP")
+    for key, option in other.items():
+        if getattr(args, key, None):
+            fix = (
+                "VIP takes --config configs/vip_*.yaml (and --encoder, --dual-prompts); drop "
+                f"{option}, or use --method dpseg"
+                if args.method == "vip"
+                else f"DPSeg takes --ckpt; drop {option}, or add --method vip"
+            )
+            raise SettingError(f"{option} is for {method} only, not --method {args.method}: {fix}")
+
+
 def _segment_options(p) -> None:
     p.description = (
         "Segment images with a checkpoint of cli.py fit (DPSeg) or with VIP (--method vip, no "
@@ -78,7 +103,7 @@ def _segment_options(p) -> None:
     p.add_argument("--config", help="VIP: settings from a configs/vip_*.yaml (its model: section)")
     p.add_argument("--encoder", help="VIP: encoder preset (default: the config's, dinotxt-l16)")
     p.add_argument("--dual-prompts", metavar="BANK", help="VIP: add a bank's visual prompts")
-    p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -101,12 +126,15 @@ def _dpseg_prompts(predictor, vocabulary, bank: str | None, text_only: bool,
 def cmd_explain(args: argparse.Namespace) -> int:
     """Text, visual and dual-prompt cost maps of one class on one image (paper's Figure 1)."""
     from data.datasets import read_image
+    from data.errors import check_device
     from data.vocabulary import Vocabulary, load_vocabulary
-    from model.explain import write_explanation
+    from model.explain import check_explanation_out, write_explanation
     from model.predictor import Predictor
     from prompt_bank.store import Bank
 
     log_ours()
+    check_device(args.device)  # the arguments, before the checkpoint is read
+    check_explanation_out(args.out)
     image = read_image(args.image)
     predictor = Predictor.from_checkpoint(args.ckpt, device=args.device)
     if args.vocab:
@@ -133,7 +161,7 @@ def _explain_options(p) -> None:
     p.add_argument("--vocab", help="the other classes (default: the bank's)")
     p.add_argument("--bank", help="prompt bank (default: the checkpoint's training bank)")
     p.add_argument("--text-only", action="store_true", help="no generated visual prompts")
-    p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     p.add_argument("--out", default="explain.png", help="output PNG")
 
 

@@ -31,7 +31,7 @@ class SelectAliasesOptions:
     size: int = 336  # image side (short side + centre crop)
     batch_size: int = 8  # images per batch
     root: str | None = None  # datasets root (default $DETECTRON2_DATASETS or ./datasets)
-    device: str | None = None  # cpu, cuda (default: cuda when available)
+    device: str | None = None  # cpu, cuda, cuda:N (default: cuda when available)
     quiet: bool = False  # no progress bar
 
 

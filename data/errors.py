@@ -44,3 +44,86 @@ def one_line(text: object) -> str:
     """``text`` on one line (newlines and runs of spaces folded), for messages that quote
     third-party errors."""
     return " ".join(str(text).split())
+
+
+def _blocking_file(path) -> object | None:
+    """The first existing component of ``path`` above it that is not a folder (a file where a
+    folder would have to be), or None."""
+    from pathlib import Path
+
+    for parent in Path(path).parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def check_output_folder(path, option: str) -> None:
+    """Refuse, before any work, an output folder that cannot be one: an existing file, or a path
+    below a file. One line naming ``option``, the path and the fix (:class:`SettingError`)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise SettingError(
+            f"{option} {str(path)!r} is a file, not a folder: give a new or existing folder "
+            "for the outputs (or remove the file)"
+        )
+    blocking = _blocking_file(p)
+    if blocking is not None:
+        raise SettingError(
+            f"{option} {str(path)!r}: {str(blocking)!r} is a file, so no folder can be made "
+            "there; give a path under a folder"
+        )
+
+
+def check_output_file(path, option: str, example: str = "out.txt") -> None:
+    """Refuse, before any work, an output file that cannot be written: an existing folder, or a
+    path below a file. One line naming ``option``, the path and the fix (:class:`SettingError`);
+    ``example``: a file name to suggest inside a folder given by mistake."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        raise SettingError(
+            f"{option} {str(path)!r} is a folder; give a file path, e.g. {str(p / example)!r}"
+        )
+    blocking = _blocking_file(p)
+    if blocking is not None:
+        raise SettingError(
+            f"{option} {str(path)!r}: {str(blocking)!r} is a file, not a folder; give a path "
+            "under a folder"
+        )
+
+
+def check_device(device, option: str = "--device") -> str:
+    """``device`` (a string or a torch.device) checked before any work; None: cuda when
+    available, else cpu. An unknown device type, or a GPU this machine does not have, is one
+    line naming ``option``, the value and the choices (:class:`SettingError`) instead of
+    torch's error. Imports torch when called (this module stays light)."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    text = str(device)
+    try:
+        parsed = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        parsed = None
+    known = ("cpu", "cuda", "mps") if has_mps else ("cpu", "cuda")
+    if parsed is None or parsed.type not in known:
+        choices = "cpu, cuda, cuda:N" + (", mps" if has_mps else "")
+        raise SettingError(f"{option} {text!r}: not a device here; use one of {choices}")
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SettingError(
+                f"{option} {text!r}: no CUDA GPU is available here; use {option} cpu"
+            )
+        if parsed.index is not None and parsed.index >= count:
+            raise SettingError(
+                f"{option} {text!r}: this machine has {count} CUDA GPU(s); use cuda:0 to "
+                f"cuda:{count - 1}, cuda or cpu"
+            )
+    return text

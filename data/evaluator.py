@@ -38,6 +38,7 @@ import torch
 from torchmetrics import Metric
 
 from data.catalog import IGNORE_INDEX
+from data.errors import SettingError, check_output_folder
 from data.optional import available
 
 log = logging.getLogger(__name__)
@@ -108,17 +109,22 @@ class SemSegMetric(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise SettingError(
+                f"--num-classes {num_classes!r}: must be an int >= 1, the number of classes "
+                "(label values 0..K-1; e.g. 150 for ADE-150)"
+            )
         if 0 <= ignore_index < num_classes:
-            raise ValueError(
+            raise SettingError(
                 f"ignore_index {ignore_index} is a class id (0..{num_classes - 1}); use a value "
                 f"outside [0, {num_classes}) such as {IGNORE_INDEX}"
             )
         if background_from is not None and not 0 <= background_from < num_classes:
-            raise ValueError(
-                f"background_from {background_from} must be a class id in [0, {num_classes}) "
-                "(the background class; VOC with background: 20 of 21)"
+            raise SettingError(
+                f"background_from {background_from} (--background-from): must be a class id in "
+                f"[0, {num_classes}) "
+                f"(the background class, e.g. 20 for VOC with background's 21 classes), or "
+                "left out"
             )
         self.num_classes = num_classes
         self.ignore_index = ignore_index
@@ -330,6 +336,7 @@ def write_results(
         raise ValueError(
             f"{len(class_names)} class names for {k} classes; give one name per class id"
         )
+    check_output_folder(out_dir, "--out")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from data.errors import check_output_folder
 from data.io import save_image_atomic
 from data.vocabulary import load_vocabulary
 
@@ -208,6 +209,7 @@ def write_rendered_dataset(
     Files that already exist with the same generator and config are kept (a rerun is a no-op);
     a folder made otherwise is refused rather than mixed.
     """
+    check_output_folder(out, "--root")  # a file in the way: one line, before any writing
     meta_path = out / "meta.json"
     meta = {"generator": generator, "version": 1, "config": asdict(config)}
     if meta_path.is_file():

@@ -140,8 +140,10 @@ class Vocabulary:
                 raise VocabularyError(
                     f"{where}: entry {i} ({entry!r}) repeats entry {first_seen[key]}; two "
                     "identical prompts give identical scores, so the second class can never be "
-                    "predicted. Rename or remove one, or pass allow_duplicates=True "
-                    "(--allow-duplicate-classes) to keep the list as it is"
+                    "predicted. Rename or remove one (or give it a synonym that tells them "
+                    "apart); to keep the list as it is: cli.py vocab and bank build take "
+                    "--allow-duplicate-classes, a VIP config model.allow_duplicate_classes: "
+                    "true, Python allow_duplicates=True"
                 )
             first_seen.setdefault(key, i)
             classes.append(ClassName(synonyms))
@@ -240,6 +242,11 @@ def load_vocabulary(spec: str | os.PathLike | Vocabulary, allow_duplicates: bool
             entries = entries[:-1]
         return Vocabulary.from_entries(
             entries, name="inline", source="inline list", allow_duplicates=allow_duplicates
+        )
+    if (is_json_or_txt or has_separator) and path.is_dir():
+        raise VocabularyError(
+            f"vocabulary {text!r} is a folder, not a file; give a .json/.txt file (such as one "
+            "in it), a name (cli.py vocab lists them) or classes like 'cat, kitty; dog'"
         )
     if is_json_or_txt or (has_separator and path.parent.is_dir()):
         raise VocabularyError(

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.errors import SettingError, check_output_file
 from data.optional import require
 from data.transforms import image_tensor
 from model.cost_volume import cost_volume, fuse_prompts
@@ -48,6 +49,23 @@ def class_maps(predictor: Predictor, image: np.ndarray, class_id: int) -> dict[s
     }
 
 
+def check_explanation_out(out: str | os.PathLike, option: str = "--out") -> None:
+    """``out`` checked before any work: a file (not a folder) whose suffix is a picture format
+    matplotlib writes (.png, .pdf, .svg, ...). One line naming ``option`` (SettingError)."""
+    require("matplotlib", "explain's picture")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    check_output_file(out, option, example="explain.png")
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    suffix = Path(out).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        shown = f"a .{suffix} file" if suffix else "a name without a suffix"
+        raise SettingError(
+            f"{option} {str(out)!r}: {shown} is not a picture format; end it with .png (or "
+            f"one of {', '.join('.' + f for f in formats)})"
+        )
+
+
 def write_explanation(
     predictor: Predictor, image: np.ndarray, class_name: str, out: str | os.PathLike
 ) -> Path:
@@ -55,9 +73,10 @@ def write_explanation(
     require("matplotlib", "explain's picture").use("Agg")
     import matplotlib.pyplot as plt
 
+    check_explanation_out(out)
     names = predictor.vocabulary.names
     if class_name not in names:
-        raise ValueError(
+        raise SettingError(
             f"--class {class_name!r} is not in the vocabulary ({', '.join(names[:10])})"
         )
     class_id = names.index(class_name)

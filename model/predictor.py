@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.errors import UserError
+from data.errors import UserError, check_device, check_output_folder
 from data.transforms import ResizeSquare, SlidingWindow, image_tensor
 from data.vocabulary import Vocabulary, load_vocabulary
 from model.cost_volume import Prompts
@@ -38,6 +38,7 @@ class Predictor:
     """A trained DPSeg model with a vocabulary's prompts, for images of any size."""
 
     def __init__(self, module: DPSegModule, device: str | torch.device = "cpu"):
+        device = check_device(device)
         self.module = module.eval().to(device)
         self.device = torch.device(device)
         self.vocabulary: Vocabulary | None = None
@@ -50,8 +51,8 @@ class Predictor:
     ) -> Predictor:
         from model.checkpoint import check_checkpoint, reading_failed
 
+        device = check_device(device)  # before the checkpoint is read
         check_checkpoint(path, "--ckpt")  # garbage: one line, not torch's unpickling error
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             module = DPSegModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, EOFError, KeyError) as e:  # an archive, not ours
@@ -102,9 +103,10 @@ class Predictor:
         if banks and missing and not text_only:
             raise BankMismatchError(
                 f"--vocab: {len(missing)} classes are not in {banks[0].location} "
-                f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): build them "
-                "with prompt_bank.extend.build_missing_classes (cli.py segment does) and pass "
-                "extra_banks, or allow text prompts for them (text_only=True, --text-only)"
+                f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): give a "
+                "bank that has them, or a vocabulary of its classes (cli.py segment builds "
+                "missing classes itself); from Python, pass extra_banks built by "
+                "prompt_bank.extend.build_missing_classes, or text_only=True"
             )
         if banks:
             prompts = module.bank_prompts(banks, vocabulary, allow_text_only=True)
@@ -217,6 +219,7 @@ def predict_images(predictor: Predictor, paths: list[Path], out: str | os.PathLi
     from data.datasets import UnreadableImageError, read_image
     from data.progress import ProgressBar
 
+    check_output_folder(out, "--out")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written, skipped, stems = [], [], set()

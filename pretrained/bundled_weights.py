@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from data.errors import check_output_file
 from pretrained.hub import WeightsUnavailableError
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
@@ -51,11 +52,16 @@ def save_weights(
             tensors[f"{name}.values"] = value[rows].contiguous()
         else:
             tensors[name] = value
+    check_output_file(path, "--out", example="weights.safetensors")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata or {})
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata or {})
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written file left behind
+        raise
     return path.stat().st_size
 
 

@@ -513,10 +513,36 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         # SettingError: a user error (one line, exit status 2) and a ValueError
+        import dataclasses
+        import math
+
+        def option(name: str) -> str:
+            return f"--{name.replace('_', '-')} {getattr(self, name)!r}"
+
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
+                raise SettingError(f"{option(f.name)}: must be a whole number")
+            if f.type in ("float", float) and (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+            ):
+                raise SettingError(f"{option(f.name)}: must be a finite number")
         for name in ("steps", "batch_size", "pool", "eval_images"):
             if getattr(self, name) < 1:
                 raise SettingError(
                     f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1"
                 )
+        for name in ("warmup_steps", "distractors", "seed"):
+            if getattr(self, name) < 0:
+                raise SettingError(f"{option(name)}: must be >= 0")
         if self.lr <= 0:
             raise SettingError(f"--lr {self.lr}: must be > 0")
+        if self.weight_decay < 0:
+            raise SettingError(f"{option('weight_decay')}: must be >= 0")
+        if not 0 <= self.groups <= 1:
+            raise SettingError(
+                f"{option('groups')}: must be a share in [0, 1] (0.25: a quarter of the photos "
+                "show 2-3 objects)"
+            )

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from data.errors import SettingError
 from pretrained.fingerprint import warn_if_unrecorded, weights_fingerprint
 from pretrained.hub import (
     WeightsUnavailableError,
     ensure_hub_reachable_or_cached,
-    refuse_weights_for_random,
 )
 from pretrained.portable_init import build_portable
 from pretrained.presets import GeneratorPreset, get_generator_preset
@@ -224,16 +224,25 @@ def create_generator(
         preset = get_generator_preset(preset)
     if preset.kind == "toy-render":
         if weights is not None:
-            raise ValueError(
-                f"generator {preset.name!r} draws the toy world and takes no weights; "
-                f"weights={str(weights)!r} would be ignored: drop it"
+            raise SettingError(
+                f"--generator-weights {str(weights)!r}: generator {preset.name!r} draws the toy "
+                "world and takes no weights (they would be ignored); drop --generator-weights"
             )
         identity = f"{TOY_RENDER_VERSION}|{preset.height}x{preset.width}".encode()
         return BuiltGenerator(
             ToyRenderer(preset), preset, hashlib.sha256(identity).hexdigest(), TOY_RENDER_VERSION
         )
     if preset.is_random or random_weights:
-        refuse_weights_for_random(preset.name, weights)
+        if weights is not None:
+            why = (
+                f"generator {preset.name!r} has random weights"
+                if preset.is_random
+                else "--random-weights builds random weights"
+            )
+            raise SettingError(
+                f"--generator-weights {str(weights)!r}: {why} and reads no weights file (it "
+                "would be ignored); drop --generator-weights, or use a pretrained preset"
+            )
         pipeline, source = _random_pipeline(preset, preset.seed), f"random(seed={preset.seed})"
     else:
         pipeline, source = _pretrained_pipeline(preset, weights)

@@ -12,11 +12,13 @@ class areas. Every pixel gets a class: low-confidence pixels go to ``vip.backgro
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from data.errors import SettingError, check_device
 from data.transforms import image_tensor
 from data.vocabulary import load_vocabulary
 from model.labels import class_labels
@@ -30,7 +32,7 @@ PREDICT_IGNORES = ("vocabularies", "results_dir", "dual_prompts")
 
 class VIPPredictor:
     def __init__(self, module: VIPModule, device: str | None = None):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(check_device(device))
         self.module = module.to(self.device).eval()
         self.vocabulary = None
         self.queries = None
@@ -45,12 +47,10 @@ class VIPPredictor:
     ) -> VIPPredictor:
         """VIP with the ``model:`` settings of a ``configs/vip_*.yaml`` (default: VIPModule's
         defaults), the encoder optionally replaced."""
+        check_device(device)  # before the encoder is built
         settings: dict = {}
         if config is not None:
-            loaded = read_config(str(config)) or {}  # not UTF-8 or not YAML: one line
-            settings = dict(loaded.get("model") or {})
-            if loaded.get("method", "vip") != "vip":
-                raise ValueError(f"--config {str(config)!r} is not a VIP config (method: vip)")
+            settings = _vip_settings(config)
         for key in PREDICT_IGNORES:
             settings.pop(key, None)
         if encoder is not None:
@@ -83,3 +83,39 @@ class VIPPredictor:
         if config.prob_thd > 0 and config.background == "class":
             return assign_labels(logits[None], config)[0].cpu().numpy()
         return class_labels(logits, dim=0).cpu().numpy()
+
+
+def _vip_settings(config: str | Path) -> dict:
+    """The ``model:`` section of a VIP config file, checked: one line naming ``--config``, the
+    file and what a VIP config is when the file is missing, not a mapping, another method's, or
+    has keys VIPModule does not take."""
+    what = (
+        "a VIP config is a YAML file with method: vip and a model: section of VIPModule's "
+        "settings, like configs/vip_*.yaml"
+    )
+    path = Path(config)
+    if not path.is_file():
+        state = "is a folder" if path.is_dir() else "does not exist"
+        raise SettingError(f"--config {str(config)!r} {state}; {what}")
+    loaded = read_config(str(config))  # not UTF-8 or not YAML: one line
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise SettingError(
+            f"--config {str(config)!r} holds a YAML {type(loaded).__name__}, not a mapping; {what}"
+        )
+    method = loaded.get("method", "vip")
+    if method != "vip":
+        raise SettingError(f"--config {str(config)!r} is a {method!r} config (method: {method}); "
+                           f"{what}")  # fmt: skip
+    model = loaded.get("model") or {}
+    if not isinstance(model, dict):
+        raise SettingError(f"--config {str(config)!r}: its model: section is not a mapping; {what}")
+    accepted = set(inspect.signature(VIPModule.__init__).parameters) - {"self"}
+    unknown = sorted(str(k) for k in model if k not in accepted)
+    if unknown:
+        hint = " (a DPSeg config? DPSeg takes --ckpt)" if "method" not in loaded else ""
+        raise SettingError(
+            f"--config {str(config)!r}: model keys {', '.join(unknown)} are not VIP's{hint}; {what}"
+        )
+    return dict(model)

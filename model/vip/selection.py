@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from data.errors import SettingError, check_device, check_output_file
 from data.progress import ProgressBar
 from data.transforms import image_tensor
 from pretrained.proxy_attention import proxy_attention
@@ -64,15 +65,23 @@ class SelectionConfig:
     # patches, heads averaged; dino.txt only)
 
     def __post_init__(self) -> None:
-        if not 0 < self.threshold < 1 or self.steps < 1 or self.logit_scale <= 0:
-            raise ValueError(
-                f"threshold={self.threshold} must be in (0, 1), steps={self.steps} >= 1, "
-                f"logit_scale={self.logit_scale} > 0"
+        # SettingError (a ValueError): one line naming the one bad option, its value, the range
+        if not 0 < self.threshold < 1:
+            raise SettingError(
+                f"--threshold {self.threshold}: must be in (0, 1), a class probability "
+                "(ours 0.5, reported 0.4)"
             )
+        if self.steps < 1:
+            raise SettingError(f"--steps {self.steps}: must be >= 1 random-walk steps (ours 2)")
+        if not self.logit_scale > 0:
+            raise SettingError(f"--logit-scale {self.logit_scale}: must be > 0 (VIP's 40)")
         if self.prefilter is not None and not -1 <= self.prefilter <= 1:
-            raise ValueError(f"prefilter={self.prefilter} must be a cosine in [-1, 1]")
+            raise SettingError(
+                f"--prefilter {self.prefilter}: prefilter must be a cosine in [-1, 1] "
+                "(reported 0.7), or left out"
+            )
         if self.affinity not in AFFINITIES:
-            raise ValueError(f"affinity={self.affinity!r}: use one of {', '.join(AFFINITIES)}")
+            raise SettingError(f"--affinity {self.affinity!r}: use one of {', '.join(AFFINITIES)}")
 
     @classmethod
     def reported(cls, **overrides) -> SelectionConfig:
@@ -248,6 +257,7 @@ def _figures(s: AliasScore) -> str:
 def write_alias_file(scores: list[AliasScore], path: str | Path, header: list[str]) -> Path:
     """The kept aliases, one class per line (canonical first), each line preceded by comment
     lines with the scores of all of the class's aliases."""
+    check_output_file(path, "--out", example="aliases.txt")
     path = Path(path)
     by_class: dict[int, list[AliasScore]] = {}
     for s in scores:
@@ -260,8 +270,12 @@ def write_alias_file(scores: list[AliasScore], path: str | Path, header: list[st
         lines.append(", ".join(s.alias for s in by_class[k] if s.kept))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written file left behind
+        raise
     return path
 
 
@@ -309,6 +323,20 @@ def _square(path: Path, size: int) -> torch.Tensor:
     return x[:, top : top + size, left : left + size]
 
 
+def check_selection_arguments(
+    out: str | Path, limit: int | None, size: int, batch_size: int, device: str | None
+) -> None:
+    """select-aliases' options checked before any work: one line naming the bad option."""
+    if limit is not None and limit < 0:
+        raise SettingError(f"--limit {limit}: must be >= 0 images (0: all)")
+    if size < 1:
+        raise SettingError(f"--size {size}: must be >= 1 pixels (default 336)")
+    if batch_size < 1:
+        raise SettingError(f"--batch-size {batch_size}: must be >= 1 images (default 8)")
+    check_device(device)
+    check_output_file(out, "--out", example="aliases.txt")
+
+
 def select_aliases(
     data: str,
     vocabulary,
@@ -335,6 +363,7 @@ def select_aliases(
     from pretrained.backbone import clip_tokenizer_for, create_encoder, text_encoder_for
 
     config = config or SelectionConfig()
+    check_selection_arguments(out, limit, size, batch_size, device)  # before any work
     vocab = load_vocabulary(vocabulary)
     paths = selection_images(data, root, limit)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -346,6 +375,11 @@ def select_aliases(
     )
     dense = create_dense_encoder(built, attention, config.proxy_beta, config.proxy_gamma)
     attention = dense.attention
+    if size < dense.patch_size:
+        raise SettingError(
+            f"--size {size}: smaller than {encoder!r}'s {dense.patch_size}-pixel patches; use "
+            f">= {dense.patch_size} (default 336)"
+        )
     if config.affinity == "attention" and not hasattr(dense, "features_and_attention"):
         from pretrained.presets import PresetError
 
