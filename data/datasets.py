@@ -16,6 +16,7 @@ instead, so a loop can count it and go on; :func:`collate` drops such samples in
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -191,6 +192,7 @@ def index_files(spec: DatasetSpec, root: Path) -> tuple[list[SampleFiles], dict]
                 f"{how_to_get(spec, root)} "
                 f"(root: --root or ${'DETECTRON2_DATASETS'}, now {str(root)!r})"
             )
+    _check_generation_finished(spec, image_root, root)
     split = spec.split_path(root)
     if split is not None and not split.is_file():
         raise DatasetError(
@@ -213,6 +215,25 @@ def index_files(spec: DatasetSpec, root: Path) -> tuple[list[SampleFiles], dict]
         missing_images = [k for k in labels if k not in images]
     pairs = [SampleFiles(k, images[k], labels[k]) for k in keys if k in images and k in labels]
     return pairs, {"missing_images": sorted(missing_images), "missing_labels": missing_labels}
+
+
+def _check_generation_finished(spec: DatasetSpec, image_root: Path, root: Path) -> None:
+    """A generated dataset (``cli.py data toy|synthetic``: ``meta.json`` beside ``images/``)
+    whose generation was cut short is refused, not read in part."""
+    meta = image_root.parent.parent / "meta.json"
+    if meta.is_file():
+        try:
+            complete = json.loads(meta.read_text()).get("complete", True)
+        except (ValueError, AttributeError):
+            complete = True  # not ours to judge: the files are checked as they are read
+        if complete is False:
+            prepare = (spec.prepare or "").replace("DIR", str(root))
+            raise DatasetError(
+                f"dataset {spec.name!r}: its generation into {str(meta.parent)!r} was "
+                f"interrupted ({str(meta)!r} says complete: false); run the command that made it "
+                f"again (`{prepare}`, with the same options) to finish it: it keeps the images "
+                "already written"
+            )
 
 
 def _listing(names: list[str]) -> str:

@@ -161,7 +161,10 @@ def evaluate_mask_folders(
     if on_bad_sample not in ON_BAD_SAMPLE:
         raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {on_bad_sample!r}")
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise DatasetError(f"num_classes must be a positive int, got {num_classes!r}")
+        raise DatasetError(
+            f"--num-classes {num_classes!r}: must be an int >= 1, the number of classes K "
+            "(label values 0..K-1, plus the --ignore-index values)"
+        )
     ignore_values = (ignore_index,) if isinstance(ignore_index, int) else tuple(ignore_index)
     if class_names is not None and len(class_names) != num_classes:
         raise DatasetError(

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data.errors import check_output_folder
+from data.errors import UserError, check_output_folder
 from data.io import save_image_atomic
 from data.vocabulary import load_vocabulary
 
@@ -214,6 +214,7 @@ def write_rendered_dataset(
     meta = {"generator": generator, "version": 1, "config": asdict(config)}
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
+        old.pop("complete", None)  # a run that was cut short: this one finishes it
         if old != meta:
             raise FileExistsError(
                 f"{str(out)!r} holds a dataset made with another config "
@@ -223,7 +224,9 @@ def write_rendered_dataset(
     for split in SPLITS:
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "annotations_detectron2" / split).mkdir(parents=True, exist_ok=True)
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    # "complete": false until every image is written: a dataset cut short is refused when read
+    # (data.datasets.index_files), and the same command finishes it
+    meta_path.write_text(json.dumps({**meta, "complete": False}, indent=2) + "\n")
     for name, text in files.items():
         (out / name).write_text(text + "\n")
 
@@ -235,20 +238,29 @@ def write_rendered_dataset(
     start, written = time.perf_counter(), 0
     from data.progress import ProgressBar
 
+    done = 0
     with ProgressBar(f"{out.name} images", len(jobs), unit="images", enabled=progress) as bar:
-        for split, i in jobs:
-            image_path = out / "images" / split / f"{i:06d}.jpg"
-            label_path = out / "annotations_detectron2" / split / f"{i:06d}.png"
-            if not (image_path.is_file() and label_path.is_file()):
-                image, label = render(config, split, i)
-                # Label first, image last, each written whole (temp file + rename): a killed run
-                # leaves no truncated file and no image without its label.
-                save_image_atomic(Image.fromarray(label), label_path, "PNG")
-                save_image_atomic(
-                    Image.fromarray(image), image_path, "JPEG", quality=config.jpeg_quality
-                )
-                written += 1
-            bar.advance()
+        try:
+            for split, i in jobs:
+                image_path = out / "images" / split / f"{i:06d}.jpg"
+                label_path = out / "annotations_detectron2" / split / f"{i:06d}.png"
+                if not (image_path.is_file() and label_path.is_file()):
+                    image, label = render(config, split, i)
+                    # Label first, image last, each written whole (temp file + rename): a killed
+                    # run leaves no truncated file and no image without its label.
+                    save_image_atomic(Image.fromarray(label), label_path, "PNG")
+                    save_image_atomic(
+                        Image.fromarray(image), image_path, "JPEG", quality=config.jpeg_quality
+                    )
+                    written += 1
+                done += 1
+                bar.advance()
+        except KeyboardInterrupt:
+            raise UserError(
+                f"--root: interrupted by SIGINT after {done} of {len(jobs)} images; those are "
+                f"kept in {str(out)!r}: run the same command again to finish the dataset"
+            ) from None
+    meta_path.write_text(json.dumps({**meta, "complete": True}, indent=2) + "\n")
     return {
         "root": str(out),
         "train": config.train_images,

@@ -224,25 +224,29 @@ def predict_images(predictor: Predictor, paths: list[Path], out: str | os.PathLi
     out.mkdir(parents=True, exist_ok=True)
     written, skipped, stems = [], [], set()
     start = time.perf_counter()
+    interrupted = False
     with ProgressBar("segment", len(paths), unit="images", enabled=progress) as bar:
-        for path in paths:
-            stem = path.stem
-            n = 1
-            while stem in stems:  # the same name in two folders
-                n += 1
-                stem = f"{path.stem}_{n}"
-            try:
-                image = read_image(path)
-            except UnreadableImageError as e:  # also a decompression bomb: one line each
-                skipped.append({"image": str(path), "error": e.reason})
-                log.debug("skipped %s: %s", path, e)  # the caller reports summary["skipped"]
+        try:
+            for path in paths:
+                stem = path.stem
+                n = 1
+                while stem in stems:  # the same name in two folders
+                    n += 1
+                    stem = f"{path.stem}_{n}"
+                try:
+                    image = read_image(path)
+                except UnreadableImageError as e:  # also a decompression bomb: one line each
+                    skipped.append({"image": str(path), "error": e.reason})
+                    log.debug("skipped %s: %s", path, e)  # the caller reports summary["skipped"]
+                    bar.advance()
+                    continue
+                stems.add(stem)
+                labels = predictor.predict(image)
+                written.append(write_prediction(out, stem, image, labels, predictor.vocabulary,
+                                                predictor.sources, str(path)))  # fmt: skip
                 bar.advance()
-                continue
-            stems.add(stem)
-            labels = predictor.predict(image)
-            written.append(write_prediction(out, stem, image, labels, predictor.vocabulary,
-                                            predictor.sources, str(path)))  # fmt: skip
-            bar.advance()
+        except KeyboardInterrupt:  # Ctrl-C: what is written stays, and summary.json says so
+            interrupted = True
     seconds = time.perf_counter() - start
     summary = {
         "images": len(written),
@@ -252,7 +256,15 @@ def predict_images(predictor: Predictor, paths: list[Path], out: str | os.PathLi
         "prompts": predictor.sources,
         "outputs": [r["label_map"] for r in written],
     }
+    if interrupted:
+        summary["interrupted"] = f"after {len(written) + len(skipped)} of {len(paths)} images"
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    if interrupted:
+        raise UserError(
+            f"segment interrupted by SIGINT after {len(written) + len(skipped)} of {len(paths)} "
+            f"images: the {len(written)} segmented are in {str(out)!r} (summary.json lists "
+            "them); run the same command again to segment every image"
+        )
     if skipped and not written:
         raise NoReadableImageError(
             f"--images: none of the {len(skipped)} images could be read ({skipped[0]['image']}: "

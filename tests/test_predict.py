@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -64,6 +66,35 @@ def test_predict_mixed_images_with_a_free_form_vocabulary(trained, world, mixed_
     assert result.returncode == 0, result.stderr[-3000:]
     prompts = json.loads((tmp_path / "t" / "summary.json").read_text())["prompts"]
     assert prompts == {"red disc": "bank", "okapi": "text"}
+
+
+def test_ctrl_c_in_segment_keeps_what_is_written_and_ends_in_one_line(trained, world, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    source = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[0]
+    for i in range(400):
+        (images / f"{i:03d}.jpg").write_bytes(source.read_bytes())
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "segment", "--ckpt", str(trained), "--images",
+         str(images), "--vocab", "red disc; green square", "--text-only", "--out", str(out),
+         "--quiet"], cwd=world, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while not (out / "002.json").exists():  # a few images written
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: segment interrupted by SIGINT"), lines
+    summary = json.loads((out / "summary.json").read_text())
+    assert 3 <= summary["images"] < 400 and summary["interrupted"].endswith("of 400 images")
+    for name in summary["outputs"]:  # every image listed is whole
+        assert np.asarray(Image.open(out / name)).shape == (128, 128)
+    assert f"the {summary['images']} segmented are in" in lines[0]
 
 
 def test_predict_errors_name_the_argument(trained, world, tmp_path):

@@ -143,3 +143,33 @@ def test_cli_writes_dataset_and_preview(tmp_path):
     assert preview.width == 8 * 64 and preview.height > 2 * 64  # 8 tiles, image over label, legend
     bad = run_cli("data", "synthetic", "--root", str(tmp_path), "--size", "8", "--quiet")
     assert bad.returncode == 2 and "at least 32" in bad.stderr
+
+
+def test_an_interrupted_generation_is_refused_when_read_and_finished_by_a_rerun(tmp_path):
+    from data.catalog import DatasetError, get_dataset_spec
+    from data.datasets import index_files
+    from data.errors import UserError
+    from data.synthetic import dataset_dir, write_rendered_dataset
+
+    calls = []
+
+    def render_then_stop(config, split, index):  # Ctrl-C while the 4th image is drawn
+        calls.append(index)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return render_sample(config, split, index)
+
+    files = {"vocabulary.json": load_vocabulary("synthetic").to_json()}
+    out = dataset_dir(tmp_path)
+    with pytest.raises(UserError, match=r"interrupted by SIGINT after 3 of 9 images"):
+        write_rendered_dataset(out, "dpseg.synthetic", SMALL, render_then_stop, files, False)
+    assert json.loads((out / "meta.json").read_text())["complete"] is False
+    spec = get_dataset_spec("synthetic:train")
+    with pytest.raises(DatasetError, match=r"was interrupted .*`cli\.py data synthetic --root"):
+        index_files(spec, tmp_path)
+    assert write_synthetic_dataset(tmp_path, SMALL, progress=False)["written"] == 6  # the rest
+    assert json.loads((out / "meta.json").read_text())["complete"] is True
+    assert len(index_files(spec, tmp_path)[0]) == SMALL.train_images
+    fresh = tmp_path / "fresh"
+    write_synthetic_dataset(fresh, SMALL, progress=False)
+    assert digest(dataset_dir(fresh)) == digest(out)  # the same bytes as one whole run
