@@ -12,6 +12,7 @@ training crop (``data.crop`` -> ``model.image_size``). The encoder is given once
 
 from __future__ import annotations
 
+import logging
 import pickle
 import signal
 import threading
@@ -29,6 +30,7 @@ from model.checkpoint import LIGHTNING_SHORTHANDS, check_checkpoint, reading_fai
 from model.data_module import SegmentationData
 
 METHODS = ("dpseg", "vip")
+log = logging.getLogger(__name__)
 
 
 def trainer_defaults(method: str) -> dict:
@@ -130,6 +132,7 @@ class DPSegCLI(LightningCLI):
         # a torch file that is not Lightning's not in a KeyError once the run has started.
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        given = _network_settings(self.config[subcommand]) if subcommand else {}
         try:
             if ckpt and str(ckpt) not in LIGHTNING_SHORTHANDS and "://" not in str(ckpt):
                 check_checkpoint(ckpt, "--ckpt_path")
@@ -139,6 +142,14 @@ class DPSegCLI(LightningCLI):
             super()._parse_ckpt_path()
         except (pickle.UnpicklingError, EOFError, KeyError) as e:  # an archive, not a checkpoint
             raise reading_failed(e, ckpt, "--ckpt_path") from None
+        if subcommand:  # the checkpoint's network replaced what the config or command gave
+            for key, value in _network_settings(self.config[subcommand]).items():
+                if key in given and given[key] != value:
+                    log.warning(
+                        "--model.%s %s is replaced by the checkpoint's %s: a checkpoint fixes "
+                        "the network it holds (drop the setting, or fit a model with it)",
+                        key, given[key], value,
+                    )  # fmt: skip
 
     def fit(self, model, **kwargs) -> None:
         self._run_trainer("fit", model=model, **kwargs)
@@ -280,6 +291,19 @@ def make_cli(argv: list[str], run: bool = True) -> LightningCLI:
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "cli.py"},
         )
+
+
+def _network_settings(config) -> dict[str, object]:
+    """The model settings a checkpoint's hyper-parameters fix: the encoder, its input size and
+    DPSegConfig's fields (``dpseg.prompt_mode``, ...), flat; VIP has none of them."""
+    model = config.get("model")
+    if model is None or not hasattr(model, "get"):
+        return {}
+    out = {key: model.get(key) for key in ("encoder", "image_size") if key in model}
+    dpseg = model.get("dpseg")
+    if dpseg is not None and hasattr(dpseg, "items"):
+        out.update({f"dpseg.{k}": v for k, v in dpseg.items() if k != "class_chunk"})
+    return out
 
 
 def union_error(error: ValueError) -> SettingError | None:

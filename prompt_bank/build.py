@@ -129,6 +129,11 @@ class BuildConfig:
             raise SettingError(
                 f"--flush-seconds {self.flush_seconds}: must be >= 0 (0: after every batch)"
             )
+        if self.guidance is not None and not self.guidance >= 0:
+            raise SettingError(
+                f"--guidance {self.guidance}: the classifier-free guidance scale must be >= 0 "
+                "(<= 1: no guidance; leave it out for the preset's)"
+            )
 
 
 OPTIONAL = ("batch-size", "steps", "cpu-threads")

@@ -82,7 +82,10 @@ def open_store(location: str | os.PathLike, read_only: bool, storage_options: di
                 f"cannot open {location!r}: {e}. {_protocol_hint(protocol)}"
             ) from e
     if read_only and not os.path.exists(location):
-        raise FileNotFoundError(f"no bank at {location!r}")
+        raise FileNotFoundError(
+            f"no bank at {location!r}; check the path, or build one there with `python cli.py "
+            f"bank build --vocab VOCAB --out {location}` (or fetch one: `cli.py bank pull URL`)"
+        )
     return LocalStore(location, read_only=read_only)
 
 

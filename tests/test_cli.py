@@ -141,6 +141,8 @@ def test_bank_build_config_errors_exit_2_with_usage(capsys, tmp_path):
 
 @pytest.mark.parametrize("argv", [["bank", "build", "--vocab", "cat; dog", "--out", "x.zarr",
                                    "--images-per-prompt", "0"],
+                                  ["bank", "build", "--vocab", "cat; dog", "--out", "x.zarr",
+                                   "--guidance", "-3"],
                                   ["presets", "pretrain", "toy-vit", "--lr", "0"]])  # fmt: skip
 def test_invalid_settings_are_one_line_user_errors(capsys, argv, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -523,6 +523,21 @@ def error_line(result) -> str:
     return lines[0]
 
 
+def tiny_cli_here(world, capsys, monkeypatch, *args: str) -> subprocess.CompletedProcess:
+    """``run_tiny_cli`` in this process (``cli.main``): for errors raised before any training,
+    where a fresh process would only add its 7 s start."""
+    import cli
+
+    monkeypatch.chdir(world)
+    argv = [args[0], "--config", str(TINY), "--config", str(world / "overlay.yaml"), *args[1:]]
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out, err)
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
@@ -532,14 +547,17 @@ def error_line(result) -> str:
         (["--data.crop", "-5"], "data.crop=-5"),
     ],
 )
-def test_bad_settings_of_fit_are_one_line_errors(world, args, expected):
+def test_bad_settings_of_fit_are_one_line_errors(world, capsys, monkeypatch, args, expected):
     # config dataclasses refuse them in __post_init__, inside jsonargparse's Union parsing
-    assert expected in error_line(run_tiny_cli(world, "fit", *args))
+    assert expected in error_line(tiny_cli_here(world, capsys, monkeypatch, "fit", *args))
 
 
-def test_a_torch_file_that_is_not_a_lightning_checkpoint_is_refused(world, tmp_path):
+def test_a_torch_file_that_is_not_a_lightning_checkpoint_is_refused(
+    world, capsys, monkeypatch, tmp_path
+):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
-    line = error_line(run_tiny_cli(world, "test", "--ckpt_path", str(tmp_path / "other.ckpt")))
+    line = error_line(tiny_cli_here(world, capsys, monkeypatch, "test", "--ckpt_path",
+                                    str(tmp_path / "other.ckpt")))  # fmt: skip
     assert "--ckpt_path" in line and "not a checkpoint of cli.py fit" in line
 
 
@@ -609,6 +627,17 @@ def test_test_on_two_datasets_writes_metrics_and_summary(trained, world):
     summary = (out / "summary.md").read_text()
     assert "| synthetic | synthetic:train |" in summary and "round 2" in summary
     assert "mIoU (%) by dataset" in result.stdout
+    assert "is replaced by the checkpoint's" not in result.stderr  # the config agrees with it
+
+
+def test_a_network_setting_the_checkpoint_overrides_is_named(trained, world, tmp_path):
+    result = run_tiny_cli(world, "test", "--ckpt_path", str(trained), "--model.dpseg.prompt_mode",
+                          "visual", "--model.results_dir", str(tmp_path))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("--model.dpseg.prompt_mode visual is replaced by the checkpoint's avg"
+            in result.stderr)  # fmt: skip
+    run = json.loads((tmp_path / "synthetic.run.json").read_text())
+    assert run["prompt_mode"] == "avg"  # what ran
 
 
 def test_two_process_ddp_fit_and_test_match_one_process(trained, world):
