@@ -80,7 +80,8 @@ class StopOnInterrupt(Callback):
     way ``cli.py`` then ends in one line (``DPSegCLI``), exit status 2."""
 
     def __init__(self):
-        self.signal: str | None = None  # the signal's name once one came
+        self.signal: str | None = None  # the signal's name once one came to this process
+        self.stopping = False  # any rank got one: every rank stops at the same step
         self.saved: Path | None = None
         self._previous = None
 
@@ -93,21 +94,26 @@ class StopOnInterrupt(Callback):
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
 
+    def _check(self, trainer) -> None:
+        # one rank's signal stops every rank after the same step (a scalar all-reduce per step
+        # under DDP, as EarlyStopping's; a plain bool in one process)
+        if trainer.strategy.reduce_boolean_decision(self.signal is not None, all=False):
+            self.stopping = trainer.should_stop = True
+
     def on_train_start(self, trainer, pl_module) -> None:
-        trainer.should_stop = trainer.should_stop or self.signal is not None
+        self._check(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.signal is not None:
-            trainer.should_stop = True
+        self._check(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.signal is None:
+        if not self.stopping:
             return
         checkpoints = trainer.checkpoint_callback
         folder = Path(checkpoints.dirpath) if checkpoints and checkpoints.dirpath else Path(
             trainer.log_dir or trainer.default_root_dir) / "checkpoints"  # fmt: skip
         self.saved = (folder / "interrupted.ckpt").absolute()
-        trainer.save_checkpoint(self.saved)  # every rank calls it; rank 0 writes
+        trainer.save_checkpoint(self.saved)  # every rank calls it (a barrier); rank 0 writes
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt) and self.signal is None:
@@ -156,7 +162,8 @@ class DPSegCLI(LightningCLI):
         stop = self.interruption
         if stop.saved is not None:
             raise UserError(
-                f"fit interrupted by {stop.signal} at step {self.trainer.global_step}: the model, "
+                f"fit interrupted by {stop.signal or 'a signal to another rank'} at step "
+                f"{self.trainer.global_step}: the model, "
                 f"optimizer and loop state are saved in {stop.saved}; resume with the same "
                 f"command and --ckpt_path {stop.saved}"
             )
