@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_bank_integrity
 import torch
 import torch.nn.functional as F
 import zarr
 from conftest import run_cli
 from test_bank import arrays_of, small_config
+from test_bank_integrity import copy_of, shard_object
 
 from data.vocabulary import Vocabulary, load_vocabulary
 from model.prompts import load_prompts
@@ -25,26 +27,9 @@ from prompt_bank.format import BankFormatError, BankMismatchError
 from prompt_bank.inspect import prompt_agreement, write_gallery
 from prompt_bank.store import Bank
 
+reference = test_bank_integrity.reference  # its bank (a module fixture), built for this module
+
 FIX = r"python cli\.py bank verify .*python cli\.py bank repair "
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """8 classes in 4 shards of 2, 3 templates, 2 images each, images kept."""
-    location = tmp_path_factory.mktemp("read") / "bank.zarr"
-    build_bank(small_config(keep_images=True), location)
-    return location
-
-
-def copy_of(reference: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "copy.zarr"
-    shutil.copytree(reference, copy)
-    return copy
-
-
-def shard_object(bank: Path, array: str, shard: int) -> Path:
-    zeros = {"text/embeddings": 2, "visual/done": 2, "visual/images": 5}.get(array, 3)
-    return bank / array / "c" / str(shard) / Path(*["0"] * zeros)
 
 
 def damage(bank: Path, how: str, array: str = "visual/level_2", shard: int = 1) -> None:
