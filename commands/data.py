@@ -17,9 +17,10 @@ def _write_dataset(args: argparse.Namespace, config_class, write, class_names, w
     from data.errors import check_output_file, check_output_folder
 
     try:
-        config = config_class(
-            train_images=args.train, val_images=args.val, size=args.size, seed=args.seed
-        )
+        splits = {"train_images": args.train, "val_images": args.val}
+        if getattr(args, "test", None) is not None:
+            splits["test_images"] = args.test
+        config = config_class(**splits, size=args.size, seed=args.seed)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -27,8 +28,9 @@ def _write_dataset(args: argparse.Namespace, config_class, write, class_names, w
     if args.preview:
         check_output_file(args.preview, "--preview", example="preview.png")
     summary = write(datasets_root(args.root), config, progress=not args.quiet)
+    counts = " + ".join(f"{summary[s]} {s}" for s in config.split_sizes())
     print(
-        f"{what}: {summary['train']} train + {summary['val']} val images in {summary['root']} "
+        f"{what}: {counts} images in {summary['root']} "
         f"({summary['written']} written, {summary['seconds']} s)"
     )
     if args.preview:
@@ -48,11 +50,12 @@ def cmd_data_synthetic(args: argparse.Namespace) -> int:
 
 
 def cmd_data_toy(args: argparse.Namespace) -> int:
-    """Write the toy world's segmentation dataset (toy, toy:train), optionally with a preview."""
+    """Write the toy world's segmentation dataset (toy:train, toy:val, toy = its test split),
+    optionally with a preview."""
     from data.toy_world import ToySceneConfig, class_names, write_toy_dataset
 
     return _write_dataset(args, ToySceneConfig, write_toy_dataset, class_names(),
-                          "toy world (train: seen classes, val: all)")  # fmt: skip
+                          "toy world (train: seen classes; val, test: all)")  # fmt: skip
 
 
 def cmd_data_stats(args: argparse.Namespace) -> None:
@@ -63,11 +66,13 @@ def cmd_data_stats(args: argparse.Namespace) -> None:
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
 
 
-def _dataset_options(train: int, val: int, what: str):
+def _dataset_options(train: int, val: int, what: str, test: int | None = None):
     def options(p) -> None:
         p.add_argument("--root", default=None, help=ROOT_HELP)
         p.add_argument("--train", type=int, default=train, help=f"train images{what}")
         p.add_argument("--val", type=int, default=val, help="val images")
+        if test is not None:
+            p.add_argument("--test", type=int, default=test, help="test images")
         p.add_argument("--size", type=int, default=128, help="image side in pixels")
         p.add_argument("--seed", type=int, default=0, help="base seed")
         p.add_argument("--preview", metavar="PNG", help="also write a picture of a few val samples")
@@ -100,8 +105,8 @@ COMMANDS = {
                 cmd_data_synthetic,
             ),
             "toy": Command(
-                "write the toy world's dataset: toy (val), toy:train",
-                _dataset_options(600, 160, ", seen classes (val: all)"),
+                "write the toy world's dataset: toy:train, toy:val, toy (test)",
+                _dataset_options(6000, 300, ", seen classes (val, test: all)", test=2000),
                 cmd_data_toy,
             ),
             "stats": Command(

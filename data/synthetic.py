@@ -60,6 +60,10 @@ class SyntheticConfig:
     ignore_border: int = 1  # width of the ignore band on object boundaries (0 = none)
     jpeg_quality: int = 95
 
+    def split_sizes(self) -> dict[str, int]:
+        """Images per split, in the order they are written."""
+        return {"train": self.train_images, "val": self.val_images}
+
     def __post_init__(self) -> None:
         if self.train_images < 0 or self.val_images < 0:
             raise ValueError(
@@ -221,7 +225,8 @@ def write_rendered_dataset(
                 f"({old.get('generator')}, {old.get('config')}); remove the folder or choose "
                 "another --root"
             )
-    for split in SPLITS:
+    sizes = config.split_sizes()
+    for split in sizes:
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "annotations_detectron2" / split).mkdir(parents=True, exist_ok=True)
     # "complete": false until every image is written: a dataset cut short is refused when read
@@ -230,11 +235,7 @@ def write_rendered_dataset(
     for name, text in files.items():
         (out / name).write_text(text + "\n")
 
-    jobs = [
-        (s, i)
-        for s, count in zip(SPLITS, (config.train_images, config.val_images))
-        for i in range(count)
-    ]
+    jobs = [(s, i) for s, count in sizes.items() for i in range(count)]
     start, written = time.perf_counter(), 0
     from data.progress import ProgressBar
 
@@ -263,8 +264,7 @@ def write_rendered_dataset(
     meta_path.write_text(json.dumps({**meta, "complete": True}, indent=2) + "\n")
     return {
         "root": str(out),
-        "train": config.train_images,
-        "val": config.val_images,
+        **sizes,
         "written": written,
         "seconds": round(time.perf_counter() - start, 2),
     }
