@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.seeding import paired_conv
+
 PromptMode = Literal["text", "visual", "avg", "cost-avg", "cost-concat"]
 PROMPT_MODES = ("text", "visual", "avg", "cost-avg", "cost-concat")
 PROMPT_PARTS: dict[str, tuple[str, ...]] = {
@@ -165,12 +167,21 @@ class CostEmbedding(nn.Module):
     """Embeds the P template channels of each class's cost map into C channels (shared over K).
 
     A 7x7 convolution, as SED and CAT-Seg: (B, P, K, h, w) -> (B, K, C, h, w).
+    ``shared_templates`` (default: all) are the channels every prompt mode has (P; cost-concat
+    adds P visual ones): their initial weights are the same whatever the mode
+    (``model.seeding.paired_conv``).
     """
 
-    def __init__(self, num_templates: int, channels: int, kernel: int = 7):
+    def __init__(self, num_templates: int, channels: int, kernel: int = 7,
+                 shared_templates: int | None = None):  # fmt: skip
         super().__init__()
         self.num_templates = num_templates
-        self.conv = nn.Conv2d(num_templates, channels, kernel, padding=kernel // 2)
+        shared = num_templates if shared_templates is None else shared_templates
+        if not 0 < shared <= num_templates:
+            raise ValueError(f"shared_templates={shared} must be in 1..{num_templates}")
+        self.conv = paired_conv(
+            "conv", shared, num_templates - shared, channels, kernel, padding=kernel // 2
+        )
 
     def forward(self, cost: torch.Tensor) -> torch.Tensor:
         b, p, k, h, w = cost.shape

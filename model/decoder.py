@@ -13,6 +13,10 @@ Stage s uses level j = L + 1 - s (ConvNeXt: strides 32, 16, 8, read as the paper
 reading, the paper does not state the mapping), so
 ``visual_levels=(2, 3, 4)`` is the full model, ``(2,)`` the one-level row and ``()`` "only F_c" of
 the paper's ablation. Level maps are resized to the stage's grid (ViT levels share one stride).
+
+Every stage and every part of a stage is initialised from its own random stream
+(``model.seeding``), so decoders with other ``visual_levels`` start from the same weights on the
+parts they share, and building one draws nothing from the global stream.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from model.seeding import paired_conv, part_rng
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -71,20 +77,25 @@ class DecoderStage(nn.Module):
                  guidance_channels: int, use_visual_cost: bool, attention_heads: int):  # fmt: skip
         super().__init__()
         self.use_visual_cost = use_visual_cost
-        self.guidance = nn.Conv2d(level_channels, guidance_channels, 1)
-        fused_in = in_channels + guidance_channels + int(use_visual_cost)
-        self.fuse = nn.Sequential(
-            nn.Conv2d(fused_in, in_channels, 3, padding=1), _norm(in_channels), nn.GELU()
-        )
-        self.hdc = HybridDilatedConv(in_channels)
-        self.attention = (
-            SpatialSelfAttention(in_channels, attention_heads) if attention_heads else None
-        )
-        self.up = nn.Sequential(
-            nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2),
-            _norm(out_channels),
-            nn.GELU(),
-        )
+        # Each part has its own random stream (model.seeding): with or without F_v, a stage
+        # starts from the same weights, the F_v input channel of ``fuse`` aside.
+        with part_rng("guidance"):
+            self.guidance = nn.Conv2d(level_channels, guidance_channels, 1)
+        fuse = paired_conv("fuse", in_channels + guidance_channels, int(use_visual_cost),
+                           in_channels, 3, padding=1)  # fmt: skip
+        self.fuse = nn.Sequential(fuse, _norm(in_channels), nn.GELU())
+        with part_rng("hdc"):
+            self.hdc = HybridDilatedConv(in_channels)
+        with part_rng("attention"):
+            self.attention = (
+                SpatialSelfAttention(in_channels, attention_heads) if attention_heads else None
+            )
+        with part_rng("up"):
+            self.up = nn.Sequential(
+                nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2),
+                _norm(out_channels),
+                nn.GELU(),
+            )
 
     def forward(self, x: torch.Tensor, level: torch.Tensor, visual_cost: torch.Tensor | None):
         """x (B, k, C, h, w) class maps; level (B, C_j, h_j, w_j); visual_cost (B, k, h_j, w_j)."""
@@ -131,18 +142,21 @@ class CVGDecoder(nn.Module):
         self.visual_levels = tuple(sorted(visual_levels))
         self.class_chunk = class_chunk
         ins = (cost_channels, *channels[:-1])
-        self.stages = nn.ModuleList(
-            DecoderStage(
-                ins[s],
-                channels[s],
-                level_dims[self.stage_levels[s] - 1],
-                guidance_channels[s],
-                self.stage_levels[s] in self.visual_levels,
-                attention_heads,
-            )
-            for s in range(3)
-        )
-        self.head = nn.Conv2d(channels[-1], 1, 1)
+        self.stages = nn.ModuleList()
+        for s in range(3):  # each stage, and the head, on its own stream (model.seeding)
+            with part_rng(f"stage{s}"):
+                self.stages.append(
+                    DecoderStage(
+                        ins[s],
+                        channels[s],
+                        level_dims[self.stage_levels[s] - 1],
+                        guidance_channels[s],
+                        self.stage_levels[s] in self.visual_levels,
+                        attention_heads,
+                    )
+                )
+        with part_rng("head"):
+            self.head = nn.Conv2d(channels[-1], 1, 1)
 
     def forward(
         self,

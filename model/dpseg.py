@@ -8,6 +8,9 @@
 
 The module is pure: prompts come in as tensors (``Prompts``), built from a bank by the I/O code.
 ``forward`` accepts precomputed backbone features so round II reuses round I's (docs/design.md §2.3).
+The cost embedding and the decoder are initialised on their own random streams
+(``model.seeding``): the ablation rows of one seed start from the same weights where their shapes
+agree, and the data order after the model is built is the same in every row.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from model.cost_volume import (
     visual_cost_volume,
 )
 from model.decoder import CVGDecoder
+from model.seeding import part_rng
 from pretrained.backbone import BackboneFeatures, ClipBackbone
 
 
@@ -75,18 +79,25 @@ class DPSeg(nn.Module):
         self.config = config or DPSegConfig()
         self.backbone = backbone
         self.num_templates = num_templates  # P of the banks
-        self.cost_embedding = CostEmbedding(
-            cost_channels(self.config.prompt_mode, num_templates), self.config.cost_channels
-        )
-        self.decoder = CVGDecoder(
-            self.config.cost_channels,
-            tuple(level_dims),
-            channels=self.config.decoder_channels,
-            guidance_channels=self.config.guidance_channels,
-            visual_levels=self.config.visual_levels,
-            attention_heads=self.config.attention_heads,
-            class_chunk=self.config.class_chunk,
-        )
+        # Paired initialisation (model.seeding): each trainable part on its own random stream,
+        # derived from the base seed and its name, so the rows of one seed start from the same
+        # weights on what they share and leave the global stream (the data order) as it was.
+        with part_rng("cost_embedding"):
+            self.cost_embedding = CostEmbedding(
+                cost_channels(self.config.prompt_mode, num_templates),
+                self.config.cost_channels,
+                shared_templates=num_templates,
+            )
+        with part_rng("decoder"):
+            self.decoder = CVGDecoder(
+                self.config.cost_channels,
+                tuple(level_dims),
+                channels=self.config.decoder_channels,
+                guidance_channels=self.config.guidance_channels,
+                visual_levels=self.config.visual_levels,
+                attention_heads=self.config.attention_heads,
+                class_chunk=self.config.class_chunk,
+            )
 
     def forward(
         self,
@@ -126,6 +137,20 @@ class DPSeg(nn.Module):
         are dropped; the decoder treats classes alone, so they change nothing else). Equal to B
         calls of ``forward(..., classes=classes[b], center_mean=center_mean)``.
         """
+        logits, _ = self.decode_classes(size, features, prompts, classes, center_mean)
+        return [logits[b, : len(ids)] for b, ids in enumerate(classes)]
+
+    def decode_classes(
+        self,
+        size: tuple[int, int],
+        features: BackboneFeatures,
+        prompts: list[Prompts],
+        classes: list[torch.Tensor],
+        center_mean: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decode_per_image` before the padding is dropped: logits (B, k, H, W) and the
+        cost volume (B, P, k, h, w), k the largest k_b (training decodes k classes per image:
+        ``model.lightning.LossConfig.classes_per_image``)."""
         k = max(len(c) for c in classes)
         parts, levels = [], []
         for image_prompts, ids in zip(prompts, classes):
@@ -135,8 +160,7 @@ class DPSeg(nn.Module):
             levels.append(visual_levels)
         rs = [torch.stack(per_part) for per_part in zip(*parts)]  # each (B, k, P, D)
         visual_levels = [torch.stack(per_level) for per_level in zip(*levels)]  # (B, k, C_j)
-        logits, _ = self._decode(size, features, rs, visual_levels)
-        return [logits[b, : len(ids)] for b, ids in enumerate(classes)]
+        return self._decode(size, features, rs, visual_levels)
 
     def _class_prompts(
         self, prompts: Prompts, classes: torch.Tensor | None, center_mean: torch.Tensor | None

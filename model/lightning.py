@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from data.catalog import IGNORE_INDEX, get_dataset_spec
 from data.errors import SettingError
 from data.templates import SINGLE_TEMPLATE
+from data.transforms import ResizeSquare
 from data.vocabulary import load_vocabulary
 from model.cost_volume import Prompts
 from model.data_module import stack_images
@@ -30,7 +31,7 @@ from model.dpseg import DPSeg, DPSegConfig
 from model.evaluation import SegmentationModule
 from model.factory import build_dpseg
 from model.prompts import BankProvenance, load_prompts
-from model.refine import RefineConfig
+from model.refine import RefineConfig, background_class
 from pretrained.backbone import ClipEncoder
 from pretrained.fingerprint import fingerprint_mismatch, package_versions
 from prompt_bank.format import BankMismatchError
@@ -73,6 +74,9 @@ class LossConfig:
     ignore_mode: str = "negative"  # "negative": ignore pixels are negatives (SED, CAT-Seg); "mask"
     aux_weight: float = 0.0  # cross-entropy on the cost volume itself (docs/design.md §6; 0 = off)
     aux_scale: float = 10.0  # cosine x this = the auxiliary logits
+    classes_per_image: int | None = None  # (ours) decode each training image's present classes
+    # plus random absent ones up to this many (more if more are present); None: all K, as
+    # the paper's loss over the training vocabulary
 
     def __post_init__(self) -> None:
         if self.ignore_mode not in IGNORE_MODES:
@@ -81,6 +85,10 @@ class LossConfig:
             )
         if self.aux_weight < 0:
             raise ValueError(f"loss.aux_weight={self.aux_weight} must be >= 0")
+        if self.classes_per_image is not None and self.classes_per_image < 1:
+            raise ValueError(
+                f"loss.classes_per_image={self.classes_per_image}: use null (all) or >= 1"
+            )
 
 
 def _as(cls, value):
@@ -105,6 +113,33 @@ def bce_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_mode: str) -> to
     return loss.mean()
 
 
+def sample_classes(
+    labels: torch.Tensor, num_classes: int, count: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classes each training image decodes: those present in its labels, then random
+    absent ones, k = max(count, most present in an image) per image, capped at ``num_classes``.
+
+    Args:
+        labels: (B, H, W) ids in [0, num_classes) or IGNORE_INDEX.
+
+    Returns:
+        classes (B, k) ascending ids, and the labels (B, H, W) renumbered to positions in them
+        (IGNORE_INDEX kept).
+    """
+    valid = labels != IGNORE_INDEX
+    present = torch.zeros(labels.shape[0], num_classes, dtype=torch.bool, device=labels.device)
+    present.scatter_(1, torch.where(valid, labels, 0).flatten(1), valid.flatten(1))
+    k = min(num_classes, max(count, int(present.sum(dim=1).max())))
+    # present classes first (score 2), then absent ones in a random order (score in [0, 1))
+    noise = torch.rand(present.shape, generator=generator).to(labels.device)
+    chosen = (present.float() * 2 + noise).topk(k, dim=1).indices.sort(dim=1).values
+    position = torch.full_like(present, 0, dtype=torch.long)
+    position.scatter_(1, chosen, torch.arange(k, device=labels.device).expand_as(chosen))
+    renumbered = torch.where(valid, position.gather(1, torch.where(valid, labels, 0).flatten(1))
+                             .view_as(labels), labels)  # fmt: skip
+    return chosen, renumbered
+
+
 def cost_aux_loss(cost: torch.Tensor, labels: torch.Tensor, scale: float) -> torch.Tensor:
     """Cross-entropy of the template-averaged cost volume (B, P, K, h, w) x scale, upsampled."""
     logits = F.interpolate(
@@ -113,6 +148,13 @@ def cost_aux_loss(cost: torch.Tensor, labels: torch.Tensor, scale: float) -> tor
     if not (labels != IGNORE_INDEX).any():
         return logits.sum() * 0
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+
+
+def _regions_without_truth() -> SettingError:
+    return SettingError(
+        "--model.inference.regions true cuts round I's classes from the true label map, which "
+        "predict and segment do not have; set it false (test and validate only)"
+    )
 
 
 class DPSegModule(SegmentationModule):
@@ -127,7 +169,8 @@ class DPSegModule(SegmentationModule):
         num_templates: P of the banks (linked to the data module, which reads it from them).
         dpseg: model settings (prompt mode, F_v levels, decoder sizes, class chunk).
         optim: AdamW and schedule. loss: BCE ignore mode and auxiliary loss.
-        inference: rounds (1 or 2), detection area, crop policy.
+        inference: rounds (1 or 2), detection area, crop policy, which classes round II
+            refines (``refine_background``) and the ``regions`` oracle (test only).
         test_protocol: ``sed`` (768 square), ``catseg`` (sliding windows), ``vip``, ``resize:N``.
         allow_text_only: classes missing from a bank get text prompts (warning) instead of an
             error.
@@ -153,6 +196,7 @@ class DPSegModule(SegmentationModule):
         self.optim_config = _as(OptimConfig, optim)
         self.loss_config = _as(LossConfig, loss)
         self.inference_config = _as(RefineConfig, inference)
+        self.check_regions_protocol()  # before any weights or data are read
         # Inference settings are not hyper-parameters: LightningCLI puts a checkpoint's
         # hyper-parameters over the command line, and `test --model.inference.rounds 2` on a
         # checkpoint must mean what it says. Plain dicts, not dataclasses: weights_only=True.
@@ -187,6 +231,7 @@ class DPSegModule(SegmentationModule):
             model.backbone.requires_grad_(False)
         self._prompts: dict[str, Prompts] = {}
         self._prompt_banks: dict[str, str | None] = {}
+        self._backgrounds: dict[str, int | None] = {}  # the id of a class named "background"
         self.loaded_provenance: dict = {}  # the "dpseg" record of the checkpoint loaded, if any
         self._provenance: dict[str, dict] = {}
         self.train()  # the frozen encoder stays in eval mode; training toggles the rest per stage
@@ -245,6 +290,7 @@ class DPSegModule(SegmentationModule):
             self._provenance[dataset] = asdict(BankProvenance.of(opened))
         self._prompts[dataset] = prompts
         self._prompt_banks[dataset] = bank
+        self._backgrounds[dataset] = background_class(vocabulary.names)
         return prompts
 
     def check_templates(self, bank):
@@ -293,11 +339,22 @@ class DPSegModule(SegmentationModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         dataset = self.trainer.datamodule.pairs("train")[0].dataset
         images, labels = stack_images(batch), batch["label"]
-        out = self.model(images, self.prompts_for(dataset))
-        bce = bce_loss(out.logits, labels, self.loss_config.ignore_mode)
+        prompts = self.prompts_for(dataset)
+        count = self.loss_config.classes_per_image
+        if count is None or count >= prompts.num_classes:
+            out = self.model(images, prompts)
+            logits, cost = out.logits, out.cost
+        else:  # each image decodes its own classes; the draw is a function of seed and step
+            generator = torch.Generator().manual_seed(hash((torch.initial_seed(),
+                                                            self.global_step)) % 2**63)  # fmt: skip
+            classes, labels = sample_classes(labels.long(), prompts.num_classes, count, generator)
+            logits, cost = self.model.decode_classes(
+                images.shape[-2:], self.model.backbone(images), [prompts] * len(images),
+                list(classes))  # fmt: skip
+        bce = bce_loss(logits, labels, self.loss_config.ignore_mode)
         loss = bce
         if self.loss_config.aux_weight > 0:
-            aux = cost_aux_loss(out.cost, labels, self.loss_config.aux_scale)
+            aux = cost_aux_loss(cost, labels, self.loss_config.aux_scale)
             loss = loss + self.loss_config.aux_weight * aux
             self.log("train/aux", aux)
         self.log("train/bce", bce)
@@ -329,22 +386,62 @@ class DPSegModule(SegmentationModule):
 
     # -- evaluation (loops and results: model.evaluation) -----------------------------------
 
-    def segment(self, image: torch.Tensor, dataset: str) -> torch.Tensor:
-        """One image (3, H, W) in [0, 1] -> logits (K, H, W) by the test protocol and rounds."""
+    def segment(
+        self, image: torch.Tensor, dataset: str, truth: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One image (3, H, W) in [0, 1] -> logits (K, H, W) by the test protocol and rounds.
+
+        ``truth``: the image's true label map (H, W), for ``inference.regions`` (ignored
+        otherwise); round II sees it at the geometry of the image the protocol feeds
+        (nearest-neighbour). The dataset's background class (a class named "background") goes
+        to round II for ``inference.refine_background``.
+        """
         prompts = self.prompts_for(dataset)
-        self.segmenter.config = self.inference_config
-        return self.protocol()(lambda x: self.segmenter(x, prompts), image)
+        config = self.segmenter.config = self.inference_config
+        background = self._backgrounds.get(dataset)
+        if not config.regions:
+            return self.protocol()(lambda x: self.segmenter(x, prompts, background), image)
+        self.check_regions_protocol()
+        if truth is None:
+            raise _regions_without_truth()
+
+        def logits(x: torch.Tensor) -> torch.Tensor:
+            regions = F.interpolate(truth.to(x.device)[None, None].float(), size=x.shape[-2:],
+                                    mode="nearest")[:, 0].long()  # fmt: skip
+            return self.segmenter(x, prompts, background, regions.expand(len(x), -1, -1))
+
+        return self.protocol()(logits, image)
+
+    def takes_truth(self) -> bool:
+        return self.inference_config.regions
+
+    def on_predict_start(self) -> None:
+        if self.inference_config.regions:  # before any image: predict has no labels
+            raise _regions_without_truth()
+        super().on_predict_start()
+
+    def check_regions_protocol(self) -> None:
+        """``inference.regions`` needs a protocol that feeds the whole image (``sed``,
+        ``resize:N``): a window's true regions are not cut (SettingError otherwise)."""
+        if self.inference_config.regions and not isinstance(self.protocol(), ResizeSquare):
+            raise SettingError(
+                f"--model.inference.regions true with --model.test_protocol "
+                f"{self.test_protocol}: the true regions are given for whole images only; use "
+                "a protocol that feeds the whole image (sed, resize:N)"
+            )
 
     def run_record(self, dataset: str) -> dict:
         return {
             "rounds": self.inference_config.rounds,
+            "inference": asdict(self.inference_config),
             "prompt_mode": self.dpseg_config.prompt_mode,
             "encoder": self.hparams.encoder,
             "bank": self._provenance.get(dataset),
         }
 
     def summary_label(self) -> str:
-        return f"DPSeg ({self.hparams.encoder}, round {self.inference_config.rounds})"
+        oracle = ", true regions" if self.inference_config.regions else ""
+        return f"DPSeg ({self.hparams.encoder}, round {self.inference_config.rounds}{oracle})"
 
     # -- checkpoints ------------------------------------------------------------------------
 
