@@ -66,12 +66,26 @@ class SegmentationModule(L.LightningModule):
     # -- what a subclass provides -----------------------------------------------------------
 
     def segment(self, image: torch.Tensor, dataset: str) -> torch.Tensor:
-        """One image (3, H, W) in [0, 1] -> class logits (K, H, W) by the test protocol."""
+        """One image (3, H, W) in [0, 1] -> class logits (K, H, W) by the test protocol.
+
+        A subclass whose :meth:`takes_truth` is true also takes ``truth``, the image's true
+        label map (H, W), as a third argument."""
         raise NotImplementedError(f"{type(self).__name__} must define segment(image, dataset)")
 
-    def predict_labels(self, image: torch.Tensor, dataset: str) -> torch.Tensor:
-        """One image (3, H, W) -> label ids (H, W); the argmax unless a subclass thresholds."""
-        return class_labels(self.segment(image, dataset), dim=0)
+    def takes_truth(self) -> bool:
+        """True when :meth:`segment` is to be given the image's true label map (an oracle
+        setting for diagnosis, e.g. DPSeg's ``inference.regions``): the evaluation loops pass
+        it then, and only then; predict has none to give."""
+        return False
+
+    def predict_labels(
+        self, image: torch.Tensor, dataset: str, truth: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One image (3, H, W) -> label ids (H, W); the argmax unless a subclass thresholds.
+        ``truth``: the true label map, given only where :meth:`takes_truth`."""
+        if truth is None:
+            return class_labels(self.segment(image, dataset), dim=0)
+        return class_labels(self.segment(image, dataset, truth), dim=0)
 
     def prepare_dataset(self, dataset: str, bank: str | None) -> None:
         """Called once per (dataset, bank) of a stage before it runs (prompts, queries)."""
@@ -130,8 +144,10 @@ class SegmentationModule(L.LightningModule):
             log.warning("skipped %s of %s: %s", name, dataset, reason)
         if "image" not in batch:
             return
+        oracle = self.takes_truth()
         for image, label in zip(stack_images(batch), batch["label"]):
-            self._metrics[_key(dataset)].update(self.predict_labels(image, dataset), label)
+            given = {"truth": label} if oracle else {}
+            self._metrics[_key(dataset)].update(self.predict_labels(image, dataset, **given), label)
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx, "val")

@@ -28,6 +28,7 @@ from model.cost_volume import Prompts
 from model.labels import class_labels
 from model.lightning import DPSegModule
 from model.prompts import class_index
+from model.refine import background_class
 from prompt_bank.format import BankMismatchError
 from prompt_bank.store import Bank, is_url
 
@@ -43,6 +44,7 @@ class Predictor:
         self.device = torch.device(device)
         self.vocabulary: Vocabulary | None = None
         self.prompts: Prompts | None = None
+        self.background: int | None = None  # the vocabulary's "background" class (round II)
         self.sources: dict[str, str] = {}  # class -> "bank", "generated" or "text"
 
     @classmethod
@@ -115,6 +117,7 @@ class Predictor:
         for c in vocabulary:
             self.sources.setdefault(c.name, "text")
         self.vocabulary = vocabulary
+        self.background = background_class(vocabulary.names)
         self.prompts = prompts.to(self.device)
         return self.prompts
 
@@ -133,8 +136,8 @@ class Predictor:
             raise RuntimeError("call set_vocabulary first")
         x = image_tensor(image)
         x = x.to(self.device)
-        segmenter, prompts = self.module.segmenter, self.prompts
-        return self.protocol()(lambda batch: segmenter(batch, prompts), x)
+        segmenter, prompts, background = self.module.segmenter, self.prompts, self.background
+        return self.protocol()(lambda batch: segmenter(batch, prompts, background), x)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (H, W) int64 class ids of the vocabulary."""

@@ -23,6 +23,16 @@ Policies (``crop_policy``) for a detected class's new visual prompt:
 Every crop of every image of a batch goes through the frozen encoder in one forward, at one size
 (``crop_size``, default the encoder's own), and only the refined classes are decoded again, those
 of every image of the batch in one decoder call (``DPSeg.decode_per_image``).
+
+Which classes are refined, and from which regions (both ours; the caller passes the dataset's
+facts, the module stays unaware of datasets):
+
+- ``refine_background`` false: the class named "background" (``background_class`` of the
+  vocabulary; the caller passes its id as ``background``) is never refined, it keeps round I's
+  prompt and logits;
+- ``regions`` true (an oracle, for diagnosis): the classes round I detected are cut from the
+  true label map (the caller passes it as ``regions``) instead of round I's; a detected class
+  absent from it is not refined.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data.errors import SettingError
 from model.cost_volume import Prompts, class_mean
 from model.dpseg import DPSeg, DPSegOutput
 from model.labels import class_labels
@@ -51,6 +62,10 @@ class RefineConfig:
     crop_margin: float = 0.1  # the box grown by this fraction of its size on each side
     max_classes: int | None = None  # refine at most this many classes (largest areas first)
     crop_size: int | None = None  # crops encoded at this size (ConvNeXt); None: the preset's
+    refine_background: bool = True  # (ours) false: round II never refines the class named
+    # "background" (it keeps round I's prompt and logits; its box is often the whole image)
+    regions: bool = False  # (ours) an oracle for diagnosis: round I's detected classes are cut
+    # from the true label map (test only; whole-image protocols sed / resize:N)
 
     def __post_init__(self) -> None:
         if self.rounds not in (1, 2):
@@ -69,12 +84,26 @@ class RefineConfig:
             raise ValueError(f"max_classes={self.max_classes}: use None (all) or >= 1")
 
 
+def background_class(names: list[str]) -> int | None:
+    """The id of the class whose canonical name is "background" (any case), or None: the class
+    ``refine_background: false`` leaves alone (``clutter, background`` is a class of its own)."""
+    found = [i for i, name in enumerate(names) if name.strip().lower() == "background"]
+    return found[0] if found else None
+
+
 def detected_classes(
-    labels: torch.Tensor, num_classes: int, min_area: float, max_classes: int | None = None
+    labels: torch.Tensor,
+    num_classes: int,
+    min_area: float,
+    max_classes: int | None = None,
+    exclude: int | None = None,
 ) -> torch.Tensor:
     """labels (H, W) argmax ids -> ids (ascending) of the classes covering >= min_area of the
-    image; with ``max_classes``, only the largest that many."""
+    image, ``exclude`` (a class id) never among them; with ``max_classes``, only the largest
+    that many."""
     counts = torch.bincount(labels.flatten(), minlength=num_classes)
+    if exclude is not None:
+        counts[exclude] = 0
     found = torch.nonzero(counts >= max(1.0, min_area * labels.numel())).flatten()
     if max_classes is not None and len(found) > max_classes:
         found = found[counts[found].argsort(descending=True, stable=True)[:max_classes]].sort()[0]
@@ -140,14 +169,64 @@ class TwoRoundSegmenter(nn.Module):
     def prompt_encoder(self) -> ClipEncoder | None:
         return self._encoder[0]
 
-    def forward(self, images: torch.Tensor, prompts: Prompts) -> torch.Tensor:
+    def forward(
+        self,
+        images: torch.Tensor,
+        prompts: Prompts,
+        background: int | None = None,
+        regions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``background``: the id of the vocabulary's background class (``background_class``)
+        or None; ``regions``: the true label map (B, H, W) of the images, only with
+        ``config.regions`` (see :meth:`refined_classes`)."""
         first = self.model(images, prompts)
         if self.config.rounds == 1:
             return first.logits
-        return self.second_round(images, prompts, first, reuse_logits=True)
+        return self.second_round(images, prompts, first, True, background, regions)
 
-    def _detected(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-        return detected_classes(labels, num_classes, self.config.min_area, self.config.max_classes)
+    def refined_classes(
+        self,
+        labels: torch.Tensor,
+        num_classes: int,
+        background: int | None = None,
+        regions: torch.Tensor | None = None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The classes round II refines in each image, and the label maps to cut them from.
+
+        Args:
+            labels: (B, H, W) round I's argmax.
+            background: the background class's id (or None): never refined when
+                ``config.refine_background`` is false.
+            regions: (B, H, W) the true label maps (IGNORE_INDEX allowed), given exactly when
+                ``config.regions``: the detected classes are cut from them, and a detected class
+                absent from an image's map is not refined.
+        Returns:
+            per image the (n_b,) ascending class ids, and the (B, H, W) maps their regions are
+            cut from (``labels`` or ``regions``).
+        """
+        if self.config.regions != (regions is not None):
+            if regions is None:
+                raise SettingError(
+                    "--model.inference.regions true cuts round I's classes from the true label "
+                    "map, which only the test loop has; set it false to predict or segment"
+                )
+            raise ValueError("a true label map is given but config.regions is false")
+        exclude = None if self.config.refine_background else background
+        classes = [
+            detected_classes(
+                lb, num_classes, self.config.min_area, self.config.max_classes, exclude
+            )
+            for lb in labels
+        ]
+        if regions is None:
+            return classes, labels
+        if regions.shape != labels.shape:
+            raise ValueError(
+                f"true label maps of shape {tuple(regions.shape)} for images whose labels are "
+                f"{tuple(labels.shape)}: bring them to the images' geometry first"
+            )
+        regions = regions.to(labels.device).long()
+        return [c[torch.isin(c, truth)] for c, truth in zip(classes, regions)], regions
 
     def _crop_size(self) -> int:
         encoder = self.prompt_encoder
@@ -170,7 +249,8 @@ class TwoRoundSegmenter(nn.Module):
         """New visual prompts of the detected classes of each image.
 
         Args:
-            images: (B, 3, H, W) in [0, 1]; labels (B, H, W) round I's argmax.
+            images: (B, 3, H, W) in [0, 1]; labels (B, H, W) the maps the regions are cut
+                from: round I's argmax (or the true maps, ``config.regions``).
             classes: per image, the (n_b,) class ids to refine.
             features: round I's image features (``pooled-own`` pools them).
         Returns:
@@ -214,21 +294,26 @@ class TwoRoundSegmenter(nn.Module):
         """The ``pooled`` policy: one frozen pass over every image of the batch that refines a
         class (at the encoder's input size, as it saw the bank's images); per image (n, D)
         embeddings and per level (n, C_j)."""
-        from pretrained.backbone import ClipBackbone
+        from pretrained.backbone import ClipBackbone, modality_embedding
 
         encoder = self.prompt_encoder
         todo = [b for b, c in enumerate(classes) if len(c)]
         out = [(encoder.mean.new_zeros(0, encoder.embed_dim), []) for _ in classes]
         if not todo:
             return out
-        if self._dense is None:  # the frozen CLIP's dense view (shares its weights)
-            self._dense = [ClipBackbone(encoder.clip, encoder.preset)]
+        if self._dense is None:  # the frozen CLIP's dense view (shares its weights), before
+            # any modality gap: pooled, then given the gap, a region is embedded as an image is
+            self._dense = [ClipBackbone(encoder.clip, encoder.preset, modality_gap=False)]
         size = (encoder.preset.image_size,) * 2
         x = F.interpolate(images[todo].float(), size, mode="bicubic", antialias=True).clamp(0, 1)
         features = self._dense[0](x.to(encoder.mean.device))
+        gap = encoder.preset.modality_gap
         for i, b in enumerate(todo):
             levels = [lv[i : i + 1] for lv in features.levels]
-            out[b] = _pool_masks(labels[b], classes[b], features.dense[i : i + 1], levels)
+            embedding, pooled = _pool_masks(
+                labels[b], classes[b], features.dense[i : i + 1], levels
+            )
+            out[b] = (modality_embedding(embedding, gap, "image"), pooled)
         return out
 
     @torch.no_grad()
@@ -238,14 +323,22 @@ class TwoRoundSegmenter(nn.Module):
         labels: torch.Tensor,
         prompts: Prompts,
         features: BackboneFeatures | None = None,
+        background: int | None = None,
+        regions: torch.Tensor | None = None,
     ):
         """One image's prompts after round I, detected classes with their new visual prompt
-        (``features``: the image's round I features, batch 1, for ``pooled-own``); returns
-        (prompts, the refined class ids)."""
-        classes = self._detected(labels, prompts.num_classes)
+        (``features``: the image's round I features, batch 1, for ``pooled-own``;
+        ``background``, ``regions`` (H, W): as :meth:`refined_classes`); returns (prompts, the
+        refined class ids)."""
+        (classes,), maps = self.refined_classes(
+            labels[None],
+            prompts.num_classes,
+            background,
+            None if regions is None else regions[None],
+        )
         if len(classes) == 0:
             return prompts, classes
-        embedding, levels = self.encode_regions(image[None], labels[None], [classes], features)[0]
+        embedding, levels = self.encode_regions(image[None], maps, [classes], features)[0]
         return self._with_visual(prompts, classes, embedding, levels), classes
 
     @staticmethod
@@ -256,23 +349,32 @@ class TwoRoundSegmenter(nn.Module):
         )
 
     def second_round(
-        self, images: torch.Tensor, prompts: Prompts, first: DPSegOutput, reuse_logits: bool = False
+        self,
+        images: torch.Tensor,
+        prompts: Prompts,
+        first: DPSegOutput,
+        reuse_logits: bool = False,
+        background: int | None = None,
+        regions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Round II for each image of the batch, reusing round I's features -> (B, K, H, W).
 
-        Only the refined classes are decoded again, every image's in one decoder call
+        Only the refined classes (:meth:`refined_classes`, with ``background`` and
+        ``regions``) are decoded again, every image's in one decoder call
         (``DPSeg.decode_per_image``); the others keep round I's logits, which are what a full
         second decode would give them (the decoder treats classes alone).
         ``reuse_logits`` writes round II's logits into ``first.logits`` instead of a copy (one
         (B, K, H, W) copy less: ``forward`` does, as nothing else sees round I there).
         """
         labels = class_labels(first.logits, dim=1)  # (B, H, W)
+        classes_per_image, maps = self.refined_classes(
+            labels, prompts.num_classes, background, regions
+        )
         out = first.logits if reuse_logits else first.logits.clone()
         mean = class_mean(prompts, self.model.config.prompt_mode)  # round I's centre, kept
-        classes_per_image = [self._detected(lb, prompts.num_classes) for lb in labels]
         if not any(len(c) for c in classes_per_image):
             return out
-        encoded = self.encode_regions(images, labels, classes_per_image, first.features)
+        encoded = self.encode_regions(images, maps, classes_per_image, first.features)
         todo = [b for b, classes in enumerate(classes_per_image) if len(classes)]
         refined = [self._with_visual(prompts, classes_per_image[b], *encoded[b]) for b in todo]
         features = BackboneFeatures(
