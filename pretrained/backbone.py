@@ -7,8 +7,10 @@ so a bank and a model built from the same preset and weights share a fingerprint
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -261,13 +263,36 @@ class ClipEncoder(ImageTextEncoder):
         out = self.clip.visual.forward_intermediates(
             self.preprocess(images, size), indices=list(self.preset.levels)
         )
-        embedding = nn.functional.normalize(out["image_features"].float(), dim=-1)
+        gap = self.preset.modality_gap
+        embedding = modality_embedding(out["image_features"].float(), gap, "image")
         return ImageEncoding(embedding, list(out["image_intermediates"]))
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """(T, L) token ids (any device) -> (T, D) L2-normalised text embeddings."""
         tokens = tokens.to(self.mean.device)
-        return nn.functional.normalize(self.clip.encode_text(tokens).float(), dim=-1)
+        gap = self.preset.modality_gap
+        return modality_embedding(self.clip.encode_text(tokens).float(), gap, "text")
+
+
+def modality_embedding(
+    features: torch.Tensor, gap: float, modality: Literal["image", "text"], dim: int = -1
+) -> torch.Tensor:
+    """Unit-norm embeddings of one modality, with the toy world's modality gap (ours).
+
+    ``gap`` = 0: ``normalize(features)``. ``gap`` = g > 0: the last two coordinates (one
+    direction per modality) are cleared, the rest normalised, and g times the modality's own
+    direction added, then the sum divided by sqrt(1 + g^2) (unit norm again). A matching image
+    and text then meet at cosine (their cosine without the gap) / (1 + g^2): the constant offset
+    between the two modalities' centres that makes real CLIP's matching pairs meet at about 0.3.
+    Rankings within a modality's comparisons are unchanged.
+    """
+    if gap == 0:
+        return nn.functional.normalize(features, dim=dim)
+    x = features.movedim(dim, -1)
+    x = nn.functional.normalize(torch.cat([x[..., :-2], torch.zeros_like(x[..., -2:])], -1), dim=-1)
+    offset = torch.zeros(x.shape[-1], dtype=x.dtype, device=x.device)
+    offset[-1 if modality == "image" else -2] = gap
+    return ((x + offset) / math.sqrt(1 + gap * gap)).movedim(-1, dim)
 
 
 def encode_class_texts(
@@ -341,10 +366,19 @@ class ClipBackbone(nn.Module):
     strides 4/8/16/32; ViT: one stride, the blocks chosen by the preset).
     """
 
-    def __init__(self, clip: nn.Module, preset: EncoderPreset, image_size: int | None = None):
+    def __init__(
+        self,
+        clip: nn.Module,
+        preset: EncoderPreset,
+        image_size: int | None = None,
+        modality_gap: bool = True,
+    ):
+        """``modality_gap``: apply the preset's gap per pixel (False: the projection's own output,
+        whose mean over a ConvNeXt's map is its pooled embedding before the gap)."""
         super().__init__()
         self.visual = clip.visual
         self.preset = preset
+        self.gap = preset.modality_gap if modality_gap else 0.0
         self.image_size = image_size or preset.image_size
         if preset.family == "vit" and self.image_size != preset.image_size:
             resample_vit_positions(self.visual, self.image_size)
@@ -372,6 +406,8 @@ class ClipBackbone(nn.Module):
                 dense = torch.einsum("bchw,dc->bdhw", normed, head.proj.weight)
             else:  # an MLP head (ConvNeXt-L/D), per pixel, as SED applies it
                 dense = head(normed.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+            if self.gap:  # the pooled embedding's gap, per pixel
+                dense = modality_embedding(dense, self.gap, "image", dim=1)
             return BackboneFeatures(dense, list(maps))
         blocks = len(self.visual.transformer.resblocks)
         out = self.visual.forward_intermediates(
@@ -381,4 +417,6 @@ class ClipBackbone(nn.Module):
         last = maps[blocks - 1]  # (B, C, h, w) patch tokens of the last block
         tokens = self.visual.ln_post(last.permute(0, 2, 3, 1))  # (B, h, w, C)
         dense = (tokens @ self.visual.proj).permute(0, 3, 1, 2)  # (B, D, h, w)
+        if self.gap:
+            dense = modality_embedding(dense, self.gap, "image", dim=1)
         return BackboneFeatures(dense.contiguous(), [maps[i] for i in levels])

@@ -59,12 +59,17 @@ class EncoderPreset:
     bundled: str | None = None  # weights file shipped in pretrained/weights/ (the toy presets)
     revision: str | None = None  # hub commit of the weights repository (pinned)
     license: str = "Apache-2.0 (dpseg's own weights)"  # the weights' licence, for bank cards
+    modality_gap: float = 0.0  # (ours, toy world) > 0: embeddings of each modality are offset
+    # along a direction of their own (pretrained.backbone.modality_embedding), as real CLIP's
+    # image and text embeddings lie apart (matching pairs at cosine ~0.3)
 
     def __post_init__(self) -> None:
         if self.image_size <= 0 or not self.levels:
             raise PresetError(f"encoder preset {self.name!r}: image_size and levels must be set")
         if list(self.levels) != sorted(set(self.levels)):
             raise PresetError(f"encoder preset {self.name!r}: levels {self.levels} must increase")
+        if self.modality_gap < 0:
+            raise PresetError(f"encoder preset {self.name!r}: modality_gap must be >= 0")
 
     @property
     def is_random(self) -> bool:
@@ -233,6 +238,7 @@ ENCODERS: dict[str, EncoderPreset] = {
             bundled="toy-convnext.safetensors",
             image_size=64,
             levels=(0, 1, 2, 3),
+            modality_gap=1.4,  # (ours) matching image and text meet at ~0.3, as in real CLIP
             description="ConvNeXt 24/48/96/192 x 1/1/2/1 blocks (strides 4/8/16/32), norm "
             "before pool, 64 px; text 64 x 2 layers, context 32; embed 64; pretrained on the toy "
             "world",
@@ -510,6 +516,10 @@ class PretrainConfig:
     groups: float = 0.25  # share of photos of 2-3 objects captioned with all of them
     seed: int = 0  # of the pictures and the initial weights
     eval_images: int = 600  # held-out pictures for the zero-shot accuracy
+    scene_batch: int = 16  # (ours) multi-object scenes per step for the region loss (0: off)
+    scene_pool: int = 3000  # scenes rendered once (fresh seeds: no dataset image)
+    scene_size: int = 128  # px: the side DPSeg trains at (a 4 x 4 dense map for ConvNeXt)
+    scene_weight: float = 1.0  # weight of the region loss beside the picture-caption loss
 
     def __post_init__(self) -> None:
         # SettingError: a user error (one line, exit status 2) and a ValueError
@@ -534,13 +544,21 @@ class PretrainConfig:
                 raise SettingError(
                     f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1"
                 )
-        for name in ("warmup_steps", "distractors", "seed"):
+        for name in ("warmup_steps", "distractors", "seed", "scene_batch", "scene_pool"):
             if getattr(self, name) < 0:
                 raise SettingError(f"{option(name)}: must be >= 0")
         if self.lr <= 0:
             raise SettingError(f"--lr {self.lr}: must be > 0")
         if self.weight_decay < 0:
             raise SettingError(f"{option('weight_decay')}: must be >= 0")
+        if self.scene_weight < 0:
+            raise SettingError(f"{option('scene_weight')}: must be >= 0")
+        if self.scene_size < 32 or self.scene_size % 32:
+            raise SettingError(f"{option('scene_size')}: must be a multiple of 32 (>= 32)")
+        if self.scene_batch and self.scene_batch > self.scene_pool:
+            raise SettingError(
+                f"{option('scene_batch')}: must be at most --scene-pool {self.scene_pool}"
+            )
         if not 0 <= self.groups <= 1:
             raise SettingError(
                 f"{option('groups')}: must be a share in [0, 1] (0.25: a quarter of the photos "

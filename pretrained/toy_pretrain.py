@@ -46,6 +46,7 @@ from data.toy_world import BACKGROUND, OBJECTS, render_group, render_prompt
 from pretrained.presets import EncoderPreset, PretrainConfig
 
 PLAIN_TEMPLATE = "a photo of a {}."
+SCENE_SEED = 1_000  # + the config's seed: the region loss's scenes (the datasets use 0)
 
 
 def world_classes() -> list[tuple[str, ...]]:
@@ -96,6 +97,58 @@ def render_pool(
         if progress is not None:
             progress(1)
     return images, captions, labels
+
+
+def render_scenes(
+    count: int, seed: int, size: int, progress=None
+) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+    """``count`` multi-object scenes of every class for the region loss: (N, S, S, 3) uint8,
+    (N, S, S) labels in the 31 world ids (255 ignore), and per scene one caption per world id
+    (a random template and name of that class; ``background`` for id 0).
+
+    Scenes are :func:`data.toy_world.render_scene`'s with seed ``seed``, which the datasets never
+    use (they use ``ToySceneConfig.seed``, 0 by default, and ``render_scene`` keys on it).
+    """
+    from data.toy_world import ToySceneConfig, render_scene
+
+    config = ToySceneConfig(seed=seed, size=size)
+    classes, templates = world_classes(), imagenet80()
+    images = np.zeros((count, size, size, 3), dtype=np.uint8)
+    labels = np.zeros((count, size, size), dtype=np.uint8)
+    captions = []
+    for i in range(count):
+        images[i], labels[i] = render_scene(config, "test", i)
+        rng = np.random.default_rng(np.random.SeedSequence((seed, 13, i)))
+        captions.append([templates[int(rng.integers(len(templates)))].format(
+            names[int(rng.integers(len(names)))]) for names in classes])  # fmt: skip
+        if progress is not None:
+            progress(1)
+    return images, labels, captions
+
+
+def region_embeddings(
+    dense: torch.Tensor, labels: torch.Tensor, num_classes: int, min_cells: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mask-pooled dense features: each class present in an image, its features averaged with
+    the share of each cell it covers.
+
+    Args:
+        dense: (B, D, h, w) features. labels: (B, H, W) class ids, 255 ignored.
+        min_cells: a region covering less than this many cells in all is dropped.
+
+    Returns:
+        (R, D) region features (not normalised), (R,) their image index, (R,) their class id.
+    """
+    h, w = dense.shape[-2:]
+    valid = labels != 255
+    onehot = F.one_hot(labels.long().clamp(max=num_classes - 1), num_classes).permute(0, 3, 1, 2)
+    onehot = (onehot * valid[:, None]).float()
+    share = F.adaptive_avg_pool2d(onehot, (h, w))  # (B, K, h, w): coverage of each cell
+    mass = share.sum(dim=(2, 3))  # (B, K) in cells
+    image, cls = torch.nonzero(mass >= min_cells, as_tuple=True)
+    weights = share[image, cls]  # (R, h, w)
+    pooled = torch.einsum("rhw,rdhw->rd", weights, dense[image]) / mass[image, cls][:, None]
+    return pooled, image, cls
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -204,7 +257,12 @@ def pretrain(
         also with the plain head and on the 2C global embedding), chance, loss, seconds, the
         file and its size.
     """
-    from pretrained.backbone import ClipEncoder, clip_architecture, clip_tokenizer_for
+    from pretrained.backbone import (
+        ClipEncoder,
+        clip_architecture,
+        clip_tokenizer_for,
+        modality_embedding,
+    )
     from pretrained.bundled_weights import save_weights
     from pretrained.presets import get_encoder_preset
 
@@ -229,6 +287,7 @@ def pretrain(
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     tokenizer = clip_tokenizer_for(preset)
     size = preset.image_size
+    gap = preset.modality_gap  # the losses see the embeddings the presets give
 
     from data.progress import ProgressBar
 
@@ -246,6 +305,18 @@ def pretrain(
         tokens = tokenizer(captions)
         held_out = render_pool(config.eval_images, config.seed + 1_000_003, size, 0)
         held_plain = render_pool(config.eval_images, config.seed + 2_000_003, size, 0, plain=True)
+        # (ours) the region loss: mask-pooled dense features of multi-object scenes against each
+        # object's caption, so that the pixels carry their own object (ConvNeXt: any input size)
+        scene_batch = config.scene_batch if preset.family == "convnext" else 0
+        if scene_batch:
+            from pretrained.backbone import ClipBackbone
+
+            dense_of = ClipBackbone(model, preset)  # shares the model's modules
+            bar.update(label="rendering scenes", total=config.scene_pool, restart=True)
+            scenes, scene_labels, scene_captions = render_scenes(
+                config.scene_pool, SCENE_SEED + config.seed, config.scene_size, bar.advance
+            )
+            scene_labels_t = torch.from_numpy(scene_labels)
 
         optimizer = torch.optim.AdamW(_param_groups(trainee, config.weight_decay), lr=config.lr)
 
@@ -267,10 +338,22 @@ def pretrain(
             batch = _to_tensor(images[idx])
             if rng.random() < 0.5:  # flips keep every shape's name
                 batch = batch.flip(-1)
-            image = F.normalize(trainee.encode_image(encoder.preprocess(batch)), dim=-1)
-            text = F.normalize(trainee.encode_text(tokens[idx]), dim=-1)
+            image = modality_embedding(
+                trainee.encode_image(encoder.preprocess(batch)), gap, "image"
+            )
+            text = modality_embedding(trainee.encode_text(tokens[idx]), gap, "text")
             scale = trainee.logit_scale.exp().clamp(max=100)
             loss = contrastive_loss(image, text, labels_t[idx], scale)
+            if scene_batch:
+                pick = rng.choice(config.scene_pool, size=scene_batch, replace=False)
+                regions, owner, cls = region_embeddings(
+                    dense_of(_to_tensor(scenes[pick])).dense, scene_labels_t[pick],
+                    len(world_classes()))  # fmt: skip
+                regions = modality_embedding(regions, gap, "image")
+                said = [scene_captions[int(pick[o])][int(c)] for o, c in zip(owner, cls)]
+                region_text = modality_embedding(trainee.encode_text(tokenizer(said)), gap, "text")
+                loss = loss + config.scene_weight * contrastive_loss(regions, region_text, cls,
+                                                                     scale)  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -295,6 +378,8 @@ def pretrain(
         # in the official file (the logits' scale is its exp)
     report |= {
         "chance": 1 / len(world_classes()),
+        "region_loss": bool(scene_batch),
+        "modality_gap": gap,
         "final_loss": loss_avg,
         "seconds": round(time.perf_counter() - start, 1),
         "config": asdict(config),
