@@ -39,7 +39,7 @@ test: lint  ## lint, then the test suite (offline, CPU, tiny presets)
 demo: $(STAMP)  ## the whole path offline in the toy world: data, bank, fit, test x2, predict
 	$(PY) demo.py --out demo_out
 
-claims: $(STAMP)  ## the papers' claims measured in the toy world, 3 seeds (docs/toy_world.md)
+claims: $(STAMP)  ## the papers' claims decided in the toy world: 5 paired seeds, verdicts, about 6 h (docs/toy_world.md)
 	$(PY) benchmarks/claims.py --out claims_out
 
 # make bank VOCAB=ade847 [PRESET=paper|fast|vit|tiny] [TEMPLATES=imagenet80] [IMAGES=1] [OUT=...]

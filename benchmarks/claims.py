@@ -1,42 +1,73 @@
-"""The papers' claims measured in the toy world (``make claims``).
+"""The papers' claims decided in the toy world (``make claims``), with paired seeds.
 
-    .venv/bin/python benchmarks/claims.py [--seeds 0 1 2] [--steps 300] [--out claims_out]
+    .venv/bin/python benchmarks/claims.py [--seeds 0 1 2 3 4] [--steps N] [--out claims_out]
                                           [--jobs 2] [--threads 1] [--rows TEXT ...]
 
 Every row is one existing config switch, run as a user runs it (``cli.py fit`` / ``cli.py test``
 in fresh processes), on the toy world (docs/toy_world.md): DPSeg trained on the 24 seen classes
-and tested on all 30 + background of ``toy`` (val), reporting mIoU over all, seen and unseen
-classes and their harmonic mean; VIP training-free on the same images.
+of ``toy:train`` (``--steps``, default the config's own ``max_steps``) and tested on all 30 +
+background of ``toy`` (the test split; ``toy:val`` is the val split settings are chosen on),
+reporting mIoU over all, seen and unseen classes and their harmonic mean hIoU; VIP
+training-free on the same test images.
 
-DPSeg rows (configs/toy_world.yaml + one file of configs/ablations/), mean and spread over seeds:
+DPSeg rows (configs/toy_world.yaml + one file of configs/ablations/), one run per seed:
     dual prompt (avg), F_v^{2,3,4}, round I     the full model
     text prompt / visual prompt                 prompt_text.yaml / prompt_visual.yaml
     F_v none / F_v^2                            fv_none.yaml / fv_2.yaml
     text prompt with F_v kept (ours)            prompt_text_keep_fv.yaml
     cost volumes averaged / concatenated        prompt_cost_avg.yaml / prompt_cost_concat.yaml
-    round II, masked / box crops / pooled /     rounds_2.yaml (the full model's checkpoints)
-      pooled-own
+    round II: masked / box crops / box crops    rounds_2.yaml on the full model's checkpoint of
+      with background not refined / pooled /    each seed (--model.inference.crop_policy,
+      pooled-own / true regions (oracle)        refine_background, regions)
 VIP rows (configs/vip_toy.yaml on toy-vit, configs/vip_toy_dinotxt.yaml on toy-dinotxt;
 deterministic, one run each):
     plain dense encoder                         --model.attention none, canonical names only
     VIP: aliases + saliency-aware aggregation   the config as it is
     VIP + dual prompts                          --dual-prompts (a bank of the same encoder)
 
+**Paired seeds.** Seed s of every DPSeg row starts from the same initial weights wherever the
+networks agree (``model.seeding``) and sees the same data order, so rows differ in the switch
+alone, and the claims are decided on per-seed differences: for a comparison a - b, d_s = a_s -
+b_s over the seeds, and its 95% interval mean(d) +- t_{0.975, n-1} sd(d) / sqrt(n). Round II
+rows are compared with round I of the same seed's full model. A claim (every comparison is
+written so that the paper claims a - b > 0) **holds** when the interval of the mIoU difference
+lies above 0, **fails** when it lies below 0, and is **undecided** when it contains 0 (always
+with one seed). The comparisons (``COMPARISONS``):
+
+    dual > text                     full - text only
+    dual > visual                   full - visual only
+    averaging > cost-level fusion   full - cost volumes averaged; full - cost volumes concatenated
+    each F_v level helps            F_v^{2,3,4} - F_v^2 only; F_v^2 only - no F_v
+    what F_v adds to text (ours)    text with F_v kept - text only (the paper's text row
+                                    removes both V and F_v)
+    removing V alone (ours)         full - text with F_v kept
+    round II helps                  each round II row - round I
+
 It also prints what the claims rest on: the toy presets' zero-shot accuracy (recorded in their
-weights files) and each bank's prompt retrieval (``bank info --prompts``). Writes
-``OUT/claims.md``, ``OUT/claims.json`` and ``OUT/claims.png``; every run's outputs stay in OUT.
+weights files) and each bank's prompt retrieval (``bank info --prompts``). Writes, in OUT:
+
+- ``claims.md``: the rows (mean +- std over seeds per metric, and each DPSeg row's paired
+  difference from the full model), then the verdicts (claim, comparison, mean difference, 95%
+  interval and verdict in mIoU, the same for unseen classes, seeds);
+- ``claims.json``: every per-seed score, the differences, intervals and verdicts;
+- ``claims.png``: a forest plot, one line per comparison (the mean mIoU difference, its 95%
+  interval, a line at 0, coloured by verdict); ``claims_rows.png``: the rows' bars.
+
+Every run's outputs stay in OUT.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,25 +75,46 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = ROOT / "configs" / "ablations"
+CONFIG = ROOT / "configs" / "toy_world.yaml"
 
-DPSEG_ROWS = [  # (row, the paper's claim it tests, ablation file or None)
-    ("DPSeg: dual prompt (avg), F_v^{2,3,4}", "the full model", None),
-    ("DPSeg: text prompt only", "dual > text", "prompt_text.yaml"),
-    ("DPSeg: visual prompt only", "dual > visual", "prompt_visual.yaml"),
-    ("DPSeg: no visual cost volume", "F_v^{2,3,4} > none", "fv_none.yaml"),
-    ("DPSeg: F_v^2 only", "F_v^{2,3,4} > F_v^2 > none", "fv_2.yaml"),
-    ("DPSeg: text prompt, F_v kept (ours)", "what F_v adds to text", "prompt_text_keep_fv.yaml"),
-    ("DPSeg: cost volumes averaged", "avg(T,V) > cost-level avg", "prompt_cost_avg.yaml"),
-    ("DPSeg: cost volumes concatenated", "avg(T,V) > cost-level concat", "prompt_cost_concat.yaml"),
-]
-ROUND_II = [  # (row, claim, extra arguments) over the full model's checkpoints
-    ("DPSeg: round II, masked crops (config)", "round II > round I", []),
-    ("DPSeg: round II, box crops (paper)", "round II > round I",
+DPSEG_ROWS = [  # (key, row, the paper's claim it tests, ablation file or None)
+    ("full", "DPSeg: dual prompt (avg), F_v^{2,3,4}", "the full model", None),
+    ("text", "DPSeg: text prompt only", "dual > text", "prompt_text.yaml"),
+    ("visual", "DPSeg: visual prompt only", "dual > visual", "prompt_visual.yaml"),
+    ("fv_none", "DPSeg: no visual cost volume", "F_v^{2,3,4} > none", "fv_none.yaml"),
+    ("fv_2", "DPSeg: F_v^2 only", "F_v^{2,3,4} > F_v^2 > none", "fv_2.yaml"),
+    ("text_keep_fv", "DPSeg: text prompt, F_v kept (ours)", "what F_v adds to text",
+     "prompt_text_keep_fv.yaml"),
+    ("cost_avg", "DPSeg: cost volumes averaged", "avg(T,V) > cost-level avg",
+     "prompt_cost_avg.yaml"),
+    ("cost_concat", "DPSeg: cost volumes concatenated", "avg(T,V) > cost-level concat",
+     "prompt_cost_concat.yaml"),
+]  # fmt: skip
+ROUND_II = [  # (key, row, claim, extra arguments) over the full model's checkpoints
+    ("r2_masked", "DPSeg: round II, masked crops (config)", "round II > round I", []),
+    ("r2_box", "DPSeg: round II, box crops (paper)", "round II > round I",
      ["--model.inference.crop_policy", "box"]),
-    ("DPSeg: round II, pooled (ours)", "pooled as good as crops",
+    ("r2_box_no_bg", "DPSeg: round II, box crops, background not refined (ours)",
+     "round II > round I", ["--model.inference.crop_policy", "box",
+                            "--model.inference.refine_background", "false"]),
+    ("r2_pooled", "DPSeg: round II, pooled (ours)", "round II > round I",
      ["--model.inference.crop_policy", "pooled"]),
-    ("DPSeg: round II, pooled-own (ours)", "pooled-own as good as crops",
+    ("r2_pooled_own", "DPSeg: round II, pooled-own (ours)", "round II > round I",
      ["--model.inference.crop_policy", "pooled-own"]),
+    ("r2_oracle", "DPSeg: round II, true regions of round I's classes (oracle, ours)",
+     "round II > round I, were round I's regions right", ["--model.inference.regions", "true"]),
+]  # fmt: skip
+COMPARISONS = [  # (claim, comparison a - b, key a, key b): the paper claims a - b > 0
+    ("dual > text", "full - text only", "full", "text"),
+    ("dual > visual", "full - visual only", "full", "visual"),
+    ("averaging > cost-level fusion", "full - cost volumes averaged", "full", "cost_avg"),
+    ("averaging > cost-level fusion", "full - cost volumes concatenated", "full", "cost_concat"),
+    ("each F_v level helps", "F_v^{2,3,4} - F_v^2 only", "full", "fv_2"),
+    ("each F_v level helps", "F_v^2 only - no F_v", "fv_2", "fv_none"),
+    ("what F_v adds to text (ours)", "text, F_v kept - text only", "text_keep_fv", "text"),
+    ("removing V alone (ours)", "full - text, F_v kept", "full", "text_keep_fv"),
+    *(("round II helps", f"{row.removeprefix('DPSeg: ')} - round I", key, "full")
+      for key, row, _, _ in ROUND_II),
 ]  # fmt: skip
 VIP_ROWS = [  # (row, claim, encoder preset, extra arguments): configs/vip_toy[_dinotxt].yaml
     ("plain dense CLIP (canonical names)", "the baseline", "toy-vit",
@@ -76,7 +128,95 @@ VIP_ROWS = [  # (row, claim, encoder preset, extra arguments): configs/vip_toy[_
      ["--dual-prompts", "BANK"]),
 ]  # fmt: skip
 METRICS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU")
+DECIDING = "mIoU"  # the verdicts' metric (all classes); unseen classes are reported beside it
 NO_LOGS = ["--trainer.logger", "false"]  # test results go to --model.results_dir
+
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+"""Student's t quantile t_{0.975, df} for df = 1..30 (the normal's 1.96 beyond)."""
+
+
+def t_quantile(df: int) -> float:
+    """t_{0.975, df}: the half width of a two-sided 95% interval in standard errors."""
+    if df < 1:
+        raise ValueError(f"df={df}: a t interval needs 2 or more values")
+    return T_975[df - 1] if df <= len(T_975) else 1.96
+
+
+def paired_differences(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """a_s - b_s for every seed s (a and b in the same seed order)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need as many of each: {len(a)} and {len(b)}")
+    return [x - y for x, y in zip(a, b)]
+
+
+def paired_interval(diffs: Sequence[float]) -> dict:
+    """The mean paired difference and its 95% t interval, mean +- t_{0.975, n-1} sd / sqrt(n);
+    with one value the interval is unknown (``low``, ``high`` None)."""
+    n = len(diffs)
+    if n == 0:
+        raise ValueError("no differences")
+    mean = statistics.fmean(diffs)
+    if n == 1:
+        return {"n": 1, "mean": mean, "sd": None, "t": None, "half_width": None,
+                "low": None, "high": None}  # fmt: skip
+    sd = statistics.stdev(diffs)
+    t = t_quantile(n - 1)
+    half = t * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "t": t, "half_width": half,
+            "low": mean - half, "high": mean + half}  # fmt: skip
+
+
+def verdict(interval: dict) -> str:
+    """The verdict of an interval: "holds" when it lies above 0 (the claimed side), "fails"
+    when below, else (it contains 0, or is unknown) "undecided"."""
+    low, high = interval["low"], interval["high"]
+    if low is None or high is None:
+        return "undecided"
+    if low > 0:
+        return "holds"
+    if high < 0:
+        return "fails"
+    return "undecided"
+
+
+def compare(a: Sequence[dict[str, float]], b: Sequence[dict[str, float]]) -> dict[str, dict]:
+    """Per metric, the per-seed differences a - b of two rows' runs (same seed order), their
+    interval and its verdict."""
+    result = {}
+    for k in METRICS:
+        diffs = paired_differences([r[k] for r in a], [r[k] for r in b])
+        interval = paired_interval(diffs)
+        result[k] = {"diffs": diffs, **interval, "verdict": verdict(interval)}
+    return result
+
+
+def decide(rows: dict[str, dict], comparisons=COMPARISONS) -> list[dict]:
+    """The comparisons whose two rows were run (``rows``: key -> row with ``runs`` in seed
+    order), each with its per-metric differences and the verdicts in mIoU and unseen mIoU."""
+    decided = []
+    for claim, comparison, a, b in comparisons:
+        if a not in rows or b not in rows:
+            continue
+        metrics = compare(rows[a]["runs"], rows[b]["runs"])
+        decided.append({
+            "claim": claim, "comparison": comparison, "a": a, "b": b,
+            "n": metrics[DECIDING]["n"], "metrics": metrics,
+            "verdict": metrics[DECIDING]["verdict"],
+            "verdict_unseen": metrics["mIoU_unseen"]["verdict"],
+        })  # fmt: skip
+    return decided
+
+
+def summarise(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {
+        k: {
+            "mean": statistics.fmean(r[k] for r in runs),
+            "std": statistics.stdev([r[k] for r in runs]) if len(runs) > 1 else 0.0,
+        }
+        for k in METRICS
+    }
 
 
 class Runner:
@@ -105,25 +245,25 @@ class Runner:
         return result.stdout
 
 
-def overlay(out: Path, data_root: Path, bank: Path, steps: int) -> Path:
-    """The claims' settings over configs/toy_world.yaml: folders, steps, no validation."""
-    pair = {"dataset": "toy", "bank": str(bank)}
+def overlay(out: Path, data_root: Path, bank: Path) -> Path:
+    """The claims' settings over configs/toy_world.yaml: folders, the splits, no validation."""
     config = {
-        "trainer": {
-            "max_steps": steps,
-            "limit_val_batches": 0,
-            "num_sanity_val_steps": 0,
-        },
+        "trainer": {"limit_val_batches": 0, "num_sanity_val_steps": 0},
         "data": {
             "root": str(data_root),
             "train": {"dataset": "toy:train", "bank": str(bank)},
-            "val": [pair],
-            "test": [pair],
+            "val": [{"dataset": "toy:val", "bank": str(bank)}],
+            "test": [{"dataset": "toy", "bank": str(bank)}],
         },
     }
     path = out / "claims_overlay.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def config_steps() -> int:
+    """The training steps of configs/toy_world.yaml (``--steps`` left out)."""
+    return int(yaml.safe_load(CONFIG.read_text())["trainer"]["max_steps"])
 
 
 def run_logger(run_dir: Path) -> Path:
@@ -137,27 +277,87 @@ def run_logger(run_dir: Path) -> Path:
 
 
 def scores(results: Path) -> dict[str, float]:
+    """The test split's (``toy``) scores in %."""
     metrics = json.loads((results / "toy.json").read_text())
     return {k: 100 * float(metrics[k]) for k in METRICS}
 
 
-def summarise(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    return {
-        k: {
-            "mean": statistics.fmean(r[k] for r in runs),
-            "std": statistics.stdev([r[k] for r in runs]) if len(runs) > 1 else 0.0,
-        }
-        for k in METRICS
-    }
+def _diff(interval: dict) -> str:
+    return f"{interval['mean']:+.2f}"
 
 
-def chart(rows: list[dict], out: Path) -> Path:
-    """Bars of mIoU on seen and unseen classes per row, with the spread over seeds."""
+def _ci(interval: dict) -> str:
+    if interval["low"] is None:
+        return "—"
+    return f"[{interval['low']:+.2f}, {interval['high']:+.2f}]"
+
+
+def markdown(record: dict) -> str:
+    """claims.md: the rows, then the verdicts, then what the rows rest on."""
+    seeds, steps = record["seeds"], record["steps"]
+    whose = "the config's" if record["steps_from"] == "config" else "--steps"
+    lines = [
+        f"Toy world, {len(seeds)} paired seeds ({', '.join(map(str, seeds))}), {steps} training "
+        f"steps per DPSeg run ({whose}), {record['jobs']} runs side by side with "
+        f"{record['threads']} CPU thread(s) each, {record['minutes']:.1f} min "
+        "(`.venv/bin/python benchmarks/claims.py`); scores on `toy` (the test split), in %.",
+        "",
+        "| row | claim tested | mIoU | seen | unseen | hIoU | row - full, mIoU [95% CI] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        s = r["scores"]
+        cells = " | ".join(f"{s[k]['mean']:.1f} ± {s[k]['std']:.1f}" if len(r["runs"]) > 1
+                           else f"{s[k]['mean']:.1f}" for k in METRICS)  # fmt: skip
+        vs = r.get("vs_full")
+        delta = f"{_diff(vs[DECIDING])} {_ci(vs[DECIDING])}" if vs else "—"
+        lines.append(f"| {r['row']} | {r['claim']} | {cells} | {delta} |")
+    lines += [
+        "",
+        "Verdicts: paired differences a - b over the seeds (the paper claims a - b > 0; round II "
+        "against round I of the same seed's full model), 95% intervals mean ± t_{0.975, n-1} "
+        "sd / sqrt(n). **holds**: the mIoU interval lies above 0; **fails**: below 0; "
+        "**undecided**: it contains 0. Unseen classes are reported beside it.",
+        "",
+        "| claim | comparison | mean diff, mIoU | 95% CI | n seeds | verdict | mean diff, unseen "
+        "| 95% CI, unseen | unseen |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in record["comparisons"]:
+        m, u = c["metrics"][DECIDING], c["metrics"]["mIoU_unseen"]
+        lines.append(
+            f"| {c['claim']} | {c['comparison']} | {_diff(m)} | {_ci(m)} | {c['n']} | "
+            f"**{c['verdict']}** | {_diff(u)} | {_ci(u)} | {c['verdict_unseen']} |"
+        )
+    if not record["comparisons"]:
+        lines.append("| (no comparison: its two rows were not both run) | | | | | | | | |")
+    lines += ["", "What the rows rest on:"]
+    for name, z in record["zero_shot"].items():
+        lines.append(
+            f"- {name}: zero-shot accuracy {100 * z['zero_shot_plain']:.1f}% ('a photo of a "
+            f"{{}}.'), {100 * z['zero_shot_any_template']:.1f}% (any template), chance "
+            f"{100 * z['chance']:.1f}%"
+        )
+    for preset, a in record["bank_agreement"].items():
+        lines.append(
+            f"- bank {preset}: visual -> text prompt retrieval {a['retrieved']}/{a['classes']} "
+            f"classes; mean cosine between classes' visual prompts {a['visual_between_classes']:.3f}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def chart(rows: list[dict], out: Path) -> Path:
+    """Bars of mIoU on seen and unseen classes per row, with the spread over seeds."""
+    plt = _pyplot()
     names = [r["row"] for r in rows]
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.5))
     y = range(len(rows))
@@ -167,7 +367,7 @@ def chart(rows: list[dict], out: Path) -> Path:
                 label=key.replace("mIoU_", "mIoU, ") + " classes")  # fmt: skip
     ax.set_yticks(list(y), names)
     ax.invert_yaxis()
-    ax.set_xlabel("mIoU (%) on the toy world's val images (bars: mean; lines: spread over seeds)")
+    ax.set_xlabel("mIoU (%) on the toy world's test images (bars: mean; lines: spread over seeds)")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -175,10 +375,72 @@ def chart(rows: list[dict], out: Path) -> Path:
     return out
 
 
+VERDICT_COLOURS = {"holds": "#2a9d4b", "fails": "#d62728", "undecided": "#7f7f7f"}
+
+
+def forest(comparisons: list[dict], out: Path) -> Path:
+    """One line per comparison: the mean paired mIoU difference with its 95% interval, a line
+    at 0, coloured by verdict (an unknown interval, one seed: the point alone)."""
+    from matplotlib.lines import Line2D
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(12, 0.4 * max(len(comparisons), 1) + 1.8))
+    ax.axvline(0, color="black", linewidth=0.8)
+    for i, c in enumerate(comparisons):
+        m = c["metrics"][DECIDING]
+        ax.errorbar(m["mean"], i, xerr=m["half_width"] or 0.0, fmt="o", capsize=4,
+                    color=VERDICT_COLOURS[c["verdict"]])  # fmt: skip
+    ax.set_yticks(
+        range(len(comparisons)), [f"{c['claim']}: {c['comparison']}" for c in comparisons]
+    )
+    ax.set_ylim(len(comparisons) - 0.5, -0.5)
+    if not comparisons:
+        ax.text(0, 0, "no comparison: its two rows were not both run", ha="center")
+    n = sorted({c["n"] for c in comparisons})
+    ax.set_xlabel(f"paired difference a - b in mIoU (%): mean over {'/'.join(map(str, n)) or 0} "
+                  "seeds and its 95% interval\n(the paper claims a - b > 0)")  # fmt: skip
+    handles = [Line2D([], [], marker="o", linestyle="", color=colour, label=v)
+               for v, colour in VERDICT_COLOURS.items()]  # fmt: skip
+    ax.legend(handles=handles, loc="best")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_report(out: Path, record: dict) -> str:
+    """claims.md, claims.json, claims.png (forest plot) and claims_rows.png in ``out``; returns
+    the markdown."""
+    table = markdown(record)
+    (out / "claims.md").write_text(table)
+    (out / "claims.json").write_text(json.dumps(record, indent=2) + "\n")
+    forest(record["comparisons"], out / "claims.png")
+    chart(record["rows"], out / "claims_rows.png")
+    return table
+
+
+def dpseg_record(dpseg_rows, round_ii, seeds, done) -> dict[str, dict]:
+    """The DPSeg and round II rows, key -> row with its per-seed runs (seed order) and, but for
+    the full model, its paired difference from the full model (round II: from round I)."""
+    rows = {}
+    for key, row, claim, _ in dpseg_rows:
+        rows[key] = {"key": key, "row": row, "claim": claim, "seeds": seeds,
+                     "runs": [done[key, seed][0] for seed in seeds]}  # fmt: skip
+        for n, (key2, row2, claim2, _) in enumerate(round_ii if key == "full" else []):
+            rows[key2] = {"key": key2, "row": row2, "claim": claim2, "seeds": seeds,
+                          "runs": [done[key, seed][1][n] for seed in seeds]}  # fmt: skip
+    for key, r in rows.items():
+        r["scores"] = summarise(r["runs"])
+        r["vs_full"] = compare(r["runs"], rows["full"]["runs"]) if key != "full" else None
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=300, help="training steps per DPSeg run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                        help="paired seeds of every DPSeg row (default 0 1 2 3 4)")  # fmt: skip
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps per DPSeg run (default: the config's max_steps)")  # fmt: skip
     parser.add_argument("--out", default="claims_out")
     parser.add_argument("--jobs", type=int, default=2, help="DPSeg runs side by side (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1)")
@@ -187,11 +449,25 @@ def main() -> int:
         nargs="+",
         metavar="TEXT",
         help="only the rows whose name contains one of these (case-insensitive); the full "
-        "model is trained whenever a round II row is chosen",
+        "model, which the verdicts compare with, is trained whenever a DPSeg row is chosen",
     )
     args = parser.parse_args()
     if args.jobs < 1 or args.threads < 1:
         parser.error(f"--jobs {args.jobs} / --threads {args.threads}: give 1 or more")
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps {args.steps}: give 1 or more")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds {' '.join(map(str, args.seeds))}: each seed once")
+
+    def wanted(name: str) -> bool:
+        return not args.rows or any(t.lower() in name.lower() for t in args.rows)
+
+    round_ii = [r for r in ROUND_II if wanted(r[1])]
+    chosen = [r for r in DPSEG_ROWS if wanted(r[1])]
+    dpseg_rows = [r for r in DPSEG_ROWS if r in chosen or (r[0] == "full" and (chosen or round_ii))]
+    vip_rows = [r for r in VIP_ROWS if wanted(r[0])]
+    if not (dpseg_rows or vip_rows):
+        parser.error(f"--rows {' '.join(args.rows)}: no row's name contains any of them")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data_root, bank = out / "datasets", out / "banks" / "toy.zarr"
@@ -200,14 +476,6 @@ def main() -> int:
     }
     seeds = args.seeds
 
-    def wanted(name: str) -> bool:
-        return not args.rows or any(t.lower() in name.lower() for t in args.rows)
-
-    round_ii = [r for r in ROUND_II if wanted(r[0])]
-    dpseg_rows = [r for r in DPSEG_ROWS if wanted(r[0]) or (r[2] is None and round_ii)]
-    vip_rows = [r for r in VIP_ROWS if wanted(r[0])]
-    if not (dpseg_rows or vip_rows):
-        parser.error(f"--rows {' '.join(args.rows)}: no row's name contains any of them")
     total = 4 + len(dpseg_rows) * len(seeds) * 2 + len(round_ii) * len(seeds) + len(vip_rows)
     run = Runner(total, args.threads)
     start = time.perf_counter()
@@ -215,39 +483,12 @@ def main() -> int:
     run("data", ["data", "toy", "--root", str(data_root), "--quiet"])
     agreement = {}
     for path, preset in ((bank, "toy"), *((b, p) for p, b in vip_banks.items())):
-        run(
-            f"bank {preset}",
-            [
-                "bank",
-                "build",
-                "--vocab",
-                "toy",
-                "--preset",
-                preset,
-                "--templates",
-                "imagenet80",
-                "--batch-size",
-                "32",
-                "--out",
-                str(path),
-                "--quiet",
-            ],
-        )
-        info = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "cli.py"),
-                "bank",
-                "info",
-                str(path),
-                "--prompts",
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        )
-        agreement[preset] = json.loads(info.stdout)["prompts"]  # fmt: skip
+        run(f"bank {preset}", ["bank", "build", "--vocab", "toy", "--preset", preset,
+                               "--templates", "imagenet80", "--batch-size", "32",
+                               "--out", str(path), "--quiet"])  # fmt: skip
+        info = subprocess.run([sys.executable, str(ROOT / "cli.py"), "bank", "info", str(path),
+                               "--prompts", "--json"], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+        agreement[preset] = json.loads(info.stdout)["prompts"]
     from pretrained.bundled_weights import bundled_path, read_metadata
 
     zero_shot = {
@@ -256,39 +497,36 @@ def main() -> int:
         for name in ("toy-convnext", "toy-vit", "toy-dinotxt")
     }  # fmt: skip
 
-    base = overlay(out, data_root, bank, args.steps)
-    common = ["--config", str(ROOT / "configs" / "toy_world.yaml"), "--config", str(base)]
+    base = overlay(out, data_root, bank)
+    common = ["--config", str(CONFIG), "--config", str(base)]
+    steps = [] if args.steps is None else ["--trainer.max_steps", str(args.steps)]
 
-    def dpseg_run(ablation: str | None, seed: int) -> tuple[dict, list[dict]]:
+    def dpseg_run(key: str, ablation: str | None, seed: int) -> tuple[dict, list[dict]]:
         """Fit one row with one seed, test it (and, for the full model, its round II rows)."""
         extra = ["--config", str(ABLATIONS / ablation)] if ablation else []
-        tag = f"{(ablation or 'full').removesuffix('.yaml')}_seed{seed}"
+        tag = f"{key}_seed{seed}"
         ckpt_dir = out / "runs" / tag
-        run(f"fit {tag}", ["fit", *common, *extra, "--config", str(run_logger(ckpt_dir)),
+        run(f"fit {tag}", ["fit", *common, *extra, *steps, "--config", str(run_logger(ckpt_dir)),
                            "--seed_everything", str(seed)])  # fmt: skip
         ckpt = next(ckpt_dir.rglob("last.ckpt"))
         results = out / "results" / tag
         run(f"test {tag}", ["test", *common, *extra, "--ckpt_path", str(ckpt),
                             "--model.results_dir", str(results), *NO_LOGS])  # fmt: skip
         second = []
-        for n, (row2, _, extra2) in enumerate(round_ii if ablation is None else []):
-            results2 = out / "results" / f"round2_{n}_seed{seed}"
+        for key2, row2, _, extra2 in round_ii if ablation is None else []:
+            results2 = out / "results" / f"{key2}_seed{seed}"
             run(f"test {row2}, seed {seed}", ["test", *common, "--config",
                 str(ABLATIONS / "rounds_2.yaml"), *extra2, "--ckpt_path", str(ckpt),
                 "--model.results_dir", str(results2), *NO_LOGS])  # fmt: skip
             second.append(scores(results2))
         return scores(results), second
 
-    jobs = [(ablation, seed) for _, _, ablation in dpseg_rows for seed in seeds]
+    jobs = [(key, ablation, seed) for key, _, _, ablation in dpseg_rows for seed in seeds]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        done = dict(zip(jobs, pool.map(lambda job: dpseg_run(*job), jobs)))
-    rows = []
-    for row, claim, ablation in dpseg_rows:
-        runs = [done[ablation, seed][0] for seed in seeds]
-        rows.append({"row": row, "claim": claim, "runs": runs, "scores": summarise(runs)})
-        for n, (row2, claim2, _) in enumerate(round_ii if ablation is None else []):
-            runs2 = [done[ablation, seed][1][n] for seed in seeds]
-            rows.append({"row": row2, "claim": claim2, "runs": runs2, "scores": summarise(runs2)})
+        results = list(pool.map(lambda job: dpseg_run(*job), jobs))
+    done = {(key, seed): result for (key, _, seed), result in zip(jobs, results)}
+    by_key = dpseg_record(dpseg_rows, round_ii, seeds, done) if dpseg_rows else {}
+    rows = list(by_key.values())
     configs = {"toy-vit": "vip_toy.yaml", "toy-dinotxt": "vip_toy_dinotxt.yaml"}
     for row, claim, preset, extra in vip_rows:
         extra = [str(vip_banks[preset]) if a == "BANK" else a for a in extra]
@@ -298,42 +536,24 @@ def main() -> int:
         run(f"test {row}", ["test", *vip_config, *extra, "--model.results_dir", str(results),
                             *NO_LOGS])  # fmt: skip
         one = scores(results)
-        rows.append({"row": row, "claim": claim, "runs": [one], "scores": summarise([one])})
+        rows.append({"key": None, "row": row, "claim": claim, "seeds": None, "runs": [one],
+                     "scores": summarise([one]), "vs_full": None})  # fmt: skip
 
-    minutes = (time.perf_counter() - start) / 60
-    lines = [
-        f"Toy world, {len(seeds)} seeds ({', '.join(map(str, seeds))}), {args.steps} training "
-        f"steps per DPSeg run, {args.jobs} runs side by side with {args.threads} CPU thread(s) "
-        f"each, {minutes:.1f} min (`.venv/bin/python benchmarks/claims.py`)",
-        "",
-        "| row | claim tested | mIoU | seen | unseen | hIoU |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        s = r["scores"]
-        cells = " | ".join(f"{s[k]['mean']:.1f} ± {s[k]['std']:.1f}" if len(r["runs"]) > 1
-                           else f"{s[k]['mean']:.1f}" for k in METRICS)  # fmt: skip
-        lines.append(f"| {r['row']} | {r['claim']} | {cells} |")
-    lines += ["", "What the rows rest on:"]
-    for name, z in zero_shot.items():
-        lines.append(
-            f"- {name}: zero-shot accuracy {100 * z['zero_shot_plain']:.1f}% ('a photo of a "
-            f"{{}}.'), {100 * z['zero_shot_any_template']:.1f}% (any template), chance "
-            f"{100 * z['chance']:.1f}%"
-        )
-    for preset, a in agreement.items():
-        lines.append(
-            f"- bank {preset}: visual -> text prompt retrieval {a['retrieved']}/{a['classes']} "
-            f"classes; mean cosine between classes' visual prompts {a['visual_between_classes']:.3f}"
-        )
-    table = "\n".join(lines) + "\n"
-    (out / "claims.md").write_text(table)
-    record = {"seeds": seeds, "steps": args.steps, "jobs": args.jobs, "threads": args.threads,
-              "minutes": minutes, "rows": rows,
-              "zero_shot": zero_shot, "bank_agreement": agreement}  # fmt: skip
-    (out / "claims.json").write_text(json.dumps(record, indent=2) + "\n")
-    picture = chart(rows, out / "claims.png")
-    print("\n" + table + f"\nchart: {picture}")
+    record = {
+        "seeds": seeds,
+        "steps": config_steps() if args.steps is None else args.steps,
+        "steps_from": "config" if args.steps is None else "--steps",
+        "jobs": args.jobs,
+        "threads": args.threads,
+        "minutes": (time.perf_counter() - start) / 60,
+        "t_975": dict(enumerate(T_975, start=1)),
+        "rows": rows,
+        "comparisons": decide(by_key),
+        "zero_shot": zero_shot,
+        "bank_agreement": agreement,
+    }
+    table = write_report(out, record)
+    print(f"\n{table}\nforest plot: {out / 'claims.png'}; rows: {out / 'claims_rows.png'}")
     return 0
 
 

@@ -172,3 +172,160 @@ def test_inference_cost_checkpoint_needs_images_and_vocab(trained):
     out = run_script("benchmarks/inference_cost.py", "--ckpt", str(trained))
     assert out.returncode == 2
     assert "--ckpt needs --images DIR and --vocab" in out.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmarks/claims.py: the paired statistics and the report, on numbers checked by hand
+
+
+def test_claims_t_quantiles():
+    from benchmarks.claims import t_quantile
+
+    assert t_quantile(1) == 12.706 and t_quantile(2) == 4.303 and t_quantile(4) == 2.776
+    assert t_quantile(30) == 2.042 and t_quantile(31) == t_quantile(1000) == 1.96
+    with pytest.raises(ValueError, match="df=0"):
+        t_quantile(0)
+
+
+def test_claims_paired_interval_by_hand():
+    from benchmarks.claims import paired_differences, paired_interval
+
+    diffs = paired_differences([11.0, 12.0, 13.0], [10.0, 10.0, 10.0])
+    assert diffs == [1.0, 2.0, 3.0]
+    ci = paired_interval(diffs)  # mean 2, sd 1, t_{0.975,2} = 4.303, half 4.303 / sqrt(3)
+    assert ci["n"] == 3 and ci["mean"] == 2.0 and ci["sd"] == 1.0 and ci["t"] == 4.303
+    assert ci["half_width"] == pytest.approx(2.484, abs=1e-3)
+    assert (ci["low"], ci["high"]) == pytest.approx((-0.484, 4.484), abs=1e-3)
+    one = paired_interval([0.5])  # one seed: no interval
+    assert one["mean"] == 0.5 and one["low"] is one["high"] is None
+    with pytest.raises(ValueError, match="as many"):
+        paired_differences([1.0], [1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    ("diffs", "expected"),
+    [
+        ([2.0, 3.0, 4.0], "holds"),  # mean 3 +- 2.484: [0.516, 5.484]
+        ([-2.0, -3.0, -4.0], "fails"),
+        ([1.0, 2.0, 3.0], "undecided"),  # [-0.484, 4.484] contains 0
+        ([1.0, 1.0], "holds"),  # no spread: the interval is the point 1
+        ([0.0, 0.0], "undecided"),
+        ([5.0], "undecided"),  # one seed decides nothing
+    ],
+)
+def test_claims_verdicts(diffs, expected):
+    from benchmarks.claims import paired_interval, verdict
+
+    assert verdict(paired_interval(diffs)) == expected
+
+
+def _fake_rows(seeds=(0, 1, 2)) -> dict[str, dict]:
+    """full scores 10 + s; text 1, 2, 3 below it (holds: dual > text); fv_2 above it (fails)."""
+    from benchmarks.claims import METRICS
+
+    def runs(offsets):
+        return [{k: 10.0 + s - o for k in METRICS} for s, o in zip(seeds, offsets)]
+
+    rows = {"full": runs([0, 0, 0]), "text": runs([2, 3, 4]), "fv_2": runs([-2, -3, -4]),
+            "r2_masked": runs([1, 2, 3])}  # fmt: skip
+    return {key: {"key": key, "row": key, "claim": key, "seeds": list(seeds), "runs": r}
+            for key, r in rows.items()}  # fmt: skip
+
+
+def test_claims_decide_pairs_rows_by_seed():
+    from benchmarks.claims import decide
+
+    decided = {c["comparison"]: c for c in decide(_fake_rows())}
+    # only the comparisons whose two rows were run
+    assert set(decided) == {"full - text only", "F_v^{2,3,4} - F_v^2 only",
+                            "round II, masked crops (config) - round I"}  # fmt: skip
+    text = decided["full - text only"]
+    assert text["claim"] == "dual > text" and (text["a"], text["b"]) == ("full", "text")
+    assert text["metrics"]["mIoU"]["diffs"] == [2.0, 3.0, 4.0]  # full - text, per seed
+    assert text["n"] == 3 and text["verdict"] == "holds" and text["verdict_unseen"] == "holds"
+    assert decided["F_v^{2,3,4} - F_v^2 only"]["verdict"] == "fails"
+    round_two = decided["round II, masked crops (config) - round I"]
+    assert round_two["claim"] == "round II helps"
+    assert round_two["metrics"]["hIoU"]["diffs"] == [-1.0, -2.0, -3.0]  # round II - round I
+    assert round_two["verdict"] == "undecided"
+
+
+def test_claims_report_files(tmp_path):
+    """claims.md (rows, then verdicts), claims.json (per-seed scores, differences, intervals,
+    verdicts), the forest plot claims.png and the bars claims_rows.png."""
+    from benchmarks.claims import METRICS, compare, decide, summarise, write_report
+
+    by_key = _fake_rows()
+    for key, r in by_key.items():
+        r["scores"] = summarise(r["runs"])
+        r["vs_full"] = None if key == "full" else compare(r["runs"], by_key["full"]["runs"])
+    vip = {"key": None, "row": "VIP", "claim": "VIP > plain", "seeds": None,
+           "runs": [dict.fromkeys(METRICS, 5.0)], "vs_full": None}  # fmt: skip
+    vip["scores"] = summarise(vip["runs"])
+    record = {
+        "seeds": [0, 1, 2], "steps": 900, "steps_from": "config", "jobs": 2, "threads": 1,
+        "minutes": 1.5, "rows": [*by_key.values(), vip], "comparisons": decide(by_key),
+        "zero_shot": {"toy-convnext": {"zero_shot_plain": 0.9, "zero_shot_any_template": 0.8,
+                                       "chance": 1 / 31}},
+        "bank_agreement": {"toy": {"retrieved": 30, "classes": 31,
+                                   "visual_between_classes": 0.5}},
+    }  # fmt: skip
+    table = write_report(tmp_path, record)
+    assert (tmp_path / "claims.md").read_text() == table
+    assert "3 paired seeds (0, 1, 2), 900 training steps per DPSeg run (the config's)" in table
+    assert "| full | full | 11.0 ± 1.0 | 11.0 ± 1.0 | 11.0 ± 1.0 | 11.0 ± 1.0 | — |" in table
+    assert (
+        "| text | text | 8.0 ± 0.0 | 8.0 ± 0.0 | 8.0 ± 0.0 | 8.0 ± 0.0 | -3.00 [-5.48, -0.52] |"
+        in table
+    )
+    assert "| VIP | VIP > plain | 5.0 | 5.0 | 5.0 | 5.0 | — |" in table
+    assert ("| dual > text | full - text only | +3.00 | [+0.52, +5.48] | 3 | **holds** | +3.00 "
+            "| [+0.52, +5.48] | holds |") in table  # fmt: skip
+    assert "| **fails** |" in table and "| **undecided** |" in table
+    saved = json.loads((tmp_path / "claims.json").read_text())
+    assert saved["rows"][1]["runs"][2]["mIoU"] == 8.0  # per-seed scores
+    first = saved["comparisons"][0]["metrics"]["mIoU"]
+    assert first["diffs"] == [2.0, 3.0, 4.0] and first["low"] == pytest.approx(0.516, abs=1e-3)
+    for picture in ("claims.png", "claims_rows.png"):
+        assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_claims_command_line_defaults_and_errors(tmp_path):
+    help_text = run_script("benchmarks/claims.py", "--help", timeout=60)
+    assert help_text.returncode == 0, help_text.stderr
+    words = " ".join(help_text.stdout.split())
+    assert "(default 0 1 2 3 4)" in words and "(default: the config's max_steps)" in words
+    bad = run_script("benchmarks/claims.py", "--rows", "no such row", "--out", str(tmp_path / "out"),
+                     timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "no row's name contains any of them" in bad.stderr
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_claims_round_two_rows_pair_with_round_one_of_their_seed():
+    from benchmarks.claims import DPSEG_ROWS, METRICS, ROUND_II, decide, dpseg_record
+
+    def score(v):
+        return dict.fromkeys(METRICS, float(v))
+
+    seeds = [3, 7]
+    rows = [r for r in DPSEG_ROWS if r[0] in ("full", "text")]
+    round_ii = [r for r in ROUND_II if r[0] in ("r2_box", "r2_oracle")]
+    done = {  # (row, seed) -> (round I, [the round II rows])
+        ("full", 3): (score(10), [score(11), score(14)]),
+        ("full", 7): (score(20), [score(22), score(25)]),
+        ("text", 3): (score(9), []),
+        ("text", 7): (score(17), []),
+    }
+    by_key = dpseg_record(rows, round_ii, seeds, done)
+    assert list(by_key) == ["full", "r2_box", "r2_oracle", "text"]
+    assert by_key["r2_oracle"]["runs"] == [score(14), score(25)]
+    assert by_key["full"]["vs_full"] is None
+    assert by_key["r2_box"]["vs_full"]["mIoU"]["diffs"] == [1.0, 2.0]  # row - round I
+    assert by_key["text"]["vs_full"]["mIoU_unseen"]["diffs"] == [-1.0, -3.0]
+    assert by_key["text"]["scores"]["mIoU"] == {"mean": 13.0, "std": pytest.approx(5.657, abs=1e-3)}
+    decided = {c["comparison"]: c["metrics"]["mIoU"]["diffs"] for c in decide(by_key)}
+    assert decided == {
+        "full - text only": [1.0, 3.0],
+        "round II, box crops (paper) - round I": [1.0, 2.0],
+        "round II, true regions of round I's classes (oracle, ours) - round I": [4.0, 5.0],
+    }
