@@ -79,6 +79,9 @@ def test_ctrl_c_in_segment_keeps_what_is_written_and_ends_in_one_line(trained, w
         [sys.executable, str(ROOT / "cli.py"), "segment", "--ckpt", str(trained), "--images",
          str(images), "--vocab", "red disc; green square", "--text-only", "--out", str(out),
          "--quiet"], cwd=world, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a run started in the background by a non-interactive shell inherits SIGINT ignored,
+        # and Python then installs no KeyboardInterrupt: give the child the default back
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.time() + 300
     while not (out / "002.json").exists():  # a few images written
