@@ -127,8 +127,11 @@ def sample_classes(
         (IGNORE_INDEX kept).
     """
     valid = labels != IGNORE_INDEX
-    present = torch.zeros(labels.shape[0], num_classes, dtype=torch.bool, device=labels.device)
-    present.scatter_(1, torch.where(valid, labels, 0).flatten(1), valid.flatten(1))
+    # every pixel marks its class; ignore pixels mark an extra bin that is dropped (one value
+    # for every write, so the order of the writes does not matter)
+    bins = torch.zeros(labels.shape[0], num_classes + 1, dtype=torch.bool, device=labels.device)
+    bins.scatter_(1, torch.where(valid, labels, num_classes).flatten(1), True)
+    present = bins[:, :num_classes]
     k = min(num_classes, max(count, int(present.sum(dim=1).max())))
     # present classes first (score 2), then absent ones in a random order (score in [0, 1))
     noise = torch.rand(present.shape, generator=generator).to(labels.device)

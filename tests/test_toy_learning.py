@@ -78,6 +78,16 @@ def test_each_image_decodes_its_present_classes_and_random_absent_ones():
     again, _ = sample_classes(labels, 25, 10, torch.Generator().manual_seed(0))
     first, _ = sample_classes(labels, 25, 10, torch.Generator().manual_seed(0))
     assert torch.equal(first, again) and not torch.equal(first, other)
+    # background counts as present however many ignore pixels the image has
+    mostly_ignored = torch.full((1, 64, 64), IGNORE_INDEX, dtype=torch.long)
+    mostly_ignored[0, 0, 0] = 0
+    mostly_ignored[0, 0, 1] = 7
+    for seed in range(5):
+        chosen, renumbered = sample_classes(
+            mostly_ignored, 25, 3, torch.Generator().manual_seed(seed)
+        )
+        assert {0, 7} <= set(chosen[0].tolist())
+        assert chosen[0][renumbered[0, 0, 0]] == 0 and chosen[0][renumbered[0, 0, 1]] == 7
     # never more than K
     assert sample_classes(labels, 25, 99, torch.Generator())[0].shape == (3, 25)
 
