@@ -8,7 +8,8 @@ all 31 classes), with the frozen encoder as DPSeg's prompt side sees it:
 
 - **per-pixel zero-shot mIoU**: the dense features (``ClipBackbone``, 4 x 4 at 128 px)
   against each class's text embedding (80 templates averaged), upsampled, argmax;
-- **crop accuracy**: every object cut out by its true mask (the rest grey), its bounding box
+- **crop accuracy**: every object cut out by its true mask as round II's ``masked`` policy cuts
+  it (``model.refine.crop_regions``: its box, the rest filled with the image's mean colour),
   resized to the encoder's input, classified by the nearest text prompt T_k, the nearest
   visual prompt V_k (the mean embedding of the toy renderer's pictures of the class, one per
   template: what a toy bank holds) and the nearest dual prompt avg(T_k, V_k);
@@ -22,6 +23,7 @@ Everything here is ours (the toy world is).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -33,18 +35,19 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from data.evaluator import SemSegMetric  # noqa: E402
 from data.templates import imagenet80  # noqa: E402
 from data.toy_world import ToySceneConfig, render_prompt, render_scene  # noqa: E402
 from data.transforms import image_tensor  # noqa: E402
+from model.refine import RefineConfig, crop_regions  # noqa: E402
 from pretrained.backbone import (  # noqa: E402
     ClipBackbone,
     ClipEncoder,
     clip_tokenizer_for,
     create_clip,
 )
+from pretrained.presets import get_encoder_preset  # noqa: E402
 from pretrained.toy_pretrain import class_text_embeddings, world_classes  # noqa: E402
-
-GREY = 128
 
 
 @torch.no_grad()
@@ -60,35 +63,12 @@ def visual_prompts(encoder: ClipEncoder, size: int) -> torch.Tensor:
     return torch.stack(out)
 
 
-def object_crops(image: np.ndarray, label: np.ndarray, size: int) -> list[tuple[np.ndarray, int]]:
-    """Each class region of a scene, cut by its true mask (the rest grey), its box resized."""
-    from PIL import Image
-
-    crops = []
-    for cls in np.unique(label):
-        if cls in (0, 255):
-            continue
-        mask = label == cls
-        if mask.sum() < 16:
-            continue
-        ys, xs = np.nonzero(mask)
-        cut = np.where(mask[..., None], image, GREY).astype(np.uint8)
-        box = cut[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-        crops.append((np.asarray(Image.fromarray(box).resize((size, size))), int(cls)))
-    return crops
-
-
-def miou(confusion: np.ndarray) -> float:
-    """Mean IoU over the classes that occur in the labels or the predictions."""
-    inter = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - inter
-    present = union > 0
-    return float((inter[present] / union[present]).mean())
-
-
 @torch.no_grad()
-def probe(preset: str, weights: str | None, scenes: int) -> dict:
-    built = create_clip(preset, weights)
+def probe(preset: str, weights: str | None, scenes: int, gap: float | None = None) -> dict:
+    chosen = get_encoder_preset(preset)
+    if gap is not None:
+        chosen = dataclasses.replace(chosen, modality_gap=gap)
+    built = create_clip(chosen, weights)
     encoder, backbone = (
         ClipEncoder(built.model, built.preset),
         ClipBackbone(built.model, built.preset),
@@ -99,27 +79,30 @@ def probe(preset: str, weights: str | None, scenes: int) -> dict:
     dual = F.normalize(text + visual, dim=-1)
     k = text.shape[0]
     config = ToySceneConfig()
-    confusion = np.zeros((k, k), dtype=np.int64)
-    crops, crop_labels = [], []
+    metric = SemSegMetric(k, ignore_index=255)
+    # crops as round II's masked policy cuts them (model.refine.crop_regions), no margin
+    cut = RefineConfig(crop_policy="masked", crop_margin=0.0)
+    emb, crop_labels = [], []
     for i in range(scenes):
         image, label = render_scene(config, "val", i)
-        dense = F.normalize(backbone(image_tensor(image)[None]).dense, dim=1)
+        image_t, label_t = image_tensor(image), torch.from_numpy(label).long()
+        dense = F.normalize(backbone(image_t[None]).dense, dim=1)
         cost = torch.einsum("bdhw,kd->bkhw", dense, text)
-        pred = F.interpolate(cost, size=label.shape, mode="bilinear").argmax(dim=1)[0].numpy()
-        valid = label != 255
-        np.add.at(confusion, (label[valid], pred[valid]), 1)
-        for crop, cls in object_crops(image, label, built.preset.image_size):
-            crops.append(crop)
+        metric.update(F.interpolate(cost, size=label.shape, mode="bilinear").argmax(dim=1)[0],
+                      label_t)  # fmt: skip
+        classes = [c for c in label_t.unique().tolist() if c not in (0, 255)
+                   and (label_t == c).sum() >= 16]  # fmt: skip
+        for crop, cls in zip(crop_regions(image_t, label_t, torch.tensor(classes), cut), classes):
+            emb.append(encoder.encode_images(crop[None]).embedding)  # resized as images are
             crop_labels.append(cls)
-    batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2) / 255.0
-    emb = torch.cat([encoder.encode_images(b).embedding for b in batch.split(256)])
-    labels = torch.tensor(crop_labels)
+    emb, labels = torch.cat(emb), torch.tensor(crop_labels)
     report = {
         "preset": preset,
         "weights": built.weights,
         "scenes": scenes,
-        "crops": len(crops),
-        "pixel_zero_shot_miou": miou(confusion),
+        "modality_gap": built.preset.modality_gap,
+        "crops": len(crop_labels),
+        "pixel_zero_shot_miou": float(metric.compute()["mIoU"]),
         "modality_gap_cos_VT": float((visual * text).sum(-1).mean()),
     }
     for name, prompts in (("text", text), ("visual", visual), ("dual", dual)):
@@ -135,14 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="toy-convnext", choices=("toy-convnext", "toy-vit"))
     parser.add_argument("--weights", help="a weights file (default: the preset's own)")
     parser.add_argument("--scenes", type=int, default=200, help="val scenes (default 200)")
+    parser.add_argument("--modality-gap", type=float, help="the preset's gap instead of its own "
+                        "(0: none, for weights pretrained without one)")  # fmt: skip
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
     if args.scenes < 1:
         parser.error(f"--scenes {args.scenes}: give 1 or more")
-    report = probe(args.preset, args.weights, args.scenes)
+    if args.modality_gap is not None and args.modality_gap < 0:
+        parser.error(f"--modality-gap {args.modality_gap}: give 0 or more")
+    report = probe(args.preset, args.weights, args.scenes, args.modality_gap)
     chance = 1 / len(world_classes())
     print(
-        f"{report['preset']} ({report['weights']}), {report['scenes']} toy:val scenes, "
+        f"{report['preset']} ({report['weights']}, modality gap {report['modality_gap']}), "
+        f"{report['scenes']} toy:val scenes, "
         f"{report['crops']} object crops:\n"
         f"  per-pixel zero-shot mIoU      {100 * report['pixel_zero_shot_miou']:.1f}\n"
         f"  crop accuracy text / visual / dual prompts  "
