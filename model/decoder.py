@@ -6,7 +6,8 @@ classes can be processed in chunks with identical results and memory bounded for
     fuse: [class features, image level-j features (projected), F_v^j (if enabled)] -> conv 3x3
     hybrid dilated convolutions 3x3, dilations 1, 2, 4 (residual)
     self-attention over the map's positions (residual; ours: each class alone, over positions only,
-    as the paper does not detail the decoder's attention)
+    as the paper does not detail the decoder's attention; ``attention`` says where and how far,
+    see ``DecoderAttention``)
     2x transposed-convolution upsampling
 
 Stage s uses level j = L + 1 - s (ConvNeXt: strides 32, 16, 8, read as the paper's F_v^{4,3,2}: our
@@ -21,11 +22,22 @@ parts they share, and building one draws nothing from the global stream.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from model.seeding import paired_conv, part_rng
+
+# (ours, the paper says only "self-attention layers") where the decoder attends, per class map:
+#   global  every stage, over all positions (quadratic in pixels: the cost of large images x K)
+#   coarse  the first (coarsest) stage only, over all its positions; finer stages convolve only
+#   window  every stage, within non-overlapping windows of ``attention_window`` x
+#           ``attention_window`` positions (the hybrid dilated convolutions mix across windows)
+#   none    no attention
+DecoderAttention = Literal["global", "coarse", "window", "none"]
+DECODER_ATTENTION: tuple[str, ...] = get_args(DecoderAttention)
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -51,30 +63,50 @@ class HybridDilatedConv(nn.Module):
 
 
 class SpatialSelfAttention(nn.Module):
-    """Multi-head self-attention over the h*w positions of each map (pre-norm, residual)."""
+    """Multi-head self-attention over the positions of each map (pre-norm, residual): all h*w
+    of them, or (``window`` > 0) those within each ``window`` x ``window`` tile."""
 
-    def __init__(self, channels: int, heads: int):
+    def __init__(self, channels: int, heads: int, window: int = 0):
         super().__init__()
         if channels % heads:
             raise ValueError(f"channels {channels} must be divisible by heads {heads}")
         self.heads = heads
+        self.window = window
         self.norm = nn.LayerNorm(channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.out = nn.Linear(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        tokens = x.flatten(2).transpose(1, 2)  # (n, hw, c)
+        s = self.window
+        if not s or (h <= s and w <= s):  # one window holds the whole map
+            return x + self._attend(x.flatten(2).transpose(1, 2)).transpose(1, 2).view(n, c, h, w)
+        ph, pw = -h % s, -w % s  # pad to whole windows; padded positions are masked out
+        padded = F.pad(x, (0, pw, 0, ph))
+        gh, gw = (h + ph) // s, (w + pw) // s
+        tokens = padded.view(n, c, gh, s, gw, s).permute(0, 2, 4, 3, 5, 1).reshape(-1, s * s, c)
+        mask = None
+        if ph or pw:
+            valid = F.pad(x.new_ones(1, 1, h, w), (0, pw, 0, ph)).view(gh, s, gw, s)
+            valid = valid.permute(0, 2, 1, 3).reshape(1, gh * gw, 1, 1, s * s).bool()
+            mask = valid.expand(n, -1, -1, -1, -1).reshape(-1, 1, 1, s * s)
+        out = self._attend(tokens, mask)  # (n * gh * gw, s * s, c)
+        out = out.view(n, gh, gw, s, s, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, gh * s, gw * s)
+        return x + out[..., :h, :w]
+
+    def _attend(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (m, t, c) -> attended and projected (m, t, c); ``mask`` (m, 1, 1, t) keys."""
+        m, t, c = tokens.shape
         q, k, v = self.qkv(self.norm(tokens)).chunk(3, dim=-1)
-        q, k, v = (t.view(n, h * w, self.heads, c // self.heads).transpose(1, 2) for t in (q, k, v))
-        attended = F.scaled_dot_product_attention(q, k, v)  # (n, heads, hw, c/heads)
-        attended = attended.transpose(1, 2).reshape(n, h * w, c)
-        return x + self.out(attended).transpose(1, 2).view(n, c, h, w)
+        q, k, v = (z.view(m, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (m, heads, t, c/h)
+        return self.out(attended.transpose(1, 2).reshape(m, t, c))
 
 
 class DecoderStage(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, level_channels: int,
-                 guidance_channels: int, use_visual_cost: bool, attention_heads: int):  # fmt: skip
+                 guidance_channels: int, use_visual_cost: bool, attention_heads: int,
+                 attention_window: int = 0):  # fmt: skip
         super().__init__()
         self.use_visual_cost = use_visual_cost
         # Each part has its own random stream (model.seeding): with or without F_v, a stage
@@ -88,7 +120,9 @@ class DecoderStage(nn.Module):
             self.hdc = HybridDilatedConv(in_channels)
         with part_rng("attention"):
             self.attention = (
-                SpatialSelfAttention(in_channels, attention_heads) if attention_heads else None
+                SpatialSelfAttention(in_channels, attention_heads, attention_window)
+                if attention_heads
+                else None
             )
         with part_rng("up"):
             self.up = nn.Sequential(
@@ -127,8 +161,14 @@ class CVGDecoder(nn.Module):
         visual_levels: tuple[int, ...] = (2, 3, 4),
         attention_heads: int = 4,
         class_chunk: int = 64,
+        attention: DecoderAttention = "global",
+        attention_window: int = 8,
     ):
         super().__init__()
+        if attention not in DECODER_ATTENTION:
+            raise ValueError(f"attention={attention!r}: use one of {', '.join(DECODER_ATTENTION)}")
+        if attention == "window" and attention_window < 1:
+            raise ValueError(f"attention_window={attention_window} must be >= 1")
         num_levels = len(level_dims)
         if num_levels < 3:
             raise ValueError(f"the decoder needs 3 feature levels, the encoder gives {num_levels}")
@@ -152,7 +192,10 @@ class CVGDecoder(nn.Module):
                         level_dims[self.stage_levels[s] - 1],
                         guidance_channels[s],
                         self.stage_levels[s] in self.visual_levels,
-                        attention_heads,
+                        0
+                        if attention == "none" or (attention == "coarse" and s)
+                        else attention_heads,
+                        attention_window if attention == "window" else 0,
                     )
                 )
         with part_rng("head"):

@@ -31,7 +31,7 @@ from model.cost_volume import (
     prompt_embeddings,
     visual_cost_volume,
 )
-from model.decoder import CVGDecoder
+from model.decoder import DECODER_ATTENTION, CVGDecoder, DecoderAttention
 from model.seeding import part_rng
 from pretrained.backbone import BackboneFeatures, ClipBackbone
 
@@ -48,6 +48,9 @@ class DPSegConfig:
     decoder_channels: tuple[int, int, int] = (128, 64, 32)
     guidance_channels: tuple[int, int, int] = (64, 32, 16)
     attention_heads: int = 4  # 0 disables the decoder's self-attention
+    attention: DecoderAttention = "global"  # where the decoder attends (ours; model.decoder):
+    # every stage over all positions, the coarse stage only, windows, or none
+    attention_window: int = 8  # positions per window side for attention="window" (ours)
     class_chunk: int = 64  # classes through the decoder at once (memory for K = 847)
 
     def __post_init__(self) -> None:
@@ -58,6 +61,10 @@ class DPSegConfig:
         self.visual_levels = tuple(self.visual_levels)
         self.decoder_channels = tuple(self.decoder_channels)
         self.guidance_channels = tuple(self.guidance_channels)
+        if self.attention not in DECODER_ATTENTION:
+            raise ValueError(
+                f"attention={self.attention!r}: use one of {', '.join(DECODER_ATTENTION)}"
+            )
         if self.class_chunk < 1:
             raise ValueError(f"class_chunk={self.class_chunk} must be >= 1")
 
@@ -96,6 +103,8 @@ class DPSeg(nn.Module):
                 guidance_channels=self.config.guidance_channels,
                 visual_levels=self.config.visual_levels,
                 attention_heads=self.config.attention_heads,
+                attention=self.config.attention,
+                attention_window=self.config.attention_window,
                 class_chunk=self.config.class_chunk,
             )
 
@@ -161,6 +170,15 @@ class DPSeg(nn.Module):
         rs = [torch.stack(per_part) for per_part in zip(*parts)]  # each (B, k, P, D)
         visual_levels = [torch.stack(per_level) for per_level in zip(*levels)]  # (B, k, C_j)
         return self._decode(size, features, rs, visual_levels)
+
+    @torch.no_grad()
+    def class_scores(self, features: BackboneFeatures, prompts: Prompts) -> torch.Tensor:
+        """How strongly each class shows anywhere in each image: the template-averaged cost
+        volume's highest value over positions, (B, K). Cheap (no decoder): training uses it to
+        pick each image's hardest absent classes (``LossConfig.hard_classes``)."""
+        rs, _ = self._class_prompts(prompts, None, None)
+        cost = combine_costs([cost_volume(features.dense, r) for r in rs], self.config.prompt_mode)
+        return cost.mean(dim=1).amax(dim=(-2, -1))
 
     def _class_prompts(
         self, prompts: Prompts, classes: torch.Tensor | None, center_mean: torch.Tensor | None

@@ -119,6 +119,56 @@ def test_class_chunks_give_the_same_logits():
     torch.testing.assert_close(whole, chunked, atol=1e-5, rtol=1e-5)
 
 
+def test_decoder_attention_modes():
+    """Where the decoder attends: every stage, the coarse stage only, windows or nowhere; the
+    parts the modes share start from the same weights (model.seeding)."""
+    image = torch.rand(1, 3, 128, 128)
+    models = {mode: build("tiny-convnext", attention=mode, attention_window=4)[0].eval()
+              for mode in ("global", "coarse", "window", "none")}  # fmt: skip
+    prompts = random_prompts(build("tiny-convnext")[1])
+    has = {
+        m: [s.attention is not None for s in model.decoder.stages] for m, model in models.items()
+    }
+    assert has == {"global": [True] * 3, "coarse": [True, False, False], "window": [True] * 3,
+                   "none": [False] * 3}  # fmt: skip
+    global_ = models["global"].state_dict()
+    for mode in ("coarse", "none"):
+        assert all(torch.equal(v, global_[k]) for k, v in models[mode].state_dict().items())
+    with torch.no_grad():
+        logits = {m: model(image, prompts).logits for m, model in models.items()}
+    assert len({tuple(v.flatten()[:50].tolist()) for v in logits.values()}) == 4  # all differ
+    # a window as large as the finest map is global attention
+    wide = build("tiny-convnext", attention="window", attention_window=64)[0].eval()
+    with torch.no_grad():
+        torch.testing.assert_close(wide(image, prompts).logits, logits["global"])
+    with pytest.raises(ValueError, match="attention='swin'"):
+        build("tiny-convnext", attention="swin")
+
+
+def test_windowed_attention_attends_within_each_window():
+    from model.decoder import SpatialSelfAttention
+
+    torch.manual_seed(0)
+    windowed, whole = SpatialSelfAttention(16, 2, window=4), SpatialSelfAttention(16, 2)
+    whole.load_state_dict(windowed.state_dict())
+    x = torch.randn(2, 16, 6, 7)  # not whole windows: the edge windows are padded and masked
+    with torch.no_grad():
+        out = windowed(x)
+        for rows, cols in ((slice(0, 4), slice(0, 4)), (slice(4, 6), slice(4, 7))):
+            tile = x[..., rows, cols].contiguous()
+            torch.testing.assert_close(out[..., rows, cols], whole(tile), atol=1e-5, rtol=1e-5)
+
+
+def test_class_scores_are_each_class_highest_cost():
+    model, dims = build("tiny-convnext")
+    prompts, image = random_prompts(dims), torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        out = model(image, prompts)
+        scores = model.class_scores(out.features, prompts)
+    assert scores.shape == (2, K)
+    torch.testing.assert_close(scores, out.cost.mean(dim=1).amax(dim=(-2, -1)))
+
+
 def test_features_are_reused_not_recomputed():
     model, dims = build("tiny-convnext")
     calls = []
