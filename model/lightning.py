@@ -77,6 +77,8 @@ class LossConfig:
     classes_per_image: int | None = None  # (ours) decode each training image's present classes
     # plus random absent ones up to this many (more if more are present); None: all K, as
     # the paper's loss over the training vocabulary
+    hard_classes: int = 0  # (ours) of those absent ones, this many are the image's hardest: the
+    # absent classes its cost volume scores highest (hard negatives); the rest are random
 
     def __post_init__(self) -> None:
         if self.ignore_mode not in IGNORE_MODES:
@@ -89,6 +91,8 @@ class LossConfig:
             raise ValueError(
                 f"loss.classes_per_image={self.classes_per_image}: use null (all) or >= 1"
             )
+        if self.hard_classes < 0:
+            raise ValueError(f"loss.hard_classes={self.hard_classes} must be >= 0")
 
 
 def _as(cls, value):
@@ -114,10 +118,16 @@ def bce_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_mode: str) -> to
 
 
 def sample_classes(
-    labels: torch.Tensor, num_classes: int, count: int, generator: torch.Generator
+    labels: torch.Tensor,
+    num_classes: int,
+    count: int,
+    generator: torch.Generator,
+    hardness: torch.Tensor | None = None,
+    hard: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The classes each training image decodes: those present in its labels, then random
-    absent ones, k = max(count, most present in an image) per image, capped at ``num_classes``.
+    """The classes each training image decodes: those present in its labels, then absent ones,
+    k = max(count, most present in an image) per image, capped at ``num_classes``. The absent
+    ones are the ``hard`` with the highest ``hardness`` (B, num_classes), then random ones.
 
     Args:
         labels: (B, H, W) ids in [0, num_classes) or IGNORE_INDEX.
@@ -133,9 +143,14 @@ def sample_classes(
     bins.scatter_(1, torch.where(valid, labels, num_classes).flatten(1), True)
     present = bins[:, :num_classes]
     k = min(num_classes, max(count, int(present.sum(dim=1).max())))
-    # present classes first (score 2), then absent ones in a random order (score in [0, 1))
-    noise = torch.rand(present.shape, generator=generator).to(labels.device)
-    chosen = (present.float() * 2 + noise).topk(k, dim=1).indices.sort(dim=1).values
+    # present classes first (score 4), then the hardest absent ones (score 2), then absent
+    # ones in a random order (score in [0, 1))
+    score = present.float() * 4 + torch.rand(present.shape, generator=generator).to(labels.device)
+    if hardness is not None and hard > 0:
+        ranked = hardness.masked_fill(present, float("-inf"))
+        top = ranked.topk(min(hard, num_classes), dim=1).indices
+        score.scatter_add_(1, top, (~present).gather(1, top).float() * 2)
+    chosen = score.topk(k, dim=1).indices.sort(dim=1).values
     position = torch.full_like(present, 0, dtype=torch.long)
     position.scatter_(1, chosen, torch.arange(k, device=labels.device).expand_as(chosen))
     renumbered = torch.where(valid, position.gather(1, torch.where(valid, labels, 0).flatten(1))
@@ -350,10 +365,13 @@ class DPSegModule(SegmentationModule):
         else:  # each image decodes its own classes; the draw is a function of seed and step
             generator = torch.Generator().manual_seed(hash((torch.initial_seed(),
                                                             self.global_step)) % 2**63)  # fmt: skip
-            classes, labels = sample_classes(labels.long(), prompts.num_classes, count, generator)
+            features = self.model.backbone(images)
+            hard = self.loss_config.hard_classes
+            hardness = self.model.class_scores(features, prompts) if hard else None
+            classes, labels = sample_classes(labels.long(), prompts.num_classes, count, generator,
+                                             hardness, hard)  # fmt: skip
             logits, cost = self.model.decode_classes(
-                images.shape[-2:], self.model.backbone(images), [prompts] * len(images),
-                list(classes))  # fmt: skip
+                images.shape[-2:], features, [prompts] * len(images), list(classes))  # fmt: skip
         bce = bce_loss(logits, labels, self.loss_config.ignore_mode)
         loss = bce
         if self.loss_config.aux_weight > 0:

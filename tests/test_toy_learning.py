@@ -92,10 +92,31 @@ def test_each_image_decodes_its_present_classes_and_random_absent_ones():
     assert sample_classes(labels, 25, 99, torch.Generator())[0].shape == (3, 25)
 
 
+def test_the_hardest_absent_classes_are_decoded_first():
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[0, :2] = 3
+    labels[1, :2] = 5
+    hardness = torch.zeros(2, 12)
+    hardness[0, 3] = 9.0  # present: decoded anyway, takes no hard place
+    hardness[0, 7], hardness[0, 10] = 5.0, 4.0
+    hardness[1, 2], hardness[1, 9], hardness[1, 11] = 4.0, 3.0, 1.0
+    for seed in range(5):
+        generator = torch.Generator().manual_seed(seed)
+        classes, _ = sample_classes(labels, 12, 5, generator, hardness, hard=2)
+        assert {0, 3, 7, 10} <= set(classes[0].tolist())  # present, then the 2 hardest
+        assert {0, 5, 2, 9} <= set(classes[1].tolist())
+    # hard=0: the random draw alone
+    plain, _ = sample_classes(labels, 12, 5, torch.Generator().manual_seed(0))
+    zero, _ = sample_classes(labels, 12, 5, torch.Generator().manual_seed(0), hardness, hard=0)
+    assert torch.equal(plain, zero)
+
+
 def test_classes_per_image_is_checked():
     assert LossConfig(classes_per_image=None).classes_per_image is None
     with pytest.raises(ValueError, match=r"loss\.classes_per_image=0"):
         LossConfig(classes_per_image=0)
+    with pytest.raises(ValueError, match=r"loss\.hard_classes=-1"):
+        LossConfig(hard_classes=-1)
 
 
 def test_region_embeddings_pool_each_present_class_by_its_cell_share():
