@@ -45,6 +45,7 @@ features) and the image is fixed random colour blocks: timings, not accuracy.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import subprocess
@@ -61,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.memory import current_memory_mb, peak_memory_mb, reset_peak
 from model.cost_volume import Prompts, class_mean
+from model.decoder import DECODER_ATTENTION
 from model.dpseg import DPSeg, DPSegConfig
 from model.factory import build_dpseg
 from model.labels import class_labels
@@ -80,6 +82,21 @@ def tiny_config(class_chunk: int = 64) -> DPSegConfig:
         attention_heads=2,
         class_chunk=class_chunk,
     )
+
+
+def with_attention(config: DPSegConfig, args) -> DPSegConfig:
+    """The config with ``--attention`` / ``--attention-window`` where given."""
+    changes = {}
+    if getattr(args, "attention", None):
+        changes["attention"] = args.attention
+    if getattr(args, "attention_window", None):
+        changes["attention_window"] = args.attention_window
+    return dataclasses.replace(config, **changes)
+
+
+def attention_label(config: DPSegConfig) -> str:
+    window = config.attention_window
+    return f"window ({window} x {window})" if config.attention == "window" else config.attention
 
 
 def sync(device: torch.device) -> None:
@@ -478,6 +495,13 @@ def main() -> None:
     parser.add_argument("--memory-classes", type=int, nargs="+", default=[64, 847])
     parser.add_argument("--no-memory", action="store_true", help="skip the chunking memory table")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--attention",
+        choices=DECODER_ATTENTION,
+        default=None,
+        help="the decoder's attention (DPSegConfig.attention; default: the config's, global)",
+    )
+    parser.add_argument("--attention-window", type=int, default=None, help="for --attention window")
     parser.add_argument("--one-memory", type=int, nargs=2, help=argparse.SUPPRESS)
     group = parser.add_argument_group(
         "a trained model on real images (--ckpt): its inference settings, the classes "
@@ -526,7 +550,7 @@ def main() -> None:
         )
 
     preset = FULL_PRESET if args.full_size else TINY_PRESET
-    config = DPSegConfig() if args.full_size else tiny_config()
+    config = with_attention(DPSegConfig() if args.full_size else tiny_config(), args)
     use_bf16 = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
     print(
@@ -772,7 +796,7 @@ def flops_main(args) -> None:
     rows = []
     start = time.perf_counter()
     for preset in presets:
-        config = tiny_config() if preset.startswith("tiny") else DPSegConfig()
+        config = with_attention(tiny_config() if preset.startswith("tiny") else DPSegConfig(), args)
         model, encoder = build(preset, config, args.templates, device)
         for k in classes:
             rows += count_flops(model, encoder, k, args, device)
@@ -780,7 +804,9 @@ def flops_main(args) -> None:
     crop = sorted({f"{r['preset']} {r['crop_size']} px" for r in rows if r["round"] == 2})
     print(
         f"\nPer image, {args.image_size}x{args.image_size} px, P={args.templates} templates, "
-        f"decoder {'tiny' if all(p.startswith('tiny') for p in presets) else 'paper'}. Round II "
+        f"decoder {'tiny' if all(p.startswith('tiny') for p in presets) else 'paper'}, "
+        f"attention {attention_label(config)}. "
+        "Round II "
         f"(docs/design.md §2.3): {args.refined} classes refined per image (--refined; an assumption: "
         "the count is data-dependent, the classes covering >= min_area of round I's argmax), "
         f"each crop encoded by the frozen prompt encoder ({', '.join(crop)}: RefineConfig."
