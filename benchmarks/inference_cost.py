@@ -6,6 +6,7 @@
                                                                  #   bf16 autocast; meant for a GPU
     .venv/bin/python benchmarks/inference_cost.py --full-size --classes 171 847
     .venv/bin/python benchmarks/inference_cost.py --flops [--refined 8] [--json PATH]
+                                 [--attention global|coarse|window|none [--attention-window 8]]
                                                                  # FLOPs per image, device-
                                                                  #   independent (meta tensors)
     .venv/bin/python benchmarks/inference_cost.py --ckpt last.ckpt --images DIR --vocab V
@@ -86,12 +87,8 @@ def tiny_config(class_chunk: int = 64) -> DPSegConfig:
 
 def with_attention(config: DPSegConfig, args) -> DPSegConfig:
     """The config with ``--attention`` / ``--attention-window`` where given."""
-    changes = {}
-    if getattr(args, "attention", None):
-        changes["attention"] = args.attention
-    if getattr(args, "attention_window", None):
-        changes["attention_window"] = args.attention_window
-    return dataclasses.replace(config, **changes)
+    changes = {"attention": args.attention, "attention_window": args.attention_window}
+    return dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
 
 
 def attention_label(config: DPSegConfig) -> str:
@@ -427,7 +424,7 @@ def argument_error(args: argparse.Namespace) -> str | None:
                 ("--templates", args.templates, 1), ("--batch", args.batch, 1),
                 ("--max-classes", args.max_classes, 1), ("--crop-size", args.crop_size, 1),
                 ("--threads", args.threads, 1), ("--max-images", args.max_images, 1),
-                ("--refined", args.refined, 1),
+                ("--refined", args.refined, 1), ("--attention-window", args.attention_window, 1),
                 ("--image-size", args.image_size, MIN_IMAGE_SIZE)]  # fmt: skip
     at_least += [("--classes", k, 1) for k in args.classes or ()]
     at_least += [("--memory-classes", k, 1) for k in args.memory_classes or ()]

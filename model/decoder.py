@@ -40,6 +40,15 @@ DecoderAttention = Literal["global", "coarse", "window", "none"]
 DECODER_ATTENTION: tuple[str, ...] = get_args(DecoderAttention)
 
 
+def check_attention(attention: str, window: int) -> None:
+    """Raise ValueError, naming the setting and its choices, for an unknown ``attention`` or a
+    window that cannot tile a map (the decoder and ``DPSegConfig`` share this check)."""
+    if attention not in DECODER_ATTENTION:
+        raise ValueError(f"attention={attention!r}: use one of {', '.join(DECODER_ATTENTION)}")
+    if attention == "window" and window < 1:
+        raise ValueError(f"attention_window={window}: windows need a side of at least 1")
+
+
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(8, channels), channels)
 
@@ -165,10 +174,7 @@ class CVGDecoder(nn.Module):
         attention_window: int = 8,
     ):
         super().__init__()
-        if attention not in DECODER_ATTENTION:
-            raise ValueError(f"attention={attention!r}: use one of {', '.join(DECODER_ATTENTION)}")
-        if attention == "window" and attention_window < 1:
-            raise ValueError(f"attention_window={attention_window} must be >= 1")
+        check_attention(attention, attention_window)
         num_levels = len(level_dims)
         if num_levels < 3:
             raise ValueError(f"the decoder needs 3 feature levels, the encoder gives {num_levels}")

@@ -31,7 +31,7 @@ from model.cost_volume import (
     prompt_embeddings,
     visual_cost_volume,
 )
-from model.decoder import DECODER_ATTENTION, CVGDecoder, DecoderAttention
+from model.decoder import CVGDecoder, check_attention
 from model.seeding import part_rng
 from pretrained.backbone import BackboneFeatures, ClipBackbone
 
@@ -48,8 +48,8 @@ class DPSegConfig:
     decoder_channels: tuple[int, int, int] = (128, 64, 32)
     guidance_channels: tuple[int, int, int] = (64, 32, 16)
     attention_heads: int = 4  # 0 disables the decoder's self-attention
-    attention: DecoderAttention = "global"  # where the decoder attends (ours; model.decoder):
-    # every stage over all positions, the coarse stage only, windows, or none
+    attention: str = "global"  # where the decoder attends (ours; model.decoder.DecoderAttention):
+    # "global" (every stage, all positions), "coarse" (first stage only), "window", "none"
     attention_window: int = 8  # positions per window side for attention="window" (ours)
     class_chunk: int = 64  # classes through the decoder at once (memory for K = 847)
 
@@ -61,10 +61,7 @@ class DPSegConfig:
         self.visual_levels = tuple(self.visual_levels)
         self.decoder_channels = tuple(self.decoder_channels)
         self.guidance_channels = tuple(self.guidance_channels)
-        if self.attention not in DECODER_ATTENTION:
-            raise ValueError(
-                f"attention={self.attention!r}: use one of {', '.join(DECODER_ATTENTION)}"
-            )
+        check_attention(self.attention, self.attention_window)
         if self.class_chunk < 1:
             raise ValueError(f"class_chunk={self.class_chunk} must be >= 1")
 
