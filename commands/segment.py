@@ -28,6 +28,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         from model.predictor import Predictor
 
         predictor = Predictor.from_checkpoint(args.ckpt, device=args.device, rounds=args.rounds)
+        if args.reject is not None:
+            predictor.set_rejection(args.reject, args.reject_max)
         _dpseg_prompts(
             predictor, args.vocab, args.bank, args.text_only, args.generator_weights, not args.quiet
         )
@@ -53,7 +55,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 DPSEG_ONLY = {"ckpt": "--ckpt", "bank": "--bank", "text_only": "--text-only",
-              "rounds": "--rounds", "generator_weights": "--generator-weights"}  # fmt: skip
+              "rounds": "--rounds", "generator_weights": "--generator-weights",
+              "reject": "--reject", "reject_max": "--reject-max"}  # fmt: skip
 VIP_ONLY = {"config": "--config", "encoder": "--encoder", "dual_prompts": "--dual-prompts"}
 
 
@@ -62,6 +65,12 @@ def _check_segment_arguments(args: argparse.Namespace) -> None:
     method (it would be silently ignored). One line naming the option (SettingError)."""
     from data.errors import SettingError, check_device, check_output_folder
 
+    if args.method == "dpseg" and args.reject_max is not None and args.reject is None:
+        raise SettingError(f"--reject-max {args.reject_max} bounds --reject: give --reject P too")
+    if args.reject is not None and not 0 < args.reject < 1:
+        raise SettingError(f"--reject {args.reject}: a probability in (0, 1), e.g. 0.05")
+    if args.reject_max is not None and args.reject_max < 1:
+        raise SettingError(f"--reject-max {args.reject_max}: give 1 or more")
     if args.method == "dpseg" and not args.ckpt:
         raise SettingError(
             "segment needs --ckpt (a checkpoint of cli.py fit), or --method vip (training-free)"
@@ -99,6 +108,13 @@ def _segment_options(p) -> None:
     p.add_argument(
         "--rounds", type=Literal[1, 2] | None, help="DPSeg: inference rounds (default 1)"
     )
+    p.add_argument(
+        "--reject", type=float, metavar="P",
+        help="DPSeg: class early rejection, decode only the classes the coarse head finds with "
+        "probability >= P somewhere (0.05 in the configs; default off)",
+    )  # fmt: skip
+    p.add_argument("--reject-max", type=int, metavar="N",
+                   help="DPSeg: with --reject, decode at most N classes per image")  # fmt: skip
     p.add_argument("--generator-weights", help="DPSeg: local generator weights for missing classes")
     p.add_argument("--config", help="VIP: settings from a configs/vip_*.yaml (its model: section)")
     p.add_argument("--encoder", help="VIP: encoder preset (default: the config's, dinotxt-l16)")

@@ -170,7 +170,7 @@ class CVGDecoder(nn.Module):
         visual_levels: tuple[int, ...] = (2, 3, 4),
         attention_heads: int = 4,
         class_chunk: int = 64,
-        attention: DecoderAttention = "global",
+        attention: DecoderAttention = "coarse",
         attention_window: int = 8,
     ):
         super().__init__()
@@ -206,22 +206,52 @@ class CVGDecoder(nn.Module):
                 )
         with part_rng("head"):
             self.head = nn.Conv2d(channels[-1], 1, 1)
+        with part_rng("coarse_head"):  # (ours) class early rejection's detector (model.rejection)
+            self.coarse_head = nn.Conv2d(channels[0], 1, 1)
 
     def forward(
         self,
         class_maps: torch.Tensor,
         levels: list[torch.Tensor],
         visual_costs: dict[int, torch.Tensor],
-    ) -> torch.Tensor:
+        coarse: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """class_maps (B, K, C, h, w); levels[j-1] (B, C_j, h_j, w_j); visual_costs {j: (B, K,
-        h_j, w_j)} for j in visual_levels -> logits (B, K, 8h, 8w)."""
-        outputs = []
+        h_j, w_j)} for j in visual_levels -> logits (B, K, 8h, 8w); with ``coarse``, also the
+        coarse head's logits (B, K, 2h, 2w) on the first stage's output (training: its loss
+        supervises that stage too, as SED's deep supervision)."""
+        outputs, coarse_outputs = [], []
         for k0 in range(0, class_maps.shape[1], self.class_chunk):
             ks = slice(k0, k0 + self.class_chunk)
             x = class_maps[:, ks]
-            for stage, j in zip(self.stages, self.stage_levels):
+            for s, (stage, j) in enumerate(zip(self.stages, self.stage_levels)):
                 fv = visual_costs[j][:, ks] if j in self.visual_levels else None
                 x = stage(x, levels[j - 1], fv)
-            b, k = x.shape[:2]
-            outputs.append(self.head(x.flatten(0, 1)).view(b, k, *x.shape[-2:]))
+                if coarse and s == 0:
+                    coarse_outputs.append(self._per_class(self.coarse_head, x))
+            outputs.append(self._per_class(self.head, x))
+        logits = torch.cat(outputs, dim=1)
+        return (logits, torch.cat(coarse_outputs, dim=1)) if coarse else logits
+
+    def coarse_logits(
+        self,
+        class_maps: torch.Tensor,
+        levels: list[torch.Tensor],
+        visual_costs: dict[int, torch.Tensor],
+    ) -> torch.Tensor:
+        """The first stage and the coarse head only -> (B, K, 2h, 2w): where each class is,
+        at 1/16 of the image (ConvNeXt), for class early rejection."""
+        outputs = []
+        j = self.stage_levels[0]
+        for k0 in range(0, class_maps.shape[1], self.class_chunk):
+            ks = slice(k0, k0 + self.class_chunk)
+            fv = visual_costs[j][:, ks] if j in self.visual_levels else None
+            x = self.stages[0](class_maps[:, ks], levels[j - 1], fv)
+            outputs.append(self._per_class(self.coarse_head, x))
         return torch.cat(outputs, dim=1)
+
+    @staticmethod
+    def _per_class(head: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        """A 1-channel head over (B, k, C, h, w) class maps -> (B, k, h, w)."""
+        b, k = x.shape[:2]
+        return head(x.flatten(0, 1)).view(b, k, *x.shape[-2:])

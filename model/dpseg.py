@@ -32,6 +32,7 @@ from model.cost_volume import (
     visual_cost_volume,
 )
 from model.decoder import CVGDecoder, check_attention
+from model.rejection import kept_classes, scatter_kept
 from model.seeding import part_rng
 from pretrained.backbone import BackboneFeatures, ClipBackbone
 
@@ -48,8 +49,9 @@ class DPSegConfig:
     decoder_channels: tuple[int, int, int] = (128, 64, 32)
     guidance_channels: tuple[int, int, int] = (64, 32, 16)
     attention_heads: int = 4  # 0 disables the decoder's self-attention
-    attention: str = "global"  # where the decoder attends (ours; model.decoder.DecoderAttention):
-    # "global" (every stage, all positions), "coarse" (first stage only), "window", "none"
+    attention: str = "coarse"  # where the decoder attends (ours; model.decoder.DecoderAttention):
+    # "coarse" (first stage only: 3% over none at K = 150, 768 px), "global" (every stage, all
+    # positions: the decoder before issue 29, 3.4x the FLOPs), "window", "none"
     attention_window: int = 8  # positions per window side for attention="window" (ours)
     class_chunk: int = 64  # classes through the decoder at once (memory for K = 847)
 
@@ -72,6 +74,8 @@ class DPSegOutput:
     cost: torch.Tensor  # (B, P, K, h, w) the dual-prompt cost volume (for an auxiliary loss;
     # (B, 2P, K, h, w) for cost-concat)
     features: BackboneFeatures = field(repr=False)  # reusable by round II
+    coarse: torch.Tensor | None = None  # (B, K, H/16, W/16) the coarse head's logits (training:
+    # class early rejection's detector learns from them; model.rejection)
 
 
 class DPSeg(nn.Module):
@@ -124,8 +128,8 @@ class DPSeg(nn.Module):
         if features is None:
             features = self.backbone(images)
         rs, visual_levels = self._class_prompts(prompts, classes, center_mean)
-        logits, cost = self._decode(images.shape[-2:], features, rs, visual_levels)
-        return DPSegOutput(logits, cost, features)
+        logits, cost, coarse = self._decode(images.shape[-2:], features, rs, visual_levels)
+        return DPSegOutput(logits, cost, features, coarse)
 
     def decode_per_image(
         self,
@@ -143,8 +147,8 @@ class DPSeg(nn.Module):
         are dropped; the decoder treats classes alone, so they change nothing else). Equal to B
         calls of ``forward(..., classes=classes[b], center_mean=center_mean)``.
         """
-        logits, _ = self.decode_classes(size, features, prompts, classes, center_mean)
-        return [logits[b, : len(ids)] for b, ids in enumerate(classes)]
+        out = self.decode_classes(size, features, prompts, classes, center_mean)
+        return [out.logits[b, : len(ids)] for b, ids in enumerate(classes)]
 
     def decode_classes(
         self,
@@ -153,10 +157,10 @@ class DPSeg(nn.Module):
         prompts: list[Prompts],
         classes: list[torch.Tensor],
         center_mean: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`decode_per_image` before the padding is dropped: logits (B, k, H, W) and the
-        cost volume (B, P, k, h, w), k the largest k_b (training decodes k classes per image:
-        ``model.lightning.LossConfig.classes_per_image``)."""
+    ) -> DPSegOutput:
+        """:meth:`decode_per_image` before the padding is dropped: logits (B, k, H, W), the
+        cost volume (B, P, k, h, w) and coarse logits (B, k, h', w'), k the largest k_b
+        (training decodes k classes per image: ``model.lightning.LossConfig.classes_per_image``)."""
         k = max(len(c) for c in classes)
         parts, levels = [], []
         for image_prompts, ids in zip(prompts, classes):
@@ -166,16 +170,62 @@ class DPSeg(nn.Module):
             levels.append(visual_levels)
         rs = [torch.stack(per_part) for per_part in zip(*parts)]  # each (B, k, P, D)
         visual_levels = [torch.stack(per_level) for per_level in zip(*levels)]  # (B, k, C_j)
-        return self._decode(size, features, rs, visual_levels)
+        logits, cost, coarse = self._decode(size, features, rs, visual_levels)
+        return DPSegOutput(logits, cost, features, coarse)
+
+    @torch.no_grad()
+    def class_cost(self, features: BackboneFeatures, prompts: Prompts) -> torch.Tensor:
+        """The template-averaged cost volume of all K classes, (B, K, h, w): cheap (no
+        decoder); what class early rejection and ``class_scores`` read."""
+        return self._all_classes_cost(features, prompts)[0].mean(dim=1)
 
     @torch.no_grad()
     def class_scores(self, features: BackboneFeatures, prompts: Prompts) -> torch.Tensor:
         """How strongly each class shows anywhere in each image: the template-averaged cost
-        volume's highest value over positions, (B, K). Cheap (no decoder): training uses it to
-        pick each image's hardest absent classes (``LossConfig.hard_classes``)."""
-        rs, _ = self._class_prompts(prompts, None, None)
+        volume's highest value over positions, (B, K). Training uses it to pick each image's
+        hardest absent classes (``LossConfig.hard_classes``)."""
+        return self.class_cost(features, prompts).amax(dim=(-2, -1))
+
+    @torch.no_grad()
+    def coarse_logits(self, features: BackboneFeatures, prompts: Prompts) -> torch.Tensor:
+        """The decoder's first stage and coarse head over all K classes -> (B, K, h', w') at
+        1/16 of the image (ConvNeXt): what class early rejection reads."""
+        cost, visual_levels = self._all_classes_cost(features, prompts)
+        return self.decoder.coarse_logits(
+            self.cost_embedding(cost), features.levels, self._visual_costs(features, visual_levels)
+        )
+
+    def forward_kept(
+        self,
+        images: torch.Tensor,
+        prompts: Prompts,
+        threshold: float | None = None,
+        top_k: int | None = None,
+        max_classes: int | None = None,
+        features: BackboneFeatures | None = None,
+    ) -> tuple[DPSegOutput, list[torch.Tensor]]:
+        """Round I with class early rejection (``model.rejection.kept_classes``): the first
+        stage runs for all K classes, and only the classes its coarse head finds (probability
+        >= ``threshold`` somewhere, among some position's ``top_k``, at most ``max_classes``
+        per image) go on through the finer stages (again from the cost volume). Returns
+        the output, whose logits are (B, K, H, W) with ``REJECTED_LOGIT`` for the rejected
+        classes (the kept ones exactly as ``forward`` gives them) and whose cost volume is that
+        of the kept classes (B, P, k, h, w), and per image the kept ids (k_b,)."""
+        if features is None:
+            features = self.backbone(images)
+        coarse = self.coarse_logits(features, prompts)
+        kept = kept_classes(coarse, threshold, top_k, max_classes)
+        out = self.decode_classes(images.shape[-2:], features, [prompts] * len(kept), kept)
+        logits = scatter_kept(out.logits, kept, prompts.num_classes)
+        return DPSegOutput(logits, out.cost, features), kept
+
+    def _all_classes_cost(
+        self, features: BackboneFeatures, prompts: Prompts
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The cost volume of all K classes (B, P, K, h, w) and their visual level prompts."""
+        rs, visual_levels = self._class_prompts(prompts, None, None)
         cost = combine_costs([cost_volume(features.dense, r) for r in rs], self.config.prompt_mode)
-        return cost.mean(dim=1).amax(dim=(-2, -1))
+        return cost, visual_levels
 
     def _class_prompts(
         self, prompts: Prompts, classes: torch.Tensor | None, center_mean: torch.Tensor | None
@@ -199,17 +249,28 @@ class DPSeg(nn.Module):
         features: BackboneFeatures,
         rs: list[torch.Tensor],
         visual_levels: list[torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cost volume, its embedding and the decoder -> logits (B, K, H, W) at ``size`` and
-        the cost volume (B, P, K, h, w). ``rs`` and ``visual_levels`` are shared by the images
-        ((K, P, D), (K, C_j)) or per image ((B, K, P, D), (B, K, C_j))."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Cost volume, its embedding and the decoder -> logits (B, K, H, W) at ``size``, the
+        cost volume (B, P, K, h, w) and, in training, the coarse head's logits (B, K, h', w').
+        ``rs`` and ``visual_levels`` are shared by the images ((K, P, D), (K, C_j)) or per
+        image ((B, K, P, D), (B, K, C_j))."""
         mode = self.config.prompt_mode
         cost = combine_costs([cost_volume(features.dense, r) for r in rs], mode)  # (B, P, K, h, w)
         class_maps = self.cost_embedding(cost)  # (B, K, C, h, w)
-        visual_costs = {
+        visual_costs = self._visual_costs(features, visual_levels)
+        coarse = None
+        if self.training:  # the coarse head learns beside the decoder (model.rejection)
+            logits, coarse = self.decoder(class_maps, features.levels, visual_costs, coarse=True)
+        else:
+            logits = self.decoder(class_maps, features.levels, visual_costs)
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits, cost, coarse
+
+    def _visual_costs(
+        self, features: BackboneFeatures, visual_levels: list[torch.Tensor]
+    ) -> dict[int, torch.Tensor]:
+        """F_v^j = cos(E_j, V_j), {j: (B, K, h_j, w_j)}, for the configured levels."""
+        return {
             j: visual_cost_volume(features.levels[j - 1], visual_levels[j - 1])
             for j in self.config.visual_levels
         }
-        logits = self.decoder(class_maps, features.levels, visual_costs)
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        return logits, cost

@@ -87,6 +87,10 @@ class SegmentationModule(L.LightningModule):
             return class_labels(self.segment(image, dataset), dim=0)
         return class_labels(self.segment(image, dataset, truth), dim=0)
 
+    def observe_truth(self, dataset: str, truth: torch.Tensor) -> None:
+        """Called after each evaluated image with its true label map (H, W): a subclass may
+        keep statistics of its own beside the metrics (DPSeg: class early rejection's recall)."""
+
     def prepare_dataset(self, dataset: str, bank: str | None) -> None:
         """Called once per (dataset, bank) of a stage before it runs (prompts, queries)."""
 
@@ -148,6 +152,7 @@ class SegmentationModule(L.LightningModule):
         for image, label in zip(stack_images(batch), batch["label"]):
             given = {"truth": label} if oracle else {}
             self._metrics[_key(dataset)].update(self.predict_labels(image, dataset, **given), label)
+            self.observe_truth(dataset, label)
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx, "val")
@@ -233,6 +238,11 @@ class SegmentationModule(L.LightningModule):
             (out / f"{stem}.run.json").write_text(json.dumps(meta, indent=2) + "\n")
             rows[dataset] = 100 * float(metrics["mIoU"])
             log.info("%s: %s", dataset, format_metrics(metrics))
+            rejection = meta.get("rejection")
+            if rejection:  # DPSeg's class early rejection
+                print(f"{dataset}: class early rejection kept {100 * rejection['recall']:.1f}% of "
+                      f"the images' true classes, decoding {rejection['kept_per_image']:.1f} of "
+                      f"{rejection['classes']} classes per image")  # fmt: skip
         order = [d for d in SUMMARY_ORDER if d in rows] + [
             d for d in rows if d not in SUMMARY_ORDER
         ]

@@ -79,6 +79,9 @@ class LossConfig:
     # the paper's loss over the training vocabulary
     hard_classes: int = 0  # (ours) of those absent ones, this many are the image's hardest: the
     # absent classes its cost volume scores highest (hard negatives); the rest are random
+    coarse_weight: float = 1.0  # (ours) BCE of the decoder's coarse head (where each class is,
+    # at 1/16 of the image): class early rejection's detector, and a deep supervision of the
+    # decoder's first stage, as SED supervises its layers (0: off, and rejection untrained)
 
     def __post_init__(self) -> None:
         if self.ignore_mode not in IGNORE_MODES:
@@ -87,6 +90,8 @@ class LossConfig:
             )
         if self.aux_weight < 0:
             raise ValueError(f"loss.aux_weight={self.aux_weight} must be >= 0")
+        if self.coarse_weight < 0:
+            raise ValueError(f"loss.coarse_weight={self.coarse_weight} must be >= 0")
         if self.classes_per_image is not None and self.classes_per_image < 1:
             raise ValueError(
                 f"loss.classes_per_image={self.classes_per_image}: use null (all) or >= 1"
@@ -166,6 +171,18 @@ def cost_aux_loss(cost: torch.Tensor, labels: torch.Tensor, scale: float) -> tor
     if not (labels != IGNORE_INDEX).any():
         return logits.sum() * 0
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+
+
+def coarse_loss(coarse: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """BCE of the coarse head's logits (B, K, h, w) against where each class is: a cell is
+    positive for a class with any pixel of it there (labels (B, H, W), IGNORE_INDEX counts for
+    none). What class early rejection's detector learns (``model.rejection``; ours)."""
+    valid = labels != IGNORE_INDEX
+    target = torch.zeros(*coarse.shape[:2], *labels.shape[-2:], dtype=coarse.dtype,
+                         device=coarse.device)  # fmt: skip
+    target.scatter_(1, labels.clamp(min=0)[:, None], valid[:, None].to(coarse.dtype))
+    present = F.adaptive_max_pool2d(target, coarse.shape[-2:])
+    return F.binary_cross_entropy_with_logits(coarse, present)
 
 
 def _regions_without_truth() -> SettingError:
@@ -250,6 +267,7 @@ class DPSegModule(SegmentationModule):
         self._prompts: dict[str, Prompts] = {}
         self._prompt_banks: dict[str, str | None] = {}
         self._backgrounds: dict[str, int | None] = {}  # the id of a class named "background"
+        self._rejection: dict[str, list[int]] = {}  # per dataset: class early rejection counts
         self.loaded_provenance: dict = {}  # the "dpseg" record of the checkpoint loaded, if any
         self._provenance: dict[str, dict] = {}
         self.train()  # the frozen encoder stays in eval mode; training toggles the rest per stage
@@ -361,7 +379,6 @@ class DPSegModule(SegmentationModule):
         count = self.loss_config.classes_per_image
         if count is None or count >= prompts.num_classes:
             out = self.model(images, prompts)
-            logits, cost = out.logits, out.cost
         else:  # each image decodes its own classes; the draw is a function of seed and step
             generator = torch.Generator().manual_seed(hash((torch.initial_seed(),
                                                             self.global_step)) % 2**63)  # fmt: skip
@@ -370,14 +387,18 @@ class DPSegModule(SegmentationModule):
             hardness = self.model.class_scores(features, prompts) if hard else None
             classes, labels = sample_classes(labels.long(), prompts.num_classes, count, generator,
                                              hardness, hard)  # fmt: skip
-            logits, cost = self.model.decode_classes(
+            out = self.model.decode_classes(
                 images.shape[-2:], features, [prompts] * len(images), list(classes))  # fmt: skip
-        bce = bce_loss(logits, labels, self.loss_config.ignore_mode)
+        bce = bce_loss(out.logits, labels, self.loss_config.ignore_mode)
         loss = bce
         if self.loss_config.aux_weight > 0:
-            aux = cost_aux_loss(cost, labels, self.loss_config.aux_scale)
+            aux = cost_aux_loss(out.cost, labels, self.loss_config.aux_scale)
             loss = loss + self.loss_config.aux_weight * aux
             self.log("train/aux", aux)
+        if self.loss_config.coarse_weight > 0:
+            coarse = coarse_loss(out.coarse, labels)
+            loss = loss + self.loss_config.coarse_weight * coarse
+            self.log("train/coarse", coarse)
         self.log("train/bce", bce)
         self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -420,6 +441,7 @@ class DPSegModule(SegmentationModule):
         prompts = self.prompts_for(dataset)
         config = self.segmenter.config = self.inference_config
         background = self._backgrounds.get(dataset)
+        self.segmenter.kept = None  # the classes round I keeps in this image (rejection)
         if not config.regions:
             return self.protocol()(lambda x: self.segmenter(x, prompts, background), image)
         self.check_regions_protocol()
@@ -435,6 +457,53 @@ class DPSegModule(SegmentationModule):
 
     def takes_truth(self) -> bool:
         return self.inference_config.regions
+
+    def observe_truth(self, dataset: str, truth: torch.Tensor) -> None:
+        """With class early rejection: count the image's true classes and those round I kept
+        (its recall), and the classes kept."""
+        kept = self.segmenter.kept
+        if kept is None:
+            return
+        present = truth.unique().cpu()
+        present = present[(present >= 0) & (present < len(kept))]
+        counts = self._rejection.setdefault(dataset, [0] * 5)
+        for i, n in enumerate((1, len(present), int(kept[present].sum()), int(kept.sum()),
+                               len(kept))):  # fmt: skip
+            counts[i] += n  # images, true classes, kept true classes, kept classes, classes
+
+    def on_test_start(self) -> None:
+        self._rejection.clear()
+        super().on_test_start()
+
+    def on_test_epoch_end(self) -> None:
+        """Rejection's counts summed over ranks (every rank, before the results are written)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for dataset in self._eval_datasets("test"):
+                total = torch.tensor(self._rejection.get(dataset, [0] * 5), device=self.device)
+                dist.all_reduce(total)
+                if total[0]:
+                    self._rejection[dataset] = total.tolist()
+        super().on_test_epoch_end()
+
+    def rejection_record(self, dataset: str) -> dict | None:
+        """Class early rejection's figures on a test dataset (None when it was off): its recall
+        (the share of the images' true classes that round I kept, over all images) and the
+        classes decoded per image."""
+        counts = self._rejection.get(dataset)
+        if counts is None:
+            return None
+        images, true, kept_true, kept, classes = counts
+        return {
+            "threshold": self.inference_config.rejection_threshold,
+            "top_k": self.inference_config.rejection_top_k,
+            "max_classes": self.inference_config.rejection_max_classes,
+            "recall": kept_true / max(true, 1),
+            "kept_per_image": kept / max(images, 1),
+            "classes": classes // max(images, 1),
+            "images": images,
+        }
 
     def on_predict_start(self) -> None:
         if self.inference_config.regions:  # before any image: predict has no labels
@@ -458,6 +527,7 @@ class DPSegModule(SegmentationModule):
             "prompt_mode": self.dpseg_config.prompt_mode,
             "encoder": self.hparams.encoder,
             "bank": self._provenance.get(dataset),
+            "rejection": self.rejection_record(dataset),
         }
 
     def summary_label(self) -> str:
@@ -479,6 +549,13 @@ class DPSegModule(SegmentationModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.loaded_provenance = copy.deepcopy(checkpoint.get("dpseg", {}))
+        state = checkpoint.get("state_dict", {})
+        head = {k: v for k, v in self.state_dict().items() if ".coarse_head." in k}
+        if state and head and not any(k in state for k in head):
+            # a checkpoint from before class early rejection: everything else loads; the head
+            # keeps its initial weights, and rejection refuses to run with it (model.refine)
+            state.update(head)
+            self.segmenter.detector_trained = False
         saved = checkpoint.get("dpseg", {}).get("encoder", {})
         if saved and saved.get("fingerprint") != self.encoder_fingerprint:
             mismatch = fingerprint_mismatch(

@@ -64,6 +64,21 @@ class Predictor:
         module.segmenter.config = module.inference_config
         return cls(module, device)
 
+    def set_rejection(self, threshold: float | None, max_classes: int | None = None) -> None:
+        """Class early rejection for the images to come (``model.rejection``; a checkpoint holds
+        no inference settings): probability ``threshold`` (None: off), at most ``max_classes``
+        decoded per image. A bad value raises SettingError naming it."""
+        from data.errors import SettingError
+        from model.rejection import check_rejection
+
+        try:
+            check_rejection(threshold, None, max_classes)
+        except ValueError as e:
+            raise SettingError(str(e)) from None
+        config = self.module.inference_config
+        config.rejection_threshold, config.rejection_max_classes = threshold, max_classes
+        self.module.segmenter.config = config
+
     def training_bank(self) -> str | None:
         """The training bank the checkpoint records, if it is still there."""
         banks = self.module.loaded_provenance.get("banks", {})

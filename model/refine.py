@@ -47,6 +47,7 @@ from data.errors import SettingError
 from model.cost_volume import Prompts, class_mean
 from model.dpseg import DPSeg, DPSegOutput
 from model.labels import class_labels
+from model.rejection import check_rejection
 from pretrained.backbone import BackboneFeatures, ClipEncoder
 
 CROP_POLICIES = ("box", "masked", "pooled", "pooled-own")
@@ -66,6 +67,17 @@ class RefineConfig:
     # "background" (it keeps round I's prompt and logits; its box is often the whole image)
     regions: bool = False  # (ours) an oracle for diagnosis: round I's detected classes are cut
     # from the true label map (test only; whole-image protocols sed / resize:N)
+    rejection_threshold: float | None = None  # (ours, after SED's category early rejection)
+    # round I decodes past its first stage only the classes whose coarse-head probability
+    # reaches this somewhere (model.rejection; None and no top_k: every class)
+    rejection_top_k: int | None = None  # and (if set) that some position ranks among its k
+    rejection_max_classes: int | None = None  # at most this many per image, highest peak
+    # first: bounds round I's decode whatever K is (None: no bound)
+
+    @property
+    def rejects(self) -> bool:
+        """Whether round I rejects classes early."""
+        return self.rejection_threshold is not None or self.rejection_top_k is not None
 
     def __post_init__(self) -> None:
         if self.rounds not in (1, 2):
@@ -82,6 +94,7 @@ class RefineConfig:
             raise ValueError(f"crop_size={self.crop_size}: use None (the preset's) or >= 32")
         if self.max_classes is not None and self.max_classes < 1:
             raise ValueError(f"max_classes={self.max_classes}: use None (all) or >= 1")
+        check_rejection(self.rejection_threshold, self.rejection_top_k, self.rejection_max_classes)
 
 
 def background_class(names: list[str]) -> int | None:
@@ -162,6 +175,9 @@ class TwoRoundSegmenter(nn.Module):
         self.config = config
         self._encoder = [prompt_encoder]  # a list: not a submodule, not in the state dict
         self._dense = None  # the pooled policy's dense view of the frozen encoder, built once
+        self.kept: torch.Tensor | None = None  # with rejection: (K,) the classes round I kept in
+        # any image since the caller last set it to None (the evaluation's recall)
+        self.detector_trained = True  # false for a checkpoint saved before the coarse head
         if config.rounds == 2 and prompt_encoder is None:
             raise ValueError("rounds=2 needs the frozen prompt encoder to encode the crops")
 
@@ -179,10 +195,32 @@ class TwoRoundSegmenter(nn.Module):
         """``background``: the id of the vocabulary's background class (``background_class``)
         or None; ``regions``: the true label map (B, H, W) of the images, only with
         ``config.regions`` (see :meth:`refined_classes`)."""
-        first = self.model(images, prompts)
+        first = self.round_one(images, prompts)
         if self.config.rounds == 1:
             return first.logits
         return self.second_round(images, prompts, first, True, background, regions)
+
+    def round_one(self, images: torch.Tensor, prompts: Prompts) -> DPSegOutput:
+        """Round I: every class decoded, or with rejection (``config.rejects``) only those the
+        coarse head finds (``DPSeg.forward_kept``); records the kept classes in ``kept``."""
+        config = self.config
+        if not config.rejects:
+            return self.model(images, prompts)
+        if not self.detector_trained:
+            raise SettingError(
+                "model.inference.rejection_threshold / rejection_top_k: this checkpoint was "
+                "saved before class early rejection's coarse head existed, so nothing has "
+                "taught it where classes are; set both to null, or fine-tune it first"
+            )
+        first, kept = self.model.forward_kept(
+            images, prompts, config.rejection_threshold, config.rejection_top_k,
+            config.rejection_max_classes,
+        )  # fmt: skip
+        mask = torch.zeros(prompts.num_classes, dtype=torch.bool)
+        for ids in kept:
+            mask[ids.cpu()] = True
+        self.kept = mask if self.kept is None else self.kept | mask
+        return first
 
     def refined_classes(
         self,

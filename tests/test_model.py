@@ -40,9 +40,15 @@ def test_shapes_finite_and_gradients(encoder):
     assert out.logits.shape == (2, K, 128, width)
     assert out.cost.shape[:3] == (2, P, K)
     assert torch.isfinite(out.logits).all()
-    out.logits.square().mean().backward()
+    assert out.coarse.shape[:2] == (2, K)  # training mode: the coarse head's logits too
+    out.logits.square().mean().backward(retain_graph=True)
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing, missing
+    assert missing == ["decoder.coarse_head.weight", "decoder.coarse_head.bias"]
+    first_stage = model.decoder.stages[0].fuse[0].weight
+    before = first_stage.grad.clone()
+    out.coarse.square().mean().backward()  # the head, and the first stage (deep supervision)
+    assert all(p.grad is not None for p in model.decoder.coarse_head.parameters())
+    assert not torch.equal(first_stage.grad, before)
     assert prompts.text.grad is None  # prompts are inputs, never trained
 
 

@@ -66,6 +66,17 @@ def test_predict_mixed_images_with_a_free_form_vocabulary(trained, world, mixed_
     assert result.returncode == 0, result.stderr[-3000:]
     prompts = json.loads((tmp_path / "t" / "summary.json").read_text())["prompts"]
     assert prompts == {"red disc": "bank", "okapi": "text"}
+    # class early rejection bounded to one class per image: one label everywhere
+    result = run_cli("segment", "--ckpt", str(trained), "--images", str(mixed_images / "a_rgb.jpg"),
+                     "--vocab", "red disc; green square; background", "--reject", "0.01",
+                     "--reject-max", "1", "--out", str(tmp_path / "r"), "--quiet", cwd=world)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(np.unique(np.asarray(Image.open(tmp_path / "r" / "a_rgb.png")))) == 1
+    result = run_cli("segment", "--ckpt", str(trained), "--images", str(mixed_images / "a_rgb.jpg"),
+                     "--vocab", "red disc", "--reject", "1.5", "--out", str(tmp_path / "bad"),
+                     cwd=world)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --reject 1.5: a probability in (0, 1), e.g. 0.05"
 
 
 def test_ctrl_c_in_segment_keeps_what_is_written_and_ends_in_one_line(trained, world, tmp_path):
