@@ -168,3 +168,27 @@ def test_readme_quotes_the_demo_figures_consistently():
     table = re.search(r"\| DPSeg \(toy-convnext, round 1\) \| ([\d.]+) \|", training)
     assert report and table and report.group(1) == table.group(1)
     assert float(report.group(3)) >= 10  # unseen classes: well above chance (3.2)
+
+
+def test_a_checkpoint_from_before_the_coarse_head_loads_and_refuses_to_reject(trained, tmp_path):
+    import torch
+
+    from data.errors import SettingError
+    from model.predictor import Predictor
+
+    checkpoint = torch.load(trained, map_location="cpu", weights_only=True)
+    head = [k for k in checkpoint["state_dict"] if ".coarse_head." in k]
+    assert len(head) == 2  # weight and bias: saved by today's fit
+    for key in head:
+        del checkpoint["state_dict"][key]
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    predictor = Predictor.from_checkpoint(old)  # loads: the head is the only thing missing
+    predictor.set_vocabulary("red disc; green square; background", text_only=True, bank=None)
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    assert predictor.predict(image).shape == (64, 64)  # without rejection it segments
+    predictor.set_rejection(0.05)
+    with pytest.raises(SettingError, match="saved before class early rejection's coarse head"):
+        predictor.predict(image)
+    with pytest.raises(SettingError, match=r"rejection_threshold=2.0: a probability in \(0, 1\)"):
+        predictor.set_rejection(2.0)
