@@ -31,6 +31,11 @@ configuration of that kind took):
    (weights, gradients, AdamW's state, activations, and the frozen prompt encoder, which the
    LightningModule also holds on the device).
 
+4. cost vs K: ``benchmarks/cost_vs_k.py --device cuda`` (its own process): round I at K = 20,
+   59, 150, 459 and 847 for the decoder before issue 29, the default and the default with class
+   early rejection, tiny at 320 px and convnext-b-laion at 768 px in bf16 autocast: FLOPs, ms
+   per image and peak memory (``cost_vs_k_gpu.json`` and ``cost_vs_k_gpu.png``).
+
 A configuration that runs out of GPU memory is reported as skipped; a section that fails is
 reported (FAILED row, traceback on stderr, exit status 1) and the others still run.
 
@@ -45,6 +50,7 @@ import contextlib
 import gc
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -502,6 +508,21 @@ def table(out: dict) -> str:
     return "\n".join(lines)
 
 
+def cost_vs_k_section(args, device, out: dict) -> None:
+    """4. benchmarks/cost_vs_k.py's grid (K = 20 ... 847, the decoder before issue 29, the
+    default, the default with class early rejection) timed on this device, full size in bf16
+    (tiny on CPU with --tiny), in its own process; its table goes into the output."""
+    cmd = [sys.executable, str(Path(__file__).with_name("cost_vs_k.py")), "--device", device.type,
+           "--json", "cost_vs_k_gpu.json", "--plot", "cost_vs_k_gpu.png"]  # fmt: skip
+    if args.tiny:
+        cmd += ["--no-full", "--classes", "20", "59", "--repeats", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    out["cost_vs_k"] = json.loads(Path("cost_vs_k_gpu.json").read_text())
+    print(done.stdout, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", default="bench_gpu.json", help="default: bench_gpu.json")
@@ -535,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = (
         ("bank", lambda: bank_section(plan, device, clock, out)),
         ("inference/training", lambda: model_sections(plan, device, clock, out, args.refined)),
+        ("cost vs K", lambda: cost_vs_k_section(args, device, out)),
     )
     for name, run in sections:  # a failing section is reported; the others still run
         try:

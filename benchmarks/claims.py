@@ -16,6 +16,7 @@ DPSeg rows (configs/toy_world.yaml + one file of configs/ablations/), one run pe
     F_v none / F_v^2                            fv_none.yaml / fv_2.yaml
     text prompt with F_v kept (ours)            prompt_text_keep_fv.yaml
     cost volumes averaged / concatenated        prompt_cost_avg.yaml / prompt_cost_concat.yaml
+    decoder attention global (ours, issue 29)   attention_global.yaml (the toy config has none)
     round II: masked / box crops / box crops    rounds_2.yaml on the full model's checkpoint of
       with background not refined / pooled /    each seed (--model.inference.crop_policy,
       pooled-own / true regions (oracle)        refine_background, regions)
@@ -41,6 +42,8 @@ with one seed). The comparisons (``COMPARISONS``):
     what F_v adds to text (ours)    text with F_v kept - text only (the paper's text row
                                     removes both V and F_v)
     removing V alone (ours)         full - text with F_v kept
+    no attention keeps accuracy     full (decoder attention none) - attention global
+      (ours)
     round II helps                  each round II row - round I
 
 It also prints what the claims rest on: the toy presets' zero-shot accuracy (recorded in their
@@ -53,7 +56,9 @@ weights files) and each bank's prompt retrieval (``bank info --prompts``). Write
 - ``claims.png``: a forest plot, one line per comparison (the mean mIoU difference, its 95%
   interval, a line at 0, coloured by verdict); ``claims_rows.png``: the rows' bars.
 
-Every run's outputs stay in OUT.
+Every run's outputs stay in OUT, and a run given the same OUT again keeps them: fits marked done
+and tests with results are not redone, so an interrupted claims run goes on where it stopped.
+Jobs go seed by seed (every row of seed 0 first), so that a partial run has paired seeds.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -89,6 +95,8 @@ DPSEG_ROWS = [  # (key, row, the paper's claim it tests, ablation file or None)
      "prompt_cost_avg.yaml"),
     ("cost_concat", "DPSeg: cost volumes concatenated", "avg(T,V) > cost-level concat",
      "prompt_cost_concat.yaml"),
+    ("attention_global", "DPSeg: decoder attention global (the decoder before issue 29)",
+     "the new decoder keeps accuracy (ours)", "attention_global.yaml"),
 ]  # fmt: skip
 ROUND_II = [  # (key, row, claim, extra arguments) over the full model's checkpoints
     ("r2_masked", "DPSeg: round II, masked crops (config)", "round II > round I", []),
@@ -113,6 +121,8 @@ COMPARISONS = [  # (claim, comparison a - b, key a, key b): the paper claims a -
     ("each F_v level helps", "F_v^2 only - no F_v", "fv_2", "fv_none"),
     ("what F_v adds to text (ours)", "text, F_v kept - text only", "text_keep_fv", "text"),
     ("removing V alone (ours)", "full - text, F_v kept", "full", "text_keep_fv"),
+    ("no decoder attention keeps accuracy (ours)", "full (none) - global attention", "full",
+     "attention_global"),
     *(("round II helps", f"{row.removeprefix('DPSeg: ')} - round I", key, "full")
       for key, row, _, _ in ROUND_II),
 ]  # fmt: skip
@@ -243,6 +253,12 @@ class Runner:
             print(f"[{self.done}/{self.total}] {what}: {time.perf_counter() - started:.0f} s "
                   f"(elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min)", flush=True)  # fmt: skip
         return result.stdout
+
+    def skip(self, what: str) -> None:
+        """A step whose outputs a previous run left (``--out`` reused): not run, not counted."""
+        with self.lock:
+            self.total -= 1
+            print(f"[{self.done}/{self.total}] {what}: done before, kept", flush=True)
 
 
 def overlay(out: Path, data_root: Path, bank: Path) -> Path:
@@ -502,26 +518,41 @@ def main() -> int:
     steps = [] if args.steps is None else ["--trainer.max_steps", str(args.steps)]
 
     def dpseg_run(key: str, ablation: str | None, seed: int) -> tuple[dict, list[dict]]:
-        """Fit one row with one seed, test it (and, for the full model, its round II rows)."""
+        """Fit one row with one seed, test it (and, for the full model, its round II rows).
+        Finished work is kept: a fit marked done in OUT is not run again, nor a test whose
+        results are there, so an interrupted run goes on where it stopped when run again."""
         extra = ["--config", str(ABLATIONS / ablation)] if ablation else []
         tag = f"{key}_seed{seed}"
         ckpt_dir = out / "runs" / tag
-        run(f"fit {tag}", ["fit", *common, *extra, *steps, "--config", str(run_logger(ckpt_dir)),
-                           "--seed_everything", str(seed)])  # fmt: skip
+        fitted = ckpt_dir / "fit.done"
+        if fitted.exists():
+            run.skip(f"fit {tag}")
+        else:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)  # an interrupted fit starts afresh
+            run(f"fit {tag}", ["fit", *common, *extra, *steps, "--config",
+                               str(run_logger(ckpt_dir)), "--seed_everything", str(seed)])  # fmt: skip
+            fitted.write_text(f"{steps or config_steps()}\n")
         ckpt = next(ckpt_dir.rglob("last.ckpt"))
-        results = out / "results" / tag
-        run(f"test {tag}", ["test", *common, *extra, "--ckpt_path", str(ckpt),
-                            "--model.results_dir", str(results), *NO_LOGS])  # fmt: skip
+
+        def test(what: str, results: Path, more: list[str]) -> dict:
+            if (results / "toy.json").exists():
+                run.skip(what)
+            else:
+                run(what, ["test", *common, *more, "--ckpt_path", str(ckpt),
+                           "--model.results_dir", str(results), *NO_LOGS])  # fmt: skip
+            return scores(results)
+
+        first = test(f"test {tag}", out / "results" / tag, extra)
         second = []
         for key2, row2, _, extra2 in round_ii if ablation is None else []:
-            results2 = out / "results" / f"{key2}_seed{seed}"
-            run(f"test {row2}, seed {seed}", ["test", *common, "--config",
-                str(ABLATIONS / "rounds_2.yaml"), *extra2, "--ckpt_path", str(ckpt),
-                "--model.results_dir", str(results2), *NO_LOGS])  # fmt: skip
-            second.append(scores(results2))
-        return scores(results), second
+            more = ["--config", str(ABLATIONS / "rounds_2.yaml"), *extra2]
+            second.append(
+                test(f"test {row2}, seed {seed}", out / "results" / f"{key2}_seed{seed}", more)
+            )
+        return first, second
 
-    jobs = [(key, ablation, seed) for key, _, _, ablation in dpseg_rows for seed in seeds]
+    # seed by seed, so that an interrupted run has whole seeds (paired rows) to compare
+    jobs = [(key, ablation, seed) for seed in seeds for key, _, _, ablation in dpseg_rows]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(lambda job: dpseg_run(*job), jobs))
     done = {(key, seed): result for (key, _, seed), result in zip(jobs, results)}

@@ -329,3 +329,24 @@ def test_claims_round_two_rows_pair_with_round_one_of_their_seed():
         "round II, box crops (paper) - round I": [1.0, 2.0],
         "round II, true regions of round I's classes (oracle, ours) - round I": [4.0, 5.0],
     }
+
+
+# benchmarks/cost_vs_k.py: round I's cost against K, the decoder before issue 29 and after
+def test_cost_vs_k_rejection_bounds_the_decode(tmp_path):
+    import torch
+
+    from benchmarks.cost_vs_k import TINY, decoders, measure, plot, table
+
+    rows = measure(TINY, [20, 150], decoders(0.05, 48), torch.device("cpu"), 1, True, False)
+    by = {(r["classes"], r["decoder"]): r for r in rows}
+    assert len(rows) == 6 and all(r["ms"] > 0 for r in rows)
+    for k in (20, 150):  # global attention at every stage costs more than the default's
+        assert by[k, "before"]["gflops"] > by[k, "default"]["gflops"]
+    # K = 20 <= 48: rejection bounds nothing, and pays the coarse pass on top
+    assert by[20, "default + rejection"]["gflops"] > by[20, "default"]["gflops"]
+    # K = 150: at most 48 classes go past the first stage (FLOPs counted at that bound)
+    assert by[150, "default + rejection"]["gflops"] < 0.6 * by[150, "default"]["gflops"]
+    assert by[150, "default + rejection"]["kept"] <= 48 and by[150, "default"]["kept"] == 150
+    assert "| tiny-convnext 320 px | 150 | default + rejection |" in table(rows)
+    plot(rows, tmp_path / "cost.png")
+    assert (tmp_path / "cost.png").stat().st_size > 10_000

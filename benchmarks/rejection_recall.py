@@ -1,0 +1,147 @@
+"""Class early rejection on a large vocabulary: the toy classes plus every ade847 name.
+
+    .venv/bin/python benchmarks/rejection_recall.py [--ckpt demo_out/.../last.ckpt]
+        [--bank demo_out/banks/toy.zarr] [--distractors demo_out/banks/ade847_toy.zarr]
+        [--data demo_out/datasets] [--images 500] [--threshold 0.05 0.2] [--max-classes 48]
+
+The distractor bank is built once with the toy preset (the same encoder and templates):
+
+    DPSEG_VOCAB_DIR=../shared/vocab/catseg cli.py bank build --vocab ade847 --preset toy \\
+        --templates imagenet80 --out demo_out/banks/ade847_toy.zarr
+
+A trained toy DPSeg (``make demo``'s) segments the first ``--images`` of the ``toy`` test split
+with the vocabulary "toy classes + the ade847 names not among them" (K = 31 + 847 - shared),
+through ``Predictor`` (the user's path), without and with rejection (``rejection_threshold`` each
+of ``--threshold``, with and without ``rejection_max_classes``). Prints per setting:
+
+- recall: the share of each image's true classes that round I kept (summed over images);
+- classes decoded per image, and how many of them are distractors;
+- mIoU over the toy classes (a pixel given a distractor counts as wrong), beside the same model
+  on the toy vocabulary alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.predictor import Predictor
+
+DEMO = Path("demo_out")
+
+
+def miou(confusion: np.ndarray) -> float:
+    """Mean IoU over the classes present in the truth (rows)."""
+    tp = np.diag(confusion)[: confusion.shape[0]]
+    union = confusion.sum(1) + confusion[:, : confusion.shape[0]].sum(0) - tp
+    present = confusion.sum(1) > 0
+    return float((tp[present] / union[present]).mean())
+
+
+def evaluate(predictor: Predictor, images, labels, num_true: int, threshold, max_classes) -> dict:
+    config = predictor.module.inference_config
+    config.rejection_threshold, config.rejection_max_classes = threshold, max_classes
+    predictor.module.segmenter.config = config
+    segmenter = predictor.module.segmenter
+    k = predictor.prompts.num_classes
+    confusion = np.zeros((num_true, k), dtype=np.int64)
+    true = kept_true = kept = distractors = 0
+    start = time.perf_counter()
+    for image, label in zip(images, labels):
+        segmenter.kept = None
+        pred = predictor.predict(image)
+        valid = (label >= 0) & (label < num_true)
+        np.add.at(confusion, (label[valid], pred[valid]), 1)
+        if segmenter.kept is not None:
+            present = np.unique(label[valid])
+            mask = segmenter.kept.numpy()
+            true += len(present)
+            kept_true += int(mask[present].sum())
+            kept += int(mask.sum())
+            distractors += int(mask[num_true:].sum())
+    n = len(images)
+    return {
+        "threshold": threshold,
+        "max_classes": max_classes,
+        "classes": k,
+        "mIoU": 100 * miou(confusion),
+        "recall": kept_true / true if true else None,
+        "decoded": kept / n if threshold is not None else k,
+        "distractors_decoded": distractors / n if threshold is not None else k - num_true,
+        "s_per_image": (time.perf_counter() - start) / n,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ckpt", default=str(DEMO / "runs/dpseg/demo/checkpoints/last.ckpt"))
+    parser.add_argument("--bank", default=str(DEMO / "banks/toy.zarr"))
+    parser.add_argument("--distractors", default=str(DEMO / "banks/ade847_toy.zarr"))
+    parser.add_argument("--data", default=str(DEMO / "datasets"))
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--threshold", type=float, nargs="+", default=[0.05, 0.2])
+    parser.add_argument("--max-classes", type=int, default=48)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    from PIL import Image
+
+    from data.vocabulary import Vocabulary, load_vocabulary
+    from prompt_bank.store import Bank
+
+    for path in (args.ckpt, args.bank, args.distractors):
+        if not Path(path).exists():
+            parser.error(f"{path}: not found (make demo, then the bank build in this docstring)")
+    predictor = Predictor.from_checkpoint(args.ckpt)
+    toy = load_vocabulary("toy")
+    distractor_bank = Bank.open(args.distractors)
+    taken = {n.lower() for n in toy.names}
+    extra = [c for c in distractor_bank.classes if c.lower() not in taken]
+    large = Vocabulary.from_entries([*toy.entries, *extra], name="toy+ade847")
+    root = Path(args.data) / "toy"
+    paths = sorted((root / "images" / "test").iterdir())[: args.images]
+    images = [np.array(Image.open(p).convert("RGB")) for p in paths]
+    labels = [np.array(Image.open(root / "annotations_detectron2" / "test" / f"{p.stem}.png"))
+              .astype(np.int64) for p in paths]  # fmt: skip
+    labels = [np.where(lb == 255, -1, lb) for lb in labels]
+    num_true = len(toy)
+    rows = []
+    predictor.set_vocabulary(toy, bank=args.bank)
+    settings = [(None, None)] + [(t, m) for t in args.threshold for m in (None, args.max_classes)]
+    for threshold, cap in settings:
+        result = evaluate(predictor, images, labels, num_true, threshold, cap)
+        rows.append({"vocabulary": "toy", **result})
+    predictor.set_vocabulary(large, bank=args.bank, extra_banks=[args.distractors])
+    for threshold, cap in settings:
+        result = evaluate(predictor, images, labels, num_true, threshold, cap)
+        rows.append({"vocabulary": f"toy + {len(extra)} ade847 names", **result})
+    print(f"{len(images)} toy test images, {args.ckpt}")
+    print("| vocabulary | K | rejection | recall | decoded / image | distractors decoded | "
+          "mIoU (toy classes) | s / image |")  # fmt: skip
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        rejection = (
+            "off"
+            if r["threshold"] is None
+            else f"p >= {r['threshold']}"
+            + (f", at most {r['max_classes']}" if r["max_classes"] else "")
+        )
+        recall = "—" if r["recall"] is None else f"{r['recall']:.3f}"
+        print(f"| {r['vocabulary']} | {r['classes']} | {rejection} | {recall} | "
+              f"{r['decoded']:.1f} | {r['distractors_decoded']:.1f} | {r['mIoU']:.1f} | "
+              f"{r['s_per_image']:.3f} |")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    sys.exit(main())
