@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from conftest import ROOT, run_cli
 
 from data.catalog import IGNORE_INDEX, get_dataset_spec
@@ -190,9 +191,16 @@ def test_probe_reports_what_the_toy_clip_knows(tmp_path):
 # chance 3.2). The run gave seen 22.0, unseen 13.7 (2026-12-06, docs/results.md).
 GUARD_STEPS = 400
 GUARD_FLOOR = {"mIoU_seen": 0.15, "mIoU_unseen": 0.07}
+GUARD_RECALL = 0.9  # class early rejection's recall of the true classes, at least (0.96 seen)
+DISTRACTOR_RECALL = 0.8  # the same among every ade847 name (0.86 seen: at most 48 decoded, and
+DISTRACTOR_IMAGES = 60  # some distractors outrank small toy objects; 2026-12-06)
 
 
-def test_learning_guard_a_short_toy_training_clears_a_floor(tmp_path):
+@pytest.fixture(scope="module")
+def guard_run(tmp_path_factory) -> dict:
+    """The learning guard's short toy training (configs/toy_world.yaml, GUARD_STEPS steps) and
+    its test on 300 toy test images: the folders, the checkpoint and the metrics."""
+    tmp_path = tmp_path_factory.mktemp("guard")
     data = run_cli("data", "toy", "--root", str(tmp_path / "datasets"), "--train", "1500",
                    "--val", "4", "--test", "300", "--quiet")  # fmt: skip
     assert data.returncode == 0, data.stderr[-2000:]
@@ -219,7 +227,63 @@ def test_learning_guard_a_short_toy_training_clears_a_floor(tmp_path):
     test = run_cli("test", *common, "--ckpt_path", str(ckpt), "--model.results_dir",
                    str(results), env=env, timeout=600)  # fmt: skip
     assert test.returncode == 0, test.stderr[-3000:]
-    metrics = json.loads((results / "toy.json").read_text())
+    return {"root": tmp_path, "bank": bank, "ckpt": ckpt,
+            "metrics": json.loads((results / "toy.json").read_text()),
+            "run": json.loads((results / "toy.run.json").read_text())}  # fmt: skip
+
+
+def test_learning_guard_a_short_toy_training_clears_a_floor(guard_run):
+    metrics = guard_run["metrics"]
     print("learning guard:", {k: round(metrics[k] * 100, 1) for k in ("mIoU", *GUARD_FLOOR)})
     for key, floor in GUARD_FLOOR.items():
         assert metrics[key] >= floor, (key, metrics[key], metrics)
+    # the toy config rejects classes early; the test run records how well (docs/dpseg.md)
+    rejection = guard_run["run"]["rejection"]
+    print("class early rejection on the toy vocabulary:", rejection)
+    assert rejection["images"] == 300 and rejection["classes"] == 31
+    assert rejection["recall"] >= GUARD_RECALL
+    assert 1 <= rejection["kept_per_image"] <= 31
+
+
+def test_rejection_keeps_the_toy_classes_among_every_ade847_name(guard_run, shared_vocab):
+    """A large vocabulary: the 31 toy classes (from the bank) and every ade847 name as a
+    distractor (text prompts: the toy bank has no pictures of them). Class early rejection must
+    keep the images' toy classes and drop most distractors."""
+    from PIL import Image
+
+    from data.vocabulary import Vocabulary, load_vocabulary
+    from model.predictor import Predictor
+
+    toy = load_vocabulary("toy")
+    taken = {n.lower() for n in toy.names}
+    ade = Vocabulary.from_entries(json.loads((shared_vocab / "catseg" / "ade847.json").read_text()),
+                                  allow_duplicates=True)  # fmt: skip
+    extra = [e for c, e in zip(ade.names, ade.entries) if c.lower() not in taken]
+    large = Vocabulary.from_entries([*toy.entries, *extra], allow_duplicates=True)
+    assert len(large) > 850
+    predictor = Predictor.from_checkpoint(guard_run["ckpt"])
+    inference = yaml.safe_load((ROOT / "configs" / "toy_world.yaml").read_text())["model"][
+        "inference"
+    ]
+    config = predictor.module.inference_config  # a checkpoint holds no inference settings
+    config.rejection_threshold = inference["rejection_threshold"]  # the toy config's rejection
+    config.rejection_max_classes = inference["rejection_max_classes"]
+    predictor.set_vocabulary(large, bank=str(guard_run["bank"]), text_only=True)
+    segmenter = predictor.module.segmenter
+    root = guard_run["root"] / "datasets" / "toy"
+    true = kept_true = distractors = 0
+    paths = sorted((root / "images" / "test").iterdir())[:DISTRACTOR_IMAGES]
+    for path in paths:
+        label = np.array(Image.open(root / "annotations_detectron2" / "test" / f"{path.stem}.png"))
+        segmenter.kept = None
+        predicted = predictor.predict(np.array(Image.open(path).convert("RGB")))
+        assert predicted.shape == label.shape
+        present = torch.from_numpy(np.unique(label[label < len(toy)]).astype(np.int64))
+        true += len(present)
+        kept_true += int(segmenter.kept[present].sum())
+        distractors += int(segmenter.kept[len(toy) :].sum())
+    recall, decoded = kept_true / true, distractors / len(paths)
+    print(f"distractor vocabulary (K = {len(large)}): recall of the toy classes {recall:.3f}, "
+          f"distractors decoded per image {decoded:.1f}")  # fmt: skip
+    assert recall >= DISTRACTOR_RECALL
+    assert decoded < config.rejection_max_classes  # most of the 847 distractors are rejected
