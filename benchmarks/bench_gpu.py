@@ -34,7 +34,7 @@ configuration of that kind took):
 4. cost vs K: ``benchmarks/cost_vs_k.py --device cuda`` (its own process): round I at K = 20,
    59, 150, 459 and 847 for the decoder before issue 29, the default and the default with class
    early rejection, tiny at 320 px and convnext-b-laion at 768 px in bf16 autocast: FLOPs, ms
-   per image and peak memory (``cost_vs_k_gpu.json`` and ``cost_vs_k_gpu.png``).
+   per image and peak memory (``bench_gpu_cost_vs_k.json/.md/.png`` beside ``--json``).
 
 A configuration that runs out of GPU memory is reported as skipped; a section that fails is
 reported (FAILED row, traceback on stderr, exit status 1) and the others still run.
@@ -511,16 +511,23 @@ def table(out: dict) -> str:
 def cost_vs_k_section(args, device, out: dict) -> None:
     """4. benchmarks/cost_vs_k.py's grid (K = 20 ... 847, the decoder before issue 29, the
     default, the default with class early rejection) timed on this device, full size in bf16
-    (tiny on CPU with --tiny), in its own process; its table goes into the output."""
+    (tiny on CPU with --tiny), in its own process; its rows go into the JSON, its table and plot
+    beside it (``<json stem>_cost_vs_k.md/.png``)."""
+    base = Path(args.json)
+    rows_path = base.with_name(f"{base.stem}_cost_vs_k.json")
+    plot_path = base.with_name(f"{base.stem}_cost_vs_k.png")
     cmd = [sys.executable, str(Path(__file__).with_name("cost_vs_k.py")), "--device", device.type,
-           "--json", "cost_vs_k_gpu.json", "--plot", "cost_vs_k_gpu.png"]  # fmt: skip
+           "--json", str(rows_path), "--plot", str(plot_path)]  # fmt: skip
     if args.tiny:
         cmd += ["--no-full", "--classes", "20", "59", "--repeats", "1"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-    out["cost_vs_k"] = json.loads(Path("cost_vs_k_gpu.json").read_text())
-    print(done.stdout, flush=True)
+    out["cost_vs_k"] = json.loads(rows_path.read_text())
+    table = "\n".join(line for line in done.stdout.splitlines() if line.startswith("|"))
+    base.with_name(f"{base.stem}_cost_vs_k.md").write_text(table + "\n")
+    out["notes"].append(f"cost vs K: {len(out['cost_vs_k'])} rows in {rows_path.name}, table in "
+                        f"{base.stem}_cost_vs_k.md, plot {plot_path.name}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

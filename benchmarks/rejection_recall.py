@@ -4,7 +4,10 @@
         [--bank demo_out/banks/toy.zarr] [--distractors demo_out/banks/ade847_toy.zarr]
         [--data demo_out/datasets] [--images 500] [--threshold 0.05 0.2] [--max-classes 48]
 
-The distractor bank is built once with the toy preset (the same encoder and templates):
+The distractor bank is built once with the toy preset (the same encoder and templates; the toy
+renderer draws a name it does not know as background alone, so each distractor's visual prompt
+is a picture of background), or ``--text-distractors`` gives them text prompts only (the ade847
+list from ``$DPSEG_VOCAB_DIR``):
 
     DPSEG_VOCAB_DIR=../shared/vocab/catseg cli.py bank build --vocab ade847 --preset toy \\
         --templates imagenet80 --out demo_out/banks/ade847_toy.zarr
@@ -89,6 +92,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--threshold", type=float, nargs="+", default=[0.05, 0.2])
     parser.add_argument("--max-classes", type=int, default=48)
+    parser.add_argument("--text-distractors", action="store_true",
+                        help="distractors with text prompts only (no --distractors bank)")  # fmt: skip
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     from PIL import Image
@@ -96,14 +101,17 @@ def main() -> int:
     from data.vocabulary import Vocabulary, load_vocabulary
     from prompt_bank.store import Bank
 
-    for path in (args.ckpt, args.bank, args.distractors):
+    for path in (args.ckpt, args.bank, *([] if args.text_distractors else [args.distractors])):
         if not Path(path).exists():
             parser.error(f"{path}: not found (make demo, then the bank build in this docstring)")
     predictor = Predictor.from_checkpoint(args.ckpt)
     toy = load_vocabulary("toy")
-    distractor_bank = Bank.open(args.distractors)
     taken = {n.lower() for n in toy.names}
-    extra = [c for c in distractor_bank.classes if c.lower() not in taken]
+    if args.text_distractors:
+        names = load_vocabulary("ade847").names
+    else:
+        names = Bank.open(args.distractors).classes
+    extra = [c for c in names if c.lower() not in taken]
     large = Vocabulary.from_entries([*toy.entries, *extra], name="toy+ade847")
     root = Path(args.data) / "toy"
     paths = sorted((root / "images" / "test").iterdir())[: args.images]
@@ -118,7 +126,10 @@ def main() -> int:
     for threshold, cap in settings:
         result = evaluate(predictor, images, labels, num_true, threshold, cap)
         rows.append({"vocabulary": "toy", **result})
-    predictor.set_vocabulary(large, bank=args.bank, extra_banks=[args.distractors])
+    if args.text_distractors:
+        predictor.set_vocabulary(large, bank=args.bank, text_only=True)
+    else:
+        predictor.set_vocabulary(large, bank=args.bank, extra_banks=[args.distractors])
     for threshold, cap in settings:
         result = evaluate(predictor, images, labels, num_true, threshold, cap)
         rows.append({"vocabulary": f"toy + {len(extra)} ade847 names", **result})

@@ -5,8 +5,8 @@ with BCE on where each class is at 1/16 of the image: ``LossConfig.coarse_weight
 class a probability per position. A class passes when that probability reaches ``threshold``
 somewhere in the image and, with ``top_k``, when some position ranks it among its ``top_k``
 classes (SED's per-pixel top-k); only the classes that pass go on through the finer stages.
-``max_classes`` bounds the decode: at most that many per image, the highest peak probability
-first. So round I's fine stages cost what min(K, passing, ``max_classes``) classes cost.
+``max_classes`` bounds the decode: at most that many per image, by their best rank at any
+position, then their peak probability. So round I's fine stages cost what min(K, passing, ``max_classes``) classes cost.
 
 Differences from SED (ours): one rejection point (after the first stage) instead of one per
 layer, and a presence probability with a threshold beside SED's top-k. A rejected class gets
@@ -42,22 +42,27 @@ def kept_classes(
 ) -> list[torch.Tensor]:
     """coarse (B, K, h, w) logits of the coarse head -> per image the (k_b,) ascending ids of
     the classes whose probability reaches ``threshold`` somewhere and (with ``top_k``) that some
-    position ranks among its ``top_k``; at most ``max_classes`` of them, the highest peak first
-    (ties by the lower id). Every image keeps at least its highest-peak class."""
+    position ranks among its ``top_k``. With ``max_classes``, at most that many: the best rank
+    at any position first (a class some position ranks first before one ranked second
+    everywhere), then the highest peak, then the lower id; so many near-copies of one class
+    (a vocabulary's synonyms) cannot push out the class a position ranks first. Every image
+    keeps at least its highest-peak class."""
     peak = coarse.flatten(2).amax(dim=2)  # (B, K) logits; sigmoid is monotonic
+    ranks = coarse.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+    best = ranks.flatten(2).amin(dim=2)  # (B, K): each class's best rank over positions
     passing = torch.ones_like(peak, dtype=torch.bool)
     if threshold is not None:
         passing &= peak.sigmoid() >= threshold
     if top_k is not None:
-        ranks = coarse.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
-        passing &= ranks.flatten(2).amin(dim=2) < top_k  # (B, K): best rank anywhere
+        passing &= best < top_k
     kept = []
     for image in range(coarse.shape[0]):
         ids = torch.nonzero(passing[image]).flatten()
         if len(ids) == 0:
             ids = peak[image].argmax().view(1)
         if max_classes is not None and len(ids) > max_classes:
-            order = peak[image, ids].argsort(descending=True, stable=True)[:max_classes]
+            by_peak = peak[image, ids].argsort(descending=True, stable=True)
+            order = by_peak[best[image, ids][by_peak].argsort(stable=True)][:max_classes]
             ids = ids[order].sort().values
         kept.append(ids)
     return kept

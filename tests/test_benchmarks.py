@@ -73,6 +73,12 @@ def test_bench_gpu_tiny_on_cpu_measures_every_section(tmp_path):
     for key in ("ms_per_step", "peak_mb", "loss"):
         assert positive(train[key]), (key, train)
     assert positive(data["seconds"])
+    grid = {(r["classes"], r["decoder"]) for r in data["cost_vs_k"]}  # section 4, tiny on CPU
+    assert grid == {(k, d) for k in (20, 59) for d in ("before", "default", "default + rejection")}
+    assert all(positive(r["ms"]) for r in data["cost_vs_k"])
+    assert (tmp_path / "bench_cost_vs_k.png").exists() and (
+        tmp_path / "bench_cost_vs_k.md"
+    ).exists()
 
 
 def flops_rows(tmp_path: Path, device: str) -> list[dict]:

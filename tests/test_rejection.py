@@ -24,6 +24,8 @@ def test_kept_classes_by_threshold_top_k_and_bound_by_hand():
     assert ids(kept_classes(coarse, threshold=0.15, top_k=1)) == [[0, 1], [4]]
     # at most 3: the highest peaks 0.9 (0), 0.8 (2), 0.7 (1); ids ascending
     assert ids(kept_classes(coarse, threshold=0.5, max_classes=3)) == [[0, 1, 2], [4]]
+    # at most 2: the classes ranked first somewhere (0, 1), though class 2's peak beats class 1's
+    assert ids(kept_classes(coarse, threshold=0.5, max_classes=2)) == [[0, 1], [4]]
     assert kept_classes(coarse, top_k=99)[0].tolist() == [0, 1, 2, 3, 4]  # k > K: every class
 
 
