@@ -42,8 +42,8 @@ with one seed). The comparisons (``COMPARISONS``):
     what F_v adds to text (ours)    text with F_v kept - text only (the paper's text row
                                     removes both V and F_v)
     removing V alone (ours)         full - text with F_v kept
-    no attention keeps accuracy     full (decoder attention none) - attention global
-      (ours)
+    the decoder of issue 29 keeps   full (no attention, coarse head, rejection) - the decoder
+      accuracy (ours)               before (global attention, no head, every class decoded)
     round II helps                  each round II row - round I
 
 It also prints what the claims rest on: the toy presets' zero-shot accuracy (recorded in their
@@ -121,7 +121,8 @@ COMPARISONS = [  # (claim, comparison a - b, key a, key b): the paper claims a -
     ("each F_v level helps", "F_v^2 only - no F_v", "fv_2", "fv_none"),
     ("what F_v adds to text (ours)", "text, F_v kept - text only", "text_keep_fv", "text"),
     ("removing V alone (ours)", "full - text, F_v kept", "full", "text_keep_fv"),
-    ("no decoder attention keeps accuracy (ours)", "full (none) - global attention", "full",
+    ("the decoder of issue 29 keeps accuracy (ours)",
+     "full (no attention, coarse head, rejection) - the decoder before", "full",
      "attention_global"),
     *(("round II helps", f"{row.removeprefix('DPSeg: ')} - round I", key, "full")
       for key, row, _, _ in ROUND_II),
