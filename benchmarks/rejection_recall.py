@@ -107,12 +107,13 @@ def main() -> int:
     predictor = Predictor.from_checkpoint(args.ckpt)
     toy = load_vocabulary("toy")
     taken = {n.lower() for n in toy.names}
-    if args.text_distractors:
-        names = load_vocabulary("ade847").names
+    if args.text_distractors:  # entries with synonyms: ade847 repeats some canonical names
+        entries = load_vocabulary("ade847", allow_duplicates=True).entries
     else:
-        names = Bank.open(args.distractors).classes
-    extra = [c for c in names if c.lower() not in taken]
-    large = Vocabulary.from_entries([*toy.entries, *extra], name="toy+ade847")
+        entries = Bank.open(args.distractors).classes
+    extra = [e for e in entries if e.split(",")[0].strip().lower() not in taken]
+    large = Vocabulary.from_entries([*toy.entries, *extra], name="toy+ade847",
+                                    allow_duplicates=True)  # fmt: skip
     root = Path(args.data) / "toy"
     paths = sorted((root / "images" / "test").iterdir())[: args.images]
     images = [np.array(Image.open(p).convert("RGB")) for p in paths]
