@@ -71,8 +71,8 @@ class RefineConfig:
     # round I decodes past its first stage only the classes whose coarse-head probability
     # reaches this somewhere (model.rejection; None and no top_k: every class)
     rejection_top_k: int | None = None  # and (if set) that some position ranks among its k
-    rejection_max_classes: int | None = None  # at most this many per image, highest peak
-    # first: bounds round I's decode whatever K is (None: no bound)
+    rejection_max_classes: int | None = None  # at most this many per image (best rank at any
+    # position first, then peak): bounds round I's decode whatever K is (None: no bound)
 
     @property
     def rejects(self) -> bool:
