@@ -24,7 +24,7 @@ from conftest import ROOT, TEMPLATES, TINY, make_bank, run_cli, run_tiny_cli
 from data.catalog import IGNORE_INDEX
 from data.datasets import SegmentationFolder
 from data.vocabulary import Vocabulary, load_vocabulary
-from model.lightning import DPSegModule, bce_loss, cost_aux_loss
+from model.lightning import DPSegModule, bce_loss, coarse_loss, cost_aux_loss
 from model.prompts import load_prompts
 from model.refine import RefineConfig, crop_regions, detected_classes
 from pretrained.backbone import BackboneFeatures
@@ -191,6 +191,7 @@ def test_training_step_gradients_only_on_trainable_parameters(world):
     out = module.model(images, prompts)
     assert out.logits.shape == (2, 8, 64, 64) and torch.isfinite(out.logits).all()
     loss = bce_loss(out.logits, labels, "negative") + 0.5 * cost_aux_loss(out.cost, labels, 10)
+    loss = loss + coarse_loss(out.coarse, labels)  # the coarse head (class early rejection)
     loss.backward()
     for name, p in module.named_parameters():
         assert p.requires_grad and p.grad is not None, f"{name} got no gradient"

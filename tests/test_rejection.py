@@ -98,3 +98,16 @@ def test_round_two_refines_only_kept_classes_and_records_them():
 def test_bad_rejection_settings(setting, match):
     with pytest.raises(ValueError, match=match):
         RefineConfig(**setting)
+
+
+def test_coarse_loss_marks_a_cell_where_any_pixel_of_a_class_is():
+    from model.lightning import coarse_loss
+
+    labels = torch.zeros(1, 4, 4, dtype=torch.long)
+    labels[0, 1, 1] = 1  # one pixel of class 1, in the top-left 2x2 cell
+    labels[0, 3, 3] = -1  # an ignore pixel counts for no class
+    confident = torch.full((1, 2, 2, 2), 10.0)  # every class everywhere, with logit 10
+    # class 0 is in all 4 cells, class 1 in 1: 3 of 8 targets are negatives, each costing
+    # BCE(10, 0) = 10 + log(1 + e^-10); positives cost log(1 + e^-10)
+    expected = (3 * 10 + 8 * torch.log1p(torch.exp(torch.tensor(-10.0)))) / 8
+    torch.testing.assert_close(coarse_loss(confident, labels), expected)
