@@ -174,17 +174,11 @@ class DPSeg(nn.Module):
         return DPSegOutput(logits, cost, features, coarse)
 
     @torch.no_grad()
-    def class_cost(self, features: BackboneFeatures, prompts: Prompts) -> torch.Tensor:
-        """The template-averaged cost volume of all K classes, (B, K, h, w): cheap (no
-        decoder); what class early rejection and ``class_scores`` read."""
-        return self._all_classes_cost(features, prompts)[0].mean(dim=1)
-
-    @torch.no_grad()
     def class_scores(self, features: BackboneFeatures, prompts: Prompts) -> torch.Tensor:
         """How strongly each class shows anywhere in each image: the template-averaged cost
         volume's highest value over positions, (B, K). Training uses it to pick each image's
         hardest absent classes (``LossConfig.hard_classes``)."""
-        return self.class_cost(features, prompts).amax(dim=(-2, -1))
+        return self._all_classes_cost(features, prompts)[0].mean(dim=1).amax(dim=(-2, -1))
 
     @torch.no_grad()
     def coarse_logits(self, features: BackboneFeatures, prompts: Prompts) -> torch.Tensor:
