@@ -62,8 +62,10 @@ class BankBuildOptions:
     out: str  # bank location: a path or an fsspec URL
     preset: str | None = None  # bank preset: paper (default), fast, vit, tiny, toy, toy-vit,
     # toy-dinotxt (cli.py presets --kind bank)
-    generator: str | None = None  # generator preset (overrides the bank preset's)
-    encoder: str | None = None  # encoder preset (overrides the bank preset's)
+    generator: str | None = None  # generator (overrides the bank preset's): a preset, a diffusers
+    # repository ORG/NAME[@REV] or folder (cli.py presets)
+    encoder: str | None = None  # encoder (overrides the bank preset's): a preset, an open_clip
+    # MODEL:TAG, hf-hub:ORG/NAME[@REV] or a folder (cli.py presets)
     templates: str = "imagenet80"  # imagenet80, imagenet80:N, single, or a file
     allow_duplicate_classes: bool = False  # accept exactly repeated vocabulary entries
     quiet: bool = False  # no progress bar

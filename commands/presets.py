@@ -60,6 +60,26 @@ def cmd_presets(args: argparse.Namespace) -> None:
         "\nReal presets load weights from the Hugging Face hub or its cache; a local file or folder "
         "goes in --encoder-weights / --generator-weights. Offline: the tiny presets (PRESET=tiny)."
     )
+    print(OPEN_NAMES)
+
+
+# what the user may type besides a preset (pretrained.names)
+OPEN_NAMES = """
+Besides the presets, --encoder and --generator take any model by its own library's name
+(recorded in banks, cards and checkpoints with its revision, fingerprint and licence):
+  --encoder    MODEL:TAG                an open_clip model and pretrained tag
+                                        (open_clip.list_pretrained(); e.g.
+                                        convnext_base_w:laion2b_s13b_b82k_augreg, ViT-B-16:openai)
+               hf-hub:ORG/NAME[@REV]    an open_clip repository on the hub
+               DIR (or local-dir:DIR)   a folder with open_clip_config.json and the weights
+               ConvNeXt (timm trunks) and ViT (open_clip) towers; others are refused.
+  --generator  ORG/NAME[@REV]           a diffusers repository: StableDiffusionPipeline (SD 1.x,
+                                        2.x, SD-Turbo) or StableDiffusionXLPipeline (SDXL,
+                                        SDXL-Turbo), e.g. stabilityai/sdxl-turbo
+               DIR                      a diffusers folder (model_index.json)
+               defaults (ours): size from the UNet and VAE configs; SD 25 steps, guidance 7.5;
+               SDXL 25 steps, guidance 5.0; a name with "turbo" 1 step, no guidance;
+               --steps, --guidance and --resolution override them."""
 
 
 def _dinotxt_zero_shot(report: dict) -> str:

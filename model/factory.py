@@ -33,6 +33,7 @@ from pretrained.backbone import (
     create_encoder,
     text_encoder_for,
 )
+from pretrained.presets import EncoderPreset
 
 
 @dataclass
@@ -50,6 +51,7 @@ class DPSegParts:
     tokenizer: Callable
     fingerprint: str  # sha256 of the encoder's weights as built (banks must match it)
     weights: str  # "random(seed=0)", a local path or a hub id
+    preset: EncoderPreset  # the encoder's preset, or the description of an open name
 
     @property
     def model(self) -> DPSeg:
@@ -72,7 +74,8 @@ def build_dpseg(
     """DPSeg on a CLIP encoder preset (``cli.py presets``), in train mode, on CPU.
 
     Args:
-        encoder: a CLIP encoder preset; dino.txt is refused (DPSeg needs CLIP's levels).
+        encoder: a CLIP encoder preset or open name (``pretrained.names``); dino.txt is
+            refused (DPSeg needs CLIP's levels).
         num_templates: P, the templates of the banks the model will read.
         config, inference: the network's and the rounds' settings (defaults if None).
         encoder_weights: a local weights file or folder instead of the hub.
@@ -94,6 +97,7 @@ def build_dpseg(
         tokenizer=clip_tokenizer_for(built.preset),
         fingerprint=built.fingerprint,
         weights=built.weights,
+        preset=built.preset,
     )
 
 

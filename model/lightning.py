@@ -257,6 +257,7 @@ class DPSegModule(SegmentationModule):
         )
         self.encoder_fingerprint = parts.fingerprint
         self.encoder_source = parts.weights
+        self.encoder_record = {"revision": parts.preset.revision, "license": parts.preset.license}
         # The frozen prompt encoder and its tokenizer: kept out of the state dict.
         self._frozen = {"prompt_encoder": parts.prompt_encoder, "tokenizer": parts.tokenizer}
         self.level_dims = parts.level_dims
@@ -542,6 +543,7 @@ class DPSegModule(SegmentationModule):
                 "preset": self.hparams.encoder,
                 "fingerprint": self.encoder_fingerprint,
                 "weights": self.encoder_source,
+                **self.encoder_record,
                 "packages": package_versions(),
             },
             "banks": copy.deepcopy(self._provenance),

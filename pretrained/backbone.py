@@ -17,8 +17,9 @@ from torch import nn
 
 from pretrained.fingerprint import warn_if_unrecorded, weights_fingerprint
 from pretrained.hub import hub_file, local_weights_file, refuse_weights_for_random
+from pretrained.names import resolve_encoder
 from pretrained.portable_init import build_portable
-from pretrained.presets import EncoderPreset, get_encoder_preset
+from pretrained.presets import EncoderPreset
 
 # What open_clip's hub repositories and snapshot folders call their weights, best first.
 CLIP_WEIGHT_FILES = (
@@ -80,10 +81,8 @@ def clip_architecture(preset: EncoderPreset) -> nn.Module:
                 text_cfg=dict(cfg["text_cfg"]),
                 quick_gelu=preset.quick_gelu,
             )
-        else:
-            model = open_clip.create_model(
-                preset.arch, pretrained=None, force_quick_gelu=preset.quick_gelu
-            )
+        else:  # a preset, MODEL:TAG, or an open_clip folder's config (its weights not read)
+            model = open_clip_architecture(preset)
         return {"clip": model}
 
     if preset.model_cfg is not None:
@@ -94,6 +93,42 @@ def clip_architecture(preset: EncoderPreset) -> nn.Module:
         return build()["clip"]
 
 
+def _open_clip_model(preset: EncoderPreset, path: str, own_folder: bool) -> nn.Module:
+    """open_clip's own loading of a weights file: by name and file (a preset, MODEL:TAG), or
+    its folder (``local-dir:``, a hub snapshot: config and weights side by side)."""
+    import open_clip
+
+    if preset.location is None:
+        return open_clip.create_model(
+            preset.arch, pretrained=path, force_quick_gelu=preset.quick_gelu
+        )
+    if own_folder:
+        return open_clip.create_model(
+            f"local-dir:{os.path.dirname(path)}", force_quick_gelu=preset.quick_gelu
+        )
+    # the folder's config with another weights file (--encoder-weights)
+    model = open_clip_architecture(preset)
+    open_clip.load_checkpoint(model, path)
+    return model
+
+
+def open_clip_architecture(preset: EncoderPreset) -> nn.Module:
+    """open_clip's model for the preset's name without its weights (torch's initialisers).
+    open_clip warns that the model is "initialized randomly": here that is the intent."""
+    import logging
+
+    import open_clip
+
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR
+    try:
+        return open_clip.create_model(
+            preset.open_clip_name, load_weights=False, force_quick_gelu=preset.quick_gelu
+        )
+    finally:
+        root.level = level
+
+
 def create_clip(
     preset: str | EncoderPreset,
     weights: str | os.PathLike | None = None,
@@ -102,7 +137,8 @@ def create_clip(
     """Build the CLIP model of an encoder preset, in eval mode, fp32, on CPU.
 
     Args:
-        preset: an encoder preset name (see ``python cli.py presets``) or a preset object.
+        preset: an encoder preset name (see ``python cli.py presets``), an open name
+            (``pretrained.names``: MODEL:TAG, hf-hub:ORG/NAME, a folder) or a preset object.
         weights: a local weights file, or a folder holding one (a hub snapshot folder works),
             used instead of downloading the preset's pretrained weights.
         random_weights: the full-size architecture with seeded random weights, no download
@@ -112,14 +148,12 @@ def create_clip(
         pretrained.presets.PresetError: unknown preset name.
         pretrained.hub.WeightsUnavailableError: pretrained weights neither local nor downloadable.
     """
-    if isinstance(preset, str):
-        preset = get_encoder_preset(preset)
+    preset = resolve_encoder(preset)
     if preset.family == "dinotxt":
         raise ValueError(
             f"encoder preset {preset.name!r} is dino.txt, an encoder for VIP and prompt banks; "
             "DPSeg's image encoder is a CLIP: use a vit or convnext preset (cli.py presets)"
         )
-    import open_clip
 
     if preset.is_random or random_weights:
         refuse_weights_for_random(preset.name, weights)
@@ -135,19 +169,22 @@ def create_clip(
         if weights is not None:
             path = local_weights_file(weights, CLIP_WEIGHT_FILES, "--encoder-weights")
             source = path
-        else:
+        elif preset.origin == "local-dir":
+            path = local_weights_file(
+                preset.location, CLIP_WEIGHT_FILES, f"--encoder {preset.name}"
+            )
+            source = preset.location
+        else:  # a preset, MODEL:TAG or hf-hub:ORG/NAME: the cache, else the hub
             repo_id = preset.hub_id or ""
             path = hub_file(
                 repo_id,
                 CLIP_WEIGHT_FILES,
-                what=f"encoder preset {preset.name!r} ({preset.arch}, {preset.pretrained})",
+                what=f"encoder {preset.name!r} ({preset.arch}, {preset.pretrained})",
                 local_option="--encoder-weights PATH",
                 revision=preset.revision,
             )
             source = f"{repo_id}@{preset.revision}" if preset.revision else repo_id
-        model = open_clip.create_model(
-            preset.arch, pretrained=path, force_quick_gelu=preset.quick_gelu
-        )
+        model = _open_clip_model(preset, path, own_folder=weights is None)
     model.eval()
     fingerprint = weights_fingerprint(model)
     if (preset.is_random or preset.bundled) and not random_weights and weights is None:
@@ -161,10 +198,9 @@ def create_encoder(
     random_weights: bool = False,
     option: str = "--encoder-weights",
 ) -> BuiltEncoder:
-    """Any encoder preset: a CLIP (:func:`create_clip`) or dino.txt
+    """Any encoder preset or open name: a CLIP (:func:`create_clip`) or dino.txt
     (``pretrained.dinotxt.create_dinotxt``). ``option`` names the weights option in messages."""
-    if isinstance(preset, str):
-        preset = get_encoder_preset(preset)
+    preset = resolve_encoder(preset)
     if preset.family == "dinotxt":
         from pretrained.dinotxt import create_dinotxt
 
@@ -328,7 +364,7 @@ def clip_tokenizer_for(preset: EncoderPreset):
         return open_clip.get_tokenizer("ViT-B-16", context_length=preset.context_length)
     if preset.model_cfg is not None:  # CLIP's SimpleTokenizer
         return open_clip.get_tokenizer("ViT-B-16", context_length=preset.context_length)
-    return open_clip.get_tokenizer(preset.arch)
+    return open_clip.get_tokenizer(preset.open_clip_name)
 
 
 def resample_vit_positions(visual: nn.Module, image_size: int) -> None:

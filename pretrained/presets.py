@@ -62,6 +62,10 @@ class EncoderPreset:
     modality_gap: float = 0.0  # (ours, toy world) > 0: embeddings of each modality are offset
     # along a direction of their own (pretrained.backbone.modality_embedding), as real CLIP's
     # image and text embeddings lie apart (matching pairs at cosine ~0.3)
+    origin: Literal["preset", "open_clip", "hf-hub", "local-dir"] = "preset"  # how the name was
+    # given (pretrained.names): a preset, an open_clip MODEL:TAG, hf-hub:ORG/NAME or a folder
+    location: str | None = field(default=None, compare=False)  # hf-hub / local-dir: the local
+    # folder holding open_clip_config.json (the hub cache's snapshot folder)
 
     def __post_init__(self) -> None:
         if self.image_size <= 0 or not self.levels:
@@ -90,9 +94,16 @@ class EncoderPreset:
         return 77
 
     @property
+    def open_clip_name(self) -> str:
+        """The name open_clip's ``create_model`` and ``get_tokenizer`` take for this model."""
+        return f"local-dir:{self.location}" if self.location else self.arch
+
+    @property
     def hub_id(self) -> str | None:
         """The Hugging Face repository open_clip downloads this preset's weights from."""
-        if self.pretrained is None or self.family == "dinotxt":
+        if self.origin == "hf-hub":
+            return self.arch.removeprefix("hf-hub:")
+        if self.pretrained is None or self.family == "dinotxt" or self.origin == "local-dir":
             return None
         import open_clip
 
@@ -129,6 +140,10 @@ class GeneratorPreset:
     seed: int = 0  # initialisation seed of the tiny pipeline
     kind: Literal["diffusers", "toy-render"] = "diffusers"  # a diffusers pipeline, or the toy
     # world's renderer (prompt -> picture, data.toy_world; no weights)
+    family: Literal["sd", "sdxl"] = "sd"  # StableDiffusionPipeline (1.x, 2.x, Turbo) or
+    # StableDiffusionXLPipeline (SDXL, SDXL-Turbo): how prompts condition it
+    origin: Literal["preset", "hub", "local-dir"] = "preset"  # pretrained.names: a preset, a
+    # diffusers repository id, or a local folder (model_id is then its absolute path)
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= self.max_steps:
@@ -148,7 +163,7 @@ class GeneratorPreset:
     @property
     def offline(self) -> bool:
         """Built without any download (random tiny pipeline, or the toy renderer)."""
-        return self.model_id is None
+        return self.model_id is None or self.origin == "local-dir"
 
     @property
     def needs(self) -> str:
@@ -390,6 +405,18 @@ GENERATORS: dict[str, GeneratorPreset] = {
             height=64,
             width=64,
             description="random UNet/VAE/CLIP text encoder, 64x64, 2 steps (tests, demo)",
+        ),
+        GeneratorPreset(
+            name="tiny-sdxl",
+            model_id=None,
+            scheduler="DDIMScheduler",
+            steps=2,
+            guidance=5.0,
+            height=64,
+            width=64,
+            family="sdxl",
+            description="random SDXL-structured pipeline (two text towers, pooled and size "
+            "conditioning), 64x64, 2 steps (tests of the SDXL path)",
         ),
         GeneratorPreset(
             name="toy-render",

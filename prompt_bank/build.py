@@ -102,6 +102,7 @@ class BuildConfig:
     seed: int = 0  # base seed of every item's seed
     steps: int | None = None  # override the preset's denoising steps
     guidance: float | None = None  # override the preset's guidance scale
+    resolution: int | None = None  # override the generator's square image side (px, x 8)
     batch_size: int | None = None  # items per batch; None = the bank's own, or 8 for a new one
     classes_per_shard: int = DEFAULT_CLASSES_PER_SHARD  # classes per shard (a unit of storage)
     keep_images: bool = False  # also store the generated images (visual/images)
@@ -128,6 +129,11 @@ class BuildConfig:
         if self.flush_seconds < 0:
             raise SettingError(
                 f"--flush-seconds {self.flush_seconds}: must be >= 0 (0: after every batch)"
+            )
+        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
+            raise SettingError(
+                f"--resolution {self.resolution}: must be a multiple of 8 (the VAE downsamples "
+                "by 8; leave it out for the generator's own)"
             )
         if self.guidance is not None and not self.guidance >= 0:
             raise SettingError(
@@ -201,14 +207,18 @@ class _Models:
 
     def __init__(self, config: BuildConfig, device: torch.device):
         from pretrained.backbone import clip_tokenizer_for, create_encoder, text_encoder_for
-        from prompt_bank.generator import create_generator
+        from pretrained.names import resolve_encoder, resolve_generator, with_sampling
+        from prompt_bank.generator import conditioning_for, create_generator
 
         self.device = device
+        # both names first: a typo in either ends before any weights load
+        generator = with_sampling(resolve_generator(config.generator), config.resolution)
+        encoder = resolve_encoder(config.encoder)
         gen = create_generator(
-            config.generator, weights=config.generator_weights, random_weights=config.random_weights
+            generator, weights=config.generator_weights, random_weights=config.random_weights
         )
         enc = create_encoder(
-            config.encoder, weights=config.encoder_weights, random_weights=config.random_weights
+            encoder, weights=config.encoder_weights, random_weights=config.random_weights
         )
         self.gen, self.enc = gen, enc
         self.steps = gen.preset.steps if config.steps is None else config.steps
@@ -238,7 +248,8 @@ class _Models:
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
         self.tokenizer = clip_tokenizer_for(enc.preset)
         self.level_dims = tuple(self.encoder.level_dims())
-        self._uncond = None
+        self.height, self.width = gen.preset.height, gen.preset.width
+        self.conditioning = None if self.rendered else conditioning_for(gen.preset)
         self.timer = Stopwatch(device)
 
     def attrs(self, config: BuildConfig) -> tuple[dict, dict]:
@@ -247,11 +258,13 @@ class _Models:
             "preset": g.preset.name,
             "model_id": g.preset.model_id,
             "revision": g.preset.revision,
+            "family": g.preset.family,
+            "license": g.preset.license,
             "scheduler": "none" if self.rendered else type(self.pipe.scheduler).__name__,
             "steps": self.steps,
             "guidance": self.guidance,
-            "height": g.preset.height,
-            "width": g.preset.width,
+            "height": self.height,
+            "width": self.width,
             "base_seed": config.seed,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device_type": self.device.type,
@@ -261,6 +274,8 @@ class _Models:
             "preset": e.preset.name,
             "arch": e.preset.arch,
             "pretrained": e.preset.pretrained,
+            "revision": e.preset.revision,
+            "license": e.preset.license,
             "image_size": e.preset.image_size,
             "levels": list(e.preset.levels),
             "embed_dim": self.encoder.embed_dim,
@@ -278,13 +293,14 @@ class _Models:
         return emb.cpu().numpy()
 
     @torch.inference_mode()
-    def prompt_embeds(self, prompts: list[str]) -> torch.Tensor | list[str]:
-        """What the generator is conditioned on, one row per prompt: Stable Diffusion's prompt
-        embeddings (N, L, C), or the prompts themselves for the toy renderer."""
+    def prompt_embeds(self, prompts: list[str]) -> list:
+        """What the generator is conditioned on, one row per prompt: the pipeline family's
+        prompt embeddings (``prompt_bank.generator.conditioning_for``), or the prompts
+        themselves for the toy renderer."""
         if self.rendered:
             return list(prompts)
         chunks = [prompts[i : i + TEXT_CHUNK] for i in range(0, len(prompts), TEXT_CHUNK)]
-        return torch.cat([self.pipe.encode_prompt(c, self.device, 1, False)[0] for c in chunks])
+        return [row for c in chunks for row in self.conditioning.encode(self.pipe, c, self.device)]
 
     @torch.inference_mode()
     def generate_and_encode(self, conditions: list, seeds: list[int]):
@@ -296,20 +312,13 @@ class _Models:
             with self.timer("encoding"), self.autocast:
                 encoding = self.encoder.encode_images(images)
             return images, encoding
-        embeds = torch.stack(conditions)
-        kwargs = {}
-        if self.guidance > 1:  # classifier-free guidance: the cached unconditional embedding
-            if self._uncond is None:
-                self._uncond = self.prompt_embeds([""])
-            kwargs["negative_prompt_embeds"] = self._uncond.expand(len(seeds), -1, -1)
-        preset = self.gen.preset
+        kwargs = self.conditioning.call_kwargs(self.pipe, conditions, self.guidance, self.device)
         with self.timer("generation"):
             images = self.pipe(
-                prompt_embeds=embeds,
                 num_inference_steps=self.steps,
                 guidance_scale=self.guidance,
-                height=preset.height,
-                width=preset.width,
+                height=self.height,
+                width=self.width,
                 generator=[torch.Generator(self.device).manual_seed(s) for s in seeds],
                 output_type="pt",
                 **kwargs,
@@ -317,6 +326,11 @@ class _Models:
         with self.timer("encoding"), self.autocast:
             encoding = self.encoder.encode_images(images.float())
         return images, encoding
+
+
+# Model records added to banks after format 1 was written (information, not settings): a bank
+# without them resumes.
+RECORDED_SINCE = ("family", "license", "revision")
 
 
 def _check_resume(stored: dict, expected: dict, location: str) -> None:
@@ -343,6 +357,8 @@ def _check_resume(stored: dict, expected: dict, location: str) -> None:
     for section in ("generator", "encoder", "build"):
         old, new = stored.get(section) or {}, expected[section]
         for key in sorted(set(old) | set(new)):
+            if key in RECORDED_SINCE and key not in old:  # a bank older than the record
+                continue
             if old.get(key) != new.get(key):
                 differences.append(
                     f"{section}.{key}: stored {old.get(key)!r}, now {new.get(key)!r}"
@@ -375,6 +391,7 @@ def config_from_bank(
         seed=int(g["base_seed"]),
         steps=g["steps"],
         guidance=g["guidance"],
+        resolution=g.get("height"),
         batch_size=b["batch_size"],
         classes_per_shard=b["classes_per_shard"],
         keep_images=bool(b["keep_images"]),

@@ -8,6 +8,8 @@ card's; the rest is plain Markdown.
 
 from __future__ import annotations
 
+import re
+
 from pretrained.presets import PresetError, get_encoder_preset, get_generator_preset
 
 _HF_LICENSES = {  # the hub's licence identifiers of the generators' licences
@@ -18,6 +20,8 @@ _HF_LICENSES = {  # the hub's licence identifiers of the generators' licences
 
 
 def _licence(kind: str, record: dict) -> str:
+    if record.get("license"):  # recorded at build time (every bank since open names)
+        return record["license"]
     try:
         preset = (get_generator_preset if kind == "generator" else get_encoder_preset)(
             record.get("preset", "")
@@ -28,7 +32,12 @@ def _licence(kind: str, record: dict) -> str:
 
 
 def _front_matter(attrs: dict) -> str:
-    name, other = _HF_LICENSES.get(attrs["generator"].get("preset"), ("apache-2.0", None))
+    generator = attrs["generator"]
+    recorded = str(generator.get("license") or "")
+    default = (recorded, None) if re.fullmatch(r"[a-z0-9.+-]+", recorded) else ("other", None)
+    if generator.get("preset") in _HF_LICENSES or not recorded or recorded.startswith("Apache-2.0"):
+        default = ("apache-2.0", None)  # presets: their table; dpseg's own models
+    name, other = _HF_LICENSES.get(generator.get("preset"), default)
     lines = ["---", f"license: {name}"]
     if other:
         lines.append(f"license_name: {other}")
@@ -45,7 +54,7 @@ def _front_matter(attrs: dict) -> str:
 
 
 def _model_rows(kind: str, record: dict) -> list[str]:
-    keys = ("preset", "model_id", "arch", "pretrained", "revision", "scheduler", "steps",
+    keys = ("preset", "model_id", "family", "arch", "pretrained", "revision", "scheduler", "steps",
             "guidance", "height", "width", "image_size", "levels", "embed_dim", "level_dims",
             "base_seed", "dtype", "device_type", "autocast", "fingerprint")  # fmt: skip
     rows = [f"| {k} | `{record[k]}` |" for k in keys if k in record and record[k] is not None]

@@ -23,8 +23,9 @@ from pretrained.hub import (
     WeightsUnavailableError,
     ensure_hub_reachable_or_cached,
 )
+from pretrained.names import resolve_generator
 from pretrained.portable_init import build_portable
-from pretrained.presets import GeneratorPreset, get_generator_preset
+from pretrained.presets import GeneratorPreset
 
 # SD 1.x's noise schedule (the tiny pipeline uses it too, so samplers behave as on the real one).
 SD_SCHEDULE = {
@@ -100,19 +101,34 @@ ARCHITECTURES = {
     },
 }  # fmt: skip
 ARCHITECTURES["sd-turbo"] = ARCHITECTURES["sd21"]
+# (ours) SDXL's structure at the tiny scale: two text towers whose hidden states are
+# concatenated (32 + 32 = the UNet's cross-attention width 64), the second one's pooled
+# projection (32) and the 6 size/crop ids (6 x 8) in the "text_time" embedding: 80.
+ARCHITECTURES["tiny-sdxl"] = {
+    "unet": {"layers_per_block": 1, "block_out_channels": (32, 64), "cross_attention_dim": 64,
+             "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+             "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"), "attention_head_dim": (2, 4),
+             "use_linear_projection": True, "addition_embed_type": "text_time",
+             "addition_time_embed_dim": 8, "transformer_layers_per_block": (1, 2),
+             "projection_class_embeddings_input_dim": 80},
+    "vae": ARCHITECTURES["tiny-sd"]["vae"],
+    "text": ARCHITECTURES["tiny-sd"]["text"],
+}  # fmt: skip
 
 
 def _random_pipeline(preset: GeneratorPreset, seed: int):
     """The preset's architecture with seeded random weights (built on CPU, fp32)."""
     import diffusers
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     arch = ARCHITECTURES[preset.name]
+    sdxl = preset.family == "sdxl"
 
     def build() -> dict[str, torch.nn.Module]:
         vae_blocks = len(arch["vae"]["block_out_channels"])
-        return {
+        text = CLIPTextConfig(**_CLIP_TOKENS, **arch["text"])
+        parts = {
             "unet": UNet2DConditionModel(sample_size=preset.height // 8, **arch["unet"]),
             "vae": AutoencoderKL(
                 down_block_types=("DownEncoderBlock2D",) * vae_blocks,
@@ -121,8 +137,11 @@ def _random_pipeline(preset: GeneratorPreset, seed: int):
                 sample_size=preset.height,
                 **arch["vae"],
             ),
-            "text": CLIPTextModel(CLIPTextConfig(**_CLIP_TOKENS, **arch["text"])),
+            "text": CLIPTextModel(text),
         }
+        if sdxl:  # the second tower, with the pooled projection
+            parts["text_2"] = CLIPTextModelWithProjection(text)
+        return parts
 
     if preset.is_random:  # the offline preset: the same bits on every machine
         parts = build_portable(build, seed)
@@ -130,54 +149,105 @@ def _random_pipeline(preset: GeneratorPreset, seed: int):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             parts = build()
-    unet, vae, text_encoder = parts["unet"], parts["vae"], parts["text"]
     scheduler_name = "DDIMScheduler" if preset.scheduler == "default" else preset.scheduler
     scheduler = getattr(diffusers, scheduler_name).from_config(SD_SCHEDULE)
-    pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    common = {"vae": parts["vae"], "text_encoder": parts["text"], "tokenizer": clip_tokenizer(),
+              "unet": parts["unet"], "scheduler": scheduler}  # fmt: skip
+    if sdxl:
+        pipeline = diffusers.StableDiffusionXLPipeline(
+            **common, text_encoder_2=parts["text_2"], tokenizer_2=clip_tokenizer()
+        )
+    else:
+        pipeline = diffusers.StableDiffusionPipeline(
+            **common, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
 
-def _pretrained_pipeline(preset: GeneratorPreset, weights: str | os.PathLike | None):
-    from diffusers import StableDiffusionPipeline
+def _pipeline_class(preset: GeneratorPreset):
+    import diffusers
 
+    return {"sd": diffusers.StableDiffusionPipeline,
+            "sdxl": diffusers.StableDiffusionXLPipeline}[preset.family]  # fmt: skip
+
+
+def _pretrained_pipeline(preset: GeneratorPreset, weights: str | os.PathLike | None):
+    pipeline_class = _pipeline_class(preset)
     kwargs = {"safety_checker": None, "requires_safety_checker": False}
-    if weights is not None:
-        if not os.path.isdir(weights) or not os.path.isfile(
-            os.path.join(weights, "model_index.json")
+    kwargs = kwargs if preset.family == "sd" else {}  # SDXL has no safety checker
+    folder = (
+        weights
+        if weights is not None
+        else (preset.model_id if preset.origin == "local-dir" else None)
+    )
+    if folder is not None:
+        if not os.path.isdir(folder) or not os.path.isfile(
+            os.path.join(folder, "model_index.json")
         ):
             raise WeightsUnavailableError(
-                f"--generator-weights {str(weights)!r} is not a diffusers folder (it needs "
+                f"--generator-weights {str(folder)!r} is not a diffusers folder (it needs "
                 "model_index.json with unet/, vae/, text_encoder/, tokenizer/, scheduler/); "
                 f"download one with: hf download {preset.model_id} --local-dir DIR"
             )
-        return StableDiffusionPipeline.from_pretrained(weights, **kwargs), str(weights)
+        return pipeline_class.from_pretrained(folder, **kwargs), str(folder)
+    source = f"{preset.model_id}@{preset.revision}" if preset.revision else preset.model_id
     try:  # the cache first: no network, no retries
-        pipeline = StableDiffusionPipeline.from_pretrained(
+        pipeline = pipeline_class.from_pretrained(
             preset.model_id, revision=preset.revision, local_files_only=True, **kwargs
         )
-        return pipeline, preset.model_id
+        return pipeline, source
     except (OSError, ValueError):
         pass
     ensure_hub_reachable_or_cached(
         False,
-        what=f"generator preset {preset.name!r}",
+        what=f"generator {preset.name!r}",
         model_id=preset.model_id,
         local_option="--generator-weights DIR",
     )
-    pipeline = StableDiffusionPipeline.from_pretrained(
-        preset.model_id, revision=preset.revision, **kwargs
-    )
-    return pipeline, preset.model_id
+    pipeline = pipeline_class.from_pretrained(preset.model_id, revision=preset.revision, **kwargs)
+    return pipeline, source
+
+
+class SDConditioning:
+    """How Stable Diffusion 1.x / 2.x / SD-Turbo are conditioned: one (L, C) prompt embedding per
+    row; classifier-free guidance's unconditional embedding (of "") computed once."""
+
+    def __init__(self):
+        self._uncond: torch.Tensor | None = None
+
+    def encode(self, pipe, prompts: list[str], device) -> list:
+        return list(pipe.encode_prompt(prompts, device, 1, False)[0])
+
+    def call_kwargs(self, pipe, rows: list, guidance: float, device) -> dict:
+        kwargs = {"prompt_embeds": torch.stack(rows)}
+        if guidance > 1:
+            if self._uncond is None:
+                self._uncond = pipe.encode_prompt([""], device, 1, False)[0]
+            kwargs["negative_prompt_embeds"] = self._uncond.expand(len(rows), -1, -1)
+        return kwargs
+
+
+class SDXLConditioning:
+    """SDXL / SDXL-Turbo: per row the two text towers' (L, C) embedding and the pooled one;
+    the pipeline makes the unconditional side itself (zeros where its config says so)."""
+
+    def encode(self, pipe, prompts: list[str], device) -> list:
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        return list(zip(embeds, pooled))
+
+    def call_kwargs(self, pipe, rows: list, guidance: float, device) -> dict:
+        return {
+            "prompt_embeds": torch.stack([e for e, _ in rows]),
+            "pooled_prompt_embeds": torch.stack([p for _, p in rows]),
+        }
+
+
+def conditioning_for(preset: GeneratorPreset) -> SDConditioning | SDXLConditioning:
+    """The conditioning object of the preset's pipeline family."""
+    return {"sd": SDConditioning, "sdxl": SDXLConditioning}[preset.family]()
 
 
 TOY_RENDER_VERSION = "toy-render/1"  # bump when data.toy_world.render_prompt draws otherwise
@@ -210,7 +280,8 @@ def create_generator(
     """Build the Stable Diffusion pipeline of a generator preset (fp32, CPU, progress bar off).
 
     Args:
-        preset: a generator preset name (see ``python cli.py presets``) or a preset object.
+        preset: a generator preset name (see ``python cli.py presets``), a diffusers repository
+            id or folder (``pretrained.names``), or a preset object.
         weights: a local diffusers folder (``model_index.json`` and component folders) used
             instead of the hub.
         random_weights: the full-size architecture with seeded random weights, no download
@@ -220,8 +291,7 @@ def create_generator(
         pretrained.presets.PresetError: unknown preset name.
         pretrained.hub.WeightsUnavailableError: weights neither local nor downloadable.
     """
-    if isinstance(preset, str):
-        preset = get_generator_preset(preset)
+    preset = resolve_generator(preset)
     if preset.kind == "toy-render":
         if weights is not None:
             raise SettingError(
@@ -252,8 +322,11 @@ def create_generator(
             scheduler_cls = getattr(diffusers, preset.scheduler)
             pipeline.scheduler = scheduler_cls.from_config(pipeline.scheduler.config)
         pipeline.set_progress_bar_config(disable=True)
+    parts = [("unet", pipeline.unet), ("vae", pipeline.vae), ("text", pipeline.text_encoder)]
+    if getattr(pipeline, "text_encoder_2", None) is not None:  # SDXL's second text tower
+        parts.append(("text2", pipeline.text_encoder_2))
     fingerprint = weights_fingerprint(
-        pipeline.unet, pipeline.vae, pipeline.text_encoder, prefixes=("unet", "vae", "text")
+        *(m for _, m in parts), prefixes=tuple(name for name, _ in parts)
     )
     if preset.is_random:
         warn_if_unrecorded(preset.name, fingerprint)

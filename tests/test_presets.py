@@ -46,7 +46,7 @@ EXPECTED = {
         "convnext-b-laion",
         "convnext-l-laion",
     ],
-    "generator": ["tiny-sd", "toy-render", "sd15", "sd21", "sd-turbo"],
+    "generator": ["tiny-sd", "tiny-sdxl", "toy-render", "sd15", "sd21", "sd-turbo"],
     "bank": ["paper", "fast", "vit", "tiny", "toy", "toy-vit", "toy-dinotxt"],
 }
 
