@@ -10,7 +10,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # Tests and the demo run on 2 CPU cores; more threads than cores only slows them down.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install lint format test demo claims presets bank bench-gpu lock clean
+.PHONY: help install lint format test demo claims presets bank bench-gpu rehearse lock clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -57,6 +57,15 @@ bank: $(STAMP)  ## build/resume a prompt bank: make bank VOCAB=ade847 [PRESET=ti
 
 bench-gpu: $(STAMP)  ## GPU speed and memory (bank, inference, a training step), <= 8 min
 	$(PY) benchmarks/bench_gpu.py
+
+# The rehearsal's hub cache: snapshots of every hub preset, random weights at the real sizes
+# (16 GiB, about 4 min to write once), read offline by the presets' own loaders.
+REHEARSAL ?= $(HOME)/.cache/dpseg/rehearsal
+
+rehearse: $(STAMP)  ## every real loading path on the real architectures, offline (docs/results.md)
+	test -f '$(REHEARSAL)/.complete' || { $(PY) -m rehearsal.snapshots --home '$(REHEARSAL)' \
+		&& touch '$(REHEARSAL)/.complete'; }
+	$(PY) -m rehearsal.run --home '$(REHEARSAL)' --json '$(REHEARSAL)/rehearsal.json'
 
 presets: $(STAMP)  ## list model presets and what each needs
 	$(PY) cli.py presets

@@ -176,6 +176,9 @@ def _pretrained_pipeline(preset: GeneratorPreset, weights: str | os.PathLike | N
     pipeline_class = _pipeline_class(preset)
     kwargs = {"safety_checker": None, "requires_safety_checker": False}
     kwargs = kwargs if preset.family == "sd" else {}  # SDXL has no safety checker
+    # float32 whatever the files hold: transformers keeps a float16 file's dtype for the text
+    # encoder, whose half embeddings then met the UNet's float32 weights (found by the rehearsal)
+    kwargs["torch_dtype"] = torch.float32
     folder = (
         weights
         if weights is not None

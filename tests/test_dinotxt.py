@@ -18,6 +18,7 @@ from pretrained.dinotxt import (
 )
 from pretrained.hub import WeightsUnavailableError
 from pretrained.presets import DINOTXT_FILES, EncoderPreset, get_encoder_preset
+from rehearsal.dinotxt_files import official_backbone_state, official_dinotxt_state
 
 
 @pytest.fixture(scope="module")
@@ -108,63 +109,6 @@ def test_text_tower_pools_the_eot_token(model):
         again = model.encode_text(longer)
     assert out.shape == (2, 128)
     torch.testing.assert_close(out, again)
-
-
-def official_backbone_state(config) -> dict[str, torch.Tensor]:
-    """A state dict with the official DINOv3 key names and shapes (random values)."""
-    c, h = config.width, 4 * config.width
-    state = {
-        "cls_token": (1, 1, c),
-        "storage_tokens": (1, 4, c),
-        "mask_token": (1, c),
-        "patch_embed.proj.weight": (c, 3, config.patch, config.patch),
-        "patch_embed.proj.bias": (c,),
-        "rope_embed.periods": (c // config.heads // 4,),
-        "norm.weight": (c,),
-        "norm.bias": (c,),
-    }
-    for i in range(config.depth):
-        for name, shape in {
-            "norm1.weight": (c,), "norm1.bias": (c,), "attn.qkv.weight": (3 * c, c),
-            "attn.qkv.bias": (3 * c,), "attn.qkv.bias_mask": (3 * c,),
-            "attn.proj.weight": (c, c), "attn.proj.bias": (c,), "ls1.gamma": (c,),
-            "norm2.weight": (c,), "norm2.bias": (c,), "mlp.fc1.weight": (h, c),
-            "mlp.fc1.bias": (h,), "mlp.fc2.weight": (c, h), "mlp.fc2.bias": (c,),
-            "ls2.gamma": (c,),
-        }.items():  # fmt: skip
-            state[f"blocks.{i}.{name}"] = shape
-    return {k: torch.randn(shape) for k, shape in state.items()}
-
-
-def official_dinotxt_state(config) -> dict[str, torch.Tensor]:
-    """A state dict with the official dino.txt head and text key names and shapes."""
-    c, m, w = config.width, config.head_mlp, config.text_width
-    state = {"logit_scale": (1,), "visual_model.head.ln_final.weight": (c,),
-             "visual_model.head.ln_final.bias": (c,)}  # fmt: skip
-    for i in range(config.head_blocks):
-        for name, shape in {
-            "norm1.weight": (c,), "norm1.bias": (c,), "attn.qkv.weight": (3 * c, c),
-            "attn.proj.weight": (c, c), "attn.proj.bias": (c,), "ls1.gamma": (c,),
-            "norm2.weight": (c,), "norm2.bias": (c,), "mlp.w1.weight": (m, c), "mlp.w1.bias": (m,),
-            "mlp.w2.weight": (m, c), "mlp.w2.bias": (m,), "mlp.w3.weight": (c, m),
-            "mlp.w3.bias": (c,), "ls2.gamma": (c,),
-        }.items():  # fmt: skip
-            state[f"visual_model.head.blocks.{i}.{name}"] = shape
-    t = "text_model.backbone."
-    state |= {f"{t}token_embedding.weight": (config.vocab_size, w),
-              f"{t}positional_embedding": (config.context_length, w),
-              f"{t}ln_final.weight": (w,), f"{t}ln_final.bias": (w,),
-              "text_model.head.linear_projection.weight": (2 * c, w)}  # fmt: skip
-    for i in range(config.text_depth):
-        for name, shape in {
-            "attention_norm.weight": (w,), "attention_norm.bias": (w,),
-            "attention.qkv.weight": (3 * w, w), "attention.proj.weight": (w, w),
-            "attention.proj.bias": (w,), "ffn_norm.weight": (w,), "ffn_norm.bias": (w,),
-            "feed_forward.fc1.weight": (4 * w, w), "feed_forward.fc1.bias": (4 * w,),
-            "feed_forward.fc2.weight": (w, 4 * w), "feed_forward.fc2.bias": (w,),
-        }.items():  # fmt: skip
-            state[f"{t}blocks.{i}.{name}"] = shape
-    return {k: torch.randn(shape) for k, shape in state.items()}
 
 
 def test_official_layouts_load_with_every_key_used(tmp_path):
