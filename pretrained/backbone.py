@@ -183,6 +183,12 @@ def create_clip(
                 local_option="--encoder-weights PATH",
                 revision=preset.revision,
             )
+            if preset.revision is None:  # MODEL:TAG: the cached snapshot's commit, recorded
+                from dataclasses import replace
+
+                from pretrained.names import snapshot_revision
+
+                preset = replace(preset, revision=snapshot_revision(path))
             source = f"{repo_id}@{preset.revision}" if preset.revision else repo_id
         model = _open_clip_model(preset, path, own_folder=weights is None)
     model.eval()

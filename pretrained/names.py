@@ -98,6 +98,9 @@ def _card_license(folder: Path) -> str | None:
     match = re.match(r"---\s*\n(.*?)\n---", text, re.S)
     if match:
         found = re.search(r"^license:\s*(\S.*)$", match.group(1), re.M)
+        named = re.search(r"^license_name:\s*(\S.*)$", match.group(1), re.M)
+        if found and found.group(1).strip() == "other" and named:
+            return f"other ({named.group(1).strip()})"
         if found:
             return found.group(1).strip()
     return None

@@ -178,7 +178,7 @@ def _pretrained_pipeline(preset: GeneratorPreset, weights: str | os.PathLike | N
     kwargs = kwargs if preset.family == "sd" else {}  # SDXL has no safety checker
     # float32 whatever the files hold: transformers keeps a float16 file's dtype for the text
     # encoder, whose half embeddings then met the UNet's float32 weights (found by the rehearsal)
-    kwargs["torch_dtype"] = torch.float32
+    kwargs["dtype"] = torch.float32
     folder = (
         weights
         if weights is not None

@@ -16,7 +16,10 @@ from torch import nn
 
 
 def _readme(folder: Path, license_: str, title: str) -> None:
-    (folder / "README.md").write_text(f"---\nlicense: {license_}\n---\n\n# {title}\n")
+    """A model card's front matter; ``license_`` "other:NAME" writes the hub's license_name too."""
+    name, _, other = license_.partition(":")
+    extra = f"license_name: {other}\n" if other else ""
+    (folder / "README.md").write_text(f"---\nlicense: {name}\n{extra}---\n\n# {title}\n")
 
 
 def open_clip_folder(

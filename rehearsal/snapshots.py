@@ -83,6 +83,14 @@ def published_folder(repo_id: str) -> Path:
     return PUBLISHED / repo_id.replace("/", "--")
 
 
+# The licences the repositories' model cards declare (the hub's identifiers; pretrained/presets.py)
+LICENSES = {
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "creativeml-openrail-m",
+    "stabilityai/stable-diffusion-2-1": "openrail++",
+    "stabilityai/sd-turbo": "other:sai-nc-community",
+    "stabilityai/sdxl-turbo": "other:sai-nc-community",
+}
+
 # (ours) files no public copy was found of (published/SOURCES.md): derived from the model they
 # were distilled from, with what differs. SD-Turbo is SD 2.1 distilled at 512 px (its model
 # card): SD 2.1's UNet config at a 64-latent side, and SD 2.1's tokenizer.
@@ -196,7 +204,7 @@ def _diffusers_files(snapshot: Snapshot, scale: Scale, out: Path) -> None:
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         if getattr(pipeline, name, None) is not None:
             _half(getattr(pipeline, name))
-    diffusers_folder(pipeline, out, title=snapshot.name)
+    diffusers_folder(pipeline, out, LICENSES.get(repo_id, "other"), snapshot.name)
     del pipeline
     if scale == "full":  # the published files themselves, over what save_pretrained wrote
         for path in sorted(published_folder(repo_id).rglob("*")):

@@ -145,16 +145,27 @@ def test_dpseg_on_a_hub_encoder_records_its_revision(hub, monkeypatch):
         ("--encoder", "laion/CLIP-x", "written hf-hub:laion/CLIP-x"),
         ("--encoder", "RN50:openai", "ModifiedResNet"),
         ("--generator", "sd-trubo", "did you mean sd-turbo"),
-        ("--encoder", "hf-hub:dpseg-rehearsal/absent", "not in the local cache"),
     ],
 )
-def test_a_name_neither_preset_nor_model_ends_in_one_line(hub, tmp_path, option, name, expected):
-    result = cli(hub, "bank", "build", "--vocab", "cat", "--templates", "single",
-                 option, name, "--out", str(tmp_path / "b.zarr"), check=False)  # fmt: skip
-    assert result.returncode == 2
-    assert expected in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "b.zarr").exists()
+def test_a_name_neither_preset_nor_model_is_one_line_with_the_closest(option, name, expected):
+    resolve = resolve_encoder if option == "--encoder" else resolve_generator
+    with pytest.raises(PresetError) as caught:
+        resolve(name)
+    message = str(caught.value)
+    assert message.startswith(f"{option} {name!r}") and expected in message
+    assert "\n" not in message
+
+
+def test_the_command_line_ends_in_that_line_before_loading_anything(hub, tmp_path):
+    for option, name, expected in (
+        ("--encoder", "convnext-b-laoin", "did you mean convnext-b-laion"),
+        ("--encoder", "hf-hub:dpseg-rehearsal/absent", "not in the local cache"),
+    ):
+        result = cli(hub, "bank", "build", "--vocab", "cat", "--templates", "single",
+                     option, name, "--out", str(tmp_path / "b.zarr"), check=False)  # fmt: skip
+        assert result.returncode == 2
+        assert expected in result.stderr and "Traceback" not in result.stderr
+        assert not (tmp_path / "b.zarr").exists()
 
 
 def test_a_folder_without_the_config_is_refused(tmp_path):
