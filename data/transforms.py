@@ -25,6 +25,38 @@ from data.catalog import IGNORE_INDEX
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+def rgb_uint8(image, argument: str = "image") -> np.ndarray:
+    """An image as the models read it, (H, W, 3) uint8 RGB, from what users hand over: (H, W)
+    grey and (H, W, 4) RGBA uint8 (alpha dropped), or a float array in [0, 1] (scaled by 255 and
+    rounded). Anything else raises a ``SettingError`` in one line naming ``argument``, its shape
+    and dtype, and what is taken: nothing is silently misread."""
+    from data.errors import SettingError
+
+    array = np.asarray(image)
+    shape, dtype = tuple(array.shape), array.dtype
+    if array.ndim == 2:
+        array = array[..., None].repeat(3, axis=-1)
+    elif array.ndim == 3 and array.shape[-1] == 4:
+        array = array[..., :3]
+    if array.ndim != 3 or array.shape[-1] != 3 or 0 in array.shape:
+        raise SettingError(
+            f"{argument}: shape {shape} is not an image; pass (H, W), (H, W, 3) or (H, W, 4) "
+            "(grey, RGB, RGBA)"
+        )
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        finite = np.isfinite(array).all()
+        if finite and array.size and array.min() >= 0 and array.max() <= 1:
+            return np.round(array * 255).astype(np.uint8)
+        low, high = (float(np.nanmin(array)), float(np.nanmax(array))) if array.size else (0, 0)
+        raise SettingError(
+            f"{argument}: a {dtype} image with values in [{low:g}, {high:g}]; floats must lie in "
+            "[0, 1] (they are scaled by 255), or pass uint8"
+        )
+    raise SettingError(f"{argument}: dtype {dtype} is not taken; pass uint8, or floats in [0, 1]")
+
+
 def image_tensor(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 RGB -> (3, H, W) float in [0, 1] (a copy: read-only arrays are fine)."""
     return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div_(255)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from data.errors import UserError, check_device, check_output_folder
-from data.transforms import ResizeSquare, SlidingWindow, image_tensor
+from data.transforms import ResizeSquare, SlidingWindow, image_tensor, rgb_uint8
 from data.vocabulary import Vocabulary, load_vocabulary
 from model.cost_volume import Prompts
 from model.labels import class_labels
@@ -146,17 +146,25 @@ class Predictor:
 
     @torch.no_grad()
     def logits(self, image: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 RGB -> (K, H, W) logits."""
+        """An image -> (K, H, W) logits: (H, W, 3) uint8 RGB, or what ``data.transforms.rgb_uint8``
+        takes (grey, RGBA, floats in [0, 1]); anything else is one ``SettingError``."""
         if self.prompts is None:
             raise RuntimeError("call set_vocabulary first")
-        x = image_tensor(image)
+        x = image_tensor(rgb_uint8(image))
         x = x.to(self.device)
         segmenter, prompts, background = self.module.segmenter, self.prompts, self.background
         return self.protocol()(lambda batch: segmenter(batch, prompts, background), x)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 RGB -> (H, W) int64 class ids of the vocabulary."""
+        """(H, W, 3) uint8 RGB (or grey, RGBA, floats in [0, 1]) -> (H, W) int64 class ids of
+        the vocabulary."""
         return class_labels(self.logits(image), dim=0).cpu().numpy()
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Several images, of any sizes -> their (H_i, W_i) label maps, in order. Every image is
+        checked before any runs, so a bad one costs no work (its index is in the message)."""
+        checked = [rgb_uint8(image, f"images[{i}]") for i, image in enumerate(images)]
+        return [self.predict(image) for image in checked]
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")

@@ -306,6 +306,12 @@ def create_generator(
             ToyRenderer(preset), preset, hashlib.sha256(identity).hexdigest(), TOY_RENDER_VERSION
         )
     if preset.is_random or random_weights:
+        if preset.name not in ARCHITECTURES:
+            raise SettingError(
+                f"--random-weights with generator {preset.name!r}: random full-size weights are "
+                f"built for the presets {', '.join(n for n in ARCHITECTURES if not n.startswith('tiny'))} "
+                "only; a named model is loaded with its own weights (drop --random-weights)"
+            )
         if weights is not None:
             why = (
                 f"generator {preset.name!r} has random weights"

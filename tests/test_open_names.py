@@ -173,3 +173,12 @@ def test_a_folder_without_the_config_is_refused(tmp_path):
         resolve_encoder(str(tmp_path))
     with pytest.raises(PresetError, match=r"has no model_index\.json"):
         resolve_generator(str(tmp_path))
+
+
+def test_random_weights_of_a_named_generator_are_refused_in_one_line(hub):
+    from data.errors import SettingError
+
+    with pytest.raises(
+        SettingError, match=r"^--random-weights with generator .*\(drop --random-weights\)$"
+    ):
+        create_generator(str(hub["folders"]["sd"]), random_weights=True)

@@ -192,3 +192,34 @@ def test_a_checkpoint_from_before_the_coarse_head_loads_and_refuses_to_reject(tr
         predictor.predict(image)
     with pytest.raises(SettingError, match=r"rejection_threshold=2.0: a probability in \(0, 1\)"):
         predictor.set_rejection(2.0)
+
+
+def test_predict_takes_grey_rgba_and_unit_floats_and_refuses_the_rest(trained):
+    from data.errors import SettingError
+    from model.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(trained)
+    predictor.set_vocabulary("red disc; green square; background", text_only=True, bank=None)
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    labels = predictor.predict(rgb)
+    assert labels.shape == (40, 56)
+    rgba = np.concatenate([rgb, np.full((40, 56, 1), 7, np.uint8)], axis=-1)
+    np.testing.assert_array_equal(predictor.predict(rgba), labels)  # alpha dropped
+    np.testing.assert_array_equal(predictor.predict(rgb / 255.0), labels)  # scaled, not misread
+    grey = rgb[..., 0]
+    np.testing.assert_array_equal(
+        predictor.predict(grey), predictor.predict(grey[..., None].repeat(3, -1))
+    )
+    batch = predictor.predict_batch([rgb, rgba[:20]])
+    assert [b.shape for b in batch] == [(40, 56), (20, 56)]
+    np.testing.assert_array_equal(batch[0], labels)
+    for bad, message in (
+        (rgb.astype(np.float32), r"^image: a float32 image with values in \[0, 255\]; floats must"),
+        (rgb[..., :2], r"^image: shape \(40, 56, 2\) is not an image"),
+        (rgb.astype(np.int64), r"^image: dtype int64 is not taken"),
+    ):
+        with pytest.raises(SettingError, match=message):
+            predictor.predict(bad)
+    with pytest.raises(SettingError, match=r"^images\[1\]: shape \(3,\)"):
+        predictor.predict_batch([rgb, np.zeros(3, np.uint8)])
