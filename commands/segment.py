@@ -27,7 +27,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     else:
         from model.predictor import Predictor
 
-        predictor = Predictor.from_checkpoint(args.ckpt, device=args.device, rounds=args.rounds)
+        if args.model:
+            predictor = Predictor.from_pretrained(
+                args.model, device=args.device, rounds=args.rounds
+            )
+        else:
+            predictor = Predictor.from_checkpoint(args.ckpt, device=args.device, rounds=args.rounds)
         if args.reject is not None:
             predictor.set_rejection(args.reject, args.reject_max)
         _dpseg_prompts(
@@ -54,7 +59,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-DPSEG_ONLY = {"ckpt": "--ckpt", "bank": "--bank", "text_only": "--text-only",
+DPSEG_ONLY = {"ckpt": "--ckpt", "model": "--model", "bank": "--bank", "text_only": "--text-only",
               "rounds": "--rounds", "generator_weights": "--generator-weights",
               "reject": "--reject", "reject_max": "--reject-max"}  # fmt: skip
 VIP_ONLY = {"config": "--config", "encoder": "--encoder", "dual_prompts": "--dual-prompts"}
@@ -71,10 +76,13 @@ def _check_segment_arguments(args: argparse.Namespace) -> None:
         raise SettingError(f"--reject {args.reject}: a probability in (0, 1), e.g. 0.05")
     if args.reject_max is not None and args.reject_max < 1:
         raise SettingError(f"--reject-max {args.reject_max}: give 1 or more")
-    if args.method == "dpseg" and not args.ckpt:
+    if args.method == "dpseg" and not (args.ckpt or args.model):
         raise SettingError(
-            "segment needs --ckpt (a checkpoint of cli.py fit), or --method vip (training-free)"
+            "segment needs --ckpt (a checkpoint of cli.py fit) or --model (a folder of cli.py "
+            "model export), or --method vip (training-free)"
         )
+    if args.ckpt and args.model:
+        raise SettingError(f"--ckpt {args.ckpt!r} and --model {args.model!r}: give one of them")
     check_device(args.device)
     check_output_folder(args.out, "--out")
     other, method = (DPSEG_ONLY, "DPSeg") if args.method == "vip" else (VIP_ONLY, "VIP")
@@ -98,6 +106,7 @@ def _segment_options(p) -> None:
     )
     p.add_argument("--method", choices=("dpseg", "vip"), default="dpseg", help="the method")
     p.add_argument("--ckpt", help="DPSeg: a checkpoint of cli.py fit")
+    p.add_argument("--model", help="DPSeg: a model folder of cli.py model export (safetensors)")
     p.add_argument("--images", nargs="+", required=True, help="files, folders or glob patterns")
     p.add_argument("--vocab", required=True, help="'cat, kitty; dog', one class, a name or a file")
     p.add_argument("--out", required=True, help="output folder")

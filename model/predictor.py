@@ -64,6 +64,21 @@ class Predictor:
         module.segmenter.config = module.inference_config
         return cls(module, device)
 
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, device: str | None = None, rounds: int | None = None
+    ) -> Predictor:
+        """A model folder of ``cli.py model export`` (``model.export``): safetensors only, the
+        weights' sha256 and the encoder's fingerprint checked."""
+        from model.export import load_model
+
+        device = check_device(device)
+        module = load_model(path)
+        if rounds is not None:
+            module.inference_config.rounds = rounds
+        module.segmenter.config = module.inference_config
+        return cls(module, device)
+
     def set_rejection(self, threshold: float | None, max_classes: int | None = None) -> None:
         """Class early rejection for the images to come (``model.rejection``; a checkpoint holds
         no inference settings): probability ``threshold`` (None: off), at most ``max_classes``

@@ -17,6 +17,8 @@ import os
 import shutil
 from pathlib import Path
 
+from data.io import file_sha256
+
 
 def repo_folder(hf_home: str | os.PathLike, repo_id: str, repo_type: str = "model") -> Path:
     """``HF_HOME/hub/<type>s--ORG--NAME``."""
@@ -27,16 +29,8 @@ def content_revision(files: dict[str, Path]) -> str:
     """A 40-hex revision from the files' names and bytes (stands in for the commit hash)."""
     digest = hashlib.sha1()
     for name in sorted(files):
-        digest.update(name.encode() + b"\0" + _sha256(files[name]).encode())
+        digest.update(name.encode() + b"\0" + file_sha256(files[name]).encode())
     return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_snapshot(
@@ -57,7 +51,7 @@ def write_snapshot(
     repo = repo_folder(hf_home, repo_id)
     snapshot = repo / "snapshots" / revision
     for name, path in files.items():
-        blob = repo / "blobs" / _sha256(path)
+        blob = repo / "blobs" / file_sha256(path)
         blob.parent.mkdir(parents=True, exist_ok=True)
         if not blob.exists():
             (shutil.move if move else shutil.copyfile)(path, blob)

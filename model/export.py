@@ -1,0 +1,181 @@
+"""A trained DPSeg as a folder to share: safetensors weights, ``config.json`` and a card.
+
+    python cli.py model export runs/.../last.ckpt --out models/toy-dpseg
+    python cli.py segment --model models/toy-dpseg --vocab "red disc; cat" --images photo.jpg
+
+    models/toy-dpseg/
+        model.safetensors   the network's state dict (no pickle anywhere)
+        config.json         all that rebuilds it: the encoder (name, weights source, revision,
+                            fingerprint, licence), the DPSeg config, the inference settings, the
+                            banks it was trained with, the training step, the weights' sha256
+        README.md           the card: what it is, what trained it, how to use it
+
+Loading (:func:`load_model`) reads safetensors only, checks the weights' sha256 against
+``config.json`` (a changed or damaged file is one line), rebuilds the network from the config and
+its encoder by name (which must give the recorded fingerprint), then loads the weights strictly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from data.errors import SettingError, UnreadableFileError
+from data.io import file_sha256
+
+FORMAT, FORMAT_VERSION = "dpseg-model", 1
+WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
+
+
+class ModelFileError(UnreadableFileError):
+    """An exported model's folder is incomplete, changed or not one of ours."""
+
+
+def export_model(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write the model folder of a Lightning checkpoint (``cli.py model export``)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from model.checkpoint import check_checkpoint
+    from model.lightning import DPSegModule
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise SettingError(f"--out {str(out)!r} is not empty; give a new folder")
+    check_checkpoint(ckpt, "CKPT")
+    module = DPSegModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / WEIGHTS), metadata={"format": FORMAT})
+    model = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
+    model["encoder_weights"] = None  # a path of the exporting machine means nothing elsewhere
+    encoder = dict(module.loaded_provenance.get("encoder", {}))
+    encoder.setdefault("license", module.encoder_record["license"])
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": model,
+        "inference": asdict(module.inference_config),
+        "test_protocol": module.test_protocol,
+        "encoder": encoder,
+        "banks": module.loaded_provenance.get("banks", {}),
+        "training": {
+            "global_step": int(raw.get("global_step", 0)),
+            "epoch": int(raw.get("epoch", 0)),
+            "checkpoint": Path(ckpt).name,
+        },
+        "weights": {
+            "file": WEIGHTS,
+            "sha256": file_sha256(out / WEIGHTS),
+            "parameters": sum(int(v.numel()) for v in state.values()),
+        },
+    }
+    (out / CONFIG).write_text(json.dumps(config, indent=2, default=str))
+    (out / CARD).write_text(model_card(config))
+    return out
+
+
+def model_card(config: dict) -> str:
+    """README.md of an exported model."""
+    enc, model = config["encoder"], config["model"]
+    banks = (
+        "\n".join(
+            f"| {name} | {b.get('classes')} classes x {b.get('templates')} templates | "
+            f"{b.get('generator')} + {b.get('encoder')} | `{b.get('location')}` | {b.get('created')} |"
+            for name, b in config["banks"].items()
+        )
+        or "| (none recorded) | | | | |"
+    )
+    return f"""---
+license: other
+tags:
+- dpseg
+- open-vocabulary-segmentation
+---
+
+# DPSeg ({model["encoder"]})
+
+A DPSeg model (dual-prompt cost volume, cost-volume-guided decoder) exported by dpseg from
+`{config["training"]["checkpoint"]}` after {config["training"]["global_step"]} training steps.
+
+| encoder | value |
+|---|---|
+| name | `{model["encoder"]}` |
+| weights | `{enc.get("weights")}` |
+| revision | `{enc.get("revision")}` |
+| fingerprint | `{enc.get("fingerprint")}` |
+| licence | {enc.get("license")} |
+
+Trained with these banks (a bank's images keep its generator's licence):
+
+| dataset | size | generator + encoder | location | created |
+|---|---|---|---|---|
+{banks}
+
+Weights: `{WEIGHTS}`, {config["weights"]["parameters"]:,} values, sha256
+`{config["weights"]["sha256"]}` (checked at every load).
+
+```bash
+python cli.py segment --model THIS_FOLDER --vocab "a; b, synonym" --images photo.jpg --out out/
+```
+
+```python
+from model.predictor import Predictor
+predictor = Predictor.from_pretrained("THIS_FOLDER")
+```
+"""
+
+
+def read_config(folder: Path, option: str) -> dict:
+    path = folder / CONFIG
+    if not path.is_file():
+        raise ModelFileError(
+            f"{option} {str(folder)!r}: no {CONFIG}; an exported model is a folder written by "
+            "`cli.py model export CKPT --out DIR` (a .ckpt goes in --ckpt)"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as e:
+        raise ModelFileError(f"{option}: {path} is not JSON ({e})") from None
+    if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{option}: {path} is not a {FORMAT} v{FORMAT_VERSION} config (format "
+            f"{config.get('format')!r} v{config.get('format_version')!r})"
+        )
+    return config
+
+
+def load_model(folder: str | os.PathLike, option: str = "--model"):
+    """The ``DPSegModule`` of an exported folder, its weights checked and loaded strictly."""
+    from safetensors.torch import load_file
+
+    from model.lightning import DPSegModule
+
+    folder = Path(folder)
+    config = read_config(folder, option)
+    weights = folder / config["weights"]["file"]
+    if not weights.is_file():
+        raise ModelFileError(f"{option}: {weights} is missing; export or pull the model again")
+    found = file_sha256(weights)
+    if found != config["weights"]["sha256"]:
+        raise ModelFileError(
+            f"{option}: {weights} has sha256 {found[:12]}..., not the {config['weights']['sha256'][:12]}... "
+            f"its {CONFIG} records: the file was changed or damaged; export or pull the model again"
+        )
+    module = DPSegModule(
+        **config["model"], inference=config["inference"], test_protocol=config["test_protocol"]
+    )
+    recorded = config["encoder"].get("fingerprint")
+    if recorded and recorded != module.encoder_fingerprint:
+        raise ModelFileError(
+            f"{option}: the encoder {config['model']['encoder']!r} built here has fingerprint "
+            f"{module.encoder_fingerprint[:12]}..., the model was trained on {recorded[:12]}...; "
+            "load the encoder weights it records "
+            f"({config['encoder'].get('weights')}, revision {config['encoder'].get('revision')})"
+        )
+    module.load_state_dict(load_file(str(weights)), strict=True)
+    module.loaded_provenance = {"encoder": config["encoder"], "banks": config["banks"]}
+    return module.eval()

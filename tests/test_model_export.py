@@ -1,0 +1,56 @@
+"""A trained DPSeg as a folder to share (cli.py model export; model.export)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from conftest import run_cli
+from PIL import Image
+
+
+def test_export_then_segment_with_the_folder_gives_the_checkpoint_s_labels(
+    trained, world, tmp_path
+):
+    folder = tmp_path / "model"
+    result = run_cli("model", "export", str(trained), "--out", str(folder), cwd=world)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["format"] == "dpseg-model" and config["model"]["encoder"] == "tiny-convnext"
+    assert len(config["encoder"]["fingerprint"]) == 64 and config["training"]["global_step"] == 4
+    assert config["banks"] and "sha256" in (folder / "README.md").read_text()
+    images = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[:2]
+    vocab = "red disc; green square; blue triangle; background"
+    outputs = {}
+    for option, value in (("--ckpt", trained), ("--model", folder)):
+        out = tmp_path / option.strip("-")
+        result = run_cli("segment", option, str(value), "--images", *map(str, images),
+                         "--vocab", vocab, "--out", str(out), "--quiet", cwd=world)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[option] = [np.asarray(Image.open(out / f"{p.stem}.png")) for p in images]
+    for a, b in zip(outputs["--ckpt"], outputs["--model"]):
+        np.testing.assert_array_equal(a, b)
+    # a tampered weights file: one line, exit 2, nothing written
+    data = bytearray((folder / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    result = run_cli("segment", "--model", str(folder), "--images", str(images[0]), "--vocab",
+                     vocab, "--out", str(tmp_path / "bad"), "--quiet", cwd=world)  # fmt: skip
+    assert result.returncode == 2
+    assert "the file was changed or damaged" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+def test_export_refuses_a_non_empty_folder_and_segment_both_sources(trained, world, tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("x")
+    result = run_cli("model", "export", str(trained), "--out", str(tmp_path / "taken"), cwd=world)
+    assert result.returncode == 2 and "is not empty" in result.stderr
+    result = run_cli("segment", "--ckpt", str(trained), "--model", str(tmp_path), "--images",
+                     "x.jpg", "--vocab", "a", "--out", str(tmp_path / "o"), cwd=world)  # fmt: skip
+    assert result.returncode == 2 and "give one of them" in result.stderr
