@@ -35,7 +35,21 @@ from prompt_bank.store import Bank, is_url
 log = logging.getLogger(__name__)
 
 
-class Predictor:
+class ImagePredictor:
+    """What DPSeg's and VIP's predictors share: ``predict`` of one image (grey, RGB, RGBA uint8
+    or floats in [0, 1]: ``data.transforms.rgb_uint8``) and ``predict_batch``."""
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Several images, of any sizes -> their (H_i, W_i) label maps, in order. Every image is
+        checked before any runs, so a bad one costs no work (its index is in the message)."""
+        checked = [rgb_uint8(image, f"images[{i}]") for i, image in enumerate(images)]
+        return [self.predict(image) for image in checked]
+
+
+class Predictor(ImagePredictor):
     """A trained DPSeg model with a vocabulary's prompts, for images of any size."""
 
     def __init__(self, module: DPSegModule, device: str | torch.device = "cpu"):
@@ -174,12 +188,6 @@ class Predictor:
         """(H, W, 3) uint8 RGB (or grey, RGBA, floats in [0, 1]) -> (H, W) int64 class ids of
         the vocabulary."""
         return class_labels(self.logits(image), dim=0).cpu().numpy()
-
-    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Several images, of any sizes -> their (H_i, W_i) label maps, in order. Every image is
-        checked before any runs, so a bad one costs no work (its index is in the message)."""
-        checked = [rgb_uint8(image, f"images[{i}]") for i, image in enumerate(images)]
-        return [self.predict(image) for image in checked]
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")

@@ -365,3 +365,19 @@ def test_reported_affinity_is_the_backbones_attention_among_patches():
         selector.update(features, queries)
     selector.update(features, queries, affinity)
     assert selector.images == 2
+
+
+def test_vip_predictor_takes_the_same_inputs_as_dpseg_s():
+    import numpy as np
+
+    from data.errors import SettingError
+    from model.vip.predictor import VIPPredictor
+
+    predictor = VIPPredictor.from_config(encoder="tiny-vit")
+    predictor.set_vocabulary("cat, kitty; dog; grass")
+    rgb = np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    maps = predictor.predict_batch([rgb, rgb / 255.0, rgb[..., 0]])
+    assert [m.shape for m in maps] == [(48, 40)] * 3
+    np.testing.assert_array_equal(maps[0], maps[1])
+    with pytest.raises(SettingError, match=r"^images\[1\]: dtype int16 is not taken"):
+        predictor.predict_batch([rgb, rgb.astype(np.int16)])

@@ -3,6 +3,7 @@
     predictor = VIPPredictor.from_config("configs/vip_voc21.yaml")   # or encoder="tiny-vit"
     predictor.set_vocabulary("cat, kitty; dog; grass")               # aliases after commas
     labels = predictor.predict(image)          # (H, W) class ids for an (H, W, 3) uint8 image
+    maps = predictor.predict_batch([image, other])   # grey, RGBA, floats in [0, 1] too
 
 The same outputs as DPSeg's predictor (``model.predictor.predict_images``): label map, overlay,
 class areas. Every pixel gets a class: low-confidence pixels go to ``vip.background_id`` when
@@ -19,10 +20,11 @@ import numpy as np
 import torch
 
 from data.errors import SettingError, check_device
-from data.transforms import image_tensor
+from data.transforms import image_tensor, rgb_uint8
 from data.vocabulary import load_vocabulary
 from model.labels import class_labels
 from model.lightning_cli import read_config
+from model.predictor import ImagePredictor
 from model.vip.aggregation import assign_labels
 from model.vip.lightning import VIPModule
 
@@ -30,7 +32,7 @@ PREDICT_IGNORES = ("vocabularies", "results_dir", "dual_prompts")
 """Settings of a test config that mean nothing for free-form images."""
 
 
-class VIPPredictor:
+class VIPPredictor(ImagePredictor):
     def __init__(self, module: VIPModule, device: str | None = None):
         self.device = torch.device(check_device(device))
         self.module = module.to(self.device).eval()
@@ -69,10 +71,11 @@ class VIPPredictor:
 
     @torch.no_grad()
     def logits(self, image: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 RGB -> (K, H, W) class logits (x logit scale)."""
+        """An image ((H, W, 3) uint8 RGB, or what ``data.transforms.rgb_uint8`` takes) ->
+        (K, H, W) class logits (x logit scale)."""
         if self.queries is None:
             raise RuntimeError("call set_vocabulary first")
-        x = image_tensor(image)
+        x = image_tensor(rgb_uint8(image))
         segmenter, queries = self.module.segmenter, self.queries
         return self.module.protocol()(lambda b: segmenter(b, queries), x.to(self.device))
 
