@@ -328,7 +328,7 @@ class _Models:
         return images, encoding
 
 
-# Model records added to banks after format 1 was written (information, not settings): a bank
+# Model records added to banks of this format later (information, not settings): a bank
 # without them resumes.
 RECORDED_SINCE = ("family", "license", "revision")
 
