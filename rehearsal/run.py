@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -146,6 +147,8 @@ def dpseg_row(encoder: str, home: Path, scale: str) -> dict:
     ckpt = next((work / "runs").rglob("*.ckpt"))
     test_s = cli(["test", *config, "--ckpt_path", str(ckpt), "--data.limit_eval", "1",
                   "--model.inference.rounds", "2"], env, log)  # fmt: skip
+    shutil.rmtree(work / "runs")  # the checkpoint (GBs at full size); the log and figures stay
+    shutil.rmtree(bank)
     crop = yaml.safe_load((ROOT / "configs" / f"{DPSEG[encoder]}.yaml").read_text())["data"]["crop"]
     return {"load_s": bank_s, "work_s": fit_s, "test_s": test_s,
             "what": "fit 1 step + test rounds I+II on 1 image",
