@@ -15,7 +15,7 @@ configuration of that kind took):
    templates, one image each), after one warm-up build (one batch of 8) per generator.
    images/s = images / the build's seconds (text prompts, Stable Diffusion prompt embeddings,
    generation, encoding, storage); the shares are the builder's own Stopwatch (generation,
-   encoding, storage). The pipelines are built once per generator (``_Models`` cached across
+   encoding, storage). The pipelines are built once per generator (``BankModels`` cached across
    the builds: model construction is not in the rates). Peak memory: weights included.
 2. inference: DPSeg with convnext-b-laion and convnext-l-laion (random weights, the paper's
    decoder), 768 px, K = 150 and 847, P = 80, batch 1, bf16 autocast, ``TwoRoundSegmenter``
@@ -175,7 +175,7 @@ def autocast_for(device: torch.device):
 
 
 class CachedModels:
-    """Stands in for ``prompt_bank.build._Models`` during the bank section: one instance per
+    """Stands in for ``prompt_bank.build.BankModels`` during the bank section: one instance per
     (generator, encoder, steps, device), reused across builds with a fresh Stopwatch each, so
     each build times the builder's work and not the model construction."""
 
@@ -201,15 +201,15 @@ class CachedModels:
 def cached_bank_models():
     import prompt_bank.build as build_module
 
-    saved = (build_module._Models, torch.backends.cudnn.benchmark,
+    saved = (build_module.BankModels, torch.backends.cudnn.benchmark,
              torch.backends.cudnn.deterministic)  # fmt: skip
-    cache = CachedModels(build_module._Models)
-    build_module._Models = cache
+    cache = CachedModels(build_module.BankModels)
+    build_module.BankModels = cache
     try:
         yield cache
     finally:
         # the builder pins cuDNN (benchmark off, deterministic on) for its own bits: not ours
-        build_module._Models = saved[0]
+        build_module.BankModels = saved[0]
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[1:]
         cache.models = None
 

@@ -46,7 +46,8 @@ def export_model(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
         raise SettingError(f"--out {str(out)!r} is not empty; give a new folder")
     check_checkpoint(ckpt, "CKPT")
     module = DPSegModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    # the step and epoch only: memory-mapped, the tensors are not read a second time
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
     state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / WEIGHTS), metadata={"format": FORMAT})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,12 +36,13 @@ from prompt_bank.store import Bank, is_url
 log = logging.getLogger(__name__)
 
 
-class ImagePredictor:
+class ImagePredictor(ABC):
     """What DPSeg's and VIP's predictors share: ``predict`` of one image (grey, RGB, RGBA uint8
     or floats in [0, 1]: ``data.transforms.rgb_uint8``) and ``predict_batch``."""
 
+    @abstractmethod
     def predict(self, image: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """An image -> (H, W) int64 class ids of the vocabulary."""
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Several images, of any sizes -> their (H_i, W_i) label maps, in order. Every image is
@@ -73,10 +75,7 @@ class Predictor(ImagePredictor):
             module = DPSegModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, EOFError, KeyError) as e:  # an archive, not ours
             raise reading_failed(e, path, "--ckpt") from None
-        if rounds is not None:
-            module.inference_config.rounds = rounds
-        module.segmenter.config = module.inference_config
-        return cls(module, device)
+        return cls._with_rounds(module, device, rounds)
 
     @classmethod
     def from_pretrained(
@@ -87,7 +86,10 @@ class Predictor(ImagePredictor):
         from model.export import load_model
 
         device = check_device(device)
-        module = load_model(path)
+        return cls._with_rounds(load_model(path), device, rounds)
+
+    @classmethod
+    def _with_rounds(cls, module: DPSegModule, device, rounds: int | None) -> Predictor:
         if rounds is not None:
             module.inference_config.rounds = rounds
         module.segmenter.config = module.inference_config

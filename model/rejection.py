@@ -6,7 +6,8 @@ class a probability per position. A class passes when that probability reaches `
 somewhere in the image and, with ``top_k``, when some position ranks it among its ``top_k``
 classes (SED's per-pixel top-k); only the classes that pass go on through the finer stages.
 ``max_classes`` bounds the decode: at most that many per image, by their best rank at any
-position, then their peak probability. So round I's fine stages cost what min(K, passing, ``max_classes``) classes cost.
+position, then their peak probability. So round I's fine stages cost what min(K, passing,
+``max_classes``) classes cost.
 
 Differences from SED (ours): one rejection point (after the first stage) instead of one per
 layer, and a presence probability with a threshold beside SED's top-k. A rejected class gets

@@ -202,7 +202,7 @@ class Stopwatch:
         return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in self.seconds.items())
 
 
-class _Models:
+class BankModels:
     """The generator pipeline and the frozen encoder, placed on the build device."""
 
     def __init__(self, config: BuildConfig, device: torch.device):
@@ -482,7 +482,7 @@ def _build_bank(config: BuildConfig, location: str) -> BuildSummary:
         torch.set_num_threads(cpu_threads)
 
     with state.main_process_first():  # rank 0 fills the weights cache; the others then read it
-        models = _Models(config, device)
+        models = BankModels(config, device)
     generator_attrs, encoder_attrs = models.attrs(config)
     expected = {
         "format": FORMAT_NAME,

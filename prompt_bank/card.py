@@ -12,7 +12,7 @@ import re
 
 from pretrained.presets import PresetError, get_encoder_preset, get_generator_preset
 
-_HF_LICENSES = {  # the hub's licence identifiers of the generators' licences
+HF_LICENSES = {  # the hub's licence identifiers of the generators' licences
     "sd15": ("creativeml-openrail-m", None),
     "sd21": ("openrail++", None),
     "sd-turbo": ("other", "sai-nc-community"),
@@ -31,13 +31,24 @@ def _licence(kind: str, record: dict) -> str:
     return preset.license
 
 
-def _front_matter(attrs: dict) -> str:
-    generator = attrs["generator"]
+def hub_license(generator: dict) -> tuple[str, str | None]:
+    """The hub's ``license`` (and ``license_name``) of a bank's generator record: a preset's from
+    :data:`HF_LICENSES`; else the recorded licence when it is a hub identifier ("openrail++",
+    "other (sai-nc-community)"); dpseg's own models (and banks from before the record):
+    apache-2.0; anything else: other."""
+    if generator.get("preset") in HF_LICENSES:
+        return HF_LICENSES[generator["preset"]]
     recorded = str(generator.get("license") or "")
-    default = (recorded, None) if re.fullmatch(r"[a-z0-9.+-]+", recorded) else ("other", None)
-    if generator.get("preset") in _HF_LICENSES or not recorded or recorded.startswith("Apache-2.0"):
-        default = ("apache-2.0", None)  # presets: their table; dpseg's own models
-    name, other = _HF_LICENSES.get(generator.get("preset"), default)
+    named = re.fullmatch(r"other \(([^)]+)\)", recorded)
+    if named:
+        return "other", named.group(1)
+    if not recorded or recorded.startswith("Apache-2.0"):
+        return "apache-2.0", None
+    return (recorded, None) if re.fullmatch(r"[a-z0-9.+-]+", recorded) else ("other", None)
+
+
+def _front_matter(attrs: dict) -> str:
+    name, other = hub_license(attrs["generator"])
     lines = ["---", f"license: {name}"]
     if other:
         lines.append(f"license_name: {other}")

@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -165,20 +166,14 @@ def _random_pipeline(preset: GeneratorPreset, seed: int):
     return pipeline
 
 
-def _pipeline_class(preset: GeneratorPreset):
+def _pretrained_pipeline(preset: GeneratorPreset, weights: str | os.PathLike | None):
     import diffusers
 
-    return {"sd": diffusers.StableDiffusionPipeline,
-            "sdxl": diffusers.StableDiffusionXLPipeline}[preset.family]  # fmt: skip
-
-
-def _pretrained_pipeline(preset: GeneratorPreset, weights: str | os.PathLike | None):
-    pipeline_class = _pipeline_class(preset)
-    kwargs = {"safety_checker": None, "requires_safety_checker": False}
-    kwargs = kwargs if preset.family == "sd" else {}  # SDXL has no safety checker
+    family = conditioning_for(preset)
+    pipeline_class = getattr(diffusers, family.pipeline_class)
     # float32 whatever the files hold: transformers keeps a float16 file's dtype for the text
     # encoder, whose half embeddings then met the UNet's float32 weights (found by the rehearsal)
-    kwargs["dtype"] = torch.float32
+    kwargs = {**family.load_kwargs, "dtype": torch.float32}
     folder = (
         weights
         if weights is not None
@@ -213,8 +208,12 @@ def _pretrained_pipeline(preset: GeneratorPreset, weights: str | os.PathLike | N
 
 
 class SDConditioning:
-    """How Stable Diffusion 1.x / 2.x / SD-Turbo are conditioned: one (L, C) prompt embedding per
-    row; classifier-free guidance's unconditional embedding (of "") computed once."""
+    """Stable Diffusion 1.x / 2.x / SD-Turbo: how the pipeline loads and is conditioned, one
+    (L, C) prompt embedding per row; classifier-free guidance's unconditional embedding (of "")
+    computed once."""
+
+    pipeline_class = "StableDiffusionPipeline"
+    load_kwargs: ClassVar[dict] = {"safety_checker": None, "requires_safety_checker": False}
 
     def __init__(self):
         self._uncond: torch.Tensor | None = None
@@ -232,8 +231,12 @@ class SDConditioning:
 
 
 class SDXLConditioning:
-    """SDXL / SDXL-Turbo: per row the two text towers' (L, C) embedding and the pooled one;
-    the pipeline makes the unconditional side itself (zeros where its config says so)."""
+    """SDXL / SDXL-Turbo (no safety checker): per row the two text towers' (L, C) embedding and
+    the pooled one; the pipeline makes the unconditional side itself (zeros where its config
+    says so)."""
+
+    pipeline_class = "StableDiffusionXLPipeline"
+    load_kwargs: ClassVar[dict] = {}
 
     def encode(self, pipe, prompts: list[str], device) -> list:
         embeds, _, pooled, _ = pipe.encode_prompt(

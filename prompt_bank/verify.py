@@ -139,7 +139,7 @@ def _regenerate(bank, data, report, count, seed, tolerance, generator_weights, e
     import torch
 
     from prompt_bank.build import (
-        _Models,
+        BankModels,
         compute_batch,
         config_from_bank,
         shard_batches,
@@ -172,7 +172,7 @@ def _regenerate(bank, data, report, count, seed, tolerance, generator_weights, e
         return
     if device.type == "cpu" and b.get("cpu_threads"):
         torch.set_num_threads(int(b["cpu_threads"]))
-    models = _Models(config, device)
+    models = BankModels(config, device)
     packages = attrs.get("builder", {}).get("packages")
     for kind, built, recorded, option in (
         ("generator", models.gen, g, "--generator-weights"),

@@ -14,10 +14,12 @@ from pathlib import Path
 
 from torch import nn
 
+License = tuple[str, str | None]  # the hub's license, and license_name (for "other")
 
-def _readme(folder: Path, license_: str, title: str) -> None:
-    """A model card's front matter; ``license_`` "other:NAME" writes the hub's license_name too."""
-    name, _, other = license_.partition(":")
+
+def _readme(folder: Path, license_: License, title: str) -> None:
+    """A model card's front matter, as the hub writes the licence."""
+    name, other = license_
     extra = f"license_name: {other}\n" if other else ""
     (folder / "README.md").write_text(f"---\nlicense: {name}\n{extra}---\n\n# {title}\n")
 
@@ -28,7 +30,7 @@ def open_clip_folder(
     folder: str | os.PathLike,
     mean: tuple[float, ...],
     std: tuple[float, ...],
-    license_: str = "mit",
+    license_: License = ("mit", None),
     title: str = "open_clip model",
 ) -> Path:
     """Write ``model`` (an open_clip CLIP) and its config in open_clip's hub layout."""
@@ -46,7 +48,10 @@ def open_clip_folder(
 
 
 def diffusers_folder(
-    pipeline, folder: str | os.PathLike, license_: str = "apache-2.0", title: str = "pipeline"
+    pipeline,
+    folder: str | os.PathLike,
+    license_: License = ("apache-2.0", None),
+    title: str = "pipeline",
 ) -> Path:
     """Write a diffusers pipeline with ``save_pretrained`` (safetensors)."""
     folder = Path(folder)

@@ -61,7 +61,7 @@ def generator_row(name: str, home: Path, scale: str) -> dict:
     import torch
 
     from data.vocabulary import Vocabulary
-    from prompt_bank.build import BuildConfig, _Models
+    from prompt_bank.build import BankModels, BuildConfig
 
     encoder = encoder_name("convnext-b-laion", scale)
     start = time.perf_counter()
@@ -69,7 +69,7 @@ def generator_row(name: str, home: Path, scale: str) -> dict:
         vocabulary=Vocabulary.from_entries(["cat"], name="rehearsal"),
         templates=["a photo of a {}."], generator=name, encoder=encoder, steps=1, progress=False,
     )  # fmt: skip
-    models = _Models(config, torch.device("cpu"))
+    models = BankModels(config, torch.device("cpu"))
     load = time.perf_counter() - start
     start = time.perf_counter()
     images, encoding = models.generate_and_encode(models.prompt_embeds(["a photo of a cat."]), [0])

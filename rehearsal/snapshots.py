@@ -31,6 +31,7 @@ from typing import Literal
 import torch
 
 from pretrained.presets import DINOTXT_FILES, get_encoder_preset, get_generator_preset
+from prompt_bank.card import HF_LICENSES
 from rehearsal.folders import diffusers_folder, open_clip_folder
 from rehearsal.hub_cache import write_snapshot
 
@@ -83,13 +84,10 @@ def published_folder(repo_id: str) -> Path:
     return PUBLISHED / repo_id.replace("/", "--")
 
 
-# The licences the repositories' model cards declare (the hub's identifiers; pretrained/presets.py)
-LICENSES = {
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": "creativeml-openrail-m",
-    "stabilityai/stable-diffusion-2-1": "openrail++",
-    "stabilityai/sd-turbo": "other:sai-nc-community",
-    "stabilityai/sdxl-turbo": "other:sai-nc-community",
-}
+# The licences the repositories' model cards declare, as the hub writes them: the presets' from
+# the bank card's table, SDXL-Turbo's (an open name) here.
+SDXL_TURBO_LICENSE = ("other", "sai-nc-community")
+
 
 # (ours) files no public copy was found of (published/SOURCES.md): derived from the model they
 # were distilled from, with what differs. SD-Turbo is SD 2.1 distilled at 512 px (its model
@@ -150,9 +148,7 @@ def _open_clip_files(snapshot: Snapshot, scale: Scale, out: Path) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = open_clip_architecture(preset)
-    licence = {"MIT (OpenAI CLIP)": "mit", "MIT (LAION OpenCLIP)": "mit"}.get(
-        preset.license, "other"
-    )
+    licence = ("mit", None) if preset.license.startswith("MIT") else ("other", None)
     open_clip_folder(_half(model), model_cfg, out, preset.mean, preset.std, licence, preset.name)
 
 
@@ -204,7 +200,8 @@ def _diffusers_files(snapshot: Snapshot, scale: Scale, out: Path) -> None:
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         if getattr(pipeline, name, None) is not None:
             _half(getattr(pipeline, name))
-    diffusers_folder(pipeline, out, LICENSES.get(repo_id, "other"), snapshot.name)
+    license_ = HF_LICENSES.get(snapshot.name, SDXL_TURBO_LICENSE)
+    diffusers_folder(pipeline, out, license_, snapshot.name)
     del pipeline
     if scale == "full":  # the published files themselves, over what save_pretrained wrote
         for path in sorted(published_folder(repo_id).rglob("*")):

@@ -38,7 +38,7 @@ def hub(tmp_path_factory):
             clip.model, preset.model_cfg, root / "src/clip", preset.mean, preset.std
         ),
         "sdxl": diffusers_folder(
-            create_generator("tiny-sdxl").pipeline, root / "src/sdxl", "openrail++"
+            create_generator("tiny-sdxl").pipeline, root / "src/sdxl", ("openrail++", None)
         ),
         "sd": diffusers_folder(create_generator("tiny-sd").pipeline, root / "src/sd"),
     }
