@@ -10,7 +10,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # Tests and the demo run on 2 CPU cores; more threads than cores only slows them down.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install lint format test demo claims presets bank bench-gpu rehearse lock clean
+.PHONY: help install lint format test demo app claims presets bank bench-gpu rehearse lock clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -38,6 +38,11 @@ test: lint  ## lint, then the test suite (offline, CPU, tiny presets)
 
 demo: $(STAMP)  ## the whole path offline in the toy world: data, bank, fit, test x2, predict
 	$(PY) demo.py --out demo_out
+
+app: $(STAMP)  ## the web app on http://127.0.0.1:7860 with the toy model of `make demo` (DPSeg and VIP)
+	@test -f demo_out/model/config.json || { echo "make app serves demo_out/model: run make demo first"; exit 2; }
+	$(PY) cli.py app --model demo_out/model --vip-config configs/vip_toy.yaml \
+		--vocab 'red disc; blue square; green triangle; yellow ring; background'
 
 claims: $(STAMP)  ## the papers' claims decided in the toy world: 5 paired seeds, verdicts, about 6 h (docs/toy_world.md)
 	$(PY) benchmarks/claims.py --out claims_out

@@ -39,7 +39,7 @@ def commands() -> dict[str, Command]:
     """Every command of ``cli.py``: name -> :class:`Command`, in the order of ``-h`` (LightningCLI's
     four have no options here: they are LightningCLI's). Each group lives in its module of
     ``commands/``."""
-    from commands import bank, data, model, presets, segment, vip, vocab
+    from commands import app, bank, data, model, presets, segment, vip, vocab
 
     return {
         **{name: Command(what) for name, what in LIGHTNING_COMMANDS.items()},
@@ -50,6 +50,7 @@ def commands() -> dict[str, Command]:
         **model.COMMANDS,
         **vip.COMMANDS,
         **data.COMMANDS,
+        **app.COMMANDS,
     }
 
 

@@ -159,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
             times, quiet=True)  # fmt: skip
         scores[rounds] = json.loads((results / "toy.json").read_text())
 
+    model = out / "model"
+    shutil.rmtree(model, ignore_errors=True)
+    run("model export", ["model", "export", str(ckpt), "--out", str(model), "--metrics",
+                         *(str(out / "results" / f"round{r}" / "toy.run.json") for r in (1, 2))],
+        times, quiet=True)  # fmt: skip
+
     test = sorted((out / "datasets" / "toy" / "images" / "test").glob("*.jpg"))
     shown = image_with_class(out / "datasets", EXPLAINED) or test[0]
     images = [shown, *[p for p in test if p != shown][:3]]
@@ -193,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         ("prompt bank", bank),
         ("bank gallery", out / "bank_gallery.png"),
         ("checkpoint", ckpt),
+        ("model to share (make app)", model),
         ("TensorBoard / CSV logs", run_dir),
         ("test results, round I", out / "results" / "round1" / "summary.md"),
         ("per-class IoU chart", out / "results" / "round1" / "toy_per_class_iou.png"),

@@ -5,23 +5,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 
-from commands.options import Command, add_fields, config_file, config_from
+from commands.options import (
+    Command,
+    add_fields,
+    add_storage_option,
+    config_file,
+    config_from,
+    storage_options,
+)
 from data.errors import UserError
-
-
-def _command_line() -> str:
-    import shlex
-
-    return " ".join(shlex.quote(a) for a in ["python", "cli.py", *sys.argv[1:]])
-
-
-def _storage_options(args: argparse.Namespace) -> dict | None:
-    from prompt_bank.store import parse_storage_options
-
-    raw = getattr(args, "storage_options", None)
-    return None if raw is None else parse_storage_options(raw, "--storage-options")
+from data.io import command_line
 
 
 def _run_build(config, location: str) -> None:
@@ -111,7 +105,7 @@ def cmd_bank_build(args: argparse.Namespace) -> None:
             generator=generator,
             encoder=encoder,
             progress=not args.quiet,
-            command=_command_line(),
+            command=command_line(),
         )
         _run_build(config, args.out)
     except ValueError as e:
@@ -152,7 +146,7 @@ def cmd_bank_repair(args: argparse.Namespace) -> None:
 def _open_bank(location: str, args: argparse.Namespace | None = None):
     from prompt_bank.store import Bank
 
-    return Bank.open(location, _storage_options(args) if args is not None else None)
+    return Bank.open(location, storage_options(args) if args is not None else None)
 
 
 def cmd_bank_info(args: argparse.Namespace) -> None:
@@ -187,7 +181,7 @@ def cmd_bank_merge(args: argparse.Namespace) -> None:
     from prompt_bank.compose import merge_banks
 
     summary = merge_banks(
-        _open_bank(args.a, args), _open_bank(args.b, args), args.out, _storage_options(args)
+        _open_bank(args.a, args), _open_bank(args.b, args), args.out, storage_options(args)
     )
     print(
         f"merged bank {summary['out']}: {summary['classes']} classes ({summary['from_a']} from "
@@ -200,7 +194,7 @@ def cmd_bank_subset(args: argparse.Namespace) -> None:
     from prompt_bank.compose import subset_bank
 
     summary = subset_bank(
-        _open_bank(args.bank, args), load_vocabulary(args.vocab), args.out, _storage_options(args)
+        _open_bank(args.bank, args), load_vocabulary(args.vocab), args.out, storage_options(args)
     )
     print(
         f"subset bank {summary['out']}: {summary['classes']} of the {summary['of']} classes of "
@@ -211,7 +205,7 @@ def cmd_bank_subset(args: argparse.Namespace) -> None:
 def cmd_bank_push(args: argparse.Namespace) -> None:
     from prompt_bank.share import push_bank
 
-    result = push_bank(args.bank, args.url, _storage_options(args), progress=not args.quiet)
+    result = push_bank(args.bank, args.url, storage_options(args), progress=not args.quiet)
     if not result["uploaded"]:
         print(f"{args.url} already holds this bank (content key {result['content_key'][:16]})")
     else:
@@ -224,7 +218,7 @@ def cmd_bank_push(args: argparse.Namespace) -> None:
 def cmd_bank_pull(args: argparse.Namespace) -> None:
     from prompt_bank.share import pull_bank
 
-    result = pull_bank(args.url, args.to, _storage_options(args), progress=not args.quiet)
+    result = pull_bank(args.url, args.to, storage_options(args), progress=not args.quiet)
     if not result["downloaded"]:
         print(f"{result['path']} (already here; content key {result['content_key'][:16]})")
     else:
@@ -270,15 +264,6 @@ def cmd_bank_gallery(args: argparse.Namespace) -> None:
     print(f"gallery: {path}")
 
 
-def _storage_option(p) -> None:
-    p.add_argument(
-        "--storage-options",
-        metavar="JSON",
-        help="fsspec storage options for URLs, as a JSON object (default: $DPSEG_STORAGE_OPTIONS; "
-        "credentials come from the filesystem's usual places)",
-    )
-
-
 def _bank_info_options(p) -> None:
     p.add_argument("bank", help="a path or an fsspec URL")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -288,7 +273,7 @@ def _bank_info_options(p) -> None:
         help="also check that visual prompts carry class information (nearest text prompt of "
         "each class's mean visual prompt; reads every embedding)",
     )
-    _storage_option(p)
+    add_storage_option(p)
 
 
 def _bank_verify_options(p) -> None:
@@ -298,7 +283,7 @@ def _bank_verify_options(p) -> None:
     p.add_argument("--tolerance", type=float, default=0.0, help="max abs difference allowed")
     p.add_argument("--generator-weights", metavar="DIR", help="the bank's generator weights")
     p.add_argument("--encoder-weights", metavar="PATH", help="the bank's encoder weights")
-    _storage_option(p)
+    add_storage_option(p)
 
 
 def _bank_repair_options(p) -> None:
@@ -312,27 +297,27 @@ def _bank_merge_options(p) -> None:
     p.add_argument("a", help="a bank: a path or an fsspec URL")
     p.add_argument("b", help="another bank, with the same encoder and templates")
     p.add_argument("--out", required=True, help="a new path or URL (never an existing bank)")
-    _storage_option(p)
+    add_storage_option(p)
 
 
 def _bank_subset_options(p) -> None:
     p.add_argument("bank", help="a path or an fsspec URL")
     p.add_argument("--vocab", required=True, help="a name, a file, 'a; b, c' or one class")
     p.add_argument("--out", required=True, help="a new path or URL (never an existing bank)")
-    _storage_option(p)
+    add_storage_option(p)
 
 
 def _bank_push_options(p) -> None:
     p.add_argument("bank", help="a local bank folder")
     p.add_argument("url", help="hf://datasets/ORG/NAME or an fsspec URL (s3://, gs://, file://)")
-    _storage_option(p)
+    add_storage_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _bank_pull_options(p) -> None:
     p.add_argument("url", help="hf://datasets/ORG/NAME[@REVISION] or an fsspec URL")
     p.add_argument("--to", metavar="DIR", help="where (default: the cache, keyed by content)")
-    _storage_option(p)
+    add_storage_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

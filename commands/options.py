@@ -147,3 +147,21 @@ def log_ours() -> None:
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
             logger.propagate = False  # Lightning's root handler would print it again
+
+
+def add_storage_option(p) -> None:
+    """``--storage-options JSON``: fsspec options for the URLs a command reads or writes."""
+    p.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help="fsspec storage options for URLs, as a JSON object (default: $DPSEG_STORAGE_OPTIONS; "
+        "credentials come from the filesystem's usual places)",
+    )
+
+
+def storage_options(args) -> dict | None:
+    """The parsed ``--storage-options`` (None: not given, the environment's apply)."""
+    from prompt_bank.store import parse_storage_options
+
+    raw = getattr(args, "storage_options", None)
+    return None if raw is None else parse_storage_options(raw, "--storage-options")

@@ -35,8 +35,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             predictor = Predictor.from_checkpoint(args.ckpt, device=args.device, rounds=args.rounds)
         if args.reject is not None:
             predictor.set_rejection(args.reject, args.reject_max)
-        _dpseg_prompts(
-            predictor, args.vocab, args.bank, args.text_only, args.generator_weights, not args.quiet
+        predictor.use_vocabulary(
+            args.vocab, args.bank, args.text_only, args.generator_weights, not args.quiet
         )
     summary = predict_images(predictor, paths, args.out, progress=not args.quiet)
     for item in summary["skipped"]:
@@ -106,7 +106,11 @@ def _segment_options(p) -> None:
     )
     p.add_argument("--method", choices=("dpseg", "vip"), default="dpseg", help="the method")
     p.add_argument("--ckpt", help="DPSeg: a checkpoint of cli.py fit")
-    p.add_argument("--model", help="DPSeg: a model folder of cli.py model export (safetensors)")
+    p.add_argument(
+        "--model",
+        help="DPSeg: a model folder of cli.py model export, or a URL it was "
+        "pushed to (hf://ORG/NAME, s3://, file://, https://: pulled into the cache)",
+    )
     p.add_argument("--images", nargs="+", required=True, help="files, folders or glob patterns")
     p.add_argument("--vocab", required=True, help="'cat, kitty; dog', one class, a name or a file")
     p.add_argument("--out", required=True, help="output folder")
@@ -130,22 +134,6 @@ def _segment_options(p) -> None:
     p.add_argument("--dual-prompts", metavar="BANK", help="VIP: add a bank's visual prompts")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _dpseg_prompts(predictor, vocabulary, bank: str | None, text_only: bool,
-                   generator_weights: str | None = None, progress: bool = True) -> None:  # fmt: skip
-    """A DPSeg predictor's prompts: classes the bank (default: the checkpoint's training bank)
-    lacks are built first with its own settings (``prompt_bank.extend``), unless text-only."""
-    from prompt_bank.extend import build_missing_classes
-    from prompt_bank.store import Bank
-
-    bank = bank or predictor.training_bank()
-    extra = []
-    if bank is not None and not text_only:
-        opened = predictor.module.check_templates(Bank.open(bank))  # before any generation
-        extra = build_missing_classes(opened, vocabulary, generator_weights, progress)
-        bank = opened  # opened once
-    predictor.set_vocabulary(vocabulary, bank=bank, extra_banks=extra, text_only=text_only)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -173,7 +161,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         vocabulary = Vocabulary.from_entries(
             [*vocabulary.entries, args.class_name], vocabulary.name
         )
-    _dpseg_prompts(predictor, vocabulary, args.bank, args.text_only)
+    predictor.use_vocabulary(vocabulary, args.bank, args.text_only)
     out = write_explanation(predictor, image, args.class_name, args.out)
     print(f"explain: {out} ({args.class_name!r}: {predictor.sources[args.class_name]} prompts)")
     return 0

@@ -27,3 +27,11 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def command_line() -> str:
+    """The command this process runs, as a user would type it again (``python cli.py ...``)."""
+    import shlex
+    import sys
+
+    return " ".join(shlex.quote(a) for a in ["python", "cli.py", *sys.argv[1:]])

@@ -26,6 +26,7 @@ EXTRAS = {
     "scipy": "prepare",
     "datasets": "hf",
     "tensorboard": "tensorboard",
+    "gradio": "app",
 }
 """Top-level package -> the extra of pyproject.toml that installs it."""
 

@@ -9,11 +9,36 @@ row shows MB and MB/s instead. It goes to stderr, so that stdout keeps only the 
 table, JSON). When the bar is disabled, ``advance`` does nothing and ``log`` prints to stderr.
 The rate is rich's estimate over the last 30 s. ``info`` is free text after the rate, for
 example a training loss.
+
+Listeners (:func:`listen`) see every bar's progress in this thread, shown or not: the web app
+(``app``) shows a bank build's progress in the page this way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
+from collections.abc import Callable
+
+Listener = Callable[[str, int, "int | None"], None]  # (label, done, total or None)
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def listen(listener: Listener):
+    """Call ``listener(label, done, total)`` whenever a bar of this thread starts or advances."""
+    listeners = getattr(_local, "listeners", [])
+    _local.listeners = [*listeners, listener]
+    try:
+        yield
+    finally:
+        _local.listeners = listeners
+
+
+def _notify(label: str, done: int, total: int | None) -> None:
+    for listener in getattr(_local, "listeners", ()):
+        listener(label, done, total)
 
 
 class ProgressBar:
@@ -28,6 +53,8 @@ class ProgressBar:
         transient: bool = True,
     ):
         self._bar = None
+        self._label, self._done, self._total = label, 0, total
+        _notify(label, 0, total)
         if not enabled:
             return
         from rich.console import Console
@@ -70,6 +97,8 @@ class ProgressBar:
         return False
 
     def advance(self, n: int = 1) -> None:
+        self._done += n
+        _notify(self._label, self._done, self._total)
         if self._bar is not None:
             self._bar.advance(self._task, n)
 
@@ -77,6 +106,10 @@ class ProgressBar:
                unit: str | None = None, restart: bool = False) -> None:  # fmt: skip
         """A new label, total, free text or unit (not for bytes); ``restart`` counts again from
         0 (a new phase)."""
+        self._label = self._label if label is None else label
+        self._total = self._total if total is None else total
+        self._done = 0 if restart else self._done
+        _notify(self._label, self._done, self._total)
         if self._bar is None:
             return
         task = next(t for t in self._bar.tasks if t.id == self._task)

@@ -27,6 +27,7 @@ from data.evaluator import (
     seen_unseen_scores,
     write_results,
 )
+from data.io import command_line
 from data.transforms import get_test_protocol
 from data.vocabulary import load_vocabulary
 from model.data_module import stack_images
@@ -228,6 +229,7 @@ class SegmentationModule(L.LightningModule):
             meta = {
                 "dataset": dataset,
                 "test_protocol": self.test_protocol,
+                "command": command_line(),
                 **self.run_record(dataset),
                 "skipped": self._skipped.get(dataset, []),
                 "metrics": metrics_to_json(metrics),

@@ -33,8 +33,34 @@ class ModelFileError(UnreadableFileError):
     """An exported model's folder is incomplete, changed or not one of ours."""
 
 
-def export_model(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write the model folder of a Lightning checkpoint (``cli.py model export``)."""
+def read_metrics(paths: list[str | os.PathLike]) -> dict[str, dict]:
+    """The scores of ``cli.py test`` runs (their ``DATASET.run.json``) for a card: dataset ->
+    {metric (%), rounds, command}."""
+    metrics = {}
+    for path in paths:
+        path = Path(path)
+        try:
+            run = json.loads(path.read_text())
+            scores = run["metrics"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ModelFileError(
+                f"--metrics {str(path)!r}: not a test record; give the DATASET.run.json that "
+                "cli.py test writes in --model.results_dir"
+            ) from None
+        keep = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "fwIoU", "pACC")
+        metrics[run.get("dataset", path.stem)] = {
+            **{k: round(100 * float(scores[k]), 2) for k in keep if k in scores},
+            "rounds": run.get("rounds"),
+            "command": run.get("command"),
+        }
+    return metrics
+
+
+def export_model(
+    ckpt: str | os.PathLike, out: str | os.PathLike, metrics: list[str | os.PathLike] = ()
+) -> Path:
+    """Write the model folder of a Lightning checkpoint (``cli.py model export``); ``metrics``:
+    test records to put in the card."""
     import torch
     from safetensors.torch import save_file
 
@@ -45,6 +71,7 @@ def export_model(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
     if out.exists() and any(out.iterdir()):
         raise SettingError(f"--out {str(out)!r} is not empty; give a new folder")
     check_checkpoint(ckpt, "CKPT")
+    scores = read_metrics(list(metrics))
     module = DPSegModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     # the step and epoch only: memory-mapped, the tensors are not read a second time
     raw = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
@@ -63,6 +90,7 @@ def export_model(ckpt: str | os.PathLike, out: str | os.PathLike) -> Path:
         "test_protocol": module.test_protocol,
         "encoder": encoder,
         "banks": module.loaded_provenance.get("banks", {}),
+        "metrics": scores,
         "training": {
             "global_step": int(raw.get("global_step", 0)),
             "epoch": int(raw.get("epoch", 0)),
@@ -116,11 +144,18 @@ Trained with these banks (a bank's images keep its generator's licence):
 |---|---|---|---|---|
 {banks}
 
+Metrics (%, as `cli.py test` reported them):
+
+{metrics_table(config.get("metrics", {}))}
+
 Weights: `{WEIGHTS}`, {config["weights"]["parameters"]:,} values, sha256
 `{config["weights"]["sha256"]}` (checked at every load).
 
 ```bash
 python cli.py segment --model THIS_FOLDER --vocab "a; b, synonym" --images photo.jpg --out out/
+python cli.py model push THIS_FOLDER s3://bucket/models/name    # or hf://ORG/NAME, file://...
+python cli.py segment --model s3://bucket/models/name ...        # pulled into the cache, checked
+python cli.py app --model THIS_FOLDER                           # the web app on 127.0.0.1:7860
 ```
 
 ```python
@@ -130,6 +165,41 @@ predictor = Predictor.from_pretrained("THIS_FOLDER")
 """
 
 
+def parse_config(raw: bytes, path, option: str) -> dict:
+    """An exported model's ``config.json`` (its bytes ``raw``, read from ``path``), checked to be
+    ours."""
+    try:
+        config = json.loads(raw)
+    except ValueError as e:
+        raise ModelFileError(f"{option}: {path} is not JSON ({e})") from None
+    if (
+        not isinstance(config, dict)
+        or config.get("format") != FORMAT
+        or config.get("format_version") != FORMAT_VERSION
+    ):
+        found = config if isinstance(config, dict) else {}
+        raise ModelFileError(
+            f"{option}: {path} is not a {FORMAT} v{FORMAT_VERSION} config (format "
+            f"{found.get('format')!r} v{found.get('format_version')!r})"
+        )
+    return config
+
+
+def metrics_table(metrics: dict[str, dict]) -> str:
+    if not metrics:
+        return "(none recorded: export with --metrics RESULTS/DATASET.run.json)"
+    rows = [
+        "| dataset | rounds | mIoU | seen | unseen | hIoU | command |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for dataset, m in metrics.items():
+        rows.append(
+            f"| {dataset} | {m.get('rounds')} | {m.get('mIoU', '')} | {m.get('mIoU_seen', '')} | "
+            f"{m.get('mIoU_unseen', '')} | {m.get('hIoU', '')} | `{m.get('command') or '?'}` |"
+        )
+    return "\n".join(rows)
+
+
 def read_config(folder: Path, option: str) -> dict:
     path = folder / CONFIG
     if not path.is_file():
@@ -137,27 +207,12 @@ def read_config(folder: Path, option: str) -> dict:
             f"{option} {str(folder)!r}: no {CONFIG}; an exported model is a folder written by "
             "`cli.py model export CKPT --out DIR` (a .ckpt goes in --ckpt)"
         )
-    try:
-        config = json.loads(path.read_text())
-    except ValueError as e:
-        raise ModelFileError(f"{option}: {path} is not JSON ({e})") from None
-    if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
-        raise ModelFileError(
-            f"{option}: {path} is not a {FORMAT} v{FORMAT_VERSION} config (format "
-            f"{config.get('format')!r} v{config.get('format_version')!r})"
-        )
-    return config
+    return parse_config(path.read_bytes(), path, option)
 
 
-def load_model(folder: str | os.PathLike, option: str = "--model"):
-    """The ``DPSegModule`` of an exported folder, its weights checked and loaded strictly."""
-    from safetensors.torch import load_file
-
-    from model.lightning import DPSegModule
-
-    folder = Path(folder)
-    config = read_config(folder, option)
-    weights = folder / config["weights"]["file"]
+def check_weights(folder: Path, config: dict, option: str) -> Path:
+    """The weights file of a model folder, present and with the sha256 its config records."""
+    weights = Path(folder) / config["weights"]["file"]
     if not weights.is_file():
         raise ModelFileError(f"{option}: {weights} is missing; export or pull the model again")
     found = file_sha256(weights)
@@ -166,6 +221,20 @@ def load_model(folder: str | os.PathLike, option: str = "--model"):
             f"{option}: {weights} has sha256 {found[:12]}..., not the {config['weights']['sha256'][:12]}... "
             f"its {CONFIG} records: the file was changed or damaged; export or pull the model again"
         )
+    return weights
+
+
+def load_model(location: str | os.PathLike, option: str = "--model"):
+    """The ``DPSegModule`` of an exported folder or a URL it was pushed to (pulled into the cache
+    first, ``model.share``), its weights checked and loaded strictly."""
+    from safetensors.torch import load_file
+
+    from model.lightning import DPSegModule
+    from model.share import resolve_model
+
+    folder = resolve_model(location, option)
+    config = read_config(folder, option)
+    weights = check_weights(folder, config, option)
     module = DPSegModule(
         **config["model"], inference=config["inference"], test_protocol=config["test_protocol"]
     )

@@ -90,10 +90,19 @@ class Predictor(ImagePredictor):
 
     @classmethod
     def _with_rounds(cls, module: DPSegModule, device, rounds: int | None) -> Predictor:
-        if rounds is not None:
-            module.inference_config.rounds = rounds
-        module.segmenter.config = module.inference_config
-        return cls(module, device)
+        predictor = cls(module, device)
+        predictor.set_rounds(module.inference_config.rounds if rounds is None else rounds)
+        return predictor
+
+    def set_rounds(self, rounds: int) -> None:
+        """One round (the model on the whole image) or two (round II refines each class found
+        on its crop, the paper's two-round inference) for the images to come."""
+        from data.errors import SettingError
+
+        if rounds not in (1, 2):
+            raise SettingError(f"--rounds {rounds}: give 1 or 2")
+        self.module.inference_config.rounds = rounds
+        self.module.segmenter.config = self.module.inference_config
 
     def set_rejection(self, threshold: float | None, max_classes: int | None = None) -> None:
         """Class early rejection for the images to come (``model.rejection``; a checkpoint holds
@@ -166,6 +175,28 @@ class Predictor(ImagePredictor):
         self.background = background_class(vocabulary.names)
         self.prompts = prompts.to(self.device)
         return self.prompts
+
+    def use_vocabulary(
+        self,
+        vocabulary: str | Vocabulary,
+        bank: str | None = None,
+        text_only: bool = False,
+        generator_weights: str | None = None,
+        progress: bool = True,
+    ) -> Prompts:
+        """Prompts for ``vocabulary`` as ``cli.py segment`` makes them: classes the bank (default:
+        the checkpoint's training bank) lacks are built first with the bank's own settings
+        (``prompt_bank.extend``; a progress bar), unless ``text_only``. :meth:`set_vocabulary`
+        refuses such classes instead."""
+        from prompt_bank.extend import build_missing_classes
+
+        bank = bank or self.training_bank()
+        extra = []
+        if bank is not None and not text_only:
+            opened = self.module.check_templates(Bank.open(bank))  # before any generation
+            extra = build_missing_classes(opened, vocabulary, generator_weights, progress)
+            bank = opened  # opened once
+        return self.set_vocabulary(vocabulary, bank=bank, extra_banks=extra, text_only=text_only)
 
     def protocol(self):
         """How an image of any size is fed: ConvNeXt resized to the training crop's side as a

@@ -195,6 +195,10 @@ def staged_output(out: str, option: str = "--out", storage_options: dict | None 
             "writes into an existing bank)"
         )
     if is_url(out):
+        if out.startswith("hf://"):
+            from prompt_bank.share import bank_hub_repo
+
+            bank_hub_repo(out)  # banks go to dataset repositories: refused before any work
         staging = Path(tempfile.mkdtemp(prefix="dpseg-bank-"))
     else:
         target = Path(out)

@@ -27,11 +27,14 @@ from prompt_bank.seal import CARD_KEY, sealed_contents
 from prompt_bank.store import Bank, filesystem, is_url, resolve_storage_options
 
 
-def cache_dir() -> Path:
+def cache_dir(kind: str = "banks") -> Path:
+    """Where pulled ``kind`` (banks, models) go: ``$DPSEG_CACHE`` (banks; models in its
+    ``models/``), else ``$XDG_CACHE_HOME/dpseg/KIND``, else ``~/.cache/dpseg/KIND``."""
     if os.environ.get("DPSEG_CACHE"):
-        return Path(os.environ["DPSEG_CACHE"])
+        root = Path(os.environ["DPSEG_CACHE"])
+        return root if kind == "banks" else root / kind
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "dpseg" / "banks"
+    return Path(base) / "dpseg" / kind
 
 
 def bank_keys(bank: Bank) -> list[str]:
@@ -57,16 +60,30 @@ def _require_sealed(bank: Bank, what: str) -> dict:
     return contents
 
 
-def _hub_repo(url: str) -> tuple[str, str | None]:
+def hub_repo(url: str) -> tuple[str, str, str | None]:
+    """``hf://datasets/ORG/NAME[@REV]`` -> ("dataset", ORG/NAME, REV); ``hf://ORG/NAME[@REV]``
+    (or ``hf://models/...``) -> ("model", ORG/NAME, REV)."""
+    rest = url.removeprefix("hf://").rstrip("/")
+    repo_type = "model"
+    for prefix, kind in (("datasets/", "dataset"), ("models/", "model")):
+        if rest.startswith(prefix):
+            rest, repo_type = rest.removeprefix(prefix), kind
+    repo, _, revision = rest.partition("@")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise BankFormatError(
+            f"{url!r}: a hub URL is hf://datasets/ORG/NAME (banks) or hf://ORG/NAME (models)"
+        )
+    return repo_type, repo, revision or None
+
+
+def bank_hub_repo(url: str) -> tuple[str, str | None]:
     """``hf://datasets/ORG/NAME[@REV]`` -> (ORG/NAME, REV)."""
-    rest = url.removeprefix("hf://")
-    if not rest.startswith("datasets/") or rest.count("/") < 2:
+    if not url.removeprefix("hf://").startswith("datasets/"):
         raise BankFormatError(
             f"{url!r}: banks live in hub dataset repositories; write hf://datasets/ORG/NAME"
         )
-    repo = rest.removeprefix("datasets/").rstrip("/")
-    repo, _, revision = repo.partition("@")
-    return repo, revision or None
+    _, repo, revision = hub_repo(url)
+    return repo, revision
 
 
 def hub_upload_plan(local: str | os.PathLike) -> list[str]:
@@ -84,27 +101,33 @@ def hub_upload_plan(local: str | os.PathLike) -> list[str]:
 
 
 def upload_folder(
-    local: str | os.PathLike, url: str, storage_options: dict | None = None, progress=False
+    local: str | os.PathLike,
+    url: str,
+    storage_options: dict | None = None,
+    progress=False,
+    files: list[str] | None = None,
+    last: str = "zarr.json",
 ) -> None:
-    """Copy a local bank folder to `url`, its root zarr.json last."""
+    """Copy `files` of a local folder (default: a bank's, :func:`hub_upload_plan`) to `url`,
+    the file `last` (what makes readers see it) after all the others. To the hub: one commit."""
     root = Path(local)
-    files = hub_upload_plan(root)
+    files = hub_upload_plan(root) if files is None else list(files)
     if url.startswith("hf://"):
         from huggingface_hub import HfApi
 
-        repo, _ = _hub_repo(url)
+        repo_type, repo, _ = hub_repo(url)
         api = HfApi()
-        api.create_repo(repo, repo_type="dataset", exist_ok=True)
+        api.create_repo(repo, repo_type=repo_type, exist_ok=True)
         api.upload_folder(
             repo_id=repo,
-            repo_type="dataset",
+            repo_type=repo_type,
             folder_path=str(root),
             allow_patterns=files,
-            commit_message="dpseg prompt bank",
+            commit_message=f"dpseg {'prompt bank' if repo_type == 'dataset' else 'model'}",
         )
         return
     fs, base = filesystem(url, storage_options)
-    files.sort(key=lambda f: f == "zarr.json")
+    files.sort(key=lambda f: f == last)
     total = sum((root / f).stat().st_size for f in files)
     with ProgressBar("push", total, unit="bytes", enabled=progress) as bar:
         local_fs = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
@@ -141,6 +164,8 @@ def push_bank(location: str, url: str, storage_options: dict | None = None, prog
     """
     if is_url(location):
         raise BankFormatError(f"bank push: BANK {location!r} must be a local bank folder")
+    if url.startswith("hf://"):
+        bank_hub_repo(url)  # a dataset repository, refused before anything is read
     bank = Bank.open(location)
     contents = _require_sealed(bank, "pushed")
     require_intact(bank)
@@ -168,7 +193,7 @@ def _download(remote: Bank, url: str, staging: Path, options: dict, progress: bo
     if url.startswith("hf://"):
         from huggingface_hub import snapshot_download
 
-        repo, revision = _hub_repo(url)
+        repo, revision = bank_hub_repo(url)
         snapshot_download(
             repo, repo_type="dataset", revision=revision, local_dir=str(staging),
             allow_patterns=keys,

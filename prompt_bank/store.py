@@ -9,12 +9,14 @@ variable ``DPSEG_STORAGE_OPTIONS``, a JSON object) are passed to the filesystem 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from data.errors import UserError, one_line
 from prompt_bank.format import BankFormatError, BankLayout, validate_group
 
 
@@ -53,6 +55,45 @@ def filesystem(url: str, storage_options: dict | None = None):
     except (ImportError, ValueError) as e:  # an unknown protocol, its package not installed
         raise BankFormatError(
             f"cannot open {url!r}: {e}. {_protocol_hint(url.split('://', 1)[0])}"
+        ) from None
+
+
+class RemoteError(UserError, OSError):
+    """A store could not be reached or refused us (no network, no credentials, no permission)."""
+
+
+def _remote_failures() -> tuple[type[BaseException], ...]:
+    """The exception types a store's client raises for a failed request: OSError (requests,
+    huggingface_hub, fsspec), and botocore's and aiohttp's own where they are installed."""
+    types: list[type[BaseException]] = [OSError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        types += [BotoCoreError, ClientError]
+    except ImportError:
+        pass
+    try:
+        from aiohttp import ClientError as HttpClientError
+
+        types.append(HttpClientError)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+@contextlib.contextmanager
+def remote_errors(url: str, what: str):
+    """A failed request to ``url`` while doing ``what`` ends in one line (:class:`RemoteError`)
+    naming both and the fix; our own user errors and a missing file pass through."""
+    try:
+        yield
+    except (UserError, FileNotFoundError):
+        raise
+    except _remote_failures() as e:
+        raise RemoteError(
+            f"{what} {url}: {type(e).__name__}: {one_line(e)[:300]}; check the URL, the network "
+            "and the credentials (--storage-options, $DPSEG_STORAGE_OPTIONS, or huggingface-cli "
+            "login for hf://)"
         ) from None
 
 

@@ -65,8 +65,8 @@ def command_paths(tree=None, path=()):
 def test_every_command_has_help(capsys):
     paths = list(command_paths())
     assert ("segment",) in paths and ("bank", "build") in paths and ("presets", "pretrain") in paths
-    assert ("model", "export") in paths
-    assert len(paths) == 29  # 13 commands, 16 subcommands
+    assert ("model", "export") in paths and ("model", "push") in paths and ("app",) in paths
+    assert len(paths) == 32  # 14 commands, 18 subcommands
     for path in paths:
         code, out, err = main(capsys, *path, "-h")
         assert code == 0, (path, err[-2000:])

@@ -1,4 +1,4 @@
-"""The packages import one way (docs/design.md §8): cli -> commands -> model -> prompt_bank ->
+"""The packages import one way (docs/design.md §8): cli -> commands -> app -> model -> prompt_bank ->
 pretrained -> data. Every import statement counts, also those inside functions (imported late for speed, they
 are still dependencies)."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ["cli", "commands", "model", "prompt_bank", "pretrained", "data"]
+LAYERS = ["cli", "commands", "app", "model", "prompt_bank", "pretrained", "data"]
 """Top to bottom: a package may import only the packages after it."""
 
 

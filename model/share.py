@@ -1,0 +1,235 @@
+"""Sharing exported models between teams, the way banks are shared (``prompt_bank.share``).
+
+    python cli.py model push models/toy-dpseg s3://team/models/toy-dpseg
+    python cli.py model pull s3://team/models/toy-dpseg            # -> the cache, keyed by content
+    python cli.py segment --model s3://team/models/toy-dpseg --vocab "red disc" --images a.png
+
+URLs: ``hf://ORG/NAME[@REVISION]`` (a hub model repository, through huggingface_hub) and any
+fsspec store: ``s3://``, ``gs://``, ``file://``, and ``http(s)://`` for pulling. A model folder is
+three files (``model.export``): ``model.safetensors``, ``config.json`` (which records the
+weights' sha256) and ``README.md``.
+
+- **Integrity**: a push checks the local weights against ``config.json`` first; a pull streams
+  the weights through sha256 and keeps nothing that differs. ``config.json`` travels last, so a
+  reader never sees a model whose weights are not all there.
+- **Content key**: the sha256 of ``config.json`` (it pins the weights by their sha256, the
+  encoder by its fingerprint, and the banks). Pulls go to ``$XDG_CACHE_HOME/dpseg/models/KEY``
+  (``~/.cache/...``; ``$DPSEG_CACHE/models``): pulling a model that is there downloads only its
+  config, whatever URL it comes from.
+- **Dedupe and repair**: pushing to a URL that holds the same model uploads nothing when the
+  remote weights hash right, and uploads them again when they do not; a URL holding another
+  model is refused.
+- **Errors**: a missing model, a damaged download, no network or no credentials end in one
+  line.
+
+To the hub a push is one commit (``HfApi.upload_folder``, what huggingface_hub's
+``ModelHubMixin.push_to_hub`` calls; the mixin itself is not used, ours: its ``config.json`` would
+hold the constructor's arguments alone, ours also the provenance a load checks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from data.progress import ProgressBar
+from model.export import CARD, CONFIG, ModelFileError, check_weights, parse_config
+from prompt_bank.store import filesystem, is_url, remote_errors, resolve_storage_options
+
+FILES = ("model.safetensors", CARD, CONFIG)  # the upload order: config.json last
+CHUNK = 1 << 20
+
+
+def model_key(config_bytes: bytes) -> str:
+    """A model's content key: the sha256 of its ``config.json``."""
+    return hashlib.sha256(config_bytes).hexdigest()
+
+
+def _local_model(folder: str | os.PathLike, option: str) -> tuple[Path, bytes, dict]:
+    folder = Path(folder)
+    if not (folder / CONFIG).is_file():
+        raise ModelFileError(
+            f"{option} {str(folder)!r}: no {CONFIG}; give a folder written by "
+            "`cli.py model export CKPT --out DIR`"
+        )
+    raw = (folder / CONFIG).read_bytes()
+    config = parse_config(raw, folder / CONFIG, option)
+    check_weights(folder, config, option)
+    return folder, raw, config
+
+
+def _remote_sha256(fs, path: str) -> str | None:
+    """The sha256 of a remote file, streamed (None: it is not there)."""
+    digest = hashlib.sha256()
+    try:
+        with fs.open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+    except FileNotFoundError:
+        return None
+    return digest.hexdigest()
+
+
+def push_model(
+    folder: str | os.PathLike, url: str, storage_options: dict | None = None, progress=True
+) -> dict:
+    """Upload an exported model folder to ``url`` after checking its weights.
+
+    Returns {"url", "uploaded" (bytes; 0: the URL held it already), "key", "repaired"}.
+
+    Raises:
+        ModelFileError: the folder is not a complete, unchanged export, or ``url`` holds another
+            model. RemoteError: the store could not be reached or refused the upload.
+    """
+    if is_url(str(folder)):
+        raise ModelFileError(f"model push: MODEL {str(folder)!r} must be a local model folder")
+    folder, raw, config = _local_model(folder, "MODEL")
+    key = model_key(raw)
+    weights = config["weights"]["file"]
+    files = [weights, *(f for f in (CARD, CONFIG) if (folder / f).is_file())]
+    size = sum((folder / f).stat().st_size for f in files)
+    start = time.perf_counter()
+    with remote_errors(url, "model push to"):
+        repaired = False
+        if not url.startswith("hf://"):  # the hub hashes and dedupes uploads itself
+            fs, base = filesystem(url, storage_options)
+            there = _read_remote(fs, f"{base.rstrip('/')}/{CONFIG}")
+            if there is not None and there != raw:
+                raise ModelFileError(
+                    f"URL {url} holds another model (content key {model_key(there)[:16]}); push "
+                    "to a new URL (a push never replaces a model)"
+                )
+            if there is None and fs.exists(base):
+                others = sorted(
+                    p.rsplit("/", 1)[-1] for p in fs.find(base) if p.rsplit("/", 1)[-1] not in FILES
+                )
+                if others:
+                    raise ModelFileError(
+                        f"URL {url} holds other files ({', '.join(others[:5])}); push to a new URL"
+                    )
+            if there is not None:
+                found = _remote_sha256(fs, f"{base.rstrip('/')}/{weights}")
+                if found == config["weights"]["sha256"]:
+                    return {"url": url, "uploaded": 0, "key": key, "repaired": False}
+                repaired = True  # same config, damaged or missing weights: send them again
+        from prompt_bank.share import upload_folder
+
+        upload_folder(folder, url, storage_options, progress, files=files, last=CONFIG)
+    return {
+        "url": url,
+        "uploaded": size,
+        "key": key,
+        "repaired": repaired,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _read_remote(fs, path: str) -> bytes | None:
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+
+
+def _download(fs, source: str, target: Path, bar: ProgressBar) -> str:
+    """Stream ``source`` to ``target``; returns its sha256."""
+    digest = hashlib.sha256()
+    with fs.open(source, "rb") as f, open(target, "wb") as out:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            out.write(chunk)
+            bar.advance(len(chunk))
+    return digest.hexdigest()
+
+
+def cached_copy_is_whole(target: Path, raw: bytes) -> bool:
+    """Whether ``target`` holds this config and weights that hash right."""
+    if not (target / CONFIG).is_file() or (target / CONFIG).read_bytes() != raw:
+        return False
+    try:
+        check_weights(target, parse_config(raw, target / CONFIG, "--to"), "--to")
+    except ModelFileError:
+        return False
+    return True
+
+
+def pull_model(
+    url: str, to: str | os.PathLike | None = None, storage_options: dict | None = None,
+    progress=True,
+) -> dict:  # fmt: skip
+    """Download a shared model into ``to`` or the cache (keyed by content), its weights checked.
+
+    Returns {"path", "downloaded" (bytes; 0: it was there), "key"}.
+
+    Raises:
+        ModelFileError: ``url`` holds no model, or its weights arrive with another sha256.
+        RemoteError: the store could not be reached.
+    """
+    from prompt_bank.share import cache_dir
+
+    options = resolve_storage_options(storage_options)
+    with remote_errors(url, "model pull from"):
+        fs, base = filesystem(url, options)
+        base = base.rstrip("/")
+        raw = _read_remote(fs, f"{base}/{CONFIG}")
+        if raw is None:
+            raise ModelFileError(
+                f"{url}: no {CONFIG} there, so no model; check the URL (a model is pushed with "
+                "`cli.py model push MODEL URL`)"
+            )
+        config = parse_config(raw, f"{url}/{CONFIG}", "URL")
+        key = model_key(raw)
+        target = Path(to) if to is not None else cache_dir("models") / key
+        if cached_copy_is_whole(target, raw):
+            return {"path": str(target), "downloaded": 0, "key": key}
+        if target.exists() and (target / CONFIG).is_file():
+            if (target / CONFIG).read_bytes() != raw:
+                raise ModelFileError(
+                    f"--to {str(target)!r} holds another model; give a new or empty folder"
+                )
+        elif target.exists() and any(target.iterdir()):
+            raise ModelFileError(
+                f"--to {str(target)!r} holds other files; give a new or empty folder"
+            )
+        weights = config["weights"]
+        start = time.perf_counter()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        try:
+            with ProgressBar("pull", int(fs.size(f"{base}/{weights['file']}") or 0),
+                             unit="bytes", enabled=progress) as bar:  # fmt: skip
+                found = _download(fs, f"{base}/{weights['file']}", staging / weights["file"], bar)
+            if found != weights["sha256"]:
+                raise ModelFileError(
+                    f"{url}: {weights['file']} arrived with sha256 {found[:12]}..., its {CONFIG} "
+                    f"says {weights['sha256'][:12]}...; the remote copy is damaged (push it again "
+                    "from a good export)"
+                )
+            card = _read_remote(fs, f"{base}/{CARD}")
+            if card is not None:
+                (staging / CARD).write_bytes(card)
+            (staging / CONFIG).write_bytes(raw)
+            if target.exists():  # a damaged or older copy of this folder: replaced whole
+                shutil.rmtree(target)
+            os.rename(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    downloaded = sum(p.stat().st_size for p in target.iterdir() if p.is_file())
+    return {
+        "path": str(target),
+        "downloaded": downloaded,
+        "key": key,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def resolve_model(location: str | os.PathLike, option: str = "--model") -> Path:
+    """A local model folder for ``location``: a path as it is, a URL pulled (cached) first."""
+    if is_url(str(location)):
+        return Path(pull_model(str(location), progress=False)["path"])
+    return Path(location)

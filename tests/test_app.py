@@ -1,0 +1,77 @@
+"""The web app (cli.py app, app.page) served by a real process on loopback and used through the
+system's Chromium (app.browser): upload, vocabulary, overlays, legend, errors in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT
+from PIL import Image
+
+VOCAB = "red disc; green square; blue triangle; background"
+
+
+@pytest.fixture(scope="module")
+def app_url(trained, world, tmp_path_factory):
+    """``cli.py app --model FOLDER`` (the fixture's model, exported) on a free port."""
+    from app.screenshot import free_port
+    from model.export import export_model
+
+    folder = export_model(trained, tmp_path_factory.mktemp("app") / "model")
+    port = free_port()
+    log = tmp_path_factory.mktemp("app_log") / "app.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "cli.py"), "app", "--model", str(folder), "--port",
+             str(port), "--vocab", VOCAB],
+            stdout=out, stderr=subprocess.STDOUT, cwd=world,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while "Running on" not in log.read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the app did not start: {log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    from app.browser import chromium_path
+
+    path = chromium_path()
+    if path is None:
+        pytest.skip("no system Chromium: apt-get install chromium (.ci/run installs it)")
+    return path
+
+
+def test_the_page_segments_an_uploaded_image_and_lists_the_classes_it_found(
+    app_url, chromium, world, tmp_path
+):
+    from app.browser import segment_in_browser
+
+    images = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[:2]
+    result = segment_in_browser(app_url, images, VOCAB, explain="red disc",
+                                screenshot=tmp_path / "page.png")  # fmt: skip
+    assert result["status"].startswith("DPSeg, one round: 2 image(s)"), result
+    names = [n.strip() for n in VOCAB.split(";")]
+    assert result["names"] and set(result["names"]) <= set(names), result["names"]
+    assert result["sizes"] == [Image.open(p).size for p in images]
+    page = np.asarray(Image.open(tmp_path / "page.png"))
+    assert page.shape[1] == 1280 and page.shape[0] > 600
+
+
+def test_the_page_shows_a_bad_vocabulary_as_one_line(app_url, chromium, world):
+    from app.browser import segment_in_browser
+
+    image = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[0]
+    result = segment_in_browser(app_url, [image], "   ")
+    assert result["status"].startswith("error: vocabulary:"), result
+    assert "\n" not in result["status"] and result["names"] == []

@@ -1,0 +1,178 @@
+"""Exported models shared like banks: cli.py model push / pull, segment --model URL
+(model.share), over file://, plain HTTP and S3 (moto) on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from PIL import Image
+from servers import MotoS3Server, RangeHTTPServer
+
+VOCAB = "red disc; green square; blue triangle; background"
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    from model.export import export_model
+
+    return export_model(trained, tmp_path_factory.mktemp("export") / "model")
+
+
+def _labels(out, images) -> list[np.ndarray]:
+    return [np.asarray(Image.open(out / f"{p.stem}.png")) for p in images]
+
+
+def _one_line_error(result) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-3000:]
+    return lines[0]
+
+
+def test_push_to_a_file_url_then_segment_from_it_gives_the_checkpoint_s_labels(
+    trained, exported, world, tmp_path
+):
+    url = f"file://{tmp_path / 'remote' / 'toy'}"
+    env = {"DPSEG_CACHE": str(tmp_path / "cache")}
+    pushed = run_cli("model", "push", str(exported), url, "--quiet", cwd=world)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    assert "pushed" in pushed.stdout
+    remote = tmp_path / "remote" / "toy"
+    assert sorted(p.name for p in remote.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
+    images = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[:2]
+    labels = {}
+    for option, value in (("--ckpt", str(trained)), ("--model", url)):
+        out = tmp_path / option.strip("-")
+        result = run_cli("segment", option, value, "--images", *map(str, images), "--vocab", VOCAB,
+                         "--out", str(out), "--quiet", env=env, cwd=world)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        labels[option] = _labels(out, images)
+    for a, b in zip(labels["--ckpt"], labels["--model"]):
+        np.testing.assert_array_equal(a, b)
+    key = json.loads(
+        (tmp_path / "cache" / "models").iterdir().__next__().joinpath("config.json").read_text()
+    )
+    assert (
+        key["weights"]["sha256"]
+        == json.loads((exported / "config.json").read_text())["weights"]["sha256"]
+    )
+    # pushing again uploads nothing
+    again = run_cli("model", "push", str(exported), url, "--quiet", cwd=world)
+    assert again.returncode == 0 and "already holds this model" in again.stdout
+    # a tampered remote: the pull refuses it in one line and keeps nothing
+    weights = remote / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 1
+    weights.write_bytes(bytes(data))
+    pulled = run_cli("model", "pull", url, "--to", str(tmp_path / "pulled"), "--quiet", cwd=world)
+    assert "the remote copy is damaged" in _one_line_error(pulled)
+    assert not (tmp_path / "pulled").exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+    # a push over the damaged copy repairs it; then the pull succeeds
+    repaired = run_cli("model", "push", str(exported), url, "--quiet", cwd=world)
+    assert repaired.returncode == 0 and "repaired the damaged copy" in repaired.stdout
+    assert weights.read_bytes() == (exported / "model.safetensors").read_bytes()
+    pulled = run_cli("model", "pull", url, "--to", str(tmp_path / "pulled"), "--quiet", cwd=world)
+    assert pulled.returncode == 0, pulled.stderr[-3000:]
+    assert (tmp_path / "pulled" / "model.safetensors").read_bytes() == weights.read_bytes()
+
+
+def test_push_refuses_another_model_s_url_and_a_changed_folder(exported, world, tmp_path):
+    from model.export import ModelFileError
+    from model.share import push_model
+
+    url = f"file://{tmp_path / 'remote'}"
+    push_model(exported, url, progress=False)
+    other = tmp_path / "other"
+    shutil.copytree(exported, other)
+    config = json.loads((other / "config.json").read_text())
+    config["training"]["checkpoint"] = "another.ckpt"
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="holds another model"):
+        push_model(other, url, progress=False)
+    (other / "model.safetensors").write_bytes(b"not the weights")
+    result = run_cli("model", "push", str(other), f"file://{tmp_path / 'new'}", cwd=world)
+    assert "the file was changed or damaged" in _one_line_error(result)
+    assert not (tmp_path / "new").exists()
+
+
+def test_pull_over_http_caches_by_content_and_downloads_only_the_config_again(
+    exported, tmp_path, monkeypatch
+):
+    from model.share import pull_model
+
+    monkeypatch.setenv("DPSEG_CACHE", str(tmp_path / "cache"))
+    with RangeHTTPServer(exported.parent) as server:
+        url = f"{server.url}/{exported.name}"
+        first = pull_model(url, progress=False)
+        assert first["downloaded"] > 0
+        folder = tmp_path / "cache" / "models" / first["key"]
+        assert first["path"] == str(folder)
+        assert (folder / "model.safetensors").read_bytes() == (
+            exported / "model.safetensors"
+        ).read_bytes()
+        server.reset()
+        second = pull_model(url, progress=False)
+        assert second == {"path": str(folder), "downloaded": 0, "key": first["key"]}
+        assert [path for _, path in server.requests] == [f"/{exported.name}/config.json"]
+        # a damaged cached copy is replaced by a whole one
+        (folder / "model.safetensors").write_bytes(b"damaged")
+        third = pull_model(url, progress=False)
+        assert third["downloaded"] > 0
+        assert (folder / "model.safetensors").read_bytes() == (
+            exported / "model.safetensors"
+        ).read_bytes()
+
+
+def test_push_and_pull_through_s3(exported, tmp_path):
+    from model.share import pull_model, push_model
+
+    with MotoS3Server() as server:
+        server.make_bucket("models")
+        options = {
+            "key": server.access_key,
+            "secret": server.secret_key,
+            "client_kwargs": {"endpoint_url": server.endpoint_url, "region_name": server.region},
+            "skip_instance_cache": True,
+        }
+        pushed = push_model(exported, "s3://models/toy", options, progress=False)
+        assert pushed["uploaded"] == sum(p.stat().st_size for p in exported.iterdir())
+        assert push_model(exported, "s3://models/toy", options, progress=False)["uploaded"] == 0
+        pulled = pull_model("s3://models/toy", tmp_path / "here", options, progress=False)
+        assert pulled["key"] == pushed["key"]
+        for name in ("config.json", "model.safetensors", "README.md"):
+            assert (tmp_path / "here" / name).read_bytes() == (exported / name).read_bytes()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_missing_and_unreachable_models_end_in_one_line(exported, world, tmp_path):
+    result = run_cli("model", "pull", f"file://{tmp_path / 'nothing'}", cwd=world)
+    assert "no config.json there, so no model" in _one_line_error(result)
+    url = f"http://127.0.0.1:{_closed_port()}/model"
+    image = next((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))
+    result = run_cli("segment", "--model", url, "--images", str(image), "--vocab", "a", "--out",
+                     str(tmp_path / "o"), cwd=world)  # fmt: skip
+    line = _one_line_error(result)
+    assert url in line and "check the URL, the network" in line
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+               AWS_EC2_METADATA_DISABLED="true", AWS_ENDPOINT_URL=f"http://127.0.0.1:{_closed_port()}")  # fmt: skip
+    result = run_cli(
+        "model", "push", str(exported), "s3://bucket/model", "--quiet", env=env, cwd=world
+    )
+    assert "model push to s3://bucket/model" in _one_line_error(result)
