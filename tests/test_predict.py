@@ -223,3 +223,15 @@ def test_predict_takes_grey_rgba_and_unit_floats_and_refuses_the_rest(trained):
             predictor.predict(bad)
     with pytest.raises(SettingError, match=r"^images\[1\]: shape \(3,\)"):
         predictor.predict_batch([rgb, np.zeros(3, np.uint8)])
+
+
+def test_explain_maps_keep_a_portrait_image_s_shape(trained, world):
+    from model.explain import class_maps
+    from model.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(trained)
+    predictor.set_vocabulary("red disc; green square; background", bank=str(world / "bank.zarr"))
+    image = np.random.default_rng(0).integers(0, 256, size=(96, 40, 3), dtype=np.uint8)
+    maps = class_maps(predictor, image, 0)
+    assert set(maps) == {"text", "visual", "avg", "probability"}
+    assert all(m.shape == (96, 40) for m in maps.values())  # the image's own aspect, not square
