@@ -143,10 +143,11 @@ def cmd_bank_repair(args: argparse.Namespace) -> None:
         raise UserError(f"{e}") from None
 
 
-def _open_bank(location: str, args: argparse.Namespace | None = None):
+def _open_bank(location: str, args: argparse.Namespace | None = None, check_seal: bool = True):
     from prompt_bank.store import Bank
 
-    return Bank.open(location, storage_options(args) if args is not None else None)
+    options = storage_options(args) if args is not None else None
+    return Bank.open(location, options, check_seal=check_seal)
 
 
 def cmd_bank_info(args: argparse.Namespace) -> None:
@@ -166,7 +167,7 @@ def cmd_bank_verify(args: argparse.Namespace) -> int:
     from prompt_bank.verify import verify_bank
 
     report = verify_bank(
-        _open_bank(args.bank, args),
+        _open_bank(args.bank, args, check_seal=False),  # an edited seal is reported, not raised
         regenerate=args.regenerate,
         seed=args.seed,
         tolerance=args.tolerance,
@@ -206,8 +207,18 @@ def cmd_bank_push(args: argparse.Namespace) -> None:
     from prompt_bank.share import push_bank
 
     result = push_bank(args.bank, args.url, storage_options(args), progress=not args.quiet)
-    if not result["uploaded"]:
-        print(f"{args.url} already holds this bank (content key {result['content_key'][:16]})")
+    if result["repaired"]:
+        print(
+            f"{args.url} held this bank damaged: {len(result['repaired'])} files differed or were "
+            f"missing ({', '.join(result['repaired'][:3])}{' ...' if len(result['repaired']) > 3 else ''}); "
+            f"uploaded them again, {result['uploaded'] / 1e6:.2f} MB (content key "
+            f"{result['content_key'][:16]})"
+        )
+    elif not result["uploaded"]:
+        print(
+            f"{args.url} already holds this bank, every file checked (content key "
+            f"{result['content_key'][:16]})"
+        )
     else:
         print(
             f"pushed {args.bank} to {args.url}: {result['uploaded'] / 1e6:.2f} MB in "

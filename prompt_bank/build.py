@@ -545,6 +545,7 @@ def _build_bank(config: BuildConfig, location: str) -> BuildSummary:
                         "command": config.command,
                     }
                 )
+            _check_seal(group, location)
             _check_resume(dict(group.attrs), expected, location)
 
         _rank0_then_share(state, start)
@@ -552,6 +553,8 @@ def _build_bank(config: BuildConfig, location: str) -> BuildSummary:
         group = open_group(location, mode="r+")
         _check_resume(dict(group.attrs), expected, location)
         validate_group(group, location)
+        # what the bank was sealed with (a complete bank): shards that differ are rebuilt
+        sealed = (dict(group.attrs).get("contents") or {}).get("objects")
 
         shards = list(range(len(layout.shard_ranges())))[rank::world]
         total_items = sum(
@@ -567,7 +570,7 @@ def _build_bank(config: BuildConfig, location: str) -> BuildSummary:
             with progress as bar:
                 for shard in shards:
                     n_built, complete = _build_shard(
-                        group, layout, config, models, batch_size, shard, bar
+                        group, layout, config, models, batch_size, shard, bar, sealed
                     )
                     built += n_built
                     skipped += complete
@@ -603,13 +606,33 @@ def _gather_counts(state, values: list[int]) -> list[list[int]]:
     return out
 
 
-def _build_shard(group, layout, config, models, batch_size, shard, bar) -> tuple[int, int]:
-    """Compute the missing items of one shard, rebuilding it if it is damaged; returns
-    (items computed, 1 if it was already complete)."""
-    from prompt_bank.seal import unseal
+def _check_seal(group, location) -> None:
+    """Refuse to build on a sealed bank whose attributes no longer give its content key (the
+    root zarr.json was edited after sealing: its recorded settings cannot be trusted)."""
+    from prompt_bank.seal import sealed_contents
+    from prompt_bank.store import Bank
+
+    if "contents" in group.attrs and "classes" in group.attrs:
+        sealed_contents(Bank(str(location), group, validate_group(group, location)))
+
+
+def _build_shard(
+    group, layout, config, models, batch_size, shard, bar, sealed: dict | None = None
+) -> tuple[int, int]:
+    """Compute the missing items of one shard, rebuilding it if it is damaged, or if it is
+    complete but its objects are not the ones ``sealed`` records (key -> sha256: copied in
+    from another bank with their manifest); returns (items computed, 1 if it was already
+    complete)."""
+    from prompt_bank.seal import seal_disagreements, unseal
 
     k0, k1 = layout.shard_ranges()[shard]
     found = check_shard(group, layout, shard)
+    differ = seal_disagreements({"objects": sealed}, found.hashes) if sealed else []
+    if differ and not found.damaged:
+        found.problems.append(
+            f"objects {', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''} are not the "
+            "ones the bank was sealed with"
+        )
     if found.status == "complete":
         if not found.settled:  # killed after its last flush wrote the flags: settle it
             settle_manifest(group.store, found)

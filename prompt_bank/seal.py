@@ -113,3 +113,23 @@ def sealed_contents(bank: Bank) -> dict | None:
                 )
             return contents
     return None
+
+
+def seal_disagreements(contents: dict | None, hashes: dict[str, str | None]) -> list[str]:
+    """The objects of ``hashes`` (key -> sha256 as stored now) whose sha256 is not the one the
+    sealed ``contents`` record (none when the bank is not sealed)."""
+    if contents is None:
+        return []
+    sealed = contents["objects"]
+    return sorted(k for k, h in hashes.items() if k not in sealed or sealed[k] != h)
+
+
+def disagreement_error(location: str, shard: int, keys: list[str]) -> str:
+    """The one line for a shard whose objects are not the ones its bank was sealed with."""
+    shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+    return (
+        f"bank {location!r}: shard {shard}'s objects {shown} are not the ones the bank was sealed "
+        "with (its root zarr.json's contents; copied in from another bank, or changed "
+        f"together with their manifest); rebuild them with `python cli.py bank repair "
+        f"{location}`, or get the bank again from its source"
+    )

@@ -23,8 +23,10 @@ from data.progress import ProgressBar
 from prompt_bank.format import BankFormatError, BankMismatchError
 from prompt_bank.integrity import manifest_key, require_intact
 from prompt_bank.safety import LOCK_KEY, check_output, staged_output
-from prompt_bank.seal import CARD_KEY, sealed_contents
-from prompt_bank.store import Bank, filesystem, is_url, resolve_storage_options
+from prompt_bank.seal import CARD_KEY, seal_disagreements, sealed_contents
+from prompt_bank.store import Bank, filesystem, is_url, remote_errors, resolve_storage_options
+
+TRANSFER_BATCH = 16  # requests at once (ours: bounded, a small server's listen backlog holds them)
 
 
 def cache_dir(kind: str = "banks") -> Path:
@@ -168,22 +170,62 @@ def push_bank(location: str, url: str, storage_options: dict | None = None, prog
         bank_hub_repo(url)  # a dataset repository, refused before anything is read
     bank = Bank.open(location)
     contents = _require_sealed(bank, "pushed")
-    require_intact(bank)
-    if not url.startswith("hf://") and _holds_a_bank(location, url, storage_options):
-        there = sealed_contents(Bank.open(url, storage_options))
-        if there is not None and there["content_key"] == contents["content_key"]:
-            return {"url": url, "uploaded": 0, "content_key": contents["content_key"]}
+    states = require_intact(bank)
+    differ = seal_disagreements(contents, {k: v for s in states for k, v in s.hashes.items()})
+    if differ:
         raise BankMismatchError(
-            f"URL {url} holds another bank; push to a new URL (a push never replaces a bank)"
+            f"bank push: {location}: objects {', '.join(differ[:3])} are not the ones the bank "
+            "was sealed with (copied in from another bank?); nothing was uploaded. Rebuild them "
+            f"with: python cli.py bank repair {location}"
         )
     start = time.perf_counter()
-    upload_folder(location, url, storage_options, progress)
+    with remote_errors(url, "bank push to"):
+        if not url.startswith("hf://") and _holds_a_bank(location, url, storage_options):
+            there = sealed_contents(Bank.open(url, storage_options, check_seal=False))
+            if there is None or there["content_key"] != contents["content_key"]:
+                raise BankMismatchError(
+                    f"URL {url} holds another bank; push to a new URL (a push never replaces "
+                    "a bank)"
+                )
+            damaged = _remote_differences(location, url, storage_options)
+            if damaged:  # the same bank, damaged there: send what differs, root last
+                upload_folder(location, url, storage_options, progress, files=damaged)
+            return {
+                "url": url,
+                "uploaded": sum((Path(location) / f).stat().st_size for f in damaged),
+                "repaired": damaged,
+                "content_key": contents["content_key"],
+                "seconds": time.perf_counter() - start,
+            }
+        upload_folder(location, url, storage_options, progress)
     return {
         "url": url,
         "uploaded": contents["bytes"],
+        "repaired": [],
         "content_key": contents["content_key"],
         "seconds": time.perf_counter() - start,
     }
+
+
+def _remote_differences(location: str, url: str, storage_options: dict | None) -> list[str]:
+    """The files of the local bank that ``url`` lacks or holds with other bytes (each remote
+    file is read and hashed: a bank pushed again is checked whole, never trusted by its key)."""
+    fs, base = filesystem(url, storage_options)
+    files = hub_upload_plan(location)
+    differ = []
+    for i in range(0, len(files), TRANSFER_BATCH):
+        batch = files[i : i + TRANSFER_BATCH]
+        paths = [f"{base.rstrip('/')}/{f}" for f in batch]
+        blobs = fs.cat(paths, on_error="return")
+        for name, path in zip(batch, paths):
+            there = blobs.get(path)
+            here = (Path(location) / name).read_bytes()
+            if (
+                not isinstance(there, bytes)
+                or hashlib.sha256(there).digest() != hashlib.sha256(here).digest()
+            ):
+                differ.append(name)
+    return differ
 
 
 def _download(remote: Bank, url: str, staging: Path, options: dict, progress: bool) -> int:
@@ -201,8 +243,8 @@ def _download(remote: Bank, url: str, staging: Path, options: dict, progress: bo
     else:
         fs, base = filesystem(url, options)
         with ProgressBar("pull", contents["bytes"], unit="bytes", enabled=progress) as bar:
-            for i in range(0, len(keys), 64):  # concurrent requests where the filesystem can
-                batch = keys[i : i + 64]
+            for i in range(0, len(keys), TRANSFER_BATCH):  # bounded concurrent requests
+                batch = keys[i : i + TRANSFER_BATCH]
                 blobs = fs.cat([f"{base.rstrip('/')}/{k}" for k in batch])
                 for key in batch:
                     data = blobs[f"{base.rstrip('/')}/{key}"]

@@ -10,6 +10,7 @@ variable ``DPSEG_STORAGE_OPTIONS``, a JSON object) are passed to the filesystem 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -189,9 +190,14 @@ class Bank:
     layout: BankLayout
 
     @classmethod
-    def open(cls, location: str | os.PathLike, storage_options: dict | None = None) -> Bank:
+    def open(
+        cls, location: str | os.PathLike, storage_options: dict | None = None, check_seal=True
+    ) -> Bank:
         """Open and validate; raises BankFormatError before any array data is read. A sealed
-        bank's metadata is consolidated: a remote open costs one request."""
+        bank's metadata is consolidated: a remote open costs one request. ``check_seal``: a
+        sealed bank whose attributes no longer give its content key (the root zarr.json was
+        edited: class names, settings) is refused here (``bank verify`` opens without it, to
+        report it)."""
         try:
             group = open_group(location, mode="r", storage_options=storage_options)
         except (BankFormatError, FileNotFoundError):
@@ -204,7 +210,18 @@ class Bank:
                 "or URL names a bank that can be reached (credentials: --storage-options or "
                 "$DPSEG_STORAGE_OPTIONS)"
             ) from e
-        return cls(str(location), group, validate_group(group, repr(str(location))))
+        bank = cls(str(location), group, validate_group(group, repr(str(location))))
+        if check_seal:
+            bank.seal  # noqa: B018 (raises for a root zarr.json changed after sealing)
+        return bank
+
+    @functools.cached_property
+    def seal(self) -> dict | None:
+        """The sealed contents (``prompt_bank.seal``), their content key checked against the
+        attributes; None for a bank that is not sealed (being built, or format v1)."""
+        from prompt_bank.seal import sealed_contents
+
+        return sealed_contents(self)
 
     @property
     def attrs(self) -> dict:
@@ -238,15 +255,21 @@ class Bank:
 
     def check_shard(self, shard: int, images: bool = False):
         """Shard `shard` read once and judged (``prompt_bank.integrity.check_shard``: objects
-        against its manifest, decoding and checksums, done flags against the data); its kept
-        images only when `images`. Damage is a BankFormatError naming the object and the fix."""
+        against its manifest, decoding and checksums, done flags against the data; for a sealed
+        bank, the objects' sha256 against the sealed ones, at no extra cost: the check hashes them
+        anyway); its kept images only when `images`. Damage, or objects other than the sealed
+        ones, is a BankFormatError naming the objects and the fix."""
         from dataclasses import replace
 
         from data.errors import one_line
         from prompt_bank.integrity import check_shard
+        from prompt_bank.seal import disagreement_error, seal_disagreements
 
         layout = self.layout if images else replace(self.layout, image_size=None)
         state = check_shard(self.group, layout, shard, legacy=self.attrs["format_version"] < 2)
+        differ = [] if state.damaged else seal_disagreements(self.seal, state.hashes)
+        if differ:  # intact by its manifest, but not what the bank was sealed with
+            raise BankFormatError(disagreement_error(self.location, shard, differ))
         if state.damaged:
             more = len(state.problems) - 1
             raise BankFormatError(

@@ -341,7 +341,9 @@ def test_a_second_builder_is_refused_and_a_stale_lock_taken_over(reference, tmp_
 
 def test_a_v1_bank_is_read_but_not_resumed(reference, tmp_path):
     bank = copy_of(reference, tmp_path)
-    zarr.open_group(str(bank), mode="r+").attrs["format_version"] = 1
+    group = zarr.open_group(str(bank), mode="r+")
+    attrs = {k: v for k, v in group.attrs.items() if k != "contents"}  # v1 banks have no seal
+    group.attrs.put({**attrs, "format_version": 1})
     assert Bank.open(bank).done().all()  # still read
     with pytest.raises(BankFormatError, match="is a format v1 bank, which this dpseg reads but"):
         build_bank(small_config(keep_images=True), bank)

@@ -1,0 +1,104 @@
+"""Banks cannot lie (issue 28): a sealed bank whose objects or attributes are not the sealed
+ones is refused by readers and by push, rebuilt by repair (bit-identically) or refused by it;
+and a push over a damaged copy of the same bank repairs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import test_bank_integrity
+from conftest import run_cli
+from test_bank import arrays_of, small_config
+from test_bank_integrity import copy_of, shard_object
+
+from data.vocabulary import Vocabulary, load_vocabulary
+from prompt_bank.build import build_bank, config_from_bank
+from prompt_bank.format import BankFormatError, BankMismatchError
+from prompt_bank.share import push_bank
+from prompt_bank.store import Bank
+
+reference = test_bank_integrity.reference  # 8 classes in 4 shards, sealed
+
+ARRAYS = ("text/embeddings", "visual/embeddings", "visual/done", "visual/level_1", "visual/level_2",
+          "visual/level_3", "visual/level_4", "visual/images")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def other(tmp_path_factory) -> Path:
+    """A bank of the same shape with other classes (the synthetic vocabulary reversed)."""
+    entries = load_vocabulary("synthetic").entries
+    location = tmp_path_factory.mktemp("other") / "bank.zarr"
+    vocabulary = Vocabulary.from_entries(entries[::-1], name="reversed")
+    build_bank(small_config(keep_images=True, vocabulary=vocabulary), location)
+    return location
+
+
+def transplanted(reference: Path, other: Path, tmp_path: Path) -> Path:
+    """A copy of ``reference`` with shard 1's objects and manifest copied in from ``other``."""
+    bank = copy_of(reference, tmp_path)
+    for array in Bank.open(bank).layout.arrays():
+        shutil.copyfile(shard_object(other, array, 1), shard_object(bank, array, 1))
+    name = "manifest/shard-00001.json"
+    shutil.copyfile(other / name, bank / name)
+    return bank
+
+
+def test_a_shard_copied_in_from_another_bank_is_refused_then_repaired(reference, other, tmp_path):
+    bank = transplanted(reference, other, tmp_path)
+    opened = Bank.open(bank)
+    opened.read("text/embeddings", classes=slice(0, 2))  # shard 0 is the sealed one: readable
+    with pytest.raises(BankFormatError, match="not the ones the bank was sealed with"):
+        opened.read("text/embeddings", classes=slice(2, 4))
+    with pytest.raises(BankMismatchError, match="not the ones the bank was sealed with"):
+        push_bank(str(bank), f"file://{tmp_path / 'remote'}", progress=False)
+    assert not (tmp_path / "remote").exists()
+    verify = run_cli("bank", "verify", str(bank))
+    assert verify.returncode == 1 and "objects differ from zarr.json's contents" in verify.stdout
+    summary = build_bank(config_from_bank(Bank.open(bank).attrs, progress=False), bank)
+    assert summary.items_done == 12  # shard 1: 2 classes x 3 templates x 2 images, rebuilt
+    for name, values in arrays_of(reference).items():
+        np.testing.assert_array_equal(arrays_of(bank)[name], values)  # bit-identical
+    assert Bank.open(bank).seal == Bank.open(reference).seal
+
+
+def test_class_names_edited_after_sealing_are_refused_by_readers_and_repair(reference, tmp_path):
+    bank = copy_of(reference, tmp_path)
+    root = json.loads((bank / "zarr.json").read_text())
+    root["attributes"]["classes"][0] = "lion"
+    (bank / "zarr.json").write_text(json.dumps(root))
+    with pytest.raises(BankFormatError, match=r"root zarr\.json was changed after"):
+        Bank.open(bank)
+    info = run_cli("bank", "info", str(bank))
+    assert info.returncode == 2 and len(info.stderr.strip().splitlines()) == 1
+    assert "root zarr.json was changed after" in info.stderr
+    verify = run_cli("bank", "verify", str(bank))
+    assert verify.returncode == 1 and "FAIL  sealed contents" in verify.stdout
+    repair = run_cli("bank", "repair", str(bank))
+    assert repair.returncode == 2 and "root zarr.json was changed after" in repair.stderr
+    assert json.loads((bank / "zarr.json").read_text())["attributes"]["classes"][0] == "lion"
+    assert "contents" in json.loads((bank / "zarr.json").read_text())["attributes"]  # not resealed
+
+
+def test_pushing_again_over_a_damaged_remote_repairs_it(reference, tmp_path):
+    url = f"file://{tmp_path / 'remote'}"
+    first = push_bank(str(reference), url, progress=False)
+    assert first["uploaded"] > 0 and first["repaired"] == []
+    again = push_bank(str(reference), url, progress=False)
+    assert again["uploaded"] == 0 and again["repaired"] == []
+    remote = tmp_path / "remote"
+    damaged = shard_object(remote, "visual/level_2", 2)
+    damaged.write_bytes(b"garbage")
+    shard_object(remote, "visual/embeddings", 0).unlink()
+    result = run_cli("bank", "push", str(reference), url, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "held this bank damaged: 2 files" in result.stdout
+    for array in ARRAYS:
+        for shard in range(4):
+            assert (
+                shard_object(remote, array, shard).read_bytes()
+                == shard_object(reference, array, shard).read_bytes()
+            )
