@@ -9,12 +9,14 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from commands.options import Command, log_ours
 from data.errors import USER_ERRORS  # what ends a command in one line (cheap: no torch)
+from data.signals import Interrupted, interruptible
 
 
 def _version() -> str:
@@ -123,7 +125,19 @@ def _parse(argv: list[str]) -> tuple[Command, object]:
         return _chosen(parser.parse_args(argv))
     parser = parsers[path]
     vars(parser).pop("parent_parser", None)  # a root now: --print_config prints its options
-    return _chosen(parser.parse_args(argv[len(path) :]), command)
+    try:
+        return _chosen(parser.parse_args(argv[len(path) :]), command)
+    except UnicodeDecodeError as e:  # a --config file in another encoding
+        from itertools import pairwise
+
+        from data.errors import UnreadableFileError
+
+        files = [b for a, b in pairwise(argv) if a == "--config"]
+        files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+        raise UnreadableFileError(
+            f"--config {' '.join(files) or '(file)'}: not UTF-8 text ({e.reason} at byte "
+            f"{e.start}); save it as UTF-8"
+        ) from None
 
 
 def _chosen(config, command: Command | None = None) -> tuple[Command, object]:
@@ -182,11 +196,37 @@ def main(argv: list[str] | None = None) -> int:
             import os
 
             args.root = os.environ.get("DETECTRON2_DATASETS", "datasets")
-        return command.run(args) or 0
+        with interruptible():  # Ctrl-C / SIGTERM: clean-ups run, then one line
+            return command.run(args) or 0
     except USER_ERRORS as e:  # data/errors.py: one line, exit 2
-        sys.stderr.write(f"error: {e}\n")  # one write: the lines of several ranks stay whole
-        sys.stderr.flush()
-        return 2
+        return _one_line(f"error: {e}", 2)
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        return _one_line(
+            f"error: interrupted by {signal.Signals(signum).name}; finished work is kept and "
+            "nothing partial is left (run the command again to go on)",
+            128 + signum,
+        )
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        return _one_line(
+            f"error: {where}{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)}); free some "
+            "space or choose a folder you may write to (nothing partial is left)",
+            2,
+        )
+
+
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+"""OSErrors of the storage rather than of dpseg: a full disk or quota, a file size limit, a
+folder the user may not write to. They end in one line, exit 2."""
+
+
+def _one_line(message: str, status: int) -> int:
+    sys.stderr.write(message + "\n")  # one write: the lines of several ranks stay whole
+    sys.stderr.flush()
+    return status
 
 
 if __name__ == "__main__":

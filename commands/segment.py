@@ -85,6 +85,12 @@ def _check_segment_arguments(args: argparse.Namespace) -> None:
         raise SettingError(f"--ckpt {args.ckpt!r} and --model {args.model!r}: give one of them")
     check_device(args.device)
     check_output_folder(args.out, "--out")
+    if args.max_pixels is not None:
+        if args.max_pixels < 1:
+            raise SettingError(f"--max-pixels {args.max_pixels}: give a number of pixels >= 1")
+        import os
+
+        os.environ["DPSEG_MAX_PIXELS"] = str(args.max_pixels)  # data.datasets.read_image
     other, method = (DPSEG_ONLY, "DPSeg") if args.method == "vip" else (VIP_ONLY, "VIP")
     for key, option in other.items():
         if getattr(args, key, None):
@@ -112,6 +118,8 @@ def _segment_options(p) -> None:
         "pushed to (hf://ORG/NAME, s3://, file://, https://: pulled into the cache)",
     )
     p.add_argument("--images", nargs="+", required=True, help="files, folders or glob patterns")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="skip images with more pixels (default 80 M, or $DPSEG_MAX_PIXELS)")  # fmt: skip
     p.add_argument("--vocab", required=True, help="'cat, kitty; dog', one class, a name or a file")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--bank", help="DPSeg: prompt bank (default: the checkpoint's training bank)")
@@ -139,13 +147,18 @@ def _segment_options(p) -> None:
 def cmd_explain(args: argparse.Namespace) -> int:
     """Text, visual and dual-prompt cost maps of one class on one image (paper's Figure 1)."""
     from data.datasets import read_image
-    from data.errors import check_device
+    from data.errors import SettingError, check_device
     from data.vocabulary import Vocabulary, load_vocabulary
     from model.explain import check_explanation_out, write_explanation
     from model.predictor import Predictor
     from prompt_bank.store import Bank
 
     log_ours()
+    if ";" in args.class_name or not args.class_name.strip():
+        raise SettingError(
+            f"--class {args.class_name!r}: one class name (the vocabulary goes in --vocab, "
+            "classes separated by ';')"
+        )
     check_device(args.device)  # the arguments, before the checkpoint is read
     check_explanation_out(args.out)
     image = read_image(args.image)

@@ -13,12 +13,23 @@ def cmd_vocab(args: argparse.Namespace) -> None:
     from data.vocabulary import list_vocabularies, load_vocabulary, vocab_dir
 
     if args.spec is None:
+        from data.vocabulary import VocabularyError
+
         known = list_vocabularies()
+        problems = {}
+        for name, source in known.items():
+            if not source.startswith("builtin:"):  # a file of the vocabulary dir: read it
+                try:
+                    load_vocabulary(source)
+                except VocabularyError as e:
+                    problems[name] = str(e)
         if args.json:
-            print(json.dumps(known, indent=2))
+            print(json.dumps({n: {"source": s, "error": problems.get(n)} for n, s in known.items()},
+                             indent=2))  # fmt: skip
             return
         for name, source in known.items():
-            print(f"{name:12s} {source}")
+            flag = f"  INVALID: {problems[name]}" if name in problems else ""
+            print(f"{name:12s} {source}{flag}")
         print(f"(more: put NAME.json or NAME.txt in {str(vocab_dir())!r}, or set DPSEG_VOCAB_DIR)")
         return
     vocab = load_vocabulary(args.spec, allow_duplicates=args.allow_duplicate_classes)

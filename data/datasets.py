@@ -47,17 +47,73 @@ class UnreadableImageError(UnreadableFileError):
         super().__init__(f"image {self.path!r}: {reason}; {fix}")
 
 
+MAX_PIXELS = 80_000_000
+"""The most pixels an input image may have (ours: the largest benchmark images, iSAID's, have up
+to about 52 M; an 80 M-pixel RGB image decodes to 240 MB). ``$DPSEG_MAX_PIXELS`` or
+``segment --max-pixels`` change it; PIL's own bomb guard (``Image.MAX_IMAGE_PIXELS``) stays
+below it."""
+
+
+def max_pixels() -> int:
+    raw = os.environ.get("DPSEG_MAX_PIXELS")
+    if raw is None:
+        return MAX_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        from data.errors import SettingError
+
+        raise SettingError(f"$DPSEG_MAX_PIXELS={raw!r}: give a whole number of pixels >= 1")
+    return value
+
+
+def _rgb(image: Image.Image, path) -> np.ndarray:
+    """A decoded image as (H, W, 3) uint8: 16-bit and 32-bit integer greys scaled from their
+    range, float greys from [0, 1] (or [0, 255]); anything else through PIL's RGB."""
+    mode = image.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        grey = np.asarray(image, dtype=np.float64)
+        top = float(grey.max()) if grey.size else 0.0
+        low = float(grey.min()) if grey.size else 0.0
+        if mode == "F" and low >= 0 and top <= 1:
+            scale = 255.0
+        elif low >= 0 and top <= 255 and mode in ("I", "F"):
+            scale = 1.0
+        elif low >= 0 and top <= 65535 and mode != "F":
+            scale = 255.0 / 65535.0
+        else:
+            raise UnreadableImageError(
+                path, f"a {mode} grey image with values in [{low:g}, {top:g}], which has no "
+                "known scale", "save it as 8-bit, 16-bit, or floats in [0, 1]",
+            )  # fmt: skip
+        grey = np.clip(np.round(grey * scale), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"))
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, EXIF orientation applied (as detectron2's ``read_image``).
+    """(H, W, 3) uint8 RGB, EXIF orientation applied (as detectron2's ``read_image``); 16-bit and
+    float grey images are scaled from their range (:func:`_rgb`).
 
     Raises:
         UnreadableImageError: (a user error, also a ValueError) the file is missing, is not an
-            image PIL can decode, or claims more pixels than PIL's decompression-bomb limit; the
-            message names the file, the reason and the fix, on one line.
+            image PIL can decode, has more pixels than :data:`MAX_PIXELS` (checked from its
+            header, before decoding) or PIL's decompression-bomb limit; the message names the
+            file, the reason and the fix, on one line.
     """
+    limit = max_pixels()
     try:
         with Image.open(path) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+            width, height = image.size
+            if width * height > limit:
+                raise UnreadableImageError(
+                    path, f"{width} x {height} = {width * height / 1e6:.1f} M pixels, more than "
+                    f"the limit of {limit / 1e6:g} M", "resize it, or raise the limit "
+                    "(segment --max-pixels N, or $DPSEG_MAX_PIXELS)",
+                )  # fmt: skip
+            return _rgb(ImageOps.exif_transpose(image), path)
     except Image.DecompressionBombError as e:
         raise UnreadableImageError(
             path, one_line(e).rstrip("."), "resize it (or raise PIL.Image.MAX_IMAGE_PIXELS)"
@@ -67,6 +123,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             path, "not an image PIL can decode", "give a PNG, JPEG, TIFF or other picture"
         ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
+        if isinstance(e, UnreadableImageError):
+            raise
         reason = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
         raise UnreadableImageError(
             path, f"cannot read it ({reason})", "give a readable PNG, JPEG, TIFF or other picture"

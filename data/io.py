@@ -9,10 +9,21 @@ from PIL import Image
 
 
 def save_image_atomic(image: Image.Image, path: Path, fmt: str, **kwargs) -> None:
-    """Write a whole file or nothing (temp file + rename): a killed run leaves no truncated file."""
+    """Write a whole file or nothing (temp file + rename): a killed run leaves no truncated file.
+
+    The image is encoded in memory and written by Python, which checks every write: PIL's
+    encoders write to the file descriptor themselves and ignore a short write (a full disk, a
+    file size limit), which left truncated images without an error."""
+    import io
+
     tmp = path.with_name(path.name + ".tmp")
     try:
-        image.save(tmp, format=fmt, **kwargs)
+        encoded = io.BytesIO()
+        image.save(encoded, format=fmt, **kwargs)
+        try:
+            tmp.write_bytes(encoded.getbuffer())
+        except OSError as e:  # name the file (a write error names none)
+            raise OSError(e.errno, e.strerror, str(path)) from None
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

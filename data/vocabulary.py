@@ -154,7 +154,7 @@ def read_vocabulary_file(path: str | os.PathLike, allow_duplicates: bool = False
     """Read a ``.json`` list (CAT-Seg format) or a text file with one class per line."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte order mark (Windows editors) goes
     except OSError as e:
         raise VocabularyError(f"cannot read vocabulary file {str(path)!r}: {e.strerror}") from e
     except UnicodeDecodeError as e:
@@ -175,11 +175,10 @@ def read_vocabulary_file(path: str | os.PathLike, allow_duplicates: bool = False
                 'expected a list of strings like ["wall", "building, edifice"]'
             )
     else:
-        # Text format: one class per line; trailing blank lines are tolerated, inner ones are not.
-        # Lines starting with "#" are comments (the scores of `cli.py vip select-aliases`).
-        lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
-        body = "\n".join(lines)
-        entries = body.rstrip("\n\r ").splitlines() if body.strip() else []
+        # Text format: one class per line; blank lines separate groups and are skipped (ours:
+        # a class is never blank). Lines starting with "#" are comments (the scores of
+        # `cli.py vip select-aliases`).
+        entries = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     return Vocabulary.from_entries(
         entries, name=path.stem, source=str(path), allow_duplicates=allow_duplicates
     )

@@ -502,8 +502,12 @@ _REGISTRIES = {"encoder": ENCODERS, "generator": GENERATORS, "bank": BANKS}
 def _get(kind: str, name: str):
     registry = _REGISTRIES[kind]
     if name not in registry:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(registry), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise PresetError(
-            f"unknown {kind} preset {name!r}; known {kind} presets: {', '.join(registry)} "
+            f"unknown {kind} preset {name!r}; {hint}known {kind} presets: {', '.join(registry)} "
             "(python cli.py presets lists them with what each needs)"
         )
     return registry[name]

@@ -18,14 +18,13 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import tempfile
-import threading
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+from data.signals import Interrupted, interruptible  # noqa: F401 (their home before data.signals)
 from prompt_bank.format import FORMAT_NAME, BankFormatError, BankMismatchError
 from prompt_bank.integrity import get_object, put_object
 from prompt_bank.store import is_url, open_store
@@ -35,18 +34,6 @@ LOCK_KEY = "build.lock"
 
 class BankLockError(BankMismatchError):
     """Another process is building the bank."""
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived; finished items were saved (``saved`` of them by this run).
-
-    A BaseException, as KeyboardInterrupt: library code's ``except Exception`` must not
-    swallow it."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        self.saved = 0
-        super().__init__(signal.Signals(signum).name)
 
 
 def _describe_root(raw: bytes, location: str) -> str | None:
@@ -161,28 +148,6 @@ def build_lock(group, location: str, command: str | None = None):
         with contextlib.suppress(ValueError, TypeError):
             if raw is not None and json.loads(raw).get("token") == mine["token"]:
                 put_object(store, LOCK_KEY, None)
-
-
-@contextlib.contextmanager
-def interruptible():
-    """SIGINT/SIGTERM raise :class:`Interrupted` once; later ones wait for the flush to end."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-
-    def handler(signum, frame):
-        if received:
-            return  # already stopping: let the flush finish
-        received.append(signum)
-        raise Interrupted(signum)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 @contextlib.contextmanager

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import struct
+import subprocess
+import sys
+import time
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import run_cli, run_tiny_cli
+from conftest import ROOT, run_cli, run_tiny_cli
 from PIL import Image
 
 import cli
@@ -351,3 +356,104 @@ def test_bank_verify_failure_is_status_1_and_a_missing_bank_is_2(tiny_bank, tmp_
     code, out, err = run_main(capsys, "bank", "verify", str(bank))
     assert code == 1 and "Traceback" not in err, out + err
     user_error(capsys, "bank", "verify", str(tmp_path / "nothing.zarr"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_any_command_in_one_line(tmp_path, signum):
+    """Ctrl-C or SIGTERM in a long command (here writing the toy dataset): one line, exit
+    128 + the signal, no traceback; a second signal does not cut the clean-up short."""
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "data", "toy", "--root", str(tmp_path), "--train",
+         "200000", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.rglob("*.jpg")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # until it is writing images
+    process.send_signal(signum)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "interrupted by SIG" in lines[0], err[-3000:]
+
+
+def test_a_file_size_limit_ends_in_one_line(tmp_path):
+    """A full disk, as ``ulimit -f`` makes one (EFBIG): one line naming the file, exit 2."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "data", "toy", "--root", str(tmp_path), "--train",
+         "20", "--val", "2", "--test", "2", "--quiet"],
+        capture_output=True, text=True, preexec_fn=limit, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "EFBIG" in lines[0] and str(tmp_path) in lines[0], lines
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch):
+    """13000 x 13000 (169 M pixels, under PIL's own 179 M guard, 9 GB once decoded): refused
+    from its header by dpseg's limit; the limit is a setting."""
+    from data.datasets import UnreadableImageError, read_image
+
+    big = bomb_png(tmp_path / "big.png", side=13000)
+    with pytest.raises(UnreadableImageError, match=r"169\.0 M pixels, more than the limit of 80 M"):
+        read_image(big)
+    small = tmp_path / "small.png"
+    Image.new("RGB", (40, 30)).save(small)
+    monkeypatch.setenv("DPSEG_MAX_PIXELS", "1000")
+    with pytest.raises(UnreadableImageError, match="segment --max-pixels"):
+        read_image(small)
+    monkeypatch.setenv("DPSEG_MAX_PIXELS", "1200")
+    assert read_image(small).shape == (30, 40, 3)
+
+
+def test_16_bit_and_float_grey_images_are_scaled_not_saturated(tmp_path):
+    from data.datasets import UnreadableImageError, read_image
+
+    ramp = np.linspace(0, 1, 64 * 48).reshape(48, 64)
+    sixteen = tmp_path / "grey16.png"
+    Image.fromarray((ramp * 65535).astype(np.uint16)).save(sixteen)
+    floats = tmp_path / "grey.tif"
+    Image.fromarray(ramp.astype(np.float32), mode="F").save(floats)
+    expected = np.round(ramp * 255)
+    for path in (sixteen, floats):
+        image = read_image(path)
+        assert image.dtype == np.uint8 and image.shape == (48, 64, 3)
+        assert np.abs(image[..., 0].astype(float) - expected).max() <= 1, path
+    odd = tmp_path / "odd.tif"
+    Image.fromarray((ramp * 1000 - 500).astype(np.float32), mode="F").save(odd)
+    with pytest.raises(UnreadableImageError, match="no known scale"):
+        read_image(odd)
+
+
+def test_a_mistyped_preset_gets_a_did_you_mean(tmp_path):
+    result = run_cli("bank", "build", "--vocab", "cat", "--preset", "tyny", "--out",
+                     str(tmp_path / "b.zarr"))  # fmt: skip
+    assert result.returncode == 2 and "did you mean 'tiny'?" in result.stderr
+    assert not (tmp_path / "b.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    "command", [["bank", "build", "--out", "b.zarr"], ["presets", "pretrain", "toy-convnext"],
+                ["vip", "select-aliases"]],
+)  # fmt: skip
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path, command):
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes("vocab: café\n".encode("latin-1"))
+    result = run_cli(*command, "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip() == (
+        f"error: --config {config}: not UTF-8 text (invalid continuation byte at byte 10); "
+        "save it as UTF-8"
+    )
+
+
+def test_explain_takes_one_class_not_a_vocabulary(tmp_path):
+    result = run_cli("explain", "--ckpt", "x.ckpt", "--image", "x.png", "--class",
+                     "red disc; flag", "--out", str(tmp_path / "e.png"))  # fmt: skip
+    assert result.returncode == 2 and "one class name" in result.stderr

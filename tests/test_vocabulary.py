@@ -111,7 +111,6 @@ def test_inline_list():
     [
         ("", ".txt", "has no classes"),
         ("[]", ".json", "has no classes"),
-        ("cat\n\ndog\n", ".txt", r"entry 2 \(''\) has a blank class name"),
         ("cat,, kitty\ncat, kitty\n", ".txt", r"entry 2 \('cat, kitty'\) repeats entry 1"),
         (" , cat\ndog\n", ".txt", r"entry 1 \(' , cat'\) has a blank class name"),
         ('["cat", "Cat"]', ".json", r"entry 2 \('Cat'\) repeats entry 1"),
@@ -159,3 +158,24 @@ def test_cli_vocab_show_and_unknown(tmp_path):
     assert unknown.returncode == 2
     assert unknown.stderr.startswith("error: unknown vocabulary 'ade847'")
     assert "Traceback" not in unknown.stderr
+
+
+def test_blank_lines_and_a_byte_order_mark_are_read_as_meant(tmp_path):
+    text = tmp_path / "classes.txt"
+    text.write_bytes("\ufeffperson\n\n# animals\ncat, kitty\n\ndog\n".encode())
+    assert load_vocabulary(text).entries == ["person", "cat, kitty", "dog"]
+    listed = tmp_path / "classes.json"
+    listed.write_bytes('\ufeff["person", "cat"]'.encode())
+    assert load_vocabulary(listed).names == ["person", "cat"]
+
+
+def test_vocab_lists_a_malformed_file_as_invalid(tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "bad.json").write_text('["a", 3]')
+    (tmp_path / "good.txt").write_text("x\ny\n")
+    result = run_cli("vocab", env={"DPSEG_VOCAB_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "INVALID" in lines["bad"] and "entry 2 is 3" in lines["bad"]
+    assert "INVALID" not in lines["good"]
