@@ -20,6 +20,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -105,6 +106,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
+TAKEOVER_KEY = "build.lock.takeover"
+
+
+def _take_over(store, stale: bytes | None, mine: dict) -> None:
+    """Delete the stale lock ``stale`` (its bytes as read) under ``build.lock.takeover``, which
+    one process at a time creates (create-exclusive): the lock is deleted only while its bytes
+    are still the stale ones, so a fresh lock another process took meanwhile is never deleted
+    (checking, then deleting, let two processes both take one stale lock). A takeover file left
+    by a dead process is removed."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    claim = default_buffer_prototype().buffer.from_bytes(json.dumps(mine).encode())
+    sync(store.set_if_not_exists(TAKEOVER_KEY, claim))
+    raw = get_object(store, TAKEOVER_KEY)
+    try:
+        owner = json.loads(raw) if raw is not None else {}
+    except ValueError:
+        owner = {}
+    if owner.get("token") != mine["token"]:
+        if owner.get("host") == mine["host"] and not _alive(int(owner.get("pid") or 0)):
+            put_object(store, TAKEOVER_KEY, None)  # its owner died during a takeover
+        return
+    try:
+        if get_object(store, LOCK_KEY) == stale:
+            put_object(store, LOCK_KEY, None)
+    finally:
+        put_object(store, TAKEOVER_KEY, None)
+
+
 @contextlib.contextmanager
 def build_lock(group, location: str, command: str | None = None):
     """Hold ``build.lock`` in the bank for the duration; refuse a live holder, take a stale one."""
@@ -120,7 +151,7 @@ def build_lock(group, location: str, command: str | None = None):
         "token": uuid.uuid4().hex,
     }
     body = default_buffer_prototype().buffer.from_bytes(json.dumps(mine).encode())
-    for _ in range(2):
+    for attempt in range(200):
         sync(store.set_if_not_exists(LOCK_KEY, body))
         raw = get_object(store, LOCK_KEY)
         try:
@@ -130,8 +161,9 @@ def build_lock(group, location: str, command: str | None = None):
         if holder.get("token") == mine["token"]:
             break
         stale = holder.get("host") == mine["host"] and not _alive(int(holder.get("pid") or 0))
-        if stale or not holder:
-            put_object(store, LOCK_KEY, None)  # its builder is gone: take over
+        if stale or not holder:  # its builder is gone: take over, one process at a time
+            _take_over(store, raw, mine)
+            time.sleep(0.005 * (attempt % 10))
             continue
         raise BankLockError(
             f"{location} is being built by pid {holder.get('pid')} on {holder.get('host')} "

@@ -22,7 +22,7 @@ from pathlib import Path
 from data.progress import ProgressBar
 from prompt_bank.format import BankFormatError, BankMismatchError
 from prompt_bank.integrity import manifest_key, require_intact
-from prompt_bank.safety import LOCK_KEY, check_output, staged_output
+from prompt_bank.safety import LOCK_KEY, TAKEOVER_KEY, check_output, staged_output
 from prompt_bank.seal import CARD_KEY, seal_disagreements, sealed_contents
 from prompt_bank.store import Bank, filesystem, is_url, remote_errors, resolve_storage_options
 
@@ -96,7 +96,7 @@ def hub_upload_plan(local: str | os.PathLike) -> list[str]:
         str(p.relative_to(root))
         for p in root.rglob("*")
         if p.is_file()
-        and p.name != LOCK_KEY
+        and p.name not in (LOCK_KEY, TAKEOVER_KEY)
         and not p.name.startswith(".")
         and not p.name.endswith(".partial")
     )

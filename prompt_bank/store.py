@@ -351,7 +351,7 @@ class Bank:
         async def total() -> int:
             size = 0
             async for key in store.list():
-                if key not in ("zarr.json", "README.md", "build.lock"):
+                if key not in ("zarr.json", "README.md", "build.lock", "build.lock.takeover"):
                     size += await store.getsize(key)
             return size
 

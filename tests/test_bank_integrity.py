@@ -524,3 +524,48 @@ def test_file_urls_and_user_errors_in_process(reference, tmp_path, capsys):
         assert not any(f.endswith(".partial") for f in hub_upload_plan(reference))
     finally:
         (reference / "text" / "x.1234.partial").unlink()
+
+
+def _hold_the_lock(location: str, barrier, held, overlaps) -> None:
+    """A process: wait for the others, take the bank's lock, note any overlap, let go."""
+    import time
+
+    from prompt_bank.safety import BankLockError, build_lock
+
+    group = zarr.open_group(location, mode="r+")
+    barrier.wait()
+    try:
+        with build_lock(group, location):
+            with held.get_lock():
+                held.value += 1
+                if held.value > 1:
+                    overlaps.value += 1
+            time.sleep(0.05)
+            with held.get_lock():
+                held.value -= 1
+    except BankLockError:
+        pass
+
+
+def test_two_processes_never_both_take_a_stale_lock(reference, tmp_path):
+    """Many trials of two processes taking over the same stale lock at once: at most one holds
+    it at any time (a check-then-delete takeover let both in 3 of 30 trials)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    bank = copy_of(reference, tmp_path)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    overlaps = context.Value("i", 0)
+    for _ in range(30):
+        _write_lock(bank, gone.pid, socket.gethostname())  # stale: its process has ended
+        barrier, held = context.Barrier(2), context.Value("i", 0)
+        workers = [context.Process(target=_hold_the_lock, args=(str(bank), barrier, held, overlaps))
+                   for _ in range(2)]  # fmt: skip
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=60)
+            assert w.exitcode == 0
+    assert overlaps.value == 0
+    assert not (bank / "build.lock").exists() and not (bank / "build.lock.takeover").exists()
