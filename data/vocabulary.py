@@ -115,8 +115,11 @@ class Vocabulary:
         name: str = "inline",
         source: str = "",
         allow_duplicates: bool = False,
+        separator: str = ",",
     ) -> Vocabulary:
-        """Build from entries like ``"building, edifice"``; ``source`` is used in errors."""
+        """Build from entries like ``"building, edifice"``; ``source`` is used in errors;
+        ``separator`` splits an entry into synonyms (VIP's reference splits its alias files on
+        ``", "``, so that ``"farmland,forest area"`` is one alias there)."""
         where = source or name
         classes = []
         first_seen: dict[tuple[str, ...], int] = {}
@@ -126,7 +129,7 @@ class Vocabulary:
                     f"{where}: entry {i} is {entry!r} ({type(entry).__name__}); "
                     "each class must be a string of comma-separated synonyms"
                 )
-            parts = [s.strip() for s in entry.split(",")]
+            parts = [s.strip() for s in entry.split(separator)]
             if not parts[0]:
                 raise VocabularyError(
                     f"{where}: entry {i} ({entry!r}) has a blank class name; "
@@ -150,7 +153,9 @@ class Vocabulary:
         return cls(name=name, classes=tuple(classes), source=source)
 
 
-def read_vocabulary_file(path: str | os.PathLike, allow_duplicates: bool = False) -> Vocabulary:
+def read_vocabulary_file(
+    path: str | os.PathLike, allow_duplicates: bool = False, separator: str = ","
+) -> Vocabulary:
     """Read a ``.json`` list (CAT-Seg format) or a text file with one class per line."""
     path = Path(path)
     try:
@@ -180,8 +185,9 @@ def read_vocabulary_file(path: str | os.PathLike, allow_duplicates: bool = False
         # `cli.py vip select-aliases`).
         entries = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     return Vocabulary.from_entries(
-        entries, name=path.stem, source=str(path), allow_duplicates=allow_duplicates
-    )
+        entries, name=path.stem, source=str(path), allow_duplicates=allow_duplicates,
+        separator=separator,
+    )  # fmt: skip
 
 
 def vocab_dir() -> Path:
@@ -204,7 +210,9 @@ def list_vocabularies() -> dict[str, str]:
     return known
 
 
-def load_vocabulary(spec: str | os.PathLike | Vocabulary, allow_duplicates: bool = False):
+def load_vocabulary(
+    spec: str | os.PathLike | Vocabulary, allow_duplicates: bool = False, separator: str = ","
+):
     """Resolve a vocabulary from a file, an inline list, a name, or a single class.
 
     ``spec`` is read by the first rule that applies:
@@ -226,6 +234,8 @@ def load_vocabulary(spec: str | os.PathLike | Vocabulary, allow_duplicates: bool
     Args:
         spec: as above.
         allow_duplicates: accept exactly repeated entries (see the module docstring).
+        separator: what splits a file's or a built-in's entry into synonyms (``,``; VIP's alias
+            files: ``", "``, as its reference reads them). Inline lists always use ``,``.
     """
     if isinstance(spec, Vocabulary):
         return spec
@@ -234,7 +244,7 @@ def load_vocabulary(spec: str | os.PathLike | Vocabulary, allow_duplicates: bool
     has_separator = "/" in text or os.sep in text
     is_json_or_txt = path.suffix.lower() in (".json", ".txt")
     if (is_json_or_txt or has_separator) and path.is_file():
-        return read_vocabulary_file(path, allow_duplicates)
+        return read_vocabulary_file(path, allow_duplicates, separator)
     if ";" in text:
         entries = text.split(";")
         if len(entries) > 1 and not entries[-1].strip():  # "toys;": a list of one class
@@ -255,13 +265,14 @@ def load_vocabulary(spec: str | os.PathLike | Vocabulary, allow_duplicates: bool
     if text in BUILTIN_VOCABULARIES:
         entries = _builtin_path(text).read_text(encoding="utf-8").splitlines()
         return Vocabulary.from_entries(
-            entries, name=text, source=f"builtin:{text}", allow_duplicates=allow_duplicates
-        )
+            entries, name=text, source=f"builtin:{text}", allow_duplicates=allow_duplicates,
+            separator=separator,
+        )  # fmt: skip
     directory = vocab_dir()
     for suffix in (".json", ".txt"):
         candidate = directory / f"{text}{suffix}"
         if candidate.is_file():
-            vocab = read_vocabulary_file(candidate, allow_duplicates)
+            vocab = read_vocabulary_file(candidate, allow_duplicates, separator)
             return Vocabulary(name=text, classes=vocab.classes, source=vocab.source)
     known = list_vocabularies()
     close = difflib.get_close_matches(text.casefold(), list(known), n=1, cutoff=0.8)

@@ -122,3 +122,41 @@ def test_vips_template_sets_are_the_reference_strings(reference):
         assert block is not None, name
         strings = [line.strip() for line in block.group(1).splitlines()]
         assert load_templates(name) == strings, name
+
+
+@pytest.mark.parametrize(
+    ("name", "queries"), [("potsdam", 10), ("vaihingen", 10), ("iSAID", 17), ("vdd", 7)]
+)
+def test_alias_files_are_split_as_the_reference_splits_them(name, queries):
+    """VIP's reference splits an alias line on ", ": "farmland,forest area" is one alias. The
+    query counts are the reference's (splitting on "," gave 11, 11, 20 and 9)."""
+    import inspect
+
+    from data.vocabulary import load_vocabulary
+    from model.vip.lightning import VIPModule
+
+    path = SHARED / "vocab" / "vip" / f"cls_{name}.txt"
+    if not path.is_file():
+        pytest.skip(f"{path} is not here")
+    separator = inspect.signature(VIPModule).parameters["alias_separator"].default
+    vocabulary = load_vocabulary(path, separator=separator)
+    assert sum(len(c.synonyms) for c in vocabulary) == queries
+
+
+def test_vips_protocols_resize_without_antialiasing_as_cv2_does():
+    import torch
+    import torch.nn.functional as F
+
+    from data.transforms import get_test_protocol
+
+    image = torch.rand(3, 400, 1000)
+    for name in ("vip", "vip:448", "vip-fit:448"):
+        protocol = get_test_protocol(name)
+        seen: list = []
+        protocol(lambda windows, seen=seen: seen.append(windows) or windows[:, :1], image)
+        short = protocol.short_side / 400 if name != "vip-fit:448" else 448 / 1000
+        size = (round(400 * short), round(1000 * short))
+        plain = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        assert not protocol.antialias
+        torch.testing.assert_close(seen[0][0], plain[:, :336, :336], rtol=0, atol=0)
+    assert get_test_protocol("catseg").antialias  # DPSeg's protocols keep antialiasing

@@ -49,6 +49,9 @@ class VIPModule(SegmentationModule):
             file, or an inline list); its K must be the dataset's.
         allow_duplicate_classes: accept exactly repeated classes (VIP's ADE file repeats
             ``shower``).
+        alias_separator: what splits a line of an alias file into aliases: ``", "``, as VIP's
+            reference reads its files (``"farmland,forest area"`` is one alias; ``","`` would
+            make it two and change Potsdam's, Vaihingen's, iSAID's and VDD's queries).
         dual_prompts: a prompt bank built with the same encoder: its visual prompts join the
             text queries (``vip.visual_weight``). A ``bank`` given with a test dataset in
             ``data.test`` is used for that dataset instead.
@@ -67,6 +70,7 @@ class VIPModule(SegmentationModule):
         vip: VIPConfig | None = None,
         vocabularies: dict[str, str] | None = None,
         allow_duplicate_classes: bool = False,
+        alias_separator: str = ", ",
         dual_prompts: str | None = None,
         test_protocol: str = "vip",
         results_dir: str | None = None,
@@ -78,6 +82,7 @@ class VIPModule(SegmentationModule):
         self.templates = load_templates(templates)
         self.vocabularies = dict(vocabularies or {})
         self.allow_duplicate_classes = allow_duplicate_classes
+        self.alias_separator = alias_separator
         self.dual_prompts = dual_prompts
         parts = build_vip(
             encoder, attention, self.config, encoder_weights, option="--model.encoder_weights"
@@ -98,7 +103,9 @@ class VIPModule(SegmentationModule):
         """The dataset's alias vocabulary, checked against its number of classes."""
         spec = get_dataset_spec(dataset)
         source = self.vocabularies.get(dataset, spec.vocabulary)
-        vocabulary = load_vocabulary(source, allow_duplicates=self.allow_duplicate_classes)
+        vocabulary = load_vocabulary(
+            source, allow_duplicates=self.allow_duplicate_classes, separator=self.alias_separator
+        )
         if len(vocabulary) != spec.num_classes:
             raise VocabularyError(
                 f"vocabulary {source!r} for dataset {dataset!r} has {len(vocabulary)} classes but "
