@@ -125,6 +125,11 @@ class ProgressBar:
             self._bar.update(self._task, **fields)
 
     @property
+    def done(self) -> int:
+        """How many units were counted (shown or not)."""
+        return self._done
+
+    @property
     def speed(self) -> float | None:
         """Units per second over the last 30 s (None before two updates or when disabled)."""
         return None if self._bar is None else self._bar.tasks[0].speed

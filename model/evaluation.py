@@ -27,7 +27,7 @@ from data.evaluator import (
     seen_unseen_scores,
     write_results,
 )
-from data.io import command_line
+from data.io import command_line, save_image_atomic
 from data.transforms import get_test_protocol
 from data.vocabulary import load_vocabulary
 from model.data_module import stack_images
@@ -118,6 +118,10 @@ class SegmentationModule(L.LightningModule):
 
     def on_predict_start(self) -> None:
         self._start()
+
+    def on_predict_end(self) -> None:
+        if self.trainer.is_global_zero:
+            print(f"predict: label maps in {self._results / 'predictions'}", flush=True)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
@@ -283,7 +287,7 @@ class SegmentationModule(L.LightningModule):
             # ignore (-1, VIP's low-confidence pixels) is written as 255 / 65535
             mode_dtype = "uint8" if labels.max() < 255 else "uint16"
             path = out / f"{name}.png"
-            Image.fromarray(labels.astype(mode_dtype)).save(path)
+            save_image_atomic(Image.fromarray(labels.astype(mode_dtype)), path, "PNG")
             written.append({"dataset": dataset, "name": name, "path": str(path)})
         return written
 

@@ -47,7 +47,7 @@ def trainer_defaults(method: str) -> dict:
 
 
 CALLBACKS = [
-        {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
+        {"class_path": "model.progress.StepProgressBar"},
         {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
          "init_args": {"logging_interval": "step"}},
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -159,6 +159,14 @@ class DPSegCLI(LightningCLI):
 
     def fit(self, model, **kwargs) -> None:
         self._run_trainer("fit", model=model, **kwargs)
+        checkpoints = self.trainer.checkpoint_callback
+        if self.trainer.is_global_zero and checkpoints is not None and checkpoints.dirpath:
+            best = checkpoints.best_model_path
+            print(
+                f"fit: {self.trainer.global_step} steps; checkpoints in {checkpoints.dirpath} "
+                f"(last.ckpt{', best ' + Path(best).name if best else ''})",
+                flush=True,
+            )
         stop = self.interruption
         if stop.saved is not None:
             raise UserError(
@@ -227,7 +235,7 @@ class VIPCLI(DPSegCLI):
     def add_arguments_to_parser(self, parser) -> None:
         _add_method(parser, "vip")
         parser.set_defaults(
-            {"trainer.callbacks": [{"class_path": "lightning.pytorch.callbacks.RichProgressBar"}]}
+            {"trainer.callbacks": [{"class_path": "model.progress.StepProgressBar"}]}
         )
 
     def fit(self, model, **kwargs):
@@ -275,8 +283,28 @@ def method_of(argv: list[str]) -> str:
     return method if method in METHODS else "dpseg"  # an unknown value: the parser says so
 
 
+class _DropTips(logging.Filter):
+    """Lightning's advertisements ("💡 Tip: ... litlogger / litmodels"), which no user asked for."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).lstrip().startswith("💡 Tip")
+
+
+def quiet_lightning() -> None:
+    """Lightning's messages that say nothing about the run (ours): its tips, the CSV logger's
+    "Experiment logs directory ... exists and is not empty" (config.yaml is written there
+    first, so it shows on every fresh run) and a pytree deprecation inside Lightning."""
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _DropTips) for f in handler.filters):
+                handler.addFilter(_DropTips())
+
+
 def make_cli(argv: list[str], run: bool = True) -> LightningCLI:
     """The CLI over ``argv`` (``["fit", "--config", ...]``; without a subcommand when run=False)."""
+    quiet_lightning()
     method = method_of(argv)
     if method == "vip":
         from model.vip.lightning import VIPModule

@@ -128,10 +128,16 @@ def run_tiny_cli(world: Path, *args: str, env: dict | None = None):
 
 
 @pytest.fixture(scope="session")
-def trained(world) -> Path:
-    """fit 4 steps through the real command line; returns last.ckpt."""
+def fit_run(world):
+    """fit 4 steps through the real command line; returns the finished process."""
     result = run_tiny_cli(world, "fit")
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def trained(world, fit_run) -> Path:
+    """The last.ckpt of :func:`fit_run`."""
     ckpts = sorted(world.glob("runs/dpseg/version_*/checkpoints/last.ckpt"))
     assert ckpts, list(world.rglob("*.ckpt"))
     return ckpts[-1]

@@ -678,3 +678,13 @@ def test_validate_and_predict_run_from_a_checkpoint(trained, world):
     result = run_tiny_cli(world, "validate", "--ckpt_path", str(trained))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "val/mIoU" in result.stdout
+
+
+def test_fit_says_where_its_checkpoints_went_without_lightning_s_noise(fit_run, trained):
+    """The fit of the session fixture: a step bar against max_steps, the checkpoint folder at
+    the end, and none of Lightning's tips, its logs-folder warning or its pytree deprecation."""
+    out = fit_run.stdout + fit_run.stderr
+    folder = trained.parent.relative_to(trained.parents[4])  # runs/dpseg/version_N/checkpoints
+    assert f"fit: 4 steps; checkpoints in {folder} (last.ckpt, best step4-" in out, out[-3000:]
+    for noise in ("💡 Tip", "exists and is not empty", "LeafSpec", "Epoch 0/"):
+        assert noise not in out, noise
