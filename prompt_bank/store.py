@@ -79,6 +79,14 @@ def _remote_failures() -> tuple[type[BaseException], ...]:
         types.append(HttpClientError)
     except ImportError:
         pass
+    import importlib
+
+    for module, name in (("httpx", "HTTPError"), ("httpx2", "HTTPError"),
+                         ("huggingface_hub.errors", "HfHubHTTPError"),
+                         ("huggingface_hub.errors", "OfflineModeIsEnabled")):  # fmt: skip
+        # the hub's client (huggingface_hub 1.x uses httpx; 2.x httpx2)
+        with contextlib.suppress(ImportError, AttributeError):
+            types.append(getattr(importlib.import_module(module), name))
     return tuple(types)
 
 

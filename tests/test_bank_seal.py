@@ -102,3 +102,28 @@ def test_pushing_again_over_a_damaged_remote_repairs_it(reference, tmp_path):
                 shard_object(remote, array, shard).read_bytes()
                 == shard_object(reference, array, shard).read_bytes()
             )
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("where", ["hf", "s3", "http"])
+def test_a_push_that_cannot_reach_its_store_is_one_line(reference, where):
+    import os
+
+    port = _closed_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HF_"))}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", AWS_CONFIG_FILE="/dev/null",
+               AWS_SHARED_CREDENTIALS_FILE="/dev/null", AWS_EC2_METADATA_DISABLED="true",
+               AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")  # fmt: skip
+    url = {"hf": "hf://datasets/me/bank", "s3": "s3://bucket/bank",
+           "http": f"http://127.0.0.1:{port}/bank"}[where]  # fmt: skip
+    result = run_cli("bank", "push", str(reference), url, "--quiet", env=env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"bank push to {url}: " in lines[0], lines
