@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from data.errors import UserError, check_device, check_output_folder
+from data.signals import Interrupted
 from data.transforms import ResizeSquare, SlidingWindow, image_tensor, rgb_uint8
 from data.vocabulary import Vocabulary, load_vocabulary
 from model.cost_volume import Prompts
@@ -306,7 +308,7 @@ def predict_images(predictor: Predictor, paths: list[Path], out: str | os.PathLi
     out.mkdir(parents=True, exist_ok=True)
     written, skipped, stems = [], [], set()
     start = time.perf_counter()
-    interrupted = False
+    interrupted: str | None = None
     with ProgressBar("segment", len(paths), unit="images", enabled=progress) as bar:
         try:
             for path in paths:
@@ -327,8 +329,9 @@ def predict_images(predictor: Predictor, paths: list[Path], out: str | os.PathLi
                 written.append(write_prediction(out, stem, image, labels, predictor.vocabulary,
                                                 predictor.sources, str(path)))  # fmt: skip
                 bar.advance()
-        except KeyboardInterrupt:  # Ctrl-C: what is written stays, and summary.json says so
-            interrupted = True
+        except (KeyboardInterrupt, Interrupted) as e:  # Ctrl-C, SIGTERM: what is written
+            # stays, and summary.json says so
+            interrupted = signal.Signals(getattr(e, "signum", signal.SIGINT)).name
     seconds = time.perf_counter() - start
     summary = {
         "images": len(written),
@@ -343,7 +346,7 @@ def predict_images(predictor: Predictor, paths: list[Path], out: str | os.PathLi
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     if interrupted:
         raise UserError(
-            f"segment interrupted by SIGINT after {len(written) + len(skipped)} of {len(paths)} "
+            f"segment interrupted by {interrupted} after {len(written) + len(skipped)} of {len(paths)} "
             f"images: the {len(written)} segmented are in {str(out)!r} (summary.json lists "
             "them); run the same command again to segment every image"
         )

@@ -300,7 +300,7 @@ def test_claims_command_line_defaults_and_errors(tmp_path):
     help_text = run_script("benchmarks/claims.py", "--help", timeout=60)
     assert help_text.returncode == 0, help_text.stderr
     words = " ".join(help_text.stdout.split())
-    assert "(default 0 1 2 3 4)" in words and "(default: the config's max_steps)" in words
+    assert "(default 0 1 2 3 4)" in words and "(default 8000; 0: the config's max_steps)" in words
     bad = run_script("benchmarks/claims.py", "--rows", "no such row", "--out", str(tmp_path / "out"),
                      timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "no row's name contains any of them" in bad.stderr

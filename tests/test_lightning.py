@@ -166,6 +166,9 @@ def test_a_fingerprint_mismatch_says_whether_package_versions_differ(world, tmp_
         **group.attrs["builder"],
         "packages": {**package_versions(), "torch": "2.0.0"},
     }
+    from prompt_bank.seal import seal_bank
+
+    seal_bank(str(bank))  # sealed as the other machine would have sealed it
     with pytest.raises(BankMismatchError) as caught:
         tiny_module().add_prompts("synthetic", str(bank))
     message = str(caught.value)
