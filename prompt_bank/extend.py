@@ -7,7 +7,10 @@ The classes of a vocabulary that ``bank`` has (by entry, canonical name or an un
 synonym: ``data.vocabulary.match_entries``) are left to it; the others are generated and encoded
 with the bank's generator, encoder, templates, images per prompt and seed into a bank of their
 own next to it (``<bank>.cache/<hash of the classes>.zarr``; a remote bank's cache is local, under
-``banks/cache/``), so the next run with the same classes reuses it, and an interrupted one resumes.
+``banks/cache/<its content key>/``), and an interrupted one resumes. The cache is read class by
+class: a class that any complete bank of the cache holds is taken from there, whatever set it
+was built with, and only the others are generated (with Stable Diffusion, each class is real
+time).
 ``cli.py segment`` and ``cli.py explain`` call this before the predictor reads the prompts.
 """
 
@@ -27,12 +30,37 @@ from prompt_bank.store import Bank, is_url
 log = logging.getLogger(__name__)
 
 
-def cache_location(bank: str, vocabulary: Vocabulary) -> str:
-    """Where the extra classes of ``vocabulary`` for ``bank`` are cached."""
+def cache_dir(bank: Bank) -> Path:
+    """The folder of ``bank``'s generated classes: beside a local bank; under
+    ``banks/cache/<content key>`` for a remote one (keyed, so that two remote banks never share
+    one)."""
+    if is_url(bank.location):  # a remote bank: the cache is local
+        key = (bank.seal or {}).get("content_key") or hashlib.sha256(
+            bank.location.encode()
+        ).hexdigest()
+        return Path("banks") / "cache" / key[:16]
+    return Path(str(bank.location).rstrip("/")).with_suffix(".cache")
+
+
+def cache_location(bank: Bank, vocabulary: Vocabulary) -> str:
+    """Where the classes of ``vocabulary`` that are built together for ``bank`` are cached."""
     digest = hashlib.sha256("\n".join(vocabulary.entries).encode()).hexdigest()[:16]
-    if is_url(bank):  # a remote bank: the cache is local
-        return str(Path("banks") / "cache" / f"{digest}.zarr")
-    return str(Path(str(bank).rstrip("/")).with_suffix(".cache") / f"{digest}.zarr")
+    return str(cache_dir(bank) / f"{digest}.zarr")
+
+
+def cached_banks(bank: Bank) -> list[Bank]:
+    """The complete (sealed) banks in ``bank``'s cache; an incomplete or unreadable one is left
+    to the build that resumes it."""
+    folder = cache_dir(bank)
+    found = []
+    for location in sorted(folder.glob("*.zarr")) if folder.is_dir() else []:
+        try:
+            cached = Bank.open(location)
+        except (ValueError, OSError):
+            continue
+        if cached.seal is not None:
+            found.append(cached)
+    return found
 
 
 def missing_classes(bank: Bank, vocabulary: Vocabulary) -> Vocabulary | None:
@@ -50,19 +78,30 @@ def build_missing_classes(
     generator_weights: str | None = None,
     progress: bool = True,
 ) -> list[str]:
-    """Build (or resume, or reuse) a bank of the classes ``bank`` lacks; its location in a list
-    (empty when the bank has every class), for ``Predictor.set_vocabulary(extra_banks=...)``."""
+    """The cached banks that hold the classes ``bank`` lacks, after building (or resuming) one
+    for those no cached bank holds; empty when ``bank`` has every class. For
+    ``Predictor.set_vocabulary(extra_banks=...)``."""
     opened = bank if isinstance(bank, Bank) else Bank.open(bank)
     missing = missing_classes(opened, load_vocabulary(vocabulary))
     if missing is None:
         return []
+    reused = []
+    for cached in cached_banks(opened):  # class by class, whatever set each was built with
+        if missing is None:
+            break
+        still = missing_classes(cached, missing)
+        if still is None or len(still) < len(missing):
+            reused.append(cached.location)
+            missing = still
+    if missing is None:
+        return reused
     log.info(
         "generating prompts for %d classes not in %s: %s",
         len(missing),
         opened.location,
         ", ".join(c.name for c in list(missing)[:10]),
     )
-    location = cache_location(opened.location, missing)
+    location = cache_location(opened, missing)
     config = dataclasses.replace(  # the bank's own settings, for other classes
         config_from_bank(opened.attrs, generator_weights, progress=progress),
         vocabulary=missing,
@@ -75,4 +114,4 @@ def build_missing_classes(
         build_bank(config, location)
     finally:
         torch.set_num_threads(threads)  # the build sets the bank's recorded thread count
-    return [location]
+    return [*reused, location]

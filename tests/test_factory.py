@@ -60,7 +60,7 @@ def test_missing_classes_are_built_into_a_cached_bank_once(tmp_path):
     both = f"{bank.classes[1]}; {bank.classes[0]}"
     assert missing_classes(bank, load_vocabulary(both)) is None
     first = build_missing_classes(str(bank_path), vocab, progress=False)
-    assert first == [cache_location(str(bank_path), missing_classes(bank, vocab))]
+    assert first == [cache_location(bank, missing_classes(bank, vocab))]
     extra = Bank.open(first[0])
     assert extra.classes == ["okapi"] and extra.templates == bank.templates
     assert extra.attrs["encoder"] == bank.attrs["encoder"]
@@ -68,3 +68,7 @@ def test_missing_classes_are_built_into_a_cached_bank_once(tmp_path):
     assert build_missing_classes(str(bank_path), vocab, progress=False) == first  # reused
     assert (tmp_path / "bank.cache").stat().st_mtime_ns == stamp
     assert build_missing_classes(bank, both, progress=False) == []
+    # a class already generated is taken from the cache, whatever set it was built with
+    more = build_missing_classes(bank, "okapi; zebra crossing", progress=False)
+    assert more[0] == first[0] and len(more) == 2
+    assert Bank.open(more[1]).classes == ["zebra crossing"]  # only the new class was generated
