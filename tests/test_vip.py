@@ -381,3 +381,17 @@ def test_vip_predictor_takes_the_same_inputs_as_dpseg_s():
     np.testing.assert_array_equal(maps[0], maps[1])
     with pytest.raises(SettingError, match=r"^images\[1\]: dtype int16 is not taken"):
         predictor.predict_batch([rgb, rgb.astype(np.int16)])
+
+
+def test_segment_s_missing_vip_weights_name_the_setting_segment_takes(tmp_path):
+    from conftest import run_cli
+    from PIL import Image
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (32, 32)).save(image)
+    result = run_cli("segment", "--method", "vip", "--encoder", "dinotxt-l16", "--images",
+                     str(image), "--vocab", "a; b", "--out", str(tmp_path / "o"),
+                     env={"TORCH_HOME": str(tmp_path / "torch")})  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "--model.encoder_weights" not in result.stderr
+    assert "encoder_weights: DIR in the model: section of a --config file" in result.stderr

@@ -57,7 +57,21 @@ class VIPPredictor(ImagePredictor):
             settings.pop(key, None)
         if encoder is not None:
             settings["encoder"] = encoder
-        return cls(VIPModule(**settings), device)
+        from pretrained.hub import WeightsUnavailableError
+
+        try:
+            module = VIPModule(**settings)
+        except WeightsUnavailableError as e:  # name the setting this path takes
+            import re
+
+            where = f"the model: section of {config}" if config else (
+                "the model: section of a --config file (configs/vip_*.yaml)")  # fmt: skip
+            raise WeightsUnavailableError(
+                re.sub(
+                    r"--model\.encoder_weights (\S+)", rf"encoder_weights: \1 in {where}", str(e)
+                )
+            ) from None
+        return cls(module, device)
 
     def set_vocabulary(self, vocabulary, bank: str | None = None):
         """Alias queries of ``vocabulary`` (synonyms are aliases), with a bank's visual prompts."""
