@@ -33,10 +33,10 @@ class ModelFileError(UnreadableFileError):
     """An exported model's folder is incomplete, changed or not one of ours."""
 
 
-def read_metrics(paths: list[str | os.PathLike]) -> dict[str, dict]:
-    """The scores of ``cli.py test`` runs (their ``DATASET.run.json``) for a card: dataset ->
-    {metric (%), rounds, command}."""
-    metrics = {}
+def read_metrics(paths: list[str | os.PathLike]) -> list[dict]:
+    """The scores of ``cli.py test`` runs (their ``DATASET.run.json``) for a card, one row per
+    file: dataset, rounds, metrics (%), command."""
+    rows = []
     for path in paths:
         path = Path(path)
         try:
@@ -48,12 +48,13 @@ def read_metrics(paths: list[str | os.PathLike]) -> dict[str, dict]:
                 "cli.py test writes in --model.results_dir"
             ) from None
         keep = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "fwIoU", "pACC")
-        metrics[run.get("dataset", path.stem)] = {
-            **{k: round(100 * float(scores[k]), 2) for k in keep if k in scores},
+        rows.append({
+            "dataset": run.get("dataset", path.stem.removesuffix(".run")),
             "rounds": run.get("rounds"),
+            **{k: round(100 * float(scores[k]), 2) for k in keep if k in scores},
             "command": run.get("command"),
-        }
-    return metrics
+        })  # fmt: skip
+    return rows
 
 
 def export_model(
@@ -146,7 +147,7 @@ Trained with these banks (a bank's images keep its generator's licence):
 
 Metrics (%, as `cli.py test` reported them):
 
-{metrics_table(config.get("metrics", {}))}
+{metrics_table(config.get("metrics", []))}
 
 Weights: `{WEIGHTS}`, {config["weights"]["parameters"]:,} values, sha256
 `{config["weights"]["sha256"]}` (checked at every load).
@@ -185,16 +186,16 @@ def parse_config(raw: bytes, path, option: str) -> dict:
     return config
 
 
-def metrics_table(metrics: dict[str, dict]) -> str:
+def metrics_table(metrics: list[dict]) -> str:
     if not metrics:
         return "(none recorded: export with --metrics RESULTS/DATASET.run.json)"
     rows = [
         "| dataset | rounds | mIoU | seen | unseen | hIoU | command |",
         "|---|---|---|---|---|---|---|",
     ]
-    for dataset, m in metrics.items():
+    for m in metrics:
         rows.append(
-            f"| {dataset} | {m.get('rounds')} | {m.get('mIoU', '')} | {m.get('mIoU_seen', '')} | "
+            f"| {m.get('dataset')} | {m.get('rounds')} | {m.get('mIoU', '')} | {m.get('mIoU_seen', '')} | "
             f"{m.get('mIoU_unseen', '')} | {m.get('hIoU', '')} | `{m.get('command') or '?'}` |"
         )
     return "\n".join(rows)

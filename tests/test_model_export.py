@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from conftest import run_cli
 from PIL import Image
 
@@ -54,3 +55,25 @@ def test_export_refuses_a_non_empty_folder_and_segment_both_sources(trained, wor
     result = run_cli("segment", "--ckpt", str(trained), "--model", str(tmp_path), "--images",
                      "x.jpg", "--vocab", "a", "--out", str(tmp_path / "o"), cwd=world)  # fmt: skip
     assert result.returncode == 2 and "give one of them" in result.stderr
+
+
+def test_the_card_lists_each_test_record_it_was_given(trained, tmp_path):
+    from model.export import export_model
+
+    records = []
+    for rounds, miou in ((1, 0.52), (2, 0.48)):
+        path = tmp_path / f"round{rounds}" / "toy.run.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"dataset": "toy", "rounds": rounds, "command": f"python cli.py test r{rounds}",
+                                    "metrics": {"mIoU": miou, "mIoU_seen": miou}}))  # fmt: skip
+        records.append(path)
+    folder = export_model(trained, tmp_path / "model", records)
+    config = json.loads((folder / "config.json").read_text())
+    assert [(m["rounds"], m["mIoU"]) for m in config["metrics"]] == [(1, 52.0), (2, 48.0)]
+    card = (folder / "README.md").read_text()
+    assert "`python cli.py test r1`" in card and "`python cli.py test r2`" in card
+    (tmp_path / "bad.json").write_text("{}")
+    from model.export import ModelFileError
+
+    with pytest.raises(ModelFileError, match="not a test record"):
+        export_model(trained, tmp_path / "model2", [tmp_path / "bad.json"])
