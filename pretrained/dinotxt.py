@@ -512,8 +512,10 @@ class DenseDinoTxt(nn.Module):
     @torch.no_grad()
     def features_and_attention(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward`'s features and, from the same pass, the backbone's last-block
-        attention among its patch tokens (B, N, N), heads averaged, rows renormalised over
-        patches: the affinity the reported alias-selection rule uses."""
+        attention among its patch tokens (B, N, N): per head a softmax over the patch keys
+        (the head's probabilities renormalised over patches: the class and register tokens
+        left out), then the heads averaged, as VIP's reference forms its attention map; the
+        affinity the reported alias-selection rule uses."""
         attn = self.model.backbone.blocks[-1].attn
         probs: list[torch.Tensor] = []
         fused, attn.fused_attn = attn.fused_attn, False  # the path that forms the probabilities
@@ -523,8 +525,9 @@ class DenseDinoTxt(nn.Module):
         finally:
             hook.remove()
             attn.fused_attn = fused
-        a = probs[-1].float().mean(dim=1)[:, PREFIX_TOKENS:, PREFIX_TOKENS:]
-        return features, a / a.sum(dim=-1, keepdim=True).clamp(min=1e-12)
+        a = probs[-1].float()[:, :, PREFIX_TOKENS:, PREFIX_TOKENS:]  # (B, heads, N, N)
+        a = a / a.sum(dim=-1, keepdim=True).clamp(min=1e-12)  # softmax over patch keys, per head
+        return features, a.mean(dim=1)
 
     def backbone_attention(self, images: torch.Tensor) -> torch.Tensor:
         """(B, N, N) the attention of :meth:`features_and_attention` alone."""

@@ -343,8 +343,8 @@ def test_alias_queries_average_the_templates_of_each_alias(tiny_vit):
 
 
 def test_reported_affinity_is_the_backbones_attention_among_patches():
-    """dino.txt's last backbone block's attention, heads averaged, patches only, rows
-    renormalised, on the grid the dense path keeps; the selector takes it in place of the
+    """dino.txt's last backbone block's attention among patches (per head a softmax over the
+    patch keys, then the heads averaged), on the grid the dense path keeps; the selector takes it in place of the
     proxy attention and asks for it when the config says so."""
     from model.vip.dense import create_dense_encoder
     from model.vip.selection import AliasSelector, SelectionConfig
@@ -357,6 +357,24 @@ def test_reported_affinity_is_the_backbones_attention_among_patches():
     torch.testing.assert_close(affinity.sum(dim=-1), torch.ones(2, 12))
     attn = dense.model.backbone.blocks[-1].attn
     assert attn.fused_attn  # restored after the call
+    # per head a softmax over the patch keys, then the heads averaged (VIP's reference), not
+    # the heads averaged over every token and then renormalised (0.18 apart on real weights)
+    from pretrained.dinotxt import PREFIX_TOKENS
+
+    probs: list = []
+    attn.fused_attn = False
+    hook = attn.attn_drop.register_forward_hook(lambda _m, _i, out: probs.append(out))
+    try:
+        dense(images)
+    finally:
+        hook.remove()
+        attn.fused_attn = True
+    heads = probs[-1].float()[:, :, PREFIX_TOKENS:, PREFIX_TOKENS:]
+    expected = (heads / heads.sum(dim=-1, keepdim=True)).mean(dim=1)
+    torch.testing.assert_close(affinity, expected)
+    averaged_first = heads.mean(dim=1)
+    averaged_first = averaged_first / averaged_first.sum(dim=-1, keepdim=True)
+    assert not torch.allclose(affinity, averaged_first, atol=1e-6)
     features = dense(images).flatten(2).transpose(1, 2)  # (2, 12, 64)
     assert not torch.allclose(affinity, proxy_attention(features), atol=1e-3)
     queries = torch.nn.functional.normalize(torch.randn(3, 64), dim=-1)

@@ -27,7 +27,8 @@ rule with a cosine pre-filter of 0.7 between an alias's and its canonical name's
 embeddings, a region threshold of 0.4, an affinity from the backbone's attention, and scores
 taken only over images where the region is not empty; ``SelectionConfig.reported()`` sets all
 four (``prefilter``, ``threshold``, ``affinity="attention"``: the backbone's last-block attention
-among patches, heads averaged, for dino.txt; ``nonempty_only``).
+among patches, per head a softmax over the patch keys, then heads averaged, for dino.txt;
+``nonempty_only``).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class SelectionConfig:
     # (reported); else over every image
     affinity: str = "proxy"  # the random walk's affinity: "proxy" (ours: the proxy attention of
     # the dense features) or "attention" (reported: the backbone's last-block attention among
-    # patches, heads averaged; dino.txt only)
+    # patches, a softmax over patch keys per head, heads averaged; dino.txt only)
 
     def __post_init__(self) -> None:
         # SettingError (a ValueError): one line naming the one bad option, its value, the range
