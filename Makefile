@@ -38,7 +38,7 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 TEST_WORKERS ?= 2
 
 test: lint  ## lint, then the test suite (offline, CPU, tiny presets)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 demo: $(STAMP)  ## the whole path offline in the toy world: data, bank, fit, test x2, predict
 	$(PY) demo.py --out demo_out

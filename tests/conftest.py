@@ -16,7 +16,24 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
+SLOW_FILES_FIRST = (
+    "test_toy_learning.py",
+    "test_bank_integrity.py",
+    "test_predict.py",
+    "test_rehearsal.py",
+    "test_open_names.py",
+    "test_bank_sharing.py",
+    "test_lightning.py",
+    "test_app.py",
+)
+"""Files that take longest, collected first: ``make test`` runs files in 2 processes
+(pytest-xdist ``--dist loadfile``) in collection order, and a long file started last would run
+alone at the end (``make test`` prints the slowest tests: ``--durations``)."""
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
     if config.getoption("markexpr"):
         return
     skip = pytest.mark.skip(reason="needs real weights: run with -m slow")
