@@ -133,6 +133,9 @@ class Segmenters:
         )
         present = len({int(c) for lab in labels for c in np.unique(lab)})
         status = f"{method}: {len(images)} image(s), {present} of {len(vocabulary)} classes present"
+        generated = sum(v == "generated" for v in getattr(predictor, "sources", {}).values())
+        if generated:
+            status += f"; {generated} class(es) not in the bank, built for this vocabulary"
         return Result(overlays, table, explained, status)
 
     def _explain(self, predictor, method: str, image: np.ndarray, class_name: str) -> str:

@@ -75,3 +75,11 @@ def test_the_page_shows_a_bad_vocabulary_as_one_line(app_url, chromium, world):
     result = segment_in_browser(app_url, [image], "   ")
     assert result["status"].startswith("error: vocabulary:"), result
     assert "\n" not in result["status"] and result["names"] == []
+
+
+def test_a_class_the_bank_lacks_is_built_from_the_page(app_url, chromium, world):
+    from app.browser import segment_in_browser
+
+    image = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[0]
+    result = segment_in_browser(app_url, [image], "red disc; okapi; background")
+    assert "1 class(es) not in the bank, built for this vocabulary" in result["status"], result
