@@ -22,6 +22,7 @@ network by default).
 from __future__ import annotations
 
 import html
+import itertools
 import logging
 import tempfile
 import threading
@@ -83,6 +84,9 @@ class Segmenters:
 
             self.vip = VIPPredictor.from_config(config.vip_config, device=config.device)
         self._vocab: dict[str, str] = {}
+        self._scratch = tempfile.TemporaryDirectory(prefix="dpseg-app-")  # removed at exit
+        self.scratch = Path(self._scratch.name)
+        self._counter = itertools.count()
 
     @property
     def methods(self) -> list[str]:
@@ -144,7 +148,7 @@ class Segmenters:
             raise SettingError(
                 f"explain {class_name!r}: not in the vocabulary ({', '.join(names[:10])})"
             )
-        out = Path(tempfile.mkdtemp(prefix="dpseg-app-")) / "explain.png"
+        out = self.scratch / f"explain-{next(self._counter)}.png"
         if method == "VIP":
             return str(probability_picture(predictor, image, class_name, out))
         from model.explain import write_explanation
@@ -268,5 +272,6 @@ def serve(config: AppConfig, block: bool = True):
     page = build_page(segmenters)
     page.queue(default_concurrency_limit=1)
     page.launch(server_name=config.host, server_port=config.port or None, share=False,
-                prevent_thread_lock=not block, show_error=False, quiet=not block)  # fmt: skip
+                prevent_thread_lock=not block, show_error=False, quiet=True,
+                max_file_size="50mb")  # fmt: skip
     return page

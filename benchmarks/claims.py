@@ -319,7 +319,8 @@ def _ci(interval: dict) -> str:
 def markdown(record: dict) -> str:
     """claims.md: the rows, then the verdicts, then what the rows rest on."""
     seeds, steps = record["seeds"], record["steps"]
-    whose = "the config's" if record["steps_from"] == "config" else "--steps"
+    whose = {"config": "the config's", "CLAIMS_STEPS": "the claims' default"}.get(
+        record["steps_from"], "--steps")  # fmt: skip
     lines = [
         f"Toy world, {len(seeds)} paired seeds ({', '.join(map(str, seeds))}), {steps} training "
         f"steps per DPSeg run ({whose}), {record['jobs']} runs side by side with "
@@ -589,7 +590,9 @@ def main() -> int:
     record = {
         "seeds": seeds,
         "steps": config_steps() if args.steps is None else args.steps,
-        "steps_from": "config" if args.steps is None else "--steps",
+        "steps_from": "config"
+        if args.steps is None
+        else ("CLAIMS_STEPS" if args.steps == CLAIMS_STEPS else "--steps"),
         "jobs": args.jobs,
         "threads": args.threads,
         "minutes": (time.perf_counter() - start) / 60,

@@ -17,8 +17,18 @@ def cmd_app(args: argparse.Namespace) -> None:
         from data.errors import SettingError
 
         raise SettingError(f"--model {config.model!r} and --ckpt {config.ckpt!r}: give one of them")
-    print(f"serving on http://{config.host}:{config.port} (Ctrl-C stops it)", flush=True)
-    serve(config)
+    page = serve(config, block=False)
+    print(f"serving on {page.local_url} (Ctrl-C stops it)", flush=True)
+    import time
+
+    from data.signals import Interrupted
+
+    try:
+        while True:  # the server runs in its threads; Ctrl-C or SIGTERM stops it cleanly
+            time.sleep(0.5)
+    except (Interrupted, KeyboardInterrupt):
+        page.close()
+        print("app stopped", flush=True)
 
 
 def _app_options(p) -> None:

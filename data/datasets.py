@@ -50,8 +50,8 @@ class UnreadableImageError(UnreadableFileError):
 MAX_PIXELS = 80_000_000
 """The most pixels an input image may have (ours: the largest benchmark images, iSAID's, have up
 to about 52 M; an 80 M-pixel RGB image decodes to 240 MB). ``$DPSEG_MAX_PIXELS`` or
-``segment --max-pixels`` change it; PIL's own bomb guard (``Image.MAX_IMAGE_PIXELS``) stays
-below it."""
+``segment --max-pixels`` change it. PIL's own bomb guard (``Image.MAX_IMAGE_PIXELS``, 89 M:
+a warning; twice that: an error) stays in force too."""
 
 
 def max_pixels() -> int:
@@ -70,8 +70,9 @@ def max_pixels() -> int:
 
 
 def _rgb(image: Image.Image, path) -> np.ndarray:
-    """A decoded image as (H, W, 3) uint8: 16-bit and 32-bit integer greys scaled from their
-    range, float greys from [0, 1] (or [0, 255]); anything else through PIL's RGB."""
+    """A decoded image as (H, W, 3) uint8: integer greys of 8 or 16 bits (32-bit ones whose
+    values fit 16 bits) scaled from their range, float greys from [0, 1] (or [0, 255]); other
+    value ranges refused; anything else through PIL's RGB."""
     mode = image.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
         grey = np.asarray(image, dtype=np.float64)

@@ -39,19 +39,20 @@ def read_metrics(paths: list[str | os.PathLike]) -> list[dict]:
     rows = []
     for path in paths:
         path = Path(path)
+        keep = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "fwIoU", "pACC")
         try:
             run = json.loads(path.read_text())
-            scores = run["metrics"]
+            scores = {k: round(100 * float(run["metrics"][k]), 2) for k in keep
+                      if k in run["metrics"]}  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError):
             raise ModelFileError(
                 f"--metrics {str(path)!r}: not a test record; give the DATASET.run.json that "
                 "cli.py test writes in --model.results_dir"
             ) from None
-        keep = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "fwIoU", "pACC")
         rows.append({
             "dataset": run.get("dataset", path.stem.removesuffix(".run")),
             "rounds": run.get("rounds"),
-            **{k: round(100 * float(scores[k]), 2) for k in keep if k in scores},
+            **scores,
             "command": run.get("command"),
         })  # fmt: skip
     return rows
@@ -183,6 +184,17 @@ def parse_config(raw: bytes, path, option: str) -> dict:
             f"{option}: {path} is not a {FORMAT} v{FORMAT_VERSION} config (format "
             f"{found.get('format')!r} v{found.get('format_version')!r})"
         )
+    expected = {"model": dict, "inference": dict, "encoder": dict, "banks": dict, "weights": dict}
+    wrong = [k for k, kind in expected.items() if not isinstance(config.get(k), kind)]
+    weights = config.get("weights") or {}
+    if not wrong and (weights.get("file") != WEIGHTS or not isinstance(weights.get("sha256"), str)):
+        wrong.append("weights")  # the file is always model.safetensors: no other path is read
+    if wrong:
+        raise ModelFileError(
+            f"{option}: {path} lacks a valid {', '.join(wrong)} entry (a config.json of "
+            "`cli.py model export` names the weights file model.safetensors and its sha256); "
+            "export or pull the model again"
+        )
     return config
 
 
@@ -194,9 +206,11 @@ def metrics_table(metrics: list[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for m in metrics:
+        command = str(m.get("command") or "?").replace("`", "'").replace("|", "&#124;")
         rows.append(
             f"| {m.get('dataset')} | {m.get('rounds')} | {m.get('mIoU', '')} | {m.get('mIoU_seen', '')} | "
-            f"{m.get('mIoU_unseen', '')} | {m.get('hIoU', '')} | `{m.get('command') or '?'}` |"
+            f"{m.get('mIoU_unseen', '')} | {m.get('hIoU', '')} | "
+            f"`{command}` |"
         )
     return "\n".join(rows)
 

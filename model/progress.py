@@ -72,16 +72,31 @@ class StepProgressBar(ProgressBar):
             self._eval = None
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking:
-            self._start("validate", self.total_val_batches)
+        if trainer.sanity_checking:
+            return
+        if self._train is not None:  # inside fit: a phase of the fit bar, not a second display
+            self._val_total, self._val_done = self.total_val_batches, 0
+            return
+        self._start("validate", self.total_val_batches)
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ):
+        if trainer.sanity_checking:
+            return
+        if self._train is not None:
+            self._val_done += 1
+            total = int(self._val_total) if math.isfinite(self._val_total) else "?"
+            self._train.update(info=f"validating {self._val_done}/{total}")
+            return
         self._advance()
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self._end()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._end()  # the live displays stop, so the error is printed on a clean line
+        self.on_train_end(trainer, pl_module)
 
     def on_test_start(self, trainer, pl_module) -> None:
         self._start("test", sum(trainer.num_test_batches))

@@ -93,29 +93,36 @@ def push_model(
     files = [weights, *(f for f in (CARD, CONFIG) if (folder / f).is_file())]
     size = sum((folder / f).stat().st_size for f in files)
     start = time.perf_counter()
+    if url.startswith("hf://"):
+        from prompt_bank.share import hub_repo
+
+        kind, _, revision = hub_repo(url)
+        if kind != "model" or revision:
+            raise ModelFileError(
+                f"URL {url!r}: a model goes to a hub model repository's main branch: write "
+                "hf://ORG/NAME (no datasets/, no @REVISION)"
+            )
     with remote_errors(url, "model push to"):
         repaired = False
-        if not url.startswith("hf://"):  # the hub hashes and dedupes uploads itself
-            fs, base = filesystem(url, storage_options)
-            there = _read_remote(fs, f"{base.rstrip('/')}/{CONFIG}")
-            if there is not None and there != raw:
+        fs, base, there = _remote_model(url, storage_options)
+        if there is not None and there != raw:
+            raise ModelFileError(
+                f"URL {url} holds another model (content key {model_key(there)[:16]}); push "
+                "to a new URL (a push never replaces a model)"
+            )
+        if there is None and fs is not None and fs.exists(base):
+            others = sorted(
+                p.rsplit("/", 1)[-1] for p in fs.find(base) if p.rsplit("/", 1)[-1] not in FILES
+            )
+            if others:
                 raise ModelFileError(
-                    f"URL {url} holds another model (content key {model_key(there)[:16]}); push "
-                    "to a new URL (a push never replaces a model)"
+                    f"URL {url} holds other files ({', '.join(others[:5])}); push to a new URL"
                 )
-            if there is None and fs.exists(base):
-                others = sorted(
-                    p.rsplit("/", 1)[-1] for p in fs.find(base) if p.rsplit("/", 1)[-1] not in FILES
-                )
-                if others:
-                    raise ModelFileError(
-                        f"URL {url} holds other files ({', '.join(others[:5])}); push to a new URL"
-                    )
-            if there is not None:
-                found = _remote_sha256(fs, f"{base.rstrip('/')}/{weights}")
-                if found == config["weights"]["sha256"]:
-                    return {"url": url, "uploaded": 0, "key": key, "repaired": False}
-                repaired = True  # same config, damaged or missing weights: send them again
+        if there is not None:
+            found = _remote_sha256(fs, f"{base}/{weights}")
+            if found == config["weights"]["sha256"]:
+                return {"url": url, "uploaded": 0, "key": key, "repaired": False}
+            repaired = True  # same config, damaged or missing weights: send them again
         from prompt_bank.share import upload_folder
 
         upload_folder(folder, url, storage_options, progress, files=files, last=CONFIG)
@@ -126,6 +133,22 @@ def push_model(
         "repaired": repaired,
         "seconds": time.perf_counter() - start,
     }
+
+
+def _remote_model(url: str, storage_options: dict | None):
+    """(filesystem, base path, the config.json there or None) of a push's URL; for a hub
+    repository that does not exist yet, (None, base, None)."""
+    if url.startswith("hf://"):
+        from huggingface_hub import HfApi
+
+        from prompt_bank.share import hub_repo
+
+        _, repo, _ = hub_repo(url)
+        if not HfApi().repo_exists(repo):
+            return None, url, None
+    fs, base = filesystem(url, storage_options)
+    base = base.rstrip("/")
+    return fs, base, _read_remote(fs, f"{base}/{CONFIG}")
 
 
 def _read_remote(fs, path: str) -> bytes | None:
@@ -214,9 +237,14 @@ def pull_model(
             if card is not None:
                 (staging / CARD).write_bytes(card)
             (staging / CONFIG).write_bytes(raw)
-            if target.exists():  # a damaged or older copy of this folder: replaced whole
-                shutil.rmtree(target)
-            os.rename(staging, target)
+            if not cached_copy_is_whole(target, raw):  # another pull may have finished it
+                if target.exists():  # a damaged copy of this model: replaced whole
+                    shutil.rmtree(target)
+                try:
+                    os.rename(staging, target)
+                except OSError:
+                    if not cached_copy_is_whole(target, raw):  # a pull beside this one won
+                        raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     downloaded = sum(p.stat().st_size for p in target.iterdir() if p.is_file())

@@ -553,8 +553,10 @@ def _build_bank(config: BuildConfig, location: str) -> BuildSummary:
         group = open_group(location, mode="r+")
         _check_resume(dict(group.attrs), expected, location)
         validate_group(group, location)
-        # what the bank was sealed with (a complete bank): shards that differ are rebuilt
-        sealed = (dict(group.attrs).get("contents") or {}).get("objects")
+        # what the bank was sealed with (a complete bank, or one whose repair was interrupted):
+        # shards that differ are rebuilt
+        attrs = dict(group.attrs)
+        sealed = (attrs.get("contents") or attrs.get("previous_contents") or {}).get("objects")
 
         shards = list(range(len(layout.shard_ranges())))[rank::world]
         total_items = sum(

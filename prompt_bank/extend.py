@@ -48,17 +48,29 @@ def cache_location(bank: Bank, vocabulary: Vocabulary) -> str:
     return str(cache_dir(bank) / f"{digest}.zarr")
 
 
+def _settings(attrs: dict) -> tuple:
+    """What makes two banks' prompts comparable: templates, images per prompt, the generator's
+    settings (preset, fingerprint, steps, guidance, size, seed) and the encoder's."""
+    g, e = attrs.get("generator") or {}, attrs.get("encoder") or {}
+    generator = tuple(g.get(k) for k in ("preset", "fingerprint", "scheduler", "steps",
+                                         "guidance", "height", "width", "base_seed"))  # fmt: skip
+    return (tuple(attrs.get("templates") or ()), attrs.get("images_per_prompt"), generator,
+            e.get("preset"), e.get("fingerprint"))  # fmt: skip
+
+
 def cached_banks(bank: Bank) -> list[Bank]:
-    """The complete (sealed) banks in ``bank``'s cache; an incomplete or unreadable one is left
-    to the build that resumes it."""
+    """The complete (sealed) banks in ``bank``'s cache made with ``bank``'s settings (a cache
+    left by an earlier bank at the same path, built otherwise, is not mixed in); an incomplete
+    or unreadable one is left to the build that resumes it."""
     folder = cache_dir(bank)
+    wanted = _settings(bank.attrs)
     found = []
     for location in sorted(folder.glob("*.zarr")) if folder.is_dir() else []:
         try:
             cached = Bank.open(location)
         except (ValueError, OSError):
             continue
-        if cached.seal is not None:
+        if cached.seal is not None and _settings(cached.attrs) == wanted:
             found.append(cached)
     return found
 

@@ -109,13 +109,14 @@ def _alive(pid: int) -> bool:
 TAKEOVER_KEY = "build.lock.takeover"
 
 
-def _take_over(store, stale: bytes | None, mine: dict) -> None:
+def _take_over(store, stale: bytes | None, mine: dict, attempt: int = 0) -> None:
     """Delete the stale lock ``stale`` (its bytes as read) under ``build.lock.takeover``, which
     one process at a time creates (create-exclusive): the lock is deleted only while its bytes
     are still the stale ones, so a fresh lock another process took meanwhile is never deleted
     (checking, then deleting, let two processes both take one stale lock). A takeover file left
-    by a dead process is removed."""
-    from zarr.core.buffer import default_buffer_prototype
+    by a dead process is removed, and one that cannot be read or comes from another host after
+    100 attempts (a process killed while writing it, or a host that is gone)."""
+    from zarr.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
     claim = default_buffer_prototype().buffer.from_bytes(json.dumps(mine).encode())
@@ -126,7 +127,8 @@ def _take_over(store, stale: bytes | None, mine: dict) -> None:
     except ValueError:
         owner = {}
     if owner.get("token") != mine["token"]:
-        if owner.get("host") == mine["host"] and not _alive(int(owner.get("pid") or 0)):
+        here = owner.get("host") == mine["host"]
+        if (here and not _alive(int(owner.get("pid") or 0))) or (not here and attempt >= 100):
             put_object(store, TAKEOVER_KEY, None)  # its owner died during a takeover
         return
     try:
@@ -139,7 +141,7 @@ def _take_over(store, stale: bytes | None, mine: dict) -> None:
 @contextlib.contextmanager
 def build_lock(group, location: str, command: str | None = None):
     """Hold ``build.lock`` in the bank for the duration; refuse a live holder, take a stale one."""
-    from zarr.core.buffer import default_buffer_prototype
+    from zarr.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
     store = group.store
@@ -162,7 +164,7 @@ def build_lock(group, location: str, command: str | None = None):
             break
         stale = holder.get("host") == mine["host"] and not _alive(int(holder.get("pid") or 0))
         if stale or not holder:  # its builder is gone: take over, one process at a time
-            _take_over(store, raw, mine)
+            _take_over(store, raw, mine, attempt)
             time.sleep(0.005 * (attempt % 10))
             continue
         raise BankLockError(
@@ -172,7 +174,10 @@ def build_lock(group, location: str, command: str | None = None):
             f"delete {location.rstrip('/')}/{LOCK_KEY}"
         )
     else:
-        raise BankLockError(f"could not take the lock {location}/{LOCK_KEY}; try again")
+        raise BankLockError(
+            f"could not take the lock {location}/{LOCK_KEY} (another process kept taking it "
+            f"over); try again, and if this repeats delete {location.rstrip('/')}/{TAKEOVER_KEY}"
+        )
     try:
         yield
     finally:

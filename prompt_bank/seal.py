@@ -22,10 +22,13 @@ CARD_KEY = "README.md"
 
 
 def unseal(group) -> None:
-    """Forget the sealed contents (the bank is about to change)."""
+    """Forget the sealed contents (the bank is about to change); their object hashes stay as
+    ``previous_contents`` until the bank is sealed again, so that a repair that is interrupted
+    and resumed still knows which objects the bank was sealed with."""
     if "contents" in group.attrs:
         attrs = dict(group.attrs)
-        attrs.pop("contents")
+        contents = attrs.pop("contents")
+        attrs.setdefault("previous_contents", {"objects": contents.get("objects", {})})
         group.attrs.put(attrs)
         put_object(group.store, CARD_KEY, None)
 
@@ -79,6 +82,7 @@ def seal_bank(location: str) -> int:
         return Bank(location, group, layout).nbytes_stored()
     hashes, size = found
     attrs = dict(group.attrs)
+    attrs.pop("previous_contents", None)
     attrs["contents"] = {
         "complete": True,
         "items": int(done.size),

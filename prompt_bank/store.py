@@ -90,6 +90,18 @@ def _remote_failures() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+def _local_storage_error(error: OSError) -> bool:
+    """A full disk or quota, a file size limit, a read-only or forbidden local path."""
+    import errno
+
+    if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS):
+        return True
+    name = error.filename
+    return error.errno in (errno.EACCES, errno.EPERM) and bool(name) and not is_url(str(name)) and (
+        os.path.exists(os.path.dirname(str(name)) or ".")
+    )  # fmt: skip
+
+
 @contextlib.contextmanager
 def remote_errors(url: str, what: str):
     """A failed request to ``url`` while doing ``what`` ends in one line (:class:`RemoteError`)
@@ -98,6 +110,14 @@ def remote_errors(url: str, what: str):
         yield
     except (UserError, FileNotFoundError):
         raise
+    except OSError as e:
+        if _local_storage_error(e):
+            raise  # this machine's disk (cli.py says so in one line), not the store
+        raise RemoteError(
+            f"{what} {url}: {type(e).__name__}: {one_line(e)[:300]}; check the URL, the network "
+            "and the credentials (--storage-options, $DPSEG_STORAGE_OPTIONS, or huggingface-cli "
+            "login for hf://)"
+        ) from None
     except _remote_failures() as e:
         raise RemoteError(
             f"{what} {url}: {type(e).__name__}: {one_line(e)[:300]}; check the URL, the network "

@@ -3,6 +3,7 @@ system's Chromium (app.browser): upload, vocabulary, overlays, legend, errors in
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -32,14 +33,16 @@ def app_url(trained, world, tmp_path_factory):
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 180
-        while "Running on" not in log.read_text():
+        while "serving on http://127.0.0.1:" not in log.read_text():
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the app did not start: {log.read_text()[-3000:]}")
             time.sleep(0.5)
         yield f"http://127.0.0.1:{port}/"
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        process.send_signal(signal.SIGINT)  # Ctrl-C stops the app cleanly: exit 0, one line
+        process.wait(timeout=60)
+    assert process.returncode == 0, log.read_text()[-3000:]
+    assert log.read_text().rstrip().endswith("app stopped"), log.read_text()[-3000:]
 
 
 @pytest.fixture(scope="module")

@@ -526,7 +526,7 @@ def test_file_urls_and_user_errors_in_process(reference, tmp_path, capsys):
         (reference / "text" / "x.1234.partial").unlink()
 
 
-def _hold_the_lock(location: str, barrier, held, overlaps) -> None:
+def _hold_the_lock(location: str, barrier, held, overlaps, taken) -> None:
     """A process: wait for the others, take the bank's lock, note any overlap, let go."""
     import time
 
@@ -538,6 +538,7 @@ def _hold_the_lock(location: str, barrier, held, overlaps) -> None:
         with build_lock(group, location):
             with held.get_lock():
                 held.value += 1
+                taken.value += 1
                 if held.value > 1:
                     overlaps.value += 1
             time.sleep(0.05)
@@ -556,16 +557,18 @@ def test_two_processes_never_both_take_a_stale_lock(reference, tmp_path):
     bank = copy_of(reference, tmp_path)
     gone = subprocess.Popen(["true"])
     gone.wait()
-    overlaps = context.Value("i", 0)
-    for _ in range(30):
+    overlaps, taken = context.Value("i", 0), context.Value("i", 0)
+    for trial in range(30):
         _write_lock(bank, gone.pid, socket.gethostname())  # stale: its process has ended
         barrier, held = context.Barrier(2), context.Value("i", 0)
-        workers = [context.Process(target=_hold_the_lock, args=(str(bank), barrier, held, overlaps))
+        workers = [context.Process(target=_hold_the_lock,
+                                   args=(str(bank), barrier, held, overlaps, taken))
                    for _ in range(2)]  # fmt: skip
         for w in workers:
             w.start()
         for w in workers:
             w.join(timeout=60)
             assert w.exitcode == 0
+        assert taken.value >= trial + 1  # somebody took the stale lock in every trial
     assert overlaps.value == 0
     assert not (bank / "build.lock").exists() and not (bank / "build.lock.takeover").exists()

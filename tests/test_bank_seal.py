@@ -127,3 +127,28 @@ def test_a_push_that_cannot_reach_its_store_is_one_line(reference, where):
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"bank push to {url}: " in lines[0], lines
+
+
+def test_a_repair_interrupted_after_its_first_shard_still_rebuilds_the_second(
+    reference, other, tmp_path
+):
+    """Two shards copied in; the repair rebuilt the first and was killed (the bank is unsealed
+    by then): the resume still knows the sealed objects and rebuilds the second."""
+    import zarr
+
+    from prompt_bank.seal import unseal
+
+    bank = transplanted(reference, other, tmp_path)
+    for array in Bank.open(bank, check_seal=False).layout.arrays():
+        shutil.copyfile(shard_object(other, array, 2), shard_object(bank, array, 2))
+    shutil.copyfile(other / "manifest/shard-00002.json", bank / "manifest/shard-00002.json")
+    unseal(zarr.open_group(str(bank), mode="r+"))  # what the repair did before its first rebuild
+    for array in Bank.open(bank).layout.arrays():  # ... and shard 1 rebuilt, then killed
+        shutil.copyfile(shard_object(reference, array, 1), shard_object(bank, array, 1))
+    shutil.copyfile(reference / "manifest/shard-00001.json", bank / "manifest/shard-00001.json")
+    summary = build_bank(config_from_bank(Bank.open(bank).attrs, progress=False), bank)
+    assert summary.items_done == 12  # shard 2 rebuilt, not sealed as it was
+    for name, values in arrays_of(reference).items():
+        np.testing.assert_array_equal(arrays_of(bank)[name], values)
+    assert Bank.open(bank).seal == Bank.open(reference).seal
+    assert "previous_contents" not in Bank.open(bank).attrs

@@ -176,3 +176,19 @@ def test_missing_and_unreachable_models_end_in_one_line(exported, world, tmp_pat
         "model", "push", str(exported), "s3://bucket/model", "--quiet", env=env, cwd=world
     )
     assert "model push to s3://bucket/model" in _one_line_error(result)
+
+
+def test_a_config_naming_another_weights_path_is_refused_and_writes_nothing(exported, tmp_path):
+    """A remote config.json is untrusted: a weights "file" outside the folder (or any name but
+    model.safetensors) is refused before anything is downloaded."""
+    from model.export import ModelFileError
+    from model.share import pull_model
+
+    remote = tmp_path / "remote"
+    shutil.copytree(exported, remote)
+    config = json.loads((remote / "config.json").read_text())
+    config["weights"]["file"] = "../escaped.bin"
+    (remote / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="lacks a valid weights entry"):
+        pull_model(f"file://{remote}", tmp_path / "here", progress=False)
+    assert not (tmp_path / "escaped.bin").exists() and not (tmp_path / "here").exists()

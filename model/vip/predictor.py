@@ -68,7 +68,9 @@ class VIPPredictor(ImagePredictor):
                 "the model: section of a --config file (configs/vip_*.yaml)")  # fmt: skip
             raise WeightsUnavailableError(
                 re.sub(
-                    r"--model\.encoder_weights (\S+)", rf"encoder_weights: \1 in {where}", str(e)
+                    r"--model\.encoder_weights (\S+)",
+                    lambda m: f"encoder_weights: {m.group(1)} in {where}",
+                    str(e),
                 )
             ) from None
         return cls(module, device)
