@@ -56,7 +56,7 @@ def chromium():
 
 
 def test_the_page_segments_an_uploaded_image_and_lists_the_classes_it_found(
-    app_url, chromium, world, tmp_path
+    chromium, app_url, world, tmp_path
 ):
     from app.browser import segment_in_browser
 
@@ -71,7 +71,7 @@ def test_the_page_segments_an_uploaded_image_and_lists_the_classes_it_found(
     assert page.shape[1] == 1280 and page.shape[0] > 600
 
 
-def test_the_page_shows_a_bad_vocabulary_as_one_line(app_url, chromium, world):
+def test_the_page_shows_a_bad_vocabulary_as_one_line(chromium, app_url, world):
     from app.browser import segment_in_browser
 
     image = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[0]
@@ -80,7 +80,7 @@ def test_the_page_shows_a_bad_vocabulary_as_one_line(app_url, chromium, world):
     assert "\n" not in result["status"] and result["names"] == []
 
 
-def test_a_class_the_bank_lacks_is_built_from_the_page(app_url, chromium, world):
+def test_a_class_the_bank_lacks_is_built_from_the_page(chromium, app_url, world):
     from app.browser import segment_in_browser
 
     image = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[0]
