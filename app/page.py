@@ -261,17 +261,36 @@ def build_page(segmenters: Segmenters):
     return page
 
 
+def check_port(host: str, port: int) -> int:
+    """The port to serve on: ``port`` if it is free on ``host`` (refused in one line if not),
+    a free one for 0. Checked before any model loads."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise SettingError(f"--port {port}: give 1 to 65535, or 0 for a free port")
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise SettingError(
+                f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); give another "
+                "port, or --port 0 for a free one"
+            ) from None
+        return probe.getsockname()[1]
+
+
 def serve(config: AppConfig, block: bool = True):
     """Load the models, then serve the page; returns Gradio's app object when not ``block``."""
     import os
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls out of the machine
+    port = check_port(config.host, config.port)
     segmenters = Segmenters(config)
     if not segmenters.methods:
         raise SettingError("app: give --model or --ckpt (DPSeg), or --vip-config (VIP)")
     page = build_page(segmenters)
     page.queue(default_concurrency_limit=1)
-    page.launch(server_name=config.host, server_port=config.port or None, share=False,
+    page.launch(server_name=config.host, server_port=port, share=False,
                 prevent_thread_lock=not block, show_error=False, quiet=True,
                 max_file_size="50mb")  # fmt: skip
     return page

@@ -86,3 +86,20 @@ def test_a_class_the_bank_lacks_is_built_from_the_page(chromium, app_url, world)
     image = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[0]
     result = segment_in_browser(app_url, [image], "red disc; okapi; background")
     assert "1 class(es) not in the bank, built for this vocabulary" in result["status"], result
+
+
+def test_a_port_in_use_is_one_line_before_any_model_loads(tmp_path):
+    import socket
+
+    from conftest import run_cli
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("app", "--model", str(tmp_path / "none"), "--port", str(port))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip() == (
+        f"error: --port {port}: cannot listen on 127.0.0.1:{port} (Address already in use); "
+        "give another port, or --port 0 for a free one"
+    )
