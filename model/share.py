@@ -195,6 +195,10 @@ def pull_model(
     from prompt_bank.share import cache_dir
 
     options = resolve_storage_options(storage_options)
+    if to is not None:
+        from data.errors import check_output_folder
+
+        check_output_folder(to, "--to")  # a file, or a path below one: refused before any request
     with remote_errors(url, "model pull from"):
         fs, base = filesystem(url, options)
         base = base.rstrip("/")

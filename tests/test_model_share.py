@@ -192,3 +192,13 @@ def test_a_config_naming_another_weights_path_is_refused_and_writes_nothing(expo
     with pytest.raises(ModelFileError, match="lacks a valid weights entry"):
         pull_model(f"file://{remote}", tmp_path / "here", progress=False)
     assert not (tmp_path / "escaped.bin").exists() and not (tmp_path / "here").exists()
+
+
+def test_pull_to_a_file_is_refused_before_any_request(exported, tmp_path):
+    from conftest import run_cli
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    result = run_cli("model", "pull", f"file://{exported}", "--to", str(afile))
+    assert result.returncode == 2 and "--to" in result.stderr and "is a file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and afile.read_text() == "x"
