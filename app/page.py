@@ -79,6 +79,11 @@ class Segmenters:
         elif config.ckpt:
             self.dpseg = Predictor.from_checkpoint(config.ckpt, device=config.device)
         self.vip = None
+        if config.vip_config and not Path(config.vip_config).is_file():
+            raise SettingError(
+                f"--vip-config {config.vip_config!r} does not exist; give a VIP config such as "
+                "configs/vip_toy.yaml"
+            )
         if config.vip_config:
             from model.vip.predictor import VIPPredictor
 
