@@ -214,15 +214,11 @@ def probability_picture(predictor, image: np.ndarray, class_name: str, out: Path
     return out
 
 
-def read_upload(path: str) -> np.ndarray:
-    from data.datasets import read_image
-
-    return read_image(path)
-
-
 def build_page(segmenters: Segmenters):
     """The Gradio page (``gr.Blocks``) over ``segmenters``."""
     import gradio as gr
+
+    from data.datasets import read_image
 
     def segment(files, vocab, method, explain, progress=gr.Progress()):  # noqa: B008 (Gradio's API)
         def report(label: str, done: int, total: int | None) -> None:
@@ -230,7 +226,7 @@ def build_page(segmenters: Segmenters):
 
         try:
             paths = [f if isinstance(f, str) else f.name for f in files or []]
-            images = [read_upload(p) for p in paths]
+            images = [read_image(p) for p in paths]
             result = segmenters.run(images, [Path(p).name for p in paths], vocab or "", method,
                                     explain or None, report)  # fmt: skip
         except USER_ERRORS as e:

@@ -7,16 +7,9 @@
 from __future__ import annotations
 
 import argparse
-import socket
 
 from app.browser import segment_in_browser
 from app.page import AppConfig, serve
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -29,10 +22,14 @@ def main() -> None:
     parser.add_argument("--method", default=None)
     parser.add_argument("--out", default="docs/app.png")
     args = parser.parse_args()
-    config = AppConfig(model=args.model, vip_config=args.vip_config, port=free_port())
+    config = AppConfig(
+        model=args.model,
+        vip_config=args.vip_config,
+        port=0,  # a free port
+    )
     page = serve(config, block=False)
     try:
-        result = segment_in_browser(f"http://127.0.0.1:{config.port}/", args.image, args.vocab,
+        result = segment_in_browser(page.local_url, args.image, args.vocab,
                                     args.method, args.explain, args.out)  # fmt: skip
     finally:
         page.close()

@@ -109,6 +109,28 @@ def _alive(pid: int) -> bool:
 TAKEOVER_KEY = "build.lock.takeover"
 
 
+def _claim(store, key: str, mine: dict) -> tuple[bytes | None, dict]:
+    """Create ``key`` holding ``mine`` unless it exists (create-exclusive), then read it back:
+    (its bytes, its record; {} when absent or unreadable). The record's ``token`` says who
+    holds it."""
+    from zarr.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    body = default_buffer_prototype().buffer.from_bytes(json.dumps(mine).encode())
+    sync(store.set_if_not_exists(key, body))
+    raw = get_object(store, key)
+    try:
+        record = json.loads(raw) if raw is not None else {}
+    except ValueError:
+        record = {}
+    return raw, record if isinstance(record, dict) else {}
+
+
+def _gone(record: dict, mine: dict) -> bool:
+    """Whether the process that wrote ``record`` ran on this host and has ended."""
+    return record.get("host") == mine["host"] and not _alive(int(record.get("pid") or 0))
+
+
 def _take_over(store, stale: bytes | None, mine: dict, attempt: int = 0) -> None:
     """Delete the stale lock ``stale`` (its bytes as read) under ``build.lock.takeover``, which
     one process at a time creates (create-exclusive): the lock is deleted only while its bytes
@@ -116,19 +138,9 @@ def _take_over(store, stale: bytes | None, mine: dict, attempt: int = 0) -> None
     (checking, then deleting, let two processes both take one stale lock). A takeover file left
     by a dead process is removed, and one that cannot be read or comes from another host after
     100 attempts (a process killed while writing it, or a host that is gone)."""
-    from zarr.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-
-    claim = default_buffer_prototype().buffer.from_bytes(json.dumps(mine).encode())
-    sync(store.set_if_not_exists(TAKEOVER_KEY, claim))
-    raw = get_object(store, TAKEOVER_KEY)
-    try:
-        owner = json.loads(raw) if raw is not None else {}
-    except ValueError:
-        owner = {}
+    _, owner = _claim(store, TAKEOVER_KEY, mine)
     if owner.get("token") != mine["token"]:
-        here = owner.get("host") == mine["host"]
-        if (here and not _alive(int(owner.get("pid") or 0))) or (not here and attempt >= 100):
+        if _gone(owner, mine) or (owner.get("host") != mine["host"] and attempt >= 100):
             put_object(store, TAKEOVER_KEY, None)  # its owner died during a takeover
         return
     try:
@@ -141,9 +153,6 @@ def _take_over(store, stale: bytes | None, mine: dict, attempt: int = 0) -> None
 @contextlib.contextmanager
 def build_lock(group, location: str, command: str | None = None):
     """Hold ``build.lock`` in the bank for the duration; refuse a live holder, take a stale one."""
-    from zarr.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-
     store = group.store
     mine = {
         "pid": os.getpid(),
@@ -152,18 +161,13 @@ def build_lock(group, location: str, command: str | None = None):
         "command": command,
         "token": uuid.uuid4().hex,
     }
-    body = default_buffer_prototype().buffer.from_bytes(json.dumps(mine).encode())
     for attempt in range(200):
-        sync(store.set_if_not_exists(LOCK_KEY, body))
-        raw = get_object(store, LOCK_KEY)
-        try:
-            holder = json.loads(raw) if raw is not None else {}
-        except ValueError:
-            holder = {}
+        raw, holder = _claim(store, LOCK_KEY, mine)
         if holder.get("token") == mine["token"]:
             break
-        stale = holder.get("host") == mine["host"] and not _alive(int(holder.get("pid") or 0))
-        if stale or not holder:  # its builder is gone: take over, one process at a time
+        if (
+            _gone(holder, mine) or not holder
+        ):  # its builder is gone: take over, one process at a time
             _take_over(store, raw, mine, attempt)
             time.sleep(0.005 * (attempt % 10))
             continue

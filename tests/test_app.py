@@ -19,11 +19,11 @@ VOCAB = "red disc; green square; blue triangle; background"
 @pytest.fixture(scope="module")
 def app_url(trained, world, tmp_path_factory):
     """``cli.py app --model FOLDER`` (the fixture's model, exported) on a free port."""
-    from app.screenshot import free_port
+    from app.page import check_port
     from model.export import export_model
 
     folder = export_model(trained, tmp_path_factory.mktemp("app") / "model")
-    port = free_port()
+    port = check_port("127.0.0.1", 0)  # a free port
     log = tmp_path_factory.mktemp("app_log") / "app.log"
     with open(log, "w") as out:
         process = subprocess.Popen(

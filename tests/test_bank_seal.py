@@ -105,11 +105,10 @@ def test_pushing_again_over_a_damaged_remote_repairs_it(reference, tmp_path):
 
 
 def _closed_port() -> int:
-    import socket
+    """A loopback port nobody listens on."""
+    from app.page import check_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return check_port("127.0.0.1", 0)
 
 
 @pytest.mark.parametrize("where", ["hf", "s3", "http"])

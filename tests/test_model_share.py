@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 
 import numpy as np
 import pytest
@@ -155,9 +154,10 @@ def test_push_and_pull_through_s3(exported, tmp_path):
 
 
 def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nobody listens on."""
+    from app.page import check_port
+
+    return check_port("127.0.0.1", 0)
 
 
 def test_missing_and_unreachable_models_end_in_one_line(exported, world, tmp_path):
