@@ -185,8 +185,6 @@ def lightning_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if hasattr(signal, "SIGPIPE"):  # `cli.py ... | head` ends quietly, as Unix tools do
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv and argv[0] in LIGHTNING_COMMANDS:
@@ -207,6 +205,16 @@ def main(argv: list[str] | None = None) -> int:
             "nothing partial is left (run the command again to go on)",
             128 + signum,
         )
+    except BrokenPipeError:
+        if _stdout_is_open():  # a socket's peer hung up: the command's own error, not ours
+            raise
+        # `cli.py ... | head`: the reader has all it wanted; end quietly, as Unix tools do. SIGPIPE
+        # itself stays ignored (Python's default), so a server or a client whose peer hangs up
+        # gets an error rather than a silent death
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     except OSError as e:
         if e.errno not in STORAGE_ERRNOS:
             raise
@@ -221,6 +229,18 @@ def main(argv: list[str] | None = None) -> int:
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 """OSErrors of the storage rather than of dpseg: a full disk or quota, a file size limit, a
 folder the user may not write to. They end in one line, exit 2."""
+
+
+def _stdout_is_open() -> bool:
+    """False once the reader of stdout has gone (the write end of a pipe then polls POLLERR)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return not any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows) or no stdout: assume it is
+        return True
 
 
 def _one_line(message: str, status: int) -> int:

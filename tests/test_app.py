@@ -37,6 +37,9 @@ def app_url(trained, world, tmp_path_factory):
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the app did not start: {log.read_text()[-3000:]}")
             time.sleep(0.5)
+        process.send_signal(signal.SIGPIPE)  # what a browser hanging up mid-reply raises
+        time.sleep(1)
+        assert process.poll() is None, f"a SIGPIPE killed the app: {log.read_text()[-3000:]}"
         yield f"http://127.0.0.1:{port}/"
     finally:
         process.send_signal(signal.SIGINT)  # Ctrl-C stops the app cleanly: exit 0, one line

@@ -457,3 +457,20 @@ def test_explain_takes_one_class_not_a_vocabulary(tmp_path):
     result = run_cli("explain", "--ckpt", "x.ckpt", "--image", "x.png", "--class",
                      "red disc; flag", "--out", str(tmp_path / "e.png"))  # fmt: skip
     assert result.returncode == 2 and "one class name" in result.stderr
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
+    """`cli.py vocab ... | head -1`: exit 141 as Unix tools, no traceback; SIGPIPE itself stays
+    ignored, so a server or client whose socket peer hangs up is not killed silently."""
+    import os
+
+    names = [f"class {i} with a fairly long name to fill the pipe" for i in range(5000)]
+    (tmp_path / "v.txt").write_text("\n".join(names))
+    read, write = os.pipe()
+    process = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "vocab", str(tmp_path / "v.txt")],
+                               stdout=write, stderr=subprocess.PIPE, cwd=ROOT)  # fmt: skip
+    os.close(write)
+    with os.fdopen(read, "rb") as reader:
+        assert reader.read(20)  # the first lines, then the reader hangs up
+    assert process.wait(timeout=120) == 141
+    assert process.stderr.read().decode() == ""
