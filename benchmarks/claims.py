@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/claims.py [--seeds 0 1 2 3 4] [--steps 8000] [--out claims_out]
                                           [--jobs 2] [--threads 1] [--rows TEXT ...]
+                                          [--checkpoint-every 1000]
 
 Every row is one existing config switch, run as a user runs it (``cli.py fit`` / ``cli.py test``
 in fresh processes), on the toy world (docs/toy_world.md): DPSeg trained on the 24 seen classes
@@ -58,6 +59,8 @@ weights files) and each bank's prompt retrieval (``bank info --prompts``). Write
 
 Every run's outputs stay in OUT, and a run given the same OUT again keeps them: fits marked done
 and tests with results are not redone, so an interrupted claims run goes on where it stopped.
+A fit saves ``last.ckpt`` every ``--checkpoint-every`` steps and a stopped fit resumes from it
+(``runs/TAG/resumed`` records that it did: Lightning then starts that epoch's data order again).
 Jobs go seed by seed (every row of seed 0 first), so that a partial run has paired seeds.
 """
 
@@ -269,10 +272,33 @@ class Runner:
             print(f"[{self.done}/{self.total}] {what}: done before, kept", flush=True)
 
 
-def overlay(out: Path, data_root: Path, bank: Path) -> Path:
-    """The claims' settings over configs/toy_world.yaml: folders, the splits, no validation."""
+CHECKPOINT_EVERY = 1000
+"""Training steps between a fit's checkpoints (ours): a claims run takes hours, and a fit that
+is stopped (a machine that goes away, Ctrl-C, a kill) resumes from its last one."""
+
+
+def periodic_callbacks(every_steps: int = CHECKPOINT_EVERY) -> list[dict]:
+    """``cli.py fit``'s callbacks with its ModelCheckpoint saving ``last.ckpt`` every
+    ``every_steps`` steps instead of at validation (the claims run none)."""
+    from model.lightning_cli import CALLBACKS
+
+    every = {"save_last": True, "every_n_train_steps": every_steps, "save_top_k": 1, "monitor": None,
+             "filename": "step{step}", "auto_insert_metric_name": False}  # fmt: skip
+    return [
+        {**c, "init_args": every} if c["class_path"].endswith(".ModelCheckpoint") else c
+        for c in CALLBACKS
+    ]
+
+
+def overlay(out: Path, data_root: Path, bank: Path, every_steps: int = CHECKPOINT_EVERY) -> Path:
+    """The claims' settings over configs/toy_world.yaml: folders, the splits, no validation,
+    a checkpoint every ``every_steps`` steps."""
     config = {
-        "trainer": {"limit_val_batches": 0, "num_sanity_val_steps": 0},
+        "trainer": {
+            "limit_val_batches": 0,
+            "num_sanity_val_steps": 0,
+            "callbacks": periodic_callbacks(every_steps),
+        },
         "data": {
             "root": str(data_root),
             "train": {"dataset": "toy:train", "bank": str(bank)},
@@ -468,6 +494,9 @@ def main() -> int:
                         help=f"training steps per DPSeg run (default {CLAIMS_STEPS}; 0: the "
                              "config's max_steps)")  # fmt: skip
     parser.add_argument("--out", default="claims_out")
+    parser.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY,
+                        help=f"steps between a fit's checkpoints, which a stopped run resumes "
+                             f"from (default {CHECKPOINT_EVERY})")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=2, help="DPSeg runs side by side (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1)")
     parser.add_argument(
@@ -480,6 +509,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.jobs < 1 or args.threads < 1:
         parser.error(f"--jobs {args.jobs} / --threads {args.threads}: give 1 or more")
+    if args.checkpoint_every < 1:
+        parser.error(f"--checkpoint-every {args.checkpoint_every}: give 1 or more")
     if args.steps < 0:
         parser.error(f"--steps {args.steps}: give 1 or more (0: the config's max_steps)")
     args.steps = args.steps or None
@@ -524,7 +555,7 @@ def main() -> int:
         for name in ("toy-convnext", "toy-vit", "toy-dinotxt")
     }  # fmt: skip
 
-    base = overlay(out, data_root, bank)
+    base = overlay(out, data_root, bank, args.checkpoint_every)
     common = ["--config", str(CONFIG), "--config", str(base)]
     steps = [] if args.steps is None else ["--trainer.max_steps", str(args.steps)]
 
@@ -545,9 +576,21 @@ def main() -> int:
         if fitted.exists():
             run.skip(f"fit {tag}")
         else:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)  # an interrupted fit starts afresh
-            run(f"fit {tag}", ["fit", *common, *extra, *steps, "--config",
-                               str(run_logger(ckpt_dir)), "--seed_everything", str(seed)])  # fmt: skip
+            started = ckpt_dir / "fit.steps"  # a stopped fit resumes only for the same steps
+            resume = next(ckpt_dir.rglob("last.ckpt"), None)
+            if resume is None or not started.exists() or started.read_text() != wanted_steps:
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
+                resume = None
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            started.write_text(wanted_steps)
+            more = []
+            if resume is not None:  # recorded: after a resume Lightning starts the epoch's data
+                more = ["--ckpt_path", str(resume)]  # order again, unlike an unbroken fit
+                with open(ckpt_dir / "resumed", "a") as f:
+                    f.write(f"{resume.name}\n")
+            run(f"fit {tag}" + (" (resumed)" if resume else ""),
+                ["fit", *common, *extra, *steps, "--config", str(run_logger(ckpt_dir)),
+                 "--seed_everything", str(seed), *more])  # fmt: skip
             fitted.write_text(f"{wanted_steps}\n")
         ckpt = next(ckpt_dir.rglob("last.ckpt"))
 

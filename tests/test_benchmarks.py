@@ -307,6 +307,28 @@ def test_claims_command_line_defaults_and_errors(tmp_path):
     assert not (tmp_path / "out").exists()  # refused before any work
 
 
+def test_claims_fits_save_a_checkpoint_every_n_steps_whatever_the_defaults(tmp_path):
+    """The claims' overlay, as cli.py fit parses it over configs/toy_world.yaml: its ModelCheckpoint
+    saves by steps with no monitor (merged with the default's val/mIoU it saved nothing, and a
+    stopped 8000-step fit started again from scratch)."""
+    import yaml
+
+    from benchmarks.claims import overlay
+
+    path = overlay(tmp_path, tmp_path / "datasets", tmp_path / "toy.zarr", every_steps=250)
+    printed = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "fit", "--config", "configs/toy_world.yaml",
+         "--config", str(path), "--print_config"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    callbacks = yaml.safe_load(printed.stdout)["trainer"]["callbacks"]
+    (checkpoint,) = [c for c in callbacks if c["class_path"].endswith(".ModelCheckpoint")]
+    args = checkpoint["init_args"]
+    assert (args["monitor"], args["every_n_train_steps"], args["save_last"]) == (None, 250, True)
+    assert len(callbacks) == 3  # the progress bar and the LR monitor stay
+
+
 def test_claims_round_two_rows_pair_with_round_one_of_their_seed():
     from benchmarks.claims import DPSEG_ROWS, METRICS, ROUND_II, decide, dpseg_record
 
