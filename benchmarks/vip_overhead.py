@@ -83,18 +83,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.memory import current_memory_mb, peak_memory_mb, reset_peak
 from data.transforms import get_test_protocol, resize_short_side, window_starts
 from model.vip.aggregation import VIPConfig, assign_labels
-from model.vip.dense import VIT_ATTENTIONS, check_attention, create_dense_encoder
+from model.vip.dense import DENSE_ENCODERS, check_attention, create_dense_encoder
 from model.vip.segmenter import AliasQueries, VIPSegmenter
-from pretrained.backbone import create_encoder
+from pretrained.backbone import create_encoder, text_encoder_for
+from pretrained.families import family_of
 from pretrained.presets import get_encoder_preset, list_presets
 
 TINY_PRESET = "tiny-vit"
 FULL_PRESET = "dinotxt-l16"  # VIP's encoder; --preset vit-b16-openai: CLIP ViT-B/16
-FAMILIES = ("vit", "dinotxt")  # the encoder families with a dense path worth timing here
-ROWS = {  # per family: the rows, in order (row 1 is the x plain reference)
-    "vit": ("plain", "clear", "VIP", "VIP + dual"),
-    "dinotxt": ("plain", "VIP", "VIP + dual"),
-}
+
+
+def rows_of(family) -> tuple[str, ...]:
+    """The rows, in order (row 1 is the x plain reference); ClearCLIP's where the family has it."""
+    clear = ("clear",) if "clear" in family.vip_attentions else ()
+    return ("plain", *clear, "VIP", "VIP + dual")
+
+
 PROTOCOL_IMAGE = (512, 683)  # (H, W) of the sliding-window table's image
 
 
@@ -167,17 +171,15 @@ Head = SingleQueryHead | VIPHead
 
 
 def build(args, device: torch.device) -> tuple[dict[str, Head], AliasQueries, str]:
-    """The rows' label functions (``ROWS[family]``), sharing one image encoder, and the
-    preset's name."""
+    """The rows' label functions (:func:`rows_of` the family), sharing one image encoder, and
+    the preset's name."""
     built = create_encoder(args.preset, random_weights=True)
-    family = built.preset.family
+    family = family_of(built.preset)
     config = VIPConfig()
-    if family == "dinotxt":
-        built.model.text = None  # the text tower: once per vocabulary, not per image
-        dim = built.model.config.width  # patch embeddings: the text embedding's second half
-    else:
-        dim = built.model.visual.output_dim
-    single = ("none", "clear") if family == "vit" else ("none",)
+    dim = text_encoder_for(built).embed_dim  # the space the pixels are compared in
+    if isinstance(getattr(built.model, "text", None), torch.nn.Module):
+        built.model.text = None  # dino.txt's text tower: once per vocabulary, not per image
+    single = ("none", "clear") if "clear" in family.vip_attentions else ("none",)
     dense = {
         name: create_dense_encoder(built, name, config.proxy_beta, config.proxy_gamma)
         .eval()
@@ -196,7 +198,7 @@ def build(args, device: torch.device) -> tuple[dict[str, Head], AliasQueries, st
     }
     rows["VIP"] = VIPHead(segmenter, text_only)
     rows["VIP + dual"] = VIPHead(segmenter, queries)
-    assert tuple(rows) == ROWS[family], (tuple(rows), family)
+    assert tuple(rows) == rows_of(family), (tuple(rows), family.name)
     return rows, queries, built.preset.name
 
 
@@ -341,14 +343,14 @@ def protocol_table(args, rows, device, autocast) -> None:
 
 
 def main() -> None:
-    presets = [p.name for p in list_presets("encoder") if p.family in FAMILIES]
+    presets = [p.name for p in list_presets("encoder") if p.family in DENSE_ENCODERS]
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--preset",
         "--encoder",
         default=None,
         choices=presets,
-        help=f"encoder preset (CLIP ViT or dino.txt), random weights (default {TINY_PRESET}; "
+        help=f"encoder preset with a VIP dense path (CLIP ViT or ConvNeXt, dino.txt), random weights (default {TINY_PRESET}; "
         f"--full-size: {FULL_PRESET}; --full-size --preset vit-b16-openai: CLIP ViT-B/16)",
     )
     parser.add_argument(
@@ -366,7 +368,7 @@ def main() -> None:
     parser.add_argument(
         "--attention",
         default=None,
-        choices=VIT_ATTENTIONS,
+        choices=family_of("vit").vip_attentions,
         help="the VIP rows' dense path: a CLIP ViT's last block (default clear), dino.txt's "
         "head (proxy, the default, or none)",
     )
@@ -408,7 +410,7 @@ def main() -> None:
         return
 
     random_note = "random weights" if not encoder.is_random else "seeded"
-    where = "both head blocks" if encoder.family == "dinotxt" else "last block"
+    where = rows["VIP"].segmenter.encoder.__class__.__name__
     print(
         f"preset {preset} ({random_note}), size {args.size}, batch {args.batch}, "
         f"K={args.classes}, A={len(queries.aliases)} ({args.aliases_per_class} per class), "

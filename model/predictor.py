@@ -204,7 +204,7 @@ class Predictor(ImagePredictor):
         """How an image of any size is fed: ConvNeXt resized to the training crop's side as a
         square (SED); a ViT in windows of its input size (CAT-Seg)."""
         size = self.module.model.backbone.image_size
-        if self.module.model.backbone.preset.family == "vit":
+        if self.module.model.backbone.family.fixed_input_size:
             return SlidingWindow(short_side=size * 5 // 3, crop=size, stride=size * 2 // 3)
         return ResizeSquare(size)
 

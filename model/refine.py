@@ -49,6 +49,7 @@ from model.dpseg import DPSeg, DPSegOutput
 from model.labels import class_labels
 from model.rejection import check_rejection
 from pretrained.backbone import BackboneFeatures, ClipEncoder
+from pretrained.families import family_of
 
 CROP_POLICIES = ("box", "masked", "pooled", "pooled-own")
 
@@ -269,9 +270,9 @@ class TwoRoundSegmenter(nn.Module):
     def _crop_size(self) -> int:
         encoder = self.prompt_encoder
         size = self.config.crop_size or encoder.preset.image_size
-        if encoder.preset.family == "vit" and size != encoder.preset.image_size:
+        if family_of(encoder.preset).fixed_input_size and size != encoder.preset.image_size:
             raise ValueError(
-                f"crop_size={size}: the ViT prompt encoder ({encoder.preset.name}) takes "
+                f"crop_size={size}: {family_of(encoder.preset).title} prompt encoder ({encoder.preset.name}) takes "
                 f"{encoder.preset.image_size} px only; leave crop_size unset"
             )
         return size

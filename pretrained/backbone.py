@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from pretrained.families import families, family_of
 from pretrained.fingerprint import warn_if_unrecorded, weights_fingerprint
 from pretrained.hub import hub_file, local_weights_file, refuse_weights_for_random
 from pretrained.names import resolve_encoder
@@ -149,10 +150,12 @@ def create_clip(
         pretrained.hub.WeightsUnavailableError: pretrained weights neither local nor downloadable.
     """
     preset = resolve_encoder(preset)
-    if preset.family == "dinotxt":
+    if not family_of(preset).segments:
+        clips = [f.name for f in families().values() if f.segments]
         raise ValueError(
-            f"encoder preset {preset.name!r} is dino.txt, an encoder for VIP and prompt banks; "
-            "DPSeg's image encoder is a CLIP: use a vit or convnext preset (cli.py presets)"
+            f"encoder preset {preset.name!r} is {family_of(preset).title}, an encoder for VIP and "
+            f"prompt banks; DPSeg's image encoder is a CLIP: use a {', '.join(clips)} preset or "
+            "open name (cli.py presets)"
         )
 
     if preset.is_random or random_weights:
@@ -204,23 +207,16 @@ def create_encoder(
     random_weights: bool = False,
     option: str = "--encoder-weights",
 ) -> BuiltEncoder:
-    """Any encoder preset or open name: a CLIP (:func:`create_clip`) or dino.txt
-    (``pretrained.dinotxt.create_dinotxt``). ``option`` names the weights option in messages."""
+    """Any encoder preset or open name, built by its family (``pretrained.families``): a CLIP
+    (:func:`create_clip`) or dino.txt (``pretrained.dinotxt.create_dinotxt``). ``option`` names
+    the weights option in messages."""
     preset = resolve_encoder(preset)
-    if preset.family == "dinotxt":
-        from pretrained.dinotxt import create_dinotxt
-
-        return create_dinotxt(preset, weights, random_weights, option)
-    return create_clip(preset, weights, random_weights)
+    return family_of(preset).build(preset, weights, random_weights, option)
 
 
 def text_encoder_for(built: BuiltEncoder) -> ImageTextEncoder:
     """The image + text encoder of a built preset (``ClipEncoder`` or ``DinoTxtEncoder``)."""
-    if built.preset.family == "dinotxt":
-        from pretrained.dinotxt import DinoTxtEncoder
-
-        return DinoTxtEncoder(built.model, built.preset)
-    return ClipEncoder(built.model, built.preset)
+    return family_of(built.preset).text_encoder(built)
 
 
 @dataclass
@@ -362,32 +358,8 @@ def encode_class_texts(
 
 
 def clip_tokenizer_for(preset: EncoderPreset):
-    """open_clip's tokenizer for the preset (our presets use CLIP's BPE, at their context)."""
-    import open_clip
-
-    if preset.family == "dinotxt":  # dino.txt's tokenizer is CLIP's BPE at 77 tokens (the toy
-        # preset's text tower takes 32)
-        return open_clip.get_tokenizer("ViT-B-16", context_length=preset.context_length)
-    if preset.model_cfg is not None:  # CLIP's SimpleTokenizer
-        return open_clip.get_tokenizer("ViT-B-16", context_length=preset.context_length)
-    return open_clip.get_tokenizer(preset.open_clip_name)
-
-
-def resample_vit_positions(visual: nn.Module, image_size: int) -> None:
-    """Resize a ViT's positional embedding to a new input size (bicubic over the patch grid),
-    as CAT-Seg does to train ViT-B/16 at 384 px; the class token's embedding is kept."""
-    patch = visual.patch_size[0] if isinstance(visual.patch_size, tuple) else visual.patch_size
-    if image_size % patch:
-        raise ValueError(f"image_size={image_size} must be a multiple of the patch size {patch}")
-    pos = visual.positional_embedding.data  # (1 + g*g, C)
-    old = round((pos.shape[0] - 1) ** 0.5)
-    new = image_size // patch
-    grid = pos[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
-    grid = nn.functional.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
-    resized = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(new * new, -1)])
-    visual.positional_embedding = nn.Parameter(resized)
-    visual.grid_size = (new, new)
-    visual.image_size = (image_size, image_size)
+    """The preset's tokenizer, as its family says (our presets use CLIP's BPE at their context)."""
+    return family_of(preset).tokenizer(preset)
 
 
 @dataclass
@@ -401,11 +373,11 @@ class BackboneFeatures:
 class ClipBackbone(nn.Module):
     """The CLIP image encoder as a dense feature extractor (the trainable image encoder).
 
-    ConvNeXt (timm trunk): the last stage's map goes through the trunk head's norm and the
-    projection per pixel (a linear one, or ConvNeXt-L/D's MLP), as SED does (open_clip pools
-    before them, docs/design.md §6). ViT: the patch tokens of the last block go through ``ln_post`` and
-    ``proj``. Levels come from ``forward_intermediates`` at the preset's indices (ConvNeXt:
-    strides 4/8/16/32; ViT: one stride, the blocks chosen by the preset).
+    Its family (``pretrained.families``) takes the features: ConvNeXt (timm trunk) the last
+    stage's map through the trunk head's norm and the projection per pixel, as SED does
+    (open_clip pools before them, docs/design.md §6); ViT the patch tokens of the last block
+    through ``ln_post`` and ``proj``. Levels come from ``forward_intermediates`` at the preset's
+    indices (ConvNeXt: strides 4/8/16/32; ViT: one stride, the blocks chosen by the preset).
     """
 
     def __init__(
@@ -422,43 +394,22 @@ class ClipBackbone(nn.Module):
         self.preset = preset
         self.gap = preset.modality_gap if modality_gap else 0.0
         self.image_size = image_size or preset.image_size
-        if preset.family == "vit" and self.image_size != preset.image_size:
-            resample_vit_positions(self.visual, self.image_size)
+        self.family = family_of(preset)
+        self.family.adapt_input_size(self.visual, preset, self.image_size)
         self.register_buffer("mean", torch.tensor(preset.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(preset.std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> BackboneFeatures:
         """images (B, 3, H, W) RGB in [0, 1]; a ViT needs H = W = ``image_size``."""
-        if self.preset.family == "vit" and tuple(images.shape[-2:]) != (self.image_size,) * 2:
+        if self.family.fixed_input_size and tuple(images.shape[-2:]) != (self.image_size,) * 2:
             raise ValueError(
-                f"the ViT backbone ({self.preset.name}) takes {self.image_size}x{self.image_size} "
-                f"images (its positional embedding), got {tuple(images.shape[-2:])}; use a "
-                "test protocol with square crops of that size, or build it with image_size="
+                f"{self.family.title} backbone ({self.preset.name}) takes {self.image_size}x"
+                f"{self.image_size} images (its positional embedding), got "
+                f"{tuple(images.shape[-2:])}; use a test protocol with square crops of that size, "
+                "or build it with image_size="
             )
         x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
-        levels = list(self.preset.levels)
-        if self.preset.family == "convnext":
-            trunk = self.visual.trunk
-            final, maps = trunk.forward_intermediates(x, indices=levels)
-            # LayerNorm2d over channels, per pixel (a head_norm_first trunk has normed already)
-            head_norm = getattr(trunk.head, "norm", None)
-            normed = final if head_norm is None else head_norm(final)
-            head = self.visual.head
-            if hasattr(head, "proj"):  # a linear projection (ConvNeXt-B/W)
-                dense = torch.einsum("bchw,dc->bdhw", normed, head.proj.weight)
-            else:  # an MLP head (ConvNeXt-L/D), per pixel, as SED applies it
-                dense = head(normed.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
-            if self.gap:  # the pooled embedding's gap, per pixel
-                dense = modality_embedding(dense, self.gap, "image", dim=1)
-            return BackboneFeatures(dense, list(maps))
-        blocks = len(self.visual.transformer.resblocks)
-        out = self.visual.forward_intermediates(
-            x, indices=sorted(set(levels) | {blocks - 1}), intermediates_only=True
+        dense, levels = self.family.dense_features(
+            self.visual, x, tuple(self.preset.levels), self.gap
         )
-        maps = dict(zip(sorted(set(levels) | {blocks - 1}), out["image_intermediates"]))
-        last = maps[blocks - 1]  # (B, C, h, w) patch tokens of the last block
-        tokens = self.visual.ln_post(last.permute(0, 2, 3, 1))  # (B, h, w, C)
-        dense = (tokens @ self.visual.proj).permute(0, 3, 1, 2)  # (B, D, h, w)
-        if self.gap:
-            dense = modality_embedding(dense, self.gap, "image", dim=1)
-        return BackboneFeatures(dense.contiguous(), [maps[i] for i in levels])
+        return BackboneFeatures(dense, levels)

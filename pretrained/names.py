@@ -15,7 +15,7 @@ Each resolves to an ``EncoderPreset`` / ``GeneratorPreset`` built from the model
 configuration files (read from the hub cache or the folder; nothing is downloaded before a file
 is needed, and offline a missing file ends in one line), so everything downstream (banks, cards,
 checkpoints, fingerprints) treats a named model as it treats a preset. Defaults a model's files do
-not give are ours, per family (:data:`GENERATOR_DEFAULTS`, :func:`default_levels`).
+not give are ours, per family (:data:`GENERATOR_DEFAULTS`, ``EncoderFamily.default_levels``).
 """
 
 from __future__ import annotations
@@ -116,33 +116,23 @@ def _hub_config(repo: str, revision: str | None, filename: str, what: str, optio
 # encoders
 
 
-def default_levels(family: str, vision_cfg: dict) -> tuple[int, ...]:
-    """(ours, as the presets) a ConvNeXt's four stages; a ViT's blocks at each quarter of its
-    depth (ViT-B/16: 2, 5, 8, 11)."""
-    if family == "convnext":
-        return (0, 1, 2, 3)
-    layers = int(vision_cfg["layers"])
-    return tuple(sorted({max(0, layers * q // 4 - 1) for q in (1, 2, 3, 4)}))
+def encoder_family(name: str, vision_cfg: dict):
+    """The family (``pretrained.families``) whose image tower the config describes: ``vit``
+    (open_clip's VisionTransformer), ``convnext`` (a timm ConvNeXt trunk), ``resnet`` (open_clip's
+    ModifiedResNet); any other image tower is refused in one line."""
+    from pretrained.families import families
 
-
-def encoder_family(name: str, vision_cfg: dict) -> str:
-    """``convnext`` (a timm ConvNeXt trunk) or ``vit`` (open_clip's VisionTransformer); any
-    other image tower is refused in one line."""
+    known = families()
+    for family in known.values():
+        if family.matches(vision_cfg):
+            return family
     timm_name = vision_cfg.get("timm_model_name")
-    if timm_name:
-        if str(timm_name).startswith("convnext"):
-            return "convnext"
-        tower = f"the timm model {timm_name!r}"
-    elif isinstance(vision_cfg.get("layers"), int) and "patch_size" in vision_cfg:
-        return "vit"
-    elif isinstance(vision_cfg.get("layers"), (list, tuple)):
-        tower = "a ModifiedResNet"
-    else:
-        tower = "an image tower dpseg does not know"
+    tower = f"the timm model {timm_name!r}" if timm_name else "an image tower dpseg does not know"
+    clip = [f.title.removeprefix("a ") for f in known.values() if f.hub_weights]
     raise PresetError(
         f"--encoder {name!r}: its image tower is {tower}; dpseg takes dense multi-level features "
-        "from two families: open_clip ViTs (e.g. ViT-B-16:openai) and timm ConvNeXt trunks "
-        "(e.g. convnext_base_w:laion2b_s13b_b82k_augreg)"
+        f"from {', '.join(clip)} (e.g. ViT-B-16:openai, convnext_base_w:laion2b_s13b_b82k_augreg, "
+        "RN50:openai); a new family is one file in pretrained/families/ (docs/design.md §8.9)"
     )
 
 
@@ -152,10 +142,10 @@ def _encoder(name: str, model_cfg: dict, preprocess: dict, **fields) -> EncoderP
     size = vision.get("image_size", 224)
     return EncoderPreset(
         name=name,
-        family=family,
+        family=family.name,
         image_size=int(size[0] if isinstance(size, (list, tuple)) else size),
-        levels=default_levels(family, vision),
-        description=f"{name} ({family}, open name)",
+        levels=family.default_levels(vision),  # (ours, as the presets)
+        description=f"{name} ({family.name}, open name)",
         quick_gelu=bool(model_cfg.get("quick_gelu", False) or preprocess.get("quick_gelu")),
         mean=tuple(preprocess.get("mean", OPENAI_DATASET_MEAN)),
         std=tuple(preprocess.get("std", OPENAI_DATASET_STD)),

@@ -45,7 +45,8 @@ class EncoderPreset:
     (``dinotxt``: ``pretrained.dinotxt``, whose ``model_cfg`` holds ``DinoTxtConfig`` sizes)."""
 
     name: str
-    family: Literal["vit", "convnext", "dinotxt"]  # how levels and dense features are taken
+    family: str  # a registered encoder family (pretrained.families: vit, convnext, dinotxt),
+    # which says how the model is built and how dense features and levels are taken
     arch: str  # open_clip model name (or a name for the custom config below)
     pretrained: str | None  # open_clip pretrained tag; None = random weights from `seed`
     image_size: int  # input side the weights were trained at
@@ -103,7 +104,9 @@ class EncoderPreset:
         """The Hugging Face repository open_clip downloads this preset's weights from."""
         if self.origin == "hf-hub":
             return self.arch.removeprefix("hf-hub:")
-        if self.pretrained is None or self.family == "dinotxt" or self.origin == "local-dir":
+        from pretrained.families import family_of
+
+        if self.pretrained is None or not family_of(self).hub_weights or self.origin == "local-dir":
             return None
         import open_clip
 
@@ -117,9 +120,9 @@ class EncoderPreset:
                 f"nothing: pretrained on the toy world by dpseg (cli.py presets pretrain "
                 f"{self.name}), shipped as pretrained/weights/{self.bundled}"
             )
-        if self.family == "dinotxt" and not self.is_random:
-            return f"the two official files {' and '.join(DINOTXT_FILES)} (--encoder-weights DIR)"
-        return _needs(self, self.hub_id, "--encoder-weights PATH")
+        from pretrained.families import family_of
+
+        return family_of(self).needs(self) or _needs(self, self.hub_id, "--encoder-weights PATH")
 
 
 @dataclass(frozen=True)

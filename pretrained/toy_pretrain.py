@@ -205,44 +205,6 @@ def contrastive_loss(
     )
 
 
-class DinoTxtContrastive(torch.nn.Module):
-    """dino.txt seen as the training loop sees a CLIP: ``encode_image`` (the global embedding
-    [CLS_out, mean patch_out], plain-attention head), ``encode_text`` (2C) and a learned
-    ``logit_scale`` (CLIP's init, log(1/0.07)) kept beside the model, not in its file."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(images, proxy=False)[0]
-
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(tokens)
-
-
-def _dinotxt_zero_shot_encoder(model, preset, proxy: bool, side: str):
-    """A ``DinoTxtEncoder`` whose images go through the head with or without proxy attention,
-    compared on the patch half (``side="patch"``, VIP's) or the full 2C global embedding."""
-    from pretrained.backbone import ImageEncoding
-    from pretrained.dinotxt import DinoTxtEncoder
-
-    class ZeroShot(DinoTxtEncoder):
-        def encode_images(self, images, size=None):
-            global_, _, _ = self.model.encode_image(self.preprocess(images, size), proxy=proxy)
-            c = self.model.config.width
-            chosen = global_[:, c:] if side == "patch" else global_
-            return ImageEncoding(F.normalize(chosen.float(), dim=-1), [])
-
-        def encode_tokens(self, tokens):
-            text = self.model.encode_text(tokens.to(self.mean.device)).float()
-            c = self.model.config.width
-            return F.normalize(text[:, c:] if side == "patch" else text, dim=-1)
-
-    return ZeroShot(model, preset)
-
-
 def pretrain(
     preset_name: str | EncoderPreset,
     config: PretrainConfig,
@@ -257,13 +219,9 @@ def pretrain(
         also with the plain head and on the 2C global embedding), chance, loss, seconds, the
         file and its size.
     """
-    from pretrained.backbone import (
-        ClipEncoder,
-        clip_architecture,
-        clip_tokenizer_for,
-        modality_embedding,
-    )
+    from pretrained.backbone import modality_embedding
     from pretrained.bundled_weights import save_weights
+    from pretrained.families import family_of
     from pretrained.presets import get_encoder_preset
 
     preset = get_encoder_preset(preset_name) if isinstance(preset_name, str) else preset_name
@@ -275,17 +233,13 @@ def pretrain(
         )
     start = time.perf_counter()
     torch.manual_seed(config.seed)
-    if preset.family == "dinotxt":
-        from pretrained.dinotxt import DinoTxtEncoder, dinotxt_architecture
-
-        model = dinotxt_architecture(preset)  # what the file stores
-        trainee = DinoTxtContrastive(model)  # + the temperature
-        encoder = DinoTxtEncoder(model, preset)  # as VIP uses it: proxy head, patch side
-    else:
-        model = trainee = clip_architecture(preset)
-        encoder = ClipEncoder(model, preset)
+    family = family_of(preset)
+    model = family.architecture(preset)  # what the file stores
+    # what the optimiser trains (dino.txt: + the temperature), and the encoder as banks and VIP
+    # use it (dino.txt: proxy head, patch side)
+    trainee, encoder = family.pretraining_parts(model, preset)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    tokenizer = clip_tokenizer_for(preset)
+    tokenizer = family.tokenizer(preset)
     size = preset.image_size
     gap = preset.modality_gap  # the losses see the embeddings the presets give
 
@@ -307,7 +261,7 @@ def pretrain(
         held_plain = render_pool(config.eval_images, config.seed + 2_000_003, size, 0, plain=True)
         # (ours) the region loss: mask-pooled dense features of multi-object scenes against each
         # object's caption, so that the pixels carry their own object (ConvNeXt: any input size)
-        scene_batch = config.scene_batch if preset.family == "convnext" else 0
+        scene_batch = config.scene_batch if family.segments and not family.fixed_input_size else 0
         if scene_batch:
             from pretrained.backbone import ClipBackbone
 
@@ -368,14 +322,12 @@ def pretrain(
         "zero_shot_plain": zero_shot_accuracy(encoder, tokenizer, held_plain[0], held_plain[2]),
         "zero_shot_any_template": zero_shot_accuracy(encoder, tokenizer, held_out[0], held_out[2]),
     }
-    if preset.family == "dinotxt":  # the plain head (VIP's --model.attention none), the global
-        for key, proxy, side in (("plain_head", False, "patch"), ("global", False, "global")):
-            other = _dinotxt_zero_shot_encoder(model, preset, proxy, side)
-            report[f"zero_shot_plain_{key}"] = zero_shot_accuracy(
-                other, tokenizer, held_plain[0], held_plain[2]
-            )
-        report["logit_scale"] = round(float(trainee.logit_scale.detach()), 4)  # log, as stored
-        # in the official file (the logits' scale is its exp)
+    report |= family.pretraining_report(
+        model,
+        trainee,
+        preset,
+        lambda e: zero_shot_accuracy(e, tokenizer, held_plain[0], held_plain[2]),
+    )
     report |= {
         "chance": 1 / len(world_classes()),
         "region_loss": bool(scene_batch),

@@ -121,10 +121,10 @@ def _random_pipeline(preset: GeneratorPreset, seed: int):
     """The preset's architecture with seeded random weights (built on CPU, fp32)."""
     import diffusers
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     arch = ARCHITECTURES[preset.name]
-    sdxl = preset.family == "sdxl"
+    family = conditioning_for(preset)
 
     def build() -> dict[str, torch.nn.Module]:
         vae_blocks = len(arch["vae"]["block_out_channels"])
@@ -140,9 +140,7 @@ def _random_pipeline(preset: GeneratorPreset, seed: int):
             ),
             "text": CLIPTextModel(text),
         }
-        if sdxl:  # the second tower, with the pooled projection
-            parts["text_2"] = CLIPTextModelWithProjection(text)
-        return parts
+        return parts | family.extra_text_towers(text)
 
     if preset.is_random:  # the offline preset: the same bits on every machine
         parts = build_portable(build, seed)
@@ -154,14 +152,8 @@ def _random_pipeline(preset: GeneratorPreset, seed: int):
     scheduler = getattr(diffusers, scheduler_name).from_config(SD_SCHEDULE)
     common = {"vae": parts["vae"], "text_encoder": parts["text"], "tokenizer": clip_tokenizer(),
               "unet": parts["unet"], "scheduler": scheduler}  # fmt: skip
-    if sdxl:
-        pipeline = diffusers.StableDiffusionXLPipeline(
-            **common, text_encoder_2=parts["text_2"], tokenizer_2=clip_tokenizer()
-        )
-    else:
-        pipeline = diffusers.StableDiffusionPipeline(
-            **common, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-        )
+    pipeline_class = getattr(diffusers, family.pipeline_class)
+    pipeline = pipeline_class(**common, **family.random_pipeline_parts(parts))
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
@@ -218,6 +210,14 @@ class SDConditioning:
     def __init__(self):
         self._uncond: torch.Tensor | None = None
 
+    def extra_text_towers(self, text_config) -> dict[str, torch.nn.Module]:
+        """Text towers beside CLIPTextModel in a random pipeline: none."""
+        return {}
+
+    def random_pipeline_parts(self, parts: dict) -> dict:
+        """The pipeline's arguments beside the common ones (``_random_pipeline``)."""
+        return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+
     def encode(self, pipe, prompts: list[str], device) -> list:
         return list(pipe.encode_prompt(prompts, device, 1, False)[0])
 
@@ -237,6 +237,15 @@ class SDXLConditioning:
 
     pipeline_class = "StableDiffusionXLPipeline"
     load_kwargs: ClassVar[dict] = {}
+
+    def extra_text_towers(self, text_config) -> dict[str, torch.nn.Module]:
+        """The second text tower, with the pooled projection."""
+        from transformers import CLIPTextModelWithProjection
+
+        return {"text_2": CLIPTextModelWithProjection(text_config)}
+
+    def random_pipeline_parts(self, parts: dict) -> dict:
+        return {"text_encoder_2": parts["text_2"], "tokenizer_2": clip_tokenizer()}
 
     def encode(self, pipe, prompts: list[str], device) -> list:
         embeds, _, pooled, _ = pipe.encode_prompt(

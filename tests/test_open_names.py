@@ -143,7 +143,11 @@ def test_dpseg_on_a_hub_encoder_records_its_revision(hub, monkeypatch):
         ("--encoder", "ViT-B-16:opneai", "did you mean ViT-B-16:openai"),
         ("--encoder", "ViT-B-16", "needs its pretrained tag: ViT-B-16:openai"),
         ("--encoder", "laion/CLIP-x", "written hf-hub:laion/CLIP-x"),
-        ("--encoder", "RN50:openai", "ModifiedResNet"),
+        (
+            "--encoder",
+            "EVA02-B-16:merged2b_s8b_b131k",
+            "the timm model 'eva02_base_patch16_clip_224'",
+        ),
         ("--generator", "sd-trubo", "did you mean sd-turbo"),
     ],
 )

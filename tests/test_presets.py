@@ -12,6 +12,7 @@ import torch
 from conftest import ROOT, run_cli
 
 from pretrained.backbone import create_clip, create_encoder
+from pretrained.families import family_of
 from pretrained.fingerprint import (
     check_recorded,
     package_versions,
@@ -77,7 +78,7 @@ def test_real_presets_point_at_open_clip_weights():
         "laion/CLIP-convnext_base_w_320-laion_aesthetic-s13B-b82K"
     )
     for p in list_presets("encoder"):
-        if not p.offline and p.family != "dinotxt":  # dino.txt: two local files, no hub
+        if not p.offline and family_of(p).hub_weights:  # dino.txt: two local files, no hub
             assert p.pretrained in open_clip.list_pretrained_tags_by_model(p.arch)
 
 
@@ -97,18 +98,18 @@ def test_turbo_step_range_enforced():
         replace(get_generator_preset("sd-turbo"), steps=8)
 
 
-@pytest.mark.parametrize("name", ["tiny-vit", "tiny-convnext"])
-def test_tiny_encoder_contract(name):
+@pytest.mark.parametrize(
+    "name, strides", [("tiny-vit", [8] * 4), ("tiny-convnext", [4, 8, 16, 32])]
+)
+def test_tiny_encoder_contract(name, strides):
+    """ConvNeXt: a true pyramid (docs/design.md §2.2); ViT: one stride (patch 8)."""
     built = create_clip(name)
     model = built.model
     assert not model.training
     images = torch.randn(2, 3, 128, 128)
     out = model.visual.forward_intermediates(images)
     levels = [out["image_intermediates"][i] for i in built.preset.levels]
-    if built.preset.family == "convnext":  # a true pyramid: strides 4/8/16/32 (docs/design.md §2.2)
-        assert [128 // f.shape[-1] for f in levels] == [4, 8, 16, 32]
-    else:  # ViT: one stride (patch 8)
-        assert all(f.shape[-2:] == (16, 16) for f in levels)
+    assert [128 // f.shape[-1] for f in levels] == strides
     emb = model.encode_image(images)
     text = model.encode_text(open_clip.tokenize(["a red disc", "a green square"]))
     assert emb.shape == (2, 64) and text.shape == (2, 64)

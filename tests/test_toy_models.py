@@ -12,14 +12,13 @@ import torch
 from conftest import run_cli
 
 from pretrained.backbone import (
-    clip_architecture,
     clip_tokenizer_for,
     create_clip,
     create_encoder,
     text_encoder_for,
 )
 from pretrained.bundled_weights import bundled_path, load_weights, read_metadata, save_weights
-from pretrained.dinotxt import dinotxt_architecture
+from pretrained.families import family_of
 from pretrained.fingerprint import recorded_fingerprints
 from pretrained.hub import WeightsUnavailableError
 from pretrained.presets import get_encoder_preset
@@ -35,7 +34,7 @@ FLOOR = {"toy-dinotxt": 5 * CHANCE}
 def architecture(name):
     """A toy preset's architecture with its portable initial weights (CLIP or dino.txt)."""
     preset = get_encoder_preset(name)
-    return (dinotxt_architecture if preset.family == "dinotxt" else clip_architecture)(preset)
+    return family_of(preset).architecture(preset)
 
 
 @pytest.mark.parametrize("name", TOY)

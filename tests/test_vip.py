@@ -213,28 +213,28 @@ def tiny_vit():
 
 
 def test_dense_clip_plain_last_block_equals_the_dpseg_backbone(tiny_vit):
-    from model.vip.dense import DenseCLIP
+    from model.vip.dense import DenseViT
     from pretrained.backbone import ClipBackbone
 
     images = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        plain = DenseCLIP(tiny_vit.model, tiny_vit.preset, attention="none")(images)
+        plain = DenseViT(tiny_vit.model, tiny_vit.preset, attention="none")(images)
         reference = ClipBackbone(tiny_vit.model, tiny_vit.preset)(images).dense
     assert plain.shape == (2, 64, 16, 16)
     torch.testing.assert_close(plain, reference, rtol=1e-4, atol=1e-5)
 
 
 def test_dense_clip_last_block_variants(tiny_vit):
-    from model.vip.dense import DenseCLIP
+    from model.vip.dense import DenseViT
 
     visual = tiny_vit.model.visual
     images = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
     outs = {}
     with torch.no_grad():
         for attention in ("clear", "sclip", "vanilla", "proxy"):
-            outs[attention] = DenseCLIP(tiny_vit.model, tiny_vit.preset, attention)(images)
+            outs[attention] = DenseViT(tiny_vit.model, tiny_vit.preset, attention)(images)
         # vanilla = the block's own attention, without the residual and the FFN
-        dense = DenseCLIP(tiny_vit.model, tiny_vit.preset, "vanilla")
+        dense = DenseViT(tiny_vit.model, tiny_vit.preset, "vanilla")
         tokens, grid = dense._tokens_before_last_block((images - dense.mean) / dense.std)
         block = visual.transformer.resblocks[-1]
         y = block.ln_1(tokens)
@@ -248,13 +248,14 @@ def test_dense_clip_last_block_variants(tiny_vit):
 
 
 def test_dense_clip_refuses_an_attention_the_tower_lacks():
-    from model.vip.dense import DenseCLIP
+    from model.vip.dense import DenseConvNeXt, create_dense_encoder
     from pretrained.backbone import create_clip
 
     convnext = create_clip("tiny-convnext")
     with pytest.raises(ValueError, match=r"attention='clear'.*proxy, none"):
-        DenseCLIP(convnext.model, convnext.preset, "clear")
-    dense = DenseCLIP(convnext.model, convnext.preset, "proxy")
+        create_dense_encoder(convnext, "clear")
+    dense = create_dense_encoder(convnext, "proxy")
+    assert isinstance(dense, DenseConvNeXt) and dense.patch_size == 32
     with torch.no_grad():
         assert dense(torch.rand(1, 3, 128, 128)).shape == (1, 64, 4, 4)
 

@@ -14,11 +14,12 @@ with patches like it. ``attention`` picks the variant:
 
 A ConvNeXt tower has no attention to change: its last stage's map goes through the head's norm
 and projection per pixel (as ``pretrained.backbone.ClipBackbone``); ``proxy`` then smooths that map
-with the proxy attention, ``none`` leaves it.
+with the proxy attention, ``none`` leaves it (:class:`DenseConvNeXt`).
 
 dino.txt (``pretrained.dinotxt.DenseDinoTxt``, VIP's own encoder) has its own dense path: ``proxy``
 is VIP's proxy attention in both blocks of its vision head, ``none`` the plain head.
-:func:`create_dense_encoder` picks the class for a built preset.
+:func:`create_dense_encoder` picks the dense path of a built preset's family
+(:data:`DENSE_ENCODERS`; each family's ``vip_attentions`` say which variants it has).
 
 A ViT takes any input size: the positional embedding is resized (bicubic) to the patch grid of
 the window, as SCLIP does for 336 px windows of a 224 px model.
@@ -26,26 +27,37 @@ the window, as SCLIP does for 336 px windows of a 224 px model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pretrained.backbone import ClipBackbone
+from pretrained.families import family_of
 from pretrained.presets import EncoderPreset, PresetError
 from pretrained.proxy_attention import proxy_attention
 
-VIT_ATTENTIONS = ("clear", "sclip", "vanilla", "proxy", "none")
-CONVNEXT_ATTENTIONS = ("proxy", "none")
-DINOTXT_ATTENTIONS = ("proxy", "none")
-ATTENTIONS = {"vit": VIT_ATTENTIONS, "convnext": CONVNEXT_ATTENTIONS, "dinotxt": DINOTXT_ATTENTIONS}
-DEFAULT_ATTENTION = {"vit": "clear", "convnext": "proxy", "dinotxt": "proxy"}
-"""Per encoder family: ClearCLIP's block for a CLIP ViT, VIP's proxy head for dino.txt."""
+DENSE_ENCODERS: dict[str, Callable[..., nn.Module]] = {}
+"""VIP's dense path per encoder family (``pretrained.families``): family name ->
+``(model, preset, attention, proxy_beta, proxy_gamma) -> module``. A new family adds its own with
+:func:`dense_encoder_for`; its ``vip_attentions`` say which ``attention`` values it takes."""
+
+
+def dense_encoder_for(family: str):
+    """Decorator: the dense path of VIP for the encoder family ``family``."""
+
+    def register(make: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        DENSE_ENCODERS[family] = make
+        return make
+
+    return register
 
 
 def check_attention(attention: str | None, preset: EncoderPreset) -> str:
-    """``attention`` (None: the family's default) if the preset's family has it."""
-    attention = attention or DEFAULT_ATTENTION[preset.family]
-    allowed = ATTENTIONS[preset.family]
+    """``attention`` (None: the family's default, its first) if the preset's family has it."""
+    allowed = family_of(preset).vip_attentions
+    attention = attention or allowed[0]
     if attention not in allowed:
         raise PresetError(
             f"attention={attention!r} is not available for {preset.name} ({preset.family}); "
@@ -58,65 +70,86 @@ def create_dense_encoder(
     built, attention: str | None = None, proxy_beta: float = 1.5, proxy_gamma: float = 0.5
 ) -> nn.Module:
     """images (B, 3, H, W) in [0, 1] -> (B, D, h, w) for a ``pretrained.backbone.BuiltEncoder``:
-    ``DenseCLIP`` for a CLIP, ``DenseDinoTxt`` for dino.txt. Its ``attention`` and
-    ``patch_size`` attributes say what it is."""
+    ``DenseViT`` or ``DenseConvNeXt`` for a CLIP, ``DenseDinoTxt`` for dino.txt. Its
+    ``attention`` and ``patch_size`` attributes say what it is."""
     attention = check_attention(attention, built.preset)
-    if built.preset.family == "dinotxt":
-        from pretrained.dinotxt import DenseDinoTxt
+    make = DENSE_ENCODERS.get(built.preset.family)
+    if make is None:
+        raise PresetError(
+            f"encoder {built.preset.name!r} ({built.preset.family}): VIP has no dense path for "
+            f"this family; it has one for {', '.join(DENSE_ENCODERS)}"
+        )
+    return make(built.model, built.preset, attention, proxy_beta, proxy_gamma)
 
-        return DenseDinoTxt(built.model, attention == "proxy", (proxy_beta, proxy_gamma))
-    return DenseCLIP(built.model, built.preset, attention, proxy_beta, proxy_gamma)
+
+@dense_encoder_for("dinotxt")
+def _dense_dinotxt(model, preset, attention: str, proxy_beta: float, proxy_gamma: float):
+    from pretrained.dinotxt import DenseDinoTxt
+
+    return DenseDinoTxt(model, attention == "proxy", (proxy_beta, proxy_gamma))
 
 
 class DenseCLIP(nn.Module):
-    """images (B, 3, H, W) RGB in [0, 1] -> dense features (B, D, h, w) in CLIP's joint space.
-
-    Args:
-        clip: an open_clip CLIP model (``pretrained.backbone.create_clip(...).model``).
-        preset: its encoder preset (normalisation, family).
-        attention: how the last block attends (module docstring).
-        proxy_beta, proxy_gamma: the proxy attention's shift and scale.
-    """
+    """What VIP's dense paths over a CLIP share: the preset, the checked ``attention`` and the
+    proxy attention's shift and scale (``proxy_beta``, ``proxy_gamma``)."""
 
     def __init__(
         self,
         clip: nn.Module,
         preset: EncoderPreset,
-        attention: str = "clear",
+        attention: str | None = None,
         proxy_beta: float = 1.5,
         proxy_gamma: float = 0.5,
     ):
         super().__init__()
-        check_attention(attention, preset)
         self.preset = preset
-        self.attention = attention
+        self.attention = check_attention(attention, preset)
         self.proxy = (proxy_beta, proxy_gamma)
-        if preset.family == "vit":
-            self.visual = clip.visual
-        else:
-            self.convnext = ClipBackbone(clip, preset)
+
+
+@dense_encoder_for("convnext")
+class DenseConvNeXt(DenseCLIP):
+    """A CLIP ConvNeXt's dense map (``pretrained.backbone.ClipBackbone``), smoothed by the proxy
+    attention (``proxy``) or left (``none``)."""
+
+    patch_size = 32  # input pixels per feature cell: the last stage's stride
+
+    def __init__(self, clip: nn.Module, preset: EncoderPreset, *args, **kwargs):
+        super().__init__(clip, preset, *args, **kwargs)
+        self.convnext = ClipBackbone(clip, preset)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
+        dense = self.convnext(images).dense  # (B, D, h, w)
+        if self.attention == "proxy":
+            b, d, h, w = dense.shape
+            tokens = dense.flatten(2).transpose(1, 2)  # (B, N, D)
+            mixed = proxy_attention(tokens, *self.proxy) @ tokens.float()
+            dense = mixed.transpose(1, 2).reshape(b, d, h, w).to(dense.dtype)
+        return dense
+
+
+@dense_encoder_for("vit")
+class DenseViT(DenseCLIP):
+    """images (B, 3, H, W) RGB in [0, 1] -> dense features (B, D, h, w) in CLIP's joint space,
+    with the last block changed as ``attention`` says (module docstring; default ``clear``)."""
+
+    def __init__(self, clip: nn.Module, preset: EncoderPreset, *args, **kwargs):
+        super().__init__(clip, preset, *args, **kwargs)
+        self.visual = clip.visual
         self.register_buffer("mean", torch.tensor(preset.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(preset.std).view(1, 3, 1, 1), persistent=False)
 
     @property
     def patch_size(self) -> int:
-        """Input pixels per feature cell (ViT: the patch; ConvNeXt: the last stage's stride)."""
-        if self.preset.family == "vit":
-            p = self.visual.patch_size
-            return p[0] if isinstance(p, tuple) else p
-        return 32
+        """Input pixels per feature cell: the patch."""
+        p = self.visual.patch_size
+        return p[0] if isinstance(p, tuple) else p
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
-        if self.preset.family != "vit":
-            dense = self.convnext(images).dense  # (B, D, h, w)
-            if self.attention == "proxy":
-                b, d, h, w = dense.shape
-                tokens = dense.flatten(2).transpose(1, 2)  # (B, N, D)
-                mixed = proxy_attention(tokens, *self.proxy) @ tokens.float()
-                dense = mixed.transpose(1, 2).reshape(b, d, h, w).to(dense.dtype)
-            return dense
         x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
         tokens, (h, w) = self._tokens_before_last_block(x)
         out = self._last_block(tokens)  # (B, 1 + h*w, C)
