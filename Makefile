@@ -10,7 +10,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # Tests and the demo run on 2 CPU cores; more threads than cores only slows them down.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install lint format test demo app claims presets bank bench-gpu rehearse lock clean
+.PHONY: help install lint format test test-all demo app claims presets bank bench-gpu rehearse lock clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -37,8 +37,13 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 # (its module fixtures built once), one thread each: on 2 cores, two files at a time.
 TEST_WORKERS ?= 2
 
-test: lint  ## lint, then the test suite (offline, CPU, tiny presets)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
+PYTEST = OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
+
+test: lint  ## lint, then the test suite (offline, CPU, tiny presets) without the long end-to-end runs: ~10 min on 2 cores
+	$(PYTEST) -m "not e2e"
+
+test-all: lint  ## lint, then every test, the long end-to-end runs (-m e2e: the learning guard) included (CI runs this)
+	$(PYTEST)
 
 demo: $(STAMP)  ## the whole path offline in the toy world: data, bank, fit, test x2, predict
 	$(PY) demo.py --out demo_out

@@ -34,7 +34,7 @@ alone at the end (``make test`` prints the slowest tests: ``--durations``)."""
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
-    if config.getoption("markexpr"):
+    if "slow" in config.getoption("markexpr"):  # -m slow: the tests that need real weights
         return
     skip = pytest.mark.skip(reason="needs real weights: run with -m slow")
     for item in items:
