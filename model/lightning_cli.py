@@ -23,6 +23,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from data.errors import SettingError, UnreadableFileError, UserError, one_line
 from data.optional import available
@@ -73,10 +74,13 @@ class SaveConfigToLogs(SaveConfigCallback):
             super().setup(trainer, pl_module, stage)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class StopOnInterrupt(Callback):
-    """Ctrl-C (SIGINT) during ``fit`` stops training at the end of the step in progress and saves
-    ``interrupted.ckpt`` beside the run's checkpoints, to resume from (a second Ctrl-C stops at
-    once, as Lightning does). In validate/test/predict it only records the interruption. Either
+    """Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption) during ``fit`` stops training at the
+    end of the step in progress and saves ``interrupted.ckpt`` beside the run's checkpoints, to
+    resume from (a second signal stops at once, as Lightning does). In validate/test/predict it only records the interruption. Either
     way ``cli.py`` then ends in one line (``DPSegCLI``), exit status 2."""
 
     def __init__(self):
@@ -87,7 +91,7 @@ class StopOnInterrupt(Callback):
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_signal)
+            self._previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
 
     def _on_signal(self, signum, frame) -> None:
         if self.signal is not None:  # the second Ctrl-C: stop now
@@ -118,10 +122,17 @@ class StopOnInterrupt(Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt) and self.signal is None:
             self.signal = "SIGINT"
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            # Lightning stops fit after the step in progress on SIGTERM (a scheduler's
+            # preemption; every rank at the same step) by raising this: the state is whole
+            self.signal = self.signal or "SIGTERM"
+            self.stopping = True
+            self.on_train_end(trainer, pl_module)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+            for s, handler in self._previous.items():
+                signal.signal(s, handler)
             self._previous = None
 
 
@@ -158,7 +169,11 @@ class DPSegCLI(LightningCLI):
                     )  # fmt: skip
 
     def fit(self, model, **kwargs) -> None:
-        self._run_trainer("fit", model=model, **kwargs)
+        try:
+            self._run_trainer("fit", model=model, **kwargs)
+        except SIGTERMException:
+            if self.interruption.saved is None:
+                raise
         checkpoints = self.trainer.checkpoint_callback
         if self.trainer.is_global_zero and checkpoints is not None and checkpoints.dirpath:
             best = checkpoints.best_model_path

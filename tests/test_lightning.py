@@ -565,9 +565,11 @@ def test_a_torch_file_that_is_not_a_lightning_checkpoint_is_refused(
     assert "--ckpt_path" in line and "not a checkpoint of cli.py fit" in line
 
 
-def test_ctrl_c_in_fit_saves_a_checkpoint_that_resumes(world, tmp_path):
-    """SIGINT stops fit at the end of the step in progress, saves interrupted.ckpt and ends in
-    one line naming it; the same command with --ckpt_path resumes from its step."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_in_fit_saves_a_checkpoint_that_resumes(world, tmp_path, stop):
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) stops fit at the end of the step in
+    progress, saves interrupted.ckpt and ends in one line naming it; the same command with
+    --ckpt_path resumes from its step."""
     args = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(TINY), "--config",
             str(world / "overlay.yaml"), "--trainer.limit_val_batches", "0",
             "--trainer.enable_progress_bar", "false"]  # fmt: skip
@@ -580,12 +582,12 @@ def test_ctrl_c_in_fit_saves_a_checkpoint_that_resumes(world, tmp_path):
         assert time.time() < deadline
         time.sleep(0.05)
     time.sleep(2)  # a few steps
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
     line = [x for x in stderr.splitlines() if x.startswith("error:")]
     assert len(line) == 1, stderr[-3000:]
-    found = re.search(r"fit interrupted by SIGINT at step (\d+): .* saved in (\S+); resume with "
+    found = re.search(rf"fit interrupted by {stop.name} at step (\d+): .* saved in (\S+); resume with "
                       r"the same command and --ckpt_path (\S+)$", line[0])  # fmt: skip
     assert found, line
     step, saved = int(found[1]), Path(found[2])
