@@ -96,22 +96,17 @@ def cmd_bank_build(args: argparse.Namespace) -> None:
     from prompt_bank.build import BuildConfig, resolve_preset
 
     generator, encoder = resolve_preset(args.preset, args.generator, args.encoder)
-    try:
-        config = config_from(
-            BuildConfig,
-            args,
-            vocabulary=load_vocabulary(args.vocab, allow_duplicates=args.allow_duplicate_classes),
-            templates=load_templates(args.templates),
-            generator=generator,
-            encoder=encoder,
-            progress=not args.quiet,
-            command=command_line(),
-        )
-        _run_build(config, args.out)
-    except ValueError as e:
-        if type(e) is not ValueError:
-            raise
-        raise UserError(f"{e}") from None
+    config = config_from(
+        BuildConfig,
+        args,
+        vocabulary=load_vocabulary(args.vocab, allow_duplicates=args.allow_duplicate_classes),
+        templates=load_templates(args.templates),
+        generator=generator,
+        encoder=encoder,
+        progress=not args.quiet,
+        command=command_line(),
+    )
+    _run_build(config, args.out)
 
 
 def cmd_bank_repair(args: argparse.Namespace) -> None:
@@ -135,12 +130,7 @@ def cmd_bank_repair(args: argparse.Namespace) -> None:
     config = config_from_bank(
         attrs, args.generator_weights, args.encoder_weights, progress=not args.quiet
     )
-    try:
-        _run_build(config, args.bank)
-    except ValueError as e:
-        if type(e) is not ValueError:
-            raise
-        raise UserError(f"{e}") from None
+    _run_build(config, args.bank)
 
 
 def _open_bank(location: str, args: argparse.Namespace | None = None, check_seal: bool = True):
@@ -268,10 +258,7 @@ def cmd_bank_gallery(args: argparse.Namespace) -> None:
     from prompt_bank.inspect import write_gallery
 
     _check_gallery_options(args)
-    try:
-        path = write_gallery(_open_bank(args.bank, args), args.out, max_classes=args.max_classes)
-    except ValueError as e:
-        raise UserError(f"{e}") from None
+    path = write_gallery(_open_bank(args.bank, args), args.out, max_classes=args.max_classes)
     print(f"gallery: {path}")
 
 

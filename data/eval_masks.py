@@ -310,33 +310,30 @@ def eval_masks_options(p) -> None:
 
 
 def cmd_eval_masks(args: argparse.Namespace) -> int:
-    """Run ``eval-masks``: print the scores, optionally write them; 2 on a user error."""
+    """Run ``eval-masks``: print the scores, optionally write them (a user error ends the
+    command in one line: ``cli.main``)."""
     from data.evaluator import format_metrics, metrics_to_json, write_results
-    from data.vocabulary import VocabularyError, load_vocabulary
+    from data.vocabulary import load_vocabulary
 
-    try:
-        names = None
-        if args.vocab:
-            vocab = load_vocabulary(args.vocab)
-            if len(vocab) != args.num_classes:
-                raise DatasetError(
-                    f"vocabulary {args.vocab!r} has {len(vocab)} classes but --num-classes is "
-                    f"{args.num_classes}; give a vocabulary with one class per label id"
-                )
-            names = vocab.names
-        metrics, report = evaluate_mask_folders(
-            args.pred,
-            args.gt,
-            args.num_classes,
-            args.ignore_index,
-            class_names=names,
-            on_bad_sample=args.on_bad_sample,
-            progress=not getattr(args, "quiet", False) and not args.json,
-            background_from=getattr(args, "background_from", None),
-        )
-    except (DatasetError, VocabularyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    names = None
+    if args.vocab:
+        vocab = load_vocabulary(args.vocab)
+        if len(vocab) != args.num_classes:
+            raise DatasetError(
+                f"vocabulary {args.vocab!r} has {len(vocab)} classes but --num-classes is "
+                f"{args.num_classes}; give a vocabulary with one class per label id"
+            )
+        names = vocab.names
+    metrics, report = evaluate_mask_folders(
+        args.pred,
+        args.gt,
+        args.num_classes,
+        args.ignore_index,
+        class_names=names,
+        on_bad_sample=args.on_bad_sample,
+        progress=not getattr(args, "quiet", False) and not args.json,
+        background_from=getattr(args, "background_from", None),
+    )
     # With --json stdout holds only the JSON document; the notes go to stderr.
     notes = sys.stderr if args.json else sys.stdout
     if args.json:

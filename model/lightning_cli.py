@@ -143,23 +143,29 @@ class DPSegCLI(LightningCLI):
         parser.link_arguments("data.crop", "model.image_size")
         parser.link_arguments("data.num_templates", "model.num_templates", apply_on="instantiate")
 
-    def _parse_ckpt_path(self) -> None:
-        # Lightning torch.loads --ckpt_path here (its hyperparameters): a file that is not a
-        # checkpoint ends in one line (model/checkpoint.py), not torch's unpickling error, and
-        # a torch file that is not Lightning's not in a KeyError once the run has started.
+    def parse_arguments(self, parser, args) -> None:
+        # Lightning torch.loads --ckpt_path right after this (its hyperparameters): a file that
+        # is not a checkpoint ends here in one line (model/checkpoint.py), not in torch's
+        # unpickling error, and a torch file that is not Lightning's not in a KeyError once the
+        # run has started.
+        super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
-        given = _network_settings(self.config[subcommand]) if subcommand else {}
+        self.given_network = _network_settings(self.config[subcommand]) if subcommand else {}
         try:
             if ckpt and str(ckpt) not in LIGHTNING_SHORTHANDS and "://" not in str(ckpt):
                 check_checkpoint(ckpt, "--ckpt_path")
                 content = torch.load(ckpt, weights_only=True, map_location="cpu", mmap=True)
                 if not isinstance(content, dict) or "pytorch-lightning_version" not in content:
                     raise KeyError("no 'pytorch-lightning_version': a torch file, not Lightning's")
-            super()._parse_ckpt_path()
         except (pickle.UnpicklingError, EOFError, KeyError) as e:  # an archive, not a checkpoint
             raise reading_failed(e, ckpt, "--ckpt_path") from None
+
+    def before_instantiate_classes(self) -> None:
+        subcommand = self.config.get("subcommand")
+        share_logger_version(self.config[subcommand] if subcommand else self.config)
         if subcommand:  # the checkpoint's network replaced what the config or command gave
+            given = self.given_network
             for key, value in _network_settings(self.config[subcommand]).items():
                 if key in given and given[key] != value:
                     log.warning(
@@ -219,7 +225,8 @@ class DPSegCLI(LightningCLI):
         # A feature turned off drops our default callback that needs it (Lightning refuses a
         # progress bar with the bar disabled, a learning-rate monitor without a logger, a
         # ModelCheckpoint without checkpointing).
-        trainer_config = self._get(self.config_init, "trainer", default={})
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer_config = config.get("trainer", {})
         for flag, needs_it in (
             ("enable_progress_bar", ProgressBar),
             ("logger", LearningRateMonitor),
@@ -234,13 +241,6 @@ class DPSegCLI(LightningCLI):
         trainer.callbacks.append(self.interruption)
         if self.subcommand == "fit":
             self.interruption.install()
-        # Every logger of a run in one folder (runs/dpseg/version_N): loggers pick their version
-        # independently, and the first one's folder exists (config.yaml) before the others look.
-        loggers = trainer.loggers
-        if len(loggers) > 1 and all(getattr(lg, "_version", 0) is None for lg in loggers):
-            version = loggers[0].version
-            for lg in loggers[1:]:
-                lg._version = version
         return trainer
 
 
@@ -257,6 +257,33 @@ class VIPCLI(DPSegCLI):
         raise SystemExit(
             "error: VIP is training-free: use cli.py test (or validate, predict) with this config"
         )
+
+
+def share_logger_version(config) -> None:
+    """Every logger of a run in one folder (runs/dpseg/version_N): loggers pick their version
+    independently, and the first one's folder exists (config.yaml) before the others look. So
+    where several loggers give no version, all get the first one's next version (its public
+    ``version``, computed from the folders there; nothing is created)."""
+    import importlib
+    import inspect
+
+    loggers = (config.get("trainer") or {}).get("logger")
+    if not isinstance(loggers, list) or len(loggers) < 2:
+        return
+    classes = []
+    for spec in loggers:
+        module, _, name = str(spec.get("class_path", "")).rpartition(".")
+        cls = getattr(importlib.import_module(module), name, None) if module else None
+        args = spec.get("init_args")
+        if cls is None or args is None or "version" not in inspect.signature(cls).parameters:
+            return  # a logger that takes no version: each keeps its own
+        if args.get("version") is not None:
+            return  # the user chose
+        classes.append(cls)
+    first = dict(loggers[0].get("init_args") or {})
+    version = classes[0](**{k: first[k] for k in ("save_dir", "name") if k in first}).version
+    for spec in loggers:
+        spec["init_args"]["version"] = version
 
 
 def read_config(path: str):

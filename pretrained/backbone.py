@@ -20,7 +20,7 @@ from pretrained.fingerprint import warn_if_unrecorded, weights_fingerprint
 from pretrained.hub import hub_file, local_weights_file, refuse_weights_for_random
 from pretrained.names import resolve_encoder
 from pretrained.portable_init import build_portable
-from pretrained.presets import EncoderPreset
+from pretrained.presets import EncoderPreset, PresetError
 
 # What open_clip's hub repositories and snapshot folders call their weights, best first.
 CLIP_WEIGHT_FILES = (
@@ -152,7 +152,7 @@ def create_clip(
     preset = resolve_encoder(preset)
     if not family_of(preset).segments:
         clips = [f.name for f in families().values() if f.segments]
-        raise ValueError(
+        raise PresetError(
             f"encoder preset {preset.name!r} is {family_of(preset).title}, an encoder for VIP and "
             f"prompt banks; DPSeg's image encoder is a CLIP: use a {', '.join(clips)} preset or "
             "open name (cli.py presets)"

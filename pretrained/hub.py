@@ -87,7 +87,9 @@ def ensure_hub_reachable_or_cached(is_cached: bool, what: str, model_id: str, lo
 def refuse_weights_for_random(name: str, weights) -> None:
     """A random-weight preset given a weights path would silently ignore it: refuse instead."""
     if weights is not None:
-        raise ValueError(
+        from data.errors import SettingError
+
+        raise SettingError(
             f"preset {name!r} has random weights; weights={str(weights)!r} would be ignored: "
             "drop it or pick a pretrained preset"
         )

@@ -408,9 +408,9 @@ def _distributed_state(device: str | None):
 
     use_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
     if device not in (None, "cpu", "cuda"):
-        raise ValueError(f"--device {device!r}: use cpu or cuda")
+        raise SettingError(f"--device {device!r}: use cpu or cuda")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible; use --device cpu")
+        raise SettingError("--device cuda: no CUDA device is visible; use --device cpu")
     return PartialState(cpu=use_cpu)
 
 

@@ -596,3 +596,18 @@ def test_unassigned_predictions_are_misses_not_false_positives():
     assert m["per_class_iou"] == pytest.approx([1 / 3, 1 / 2])
     assert m["unassigned_pixels"] == 1 and m["pixels"] == 4 and m["pACC"] == pytest.approx(0.5)
     assert metric.unassigned.tolist() == [1, 0]
+
+
+def test_seen_unseen_scores_by_hand():
+    """mIoU over seen (background included) and unseen classes, hIoU their harmonic mean;
+    classes without ground truth (NaN) left out; an unseen name not in the vocabulary refused."""
+    from data.evaluator import seen_unseen_scores
+
+    metrics = {"per_class_iou": [0.9, 0.5, float("nan"), 0.2, 0.4]}
+    names = ["background", "cat", "dog", "okapi", "zebra"]
+    scores = seen_unseen_scores(metrics, names, ["okapi", "zebra", "dog"])
+    assert scores["mIoU_seen"] == pytest.approx(0.7)  # (0.9 + 0.5) / 2
+    assert scores["mIoU_unseen"] == pytest.approx(0.3)  # (0.2 + 0.4) / 2, dog has no pixels
+    assert scores["hIoU"] == pytest.approx(2 * 0.7 * 0.3 / 1.0)
+    with pytest.raises(ValueError, match=r"unseen classes \['lion'\] are not in the vocabulary"):
+        seen_unseen_scores(metrics, names, ["lion"])

@@ -510,6 +510,48 @@ def test_every_ablation_config_instantiates_and_runs_a_step(world, ablation):
     assert 0 <= float(cli.trainer.callback_metrics["val/mIoU"]) <= 1
 
 
+def test_a_step_that_decodes_each_image_s_own_classes_trains(world):
+    """``loss.classes_per_image`` (the toy config's): each image decodes its present classes and
+    its hardest absent ones (``hard_classes``), a step's loss is finite and its gradients reach
+    the decoder."""
+    from model.lightning_cli import make_cli
+
+    cli = make_cli(
+        ["--config", str(TINY), "--config", str(world / "overlay.yaml"),
+         "--model.loss.classes_per_image", "3", "--model.loss.hard_classes", "1",
+         "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
+         "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
+         "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false",
+         "--trainer.num_sanity_val_steps", "0",
+         "--trainer.default_root_dir", str(world / "classes_per_image")],
+        run=False,
+    )  # fmt: skip
+    assert (cli.model.loss_config.classes_per_image, cli.model.loss_config.hard_classes) == (3, 1)
+    before = {k: v.clone() for k, v in cli.model.model.decoder.state_dict().items()}
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 1
+    assert math.isfinite(float(cli.trainer.callback_metrics["train/loss"]))
+    after = cli.model.model.decoder.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_run_s_loggers_share_one_version_folder(world, tmp_path):
+    """Loggers pick their versions one by one, and the first one's folder exists before the
+    others look: the CLI gives all of them the first one's next version (a user's stays)."""
+    from model.lightning_cli import make_cli
+
+    (tmp_path / "runs" / "a" / "version_0").mkdir(parents=True)  # an earlier run of the first
+    csv = "lightning.pytorch.loggers.CSVLogger"
+    loggers = [{"class_path": csv, "init_args": {"save_dir": str(tmp_path / "runs"), "name": n}}
+               for n in ("a", "b")]  # fmt: skip
+    common = ["--config", str(TINY), "--config", str(world / "overlay.yaml")]
+    cli = make_cli([*common, "--trainer.logger", json.dumps(loggers)], run=False)
+    assert [lg.version for lg in cli.trainer.loggers] == [1, 1]
+    loggers[1]["init_args"]["version"] = "mine"
+    cli = make_cli([*common, "--trainer.logger", json.dumps(loggers)], run=False)
+    assert [lg.version for lg in cli.trainer.loggers] == [1, "mine"]
+
+
 def test_print_config_shows_the_settings():
     result = run_cli("fit", "--config", str(TINY), "--print_config")
     assert result.returncode == 0, result.stderr

@@ -132,6 +132,7 @@ def test_explain_writes_the_three_cost_maps(trained, world, tmp_path):
     assert picture.width > 3 * picture.height  # five panels side by side
 
 
+@pytest.mark.e2e
 def test_quick_demo_runs_and_reports(tmp_path):
     stale = tmp_path / "banks" / "toy.zarr"  # demo_out's bank left by an older dpseg
     stale.mkdir(parents=True)

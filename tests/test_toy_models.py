@@ -108,6 +108,7 @@ def test_a_short_dinotxt_pretraining_trains_the_plain_head_and_writes_a_valid_fi
     assert built.fingerprint != recorded_fingerprints()["fingerprints"]["toy-dinotxt"]
 
 
+@pytest.mark.e2e
 def test_a_short_pretraining_is_informative(tmp_path):
     """A fresh (short) pretraining, run as a user runs it, learns the world: not the committed
     bits, but an informative model in a valid weights file."""
@@ -124,6 +125,21 @@ def test_a_short_pretraining_is_informative(tmp_path):
     assert built.weights == str(out)
     assert built.fingerprint != recorded_fingerprints()["fingerprints"]["toy-convnext"]
     assert read_metadata(out)["command"].startswith("cli.py presets pretrain toy-convnext")
+
+
+def test_pretraining_a_convnext_writes_a_valid_file_with_the_region_loss(tmp_path):
+    """The mechanics of ``presets pretrain`` for a ConvNeXt (the learning itself: the test above,
+    marked e2e): the region loss over rendered scenes runs, the report says so, the file is a
+    valid weights file of the preset."""
+    out = tmp_path / "toy.safetensors"
+    result = run_cli("presets", "pretrain", "toy-convnext", "--steps", "2", "--pool", "40",
+                     "--batch-size", "16", "--eval-images", "31", "--scene-pool", "8",
+                     "--scene-batch", "2", "--out", str(out), "--quiet")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 steps in " in result.stdout and f"MB written to {out}" in result.stdout
+    meta = read_metadata(out)
+    assert meta["region_loss"] == "True" and float(meta["modality_gap"]) == 1.4
+    assert create_clip("toy-convnext", weights=out).weights == str(out)
 
 
 def test_pretrain_refuses_bad_settings():

@@ -137,19 +137,16 @@ def prepare_options(p) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    """Run :func:`prepare_dataset`; print the summary, or the error and return 2."""
+    """Run :func:`prepare_dataset` and print the summary (a ``DatasetError`` ends the command in
+    one line, as every user error does: ``cli.main``)."""
     root = datasets_root(getattr(args, "root", None))
-    try:
-        s = prepare_dataset(
-            args.name,
-            root,
-            progress=not getattr(args, "quiet", False),
-            vocab_dir=getattr(args, "vocab_dir", None),
-            workers=getattr(args, "workers", None),
-        )
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    s = prepare_dataset(
+        args.name,
+        root,
+        progress=not getattr(args, "quiet", False),
+        vocab_dir=getattr(args, "vocab_dir", None),
+        workers=getattr(args, "workers", None),
+    )
     for warning in s["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     print(
