@@ -10,7 +10,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # Tests and the demo run on 2 CPU cores; more threads than cores only slows them down.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: help install lint format test test-all demo app claims presets bank bench-gpu rehearse lock clean
+.PHONY: help install lint format test test-all coverage demo app claims presets bank bench-gpu rehearse lock clean
 .DEFAULT_GOAL := help
 
 help:  ## list the targets
@@ -41,6 +41,9 @@ PYTEST = OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test: lint  ## lint, then the test suite (offline, CPU, tiny presets) without the long end-to-end runs: ~10 min on 2 cores
 	$(PYTEST) -m "not e2e"
+
+coverage: $(STAMP)  ## what make test covers, and the lines only the e2e tests reach (about 17 min)
+	$(PY) benchmarks/coverage_split.py --out coverage_out
 
 test-all: lint  ## lint, then every test, the long end-to-end runs (-m e2e: the learning guard) included (CI runs this)
 	$(PYTEST)
@@ -89,4 +92,4 @@ lock: $(STAMP)  ## rewrite constraints.txt from the current .venv
 	mv constraints.new constraints.txt
 
 clean:  ## remove the venv and generated outputs
-	rm -rf $(VENV) .pytest_cache .ruff_cache demo_out claims_out
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo_out claims_out coverage_out
