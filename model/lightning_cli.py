@@ -80,8 +80,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class StopOnInterrupt(Callback):
     """Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption) during ``fit`` stops training at the
     end of the step in progress and saves ``interrupted.ckpt`` beside the run's checkpoints, to
-    resume from (a second signal stops at once, as Lightning does). In validate/test/predict it only records the interruption. Either
-    way ``cli.py`` then ends in one line (``DPSegCLI``), exit status 2."""
+    resume from (a second signal stops at once, as Lightning does). In validate/test/predict it
+    only records the interruption. Either way ``cli.py`` then ends in one line (``DPSegCLI``),
+    exit status 2."""
 
     def __init__(self):
         self.signal: str | None = None  # the signal's name once one came to this process

@@ -527,3 +527,15 @@ def test_cmd_prepare(tmp_path, capsys, monkeypatch):
     assert set(PREPARABLE) == {"coco171", "ade150", "ade847", "pc59", "pc459", "voc20", "voc20b",
                                "coco-object", "cityscapes", "potsdam", "vaihingen", "isaid",
                                "vdd"}  # fmt: skip
+
+
+def test_every_preparable_dataset_has_one_registered_converter():
+    """Converters are registered where they are defined (``@converter``); the dispatcher has no
+    branch per dataset, and a converter for a name PREPARABLE lacks is refused."""
+    from data.prepare.common import CONVERTERS, PREPARABLE, RAW_SOURCES, converter
+
+    assert set(CONVERTERS) == set(PREPARABLE) <= set(RAW_SOURCES)
+    assert CONVERTERS["pc59"] is CONVERTERS["pc459"] and CONVERTERS["voc20"] is CONVERTERS["voc20b"]
+    with pytest.raises(ValueError, match=r"converter for 'mydata': add it to PREPARABLE"):
+        converter("mydata")(lambda root: None)
+    assert "mydata" not in CONVERTERS

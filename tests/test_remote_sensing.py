@@ -111,7 +111,17 @@ def test_specs_layout_ignore_and_reduce_zero_label():
     for spec in (isaid, vdd):
         assert not spec.reduce_zero_label and spec.ignore_values == (255,)
     with pytest.raises(ValueError, match="reduce_zero_label makes on-disk 0 an ignore value"):
-        DatasetSpec("x", "vdd", 7, "a", "b", ".png", (255,), None, reduce_zero_label=True)
+        DatasetSpec(
+            name="x",
+            vocabulary="vdd",
+            num_classes=7,
+            image_dir="a",
+            label_dir="b",
+            label_suffix=".png",
+            ignore_values=(255,),
+            expected_images=None,
+            reduce_zero_label=True,
+        )
 
 
 def test_vocabularies_are_mmseg_label_order():

@@ -13,7 +13,7 @@ from PIL import Image
 
 from data.catalog import DatasetError
 from data.io import save_image_atomic
-from data.prepare.common import IGNORE_U16, Job, _Plan, _rel, _require_file
+from data.prepare.common import IGNORE_U16, Job, _Plan, _rel, _require_file, converter
 from data.vocabulary import Vocabulary, VocabularyError, load_vocabulary, read_vocabulary_file
 
 ADE847_MAX_SIDE = 512  # MaskFormer's prepare_ade20k_full_sem_seg.py: shorter side <= 512
@@ -260,6 +260,7 @@ def _ade847_job(image: Path, seg: Path, out_image: Path, out_label: Path, lut: n
     return job
 
 
+@converter("ade847")
 def _plan_ade847(root: Path, vocab_dir: str | os.PathLike | None) -> _Plan:
     base = root / _ADE_FULL
     index_path = base / "index_ade20k.pkl"

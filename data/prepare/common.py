@@ -211,3 +211,23 @@ def _run_jobs(jobs: list[Job], description: str, progress: bool, workers: int) -
                 counts[f.result()] += 1
                 bar.advance()
     return counts
+
+
+CONVERTERS: dict[str, Callable[..., _Plan]] = {}
+"""Dataset name -> the function that plans its conversion (``data.prepare.run``): registered
+where each is defined, with :func:`converter`."""
+
+
+def converter(*names: str):
+    """Decorator: ``plan(root, [name], [vocab_dir]) -> _Plan`` converts the datasets ``names``
+    (each in :data:`PREPARABLE`, whose ``RAW_SOURCES`` say what to download). The plan takes
+    ``name`` when it serves several datasets and ``vocab_dir`` when it reads a class list."""
+
+    def register(plan: Callable[..., _Plan]) -> Callable[..., _Plan]:
+        for name in names:
+            if name not in PREPARABLE:
+                raise ValueError(f"converter for {name!r}: add it to PREPARABLE and RAW_SOURCES")
+            CONVERTERS[name] = plan
+        return plan
+
+    return register

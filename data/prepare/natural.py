@@ -17,6 +17,7 @@ from data.prepare.common import (
     _rel,
     _require_dir,
     _require_file,
+    converter,
 )
 
 # COCO-Stuff: 0-based ids (category id - 1) that no annotation uses; the other 171 are the classes
@@ -80,6 +81,7 @@ def cityscapes_lut() -> np.ndarray:
     return lut
 
 
+@converter("coco171")
 def _plan_coco171(root: Path) -> _Plan:
     raw = root / "coco-stuff" / "annotations"
     what = "a COCO-Stuff stuffthingmap (8-bit grayscale PNG)"
@@ -116,6 +118,7 @@ def _warn_missing_coco_images(plan: _Plan, images: Path, root: Path) -> None:
         )
 
 
+@converter("ade150")
 def _plan_ade150(root: Path) -> _Plan:
     base = root / "ADEChallengeData2016"
     src_dir = base / "annotations" / "validation"
@@ -139,6 +142,7 @@ def _plan_ade150(root: Path) -> _Plan:
     return plan
 
 
+@converter("voc20", "voc20b")
 def _plan_voc(root: Path, name: str) -> _Plan:
     base = root / _VOC12
     src_dir = base / "SegmentationClass"
@@ -175,6 +179,7 @@ _COCO164K = Path("coco_stuff164k")
 _COCO_OBJECT_SUFFIX = "_instanceTrainIds.png"  # GroupViT / SCLIP's seg_map_suffix
 
 
+@converter("coco-object")
 def _plan_coco_object(root: Path) -> _Plan:
     name = "coco-object"
     images = root / _COCO164K / "images" / "val2017"
@@ -209,6 +214,7 @@ def _plan_coco_object(root: Path) -> _Plan:
     return plan
 
 
+@converter("cityscapes")
 def _plan_cityscapes(root: Path) -> _Plan:
     name = "cityscapes"
     base = root / "cityscapes"

@@ -19,6 +19,7 @@ from data.prepare.common import (
     _rel,
     _require_dir,
     _require_file,
+    converter,
 )
 from data.vocabulary import load_vocabulary
 
@@ -127,6 +128,7 @@ def _mat_job(src: Path, dst: Path, lut: np.ndarray, fmt: str) -> Job:
     return job
 
 
+@converter("pc59", "pc459")
 def _plan_pascal_context(root: Path, name: str) -> _Plan:
     base = root / _VOC10
     mats = base / "trainval"

@@ -16,7 +16,7 @@ from PIL import Image
 
 from data.catalog import DatasetError
 from data.io import save_image_atomic
-from data.prepare.common import IGNORE_U8, Job, _download, _Plan, _rel, _require_dir
+from data.prepare.common import IGNORE_U8, Job, _download, _Plan, _rel, _require_dir, converter
 
 ISPRS_CLIP = 512  # mmseg's potsdam.py / vaihingen.py: --clip_size 512
 ISPRS_STRIDE = 256  # their --stride_size 256: it sets only how many windows are computed
@@ -287,6 +287,7 @@ def _missing_zips(name: str, root: Path, zips: list[Path]) -> DatasetError:
     )
 
 
+@converter("potsdam", "vaihingen")
 def _plan_isprs(root: Path, name: str) -> _Plan:
     """Potsdam / Vaihingen val tiles from the official zips -> mmseg's 512 x 512 crops."""
     base = root / name
@@ -369,6 +370,7 @@ def _isprs_key(name: str, member: str, label: bool) -> str | None:
     return parts[3] if len(parts) == 4 and path.parent.name == "top" else None
 
 
+@converter("isaid")
 def _plan_isaid(root: Path) -> _Plan:
     """iSAID val: DOTA-v1.0 val images + iSAID semantic masks, as zipped in mmseg's layout, ->
     896 x 896 patches (stride 512) in ``iSAID/img_dir/val`` and ``iSAID/ann_dir/val``."""
@@ -441,6 +443,7 @@ def _isaid_crops(
     return crops
 
 
+@converter("vdd")
 def _plan_vdd(root: Path) -> _Plan:
     """VDD is read as downloaded: check that its test split pairs up, convert nothing."""
     from data.catalog import get_dataset_spec

@@ -1,25 +1,22 @@
-"""The dispatcher (:func:`prepare_dataset`) and the ``data prepare`` command line."""
+"""The dispatcher (:func:`prepare_dataset`: the dataset's registered converter,
+``data.prepare.common.CONVERTERS``) and the ``data prepare`` command line."""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import time
 from pathlib import Path
 
+# the converters' modules register their plans (data.prepare.common.converter) when imported
+import data.prepare.ade847
+import data.prepare.natural
+import data.prepare.pascal_context
+import data.prepare.remote_sensing  # noqa: F401
 from data.catalog import DatasetError, datasets_root
-from data.prepare.ade847 import _plan_ade847
-from data.prepare.common import PREPARABLE, RAW_SOURCES, _default_workers, _run_jobs
-from data.prepare.natural import (
-    _plan_ade150,
-    _plan_cityscapes,
-    _plan_coco171,
-    _plan_coco_object,
-    _plan_voc,
-)
-from data.prepare.pascal_context import _plan_pascal_context
-from data.prepare.remote_sensing import _plan_isaid, _plan_isprs, _plan_vdd
+from data.prepare.common import CONVERTERS, PREPARABLE, RAW_SOURCES, _default_workers, _run_jobs
 
 
 def prepare_dataset(
@@ -62,26 +59,10 @@ def prepare_dataset(
     if workers < 1:
         raise DatasetError(f"workers={workers}: must be at least 1")
     start = time.perf_counter()
-    if name == "coco171":
-        plan = _plan_coco171(root)
-    elif name == "ade150":
-        plan = _plan_ade150(root)
-    elif name == "ade847":
-        plan = _plan_ade847(root, vocab_dir)
-    elif name in ("pc59", "pc459"):
-        plan = _plan_pascal_context(root, name)
-    elif name == "coco-object":
-        plan = _plan_coco_object(root)
-    elif name == "cityscapes":
-        plan = _plan_cityscapes(root)
-    elif name in ("potsdam", "vaihingen"):
-        plan = _plan_isprs(root, name)
-    elif name == "isaid":
-        plan = _plan_isaid(root)
-    elif name == "vdd":
-        plan = _plan_vdd(root)
-    else:
-        plan = _plan_voc(root, name)
+    plan_of = CONVERTERS[name]
+    given = {"name": name, "vocab_dir": vocab_dir}
+    takes = inspect.signature(plan_of).parameters
+    plan = plan_of(root, **{k: v for k, v in given.items() if k in takes})
     if plan.missing:
         plan.warnings.append(
             f"{len(plan.missing)} listed inputs are absent from the download and were skipped "
