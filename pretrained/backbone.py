@@ -399,6 +399,11 @@ class ClipBackbone(nn.Module):
         self.register_buffer("mean", torch.tensor(preset.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(preset.std).view(1, 3, 1, 1), persistent=False)
 
+    def train(self, mode: bool = True) -> ClipBackbone:
+        super().train(mode)
+        self.family.set_training(self.visual, mode)  # e.g. a ResNet's BatchNorm stays in eval
+        return self
+
     def forward(self, images: torch.Tensor) -> BackboneFeatures:
         """images (B, 3, H, W) RGB in [0, 1]; a ViT needs H = W = ``image_size``."""
         if self.family.fixed_input_size and tuple(images.shape[-2:]) != (self.image_size,) * 2:

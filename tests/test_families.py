@@ -115,3 +115,18 @@ def test_rn50_by_its_open_clip_name_is_the_real_architecture():
         features = backbone(torch.rand(1, 3, 224, 224))
     assert features.dense.shape == (1, 1024, 7, 7)
     assert [f.shape[1] for f in features.levels] == [256, 512, 1024, 2048]
+
+
+def test_a_resnet_backbone_keeps_clip_s_batchnorm_statistics_while_it_trains():
+    """(ours) train() leaves the tower's BatchNorm in eval: a training forward does not move the
+    running statistics, and the BatchNorm weights still get gradients."""
+    built = create_clip(TINY_RESNET)
+    backbone = ClipBackbone(built.model, built.preset).train()
+    assert backbone.training
+    norms = [m for m in backbone.visual.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms)
+    before = norms[0].running_mean.clone()
+    backbone(torch.rand(2, 3, 64, 64)).dense.sum().backward()
+    assert torch.equal(norms[0].running_mean, before) and norms[0].weight.grad is not None
+    vit = create_clip("tiny-vit")  # other families: train() as torch's
+    assert all(m.training for m in ClipBackbone(vit.model, vit.preset).train().modules())

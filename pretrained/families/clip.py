@@ -52,6 +52,9 @@ class ClipFamily(EncoderFamily):
     def adapt_input_size(self, visual: nn.Module, preset: EncoderPreset, image_size: int) -> None:
         """Make ``visual`` take ``image_size`` inputs (DPSeg's backbone at another size)."""
 
+    def set_training(self, visual: nn.Module, mode: bool) -> None:
+        """After ``ClipBackbone.train(mode)``: what of ``visual`` stays in eval mode (nothing)."""
+
     def dense_features(
         self, visual: nn.Module, x: torch.Tensor, levels: tuple[int, ...], gap: float
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:

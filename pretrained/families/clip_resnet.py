@@ -32,6 +32,14 @@ class ClipResNet(ClipFamily):
         """(ours) the four stages, strides 4/8/16/32."""
         return (1, 2, 3, 4)
 
+    def set_training(self, visual: nn.Module, mode: bool) -> None:
+        """(ours) BatchNorm keeps CLIP's statistics while DPSeg trains the tower: a few images
+        per batch would re-estimate them badly (detectron2's FrozenBatchNorm2d, SED's practice);
+        its affine weights still train."""
+        for module in visual.modules():
+            if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+                module.eval()
+
     def dense_features(
         self, visual: nn.Module, x: torch.Tensor, levels: tuple[int, ...], gap: float
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
