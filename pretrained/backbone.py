@@ -150,10 +150,11 @@ def create_clip(
         pretrained.hub.WeightsUnavailableError: pretrained weights neither local nor downloadable.
     """
     preset = resolve_encoder(preset)
-    if not family_of(preset).segments:
+    family = family_of(preset)
+    if not family.segments:
         clips = [f.name for f in families().values() if f.segments]
         raise PresetError(
-            f"encoder preset {preset.name!r} is {family_of(preset).title}, an encoder for VIP and "
+            f"encoder preset {preset.name!r} is {family.title}, an encoder for VIP and "
             f"prompt banks; DPSeg's image encoder is a CLIP: use a {', '.join(clips)} preset or "
             "open name (cli.py presets)"
         )

@@ -62,3 +62,14 @@ class ClipFamily(EncoderFamily):
         (B, D, h, w), with the modality ``gap`` per pixel (``backbone.modality_embedding``), and
         the level maps (B, C_j, h_j, w_j) at ``levels``."""
         raise NotImplementedError
+
+
+def last_and_levels(
+    visual: nn.Module, x: torch.Tensor, last: int, levels: tuple[int, ...]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One ``forward_intermediates`` pass: the (B, C, h, w) map at index ``last`` (what the dense
+    features come from) and the maps at ``levels``."""
+    indices = sorted(set(levels) | {last})
+    out = visual.forward_intermediates(x, indices=indices, intermediates_only=True)
+    maps = dict(zip(indices, out["image_intermediates"]))
+    return maps[last], [maps[i] for i in levels]

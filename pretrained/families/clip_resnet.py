@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pretrained.families import register
-from pretrained.families.clip import ClipFamily
+from pretrained.families.clip import ClipFamily, last_and_levels
 
 
 @register
@@ -45,13 +45,10 @@ class ClipResNet(ClipFamily):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         from pretrained.backbone import modality_embedding
 
-        last = 4  # layer4
-        indices = sorted(set(levels) | {last})
-        out = visual.forward_intermediates(x, indices=indices, intermediates_only=True)
-        maps = dict(zip(indices, out["image_intermediates"]))
+        last, maps = last_and_levels(visual, x, 4, levels)  # 4: layer4, the last stage
         pool = visual.attnpool
-        tokens = maps[last].permute(0, 2, 3, 1)  # (B, h, w, C)
+        tokens = last.permute(0, 2, 3, 1)  # (B, h, w, C)
         dense = pool.c_proj(pool.v_proj(tokens)).permute(0, 3, 1, 2)  # (B, D, h, w)
         if gap:
             dense = modality_embedding(dense, gap, "image", dim=1)
-        return dense.contiguous(), [maps[i] for i in levels]
+        return dense.contiguous(), maps

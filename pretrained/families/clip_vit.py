@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pretrained.families import register
-from pretrained.families.clip import ClipFamily
+from pretrained.families.clip import ClipFamily, last_and_levels
 
 if TYPE_CHECKING:
     from pretrained.presets import EncoderPreset
@@ -45,15 +45,12 @@ class ClipViT(ClipFamily):
         blocks' patch tokens, (B, C, h, w) each."""
         from pretrained.backbone import modality_embedding
 
-        last_block = len(visual.transformer.resblocks) - 1
-        indices = sorted(set(levels) | {last_block})
-        out = visual.forward_intermediates(x, indices=indices, intermediates_only=True)
-        maps = dict(zip(indices, out["image_intermediates"]))
-        tokens = visual.ln_post(maps[last_block].permute(0, 2, 3, 1))  # (B, h, w, C)
+        last, maps = last_and_levels(visual, x, len(visual.transformer.resblocks) - 1, levels)
+        tokens = visual.ln_post(last.permute(0, 2, 3, 1))  # (B, h, w, C)
         dense = (tokens @ visual.proj).permute(0, 3, 1, 2)  # (B, D, h, w)
         if gap:
             dense = modality_embedding(dense, gap, "image", dim=1)
-        return dense.contiguous(), [maps[i] for i in levels]
+        return dense.contiguous(), maps
 
 
 def resample_vit_positions(visual: nn.Module, image_size: int) -> None:
