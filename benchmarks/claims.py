@@ -67,6 +67,7 @@ Jobs go seed by seed (every row of seed 0 first), so that a partial run has pair
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -272,6 +273,74 @@ class Runner:
             print(f"[{self.done}/{self.total}] {what}: done before, kept", flush=True)
 
 
+LEDGER = ROOT / "benchmarks" / "claims_ledger.jsonl"
+"""Every finished claims test, one JSON line, committed (ours): a claims run takes longer than a
+machine is lent, so a fresh machine goes on from the tests finished anywhere before."""
+
+
+def fingerprint(steps: int | None, files: Sequence[Path], args: Sequence[str]) -> str:
+    """What makes two runs of a row the same: the training steps, the contents of its config
+    files and its extra arguments (not the folders it ran in)."""
+    digest = {
+        "steps": steps,
+        "files": [[p.name, hashlib.sha256(p.read_bytes()).hexdigest()] for p in files],
+        "args": list(args),
+    }
+    return hashlib.sha256(json.dumps(digest).encode()).hexdigest()[:16]
+
+
+def code_version() -> str:
+    """The commit the runs are made at (``+dirty`` with uncommitted changes), for the ledger."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+class Ledger:
+    """The finished tests' scores by (tag, fingerprint), read from and appended to a JSON-lines
+    file (None: kept in memory only). Thread-safe."""
+
+    def __init__(self, path: Path | None):
+        self.path, self.lock, self.entries, self.used = path, threading.Lock(), {}, set()
+        self.version = code_version()
+        if path is not None and path.exists():
+            for n, line in enumerate(path.read_text().splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                    self.entries[entry["tag"], entry["fingerprint"]] = entry
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise SystemExit(f"claims: --ledger {path}: line {n} is not a ledger entry; "
+                                     "mend or remove that line") from None  # fmt: skip
+
+    def scores(self, tag: str, print_: str) -> dict[str, float] | None:
+        entry = self.entries.get((tag, print_))
+        if entry is not None:
+            self.used.add((tag, print_))
+        return None if entry is None else {k: float(entry["scores"][k]) for k in METRICS}
+
+    def add(self, tag: str, print_: str, scores: dict[str, float]) -> None:
+        entry = {"tag": tag, "fingerprint": print_, "scores": scores, "commit": self.version,
+                 "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}  # fmt: skip
+        with self.lock:
+            self.used.add((tag, print_))
+            if (tag, print_) in self.entries:
+                return
+            self.entries[tag, print_] = entry
+            if self.path is not None:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(entry) + "\n")
+
+    def commits(self) -> list[str]:
+        """The commits that the entries read or added were made at, in order of appearance."""
+        return list(dict.fromkeys(e["commit"] for k, e in self.entries.items() if k in self.used))
+
+
 CHECKPOINT_EVERY = 1000
 """Training steps between a fit's checkpoints (ours): a claims run takes hours, and a fit that
 is stopped (a machine that goes away, Ctrl-C, a kill) resumes from its last one."""
@@ -351,7 +420,12 @@ def markdown(record: dict) -> str:
         f"Toy world, {len(seeds)} paired seeds ({', '.join(map(str, seeds))}), {steps} training "
         f"steps per DPSeg run ({whose}), {record['jobs']} runs side by side with "
         f"{record['threads']} CPU thread(s) each, {record['minutes']:.1f} min "
-        "(`.venv/bin/python benchmarks/claims.py`); scores on `toy` (the test split), in %.",
+        "(`.venv/bin/python benchmarks/claims.py`); scores on `toy` (the test split), in %."
+        + (
+            f" Runs made at commit(s) {', '.join(record['commits'])} (the ledger)."
+            if record.get("commits")
+            else ""
+        ),
         "",
         "| row | claim tested | mIoU | seen | unseen | hIoU | row - full, mIoU [95% CI] |",
         "|---|---|---|---|---|---|---|",
@@ -497,6 +571,12 @@ def main() -> int:
     parser.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY,
                         help=f"steps between a fit's checkpoints, which a stopped run resumes "
                              f"from (default {CHECKPOINT_EVERY})")  # fmt: skip
+    parser.add_argument("--ledger", default=str(LEDGER.relative_to(ROOT)),
+                        help="the finished tests' scores, read and appended to (default "
+                             f"{LEDGER.relative_to(ROOT)}, committed; 'none': not kept)")  # fmt: skip
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: the report from the ledger alone, over the seeds "
+                             "whose every chosen row it holds")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=2, help="DPSeg runs side by side (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1)")
     parser.add_argument(
@@ -538,7 +618,11 @@ def main() -> int:
     run = Runner(total, args.threads)
     start = time.perf_counter()
 
-    run("data", ["data", "toy", "--root", str(data_root), "--quiet"])
+    ledger = Ledger(None if args.ledger == "none" else Path(args.ledger).resolve())
+    if args.report:
+        run.total = 3
+    else:
+        run("data", ["data", "toy", "--root", str(data_root), "--quiet"])
     agreement = {}
     for path, preset in ((bank, "toy"), *((b, p) for p, b in vip_banks.items())):
         run(f"bank {preset}", ["bank", "build", "--vocab", "toy", "--preset", preset,
@@ -559,21 +643,34 @@ def main() -> int:
     common = ["--config", str(CONFIG), "--config", str(base)]
     steps = [] if args.steps is None else ["--trainer.max_steps", str(args.steps)]
 
-    def dpseg_run(key: str, ablation: str | None, seed: int) -> tuple[dict, list[dict]]:
+    def dpseg_run(key: str, ablation: str | None, seed: int) -> tuple[dict, list[dict]] | None:
         """Fit one row with one seed, test it (and, for the full model, its round II rows).
-        Finished work is kept: a fit marked done in OUT is not run again, nor a test whose
-        results are there, so an interrupted run goes on where it stopped when run again."""
+        Finished work is kept: a test whose results are in OUT or in the ledger is not run
+        again, nor a fit marked done in OUT or whose tests are all done, so an interrupted run
+        goes on where it stopped. With --report, only the ledger: None unless all its tests
+        are there."""
         extra = ["--config", str(ABLATIONS / ablation)] if ablation else []
         tag = f"{key}_seed{seed}"
         ckpt_dir = out / "runs" / tag
         fitted = ckpt_dir / "fit.done"
         wanted_steps = str(args.steps or config_steps())
+        files = [CONFIG, *([ABLATIONS / ablation] if ablation else [])]
+        tests = [(f"test {tag}", tag, extra, fingerprint(int(wanted_steps), files, []))]
+        for key2, row2, _, extra2 in round_ii if ablation is None else []:
+            tests.append((f"test {row2}, seed {seed}", f"{key2}_seed{seed}",
+                          ["--config", str(ABLATIONS / "rounds_2.yaml"), *extra2],
+                          fingerprint(int(wanted_steps), [*files, ABLATIONS / "rounds_2.yaml"],
+                                      extra2)))  # fmt: skip
+        if args.report:
+            found = [ledger.scores(tag2, print_) for _, tag2, _, print_ in tests]
+            return None if None in found else (found[0], found[1:])
         if fitted.exists() and fitted.read_text().strip() != wanted_steps:
             fitted.unlink()  # trained for another number of steps: trained again (tests too)
-            shutil.rmtree(out / "results" / tag, ignore_errors=True)
-            for key2, *_ in round_ii if ablation is None else []:
-                shutil.rmtree(out / "results" / f"{key2}_seed{seed}", ignore_errors=True)
-        if fitted.exists():
+            for _, tag2, _, _ in tests:
+                shutil.rmtree(out / "results" / tag2, ignore_errors=True)
+        pending = [t for t in tests if not (out / "results" / t[1] / "toy.json").exists()
+                   and ledger.scores(t[1], t[3]) is None]  # fmt: skip
+        if fitted.exists() or not pending:
             run.skip(f"fit {tag}")
         else:
             started = ckpt_dir / "fit.steps"  # a stopped fit resumes only for the same steps
@@ -592,23 +689,22 @@ def main() -> int:
                 ["fit", *common, *extra, *steps, "--config", str(run_logger(ckpt_dir)),
                  "--seed_everything", str(seed), *more])  # fmt: skip
             fitted.write_text(f"{wanted_steps}\n")
-        ckpt = next(ckpt_dir.rglob("last.ckpt"))
 
-        def test(what: str, results: Path, more: list[str]) -> dict:
+        def test(what: str, tag2: str, more: list[str], print_: str) -> dict:
+            results = out / "results" / tag2
             if (results / "toy.json").exists():
                 run.skip(what)
+            elif (known := ledger.scores(tag2, print_)) is not None:
+                run.skip(f"{what} (ledger)")
+                return known
             else:
+                ckpt = next(ckpt_dir.rglob("last.ckpt"))
                 run(what, ["test", *common, *more, "--ckpt_path", str(ckpt),
                            "--model.results_dir", str(results), *NO_LOGS])  # fmt: skip
+            ledger.add(tag2, print_, scores(results))
             return scores(results)
 
-        first = test(f"test {tag}", out / "results" / tag, extra)
-        second = []
-        for key2, row2, _, extra2 in round_ii if ablation is None else []:
-            more = ["--config", str(ABLATIONS / "rounds_2.yaml"), *extra2]
-            second.append(
-                test(f"test {row2}, seed {seed}", out / "results" / f"{key2}_seed{seed}", more)
-            )
+        first, *second = (test(*t) for t in tests)
         return first, second
 
     # seed by seed, so that an interrupted run has whole seeds (paired rows) to compare
@@ -616,17 +712,28 @@ def main() -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(lambda job: dpseg_run(*job), jobs))
     done = {(key, seed): result for (key, _, seed), result in zip(jobs, results)}
+    if args.report:  # the seeds whose every row the ledger holds
+        seeds = [s for s in seeds if all(done[key, s] is not None for key, *_ in dpseg_rows)]
+        if dpseg_rows and not seeds:
+            raise SystemExit(f"claims: --report: the ledger {ledger.path} holds no seed with "
+                             "every chosen row; run without --report first")  # fmt: skip
     by_key = dpseg_record(dpseg_rows, round_ii, seeds, done) if dpseg_rows else {}
     rows = list(by_key.values())
     configs = {"toy-vit": "vip_toy.yaml", "toy-dinotxt": "vip_toy_dinotxt.yaml"}
-    for row, claim, preset, extra in vip_rows:
-        extra = [str(vip_banks[preset]) if a == "BANK" else a for a in extra]
-        vip_config = ["--config", str(ROOT / "configs" / configs[preset]), "--data.root",
-                      str(data_root)]  # fmt: skip
-        results = out / "results" / f"vip_{len(rows)}"
-        run(f"test {row}", ["test", *vip_config, *extra, "--model.results_dir", str(results),
-                            *NO_LOGS])  # fmt: skip
-        one = scores(results)
+    for n, (row, claim, preset, extra) in enumerate(vip_rows):
+        config = ROOT / "configs" / configs[preset]
+        tag, print_ = f"vip_{n}", fingerprint(None, [config], extra)
+        if (one := ledger.scores(tag, print_)) is not None:
+            run.skip(f"test {row} (ledger)")
+        elif args.report:
+            continue
+        else:
+            results = out / "results" / tag
+            run(f"test {row}", ["test", "--config", str(config), "--data.root", str(data_root),
+                                *(str(vip_banks[preset]) if a == "BANK" else a for a in extra),
+                                "--model.results_dir", str(results), *NO_LOGS])  # fmt: skip
+            one = scores(results)
+            ledger.add(tag, print_, one)
         rows.append({"key": None, "row": row, "claim": claim, "seeds": None, "runs": [one],
                      "scores": summarise([one]), "vs_full": None})  # fmt: skip
 
@@ -642,6 +749,8 @@ def main() -> int:
         "t_975": dict(enumerate(T_975, start=1)),
         "rows": rows,
         "comparisons": decide(by_key),
+        "ledger": str(ledger.path) if ledger.path else None,
+        "commits": ledger.commits(),
         "zero_shot": zero_shot,
         "bank_agreement": agreement,
     }
