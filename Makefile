@@ -56,7 +56,7 @@ app: $(STAMP)  ## the web app on http://127.0.0.1:7860 with the toy model of `ma
 	$(PY) cli.py app --model demo_out/model --vip-config configs/vip_toy.yaml \
 		--vocab 'red disc; blue square; green triangle; yellow ring; background'
 
-claims: $(STAMP)  ## the papers' claims decided in the toy world: 5 paired seeds, verdicts, about 10 h, resumable (docs/toy_world.md)
+claims: $(STAMP)  ## the papers' claims decided in the toy world: 5 paired seeds, verdicts, about 16 h, resumable (ledger) (docs/toy_world.md)
 	$(PY) benchmarks/claims.py --out claims_out
 
 # make bank VOCAB=ade847 [PRESET=paper|fast|vit|tiny] [TEMPLATES=imagenet80] [IMAGES=1] [OUT=...]

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/claims.py [--seeds 0 1 2 3 4] [--steps 8000] [--out claims_out]
                                           [--jobs 2] [--threads 1] [--rows TEXT ...]
-                                          [--checkpoint-every 1000]
+                                          [--checkpoint-every 1000] [--ledger PATH] [--report]
 
 Every row is one existing config switch, run as a user runs it (``cli.py fit`` / ``cli.py test``
 in fresh processes), on the toy world (docs/toy_world.md): DPSeg trained on the 24 seen classes
@@ -62,6 +62,15 @@ and tests with results are not redone, so an interrupted claims run goes on wher
 A fit saves ``last.ckpt`` every ``--checkpoint-every`` steps and a stopped fit resumes from it
 (``runs/TAG/resumed`` records that it did: Lightning then starts that epoch's data order again).
 Jobs go seed by seed (every row of seed 0 first), so that a partial run has paired seeds.
+
+**The ledger** (``--ledger``, default benchmarks/claims_ledger.jsonl, committed): every finished
+test appends one JSON line (the row's tag, a fingerprint of its steps, config files' contents and
+extra arguments, its scores, the commit it ran at and the date). A run on a fresh machine takes a
+test found there with the same fingerprint as done, and skips a fit whose tests are all done, so
+the hours of a claims run add up across machines. ``--report`` runs nothing and writes the report
+from the ledger alone, over the seeds whose every chosen row it holds. A change to the code that
+changes what a row scores (the configs are fingerprinted, the code is not) must start a new
+ledger (``git rm`` the old one); the report names the commits its runs were made at.
 """
 
 from __future__ import annotations

@@ -378,3 +378,44 @@ def test_cost_vs_k_rejection_bounds_the_decode(tmp_path):
     assert "| tiny-convnext 320 px | 150 | default + rejection |" in table(rows)
     plot(rows, tmp_path / "cost.png")
     assert (tmp_path / "cost.png").stat().st_size > 10_000
+
+
+def test_claims_fingerprint_is_the_settings_not_the_folder(tmp_path):
+    """A row's fingerprint: its steps, its config files' contents and its extra arguments; the
+    same files in another folder (another machine's checkout) give the same one."""
+    from benchmarks.claims import fingerprint
+
+    a, b = tmp_path / "a" / "row.yaml", tmp_path / "b" / "row.yaml"
+    for path in (a, b):
+        path.parent.mkdir()
+        path.write_text("model: {dpseg: {prompt_mode: text}}\n")
+    base = fingerprint(8000, [a], ["--x", "1"])
+    assert fingerprint(8000, [b], ["--x", "1"]) == base
+    assert fingerprint(4000, [a], ["--x", "1"]) != base
+    assert fingerprint(8000, [a], ["--x", "2"]) != base
+    b.write_text("model: {dpseg: {prompt_mode: visual}}\n")
+    assert fingerprint(8000, [b], ["--x", "1"]) != base
+
+
+def test_claims_ledger_keeps_finished_tests_across_machines(tmp_path):
+    """What one machine finished, the next reads back (a fresh OUT skips it); an entry is
+    written once; a line that is not an entry stops the run with one line naming it."""
+    from benchmarks.claims import METRICS, Ledger
+
+    path = tmp_path / "ledger.jsonl"
+    first = Ledger(path)
+    scores = {k: 50.0 + n for n, k in enumerate(METRICS)}
+    assert first.scores("full_seed0", "f1") is None
+    first.add("full_seed0", "f1", scores)
+    first.add("full_seed0", "f1", scores)  # a second add of the same test is not a second line
+    assert len(path.read_text().splitlines()) == 1
+    again = Ledger(path)
+    assert again.scores("full_seed0", "f1") == scores
+    assert again.scores("full_seed0", "f2") is None  # other settings: not the same run
+    assert again.commits() == [first.version]  # the commits of the entries it used
+    path.write_text(path.read_text() + "\n{not json\n")
+    with pytest.raises(SystemExit, match=r"line 3 is not a ledger entry"):
+        Ledger(path)
+    memory = Ledger(None)  # --ledger none: kept in memory only
+    memory.add("text_seed0", "f1", scores)
+    assert memory.scores("text_seed0", "f1") == scores
