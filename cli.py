@@ -30,7 +30,7 @@ LIGHTNING_COMMANDS = {
     "fit": "train DPSeg (LightningCLI: cli.py fit --config configs/tiny_synthetic.yaml)",
     "validate": "validate a checkpoint on data.val (LightningCLI)",
     "test": "test on every (dataset, bank) of data.test; metrics + summary (LightningCLI; VIP: "
-    "cli.py test --config configs/vip_tiny.yaml [--dual-prompts BANK])",
+    "cli.py test --config configs/vip_tiny.yaml [--model.dual_prompts BANK])",
     "predict": "LightningCLI's predict over data.test: --config ... --ckpt_path ... (any images: "
     "cli.py segment)",
 }
@@ -153,18 +153,6 @@ def _chosen(config, command: Command | None = None) -> tuple[Command, object]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _dual_prompts_option(argv: list[str]) -> list[str]:
-    """``--dual-prompts BANK`` (VIP with a bank's visual prompts) is ``--model.dual_prompts``."""
-    out = []
-    for arg in argv:
-        if arg == "--dual-prompts":
-            arg = "--model.dual_prompts"
-        elif arg.startswith("--dual-prompts="):
-            arg = "--model.dual_prompts=" + arg.split("=", 1)[1]
-        out.append(arg)
-    return out
-
-
 def lightning_main(argv: list[str]) -> int:
     """fit/validate/test/predict, exactly LightningCLI's (model/lightning_cli.py)."""
 
@@ -172,7 +160,7 @@ def lightning_main(argv: list[str]) -> int:
     from model.lightning_cli import main as run
 
     try:
-        run(_dual_prompts_option(argv))
+        run(argv)
     except SystemExit as e:
         if e.code == 2 and argv[0] == "predict" and any(a.startswith("--images") for a in argv):
             print(

@@ -25,7 +25,7 @@ VIP rows (configs/vip_toy.yaml on toy-vit, configs/vip_toy_dinotxt.yaml on toy-d
 deterministic, one run each):
     plain dense encoder                         --model.attention none, canonical names only
     VIP: aliases + saliency-aware aggregation   the config as it is
-    VIP + dual prompts                          --dual-prompts (a bank of the same encoder)
+    VIP + dual prompts                          --model.dual_prompts (a bank of the same encoder)
 
 **Paired seeds.** Seed s of every DPSeg row starts from the same initial weights wherever the
 networks agree (``model.seeding``) and sees the same data order, so rows differ in the switch
@@ -151,12 +151,12 @@ VIP_ROWS = [  # (row, claim, encoder preset, extra arguments): configs/vip_toy[_
     ("plain dense CLIP (canonical names)", "the baseline", "toy-vit",
      ["--model.attention", "none", "--model.vocabularies", "{toy: toy}"]),
     ("VIP: aliases + saliency-aware aggregation", "VIP > plain", "toy-vit", []),
-    ("VIP + dual prompts (ours)", "dual prompts help VIP", "toy-vit", ["--dual-prompts", "BANK"]),
+    ("VIP + dual prompts (ours)", "dual prompts help VIP", "toy-vit", ["--model.dual_prompts", "BANK"]),
     ("dino.txt: plain head (canonical names)", "the baseline", "toy-dinotxt",
      ["--model.attention", "none", "--model.vocabularies", "{toy: toy}"]),
     ("dino.txt: VIP (proxy head + aliases)", "VIP > plain", "toy-dinotxt", []),
     ("dino.txt: VIP + dual prompts (ours)", "dual prompts help VIP", "toy-dinotxt",
-     ["--dual-prompts", "BANK"]),
+     ["--model.dual_prompts", "BANK"]),
 ]  # fmt: skip
 METRICS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU")
 DECIDING = "mIoU"  # the verdicts' metric (all classes); unseen classes are reported beside it

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data.errors import SettingError
 from model.seeding import paired_conv, part_rng
 
 # (ours, the paper says only "self-attention layers") where the decoder attends, per class map:
@@ -41,12 +42,12 @@ DECODER_ATTENTION: tuple[str, ...] = get_args(DecoderAttention)
 
 
 def check_attention(attention: str, window: int) -> None:
-    """Raise ValueError, naming the setting and its choices, for an unknown ``attention`` or a
+    """Raise SettingError, naming the setting and its choices, for an unknown ``attention`` or a
     window that cannot tile a map (the decoder and ``DPSegConfig`` share this check)."""
     if attention not in DECODER_ATTENTION:
-        raise ValueError(f"attention={attention!r}: use one of {', '.join(DECODER_ATTENTION)}")
+        raise SettingError(f"attention={attention!r}: use one of {', '.join(DECODER_ATTENTION)}")
     if attention == "window" and window < 1:
-        raise ValueError(f"attention_window={window}: windows need a side of at least 1")
+        raise SettingError(f"attention_window={window}: windows need a side of at least 1")
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -78,7 +79,7 @@ class SpatialSelfAttention(nn.Module):
     def __init__(self, channels: int, heads: int, window: int = 0):
         super().__init__()
         if channels % heads:
-            raise ValueError(f"channels {channels} must be divisible by heads {heads}")
+            raise SettingError(f"channels {channels} must be divisible by heads {heads}")
         self.heads = heads
         self.window = window
         self.norm = nn.LayerNorm(channels)
@@ -177,11 +178,13 @@ class CVGDecoder(nn.Module):
         check_attention(attention, attention_window)
         num_levels = len(level_dims)
         if num_levels < 3:
-            raise ValueError(f"the decoder needs 3 feature levels, the encoder gives {num_levels}")
+            raise SettingError(
+                f"the decoder needs 3 feature levels, the encoder gives {num_levels}"
+            )
         self.stage_levels = tuple(num_levels - s for s in range(3))  # 1-based: L, L-1, L-2
         unknown = sorted(set(visual_levels) - set(self.stage_levels))
         if unknown:
-            raise ValueError(
+            raise SettingError(
                 f"visual_levels {tuple(visual_levels)}: levels {unknown} have no decoder stage; "
                 f"choose from {sorted(self.stage_levels)} (or () for none)"
             )

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data.settings import check_fields
 from model.cost_volume import (
-    PROMPT_MODES,
     CostEmbedding,
+    PromptMode,
     Prompts,
     combine_costs,
     cost_channels,
@@ -31,7 +32,7 @@ from model.cost_volume import (
     prompt_embeddings,
     visual_cost_volume,
 )
-from model.decoder import CVGDecoder, check_attention
+from model.decoder import CVGDecoder, DecoderAttention
 from model.rejection import kept_classes, scatter_kept
 from model.seeding import part_rng
 from pretrained.backbone import BackboneFeatures, ClipBackbone
@@ -56,16 +57,11 @@ class DPSegConfig:
     class_chunk: int = 64  # classes through the decoder at once (memory for K = 847)
 
     def __post_init__(self) -> None:
-        if self.prompt_mode not in PROMPT_MODES:
-            raise ValueError(
-                f"prompt_mode={self.prompt_mode!r}: use one of {', '.join(PROMPT_MODES)}"
-            )
         self.visual_levels = tuple(self.visual_levels)
         self.decoder_channels = tuple(self.decoder_channels)
         self.guidance_channels = tuple(self.guidance_channels)
-        check_attention(self.attention, self.attention_window)
-        if self.class_chunk < 1:
-            raise ValueError(f"class_chunk={self.class_chunk} must be >= 1")
+        check_fields(self, "model.dpseg", prompt_mode=PromptMode, attention=DecoderAttention,
+                     attention_window=">= 1", class_chunk=">= 1")  # fmt: skip
 
 
 @dataclass

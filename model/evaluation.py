@@ -52,6 +52,10 @@ class SegmentationModule(L.LightningModule):
         results_dir: where ``test`` writes metrics (default: the logger's folder /results).
     """
 
+    method_name = "segmentation"
+    """The method's name: its runs' log folder under ``cli.py fit|test`` (runs/<method_name>)."""
+    trainable = True
+    """False for a training-free method: ``cli.py fit`` refuses it in one line."""
     unassigned_predictions = False
     """True when ``predict_labels`` may leave pixels unlabelled (IGNORE_INDEX): they are
     scored as misses of their ground-truth class (``data.evaluator``)."""

@@ -16,12 +16,14 @@ import copy
 import logging
 import math
 from dataclasses import asdict, dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-from data.catalog import IGNORE_INDEX, get_dataset_spec
+from data.catalog import IGNORE_INDEX, DatasetError, get_dataset_spec
 from data.errors import SettingError
+from data.settings import check_fields
 from data.templates import SINGLE_TEMPLATE
 from data.transforms import ResizeSquare
 from data.vocabulary import load_vocabulary
@@ -38,7 +40,8 @@ from prompt_bank.format import BankMismatchError
 
 log = logging.getLogger(__name__)
 
-IGNORE_MODES = ("negative", "mask")
+IgnoreMode = Literal["negative", "mask"]
+IGNORE_MODES: tuple[str, ...] = get_args(IgnoreMode)
 
 
 @dataclass
@@ -54,24 +57,16 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # the cosine ends at lr x this
 
     def __post_init__(self) -> None:
-        rules = {
-            "lr": self.lr > 0,
-            "weight_decay": self.weight_decay >= 0,
-            "encoder_lr_mult": self.encoder_lr_mult >= 0,
-            "warmup_steps": self.warmup_steps >= 0,
-            "min_lr_ratio": self.min_lr_ratio >= 0,
-        }
-        for name, ok in rules.items():
-            if not ok:
-                bound = "> 0" if name == "lr" else ">= 0"
-                raise SettingError(f"model.optim.{name}={getattr(self, name)}: must be {bound}")
+        check_fields(self, "model.optim", lr="> 0", weight_decay=">= 0", encoder_lr_mult=">= 0",
+                     warmup_steps=">= 0", min_lr_ratio=">= 0")  # fmt: skip
 
 
 @dataclass
 class LossConfig:
     """Per-pixel BCE over the K classes (docs/design.md §2.4) and an optional auxiliary term."""
 
-    ignore_mode: str = "negative"  # "negative": ignore pixels are negatives (SED, CAT-Seg); "mask"
+    ignore_mode: str = "negative"  # "negative": ignore pixels are negatives (SED,
+    # CAT-Seg); "mask": they are left out of the loss
     aux_weight: float = 0.0  # cross-entropy on the cost volume itself (docs/design.md §6; 0 = off)
     aux_scale: float = 10.0  # cosine x this = the auxiliary logits
     classes_per_image: int | None = None  # (ours) decode each training image's present classes
@@ -84,20 +79,8 @@ class LossConfig:
     # decoder's first stage, as SED supervises its layers (0: off, and rejection untrained)
 
     def __post_init__(self) -> None:
-        if self.ignore_mode not in IGNORE_MODES:
-            raise ValueError(
-                f"loss.ignore_mode={self.ignore_mode!r}: use one of {', '.join(IGNORE_MODES)}"
-            )
-        if self.aux_weight < 0:
-            raise ValueError(f"loss.aux_weight={self.aux_weight} must be >= 0")
-        if self.coarse_weight < 0:
-            raise ValueError(f"loss.coarse_weight={self.coarse_weight} must be >= 0")
-        if self.classes_per_image is not None and self.classes_per_image < 1:
-            raise ValueError(
-                f"loss.classes_per_image={self.classes_per_image}: use null (all) or >= 1"
-            )
-        if self.hard_classes < 0:
-            raise ValueError(f"loss.hard_classes={self.hard_classes} must be >= 0")
+        check_fields(self, "model.loss", ignore_mode=IgnoreMode, aux_weight=">= 0",
+                     coarse_weight=">= 0", classes_per_image=">= 1", hard_classes=">= 0")  # fmt: skip
 
 
 def _as(cls, value):
@@ -212,12 +195,14 @@ class DPSegModule(SegmentationModule):
         results_dir: where ``test`` writes metrics (default: the logger's folder /results).
     """
 
+    method_name = "dpseg"
+
     def __init__(
         self,
         encoder: str = "convnext-b-laion",
         encoder_weights: str | None = None,
         image_size: int | None = None,
-        num_templates: int = 80,
+        num_templates: int | None = 80,
         dpseg: DPSegConfig | None = None,
         optim: OptimConfig | None = None,
         loss: LossConfig | None = None,
@@ -227,6 +212,12 @@ class DPSegModule(SegmentationModule):
         results_dir: str | None = None,
     ):
         super().__init__(test_protocol, results_dir)
+        if num_templates is None:  # linked from data.num_templates: no bank was found
+            raise DatasetError(
+                "no bank of data.train/val/test is here, so the number of templates "
+                "(model.num_templates) is unknown; build them (make bank VOCAB=...) or fix the "
+                "paths"
+            )
         self.dpseg_config = _as(DPSegConfig, dpseg)
         self.optim_config = _as(OptimConfig, optim)
         self.loss_config = _as(LossConfig, loss)

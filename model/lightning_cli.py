@@ -1,13 +1,17 @@
 """``cli.py fit|validate|test|predict``: LightningCLI over a method's module and SegmentationData.
 
-The method is a top-level key of the config (``method: dpseg`` or ``method: vip``; default
-dpseg) or ``--method`` on the command line: ``dpseg`` is ``DPSegModule`` (trained), ``vip`` is
-``model.vip.lightning.VIPModule`` (training-free: validate, test and predict only).
+The method is the model's class, chosen as LightningCLI documents it (subclass mode):
+``model.class_path`` in a config or ``--model CLASS`` on the command line, any subclass of
+``model.evaluation.SegmentationModule``. The default is ``model.lightning.DPSegModule``
+(trained), so a DPSeg config gives its settings under ``model:`` directly; VIP's configs say
+``class_path: model.vip.lightning.VIPModule`` (training-free: validate, test and predict only)
+with its settings under ``init_args:``. A new method is one module file (docs/design.md §8.11).
 
 DPSeg's arguments that must agree are linked, not repeated: the number of templates comes from
 the banks (``data.num_templates`` -> ``model.num_templates``) and a ViT's input size from the
-training crop (``data.crop`` -> ``model.image_size``). The encoder is given once
-(``model.encoder``); every bank is checked against it by weight fingerprint when prompts load.
+training crop (``data.crop`` -> ``model.image_size``), for any method whose module takes them.
+The encoder is given once (``model.encoder``); every bank is checked against it by weight
+fingerprint when prompts load.
 """
 
 from __future__ import annotations
@@ -30,18 +34,21 @@ from data.optional import available
 from model.checkpoint import LIGHTNING_SHORTHANDS, check_checkpoint, reading_failed
 from model.data_module import SegmentationData
 
-METHODS = ("dpseg", "vip")
+DEFAULT_METHOD = "model.lightning.DPSegModule"
+METHOD_LOGS = "{method}"
+"""The default loggers' ``name``: replaced by the chosen module's ``method_name`` (runs/dpseg,
+runs/vip); a name the user gives is kept."""
 log = logging.getLogger(__name__)
 
 
-def trainer_defaults(method: str) -> dict:
+def trainer_defaults() -> dict:
     """TensorBoard (where the ``tensorboard`` extra is installed) + CSV loggers in
     runs/<method>/version_N."""
     kinds = ("TensorBoardLogger", "CSVLogger") if available("tensorboard") else ("CSVLogger",)
     return {
         "logger": [
             {"class_path": f"lightning.pytorch.loggers.{kind}",
-             "init_args": {"save_dir": "runs", "name": method}}
+             "init_args": {"save_dir": "runs", "name": METHOD_LOGS}}
             for kind in kinds
         ],
     }  # fmt: skip
@@ -56,12 +63,6 @@ CALLBACKS = [
                        "filename": "step{step}-miou{val/mIoU:.4f}",
                        "auto_insert_metric_name": False}},
     ]  # fmt: skip
-
-
-def _add_method(parser, method: str) -> None:
-    parser.add_argument(
-        "--method", choices=METHODS, default=method, help="dpseg (trained) or vip (training-free)"
-    )
 
 
 class SaveConfigToLogs(SaveConfigCallback):
@@ -81,7 +82,7 @@ class StopOnInterrupt(Callback):
     """Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption) during ``fit`` stops training at the
     end of the step in progress and saves ``interrupted.ckpt`` beside the run's checkpoints, to
     resume from (a second signal stops at once, as Lightning does). In validate/test/predict it
-    only records the interruption. Either way ``cli.py`` then ends in one line (``DPSegCLI``),
+    only records the interruption. Either way ``cli.py`` then ends in one line (``SegmentationCLI``),
     exit status 2."""
 
     def __init__(self):
@@ -137,12 +138,19 @@ class StopOnInterrupt(Callback):
             self._previous = None
 
 
-class DPSegCLI(LightningCLI):
+class SegmentationCLI(LightningCLI):
+    """LightningCLI with the method chosen by ``model.class_path`` (DPSeg by default), a checked
+    ``--ckpt_path``, one line for every user error and Ctrl-C / SIGTERM handling."""
+
     def add_arguments_to_parser(self, parser) -> None:
-        _add_method(parser, "dpseg")
-        parser.set_defaults({"trainer.callbacks": CALLBACKS})  # shown by --print_config
-        parser.link_arguments("data.crop", "model.image_size")
-        parser.link_arguments("data.num_templates", "model.num_templates", apply_on="instantiate")
+        parser.set_defaults(
+            {"model": {"class_path": DEFAULT_METHOD}, "trainer.callbacks": CALLBACKS}
+        )
+        # links into a method's arguments apply to the methods that take them (DPSeg)
+        parser.link_arguments("data.crop", "model.init_args.image_size")
+        parser.link_arguments(
+            "data.num_templates", "model.init_args.num_templates", apply_on="instantiate"
+        )
 
     def parse_arguments(self, parser, args) -> None:
         # Lightning torch.loads --ckpt_path right after this (its hyperparameters): a file that
@@ -164,7 +172,9 @@ class DPSegCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         subcommand = self.config.get("subcommand")
-        share_logger_version(self.config[subcommand] if subcommand else self.config)
+        config = self.config[subcommand] if subcommand else self.config
+        name_method_logs(config)
+        share_logger_version(config)
         if subcommand:  # the checkpoint's network replaced what the config or command gave
             given = self.given_network
             for key, value in _network_settings(self.config[subcommand]).items():
@@ -176,6 +186,11 @@ class DPSegCLI(LightningCLI):
                     )  # fmt: skip
 
     def fit(self, model, **kwargs) -> None:
+        if not model.trainable:
+            raise SettingError(
+                f"{type(model).__name__} is training-free: use cli.py test (or validate, "
+                "predict) with this config"
+            )
         try:
             self._run_trainer("fit", model=model, **kwargs)
         except SIGTERMException:
@@ -222,6 +237,15 @@ class DPSegCLI(LightningCLI):
     def predict(self, **kwargs) -> None:
         self._run_trainer("predict", **kwargs)
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as e:  # a user error inside jsonargparse's instantiation: its line
+            user_error = user_error_within(e)
+            if user_error is None:
+                raise
+            raise user_error from None
+
     def instantiate_trainer(self, **kwargs):
         # A feature turned off drops our default callback that needs it (Lightning refuses a
         # progress bar with the bar disabled, a learning-rate monitor without a logger, a
@@ -245,19 +269,31 @@ class DPSegCLI(LightningCLI):
         return trainer
 
 
-class VIPCLI(DPSegCLI):
-    """No links (VIP has no templates to agree on, no training crop) and no checkpointing."""
+def method_class(config) -> type | None:
+    """The module class that ``model.class_path`` names (None when it cannot be imported: the
+    parser says so)."""
+    import importlib
 
-    def add_arguments_to_parser(self, parser) -> None:
-        _add_method(parser, "vip")
-        parser.set_defaults(
-            {"trainer.callbacks": [{"class_path": "model.progress.StepProgressBar"}]}
-        )
+    model = config.get("model")
+    path = str(model.get("class_path", "")) if model is not None and hasattr(model, "get") else ""
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None) if module else None
+    except ImportError:
+        return None
 
-    def fit(self, model, **kwargs):
-        raise SystemExit(
-            "error: VIP is training-free: use cli.py test (or validate, predict) with this config"
-        )
+
+def name_method_logs(config) -> None:
+    """The default loggers' folder name (``METHOD_LOGS``) becomes the method's: runs/dpseg,
+    runs/vip."""
+    cls = method_class(config)
+    loggers = (config.get("trainer") or {}).get("logger")
+    if cls is None or not isinstance(loggers, list):
+        return
+    for spec in loggers:
+        args = spec.get("init_args") if hasattr(spec, "get") else None
+        if args is not None and args.get("name") == METHOD_LOGS:
+            args["name"] = getattr(cls, "method_name", cls.__name__.lower())
 
 
 def share_logger_version(config) -> None:
@@ -306,24 +342,15 @@ def read_config(path: str):
         ) from None
 
 
-def method_of(argv: list[str]) -> str:
-    """The method of a command line: ``--method X``, else the last config file's ``method:``."""
-    method = None
+def check_config_files(argv: list[str]) -> None:
+    """Every ``--config`` file read first as UTF-8 YAML (``read_config``): one line naming the
+    file for one that is not, rather than jsonargparse's message (the files are only checked
+    here; jsonargparse parses them)."""
     for i, arg in enumerate(argv):
-        value = None
-        if arg == "--method" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith("--method="):
-            value = arg.split("=", 1)[1]
-        elif arg == "--config" and i + 1 < len(argv) and Path(argv[i + 1]).is_file():
-            loaded = read_config(argv[i + 1]) or {}
-            value = loaded.get("method") if isinstance(loaded, dict) else None
-        elif arg.startswith("--config=") and Path(arg.split("=", 1)[1]).is_file():
-            loaded = read_config(arg.split("=", 1)[1]) or {}
-            value = loaded.get("method") if isinstance(loaded, dict) else None
-        if value is not None:
-            method = value
-    return method if method in METHODS else "dpseg"  # an unknown value: the parser says so
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else path
+        if path is not None and Path(path).is_file():
+            read_config(path)
 
 
 class _DropTips(logging.Filter):
@@ -348,23 +375,21 @@ def quiet_lightning() -> None:
 def make_cli(argv: list[str], run: bool = True) -> LightningCLI:
     """The CLI over ``argv`` (``["fit", "--config", ...]``; without a subcommand when run=False)."""
     quiet_lightning()
-    method = method_of(argv)
-    if method == "vip":
-        from model.vip.lightning import VIPModule
+    check_config_files(argv)
+    # the methods imported, so that --model takes their short names (DPSegModule, VIPModule)
+    import model.lightning
+    import model.vip.lightning  # noqa: F401
+    from model.evaluation import SegmentationModule
 
-        cli_class, module = VIPCLI, VIPModule
-    else:
-        from model.lightning import DPSegModule
-
-        cli_class, module = DPSegCLI, DPSegModule
     with warnings.catch_warnings():  # args given from Python (tests) on purpose
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        return cli_class(
-            module,
+        return SegmentationCLI(
+            SegmentationModule,
             SegmentationData,
+            subclass_mode_model=True,
             args=argv,
             run=run,
-            trainer_defaults=trainer_defaults(method),
+            trainer_defaults=trainer_defaults(),
             save_config_callback=SaveConfigToLogs,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "cli.py"},
@@ -375,6 +400,7 @@ def _network_settings(config) -> dict[str, object]:
     """The model settings a checkpoint's hyper-parameters fix: the encoder, its input size and
     DPSegConfig's fields (``dpseg.prompt_mode``, ...), flat; VIP has none of them."""
     model = config.get("model")
+    model = model.get("init_args") if model is not None and hasattr(model, "get") else None
     if model is None or not hasattr(model, "get"):
         return {}
     out = {key: model.get(key) for key in ("encoder", "image_size") if key in model}
@@ -384,23 +410,18 @@ def _network_settings(config) -> dict[str, object]:
     return out
 
 
-def union_error(error: ValueError) -> SettingError | None:
-    """The user error inside jsonargparse's "Does not validate against any of the Union subtypes"
-    (a config dataclass's ``__post_init__`` refusing a value, e.g. an unknown dataset): its own
-    one-line message; None for any other ValueError."""
-    text = str(error)
-    if "Does not validate against any of the Union subtypes" not in text:
-        return None
-    reasons = [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("- ")]
-    reasons = [r for r in reasons if not r.startswith("Expected a ")]
-    return SettingError(one_line(reasons[0])) if reasons else None
+def user_error_within(error: BaseException) -> UserError | None:
+    """The user error (a config dataclass's SettingError, a module's PresetError, ...) that
+    jsonargparse folded into its "Does not validate against any of the Union subtypes" while
+    instantiating the model: the first UserError down the exception's cause chain, or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def main(argv: list[str]) -> None:
-    try:
-        make_cli(argv)
-    except ValueError as e:
-        user_error = union_error(e)
-        if user_error is None:
-            raise
-        raise user_error from None
+    make_cli(argv)

@@ -38,20 +38,22 @@ facts, the module stays unaware of datasets):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from data.errors import SettingError
+from data.settings import check_fields
 from model.cost_volume import Prompts, class_mean
 from model.dpseg import DPSeg, DPSegOutput
 from model.labels import class_labels
-from model.rejection import check_rejection
 from pretrained.backbone import BackboneFeatures, ClipEncoder
 from pretrained.families import family_of
 
-CROP_POLICIES = ("box", "masked", "pooled", "pooled-own")
+CropPolicy = Literal["box", "masked", "pooled", "pooled-own"]
+CROP_POLICIES: tuple[str, ...] = get_args(CropPolicy)
 
 
 @dataclass
@@ -81,21 +83,10 @@ class RefineConfig:
         return self.rejection_threshold is not None or self.rejection_top_k is not None
 
     def __post_init__(self) -> None:
-        if self.rounds not in (1, 2):
-            raise ValueError(f"rounds={self.rounds}: use 1 or 2")
-        if not 0 <= self.min_area < 1:
-            raise ValueError(f"min_area={self.min_area}: a fraction of the image in [0, 1)")
-        if self.crop_policy not in CROP_POLICIES:
-            raise ValueError(
-                f"crop_policy={self.crop_policy!r}: use one of {', '.join(CROP_POLICIES)}"
-            )
-        if self.crop_margin < 0:
-            raise ValueError(f"crop_margin={self.crop_margin} must be >= 0")
-        if self.crop_size is not None and self.crop_size < 32:
-            raise ValueError(f"crop_size={self.crop_size}: use None (the preset's) or >= 32")
-        if self.max_classes is not None and self.max_classes < 1:
-            raise ValueError(f"max_classes={self.max_classes}: use None (all) or >= 1")
-        check_rejection(self.rejection_threshold, self.rejection_top_k, self.rejection_max_classes)
+        check_fields(self, "model.inference", rounds=Literal[1, 2], crop_policy=CropPolicy,
+                     min_area="in [0, 1)", crop_margin=">= 0",
+                     crop_size=">= 32", max_classes=">= 1", rejection_threshold="in (0, 1)",
+                     rejection_top_k=">= 1", rejection_max_classes=">= 1")  # fmt: skip
 
 
 def background_class(names: list[str]) -> int | None:

@@ -19,20 +19,22 @@ from __future__ import annotations
 
 import torch
 
+from data.errors import SettingError
+
 REJECTED_LOGIT = -1.0e4
 """The logit of a rejected class at every pixel (sigmoid 0, never the argmax; finite, so that
 sliding-window protocols can average it)."""
 
 
 def check_rejection(threshold: float | None, top_k: int | None, max_classes: int | None) -> None:
-    """ValueError naming the setting for a threshold outside (0, 1), or a ``top_k`` or
+    """SettingError naming the setting for a threshold outside (0, 1), or a ``top_k`` or
     ``max_classes`` below 1."""
     if threshold is not None and not 0 < threshold < 1:
-        raise ValueError(f"rejection_threshold={threshold}: a probability in (0, 1), or None")
+        raise SettingError(f"rejection_threshold={threshold}: a probability in (0, 1), or None")
     if top_k is not None and top_k < 1:
-        raise ValueError(f"rejection_top_k={top_k}: use None (no rank test) or >= 1")
+        raise SettingError(f"rejection_top_k={top_k}: use None (no rank test) or >= 1")
     if max_classes is not None and max_classes < 1:
-        raise ValueError(f"rejection_max_classes={max_classes}: use None (no bound) or >= 1")
+        raise SettingError(f"rejection_max_classes={max_classes}: use None (no bound) or >= 1")
 
 
 def kept_classes(

@@ -556,9 +556,12 @@ def test_print_config_shows_the_settings():
     result = run_cli("fit", "--config", str(TINY), "--print_config")
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
-    assert config["model"]["dpseg"]["prompt_mode"] == "avg"
+    assert config["model"]["class_path"] == "model.lightning.DPSegModule"  # the default method
+    assert config["model"]["init_args"]["dpseg"]["prompt_mode"] == "avg"
     assert config["data"]["train"]["dataset"] == "synthetic:train"
-    assert "num_templates" not in config["model"]  # linked from the banks, not repeated
+    assert (
+        "num_templates" not in config["model"]["init_args"]
+    )  # linked from the banks, not repeated
 
 
 def error_line(result) -> str:

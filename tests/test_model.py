@@ -191,7 +191,10 @@ def test_features_are_reused_not_recomputed():
         ({"visual_levels": (1,)}, r"levels \[1\] have no decoder stage; choose from \[2, 3, 4\]"),
         ({"prompt_mode": "both"}, "prompt_mode='both'"),
         ({"class_chunk": 0}, "class_chunk=0"),
-        ({"attention": "window", "attention_window": 0}, "attention_window=0: windows need"),
+        (
+            {"attention": "window", "attention_window": 0},
+            "model.dpseg.attention_window=0: must be >= 1",
+        ),
     ],
 )
 def test_bad_config(config, match):

@@ -57,12 +57,8 @@ def test_metrics_are_written_without_matplotlib_and_the_chart_is_skipped(
 def test_training_logs_go_to_csv_alone_without_tensorboard(monkeypatch):
     from model.lightning_cli import trainer_defaults
 
-    kinds = [
-        logger["class_path"].rsplit(".", 1)[1] for logger in trainer_defaults("dpseg")["logger"]
-    ]
+    kinds = [logger["class_path"].rsplit(".", 1)[1] for logger in trainer_defaults()["logger"]]
     assert kinds == ["TensorBoardLogger", "CSVLogger"]
     monkeypatch.setitem(sys.modules, "tensorboard", None)
-    kinds = [
-        logger["class_path"].rsplit(".", 1)[1] for logger in trainer_defaults("dpseg")["logger"]
-    ]
+    kinds = [logger["class_path"].rsplit(".", 1)[1] for logger in trainer_defaults()["logger"]]
     assert kinds == ["CSVLogger"]

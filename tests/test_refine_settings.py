@@ -236,14 +236,14 @@ def test_the_command_line_takes_both_settings(capsys, world):
             code = e.code
         return code, *capsys.readouterr()
 
-    code, out, err = main("test", "--model.inference.help", "RefineConfig")
+    code, out, err = main("test", "--model.help", "DPSegModule")  # the method's settings
     assert code == 0, err[-2000:]
-    assert "--model.inference.refine_background" in out and "--model.inference.regions" in out
+    assert "--model.inference.help" in out and "``refine_background``" in out
     code, out, err = main("test", "--config", str(TINY), "--config", str(world / "overlay.yaml"),
                           "--model.inference.refine_background", "false",
                           "--model.inference.regions", "true", "--print_config")  # fmt: skip
     assert code == 0, err[-2000:]
-    inference = yaml.safe_load(out)["model"]["inference"]
+    inference = yaml.safe_load(out)["model"]["init_args"]["inference"]
     assert inference["refine_background"] is False and inference["regions"] is True
     code, _, err = main("test", "--config", str(TINY), "--config", str(world / "overlay.yaml"),
                         "--model.inference.regions", "true",

@@ -90,9 +90,12 @@ def test_round_two_refines_only_kept_classes_and_records_them():
 @pytest.mark.parametrize(
     ("setting", "match"),
     [
-        ({"rejection_threshold": 1.0}, r"rejection_threshold=1.0: a probability in \(0, 1\)"),
-        ({"rejection_top_k": 0}, r"rejection_top_k=0: use None \(no rank test\) or >= 1"),
-        ({"rejection_max_classes": 0}, r"rejection_max_classes=0: use None"),
+        (
+            {"rejection_threshold": 1.0},
+            r"model.inference.rejection_threshold=1.0: must be in \(0, 1\)",
+        ),
+        ({"rejection_top_k": 0}, r"model.inference.rejection_top_k=0: must be >= 1"),
+        ({"rejection_max_classes": 0}, r"model.inference.rejection_max_classes=0: must be >= 1"),
     ],
 )
 def test_bad_rejection_settings(setting, match):

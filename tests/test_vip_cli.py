@@ -47,7 +47,7 @@ def test_vip_test_writes_metrics_and_dual_prompts_change_them(vip_world, world):
     assert "| VIP (tiny-vit, clear) |" in (vip_world / "plain" / "summary.md").read_text()
 
     bank = vip_world / "vit_bank.zarr"
-    dual = run_vip(vip_world, "test", "--dual-prompts", str(bank),
+    dual = run_vip(vip_world, "test", "--model.dual_prompts", str(bank),
                    "--model.results_dir", str(vip_world / "dual"))  # fmt: skip
     assert dual.returncode == 0, dual.stderr[-3000:]
     dual_record = json.loads((vip_world / "dual" / "synthetic.run.json").read_text())
@@ -57,7 +57,7 @@ def test_vip_test_writes_metrics_and_dual_prompts_change_them(vip_world, world):
     assert "dual prompts" in (vip_world / "dual" / "summary.md").read_text()
 
     # a bank of another encoder: refused with the reason, no traceback
-    other = run_vip(vip_world, "test", "--dual-prompts", str(world / "bank.zarr"),
+    other = run_vip(vip_world, "test", "--model.dual_prompts", str(world / "bank.zarr"),
                     "--model.results_dir", str(vip_world / "other"))  # fmt: skip
     assert other.returncode == 2
     assert "tiny-convnext" in other.stderr and "Traceback" not in other.stderr
@@ -136,10 +136,11 @@ def test_vip_config_alias_files_fit_their_datasets(path, shared_vocab):
     from data.vocabulary import read_vocabulary_file
 
     config = yaml.safe_load(path.read_text())
-    for dataset, name in config["model"]["vocabularies"].items():
+    for dataset, name in config["model"]["init_args"]["vocabularies"].items():
         file = SHARED / "vocab" / "vip" / f"{name}.txt"
         vocab = read_vocabulary_file(
-            file, allow_duplicates=config["model"].get("allow_duplicate_classes", False)
+            file,
+            allow_duplicates=config["model"]["init_args"].get("allow_duplicate_classes", False),
         )
         assert len(vocab) == get_dataset_spec(dataset).num_classes, (dataset, name)
 
@@ -149,9 +150,9 @@ def test_vip_config_parses_through_lightning_cli():
                      "--print_config", env=ENV)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     printed = yaml.safe_load(result.stdout)
-    assert printed["method"] == "vip"
-    assert printed["model"]["vip"]["prob_thd"] == 0.28
-    assert printed["model"]["vocabularies"] == {"voc21": "cls_voc21"}
+    assert printed["model"]["class_path"] == "model.vip.lightning.VIPModule"
+    assert printed["model"]["init_args"]["vip"]["prob_thd"] == 0.28
+    assert printed["model"]["init_args"]["vocabularies"] == {"voc21": "cls_voc21"}
 
 
 def test_vip_image_predict_with_a_free_vocabulary_and_dual_prompts(vip_world, world):
@@ -179,8 +180,8 @@ def test_vip_toy_config_uses_the_toy_worlds_builtin_aliases():
     from data.vocabulary import load_vocabulary
 
     config = yaml.safe_load((ROOT / "configs" / "vip_toy.yaml").read_text())
-    assert config["method"] == "vip"
-    for dataset, name in config["model"]["vocabularies"].items():
+    assert config["model"]["class_path"] == "model.vip.lightning.VIPModule"
+    for dataset, name in config["model"]["init_args"]["vocabularies"].items():
         vocab = load_vocabulary(name)
         assert vocab.source == f"builtin:{name}"
         assert len(vocab) == get_dataset_spec(dataset).num_classes
@@ -210,7 +211,7 @@ def test_vip_on_tiny_dinotxt_tests_with_and_without_dual_prompts(vip_world, worl
     assert record["templates"] == "seg (6)" and record["dual_prompts"] is None
 
     bank = make_bank(vip_world / "dinotxt_bank.zarr", "seg", encoder="tiny-dinotxt")
-    dual = run_vip_dinotxt(vip_world, "test", "--dual-prompts", str(bank),
+    dual = run_vip_dinotxt(vip_world, "test", "--model.dual_prompts", str(bank),
                            "--model.results_dir", str(vip_world / "dt_dual"))  # fmt: skip
     assert dual.returncode == 0, dual.stderr[-3000:]
     dual_record = json.loads((vip_world / "dt_dual" / "synthetic.run.json").read_text())
@@ -253,3 +254,19 @@ def test_published_vip_config_resolves_to_dinotxt_and_stops_offline_naming_both_
     assert "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth" in errors[0]
     assert "dinov3_vitl16_dinotxt_vision_head_and_text_encoder-a442d8f5.pth" in errors[0]
     assert "--model.encoder_weights DIR" in errors[0]
+
+
+def test_the_method_is_the_model_class_path():
+    """LightningCLI's subclass mode chooses the method: DPSeg by default, VIP by class_path in a
+    config or --model VIPModule; VIP refuses fit in one line."""
+    printed = run_cli("test", "--model", "VIPModule", "--model.encoder", "tiny-vit",
+                      "--model.vip.tau", "2.5", "--print_config", env=ENV)  # fmt: skip
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    model = yaml.safe_load(printed.stdout)["model"]
+    assert model["class_path"] == "model.vip.lightning.VIPModule"
+    assert (model["init_args"]["encoder"], model["init_args"]["vip"]["tau"]) == ("tiny-vit", 2.5)
+    fit = run_cli("fit", "--config", str(VIP_TINY), env=ENV)
+    assert fit.returncode == 2
+    assert fit.stderr.strip().splitlines()[-1] == (
+        "error: VIPModule is training-free: use cli.py test (or validate, predict) with this config"
+    )

@@ -55,8 +55,9 @@ def test_the_table_has_the_twelve_rows_of_vips_paper_and_code():
 def test_every_config_holds_the_reference_values(row, clip):
     folder = ROOT / "configs" / ("vip_clip" if clip else "")
     config = yaml.safe_load((folder / f"vip_{row['config']}.yaml").read_text())
-    model, vip = config["model"], config["model"]["vip"]
-    assert config["method"] == "vip"
+    assert config["model"]["class_path"] == "model.vip.lightning.VIPModule"
+    model = config["model"]["init_args"]
+    vip = model["vip"]
     if clip:
         assert (model["encoder"], model["attention"]) == ("vit-b16-openai", "clear")
     else:
@@ -86,8 +87,8 @@ def test_configs_build_their_settings():
     assert len(load_templates("seg")) == 6 and len(load_templates("city")) == 10
     for row in SETTINGS:
         config = yaml.safe_load((ROOT / "configs" / f"vip_{row['config']}.yaml").read_text())
-        VIPConfig(**config["model"]["vip"])
-        get_test_protocol(config["model"]["test_protocol"])
+        VIPConfig(**config["model"]["init_args"]["vip"])
+        get_test_protocol(config["model"]["init_args"]["test_protocol"])
         spec = get_dataset_spec(row["dataset"])
         if row["background"] == "class":
             assert 0 <= int(row["bg_idx"]) < spec.num_classes

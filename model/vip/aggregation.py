@@ -9,15 +9,18 @@ that feeds them dense CLIP features is ``model.vip.segmenter``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
+from data.settings import check_fields
 from pretrained.proxy_attention import proxy_attention
 
 __all__ = ["VIPConfig", "aggregate_aliases", "alias_weights", "assign_labels", "proxy_attention"]
 
-BACKGROUND_MODES = ("class", "ignore")
+BackgroundMode = Literal["class", "ignore"]
+BACKGROUND_MODES: tuple[str, ...] = get_args(BackgroundMode)
 
 
 @dataclass
@@ -35,19 +38,8 @@ class VIPConfig:
     proxy_gamma: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.tau <= 0 or self.logit_scale <= 0 or self.alias_scale <= 0:
-            raise ValueError(
-                f"tau={self.tau}, logit_scale={self.logit_scale} and "
-                f"alias_scale={self.alias_scale} must be > 0"
-            )
-        if not 0 <= self.visual_weight <= 1:
-            raise ValueError(f"visual_weight={self.visual_weight} must be in [0, 1]")
-        if not 0 <= self.prob_thd < 1:
-            raise ValueError(f"prob_thd={self.prob_thd} must be in [0, 1)")
-        if self.background not in BACKGROUND_MODES:
-            raise ValueError(
-                f"background={self.background!r}: use one of {', '.join(BACKGROUND_MODES)}"
-            )
+        check_fields(self, "model.vip", background=BackgroundMode, logit_scale="> 0", tau="> 0",
+                     alias_scale="> 0", visual_weight="in [0, 1]", prob_thd="in [0, 1)")  # fmt: skip
 
 
 def alias_weights(

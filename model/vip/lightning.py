@@ -59,6 +59,8 @@ class VIPModule(SegmentationModule):
         results_dir: where ``test`` writes metrics.
     """
 
+    method_name = "vip"
+    trainable = False
     unassigned_predictions = True  # background="ignore": low-confidence pixels get no class
 
     def __init__(

@@ -104,13 +104,17 @@ class VIPPredictor(ImagePredictor):
         return class_labels(logits, dim=0).cpu().numpy()
 
 
+VIP_CLASS_PATH = f"{VIPModule.__module__}.{VIPModule.__qualname__}"
+"""``model.class_path`` of a VIP config (model.vip.lightning.VIPModule)."""
+
+
 def _vip_settings(config: str | Path) -> dict:
     """The ``model:`` section of a VIP config file, checked: one line naming ``--config``, the
     file and what a VIP config is when the file is missing, not a mapping, another method's, or
     has keys VIPModule does not take."""
     what = (
-        "a VIP config is a YAML file with method: vip and a model: section of VIPModule's "
-        "settings, like configs/vip_*.yaml"
+        "a VIP config is a YAML file whose model: section has class_path: "
+        f"{VIP_CLASS_PATH} and VIPModule's settings under init_args:, like configs/vip_*.yaml"
     )
     path = Path(config)
     if not path.is_file():
@@ -123,18 +127,22 @@ def _vip_settings(config: str | Path) -> dict:
         raise SettingError(
             f"--config {str(config)!r} holds a YAML {type(loaded).__name__}, not a mapping; {what}"
         )
-    method = loaded.get("method", "vip")
-    if method != "vip":
-        raise SettingError(f"--config {str(config)!r} is a {method!r} config (method: {method}); "
-                           f"{what}")  # fmt: skip
     model = loaded.get("model") or {}
     if not isinstance(model, dict):
         raise SettingError(f"--config {str(config)!r}: its model: section is not a mapping; {what}")
+    class_path = model.get("class_path")
+    if class_path is not None and str(class_path) not in (VIP_CLASS_PATH, "VIPModule"):
+        raise SettingError(f"--config {str(config)!r} is a {class_path} config, not VIP's; {what}")
+    settings = (model.get("init_args") or {}) if class_path is not None else model
+    if not isinstance(settings, dict):
+        raise SettingError(
+            f"--config {str(config)!r}: its model.init_args is not a mapping; {what}"
+        )
     accepted = set(inspect.signature(VIPModule.__init__).parameters) - {"self"}
-    unknown = sorted(str(k) for k in model if k not in accepted)
+    unknown = sorted(str(k) for k in settings if k not in accepted)
     if unknown:
-        hint = " (a DPSeg config? DPSeg takes --ckpt)" if "method" not in loaded else ""
+        hint = " (a DPSeg config? DPSeg takes --ckpt)" if class_path is None else ""
         raise SettingError(
             f"--config {str(config)!r}: model keys {', '.join(unknown)} are not VIP's{hint}; {what}"
         )
-    return dict(model)
+    return dict(settings)
