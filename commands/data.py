@@ -13,15 +13,12 @@ def _write_dataset(args: argparse.Namespace, config_class, write, class_names, w
     from pathlib import Path
 
     from data.catalog import datasets_root
-    from data.errors import SettingError, check_output_file, check_output_folder
+    from data.errors import check_output_file, check_output_folder
 
-    try:
-        splits = {"train_images": args.train, "val_images": args.val}
-        if getattr(args, "test", None) is not None:
-            splits["test_images"] = args.test
-        config = config_class(**splits, size=args.size, seed=args.seed)
-    except ValueError as e:  # the split sizes, the image size (a settings dataclass's checks)
-        raise SettingError(str(e)) from None
+    splits = {"train_images": args.train, "val_images": args.val}
+    if getattr(args, "test", None) is not None:
+        splits["test_images"] = args.test
+    config = config_class(**splits, size=args.size, seed=args.seed)  # SettingError: one line
     check_output_folder(datasets_root(args.root), "--root")  # before any image is drawn
     if args.preview:
         check_output_file(args.preview, "--preview", example="preview.png")

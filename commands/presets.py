@@ -6,7 +6,7 @@ import argparse
 import json
 
 from commands.options import Command, add_fields, config_file, config_from
-from data.errors import UserError, check_output_file
+from data.errors import check_output_file
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
@@ -122,10 +122,8 @@ def cmd_presets_pretrain(args: argparse.Namespace) -> int:
     from pretrained.presets import PRETRAIN_STEPS, PretrainConfig
 
     steps = args.steps if args.steps is not None else PRETRAIN_STEPS.get(args.name)
-    try:
-        config = config_from(PretrainConfig, args, **({} if steps is None else {"steps": steps}))
-    except ValueError as e:
-        raise UserError(f"{e}") from None
+    # PretrainConfig's checks raise SettingError (a UserError): one line, exit 2
+    config = config_from(PretrainConfig, args, **({} if steps is None else {"steps": steps}))
     out = args.out or f"runs/pretrain/{args.name}.safetensors"
     check_output_file(out, "--out", example=f"{args.name}.safetensors")  # before the training
     from pretrained.toy_pretrain import pretrain  # torch: after the checks

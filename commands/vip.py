@@ -7,7 +7,6 @@ import dataclasses
 from typing import Literal
 
 from commands.options import Command, add_fields, config_file, config_from, log_ours
-from data.errors import UserError
 
 
 @dataclasses.dataclass
@@ -57,14 +56,12 @@ def cmd_vip_select_aliases(args: argparse.Namespace) -> int:
     from model.vip.selection import SelectionConfig, select_aliases
 
     log_ours()
-    try:
-        if args.rule == "reported":
-            given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SelectionConfig)}
-            config = SelectionConfig.reported(**{k: v for k, v in given.items() if v is not None})
-        else:
-            config = config_from(SelectionConfig, args)
-    except ValueError as e:
-        raise UserError(f"{e}") from None
+    # SelectionConfig's checks raise SettingError (a UserError): one line, exit 2
+    if args.rule == "reported":
+        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SelectionConfig)}
+        config = SelectionConfig.reported(**{k: v for k, v in given.items() if v is not None})
+    else:
+        config = config_from(SelectionConfig, args)
     path, scores = select_aliases(
         args.data,
         args.vocab,

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data.errors import UserError, check_output_folder
+from data.errors import SettingError, UserError, check_output_folder
 from data.io import save_image_atomic
 from data.vocabulary import load_vocabulary
 
@@ -66,18 +66,18 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         if self.train_images < 0 or self.val_images < 0:
-            raise ValueError(
+            raise SettingError(
                 f"train_images={self.train_images}, val_images={self.val_images}: counts must be >= 0"
             )
         if self.size < 32:
-            raise ValueError(f"size={self.size}: images must be at least 32 px")
+            raise SettingError(f"size={self.size}: images must be at least 32 px")
         if not 1 <= self.min_objects <= self.max_objects:
-            raise ValueError(
+            raise SettingError(
                 f"min_objects={self.min_objects}, max_objects={self.max_objects}: "
                 "need 1 <= min_objects <= max_objects"
             )
         if self.ignore_border < 0:
-            raise ValueError(f"ignore_border={self.ignore_border}: must be >= 0")
+            raise SettingError(f"ignore_border={self.ignore_border}: must be >= 0")
 
 
 def synthetic_class_names() -> list[str]:

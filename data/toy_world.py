@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.errors import SettingError
 from data.synthetic import SyntheticConfig, boundary, shape_mask, write_rendered_dataset
 
 IGNORE_INDEX = 255
@@ -201,7 +202,7 @@ class ToySceneConfig(SyntheticConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.test_images < 0:
-            raise ValueError(f"test_images={self.test_images}: counts must be >= 0")
+            raise SettingError(f"test_images={self.test_images}: counts must be >= 0")
 
 
 def render_scene(config: ToySceneConfig, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:

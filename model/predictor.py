@@ -146,8 +146,9 @@ class Predictor(ImagePredictor):
             bank = self.training_bank()
             if bank is None and not text_only:
                 raise FileNotFoundError(
-                    "no bank: the checkpoint's training bank is not found here; pass --bank "
-                    "PATH (a bank built with the model's encoder) or --text-only"
+                    "no bank: the checkpoint's training bank is not found here; give bank= a "
+                    "bank built with the model's encoder (cli.py segment: --bank), or allow "
+                    "text prompts with text_only=True (--text-only)"
                 )
             if bank is not None:
                 log.info("using the checkpoint's training bank %s", bank)
@@ -161,7 +162,7 @@ class Predictor(ImagePredictor):
         missing = [c.name for c in vocabulary if c.name not in self.sources]
         if banks and missing and not text_only:
             raise BankMismatchError(
-                f"--vocab: {len(missing)} classes are not in {banks[0].location} "
+                f"vocabulary: {len(missing)} classes are not in {banks[0].location} "
                 f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): give a "
                 "bank that has them, or a vocabulary of its classes (cli.py segment builds "
                 "missing classes itself); from Python, pass extra_banks built by "

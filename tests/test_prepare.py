@@ -531,11 +531,15 @@ def test_cmd_prepare(tmp_path, capsys, monkeypatch):
 
 def test_every_preparable_dataset_has_one_registered_converter():
     """Converters are registered where they are defined (``@converter``); the dispatcher has no
-    branch per dataset, and a converter for a name PREPARABLE lacks is refused."""
-    from data.prepare.common import CONVERTERS, PREPARABLE, RAW_SOURCES, converter
+    branch per dataset and no table to extend: a converter brings its download's description,
+    and one for a name that is not a DatasetSpec is refused."""
+    from data.prepare.common import CONVERTERS, RAW_SOURCES, converter
+    from data.prepare.run import PREPARABLE
 
-    assert set(CONVERTERS) == set(PREPARABLE) <= set(RAW_SOURCES)
+    assert set(CONVERTERS) == set(PREPARABLE) == set(RAW_SOURCES)
     assert CONVERTERS["pc59"] is CONVERTERS["pc459"] and CONVERTERS["voc20"] is CONVERTERS["voc20b"]
-    with pytest.raises(ValueError, match=r"converter for 'mydata': add it to PREPARABLE"):
-        converter("mydata")(lambda root: None)
+    assert RAW_SOURCES["pc459"] == RAW_SOURCES["pc59"] and "Potsdam" in RAW_SOURCES["potsdam"]
+    assert "Vaihingen" in RAW_SOURCES["vaihingen"] and "<root>" in RAW_SOURCES["vdd"]
+    with pytest.raises(ValueError, match=r"converter for 'mydata': no DatasetSpec"):
+        converter("mydata", source="x")(lambda root: None)
     assert "mydata" not in CONVERTERS

@@ -84,7 +84,7 @@ from data.prepare.ade847 import (
     resize_bilinear,
     resize_nearest,
 )
-from data.prepare.common import IGNORE_U8, IGNORE_U16, PREPARABLE, RAW_SOURCES, Job
+from data.prepare.common import IGNORE_U8, IGNORE_U16, RAW_SOURCES, Job
 from data.prepare.natural import (
     CITYSCAPES_TRAIN_IDS,
     COCO_OBJECT_UNLABELED,
@@ -112,7 +112,7 @@ from data.prepare.remote_sensing import (
     isprs_boxes,
     isprs_colour_to_index,
 )
-from data.prepare.run import PREPARE_HELP, cmd_prepare, prepare_dataset, prepare_options
+from data.prepare.run import PREPARABLE, PREPARE_HELP, cmd_prepare, prepare_dataset, prepare_options
 
 __all__ = [
     "ADE847_MAX_SIDE",

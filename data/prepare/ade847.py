@@ -260,7 +260,12 @@ def _ade847_job(image: Path, seg: Path, out_image: Path, out_label: Path, lut: n
     return job
 
 
-@converter("ade847")
+@converter(
+    "ade847",
+    source="ADE20K_2021_17_01.zip, the full ADE20K release (https://ade20k.csail.mit.edu, free "
+    "registration): unzip it into <root>; plus CAT-Seg's datasets/ade847.json in the "
+    "vocabulary directory ($DPSEG_VOCAB_DIR, default ./vocab)",
+)
 def _plan_ade847(root: Path, vocab_dir: str | os.PathLike | None) -> _Plan:
     base = root / _ADE_FULL
     index_path = base / "index_ade20k.pkl"

@@ -81,7 +81,13 @@ def cityscapes_lut() -> np.ndarray:
     return lut
 
 
-@converter("coco171")
+@converter(
+    "coco171",
+    source="stuffthingmaps_trainval2017.zip of COCO-Stuff (https://github.com/nightrome/cocostuff): "
+    "unzip it and move its train2017 and val2017 folders into <root>/coco-stuff/annotations; "
+    "the images (train2017.zip, val2017.zip from https://cocodataset.org) go unzipped into "
+    "<root>/coco-stuff/images",
+)
 def _plan_coco171(root: Path) -> _Plan:
     raw = root / "coco-stuff" / "annotations"
     what = "a COCO-Stuff stuffthingmap (8-bit grayscale PNG)"
@@ -118,7 +124,11 @@ def _warn_missing_coco_images(plan: _Plan, images: Path, root: Path) -> None:
         )
 
 
-@converter("ade150")
+@converter(
+    "ade150",
+    source="ADEChallengeData2016.zip (http://data.csail.mit.edu/places/ADEchallenge/"
+    "ADEChallengeData2016.zip): unzip it into <root>",
+)
 def _plan_ade150(root: Path) -> _Plan:
     base = root / "ADEChallengeData2016"
     src_dir = base / "annotations" / "validation"
@@ -142,7 +152,12 @@ def _plan_ade150(root: Path) -> _Plan:
     return plan
 
 
-@converter("voc20", "voc20b")
+@converter(
+    "voc20",
+    "voc20b",
+    source="VOCtrainval_11-May-2012.tar of PASCAL VOC 2012 (http://host.robots.ox.ac.uk/pascal/VOC/"
+    "voc2012/): unpack it into <root> (it creates VOCdevkit/VOC2012)",
+)
 def _plan_voc(root: Path, name: str) -> _Plan:
     base = root / _VOC12
     src_dir = base / "SegmentationClass"
@@ -179,7 +194,14 @@ _COCO164K = Path("coco_stuff164k")
 _COCO_OBJECT_SUFFIX = "_instanceTrainIds.png"  # GroupViT / SCLIP's seg_map_suffix
 
 
-@converter("coco-object")
+@converter(
+    "coco-object",
+    source="COCO-Stuff 164k in mmsegmentation's layout: the COCO val2017 images unzipped into "
+    "<root>/coco_stuff164k/images (val2017.zip from https://cocodataset.org) and "
+    "<root>/coco_stuff164k/annotations/val2017/*_labelTrainIds.png (mmsegmentation's "
+    "tools/dataset_converters/coco_stuff164k.py run on stuffthingmaps_trainval2017.zip); "
+    "instead of those labels, the coco171 labels of `cli.py data prepare coco171` will do",
+)
 def _plan_coco_object(root: Path) -> _Plan:
     name = "coco-object"
     images = root / _COCO164K / "images" / "val2017"
@@ -214,7 +236,12 @@ def _plan_coco_object(root: Path) -> _Plan:
     return plan
 
 
-@converter("cityscapes")
+@converter(
+    "cityscapes",
+    source="gtFine_trainvaltest.zip and leftImg8bit_trainvaltest.zip of Cityscapes "
+    "(https://www.cityscapes-dataset.com, free registration): unzip both into "
+    "<root>/cityscapes (they create gtFine/ and leftImg8bit/)",
+)
 def _plan_cityscapes(root: Path) -> _Plan:
     name = "cityscapes"
     base = root / "cityscapes"

@@ -128,7 +128,14 @@ def _mat_job(src: Path, dst: Path, lut: np.ndarray, fmt: str) -> Job:
     return job
 
 
-@converter("pc59", "pc459")
+@converter(
+    "pc59",
+    "pc459",
+    source="trainval.tar.gz of PASCAL-Context (https://cs.stanford.edu/~roozbeh/pascal-context/): "
+    "unpack it into <root>/VOCdevkit/VOC2010 (trainval/*.mat and labels.txt); CAT-Seg's "
+    "pascalcontext_val.txt into <root>/VOCdevkit/VOC2010; the images come from "
+    "VOCtrainval_03-May-2010.tar of PASCAL VOC 2010, unpacked into <root>",
+)
 def _plan_pascal_context(root: Path, name: str) -> _Plan:
     base = root / _VOC10
     mats = base / "trainval"

@@ -287,7 +287,20 @@ def _missing_zips(name: str, root: Path, zips: list[Path]) -> DatasetError:
     )
 
 
-@converter("potsdam", "vaihingen")
+@converter(
+    "potsdam",
+    "vaihingen",
+    source={
+        "potsdam": "2_Ortho_RGB.zip and 5_Labels_all_noBoundary.zip of ISPRS Potsdam (on request at "
+        "https://www.isprs.org/education/benchmarks/UrbanSemLab/2d-sem-label-potsdam.aspx; "
+        "mmsegmentation's dataset docs list mirrors): put both zips, not unpacked, into "
+        "<root>/potsdam",
+        "vaihingen": "ISPRS_semantic_labeling_Vaihingen.zip and "
+        "ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE.zip of ISPRS Vaihingen "
+        "(on request at https://www.isprs.org/education/benchmarks/UrbanSemLab/"
+        "2d-sem-label-vaihingen.aspx): put both zips, not unpacked, into <root>/vaihingen",
+    },
+)
 def _plan_isprs(root: Path, name: str) -> _Plan:
     """Potsdam / Vaihingen val tiles from the official zips -> mmseg's 512 x 512 crops."""
     base = root / name
@@ -370,7 +383,13 @@ def _isprs_key(name: str, member: str, label: bool) -> str | None:
     return parts[3] if len(parts) == 4 and path.parent.name == "top" else None
 
 
-@converter("isaid")
+@converter(
+    "isaid",
+    source="the DOTA-v1.0 val images (part1.zip, https://captain-whu.github.io/DOTA/dataset.html) "
+    "into <root>/iSAID/val/images and the iSAID val semantic masks (images.zip of "
+    "Semantic_masks, https://captain-whu.github.io/iSAID/dataset.html) into "
+    "<root>/iSAID/val/Semantic_masks, zips not unpacked (mmsegmentation's layout)",
+)
 def _plan_isaid(root: Path) -> _Plan:
     """iSAID val: DOTA-v1.0 val images + iSAID semantic masks, as zipped in mmseg's layout, ->
     896 x 896 patches (stride 512) in ``iSAID/img_dir/val`` and ``iSAID/ann_dir/val``."""
@@ -443,7 +462,11 @@ def _isaid_crops(
     return crops
 
 
-@converter("vdd")
+@converter(
+    "vdd",
+    source="VDD (https://github.com/RussRobin/VDD): unzip it into <root>/VDD so that "
+    "<root>/VDD/test/src/*.JPG and <root>/VDD/test/gt/*.png exist",
+)
 def _plan_vdd(root: Path) -> _Plan:
     """VDD is read as downloaded: check that its test split pairs up, convert nothing."""
     from data.catalog import get_dataset_spec

@@ -16,7 +16,17 @@ import data.prepare.natural
 import data.prepare.pascal_context
 import data.prepare.remote_sensing  # noqa: F401
 from data.catalog import DatasetError, datasets_root
-from data.prepare.common import CONVERTERS, PREPARABLE, RAW_SOURCES, _default_workers, _run_jobs
+from data.prepare.common import (
+    CONVERTERS,
+    RAW_SOURCES,
+    _default_workers,
+    _run_jobs,
+    preparable,
+)
+
+PREPARABLE: tuple[str, ...] = preparable()
+"""The datasets ``data prepare`` converts: those whose converter is registered (``synthetic`` and
+``toy`` are rendered by ``data synthetic`` / ``data toy``), in data.catalog's order."""
 
 
 def prepare_dataset(
