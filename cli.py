@@ -15,8 +15,8 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from commands.options import Command, log_ours
-from data.errors import USER_ERRORS  # what ends a command in one line (cheap: no torch)
-from data.signals import Interrupted, interruptible
+from common.errors import USER_ERRORS  # what ends a command in one line (cheap: no torch)
+from common.signals import Interrupted, interruptible
 
 
 def _version() -> str:
@@ -130,7 +130,7 @@ def _parse(argv: list[str]) -> tuple[Command, object]:
     except UnicodeDecodeError as e:  # a --config file in another encoding
         from itertools import pairwise
 
-        from data.errors import UnreadableFileError
+        from common.errors import UnreadableFileError
 
         files = [b for a, b in pairwise(argv) if a == "--config"]
         files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             args.root = os.environ.get("DETECTRON2_DATASETS", "datasets")
         with interruptible():  # Ctrl-C / SIGTERM: clean-ups run, then one line
             return command.run(args) or 0
-    except USER_ERRORS as e:  # data/errors.py: one line, exit 2
+    except USER_ERRORS as e:  # common/errors.py: one line, exit 2
         return _one_line(f"error: {e}", 2)
     except (Interrupted, KeyboardInterrupt) as e:
         signum = getattr(e, "signum", signal.SIGINT)

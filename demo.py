@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     parser.add_argument("--quick", action="store_true", help="a few steps on a few images")
     args = parser.parse_args(argv)
-    from data.errors import SettingError, check_output_folder
+    from common.errors import SettingError, check_output_folder
 
     try:
         check_output_folder(args.out, "--out")  # a file in the way: one line, before any work

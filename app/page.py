@@ -11,7 +11,7 @@ One Gradio page (``gr.Blocks``):
   the chosen class's explain maps on the first image (DPSeg: the text, visual and dual-prompt cost
   maps and the model's probability, as ``cli.py explain``; VIP: its probability map);
 - classes that the bank lacks are built first with the bank's own generator, their progress shown
-  in the page (``data.progress.listen``); an error is one line in the page's status, never a
+  in the page (``common.progress.listen``); an error is one line in the page's status, never a
   traceback (the server logs the traceback of anything that is not a user error).
 
 The models load once, when the page starts; a vocabulary's prompts are reused until it changes.
@@ -32,7 +32,7 @@ from typing import Literal
 
 import numpy as np
 
-from data.errors import USER_ERRORS, SettingError, one_line
+from common.errors import USER_ERRORS, SettingError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Segmenters:
             if key == "vip":
                 predictor.set_vocabulary(vocab)
             else:
-                from data.progress import listen
+                from common.progress import listen
 
                 with listen(progress or (lambda *_: None)):
                     predictor.use_vocabulary(vocab, self.config.bank, progress=False)

@@ -307,8 +307,8 @@ def trained_main(args, device: torch.device) -> None:
     (``Predictor``: the image resized, logits back to its size); every policy of
     ``--policies``. The classes refined are the ones round I really detects."""
 
+    from common.errors import USER_ERRORS, one_line
     from data.datasets import read_image
-    from data.errors import USER_ERRORS, one_line
     from data.transforms import image_tensor
     from model.predictor import Predictor
 
@@ -418,7 +418,7 @@ MIN_IMAGE_SIZE = 32
 def argument_error(args: argparse.Namespace) -> str | None:
     """What is wrong with the parsed options (one line naming the option, the value and the
     fix), or None: checked before anything is built, so that a typo costs no time."""
-    from data.errors import USER_ERRORS, one_line
+    from common.errors import USER_ERRORS, one_line
 
     at_least = [("--iters", args.iters, 1), ("--warmup", args.warmup, 0),
                 ("--templates", args.templates, 1), ("--batch", args.batch, 1),
@@ -440,7 +440,7 @@ def argument_error(args: argparse.Namespace) -> str | None:
             for preset in args.preset or ():
                 get_encoder_preset(preset)
         elif not args.one_memory:
-            from data.errors import check_device
+            from common.errors import check_device
 
             check_device(args.device)
     except USER_ERRORS as e:

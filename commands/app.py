@@ -9,19 +9,19 @@ from commands.options import Command, add_fields
 
 def cmd_app(args: argparse.Namespace) -> None:
     from app.page import AppConfig, serve
-    from data.optional import require
+    from common.optional import require
 
     require("gradio", "the web app (cli.py app)")
     config = AppConfig(**{k: getattr(args, k) for k in AppConfig.__dataclass_fields__})
     if config.model and config.ckpt:
-        from data.errors import SettingError
+        from common.errors import SettingError
 
         raise SettingError(f"--model {config.model!r} and --ckpt {config.ckpt!r}: give one of them")
     page = serve(config, block=False)
     print(f"serving on {page.local_url} (Ctrl-C stops it)", flush=True)
     import time
 
-    from data.signals import Interrupted
+    from common.signals import Interrupted
 
     try:
         while True:  # the server runs in its threads; Ctrl-C or SIGTERM stops it cleanly

@@ -14,8 +14,8 @@ from commands.options import (
     config_from,
     storage_options,
 )
-from data.errors import UserError
-from data.io import command_line
+from common.errors import UserError
+from common.io import command_line
 
 
 def _run_build(config, location: str) -> None:
@@ -236,7 +236,7 @@ def _check_gallery_options(args: argparse.Namespace) -> None:
 
     from PIL import Image
 
-    from data.errors import SettingError
+    from common.errors import SettingError
 
     if args.max_classes < 1:
         raise SettingError(

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from commands.options import ROOT_HELP, Command, lazy
+from commands.options import ROOT_HELP, Command
 
 
 def _write_dataset(args: argparse.Namespace, config_class, write, class_names, what: str) -> int:
     """Write a rendered dataset (synthetic, toy) in the detectron2 layout, with a preview."""
     from pathlib import Path
 
+    from common.errors import check_output_file, check_output_folder
     from data.catalog import datasets_root
-    from data.errors import check_output_file, check_output_folder
 
     splits = {"train_images": args.train, "val_images": args.val}
     if getattr(args, "test", None) is not None:
@@ -85,11 +85,158 @@ def _data_stats_options(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _eval_masks_options(p) -> None:
+    """``eval-masks``'s description and options (cli.py's jsonargparse tree adds them)."""
+    from data.eval_masks import ON_BAD_SAMPLE
+
+    p.description = (
+        "Score the prediction maps of any method against label maps, matched by file stem, "
+        "with detectron2's rules (mIoU over classes with ground truth). Maps are PNG or "
+        "TIFF, 8- or 16-bit, one class id per pixel (a palette PNG reads as its indices)."
+    )
+    p.add_argument("--pred", required=True, metavar="DIR", help="folder of prediction maps")
+    p.add_argument("--gt", required=True, metavar="DIR", help="folder of label maps")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        required=True,
+        metavar="K",
+        help="label values 0..K-1 are classes",
+    )
+    p.add_argument(
+        "--ignore-index",
+        type=int,
+        nargs="+",
+        required=True,
+        metavar="I",
+        help="on-disk label value(s) not scored: 255 (most), 65535 (ADE-847), 459 65535 (PC-459)",
+    )
+    p.add_argument(
+        "--background-from",
+        type=int,
+        metavar="C",
+        help="predictions >= C count as class C (VOC with background: 20)",
+    )
+    p.add_argument(
+        "--vocab", metavar="NAME", help="class names (a vocabulary with K classes) for the outputs"
+    )
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument(
+        "--out", metavar="DIR", help="also write metrics.json, a per-class CSV and an IoU chart"
+    )
+    p.add_argument(
+        "--on-bad-sample",
+        choices=ON_BAD_SAMPLE,
+        default="error",
+        help="error (default): stop at a bad or missing file; skip: leave it out and count it",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_eval_masks(args: argparse.Namespace) -> int:
+    """Run ``eval-masks``: print the scores, optionally write them (a user error ends the
+    command in one line: ``cli.main``)."""
+    import sys
+
+    from data.catalog import DatasetError
+    from data.eval_masks import SKIP_REASONS, evaluate_mask_folders, listing
+    from data.evaluator import format_metrics, metrics_to_json, write_results
+    from data.vocabulary import load_vocabulary
+
+    names = None
+    if args.vocab:
+        vocab = load_vocabulary(args.vocab)
+        if len(vocab) != args.num_classes:
+            raise DatasetError(
+                f"vocabulary {args.vocab!r} has {len(vocab)} classes but --num-classes is "
+                f"{args.num_classes}; give a vocabulary with one class per label id"
+            )
+        names = vocab.names
+    metrics, report = evaluate_mask_folders(
+        args.pred,
+        args.gt,
+        args.num_classes,
+        args.ignore_index,
+        class_names=names,
+        on_bad_sample=args.on_bad_sample,
+        progress=not getattr(args, "quiet", False) and not args.json,
+        background_from=getattr(args, "background_from", None),
+    )
+    # With --json stdout holds only the JSON document; the notes go to stderr.
+    notes = sys.stderr if args.json else sys.stdout
+    if args.json:
+        print(json.dumps({"metrics": metrics_to_json(metrics, names), "report": report}, indent=2))
+    else:
+        print(format_metrics(metrics))
+        print(f"scored {report['evaluated']} of {report['ground_truth_files']} ground-truth files")
+    for reason, count in report["skipped"].items():
+        files = listing(report["skipped_files"][reason])
+        print(f"skipped {count}: {SKIP_REASONS[reason]} ({files})", file=notes)
+    if args.out:
+        paths = write_results(metrics, args.out, names)
+        print(f"results: {', '.join(str(p) for p in paths.values())}", file=notes)
+    return 0
+
+
+def _prepare_options(p) -> None:
+    """``data prepare``'s description and options (cli.py's jsonargparse tree adds them)."""
+    from data.prepare import PREPARABLE, RAW_SOURCES
+
+    p.description = (
+        "Convert the official download of a benchmark into the detectron2 layout "
+        "(docs/design.md §5). Existing outputs are kept: a rerun is a no-op, a killed run resumes."
+    )
+    p.epilog = "what each dataset needs under --root:\n" + "\n".join(
+        f"  {n}: {RAW_SOURCES[n]}" for n in PREPARABLE
+    )
+    p.formatter_class = type(  # the epilog's lines as written
+        "RawDescription", (argparse.RawDescriptionHelpFormatter, p.formatter_class), {}
+    )
+    p.add_argument("name", metavar="NAME", choices=PREPARABLE, help=", ".join(PREPARABLE))
+    p.add_argument(
+        "--root", default=None, help="datasets root (default $DETECTRON2_DATASETS or ./datasets)"
+    )
+    p.add_argument(
+        "--vocab-dir",
+        default=None,
+        help="folder with ade847.json (default $DPSEG_VOCAB_DIR or ./vocab)",
+    )
+    p.add_argument("--workers", type=int, default=None, help="threads (default min(8, CPUs))")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    """Run ``data.prepare.prepare_dataset`` and print the summary (a ``DatasetError`` ends the
+    command in one line, as every user error does: ``cli.main``)."""
+    import sys
+
+    from data.catalog import datasets_root
+    from data.prepare import prepare_dataset
+
+    root = datasets_root(getattr(args, "root", None))
+    s = prepare_dataset(
+        args.name,
+        root,
+        progress=not getattr(args, "quiet", False),
+        vocab_dir=getattr(args, "vocab_dir", None),
+        workers=getattr(args, "workers", None),
+    )
+    for warning in s["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(
+        f"{s['dataset']}: {s['written']} written, {s['skipped']} already converted, "
+        f"{s['missing']} missing from the download ({s['seconds']} s) -> " + ", ".join(s["outputs"])
+    )
+    for note in s["notes"]:
+        print(note)
+    return 0
+
+
 COMMANDS = {
     "eval-masks": Command(
         "score saved prediction maps against label maps (mIoU, fwIoU, mACC, pACC)",
-        lazy("data.eval_masks", "eval_masks_options"),
-        lazy("data.eval_masks", "cmd_eval_masks"),
+        _eval_masks_options,
+        cmd_eval_masks,
     ),
     "data": Command(
         "datasets: write synthetic/toy ones, check one, convert a benchmark download",
@@ -111,8 +258,8 @@ COMMANDS = {
             ),
             "prepare": Command(
                 "convert an official benchmark download into the detectron2 layout",
-                lazy("data.prepare", "prepare_options"),
-                lazy("data.prepare", "cmd_prepare"),
+                _prepare_options,
+                cmd_data_prepare,
             ),
         },
     ),

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from commands.options import Command, add_fields, config_file, config_from
-from data.errors import check_output_file
+from common.errors import check_output_file
 
 
 def cmd_presets(args: argparse.Namespace) -> None:

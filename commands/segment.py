@@ -68,7 +68,7 @@ VIP_ONLY = {"config": "--config", "encoder": "--encoder", "dual_prompts": "--dua
 def _check_segment_arguments(args: argparse.Namespace) -> None:
     """segment's options checked before any work: the device, --out, and no option of the other
     method (it would be silently ignored). One line naming the option (SettingError)."""
-    from data.errors import SettingError, check_device, check_output_folder
+    from common.errors import SettingError, check_device, check_output_folder
 
     if args.method == "dpseg" and args.reject_max is not None and args.reject is None:
         raise SettingError(f"--reject-max {args.reject_max} bounds --reject: give --reject P too")
@@ -146,8 +146,8 @@ def _segment_options(p) -> None:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Text, visual and dual-prompt cost maps of one class on one image (paper's Figure 1)."""
+    from common.errors import SettingError, check_device
     from data.datasets import read_image
-    from data.errors import SettingError, check_device
     from data.vocabulary import Vocabulary, load_vocabulary
     from model.explain import check_explanation_out, write_explanation
     from model.predictor import Predictor

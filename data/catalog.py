@@ -41,7 +41,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.errors import UserError
+from common.errors import UserError
 from data.toy_world import unseen_names
 
 IGNORE_INDEX = -1

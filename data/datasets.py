@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from common.errors import UnreadableFileError, one_line
+from common.optional import require
 from data.catalog import (
     IGNORE_INDEX,
     DatasetError,
@@ -32,8 +34,6 @@ from data.catalog import (
     datasets_root,
     get_dataset_spec,
 )
-from data.errors import UnreadableFileError, one_line
-from data.optional import require
 
 BAD_SAMPLE_POLICIES = ("error", "skip")
 
@@ -63,7 +63,7 @@ def max_pixels() -> int:
     except ValueError:
         value = 0
     if value < 1:
-        from data.errors import SettingError
+        from common.errors import SettingError
 
         raise SettingError(f"$DPSEG_MAX_PIXELS={raw!r}: give a whole number of pixels >= 1")
     return value

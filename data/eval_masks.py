@@ -12,10 +12,7 @@ With ``on_bad_sample="skip"`` such samples are left out instead and counted by r
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -57,7 +54,7 @@ def _index_folder(folder: Path) -> dict[str, list[Path]]:
     return found
 
 
-def _listing(names: Sequence[str]) -> str:
+def listing(names: Sequence[str]) -> str:
     shown = ", ".join(names[:LIST_AT_MOST])
     return shown + (f" and {len(names) - LIST_AT_MOST} more" if len(names) > LIST_AT_MOST else "")
 
@@ -204,7 +201,7 @@ def evaluate_mask_folders(
             "ambiguous_stem",
             ambiguous,
             f"{len(ambiguous)} ground-truth stems match more than one mask file: "
-            f"{_listing(ambiguous)}; files are matched by stem, so keep one file per stem in "
+            f"{listing(ambiguous)}; files are matched by stem, so keep one file per stem in "
             "each folder",
         )
     missing = sorted(gts[s][0].name for s in gts if s not in preds and s not in ambiguous_stems)
@@ -213,14 +210,14 @@ def evaluate_mask_folders(
             "missing_prediction",
             missing,
             f"prediction missing for {len(missing)} of {len(gts)} ground-truth files: "
-            f"{_listing(missing)} (looked in {str(pred_root)!r} for the same stem with "
+            f"{listing(missing)} (looked in {str(pred_root)!r} for the same stem with "
             f"{', '.join(MASK_SUFFIXES)}); predict every image, or pass --on-bad-sample skip",
         )
     stems = [s for s in sorted(gts) if s in preds and s not in ambiguous_stems]
 
     metric = SemSegMetric(num_classes, IGNORE_INDEX, background_from)
     evaluated = 0
-    from data.progress import ProgressBar
+    from common.progress import ProgressBar
 
     # The bar goes to stderr: stdout holds only the scores (or the JSON document).
     with ProgressBar("scoring masks", len(stems), unit="masks", enabled=progress) as bar:
@@ -254,97 +251,3 @@ def evaluate_mask_folders(
         "seconds": round(time.perf_counter() - start, 2),
     }
     return metric.compute(), report
-
-
-# ---------------------------------------------------------------------------------------------
-# command line (wired into cli.py as `eval-masks`)
-
-
-EVAL_MASKS_HELP = "score saved prediction maps against label maps (mIoU, fwIoU, mACC, pACC)"
-
-
-def eval_masks_options(p) -> None:
-    """``eval-masks``'s description and options (cli.py's jsonargparse tree adds them)."""
-    p.description = (
-        "Score the prediction maps of any method against label maps, matched by file stem, "
-        "with detectron2's rules (mIoU over classes with ground truth). Maps are PNG or "
-        "TIFF, 8- or 16-bit, one class id per pixel (a palette PNG reads as its indices)."
-    )
-    p.add_argument("--pred", required=True, metavar="DIR", help="folder of prediction maps")
-    p.add_argument("--gt", required=True, metavar="DIR", help="folder of label maps")
-    p.add_argument(
-        "--num-classes",
-        type=int,
-        required=True,
-        metavar="K",
-        help="label values 0..K-1 are classes",
-    )
-    p.add_argument(
-        "--ignore-index",
-        type=int,
-        nargs="+",
-        required=True,
-        metavar="I",
-        help="on-disk label value(s) not scored: 255 (most), 65535 (ADE-847), 459 65535 (PC-459)",
-    )
-    p.add_argument(
-        "--background-from",
-        type=int,
-        metavar="C",
-        help="predictions >= C count as class C (VOC with background: 20)",
-    )
-    p.add_argument(
-        "--vocab", metavar="NAME", help="class names (a vocabulary with K classes) for the outputs"
-    )
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument(
-        "--out", metavar="DIR", help="also write metrics.json, a per-class CSV and an IoU chart"
-    )
-    p.add_argument(
-        "--on-bad-sample",
-        choices=ON_BAD_SAMPLE,
-        default="error",
-        help="error (default): stop at a bad or missing file; skip: leave it out and count it",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def cmd_eval_masks(args: argparse.Namespace) -> int:
-    """Run ``eval-masks``: print the scores, optionally write them (a user error ends the
-    command in one line: ``cli.main``)."""
-    from data.evaluator import format_metrics, metrics_to_json, write_results
-    from data.vocabulary import load_vocabulary
-
-    names = None
-    if args.vocab:
-        vocab = load_vocabulary(args.vocab)
-        if len(vocab) != args.num_classes:
-            raise DatasetError(
-                f"vocabulary {args.vocab!r} has {len(vocab)} classes but --num-classes is "
-                f"{args.num_classes}; give a vocabulary with one class per label id"
-            )
-        names = vocab.names
-    metrics, report = evaluate_mask_folders(
-        args.pred,
-        args.gt,
-        args.num_classes,
-        args.ignore_index,
-        class_names=names,
-        on_bad_sample=args.on_bad_sample,
-        progress=not getattr(args, "quiet", False) and not args.json,
-        background_from=getattr(args, "background_from", None),
-    )
-    # With --json stdout holds only the JSON document; the notes go to stderr.
-    notes = sys.stderr if args.json else sys.stdout
-    if args.json:
-        print(json.dumps({"metrics": metrics_to_json(metrics, names), "report": report}, indent=2))
-    else:
-        print(format_metrics(metrics))
-        print(f"scored {report['evaluated']} of {report['ground_truth_files']} ground-truth files")
-    for reason, count in report["skipped"].items():
-        files = _listing(report["skipped_files"][reason])
-        print(f"skipped {count}: {SKIP_REASONS[reason]} ({files})", file=notes)
-    if args.out:
-        paths = write_results(metrics, args.out, names)
-        print(f"results: {', '.join(str(p) for p in paths.values())}", file=notes)
-    return 0

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
+from common.errors import SettingError, check_output_folder
+from common.optional import available
 from data.catalog import IGNORE_INDEX
-from data.errors import SettingError, check_output_folder
-from data.optional import available
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from data.datasets import index_files, read_label
 def dataset_stats(spec: str | DatasetSpec, root: str | os.PathLike | None = None,
                   progress: bool = True) -> dict:  # fmt: skip
     """Everything `data stats` reports, as plain JSON-able values."""
-    from data.progress import ProgressBar
+    from common.progress import ProgressBar
     from data.vocabulary import VocabularyError, load_vocabulary
 
     spec = get_dataset_spec(spec) if isinstance(spec, str) else spec

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data.errors import SettingError, UserError, check_output_folder
-from data.io import save_image_atomic
+from common.errors import SettingError, UserError, check_output_folder
+from common.io import save_image_atomic
 from data.vocabulary import load_vocabulary
 
 IGNORE_INDEX = 255
@@ -237,7 +237,7 @@ def write_rendered_dataset(
 
     jobs = [(s, i) for s, count in sizes.items() for i in range(count)]
     start, written = time.perf_counter(), 0
-    from data.progress import ProgressBar
+    from common.progress import ProgressBar
 
     done = 0
     with ProgressBar(f"{out.name} images", len(jobs), unit="images", enabled=progress) as bar:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from data.errors import UserError
+from common.errors import UserError
 
 SINGLE_TEMPLATE = "A photo of a {} in the scene."  # CAT-Seg's template
 BUILTIN_TEMPLATES = ("imagenet80", "single", "seg", "city")

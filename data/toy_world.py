@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import SettingError
+from common.errors import SettingError
 from data.synthetic import SyntheticConfig, boundary, shape_mask, write_rendered_dataset
 
 IGNORE_INDEX = 255

@@ -30,7 +30,7 @@ def rgb_uint8(image, argument: str = "image") -> np.ndarray:
     grey and (H, W, 4) RGBA uint8 (alpha dropped), or a float array in [0, 1] (scaled by 255 and
     rounded). Anything else raises a ``SettingError`` in one line naming ``argument``, its shape
     and dtype, and what is taken: nothing is silently misread."""
-    from data.errors import SettingError
+    from common.errors import SettingError
 
     array = np.asarray(image)
     shape, dtype = tuple(array.shape), array.dtype

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from data.errors import UserError
+from common.errors import UserError
 
 BUILTIN_VOCABULARIES = (
     "voc20", "voc20b", "pc59", "ade150", "coco171", "synthetic",

@@ -11,7 +11,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from data.errors import UnreadableFileError, one_line
+from common.errors import UnreadableFileError, one_line
 
 LIGHTNING_SHORTHANDS = ("last", "best", "hpc", "registry")
 """``--ckpt_path`` values Lightning resolves itself (not files)."""

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.errors import SettingError
+from common.errors import SettingError
 from model.seeding import paired_conv, part_rng
 
 # (ours, the paper says only "self-attention layers") where the decoder attends, per class map:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.settings import check_fields
+from common.settings import check_fields
 from model.cost_volume import (
     CostEmbedding,
     PromptMode,

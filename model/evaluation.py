@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from common.io import command_line, save_image_atomic
 from data.catalog import get_dataset_spec
 from data.evaluator import (
     SemSegMetric,
@@ -27,7 +28,6 @@ from data.evaluator import (
     seen_unseen_scores,
     write_results,
 )
-from data.io import command_line, save_image_atomic
 from data.transforms import get_test_protocol
 from data.vocabulary import load_vocabulary
 from model.data_module import stack_images

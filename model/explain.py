@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.errors import SettingError, check_output_file
-from data.optional import require
+from common.errors import SettingError, check_output_file
+from common.optional import require
 from data.transforms import image_tensor
 from model.cost_volume import cost_volume, fuse_prompts
 from model.predictor import Predictor

@@ -22,8 +22,8 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from data.errors import SettingError, UnreadableFileError
-from data.io import file_sha256
+from common.errors import SettingError, UnreadableFileError
+from common.io import file_sha256
 
 FORMAT, FORMAT_VERSION = "dpseg-model", 1
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"

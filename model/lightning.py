@@ -21,9 +21,9 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 
+from common.errors import SettingError
+from common.settings import check_fields
 from data.catalog import IGNORE_INDEX, DatasetError, get_dataset_spec
-from data.errors import SettingError
-from data.settings import check_fields
 from data.templates import SINGLE_TEMPLATE
 from data.transforms import ResizeSquare
 from data.vocabulary import load_vocabulary

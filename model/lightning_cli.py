@@ -29,8 +29,8 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from data.errors import SettingError, UnreadableFileError, UserError, one_line
-from data.optional import available
+from common.errors import SettingError, UnreadableFileError, UserError, one_line
+from common.optional import available
 from model.checkpoint import LIGHTNING_SHORTHANDS, check_checkpoint, reading_failed
 from model.data_module import SegmentationData
 
@@ -324,7 +324,7 @@ def share_logger_version(config) -> None:
 
 
 def read_config(path: str):
-    """A ``--config`` file's YAML; one user error (data/errors.py) when it is not UTF-8 or not
+    """A ``--config`` file's YAML; one user error (common/errors.py) when it is not UTF-8 or not
     YAML, which is read here first (for ``method:``), before jsonargparse."""
     try:
         return yaml.safe_load(Path(path).read_text(encoding="utf-8"))

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.errors import UserError, check_device, check_output_folder
-from data.signals import Interrupted
+from common.errors import UserError, check_device, check_output_folder
+from common.signals import Interrupted
 from data.transforms import ResizeSquare, SlidingWindow, image_tensor, rgb_uint8
 from data.vocabulary import Vocabulary, load_vocabulary
 from model.cost_volume import Prompts
@@ -99,7 +99,7 @@ class Predictor(ImagePredictor):
     def set_rounds(self, rounds: int) -> None:
         """One round (the model on the whole image) or two (round II refines each class found
         on its crop, the paper's two-round inference) for the images to come."""
-        from data.errors import SettingError
+        from common.errors import SettingError
 
         if rounds not in (1, 2):
             raise SettingError(f"--rounds {rounds}: give 1 or 2")
@@ -110,7 +110,7 @@ class Predictor(ImagePredictor):
         """Class early rejection for the images to come (``model.rejection``; a checkpoint holds
         no inference settings): probability ``threshold`` (None: off), at most ``max_classes``
         decoded per image. A bad value raises SettingError naming it."""
-        from data.errors import SettingError
+        from common.errors import SettingError
         from model.rejection import check_rejection
 
         try:
@@ -253,7 +253,7 @@ def write_prediction(out: Path, stem: str, image: np.ndarray, labels: np.ndarray
     """``stem.png`` (label ids: 8-bit, 16-bit when K > 256), ``stem_overlay.png``, ``stem.json``."""
     from PIL import Image
 
-    from data.io import save_image_atomic
+    from common.io import save_image_atomic
     from data.preview import overlay
 
     k = len(vocabulary)
@@ -301,8 +301,8 @@ def predict_images(predictor: Predictor, paths: list[Path], out: str | os.PathLi
     import json
     import time
 
+    from common.progress import ProgressBar
     from data.datasets import UnreadableImageError, read_image
-    from data.progress import ProgressBar
 
     check_output_folder(out, "--out")
     out = Path(out)

@@ -1,4 +1,4 @@
-"""Lightning's progress as dpseg's one progress bar (``data.progress``): steps against
+"""Lightning's progress as dpseg's one progress bar (``common.progress``): steps against
 ``max_steps`` with their rate and ETA during ``fit``, images during validation, test and predict.
 
 Lightning's own bars count epochs, which a run bounded by ``max_steps`` does not have ("Epoch
@@ -12,7 +12,7 @@ import math
 
 from lightning.pytorch.callbacks import ProgressBar
 
-from data.progress import ProgressBar as Bar
+from common.progress import ProgressBar as Bar
 
 
 class StepProgressBar(ProgressBar):

@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.errors import SettingError
-from data.settings import check_fields
+from common.errors import SettingError
+from common.settings import check_fields
 from model.cost_volume import Prompts, class_mean
 from model.dpseg import DPSeg, DPSegOutput
 from model.labels import class_labels

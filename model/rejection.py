@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from data.errors import SettingError
+from common.errors import SettingError
 
 REJECTED_LOGIT = -1.0e4
 """The logit of a rejected class at every pixel (sigmoid 0, never the argmax; finite, so that

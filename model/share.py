@@ -36,7 +36,7 @@ import time
 import uuid
 from pathlib import Path
 
-from data.progress import ProgressBar
+from common.progress import ProgressBar
 from model.export import CARD, CONFIG, ModelFileError, check_weights, parse_config
 from prompt_bank.store import filesystem, is_url, remote_errors, resolve_storage_options
 
@@ -196,7 +196,7 @@ def pull_model(
 
     options = resolve_storage_options(storage_options)
     if to is not None:
-        from data.errors import check_output_folder
+        from common.errors import check_output_folder
 
         check_output_folder(to, "--to")  # a file, or a path below one: refused before any request
     with remote_errors(url, "model pull from"):

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data.errors import check_output_file
+from common.errors import check_output_file
 from pretrained.hub import WeightsUnavailableError
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")

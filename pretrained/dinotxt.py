@@ -8,7 +8,8 @@ Presets: ``dinotxt-l16`` (the two official files, by local path), ``tiny-dinotxt
 at width 64, portable random weights) and ``toy-dinotxt`` (patch 8, width 96, pretrained on the
 toy world by ``pretrained.toy_pretrain``, shipped in ``pretrained/weights/``); :func:`create_dinotxt`
 builds any of them. VIP plugs in through
-``DenseDinoTxt`` (pixels) and ``DinoTxtEncoder`` (texts, and the images of a prompt bank).
+``DinoTxtEncoder`` (texts, and the images of a prompt bank); VIP's dense path over it is
+``model.vip.dense.DenseDinoTxt``.
 
 - Backbone: timm's ``vit_large_patch16_dinov3_qkvb`` is the DINOv3 ViT-L/16 exactly; its
   checkpoint filter converts the official file (``storage_tokens`` -> ``reg_token``, LayerScale
@@ -473,65 +474,8 @@ def create_dinotxt(
 
 
 # ---------------------------------------------------------------------------------------------
-# the seams VIP and the bank builder plug into: a dense encoder, and the image + text encoder
-
-
-class DenseDinoTxt(nn.Module):
-    """images (B, 3, H, W) RGB in [0, 1] -> (B, C, H/16, W/16) patch embeddings of dino.txt's
-    head (with VIP's proxy attention unless ``proxy=False``): what ``VIPSegmenter`` compares
-    with the second half of text embeddings, ``(B, C, ceil(H/16), ceil(W/16))``.
-
-    Sizes that are not multiples of the patch are padded at the bottom and right with the mean
-    colour (0 after normalisation) and the cells that hold only padding are cut off again
-    (ours; the reference pads its crops to multiples of 56 with CLIP's mean colour).
-    ``shape`` = (beta, gamma) of the proxy attention (VIP: 1.5, 0.5)."""
-
-    def __init__(self, model: DinoTxt, proxy: bool = True, shape: tuple[float, float] = (1.5, 0.5)):
-        super().__init__()
-        self.model = model
-        self.proxy = proxy
-        self.attention = "proxy" if proxy else "none"  # as model.vip.dense names dense paths
-        self.shape = shape
-        self.register_buffer("mean", torch.tensor(DinoTxt.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(DinoTxt.std).view(1, 3, 1, 1), persistent=False)
-
-    @property
-    def patch_size(self) -> int:
-        return self.model.config.patch
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
-        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
-        p = self.patch_size
-        h, w = x.shape[-2:]
-        x = F.pad(x, (0, -w % p, 0, -h % p))
-        _, patches, _ = self.model.encode_image(x, proxy=self.proxy, shape=self.shape)
-        return patches.permute(0, 3, 1, 2)[:, :, : -(-h // p), : -(-w // p)]
-
-    @torch.no_grad()
-    def features_and_attention(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward`'s features and, from the same pass, the backbone's last-block
-        attention among its patch tokens (B, N, N): per head a softmax over the patch keys
-        (the head's probabilities renormalised over patches: the class and register tokens
-        left out), then the heads averaged, as VIP's reference forms its attention map; the
-        affinity the reported alias-selection rule uses."""
-        attn = self.model.backbone.blocks[-1].attn
-        probs: list[torch.Tensor] = []
-        fused, attn.fused_attn = attn.fused_attn, False  # the path that forms the probabilities
-        hook = attn.attn_drop.register_forward_hook(lambda _m, _i, out: probs.append(out))
-        try:
-            features = self(images)
-        finally:
-            hook.remove()
-            attn.fused_attn = fused
-        a = probs[-1].float()[:, :, PREFIX_TOKENS:, PREFIX_TOKENS:]  # (B, heads, N, N)
-        a = a / a.sum(dim=-1, keepdim=True).clamp(min=1e-12)  # softmax over patch keys, per head
-        return features, a.mean(dim=1)
-
-    def backbone_attention(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, N, N) the attention of :meth:`features_and_attention` alone."""
-        return self.features_and_attention(images)[1]
+# the seam the bank builder and VIP plug into: the image + text encoder (VIP's dense path:
+# model.vip.dense.DenseDinoTxt)
 
 
 class DinoTxtEncoder(ImageTextEncoder):

@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from data.errors import UserError
+from common.errors import UserError
 
 
 class WeightsUnavailableError(UserError, RuntimeError):
@@ -87,7 +87,7 @@ def ensure_hub_reachable_or_cached(is_cached: bool, what: str, model_id: str, lo
 def refuse_weights_for_random(name: str, weights) -> None:
     """A random-weight preset given a weights path would silently ignore it: refuse instead."""
     if weights is not None:
-        from data.errors import SettingError
+        from common.errors import SettingError
 
         raise SettingError(
             f"preset {name!r} has random weights; weights={str(weights)!r} would be ignored: "

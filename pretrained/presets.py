@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from data.errors import SettingError, UserError
+from common.errors import SettingError, UserError
 
 # ImageNet's input statistics (DINOv3 and dino.txt)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -243,7 +243,7 @@ def pretrain(
     size = preset.image_size
     gap = preset.modality_gap  # the losses see the embeddings the presets give
 
-    from data.progress import ProgressBar
+    from common.progress import ProgressBar
 
     rendering = ProgressBar("rendering captioned pictures", config.pool, unit="pictures",
                          enabled=progress)  # fmt: skip

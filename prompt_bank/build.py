@@ -29,8 +29,8 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-from data.errors import SettingError
-from data.progress import ProgressBar
+from common.errors import SettingError
+from common.progress import ProgressBar
 from data.vocabulary import Vocabulary
 from pretrained.fingerprint import package_versions
 from pretrained.presets import get_bank_preset

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.errors import UserError
+from common.errors import UserError
 
 FORMAT_NAME = "dpseg-prompt-bank"
 FORMAT_VERSION = 2

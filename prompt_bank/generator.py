@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from data.errors import SettingError
+from common.errors import SettingError
 from pretrained.fingerprint import warn_if_unrecorded, weights_fingerprint
 from pretrained.hub import (
     WeightsUnavailableError,

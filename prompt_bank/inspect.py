@@ -172,7 +172,7 @@ def write_gallery(bank: Bank, out: str | Path, max_classes: int = 32, max_column
     from PIL import Image, ImageDraw, ImageFont
 
     if bank.layout.image_size is None:
-        from data.errors import SettingError
+        from common.errors import SettingError
 
         raise SettingError(
             f"bank {bank.location} kept no images; rebuild it with --keep-images to get a gallery"

@@ -25,7 +25,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from data.signals import Interrupted, interruptible  # noqa: F401 (their home before data.signals)
+from common.signals import Interrupted, interruptible  # noqa: F401 (their home before common.signals)
 from prompt_bank.format import FORMAT_NAME, BankFormatError, BankMismatchError
 from prompt_bank.integrity import get_object, put_object
 from prompt_bank.store import is_url, open_store

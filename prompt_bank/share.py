@@ -19,7 +19,7 @@ import os
 import time
 from pathlib import Path
 
-from data.progress import ProgressBar
+from common.progress import ProgressBar
 from prompt_bank.format import BankFormatError, BankMismatchError
 from prompt_bank.integrity import manifest_key, require_intact
 from prompt_bank.safety import LOCK_KEY, TAKEOVER_KEY, check_output, staged_output

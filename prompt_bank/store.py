@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.errors import UserError, one_line
+from common.errors import UserError, one_line
 from prompt_bank.format import BankFormatError, BankLayout, validate_group
 
 
@@ -189,7 +189,7 @@ def damaged_root_error(store, location: str, error: BaseException) -> BankFormat
     command its card README.md records, when it is there) or a new copy."""
     import re
 
-    from data.errors import one_line
+    from common.errors import one_line
 
     command = None
     try:
@@ -231,7 +231,7 @@ class Bank:
         except (BankFormatError, FileNotFoundError):
             raise
         except Exception as e:
-            from data.errors import one_line
+            from common.errors import one_line
 
             raise BankFormatError(
                 f"cannot open a bank at {str(location)!r}: {one_line(e)}; check that the path "
@@ -289,7 +289,7 @@ class Bank:
         ones, is a BankFormatError naming the objects and the fix."""
         from dataclasses import replace
 
-        from data.errors import one_line
+        from common.errors import one_line
         from prompt_bank.integrity import check_shard
         from prompt_bank.seal import disagreement_error, seal_disagreements
 
@@ -349,7 +349,7 @@ class Bank:
         flags' objects are read (one per shard), not checked against the manifests
         (:meth:`read_rows` checks); one that does not decode is a BankFormatError naming it and
         the fix."""
-        from data.errors import one_line
+        from common.errors import one_line
         from prompt_bank.integrity import decode_shard, get_object, shard_key
 
         array, out = self.group["visual/done"], []

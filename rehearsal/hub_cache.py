@@ -17,7 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
-from data.io import file_sha256
+from common.io import file_sha256
 
 
 def repo_folder(hf_home: str | os.PathLike, repo_id: str, repo_type: str = "model") -> Path:

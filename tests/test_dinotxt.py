@@ -154,8 +154,9 @@ def test_vip_runs_on_dinotxt_through_its_seams(model):
     """The segmenter VIP uses, fed by dino.txt's dense and text encoders (a tiny random model:
     shapes and plumbing, not accuracy)."""
     from data.vocabulary import Vocabulary
+    from model.vip.dense import DenseDinoTxt
     from pretrained.backbone import clip_tokenizer_for
-    from pretrained.dinotxt import DenseDinoTxt, DinoTxtEncoder
+    from pretrained.dinotxt import DinoTxtEncoder
 
     dinotxt_tokenizer = lambda: clip_tokenizer_for(get_encoder_preset("tiny-dinotxt"))  # noqa: E731
     from model.vip.segmenter import VIPSegmenter, encode_aliases
@@ -184,7 +185,8 @@ def test_vip_runs_on_dinotxt_through_its_seams(model):
 def test_bank_encoder_embeds_images_through_the_pixels_dense_path(model):
     """A visual prompt of dino.txt is the generated image's patch embeddings after the proxy
     head, pooled and normalised: the same path as the pixels VIP compares it with."""
-    from pretrained.dinotxt import DenseDinoTxt, DinoTxtEncoder
+    from model.vip.dense import DenseDinoTxt
+    from pretrained.dinotxt import DinoTxtEncoder
 
     preset = get_encoder_preset("tiny-dinotxt")
     encoder, dense = DinoTxtEncoder(model, preset), DenseDinoTxt(model)
@@ -199,7 +201,7 @@ def test_bank_encoder_embeds_images_through_the_pixels_dense_path(model):
 
 
 def test_dense_path_takes_sizes_that_are_not_multiples_of_the_patch(model):
-    from pretrained.dinotxt import DenseDinoTxt
+    from model.vip.dense import DenseDinoTxt
 
     dense = DenseDinoTxt(model)
     with torch.no_grad():

@@ -1,5 +1,5 @@
 """The packages import one way (docs/design.md §8): cli -> commands -> app -> model -> prompt_bank ->
-pretrained -> data. Every import statement counts, also those inside functions (imported late for speed, they
+pretrained -> data -> common. Every import statement counts, also those inside functions (imported late for speed, they
 are still dependencies)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ["cli", "commands", "app", "model", "prompt_bank", "pretrained", "data"]
+LAYERS = ["cli", "commands", "app", "model", "prompt_bank", "pretrained", "data", "common"]
 """Top to bottom: a package may import only the packages after it."""
 
 

@@ -180,7 +180,7 @@ def test_a_folder_without_the_config_is_refused(tmp_path):
 
 
 def test_random_weights_of_a_named_generator_are_refused_in_one_line(hub):
-    from data.errors import SettingError
+    from common.errors import SettingError
 
     with pytest.raises(
         SettingError, match=r"^--random-weights with generator .*\(drop --random-weights\)$"

@@ -1,4 +1,4 @@
-"""Optional packages (data/optional.py): without one, the command that needs it stops in one
+"""Optional packages (common/optional.py): without one, the command that needs it stops in one
 line naming the extra, and what can go without it is skipped. A package is made missing by
 putting None in sys.modules, which is what Python's import does for an absent package."""
 
@@ -11,8 +11,8 @@ import pytest
 import tomllib
 from conftest import ROOT
 
-from data.errors import UserError
-from data.optional import EXTRAS, MissingExtraError, available, require
+from common.errors import UserError
+from common.optional import EXTRAS, MissingExtraError, available, require
 
 
 def test_every_optional_package_is_an_extra_and_not_a_core_dependency():

@@ -174,7 +174,7 @@ def test_readme_quotes_the_demo_figures_consistently():
 def test_a_checkpoint_from_before_the_coarse_head_loads_and_refuses_to_reject(trained, tmp_path):
     import torch
 
-    from data.errors import SettingError
+    from common.errors import SettingError
     from model.predictor import Predictor
 
     checkpoint = torch.load(trained, map_location="cpu", weights_only=True)
@@ -196,7 +196,7 @@ def test_a_checkpoint_from_before_the_coarse_head_loads_and_refuses_to_reject(tr
 
 
 def test_predict_takes_grey_rgba_and_unit_floats_and_refuses_the_rest(trained):
-    from data.errors import SettingError
+    from common.errors import SettingError
     from model.predictor import Predictor
 
     predictor = Predictor.from_checkpoint(trained)

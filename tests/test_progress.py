@@ -1,10 +1,10 @@
-"""data/progress.py: one progress bar for all long work, on stderr, with a rate and an ETA."""
+"""common/progress.py: one progress bar for all long work, on stderr, with a rate and an ETA."""
 
 from __future__ import annotations
 
 import time
 
-from data.progress import ProgressBar
+from common.progress import ProgressBar
 
 
 def test_a_bar_shows_done_of_total_and_a_rate_on_stderr_only(capsys):

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 import yaml
 from conftest import TEMPLATES, TINY
 
+from common.errors import SettingError
 from data.catalog import IGNORE_INDEX
-from data.errors import SettingError
 from data.evaluator import SemSegMetric
 from model.dpseg import DPSegOutput
 from model.evaluation import _key

@@ -1,12 +1,12 @@
-"""data/settings.py: the one validator of config dataclasses (bounds and Literal rules)."""
+"""common/settings.py: the one validator of config dataclasses (bounds and Literal rules)."""
 
 from dataclasses import dataclass
 from typing import Literal
 
 import pytest
 
-from data.errors import SettingError
-from data.settings import check_fields, meets
+from common.errors import SettingError
+from common.settings import check_fields, meets
 
 Mode = Literal["a", "b"]
 

@@ -146,9 +146,9 @@ def test_cli_writes_dataset_and_preview(tmp_path):
 
 
 def test_an_interrupted_generation_is_refused_when_read_and_finished_by_a_rerun(tmp_path):
+    from common.errors import UserError
     from data.catalog import DatasetError, get_dataset_spec
     from data.datasets import index_files
-    from data.errors import UserError
     from data.synthetic import dataset_dir, write_rendered_dataset
 
     calls = []

@@ -1,4 +1,4 @@
-"""One user-error type (data/errors.py), one line, exit status 2, everywhere.
+"""One user-error type (common/errors.py), one line, exit status 2, everywhere.
 
 Each case is a mistake a user made (a file that is not what the option wants, a value out of
 range, a damaged bank): the command ends in ONE stderr line ``error: ...`` that names the
@@ -25,7 +25,7 @@ from conftest import ROOT, run_cli, run_tiny_cli
 from PIL import Image
 
 import cli
-from data.errors import UserError
+from common.errors import UserError
 
 
 def one_error_line(stderr: str, *, only: bool = True) -> str:

@@ -180,7 +180,7 @@ def test_library_checks_name_the_option(tmp_path):
     """The same checks where the libraries are called directly (no half-written file left)."""
     import torch
 
-    from data.errors import SettingError, UserError, check_device
+    from common.errors import SettingError, UserError, check_device
     from data.evaluator import SemSegMetric
     from model.vip.selection import write_alias_file
     from pretrained.bundled_weights import save_weights

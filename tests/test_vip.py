@@ -389,7 +389,7 @@ def test_reported_affinity_is_the_backbones_attention_among_patches():
 def test_vip_predictor_takes_the_same_inputs_as_dpseg_s():
     import numpy as np
 
-    from data.errors import SettingError
+    from common.errors import SettingError
     from model.vip.predictor import VIPPredictor
 
     predictor = VIPPredictor.from_config(encoder="tiny-vit")

@@ -112,7 +112,7 @@ from data.prepare.remote_sensing import (
     isprs_boxes,
     isprs_colour_to_index,
 )
-from data.prepare.run import PREPARABLE, PREPARE_HELP, cmd_prepare, prepare_dataset, prepare_options
+from data.prepare.run import PREPARABLE, prepare_dataset
 
 __all__ = [
     "ADE847_MAX_SIDE",
@@ -132,7 +132,6 @@ __all__ = [
     "ISPRS_STRIDE",
     "POTSDAM_VAL_TILES",
     "PREPARABLE",
-    "PREPARE_HELP",
     "RAW_SOURCES",
     "VAIHINGEN_VAL_AREAS",
     "Job",
@@ -140,7 +139,6 @@ __all__ = [
     "ade847_lut",
     "ade847_size",
     "cityscapes_lut",
-    "cmd_prepare",
     "coco171_lut",
     "coco_object_lut",
     "isaid_colour_to_index",
@@ -151,7 +149,6 @@ __all__ = [
     "pc59_lut",
     "pc459_lut",
     "prepare_dataset",
-    "prepare_options",
     "read_pascal_context_labels",
     "resize_bilinear",
     "resize_nearest",

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from common.io import save_image_atomic
 from data.catalog import DatasetError
-from data.io import save_image_atomic
 from data.prepare.common import IGNORE_U16, Job, _Plan, _rel, _require_file, converter
 from data.vocabulary import Vocabulary, VocabularyError, load_vocabulary, read_vocabulary_file
 

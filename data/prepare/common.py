@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from common.io import save_image_atomic
 from data.catalog import DatasetError
-from data.io import save_image_atomic
 
 RAW_SOURCES: dict[str, str] = {}
 """Dataset name -> what to download and where to put it under ``<root>``: registered with each
@@ -121,7 +121,7 @@ def _lut_png_job(src: Path, dst: Path, lut: np.ndarray, what: str) -> Job:
 
 def _run_jobs(jobs: list[Job], description: str, progress: bool, workers: int) -> Counter:
     """Run jobs with a progress bar; threads overlap the PNG/TIFF codecs, which release the GIL."""
-    from data.progress import ProgressBar
+    from common.progress import ProgressBar
 
     counts: Counter = Counter()
     with ProgressBar(description, len(jobs), unit="files", enabled=progress) as bar:

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from common.io import save_image_atomic
+from common.optional import require
 from data.catalog import DatasetError
-from data.io import save_image_atomic
-from data.optional import require
 from data.prepare.common import (
     IGNORE_U8,
     IGNORE_U16,

@@ -14,8 +14,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
+from common.io import save_image_atomic
 from data.catalog import DatasetError
-from data.io import save_image_atomic
 from data.prepare.common import IGNORE_U8, Job, _download, _Plan, _rel, _require_dir, converter
 
 ISPRS_CLIP = 512  # mmseg's potsdam.py / vaihingen.py: --clip_size 512

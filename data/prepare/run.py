@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import data.prepare.ade847
 import data.prepare.natural
 import data.prepare.pascal_context
 import data.prepare.remote_sensing  # noqa: F401
-from data.catalog import DatasetError, datasets_root
+from data.catalog import DatasetError
 from data.prepare.common import (
     CONVERTERS,
     RAW_SOURCES,
@@ -93,57 +91,3 @@ def prepare_dataset(
         "notes": plan.notes,
         "seconds": round(time.perf_counter() - start, 2),
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# command line (wired into cli.py as `data prepare`)
-
-
-PREPARE_HELP = "convert an official benchmark download into the detectron2 layout"
-
-
-def prepare_options(p) -> None:
-    """``data prepare``'s description and options (cli.py's jsonargparse tree adds them)."""
-    p.description = (
-        "Convert the official download of a benchmark into the detectron2 layout "
-        "(docs/design.md §5). Existing outputs are kept: a rerun is a no-op, a killed run resumes."
-    )
-    p.epilog = "what each dataset needs under --root:\n" + "\n".join(
-        f"  {n}: {RAW_SOURCES[n]}" for n in PREPARABLE
-    )
-    p.formatter_class = type(  # the epilog's lines as written
-        "RawDescription", (argparse.RawDescriptionHelpFormatter, p.formatter_class), {}
-    )
-    p.add_argument("name", metavar="NAME", choices=PREPARABLE, help=", ".join(PREPARABLE))
-    p.add_argument(
-        "--root", default=None, help="datasets root (default $DETECTRON2_DATASETS or ./datasets)"
-    )
-    p.add_argument(
-        "--vocab-dir",
-        default=None,
-        help="folder with ade847.json (default $DPSEG_VOCAB_DIR or ./vocab)",
-    )
-    p.add_argument("--workers", type=int, default=None, help="threads (default min(8, CPUs))")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def cmd_prepare(args: argparse.Namespace) -> int:
-    """Run :func:`prepare_dataset` and print the summary (a ``DatasetError`` ends the command in
-    one line, as every user error does: ``cli.main``)."""
-    root = datasets_root(getattr(args, "root", None))
-    s = prepare_dataset(
-        args.name,
-        root,
-        progress=not getattr(args, "quiet", False),
-        vocab_dir=getattr(args, "vocab_dir", None),
-        workers=getattr(args, "workers", None),
-    )
-    for warning in s["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(
-        f"{s['dataset']}: {s['written']} written, {s['skipped']} already converted, "
-        f"{s['missing']} missing from the download ({s['seconds']} s) -> " + ", ".join(s["outputs"])
-    )
-    for note in s["notes"]:
-        print(note)
-    return 0

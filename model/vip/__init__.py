@@ -3,7 +3,7 @@ saliency-aware aggregation (docs/vip.md says what is VIP's and what is ours).
 
 - ``aggregation``: the maths (proxy attention, alias weights, logsumexp, background threshold);
 - ``dense``: the dense encoders: dino.txt's head with VIP's proxy attention
-  (``pretrained.dinotxt.DenseDinoTxt``, VIP's own), or CLIP's image tower with a ClearCLIP / SCLIP /
+  (``model.vip.dense.DenseDinoTxt``, VIP's own), or CLIP's image tower with a ClearCLIP / SCLIP /
   proxy last block (ours, an alternative); ``create_dense_encoder`` picks one for a preset;
 - ``segmenter``: alias queries and the segmenter over them (optionally with a bank's visual
   prompts);

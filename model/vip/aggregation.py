@@ -14,7 +14,7 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 
-from data.settings import check_fields
+from common.settings import check_fields
 from pretrained.proxy_attention import proxy_attention
 
 __all__ = ["VIPConfig", "aggregate_aliases", "alias_weights", "assign_labels", "proxy_attention"]

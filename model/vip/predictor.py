@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.errors import SettingError, check_device
+from common.errors import SettingError, check_device
 from data.transforms import image_tensor, rgb_uint8
 from data.vocabulary import load_vocabulary
 from model.labels import class_labels

@@ -40,8 +40,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from data.errors import SettingError, check_device, check_output_file
-from data.progress import ProgressBar
+from common.errors import SettingError, check_device, check_output_file
+from common.progress import ProgressBar
 from data.transforms import image_tensor
 from pretrained.proxy_attention import proxy_attention
 

@@ -26,7 +26,7 @@ import re
 import types
 import typing
 
-from data.errors import SettingError
+from common.errors import SettingError
 
 _COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 _BOUND = re.compile(r"^(>=|>|<=|<)\s*(-?[\d.e+-]+)$")

@@ -17,7 +17,7 @@ import importlib.util
 import logging
 from types import ModuleType
 
-from data.errors import UserError
+from common.errors import UserError
 
 log = logging.getLogger(__name__)
 
