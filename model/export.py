@@ -10,7 +10,7 @@
                             banks it was trained with, the training step, the weights' sha256
         README.md           the card: what it is, what trained it, how to use it
 
-Loading (:func:`load_model`) reads safetensors only, checks the weights' sha256 against
+Loading (``model.share.load_model``) reads safetensors only, checks the weights' sha256 against
 ``config.json`` (a changed or damaged file is one line), rebuilds the network from the config and
 its encoder by name (which must give the recorded fingerprint), then loads the weights strictly.
 """
@@ -237,30 +237,3 @@ def check_weights(folder: Path, config: dict, option: str) -> Path:
             f"its {CONFIG} records: the file was changed or damaged; export or pull the model again"
         )
     return weights
-
-
-def load_model(location: str | os.PathLike, option: str = "--model"):
-    """The ``DPSegModule`` of an exported folder or a URL it was pushed to (pulled into the cache
-    first, ``model.share``), its weights checked and loaded strictly."""
-    from safetensors.torch import load_file
-
-    from model.lightning import DPSegModule
-    from model.share import resolve_model
-
-    folder = resolve_model(location, option)
-    config = read_config(folder, option)
-    weights = check_weights(folder, config, option)
-    module = DPSegModule(
-        **config["model"], inference=config["inference"], test_protocol=config["test_protocol"]
-    )
-    recorded = config["encoder"].get("fingerprint")
-    if recorded and recorded != module.encoder_fingerprint:
-        raise ModelFileError(
-            f"{option}: the encoder {config['model']['encoder']!r} built here has fingerprint "
-            f"{module.encoder_fingerprint[:12]}..., the model was trained on {recorded[:12]}...; "
-            "load the encoder weights it records "
-            f"({config['encoder'].get('weights')}, revision {config['encoder'].get('revision')})"
-        )
-    module.load_state_dict(load_file(str(weights)), strict=True)
-    module.loaded_provenance = {"encoder": config["encoder"], "banks": config["banks"]}
-    return module.eval()

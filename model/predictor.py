@@ -85,7 +85,7 @@ class Predictor(ImagePredictor):
     ) -> Predictor:
         """A model folder of ``cli.py model export`` (``model.export``): safetensors only, the
         weights' sha256 and the encoder's fingerprint checked."""
-        from model.export import load_model
+        from model.share import load_model
 
         device = check_device(device)
         return cls._with_rounds(load_model(path), device, rounds)

@@ -37,7 +37,7 @@ import uuid
 from pathlib import Path
 
 from common.progress import ProgressBar
-from model.export import CARD, CONFIG, ModelFileError, check_weights, parse_config
+from model.export import CARD, CONFIG, ModelFileError, check_weights, parse_config, read_config
 from prompt_bank.store import filesystem, is_url, remote_errors, resolve_storage_options
 
 FILES = ("model.safetensors", CARD, CONFIG)  # the upload order: config.json last
@@ -265,3 +265,29 @@ def resolve_model(location: str | os.PathLike, option: str = "--model") -> Path:
     if is_url(str(location)):
         return Path(pull_model(str(location), progress=False)["path"])
     return Path(location)
+
+
+def load_model(location: str | os.PathLike, option: str = "--model"):
+    """The ``DPSegModule`` of an exported folder or a URL it was pushed to (pulled into the cache
+    first: :func:`resolve_model`), its weights checked and loaded strictly."""
+    from safetensors.torch import load_file
+
+    from model.lightning import DPSegModule
+
+    folder = resolve_model(location, option)
+    config = read_config(folder, option)
+    weights = check_weights(folder, config, option)
+    module = DPSegModule(
+        **config["model"], inference=config["inference"], test_protocol=config["test_protocol"]
+    )
+    recorded = config["encoder"].get("fingerprint")
+    if recorded and recorded != module.encoder_fingerprint:
+        raise ModelFileError(
+            f"{option}: the encoder {config['model']['encoder']!r} built here has fingerprint "
+            f"{module.encoder_fingerprint[:12]}..., the model was trained on {recorded[:12]}...; "
+            "load the encoder weights it records "
+            f"({config['encoder'].get('weights')}, revision {config['encoder'].get('revision')})"
+        )
+    module.load_state_dict(load_file(str(weights)), strict=True)
+    module.loaded_provenance = {"encoder": config["encoder"], "banks": config["banks"]}
+    return module.eval()

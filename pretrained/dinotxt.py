@@ -45,8 +45,14 @@ from torch import nn
 
 from pretrained.backbone import ImageEncoding, ImageTextEncoder
 from pretrained.hub import WeightsUnavailableError
-from pretrained.presets import DINOTXT_FILES, ENCODERS, IMAGENET_MEAN, IMAGENET_STD, EncoderPreset
+from pretrained.presets import ENCODERS, IMAGENET_MEAN, IMAGENET_STD, EncoderPreset
 from pretrained.proxy_attention import proxy_attention
+
+DINOTXT_FILES = (
+    "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth",
+    "dinov3_vitl16_dinotxt_vision_head_and_text_encoder-a442d8f5.pth",
+)
+"""dino.txt's two official weight files (facebookresearch/dinov3's hub names), for dinotxt-l16."""
 
 PREFIX_TOKENS = 5  # CLS + 4 registers
 

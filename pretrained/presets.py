@@ -12,25 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from common.errors import SettingError, UserError
+from common.errors import SettingError
+from pretrained.errors import PresetError
 
 # ImageNet's input statistics (DINOv3 and dino.txt)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# dino.txt's two official weight files (facebookresearch/dinov3's hub names), for dinotxt-l16
-DINOTXT_FILES = (
-    "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth",
-    "dinov3_vitl16_dinotxt_vision_head_and_text_encoder-a442d8f5.pth",
-)
 
 # OpenAI CLIP's input statistics (open_clip.constants' values; importing open_clip here would
 # load all of it, 2.4 s, into every command that only lists or checks presets)
 OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class PresetError(UserError, ValueError):
-    """Unknown preset name or invalid preset settings; the message lists the known names."""
 
 
 def _needs(preset: EncoderPreset | GeneratorPreset, hub_id: str | None, local_option: str) -> str:

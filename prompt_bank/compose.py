@@ -15,8 +15,8 @@ import numpy as np
 from data.vocabulary import Vocabulary, match_entries
 from prompt_bank.format import BankLayout, BankMismatchError, create_arrays
 from prompt_bank.integrity import check_shard, flush_shard
-from prompt_bank.safety import staged_output
 from prompt_bank.seal import seal_bank, sealed_contents
+from prompt_bank.share import staged_output
 from prompt_bank.store import Bank, open_group
 
 # What must agree for two banks' items to be interchangeable, bit for bit.

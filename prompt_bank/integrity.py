@@ -18,13 +18,14 @@ fill values). The manifest layout and this protocol are ours (format v2, docs/ba
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from prompt_bank.format import BankLayout, BankMismatchError
+from prompt_bank.format import BankFormatError, BankLayout, BankMismatchError
 
 MANIFEST_PREFIX = "manifest"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -296,3 +297,50 @@ def content_key(attrs: dict, hashes: dict[str, str | None]) -> str:
     identity["objects"] = dict(sorted(hashes.items()))
     blob = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# the seal, read (prompt_bank.seal writes it)
+
+
+def sealed_contents(bank) -> dict | None:
+    """The sealed contents of ``bank`` (a ``prompt_bank.store.Bank``: its ``attrs`` and
+    ``location``), or None (building, or older than format v2). The reading side of the seal
+    (``prompt_bank.seal`` writes it), here below the store that checks it on every open.
+
+    Raises:
+        BankFormatError: the content key does not follow from the attributes and object hashes
+            (the root zarr.json was edited after sealing): nothing of it can be trusted.
+    """
+    with contextlib.suppress(KeyError, TypeError, AttributeError):
+        attrs = bank.attrs
+        contents = attrs["contents"]
+        if contents.get("complete"):
+            if content_key(attrs, contents["objects"]) != contents["content_key"]:
+                raise BankFormatError(
+                    f"{bank.location}: its sealed content key does not match its attributes and "
+                    "objects (the root zarr.json was changed after the bank was sealed); get the "
+                    "bank again from its source, or rebuild it"
+                )
+            return contents
+    return None
+
+
+def seal_disagreements(contents: dict | None, hashes: dict[str, str | None]) -> list[str]:
+    """The objects of ``hashes`` (key -> sha256 as stored now) whose sha256 is not the one the
+    sealed ``contents`` record (none when the bank is not sealed)."""
+    if contents is None:
+        return []
+    sealed = contents["objects"]
+    return sorted(k for k, h in hashes.items() if k not in sealed or sealed[k] != h)
+
+
+def disagreement_error(location: str, shard: int, keys: list[str]) -> str:
+    """The one line for a shard whose objects are not the ones its bank was sealed with."""
+    shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+    return (
+        f"bank {location!r}: shard {shard}'s objects {shown} are not the ones the bank was sealed "
+        "with (its root zarr.json's contents; copied in from another bank, or changed "
+        f"together with their manifest); rebuild them with `python cli.py bank repair "
+        f"{location}`, or get the bank again from its source"
+    )

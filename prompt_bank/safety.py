@@ -6,8 +6,9 @@ signals that save finished work (all ours; docs/bank_format.md, "Safe outputs").
 - ``build_lock``: one builder per bank. The lock is an object ``build.lock`` in the bank holding
   pid, host, start time and command, created exclusively; a lock whose process is gone from this
   host is stale and taken over. The ranks of one torchrun/accelerate launch share rank 0's lock.
-- ``staged_output``: merge, subset and pull write into a temporary sibling and rename it into
-  place on success, so a failure leaves nothing that blocks the retry.
+- staged outputs (``prompt_bank.share.staged_output``, beside the uploads it ends in for a URL):
+  merge, subset and pull write into a temporary sibling and rename it into place on success, so
+  a failure leaves nothing that blocks the retry.
 - ``interruptible``: SIGINT and SIGTERM raise :class:`Interrupted` at the next Python step, so
   the builder flushes the items it finished and the command ends with one line.
 """
@@ -17,9 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
-import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
@@ -189,35 +188,3 @@ def build_lock(group, location: str, command: str | None = None):
         with contextlib.suppress(ValueError, TypeError):
             if raw is not None and json.loads(raw).get("token") == mine["token"]:
                 put_object(store, LOCK_KEY, None)
-
-
-@contextlib.contextmanager
-def staged_output(out: str, option: str = "--out", storage_options: dict | None = None):
-    """Yield a fresh local directory to write a bank in; on success it becomes `out` (renamed
-    for a local `out`, uploaded with its root metadata last for a URL), on failure it goes."""
-    if check_output(out, option, storage_options):
-        raise FileExistsError(
-            f"{option} {out} already holds a bank; choose a new location (this command never "
-            "writes into an existing bank)"
-        )
-    if is_url(out):
-        if out.startswith("hf://"):
-            from prompt_bank.share import bank_hub_repo
-
-            bank_hub_repo(out)  # banks go to dataset repositories: refused before any work
-        staging = Path(tempfile.mkdtemp(prefix="dpseg-bank-"))
-    else:
-        target = Path(out)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        yield str(staging)
-        if is_url(out):
-            from prompt_bank.share import upload_folder
-
-            upload_folder(staging, out, storage_options)
-        else:
-            os.rename(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)

@@ -8,14 +8,20 @@ pull; any build step that changes a shard unseals it first.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import warnings
 
 import numpy as np
 
-from prompt_bank.format import BankFormatError, validate_group
-from prompt_bank.integrity import content_key, put_object, read_manifest_body
+from prompt_bank.format import validate_group
+from prompt_bank.integrity import (  # noqa: F401  (the reading side, re-exported)
+    content_key,
+    disagreement_error,
+    put_object,
+    read_manifest_body,
+    seal_disagreements,
+    sealed_contents,
+)
 from prompt_bank.store import Bank, open_group
 
 CARD_KEY = "README.md"
@@ -96,44 +102,3 @@ def seal_bank(location: str) -> int:
     put_object(group.store, CARD_KEY, bank_card(attrs).encode())
     consolidate(location)
     return attrs["contents"]["bytes"]
-
-
-def sealed_contents(bank: Bank) -> dict | None:
-    """The bank's sealed contents, or None (building, or older than format v2).
-
-    Raises:
-        BankFormatError: the content key does not follow from the attributes and object hashes
-            (the root zarr.json was edited after sealing): nothing of it can be trusted.
-    """
-    with contextlib.suppress(KeyError, TypeError, AttributeError):
-        attrs = bank.attrs
-        contents = attrs["contents"]
-        if contents.get("complete"):
-            if content_key(attrs, contents["objects"]) != contents["content_key"]:
-                raise BankFormatError(
-                    f"{bank.location}: its sealed content key does not match its attributes and "
-                    "objects (the root zarr.json was changed after the bank was sealed); get the "
-                    "bank again from its source, or rebuild it"
-                )
-            return contents
-    return None
-
-
-def seal_disagreements(contents: dict | None, hashes: dict[str, str | None]) -> list[str]:
-    """The objects of ``hashes`` (key -> sha256 as stored now) whose sha256 is not the one the
-    sealed ``contents`` record (none when the bank is not sealed)."""
-    if contents is None:
-        return []
-    sealed = contents["objects"]
-    return sorted(k for k, h in hashes.items() if k not in sealed or sealed[k] != h)
-
-
-def disagreement_error(location: str, shard: int, keys: list[str]) -> str:
-    """The one line for a shard whose objects are not the ones its bank was sealed with."""
-    shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-    return (
-        f"bank {location!r}: shard {shard}'s objects {shown} are not the ones the bank was sealed "
-        "with (its root zarr.json's contents; copied in from another bank, or changed "
-        f"together with their manifest); rebuild them with `python cli.py bank repair "
-        f"{location}`, or get the bank again from its source"
-    )

@@ -14,15 +14,19 @@ bank that is already there downloads nothing but its root metadata, whatever URL
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from common.progress import ProgressBar
 from prompt_bank.format import BankFormatError, BankMismatchError
 from prompt_bank.integrity import manifest_key, require_intact
-from prompt_bank.safety import LOCK_KEY, TAKEOVER_KEY, check_output, staged_output
+from prompt_bank.safety import LOCK_KEY, TAKEOVER_KEY, check_output
 from prompt_bank.seal import CARD_KEY, seal_disagreements, sealed_contents
 from prompt_bank.store import Bank, filesystem, is_url, remote_errors, resolve_storage_options
 
@@ -288,3 +292,31 @@ def pull_bank(
         "content_key": contents["content_key"],
         "seconds": time.perf_counter() - start,
     }
+
+
+@contextlib.contextmanager
+def staged_output(out: str, option: str = "--out", storage_options: dict | None = None):
+    """Yield a fresh local directory to write a bank in; on success it becomes `out` (renamed
+    for a local `out`, uploaded with its root metadata last for a URL), on failure it goes."""
+    if check_output(out, option, storage_options):
+        raise FileExistsError(
+            f"{option} {out} already holds a bank; choose a new location (this command never "
+            "writes into an existing bank)"
+        )
+    if is_url(out):
+        if out.startswith("hf://"):
+            bank_hub_repo(out)  # banks go to dataset repositories: refused before any work
+        staging = Path(tempfile.mkdtemp(prefix="dpseg-bank-"))
+    else:
+        target = Path(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        yield str(staging)
+        if is_url(out):
+            upload_folder(staging, out, storage_options)
+        else:
+            os.rename(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

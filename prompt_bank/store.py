@@ -247,7 +247,7 @@ class Bank:
     def seal(self) -> dict | None:
         """The sealed contents (``prompt_bank.seal``), their content key checked against the
         attributes; None for a bank that is not sealed (being built, or format v1)."""
-        from prompt_bank.seal import sealed_contents
+        from prompt_bank.integrity import sealed_contents
 
         return sealed_contents(self)
 
@@ -290,8 +290,7 @@ class Bank:
         from dataclasses import replace
 
         from common.errors import one_line
-        from prompt_bank.integrity import check_shard
-        from prompt_bank.seal import disagreement_error, seal_disagreements
+        from prompt_bank.integrity import check_shard, disagreement_error, seal_disagreements
 
         layout = self.layout if images else replace(self.layout, image_size=None)
         state = check_shard(self.group, layout, shard, legacy=self.attrs["format_version"] < 2)

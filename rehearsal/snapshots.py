@@ -30,7 +30,8 @@ from typing import Literal
 
 import torch
 
-from pretrained.presets import DINOTXT_FILES, get_encoder_preset, get_generator_preset
+from pretrained.dinotxt import DINOTXT_FILES
+from pretrained.presets import get_encoder_preset, get_generator_preset
 from prompt_bank.card import HF_LICENSES
 from rehearsal.folders import diffusers_folder, open_clip_folder
 from rehearsal.hub_cache import write_snapshot

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from model.vip.aggregation import proxy_attention
 from pretrained.dinotxt import (
+    DINOTXT_FILES,
     PREFIX_TOKENS,
     TINY_DINOTXT,
     DinoTxt,
@@ -17,7 +18,7 @@ from pretrained.dinotxt import (
     load_dinotxt_weights,
 )
 from pretrained.hub import WeightsUnavailableError
-from pretrained.presets import DINOTXT_FILES, EncoderPreset, get_encoder_preset
+from pretrained.presets import EncoderPreset, get_encoder_preset
 from rehearsal.dinotxt_files import official_backbone_state, official_dinotxt_state
 
 

@@ -94,3 +94,42 @@ def test_the_top_level_import_graph_has_no_cycle():
     for package in LAYERS:
         if package not in state:
             visit(package, [])
+
+
+def _runtime_imports(path: Path, modules: set[str]) -> set[str]:
+    """The project modules a file imports when it runs: every import statement, also inside
+    functions, but not those under ``if TYPE_CHECKING:`` (annotations only)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    typing_only = {
+        id(n)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and getattr(block.test, "id", None) == "TYPE_CHECKING"
+        for stmt in block.body
+        for n in ast.walk(stmt)
+    }
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found |= {node.module} & modules
+            found |= {f"{node.module}.{a.name}" for a in node.names} & modules
+    return found
+
+
+def test_no_two_modules_import_each_other():
+    """A pair of files that import each other (even late, inside functions) is one module split
+    in two, or a layer turned upside down: the lower one must not need the upper one."""
+    files = _sources()
+    name_of = {}
+    for path in files:
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name_of[path] = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    modules = set(name_of.values())
+    edges = {name_of[p]: _runtime_imports(p, modules) for p in files}
+    assert len(edges) > 100, "the scan found too few modules: the test is broken"
+    pairs = sorted({tuple(sorted((a, b))) for a, targets in edges.items() for b in targets
+                    if a != b and a in edges.get(b, set())})  # fmt: skip
+    assert not pairs, f"modules that import each other: {pairs}"

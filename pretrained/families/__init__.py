@@ -50,7 +50,7 @@ def family_of(preset: EncoderPreset | str) -> EncoderFamily:
     name = preset if isinstance(preset, str) else preset.family
     known = families()
     if name not in known:
-        from pretrained.presets import PresetError
+        from pretrained.errors import PresetError
 
         raise PresetError(f"encoder family {name!r}: dpseg knows {', '.join(known)}")
     return known[name]

@@ -66,7 +66,7 @@ class DinoTxtFamily(EncoderFamily):
         return report
 
     def needs(self, preset: EncoderPreset) -> str | None:
-        from pretrained.presets import DINOTXT_FILES
+        from pretrained.dinotxt import DINOTXT_FILES
 
         if preset.is_random or preset.bundled is not None:
             return None
