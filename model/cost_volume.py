@@ -54,6 +54,10 @@ class Prompts:
     def num_classes(self) -> int:
         return self.text.shape[0]
 
+    @property
+    def device(self) -> torch.device:
+        return self.text.device
+
     def to(self, device) -> Prompts:
         return Prompts(
             self.text.to(device), self.visual.to(device), [v.to(device) for v in self.visual_levels]

@@ -68,6 +68,16 @@ class SegmentationModule(L.LightningModule):
         self._metrics = nn.ModuleDict()
         self._skipped: dict[str, list] = {}
 
+    def on_device(self, prepared: dict, dataset: str, what: str, prepare: str):
+        """A dataset's prepared class embeddings (DPSeg's prompts, VIP's queries: anything with
+        ``device`` and ``to(device)``) from ``prepared``, moved to this module's device once."""
+        if dataset not in prepared:
+            raise KeyError(f"no {what} for dataset {dataset!r}; call {prepare} first")
+        item = prepared[dataset]
+        if item.device != self.device:
+            item = prepared[dataset] = item.to(self.device)
+        return item
+
     # -- what a subclass provides -----------------------------------------------------------
 
     def segment(self, image: torch.Tensor, dataset: str) -> torch.Tensor:

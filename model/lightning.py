@@ -351,12 +351,7 @@ class DPSegModule(SegmentationModule):
         return Prompts(text, text.clone(), levels)
 
     def prompts_for(self, dataset: str) -> Prompts:
-        if dataset not in self._prompts:
-            raise KeyError(f"no prompts for dataset {dataset!r}; call add_prompts first")
-        prompts = self._prompts[dataset]
-        if prompts.text.device != self.device:
-            prompts = self._prompts[dataset] = prompts.to(self.device)
-        return prompts
+        return self.on_device(self._prompts, dataset, "prompts", "add_prompts")
 
     # -- training ---------------------------------------------------------------------------
 

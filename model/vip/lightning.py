@@ -200,12 +200,7 @@ class VIPModule(SegmentationModule):
         )
 
     def queries_for(self, dataset: str) -> AliasQueries:
-        if dataset not in self._queries:
-            raise KeyError(f"no queries for dataset {dataset!r}; call prepare_dataset first")
-        queries = self._queries[dataset]
-        if queries.owner.device != self.device:
-            queries = self._queries[dataset] = queries.to(self.device)
-        return queries
+        return self.on_device(self._queries, dataset, "queries", "prepare_dataset")
 
     # -- segmentation -----------------------------------------------------------------------
 

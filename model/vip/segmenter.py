@@ -62,6 +62,10 @@ class AliasQueries:
                 f"P={p} or 1, D={d})"
             )
 
+    @property
+    def device(self) -> torch.device:
+        return self.owner.device
+
     def to(self, device) -> AliasQueries:
         visual = None if self.visual is None else self.visual.to(device)
         return AliasQueries(
