@@ -105,8 +105,15 @@ def _add_commands(parser, tree, argv, formatter, parsers, path=(), required=True
             if command.options is not None:
                 command.options(sub)
             if command.subcommands:
-                _add_commands(sub, command.subcommands, argv, formatter, parsers,
-                              (*path, name), command.run is None)  # fmt: skip
+                _add_commands(
+                    sub,
+                    command.subcommands,
+                    argv,
+                    formatter,
+                    parsers,
+                    (*path, name),
+                    command.run is None,
+                )
 
 
 def _parse(argv: list[str]) -> tuple[Command, object]:

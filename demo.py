@@ -131,16 +131,48 @@ def main(argv: list[str] | None = None) -> int:
     bank = out / "banks" / "toy.zarr"
 
     sizes = ["--train", "24", "--val", "8", "--test", "8"] if quick else []
-    run("data", ["data", "toy", "--root", str(out / "datasets"), *sizes,
-                 "--preview", str(out / "toy_preview.png"), "--quiet"], times)  # fmt: skip
+    run(
+        "data",
+        [
+            "data",
+            "toy",
+            "--root",
+            str(out / "datasets"),
+            *sizes,
+            "--preview",
+            str(out / "toy_preview.png"),
+            "--quiet",
+        ],
+        times,
+    )
     templates = "imagenet80:4" if quick else "imagenet80"
     stale_bank(bank)
-    run("bank", ["bank", "build", "--vocab", "toy", "--preset", "toy", "--templates",
-                 templates, "--images-per-prompt", "1", "--keep-images", "--batch-size", "32",
-                 "--out", str(bank), "--quiet"], times)  # fmt: skip
+    run(
+        "bank",
+        [
+            "bank",
+            "build",
+            "--vocab",
+            "toy",
+            "--preset",
+            "toy",
+            "--templates",
+            templates,
+            "--images-per-prompt",
+            "1",
+            "--keep-images",
+            "--batch-size",
+            "32",
+            "--out",
+            str(bank),
+            "--quiet",
+        ],
+        times,
+    )
     run("gallery", ["bank", "gallery", str(bank), "--out", str(out / "bank_gallery.png")], times)
-    info = json.loads(run("bank info", ["bank", "info", str(bank), "--prompts", "--json"],
-                          times, quiet=True))["prompts"]  # fmt: skip
+    info = json.loads(
+        run("bank info", ["bank", "info", str(bank), "--prompts", "--json"], times, quiet=True)
+    )["prompts"]
 
     config = overlay_config(out, bank, quick)
     run_dir = out / "runs" / "dpseg" / "demo"
@@ -153,25 +185,76 @@ def main(argv: list[str] | None = None) -> int:
     scores = {}
     for rounds in (1, 2):
         results = out / "results" / f"round{rounds}"
-        run(f"test, round {'I' * rounds}", ["test", *common, "--ckpt_path", str(ckpt),
-            "--model.inference.rounds", str(rounds), "--model.results_dir", str(results),
-            "--trainer.logger", "false"],
-            times, quiet=True)  # fmt: skip
+        run(
+            f"test, round {'I' * rounds}",
+            [
+                "test",
+                *common,
+                "--ckpt_path",
+                str(ckpt),
+                "--model.inference.rounds",
+                str(rounds),
+                "--model.results_dir",
+                str(results),
+                "--trainer.logger",
+                "false",
+            ],
+            times,
+            quiet=True,
+        )
         scores[rounds] = json.loads((results / "toy.json").read_text())
 
     model = out / "model"
     shutil.rmtree(model, ignore_errors=True)
-    run("model export", ["model", "export", str(ckpt), "--out", str(model), "--metrics",
-                         *(str(out / "results" / f"round{r}" / "toy.run.json") for r in (1, 2))],
-        times, quiet=True)  # fmt: skip
+    run(
+        "model export",
+        [
+            "model",
+            "export",
+            str(ckpt),
+            "--out",
+            str(model),
+            "--metrics",
+            *(str(out / "results" / f"round{r}" / "toy.run.json") for r in (1, 2)),
+        ],
+        times,
+        quiet=True,
+    )
 
     test = sorted((out / "datasets" / "toy" / "images" / "test").glob("*.jpg"))
     shown = image_with_class(out / "datasets", EXPLAINED) or test[0]
     images = [shown, *[p for p in test if p != shown][:3]]
-    run("segment", ["segment", "--ckpt", str(ckpt), "--images", *map(str, images), "--vocab",
-                    "toy", "--out", str(out / "predict"), "--quiet"], times)  # fmt: skip
-    run("explain", ["explain", "--ckpt", str(ckpt), "--image", str(shown), "--class",
-                    EXPLAINED, "--out", str(out / "explain.png")], times)  # fmt: skip
+    run(
+        "segment",
+        [
+            "segment",
+            "--ckpt",
+            str(ckpt),
+            "--images",
+            *map(str, images),
+            "--vocab",
+            "toy",
+            "--out",
+            str(out / "predict"),
+            "--quiet",
+        ],
+        times,
+    )
+    run(
+        "explain",
+        [
+            "explain",
+            "--ckpt",
+            str(ckpt),
+            "--image",
+            str(shown),
+            "--class",
+            EXPLAINED,
+            "--out",
+            str(out / "explain.png"),
+        ],
+        times,
+    )
 
     sheet = contact_sheet(
         sorted((out / "predict").glob("*_overlay.png")), out / "predict_sheet.png"
@@ -183,16 +266,21 @@ def main(argv: list[str] | None = None) -> int:
         return os.path.relpath(path) if str(path).startswith(os.getcwd()) else str(path)
 
     print("\n" + "=" * 72)
-    print(f"dpseg demo: DPSeg in the toy world ({steps} training steps on the 24 seen classes, "
-          "2 CPU threads); mIoU on the test split (toy)")  # fmt: skip
+    print(
+        f"dpseg demo: DPSeg in the toy world ({steps} training steps on the 24 seen classes, "
+        "2 CPU threads); mIoU on the test split (toy)"
+    )
     print(f"  bank: visual -> text prompt retrieval {info['retrieved']}/{info['classes']} classes")
     labels = {1: "round I  (bank prompts):", 2: "round II (prompts from the image):"}
-    print(f"  {'mIoU (%)':35s} {'all':>5s}  {'seen':>5s}  {'unseen':>6s}  {'hIoU':>5s}"
-          "   (chance 3.2)")  # fmt: skip
+    print(
+        f"  {'mIoU (%)':35s} {'all':>5s}  {'seen':>5s}  {'unseen':>6s}  {'hIoU':>5s}   (chance 3.2)"
+    )
     for rounds, label in labels.items():
         m = scores[rounds]
-        print(f"  {label:35s} {100 * m['mIoU']:5.1f}  {100 * m['mIoU_seen']:5.1f}  "
-              f"{100 * m['mIoU_unseen']:6.1f}  {100 * m['hIoU']:5.1f}")  # fmt: skip
+        print(
+            f"  {label:35s} {100 * m['mIoU']:5.1f}  {100 * m['mIoU_seen']:5.1f}  "
+            f"{100 * m['mIoU_unseen']:6.1f}  {100 * m['hIoU']:5.1f}"
+        )
     print("outputs:")
     for what, path in [
         ("dataset + preview", out / "toy_preview.png"),

@@ -15,9 +15,15 @@ def chromium_path() -> str | None:
     return found or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def segment_in_browser(url: str, images: list[str | Path], vocab: str, method: str | None = None,
-                       explain: str | None = None, screenshot: str | Path | None = None,
-                       timeout_s: float = 180) -> dict:  # fmt: skip
+def segment_in_browser(
+    url: str,
+    images: list[str | Path],
+    vocab: str,
+    method: str | None = None,
+    explain: str | None = None,
+    screenshot: str | Path | None = None,
+    timeout_s: float = 180,
+) -> dict:
     """Open the app at ``url``, upload ``images``, type ``vocab`` (and ``explain``), pick
     ``method``, press segment and wait for the answer. Returns {"status", "names" (the legend's
     classes, largest first), "sizes" (each overlay's (width, height) in pixels)}; with

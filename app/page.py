@@ -119,8 +119,15 @@ class Segmenters:
             predictor.set_rounds(2 if method == "DPSeg, two rounds" else 1)
         return predictor
 
-    def run(self, images: list[np.ndarray], names: list[str], vocab: str, method: str,
-            explain: str | None, progress=None) -> Result:  # fmt: skip
+    def run(
+        self,
+        images: list[np.ndarray],
+        names: list[str],
+        vocab: str,
+        method: str,
+        explain: str | None,
+        progress=None,
+    ) -> Result:
         """Segment ``images`` (RGB uint8) with ``vocab`` by ``method``."""
         from data.preview import class_colours
         from data.transforms import rgb_uint8
@@ -167,8 +174,13 @@ def blend(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: flo
     return (image.astype(np.float32) * (1 - alpha) + painted * alpha).round().astype(np.uint8)
 
 
-def legend_table(names: list[str], colours: np.ndarray, labels: list[np.ndarray],
-                 image_names: list[str], sources: dict[str, str]) -> str:  # fmt: skip
+def legend_table(
+    names: list[str],
+    colours: np.ndarray,
+    labels: list[np.ndarray],
+    image_names: list[str],
+    sources: dict[str, str],
+) -> str:
     """HTML: one row per class present in some image (largest first): its colour, name, prompt
     source and area (% of pixels) in each image."""
     k = len(names)
@@ -227,8 +239,9 @@ def build_page(segmenters: Segmenters):
         try:
             paths = [f if isinstance(f, str) else f.name for f in files or []]
             images = [read_image(p) for p in paths]
-            result = segmenters.run(images, [Path(p).name for p in paths], vocab or "", method,
-                                    explain or None, report)  # fmt: skip
+            result = segmenters.run(
+                images, [Path(p).name for p in paths], vocab or "", method, explain or None, report
+            )
         except USER_ERRORS as e:
             return [], "", None, f"error: {one_line(e)}"
         except Exception as e:  # a bug: the traceback goes to the server's log, one line here
@@ -244,18 +257,21 @@ def build_page(segmenters: Segmenters):
         )
         with gr.Row():
             with gr.Column():
-                files = gr.File(label="images", file_count="multiple", file_types=["image"],
-                                elem_id="images")  # fmt: skip
-                vocab = gr.Textbox(label="vocabulary", value=segmenters.config.vocab,
-                                   placeholder="red disc; blue square, box; background",
-                                   elem_id="vocab")  # fmt: skip
+                files = gr.File(
+                    label="images", file_count="multiple", file_types=["image"], elem_id="images"
+                )
+                vocab = gr.Textbox(
+                    label="vocabulary",
+                    value=segmenters.config.vocab,
+                    placeholder="red disc; blue square, box; background",
+                    elem_id="vocab",
+                )
                 method = gr.Radio(methods, value=methods[0], label="method", elem_id="method")
                 explain = gr.Textbox(label="explain this class (optional)", elem_id="explain")
                 run = gr.Button("segment", variant="primary", elem_id="run")
             with gr.Column():
                 status = gr.Textbox(label="status", interactive=False, elem_id="status")
-                overlays = gr.Gallery(label="overlays", elem_id="overlays", columns=2,
-                                      format="png")  # fmt: skip
+                overlays = gr.Gallery(label="overlays", elem_id="overlays", columns=2, format="png")
                 legend = gr.HTML(elem_id="legend-box")
                 explained = gr.Image(label="explain", type="filepath", elem_id="explained")
         run.click(segment, [files, vocab, method, explain], [overlays, legend, explained, status])
@@ -291,7 +307,13 @@ def serve(config: AppConfig, block: bool = True):
         raise SettingError("app: give --model or --ckpt (DPSeg), or --vip-config (VIP)")
     page = build_page(segmenters)
     page.queue(default_concurrency_limit=1)
-    page.launch(server_name=config.host, server_port=port, share=False,
-                prevent_thread_lock=not block, show_error=False, quiet=True,
-                max_file_size="50mb")  # fmt: skip
+    page.launch(
+        server_name=config.host,
+        server_port=port,
+        share=False,
+        prevent_thread_lock=not block,
+        show_error=False,
+        quiet=True,
+        max_file_size="50mb",
+    )
     return page

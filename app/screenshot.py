@@ -29,8 +29,9 @@ def main() -> None:
     )
     page = serve(config, block=False)
     try:
-        result = segment_in_browser(page.local_url, args.image, args.vocab,
-                                    args.method, args.explain, args.out)  # fmt: skip
+        result = segment_in_browser(
+            page.local_url, args.image, args.vocab, args.method, args.explain, args.out
+        )
     finally:
         page.close()
     print(f"{args.out}: {result['status']}; legend {', '.join(result['names'])}")

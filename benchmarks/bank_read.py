@@ -40,11 +40,15 @@ def main() -> None:
             hashlib.sha256(raw).digest()
         hashing.append(time.perf_counter() - start)
     r, h = min(read), min(hashing)
-    print(f"bank {args.bank}: {len(bank.classes)} classes x {len(bank.templates)} templates, "
-          f"{len(keys)} shard objects, {size / 1e6:.1f} MB")  # fmt: skip
+    print(
+        f"bank {args.bank}: {len(bank.classes)} classes x {len(bank.templates)} templates, "
+        f"{len(keys)} shard objects, {size / 1e6:.1f} MB"
+    )
     print(f"checked read of every array: {r:.3f} s ({size / 1e6 / r:.0f} MB/s)")
-    print(f"sha256 of the same objects:  {h:.3f} s ({size / 1e6 / h:.0f} MB/s), "
-          f"{100 * h / r:.1f}% of the read")  # fmt: skip
+    print(
+        f"sha256 of the same objects:  {h:.3f} s ({size / 1e6 / h:.0f} MB/s), "
+        f"{100 * h / r:.1f}% of the read"
+    )
 
 
 if __name__ == "__main__":

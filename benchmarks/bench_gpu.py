@@ -201,8 +201,11 @@ class CachedModels:
 def cached_bank_models():
     import prompt_bank.build as build_module
 
-    saved = (build_module.BankModels, torch.backends.cudnn.benchmark,
-             torch.backends.cudnn.deterministic)  # fmt: skip
+    saved = (
+        build_module.BankModels,
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
     cache = CachedModels(build_module.BankModels)
     build_module.BankModels = cache
     try:
@@ -214,8 +217,9 @@ def cached_bank_models():
         cache.models = None
 
 
-def one_build(generator: str, steps: int, encoder: str, batch: int, items: int, device,
-              cache: CachedModels) -> dict:  # fmt: skip
+def one_build(
+    generator: str, steps: int, encoder: str, batch: int, items: int, device, cache: CachedModels
+) -> dict:
     """Build a fresh bank of ``items`` images (one class, ``items`` templates, one image each)
     with the real builder, ``batch`` images per batch."""
     from benchmarks.memory import peak_memory_mb, reset_peak
@@ -277,8 +281,9 @@ def bank_section(plan: Plan, device, clock: Clock, out: dict) -> None:
                     continue
                 with clock.timed("bank", f"{kind}:{batch}"):
                     items = max(plan.bank_items, 2 * batch)
-                    row = one_build(generator, steps, plan.bank_encoder, batch, items,
-                                    device, cache)  # fmt: skip
+                    row = one_build(
+                        generator, steps, plan.bank_encoder, batch, items, device, cache
+                    )
                 out["bank"].append(row)
                 print(
                     f"  bank {generator} batch {batch}: {row['images_per_s']:.2f} images/s",
@@ -308,8 +313,9 @@ def time_segmenter(segmenter, images, prompts, device, warmup: int, iters: int):
     return statistics.median(times), peak_memory_mb(device)
 
 
-def inference_rows(plan: Plan, preset: str, model, encoder, device, clock: Clock, out: dict,
-                   refined: int) -> None:  # fmt: skip
+def inference_rows(
+    plan: Plan, preset: str, model, encoder, device, clock: Clock, out: dict, refined: int
+) -> None:
     from benchmarks.inference_cost import block_images, random_prompts
     from model.refine import RefineConfig, TwoRoundSegmenter, detected_classes
 
@@ -385,10 +391,12 @@ def _training_row(plan: Plan, preset: str, model, encoder, device, clock: Clock,
         ids = {id(p) for p in encoder_params}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
         optimizer = torch.optim.AdamW(
-            [{"params": rest, "lr": optim.lr},
-             {"params": encoder_params, "lr": optim.lr * optim.encoder_lr_mult}],
+            [
+                {"params": rest, "lr": optim.lr},
+                {"params": encoder_params, "lr": optim.lr * optim.encoder_lr_mult},
+            ],
             weight_decay=optim.weight_decay,
-        )  # fmt: skip
+        )
         k, size, batch = plan.train_classes, plan.train_size, plan.train_batch
         prompts = random_prompts(encoder, k, plan.templates, device)
         images = block_images(batch, size, device)
@@ -443,8 +451,9 @@ def model_sections(plan: Plan, device, clock: Clock, out: dict, refined: int) ->
 
     for preset in plan.presets:
         wants_training = preset == plan.train_preset
-        if not (clock.allows("inference", f"inference:{preset}:{plan.classes[0]}:1")
-                or wants_training):  # fmt: skip
+        if not (
+            clock.allows("inference", f"inference:{preset}:{plan.classes[0]}:1") or wants_training
+        ):
             out["skipped"].append(f"inference {preset}: time box")
             continue
         config = tiny_config() if preset.startswith("tiny") else DPSegConfig()
@@ -482,9 +491,10 @@ def table(out: dict) -> str:
         if r["round"] == 2:
             detail += f"; {r['refined_per_image']} classes refined per image"
             first = [
-                x for x in out["inference"]
+                x
+                for x in out["inference"]
                 if x["round"] == 1 and x["preset"] == r["preset"] and x["classes"] == r["classes"]
-            ]  # fmt: skip
+            ]
             if first:
                 detail += f"; {r['ms_per_image'] / first[0]['ms_per_image']:.2f}x round I"
         lines.append(
@@ -516,8 +526,16 @@ def cost_vs_k_section(args, device, out: dict) -> None:
     base = Path(args.json)
     rows_path = base.with_name(f"{base.stem}_cost_vs_k.json")
     plot_path = base.with_name(f"{base.stem}_cost_vs_k.png")
-    cmd = [sys.executable, str(Path(__file__).with_name("cost_vs_k.py")), "--device", device.type,
-           "--json", str(rows_path), "--plot", str(plot_path)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(Path(__file__).with_name("cost_vs_k.py")),
+        "--device",
+        device.type,
+        "--json",
+        str(rows_path),
+        "--plot",
+        str(plot_path),
+    ]
     if args.tiny:
         cmd += ["--no-full", "--classes", "20", "59", "--repeats", "1"]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -526,8 +544,10 @@ def cost_vs_k_section(args, device, out: dict) -> None:
     out["cost_vs_k"] = json.loads(rows_path.read_text())
     table = "\n".join(line for line in done.stdout.splitlines() if line.startswith("|"))
     base.with_name(f"{base.stem}_cost_vs_k.md").write_text(table + "\n")
-    out["notes"].append(f"cost vs K: {len(out['cost_vs_k'])} rows in {rows_path.name}, table in "
-                        f"{base.stem}_cost_vs_k.md, plot {plot_path.name}")  # fmt: skip
+    out["notes"].append(
+        f"cost vs K: {len(out['cost_vs_k'])} rows in {rows_path.name}, table in "
+        f"{base.stem}_cost_vs_k.md, plot {plot_path.name}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -579,8 +599,10 @@ def main(argv: list[str] | None = None) -> int:
     for note in out["notes"]:
         print(f"\nNOTE {note}")
     spent = ", ".join(f"{k} {v:.0f} s" for k, v in clock.spent.items())
-    print(f"\n{out['seconds']:.0f} s in all ({spent}); peak memory: "
-          f"{'torch.cuda.max_memory_allocated' if device.type == 'cuda' else 'process peak RSS'}")  # fmt: skip
+    print(
+        f"\n{out['seconds']:.0f} s in all ({spent}); peak memory: "
+        f"{'torch.cuda.max_memory_allocated' if device.type == 'cuda' else 'process peak RSS'}"
+    )
     Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.json}")
     return 1 if out["errors"] else 0

@@ -109,29 +109,64 @@ DPSEG_ROWS = [  # (key, row, the paper's claim it tests, ablation file or None)
     ("visual", "DPSeg: visual prompt only", "dual > visual", "prompt_visual.yaml"),
     ("fv_none", "DPSeg: no visual cost volume", "F_v^{2,3,4} > none", "fv_none.yaml"),
     ("fv_2", "DPSeg: F_v^2 only", "F_v^{2,3,4} > F_v^2 > none", "fv_2.yaml"),
-    ("text_keep_fv", "DPSeg: text prompt, F_v kept (ours)", "what F_v adds to text",
-     "prompt_text_keep_fv.yaml"),
-    ("cost_avg", "DPSeg: cost volumes averaged", "avg(T,V) > cost-level avg",
-     "prompt_cost_avg.yaml"),
-    ("cost_concat", "DPSeg: cost volumes concatenated", "avg(T,V) > cost-level concat",
-     "prompt_cost_concat.yaml"),
-    ("attention_global", "DPSeg: decoder attention global (the decoder before issue 29)",
-     "the new decoder keeps accuracy (ours)", "attention_global.yaml"),
-]  # fmt: skip
+    (
+        "text_keep_fv",
+        "DPSeg: text prompt, F_v kept (ours)",
+        "what F_v adds to text",
+        "prompt_text_keep_fv.yaml",
+    ),
+    (
+        "cost_avg",
+        "DPSeg: cost volumes averaged",
+        "avg(T,V) > cost-level avg",
+        "prompt_cost_avg.yaml",
+    ),
+    (
+        "cost_concat",
+        "DPSeg: cost volumes concatenated",
+        "avg(T,V) > cost-level concat",
+        "prompt_cost_concat.yaml",
+    ),
+    (
+        "attention_global",
+        "DPSeg: decoder attention global (the decoder before issue 29)",
+        "the new decoder keeps accuracy (ours)",
+        "attention_global.yaml",
+    ),
+]
 ROUND_II = [  # (key, row, claim, extra arguments) over the full model's checkpoints
     ("r2_masked", "DPSeg: round II, masked crops (config)", "round II > round I", []),
-    ("r2_box", "DPSeg: round II, box crops (paper)", "round II > round I",
-     ["--model.inference.crop_policy", "box"]),
-    ("r2_box_no_bg", "DPSeg: round II, box crops, background not refined (ours)",
-     "round II > round I", ["--model.inference.crop_policy", "box",
-                            "--model.inference.refine_background", "false"]),
-    ("r2_pooled", "DPSeg: round II, pooled (ours)", "round II > round I",
-     ["--model.inference.crop_policy", "pooled"]),
-    ("r2_pooled_own", "DPSeg: round II, pooled-own (ours)", "round II > round I",
-     ["--model.inference.crop_policy", "pooled-own"]),
-    ("r2_oracle", "DPSeg: round II, true regions of round I's classes (oracle, ours)",
-     "round II > round I, were round I's regions right", ["--model.inference.regions", "true"]),
-]  # fmt: skip
+    (
+        "r2_box",
+        "DPSeg: round II, box crops (paper)",
+        "round II > round I",
+        ["--model.inference.crop_policy", "box"],
+    ),
+    (
+        "r2_box_no_bg",
+        "DPSeg: round II, box crops, background not refined (ours)",
+        "round II > round I",
+        ["--model.inference.crop_policy", "box", "--model.inference.refine_background", "false"],
+    ),
+    (
+        "r2_pooled",
+        "DPSeg: round II, pooled (ours)",
+        "round II > round I",
+        ["--model.inference.crop_policy", "pooled"],
+    ),
+    (
+        "r2_pooled_own",
+        "DPSeg: round II, pooled-own (ours)",
+        "round II > round I",
+        ["--model.inference.crop_policy", "pooled-own"],
+    ),
+    (
+        "r2_oracle",
+        "DPSeg: round II, true regions of round I's classes (oracle, ours)",
+        "round II > round I, were round I's regions right",
+        ["--model.inference.regions", "true"],
+    ),
+]
 COMPARISONS = [  # (claim, comparison a - b, key a, key b): the paper claims a - b > 0
     ("dual > text", "full - text only", "full", "text"),
     ("dual > visual", "full - visual only", "full", "visual"),
@@ -141,30 +176,81 @@ COMPARISONS = [  # (claim, comparison a - b, key a, key b): the paper claims a -
     ("each F_v level helps", "F_v^2 only - no F_v", "fv_2", "fv_none"),
     ("what F_v adds to text (ours)", "text, F_v kept - text only", "text_keep_fv", "text"),
     ("removing V alone (ours)", "full - text, F_v kept", "full", "text_keep_fv"),
-    ("the decoder of issue 29 keeps accuracy (ours)",
-     "full (no attention, coarse head, rejection) - the decoder before", "full",
-     "attention_global"),
-    *(("round II helps", f"{row.removeprefix('DPSeg: ')} - round I", key, "full")
-      for key, row, _, _ in ROUND_II),
-]  # fmt: skip
+    (
+        "the decoder of issue 29 keeps accuracy (ours)",
+        "full (no attention, coarse head, rejection) - the decoder before",
+        "full",
+        "attention_global",
+    ),
+    *(
+        ("round II helps", f"{row.removeprefix('DPSeg: ')} - round I", key, "full")
+        for key, row, _, _ in ROUND_II
+    ),
+]
 VIP_ROWS = [  # (row, claim, encoder preset, extra arguments): configs/vip_toy[_dinotxt].yaml
-    ("plain dense CLIP (canonical names)", "the baseline", "toy-vit",
-     ["--model.attention", "none", "--model.vocabularies", "{toy: toy}"]),
+    (
+        "plain dense CLIP (canonical names)",
+        "the baseline",
+        "toy-vit",
+        ["--model.attention", "none", "--model.vocabularies", "{toy: toy}"],
+    ),
     ("VIP: aliases + saliency-aware aggregation", "VIP > plain", "toy-vit", []),
-    ("VIP + dual prompts (ours)", "dual prompts help VIP", "toy-vit", ["--model.dual_prompts", "BANK"]),
-    ("dino.txt: plain head (canonical names)", "the baseline", "toy-dinotxt",
-     ["--model.attention", "none", "--model.vocabularies", "{toy: toy}"]),
+    (
+        "VIP + dual prompts (ours)",
+        "dual prompts help VIP",
+        "toy-vit",
+        ["--model.dual_prompts", "BANK"],
+    ),
+    (
+        "dino.txt: plain head (canonical names)",
+        "the baseline",
+        "toy-dinotxt",
+        ["--model.attention", "none", "--model.vocabularies", "{toy: toy}"],
+    ),
     ("dino.txt: VIP (proxy head + aliases)", "VIP > plain", "toy-dinotxt", []),
-    ("dino.txt: VIP + dual prompts (ours)", "dual prompts help VIP", "toy-dinotxt",
-     ["--model.dual_prompts", "BANK"]),
-]  # fmt: skip
+    (
+        "dino.txt: VIP + dual prompts (ours)",
+        "dual prompts help VIP",
+        "toy-dinotxt",
+        ["--model.dual_prompts", "BANK"],
+    ),
+]
 METRICS = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU")
 DECIDING = "mIoU"  # the verdicts' metric (all classes); unseen classes are reported beside it
 NO_LOGS = ["--trainer.logger", "false"]  # test results go to --model.results_dir
 
-T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+T_975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 """Student's t quantile t_{0.975, df} for df = 1..30 (the normal's 1.96 beyond)."""
 
 
@@ -190,13 +276,27 @@ def paired_interval(diffs: Sequence[float]) -> dict:
         raise ValueError("no differences")
     mean = statistics.fmean(diffs)
     if n == 1:
-        return {"n": 1, "mean": mean, "sd": None, "t": None, "half_width": None,
-                "low": None, "high": None}  # fmt: skip
+        return {
+            "n": 1,
+            "mean": mean,
+            "sd": None,
+            "t": None,
+            "half_width": None,
+            "low": None,
+            "high": None,
+        }
     sd = statistics.stdev(diffs)
     t = t_quantile(n - 1)
     half = t * sd / math.sqrt(n)
-    return {"n": n, "mean": mean, "sd": sd, "t": t, "half_width": half,
-            "low": mean - half, "high": mean + half}  # fmt: skip
+    return {
+        "n": n,
+        "mean": mean,
+        "sd": sd,
+        "t": t,
+        "half_width": half,
+        "low": mean - half,
+        "high": mean + half,
+    }
 
 
 def verdict(interval: dict) -> str:
@@ -231,12 +331,18 @@ def decide(rows: dict[str, dict], comparisons=COMPARISONS) -> list[dict]:
         if a not in rows or b not in rows:
             continue
         metrics = compare(rows[a]["runs"], rows[b]["runs"])
-        decided.append({
-            "claim": claim, "comparison": comparison, "a": a, "b": b,
-            "n": metrics[DECIDING]["n"], "metrics": metrics,
-            "verdict": metrics[DECIDING]["verdict"],
-            "verdict_unseen": metrics["mIoU_unseen"]["verdict"],
-        })  # fmt: skip
+        decided.append(
+            {
+                "claim": claim,
+                "comparison": comparison,
+                "a": a,
+                "b": b,
+                "n": metrics[DECIDING]["n"],
+                "metrics": metrics,
+                "verdict": metrics[DECIDING]["verdict"],
+                "verdict_unseen": metrics["mIoU_unseen"]["verdict"],
+            }
+        )
     return decided
 
 
@@ -261,18 +367,27 @@ class Runner:
 
     def __call__(self, what: str, args: list[str]) -> str:
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args],
-                                capture_output=True, text=True, cwd=ROOT, env=self.env)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "cli.py"), *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=self.env,
+        )
         if result.returncode != 0:
             print(result.stdout[-2000:], result.stderr[-3000:], sep="\n")
-            raise SystemExit(f"claims: {what} failed (exit {result.returncode}): "
-                             f"cli.py {' '.join(args)}")  # fmt: skip
+            raise SystemExit(
+                f"claims: {what} failed (exit {result.returncode}): cli.py {' '.join(args)}"
+            )
         with self.lock:
             self.done += 1
             elapsed = time.perf_counter() - self.start
             eta = elapsed / self.done * (self.total - self.done)
-            print(f"[{self.done}/{self.total}] {what}: {time.perf_counter() - started:.0f} s "
-                  f"(elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min)", flush=True)  # fmt: skip
+            print(
+                f"[{self.done}/{self.total}] {what}: {time.perf_counter() - started:.0f} s "
+                f"(elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min)",
+                flush=True,
+            )
         return result.stdout
 
     def skip(self, what: str) -> None:
@@ -324,8 +439,10 @@ class Ledger:
                     entry = json.loads(line)
                     self.entries[entry["tag"], entry["fingerprint"]] = entry
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    raise SystemExit(f"claims: --ledger {path}: line {n} is not a ledger entry; "
-                                     "mend or remove that line") from None  # fmt: skip
+                    raise SystemExit(
+                        f"claims: --ledger {path}: line {n} is not a ledger entry; "
+                        "mend or remove that line"
+                    ) from None
 
     def scores(self, tag: str, print_: str) -> dict[str, float] | None:
         entry = self.entries.get((tag, print_))
@@ -334,8 +451,13 @@ class Ledger:
         return None if entry is None else {k: float(entry["scores"][k]) for k in METRICS}
 
     def add(self, tag: str, print_: str, scores: dict[str, float]) -> None:
-        entry = {"tag": tag, "fingerprint": print_, "scores": scores, "commit": self.version,
-                 "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}  # fmt: skip
+        entry = {
+            "tag": tag,
+            "fingerprint": print_,
+            "scores": scores,
+            "commit": self.version,
+            "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        }
         with self.lock:
             self.used.add((tag, print_))
             if (tag, print_) in self.entries:
@@ -360,8 +482,14 @@ def periodic_callbacks(every_steps: int = CHECKPOINT_EVERY) -> list[dict]:
     ``every_steps`` steps instead of at validation (the claims run none)."""
     from model.lightning_cli import CALLBACKS
 
-    every = {"save_last": True, "every_n_train_steps": every_steps, "save_top_k": 1, "monitor": None,
-             "filename": "step{step}", "auto_insert_metric_name": False}  # fmt: skip
+    every = {
+        "save_last": True,
+        "every_n_train_steps": every_steps,
+        "save_top_k": 1,
+        "monitor": None,
+        "filename": "step{step}",
+        "auto_insert_metric_name": False,
+    }
     return [
         {**c, "init_args": every} if c["class_path"].endswith(".ModelCheckpoint") else c
         for c in CALLBACKS
@@ -396,8 +524,10 @@ def config_steps() -> int:
 
 def run_logger(run_dir: Path) -> Path:
     """A config giving one run its own CSV log folder (its checkpoints go there too)."""
-    logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
-              "init_args": {"save_dir": str(run_dir), "name": "dpseg", "version": "run"}}  # fmt: skip
+    logger = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(run_dir), "name": "dpseg", "version": "run"},
+    }
     path = run_dir.with_suffix(".yaml")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"trainer": {"logger": [logger]}}, sort_keys=False))
@@ -424,7 +554,8 @@ def markdown(record: dict) -> str:
     """claims.md: the rows, then the verdicts, then what the rows rest on."""
     seeds, steps = record["seeds"], record["steps"]
     whose = {"config": "the config's", "CLAIMS_STEPS": "the claims' default"}.get(
-        record["steps_from"], "--steps")  # fmt: skip
+        record["steps_from"], "--steps"
+    )
     lines = [
         f"Toy world, {len(seeds)} paired seeds ({', '.join(map(str, seeds))}), {steps} training "
         f"steps per DPSeg run ({whose}), {record['jobs']} runs side by side with "
@@ -441,8 +572,12 @@ def markdown(record: dict) -> str:
     ]
     for r in record["rows"]:
         s = r["scores"]
-        cells = " | ".join(f"{s[k]['mean']:.1f} ± {s[k]['std']:.1f}" if len(r["runs"]) > 1
-                           else f"{s[k]['mean']:.1f}" for k in METRICS)  # fmt: skip
+        cells = " | ".join(
+            f"{s[k]['mean']:.1f} ± {s[k]['std']:.1f}"
+            if len(r["runs"]) > 1
+            else f"{s[k]['mean']:.1f}"
+            for k in METRICS
+        )
         vs = r.get("vs_full")
         delta = f"{_diff(vs[DECIDING])} {_ci(vs[DECIDING])}" if vs else "—"
         lines.append(f"| {r['row']} | {r['claim']} | {cells} | {delta} |")
@@ -496,9 +631,14 @@ def chart(rows: list[dict], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.5))
     y = range(len(rows))
     for offset, key, colour in ((-0.2, "mIoU_seen", "#4c72b0"), (0.2, "mIoU_unseen", "#dd8452")):
-        ax.barh([i + offset for i in y], [r["scores"][key]["mean"] for r in rows], height=0.38,
-                xerr=[r["scores"][key]["std"] for r in rows], color=colour,
-                label=key.replace("mIoU_", "mIoU, ") + " classes")  # fmt: skip
+        ax.barh(
+            [i + offset for i in y],
+            [r["scores"][key]["mean"] for r in rows],
+            height=0.38,
+            xerr=[r["scores"][key]["std"] for r in rows],
+            color=colour,
+            label=key.replace("mIoU_", "mIoU, ") + " classes",
+        )
     ax.set_yticks(list(y), names)
     ax.invert_yaxis()
     ax.set_xlabel("mIoU (%) on the toy world's test images (bars: mean; lines: spread over seeds)")
@@ -522,8 +662,14 @@ def forest(comparisons: list[dict], out: Path) -> Path:
     ax.axvline(0, color="black", linewidth=0.8)
     for i, c in enumerate(comparisons):
         m = c["metrics"][DECIDING]
-        ax.errorbar(m["mean"], i, xerr=m["half_width"] or 0.0, fmt="o", capsize=4,
-                    color=VERDICT_COLOURS[c["verdict"]])  # fmt: skip
+        ax.errorbar(
+            m["mean"],
+            i,
+            xerr=m["half_width"] or 0.0,
+            fmt="o",
+            capsize=4,
+            color=VERDICT_COLOURS[c["verdict"]],
+        )
     ax.set_yticks(
         range(len(comparisons)), [f"{c['claim']}: {c['comparison']}" for c in comparisons]
     )
@@ -531,10 +677,14 @@ def forest(comparisons: list[dict], out: Path) -> Path:
     if not comparisons:
         ax.text(0, 0, "no comparison: its two rows were not both run", ha="center")
     n = sorted({c["n"] for c in comparisons})
-    ax.set_xlabel(f"paired difference a - b in mIoU (%): mean over {'/'.join(map(str, n)) or 0} "
-                  "seeds and its 95% interval\n(the paper claims a - b > 0)")  # fmt: skip
-    handles = [Line2D([], [], marker="o", linestyle="", color=colour, label=v)
-               for v, colour in VERDICT_COLOURS.items()]  # fmt: skip
+    ax.set_xlabel(
+        f"paired difference a - b in mIoU (%): mean over {'/'.join(map(str, n)) or 0} "
+        "seeds and its 95% interval\n(the paper claims a - b > 0)"
+    )
+    handles = [
+        Line2D([], [], marker="o", linestyle="", color=colour, label=v)
+        for v, colour in VERDICT_COLOURS.items()
+    ]
     ax.legend(handles=handles, loc="best")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -558,11 +708,21 @@ def dpseg_record(dpseg_rows, round_ii, seeds, done) -> dict[str, dict]:
     the full model, its paired difference from the full model (round II: from round I)."""
     rows = {}
     for key, row, claim, _ in dpseg_rows:
-        rows[key] = {"key": key, "row": row, "claim": claim, "seeds": seeds,
-                     "runs": [done[key, seed][0] for seed in seeds]}  # fmt: skip
+        rows[key] = {
+            "key": key,
+            "row": row,
+            "claim": claim,
+            "seeds": seeds,
+            "runs": [done[key, seed][0] for seed in seeds],
+        }
         for n, (key2, row2, claim2, _) in enumerate(round_ii if key == "full" else []):
-            rows[key2] = {"key": key2, "row": row2, "claim": claim2, "seeds": seeds,
-                          "runs": [done[key, seed][1][n] for seed in seeds]}  # fmt: skip
+            rows[key2] = {
+                "key": key2,
+                "row": row2,
+                "claim": claim2,
+                "seeds": seeds,
+                "runs": [done[key, seed][1][n] for seed in seeds],
+            }
     for key, r in rows.items():
         r["scores"] = summarise(r["runs"])
         r["vs_full"] = compare(r["runs"], rows["full"]["runs"]) if key != "full" else None
@@ -571,21 +731,39 @@ def dpseg_record(dpseg_rows, round_ii, seeds, done) -> dict[str, dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
-                        help="paired seeds of every DPSeg row (default 0 1 2 3 4)")  # fmt: skip
-    parser.add_argument("--steps", type=int, default=CLAIMS_STEPS,
-                        help=f"training steps per DPSeg run (default {CLAIMS_STEPS}; 0: the "
-                             "config's max_steps)")  # fmt: skip
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2, 3, 4],
+        help="paired seeds of every DPSeg row (default 0 1 2 3 4)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=CLAIMS_STEPS,
+        help=f"training steps per DPSeg run (default {CLAIMS_STEPS}; 0: the config's max_steps)",
+    )
     parser.add_argument("--out", default="claims_out")
-    parser.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY,
-                        help=f"steps between a fit's checkpoints, which a stopped run resumes "
-                             f"from (default {CHECKPOINT_EVERY})")  # fmt: skip
-    parser.add_argument("--ledger", default=str(LEDGER.relative_to(ROOT)),
-                        help="the finished tests' scores, read and appended to (default "
-                             f"{LEDGER.relative_to(ROOT)}, committed; 'none': not kept)")  # fmt: skip
-    parser.add_argument("--report", action="store_true",
-                        help="run nothing: the report from the ledger alone, over the seeds "
-                             "whose every chosen row it holds")  # fmt: skip
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=CHECKPOINT_EVERY,
+        help=f"steps between a fit's checkpoints, which a stopped run resumes "
+        f"from (default {CHECKPOINT_EVERY})",
+    )
+    parser.add_argument(
+        "--ledger",
+        default=str(LEDGER.relative_to(ROOT)),
+        help="the finished tests' scores, read and appended to (default "
+        f"{LEDGER.relative_to(ROOT)}, committed; 'none': not kept)",
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="run nothing: the report from the ledger alone, over the seeds "
+        "whose every chosen row it holds",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="DPSeg runs side by side (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1)")
     parser.add_argument(
@@ -634,19 +812,48 @@ def main() -> int:
         run("data", ["data", "toy", "--root", str(data_root), "--quiet"])
     agreement = {}
     for path, preset in ((bank, "toy"), *((b, p) for p, b in vip_banks.items())):
-        run(f"bank {preset}", ["bank", "build", "--vocab", "toy", "--preset", preset,
-                               "--templates", "imagenet80", "--batch-size", "32",
-                               "--out", str(path), "--quiet"])  # fmt: skip
-        info = subprocess.run([sys.executable, str(ROOT / "cli.py"), "bank", "info", str(path),
-                               "--prompts", "--json"], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+        run(
+            f"bank {preset}",
+            [
+                "bank",
+                "build",
+                "--vocab",
+                "toy",
+                "--preset",
+                preset,
+                "--templates",
+                "imagenet80",
+                "--batch-size",
+                "32",
+                "--out",
+                str(path),
+                "--quiet",
+            ],
+        )
+        info = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "cli.py"),
+                "bank",
+                "info",
+                str(path),
+                "--prompts",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         agreement[preset] = json.loads(info.stdout)["prompts"]
     from pretrained.bundled_weights import bundled_path, read_metadata
 
     zero_shot = {
-        name: {k: float(read_metadata(bundled_path(f"{name}.safetensors"))[k])
-               for k in ("zero_shot_plain", "zero_shot_any_template", "chance")}
+        name: {
+            k: float(read_metadata(bundled_path(f"{name}.safetensors"))[k])
+            for k in ("zero_shot_plain", "zero_shot_any_template", "chance")
+        }
         for name in ("toy-convnext", "toy-vit", "toy-dinotxt")
-    }  # fmt: skip
+    }
 
     base = overlay(out, data_root, bank, args.checkpoint_every)
     common = ["--config", str(CONFIG), "--config", str(base)]
@@ -666,10 +873,14 @@ def main() -> int:
         files = [CONFIG, *([ABLATIONS / ablation] if ablation else [])]
         tests = [(f"test {tag}", tag, extra, fingerprint(int(wanted_steps), files, []))]
         for key2, row2, _, extra2 in round_ii if ablation is None else []:
-            tests.append((f"test {row2}, seed {seed}", f"{key2}_seed{seed}",
-                          ["--config", str(ABLATIONS / "rounds_2.yaml"), *extra2],
-                          fingerprint(int(wanted_steps), [*files, ABLATIONS / "rounds_2.yaml"],
-                                      extra2)))  # fmt: skip
+            tests.append(
+                (
+                    f"test {row2}, seed {seed}",
+                    f"{key2}_seed{seed}",
+                    ["--config", str(ABLATIONS / "rounds_2.yaml"), *extra2],
+                    fingerprint(int(wanted_steps), [*files, ABLATIONS / "rounds_2.yaml"], extra2),
+                )
+            )
         if args.report:
             found = [ledger.scores(tag2, print_) for _, tag2, _, print_ in tests]
             return None if None in found else (found[0], found[1:])
@@ -677,8 +888,12 @@ def main() -> int:
             fitted.unlink()  # trained for another number of steps: trained again (tests too)
             for _, tag2, _, _ in tests:
                 shutil.rmtree(out / "results" / tag2, ignore_errors=True)
-        pending = [t for t in tests if not (out / "results" / t[1] / "toy.json").exists()
-                   and ledger.scores(t[1], t[3]) is None]  # fmt: skip
+        pending = [
+            t
+            for t in tests
+            if not (out / "results" / t[1] / "toy.json").exists()
+            and ledger.scores(t[1], t[3]) is None
+        ]
         if fitted.exists() or not pending:
             run.skip(f"fit {tag}")
         else:
@@ -694,9 +909,20 @@ def main() -> int:
                 more = ["--ckpt_path", str(resume)]  # order again, unlike an unbroken fit
                 with open(ckpt_dir / "resumed", "a") as f:
                     f.write(f"{resume.name}\n")
-            run(f"fit {tag}" + (" (resumed)" if resume else ""),
-                ["fit", *common, *extra, *steps, "--config", str(run_logger(ckpt_dir)),
-                 "--seed_everything", str(seed), *more])  # fmt: skip
+            run(
+                f"fit {tag}" + (" (resumed)" if resume else ""),
+                [
+                    "fit",
+                    *common,
+                    *extra,
+                    *steps,
+                    "--config",
+                    str(run_logger(ckpt_dir)),
+                    "--seed_everything",
+                    str(seed),
+                    *more,
+                ],
+            )
             fitted.write_text(f"{wanted_steps}\n")
 
         def test(what: str, tag2: str, more: list[str], print_: str) -> dict:
@@ -708,8 +934,19 @@ def main() -> int:
                 return known
             else:
                 ckpt = next(ckpt_dir.rglob("last.ckpt"))
-                run(what, ["test", *common, *more, "--ckpt_path", str(ckpt),
-                           "--model.results_dir", str(results), *NO_LOGS])  # fmt: skip
+                run(
+                    what,
+                    [
+                        "test",
+                        *common,
+                        *more,
+                        "--ckpt_path",
+                        str(ckpt),
+                        "--model.results_dir",
+                        str(results),
+                        *NO_LOGS,
+                    ],
+                )
             ledger.add(tag2, print_, scores(results))
             return scores(results)
 
@@ -724,8 +961,10 @@ def main() -> int:
     if args.report:  # the seeds whose every row the ledger holds
         seeds = [s for s in seeds if all(done[key, s] is not None for key, *_ in dpseg_rows)]
         if dpseg_rows and not seeds:
-            raise SystemExit(f"claims: --report: the ledger {ledger.path} holds no seed with "
-                             "every chosen row; run without --report first")  # fmt: skip
+            raise SystemExit(
+                f"claims: --report: the ledger {ledger.path} holds no seed with "
+                "every chosen row; run without --report first"
+            )
     by_key = dpseg_record(dpseg_rows, round_ii, seeds, done) if dpseg_rows else {}
     rows = list(by_key.values())
     configs = {"toy-vit": "vip_toy.yaml", "toy-dinotxt": "vip_toy_dinotxt.yaml"}
@@ -738,13 +977,33 @@ def main() -> int:
             continue
         else:
             results = out / "results" / tag
-            run(f"test {row}", ["test", "--config", str(config), "--data.root", str(data_root),
-                                *(str(vip_banks[preset]) if a == "BANK" else a for a in extra),
-                                "--model.results_dir", str(results), *NO_LOGS])  # fmt: skip
+            run(
+                f"test {row}",
+                [
+                    "test",
+                    "--config",
+                    str(config),
+                    "--data.root",
+                    str(data_root),
+                    *(str(vip_banks[preset]) if a == "BANK" else a for a in extra),
+                    "--model.results_dir",
+                    str(results),
+                    *NO_LOGS,
+                ],
+            )
             one = scores(results)
             ledger.add(tag, print_, one)
-        rows.append({"key": None, "row": row, "claim": claim, "seeds": None, "runs": [one],
-                     "scores": summarise([one]), "vs_full": None})  # fmt: skip
+        rows.append(
+            {
+                "key": None,
+                "row": row,
+                "claim": claim,
+                "seeds": None,
+                "runs": [one],
+                "scores": summarise([one]),
+                "vs_full": None,
+            }
+        )
 
     record = {
         "seeds": seeds,

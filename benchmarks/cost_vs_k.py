@@ -52,8 +52,16 @@ from model.refine import RefineConfig
 CLASSES = (20, 59, 150, 459, 847)
 PAPER_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "dpseg_convnext_b.yaml"
 TEMPLATES = 80
-TINY = dict(preset="tiny-convnext", size=320, config=dict(cost_channels=32,
-            decoder_channels=(32, 32, 16), guidance_channels=(16, 16, 8), attention_heads=2))  # fmt: skip
+TINY = dict(
+    preset="tiny-convnext",
+    size=320,
+    config=dict(
+        cost_channels=32,
+        decoder_channels=(32, 32, 16),
+        guidance_channels=(16, 16, 8),
+        attention_heads=2,
+    ),
+)
 FULL = dict(preset="convnext-b-laion", size=768, config={})
 DECODERS = ("before", "default", "default + rejection")
 
@@ -119,9 +127,18 @@ def measure(size: dict, ks, decoders_, device, repeats: int, timed: bool, bf16: 
             model, encoder = metas[d.name]
             images = torch.zeros(1, 3, size["size"], size["size"], device="meta")
             flops = count_flops(model, images, random_prompts(encoder, k, TEMPLATES, "meta"), d)
-            rows.append({"size": size["preset"], "image_size": size["size"], "classes": k,
-                         "decoder": d.name, "attention": d.attention, "threshold": d.threshold,
-                         "max_classes": d.max_classes, "gflops": flops / 1e9})  # fmt: skip
+            rows.append(
+                {
+                    "size": size["preset"],
+                    "image_size": size["size"],
+                    "classes": k,
+                    "decoder": d.name,
+                    "attention": d.attention,
+                    "threshold": d.threshold,
+                    "max_classes": d.max_classes,
+                    "gflops": flops / 1e9,
+                }
+            )
         if not timed:
             continue
         images = block_images(1, size["size"], device)
@@ -150,23 +167,34 @@ def measure(size: dict, ks, decoders_, device, repeats: int, timed: bool, bf16: 
                 before = current_memory_mb(device)
                 round_one(model, images, prompts, d)
                 sync(device)
-                row = next(r for r in rows if r["classes"] == k and r["decoder"] == d.name
-                           and r["size"] == size["preset"])  # fmt: skip
-                row.update(ms=statistics.median(times[d.name]), kept=kept[d.name],
-                           peak_mb=peak_memory_mb(device) - before, peak_exact=exact)  # fmt: skip
+                row = next(
+                    r
+                    for r in rows
+                    if r["classes"] == k and r["decoder"] == d.name and r["size"] == size["preset"]
+                )
+                row.update(
+                    ms=statistics.median(times[d.name]),
+                    kept=kept[d.name],
+                    peak_mb=peak_memory_mb(device) - before,
+                    peak_exact=exact,
+                )
         print(f"  {size['preset']} K={k} done", flush=True)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| size | K | decoder | GFLOPs | ms / image | peak MB | classes decoded |",
-             "|---|---:|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| size | K | decoder | GFLOPs | ms / image | peak MB | classes decoded |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
         ms = f"{r['ms']:.1f}" if "ms" in r else "—"
         mb = f"{r['peak_mb']:.0f}" if "peak_mb" in r else "—"
         kept = str(r.get("kept", "—"))
-        lines.append(f"| {r['size']} {r['image_size']} px | {r['classes']} | {r['decoder']} | "
-                     f"{r['gflops']:,.1f} | {ms} | {mb} | {kept} |")  # fmt: skip
+        lines.append(
+            f"| {r['size']} {r['image_size']} px | {r['classes']} | {r['decoder']} | "
+            f"{r['gflops']:,.1f} | {ms} | {mb} | {kept} |"
+        )
     return "\n".join(lines)
 
 
@@ -178,18 +206,29 @@ def plot(rows: list[dict], path: Path) -> None:
 
     sizes = list(dict.fromkeys(r["size"] for r in rows))
     panels = [(s, "gflops", "GFLOPs per image") for s in sizes]
-    panels += [(s, "ms", "ms per image (CPU)") for s in sizes if any("ms" in r for r in rows
-                                                                     if r["size"] == s)]  # fmt: skip
+    panels += [
+        (s, "ms", "ms per image (CPU)")
+        for s in sizes
+        if any("ms" in r for r in rows if r["size"] == s)
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8))
     for ax, (size, key, label) in zip(list(axes) if len(panels) > 1 else [axes], panels):
         for name, style in zip(DECODERS, ("o-", "s-", "^-")):
-            points = [(r["classes"], r[key]) for r in rows
-                      if r["size"] == size and r["decoder"] == name and key in r]  # fmt: skip
+            points = [
+                (r["classes"], r[key])
+                for r in rows
+                if r["size"] == size and r["decoder"] == name and key in r
+            ]
             if points:
                 ax.plot(*zip(*points), style, label=name)
         px = next(r["image_size"] for r in rows if r["size"] == size)
-        ax.set(xscale="log", yscale="log", xlabel="classes K", ylabel=label,
-               title=f"{size}, {px} px, round I")  # fmt: skip
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="classes K",
+            ylabel=label,
+            title=f"{size}, {px} px, round I",
+        )
         ax.set_xticks(CLASSES, [str(k) for k in CLASSES])
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
@@ -208,10 +247,18 @@ def main() -> int:
     parser.add_argument("--plot", default=None, help="write the figure here (PNG)")
     parser.add_argument("--json", default=None)
     threshold, max_classes = paper_rejection()
-    parser.add_argument("--threshold", type=float, default=threshold,
-                        help="rejection_threshold (default: the paper config's)")  # fmt: skip
-    parser.add_argument("--max-classes", type=int, default=max_classes,
-                        help="rejection_max_classes (default: the paper config's)")  # fmt: skip
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=threshold,
+        help="rejection_threshold (default: the paper config's)",
+    )
+    parser.add_argument(
+        "--max-classes",
+        type=int,
+        default=max_classes,
+        help="rejection_max_classes (default: the paper config's)",
+    )
     args = parser.parse_args()
     bad = [k for k in args.classes if k < 1]
     if bad or args.repeats < 1:
@@ -227,8 +274,10 @@ def main() -> int:
     if threshold is None:
         parser.error("--threshold: the paper config has rejection off; give one to compare")
     chosen = decoders(threshold, max_classes)
-    print(f"round I, batch 1, P={TEMPLATES}; rejection: threshold={threshold}, max_classes="
-          f"{max_classes}; {torch.get_num_threads()} threads, {device}")  # fmt: skip
+    print(
+        f"round I, batch 1, P={TEMPLATES}; rejection: threshold={threshold}, max_classes="
+        f"{max_classes}; {torch.get_num_threads()} threads, {device}"
+    )
     start = time.perf_counter()
     rows = measure(TINY, args.classes, chosen, device, args.repeats, True, False)
     if not args.no_full:
@@ -239,9 +288,11 @@ def main() -> int:
         for k in args.classes:
             by = {r["decoder"]: r for r in rows if r["size"] == size and r["classes"] == k}
             base = by["before"]
-            parts = [f"{name} {base['gflops'] / by[name]['gflops']:.1f}x fewer FLOPs"
-                     + (f", {base['ms'] / by[name]['ms']:.1f}x faster" if "ms" in base else "")
-                     for name in DECODERS[1:]]  # fmt: skip
+            parts = [
+                f"{name} {base['gflops'] / by[name]['gflops']:.1f}x fewer FLOPs"
+                + (f", {base['ms'] / by[name]['ms']:.1f}x faster" if "ms" in base else "")
+                for name in DECODERS[1:]
+            ]
             print(f"{size} K={k}: " + "; ".join(parts))
     print(f"(measured in {time.perf_counter() - start:.0f} s)")
     if args.plot:

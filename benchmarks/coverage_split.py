@@ -21,8 +21,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OMIT = (".venv/*", "tests/*", "benchmarks/*", "rehearsal/*", "claims_out*/*", "demo_out/*",
-        "datasets/*", "banks/*", "runs/*")  # fmt: skip
+OMIT = (
+    ".venv/*",
+    "tests/*",
+    "benchmarks/*",
+    "rehearsal/*",
+    "claims_out*/*",
+    "demo_out/*",
+    "datasets/*",
+    "banks/*",
+    "runs/*",
+)
 
 
 def rcfile(out: Path) -> Path:
@@ -41,12 +50,35 @@ def measure(out: Path, name: str, marks: str, rc: Path) -> dict:
     data = out / name
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
-    env = {**os.environ, "COVERAGE_RCFILE": str(rc), "COVERAGE_FILE": str(data / ".coverage"),
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "COVERAGE_RCFILE": str(rc),
+        "COVERAGE_FILE": str(data / ".coverage"),
+        "OMP_NUM_THREADS": "1",
+    }
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "coverage", "run", "-m", "pytest", "-q", "-n", "2",
-                    "--dist", "loadfile", "-m", marks, "-p", "no:cacheprovider"],
-                   cwd=ROOT, env=env, check=False)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coverage",
+            "run",
+            "-m",
+            "pytest",
+            "-q",
+            "-n",
+            "2",
+            "--dist",
+            "loadfile",
+            "-m",
+            marks,
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
     print(f"{name}: tests under coverage in {(time.perf_counter() - start) / 60:.1f} min")
     for command in (["combine", "-q", "."], ["json", "-q", "-o", str(out / f"{name}.json")]):
         subprocess.run([sys.executable, "-m", "coverage", *command], cwd=data, env=env, check=True)
@@ -66,14 +98,18 @@ def main() -> int:
     covered = sum(f["summary"]["covered_lines"] for f in main_files.values())
     print(f"make test covers {covered} of {total} statements ({100 * covered / total:.1f}%)")
     only = {
-        name: sorted(set(f["executed_lines"]) - set(main_files.get(name, {}).get("executed_lines", [])))
+        name: sorted(
+            set(f["executed_lines"]) - set(main_files.get(name, {}).get("executed_lines", []))
+        )
         for name, f in e2e_files.items()
-    }  # fmt: skip
+    }
     only = {k: v for k, v in only.items() if v}
     print(f"lines only the e2e tests reach: {sum(map(len, only.values()))}")
     for name, lines in sorted(only.items(), key=lambda kv: -len(kv[1])):
-        print(f"  {Path(name).relative_to(ROOT)}: {len(lines)} ({', '.join(map(str, lines[:12]))}"
-              f"{', ...' if len(lines) > 12 else ''})")  # fmt: skip
+        print(
+            f"  {Path(name).relative_to(ROOT)}: {len(lines)} ({', '.join(map(str, lines[:12]))}"
+            f"{', ...' if len(lines) > 12 else ''})"
+        )
     return 0
 
 

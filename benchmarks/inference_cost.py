@@ -156,8 +156,12 @@ class CallCounter:
 
     def counts(self) -> dict:
         """What was counted since the last reset; ``frozen``: crop batches + pooled passes."""
-        return dict(backbone=self.backbone, frozen=self.encodes + self.frozen, crops=self.crops,
-                    encode_s=self.encode_s)  # fmt: skip
+        return dict(
+            backbone=self.backbone,
+            frozen=self.encodes + self.frozen,
+            crops=self.crops,
+            encode_s=self.encode_s,
+        )
 
 
 def time_segmenters(segmenters: dict, run, args, counter, device, autocast, per_run: int) -> dict:
@@ -167,8 +171,10 @@ def time_segmenters(segmenters: dict, run, args, counter, device, autocast, per_
     moves every mode alike and leaves the ratios alone). Returns per mode: the median seconds
     per image, the passes of the backbone and of the frozen encoder, crops and their encoding
     seconds per image, and the peak memory."""
-    totals = {name: dict(times=[], backbone=0, frozen=0, crops=0, encode_s=0.0, peak=0.0)
-              for name in segmenters}  # fmt: skip
+    totals = {
+        name: dict(times=[], backbone=0, frozen=0, crops=0, encode_s=0.0, peak=0.0)
+        for name in segmenters
+    }
     with torch.inference_mode(), autocast:
         for segmenter in segmenters.values():
             for _ in range(args.warmup):
@@ -243,9 +249,13 @@ def time_modes(args, model, encoder, counter, device, autocast, k: int) -> dict:
         refined = [len(detected_classes(lb, k, args.min_area, args.max_classes)) for lb in labels]
         del first, labels
     segmenters = segmenters_for(
-        model, encoder, args.policies, min_area=args.min_area, crop_size=args.crop_size,
+        model,
+        encoder,
+        args.policies,
+        min_area=args.min_area,
+        crop_size=args.crop_size,
         max_classes=args.max_classes,
-    )  # fmt: skip
+    )
     rows = time_segmenters(
         segmenters, lambda s: s(images, prompts), args, counter, device, autocast, args.batch
     )
@@ -274,19 +284,29 @@ def policy_floor(args, model: DPSeg, images, prompts: Prompts, device, autocast)
     times = {"backbone_s": [], "decode_s": [], "redecode_s": []}
     with torch.inference_mode(), autocast:
         first = model(images, prompts)
-        classes = [detected_classes(lb, prompts.num_classes, args.min_area, args.max_classes)
-                   for lb in class_labels(first.logits, dim=1)]  # fmt: skip
+        classes = [
+            detected_classes(lb, prompts.num_classes, args.min_area, args.max_classes)
+            for lb in class_labels(first.logits, dim=1)
+        ]
         todo = [b for b, c in enumerate(classes) if len(c)]
-        refined = BackboneFeatures(first.features.dense[todo],
-                                   [lv[todo] for lv in first.features.levels])  # fmt: skip
+        refined = BackboneFeatures(
+            first.features.dense[todo], [lv[todo] for lv in first.features.levels]
+        )
         mean = class_mean(prompts, model.config.prompt_mode)  # as second_round
         steps = {
             "backbone_s": lambda: model.backbone(images),
             "decode_s": lambda: model(images, prompts, features=first.features),
-            "redecode_s": lambda: todo and model.decode_per_image(
-                images.shape[-2:], refined, [prompts] * len(todo), [classes[b] for b in todo],
-                mean),
-        }  # fmt: skip
+            "redecode_s": lambda: (
+                todo
+                and model.decode_per_image(
+                    images.shape[-2:],
+                    refined,
+                    [prompts] * len(todo),
+                    [classes[b] for b in todo],
+                    mean,
+                )
+            ),
+        }
         for i in range(args.warmup + args.iters):
             for key, step in steps.items():
                 sync(device)
@@ -313,8 +333,11 @@ def trained_main(args, device: torch.device) -> None:
     from model.predictor import Predictor
 
     folder = Path(args.images)
-    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if (
-        folder.is_dir()) else []  # fmt: skip
+    found = (
+        sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if (folder.is_dir())
+        else []
+    )
     if not found:
         print(f"error: --images {folder}: no .jpg/.png images there", file=sys.stderr)
         sys.exit(2)
@@ -329,16 +352,21 @@ def trained_main(args, device: torch.device) -> None:
     images = [x.to(device) for x in images]
     protocol = predictor.protocol()
     config = module.inference_config
-    settings = dict(min_area=config.min_area, crop_margin=config.crop_margin,
-                    max_classes=config.max_classes, crop_size=config.crop_size)  # fmt: skip
+    settings = dict(
+        min_area=config.min_area,
+        crop_margin=config.crop_margin,
+        max_classes=config.max_classes,
+        crop_size=config.crop_size,
+    )
     model, encoder = module.model, module.segmenter.prompt_encoder
     refined = []  # per image: the classes round II refines (summed over a protocol's windows)
 
     def count_refined(batch: torch.Tensor) -> torch.Tensor:  # what the protocol feeds the model
         logits = model(batch, prompts).logits
-        refined[-1] += sum(len(detected_classes(lb, prompts.num_classes, config.min_area,
-                                                config.max_classes))
-                           for lb in class_labels(logits, dim=1))  # fmt: skip
+        refined[-1] += sum(
+            len(detected_classes(lb, prompts.num_classes, config.min_area, config.max_classes))
+            for lb in class_labels(logits, dim=1)
+        )
         return logits
 
     with torch.inference_mode():
@@ -420,12 +448,19 @@ def argument_error(args: argparse.Namespace) -> str | None:
     fix), or None: checked before anything is built, so that a typo costs no time."""
     from common.errors import USER_ERRORS, one_line
 
-    at_least = [("--iters", args.iters, 1), ("--warmup", args.warmup, 0),
-                ("--templates", args.templates, 1), ("--batch", args.batch, 1),
-                ("--max-classes", args.max_classes, 1), ("--crop-size", args.crop_size, 1),
-                ("--threads", args.threads, 1), ("--max-images", args.max_images, 1),
-                ("--refined", args.refined, 1), ("--attention-window", args.attention_window, 1),
-                ("--image-size", args.image_size, MIN_IMAGE_SIZE)]  # fmt: skip
+    at_least = [
+        ("--iters", args.iters, 1),
+        ("--warmup", args.warmup, 0),
+        ("--templates", args.templates, 1),
+        ("--batch", args.batch, 1),
+        ("--max-classes", args.max_classes, 1),
+        ("--crop-size", args.crop_size, 1),
+        ("--threads", args.threads, 1),
+        ("--max-images", args.max_images, 1),
+        ("--refined", args.refined, 1),
+        ("--attention-window", args.attention_window, 1),
+        ("--image-size", args.image_size, MIN_IMAGE_SIZE),
+    ]
     at_least += [("--classes", k, 1) for k in args.classes or ()]
     at_least += [("--memory-classes", k, 1) for k in args.memory_classes or ()]
     for option, value, low in at_least:
@@ -612,8 +647,9 @@ PUBLISHED_FIGURES = (
 
 
 def add_flops_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("FLOPs (--flops; --classes/--templates/--image-size/"
-                                      "--crop-size apply too)")  # fmt: skip
+    group = parser.add_argument_group(
+        "FLOPs (--flops; --classes/--templates/--image-size/--crop-size apply too)"
+    )
     group.add_argument(
         "--flops",
         action="store_true",
@@ -736,9 +772,13 @@ def count_flops(model, encoder, k: int, args, device: torch.device) -> list[dict
     if redo_parts["backbone"]:
         raise RuntimeError("round II ran the backbone again")
     common = dict(
-        preset=encoder.preset.name, classes=k, templates=p, image_size=size,
-        analytic_cost_cos=analytic, decoder_attention=attention_flops(first_count),
-    )  # fmt: skip
+        preset=encoder.preset.name,
+        classes=k,
+        templates=p,
+        image_size=size,
+        analytic_cost_cos=analytic,
+        decoder_attention=attention_flops(first_count),
+    )
     one = {**first_parts, "round2_crops": 0, "round2_redecode": 0}
     two = {
         **first_parts,

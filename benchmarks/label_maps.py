@@ -22,8 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.labels import class_labels
 
-SHAPES = ((150, 512, 512), (1, 8, 128, 128), (1, 150, 128, 128), (4, 150, 128, 128),
-          (1, 847, 128, 128))  # fmt: skip
+SHAPES = (
+    (150, 512, 512),
+    (1, 8, 128, 128),
+    (1, 150, 128, 128),
+    (4, 150, 128, 128),
+    (1, 847, 128, 128),
+)
 
 
 def time_both(scores: torch.Tensor, dim: int, repeats: int) -> tuple[float, float]:

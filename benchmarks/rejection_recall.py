@@ -92,8 +92,11 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--threshold", type=float, nargs="+", default=[0.05, 0.2])
     parser.add_argument("--max-classes", type=int, default=48)
-    parser.add_argument("--text-distractors", action="store_true",
-                        help="distractors with text prompts only (no --distractors bank)")  # fmt: skip
+    parser.add_argument(
+        "--text-distractors",
+        action="store_true",
+        help="distractors with text prompts only (no --distractors bank)",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     from PIL import Image
@@ -112,13 +115,18 @@ def main() -> int:
     else:
         entries = Bank.open(args.distractors).classes
     extra = [e for e in entries if e.split(",")[0].strip().lower() not in taken]
-    large = Vocabulary.from_entries([*toy.entries, *extra], name="toy+ade847",
-                                    allow_duplicates=True)  # fmt: skip
+    large = Vocabulary.from_entries(
+        [*toy.entries, *extra], name="toy+ade847", allow_duplicates=True
+    )
     root = Path(args.data) / "toy"
     paths = sorted((root / "images" / "test").iterdir())[: args.images]
     images = [np.array(Image.open(p).convert("RGB")) for p in paths]
-    labels = [np.array(Image.open(root / "annotations_detectron2" / "test" / f"{p.stem}.png"))
-              .astype(np.int64) for p in paths]  # fmt: skip
+    labels = [
+        np.array(Image.open(root / "annotations_detectron2" / "test" / f"{p.stem}.png")).astype(
+            np.int64
+        )
+        for p in paths
+    ]
     labels = [np.where(lb == 255, -1, lb) for lb in labels]
     num_true = len(toy)
     rows = []
@@ -135,8 +143,10 @@ def main() -> int:
         result = evaluate(predictor, images, labels, num_true, threshold, cap)
         rows.append({"vocabulary": f"toy + {len(extra)} ade847 names", **result})
     print(f"{len(images)} toy test images, {args.ckpt}")
-    print("| vocabulary | K | rejection | recall | decoded / image | distractors decoded | "
-          "mIoU (toy classes) | s / image |")  # fmt: skip
+    print(
+        "| vocabulary | K | rejection | recall | decoded / image | distractors decoded | "
+        "mIoU (toy classes) | s / image |"
+    )
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
         rejection = (
@@ -146,9 +156,11 @@ def main() -> int:
             + (f", at most {r['max_classes']}" if r["max_classes"] else "")
         )
         recall = "—" if r["recall"] is None else f"{r['recall']:.3f}"
-        print(f"| {r['vocabulary']} | {r['classes']} | {rejection} | {recall} | "
-              f"{r['decoded']:.1f} | {r['distractors_decoded']:.1f} | {r['mIoU']:.1f} | "
-              f"{r['s_per_image']:.3f} |")  # fmt: skip
+        print(
+            f"| {r['vocabulary']} | {r['classes']} | {rejection} | {recall} | "
+            f"{r['decoded']:.1f} | {r['distractors_decoded']:.1f} | {r['mIoU']:.1f} | "
+            f"{r['s_per_image']:.3f} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     return 0

@@ -56,8 +56,9 @@ def visual_prompts(encoder: ClipEncoder, size: int) -> torch.Tensor:
     80 templates filled with its name (seed 0), as a toy bank's V averaged over templates."""
     out = []
     for names in world_classes():
-        pictures = np.stack([render_prompt(t.format(names[0]), seed=0, size=size)[0]
-                             for t in imagenet80()])  # fmt: skip
+        pictures = np.stack(
+            [render_prompt(t.format(names[0]), seed=0, size=size)[0] for t in imagenet80()]
+        )
         emb = encoder.encode_images(torch.from_numpy(pictures).permute(0, 3, 1, 2) / 255.0)
         out.append(F.normalize(emb.embedding.mean(dim=0), dim=-1))
     return torch.stack(out)
@@ -88,10 +89,12 @@ def probe(preset: str, weights: str | None, scenes: int, gap: float | None = Non
         image_t, label_t = image_tensor(image), torch.from_numpy(label).long()
         dense = F.normalize(backbone(image_t[None]).dense, dim=1)
         cost = torch.einsum("bdhw,kd->bkhw", dense, text)
-        metric.update(F.interpolate(cost, size=label.shape, mode="bilinear").argmax(dim=1)[0],
-                      label_t)  # fmt: skip
-        classes = [c for c in label_t.unique().tolist() if c not in (0, 255)
-                   and (label_t == c).sum() >= 16]  # fmt: skip
+        metric.update(
+            F.interpolate(cost, size=label.shape, mode="bilinear").argmax(dim=1)[0], label_t
+        )
+        classes = [
+            c for c in label_t.unique().tolist() if c not in (0, 255) and (label_t == c).sum() >= 16
+        ]
         for crop, cls in zip(crop_regions(image_t, label_t, torch.tensor(classes), cut), classes):
             emb.append(encoder.encode_images(crop[None]).embedding)  # resized as images are
             crop_labels.append(cls)
@@ -118,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="toy-convnext", choices=("toy-convnext", "toy-vit"))
     parser.add_argument("--weights", help="a weights file (default: the preset's own)")
     parser.add_argument("--scenes", type=int, default=200, help="val scenes (default 200)")
-    parser.add_argument("--modality-gap", type=float, help="the preset's gap instead of its own "
-                        "(0: none, for weights pretrained without one)")  # fmt: skip
+    parser.add_argument(
+        "--modality-gap",
+        type=float,
+        help="the preset's gap instead of its own (0: none, for weights pretrained without one)",
+    )
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
     if args.scenes < 1:

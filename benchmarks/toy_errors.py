@@ -76,8 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     print("by object size (pixel area of a class in an image):")
     for b in range(bins):
         high = "+" if AREAS[b + 1] == AREAS[-1] else f"-{AREAS[b + 1]}"
-        print(f"  {AREAS[b]:>5}{high:<6} px: {int(objects[b]):4d} objects, pixels right "
-              f"{right[b] / max(total[b], 1):.2f}, majority right {majority[b] / max(objects[b], 1):.2f}")  # fmt: skip
+        print(
+            f"  {AREAS[b]:>5}{high:<6} px: {int(objects[b]):4d} objects, pixels right "
+            f"{right[b] / max(total[b], 1):.2f}, majority right {majority[b] / max(objects[b], 1):.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,11 @@ def _run_build(config, location: str) -> None:
         # every rank of torchrun/accelerate gets the signal and says what it saved (no
         # collective is safe once one rank stops)
         state = PartialState()
-        rank = f"rank {state.process_index} of {state.num_processes}: " if (
-            state.num_processes > 1) else ""  # fmt: skip
+        rank = (
+            f"rank {state.process_index} of {state.num_processes}: "
+            if (state.num_processes > 1)
+            else ""
+        )
         raise UserError(
             f"{rank}interrupted by {e}: the {e.saved} items this "
             f"{'rank' if rank else 'run'} finished are saved in {location}; run the same "

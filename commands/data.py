@@ -40,8 +40,9 @@ def cmd_data_synthetic(args: argparse.Namespace) -> int:
     """Write the synthetic dataset in the detectron2 layout, optionally with a preview picture."""
     from data.synthetic import SyntheticConfig, synthetic_class_names, write_synthetic_dataset
 
-    return _write_dataset(args, SyntheticConfig, write_synthetic_dataset,
-                          synthetic_class_names(), "synthetic dataset")  # fmt: skip
+    return _write_dataset(
+        args, SyntheticConfig, write_synthetic_dataset, synthetic_class_names(), "synthetic dataset"
+    )
 
 
 def cmd_data_toy(args: argparse.Namespace) -> int:
@@ -49,8 +50,13 @@ def cmd_data_toy(args: argparse.Namespace) -> int:
     optionally with a preview."""
     from data.toy_world import ToySceneConfig, class_names, write_toy_dataset
 
-    return _write_dataset(args, ToySceneConfig, write_toy_dataset, class_names(),
-                          "toy world (train: seen classes; val, test: all)")  # fmt: skip
+    return _write_dataset(
+        args,
+        ToySceneConfig,
+        write_toy_dataset,
+        class_names(),
+        "toy world (train: seen classes; val, test: all)",
+    )
 
 
 def cmd_data_stats(args: argparse.Namespace) -> None:

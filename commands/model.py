@@ -12,8 +12,10 @@ def cmd_model_export(args: argparse.Namespace) -> None:
     from model.export import export_model
 
     out = export_model(args.ckpt, args.out, args.metrics or [])
-    print(f"model: {out} (model.safetensors, config.json, README.md); use it with "
-          f"cli.py segment --model {out}")  # fmt: skip
+    print(
+        f"model: {out} (model.safetensors, config.json, README.md); use it with "
+        f"cli.py segment --model {out}"
+    )
 
 
 def cmd_model_push(args: argparse.Namespace) -> None:
@@ -21,8 +23,10 @@ def cmd_model_push(args: argparse.Namespace) -> None:
 
     result = push_model(args.model, args.url, storage_options(args), progress=not args.quiet)
     if not result["uploaded"]:
-        print(f"{args.url} already holds this model, its weights intact (content key "
-              f"{result['key'][:16]})")  # fmt: skip
+        print(
+            f"{args.url} already holds this model, its weights intact (content key "
+            f"{result['key'][:16]})"
+        )
         return
     what = "repaired the damaged copy at" if result["repaired"] else "pushed"
     print(
@@ -45,8 +49,11 @@ def cmd_model_pull(args: argparse.Namespace) -> None:
 
 
 def _storage_option(p) -> None:
-    p.add_argument("--storage-options", metavar="JSON",
-                   help="fsspec options, e.g. '{\"anon\": true}' (default $DPSEG_STORAGE_OPTIONS)")  # fmt: skip
+    p.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help="fsspec options, e.g. '{\"anon\": true}' (default $DPSEG_STORAGE_OPTIONS)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -65,8 +72,12 @@ def _model_pull_options(p) -> None:
 def _model_export_options(p) -> None:
     p.add_argument("ckpt", help="a checkpoint of cli.py fit")
     p.add_argument("--out", required=True, help="a new folder")
-    p.add_argument("--metrics", nargs="+", metavar="RUN_JSON",
-                   help="test records for the card: the DATASET.run.json of cli.py test")  # fmt: skip
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="RUN_JSON",
+        help="test records for the card: the DATASET.run.json of cli.py test",
+    )
 
 
 COMMANDS = {

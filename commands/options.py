@@ -59,8 +59,9 @@ def field_docs(cls) -> dict[str, str]:
     return docs
 
 
-def add_fields(parser, cls, skip=(), overrides: dict | None = None, unset: str = "",
-               group: str | None = None) -> None:  # fmt: skip
+def add_fields(
+    parser, cls, skip=(), overrides: dict | None = None, unset: str = "", group: str | None = None
+) -> None:
     """One option per field of the dataclass ``cls`` (but ``skip``): ``--field-name``, typed,
     with the field's default, and its comment as help. ``overrides[field]``: add_argument keywords
     that add to or replace these (choices, a metavar, a help where the class has none).

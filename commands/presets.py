@@ -108,11 +108,19 @@ def _presets_pretrain_options(p) -> None:
     p.add_argument("name", choices=TOY_PRESETS, help="the toy preset")
     p.add_argument("--out", help="weights file (default runs/pretrain/NAME.safetensors)")
     own = ", ".join(f"{name} {steps}" for name, steps in PRETRAIN_STEPS.items())
-    add_fields(p, PretrainConfig, group="training (pretrained.presets.PretrainConfig)",
-               overrides={"steps": {
-        "type": int | None, "default": None,
-        "help": f"training steps (default {PretrainConfig.steps}; {own}: the steps of the "
-        "committed weights)"}})  # fmt: skip
+    add_fields(
+        p,
+        PretrainConfig,
+        group="training (pretrained.presets.PretrainConfig)",
+        overrides={
+            "steps": {
+                "type": int | None,
+                "default": None,
+                "help": f"training steps (default {PretrainConfig.steps}; {own}: the steps of the "
+                "committed weights)",
+            }
+        },
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

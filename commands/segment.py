@@ -59,9 +59,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-DPSEG_ONLY = {"ckpt": "--ckpt", "model": "--model", "bank": "--bank", "text_only": "--text-only",
-              "rounds": "--rounds", "generator_weights": "--generator-weights",
-              "reject": "--reject", "reject_max": "--reject-max"}  # fmt: skip
+DPSEG_ONLY = {
+    "ckpt": "--ckpt",
+    "model": "--model",
+    "bank": "--bank",
+    "text_only": "--text-only",
+    "rounds": "--rounds",
+    "generator_weights": "--generator-weights",
+    "reject": "--reject",
+    "reject_max": "--reject-max",
+}
 VIP_ONLY = {"config": "--config", "encoder": "--encoder", "dual_prompts": "--dual-prompts"}
 
 
@@ -118,8 +125,13 @@ def _segment_options(p) -> None:
         "pushed to (hf://ORG/NAME, s3://, file://, https://: pulled into the cache)",
     )
     p.add_argument("--images", nargs="+", required=True, help="files, folders or glob patterns")
-    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
-                   help="skip images with more pixels (default 80 M, or $DPSEG_MAX_PIXELS)")  # fmt: skip
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="skip images with more pixels (default 80 M, or $DPSEG_MAX_PIXELS)",
+    )
     p.add_argument("--vocab", required=True, help="'cat, kitty; dog', one class, a name or a file")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--bank", help="DPSeg: prompt bank (default: the checkpoint's training bank)")
@@ -130,12 +142,18 @@ def _segment_options(p) -> None:
         "--rounds", type=Literal[1, 2] | None, help="DPSeg: inference rounds (default 1)"
     )
     p.add_argument(
-        "--reject", type=float, metavar="P",
+        "--reject",
+        type=float,
+        metavar="P",
         help="DPSeg: class early rejection, decode only the classes the coarse head finds with "
         "probability >= P somewhere (0.05 in the configs; default off)",
-    )  # fmt: skip
-    p.add_argument("--reject-max", type=int, metavar="N",
-                   help="DPSeg: with --reject, decode at most N classes per image")  # fmt: skip
+    )
+    p.add_argument(
+        "--reject-max",
+        type=int,
+        metavar="N",
+        help="DPSeg: with --reject, decode at most N classes per image",
+    )
     p.add_argument("--generator-weights", help="DPSeg: local generator weights for missing classes")
     p.add_argument("--config", help="VIP: settings from a configs/vip_*.yaml (its model: section)")
     p.add_argument("--encoder", help="VIP: encoder preset (default: the config's, dinotxt-l16)")

@@ -44,11 +44,19 @@ def _select_aliases_options(p) -> None:
         "the scores as comments."
     )
     config_file(p)
-    add_fields(p, SelectAliasesOptions, group="what is scored, with what",
-               overrides={"rule": {"choices": ("ours", "reported")}})  # fmt: skip
-    add_fields(p, SelectionConfig, group="how aliases are scored (model.vip.selection."
-               "SelectionConfig)", unset="the --rule's; ours", overrides={
-        "affinity": {"choices": AFFINITIES}})  # fmt: skip
+    add_fields(
+        p,
+        SelectAliasesOptions,
+        group="what is scored, with what",
+        overrides={"rule": {"choices": ("ours", "reported")}},
+    )
+    add_fields(
+        p,
+        SelectionConfig,
+        group="how aliases are scored (model.vip.selection.SelectionConfig)",
+        unset="the --rule's; ours",
+        overrides={"affinity": {"choices": AFFINITIES}},
+    )
 
 
 def cmd_vip_select_aliases(args: argparse.Namespace) -> int:

@@ -24,8 +24,11 @@ def cmd_vocab(args: argparse.Namespace) -> None:
                 except VocabularyError as e:
                     problems[name] = str(e)
         if args.json:
-            print(json.dumps({n: {"source": s, "error": problems.get(n)} for n, s in known.items()},
-                             indent=2))  # fmt: skip
+            print(
+                json.dumps(
+                    {n: {"source": s, "error": problems.get(n)} for n, s in known.items()}, indent=2
+                )
+            )
             return
         for name, source in known.items():
             flag = f"  INVALID: {problems[name]}" if name in problems else ""

@@ -102,8 +102,14 @@ class ProgressBar:
         if self._bar is not None:
             self._bar.advance(self._task, n)
 
-    def update(self, label: str | None = None, total: int | None = None, info: str | None = None,
-               unit: str | None = None, restart: bool = False) -> None:  # fmt: skip
+    def update(
+        self,
+        label: str | None = None,
+        total: int | None = None,
+        info: str | None = None,
+        unit: str | None = None,
+        restart: bool = False,
+    ) -> None:
         """A new label, total, free text or unit (not for bytes); ``restart`` counts again from
         0 (a new phase)."""
         self._label = self._label if label is None else label
@@ -113,8 +119,11 @@ class ProgressBar:
         if self._bar is None:
             return
         task = next(t for t in self._bar.tasks if t.id == self._task)
-        fields = {**task.fields, **({} if info is None else {"info": info}),
-                  **({} if unit is None else {"unit": unit})}  # fmt: skip
+        fields = {
+            **task.fields,
+            **({} if info is None else {"info": info}),
+            **({} if unit is None else {"unit": unit}),
+        }
         if label is not None:
             fields["description"] = label
         if total is not None:

@@ -86,9 +86,10 @@ def _rgb(image: Image.Image, path) -> np.ndarray:
             scale = 255.0 / 65535.0
         else:
             raise UnreadableImageError(
-                path, f"a {mode} grey image with values in [{low:g}, {top:g}], which has no "
-                "known scale", "save it as 8-bit, 16-bit, or floats in [0, 1]",
-            )  # fmt: skip
+                path,
+                f"a {mode} grey image with values in [{low:g}, {top:g}], which has no known scale",
+                "save it as 8-bit, 16-bit, or floats in [0, 1]",
+            )
         grey = np.clip(np.round(grey * scale), 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1)
     return np.asarray(image.convert("RGB"))
@@ -110,10 +111,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             width, height = image.size
             if width * height > limit:
                 raise UnreadableImageError(
-                    path, f"{width} x {height} = {width * height / 1e6:.1f} M pixels, more than "
-                    f"the limit of {limit / 1e6:g} M", "resize it, or raise the limit "
-                    "(segment --max-pixels N, or $DPSEG_MAX_PIXELS)",
-                )  # fmt: skip
+                    path,
+                    f"{width} x {height} = {width * height / 1e6:.1f} M pixels, more than "
+                    f"the limit of {limit / 1e6:g} M",
+                    "resize it, or raise the limit (segment --max-pixels N, or $DPSEG_MAX_PIXELS)",
+                )
             return _rgb(ImageOps.exif_transpose(image), path)
     except Image.DecompressionBombError as e:
         raise UnreadableImageError(

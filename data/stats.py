@@ -16,8 +16,9 @@ from data.catalog import DatasetSpec, datasets_root, get_dataset_spec
 from data.datasets import index_files, read_label
 
 
-def dataset_stats(spec: str | DatasetSpec, root: str | os.PathLike | None = None,
-                  progress: bool = True) -> dict:  # fmt: skip
+def dataset_stats(
+    spec: str | DatasetSpec, root: str | os.PathLike | None = None, progress: bool = True
+) -> dict:
     """Everything `data stats` reports, as plain JSON-able values."""
     from common.progress import ProgressBar
     from data.vocabulary import VocabularyError, load_vocabulary

@@ -278,12 +278,25 @@ _STYLE_WORDS: tuple[tuple[tuple[str, ...], dict], ...] = (
     (("low resolution", "pixelated"), {"pixelate": 4}),
     (("blurry",), {"blur": 2}),
     (("painting", "art of"), {"blur": 1, "paper": (150.0, 230.0)}),
-    (("rendering", "rendition", "cartoon", "video game", "plastic", "toy", "plushie",
-      "origami", "sculpture", "embroidered"), {"paper": (60.0, 230.0)}),
+    (
+        (
+            "rendering",
+            "rendition",
+            "cartoon",
+            "video game",
+            "plastic",
+            "toy",
+            "plushie",
+            "origami",
+            "sculpture",
+            "embroidered",
+        ),
+        {"paper": (60.0, 230.0)},
+    ),
     (("jpeg corrupted",), {"pixelate": 2, "noise": 18.0}),
     (("bad photo", "dirty"), {"noise": 14.0}),
     (("hard to see",), {"contrast": 0.45, "noise": 8.0}),
-)  # fmt: skip
+)
 
 
 def prompt_style(prompt: str) -> Style:
@@ -356,8 +369,12 @@ def render_prompt(
             if style.cropped:
                 edge = rng.integers(4)
                 along, across = rng.uniform(0.2, 0.8) * size, rng.uniform(0.0, 0.12) * size
-                cy, cx = [(across, along), (size - across, along), (along, across),
-                          (along, size - across)][edge]  # fmt: skip
+                cy, cx = [
+                    (across, along),
+                    (size - across, along),
+                    (along, across),
+                    (along, size - across),
+                ][edge]
             elif style.count[1] > 1:
                 cy, cx = rng.uniform(0.1, 0.9, size=2) * size
             else:
@@ -373,8 +390,9 @@ def render_prompt(
         p = style.pixelate
         small = image[: size // p * p, : size // p * p].reshape(size // p, p, size // p, p, 3)
         image = np.repeat(np.repeat(small.mean(axis=(1, 3)), p, axis=0), p, axis=1)
-        image = np.pad(image, ((0, size - image.shape[0]), (0, size - image.shape[1]), (0, 0)),
-                       mode="edge")  # fmt: skip
+        image = np.pad(
+            image, ((0, size - image.shape[0]), (0, size - image.shape[1]), (0, 0)), mode="edge"
+        )
     if style.noise:
         image = image + rng.normal(0, style.noise, size=image.shape).astype(np.float32)
     return np.clip(image, 0, 255).astype(np.uint8), cls

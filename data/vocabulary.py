@@ -35,14 +35,27 @@ from pathlib import Path
 from common.errors import UserError
 
 BUILTIN_VOCABULARIES = (
-    "voc20", "voc20b", "pc59", "ade150", "coco171", "synthetic",
+    "voc20",
+    "voc20b",
+    "pc59",
+    "ade150",
+    "coco171",
+    "synthetic",
     # the toy world (data.toy_world): all classes, the seen ones, and every class's aliases
-    "toy", "toy_seen", "toy_aliases",
+    "toy",
+    "toy_seen",
+    "toy_aliases",
     # the mmsegmentation-layout benchmarks, background first (data.catalog)
-    "voc21", "pc60", "coco_object", "cityscapes",
+    "voc21",
+    "pc60",
+    "coco_object",
+    "cityscapes",
     # the remote-sensing benchmarks of VIP (data.catalog), in mmseg's label order
-    "potsdam", "vaihingen", "isaid", "vdd",
-)  # fmt: skip
+    "potsdam",
+    "vaihingen",
+    "isaid",
+    "vdd",
+)
 """Shipped with the package (``data/vocabularies/<name>.txt``)."""
 
 VOCAB_DIR_ENV = "DPSEG_VOCAB_DIR"
@@ -185,9 +198,12 @@ def read_vocabulary_file(
         # `cli.py vip select-aliases`).
         entries = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     return Vocabulary.from_entries(
-        entries, name=path.stem, source=str(path), allow_duplicates=allow_duplicates,
+        entries,
+        name=path.stem,
+        source=str(path),
+        allow_duplicates=allow_duplicates,
         separator=separator,
-    )  # fmt: skip
+    )
 
 
 def vocab_dir() -> Path:
@@ -265,9 +281,12 @@ def load_vocabulary(
     if text in BUILTIN_VOCABULARIES:
         entries = _builtin_path(text).read_text(encoding="utf-8").splitlines()
         return Vocabulary.from_entries(
-            entries, name=text, source=f"builtin:{text}", allow_duplicates=allow_duplicates,
+            entries,
+            name=text,
+            source=f"builtin:{text}",
+            allow_duplicates=allow_duplicates,
             separator=separator,
-        )  # fmt: skip
+        )
     directory = vocab_dir()
     for suffix in (".json", ".txt"):
         candidate = directory / f"{text}{suffix}"

@@ -176,8 +176,13 @@ class CostEmbedding(nn.Module):
     (``model.seeding.paired_conv``).
     """
 
-    def __init__(self, num_templates: int, channels: int, kernel: int = 7,
-                 shared_templates: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        num_templates: int,
+        channels: int,
+        kernel: int = 7,
+        shared_templates: int | None = None,
+    ):
         super().__init__()
         self.num_templates = num_templates
         shared = num_templates if shared_templates is None else shared_templates

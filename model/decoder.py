@@ -114,17 +114,25 @@ class SpatialSelfAttention(nn.Module):
 
 
 class DecoderStage(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, level_channels: int,
-                 guidance_channels: int, use_visual_cost: bool, attention_heads: int,
-                 attention_window: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        level_channels: int,
+        guidance_channels: int,
+        use_visual_cost: bool,
+        attention_heads: int,
+        attention_window: int = 0,
+    ):
         super().__init__()
         self.use_visual_cost = use_visual_cost
         # Each part has its own random stream (model.seeding): with or without F_v, a stage
         # starts from the same weights, the F_v input channel of ``fuse`` aside.
         with part_rng("guidance"):
             self.guidance = nn.Conv2d(level_channels, guidance_channels, 1)
-        fuse = paired_conv("fuse", in_channels + guidance_channels, int(use_visual_cost),
-                           in_channels, 3, padding=1)  # fmt: skip
+        fuse = paired_conv(
+            "fuse", in_channels + guidance_channels, int(use_visual_cost), in_channels, 3, padding=1
+        )
         self.fuse = nn.Sequential(fuse, _norm(in_channels), nn.GELU())
         with part_rng("hdc"):
             self.hdc = HybridDilatedConv(in_channels)

@@ -60,8 +60,14 @@ class DPSegConfig:
         self.visual_levels = tuple(self.visual_levels)
         self.decoder_channels = tuple(self.decoder_channels)
         self.guidance_channels = tuple(self.guidance_channels)
-        check_fields(self, "model.dpseg", prompt_mode=PromptMode, attention=DecoderAttention,
-                     attention_window=">= 1", class_chunk=">= 1")  # fmt: skip
+        check_fields(
+            self,
+            "model.dpseg",
+            prompt_mode=PromptMode,
+            attention=DecoderAttention,
+            attention_window=">= 1",
+            class_chunk=">= 1",
+        )
 
 
 @dataclass
@@ -77,8 +83,13 @@ class DPSegOutput:
 class DPSeg(nn.Module):
     """The trained half of DPSeg. Parts are given in the constructor (docs/design.md §8.1)."""
 
-    def __init__(self, backbone: ClipBackbone, num_templates: int, level_dims: tuple[int, ...],
-                 config: DPSegConfig | None = None):  # fmt: skip
+    def __init__(
+        self,
+        backbone: ClipBackbone,
+        num_templates: int,
+        level_dims: tuple[int, ...],
+        config: DPSegConfig | None = None,
+    ):
         super().__init__()
         self.config = config or DPSegConfig()
         self.backbone = backbone

@@ -36,9 +36,18 @@ from model.labels import class_labels
 log = logging.getLogger(__name__)
 
 SUMMARY_ORDER = (
-    "ade847", "pc459", "ade150", "pc59", "voc20", "voc20b",  # DPSeg's Table 1
-    "voc21", "pc60", "coco-object", "coco171", "cityscapes",  # VIP's tables
-)  # fmt: skip
+    "ade847",
+    "pc459",
+    "ade150",
+    "pc59",
+    "voc20",
+    "voc20b",  # DPSeg's Table 1
+    "voc21",
+    "pc60",
+    "coco-object",
+    "coco171",
+    "cityscapes",  # VIP's tables
+)
 """Summary column order: the paper's Table 1 (A-847, PC-459, A-150, PC-59, PAS-20, PAS-20b),
 then the training-free benchmarks."""
 
@@ -260,9 +269,11 @@ class SegmentationModule(L.LightningModule):
             log.info("%s: %s", dataset, format_metrics(metrics))
             rejection = meta.get("rejection")
             if rejection:  # DPSeg's class early rejection
-                print(f"{dataset}: class early rejection kept {100 * rejection['recall']:.1f}% of "
-                      f"the images' true classes, decoding {rejection['kept_per_image']:.1f} of "
-                      f"{rejection['classes']} classes per image")  # fmt: skip
+                print(
+                    f"{dataset}: class early rejection kept {100 * rejection['recall']:.1f}% of "
+                    f"the images' true classes, decoding {rejection['kept_per_image']:.1f} of "
+                    f"{rejection['classes']} classes per image"
+                )
         order = [d for d in SUMMARY_ORDER if d in rows] + [
             d for d in rows if d not in SUMMARY_ORDER
         ]

@@ -42,19 +42,22 @@ def read_metrics(paths: list[str | os.PathLike]) -> list[dict]:
         keep = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "fwIoU", "pACC")
         try:
             run = json.loads(path.read_text())
-            scores = {k: round(100 * float(run["metrics"][k]), 2) for k in keep
-                      if k in run["metrics"]}  # fmt: skip
+            scores = {
+                k: round(100 * float(run["metrics"][k]), 2) for k in keep if k in run["metrics"]
+            }
         except (OSError, ValueError, KeyError, TypeError):
             raise ModelFileError(
                 f"--metrics {str(path)!r}: not a test record; give the DATASET.run.json that "
                 "cli.py test writes in --model.results_dir"
             ) from None
-        rows.append({
-            "dataset": run.get("dataset", path.stem.removesuffix(".run")),
-            "rounds": run.get("rounds"),
-            **scores,
-            "command": run.get("command"),
-        })  # fmt: skip
+        rows.append(
+            {
+                "dataset": run.get("dataset", path.stem.removesuffix(".run")),
+                "rounds": run.get("rounds"),
+                **scores,
+                "command": run.get("command"),
+            }
+        )
     return rows
 
 

@@ -57,8 +57,15 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # the cosine ends at lr x this
 
     def __post_init__(self) -> None:
-        check_fields(self, "model.optim", lr="> 0", weight_decay=">= 0", encoder_lr_mult=">= 0",
-                     warmup_steps=">= 0", min_lr_ratio=">= 0")  # fmt: skip
+        check_fields(
+            self,
+            "model.optim",
+            lr="> 0",
+            weight_decay=">= 0",
+            encoder_lr_mult=">= 0",
+            warmup_steps=">= 0",
+            min_lr_ratio=">= 0",
+        )
 
 
 @dataclass
@@ -79,8 +86,15 @@ class LossConfig:
     # decoder's first stage, as SED supervises its layers (0: off, and rejection untrained)
 
     def __post_init__(self) -> None:
-        check_fields(self, "model.loss", ignore_mode=IgnoreMode, aux_weight=">= 0",
-                     coarse_weight=">= 0", classes_per_image=">= 1", hard_classes=">= 0")  # fmt: skip
+        check_fields(
+            self,
+            "model.loss",
+            ignore_mode=IgnoreMode,
+            aux_weight=">= 0",
+            coarse_weight=">= 0",
+            classes_per_image=">= 1",
+            hard_classes=">= 0",
+        )
 
 
 def _as(cls, value):
@@ -141,8 +155,9 @@ def sample_classes(
     chosen = score.topk(k, dim=1).indices.sort(dim=1).values
     position = torch.full_like(present, 0, dtype=torch.long)
     position.scatter_(1, chosen, torch.arange(k, device=labels.device).expand_as(chosen))
-    renumbered = torch.where(valid, position.gather(1, torch.where(valid, labels, 0).flatten(1))
-                             .view_as(labels), labels)  # fmt: skip
+    renumbered = torch.where(
+        valid, position.gather(1, torch.where(valid, labels, 0).flatten(1)).view_as(labels), labels
+    )
     return chosen, renumbered
 
 
@@ -161,8 +176,9 @@ def coarse_loss(coarse: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     positive for a class with any pixel of it there (labels (B, H, W), IGNORE_INDEX counts for
     none). What class early rejection's detector learns (``model.rejection``; ours)."""
     valid = labels != IGNORE_INDEX
-    target = torch.zeros(*coarse.shape[:2], *labels.shape[-2:], dtype=coarse.dtype,
-                         device=coarse.device)  # fmt: skip
+    target = torch.zeros(
+        *coarse.shape[:2], *labels.shape[-2:], dtype=coarse.dtype, device=coarse.device
+    )
     target.scatter_(1, labels.clamp(min=0)[:, None], valid[:, None].to(coarse.dtype))
     present = F.adaptive_max_pool2d(target, coarse.shape[-2:])
     return F.binary_cross_entropy_with_logits(coarse, present)
@@ -227,9 +243,16 @@ class DPSegModule(SegmentationModule):
         # hyper-parameters over the command line, and `test --model.inference.rounds 2` on a
         # checkpoint must mean what it says. Plain dicts, not dataclasses: weights_only=True.
         self.save_hyperparameters(
-            ignore=["dpseg", "optim", "loss", "inference", "test_protocol", "results_dir",
-                    "allow_text_only"]
-        )  # fmt: skip
+            ignore=[
+                "dpseg",
+                "optim",
+                "loss",
+                "inference",
+                "test_protocol",
+                "results_dir",
+                "allow_text_only",
+            ]
+        )
         # class_chunk only bounds memory (any value, the same logits): the machine's choice.
         dpseg_saved = {k: v for k, v in asdict(self.dpseg_config).items() if k != "class_chunk"}
         self.hparams.update(
@@ -367,15 +390,18 @@ class DPSegModule(SegmentationModule):
         if count is None or count >= prompts.num_classes:
             out = self.model(images, prompts)
         else:  # each image decodes its own classes; the draw is a function of seed and step
-            generator = torch.Generator().manual_seed(hash((torch.initial_seed(),
-                                                            self.global_step)) % 2**63)  # fmt: skip
+            generator = torch.Generator().manual_seed(
+                hash((torch.initial_seed(), self.global_step)) % 2**63
+            )
             features = self.model.backbone(images)
             hard = self.loss_config.hard_classes
             hardness = self.model.class_scores(features, prompts) if hard else None
-            classes, labels = sample_classes(labels.long(), prompts.num_classes, count, generator,
-                                             hardness, hard)  # fmt: skip
+            classes, labels = sample_classes(
+                labels.long(), prompts.num_classes, count, generator, hardness, hard
+            )
             out = self.model.decode_classes(
-                images.shape[-2:], features, [prompts] * len(images), list(classes))  # fmt: skip
+                images.shape[-2:], features, [prompts] * len(images), list(classes)
+            )
         bce = bce_loss(out.logits, labels, self.loss_config.ignore_mode)
         loss = bce
         if self.loss_config.aux_weight > 0:
@@ -436,8 +462,9 @@ class DPSegModule(SegmentationModule):
             raise _regions_without_truth()
 
         def logits(x: torch.Tensor) -> torch.Tensor:
-            regions = F.interpolate(truth.to(x.device)[None, None].float(), size=x.shape[-2:],
-                                    mode="nearest")[:, 0].long()  # fmt: skip
+            regions = F.interpolate(
+                truth.to(x.device)[None, None].float(), size=x.shape[-2:], mode="nearest"
+            )[:, 0].long()
             return self.segmenter(x, prompts, background, regions.expand(len(x), -1, -1))
 
         return self.protocol()(logits, image)
@@ -454,8 +481,9 @@ class DPSegModule(SegmentationModule):
         present = truth.unique().cpu()
         present = present[(present >= 0) & (present < len(kept))]
         counts = self._rejection.setdefault(dataset, [0] * 5)
-        for i, n in enumerate((1, len(present), int(kept[present].sum()), int(kept.sum()),
-                               len(kept))):  # fmt: skip
+        for i, n in enumerate(
+            (1, len(present), int(kept[present].sum()), int(kept.sum()), len(kept))
+        ):
             counts[i] += n  # images, true classes, kept true classes, kept classes, classes
 
     def on_test_start(self) -> None:

@@ -47,22 +47,32 @@ def trainer_defaults() -> dict:
     kinds = ("TensorBoardLogger", "CSVLogger") if available("tensorboard") else ("CSVLogger",)
     return {
         "logger": [
-            {"class_path": f"lightning.pytorch.loggers.{kind}",
-             "init_args": {"save_dir": "runs", "name": METHOD_LOGS}}
+            {
+                "class_path": f"lightning.pytorch.loggers.{kind}",
+                "init_args": {"save_dir": "runs", "name": METHOD_LOGS},
+            }
             for kind in kinds
         ],
-    }  # fmt: skip
+    }
 
 
 CALLBACKS = [
-        {"class_path": "model.progress.StepProgressBar"},
-        {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
-         "init_args": {"logging_interval": "step"}},
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"save_last": True, "monitor": "val/mIoU", "mode": "max",
-                       "filename": "step{step}-miou{val/mIoU:.4f}",
-                       "auto_insert_metric_name": False}},
-    ]  # fmt: skip
+    {"class_path": "model.progress.StepProgressBar"},
+    {
+        "class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
+        "init_args": {"logging_interval": "step"},
+    },
+    {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {
+            "save_last": True,
+            "monitor": "val/mIoU",
+            "mode": "max",
+            "filename": "step{step}-miou{val/mIoU:.4f}",
+            "auto_insert_metric_name": False,
+        },
+    },
+]
 
 
 class SaveConfigToLogs(SaveConfigCallback):
@@ -116,8 +126,11 @@ class StopOnInterrupt(Callback):
         if not self.stopping:
             return
         checkpoints = trainer.checkpoint_callback
-        folder = Path(checkpoints.dirpath) if checkpoints and checkpoints.dirpath else Path(
-            trainer.log_dir or trainer.default_root_dir) / "checkpoints"  # fmt: skip
+        folder = (
+            Path(checkpoints.dirpath)
+            if checkpoints and checkpoints.dirpath
+            else Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+        )
         self.saved = (folder / "interrupted.ckpt").absolute()
         trainer.save_checkpoint(self.saved)  # every rank calls it (a barrier); rank 0 writes
 
@@ -182,8 +195,10 @@ class SegmentationCLI(LightningCLI):
                     log.warning(
                         "--model.%s %s is replaced by the checkpoint's %s: a checkpoint fixes "
                         "the network it holds (drop the setting, or fit a model with it)",
-                        key, given[key], value,
-                    )  # fmt: skip
+                        key,
+                        given[key],
+                        value,
+                    )
 
     def fit(self, model, **kwargs) -> None:
         if not model.trainable:
@@ -220,8 +235,11 @@ class SegmentationCLI(LightningCLI):
             getattr(self.trainer, name)(**kwargs)
         except SystemExit as e:
             if e.code == 1 and self.interruption.signal is not None:
-                lost = ("stopped at once: nothing since the last checkpoint was saved" if
-                        name == "fit" else "no results were written")  # fmt: skip
+                lost = (
+                    "stopped at once: nothing since the last checkpoint was saved"
+                    if name == "fit"
+                    else "no results were written"
+                )
                 raise UserError(
                     f"{name} interrupted by {self.interruption.signal}: {lost}; run the same "
                     "command again"

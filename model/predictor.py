@@ -248,8 +248,15 @@ def expand_images(specs: list[str]) -> list[Path]:
     return paths
 
 
-def write_prediction(out: Path, stem: str, image: np.ndarray, labels: np.ndarray,
-                     vocabulary: Vocabulary, sources: dict[str, str], source: str) -> dict:  # fmt: skip
+def write_prediction(
+    out: Path,
+    stem: str,
+    image: np.ndarray,
+    labels: np.ndarray,
+    vocabulary: Vocabulary,
+    sources: dict[str, str],
+    source: str,
+) -> dict:
     """``stem.png`` (label ids: 8-bit, 16-bit when K > 256), ``stem_overlay.png``, ``stem.json``."""
     from PIL import Image
 
@@ -266,10 +273,16 @@ def write_prediction(out: Path, stem: str, image: np.ndarray, labels: np.ndarray
     counts = np.bincount(labels.ravel(), minlength=k)
     total = int(labels.size)
     classes = [
-        {"id": int(c), "name": vocabulary.names[c], "pixels": int(counts[c]),
-         "fraction": round(float(counts[c]) / total, 6), "prompt": sources.get(vocabulary.names[c])}
-        for c in np.argsort(-counts, kind="stable") if counts[c] > 0
-    ]  # fmt: skip
+        {
+            "id": int(c),
+            "name": vocabulary.names[c],
+            "pixels": int(counts[c]),
+            "fraction": round(float(counts[c]) / total, 6),
+            "prompt": sources.get(vocabulary.names[c]),
+        }
+        for c in np.argsort(-counts, kind="stable")
+        if counts[c] > 0
+    ]
     record = {
         "image": source,
         "height": int(labels.shape[0]),
@@ -290,8 +303,9 @@ class NoReadableImageError(UserError):
     """Every input image was unreadable: nothing to segment (a user error, exit status 2)."""
 
 
-def predict_images(predictor: Predictor, paths: list[Path], out: str | os.PathLike,
-                   progress: bool = True) -> dict:  # fmt: skip
+def predict_images(
+    predictor: Predictor, paths: list[Path], out: str | os.PathLike, progress: bool = True
+) -> dict:
     """Segment every image; an unreadable one is reported and skipped. Returns a summary.
 
     An image that does not decode, or is a decompression bomb, is skipped (``summary["skipped"]``
@@ -327,8 +341,11 @@ def predict_images(predictor: Predictor, paths: list[Path], out: str | os.PathLi
                     continue
                 stems.add(stem)
                 labels = predictor.predict(image)
-                written.append(write_prediction(out, stem, image, labels, predictor.vocabulary,
-                                                predictor.sources, str(path)))  # fmt: skip
+                written.append(
+                    write_prediction(
+                        out, stem, image, labels, predictor.vocabulary, predictor.sources, str(path)
+                    )
+                )
                 bar.advance()
         except (KeyboardInterrupt, Interrupted) as e:  # Ctrl-C, SIGTERM: what is written
             # stays, and summary.json says so

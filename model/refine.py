@@ -83,10 +83,19 @@ class RefineConfig:
         return self.rejection_threshold is not None or self.rejection_top_k is not None
 
     def __post_init__(self) -> None:
-        check_fields(self, "model.inference", rounds=Literal[1, 2], crop_policy=CropPolicy,
-                     min_area="in [0, 1)", crop_margin=">= 0",
-                     crop_size=">= 32", max_classes=">= 1", rejection_threshold="in (0, 1)",
-                     rejection_top_k=">= 1", rejection_max_classes=">= 1")  # fmt: skip
+        check_fields(
+            self,
+            "model.inference",
+            rounds=Literal[1, 2],
+            crop_policy=CropPolicy,
+            min_area="in [0, 1)",
+            crop_margin=">= 0",
+            crop_size=">= 32",
+            max_classes=">= 1",
+            rejection_threshold="in (0, 1)",
+            rejection_top_k=">= 1",
+            rejection_max_classes=">= 1",
+        )
 
 
 def background_class(names: list[str]) -> int | None:
@@ -205,9 +214,12 @@ class TwoRoundSegmenter(nn.Module):
                 "taught it where classes are; set both to null, or fine-tune it first"
             )
         first, kept = self.model.forward_kept(
-            images, prompts, config.rejection_threshold, config.rejection_top_k,
+            images,
+            prompts,
+            config.rejection_threshold,
+            config.rejection_top_k,
             config.rejection_max_classes,
-        )  # fmt: skip
+        )
         mask = torch.zeros(prompts.num_classes, dtype=torch.bool)
         for ids in kept:
             mask[ids.cpu()] = True
@@ -293,10 +305,14 @@ class TwoRoundSegmenter(nn.Module):
             if features is None:
                 raise ValueError("crop_policy='pooled-own' pools round I's features: pass them")
             return [
-                _pool_masks(labels[b], c, features.dense[b : b + 1],
-                            [lv[b : b + 1] for lv in features.levels])
+                _pool_masks(
+                    labels[b],
+                    c,
+                    features.dense[b : b + 1],
+                    [lv[b : b + 1] for lv in features.levels],
+                )
                 for b, c in enumerate(classes)
-            ]  # fmt: skip
+            ]
         size = (self._crop_size(),) * 2
         crops = [
             crop

@@ -181,9 +181,11 @@ def cached_copy_is_whole(target: Path, raw: bytes) -> bool:
 
 
 def pull_model(
-    url: str, to: str | os.PathLike | None = None, storage_options: dict | None = None,
+    url: str,
+    to: str | os.PathLike | None = None,
+    storage_options: dict | None = None,
     progress=True,
-) -> dict:  # fmt: skip
+) -> dict:
     """Download a shared model into ``to`` or the cache (keyed by content), its weights checked.
 
     Returns {"path", "downloaded" (bytes; 0: it was there), "key"}.
@@ -228,8 +230,12 @@ def pull_model(
         staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
         try:
-            with ProgressBar("pull", int(fs.size(f"{base}/{weights['file']}") or 0),
-                             unit="bytes", enabled=progress) as bar:  # fmt: skip
+            with ProgressBar(
+                "pull",
+                int(fs.size(f"{base}/{weights['file']}") or 0),
+                unit="bytes",
+                enabled=progress,
+            ) as bar:
                 found = _download(fs, f"{base}/{weights['file']}", staging / weights["file"], bar)
             if found != weights["sha256"]:
                 raise ModelFileError(

@@ -57,8 +57,12 @@ def _register_timm_architectures() -> None:
         mean of the dense features DPSeg reads (docs/toy_world.md)."""
         from timm.models.convnext import _create_convnext
 
-        args = {"depths": (1, 1, 2, 1), "dims": (24, 48, 96, 192), "ls_init_value": None,
-                "head_norm_first": True}  # fmt: skip
+        args = {
+            "depths": (1, 1, 2, 1),
+            "dims": (24, 48, 96, 192),
+            "ls_init_value": None,
+            "head_norm_first": True,
+        }
         return _create_convnext("convnext_atto", pretrained=False, **args, **kwargs)
 
 

@@ -162,9 +162,13 @@ def _folder_encoder(name: str, config_path: Path, **fields) -> EncoderPreset:
     folder = config_path.parent
     license_ = _card_license(folder) or "unknown (not in the model's files: see its model card)"
     return _encoder(
-        name, model_cfg, config.get("preprocess_cfg", {}), location=str(folder),
-        license=license_, **fields,
-    )  # fmt: skip
+        name,
+        model_cfg,
+        config.get("preprocess_cfg", {}),
+        location=str(folder),
+        license=license_,
+        **fields,
+    )
 
 
 def resolve_encoder(name: str | EncoderPreset) -> EncoderPreset:
@@ -189,9 +193,13 @@ def resolve_encoder(name: str | EncoderPreset) -> EncoderPreset:
             "a folder (--encoder DIR)",
         )
         return _folder_encoder(
-            name, path, arch=f"{HF_HUB}{repo}", pretrained="hf-hub", origin="hf-hub",
+            name,
+            path,
+            arch=f"{HF_HUB}{repo}",
+            pretrained="hf-hub",
+            origin="hf-hub",
             revision=snapshot_revision(path) or revision,
-        )  # fmt: skip
+        )
     folder = Path(name.removeprefix(LOCAL_DIR)).expanduser()
     if name.startswith(LOCAL_DIR) or folder.is_dir():
         if not (folder / "open_clip_config.json").is_file():
@@ -206,9 +214,12 @@ def resolve_encoder(name: str | EncoderPreset) -> EncoderPreset:
                 "open_clip's push_to_hf_hub writes them)"
             )
         return _folder_encoder(
-            name, folder / "open_clip_config.json", arch=f"{LOCAL_DIR}{folder.resolve()}",
-            pretrained="local-dir", origin="local-dir",
-        )  # fmt: skip
+            name,
+            folder / "open_clip_config.json",
+            arch=f"{LOCAL_DIR}{folder.resolve()}",
+            pretrained="local-dir",
+            origin="local-dir",
+        )
     model, colon, tag = name.partition(":")
     if colon:
         import open_clip
@@ -218,9 +229,14 @@ def resolve_encoder(name: str | EncoderPreset) -> EncoderPreset:
             model_cfg = open_clip.get_model_config(model) or {}
             hub = (pretrained.get("hf_hub") or "").rstrip("/")
             return _encoder(
-                name, model_cfg, pretrained, arch=model, pretrained=tag, origin="open_clip",
+                name,
+                model_cfg,
+                pretrained,
+                arch=model,
+                pretrained=tag,
+                origin="open_clip",
                 license=f"see the model card of {hub or model}",
-            )  # fmt: skip
+            )
     hint = ""
     if "/" in name and not folder.exists():
         hint = f"; a hub repository is written hf-hub:{name}"
@@ -292,8 +308,10 @@ def resolve_generator(name: str | GeneratorPreset) -> GeneratorPreset:
                 f"--generator {name!r}: the folder has no model_index.json (a diffusers "
                 "pipeline folder, as save_pretrained or hf download writes it)"
             )
-        parts = [_read_json(folder / f, name) for f in ("model_index.json",
-                 "unet/config.json", "vae/config.json")]  # fmt: skip
+        parts = [
+            _read_json(folder / f, name)
+            for f in ("model_index.json", "unet/config.json", "vae/config.json")
+        ]
         license_ = _card_license(folder) or "unknown (not in the model's files: see its model card)"
         return _generator(
             name, *parts, model_id=str(folder.resolve()), origin="local-dir", license=license_
@@ -301,15 +319,20 @@ def resolve_generator(name: str | GeneratorPreset) -> GeneratorPreset:
     repo, revision = split_revision(name)
     if re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
         what, option = f"--generator {name!r}", "a folder (--generator DIR)"
-        files = [_hub_config(repo, revision, f, what, option)
-                 for f in ("model_index.json", "unet/config.json", "vae/config.json")]  # fmt: skip
+        files = [
+            _hub_config(repo, revision, f, what, option)
+            for f in ("model_index.json", "unet/config.json", "vae/config.json")
+        ]
         parts = [_read_json(f, name) for f in files]
         license_ = _card_license(files[0].parent)
         return _generator(
-            name, *parts, model_id=repo, origin="hub",
+            name,
+            *parts,
+            model_id=repo,
+            origin="hub",
             revision=snapshot_revision(files[0]) or revision,
             license=license_ or f"see the model card of {repo}",
-        )  # fmt: skip
+        )
     raise PresetError(
         f"--generator {name!r} is not {GENERATOR_FORMS}" + closest(name, list(GENERATORS))
     )

@@ -90,8 +90,9 @@ def render_pool(
             else:
                 template = templates[int(rng.integers(len(templates)))]
                 caption = template.format(names[int(rng.integers(len(names)))])
-            images[i], _ = render_prompt(caption, seed=int(rng.integers(2**31)), size=size,
-                                         distractors=distractors)  # fmt: skip
+            images[i], _ = render_prompt(
+                caption, seed=int(rng.integers(2**31)), size=size, distractors=distractors
+            )
         captions.append(caption)
         labels[i] = label
         if progress is not None:
@@ -119,8 +120,14 @@ def render_scenes(
     for i in range(count):
         images[i], labels[i] = render_scene(config, "test", i)
         rng = np.random.default_rng(np.random.SeedSequence((seed, 13, i)))
-        captions.append([templates[int(rng.integers(len(templates)))].format(
-            names[int(rng.integers(len(names)))]) for names in classes])  # fmt: skip
+        captions.append(
+            [
+                templates[int(rng.integers(len(templates)))].format(
+                    names[int(rng.integers(len(names)))]
+                )
+                for names in classes
+            ]
+        )
         if progress is not None:
             progress(1)
     return images, labels, captions
@@ -245,8 +252,9 @@ def pretrain(
 
     from common.progress import ProgressBar
 
-    rendering = ProgressBar("rendering captioned pictures", config.pool, unit="pictures",
-                         enabled=progress)  # fmt: skip
+    rendering = ProgressBar(
+        "rendering captioned pictures", config.pool, unit="pictures", enabled=progress
+    )
     with rendering as bar:
         images, captions, labels = render_pool(
             config.pool,
@@ -284,8 +292,9 @@ def pretrain(
         rng = np.random.default_rng(config.seed)
         labels_t = torch.from_numpy(labels)
         trainee.train()
-        bar.update(label=f"pretraining {preset_name}", total=config.steps, unit="steps",
-                   restart=True)  # fmt: skip
+        bar.update(
+            label=f"pretraining {preset_name}", total=config.steps, unit="steps", restart=True
+        )
         loss_avg = None
         for _ in range(config.steps):
             idx = rng.choice(config.pool, size=config.batch_size, replace=False)
@@ -301,13 +310,16 @@ def pretrain(
             if scene_batch:
                 pick = rng.choice(config.scene_pool, size=scene_batch, replace=False)
                 regions, owner, cls = region_embeddings(
-                    dense_of(_to_tensor(scenes[pick])).dense, scene_labels_t[pick],
-                    len(world_classes()))  # fmt: skip
+                    dense_of(_to_tensor(scenes[pick])).dense,
+                    scene_labels_t[pick],
+                    len(world_classes()),
+                )
                 regions = modality_embedding(regions, gap, "image")
                 said = [scene_captions[int(pick[o])][int(c)] for o, c in zip(owner, cls)]
                 region_text = modality_embedding(trainee.encode_text(tokenizer(said)), gap, "text")
-                loss = loss + config.scene_weight * contrastive_loss(regions, region_text, cls,
-                                                                     scale)  # fmt: skip
+                loss = loss + config.scene_weight * contrastive_loss(
+                    regions, region_text, cls, scale
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

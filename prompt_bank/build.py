@@ -566,8 +566,9 @@ def _build_bank(config: BuildConfig, location: str) -> BuildSummary:
         start_time = time.perf_counter()
         built, skipped = 0, 0
         label = "bank items" if world == 1 else f"bank items (rank 0 of {world})"
-        progress = ProgressBar(label, total_items, unit="items",
-                               enabled=config.progress and rank == 0, transient=False)  # fmt: skip
+        progress = ProgressBar(
+            label, total_items, unit="items", enabled=config.progress and rank == 0, transient=False
+        )
         try:
             with progress as bar:
                 for shard in shards:

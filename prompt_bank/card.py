@@ -65,9 +65,28 @@ def _front_matter(attrs: dict) -> str:
 
 
 def _model_rows(kind: str, record: dict) -> list[str]:
-    keys = ("preset", "model_id", "family", "arch", "pretrained", "revision", "scheduler", "steps",
-            "guidance", "height", "width", "image_size", "levels", "embed_dim", "level_dims",
-            "base_seed", "dtype", "device_type", "autocast", "fingerprint")  # fmt: skip
+    keys = (
+        "preset",
+        "model_id",
+        "family",
+        "arch",
+        "pretrained",
+        "revision",
+        "scheduler",
+        "steps",
+        "guidance",
+        "height",
+        "width",
+        "image_size",
+        "levels",
+        "embed_dim",
+        "level_dims",
+        "base_seed",
+        "dtype",
+        "device_type",
+        "autocast",
+        "fingerprint",
+    )
     rows = [f"| {k} | `{record[k]}` |" for k in keys if k in record and record[k] is not None]
     rows.append(f"| licence | {_licence(kind, record)} |")
     return ["| field | value |", "|---|---|", *rows]
@@ -133,8 +152,13 @@ def bank_card(attrs: dict) -> str:
     ]
     provenance = attrs.get("provenance")
     if provenance:
-        out += ["", "## Provenance", "", "| classes | from | content key | created |",
-                "|---|---|---|---|"]  # fmt: skip
+        out += [
+            "",
+            "## Provenance",
+            "",
+            "| classes | from | content key | created |",
+            "|---|---|---|---|",
+        ]
         for source in provenance:
             rows = source["rows"]
             span = f"{rows[0]}-{rows[-1]}" if rows else "-"

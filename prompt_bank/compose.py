@@ -20,17 +20,41 @@ from prompt_bank.share import staged_output
 from prompt_bank.store import Bank, open_group
 
 # What must agree for two banks' items to be interchangeable, bit for bit.
-SAME_GENERATOR = ("preset", "model_id", "revision", "scheduler", "steps", "guidance", "height",
-                  "width", "base_seed", "dtype", "device_type", "fingerprint")  # fmt: skip
-SAME_ENCODER = ("preset", "arch", "pretrained", "image_size", "levels", "embed_dim",
-                "level_dims", "autocast", "fingerprint")  # fmt: skip
+SAME_GENERATOR = (
+    "preset",
+    "model_id",
+    "revision",
+    "scheduler",
+    "steps",
+    "guidance",
+    "height",
+    "width",
+    "base_seed",
+    "dtype",
+    "device_type",
+    "fingerprint",
+)
+SAME_ENCODER = (
+    "preset",
+    "arch",
+    "pretrained",
+    "image_size",
+    "levels",
+    "embed_dim",
+    "level_dims",
+    "autocast",
+    "fingerprint",
+)
 SAME_BUILD = ("batch_size", "cpu_threads", "keep_images", "level_dtype")
 
 
 def _differences(a: Bank, b: Bank) -> list[str]:
     out = []
-    for section, keys in (("generator", SAME_GENERATOR), ("encoder", SAME_ENCODER),
-                          ("build", SAME_BUILD)):  # fmt: skip
+    for section, keys in (
+        ("generator", SAME_GENERATOR),
+        ("encoder", SAME_ENCODER),
+        ("build", SAME_BUILD),
+    ):
         x, y = a.attrs[section], b.attrs[section]
         out += [
             f"{section}.{k}: {x.get(k)!r} vs {y.get(k)!r}" for k in keys if x.get(k) != y.get(k)
@@ -131,8 +155,9 @@ def write_bank(
     provenance: list[dict] = []
     for row, (bank, i) in enumerate(sources):
         origin = _origin(bank, i)
-        entry = next((p for p in provenance if {**p, "rows": None} == {**origin, "rows": None}),
-                     None)  # fmt: skip
+        entry = next(
+            (p for p in provenance if {**p, "rows": None} == {**origin, "rows": None}), None
+        )
         if entry is None:
             provenance.append(entry := {**origin, "rows": []})
         entry["rows"].append(row)

@@ -52,10 +52,26 @@ def _settings(attrs: dict) -> tuple:
     """What makes two banks' prompts comparable: templates, images per prompt, the generator's
     settings (preset, fingerprint, steps, guidance, size, seed) and the encoder's."""
     g, e = attrs.get("generator") or {}, attrs.get("encoder") or {}
-    generator = tuple(g.get(k) for k in ("preset", "fingerprint", "scheduler", "steps",
-                                         "guidance", "height", "width", "base_seed"))  # fmt: skip
-    return (tuple(attrs.get("templates") or ()), attrs.get("images_per_prompt"), generator,
-            e.get("preset"), e.get("fingerprint"))  # fmt: skip
+    generator = tuple(
+        g.get(k)
+        for k in (
+            "preset",
+            "fingerprint",
+            "scheduler",
+            "steps",
+            "guidance",
+            "height",
+            "width",
+            "base_seed",
+        )
+    )
+    return (
+        tuple(attrs.get("templates") or ()),
+        attrs.get("images_per_prompt"),
+        generator,
+        e.get("preset"),
+        e.get("fingerprint"),
+    )
 
 
 def cached_banks(bank: Bank) -> list[Bank]:

@@ -72,49 +72,86 @@ def clip_tokenizer(context_length: int = 77):
     )
 
 
-_CLIP_TOKENS = {"vocab_size": 49408, "max_position_embeddings": 77, "bos_token_id": 49406,
-                "eos_token_id": 49407, "pad_token_id": 49407}  # fmt: skip
+_CLIP_TOKENS = {
+    "vocab_size": 49408,
+    "max_position_embeddings": 77,
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 49407,
+}
 
 # Architectures of the random-weight pipelines: the tiny one, and the real presets' (their
 # configs on the hub, written out so full-size speed can be measured with no download).
 ARCHITECTURES = {
     "tiny-sd": {
-        "unet": {"layers_per_block": 1, "block_out_channels": (32, 64), "cross_attention_dim": 32,
-                 "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-                 "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"), "attention_head_dim": 8},
+        "unet": {
+            "layers_per_block": 1,
+            "block_out_channels": (32, 64),
+            "cross_attention_dim": 32,
+            "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+            "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+            "attention_head_dim": 8,
+        },
         # 4 blocks: the VAE downsamples by 8 as in SD
         "vae": {"block_out_channels": (8, 16, 32, 32), "layers_per_block": 1, "norm_num_groups": 8},
-        "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                 "num_attention_heads": 4, "projection_dim": 32},
+        "text": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "projection_dim": 32,
+        },
     },
     "sd15": {
         "unet": {"cross_attention_dim": 768, "attention_head_dim": 8},  # the rest: defaults
         "vae": {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2},
-        "text": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                 "num_attention_heads": 12, "projection_dim": 768, "hidden_act": "quick_gelu"},
+        "text": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "projection_dim": 768,
+            "hidden_act": "quick_gelu",
+        },
     },
     "sd21": {
-        "unet": {"cross_attention_dim": 1024, "attention_head_dim": (5, 10, 20, 20),
-                 "use_linear_projection": True},
+        "unet": {
+            "cross_attention_dim": 1024,
+            "attention_head_dim": (5, 10, 20, 20),
+            "use_linear_projection": True,
+        },
         "vae": {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2},
-        "text": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23,
-                 "num_attention_heads": 16, "projection_dim": 512, "hidden_act": "gelu"},
+        "text": {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 23,
+            "num_attention_heads": 16,
+            "projection_dim": 512,
+            "hidden_act": "gelu",
+        },
     },
-}  # fmt: skip
+}
 ARCHITECTURES["sd-turbo"] = ARCHITECTURES["sd21"]
 # (ours) SDXL's structure at the tiny scale: two text towers whose hidden states are
 # concatenated (32 + 32 = the UNet's cross-attention width 64), the second one's pooled
 # projection (32) and the 6 size/crop ids (6 x 8) in the "text_time" embedding: 80.
 ARCHITECTURES["tiny-sdxl"] = {
-    "unet": {"layers_per_block": 1, "block_out_channels": (32, 64), "cross_attention_dim": 64,
-             "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-             "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"), "attention_head_dim": (2, 4),
-             "use_linear_projection": True, "addition_embed_type": "text_time",
-             "addition_time_embed_dim": 8, "transformer_layers_per_block": (1, 2),
-             "projection_class_embeddings_input_dim": 80},
+    "unet": {
+        "layers_per_block": 1,
+        "block_out_channels": (32, 64),
+        "cross_attention_dim": 64,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "attention_head_dim": (2, 4),
+        "use_linear_projection": True,
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": 8,
+        "transformer_layers_per_block": (1, 2),
+        "projection_class_embeddings_input_dim": 80,
+    },
     "vae": ARCHITECTURES["tiny-sd"]["vae"],
     "text": ARCHITECTURES["tiny-sd"]["text"],
-}  # fmt: skip
+}
 
 
 def _random_pipeline(preset: GeneratorPreset, seed: int):
@@ -150,8 +187,13 @@ def _random_pipeline(preset: GeneratorPreset, seed: int):
             parts = build()
     scheduler_name = "DDIMScheduler" if preset.scheduler == "default" else preset.scheduler
     scheduler = getattr(diffusers, scheduler_name).from_config(SD_SCHEDULE)
-    common = {"vae": parts["vae"], "text_encoder": parts["text"], "tokenizer": clip_tokenizer(),
-              "unet": parts["unet"], "scheduler": scheduler}  # fmt: skip
+    common = {
+        "vae": parts["vae"],
+        "text_encoder": parts["text"],
+        "tokenizer": clip_tokenizer(),
+        "unet": parts["unet"],
+        "scheduler": scheduler,
+    }
     pipeline_class = getattr(diffusers, family.pipeline_class)
     pipeline = pipeline_class(**common, **family.random_pipeline_parts(parts))
     pipeline.set_progress_bar_config(disable=True)

@@ -241,9 +241,12 @@ def _download(remote: Bank, url: str, staging: Path, options: dict, progress: bo
 
         repo, revision = bank_hub_repo(url)
         snapshot_download(
-            repo, repo_type="dataset", revision=revision, local_dir=str(staging),
+            repo,
+            repo_type="dataset",
+            revision=revision,
+            local_dir=str(staging),
             allow_patterns=keys,
-        )  # fmt: skip
+        )
     else:
         fs, base = filesystem(url, options)
         with ProgressBar("pull", contents["bytes"], unit="bytes", enabled=progress) as bar:

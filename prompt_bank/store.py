@@ -81,9 +81,12 @@ def _remote_failures() -> tuple[type[BaseException], ...]:
         pass
     import importlib
 
-    for module, name in (("httpx", "HTTPError"), ("httpx2", "HTTPError"),
-                         ("huggingface_hub.errors", "HfHubHTTPError"),
-                         ("huggingface_hub.errors", "OfflineModeIsEnabled")):  # fmt: skip
+    for module, name in (
+        ("httpx", "HTTPError"),
+        ("httpx2", "HTTPError"),
+        ("huggingface_hub.errors", "HfHubHTTPError"),
+        ("huggingface_hub.errors", "OfflineModeIsEnabled"),
+    ):
         # the hub's client (huggingface_hub 1.x uses httpx; 2.x httpx2)
         with contextlib.suppress(ImportError, AttributeError):
             types.append(getattr(importlib.import_module(module), name))
@@ -97,9 +100,12 @@ def _local_storage_error(error: OSError) -> bool:
     if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS):
         return True
     name = error.filename
-    return error.errno in (errno.EACCES, errno.EPERM) and bool(name) and not is_url(str(name)) and (
-        os.path.exists(os.path.dirname(str(name)) or ".")
-    )  # fmt: skip
+    return (
+        error.errno in (errno.EACCES, errno.EPERM)
+        and bool(name)
+        and not is_url(str(name))
+        and (os.path.exists(os.path.dirname(str(name)) or "."))
+    )
 
 
 @contextlib.contextmanager

@@ -45,8 +45,12 @@ class StepMemory(Callback):
         peak = peak_memory_mb(self.device)
         params = list(pl_module.parameters())
         trainable = [p for p in params if p.requires_grad]
-        state = [v for s in trainer.optimizers[0].state.values() for v in s.values()
-                 if torch.is_tensor(v) and v.numel() > 1]  # fmt: skip
+        state = [
+            v
+            for s in trainer.optimizers[0].state.values()
+            for v in s.values()
+            if torch.is_tensor(v) and v.numel() > 1
+        ]
         encoder = getattr(pl_module, "prompt_encoder", None)  # DPSeg's frozen CLIP (not a child)
         frozen = list(encoder.parameters()) if encoder is not None else []
         mb = 2**20

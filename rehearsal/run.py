@@ -36,8 +36,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATORS = ("sd15", "sd21", "sd-turbo", "stabilityai/sdxl-turbo")
-DPSEG = {"convnext-b-laion": "dpseg_convnext_b", "convnext-l-laion": "dpseg_convnext_l",
-         "vit-b16-openai": "dpseg_vit_b"}  # fmt: skip
+DPSEG = {
+    "convnext-b-laion": "dpseg_convnext_b",
+    "convnext-l-laion": "dpseg_convnext_l",
+    "vit-b16-openai": "dpseg_vit_b",
+}
 
 
 def encoder_name(preset: str, scale: str) -> str:
@@ -67,8 +70,12 @@ def generator_row(name: str, home: Path, scale: str) -> dict:
     start = time.perf_counter()
     config = BuildConfig(
         vocabulary=Vocabulary.from_entries(["cat"], name="rehearsal"),
-        templates=["a photo of a {}."], generator=name, encoder=encoder, steps=1, progress=False,
-    )  # fmt: skip
+        templates=["a photo of a {}."],
+        generator=name,
+        encoder=encoder,
+        steps=1,
+        progress=False,
+    )
     models = BankModels(config, torch.device("cpu"))
     load = time.perf_counter() - start
     start = time.perf_counter()
@@ -76,8 +83,12 @@ def generator_row(name: str, home: Path, scale: str) -> dict:
     item = time.perf_counter() - start
     assert torch.isfinite(encoding.embedding).all(), "non-finite embedding"
     levels = " ".join("x".join(map(str, f.shape[1:])) for f in encoding.levels)
-    return {"load_s": load, "work_s": item, "what": "1 bank item, 1 step",
-            "shapes": f"image {'x'.join(map(str, images.shape[1:]))}; levels {levels}"}  # fmt: skip
+    return {
+        "load_s": load,
+        "work_s": item,
+        "what": "1 bank item, 1 step",
+        "shapes": f"image {'x'.join(map(str, images.shape[1:]))}; levels {levels}",
+    }
 
 
 def fake_coco_stuff(root: Path, images: int = 2, side: int = 800) -> None:
@@ -103,8 +114,13 @@ def cli(args: list[str], env: dict, log: Path) -> float:
     with open(log, "a") as f:
         f.write(f"\n$ cli.py {' '.join(args)}\n")
         f.flush()
-        result = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], env=env,
-                                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "cli.py"), *args],
+            env=env,
+            cwd=ROOT,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     if result.returncode != 0:
         tail = log.read_text()[-3000:]
         raise SystemExit(
@@ -123,37 +139,94 @@ def dpseg_row(encoder: str, home: Path, scale: str) -> dict:
     cli(["data", "prepare", "coco171", "--root", str(work / "datasets"), "--quiet"], env, log)
     name = encoder_name(encoder, scale)
     bank = work / "coco171.zarr"
-    bank_s = cli(["bank", "build", "--vocab", "coco171", "--templates", "imagenet80:1",
-                  "--generator", "toy-render", "--encoder", name, "--out", str(bank),
-                  "--quiet"], env, log)  # fmt: skip
+    bank_s = cli(
+        [
+            "bank",
+            "build",
+            "--vocab",
+            "coco171",
+            "--templates",
+            "imagenet80:1",
+            "--generator",
+            "toy-render",
+            "--encoder",
+            name,
+            "--out",
+            str(bank),
+            "--quiet",
+        ],
+        env,
+        log,
+    )
     overlay = {
-        "trainer": {"accelerator": "cpu", "devices": 1, "strategy": "auto",
-                    "precision": "32-true", "max_steps": 1, "limit_val_batches": 0,
-                    "logger": False, "default_root_dir": str(work / "runs"),
-                    "enable_progress_bar": False},
-        "data": {"root": str(work / "datasets"), "batch_size": 1, "num_workers": 0,
-                 "train": {"dataset": "coco171:train", "bank": str(bank)},
-                 "val": [], "test": [{"dataset": "coco171", "bank": str(bank)}]},
-    }  # fmt: skip
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "strategy": "auto",
+            "precision": "32-true",
+            "max_steps": 1,
+            "limit_val_batches": 0,
+            "logger": False,
+            "default_root_dir": str(work / "runs"),
+            "enable_progress_bar": False,
+        },
+        "data": {
+            "root": str(work / "datasets"),
+            "batch_size": 1,
+            "num_workers": 0,
+            "train": {"dataset": "coco171:train", "bank": str(bank)},
+            "val": [],
+            "test": [{"dataset": "coco171", "bank": str(bank)}],
+        },
+    }
     if scale == "reduced":  # the tiny architectures' own input size
         overlay["model"] = {"encoder": name, "test_protocol": "resize:128"}
         overlay["data"]["crop"] = 128
     (work / "overlay.yaml").write_text(yaml.safe_dump(overlay))
-    config = ["--config", str(ROOT / "configs" / f"{DPSEG[encoder]}.yaml"),
-              "--config", str(work / "overlay.yaml")]  # fmt: skip
+    config = [
+        "--config",
+        str(ROOT / "configs" / f"{DPSEG[encoder]}.yaml"),
+        "--config",
+        str(work / "overlay.yaml"),
+    ]
     memory = work / "step_memory.json"
-    fit_s = cli(["fit", *config, "--trainer.callbacks+=rehearsal.memory.StepMemory",
-                 "--trainer.callbacks.init_args.out", str(memory)], env, log)  # fmt: skip
+    fit_s = cli(
+        [
+            "fit",
+            *config,
+            "--trainer.callbacks+=rehearsal.memory.StepMemory",
+            "--trainer.callbacks.init_args.out",
+            str(memory),
+        ],
+        env,
+        log,
+    )
     ckpt = next((work / "runs").rglob("*.ckpt"))
-    test_s = cli(["test", *config, "--ckpt_path", str(ckpt), "--data.limit_eval", "1",
-                  "--model.inference.rounds", "2"], env, log)  # fmt: skip
+    test_s = cli(
+        [
+            "test",
+            *config,
+            "--ckpt_path",
+            str(ckpt),
+            "--data.limit_eval",
+            "1",
+            "--model.inference.rounds",
+            "2",
+        ],
+        env,
+        log,
+    )
     shutil.rmtree(work / "runs")  # the checkpoint (GBs at full size); the log and figures stay
     shutil.rmtree(bank)
     crop = yaml.safe_load((ROOT / "configs" / f"{DPSEG[encoder]}.yaml").read_text())["data"]["crop"]
-    return {"load_s": bank_s, "work_s": fit_s, "test_s": test_s,
-            "what": "fit 1 step + test rounds I+II on 1 image",
-            "step_memory": json.loads(memory.read_text()),
-            "shapes": f"crop {overlay['data'].get('crop', crop)} px, K = 171, batch 1; log {log}"}  # fmt: skip
+    return {
+        "load_s": bank_s,
+        "work_s": fit_s,
+        "test_s": test_s,
+        "what": "fit 1 step + test rounds I+II on 1 image",
+        "step_memory": json.loads(memory.read_text()),
+        "shapes": f"crop {overlay['data'].get('crop', crop)} px, K = 171, batch 1; log {log}",
+    }
 
 
 def vip_row(home: Path, scale: str) -> dict:
@@ -178,8 +251,12 @@ def vip_row(home: Path, scale: str) -> dict:
         logits = vip.segmenter(torch.rand(1, 3, side, side), queries)
     window = time.perf_counter() - start
     assert torch.isfinite(logits).all(), "non-finite logits"
-    return {"load_s": load, "work_s": window, "what": f"1 VIP window ({side} px)",
-            "shapes": f"logits {'x'.join(map(str, logits.shape))}"}  # fmt: skip
+    return {
+        "load_s": load,
+        "work_s": window,
+        "what": f"1 VIP window ({side} px)",
+        "shapes": f"logits {'x'.join(map(str, logits.shape))}",
+    }
 
 
 def run_row(row: str, home: Path, scale: str) -> dict:
@@ -217,27 +294,44 @@ def main(argv: list[str] | None = None) -> None:
     results, start = {}, time.perf_counter()
     for i, row in enumerate(rows, 1):
         proc = subprocess.run(
-            [sys.executable, "-m", "rehearsal.run", "--home", str(home), "--scale", args.scale,
-             "--row", row], capture_output=True, text=True, cwd=ROOT, env=hub_env(home),
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "rehearsal.run",
+                "--home",
+                str(home),
+                "--scale",
+                args.scale,
+                "--row",
+                row,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=hub_env(home),
+        )
         line = next((x for x in proc.stdout.splitlines() if x.startswith("ROW ")), None)
         if proc.returncode != 0 or line is None:
             sys.exit(f"rehearsal: row {row} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
         results[row] = json.loads(line[4:])
         r = results[row]
         elapsed = time.perf_counter() - start
-        print(f"[{i}/{len(rows)}] {row}: load {r['load_s']:.1f} s, {r['what']} {r['work_s']:.1f} s"
-              + (f", test {r['test_s']:.1f} s" if "test_s" in r else "")
-              + f", peak RSS {r['peak_rss_gb']:.1f} GB (elapsed {elapsed / 60:.1f} min)",
-              flush=True)  # fmt: skip
+        print(
+            f"[{i}/{len(rows)}] {row}: load {r['load_s']:.1f} s, {r['what']} {r['work_s']:.1f} s"
+            + (f", test {r['test_s']:.1f} s" if "test_s" in r else "")
+            + f", peak RSS {r['peak_rss_gb']:.1f} GB (elapsed {elapsed / 60:.1f} min)",
+            flush=True,
+        )
     print(f"\nrehearsal ({args.scale}, {time.perf_counter() - start:.0f} s in all)")
     print("| row | load s | what | s | test s | peak RSS GB | shapes |")
     print("|---|---|---|---|---|---|---|")
     for row, r in results.items():
         test = f"{r['test_s']:.1f}" if "test_s" in r else ""
         shapes = r["shapes"].split("; log")[0]
-        print(f"| {row} | {r['load_s']:.1f} | {r['what']} | {r['work_s']:.1f} | {test} | "
-              f"{r['peak_rss_gb']:.1f} | {shapes} |")  # fmt: skip
+        print(
+            f"| {row} | {r['load_s']:.1f} | {r['what']} | {r['work_s']:.1f} | {test} | "
+            f"{r['peak_rss_gb']:.1f} | {shapes} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

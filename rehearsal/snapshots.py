@@ -227,8 +227,10 @@ def _dinotxt_files(snapshot: Snapshot, scale: Scale, out: Path) -> None:
     config = dinotxt_config(preset)
     out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(0)
-    for state, name in ((official_backbone_state, DINOTXT_FILES[0]),
-                        (official_dinotxt_state, DINOTXT_FILES[1])):  # fmt: skip
+    for state, name in (
+        (official_backbone_state, DINOTXT_FILES[0]),
+        (official_dinotxt_state, DINOTXT_FILES[1]),
+    ):
         torch.save(state(config, generator, torch.float16), out / name)
 
 
@@ -263,8 +265,11 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         folder = build_snapshot(snapshot, args.home, args.scale)
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**30
-        print(f"[{i}/{len(chosen)}] {snapshot.name}: {folder} ({size:.2f} GiB) in "
-              f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+        print(
+            f"[{i}/{len(chosen)}] {snapshot.name}: {folder} ({size:.2f} GiB) in "
+            f"{time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -140,8 +140,17 @@ def world(tmp_path_factory) -> Path:
 def run_tiny_cli(world: Path, *args: str, env: dict | None = None):
     """``cli.py COMMAND --config tiny_synthetic.yaml --config <world overlay> ARGS`` in world."""
     overlay = str(world / "overlay.yaml")
-    return run_cli(*args[:1], "--config", str(TINY), "--config", overlay, *args[1:],
-                   env={"OMP_NUM_THREADS": "1", **(env or {})}, cwd=world, timeout=600)  # fmt: skip
+    return run_cli(
+        *args[:1],
+        "--config",
+        str(TINY),
+        "--config",
+        overlay,
+        *args[1:],
+        env={"OMP_NUM_THREADS": "1", **(env or {})},
+        cwd=world,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -27,10 +27,21 @@ def app_url(trained, world, tmp_path_factory):
     log = tmp_path_factory.mktemp("app_log") / "app.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / "cli.py"), "app", "--model", str(folder), "--port",
-             str(port), "--vocab", VOCAB],
-            stdout=out, stderr=subprocess.STDOUT, cwd=world,
-        )  # fmt: skip
+            [
+                sys.executable,
+                str(ROOT / "cli.py"),
+                "app",
+                "--model",
+                str(folder),
+                "--port",
+                str(port),
+                "--vocab",
+                VOCAB,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=world,
+        )
     try:
         deadline = time.monotonic() + 180
         while "serving on http://127.0.0.1:" not in log.read_text():
@@ -64,8 +75,9 @@ def test_the_page_segments_an_uploaded_image_and_lists_the_classes_it_found(
     from app.browser import segment_in_browser
 
     images = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[:2]
-    result = segment_in_browser(app_url, images, VOCAB, explain="red disc",
-                                screenshot=tmp_path / "page.png")  # fmt: skip
+    result = segment_in_browser(
+        app_url, images, VOCAB, explain="red disc", screenshot=tmp_path / "page.png"
+    )
     assert result["status"].startswith("DPSeg, one round: 2 image(s)"), result
     names = [n.strip() for n in VOCAB.split(";")]
     assert result["names"] and set(result["names"]) <= set(names), result["names"]

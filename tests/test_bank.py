@@ -22,9 +22,23 @@ from prompt_bank.format import BankFormatError, BankMismatchError
 from prompt_bank.store import Bank
 
 # A small bank: 8 classes x 3 templates x 2 images, 4 shards of 2 classes, batches of 4.
-SMALL = ["--vocab", "synthetic", "--preset", "tiny", "--templates", "imagenet80:3",
-         "--images-per-prompt", "2", "--classes-per-shard", "2", "--batch-size", "4",
-         "--cpu-threads", "1", "--quiet"]  # fmt: skip
+SMALL = [
+    "--vocab",
+    "synthetic",
+    "--preset",
+    "tiny",
+    "--templates",
+    "imagenet80:3",
+    "--images-per-prompt",
+    "2",
+    "--classes-per-shard",
+    "2",
+    "--batch-size",
+    "4",
+    "--cpu-threads",
+    "1",
+    "--quiet",
+]
 
 
 def small_config(**overrides) -> BuildConfig:
@@ -106,11 +120,30 @@ print(json.dumps(out))
     assert attrs["classes"] == load_vocabulary("synthetic").entries
     assert attrs["templates"] == load_templates("imagenet80:3")
     assert attrs["images_per_prompt"] == 2
-    for key in ("preset", "model_id", "revision", "scheduler", "steps", "guidance", "height",
-                "width", "base_seed", "dtype", "fingerprint"):  # fmt: skip
+    for key in (
+        "preset",
+        "model_id",
+        "revision",
+        "scheduler",
+        "steps",
+        "guidance",
+        "height",
+        "width",
+        "base_seed",
+        "dtype",
+        "fingerprint",
+    ):
         assert key in attrs["generator"], key
-    for key in ("preset", "arch", "pretrained", "image_size", "levels", "embed_dim",
-                "level_dims", "fingerprint"):  # fmt: skip
+    for key in (
+        "preset",
+        "arch",
+        "pretrained",
+        "image_size",
+        "levels",
+        "embed_dim",
+        "level_dims",
+        "fingerprint",
+    ):
         assert key in attrs["encoder"], key
     assert attrs["encoder"]["level_dims"] == [40, 80, 160, 320]
     assert attrs["builder"]["name"] == "dpseg" and attrs["created"]
@@ -134,8 +167,13 @@ def test_same_command_same_bits(reference, tmp_path):
 
 def test_item_seed_is_a_pure_function():
     assert item_seed(0, "cat", 1, 2) == item_seed(0, "cat", 1, 2)
-    seeds = {item_seed(s, c, p, n) for s in (0, 1) for c in ("pot", "pot, flowerpot")
-             for p in (0, 1) for n in (0, 1)}  # fmt: skip
+    seeds = {
+        item_seed(s, c, p, n)
+        for s in (0, 1)
+        for c in ("pot", "pot, flowerpot")
+        for p in (0, 1)
+        for n in (0, 1)
+    }
     assert len(seeds) == 16 and all(0 <= s < 2**63 for s in seeds)
 
 
@@ -159,8 +197,18 @@ def wait_for_done(location: Path, at_least: int, process, timeout: float = 120) 
 @pytest.mark.parametrize("kill_after", [1, 16])
 def test_sigkill_and_resume_is_bit_identical(reference, tmp_path, kill_after):
     location = tmp_path / "killed.zarr"
-    args = [sys.executable, str(ROOT / "cli.py"), "bank", "build", *SMALL, "--keep-images",
-            "--flush-seconds", "0", "--out", str(location)]  # fmt: skip
+    args = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "bank",
+        "build",
+        *SMALL,
+        "--keep-images",
+        "--flush-seconds",
+        "0",
+        "--out",
+        str(location),
+    ]
     process = subprocess.Popen(
         args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -191,9 +239,20 @@ def test_two_processes_match_one(reference, tmp_path, launcher):
     if launcher == "torchrun":
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     else:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-                   "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                   "--dynamo_backend", "no"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
     command += [
         str(ROOT / "cli.py"),
         "bank",
@@ -342,18 +401,35 @@ def test_make_bank_usage_and_tiny_preset(tmp_path):
     assert usage.returncode != 0 and "usage: make bank VOCAB=" in usage.stdout
     out = tmp_path / "tiny.zarr"
     built = subprocess.run(
-        ["make", "-s", "bank", "VOCAB=synthetic", "PRESET=tiny", "TEMPLATES=single", f"OUT={out}",
-         "BANK_ARGS=--quiet"],
-        cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            "make",
+            "-s",
+            "bank",
+            "VOCAB=synthetic",
+            "PRESET=tiny",
+            "TEMPLATES=single",
+            f"OUT={out}",
+            "BANK_ARGS=--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert built.returncode == 0, built.stderr
     assert "8 items built" in built.stdout
     assert Bank.open(out).done().all()
 
 
 def test_default_preset_offline_fails_clearly(tmp_path):
-    result = run_cli("bank", "build", "--vocab", "voc20", "--out", str(tmp_path / "b.zarr"),
-                     env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})  # fmt: skip
+    result = run_cli(
+        "bank",
+        "build",
+        "--vocab",
+        "voc20",
+        "--out",
+        str(tmp_path / "b.zarr"),
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)},
+    )
     assert result.returncode == 2
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in result.stderr
     assert "PRESET=tiny" in result.stderr and "Traceback" not in result.stderr

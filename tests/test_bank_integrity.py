@@ -183,8 +183,14 @@ def test_merge_equals_a_direct_build_and_regenerates_exactly(reference, tmp_path
     build_bank(
         small_config(vocabulary=b, keep_images=True, classes_per_shard=3), tmp_path / "b.zarr"
     )
-    merged = run_cli("bank", "merge", str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr"),
-                     "--out", str(tmp_path / "c.zarr"))  # fmt: skip
+    merged = run_cli(
+        "bank",
+        "merge",
+        str(tmp_path / "a.zarr"),
+        str(tmp_path / "b.zarr"),
+        "--out",
+        str(tmp_path / "c.zarr"),
+    )
     assert merged.returncode == 0, merged.stderr
     direct, combined = arrays_of(reference), arrays_of(tmp_path / "c.zarr")
     for path in direct:
@@ -211,8 +217,15 @@ def test_merge_equals_a_direct_build_and_regenerates_exactly(reference, tmp_path
 def test_subset_equals_the_rows_of_the_big_bank(reference, tmp_path):
     vocab = load_vocabulary("synthetic")
     picked = [vocab.entries[6], vocab.entries[1], vocab.entries[4]]
-    result = run_cli("bank", "subset", str(reference), "--vocab", "; ".join(picked),
-                     "--out", str(tmp_path / "s.zarr"))  # fmt: skip
+    result = run_cli(
+        "bank",
+        "subset",
+        str(reference),
+        "--vocab",
+        "; ".join(picked),
+        "--out",
+        str(tmp_path / "s.zarr"),
+    )
     assert result.returncode == 0, result.stderr
     assert "3 of the 8 classes" in result.stdout
     big, small = arrays_of(reference), arrays_of(tmp_path / "s.zarr")
@@ -258,8 +271,13 @@ def test_a_subset_reads_each_shard_it_copies_from_once_and_no_other(
 
 
 def test_classes_match_by_name_or_synonym():
-    entries = ["wall", "pot, flowerpot", "pot, cooking pot", "person, individual, someone",
-               "tv, television receiver"]  # fmt: skip
+    entries = [
+        "wall",
+        "pot, flowerpot",
+        "pot, cooking pot",
+        "person, individual, someone",
+        "tv, television receiver",
+    ]
     vocab = Vocabulary.from_entries(
         ["wall, brick wall", "flowerpot", "someone", "television receiver, tv", "pot", "zebra"]
     )
@@ -365,15 +383,41 @@ def test_hub_presets_pin_their_revisions():
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_saves_finished_items_and_ends_in_one_line(tmp_path, signum):
-    args = ["--vocab", "synthetic", "--preset", "tiny", "--templates", "imagenet80:6",
-            "--images-per-prompt", "2", "--classes-per-shard", "4", "--batch-size", "2",
-            "--cpu-threads", "1", "--quiet"]  # fmt: skip
+    args = [
+        "--vocab",
+        "synthetic",
+        "--preset",
+        "tiny",
+        "--templates",
+        "imagenet80:6",
+        "--images-per-prompt",
+        "2",
+        "--classes-per-shard",
+        "4",
+        "--batch-size",
+        "2",
+        "--cpu-threads",
+        "1",
+        "--quiet",
+    ]
     bank = tmp_path / "bank.zarr"
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "cli.py"), "bank", "build", *args, "--flush-seconds", "1000",
-         "--out", str(bank)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "cli.py"),
+            "bank",
+            "build",
+            *args,
+            "--flush-seconds",
+            "1000",
+            "--out",
+            str(bank),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (bank / "manifest").exists():  # the first batches are being computed
         assert process.poll() is None, process.stderr.read()
@@ -404,17 +448,52 @@ def test_a_signal_to_torchrun_stops_every_rank_in_one_line_each_and_the_bank_res
     """Ctrl-C on ``torchrun ... bank build``: torchrun passes SIGINT on to its two ranks, each
     saves what it finished and says so in one line naming its rank; the same build in one
     process then completes the bank exactly as an uninterrupted build."""
-    args = ["--vocab", "synthetic", "--preset", "tiny", "--templates", "imagenet80:20",
-            "--images-per-prompt", "4", "--classes-per-shard", "2", "--batch-size", "2",
-            "--cpu-threads", "1", "--quiet", "--flush-seconds", "1000"]  # fmt: skip
+    args = [
+        "--vocab",
+        "synthetic",
+        "--preset",
+        "tiny",
+        "--templates",
+        "imagenet80:20",
+        "--images-per-prompt",
+        "4",
+        "--classes-per-shard",
+        "2",
+        "--batch-size",
+        "2",
+        "--cpu-threads",
+        "1",
+        "--quiet",
+        "--flush-seconds",
+        "1000",
+    ]
     bank = tmp_path / "bank.zarr"
-    env = {**os.environ, "MASTER_PORT": str(29500 + (os.getpid() + 7) % 1000),
-           "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "MASTER_PORT": str(29500 + (os.getpid() + 7) % 1000),
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+    }
     process = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         str(ROOT / "cli.py"), "bank", "build", *args, "--out", str(bank)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            str(ROOT / "cli.py"),
+            "bank",
+            "build",
+            *args,
+            "--out",
+            str(bank),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.time() + 180
     while not (bank / "manifest").exists():  # a first shard is finished: work is under way
         assert process.poll() is None, process.stderr.read()
@@ -441,8 +520,9 @@ def test_a_signal_to_torchrun_stops_every_rank_in_one_line_each_and_the_bank_res
     resumed = run_cli("bank", "build", *args, "--out", str(bank))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"{done.size - saved} items built" in resumed.stdout
-    config = small_config(templates=load_templates("imagenet80:20"), images_per_prompt=4,
-                          batch_size=2)  # fmt: skip
+    config = small_config(
+        templates=load_templates("imagenet80:20"), images_per_prompt=4, batch_size=2
+    )
     build_bank(config, tmp_path / "direct.zarr")
     assert_same_bank(tmp_path / "direct.zarr", bank)
 
@@ -561,9 +641,10 @@ def test_two_processes_never_both_take_a_stale_lock(reference, tmp_path):
     for trial in range(30):
         _write_lock(bank, gone.pid, socket.gethostname())  # stale: its process has ended
         barrier, held = context.Barrier(2), context.Value("i", 0)
-        workers = [context.Process(target=_hold_the_lock,
-                                   args=(str(bank), barrier, held, overlaps, taken))
-                   for _ in range(2)]  # fmt: skip
+        workers = [
+            context.Process(target=_hold_the_lock, args=(str(bank), barrier, held, overlaps, taken))
+            for _ in range(2)
+        ]
         for w in workers:
             w.start()
         for w in workers:

@@ -193,13 +193,19 @@ def test_command_line_user_errors_are_one_line(reference, tmp_path):
         (("bank", "info", str(unsealed)), ("object visual/done/c/1/0/0 does not decode",)),
         (("bank", "repair", "--quiet", str(root)), ("root zarr.json is damaged", "bank build")),
         (("bank", "info", str(root)), ("root zarr.json is damaged", "delete the bank")),
-        (("bank", "gallery", str(bank), "--out", str(tmp_path / "g.png"), "--max-classes", "0"),
-         ("--max-classes 0: must be >= 1",)),
-        (("bank", "gallery", str(bank), "--out", str(tmp_path / "g.xyz")),
-         ("--out", "'.xyz'", ".png")),
-        (("bank", "push", str(bank), "nosuchproto://x/y", "--quiet"),
-         ("nosuchproto://x/y", "Protocol not known")),
-    ]:  # fmt: skip
+        (
+            ("bank", "gallery", str(bank), "--out", str(tmp_path / "g.png"), "--max-classes", "0"),
+            ("--max-classes 0: must be >= 1",),
+        ),
+        (
+            ("bank", "gallery", str(bank), "--out", str(tmp_path / "g.xyz")),
+            ("--out", "'.xyz'", ".png"),
+        ),
+        (
+            ("bank", "push", str(bank), "nosuchproto://x/y", "--quiet"),
+            ("nosuchproto://x/y", "Protocol not known"),
+        ),
+    ]:
         assert_one_line_error(run_cli(*args), *expected)
     assert not (tmp_path / "g.png").exists() and not (tmp_path / "g.xyz").exists()
 

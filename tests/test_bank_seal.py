@@ -23,8 +23,16 @@ from prompt_bank.store import Bank
 
 reference = test_bank_integrity.reference  # 8 classes in 4 shards, sealed
 
-ARRAYS = ("text/embeddings", "visual/embeddings", "visual/done", "visual/level_1", "visual/level_2",
-          "visual/level_3", "visual/level_4", "visual/images")  # fmt: skip
+ARRAYS = (
+    "text/embeddings",
+    "visual/embeddings",
+    "visual/done",
+    "visual/level_1",
+    "visual/level_2",
+    "visual/level_3",
+    "visual/level_4",
+    "visual/images",
+)
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +125,18 @@ def test_a_push_that_cannot_reach_its_store_is_one_line(reference, where):
 
     port = _closed_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HF_"))}
-    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", AWS_CONFIG_FILE="/dev/null",
-               AWS_SHARED_CREDENTIALS_FILE="/dev/null", AWS_EC2_METADATA_DISABLED="true",
-               AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")  # fmt: skip
-    url = {"hf": "hf://datasets/me/bank", "s3": "s3://bucket/bank",
-           "http": f"http://127.0.0.1:{port}/bank"}[where]  # fmt: skip
+    env.update(
+        HF_ENDPOINT=f"http://127.0.0.1:{port}",
+        AWS_CONFIG_FILE="/dev/null",
+        AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+    )
+    url = {
+        "hf": "hf://datasets/me/bank",
+        "s3": "s3://bucket/bank",
+        "http": f"http://127.0.0.1:{port}/bank",
+    }[where]
     result = run_cli("bank", "push", str(reference), url, "--quiet", env=env)
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()

@@ -60,8 +60,12 @@ def cli(*args: str, env: dict[str, str], cwd: Path = ROOT, timeout: float = 300)
     """``python cli.py ARGS`` in a fresh process with exactly `env` (no parent AWS_*)."""
     return subprocess.run(
         [sys.executable, str(ROOT / "cli.py"), *args],
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 def s3_options(server: MotoS3Server) -> dict:
@@ -108,9 +112,13 @@ def versions(server: MotoS3Server, url: str) -> dict[str, int]:
 
 def build(location: Path, **overrides) -> Path:
     config = small_config(
-        templates=load_templates("imagenet80:2"), images_per_prompt=1, classes_per_shard=4,
-        batch_size=8, command=COMMAND, **overrides,
-    )  # fmt: skip
+        templates=load_templates("imagenet80:2"),
+        images_per_prompt=1,
+        classes_per_shard=4,
+        batch_size=8,
+        command=COMMAND,
+        **overrides,
+    )
     threads = torch.get_num_threads()
     build_bank(config, location)
     torch.set_num_threads(threads)  # build_bank pins the thread count it records
@@ -308,10 +316,17 @@ def test_fit_reads_its_banks_from_s3(world, s3, s3_env, tmp_path):
     }
     (tmp_path / "s3.yaml").write_text(yaml.safe_dump(overlay))
     result = cli(
-        "fit", "--config", str(TINY), "--config", str(world / "overlay.yaml"),
-        "--config", str(tmp_path / "s3.yaml"),
-        env=s3_env, cwd=tmp_path, timeout=600,
-    )  # fmt: skip
+        "fit",
+        "--config",
+        str(TINY),
+        "--config",
+        str(world / "overlay.yaml"),
+        "--config",
+        str(tmp_path / "s3.yaml"),
+        env=s3_env,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ckpts = sorted(tmp_path.glob("runs/dpseg/version_*/checkpoints/last.ckpt"))
     assert ckpts, result.stderr[-3000:]

@@ -84,10 +84,24 @@ def test_bench_gpu_tiny_on_cpu_measures_every_section(tmp_path):
 def flops_rows(tmp_path: Path, device: str) -> list[dict]:
     path = tmp_path / f"flops-{device}.json"
     out = run_script(
-        "benchmarks/inference_cost.py", "--flops", "--preset", "tiny-convnext",
-        "--classes", "8", "16", "--templates", "4", "--image-size", "128", "--refined", "3",
-        "--flops-device", device, "--json", str(path),
-    )  # fmt: skip
+        "benchmarks/inference_cost.py",
+        "--flops",
+        "--preset",
+        "tiny-convnext",
+        "--classes",
+        "8",
+        "16",
+        "--templates",
+        "4",
+        "--image-size",
+        "128",
+        "--refined",
+        "3",
+        "--flops-device",
+        device,
+        "--json",
+        str(path),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| model | K | round | total GFLOPs |" in out.stdout
     return json.loads(path.read_text())["rows"]
@@ -104,8 +118,15 @@ def test_flops_parts_sum_to_the_total_and_round_two_costs_more(meta_rows):
     for row in rows:
         assert sum(row["parts"].values()) == row["total"], row
         assert all(v >= 0 for v in row["parts"].values()), row
-        for key in ("backbone", "cost_cos", "cost_embedding", "decoder_stage1",
-                    "decoder_stage2", "decoder_stage3", "decoder_head"):  # fmt: skip
+        for key in (
+            "backbone",
+            "cost_cos",
+            "cost_embedding",
+            "decoder_stage1",
+            "decoder_stage2",
+            "decoder_stage3",
+            "decoder_head",
+        ):
             assert row["parts"][key] > 0, (key, row)
         assert row["parts"]["cost_cos"] == row["analytic_cost_cos"]  # the attribution, by hand
     for first, second in zip(rows[::2], rows[1::2]):
@@ -140,9 +161,22 @@ def table_rows(stdout: str) -> dict[str, dict[str, str]]:
 
 def test_inference_cost_random_prompts_prints_rows_and_the_floor():
     out = run_script(
-        "benchmarks/inference_cost.py", "--classes", "6", "--max-classes", "3", "--iters", "1",
-        "--warmup", "0", "--no-memory", "--policies", "box", "pooled-own", "--threads", "1",
-    )  # fmt: skip
+        "benchmarks/inference_cost.py",
+        "--classes",
+        "6",
+        "--max-classes",
+        "3",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--no-memory",
+        "--policies",
+        "box",
+        "pooled-own",
+        "--threads",
+        "1",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = table_rows(out.stdout)
     assert set(rows) == {"round I", "II box", "II pooled-own"}
@@ -159,10 +193,27 @@ def test_inference_cost_random_prompts_prints_rows_and_the_floor():
 def test_inference_cost_times_a_trained_checkpoint_on_real_images(trained, world):
     images = world / "datasets" / "synthetic" / "images" / "val"
     out = run_script(
-        "benchmarks/inference_cost.py", "--ckpt", str(trained), "--images", str(images),
-        "--vocab", "synthetic", "--bank", str(world / "bank.zarr"), "--max-images", "2",
-        "--iters", "1", "--warmup", "0", "--policies", "box", "pooled-own", "--threads", "1",
-    )  # fmt: skip
+        "benchmarks/inference_cost.py",
+        "--ckpt",
+        str(trained),
+        "--images",
+        str(images),
+        "--vocab",
+        "synthetic",
+        "--bank",
+        str(world / "bank.zarr"),
+        "--max-images",
+        "2",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--policies",
+        "box",
+        "pooled-own",
+        "--threads",
+        "1",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 images of" in out.stdout and "K=8 (synthetic)" in out.stdout
     rows = table_rows(out.stdout)
@@ -232,10 +283,16 @@ def _fake_rows(seeds=(0, 1, 2)) -> dict[str, dict]:
     def runs(offsets):
         return [{k: 10.0 + s - o for k in METRICS} for s, o in zip(seeds, offsets)]
 
-    rows = {"full": runs([0, 0, 0]), "text": runs([2, 3, 4]), "fv_2": runs([-2, -3, -4]),
-            "r2_masked": runs([1, 2, 3])}  # fmt: skip
-    return {key: {"key": key, "row": key, "claim": key, "seeds": list(seeds), "runs": r}
-            for key, r in rows.items()}  # fmt: skip
+    rows = {
+        "full": runs([0, 0, 0]),
+        "text": runs([2, 3, 4]),
+        "fv_2": runs([-2, -3, -4]),
+        "r2_masked": runs([1, 2, 3]),
+    }
+    return {
+        key: {"key": key, "row": key, "claim": key, "seeds": list(seeds), "runs": r}
+        for key, r in rows.items()
+    }
 
 
 def test_claims_decide_pairs_rows_by_seed():
@@ -243,8 +300,11 @@ def test_claims_decide_pairs_rows_by_seed():
 
     decided = {c["comparison"]: c for c in decide(_fake_rows())}
     # only the comparisons whose two rows were run
-    assert set(decided) == {"full - text only", "F_v^{2,3,4} - F_v^2 only",
-                            "round II, masked crops (config) - round I"}  # fmt: skip
+    assert set(decided) == {
+        "full - text only",
+        "F_v^{2,3,4} - F_v^2 only",
+        "round II, masked crops (config) - round I",
+    }
     text = decided["full - text only"]
     assert text["claim"] == "dual > text" and (text["a"], text["b"]) == ("full", "text")
     assert text["metrics"]["mIoU"]["diffs"] == [2.0, 3.0, 4.0]  # full - text, per seed
@@ -265,17 +325,33 @@ def test_claims_report_files(tmp_path):
     for key, r in by_key.items():
         r["scores"] = summarise(r["runs"])
         r["vs_full"] = None if key == "full" else compare(r["runs"], by_key["full"]["runs"])
-    vip = {"key": None, "row": "VIP", "claim": "VIP > plain", "seeds": None,
-           "runs": [dict.fromkeys(METRICS, 5.0)], "vs_full": None}  # fmt: skip
+    vip = {
+        "key": None,
+        "row": "VIP",
+        "claim": "VIP > plain",
+        "seeds": None,
+        "runs": [dict.fromkeys(METRICS, 5.0)],
+        "vs_full": None,
+    }
     vip["scores"] = summarise(vip["runs"])
     record = {
-        "seeds": [0, 1, 2], "steps": 900, "steps_from": "config", "jobs": 2, "threads": 1,
-        "minutes": 1.5, "rows": [*by_key.values(), vip], "comparisons": decide(by_key),
-        "zero_shot": {"toy-convnext": {"zero_shot_plain": 0.9, "zero_shot_any_template": 0.8,
-                                       "chance": 1 / 31}},
-        "bank_agreement": {"toy": {"retrieved": 30, "classes": 31,
-                                   "visual_between_classes": 0.5}},
-    }  # fmt: skip
+        "seeds": [0, 1, 2],
+        "steps": 900,
+        "steps_from": "config",
+        "jobs": 2,
+        "threads": 1,
+        "minutes": 1.5,
+        "rows": [*by_key.values(), vip],
+        "comparisons": decide(by_key),
+        "zero_shot": {
+            "toy-convnext": {
+                "zero_shot_plain": 0.9,
+                "zero_shot_any_template": 0.8,
+                "chance": 1 / 31,
+            }
+        },
+        "bank_agreement": {"toy": {"retrieved": 30, "classes": 31, "visual_between_classes": 0.5}},
+    }
     table = write_report(tmp_path, record)
     assert (tmp_path / "claims.md").read_text() == table
     assert "3 paired seeds (0, 1, 2), 900 training steps per DPSeg run (the config's)" in table
@@ -285,8 +361,10 @@ def test_claims_report_files(tmp_path):
         in table
     )
     assert "| VIP | VIP > plain | 5.0 | 5.0 | 5.0 | 5.0 | — |" in table
-    assert ("| dual > text | full - text only | +3.00 | [+0.52, +5.48] | 3 | **holds** | +3.00 "
-            "| [+0.52, +5.48] | holds |") in table  # fmt: skip
+    assert (
+        "| dual > text | full - text only | +3.00 | [+0.52, +5.48] | 3 | **holds** | +3.00 "
+        "| [+0.52, +5.48] | holds |"
+    ) in table
     assert "| **fails** |" in table and "| **undecided** |" in table
     saved = json.loads((tmp_path / "claims.json").read_text())
     assert saved["rows"][1]["runs"][2]["mIoU"] == 8.0  # per-seed scores
@@ -301,8 +379,9 @@ def test_claims_command_line_defaults_and_errors(tmp_path):
     assert help_text.returncode == 0, help_text.stderr
     words = " ".join(help_text.stdout.split())
     assert "(default 0 1 2 3 4)" in words and "(default 8000; 0: the config's max_steps)" in words
-    bad = run_script("benchmarks/claims.py", "--rows", "no such row", "--out", str(tmp_path / "out"),
-                     timeout=60)  # fmt: skip
+    bad = run_script(
+        "benchmarks/claims.py", "--rows", "no such row", "--out", str(tmp_path / "out"), timeout=60
+    )
     assert bad.returncode == 2 and "no row's name contains any of them" in bad.stderr
     assert not (tmp_path / "out").exists()  # refused before any work
 
@@ -317,10 +396,21 @@ def test_claims_fits_save_a_checkpoint_every_n_steps_whatever_the_defaults(tmp_p
 
     path = overlay(tmp_path, tmp_path / "datasets", tmp_path / "toy.zarr", every_steps=250)
     printed = subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), "fit", "--config", "configs/toy_world.yaml",
-         "--config", str(path), "--print_config"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "cli.py"),
+            "fit",
+            "--config",
+            "configs/toy_world.yaml",
+            "--config",
+            str(path),
+            "--print_config",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert printed.returncode == 0, printed.stderr[-2000:]
     callbacks = yaml.safe_load(printed.stdout)["trainer"]["callbacks"]
     (checkpoint,) = [c for c in callbacks if c["class_path"].endswith(".ModelCheckpoint")]

@@ -20,8 +20,20 @@ def test_packages_import():
 def test_help_lists_the_commands():
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("presets", "vocab", "data", "bank", "eval-masks", "fit", "validate", "test",
-                    "predict", "segment", "explain", "vip"):  # fmt: skip
+    for command in (
+        "presets",
+        "vocab",
+        "data",
+        "bank",
+        "eval-masks",
+        "fit",
+        "validate",
+        "test",
+        "predict",
+        "segment",
+        "explain",
+        "vip",
+    ):
         assert command in result.stdout
     assert "cli.py segment -h" in result.stdout and "--images" not in result.stdout
     assert "select-aliases" in run_cli("vip", "--help").stdout
@@ -79,15 +91,33 @@ def test_every_command_has_help(capsys):
 def test_segment_and_bank_build_help(capsys):
     code, out, _ = main(capsys, "segment", "-h")
     assert code == 0
-    for option in ("--images", "--vocab", "--out", "--ckpt", "--method {dpseg,vip}", "--rounds",
-                   "--dual-prompts BANK", "--text-only"):  # fmt: skip
+    for option in (
+        "--images",
+        "--vocab",
+        "--out",
+        "--ckpt",
+        "--method {dpseg,vip}",
+        "--rounds",
+        "--dual-prompts BANK",
+        "--text-only",
+    ):
         assert option in out
     code, out, _ = main(capsys, "bank", "build", "-h")
     assert code == 0
     # the option names users know, help from the fields' comments (BankBuildOptions, BuildConfig)
-    for option in ("--vocab VOCAB", "--out OUT", "--preset", "--templates", "--images-per-prompt",
-                   "--encoder-weights PATH", "--keep-images", "--level-dtype {float16,float32}",
-                   "--device {cpu,cuda}", "--config CONFIG", "--allow-duplicate-classes"):  # fmt: skip
+    for option in (
+        "--vocab VOCAB",
+        "--out OUT",
+        "--preset",
+        "--templates",
+        "--images-per-prompt",
+        "--encoder-weights PATH",
+        "--keep-images",
+        "--level-dtype {float16,float32}",
+        "--device {cpu,cuda}",
+        "--config CONFIG",
+        "--allow-duplicate-classes",
+    ):
         assert option in out
     assert "N images per (class, template) (type: int, default: 1)" in " ".join(out.split())
     assert "toy-dinotxt (cli.py presets --kind bank)" in " ".join(out.split())
@@ -110,13 +140,31 @@ def test_bank_build_reads_a_yaml_file_and_options_override_it(capsys, tmp_path):
     from prompt_bank.store import Bank
 
     config = tmp_path / "my_bank.yaml"
-    config.write_text(yaml.safe_dump({
-        "vocab": "cat; dog", "preset": "tiny", "templates": "single", "images_per_prompt": 3,
-        "out": str(tmp_path / "from_yaml.zarr"), "cpu_threads": 1, "quiet": True,
-    }))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "vocab": "cat; dog",
+                "preset": "tiny",
+                "templates": "single",
+                "images_per_prompt": 3,
+                "out": str(tmp_path / "from_yaml.zarr"),
+                "cpu_threads": 1,
+                "quiet": True,
+            }
+        )
+    )
     out = tmp_path / "given.zarr"
-    code, printed, err = main(capsys, "bank", "build", "--config", str(config),
-                              "--images-per-prompt", "2", "--out", str(out))  # fmt: skip
+    code, printed, err = main(
+        capsys,
+        "bank",
+        "build",
+        "--config",
+        str(config),
+        "--images-per-prompt",
+        "2",
+        "--out",
+        str(out),
+    )
     assert code == 0, err[-2000:]
     assert "4 items built" in printed  # 2 classes x 1 template x 2 images
     bank = Bank.open(out)
@@ -135,16 +183,20 @@ def test_bank_build_config_errors_exit_2_with_usage(capsys, tmp_path):
     code, _, err = main(capsys, "bank", "build", "--config", str(config))
     assert code == 2 and "Option 'images_per_promt' is not accepted" in err
     assert err.startswith("usage: cli.py [options] bank [options] build")
-    code, _, err = main(capsys, "bank", "build", "--vocab", "cat", "--out", "x.zarr",
-                        "--level-dtype", "int8")  # fmt: skip
+    code, _, err = main(
+        capsys, "bank", "build", "--vocab", "cat", "--out", "x.zarr", "--level-dtype", "int8"
+    )
     assert code == 2 and "int8" in err
 
 
-@pytest.mark.parametrize("argv", [["bank", "build", "--vocab", "cat; dog", "--out", "x.zarr",
-                                   "--images-per-prompt", "0"],
-                                  ["bank", "build", "--vocab", "cat; dog", "--out", "x.zarr",
-                                   "--guidance", "-3"],
-                                  ["presets", "pretrain", "toy-vit", "--lr", "0"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bank", "build", "--vocab", "cat; dog", "--out", "x.zarr", "--images-per-prompt", "0"],
+        ["bank", "build", "--vocab", "cat; dog", "--out", "x.zarr", "--guidance", "-3"],
+        ["presets", "pretrain", "toy-vit", "--lr", "0"],
+    ],
+)
 def test_invalid_settings_are_one_line_user_errors(capsys, argv, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = main(capsys, *argv)

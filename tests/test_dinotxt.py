@@ -231,9 +231,15 @@ def test_a_folder_of_the_official_files_builds_the_preset(tmp_path):
         folder / DINOTXT_FILES[1],
     )
     preset = EncoderPreset(
-        name="dinotxt-tiny-test", family="dinotxt", arch="dinotxt", pretrained="lvd1689m",
-        image_size=64, levels=(0, 1), description="test", model_cfg=asdict(TINY_DINOTXT),
-    )  # fmt: skip
+        name="dinotxt-tiny-test",
+        family="dinotxt",
+        arch="dinotxt",
+        pretrained="lvd1689m",
+        image_size=64,
+        levels=(0, 1),
+        description="test",
+        model_cfg=asdict(TINY_DINOTXT),
+    )
     built = create_dinotxt(preset, folder, option="--model.encoder_weights")
     backbone = torch.load(folder / DINOTXT_FILES[0], weights_only=True)
     torch.testing.assert_close(built.model.backbone.reg_token, backbone["storage_tokens"])

@@ -266,10 +266,19 @@ def test_ddp_two_processes_sum_the_confusion_matrix(tmp_path):
         "PYTHONPATH": str(ROOT),
     }
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(port),
-        str(script), str(tmp_path / "maps.npz"), str(tmp_path),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        str(script),
+        str(tmp_path / "maps.npz"),
+        str(tmp_path),
+    ]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -542,9 +551,17 @@ def test_cmd_eval_masks_vocab_out_and_skip(folders, tmp_path, capsys):
     out_dir = tmp_path / "results"
     common = ["--pred", str(pred_dir), "--gt", str(gt_dir), "--num-classes", "3"]
     rc = _run_eval_masks(
-        *common, "--ignore-index", "255", "--quiet", "--on-bad-sample", "skip",
-        "--vocab", "sky; tree; road", "--out", str(out_dir),
-    )  # fmt: skip
+        *common,
+        "--ignore-index",
+        "255",
+        "--quiet",
+        "--on-bad-sample",
+        "skip",
+        "--vocab",
+        "sky; tree; road",
+        "--out",
+        str(out_dir),
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert EXPECTED_LINE in out and "scored 2 of 3 ground-truth files" in out
@@ -574,8 +591,10 @@ def test_eval_masks_command_as_a_user_runs_it(folders, tmp_path):
     assert result.returncode == 0, result.stderr
     assert EXPECTED_LINE in result.stdout
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
-        "metrics.json", "metrics_per_class.csv", "metrics_per_class_iou.png"
-    ]  # fmt: skip
+        "metrics.json",
+        "metrics_per_class.csv",
+        "metrics_per_class_iou.png",
+    ]
     as_json = run_cli(*common, "--ignore-index", "255", "--json", "--quiet")
     assert json.loads(as_json.stdout)["metrics"]["mIoU"] == pytest.approx(EXPECTED["mIoU"])
     wrong = run_cli(*common, "--ignore-index", "255", "--vocab", "a; b")

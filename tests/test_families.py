@@ -28,10 +28,15 @@ TINY_RESNET = EncoderPreset(
     model_cfg={
         "embed_dim": 32,
         "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
-                     "layers": 1},
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 32,
+            "heads": 2,
+            "layers": 1,
+        },
     },
-)  # fmt: skip
+)
 
 
 def test_every_preset_has_a_registered_family_and_an_unknown_one_is_one_line():
@@ -74,8 +79,12 @@ def test_a_resnet_gives_dpseg_a_pyramid_at_any_input_size():
     with torch.no_grad():
         features = backbone(torch.rand(2, 3, 96, 128))
     assert features.dense.shape == (2, 32, 3, 4)  # stride 32, the joint space's width
-    assert [(96 // f.shape[-2], 128 // f.shape[-1]) for f in features.levels] == [(4, 4), (8, 8),
-                                                                                 (16, 16), (32, 32)]  # fmt: skip
+    assert [(96 // f.shape[-2], 128 // f.shape[-1]) for f in features.levels] == [
+        (4, 4),
+        (8, 8),
+        (16, 16),
+        (32, 32),
+    ]
     # the dense path is the pool's value and output projections per pixel (MaskCLIP): a pixel's
     # feature equals what the pool gives one token that attends only to itself
     pool = built.model.visual.attnpool

@@ -130,6 +130,12 @@ def test_no_two_modules_import_each_other():
     modules = set(name_of.values())
     edges = {name_of[p]: _runtime_imports(p, modules) for p in files}
     assert len(edges) > 100, "the scan found too few modules: the test is broken"
-    pairs = sorted({tuple(sorted((a, b))) for a, targets in edges.items() for b in targets
-                    if a != b and a in edges.get(b, set())})  # fmt: skip
+    pairs = sorted(
+        {
+            tuple(sorted((a, b)))
+            for a, targets in edges.items()
+            for b in targets
+            if a != b and a in edges.get(b, set())
+        }
+    )
     assert not pairs, f"modules that import each other: {pairs}"

@@ -243,8 +243,9 @@ def test_pooled_policy_pools_the_frozen_encoders_features_inside_each_mask():
     ((embedding, levels),) = segmenter.encode_regions(image[None], whole[None], [torch.tensor([0])])
     with torch.no_grad():
         expected = encoder.encode_images(image[None])
-    torch.testing.assert_close(F.normalize(embedding, dim=-1), expected.embedding, atol=1e-5,
-                               rtol=1e-5)  # fmt: skip
+    torch.testing.assert_close(
+        F.normalize(embedding, dim=-1), expected.embedding, atol=1e-5, rtol=1e-5
+    )
     for ours, theirs in zip(levels, expected.pooled_levels()):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
     halves = torch.zeros(64, 64, dtype=torch.long)
@@ -268,10 +269,12 @@ def test_pooled_own_pools_round_one_features_without_any_frozen_pass(world):
         second = module.segmenter.second_round(images, prompts, first)
         labels = first.logits.argmax(dim=1)
         classes = detected_classes(labels[1], 8, 0.0)
-        (embedding, levels), = module.segmenter.encode_regions(
-            images[1:], labels[1:], [classes],
+        ((embedding, levels),) = module.segmenter.encode_regions(
+            images[1:],
+            labels[1:],
+            [classes],
             BackboneFeatures(first.features.dense[1:], [lv[1:] for lv in first.features.levels]),
-        )  # fmt: skip
+        )
     assert module.segmenter._dense is None and second.shape == first.logits.shape
     mask = (labels[1] == classes[0]).float()[None, None]
     grid = first.features.dense[1:]
@@ -351,8 +354,9 @@ def test_round_two_equals_a_full_decode_of_the_refined_prompts(world):
         refined, classes = module.segmenter.refined_prompts(
             images[0], first.logits[0].argmax(0), prompts
         )
-        full = module.model(images, refined, features=first.features,
-                            center_mean=class_mean(prompts, "avg")).logits  # fmt: skip
+        full = module.model(
+            images, refined, features=first.features, center_mean=class_mean(prompts, "avg")
+        ).logits
     assert len(classes) == 1
     torch.testing.assert_close(second, full)
     others = [c for c in range(8) if c != int(classes[0])]
@@ -393,14 +397,16 @@ def test_round_two_of_a_batch_equals_round_two_of_each_image_alone(world):
         batch = module.segmenter.second_round(images, prompts, first)
 
         def alone(b: int) -> torch.Tensor:
-            one = BackboneFeatures(features.dense[b : b + 1],
-                                   [lv[b : b + 1] for lv in features.levels])  # fmt: skip
+            one = BackboneFeatures(
+                features.dense[b : b + 1], [lv[b : b + 1] for lv in features.levels]
+            )
             first_b = DPSegOutput(logits[b : b + 1], torch.zeros(0), one)
             return module.segmenter.second_round(images[b : b + 1], prompts, first_b)
 
         alone = torch.cat([alone(b) for b in range(3)])
-    changed = [(batch[b] != logits[b]).flatten(1).any(dim=1).nonzero().flatten().tolist()
-               for b in range(3)]  # fmt: skip
+    changed = [
+        (batch[b] != logits[b]).flatten(1).any(dim=1).nonzero().flatten().tolist() for b in range(3)
+    ]
     assert changed == [[1, 4, 6], [2], [0, 7]]  # exactly the refined classes were decoded
     torch.testing.assert_close(batch, alone, rtol=1e-4, atol=1e-5)
 
@@ -409,17 +415,22 @@ def test_decode_per_image_equals_one_forward_per_image(world):
     module = tiny_module().eval()  # centred prompts
     prompts = module.add_prompts("synthetic", str(world / "bank.zarr"))
     images = torch.rand(2, 3, 64, 64)
-    other = prompts.with_visual(torch.tensor([2, 6]), torch.randn(2, prompts.visual.shape[-1]),
-                                [torch.randn(2, lv.shape[1]) for lv in prompts.visual_levels])  # fmt: skip
+    other = prompts.with_visual(
+        torch.tensor([2, 6]),
+        torch.randn(2, prompts.visual.shape[-1]),
+        [torch.randn(2, lv.shape[1]) for lv in prompts.visual_levels],
+    )
     classes = [torch.tensor([1, 5, 6]), torch.tensor([2])]
     with torch.no_grad():
         features = module.model.backbone(images)
         batched = module.model.decode_per_image((64, 64), features, [prompts, other], classes)
         for b, image_prompts in enumerate([prompts, other]):
-            one = BackboneFeatures(features.dense[b : b + 1],
-                                   [lv[b : b + 1] for lv in features.levels])  # fmt: skip
-            expected = module.model(images[b : b + 1], image_prompts, features=one,
-                                    classes=classes[b]).logits[0]  # fmt: skip
+            one = BackboneFeatures(
+                features.dense[b : b + 1], [lv[b : b + 1] for lv in features.levels]
+            )
+            expected = module.model(
+                images[b : b + 1], image_prompts, features=one, classes=classes[b]
+            ).logits[0]
             assert batched[b].shape == (len(classes[b]), 64, 64)
             torch.testing.assert_close(batched[b], expected, rtol=1e-4, atol=1e-5)
 
@@ -484,17 +495,44 @@ def test_every_ablation_config_instantiates_and_runs_a_step(world, ablation):
         assert all(f"banks/t{n}/" in str(v) for v in settings["data"].values())
         bank = make_bank(world / f"t{n}.zarr", f"imagenet80:{n}")
         val = json.dumps([{"dataset": "synthetic", "bank": str(bank)}])
-        extra = ["--data.train", json.dumps({"dataset": "synthetic:train", "bank": str(bank)}),
-                 "--data.val", val, "--data.test", val]  # fmt: skip
+        extra = [
+            "--data.train",
+            json.dumps({"dataset": "synthetic:train", "bank": str(bank)}),
+            "--data.val",
+            val,
+            "--data.test",
+            val,
+        ]
     cli = make_cli(
-        ["--config", str(TINY), "--config", str(ablation), "--config", str(world / "overlay.yaml"),
-         *extra, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
-         "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
-         "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false",
-         "--trainer.num_sanity_val_steps", "0", "--trainer.val_check_interval", "1",
-         "--trainer.default_root_dir", str(world / f"ablation_{ablation.stem}")],
+        [
+            "--config",
+            str(TINY),
+            "--config",
+            str(ablation),
+            "--config",
+            str(world / "overlay.yaml"),
+            *extra,
+            "--trainer.max_steps",
+            "1",
+            "--trainer.limit_val_batches",
+            "1",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_checkpointing",
+            "false",
+            "--trainer.callbacks",
+            "[]",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.num_sanity_val_steps",
+            "0",
+            "--trainer.val_check_interval",
+            "1",
+            "--trainer.default_root_dir",
+            str(world / f"ablation_{ablation.stem}"),
+        ],
         run=False,
-    )  # fmt: skip
+    )
     model = cli.model
     for key, value in settings.get("model", {}).get("dpseg", {}).items():
         assert getattr(model.dpseg_config, key) == (
@@ -517,15 +555,34 @@ def test_a_step_that_decodes_each_image_s_own_classes_trains(world):
     from model.lightning_cli import make_cli
 
     cli = make_cli(
-        ["--config", str(TINY), "--config", str(world / "overlay.yaml"),
-         "--model.loss.classes_per_image", "3", "--model.loss.hard_classes", "1",
-         "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
-         "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
-         "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false",
-         "--trainer.num_sanity_val_steps", "0",
-         "--trainer.default_root_dir", str(world / "classes_per_image")],
+        [
+            "--config",
+            str(TINY),
+            "--config",
+            str(world / "overlay.yaml"),
+            "--model.loss.classes_per_image",
+            "3",
+            "--model.loss.hard_classes",
+            "1",
+            "--trainer.max_steps",
+            "1",
+            "--trainer.limit_val_batches",
+            "0",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_checkpointing",
+            "false",
+            "--trainer.callbacks",
+            "[]",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.num_sanity_val_steps",
+            "0",
+            "--trainer.default_root_dir",
+            str(world / "classes_per_image"),
+        ],
         run=False,
-    )  # fmt: skip
+    )
     assert (cli.model.loss_config.classes_per_image, cli.model.loss_config.hard_classes) == (3, 1)
     before = {k: v.clone() for k, v in cli.model.model.decoder.state_dict().items()}
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -542,8 +599,10 @@ def test_a_run_s_loggers_share_one_version_folder(world, tmp_path):
 
     (tmp_path / "runs" / "a" / "version_0").mkdir(parents=True)  # an earlier run of the first
     csv = "lightning.pytorch.loggers.CSVLogger"
-    loggers = [{"class_path": csv, "init_args": {"save_dir": str(tmp_path / "runs"), "name": n}}
-               for n in ("a", "b")]  # fmt: skip
+    loggers = [
+        {"class_path": csv, "init_args": {"save_dir": str(tmp_path / "runs"), "name": n}}
+        for n in ("a", "b")
+    ]
     common = ["--config", str(TINY), "--config", str(world / "overlay.yaml")]
     cli = make_cli([*common, "--trainer.logger", json.dumps(loggers)], run=False)
     assert [lg.version for lg in cli.trainer.loggers] == [1, 1]
@@ -605,8 +664,11 @@ def test_a_torch_file_that_is_not_a_lightning_checkpoint_is_refused(
     world, capsys, monkeypatch, tmp_path
 ):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
-    line = error_line(tiny_cli_here(world, capsys, monkeypatch, "test", "--ckpt_path",
-                                    str(tmp_path / "other.ckpt")))  # fmt: skip
+    line = error_line(
+        tiny_cli_here(
+            world, capsys, monkeypatch, "test", "--ckpt_path", str(tmp_path / "other.ckpt")
+        )
+    )
     assert "--ckpt_path" in line and "not a checkpoint of cli.py fit" in line
 
 
@@ -615,12 +677,28 @@ def test_ctrl_c_in_fit_saves_a_checkpoint_that_resumes(world, tmp_path, stop):
     """SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) stops fit at the end of the step in
     progress, saves interrupted.ckpt and ends in one line naming it; the same command with
     --ckpt_path resumes from its step."""
-    args = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(TINY), "--config",
-            str(world / "overlay.yaml"), "--trainer.limit_val_batches", "0",
-            "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    args = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "fit",
+        "--config",
+        str(TINY),
+        "--config",
+        str(world / "overlay.yaml"),
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([*args, "--trainer.max_steps", "100000"], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        [*args, "--trainer.max_steps", "100000"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while not list(tmp_path.glob("runs/dpseg/version_0/config.yaml")):  # the trainer is set up
         assert process.poll() is None, process.stderr.read()[-3000:]
@@ -632,15 +710,23 @@ def test_ctrl_c_in_fit_saves_a_checkpoint_that_resumes(world, tmp_path, stop):
     assert process.returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
     line = [x for x in stderr.splitlines() if x.startswith("error:")]
     assert len(line) == 1, stderr[-3000:]
-    found = re.search(rf"fit interrupted by {stop.name} at step (\d+): .* saved in (\S+); resume with "
-                      r"the same command and --ckpt_path (\S+)$", line[0])  # fmt: skip
+    found = re.search(
+        rf"fit interrupted by {stop.name} at step (\d+): .* saved in (\S+); resume with "
+        r"the same command and --ckpt_path (\S+)$",
+        line[0],
+    )
     assert found, line
     step, saved = int(found[1]), Path(found[2])
     assert found[3] == str(saved) and saved.name == "interrupted.ckpt"
     assert torch.load(saved, map_location="cpu", weights_only=True)["global_step"] == step
-    resumed = subprocess.run([*args, "--trainer.max_steps", str(step + 2), "--ckpt_path",
-                              str(saved)], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=600)  # fmt: skip
+    resumed = subprocess.run(
+        [*args, "--trainer.max_steps", str(step + 2), "--ckpt_path", str(saved)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     last = sorted(tmp_path.glob("runs/dpseg/version_1/checkpoints/last.ckpt"))
     assert torch.load(last[0], map_location="cpu", weights_only=True)["global_step"] == step + 2
@@ -664,10 +750,24 @@ def test_checkpoint_is_weights_only_safe_and_records_provenance(trained, world):
 
 def test_test_on_two_datasets_writes_metrics_and_summary(trained, world):
     out = world / "results_two"
-    test = json.dumps([{"dataset": "synthetic", "bank": str(world / "bank.zarr")},
-                       {"dataset": "synthetic:train", "bank": str(world / "bank.zarr")}])  # fmt: skip
-    result = run_tiny_cli(world, "test", "--ckpt_path", str(trained), "--data.test", test,
-                  "--model.results_dir", str(out), "--model.inference.rounds", "2")  # fmt: skip
+    test = json.dumps(
+        [
+            {"dataset": "synthetic", "bank": str(world / "bank.zarr")},
+            {"dataset": "synthetic:train", "bank": str(world / "bank.zarr")},
+        ]
+    )
+    result = run_tiny_cli(
+        world,
+        "test",
+        "--ckpt_path",
+        str(trained),
+        "--data.test",
+        test,
+        "--model.results_dir",
+        str(out),
+        "--model.inference.rounds",
+        "2",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for stem in ("synthetic", "synthetic_train"):
         metrics = json.loads((out / f"{stem}.json").read_text())
@@ -682,11 +782,18 @@ def test_test_on_two_datasets_writes_metrics_and_summary(trained, world):
 
 
 def test_a_network_setting_the_checkpoint_overrides_is_named(trained, world, tmp_path):
-    result = run_tiny_cli(world, "test", "--ckpt_path", str(trained), "--model.dpseg.prompt_mode",
-                          "visual", "--model.results_dir", str(tmp_path))  # fmt: skip
+    result = run_tiny_cli(
+        world,
+        "test",
+        "--ckpt_path",
+        str(trained),
+        "--model.dpseg.prompt_mode",
+        "visual",
+        "--model.results_dir",
+        str(tmp_path),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert ("--model.dpseg.prompt_mode visual is replaced by the checkpoint's avg"
-            in result.stderr)  # fmt: skip
+    assert "--model.dpseg.prompt_mode visual is replaced by the checkpoint's avg" in result.stderr
     run = json.loads((tmp_path / "synthetic.run.json").read_text())
     assert run["prompt_mode"] == "avg"  # what ran
 
@@ -701,8 +808,16 @@ def test_two_process_ddp_fit_and_test_match_one_process(trained, world):
         args = ["--trainer.devices", devices] + (
             ["--trainer.strategy", "ddp"] if devices == "2" else []
         )
-        result = run_tiny_cli(world, "test", "--ckpt_path", str(trained), *args,
-                      "--model.results_dir", str(world / name), env=env)  # fmt: skip
+        result = run_tiny_cli(
+            world,
+            "test",
+            "--ckpt_path",
+            str(trained),
+            *args,
+            "--model.results_dir",
+            str(world / name),
+            env=env,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         confusions.append(json.loads((world / name / "synthetic.run.json").read_text()))
     one, two = confusions

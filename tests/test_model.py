@@ -11,8 +11,9 @@ from model.dpseg import DPSeg, DPSegConfig
 from pretrained.backbone import ClipBackbone, create_clip
 
 K, P = 5, 3
-SMALL = dict(cost_channels=16, decoder_channels=(16, 8, 8), guidance_channels=(8, 4, 4),
-             attention_heads=2)  # fmt: skip
+SMALL = dict(
+    cost_channels=16, decoder_channels=(16, 8, 8), guidance_channels=(8, 4, 4), attention_heads=2
+)
 
 
 def random_prompts(dims, k=K, p=P, d=64, seed=0) -> Prompts:
@@ -94,8 +95,13 @@ def test_cost_level_fusion_rows(mode):
         expected = torch.cat([t, v], dim=1) if mode == "cost-concat" else (t + v) / 2
         torch.testing.assert_close(out.cost, expected)
         classes = torch.tensor([3, 1])
-        subset = model(image, prompts, features=out.features, classes=classes,
-                       center_mean=class_mean(prompts, mode)).logits  # fmt: skip
+        subset = model(
+            image,
+            prompts,
+            features=out.features,
+            classes=classes,
+            center_mean=class_mean(prompts, mode),
+        ).logits
     torch.testing.assert_close(subset, out.logits[:, classes], atol=1e-5, rtol=1e-5)
     assert class_mean(prompts, mode).shape == (2, 1, P, 64)
 
@@ -129,14 +135,20 @@ def test_decoder_attention_modes():
     """Where the decoder attends: every stage, the coarse stage only, windows or nowhere; the
     parts the modes share start from the same weights (model.seeding)."""
     image = torch.rand(1, 3, 128, 128)
-    models = {mode: build("tiny-convnext", attention=mode, attention_window=4)[0].eval()
-              for mode in ("global", "coarse", "window", "none")}  # fmt: skip
+    models = {
+        mode: build("tiny-convnext", attention=mode, attention_window=4)[0].eval()
+        for mode in ("global", "coarse", "window", "none")
+    }
     prompts = random_prompts(build("tiny-convnext")[1])
     has = {
         m: [s.attention is not None for s in model.decoder.stages] for m, model in models.items()
     }
-    assert has == {"global": [True] * 3, "coarse": [True, False, False], "window": [True] * 3,
-                   "none": [False] * 3}  # fmt: skip
+    assert has == {
+        "global": [True] * 3,
+        "coarse": [True, False, False],
+        "window": [True] * 3,
+        "none": [False] * 3,
+    }
     global_ = models["global"].state_dict()
     for mode in ("coarse", "none"):
         assert all(torch.equal(v, global_[k]) for k, v in models[mode].state_dict().items())

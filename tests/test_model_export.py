@@ -30,8 +30,19 @@ def test_export_then_segment_with_the_folder_gives_the_checkpoint_s_labels(
     outputs = {}
     for option, value in (("--ckpt", trained), ("--model", folder)):
         out = tmp_path / option.strip("-")
-        result = run_cli("segment", option, str(value), "--images", *map(str, images),
-                         "--vocab", vocab, "--out", str(out), "--quiet", cwd=world)  # fmt: skip
+        result = run_cli(
+            "segment",
+            option,
+            str(value),
+            "--images",
+            *map(str, images),
+            "--vocab",
+            vocab,
+            "--out",
+            str(out),
+            "--quiet",
+            cwd=world,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         outputs[option] = [np.asarray(Image.open(out / f"{p.stem}.png")) for p in images]
     for a, b in zip(outputs["--ckpt"], outputs["--model"]):
@@ -40,8 +51,19 @@ def test_export_then_segment_with_the_folder_gives_the_checkpoint_s_labels(
     data = bytearray((folder / "model.safetensors").read_bytes())
     data[-1] ^= 1
     (folder / "model.safetensors").write_bytes(bytes(data))
-    result = run_cli("segment", "--model", str(folder), "--images", str(images[0]), "--vocab",
-                     vocab, "--out", str(tmp_path / "bad"), "--quiet", cwd=world)  # fmt: skip
+    result = run_cli(
+        "segment",
+        "--model",
+        str(folder),
+        "--images",
+        str(images[0]),
+        "--vocab",
+        vocab,
+        "--out",
+        str(tmp_path / "bad"),
+        "--quiet",
+        cwd=world,
+    )
     assert result.returncode == 2
     assert "the file was changed or damaged" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
@@ -52,8 +74,20 @@ def test_export_refuses_a_non_empty_folder_and_segment_both_sources(trained, wor
     (tmp_path / "taken" / "x").write_text("x")
     result = run_cli("model", "export", str(trained), "--out", str(tmp_path / "taken"), cwd=world)
     assert result.returncode == 2 and "is not empty" in result.stderr
-    result = run_cli("segment", "--ckpt", str(trained), "--model", str(tmp_path), "--images",
-                     "x.jpg", "--vocab", "a", "--out", str(tmp_path / "o"), cwd=world)  # fmt: skip
+    result = run_cli(
+        "segment",
+        "--ckpt",
+        str(trained),
+        "--model",
+        str(tmp_path),
+        "--images",
+        "x.jpg",
+        "--vocab",
+        "a",
+        "--out",
+        str(tmp_path / "o"),
+        cwd=world,
+    )
     assert result.returncode == 2 and "give one of them" in result.stderr
 
 
@@ -64,8 +98,16 @@ def test_the_card_lists_each_test_record_it_was_given(trained, tmp_path):
     for rounds, miou in ((1, 0.52), (2, 0.48)):
         path = tmp_path / f"round{rounds}" / "toy.run.json"
         path.parent.mkdir()
-        path.write_text(json.dumps({"dataset": "toy", "rounds": rounds, "command": f"python cli.py test r{rounds}",
-                                    "metrics": {"mIoU": miou, "mIoU_seen": miou}}))  # fmt: skip
+        path.write_text(
+            json.dumps(
+                {
+                    "dataset": "toy",
+                    "rounds": rounds,
+                    "command": f"python cli.py test r{rounds}",
+                    "metrics": {"mIoU": miou, "mIoU_seen": miou},
+                }
+            )
+        )
         records.append(path)
     folder = export_model(trained, tmp_path / "model", records)
     config = json.loads((folder / "config.json").read_text())

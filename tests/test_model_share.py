@@ -52,8 +52,20 @@ def test_push_to_a_file_url_then_segment_from_it_gives_the_checkpoint_s_labels(
     labels = {}
     for option, value in (("--ckpt", str(trained)), ("--model", url)):
         out = tmp_path / option.strip("-")
-        result = run_cli("segment", option, value, "--images", *map(str, images), "--vocab", VOCAB,
-                         "--out", str(out), "--quiet", env=env, cwd=world)  # fmt: skip
+        result = run_cli(
+            "segment",
+            option,
+            value,
+            "--images",
+            *map(str, images),
+            "--vocab",
+            VOCAB,
+            "--out",
+            str(out),
+            "--quiet",
+            env=env,
+            cwd=world,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         labels[option] = _labels(out, images)
     for a, b in zip(labels["--ckpt"], labels["--model"]):
@@ -165,13 +177,27 @@ def test_missing_and_unreachable_models_end_in_one_line(exported, world, tmp_pat
     assert "no config.json there, so no model" in _one_line_error(result)
     url = f"http://127.0.0.1:{_closed_port()}/model"
     image = next((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))
-    result = run_cli("segment", "--model", url, "--images", str(image), "--vocab", "a", "--out",
-                     str(tmp_path / "o"), cwd=world)  # fmt: skip
+    result = run_cli(
+        "segment",
+        "--model",
+        url,
+        "--images",
+        str(image),
+        "--vocab",
+        "a",
+        "--out",
+        str(tmp_path / "o"),
+        cwd=world,
+    )
     line = _one_line_error(result)
     assert url in line and "check the URL, the network" in line
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null",
-               AWS_EC2_METADATA_DISABLED="true", AWS_ENDPOINT_URL=f"http://127.0.0.1:{_closed_port()}")  # fmt: skip
+    env.update(
+        AWS_CONFIG_FILE="/dev/null",
+        AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{_closed_port()}",
+    )
     result = run_cli(
         "model", "push", str(exported), "s3://bucket/model", "--quiet", env=env, cwd=world
     )

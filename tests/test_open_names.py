@@ -54,8 +54,11 @@ def cli(hub, *args, check=True):
     env = dict(os.environ, HF_HOME=str(hub["home"]), HF_HUB_OFFLINE="1")
     result = subprocess.run(
         [sys.executable, str(ROOT / "cli.py"), *args],
-        capture_output=True, text=True, cwd=ROOT, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -67,8 +70,22 @@ def bank_attrs(bank: Path) -> dict:
 
 def test_bank_from_hub_names_records_ids_and_revisions(hub, tmp_path):
     bank = tmp_path / "bank.zarr"
-    cli(hub, "bank", "build", "--vocab", "cat; dog", "--templates", "single", "--quiet",
-        "--generator", SDXL_REPO, "--encoder", f"hf-hub:{CLIP_REPO}", "--out", str(bank))  # fmt: skip
+    cli(
+        hub,
+        "bank",
+        "build",
+        "--vocab",
+        "cat; dog",
+        "--templates",
+        "single",
+        "--quiet",
+        "--generator",
+        SDXL_REPO,
+        "--encoder",
+        f"hf-hub:{CLIP_REPO}",
+        "--out",
+        str(bank),
+    )
     attrs = bank_attrs(bank)
     gen, enc = attrs["generator"], attrs["encoder"]
     assert gen["model_id"] == SDXL_REPO and gen["family"] == "sdxl"
@@ -91,9 +108,28 @@ def test_bank_from_hub_names_records_ids_and_revisions(hub, tmp_path):
 def test_bank_from_folders_with_overrides(hub, tmp_path):
     bank = tmp_path / "bank.zarr"
     folders = hub["folders"]
-    cli(hub, "bank", "build", "--vocab", "cat; dog", "--templates", "single", "--quiet",
-        "--generator", str(folders["sd"]), "--encoder", str(folders["clip"]),
-        "--steps", "2", "--guidance", "3", "--resolution", "48", "--out", str(bank))  # fmt: skip
+    cli(
+        hub,
+        "bank",
+        "build",
+        "--vocab",
+        "cat; dog",
+        "--templates",
+        "single",
+        "--quiet",
+        "--generator",
+        str(folders["sd"]),
+        "--encoder",
+        str(folders["clip"]),
+        "--steps",
+        "2",
+        "--guidance",
+        "3",
+        "--resolution",
+        "48",
+        "--out",
+        str(bank),
+    )
     gen, enc = bank_attrs(bank)["generator"], bank_attrs(bank)["encoder"]
     assert gen["model_id"] == str(folders["sd"].resolve()) and gen["family"] == "sd"
     assert (gen["steps"], gen["guidance"], gen["height"], gen["width"]) == (2, 3.0, 48, 48)
@@ -104,8 +140,12 @@ def test_bank_from_folders_with_overrides(hub, tmp_path):
 def test_generator_defaults_per_family(hub):
     sd = resolve_generator(str(hub["folders"]["sd"]))
     assert (sd.family, sd.steps, sd.guidance, sd.height, sd.scheduler) == (
-        "sd", 25, 7.5, 64, "DPMSolverMultistepScheduler",
-    )  # fmt: skip
+        "sd",
+        25,
+        7.5,
+        64,
+        "DPMSolverMultistepScheduler",
+    )
     assert sd.origin == "local-dir" and sd.offline
 
 
@@ -165,8 +205,20 @@ def test_the_command_line_ends_in_that_line_before_loading_anything(hub, tmp_pat
         ("--encoder", "convnext-b-laoin", "did you mean convnext-b-laion"),
         ("--encoder", "hf-hub:dpseg-rehearsal/absent", "not in the local cache"),
     ):
-        result = cli(hub, "bank", "build", "--vocab", "cat", "--templates", "single",
-                     option, name, "--out", str(tmp_path / "b.zarr"), check=False)  # fmt: skip
+        result = cli(
+            hub,
+            "bank",
+            "build",
+            "--vocab",
+            "cat",
+            "--templates",
+            "single",
+            option,
+            name,
+            "--out",
+            str(tmp_path / "b.zarr"),
+            check=False,
+        )
         assert result.returncode == 2
         assert expected in result.stderr and "Traceback" not in result.stderr
         assert not (tmp_path / "b.zarr").exists()

@@ -35,8 +35,19 @@ def mixed_images(world, tmp_path_factory):
 def test_predict_mixed_images_with_a_free_form_vocabulary(trained, world, mixed_images, tmp_path):
     out = tmp_path / "pred"
     vocab = "red disc; green square; blue triangle; background; zebra, striped horse"
-    result = run_cli("segment", "--ckpt", str(trained), "--images", str(mixed_images),
-                     "--vocab", vocab, "--out", str(out), "--quiet", cwd=world)  # fmt: skip
+    result = run_cli(
+        "segment",
+        "--ckpt",
+        str(trained),
+        "--images",
+        str(mixed_images),
+        "--vocab",
+        vocab,
+        "--out",
+        str(out),
+        "--quiet",
+        cwd=world,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "e_broken.jpg" in result.stderr and "4 images" in result.stdout
     sizes = {"a_rgb": (128, 128), "b_rgba": (150, 200), "c_gray": (170, 90), "d_exif": (160, 96)}
@@ -60,21 +71,57 @@ def test_predict_mixed_images_with_a_free_form_vocabulary(trained, world, mixed_
     cached = json.loads((caches[0] / "zarr.json").read_text())["attributes"]
     assert cached["classes"] == ["zebra, striped horse"]
     # text-only: no generation
-    result = run_cli("segment", "--ckpt", str(trained), "--images", str(mixed_images / "a_rgb.jpg"),
-                     "--vocab", "red disc; okapi", "--text-only", "--out", str(tmp_path / "t"),
-                     "--quiet", cwd=world)  # fmt: skip
+    result = run_cli(
+        "segment",
+        "--ckpt",
+        str(trained),
+        "--images",
+        str(mixed_images / "a_rgb.jpg"),
+        "--vocab",
+        "red disc; okapi",
+        "--text-only",
+        "--out",
+        str(tmp_path / "t"),
+        "--quiet",
+        cwd=world,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     prompts = json.loads((tmp_path / "t" / "summary.json").read_text())["prompts"]
     assert prompts == {"red disc": "bank", "okapi": "text"}
     # class early rejection bounded to one class per image: one label everywhere
-    result = run_cli("segment", "--ckpt", str(trained), "--images", str(mixed_images / "a_rgb.jpg"),
-                     "--vocab", "red disc; green square; background", "--reject", "0.01",
-                     "--reject-max", "1", "--out", str(tmp_path / "r"), "--quiet", cwd=world)  # fmt: skip
+    result = run_cli(
+        "segment",
+        "--ckpt",
+        str(trained),
+        "--images",
+        str(mixed_images / "a_rgb.jpg"),
+        "--vocab",
+        "red disc; green square; background",
+        "--reject",
+        "0.01",
+        "--reject-max",
+        "1",
+        "--out",
+        str(tmp_path / "r"),
+        "--quiet",
+        cwd=world,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(np.unique(np.asarray(Image.open(tmp_path / "r" / "a_rgb.png")))) == 1
-    result = run_cli("segment", "--ckpt", str(trained), "--images", str(mixed_images / "a_rgb.jpg"),
-                     "--vocab", "red disc", "--reject", "1.5", "--out", str(tmp_path / "bad"),
-                     cwd=world)  # fmt: skip
+    result = run_cli(
+        "segment",
+        "--ckpt",
+        str(trained),
+        "--images",
+        str(mixed_images / "a_rgb.jpg"),
+        "--vocab",
+        "red disc",
+        "--reject",
+        "1.5",
+        "--out",
+        str(tmp_path / "bad"),
+        cwd=world,
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --reject 1.5: a probability in (0, 1), e.g. 0.05"
 
@@ -87,13 +134,29 @@ def test_ctrl_c_in_segment_keeps_what_is_written_and_ends_in_one_line(trained, w
         (images / f"{i:03d}.jpg").write_bytes(source.read_bytes())
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "cli.py"), "segment", "--ckpt", str(trained), "--images",
-         str(images), "--vocab", "red disc; green square", "--text-only", "--out", str(out),
-         "--quiet"], cwd=world, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(ROOT / "cli.py"),
+            "segment",
+            "--ckpt",
+            str(trained),
+            "--images",
+            str(images),
+            "--vocab",
+            "red disc; green square",
+            "--text-only",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        cwd=world,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         # a run started in the background by a non-interactive shell inherits SIGINT ignored,
         # and Python then installs no KeyboardInterrupt: give the child the default back
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
+    )
     deadline = time.time() + 300
     while not (out / "002.json").exists():  # a few images written
         assert process.poll() is None, process.stderr.read()[-3000:]
@@ -112,21 +175,51 @@ def test_ctrl_c_in_segment_keeps_what_is_written_and_ends_in_one_line(trained, w
 
 
 def test_predict_errors_name_the_argument(trained, world, tmp_path):
-    result = run_cli("segment", "--ckpt", str(tmp_path / "none.ckpt"), "--images", "x.jpg",
-                     "--vocab", "cat", "--out", str(tmp_path), cwd=world)  # fmt: skip
+    result = run_cli(
+        "segment",
+        "--ckpt",
+        str(tmp_path / "none.ckpt"),
+        "--images",
+        "x.jpg",
+        "--vocab",
+        "cat",
+        "--out",
+        str(tmp_path),
+        cwd=world,
+    )
     assert (
         result.returncode == 2 and "no image found" in result.stderr
     ) or "--images" in result.stderr
-    result = run_cli("segment", "--ckpt", str(tmp_path / "none.ckpt"), "--images", str(ROOT / "README.md"),
-                     "--vocab", "cat", "--out", str(tmp_path), cwd=world)  # fmt: skip
+    result = run_cli(
+        "segment",
+        "--ckpt",
+        str(tmp_path / "none.ckpt"),
+        "--images",
+        str(ROOT / "README.md"),
+        "--vocab",
+        "cat",
+        "--out",
+        str(tmp_path),
+        cwd=world,
+    )
     assert result.returncode == 2 and "--ckpt" in result.stderr and "none.ckpt" in result.stderr
 
 
 def test_explain_writes_the_three_cost_maps(trained, world, tmp_path):
     image = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[0]
     out = tmp_path / "explain.png"
-    result = run_cli("explain", "--ckpt", str(trained), "--image", str(image), "--class",
-                     "red disc", "--out", str(out), cwd=world)  # fmt: skip
+    result = run_cli(
+        "explain",
+        "--ckpt",
+        str(trained),
+        "--image",
+        str(image),
+        "--class",
+        "red disc",
+        "--out",
+        str(out),
+        cwd=world,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     picture = Image.open(out)
     assert picture.width > 3 * picture.height  # five panels side by side
@@ -139,8 +232,13 @@ def test_quick_demo_runs_and_reports(tmp_path):
     (stale / "zarr.json").write_text(
         json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"format_version": 1}})
     )
-    result = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--quick", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=900, cwd=ROOT)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "demo.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"demo: {stale} is a bank of format 1 (an older dpseg): building it again" in (
         result.stdout
@@ -149,8 +247,13 @@ def test_quick_demo_runs_and_reports(tmp_path):
     assert "round I  (bank prompts):" in report and "round II (prompts from the image):" in report
     assert "visual -> text prompt retrieval" in report
     assert "MISSING" not in report
-    for name in ("toy_preview.png", "bank_gallery.png", "explain.png",
-                 "results/round1/summary.md", "results/round2/toy.json"):  # fmt: skip
+    for name in (
+        "toy_preview.png",
+        "bank_gallery.png",
+        "explain.png",
+        "results/round1/summary.md",
+        "results/round2/toy.json",
+    ):
         assert (tmp_path / name).stat().st_size > 0
     assert len(list((tmp_path / "predict").glob("*_overlay.png"))) == 4
     assert (tmp_path / "predict_sheet.png").stat().st_size > 0

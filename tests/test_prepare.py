@@ -88,9 +88,11 @@ def test_voc_palette_fixture_is_a_real_palette_png(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "folder", "expected"),
-    [("voc20", "annotations_detectron2", VOC20_EXPECTED),
-     ("voc20b", "annotations_detectron2_bg", VOC20B_EXPECTED)],
-)  # fmt: skip
+    [
+        ("voc20", "annotations_detectron2", VOC20_EXPECTED),
+        ("voc20b", "annotations_detectron2_bg", VOC20B_EXPECTED),
+    ],
+)
 def test_voc_values_names_and_rerun(tmp_path, name, folder, expected):
     base = make_voc(tmp_path, missing_id="2007_009999")
     summary = prepare_dataset(name, tmp_path, progress=False, workers=2)
@@ -176,8 +178,14 @@ def test_coco171_every_value(tmp_path):
         got = dict(zip(raw[0].tolist(), label.tolist()))
         # Hand-picked: person, the first id after the unused 11, banner (first stuff), the last.
         assert (got[0], got[12], got[91], got[181], got[11], got[90], got[255]) == (
-            0, 11, 80, 170, 255, 255, 255,
-        )  # fmt: skip
+            0,
+            11,
+            80,
+            170,
+            255,
+            255,
+            255,
+        )
         assert got == {v: coco_expected(v) for v in got}
         assert sorted(set(label.tolist()) - {255}) == list(range(171))
     names = load_vocabulary("coco171").names
@@ -524,9 +532,21 @@ def test_cmd_prepare(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as usage:  # not a choice: the parser's usage error
         cli_main(["data", "prepare", "synthetic"])
     assert usage.value.code == 2
-    assert set(PREPARABLE) == {"coco171", "ade150", "ade847", "pc59", "pc459", "voc20", "voc20b",
-                               "coco-object", "cityscapes", "potsdam", "vaihingen", "isaid",
-                               "vdd"}  # fmt: skip
+    assert set(PREPARABLE) == {
+        "coco171",
+        "ade150",
+        "ade847",
+        "pc59",
+        "pc459",
+        "voc20",
+        "voc20b",
+        "coco-object",
+        "cityscapes",
+        "potsdam",
+        "vaihingen",
+        "isaid",
+        "vdd",
+    }
 
 
 def test_every_preparable_dataset_has_one_registered_converter():

@@ -127,8 +127,9 @@ def test_regions_cut_the_detected_classes_from_the_true_map(hand_set):
         module.segmenter.config = RefineConfig(rounds=2, min_area=0.0)
         predicted = module.segmenter.second_round(images, prompts, first)
         # round I "predicting" the truth: its classes are cut from the true map as well
-        truth_first = round_one(module, images, F.one_hot(truth.clamp(min=0), 8)
-                                .permute(0, 3, 1, 2).float())  # fmt: skip
+        truth_first = round_one(
+            module, images, F.one_hot(truth.clamp(min=0), 8).permute(0, 3, 1, 2).float()
+        )
         from_truth = module.segmenter.second_round(images, prompts, truth_first)
     assert changed_classes(oracle[0], logits[0]) == [3, 5]  # background 0: absent, round I kept
     # (the batch's decoder call pads to its largest class count: equal up to float error)
@@ -168,7 +169,7 @@ def test_segment_gives_round_two_the_true_map_at_the_fed_geometry(hand_set, monk
     module.inference_config = RefineConfig(rounds=2, min_area=0.0, regions=True)
     with torch.no_grad():
         logits = module.segment(image, "synthetic", truth)
-    (shape, regions), = seen  # fmt: skip
+    ((shape, regions),) = seen
     assert logits.shape == (8, 64, 48) and shape == (1, 3, 128, 128)
     assert regions.shape == (1, 128, 128) and regions.unique().tolist() == [0, 4]
     assert (regions[0, :, :64] == 0).all() and (regions[0, :, 64:] == 4).all()
@@ -180,8 +181,11 @@ def test_the_test_loop_passes_the_labels_only_for_the_oracle(hand_set, monkeypat
     given = []
     original = module.segment
     monkeypatch.setattr(module, "_eval_datasets", lambda split: ["synthetic"])
-    monkeypatch.setattr(module, "segment", lambda image, dataset, truth=None: (
-        given.append(truth) or original(image, dataset, truth)))  # fmt: skip
+    monkeypatch.setattr(
+        module,
+        "segment",
+        lambda image, dataset, truth=None: given.append(truth) or original(image, dataset, truth),
+    )
     module._metrics[_key("synthetic")] = SemSegMetric(8)
     for regions in (False, True):
         module.inference_config = RefineConfig(rounds=2, min_area=0.0, regions=regions)
@@ -239,14 +243,31 @@ def test_the_command_line_takes_both_settings(capsys, world):
     code, out, err = main("test", "--model.help", "DPSegModule")  # the method's settings
     assert code == 0, err[-2000:]
     assert "--model.inference.help" in out and "``refine_background``" in out
-    code, out, err = main("test", "--config", str(TINY), "--config", str(world / "overlay.yaml"),
-                          "--model.inference.refine_background", "false",
-                          "--model.inference.regions", "true", "--print_config")  # fmt: skip
+    code, out, err = main(
+        "test",
+        "--config",
+        str(TINY),
+        "--config",
+        str(world / "overlay.yaml"),
+        "--model.inference.refine_background",
+        "false",
+        "--model.inference.regions",
+        "true",
+        "--print_config",
+    )
     assert code == 0, err[-2000:]
     inference = yaml.safe_load(out)["model"]["init_args"]["inference"]
     assert inference["refine_background"] is False and inference["regions"] is True
-    code, _, err = main("test", "--config", str(TINY), "--config", str(world / "overlay.yaml"),
-                        "--model.inference.regions", "true",
-                        "--model.test_protocol", "catseg")  # fmt: skip
+    code, _, err = main(
+        "test",
+        "--config",
+        str(TINY),
+        "--config",
+        str(world / "overlay.yaml"),
+        "--model.inference.regions",
+        "true",
+        "--model.test_protocol",
+        "catseg",
+    )
     assert code == 2 and err.startswith("error: --model.inference.regions true"), err[-2000:]
     assert len(err.strip().splitlines()) == 1

@@ -35,11 +35,20 @@ def test_snapshots_sit_at_the_presets_pinned_revisions(home):
         folder = repo_folder(home, repo)
         main = (folder / "refs" / "main").read_text()
         assert revision is None or main == revision
-        files = {p.relative_to(folder / "snapshots" / main).as_posix()
-                 for p in (folder / "snapshots" / main).rglob("*") if p.is_file()}  # fmt: skip
-        expected = {"open_clip": {"open_clip_config.json", "open_clip_model.safetensors"},
-                    "diffusers": {"model_index.json", "unet/config.json", "vae/config.json",
-                                  "scheduler/scheduler_config.json"}}[snapshot.kind]  # fmt: skip
+        files = {
+            p.relative_to(folder / "snapshots" / main).as_posix()
+            for p in (folder / "snapshots" / main).rglob("*")
+            if p.is_file()
+        }
+        expected = {
+            "open_clip": {"open_clip_config.json", "open_clip_model.safetensors"},
+            "diffusers": {
+                "model_index.json",
+                "unet/config.json",
+                "vae/config.json",
+                "scheduler/scheduler_config.json",
+            },
+        }[snapshot.kind]
         assert expected <= files, (snapshot.name, expected - files)
 
 
@@ -58,10 +67,24 @@ def test_reduced_rehearsal_runs_every_kind_of_row(home, tmp_path):
     out = tmp_path / "rows.json"
     rows = ["sd15", "stabilityai/sdxl-turbo", "convnext-b-laion", "dinotxt-l16"]
     result = subprocess.run(
-        [sys.executable, "-m", "rehearsal.run", "--home", str(home), "--scale", "reduced",
-         "--rows", *rows, "--json", str(out)],
-        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "rehearsal.run",
+            "--home",
+            str(home),
+            "--scale",
+            "reduced",
+            "--rows",
+            *rows,
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ),
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     table = json.loads(out.read_text())
     assert list(table) == rows

@@ -37,15 +37,39 @@ NUM_CLASSES = {"potsdam": 6, "vaihingen": 6, "isaid": 16, "vdd": 7}
 # The ISPRS colour code (RGB), written out here from the benchmark's description rather than
 # imported: index = the value mmseg's converters write (0 = black boundary, then the classes).
 ISPRS_RGB = np.array(
-    [(0, 0, 0), (255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0),
-     (255, 0, 0)], np.uint8,
-)  # fmt: skip
+    [
+        (0, 0, 0),
+        (255, 255, 255),
+        (0, 0, 255),
+        (0, 255, 255),
+        (0, 255, 0),
+        (255, 255, 0),
+        (255, 0, 0),
+    ],
+    np.uint8,
+)
 # iSAID's mask colours (mmseg's iSAIDDataset palette), index = label 0..15.
 ISAID_RGB = np.array(
-    [(0, 0, 0), (0, 0, 63), (0, 63, 63), (0, 63, 0), (0, 63, 127), (0, 63, 191), (0, 63, 255),
-     (0, 127, 63), (0, 127, 127), (0, 0, 127), (0, 0, 191), (0, 0, 255), (0, 191, 127),
-     (0, 127, 191), (0, 127, 255), (0, 100, 155)], np.uint8,
-)  # fmt: skip
+    [
+        (0, 0, 0),
+        (0, 0, 63),
+        (0, 63, 63),
+        (0, 63, 0),
+        (0, 63, 127),
+        (0, 63, 191),
+        (0, 63, 255),
+        (0, 127, 63),
+        (0, 127, 127),
+        (0, 0, 127),
+        (0, 0, 191),
+        (0, 0, 255),
+        (0, 191, 127),
+        (0, 127, 191),
+        (0, 127, 255),
+        (0, 100, 155),
+    ],
+    np.uint8,
+)
 
 
 def encode(array: np.ndarray, fmt: str) -> bytes:
@@ -129,17 +153,40 @@ def test_vocabularies_are_mmseg_label_order():
     assert load_vocabulary("potsdam").names == potsdam
     assert load_vocabulary("vaihingen").names == potsdam
     assert load_vocabulary("isaid").names == [
-        "background", "ship", "storage tank", "baseball diamond", "tennis court",
-        "basketball court", "ground track field", "bridge", "large vehicle", "small vehicle",
-        "helicopter", "swimming pool", "roundabout", "soccer ball field", "plane", "harbor",
-    ]  # fmt: skip
+        "background",
+        "ship",
+        "storage tank",
+        "baseball diamond",
+        "tennis court",
+        "basketball court",
+        "ground track field",
+        "bridge",
+        "large vehicle",
+        "small vehicle",
+        "helicopter",
+        "swimming pool",
+        "roundabout",
+        "soccer ball field",
+        "plane",
+        "harbor",
+    ]
     assert load_vocabulary("vdd").names == [
-        "other", "wall", "road", "vegetation", "vehicle", "roof", "water",
-    ]  # fmt: skip
+        "other",
+        "wall",
+        "road",
+        "vegetation",
+        "vehicle",
+        "roof",
+        "water",
+    ]
 
 
-VIP_FILES = {"potsdam": "cls_potsdam.txt", "vaihingen": "cls_vaihingen.txt",
-             "isaid": "cls_iSAID.txt", "vdd": "cls_vdd.txt"}  # fmt: skip
+VIP_FILES = {
+    "potsdam": "cls_potsdam.txt",
+    "vaihingen": "cls_vaihingen.txt",
+    "isaid": "cls_iSAID.txt",
+    "vdd": "cls_vdd.txt",
+}
 
 
 def _words(synonyms) -> set[str]:
@@ -265,8 +312,11 @@ def test_isprs_boxes_follow_mmseg_grid():
     assert all(b[2] - b[0] == 512 and b[3] - b[1] == 512 for b in boxes)
     assert 14 * len(boxes) == get_dataset_spec("potsdam").expected_images
     assert isprs_boxes(530, 600) == [
-        (0, 0, 512, 512), (88, 0, 600, 512), (0, 18, 512, 530), (88, 18, 600, 530),
-    ]  # fmt: skip
+        (0, 0, 512, 512),
+        (88, 0, 600, 512),
+        (0, 18, 512, 530),
+        (88, 18, 600, 530),
+    ]
 
 
 def test_isprs_colours_as_mmseg():
@@ -296,16 +346,22 @@ def make_potsdam_zips(root: Path, labels_zip: str = "5_Labels_all_noBoundary.zip
     tile 2_13 and train tile 2_10. Returns the 0..6 index map of 2_13."""
     h, w = POTSDAM_SHAPE
     index = block_labels(h, w, 7)
-    write_zip(root / "potsdam" / "2_Ortho_RGB.zip", {
-        "2_Ortho_RGB/top_potsdam_2_13_RGB.tif": encode(tile_image(h, w, 5), "TIFF"),
-        "2_Ortho_RGB/top_potsdam_2_13_RGB.tfw": b"0.05\n0\n0\n-0.05\n0\n0\n",
-        "2_Ortho_RGB/top_potsdam_2_10_RGB.tif": encode(tile_image(512, 512, 6), "TIFF"),
-    })  # fmt: skip
+    write_zip(
+        root / "potsdam" / "2_Ortho_RGB.zip",
+        {
+            "2_Ortho_RGB/top_potsdam_2_13_RGB.tif": encode(tile_image(h, w, 5), "TIFF"),
+            "2_Ortho_RGB/top_potsdam_2_13_RGB.tfw": b"0.05\n0\n0\n-0.05\n0\n0\n",
+            "2_Ortho_RGB/top_potsdam_2_10_RGB.tif": encode(tile_image(512, 512, 6), "TIFF"),
+        },
+    )
     suffix = "_noBoundary" if "noBoundary" in labels_zip else ""
-    write_zip(root / "potsdam" / labels_zip, {
-        f"top_potsdam_2_13_label{suffix}.tif": encode(ISPRS_RGB[index], "TIFF"),
-        f"top_potsdam_2_10_label{suffix}.tif": encode(np.zeros((512, 512, 3)), "TIFF"),
-    })  # fmt: skip
+    write_zip(
+        root / "potsdam" / labels_zip,
+        {
+            f"top_potsdam_2_13_label{suffix}.tif": encode(ISPRS_RGB[index], "TIFF"),
+            f"top_potsdam_2_10_label{suffix}.tif": encode(np.zeros((512, 512, 3)), "TIFF"),
+        },
+    )
     return index
 
 
@@ -380,19 +436,25 @@ def test_prepare_vaihingen_reads_top_folder_only(tmp_path):
     h, w = VAIHINGEN_SHAPE
     index = block_labels(h, w, 7)
     irrg = tile_image(h, w, 9)  # the tiles are IRRG false colour; kept as they are
-    write_zip(tmp_path / "vaihingen/ISPRS_semantic_labeling_Vaihingen.zip", {
-        "top/top_mosaic_09cm_area2.tif": encode(irrg, "TIFF"),
-        "top/top_mosaic_09cm_area1.tif": encode(tile_image(512, 512, 1), "TIFF"),  # train
-        # the zip's training labels carry the same file names: not images
-        "gts_for_participants/top_mosaic_09cm_area2.tif": encode(ISPRS_RGB[index], "TIFF"),
-        "dsm/dsm_09cm_matching_area2.tif": encode(np.zeros((h, w)), "TIFF"),
-    })  # fmt: skip
+    write_zip(
+        tmp_path / "vaihingen/ISPRS_semantic_labeling_Vaihingen.zip",
+        {
+            "top/top_mosaic_09cm_area2.tif": encode(irrg, "TIFF"),
+            "top/top_mosaic_09cm_area1.tif": encode(tile_image(512, 512, 1), "TIFF"),  # train
+            # the zip's training labels carry the same file names: not images
+            "gts_for_participants/top_mosaic_09cm_area2.tif": encode(ISPRS_RGB[index], "TIFF"),
+            "dsm/dsm_09cm_matching_area2.tif": encode(np.zeros((h, w)), "TIFF"),
+        },
+    )
     gt_zip = "ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE.zip"
-    write_zip(tmp_path / "vaihingen" / gt_zip, {
-        "top_mosaic_09cm_area2_noBoundary.tif": encode(ISPRS_RGB[index], "TIFF"),
-        "top_mosaic_09cm_area1_noBoundary.tif": encode(np.zeros((512, 512, 3)), "TIFF"),
-        "top_mosaic_09cm_area9_noBoundary.tif": encode(np.zeros((512, 512, 3)), "TIFF"),
-    })  # fmt: skip
+    write_zip(
+        tmp_path / "vaihingen" / gt_zip,
+        {
+            "top_mosaic_09cm_area2_noBoundary.tif": encode(ISPRS_RGB[index], "TIFF"),
+            "top_mosaic_09cm_area1_noBoundary.tif": encode(np.zeros((512, 512, 3)), "TIFF"),
+            "top_mosaic_09cm_area9_noBoundary.tif": encode(np.zeros((512, 512, 3)), "TIFF"),
+        },
+    )
     summary = prepare_dataset("vaihingen", tmp_path, progress=False, workers=1)
     assert (summary["written"], summary["missing"]) == (1, 16)  # area2 of the 17 val areas
     crops = ["area2_0_0_512_512", "area2_8_0_520_512", "area2_0_3_512_515", "area2_8_3_520_515"]
@@ -432,15 +494,21 @@ def make_isaid_zips(root: Path) -> np.ndarray:
     big_rgb = ISAID_RGB[big]
     big_rgb[0, 0] = (1, 2, 3)  # a colour of no class -> background, as mmseg
     small = block_labels(500, 700, 16)
-    write_zip(root / "iSAID/val/images/part1.zip", {
-        "images/P0001.png": encode(tile_image(900, 1000, 1), "PNG"),
-        "images/P0002.png": encode(tile_image(500, 700, 2), "PNG"),
-        "images/P0003.png": encode(tile_image(10, 10, 3), "PNG"),
-    })  # fmt: skip
-    write_zip(root / "iSAID/val/Semantic_masks/images.zip", {
-        "images/P0001_instance_color_RGB.png": encode(big_rgb, "PNG"),
-        "images/P0002_instance_color_RGB.png": encode(ISAID_RGB[small], "PNG"),
-    })  # fmt: skip
+    write_zip(
+        root / "iSAID/val/images/part1.zip",
+        {
+            "images/P0001.png": encode(tile_image(900, 1000, 1), "PNG"),
+            "images/P0002.png": encode(tile_image(500, 700, 2), "PNG"),
+            "images/P0003.png": encode(tile_image(10, 10, 3), "PNG"),
+        },
+    )
+    write_zip(
+        root / "iSAID/val/Semantic_masks/images.zip",
+        {
+            "images/P0001_instance_color_RGB.png": encode(big_rgb, "PNG"),
+            "images/P0002_instance_color_RGB.png": encode(ISAID_RGB[small], "PNG"),
+        },
+    )
     big[0, 0] = 0
     return big
 
@@ -451,8 +519,13 @@ def test_prepare_isaid_patches_padding_and_rerun(tmp_path):
     assert (summary["written"], summary["skipped"], summary["missing"]) == (2, 0, 1)
     assert summary["missing_examples"] == ["P0003 (mask absent)"]
     img_dir, ann_dir = tmp_path / "iSAID/img_dir/val", tmp_path / "iSAID/ann_dir/val"
-    patches = ["P0001_0_896_0_896", "P0001_4_900_0_896", "P0001_0_896_104_1000",
-               "P0001_4_900_104_1000", "P0002_0_896_0_896"]  # fmt: skip
+    patches = [
+        "P0001_0_896_0_896",
+        "P0001_4_900_0_896",
+        "P0001_0_896_104_1000",
+        "P0001_4_900_104_1000",
+        "P0002_0_896_0_896",
+    ]
     assert sorted(p.stem for p in img_dir.iterdir()) == sorted(patches)
     assert sorted(p.stem for p in ann_dir.iterdir()) == sorted(
         f"{p}_instance_color_RGB" for p in patches

@@ -14,8 +14,9 @@ from model.seeding import derive_seed, paired_conv, part_rng
 
 P = 3
 DIMS = (24, 48, 96, 192)  # the toy ConvNeXt's level widths
-SMALL = dict(cost_channels=16, decoder_channels=(16, 8, 8), guidance_channels=(8, 4, 4),
-             attention_heads=2)  # fmt: skip
+SMALL = dict(
+    cost_channels=16, decoder_channels=(16, 8, 8), guidance_channels=(8, 4, 4), attention_heads=2
+)
 
 
 def build(seed: int, **config) -> DPSeg:

@@ -13,10 +13,18 @@ Mode = Literal["a", "b"]
 
 @pytest.mark.parametrize(
     ("value", "bound", "expected"),
-    [(0, ">= 0", True), (0, "> 0", False), (1, "< 1", False), (1, "<= 1", True),
-     (0, "in [0, 1)", True), (1, "in [0, 1)", False), (1, "in [0, 1]", True),
-     (0, "in (0, 1)", False), (-0.5, ">= -1", True)],
-)  # fmt: skip
+    [
+        (0, ">= 0", True),
+        (0, "> 0", False),
+        (1, "< 1", False),
+        (1, "<= 1", True),
+        (0, "in [0, 1)", True),
+        (1, "in [0, 1)", False),
+        (1, "in [0, 1]", True),
+        (0, "in (0, 1)", False),
+        (-0.5, ">= -1", True),
+    ],
+)
 def test_bounds(value, bound, expected):
     assert meets(value, bound) is expected
 
@@ -39,12 +47,14 @@ class Example:
 
 @pytest.mark.parametrize(
     ("kwargs", "line"),
-    [({"mode": "c"}, "model.example.mode='c': use one of a, b"),
-     ({"choice": "z"}, "model.example.choice='z': use one of x, y"),
-     ({"rate": 2.0}, "model.example.rate=2.0: must be in [0, 1]"),
-     ({"cap": 0}, "model.example.cap=0: must be >= 1 (or null)"),
-     ({"rate": "high"}, "model.example.rate='high': must be in [0, 1]")],
-)  # fmt: skip
+    [
+        ({"mode": "c"}, "model.example.mode='c': use one of a, b"),
+        ({"choice": "z"}, "model.example.choice='z': use one of x, y"),
+        ({"rate": 2.0}, "model.example.rate=2.0: must be in [0, 1]"),
+        ({"cap": 0}, "model.example.cap=0: must be >= 1 (or null)"),
+        ({"rate": "high"}, "model.example.rate='high': must be in [0, 1]"),
+    ],
+)
 def test_a_setting_out_of_its_rule_is_one_setting_error(kwargs, line):
     with pytest.raises(SettingError) as caught:
         Example(**kwargs)

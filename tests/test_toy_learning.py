@@ -42,8 +42,19 @@ def test_toy_has_train_val_and_test_splits_and_reports_on_test():
 
 
 def test_data_toy_writes_three_splits(tmp_path):
-    result = run_cli("data", "toy", "--root", str(tmp_path), "--train", "3", "--val", "2",
-                     "--test", "4", "--quiet")  # fmt: skip
+    result = run_cli(
+        "data",
+        "toy",
+        "--root",
+        str(tmp_path),
+        "--train",
+        "3",
+        "--val",
+        "2",
+        "--test",
+        "4",
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "3 train + 2 val + 4 test images" in result.stdout
     for split, count in (("train", 3), ("val", 2), ("test", 4)):
@@ -173,14 +184,29 @@ def test_modality_gap_offsets_each_modality_and_keeps_rankings():
 
 def test_probe_reports_what_the_toy_clip_knows(tmp_path):
     out = tmp_path / "probe.json"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "toy_clip_probe.py"),
-                             "--scenes", "4", "--json", str(out)], capture_output=True, text=True,
-                            cwd=ROOT, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "toy_clip_probe.py"),
+            "--scenes",
+            "4",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["crops"] > 4
-    for key in ("pixel_zero_shot_miou", "crop_accuracy_text", "crop_accuracy_visual",
-                "crop_accuracy_dual"):  # fmt: skip
+    for key in (
+        "pixel_zero_shot_miou",
+        "crop_accuracy_text",
+        "crop_accuracy_visual",
+        "crop_accuracy_dual",
+    ):
         assert 0 <= report[key] <= 1
     assert report["modality_gap_cos_VT"] <= 0.5  # the gap is there
     assert "modality gap: mean cos(V_k, T_k)" in result.stdout
@@ -202,23 +228,60 @@ def guard_run(tmp_path_factory) -> dict:
     """The learning guard's short toy training (configs/toy_world.yaml, GUARD_STEPS steps) and
     its test on 300 toy test images: the folders, the checkpoint and the metrics."""
     tmp_path = tmp_path_factory.mktemp("guard")
-    data = run_cli("data", "toy", "--root", str(tmp_path / "datasets"), "--train", "1500",
-                   "--val", "4", "--test", "300", "--quiet")  # fmt: skip
+    data = run_cli(
+        "data",
+        "toy",
+        "--root",
+        str(tmp_path / "datasets"),
+        "--train",
+        "1500",
+        "--val",
+        "4",
+        "--test",
+        "300",
+        "--quiet",
+    )
     assert data.returncode == 0, data.stderr[-2000:]
     bank = tmp_path / "toy.zarr"
-    built = run_cli("bank", "build", "--vocab", "toy", "--preset", "toy", "--templates",
-                    "imagenet80", "--batch-size", "64", "--out", str(bank), "--quiet")  # fmt: skip
+    built = run_cli(
+        "bank",
+        "build",
+        "--vocab",
+        "toy",
+        "--preset",
+        "toy",
+        "--templates",
+        "imagenet80",
+        "--batch-size",
+        "64",
+        "--out",
+        str(bank),
+        "--quiet",
+    )
     assert built.returncode == 0, built.stderr[-2000:]
     overlay = tmp_path / "overlay.yaml"
     pair = {"bank": str(bank)}
-    overlay.write_text(json.dumps({
-        "trainer": {"max_steps": GUARD_STEPS, "limit_val_batches": 0, "num_sanity_val_steps": 0,
-                    "default_root_dir": str(tmp_path / "runs"), "logger": False,
-                    "enable_progress_bar": False},
-        "data": {"root": str(tmp_path / "datasets"), "num_workers": 0,
-                 "train": {"dataset": "toy:train", **pair},
-                 "val": [{"dataset": "toy:val", **pair}], "test": [{"dataset": "toy", **pair}]},
-    }))  # fmt: skip
+    overlay.write_text(
+        json.dumps(
+            {
+                "trainer": {
+                    "max_steps": GUARD_STEPS,
+                    "limit_val_batches": 0,
+                    "num_sanity_val_steps": 0,
+                    "default_root_dir": str(tmp_path / "runs"),
+                    "logger": False,
+                    "enable_progress_bar": False,
+                },
+                "data": {
+                    "root": str(tmp_path / "datasets"),
+                    "num_workers": 0,
+                    "train": {"dataset": "toy:train", **pair},
+                    "val": [{"dataset": "toy:val", **pair}],
+                    "test": [{"dataset": "toy", **pair}],
+                },
+            }
+        )
+    )
     common = ["--config", str(ROOT / "configs" / "toy_world.yaml"), "--config", str(overlay)]
     # 2 threads alone (83 s in all); 1 beside another pytest-xdist worker on 2 cores, where 2
     # threads each oversubscribe the cores (367 s in all under make test, 2026-12-06)
@@ -227,12 +290,24 @@ def guard_run(tmp_path_factory) -> dict:
     assert fit.returncode == 0, fit.stderr[-3000:]
     ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
     results = tmp_path / "results"
-    test = run_cli("test", *common, "--ckpt_path", str(ckpt), "--model.results_dir",
-                   str(results), env=env, timeout=600)  # fmt: skip
+    test = run_cli(
+        "test",
+        *common,
+        "--ckpt_path",
+        str(ckpt),
+        "--model.results_dir",
+        str(results),
+        env=env,
+        timeout=600,
+    )
     assert test.returncode == 0, test.stderr[-3000:]
-    return {"root": tmp_path, "bank": bank, "ckpt": ckpt,
-            "metrics": json.loads((results / "toy.json").read_text()),
-            "run": json.loads((results / "toy.run.json").read_text())}  # fmt: skip
+    return {
+        "root": tmp_path,
+        "bank": bank,
+        "ckpt": ckpt,
+        "metrics": json.loads((results / "toy.json").read_text()),
+        "run": json.loads((results / "toy.run.json").read_text()),
+    }
 
 
 @pytest.mark.e2e
@@ -261,8 +336,9 @@ def test_rejection_keeps_the_toy_classes_among_every_ade847_name(guard_run, shar
 
     toy = load_vocabulary("toy")
     taken = {n.lower() for n in toy.names}
-    ade = Vocabulary.from_entries(json.loads((shared_vocab / "catseg" / "ade847.json").read_text()),
-                                  allow_duplicates=True)  # fmt: skip
+    ade = Vocabulary.from_entries(
+        json.loads((shared_vocab / "catseg" / "ade847.json").read_text()), allow_duplicates=True
+    )
     extra = [e for c, e in zip(ade.names, ade.entries) if c.lower() not in taken]
     large = Vocabulary.from_entries([*toy.entries, *extra], allow_duplicates=True)
     assert len(large) > 850
@@ -288,7 +364,9 @@ def test_rejection_keeps_the_toy_classes_among_every_ade847_name(guard_run, shar
         kept_true += int(segmenter.kept[present].sum())
         distractors += int(segmenter.kept[len(toy) :].sum())
     recall, decoded = kept_true / true, distractors / len(paths)
-    print(f"distractor vocabulary (K = {len(large)}): recall of the toy classes {recall:.3f}, "
-          f"distractors decoded per image {decoded:.1f}")  # fmt: skip
+    print(
+        f"distractor vocabulary (K = {len(large)}): recall of the toy classes {recall:.3f}, "
+        f"distractors decoded per image {decoded:.1f}"
+    )
     assert recall >= DISTRACTOR_RECALL
     assert decoded < config.rejection_max_classes  # most of the 847 distractors are rejected

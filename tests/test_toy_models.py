@@ -113,9 +113,23 @@ def test_a_short_pretraining_is_informative(tmp_path):
     """A fresh (short) pretraining, run as a user runs it, learns the world: not the committed
     bits, but an informative model in a valid weights file."""
     out = tmp_path / "toy.safetensors"
-    result = run_cli("presets", "pretrain", "toy-convnext", "--steps", "120", "--pool", "1500",
-                     "--scene-pool", "64", "--scene-batch", "8", "--out", str(out), "--json",
-                     "--quiet")  # fmt: skip
+    result = run_cli(
+        "presets",
+        "pretrain",
+        "toy-convnext",
+        "--steps",
+        "120",
+        "--pool",
+        "1500",
+        "--scene-pool",
+        "64",
+        "--scene-batch",
+        "8",
+        "--out",
+        str(out),
+        "--json",
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert report["zero_shot_plain"] > 5 * CHANCE, report
@@ -132,9 +146,26 @@ def test_pretraining_a_convnext_writes_a_valid_file_with_the_region_loss(tmp_pat
     marked e2e): the region loss over rendered scenes runs, the report says so, the file is a
     valid weights file of the preset."""
     out = tmp_path / "toy.safetensors"
-    result = run_cli("presets", "pretrain", "toy-convnext", "--steps", "2", "--pool", "40",
-                     "--batch-size", "16", "--eval-images", "31", "--scene-pool", "8",
-                     "--scene-batch", "2", "--out", str(out), "--quiet")  # fmt: skip
+    result = run_cli(
+        "presets",
+        "pretrain",
+        "toy-convnext",
+        "--steps",
+        "2",
+        "--pool",
+        "40",
+        "--batch-size",
+        "16",
+        "--eval-images",
+        "31",
+        "--scene-pool",
+        "8",
+        "--scene-batch",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 steps in " in result.stdout and f"MB written to {out}" in result.stdout
     meta = read_metadata(out)
@@ -186,8 +217,21 @@ def test_a_toy_bank_has_visual_prompts_that_find_their_own_class(tmp_path):
     """At least 90% of classes: the nearest class-mean text prompt to the class-mean visual
     prompt is the class's own (`bank info --prompts`)."""
     out = tmp_path / "toy.zarr"
-    build = run_cli("bank", "build", "--vocab", "toy", "--preset", "toy", "--templates",
-                    "imagenet80:8", "--batch-size", "32", "--out", str(out), "--quiet")  # fmt: skip
+    build = run_cli(
+        "bank",
+        "build",
+        "--vocab",
+        "toy",
+        "--preset",
+        "toy",
+        "--templates",
+        "imagenet80:8",
+        "--batch-size",
+        "32",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert build.returncode == 0, build.stderr[-2000:]
     info = run_cli("bank", "info", str(out), "--prompts", "--json")
     assert info.returncode == 0, info.stderr[-2000:]

@@ -29,8 +29,12 @@ def test_vocabulary_files_are_the_world():
     assert load_vocabulary("toy_aliases").entries == alias_entries()
     assert len(class_names()) == 31 and len(class_names(seen_only=True)) == 25
     assert load_vocabulary("toy_aliases")[1].synonyms == (
-        "red disc", "crimson disc", "scarlet disc", "red circle", "red dot"
-    )  # fmt: skip
+        "red disc",
+        "crimson disc",
+        "scarlet disc",
+        "red circle",
+        "red dot",
+    )
 
 
 def test_every_unseen_class_is_made_of_seen_parts():
@@ -94,13 +98,21 @@ def test_prompt_pictures_follow_their_template():
     assert not np.array_equal(plain, render_prompt("a photo of a red disc.", seed=1)[0])
     # size words: many pixels for a close-up, few for a small one (over several seeds)
     area = {
-        w: np.mean([object_pixels(render_prompt(f"a {w} photo of a red disc.", s)[0], "red").sum()
-                    for s in range(8)])
+        w: np.mean(
+            [
+                object_pixels(render_prompt(f"a {w} photo of a red disc.", s)[0], "red").sum()
+                for s in range(8)
+            ]
+        )
         for w in ("close-up", "small")
-    }  # fmt: skip
+    }
     assert area["close-up"] > 4 * area["small"]
-    sketch = np.mean([object_pixels(render_prompt("a sketch of a red disc.", s)[0], "red").sum()
-                      for s in range(8)])  # fmt: skip
+    sketch = np.mean(
+        [
+            object_pixels(render_prompt("a sketch of a red disc.", s)[0], "red").sum()
+            for s in range(8)
+        ]
+    )
     assert sketch < 0.6 * area["close-up"]  # an outline, not a filled shape
     grey, _ = render_prompt("a black and white photo of a red disc.", seed=0)
     assert np.array_equal(grey[..., 0], grey[..., 1])

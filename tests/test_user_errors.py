@@ -99,8 +99,17 @@ def test_every_error_class_is_a_user_error_and_keeps_its_base():
     from prompt_bank.safety import BankLockError
 
     assert UserError in cli.USER_ERRORS  # what cli.main turns into one line and exit 2
-    for cls in (DatasetError, VocabularyError, TemplateError, PresetError, BankFormatError,
-                BankMismatchError, BankLockError, UnreadableImageError, CheckpointError):  # fmt: skip
+    for cls in (
+        DatasetError,
+        VocabularyError,
+        TemplateError,
+        PresetError,
+        BankFormatError,
+        BankMismatchError,
+        BankLockError,
+        UnreadableImageError,
+        CheckpointError,
+    ):
         assert issubclass(cls, UserError) and issubclass(cls, ValueError), cls
     assert issubclass(WeightsUnavailableError, UserError)
     assert issubclass(WeightsUnavailableError, RuntimeError)
@@ -111,8 +120,18 @@ def test_every_error_class_is_a_user_error_and_keeps_its_base():
 
 
 def test_garbage_checkpoint_to_segment_is_one_line(files, tmp_path, capsys):
-    line = user_error(capsys, "segment", "--ckpt", str(files["garbage"]), "--images",
-                      str(files["good"]), "--vocab", "cat; dog", "--out", str(tmp_path / "o"))  # fmt: skip
+    line = user_error(
+        capsys,
+        "segment",
+        "--ckpt",
+        str(files["garbage"]),
+        "--images",
+        str(files["good"]),
+        "--vocab",
+        "cat; dog",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert "--ckpt" in line and "garbage.ckpt" in line and "not a checkpoint" in line
     assert "weights_only" not in line
 
@@ -130,8 +149,18 @@ def test_a_zip_that_is_not_a_checkpoint_is_one_line(tmp_path):
 
 
 def test_garbage_checkpoint_to_explain_is_one_line(files, capsys):
-    line = user_error(capsys, "explain", "--ckpt", str(files["garbage"]), "--image",
-                      str(files["good"]), "--class", "cat", "--vocab", "cat; dog")  # fmt: skip
+    line = user_error(
+        capsys,
+        "explain",
+        "--ckpt",
+        str(files["garbage"]),
+        "--image",
+        str(files["good"]),
+        "--class",
+        "cat",
+        "--vocab",
+        "cat; dog",
+    )
     assert "--ckpt" in line and "garbage.ckpt" in line
 
 
@@ -148,9 +177,22 @@ def test_garbage_checkpoint_to_lightning_test_is_one_line(world, files):
 
 def test_decompression_bomb_is_skipped_and_the_run_goes_on(files, tmp_path):
     out = tmp_path / "out"
-    result = run_cli("segment", "--method", "vip", "--config", "configs/vip_tiny.yaml",
-                     "--images", str(files["good"]), str(files["bomb"]), "--vocab", "cat; dog",
-                     "--out", str(out), "--quiet", env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    result = run_cli(
+        "segment",
+        "--method",
+        "vip",
+        "--config",
+        "configs/vip_tiny.yaml",
+        "--images",
+        str(files["good"]),
+        str(files["bomb"]),
+        "--vocab",
+        "cat; dog",
+        "--out",
+        str(out),
+        "--quiet",
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped")]
@@ -172,10 +214,22 @@ def test_read_image_refuses_a_bomb_and_garbage_as_user_errors(files):
 
 def test_no_readable_image_is_a_user_error(files, tmp_path, capsys):
     out = tmp_path / "out"
-    code, _, err = run_main(capsys, "segment", "--method", "vip", "--config",
-                            "configs/vip_tiny.yaml", "--images", str(files["broken"]),
-                            str(files["bomb"]), "--vocab", "cat; dog", "--out", str(out),
-                            "--quiet")  # fmt: skip
+    code, _, err = run_main(
+        capsys,
+        "segment",
+        "--method",
+        "vip",
+        "--config",
+        "configs/vip_tiny.yaml",
+        "--images",
+        str(files["broken"]),
+        str(files["bomb"]),
+        "--vocab",
+        "cat; dog",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert code == 2, err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--images" in errors[0] and "none of the 2" in errors[0]
@@ -188,8 +242,16 @@ def test_no_readable_image_is_a_user_error(files, tmp_path, capsys):
 
 
 def test_explain_with_an_unreadable_image_is_one_line(files, capsys):
-    line = user_error(capsys, "explain", "--ckpt", str(files["garbage"]), "--image",
-                      str(files["broken"]), "--class", "cat")  # fmt: skip
+    line = user_error(
+        capsys,
+        "explain",
+        "--ckpt",
+        str(files["garbage"]),
+        "--image",
+        str(files["broken"]),
+        "--class",
+        "cat",
+    )
     assert "broken.jpg" in line and "not an image" in line
 
 
@@ -215,8 +277,19 @@ def test_a_vip_segment_config_that_is_not_utf8_is_one_line(tmp_path, capsys):
     config.write_bytes(b"model:\n  tau: \xff\n")
     image = tmp_path / "a.png"
     image.write_bytes(b"")
-    argv = ["segment", "--method", "vip", "--config", str(config), "--images", str(image),
-            "--vocab", "cat", "--out", str(tmp_path / "out")]  # fmt: skip
+    argv = [
+        "segment",
+        "--method",
+        "vip",
+        "--config",
+        str(config),
+        "--images",
+        str(image),
+        "--vocab",
+        "cat",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert cli.main(argv) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "--config" in line and "bad.yaml" in line and "not UTF-8" in line
@@ -236,9 +309,14 @@ def tiny_bank(tmp_path_factory) -> Path:
     from prompt_bank.build import BuildConfig, build_bank
 
     location = tmp_path_factory.mktemp("user_errors") / "bank.zarr"
-    config = BuildConfig(vocabulary=load_vocabulary("red disc; green square"),
-                         templates=load_templates("single"), classes_per_shard=2, batch_size=4,
-                         cpu_threads=1, progress=False)  # fmt: skip
+    config = BuildConfig(
+        vocabulary=load_vocabulary("red disc; green square"),
+        templates=load_templates("single"),
+        classes_per_shard=2,
+        batch_size=4,
+        cpu_threads=1,
+        progress=False,
+    )
     threads = torch.get_num_threads()
     build_bank(config, location)
     torch.set_num_threads(threads)
@@ -281,8 +359,21 @@ def test_a_damaged_bank_given_to_lightning_test_is_one_line(world, tmp_path):
 )
 def test_bank_build_refuses_zero_and_negative_counts(tmp_path, capsys, option):
     out = tmp_path / "bank.zarr"
-    line = user_error(capsys, "bank", "build", "--vocab", "cat; dog", "--preset", "tiny",
-                      "--templates", "single", "--out", str(out), "--quiet", *option)  # fmt: skip
+    line = user_error(
+        capsys,
+        "bank",
+        "build",
+        "--vocab",
+        "cat; dog",
+        "--preset",
+        "tiny",
+        "--templates",
+        "single",
+        "--out",
+        str(out),
+        "--quiet",
+        *option,
+    )
     assert line.startswith(f"error: {option[0]} {option[1]}: must be >= 1")
     assert not out.exists()
 
@@ -298,10 +389,20 @@ def test_presets_pretrain_refuses_zero_steps(tmp_path, capsys):
 
 
 def test_fit_without_progress_bar_or_loggers(world):
-    result = run_tiny_cli(world, "fit", "--trainer.enable_progress_bar", "false",
-                          "--trainer.logger", "false", "--trainer.max_steps", "1",
-                          "--trainer.val_check_interval", "1",
-                          "--trainer.enable_checkpointing", "false")  # fmt: skip
+    result = run_tiny_cli(
+        world,
+        "fit",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "false",
+        "--trainer.max_steps",
+        "1",
+        "--trainer.val_check_interval",
+        "1",
+        "--trainer.enable_checkpointing",
+        "false",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
 
@@ -363,10 +464,21 @@ def test_a_signal_ends_any_command_in_one_line(tmp_path, signum):
     """Ctrl-C or SIGTERM in a long command (here writing the toy dataset): one line, exit
     128 + the signal, no traceback; a second signal does not cut the clean-up short."""
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "cli.py"), "data", "toy", "--root", str(tmp_path), "--train",
-         "200000", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "cli.py"),
+            "data",
+            "toy",
+            "--root",
+            str(tmp_path),
+            "--train",
+            "200000",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not list(tmp_path.rglob("*.jpg")) and time.monotonic() < deadline:
         time.sleep(0.2)  # until it is writing images
@@ -386,10 +498,26 @@ def test_a_file_size_limit_ends_in_one_line(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
 
     result = subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), "data", "toy", "--root", str(tmp_path), "--train",
-         "20", "--val", "2", "--test", "2", "--quiet"],
-        capture_output=True, text=True, preexec_fn=limit, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "cli.py"),
+            "data",
+            "toy",
+            "--root",
+            str(tmp_path),
+            "--train",
+            "20",
+            "--val",
+            "2",
+            "--test",
+            "2",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "EFBIG" in lines[0] and str(tmp_path) in lines[0], lines
@@ -432,16 +560,21 @@ def test_16_bit_and_float_grey_images_are_scaled_not_saturated(tmp_path):
 
 
 def test_a_mistyped_preset_gets_a_did_you_mean(tmp_path):
-    result = run_cli("bank", "build", "--vocab", "cat", "--preset", "tyny", "--out",
-                     str(tmp_path / "b.zarr"))  # fmt: skip
+    result = run_cli(
+        "bank", "build", "--vocab", "cat", "--preset", "tyny", "--out", str(tmp_path / "b.zarr")
+    )
     assert result.returncode == 2 and "did you mean 'tiny'?" in result.stderr
     assert not (tmp_path / "b.zarr").exists()
 
 
 @pytest.mark.parametrize(
-    "command", [["bank", "build", "--out", "b.zarr"], ["presets", "pretrain", "toy-convnext"],
-                ["vip", "select-aliases"]],
-)  # fmt: skip
+    "command",
+    [
+        ["bank", "build", "--out", "b.zarr"],
+        ["presets", "pretrain", "toy-convnext"],
+        ["vip", "select-aliases"],
+    ],
+)
 def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path, command):
     config = tmp_path / "latin1.yaml"
     config.write_bytes("vocab: café\n".encode("latin-1"))
@@ -454,8 +587,17 @@ def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path, command):
 
 
 def test_explain_takes_one_class_not_a_vocabulary(tmp_path):
-    result = run_cli("explain", "--ckpt", "x.ckpt", "--image", "x.png", "--class",
-                     "red disc; flag", "--out", str(tmp_path / "e.png"))  # fmt: skip
+    result = run_cli(
+        "explain",
+        "--ckpt",
+        "x.ckpt",
+        "--image",
+        "x.png",
+        "--class",
+        "red disc; flag",
+        "--out",
+        str(tmp_path / "e.png"),
+    )
     assert result.returncode == 2 and "one class name" in result.stderr
 
 
@@ -467,8 +609,12 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
     names = [f"class {i} with a fairly long name to fill the pipe" for i in range(5000)]
     (tmp_path / "v.txt").write_text("\n".join(names))
     read, write = os.pipe()
-    process = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "vocab", str(tmp_path / "v.txt")],
-                               stdout=write, stderr=subprocess.PIPE, cwd=ROOT)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "vocab", str(tmp_path / "v.txt")],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
     os.close(write)
     with os.fdopen(read, "rb") as reader:
         assert reader.read(20)  # the first lines, then the reader hangs up

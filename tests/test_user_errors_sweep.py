@@ -46,8 +46,9 @@ def cli_main(capsys, monkeypatch, *argv: str) -> subprocess.CompletedProcess:
 def run_script(*args: str) -> subprocess.CompletedProcess:
     """``python ARGS`` from the repository root, no GPU visible, one thread."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
 
 
 @pytest.fixture
@@ -64,9 +65,16 @@ def paths(tmp_path) -> dict[str, str]:
     for name in ("pred", "gt"):
         (tmp_path / name).mkdir()
         Image.fromarray(np.array([[0, 1], [2, 3]], dtype=np.uint8)).save(tmp_path / name / "0.png")
-    return {"TEXT": str(text), "DIR": str(folder), "IMG": str(image), "DUP": str(dup),
-            "PRED": str(tmp_path / "pred"), "GT": str(tmp_path / "gt"),
-            "OUT": str(tmp_path / "out"), "TMP": str(tmp_path)}  # fmt: skip
+    return {
+        "TEXT": str(text),
+        "DIR": str(folder),
+        "IMG": str(image),
+        "DUP": str(dup),
+        "PRED": str(tmp_path / "pred"),
+        "GT": str(tmp_path / "gt"),
+        "OUT": str(tmp_path / "out"),
+        "TMP": str(tmp_path),
+    }
 
 
 def fill(args: tuple[str, ...], paths: dict[str, str]) -> list[str]:
@@ -82,10 +90,29 @@ SEGMENT = ("segment", "--images", "IMG", "--vocab", "toy", "--quiet")
 VIP = (*SEGMENT, "--method", "vip")
 DPSEG = (*SEGMENT, "--ckpt", "no.ckpt")
 PRETRAIN = ("presets", "pretrain", "toy-vit", "--quiet", "--steps", "1")
-SELECT = ("vip", "select-aliases", "--quiet", "--encoder", "tiny-dinotxt", "--data", "DIR",
-          "--vocab", "toy_aliases")  # fmt: skip
-EVAL = ("eval-masks", "--quiet", "--pred", "PRED", "--gt", "GT", "--num-classes", "4",
-        "--ignore-index", "255")  # fmt: skip
+SELECT = (
+    "vip",
+    "select-aliases",
+    "--quiet",
+    "--encoder",
+    "tiny-dinotxt",
+    "--data",
+    "DIR",
+    "--vocab",
+    "toy_aliases",
+)
+EVAL = (
+    "eval-masks",
+    "--quiet",
+    "--pred",
+    "PRED",
+    "--gt",
+    "GT",
+    "--num-classes",
+    "4",
+    "--ignore-index",
+    "255",
+)
 
 
 # fmt: off

@@ -311,12 +311,16 @@ def test_dual_prompts_fuse_per_template_then_average_the_templates():
     expected = torch.stack(
         [
             torch.stack(
-                [torch.nn.functional.normalize(0.7 * text[a, p] + 0.3 * visual[owner[a], p], dim=0)
-                 for p in range(4)]
+                [
+                    torch.nn.functional.normalize(
+                        0.7 * text[a, p] + 0.3 * visual[owner[a], p], dim=0
+                    )
+                    for p in range(4)
+                ]
             ).mean(0)
             for a in range(3)
         ]
-    )  # fmt: skip
+    )
     torch.testing.assert_close(queries.embeddings(0.3), expected)
     torch.testing.assert_close(
         AliasQueries(text, owner, ["a", "b", "c"], 2).embeddings(0.3), text.mean(dim=1)
@@ -408,9 +412,20 @@ def test_segment_s_missing_vip_weights_name_the_setting_segment_takes(tmp_path):
 
     image = tmp_path / "a.png"
     Image.new("RGB", (32, 32)).save(image)
-    result = run_cli("segment", "--method", "vip", "--encoder", "dinotxt-l16", "--images",
-                     str(image), "--vocab", "a; b", "--out", str(tmp_path / "o"),
-                     env={"TORCH_HOME": str(tmp_path / "torch")})  # fmt: skip
+    result = run_cli(
+        "segment",
+        "--method",
+        "vip",
+        "--encoder",
+        "dinotxt-l16",
+        "--images",
+        str(image),
+        "--vocab",
+        "a; b",
+        "--out",
+        str(tmp_path / "o"),
+        env={"TORCH_HOME": str(tmp_path / "torch")},
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "--model.encoder_weights" not in result.stderr
     assert "encoder_weights: DIR in the model: section of a --config file" in result.stderr

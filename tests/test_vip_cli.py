@@ -29,8 +29,17 @@ def vip_world(world, tmp_path_factory) -> Path:
 
 
 def run_vip(vip_world: Path, *args: str):
-    return run_cli(args[0], "--config", str(VIP_TINY), "--config", str(vip_world / "overlay.yaml"),
-                   *args[1:], env=ENV, cwd=vip_world, timeout=600)  # fmt: skip
+    return run_cli(
+        args[0],
+        "--config",
+        str(VIP_TINY),
+        "--config",
+        str(vip_world / "overlay.yaml"),
+        *args[1:],
+        env=ENV,
+        cwd=vip_world,
+        timeout=600,
+    )
 
 
 def test_vip_test_writes_metrics_and_dual_prompts_change_them(vip_world, world):
@@ -47,8 +56,14 @@ def test_vip_test_writes_metrics_and_dual_prompts_change_them(vip_world, world):
     assert "| VIP (tiny-vit, clear) |" in (vip_world / "plain" / "summary.md").read_text()
 
     bank = vip_world / "vit_bank.zarr"
-    dual = run_vip(vip_world, "test", "--model.dual_prompts", str(bank),
-                   "--model.results_dir", str(vip_world / "dual"))  # fmt: skip
+    dual = run_vip(
+        vip_world,
+        "test",
+        "--model.dual_prompts",
+        str(bank),
+        "--model.results_dir",
+        str(vip_world / "dual"),
+    )
     assert dual.returncode == 0, dual.stderr[-3000:]
     dual_record = json.loads((vip_world / "dual" / "synthetic.run.json").read_text())
     assert dual_record["dual_prompts"]["encoder"] == "tiny-vit"
@@ -57,17 +72,34 @@ def test_vip_test_writes_metrics_and_dual_prompts_change_them(vip_world, world):
     assert "dual prompts" in (vip_world / "dual" / "summary.md").read_text()
 
     # a bank of another encoder: refused with the reason, no traceback
-    other = run_vip(vip_world, "test", "--model.dual_prompts", str(world / "bank.zarr"),
-                    "--model.results_dir", str(vip_world / "other"))  # fmt: skip
+    other = run_vip(
+        vip_world,
+        "test",
+        "--model.dual_prompts",
+        str(world / "bank.zarr"),
+        "--model.results_dir",
+        str(vip_world / "other"),
+    )
     assert other.returncode == 2
     assert "tiny-convnext" in other.stderr and "Traceback" not in other.stderr
 
 
 def test_vip_thresholds_low_confidence_pixels_to_ignore(vip_world):
     out = vip_world / "ignored"
-    result = run_vip(vip_world, "test", "--model.vip.prob_thd", "0.99",
-                     "--model.vip.background", "ignore", "--model.results_dir", str(out),
-                     "--trainer.logger", "false", "--trainer.enable_progress_bar", "false")  # fmt: skip
+    result = run_vip(
+        vip_world,
+        "test",
+        "--model.vip.prob_thd",
+        "0.99",
+        "--model.vip.background",
+        "ignore",
+        "--model.results_dir",
+        str(out),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Testing" not in result.stdout + result.stderr, "the progress bar is off"
     assert "inflates mIoU" in result.stderr
@@ -99,14 +131,34 @@ def test_select_aliases_command_writes_a_readable_alias_file(vip_world, world):
     from data.vocabulary import read_vocabulary_file
 
     vocab = vip_world / "aliases.txt"
-    vocab.write_text("background, backdrop\nred disc, red circle, tomato\ngreen square\n"
-                     "blue triangle\nyellow stripes\nmagenta ring\ncyan checkerboard\n"
-                     "orange cross, plus sign\n")  # fmt: skip
+    vocab.write_text(
+        "background, backdrop\nred disc, red circle, tomato\ngreen square\n"
+        "blue triangle\nyellow stripes\nmagenta ring\ncyan checkerboard\n"
+        "orange cross, plus sign\n"
+    )
     out = vip_world / "selected.txt"
-    result = run_cli("vip", "select-aliases", "--data", "synthetic", "--vocab", str(vocab),
-                     "--out", str(out), "--encoder", "tiny-vit", "--templates", "imagenet80:2",
-                     "--limit", "3", "--size", "128", "--root", str(world / "datasets"),
-                     "--quiet", env=ENV)  # fmt: skip
+    result = run_cli(
+        "vip",
+        "select-aliases",
+        "--data",
+        "synthetic",
+        "--vocab",
+        str(vocab),
+        "--out",
+        str(out),
+        "--encoder",
+        "tiny-vit",
+        "--templates",
+        "imagenet80:2",
+        "--limit",
+        "3",
+        "--size",
+        "128",
+        "--root",
+        str(world / "datasets"),
+        "--quiet",
+        env=ENV,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "8 classes, 12 aliases scored" in result.stdout
     text = out.read_text()
@@ -114,8 +166,19 @@ def test_select_aliases_command_writes_a_readable_alias_file(vip_world, world):
     selected = read_vocabulary_file(out)
     assert len(selected) == 8
     assert [c.name for c in selected] == [c.split(",")[0] for c in vocab.read_text().splitlines()]
-    bad = run_cli("vip", "select-aliases", "--data", "nowhere", "--vocab", str(vocab),
-                  "--out", str(out), "--encoder", "tiny-vit", env=ENV)  # fmt: skip
+    bad = run_cli(
+        "vip",
+        "select-aliases",
+        "--data",
+        "nowhere",
+        "--vocab",
+        str(vocab),
+        "--out",
+        str(out),
+        "--encoder",
+        "tiny-vit",
+        env=ENV,
+    )
     assert bad.returncode == 2 and "--data 'nowhere'" in bad.stderr
 
 
@@ -146,8 +209,9 @@ def test_vip_config_alias_files_fit_their_datasets(path, shared_vocab):
 
 
 def test_vip_config_parses_through_lightning_cli():
-    result = run_cli("test", "--config", str(ROOT / "configs" / "vip_voc21.yaml"),
-                     "--print_config", env=ENV)  # fmt: skip
+    result = run_cli(
+        "test", "--config", str(ROOT / "configs" / "vip_voc21.yaml"), "--print_config", env=ENV
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     printed = yaml.safe_load(result.stdout)
     assert printed["model"]["class_path"] == "model.vip.lightning.VIPModule"
@@ -158,10 +222,23 @@ def test_vip_config_parses_through_lightning_cli():
 def test_vip_image_predict_with_a_free_vocabulary_and_dual_prompts(vip_world, world):
     images = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[:2]
     out = vip_world / "free"
-    result = run_cli("segment", "--method", "vip", "--config", str(VIP_TINY),
-                     "--images", *map(str, images), "--vocab", "red disc, red circle; background",
-                     "--out", str(out), "--dual-prompts", str(vip_world / "vit_bank.zarr"),
-                     "--quiet", env=ENV)  # fmt: skip
+    result = run_cli(
+        "segment",
+        "--method",
+        "vip",
+        "--config",
+        str(VIP_TINY),
+        "--images",
+        *map(str, images),
+        "--vocab",
+        "red disc, red circle; background",
+        "--out",
+        str(out),
+        "--dual-prompts",
+        str(vip_world / "vit_bank.zarr"),
+        "--quiet",
+        env=ENV,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 classes (dual prompts)" in result.stdout
     record = json.loads((out / f"{images[0].stem}.json").read_text())
@@ -169,8 +246,9 @@ def test_vip_image_predict_with_a_free_vocabulary_and_dual_prompts(vip_world, wo
     assert {c["name"] for c in record["classes"]} <= {"red disc", "background"}
     assert all(c["prompt"].startswith("text+visual") for c in record["classes"])
     assert (out / f"{images[0].stem}_overlay.png").is_file()
-    no_ckpt = run_cli("segment", "--images", str(images[0]), "--vocab", "a; b", "--out",
-                      str(out), env=ENV)  # fmt: skip
+    no_ckpt = run_cli(
+        "segment", "--images", str(images[0]), "--vocab", "a; b", "--out", str(out), env=ENV
+    )
     assert no_ckpt.returncode == 2 and "--method vip" in no_ckpt.stderr
 
 
@@ -196,9 +274,17 @@ VIP_TINY_DINOTXT = ROOT / "configs" / "vip_tiny_dinotxt.yaml"
 
 
 def run_vip_dinotxt(vip_world: Path, *args: str):
-    return run_cli(args[0], "--config", str(VIP_TINY_DINOTXT), "--config",
-                   str(vip_world / "overlay_dinotxt.yaml"), *args[1:], env=ENV, cwd=vip_world,
-                   timeout=600)  # fmt: skip
+    return run_cli(
+        args[0],
+        "--config",
+        str(VIP_TINY_DINOTXT),
+        "--config",
+        str(vip_world / "overlay_dinotxt.yaml"),
+        *args[1:],
+        env=ENV,
+        cwd=vip_world,
+        timeout=600,
+    )
 
 
 def test_vip_on_tiny_dinotxt_tests_with_and_without_dual_prompts(vip_world, world):
@@ -211,8 +297,14 @@ def test_vip_on_tiny_dinotxt_tests_with_and_without_dual_prompts(vip_world, worl
     assert record["templates"] == "seg (6)" and record["dual_prompts"] is None
 
     bank = make_bank(vip_world / "dinotxt_bank.zarr", "seg", encoder="tiny-dinotxt")
-    dual = run_vip_dinotxt(vip_world, "test", "--model.dual_prompts", str(bank),
-                           "--model.results_dir", str(vip_world / "dt_dual"))  # fmt: skip
+    dual = run_vip_dinotxt(
+        vip_world,
+        "test",
+        "--model.dual_prompts",
+        str(bank),
+        "--model.results_dir",
+        str(vip_world / "dt_dual"),
+    )
     assert dual.returncode == 0, dual.stderr[-3000:]
     dual_record = json.loads((vip_world / "dt_dual" / "synthetic.run.json").read_text())
     assert dual_record["dual_prompts"]["encoder"] == "tiny-dinotxt"
@@ -227,16 +319,44 @@ def test_vip_on_tiny_dinotxt_tests_with_and_without_dual_prompts(vip_world, worl
 def test_vip_on_tiny_dinotxt_predicts_and_selects_aliases(vip_world, world):
     images = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[:1]
     out = vip_world / "dt_pred"
-    result = run_cli("segment", "--method", "vip", "--config", str(VIP_TINY_DINOTXT),
-                     "--images", str(images[0]), "--vocab", "red disc, red circle; background",
-                     "--out", str(out), "--quiet", env=ENV)  # fmt: skip
+    result = run_cli(
+        "segment",
+        "--method",
+        "vip",
+        "--config",
+        str(VIP_TINY_DINOTXT),
+        "--images",
+        str(images[0]),
+        "--vocab",
+        "red disc, red circle; background",
+        "--out",
+        str(out),
+        "--quiet",
+        env=ENV,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / f"{images[0].stem}.json").read_text())["num_classes"] == 2
     selected = vip_world / "dt_selected.txt"
-    result = run_cli("vip", "select-aliases", "--data", "synthetic", "--vocab",
-                     "background; red disc, red circle, tomato", "--out", str(selected),
-                     "--encoder", "tiny-dinotxt", "--rule", "reported", "--limit", "2",
-                     "--root", str(world / "datasets"), "--quiet", env=ENV)  # fmt: skip
+    result = run_cli(
+        "vip",
+        "select-aliases",
+        "--data",
+        "synthetic",
+        "--vocab",
+        "background; red disc, red circle, tomato",
+        "--out",
+        str(selected),
+        "--encoder",
+        "tiny-dinotxt",
+        "--rule",
+        "reported",
+        "--limit",
+        "2",
+        "--root",
+        str(world / "datasets"),
+        "--quiet",
+        env=ENV,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     text = selected.read_text()
     assert "encoder tiny-dinotxt (attention proxy), templates seg" in text
@@ -246,8 +366,13 @@ def test_vip_on_tiny_dinotxt_predicts_and_selects_aliases(vip_world, world):
 
 def test_published_vip_config_resolves_to_dinotxt_and_stops_offline_naming_both_files(tmp_path):
     """No dino.txt files anywhere: one line naming both files and the option, exit 2."""
-    result = run_cli("test", "--config", str(ROOT / "configs" / "vip_voc21.yaml"),
-                     env={**ENV, "TORCH_HOME": str(tmp_path)}, cwd=tmp_path)  # fmt: skip
+    result = run_cli(
+        "test",
+        "--config",
+        str(ROOT / "configs" / "vip_voc21.yaml"),
+        env={**ENV, "TORCH_HOME": str(tmp_path)},
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr
@@ -259,8 +384,17 @@ def test_published_vip_config_resolves_to_dinotxt_and_stops_offline_naming_both_
 def test_the_method_is_the_model_class_path():
     """LightningCLI's subclass mode chooses the method: DPSeg by default, VIP by class_path in a
     config or --model VIPModule; VIP refuses fit in one line."""
-    printed = run_cli("test", "--model", "VIPModule", "--model.encoder", "tiny-vit",
-                      "--model.vip.tau", "2.5", "--print_config", env=ENV)  # fmt: skip
+    printed = run_cli(
+        "test",
+        "--model",
+        "VIPModule",
+        "--model.encoder",
+        "tiny-vit",
+        "--model.vip.tau",
+        "2.5",
+        "--print_config",
+        env=ENV,
+    )
     assert printed.returncode == 0, printed.stderr[-3000:]
     model = yaml.safe_load(printed.stdout)["model"]
     assert model["class_path"] == "model.vip.lightning.VIPModule"

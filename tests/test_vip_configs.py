@@ -13,8 +13,12 @@ from tests.conftest import ROOT, SHARED
 
 DOC = ROOT / "docs" / "vip.md"
 REFERENCE = SHARED / "reference" / "vip_settings.md"
-PROTOCOLS = {"short 336": "vip", "short 448": "vip:448", "short 560": "vip:560",
-             "fit 448x448": "vip-fit:448"}  # fmt: skip
+PROTOCOLS = {
+    "short 336": "vip",
+    "short 448": "vip:448",
+    "short 560": "vip:560",
+    "fit 448x448": "vip-fit:448",
+}
 
 
 def markdown_table(text: str, first_header: str) -> list[dict[str, str]]:
@@ -35,9 +39,19 @@ SETTINGS = markdown_table(DOC.read_text(encoding="utf-8"), "config")
 
 def test_the_table_has_the_twelve_rows_of_vips_paper_and_code():
     assert [r["config"] for r in SETTINGS] == [
-        "voc21", "voc20", "pc60", "pc59", "coco_object", "coco_stuff", "cityscapes", "ade150",
-        "potsdam", "vaihingen", "isaid", "vdd",
-    ]  # fmt: skip
+        "voc21",
+        "voc20",
+        "pc60",
+        "pc59",
+        "coco_object",
+        "coco_stuff",
+        "cityscapes",
+        "ade150",
+        "potsdam",
+        "vaihingen",
+        "isaid",
+        "vdd",
+    ]
     named = {p.stem for p in (ROOT / "configs").glob("vip_*.yaml")}
     assert named == {f"vip_{r['config']}" for r in SETTINGS} | {
         "vip_tiny",

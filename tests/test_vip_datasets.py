@@ -112,8 +112,9 @@ CITY_LABEL = np.array([[0, 18, 255, 10], [13, 13, 255, 0]])
 def make_cityscapes(root: Path) -> None:
     for city, stems in CITY_STEMS.items():
         for stem in stems:
-            save_image(root / CITY / "leftImg8bit/val" / city / f"{stem}_leftImg8bit.png",
-                       CITY_LABEL.shape)  # fmt: skip
+            save_image(
+                root / CITY / "leftImg8bit/val" / city / f"{stem}_leftImg8bit.png", CITY_LABEL.shape
+            )
             gt = root / CITY / "gtFine/val" / city
             save_label(gt / f"{stem}_gtFine_labelTrainIds.png", CITY_LABEL)
             # the other gtFine files of the download: ids up to 33, colours, 16-bit instances
@@ -125,8 +126,12 @@ def make_cityscapes(root: Path) -> None:
             (gt / f"{stem}_gtFine_polygons.json").write_text("{}")
 
 
-MAKERS = {"voc21": make_voc21, "pc60": make_pc60, "coco-object": make_coco_object,
-          "cityscapes": make_cityscapes}  # fmt: skip
+MAKERS = {
+    "voc21": make_voc21,
+    "pc60": make_pc60,
+    "coco-object": make_coco_object,
+    "cityscapes": make_cityscapes,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,10 +223,26 @@ def test_vocabulary_size_equals_num_classes(name):
 
 def test_cityscapes_vocabulary_is_the_official_order():
     assert load_vocabulary("cityscapes").names == [
-        "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-        "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-        "motorcycle", "bicycle",
-    ]  # fmt: skip
+        "road",
+        "sidewalk",
+        "building",
+        "wall",
+        "fence",
+        "pole",
+        "traffic light",
+        "traffic sign",
+        "vegetation",
+        "terrain",
+        "sky",
+        "person",
+        "rider",
+        "car",
+        "truck",
+        "bus",
+        "train",
+        "motorcycle",
+        "bicycle",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,8 +307,11 @@ def test_data_stats_cli_cityscapes(tmp_path):
     assert stats["labels_outside_vocabulary"] == []
     per_class = stats["pixels_per_class"]
     assert (per_class["road"], per_class["car"], per_class["bicycle"], per_class["sky"]) == (
-        6, 6, 3, 3,
-    )  # fmt: skip
+        6,
+        6,
+        3,
+        3,
+    )
     assert stats["ignore_fraction"] == pytest.approx(2 / 8)
 
 
@@ -296,11 +320,26 @@ def test_data_stats_cli_cityscapes(tmp_path):
 
 # cityscapesScripts helpers/labels.py: name -> label id of the 19 evaluated classes
 CITYSCAPES_IDS = {
-    "road": 7, "sidewalk": 8, "building": 11, "wall": 12, "fence": 13, "pole": 17,
-    "traffic light": 19, "traffic sign": 20, "vegetation": 21, "terrain": 22, "sky": 23,
-    "person": 24, "rider": 25, "car": 26, "truck": 27, "bus": 28, "train": 31,
-    "motorcycle": 32, "bicycle": 33,
-}  # fmt: skip
+    "road": 7,
+    "sidewalk": 8,
+    "building": 11,
+    "wall": 12,
+    "fence": 13,
+    "pole": 17,
+    "traffic light": 19,
+    "traffic sign": 20,
+    "vegetation": 21,
+    "terrain": 22,
+    "sky": 23,
+    "person": 24,
+    "rider": 25,
+    "car": 26,
+    "truck": 27,
+    "bus": 28,
+    "train": 31,
+    "motorcycle": 32,
+    "bicycle": 33,
+}
 
 
 def test_prepare_cityscapes_every_id_and_rerun(tmp_path):
@@ -319,8 +358,15 @@ def test_prepare_cityscapes_every_id_and_rerun(tmp_path):
     # hand-picked: road, sidewalk, the unlabeled/ego-vehicle/rectification ids, rail track (10),
     # guard rail (14), caravan (29), trailer (30), bicycle, license plate as stored (255)
     assert (got[7], got[8], got[0], got[1], got[10], got[14], got[29], got[30]) == (
-        0, 1, 255, 255, 255, 255, 255, 255,
-    )  # fmt: skip
+        0,
+        1,
+        255,
+        255,
+        255,
+        255,
+        255,
+        255,
+    )
     assert (got[33], got[255]) == (18, 255)
     names = load_vocabulary("cityscapes").names
     expected = {v: 255 for v in got}
@@ -335,8 +381,9 @@ def test_prepare_cityscapes_every_id_and_rerun(tmp_path):
     # with the images in place the converted labels read as the dataset
     for city, stems in CITY_STEMS.items():
         for stem in stems:
-            save_image(tmp_path / CITY / "leftImg8bit/val" / city / f"{stem}_leftImg8bit.png",
-                       raw.shape)  # fmt: skip
+            save_image(
+                tmp_path / CITY / "leftImg8bit/val" / city / f"{stem}_leftImg8bit.png", raw.shape
+            )
     sample = SegmentationFolder("cityscapes", root=tmp_path)[0]
     assert sample["label"][0, 7] == 0 and sample["label"][0, 0] == IGNORE_INDEX
 
@@ -359,12 +406,14 @@ COCO_OBJECT = np.array([[1, 2, 80, 0, 0, 0]], np.uint8)
 @pytest.mark.parametrize("source", ["mmseg", "detectron2"])
 def test_prepare_coco_object_values_and_rerun(tmp_path, source):
     if source == "mmseg":
-        save_label(tmp_path / COCO / "annotations/val2017/000000000139_labelTrainIds.png",
-                   COCO_SOURCE)  # fmt: skip
+        save_label(
+            tmp_path / COCO / "annotations/val2017/000000000139_labelTrainIds.png", COCO_SOURCE
+        )
         save_label(tmp_path / COCO / "annotations/val2017/000000000139.png", COCO_SOURCE + 1)
     else:
-        save_label(tmp_path / "coco-stuff/annotations_detectron2/val2017/000000000139.png",
-                   COCO_SOURCE)  # fmt: skip
+        save_label(
+            tmp_path / "coco-stuff/annotations_detectron2/val2017/000000000139.png", COCO_SOURCE
+        )
     summary = prepare_dataset("coco-object", tmp_path, progress=False)
     assert (summary["written"], summary["skipped"]) == (1, 0)
     assert any("val2017.zip" in w for w in summary["warnings"])  # no images yet
@@ -401,16 +450,16 @@ def test_prepare_coco_object_errors(tmp_path):
     assert "cli.py data prepare coco171" in message
     # images in coco171's place only: the error says where they are and how to link them
     save_image(tmp_path / "coco-stuff/images/val2017/000000000139.jpg", (1, 6))
-    save_label(tmp_path / "coco-stuff/annotations_detectron2/val2017/000000000139.png",
-               COCO_SOURCE)  # fmt: skip
+    save_label(tmp_path / "coco-stuff/annotations_detectron2/val2017/000000000139.png", COCO_SOURCE)
     with pytest.raises(DatasetError, match=r"coco-stuff/images/val2017.* ln -s ") as err:
         prepare_dataset("coco-object", tmp_path, progress=False)
     assert not (tmp_path / COCO / "annotations").exists()  # nothing written before the fix
 
 
 def test_cmd_prepare_accepts_the_new_names(tmp_path, capsys):
-    save_label(tmp_path / CITY / "gtFine/val/bonn/bonn_000000_000019_gtFine_labelIds.png",
-               [[7, 33]])  # fmt: skip
+    save_label(
+        tmp_path / CITY / "gtFine/val/bonn/bonn_000000_000019_gtFine_labelIds.png", [[7, 33]]
+    )
     assert cli_main(["data", "prepare", "cityscapes", "--root", str(tmp_path), "--quiet"]) == 0
     assert "cityscapes: 1 written, 0 already converted" in capsys.readouterr().out
     assert cli_main(["data", "prepare", "coco-object", "--root", str(tmp_path), "--quiet"]) == 2
@@ -420,17 +469,26 @@ def test_cmd_prepare_accepts_the_new_names(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 # the VIP alias files (../shared/vocab/vip): same classes in the same order
 
-VIP_FILES = {"voc21": "cls_voc21.txt", "pc60": "cls_context60.txt",
-             "coco_object": "cls_coco_object.txt", "cityscapes": "cls_city_scapes.txt"}  # fmt: skip
+VIP_FILES = {
+    "voc21": "cls_voc21.txt",
+    "pc60": "cls_context60.txt",
+    "coco_object": "cls_coco_object.txt",
+    "cityscapes": "cls_city_scapes.txt",
+}
 # Where VIP's aliases do not contain our canonical name: (ours, VIP's first alias), by index.
 VIP_RENAMES = {
     "voc21": {1: ("aeroplane", "plane"), 11: ("diningtable", "table")},
-    "pc60": {1: ("aeroplane", "plane"), 4: ("bedclothes", "bedding"), 18: ("cloth", "fabric"),
-             36: ("mouse", "computer mouse"), 50: ("diningtable", "table"),
-             55: ("tvmonitor", "television monitor")},
+    "pc60": {
+        1: ("aeroplane", "plane"),
+        4: ("bedclothes", "bedding"),
+        18: ("cloth", "fabric"),
+        36: ("mouse", "computer mouse"),
+        50: ("diningtable", "table"),
+        55: ("tvmonitor", "television monitor"),
+    },
     "coco_object": {1: ("person", "people"), 2: ("bicycle", "bike"), 58: ("couch", "sofa")},
     "cityscapes": {12: ("rider", "biker")},
-}  # fmt: skip
+}
 
 
 def _key(name: str) -> str:

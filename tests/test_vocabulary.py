@@ -20,9 +20,25 @@ CATSEG_FILES = {
     "ade150": "ade150",
     "coco171": "coco",
 }
-SIZES = {"voc20": 20, "voc20b": 59, "pc59": 59, "ade150": 150, "coco171": 171, "synthetic": 8,
-         "voc21": 21, "pc60": 60, "coco_object": 81, "cityscapes": 19, "toy": 31, "toy_seen": 25,
-         "toy_aliases": 31, "potsdam": 6, "vaihingen": 6, "isaid": 16, "vdd": 7}  # fmt: skip
+SIZES = {
+    "voc20": 20,
+    "voc20b": 59,
+    "pc59": 59,
+    "ade150": 150,
+    "coco171": 171,
+    "synthetic": 8,
+    "voc21": 21,
+    "pc60": 60,
+    "coco_object": 81,
+    "cityscapes": 19,
+    "toy": 31,
+    "toy_seen": 25,
+    "toy_aliases": 31,
+    "potsdam": 6,
+    "vaihingen": 6,
+    "isaid": 16,
+    "vdd": 7,
+}
 
 
 @pytest.mark.parametrize("name", sorted(CATSEG_FILES))

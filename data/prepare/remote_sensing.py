@@ -36,23 +36,63 @@ ISPRS_COLOURS = (
 _ISPRS_WEIGHTS = (4, 3, 2)
 # mmseg's split lists: the tiles of its 'val' list (every other official tile is in 'train').
 POTSDAM_VAL_TILES = (
-    "2_13", "2_14", "3_13", "3_14", "4_13", "4_14", "4_15", "5_13", "5_14", "5_15", "6_13",
-    "6_14", "6_15", "7_13",
-)  # fmt: skip
+    "2_13",
+    "2_14",
+    "3_13",
+    "3_14",
+    "4_13",
+    "4_14",
+    "4_15",
+    "5_13",
+    "5_14",
+    "5_15",
+    "6_13",
+    "6_14",
+    "6_15",
+    "7_13",
+)
 VAIHINGEN_VAL_AREAS = (
-    "area2", "area4", "area6", "area8", "area10", "area12", "area14", "area16", "area20",
-    "area22", "area24", "area27", "area29", "area31", "area33", "area35", "area38",
-)  # fmt: skip
+    "area2",
+    "area4",
+    "area6",
+    "area8",
+    "area10",
+    "area12",
+    "area14",
+    "area16",
+    "area20",
+    "area22",
+    "area24",
+    "area27",
+    "area29",
+    "area31",
+    "area33",
+    "area35",
+    "area38",
+)
 
 ISAID_PATCH = 896  # mmseg's isaid.py: --patch_width = --patch_height = 896
 ISAID_OVERLAP = 384  # its --overlap_area: a window every 896 - 384 = 512 pixels
 # iSAID's semantic-mask colours (RGB), index = on-disk label (mmseg's isaid.py iSAID_palette and
 # iSAIDDataset's order: background, ship, store_tank, ..., plane, Harbor).
 ISAID_COLOURS = (
-    (0, 0, 0), (0, 0, 63), (0, 63, 63), (0, 63, 0), (0, 63, 127), (0, 63, 191), (0, 63, 255),
-    (0, 127, 63), (0, 127, 127), (0, 0, 127), (0, 0, 191), (0, 0, 255), (0, 191, 127),
-    (0, 127, 191), (0, 127, 255), (0, 100, 155),
-)  # fmt: skip
+    (0, 0, 0),
+    (0, 0, 63),
+    (0, 63, 63),
+    (0, 63, 0),
+    (0, 63, 127),
+    (0, 63, 191),
+    (0, 63, 255),
+    (0, 127, 63),
+    (0, 127, 127),
+    (0, 0, 127),
+    (0, 0, 191),
+    (0, 0, 255),
+    (0, 191, 127),
+    (0, 127, 191),
+    (0, 127, 255),
+    (0, 100, 155),
+)
 ISAID_MASK_SUFFIX = "_instance_color_RGB"  # iSAID's mask names; mmseg's seg_map_suffix too
 
 _PIXEL_LIMIT_LOCK = threading.Lock()
@@ -80,8 +120,12 @@ def isprs_boxes(
     for y in range(windows(height) + 1):  # np.meshgrid(x, y).ravel(): row by row
         for x in range(windows(width) + 1):
             x0, y0 = x * clip, y * clip
-            box = (min(x0, width - clip), min(y0, height - clip),
-                   min(x0 + clip, width), min(y0 + clip, height))  # fmt: skip
+            box = (
+                min(x0, width - clip),
+                min(y0, height - clip),
+                min(x0 + clip, width),
+                min(y0 + clip, height),
+            )
             boxes[box] = None
     return list(boxes)
 
@@ -314,8 +358,12 @@ def _plan_isprs(root: Path, name: str) -> _Plan:
     if not images_zip.is_file() or labels_zip is None:
         note = _already_prepared(name, root)
         if note is not None:
-            return _Plan(f"{name} tiles", [base / "img_dir" / "val", base / "ann_dir" / "val"],
-                         [], notes=[note])  # fmt: skip
+            return _Plan(
+                f"{name} tiles",
+                [base / "img_dir" / "val", base / "ann_dir" / "val"],
+                [],
+                notes=[note],
+            )
         absent = [images_zip] if not images_zip.is_file() else []
         raise _missing_zips(name, root, absent + ([label_zips[0]] if labels_zip is None else []))
     plan = _Plan(f"{name} tiles", [base / "img_dir" / "val", base / "ann_dir" / "val"], [])
@@ -400,8 +448,12 @@ def _plan_isaid(root: Path) -> _Plan:
     if not image_zips or not mask_zips:
         note = _already_prepared(name, root)
         if note is not None:
-            return _Plan("isaid images", [base / "img_dir" / "val", base / "ann_dir" / "val"],
-                         [], notes=[note])  # fmt: skip
+            return _Plan(
+                "isaid images",
+                [base / "img_dir" / "val", base / "ann_dir" / "val"],
+                [],
+                notes=[note],
+            )
         absent = []
         if not image_zips:
             absent.append(base / "val" / "images" / "part1.zip")
@@ -454,9 +506,13 @@ def _isaid_crops(
         for x0, x1 in isaid_windows(width):
             for y0, y1 in isaid_windows(height):
                 where = f"{y0}_{y1}_{x0}_{x1}"
-                out.append(((x0, y0, x1, y1),
-                            out_labels / f"{label_stem}_{where}{ISAID_MASK_SUFFIX}.png",
-                            out_images / f"{stem}_{where}.png"))  # fmt: skip
+                out.append(
+                    (
+                        (x0, y0, x1, y1),
+                        out_labels / f"{label_stem}_{where}{ISAID_MASK_SUFFIX}.png",
+                        out_images / f"{stem}_{where}.png",
+                    )
+                )
         return out
 
     return crops

@@ -38,8 +38,16 @@ class VIPConfig:
     proxy_gamma: float = 0.5
 
     def __post_init__(self) -> None:
-        check_fields(self, "model.vip", background=BackgroundMode, logit_scale="> 0", tau="> 0",
-                     alias_scale="> 0", visual_weight="in [0, 1]", prob_thd="in [0, 1)")  # fmt: skip
+        check_fields(
+            self,
+            "model.vip",
+            background=BackgroundMode,
+            logit_scale="> 0",
+            tau="> 0",
+            alias_scale="> 0",
+            visual_weight="in [0, 1]",
+            prob_thd="in [0, 1)",
+        )
 
 
 def alias_weights(

@@ -175,10 +175,13 @@ class VIPModule(SegmentationModule):
             )
         self._records[dataset] = record
         log.info(
-            "VIP on %s: %d classes, %d aliases, %s%s", dataset, len(vocabulary),
-            len(queries.aliases), record["low_confidence"],
+            "VIP on %s: %d classes, %d aliases, %s%s",
+            dataset,
+            len(vocabulary),
+            len(queries.aliases),
+            record["low_confidence"],
             f", dual prompts from {location}" if location else "",
-        )  # fmt: skip
+        )
         if self.config.prob_thd > 0 and self.config.background == "ignore":
             log.warning(
                 "%s: pixels under prob_thd=%.2f get no class (a miss, never a false positive), "

@@ -64,8 +64,11 @@ class VIPPredictor(ImagePredictor):
         except WeightsUnavailableError as e:  # name the setting this path takes
             import re
 
-            where = f"the model: section of {config}" if config else (
-                "the model: section of a --config file (configs/vip_*.yaml)")  # fmt: skip
+            where = (
+                f"the model: section of {config}"
+                if config
+                else ("the model: section of a --config file (configs/vip_*.yaml)")
+            )
             raise WeightsUnavailableError(
                 re.sub(
                     r"--model\.encoder_weights (\S+)",

@@ -89,8 +89,12 @@ class SelectionConfig:
         """The settings third-party notes report for VIP's selection (unconfirmed): pre-filter
         0.7, threshold 0.4, figures over non-empty regions only, the backbone's attention as the
         affinity."""
-        reported = {"threshold": 0.4, "prefilter": 0.7, "nonempty_only": True,
-                    "affinity": "attention"}  # fmt: skip
+        reported = {
+            "threshold": 0.4,
+            "prefilter": 0.7,
+            "nonempty_only": True,
+            "affinity": "attention",
+        }
         return cls(**{**reported, **overrides})
 
 
@@ -164,8 +168,9 @@ class AliasSelector:
                 )
             affinity = proxy_attention(f, self.config.proxy_beta, self.config.proxy_gamma)
         elif affinity.shape != (f.shape[0], f.shape[1], f.shape[1]):
-            raise ValueError(f"affinity {tuple(affinity.shape)} must be (B, N, N) for features "
-                             f"{tuple(f.shape)}")  # fmt: skip
+            raise ValueError(
+                f"affinity {tuple(affinity.shape)} must be (B, N, N) for features {tuple(f.shape)}"
+            )
         for i in range(f.shape[0]):
             prob, entropy = self._substituted(self.config.logit_scale * f[i] @ q.T)  # (N, A)
             propagated = prob
@@ -213,9 +218,17 @@ class AliasSelector:
             c = canon[self.owner[a]]
             reason = "" if a == c else self._drop_reason(a, c, agreement, entropy)
             out.append(
-                AliasScore(alias, int(self.owner[a]), a == c, activation[a], agreement[a],
-                           entropy[a], not reason, reason)
-            )  # fmt: skip
+                AliasScore(
+                    alias,
+                    int(self.owner[a]),
+                    a == c,
+                    activation[a],
+                    agreement[a],
+                    entropy[a],
+                    not reason,
+                    reason,
+                )
+            )
         return out
 
     def _drop_reason(self, a: int, c: int, agreement: list, entropy: list) -> str:
