@@ -343,7 +343,7 @@ def share_logger_version(config) -> None:
 
 def read_config(path: str):
     """A ``--config`` file's YAML; one user error (common/errors.py) when it is not UTF-8 or not
-    YAML, which is read here first (for ``method:``), before jsonargparse."""
+    YAML (``check_config_files`` reads every one first, before jsonargparse)."""
     try:
         return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:

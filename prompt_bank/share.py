@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -185,8 +186,7 @@ def push_bank(location: str, url: str, storage_options: dict | None = None, prog
     start = time.perf_counter()
     with remote_errors(url, "bank push to"):
         if not url.startswith("hf://") and _holds_a_bank(location, url, storage_options):
-            there = sealed_contents(Bank.open(url, storage_options, check_seal=False))
-            if there is None or there["content_key"] != contents["content_key"]:
+            if _remote_content_key(url, storage_options) != contents["content_key"]:
                 raise BankMismatchError(
                     f"URL {url} holds another bank; push to a new URL (a push never replaces "
                     "a bank)"
@@ -211,15 +211,51 @@ def push_bank(location: str, url: str, storage_options: dict | None = None, prog
     }
 
 
+def _remote_content_key(url: str, storage_options: dict | None) -> str | None:
+    """The content key the remote root records, read as it stands (not checked against its
+    attributes: a root edited there is this bank's damage, which the push repairs, as long as
+    the key is this bank's); None when the root records none."""
+    fs, base = filesystem(url, storage_options)
+    try:
+        attrs = json.loads(fs.cat_file(f"{base.rstrip('/')}/zarr.json"))["attributes"]
+        return attrs["contents"]["content_key"]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _same_bytes_by_etag(info: dict, here: bytes) -> bool | None:
+    """Whether an object store's ETag shows the remote object holds ``here``: True or False where
+    the ETag is the object's MD5 (a single-part upload, as ours are), None where it says nothing
+    (a multipart ETag, or no ETag: file://)."""
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+    if len(etag) != 32 or "-" in etag:
+        return None
+    return hashlib.md5(here, usedforsecurity=False).hexdigest() == etag
+
+
 def _remote_differences(location: str, url: str, storage_options: dict | None) -> list[str]:
-    """The files of the local bank that ``url`` lacks or holds with other bytes (each remote
-    file is read and hashed: a bank pushed again is checked whole, never trusted by its key)."""
+    """The files of the local bank that ``url`` lacks or holds with other bytes. A bank pushed
+    again is checked whole, never trusted by its key: each remote object's ETag where the store
+    gives its MD5 (S3: nothing is downloaded), else the object itself, read and hashed (ours)."""
     fs, base = filesystem(url, storage_options)
     files = hub_upload_plan(location)
-    differ = []
-    for i in range(0, len(files), TRANSFER_BATCH):
-        batch = files[i : i + TRANSFER_BATCH]
-        paths = [f"{base.rstrip('/')}/{f}" for f in batch]
+    prefix = base.rstrip("/")
+    listed = {p.removeprefix(prefix + "/"): info for p, info in fs.find(base, detail=True).items()}
+    differ, unknown = [], []
+    for name in files:
+        here = (Path(location) / name).read_bytes()
+        info = listed.get(name)
+        if info is None or info.get("size") != len(here):
+            differ.append(name)
+            continue
+        same = _same_bytes_by_etag(info, here)
+        if same is None:
+            unknown.append(name)
+        elif not same:
+            differ.append(name)
+    for i in range(0, len(unknown), TRANSFER_BATCH):
+        batch = unknown[i : i + TRANSFER_BATCH]
+        paths = [f"{prefix}/{f}" for f in batch]
         blobs = fs.cat(paths, on_error="return")
         for name, path in zip(batch, paths):
             there = blobs.get(path)
@@ -229,7 +265,7 @@ def _remote_differences(location: str, url: str, storage_options: dict | None) -
                 or hashlib.sha256(there).digest() != hashlib.sha256(here).digest()
             ):
                 differ.append(name)
-    return differ
+    return sorted(differ, key=files.index)
 
 
 def _download(remote: Bank, url: str, staging: Path, options: dict, progress: bool) -> int:

@@ -110,6 +110,14 @@ def test_pushing_again_over_a_damaged_remote_repairs_it(reference, tmp_path):
                 shard_object(remote, array, shard).read_bytes()
                 == shard_object(reference, array, shard).read_bytes()
             )
+    # the remote's root edited (its class names): this bank's key still, so repaired, not refused
+    root = json.loads((remote / "zarr.json").read_text())
+    root["attributes"]["classes"][0] = "lion"
+    (remote / "zarr.json").write_text(json.dumps(root))
+    fixed = run_cli("bank", "push", str(reference), url, "--quiet")
+    assert fixed.returncode == 0, fixed.stderr
+    assert "held this bank damaged: 1 files" in fixed.stdout
+    assert (remote / "zarr.json").read_bytes() == (reference / "zarr.json").read_bytes()
 
 
 def _closed_port() -> int:

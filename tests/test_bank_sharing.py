@@ -455,3 +455,24 @@ def test_push_to_a_hub_model_repo_is_refused_before_any_request(small, tmp_path,
         assert hub.requests == []
     assert result.returncode == 2, result.stderr[-3000:]
     assert "hf://datasets/ORG/NAME" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_push_again_finds_a_same_size_damaged_object_by_its_etag(small, s3, s3_env):
+    """A second push over S3 compares each object's ETag (its MD5) with the local bytes, so an
+    object damaged there with the same size is found and sent again, and nothing else is."""
+    url = f"s3://{BUCKET}/etag.zarr"
+    first = cli("bank", "push", str(small), url, "--quiet", env=s3_env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    plan = hub_upload_plan(small)
+    victim = next(f for f in plan if f.startswith("visual/embeddings/c/"))
+    size = (small / victim).stat().st_size
+    key = f"etag.zarr/{victim}"
+    s3.client().put_object(Bucket=BUCKET, Key=key, Body=b"\x00" * size)  # same size, other bytes
+    again = cli("bank", "push", str(small), url, "--quiet", env=s3_env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "held this bank damaged: 1 files" in again.stdout, again.stdout
+    written = versions(s3, url)
+    assert written[victim] == 3  # pushed, damaged, repaired
+    assert {k for k, n in written.items() if n != 1} == {victim}  # nothing else written again
+    repaired = s3fs_filesystem(s3).cat_file(f"{BUCKET}/{key}")
+    assert repaired == (small / victim).read_bytes()
