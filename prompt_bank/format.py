@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.errors import UserError
+from prompt_bank.zarr_io import run_sync
 
 FORMAT_NAME = "dpseg-prompt-bank"
 FORMAT_VERSION = 2
@@ -189,8 +190,7 @@ def _damaged_metadata_key(group) -> str | None:
     """The first ``zarr.json`` under ``group``'s store that is not a JSON object, or None."""
     import json
 
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
+    from prompt_bank.zarr_io import default_buffer_prototype
 
     store = group.store
 
@@ -207,7 +207,7 @@ def _damaged_metadata_key(group) -> str | None:
         return None
 
     try:
-        return sync(first_bad())
+        return run_sync(first_bad())
     except Exception:  # a store that cannot list: the message goes without the file's name
         return None
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from prompt_bank.format import BankFormatError, BankLayout, BankMismatchError
+from prompt_bank.zarr_io import run_sync
 
 MANIFEST_PREFIX = "manifest"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -45,27 +46,21 @@ def sha256(raw: bytes | None) -> str | None:
     return None if raw is None else hashlib.sha256(raw).hexdigest()
 
 
-def _sync(coroutine):
-    from zarr.core.sync import sync
-
-    return sync(coroutine)
-
-
 def get_object(store, key: str) -> bytes | None:
-    from zarr.core.buffer import default_buffer_prototype
+    from prompt_bank.zarr_io import default_buffer_prototype
 
-    buffer = _sync(store.get(key, prototype=default_buffer_prototype()))
+    buffer = run_sync(store.get(key, prototype=default_buffer_prototype()))
     return None if buffer is None else buffer.to_bytes()
 
 
 def put_object(store, key: str, raw: bytes | None) -> None:
     """Write (or, for ``None``, delete) one object."""
-    from zarr.core.buffer import default_buffer_prototype
+    from prompt_bank.zarr_io import default_buffer_prototype
 
     if raw is None:
-        _sync(store.delete(key))
+        run_sync(store.delete(key))
     else:
-        _sync(store.set(key, default_buffer_prototype().buffer.from_bytes(raw)))
+        run_sync(store.set(key, default_buffer_prototype().buffer.from_bytes(raw)))
 
 
 def read_manifest_body(store, shard: int) -> dict | None:
@@ -112,12 +107,13 @@ def settle_manifest(store, state) -> None:
 def _memory_array(array, store_dict: dict):
     """An empty copy of `array` (same metadata, so the same encoding) in a memory store."""
     import zarr
-    from zarr.core.buffer import default_buffer_prototype
     from zarr.storage import MemoryStore
+
+    from prompt_bank.zarr_io import default_buffer_prototype
 
     store = MemoryStore(store_dict=store_dict)
     for name, buffer in array.metadata.to_buffer_dict(default_buffer_prototype()).items():
-        _sync(store.set(f"{array.path}/{name}", buffer))
+        run_sync(store.set(f"{array.path}/{name}", buffer))
     return zarr.open_array(store=store, path=array.path, mode="r+")
 
 
@@ -131,7 +127,7 @@ def encode_shard(array, shard: int, k0: int, k1: int, values: np.ndarray) -> byt
 
 def decode_shard(array, shard: int, k0: int, k1: int, raw: bytes | None) -> np.ndarray:
     """Rows [k0, k1) of `array` from its shard object's bytes (fill values when None)."""
-    from zarr.core.buffer import default_buffer_prototype
+    from prompt_bank.zarr_io import default_buffer_prototype
 
     store_dict: dict = {}
     memory = _memory_array(array, store_dict)

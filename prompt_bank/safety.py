@@ -28,6 +28,7 @@ from common.signals import Interrupted, interruptible  # noqa: F401 (their home 
 from prompt_bank.format import FORMAT_NAME, BankFormatError, BankMismatchError
 from prompt_bank.integrity import get_object, put_object
 from prompt_bank.store import is_url, open_store
+from prompt_bank.zarr_io import run_sync
 
 LOCK_KEY = "build.lock"
 
@@ -82,14 +83,13 @@ def check_output(location: str, option: str = "--out", storage_options: dict | N
         if reason:
             raise BankFormatError(reason + fix)
         return True
-    from zarr.core.sync import sync
 
     async def first_key():
         async for key in store.list_dir(""):  # one level: a bucket may hold much else
             return key
         return None
 
-    key = sync(first_key())
+    key = run_sync(first_key())
     if key is not None:
         raise BankFormatError(f"{option} {location} holds objects ({key}) but no bank{fix}")
     return False
@@ -112,11 +112,10 @@ def _claim(store, key: str, mine: dict) -> tuple[bytes | None, dict]:
     """Create ``key`` holding ``mine`` unless it exists (create-exclusive), then read it back:
     (its bytes, its record; {} when absent or unreadable). The record's ``token`` says who
     holds it."""
-    from zarr.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
+    from prompt_bank.zarr_io import default_buffer_prototype
 
     body = default_buffer_prototype().buffer.from_bytes(json.dumps(mine).encode())
-    sync(store.set_if_not_exists(key, body))
+    run_sync(store.set_if_not_exists(key, body))
     raw = get_object(store, key)
     try:
         record = json.loads(raw) if raw is not None else {}

@@ -19,6 +19,7 @@ import numpy as np
 
 from common.errors import UserError, one_line
 from prompt_bank.format import BankFormatError, BankLayout, validate_group
+from prompt_bank.zarr_io import run_sync
 
 
 def is_url(location: str) -> bool:
@@ -377,7 +378,6 @@ class Bank:
         """Bytes the bank's arrays (data and metadata) and manifests take in its store: all but
         the root zarr.json (which grows when sealed), the card and the build lock (0 where the
         store cannot list sizes)."""
-        from zarr.core.sync import sync
 
         store = self.group.store
 
@@ -389,6 +389,6 @@ class Bank:
             return size
 
         try:
-            return sync(total())
+            return run_sync(total())
         except Exception:
             return 0

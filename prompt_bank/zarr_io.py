@@ -1,0 +1,38 @@
+"""The one bridge from dpseg's synchronous code to zarr's asynchronous store methods (``get``,
+``set``, ``set_if_not_exists``, ``list_dir``...), which the bank's integrity, seal and lock work
+needs object by object.
+
+zarr 3 has no public synchronous store API yet (zarr-developers/zarr-python#3859; a public
+``zarr.run`` is proposed in #3997). Until it has one, :func:`run_sync` calls zarr's internal
+``zarr.core.sync.sync``, which runs the coroutine on zarr's own IO loop (a store opened by zarr
+is bound to that loop: ``asyncio.run`` on another loop breaks remote sessions). This is the only
+place dpseg touches it, so a zarr upgrade changes one function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def default_buffer_prototype():
+    """zarr's default buffer prototype (public ``zarr.buffer``), imported when first needed:
+    zarr is not loaded by commands that only answer --help."""
+    from zarr.buffer import default_buffer_prototype as prototype
+
+    return prototype()
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """The result of a zarr store coroutine, run on zarr's IO loop (``zarr.run`` where this zarr
+    has it)."""
+    import zarr
+
+    public = getattr(zarr, "run", None)
+    if public is not None:
+        return public(coroutine)
+    from zarr.core.sync import sync
+
+    return sync(coroutine)
