@@ -241,31 +241,27 @@ def _remote_differences(location: str, url: str, storage_options: dict | None) -
     files = hub_upload_plan(location)
     prefix = base.rstrip("/")
     listed = {p.removeprefix(prefix + "/"): info for p, info in fs.find(base, detail=True).items()}
-    differ, unknown = [], []
+    differ, unknown = set(), {}  # unknown: name -> sha256 of the local bytes
     for name in files:
         here = (Path(location) / name).read_bytes()
         info = listed.get(name)
         if info is None or info.get("size") != len(here):
-            differ.append(name)
+            differ.add(name)
             continue
         same = _same_bytes_by_etag(info, here)
         if same is None:
-            unknown.append(name)
+            unknown[name] = hashlib.sha256(here).digest()
         elif not same:
-            differ.append(name)
-    for i in range(0, len(unknown), TRANSFER_BATCH):
-        batch = unknown[i : i + TRANSFER_BATCH]
-        paths = [f"{prefix}/{f}" for f in batch]
-        blobs = fs.cat(paths, on_error="return")
-        for name, path in zip(batch, paths):
-            there = blobs.get(path)
-            here = (Path(location) / name).read_bytes()
-            if (
-                not isinstance(there, bytes)
-                or hashlib.sha256(there).digest() != hashlib.sha256(here).digest()
-            ):
-                differ.append(name)
-    return sorted(differ, key=files.index)
+            differ.add(name)
+    names = list(unknown)
+    for i in range(0, len(names), TRANSFER_BATCH):
+        batch = names[i : i + TRANSFER_BATCH]
+        blobs = fs.cat([f"{prefix}/{f}" for f in batch], on_error="return")
+        for name in batch:
+            there = blobs.get(f"{prefix}/{name}")
+            if not isinstance(there, bytes) or hashlib.sha256(there).digest() != unknown[name]:
+                differ.add(name)
+    return [f for f in files if f in differ]  # the upload plan's order: the root last
 
 
 def _download(remote: Bank, url: str, staging: Path, options: dict, progress: bool) -> int:
