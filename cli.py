@@ -215,15 +215,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         where = f"{e.filename}: " if e.filename else ""
         return _one_line(
-            f"error: {where}{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)}); free some "
-            "space or choose a folder you may write to (nothing partial is left)",
+            f"error: {where}{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)}); "
+            f"{STORAGE_ERRNOS[e.errno]} (nothing partial is left)",
             2,
         )
 
 
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
-"""OSErrors of the storage rather than of dpseg: a full disk or quota, a file size limit, a
-folder the user may not write to. They end in one line, exit 2."""
+_FULL = "free some space or choose another folder"
+_DENIED = "choose a folder you may write to, or give yourself write access to this one"
+STORAGE_ERRNOS = {
+    errno.ENOSPC: _FULL,
+    errno.EDQUOT: _FULL,
+    errno.EFBIG: "a file size limit stops the write (ulimit -f); raise it or write elsewhere",
+    errno.EACCES: _DENIED,
+    errno.EPERM: _DENIED,
+    errno.EROFS: "the file system is read-only; choose a folder on a writable one",
+}
+"""OSErrors of the storage rather than of dpseg, each with its fix: a full disk or quota, a file
+size limit, a folder the user may not write to. They end in one line, exit 2."""
 
 
 def _stdout_is_open() -> bool:

@@ -523,6 +523,52 @@ def test_a_file_size_limit_ends_in_one_line(tmp_path):
     assert len(lines) == 1 and "EFBIG" in lines[0] and str(tmp_path) in lines[0], lines
 
 
+def _without_write_access() -> list[str]:
+    """A command prefix that runs without the right to write into a folder its mode forbids. As
+    root (CI) that is an unprivileged user namespace (``unshare -U``: root's files are then
+    outside it, so their mode bits hold); any other user has it already."""
+    import os
+
+    if os.geteuid() != 0:
+        return []
+    probe = subprocess.run(["unshare", "-U", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("running as root without user namespaces: no folder is unwritable here")
+    return ["unshare", "-U"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["data", "toy", "--root", "{out}", "--train", "4", "--val", "2", "--test", "2"],
+        ["bank", "build", "--vocab", "red disc", "--preset", "toy", "--out", "{out}/b.zarr"],
+    ],
+    ids=["data toy", "bank build"],
+)
+def test_an_unwritable_output_folder_ends_in_one_line(tmp_path, command):
+    """A folder the user may not write to (EACCES): one line naming it and the fix, exit 2,
+    and nothing written."""
+    out = tmp_path / "locked"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        result = subprocess.run(
+            [*_without_write_access(), sys.executable, str(ROOT / "cli.py")]
+            + [arg.format(out=out) for arg in command]
+            + ["--quiet"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        out.chmod(0o755)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "EACCES" in lines[0] and str(out) in lines[0], lines
+    assert "choose a folder you may write to" in lines[0], lines
+    assert list(out.iterdir()) == []
+
+
 def test_an_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch):
     """13000 x 13000 (169 M pixels, under PIL's own 179 M guard, 9 GB once decoded): refused
     from its header by dpseg's limit; the limit is a setting."""
