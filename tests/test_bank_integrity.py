@@ -454,7 +454,7 @@ def test_a_signal_to_torchrun_stops_every_rank_in_one_line_each_and_the_bank_res
         "--preset",
         "tiny",
         "--templates",
-        "imagenet80:20",
+        "imagenet80:10",
         "--images-per-prompt",
         "4",
         "--classes-per-shard",
@@ -521,7 +521,7 @@ def test_a_signal_to_torchrun_stops_every_rank_in_one_line_each_and_the_bank_res
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"{done.size - saved} items built" in resumed.stdout
     config = small_config(
-        templates=load_templates("imagenet80:20"), images_per_prompt=4, batch_size=2
+        templates=load_templates("imagenet80:10"), images_per_prompt=4, batch_size=2
     )
     build_bank(config, tmp_path / "direct.zarr")
     assert_same_bank(tmp_path / "direct.zarr", bank)
