@@ -216,13 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         return _one_line(
             f"error: {where}{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)}); "
-            f"{STORAGE_ERRNOS[e.errno]} (nothing partial is left)",
+            f"{STORAGE_ERRNOS[e.errno]} (finished work is kept: run the command again then)",
             2,
         )
 
 
 _FULL = "free some space or choose another folder"
-_DENIED = "choose a folder you may write to, or give yourself write access to this one"
+_DENIED = "choose a folder you may write to, or fix the permissions of this one"
 STORAGE_ERRNOS = {
     errno.ENOSPC: _FULL,
     errno.EDQUOT: _FULL,

@@ -106,6 +106,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             file, the reason and the fix, on one line.
     """
     limit = max_pixels()
+    if os.path.exists(path) and not os.path.isfile(path):  # a pipe would block the open forever
+        raise UnreadableImageError(
+            path, "not a regular file (a folder, pipe or device)", "give an image file"
+        )
     try:
         with Image.open(path) as image:
             width, height = image.size

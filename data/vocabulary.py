@@ -59,6 +59,10 @@ BUILTIN_VOCABULARIES = (
 """Shipped with the package (``data/vocabularies/<name>.txt``)."""
 
 VOCAB_DIR_ENV = "DPSEG_VOCAB_DIR"
+MAX_ENTRY = 1000
+"""The longest vocabulary entry, in characters (ours: the longest of the reference lists, VIP's
+VOC-21 aliases, is 465; a name is encoded into every template's prompt and kept in the bank's
+zarr.json)."""
 DEFAULT_VOCAB_DIR = "vocab"
 
 
@@ -141,6 +145,16 @@ class Vocabulary:
                 raise VocabularyError(
                     f"{where}: entry {i} is {entry!r} ({type(entry).__name__}); "
                     "each class must be a string of comma-separated synonyms"
+                )
+            if len(entry) > MAX_ENTRY or any(c < " " and c != "\t" for c in entry.strip()):
+                raise VocabularyError(
+                    f"{where}: entry {i} ({entry[:40]!r}{'...' if len(entry) > 40 else ''}) "
+                    + (
+                        f"is {len(entry)} characters long, more than {MAX_ENTRY}"
+                        if len(entry) > MAX_ENTRY
+                        else "holds a control character (a NUL or line break inside a name)"
+                    )
+                    + "; give class names as plain text, one class per entry"
                 )
             parts = [s.strip() for s in entry.split(separator)]
             if not parts[0]:

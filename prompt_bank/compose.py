@@ -14,7 +14,7 @@ import numpy as np
 
 from data.vocabulary import Vocabulary, match_entries
 from prompt_bank.format import BankLayout, BankMismatchError, create_arrays
-from prompt_bank.integrity import check_shard, flush_shard
+from prompt_bank.integrity import flush_shard
 from prompt_bank.seal import seal_bank, sealed_contents
 from prompt_bank.share import staged_output
 from prompt_bank.store import Bank, open_group
@@ -109,12 +109,9 @@ class _Rows:
 
     def _read_shard(self, bank: Bank, row: int) -> None:
         shard = next(s for s, (k0, k1) in enumerate(bank.layout.shard_ranges()) if k0 <= row < k1)
-        state = check_shard(bank.group, bank.layout, shard)
-        if state.damaged:
-            raise BankMismatchError(
-                f"{bank.location} shard {shard}: {state.problems[0]}; repair it first: "
-                f"python cli.py bank repair {bank.location}"
-            )
+        # judged as every reader judges it: damage, and objects other than the sealed ones
+        # (a shard copied in from another bank with its manifest), end in one line
+        state = bank.check_shard(shard, images=True)
         if state.status != "complete":
             raise BankMismatchError(
                 f"{bank.location} is incomplete (shard {shard}); finish it (rerun its bank "

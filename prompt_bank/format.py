@@ -258,7 +258,16 @@ def validate_group(group, where: str) -> BankLayout:
         raise
     except (ValueError, TypeError) as e:  # zarr reading a damaged zarr.json (JSON, UTF-8, schema)
         raise damaged_metadata_error(group, where, attrs, e) from None
-    layout = _layout_from_attrs(attrs, arrays)
+    try:
+        layout = _layout_from_attrs(attrs, arrays)
+    except BankFormatError as e:
+        raise BankFormatError(f"{where}: {e}") from None
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # an attribute of another type
+        raise BankFormatError(
+            f"{where}: its attributes encoder, build or images_per_prompt do not have the "
+            f"format's types ({type(e).__name__}: {e}); the root zarr.json was edited or "
+            "damaged: get the bank again from its source, or rebuild it"
+        ) from None
     expected = layout.arrays()
     for path, (shape, dtype) in expected.items():
         if path not in arrays:

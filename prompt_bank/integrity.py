@@ -18,7 +18,6 @@ fill values). The manifest layout and this protocol are ours (format v2, docs/ba
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -74,6 +73,9 @@ def read_manifest_body(store, shard: int) -> dict | None:
         return {}
     if not isinstance(body, dict) or not isinstance(body.get("objects"), dict):
         return {}
+    sizes = body.get("sizes", {})
+    if not isinstance(sizes, dict) or not all(type(n) is int for n in sizes.values()):
+        return {}  # an edited manifest: as unreadable
     return body
 
 
@@ -305,21 +307,32 @@ def sealed_contents(bank) -> dict | None:
     (``prompt_bank.seal`` writes it), here below the store that checks it on every open.
 
     Raises:
-        BankFormatError: the content key does not follow from the attributes and object hashes
-            (the root zarr.json was edited after sealing): nothing of it can be trusted.
+        BankFormatError: the seal is malformed, or its content key does not follow from the
+            attributes and object hashes (the root zarr.json was edited after sealing): nothing
+            of it can be trusted.
     """
-    with contextlib.suppress(KeyError, TypeError, AttributeError):
-        attrs = bank.attrs
-        contents = attrs["contents"]
-        if contents.get("complete"):
-            if content_key(attrs, contents["objects"]) != contents["content_key"]:
-                raise BankFormatError(
-                    f"{bank.location}: its sealed content key does not match its attributes and "
-                    "objects (the root zarr.json was changed after the bank was sealed); get the "
-                    "bank again from its source, or rebuild it"
-                )
-            return contents
-    return None
+    attrs = bank.attrs
+    if "contents" not in attrs:
+        return None
+    contents = attrs["contents"]
+    if not (
+        isinstance(contents, dict)
+        and contents.get("complete") is True
+        and isinstance(contents.get("objects"), dict)
+        and isinstance(contents.get("content_key"), str)
+    ):  # the seal writes all three: anything else is an edit, never "not sealed"
+        raise BankFormatError(
+            f"{bank.location}: its seal (the contents attribute of zarr.json) is malformed (the "
+            "root zarr.json was changed after the bank was sealed); get the bank again from its "
+            "source, or rebuild it"
+        )
+    if content_key(attrs, contents["objects"]) != contents["content_key"]:
+        raise BankFormatError(
+            f"{bank.location}: its sealed content key does not match its attributes and "
+            "objects (the root zarr.json was changed after the bank was sealed); get the "
+            "bank again from its source, or rebuild it"
+        )
+    return contents
 
 
 def seal_disagreements(contents: dict | None, hashes: dict[str, str | None]) -> list[str]:

@@ -15,6 +15,7 @@ bank that is already there downloads nothing but its root metadata, whatever URL
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -32,6 +33,10 @@ from prompt_bank.seal import CARD_KEY, seal_disagreements, sealed_contents
 from prompt_bank.store import Bank, filesystem, is_url, remote_errors, resolve_storage_options
 
 TRANSFER_BATCH = 16  # requests at once (ours: bounded, a small server's listen backlog holds them)
+
+
+class OutputTakenError(FileExistsError):
+    """The output of a staged write was created by another process meanwhile."""
 
 
 def cache_dir(kind: str = "banks") -> Path:
@@ -94,9 +99,15 @@ def bank_hub_repo(url: str) -> tuple[str, str | None]:
 
 
 def hub_upload_plan(local: str | os.PathLike) -> list[str]:
-    """The files ``push`` sends from a local bank: all but the build lock, hidden files and
-    the temporary files a killed writer may leave (``*.partial``)."""
+    """The files ``push`` sends from a local bank. A sealed bank sends its own keys
+    (:func:`bank_keys`) and nothing else: a file the seal does not know (notes, a link to a file
+    elsewhere) stays here. Otherwise every file but the build lock, hidden files and the
+    temporary files a killed writer may leave (``*.partial``)."""
     root = Path(local)
+    with contextlib.suppress(BankFormatError, FileNotFoundError):
+        bank = Bank.open(root)
+        if sealed_contents(bank) is not None:
+            return sorted(bank_keys(bank))
     return sorted(
         str(p.relative_to(root))
         for p in root.rglob("*")
@@ -316,11 +327,17 @@ def pull_bank(
         if here is not None and here["content_key"] == contents["content_key"]:
             return {"path": str(target), "downloaded": 0, "content_key": contents["content_key"]}
     start = time.perf_counter()
-    with staged_output(str(target), "--to") as staging:
-        downloaded = _download(remote, url, Path(staging), options, progress)
-        local = sealed_contents(Bank.open(staging))
-        if local is None or local["content_key"] != contents["content_key"]:
-            raise BankMismatchError(f"{url} changed while it was pulled; pull it again")
+    try:
+        with staged_output(str(target), "--to") as staging:
+            downloaded = _download(remote, url, Path(staging), options, progress)
+            local = sealed_contents(Bank.open(staging))
+            if local is None or local["content_key"] != contents["content_key"]:
+                raise BankMismatchError(f"{url} changed while it was pulled; pull it again")
+    except OutputTakenError:  # a pull beside this one got there first: the same content key
+        here = sealed_contents(Bank.open(target))
+        if to is not None or here is None or here["content_key"] != contents["content_key"]:
+            raise
+        downloaded = 0
     return {
         "path": str(target),
         "downloaded": downloaded,
@@ -351,7 +368,15 @@ def staged_output(out: str, option: str = "--out", storage_options: dict | None 
         if is_url(out):
             upload_folder(staging, out, storage_options)
         else:
-            os.rename(staging, out)
+            try:
+                os.rename(staging, out)
+            except OSError as e:  # another process finished a bank there while this one worked
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                raise OutputTakenError(
+                    f"{option} {out}: another process wrote a bank there while this one worked; "
+                    "choose a new location (nothing of this run was kept)"
+                ) from None
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

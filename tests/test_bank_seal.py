@@ -174,3 +174,108 @@ def test_a_repair_interrupted_after_its_first_shard_still_rebuilds_the_second(
         np.testing.assert_array_equal(arrays_of(bank)[name], values)
     assert Bank.open(bank).seal == Bank.open(reference).seal
     assert "previous_contents" not in Bank.open(bank).attrs
+
+
+# ---------------------------------------------------------------------------------------------
+# a fresh fault probe (2026-12-06): seals that are not seals, shards that subset and merge took,
+# files push sent that the bank does not hold, attributes of the wrong type
+
+
+@pytest.mark.parametrize("seal", [None, {"complete": False}, {"complete": True, "objects": "x"}])
+def test_a_malformed_seal_is_refused_not_taken_for_a_bank_being_built(reference, tmp_path, seal):
+    """A ``contents`` attribute that is not what the seal writes is an edit: readers refuse the
+    bank in one line (it was read as "not sealed", and served)."""
+    bank = copy_of(reference, tmp_path)
+    root = json.loads((bank / "zarr.json").read_text())
+    root["attributes"]["contents"] = seal
+    root["attributes"]["classes"][1] = "EVIL"
+    (bank / "zarr.json").write_text(json.dumps(root))
+    with pytest.raises(BankFormatError, match=r"its seal .* is malformed"):
+        Bank.open(bank)
+    result = run_cli("bank", "info", str(bank))
+    assert result.returncode == 2 and "is malformed" in result.stderr, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_subset_and_merge_refuse_a_shard_copied_in_from_another_bank(reference, other, tmp_path):
+    """The shard and its manifest agree with each other, not with the seal: subset and merge
+    judge shards as every reader does (they checked the manifest alone)."""
+    from prompt_bank.compose import merge_banks, subset_bank
+
+    bank = Bank.open(transplanted(reference, other, tmp_path))
+    names = load_vocabulary("synthetic").names
+    with pytest.raises(BankFormatError, match="not the ones the bank was sealed with"):
+        subset_bank(bank, Vocabulary.from_entries([names[2]], name="one"), str(tmp_path / "s"))
+    with pytest.raises(BankFormatError, match="not the ones the bank was sealed with"):
+        merge_banks(bank, Bank.open(other), str(tmp_path / "m"))
+    assert not (tmp_path / "s").exists() and not (tmp_path / "m").exists()
+
+
+def test_push_sends_the_bank_s_own_files_only(reference, tmp_path):
+    """Files the seal does not know (notes, a link to a file elsewhere) stay where they are."""
+    bank = copy_of(reference, tmp_path)
+    (bank / "notes.txt").symlink_to("/etc/hostname")
+    (bank / "text" / "extra.bin").write_bytes(b"x")
+    push_bank(str(bank), f"file://{tmp_path / 'remote'}", progress=False)
+    sent = {str(p.relative_to(tmp_path / "remote")) for p in (tmp_path / "remote").rglob("*")}
+    assert "notes.txt" not in sent and "text/extra.bin" not in sent
+    assert "zarr.json" in sent and "manifest/shard-00000.json" in sent
+    assert Bank.open(tmp_path / "remote").seal == Bank.open(reference).seal
+
+
+@pytest.mark.parametrize(
+    "attribute, value",
+    [("encoder", []), ("encoder", "x"), ("build", {}), ("images_per_prompt", "x")],
+)
+def test_an_attribute_of_another_type_is_one_line(reference, tmp_path, attribute, value):
+    bank = copy_of(reference, tmp_path)
+    root = json.loads((bank / "zarr.json").read_text())
+    root["attributes"][attribute] = value
+    (bank / "zarr.json").write_text(json.dumps(root))
+    result = run_cli("bank", "verify", str(bank))
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_manifest_with_sizes_of_another_type_is_rebuilt(reference, tmp_path):
+    """An edited manifest is judged unreadable: its shard is rebuilt (repair crashed on it)."""
+    bank = copy_of(reference, tmp_path)
+    manifest = bank / "manifest" / "shard-00000.json"
+    body = json.loads(manifest.read_text())
+    body["sizes"] = {k: "x" for k in body["sizes"]}
+    manifest.write_text(json.dumps(body))
+    group_attrs = json.loads((bank / "zarr.json").read_text())
+    group_attrs["attributes"].pop("contents")  # as a build that is about to settle it
+    (bank / "zarr.json").write_text(json.dumps(group_attrs))
+    build_bank(config_from_bank(Bank.open(bank).attrs, progress=False), bank)
+    assert Bank.open(bank).seal == Bank.open(reference).seal
+
+
+def test_racing_writers_of_one_output_end_in_one_line_and_racing_pulls_share_it(
+    reference, tmp_path, monkeypatch
+):
+    """Two commands staging the same --out: the one that finishes second is told so in one line
+    (a rename onto a folder the first made); a pull that loses the race to the cache uses the
+    bank the winner put there (the same content key)."""
+    import prompt_bank.share as share
+
+    out = tmp_path / "out.zarr"
+    taken = pytest.raises(share.OutputTakenError, match="another process wrote a bank there")
+    with taken, share.staged_output(str(out)) as staging:
+        shutil.copytree(reference, staging, dirs_exist_ok=True)
+        shutil.copytree(reference, out)  # the other process, finished first
+    assert not list(tmp_path.glob(".out.zarr.partial-*"))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DPSEG_CACHE", str(cache))
+    key = Bank.open(reference).seal["content_key"]
+    download = share._download
+
+    def racing(remote, url, staging, options, progress):  # the other pull finishes first
+        done = download(remote, url, staging, options, progress)
+        shutil.copytree(staging, cache / key)
+        return done
+
+    monkeypatch.setattr(share, "_download", racing)
+    pulled = share.pull_bank(f"file://{reference}", progress=False)
+    assert pulled["path"] == str(cache / key) and pulled["downloaded"] == 0
+    assert not list(cache.glob(".*.partial-*"))

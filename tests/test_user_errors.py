@@ -212,6 +212,19 @@ def test_read_image_refuses_a_bomb_and_garbage_as_user_errors(files):
     assert read_image(files["good"]).shape == (24, 32, 3)
 
 
+def test_read_image_refuses_a_pipe_instead_of_waiting_on_it(tmp_path):
+    """A FIFO named like an image (found by the fault probe: segment waited forever)."""
+    import os
+
+    from data.datasets import UnreadableImageError, read_image
+
+    os.mkfifo(tmp_path / "x.jpg")
+    with pytest.raises(UnreadableImageError, match=r"x.jpg.*not a regular file"):
+        read_image(tmp_path / "x.jpg")
+    with pytest.raises(UnreadableImageError, match="not a regular file"):
+        read_image(tmp_path)
+
+
 def test_no_readable_image_is_a_user_error(files, tmp_path, capsys):
     out = tmp_path / "out"
     code, _, err = run_main(

@@ -195,3 +195,15 @@ def test_vocab_lists_a_malformed_file_as_invalid(tmp_path):
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
     assert "INVALID" in lines["bad"] and "entry 2 is 3" in lines["bad"]
     assert "INVALID" not in lines["good"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("red\x00disc; blue square", "control character"), ("x" * 1001, "more than 1000")],
+)
+def test_hostile_class_names_are_refused(text, message):
+    """A NUL inside a name, or a name of a megabyte (each kept in the bank's zarr.json and
+    encoded into every template's prompt)."""
+    with pytest.raises(VocabularyError, match=message):
+        load_vocabulary(text)
+    assert load_vocabulary("red disc;\n blue square").names == ["red disc", "blue square"]
