@@ -261,6 +261,8 @@ class DPSegModule(SegmentationModule):
             loss=asdict(self.loss_config),
         )
         self.allow_text_only = allow_text_only
+        if image_size is not None and image_size < 1:
+            raise SettingError(f"model.image_size={image_size}: must be >= 1 (or null)")
         parts = build_dpseg(
             encoder,
             num_templates,

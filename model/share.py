@@ -34,6 +34,7 @@ import os
 import shutil
 import time
 import uuid
+from argparse import ArgumentError
 from pathlib import Path
 
 from common.progress import ProgressBar
@@ -273,19 +274,45 @@ def resolve_model(location: str | os.PathLike, option: str = "--model") -> Path:
     return Path(location)
 
 
+def _module_of(config: dict, folder: Path, option: str):
+    """The ``DPSegModule`` that ``config.json``'s settings describe, their types checked as the
+    command line checks a config file's (jsonargparse, against the module's signature): an edited
+    config is one line, not a traceback where a value of another type is first used."""
+    from jsonargparse import ArgumentParser
+
+    from common.errors import one_line
+    from model.lightning import DPSegModule
+
+    settings = {
+        **config["model"],
+        "inference": config["inference"],
+        "test_protocol": config.get("test_protocol"),
+    }
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(DPSegModule)
+    try:
+        parser.parse_object(settings)
+        return DPSegModule(**settings)
+    except (ArgumentError, TypeError, ValueError) as e:  # a SettingError (a bound) included
+        reason = one_line(e)
+        if reason.startswith('Parser key "'):  # jsonargparse's: the key, then every subtype tried
+            key = reason.split('"')[1]
+            reason = f"{key}: {settings.get(key)!r} is not of its type"
+        raise ModelFileError(
+            f"{option}: {folder / CONFIG} holds settings DPSeg does not take ({reason[:200]}); "
+            "export or pull the model again"
+        ) from None
+
+
 def load_model(location: str | os.PathLike, option: str = "--model"):
     """The ``DPSegModule`` of an exported folder or a URL it was pushed to (pulled into the cache
     first: :func:`resolve_model`), its weights checked and loaded strictly."""
     from safetensors.torch import load_file
 
-    from model.lightning import DPSegModule
-
     folder = resolve_model(location, option)
     config = read_config(folder, option)
     weights = check_weights(folder, config, option)
-    module = DPSegModule(
-        **config["model"], inference=config["inference"], test_protocol=config["test_protocol"]
-    )
+    module = _module_of(config, folder, option)
     recorded = config["encoder"].get("fingerprint")
     if recorded and recorded != module.encoder_fingerprint:
         raise ModelFileError(

@@ -116,18 +116,25 @@ class BankLayout:
         return [(k0, min(k0 + s, self.num_classes)) for k0 in range(0, self.num_classes, s)]
 
 
+def chunk_shapes(layout: BankLayout, path: str, shape: tuple[int, ...]) -> tuple[tuple, tuple]:
+    """(inner chunk, shard) shapes of array `path` (v2): one class per chunk (one image per chunk
+    for the kept images), ``classes_per_shard`` classes per shard object."""
+    inner = (1,) * 3 + shape[3:] if path == "visual/images" else (1, *shape[1:])
+    return inner, (min(layout.classes_per_shard, shape[0]), *shape[1:])
+
+
 def create_arrays(group, layout: BankLayout, overwrite: bool = False) -> None:
     """Create every array of `layout` in a zarr group (replacing half-created ones if asked)."""
     from zarr.codecs import Crc32cCodec, ZstdCodec
 
     for path, (shape, dtype) in layout.arrays().items():
-        inner = (1,) * 3 + shape[3:] if path == "visual/images" else (1, *shape[1:])
+        inner, outer = chunk_shapes(layout, path, shape)
         group.create_array(
             path,
             shape=shape,
             dtype=dtype,
             chunks=inner,
-            shards=(min(layout.classes_per_shard, shape[0]), *shape[1:]),
+            shards=outer,
             compressors=[ZstdCodec(level=3), Crc32cCodec()],
             fill_value=False if dtype == "bool" else 0,
             dimension_names=("K", "P", "N", "H", "W", "RGB")[: len(shape)]
@@ -283,6 +290,13 @@ def validate_group(group, where: str) -> BankLayout:
         ):
             raise BankFormatError(
                 f"{where}: array {path} has dtype {array.dtype}, expected {dtype}"
+            )
+        chunks = (tuple(array.chunks), tuple(array.shards or array.chunks))
+        if attrs["format_version"] >= 2 and chunks != chunk_shapes(layout, path, shape):
+            raise BankFormatError(
+                f"{where}: array {path} has chunks {chunks[0]} in shards {chunks[1]}, expected "
+                f"{chunk_shapes(layout, path, shape)} (its zarr.json was edited or damaged); get "
+                "the bank again from its source, or rebuild it"
             )
     extra = sorted(set(arrays) - set(expected))
     if extra:

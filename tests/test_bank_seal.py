@@ -279,3 +279,20 @@ def test_racing_writers_of_one_output_end_in_one_line_and_racing_pulls_share_it(
     pulled = share.pull_bank(f"file://{reference}", progress=False)
     assert pulled["path"] == str(cache / key) and pulled["downloaded"] == 0
     assert not list(cache.glob(".*.partial-*"))
+
+
+def test_an_array_with_other_chunks_is_refused_before_repair_allocates_them(reference, tmp_path):
+    """An array's zarr.json edited to a huge chunk shape: one line; repair used to allocate it
+    (TiB), crash, and leave the bank unsealed with its card deleted."""
+    bank = copy_of(reference, tmp_path)
+    meta_path = bank / "visual" / "level_2" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["chunk_grid"]["configuration"]["chunk_shape"][0] = 10**12
+    meta_path.write_text(json.dumps(meta))
+    card = (bank / "README.md").read_bytes()
+    for command in ("verify", "repair"):
+        result = run_cli("bank", command, str(bank))
+        assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "visual/level_2 has chunks" in lines[0], lines
+    assert (bank / "README.md").read_bytes() == card

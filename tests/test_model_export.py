@@ -119,3 +119,26 @@ def test_the_card_lists_each_test_record_it_was_given(trained, tmp_path):
 
     with pytest.raises(ModelFileError, match="not a test record"):
         export_model(trained, tmp_path / "model2", [tmp_path / "bad.json"])
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"image_size": "big"}, "image_size: 'big' is not of its type"),
+        ({"dpseg": [1]}, "dpseg: [1] is not of its type"),
+        ({"image_size": -5}, "model.image_size=-5: must be >= 1"),
+    ],
+)
+def test_a_config_json_with_settings_of_another_type_is_one_line(trained, tmp_path, edit, message):
+    """Found by the fault probe: each was a traceback where the value was first used (and
+    segment left an empty --out)."""
+    from model.export import ModelFileError, export_model
+    from model.share import load_model
+
+    folder = export_model(trained, tmp_path / "model", [])
+    config = json.loads((folder / "config.json").read_text())
+    config["model"].update(edit)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="holds settings DPSeg does not take") as error:
+        load_model(folder)
+    assert message in str(error.value)
