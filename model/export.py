@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -67,7 +69,6 @@ def export_model(
     """Write the model folder of a Lightning checkpoint (``cli.py model export``); ``metrics``:
     test records to put in the card."""
     import torch
-    from safetensors.torch import save_file
 
     from model.checkpoint import check_checkpoint
     from model.lightning import DPSegModule
@@ -81,8 +82,25 @@ def export_model(
     # the step and epoch only: memory-mapped, the tensors are not read a second time
     raw = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
     state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / WEIGHTS), metadata={"format": FORMAT})
+    final, out = out, out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        out.mkdir(parents=True)
+    except OSError as e:  # named by the folder the user gave
+        raise type(e)(e.errno, e.strerror, str(final)) from None
+    try:  # written whole into a staging folder, then renamed: a failed export leaves nothing
+        _write_folder(module, raw, state, scores, ckpt, out)
+        out.rename(final)  # onto an absent or empty folder
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return final
+
+
+def _write_folder(module, raw: dict, state: dict, scores: list, ckpt, out: Path) -> None:
+    from safetensors.torch import save
+
+    # bytes first, then Python's own write: a full disk or a file size limit is an OSError
+    # with its errno (one line), not safetensors' own error
+    (out / WEIGHTS).write_bytes(save(state, metadata={"format": FORMAT}))
     model = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
     model["encoder_weights"] = None  # a path of the exporting machine means nothing elsewhere
     encoder = dict(module.loaded_provenance.get("encoder", {}))
@@ -109,7 +127,6 @@ def export_model(
     }
     (out / CONFIG).write_text(json.dumps(config, indent=2, default=str))
     (out / CARD).write_text(model_card(config))
-    return out
 
 
 def model_card(config: dict) -> str:
