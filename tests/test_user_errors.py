@@ -503,37 +503,54 @@ def test_a_signal_ends_any_command_in_one_line(tmp_path, signum):
     assert len(lines) == 1 and "interrupted by SIG" in lines[0], err[-3000:]
 
 
-def test_a_file_size_limit_ends_in_one_line(tmp_path):
-    """A full disk, as ``ulimit -f`` makes one (EFBIG): one line naming the file, exit 2."""
+def cli_under_file_size_limit(*args: str, limit: int) -> subprocess.CompletedProcess:
+    """``cli.py ARGS`` with no file allowed to grow past ``limit`` bytes (``ulimit -f``: EFBIG,
+    as a full disk)."""
     import resource
 
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+    def set_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "cli.py"),
-            "data",
-            "toy",
-            "--root",
-            str(tmp_path),
-            "--train",
-            "20",
-            "--val",
-            "2",
-            "--test",
-            "2",
-            "--quiet",
-        ],
+    return subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *args],
         capture_output=True,
         text=True,
-        preexec_fn=limit,
+        preexec_fn=set_limit,
         timeout=300,
+    )
+
+
+def test_a_file_size_limit_ends_in_one_line(tmp_path):
+    """A full disk, as ``ulimit -f`` makes one (EFBIG): one line naming the file, exit 2."""
+    result = cli_under_file_size_limit(
+        "data",
+        "toy",
+        "--root",
+        str(tmp_path),
+        "--train",
+        "20",
+        "--val",
+        "2",
+        "--test",
+        "2",
+        "--quiet",
+        limit=2000,
     )
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "EFBIG" in lines[0] and str(tmp_path) in lines[0], lines
+
+
+def test_an_export_cut_by_a_file_size_limit_is_one_line_and_leaves_nothing(trained, tmp_path):
+    """Found by the fault probe: safetensors' own error (a traceback) and an empty --out."""
+    out = tmp_path / "model"
+    result = cli_under_file_size_limit(
+        "model", "export", str(trained), "--out", str(out), limit=100_000
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "EFBIG" in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
 
 
 def _without_write_access() -> list[str]:
