@@ -62,6 +62,10 @@ REQUIRED_ATTRS = (
 LEVEL_DTYPES = ("float16", "float32")
 
 
+REFETCH = "get the bank again from its source, or rebuild it"
+"""The fix for a bank whose metadata was edited after it was made (nothing of it can be trusted)."""
+
+
 class BankFormatError(UserError, ValueError):
     """A store is not a valid bank; the message names the array or attribute and the fix."""
 
@@ -273,7 +277,7 @@ def validate_group(group, where: str) -> BankLayout:
         raise BankFormatError(
             f"{where}: its attributes encoder, build or images_per_prompt do not have the "
             f"format's types ({type(e).__name__}: {e}); the root zarr.json was edited or "
-            "damaged: get the bank again from its source, or rebuild it"
+            f"damaged: {REFETCH}"
         ) from None
     expected = layout.arrays()
     for path, (shape, dtype) in expected.items():
@@ -295,8 +299,8 @@ def validate_group(group, where: str) -> BankLayout:
         if attrs["format_version"] >= 2 and chunks != chunk_shapes(layout, path, shape):
             raise BankFormatError(
                 f"{where}: array {path} has chunks {chunks[0]} in shards {chunks[1]}, expected "
-                f"{chunk_shapes(layout, path, shape)} (its zarr.json was edited or damaged); get "
-                "the bank again from its source, or rebuild it"
+                f"{chunk_shapes(layout, path, shape)} (its zarr.json was edited or damaged); "
+                f"{REFETCH}"
             )
     extra = sorted(set(arrays) - set(expected))
     if extra:

@@ -71,14 +71,10 @@ def bank_info(bank: Bank) -> dict:
         "command": attrs.get("command"),
         "provenance": [
             {k: v for k, v in p.items() if k != "rows"} | {"classes": len(p["rows"])}
-            for p in _listed(attrs.get("provenance"))
+            for p in (attrs["provenance"] if isinstance(attrs.get("provenance"), list) else [])
             if isinstance(p, dict) and isinstance(p.get("rows"), list)  # (not sealed: shown as is)
         ],
     }
-
-
-def _listed(value) -> list:
-    return value if isinstance(value, list) else []
 
 
 def prompt_agreement(bank: Bank) -> dict:

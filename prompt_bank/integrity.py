@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from prompt_bank.format import BankFormatError, BankLayout, BankMismatchError
+from prompt_bank.format import REFETCH, BankFormatError, BankLayout, BankMismatchError
 from prompt_bank.zarr_io import run_sync
 
 MANIFEST_PREFIX = "manifest"
@@ -323,14 +323,12 @@ def sealed_contents(bank) -> dict | None:
     ):  # the seal writes all three: anything else is an edit, never "not sealed"
         raise BankFormatError(
             f"{bank.location}: its seal (the contents attribute of zarr.json) is malformed (the "
-            "root zarr.json was changed after the bank was sealed); get the bank again from its "
-            "source, or rebuild it"
+            f"root zarr.json was changed after the bank was sealed); {REFETCH}"
         )
     if content_key(attrs, contents["objects"]) != contents["content_key"]:
         raise BankFormatError(
             f"{bank.location}: its sealed content key does not match its attributes and "
-            "objects (the root zarr.json was changed after the bank was sealed); get the "
-            "bank again from its source, or rebuild it"
+            f"objects (the root zarr.json was changed after the bank was sealed); {REFETCH}"
         )
     return contents
 
