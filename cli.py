@@ -15,6 +15,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from commands.options import Command, log_ours
+from common.config_files import check_config_files
 from common.errors import USER_ERRORS  # what ends a command in one line (cheap: no torch)
 from common.signals import Interrupted, interruptible
 
@@ -132,19 +133,8 @@ def _parse(argv: list[str]) -> tuple[Command, object]:
         return _chosen(parser.parse_args(argv))
     parser = parsers[path]
     vars(parser).pop("parent_parser", None)  # a root now: --print_config prints its options
-    try:
-        return _chosen(parser.parse_args(argv[len(path) :]), command)
-    except UnicodeDecodeError as e:  # a --config file in another encoding
-        from itertools import pairwise
-
-        from common.errors import UnreadableFileError
-
-        files = [b for a, b in pairwise(argv) if a == "--config"]
-        files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-        raise UnreadableFileError(
-            f"--config {' '.join(files) or '(file)'}: not UTF-8 text ({e.reason} at byte "
-            f"{e.start}); save it as UTF-8"
-        ) from None
+    check_config_files(argv)  # not UTF-8, not YAML: one line, not jsonargparse's usage text
+    return _chosen(parser.parse_args(argv[len(path) :]), command)
 
 
 def _chosen(config, command: Command | None = None) -> tuple[Command, object]:
@@ -195,11 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         return _one_line(f"error: {e}", 2)
     except (Interrupted, KeyboardInterrupt) as e:
         signum = getattr(e, "signum", signal.SIGINT)
-        return _one_line(
-            f"error: interrupted by {signal.Signals(signum).name}; finished work is kept and "
-            "nothing partial is left (run the command again to go on)",
-            128 + signum,
+        report = getattr(e, "report", "") or (
+            f"interrupted by {signal.Signals(signum).name}; finished work is kept and nothing "
+            "partial is left (run the command again to go on)"
         )
+        return _one_line(f"error: {report}", 128 + signum)
     except BrokenPipeError:
         if _stdout_is_open():  # a socket's peer hung up: the command's own error, not ours
             raise
@@ -216,9 +206,21 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         return _one_line(
             f"error: {where}{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)}); "
-            f"{STORAGE_ERRNOS[e.errno]} (finished work is kept: run the command again then)",
+            + _storage_fix(e),
             2,
         )
+
+
+def _storage_fix(error: OSError) -> str:
+    """The fix for a storage error: a denied *read* (an existing file the user may not read)
+    has its own; a write stopped by the storage is the errno's (``STORAGE_ERRNOS``)."""
+    import os
+
+    name = error.filename
+    denied = error.errno in (errno.EACCES, errno.EPERM) and isinstance(name, str | bytes)
+    if denied and os.path.exists(name) and not os.access(name, os.R_OK):
+        return "you may not read it: fix its permissions (chmod) or run as its owner"
+    return f"{STORAGE_ERRNOS[error.errno]} (finished work is kept: run the command again then)"
 
 
 _FULL = "free some space or choose another folder"

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/rejection_recall.py [--ckpt demo_out/.../last.ckpt]
         [--bank demo_out/banks/toy.zarr] [--distractors demo_out/banks/ade847_toy.zarr]
-        [--data demo_out/datasets] [--images 500] [--threshold 0.05 0.2] [--max-classes 48]
+        [--data demo_out/datasets] [--images 500] [--threshold 0.05 0.2] [--max-classes 48 [96 ...]]
 
 The distractor bank is built once with the toy preset (the same encoder and templates; the toy
 renderer draws a name it does not know as background alone, so each distractor's visual prompt
@@ -91,7 +91,7 @@ def main() -> int:
     parser.add_argument("--data", default=str(DEMO / "datasets"))
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--threshold", type=float, nargs="+", default=[0.05, 0.2])
-    parser.add_argument("--max-classes", type=int, default=48)
+    parser.add_argument("--max-classes", type=int, nargs="+", default=[48])
     parser.add_argument(
         "--text-distractors",
         action="store_true",
@@ -131,7 +131,9 @@ def main() -> int:
     num_true = len(toy)
     rows = []
     predictor.set_vocabulary(toy, bank=args.bank)
-    settings = [(None, None)] + [(t, m) for t in args.threshold for m in (None, args.max_classes)]
+    settings = [(None, None)] + [
+        (t, m) for t in args.threshold for m in (None, *args.max_classes)
+    ]
     for threshold, cap in settings:
         result = evaluate(predictor, images, labels, num_true, threshold, cap)
         rows.append({"vocabulary": "toy", **result})

@@ -14,7 +14,6 @@ from commands.options import (
     config_from,
     storage_options,
 )
-from common.errors import UserError
 from common.io import command_line
 
 
@@ -22,8 +21,8 @@ def _run_build(config, location: str) -> None:
     """Build/resume/repair; Ctrl-C or SIGTERM ends in one line once finished items are saved."""
     from accelerate import PartialState
 
+    from common.signals import Interrupted
     from prompt_bank.build import build_bank
-    from prompt_bank.safety import Interrupted
 
     try:
         summary = build_bank(config, location)
@@ -36,10 +35,11 @@ def _run_build(config, location: str) -> None:
             if (state.num_processes > 1)
             else ""
         )
-        raise UserError(
+        raise Interrupted(
+            e.signum,
             f"{rank}interrupted by {e}: the {e.saved} items this "
             f"{'rank' if rank else 'run'} finished are saved in {location}; run the same "
-            "command again to resume"
+            "command again to resume",
         ) from None
     state = PartialState()
     if state.is_main_process:

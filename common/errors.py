@@ -14,7 +14,9 @@ The specific errors (``VocabularyError``, ``DatasetError``, ``BankFormatError``,
 
 Exit statuses of ``cli.py``: 0 success; 2 a user error (this type, argparse's own usage errors,
 and an input with no readable image); 1 only where a command reports a *result* that failed, e.g.
-``bank verify`` on a bank that fails verification (the command itself ran as asked).
+``bank verify`` on a bank that fails verification (the command itself ran as asked); 128 + N
+when signal N (SIGINT, SIGTERM) stopped it, after one line saying what was kept
+(``common.signals.Interrupted``).
 """
 
 from __future__ import annotations

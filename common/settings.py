@@ -1,6 +1,6 @@
-"""The one validator of config dataclasses (ours): every ``Literal`` field holds one of its values,
-and every rule a dataclass states holds, a bound (``">= 0"``, ``"in [0, 1)"``) or a ``Literal``
-type; a failure is one :class:`SettingError` naming the setting as a config names it
+"""The one validator of config dataclasses (ours): every ``bool``/``int``/``float``/``str`` field
+holds its type, every ``Literal`` field holds one of its values, and every rule a dataclass states
+holds, a bound (``">= 0"``, ``"in [0, 1)"``) or a ``Literal`` type; a failure is one :class:`SettingError` naming the setting as a config names it
 (``model.loss.aux_weight``), its value and what it must be.
 
     IgnoreMode = Literal["negative", "mask"]
@@ -21,6 +21,7 @@ its twenty-line Union message instead of this one line.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import operator
 import re
 import types
@@ -62,12 +63,38 @@ def _optional(hint) -> bool:
     )
 
 
+_SCALARS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_scalar(value, hint, name: str) -> None:
+    """A field annotated ``bool``, ``int``, ``float`` or ``str`` (or one of them ``| None``)
+    holds that type (an int where a float is asked, too): a config file's ``null`` or ``"8"``
+    is one line here rather than a TypeError where the value is first used."""
+    optional = _optional(hint)
+    if optional:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) != 1:
+            return
+        hint = args[0]
+    if hint not in _SCALARS or (value is None and optional):
+        return
+    if hint is bool:
+        fits = isinstance(value, bool)
+    else:  # True is an int to Python, not to a config; an int is a float to a config
+        kind = {int: numbers.Integral, float: numbers.Real, str: str}[hint]
+        fits = isinstance(value, kind) and not isinstance(value, bool)
+    if not fits:
+        null = " (or null)" if optional else ""
+        raise SettingError(f"{name}={value!r}: must be {_SCALARS[hint]}{null}")
+
+
 def check_fields(config, prefix: str, **rules) -> None:
     """Check a config dataclass: its Literal fields, and the ``rules`` (field -> a bound, see
     :func:`meets`, or a ``Literal`` type); a field whose type allows None may be None."""
     hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
         value, hint = getattr(config, field.name), hints[field.name]
+        _check_scalar(value, hint, f"{prefix}.{field.name}")
         values = _literal_values(hint)
         if values is not None and value not in values and not (value is None and _optional(hint)):
             raise SettingError(
@@ -85,7 +112,7 @@ def check_fields(config, prefix: str, **rules) -> None:
             continue
         if (
             isinstance(value, bool)
-            or not isinstance(value, (int, float))
+            or not isinstance(value, numbers.Real)
             or not meets(value, bound)
         ):
             null = " (or null)" if _optional(hints[name]) else ""

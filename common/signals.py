@@ -17,12 +17,22 @@ class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived; finished items were saved (``saved`` of them by this run).
 
     A BaseException, as KeyboardInterrupt: library code's ``except Exception`` must not
-    swallow it."""
+    swallow it. ``report`` is the one line the command ends in (what was saved and how to go
+    on); ``cli.py`` prints it and exits with 128 + ``signum``, the shell's status for a process
+    stopped by that signal, whether or not work was saved (one rule for every command)."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, report: str = ""):
         self.signum = signum
         self.saved = 0
+        self.report = report
         super().__init__(signal.Signals(signum).name)
+
+
+def stopped(signal_name: str | None, report: str) -> Interrupted:
+    """The :class:`Interrupted` a command ends in after saving its work: ``report`` says what
+    was saved and how to go on. ``signal_name`` None: another rank's signal stopped this one,
+    which then exits as if asked to stop by SIGTERM (ours)."""
+    return Interrupted(signal.Signals[signal_name or "SIGTERM"], report)
 
 
 @contextlib.contextmanager

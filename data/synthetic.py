@@ -20,6 +20,7 @@ same bytes as a full run.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,8 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common.errors import SettingError, UserError, check_output_folder
+from common.errors import SettingError, check_output_folder
 from common.io import save_image_atomic
+from common.signals import Interrupted
 from data.vocabulary import load_vocabulary
 
 IGNORE_INDEX = 255
@@ -256,10 +258,13 @@ def write_rendered_dataset(
                     written += 1
                 done += 1
                 bar.advance()
-        except KeyboardInterrupt:
-            raise UserError(
-                f"--root: interrupted by SIGINT after {done} of {len(jobs)} images; those are "
-                f"kept in {str(out)!r}: run the same command again to finish the dataset"
+        except (KeyboardInterrupt, Interrupted) as e:
+            signum = getattr(e, "signum", signal.SIGINT)
+            raise Interrupted(
+                signum,
+                f"--root: interrupted by {signal.Signals(signum).name} after {done} of "
+                f"{len(jobs)} images; those are kept in {str(out)!r}: run the same command again "
+                "to finish the dataset",
             ) from None
     meta_path.write_text(json.dumps({**meta, "complete": True}, indent=2) + "\n")
     return {

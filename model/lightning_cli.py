@@ -24,13 +24,14 @@ import warnings
 from pathlib import Path
 
 import torch
-import yaml
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from common.errors import SettingError, UnreadableFileError, UserError, one_line
+from common.config_files import check_config_files
+from common.errors import SettingError, UserError
 from common.optional import available
+from common.signals import stopped
 from model.checkpoint import LIGHTNING_SHORTHANDS, check_checkpoint, reading_failed
 from model.data_module import SegmentationData
 
@@ -93,7 +94,7 @@ class StopOnInterrupt(Callback):
     end of the step in progress and saves ``interrupted.ckpt`` beside the run's checkpoints, to
     resume from (a second signal stops at once, as Lightning does). In validate/test/predict it
     only records the interruption. Either way ``cli.py`` then ends in one line (``SegmentationCLI``),
-    exit status 2."""
+    exit status 128 + the signal (``common.signals.stopped``)."""
 
     def __init__(self):
         self.signal: str | None = None  # the signal's name once one came to this process
@@ -221,11 +222,12 @@ class SegmentationCLI(LightningCLI):
             )
         stop = self.interruption
         if stop.saved is not None:
-            raise UserError(
+            raise stopped(
+                stop.signal,
                 f"fit interrupted by {stop.signal or 'a signal to another rank'} at step "
                 f"{self.trainer.global_step}: the model, "
                 f"optimizer and loop state are saved in {stop.saved}; resume with the same "
-                f"command and --ckpt_path {stop.saved}"
+                f"command and --ckpt_path {stop.saved}",
             )
 
     def _run_trainer(self, name: str, **kwargs) -> None:
@@ -240,9 +242,10 @@ class SegmentationCLI(LightningCLI):
                     if name == "fit"
                     else "no results were written"
                 )
-                raise UserError(
+                raise stopped(
+                    self.interruption.signal,
                     f"{name} interrupted by {self.interruption.signal}: {lost}; run the same "
-                    "command again"
+                    "command again",
                 ) from None
             raise
 
@@ -339,36 +342,6 @@ def share_logger_version(config) -> None:
     version = classes[0](**{k: first[k] for k in ("save_dir", "name") if k in first}).version
     for spec in loggers:
         spec["init_args"]["version"] = version
-
-
-def read_config(path: str):
-    """A ``--config`` file's YAML; one user error (common/errors.py) when it is not UTF-8 or not
-    YAML (``check_config_files`` reads every one first, before jsonargparse)."""
-    try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise UnreadableFileError(
-            f"--config {path!r}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
-            f"{e.start}); save the file as UTF-8"
-        ) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or one_line(e)
-        raise UnreadableFileError(
-            f"--config {path!r}: not valid YAML{where} ({one_line(problem)}); fix the file"
-        ) from None
-
-
-def check_config_files(argv: list[str]) -> None:
-    """Every ``--config`` file read first as UTF-8 YAML (``read_config``): one line naming the
-    file for one that is not, rather than jsonargparse's message (the files are only checked
-    here; jsonargparse parses them)."""
-    for i, arg in enumerate(argv):
-        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
-        path = arg.split("=", 1)[1] if arg.startswith("--config=") else path
-        if path is not None and Path(path).is_file():
-            read_config(path)
 
 
 class _DropTips(logging.Filter):

@@ -349,7 +349,7 @@ def predict_images(
                 bar.advance()
         except (KeyboardInterrupt, Interrupted) as e:  # Ctrl-C, SIGTERM: what is written
             # stays, and summary.json says so
-            interrupted = signal.Signals(getattr(e, "signum", signal.SIGINT)).name
+            interrupted = signal.Signals(getattr(e, "signum", signal.SIGINT))
     seconds = time.perf_counter() - start
     summary = {
         "images": len(written),
@@ -363,10 +363,11 @@ def predict_images(
         summary["interrupted"] = f"after {len(written) + len(skipped)} of {len(paths)} images"
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     if interrupted:
-        raise UserError(
-            f"segment interrupted by {interrupted} after {len(written) + len(skipped)} of {len(paths)} "
-            f"images: the {len(written)} segmented are in {str(out)!r} (summary.json lists "
-            "them); run the same command again to segment every image"
+        raise Interrupted(
+            interrupted,
+            f"segment interrupted by {interrupted.name} after {len(written) + len(skipped)} of "
+            f"{len(paths)} images: the {len(written)} segmented are in {str(out)!r} "
+            "(summary.json lists them); run the same command again to segment every image",
         )
     if skipped and not written:
         raise NoReadableImageError(

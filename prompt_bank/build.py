@@ -625,12 +625,21 @@ def _build_shard(
     """Compute the missing items of one shard, rebuilding it if it is damaged, or if it is
     complete but its objects are not the ones ``sealed`` records (key -> sha256: copied in
     from another bank with their manifest); returns (items computed, 1 if it was already
-    complete)."""
+    complete).
+
+    A partial shard is not compared with ``sealed``: under a seal, only an interrupted repair
+    leaves one (its rebuild in progress), and its finished items are kept (ours; a partial
+    shard copied in with its manifest would be kept too: docs/bank_format.md, "What the seal
+    does not vouch for")."""
     from prompt_bank.seal import seal_disagreements, unseal
 
     k0, k1 = layout.shard_ranges()[shard]
     found = check_shard(group, layout, shard)
-    differ = seal_disagreements({"objects": sealed}, found.hashes) if sealed else []
+    differ = (
+        seal_disagreements({"objects": sealed}, found.hashes)
+        if sealed and found.status == "complete"
+        else []
+    )
     if differ and not found.damaged:
         found.problems.append(
             f"objects {', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''} are not the "

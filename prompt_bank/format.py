@@ -37,6 +37,7 @@ owns whole shards: two writers on one shard would overwrite each other's data.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -223,27 +224,48 @@ def _damaged_metadata_key(group) -> str | None:
         return None
 
 
-def damaged_metadata_error(group, where: str, attrs: dict, error: BaseException):
+def build_command_for(command: object, location: str) -> str | None:
+    """A bank's recorded ``bank build`` command with its ``--out`` pointed at ``location`` (the
+    copy being diagnosed, not the folder it was first built in); None when none is recorded."""
+    import shlex
+
+    if not isinstance(command, str) or not command:
+        return None
+    try:
+        words = shlex.split(command)
+    except ValueError:  # unbalanced quotes: shown as recorded
+        return command
+    for i, word in enumerate(words):
+        if word == "--out" and i + 1 < len(words):
+            words[i + 1] = location
+        elif word.startswith("--out="):
+            words[i] = f"--out={location}"
+    return shlex.join(words)
+
+
+def damaged_metadata_error(group, location: str, attrs: dict, error: BaseException):
     """The one-line :class:`BankFormatError` for an array or group ``zarr.json`` zarr could not
     read: it names the file and how to get a good bank again."""
     key = _damaged_metadata_key(group)
     what = f"its metadata file {key}" if key else "an array's metadata (zarr.json)"
     reason = " ".join(str(error).split()) or type(error).__name__
-    command = attrs.get("command")
-    again = f" ({command})" if isinstance(command, str) and command else ""
+    command = build_command_for(attrs.get("command"), location)
+    again = f" ({command})" if command else ""
     return BankFormatError(
-        f"{where}: {what} is damaged ({type(error).__name__}: {reason}); the bank cannot be "
+        f"{location!r}: {what} is damaged ({type(error).__name__}: {reason}); the bank cannot be "
         f"read, and cli.py bank repair rebuilds data, not metadata: delete the bank and run its "
         f"bank build command again{again}, or pull it again"
     )
 
 
-def validate_group(group, where: str) -> BankLayout:
-    """Check a zarr group against the format before any array data is read.
+def validate_group(group, location: str | os.PathLike) -> BankLayout:
+    """Check the zarr group of the bank at ``location`` against the format before any array
+    data is read.
 
     Raises:
-        BankFormatError: naming the attribute or array and the expected value.
+        BankFormatError: naming the bank, the attribute or array and the expected value.
     """
+    where = repr(str(location))
     attrs = dict(group.attrs)
     if attrs.get("format") != FORMAT_NAME:
         raise BankFormatError(
@@ -268,7 +290,7 @@ def validate_group(group, where: str) -> BankLayout:
     except BankFormatError:
         raise
     except (ValueError, TypeError) as e:  # zarr reading a damaged zarr.json (JSON, UTF-8, schema)
-        raise damaged_metadata_error(group, where, attrs, e) from None
+        raise damaged_metadata_error(group, str(location), attrs, e) from None
     try:
         layout = _layout_from_attrs(attrs, arrays)
     except BankFormatError as e:

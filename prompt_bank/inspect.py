@@ -135,7 +135,8 @@ def format_info(info: dict) -> str:
     state = (
         ("complete, sealed" if info["sealed"] else "complete")
         if info["complete"]
-        else "INCOMPLETE (resume with the same bank build command)"
+        else f"INCOMPLETE: resume with `python cli.py bank repair {info['location']}`, or the "
+        "same bank build command"
     )
     return "\n".join(
         [

@@ -244,6 +244,17 @@ def _same_bytes_by_etag(info: dict, here: bytes) -> bool | None:
     return hashlib.md5(here, usedforsecurity=False).hexdigest() == etag
 
 
+def judge_by_etags(verdicts: dict[str, bool | None]) -> tuple[list[str], list[str]]:
+    """The objects that differ by their ETag, and those to read and hash: from each object's
+    ETag verdict (``_same_bytes_by_etag``). A store whose ETags are 32 hex digits but not MD5s
+    (S3 with SSE-KMS) matches none; where none matches, a mismatch proves nothing and those
+    objects are read too (ours), rather than uploaded again on every push."""
+    md5s = any(v is True for v in verdicts.values())
+    differ = [n for n, v in verdicts.items() if v is False and md5s]
+    to_read = [n for n, v in verdicts.items() if v is None or (v is False and not md5s)]
+    return differ, to_read
+
+
 def _remote_differences(location: str, url: str, storage_options: dict | None) -> list[str]:
     """The files of the local bank that ``url`` lacks or holds with other bytes. A bank pushed
     again is checked whole, never trusted by its key: each remote object's ETag where the store
@@ -252,18 +263,18 @@ def _remote_differences(location: str, url: str, storage_options: dict | None) -
     files = hub_upload_plan(location)
     prefix = base.rstrip("/")
     listed = {p.removeprefix(prefix + "/"): info for p, info in fs.find(base, detail=True).items()}
-    differ, unknown = set(), {}  # unknown: name -> sha256 of the local bytes
+    differ, by_etag, sha = set(), {}, {}  # sha: name -> sha256 of the local bytes
     for name in files:
         here = (Path(location) / name).read_bytes()
         info = listed.get(name)
         if info is None or info.get("size") != len(here):
             differ.add(name)
             continue
-        same = _same_bytes_by_etag(info, here)
-        if same is None:
-            unknown[name] = hashlib.sha256(here).digest()
-        elif not same:
-            differ.add(name)
+        by_etag[name] = _same_bytes_by_etag(info, here)
+        sha[name] = hashlib.sha256(here).digest()
+    differ_by_etag, to_read = judge_by_etags(by_etag)
+    differ.update(differ_by_etag)
+    unknown = {name: sha[name] for name in to_read}
     names = list(unknown)
     for i in range(0, len(names), TRANSFER_BATCH):
         batch = names[i : i + TRANSFER_BATCH]

@@ -245,7 +245,7 @@ class Bank:
                 "or URL names a bank that can be reached (credentials: --storage-options or "
                 "$DPSEG_STORAGE_OPTIONS)"
             ) from e
-        bank = cls(str(location), group, validate_group(group, repr(str(location))))
+        bank = cls(str(location), group, validate_group(group, location))
         if check_seal:
             bank.seal  # noqa: B018 (raises for a root zarr.json changed after sealing)
         return bank

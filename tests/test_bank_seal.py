@@ -176,6 +176,43 @@ def test_a_repair_interrupted_after_its_first_shard_still_rebuilds_the_second(
     assert "previous_contents" not in Bank.open(bank).attrs
 
 
+def test_a_repair_interrupted_within_a_shard_keeps_the_items_it_finished(
+    reference, other, tmp_path, monkeypatch
+):
+    """The repair of a copied-in shard is interrupted after its first batch (Ctrl-C): the resumed
+    repair keeps that batch, the repair's own work and not the sealed objects, computes only the
+    rest, and seals the bank as it was."""
+    import signal
+
+    import prompt_bank.build as build
+    from common.signals import Interrupted
+    from prompt_bank.inspect import bank_info, format_info
+
+    bank = transplanted(reference, other, tmp_path)
+    config = config_from_bank(Bank.open(bank, check_seal=False).attrs, progress=False)
+    compute = build.compute_batch
+
+    def compute_then_stop(*args, **kwargs):  # Ctrl-C while the second batch is computed
+        compute_then_stop.calls += 1
+        if compute_then_stop.calls == 2:
+            raise Interrupted(signal.SIGINT)
+        return compute(*args, **kwargs)
+
+    compute_then_stop.calls = 0
+    monkeypatch.setattr(build, "compute_batch", compute_then_stop)
+    with pytest.raises(Interrupted) as stop:
+        build_bank(config, bank)
+    assert stop.value.saved == 4  # one batch of shard 1's 12 items
+    info = format_info(bank_info(Bank.open(bank)))
+    assert f"INCOMPLETE: resume with `python cli.py bank repair {bank}`" in info
+    monkeypatch.setattr(build, "compute_batch", compute)
+    summary = build_bank(config, bank)
+    assert summary.items_done == 12 - 4
+    for name, values in arrays_of(reference).items():
+        np.testing.assert_array_equal(arrays_of(bank)[name], values)
+    assert Bank.open(bank).seal == Bank.open(reference).seal
+
+
 # ---------------------------------------------------------------------------------------------
 # a fresh fault probe (2026-12-06): seals that are not seals, shards that subset and merge took,
 # files push sent that the bank does not hold, attributes of the wrong type

@@ -476,3 +476,20 @@ def test_push_again_finds_a_same_size_damaged_object_by_its_etag(small, s3, s3_e
     assert {k for k, n in written.items() if n != 1} == {victim}  # nothing else written again
     repaired = s3fs_filesystem(s3).cat_file(f"{BUCKET}/{key}")
     assert repaired == (small / victim).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "differ", "to_read"),
+    [
+        ({"a": True, "b": False, "c": None}, ["b"], ["c"]),  # MD5 ETags: a mismatch is real
+        ({"a": False, "b": False}, [], ["a", "b"]),  # none matches (SSE-KMS): read, not resend
+        ({"a": None}, [], ["a"]),  # multipart ETags or none (file://)
+        ({}, [], []),
+    ],
+)
+def test_etags_that_are_not_md5s_send_objects_to_be_read_not_uploaded(verdicts, differ, to_read):
+    """moto's ETags are always MD5s, so the SSE-KMS case (32 hex digits, not the MD5) is the
+    verdicts it gives: none matches."""
+    from prompt_bank.share import judge_by_etags
+
+    assert judge_by_etags(verdicts) == (differ, to_read)

@@ -122,14 +122,17 @@ def test_the_card_lists_each_test_record_it_was_given(trained, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "edit, message",
+    "key, value, message",
     [
-        ({"image_size": "big"}, "image_size: 'big' is not of its type"),
-        ({"dpseg": [1]}, "dpseg: [1] is not of its type"),
-        ({"image_size": -5}, "model.image_size=-5: must be >= 1"),
+        ("image_size", "big", "image_size: 'big' is not of its type"),
+        ("dpseg", [1], "dpseg: [1] is not of its type"),
+        ("image_size", -5, "model.image_size=-5: must be >= 1"),
+        ("dpseg.cost_channels", None, "model.dpseg.cost_channels=None: must be an integer"),
     ],
 )
-def test_a_config_json_with_settings_of_another_type_is_one_line(trained, tmp_path, edit, message):
+def test_a_config_json_with_settings_of_another_type_is_one_line(
+    trained, tmp_path, key, value, message
+):
     """Found by the fault probe: each was a traceback where the value was first used (and
     segment left an empty --out)."""
     from model.export import ModelFileError, export_model
@@ -137,7 +140,11 @@ def test_a_config_json_with_settings_of_another_type_is_one_line(trained, tmp_pa
 
     folder = export_model(trained, tmp_path / "model", [])
     config = json.loads((folder / "config.json").read_text())
-    config["model"].update(edit)
+    *within, name = key.split(".")
+    settings = config["model"]
+    for part in within:
+        settings = settings[part]
+    settings[name] = value
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelFileError, match="holds settings DPSeg does not take") as error:
         load_model(folder)

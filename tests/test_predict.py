@@ -164,7 +164,7 @@ def test_ctrl_c_in_segment_keeps_what_is_written_and_ends_in_one_line(trained, w
         time.sleep(0.02)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
+    assert process.returncode == 128 + signal.SIGINT and "Traceback" not in stderr, stderr[-3000:]
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: segment interrupted by SIGINT"), lines
     summary = json.loads((out / "summary.json").read_text())

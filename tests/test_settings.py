@@ -45,6 +45,13 @@ class Example:
         check_fields(self, "model.example", mode=Mode, rate="in [0, 1]", cap=">= 1")
 
 
+def test_numbers_of_numpy_and_an_int_for_a_float_are_taken():
+    import numpy as np
+
+    assert Example(rate=1, cap=np.int64(3)).rate == 1
+    assert Example(rate=np.float32(0.25)).rate == 0.25
+
+
 @pytest.mark.parametrize(
     ("kwargs", "line"),
     [
@@ -52,7 +59,11 @@ class Example:
         ({"choice": "z"}, "model.example.choice='z': use one of x, y"),
         ({"rate": 2.0}, "model.example.rate=2.0: must be in [0, 1]"),
         ({"cap": 0}, "model.example.cap=0: must be >= 1 (or null)"),
-        ({"rate": "high"}, "model.example.rate='high': must be in [0, 1]"),
+        ({"rate": "high"}, "model.example.rate='high': must be a number"),
+        ({"rate": None}, "model.example.rate=None: must be a number"),
+        ({"rate": True}, "model.example.rate=True: must be a number"),
+        ({"cap": 2.5}, "model.example.cap=2.5: must be an integer (or null)"),
+        ({"mode": 3}, "model.example.mode=3: must be a string"),
     ],
 )
 def test_a_setting_out_of_its_rule_is_one_setting_error(kwargs, line):

@@ -1,5 +1,6 @@
 import hashlib
 import json
+import signal
 from dataclasses import replace
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 
+from common.signals import Interrupted
 from data.synthetic import (
     IGNORE_INDEX,
     SyntheticConfig,
@@ -146,7 +148,6 @@ def test_cli_writes_dataset_and_preview(tmp_path):
 
 
 def test_an_interrupted_generation_is_refused_when_read_and_finished_by_a_rerun(tmp_path):
-    from common.errors import UserError
     from data.catalog import DatasetError, get_dataset_spec
     from data.datasets import index_files
     from data.synthetic import dataset_dir, write_rendered_dataset
@@ -161,8 +162,10 @@ def test_an_interrupted_generation_is_refused_when_read_and_finished_by_a_rerun(
 
     files = {"vocabulary.json": load_vocabulary("synthetic").to_json()}
     out = dataset_dir(tmp_path)
-    with pytest.raises(UserError, match=r"interrupted by SIGINT after 3 of 9 images"):
+    with pytest.raises(Interrupted, match="SIGINT") as stop:
         write_rendered_dataset(out, "dpseg.synthetic", SMALL, render_then_stop, files, False)
+    assert stop.value.signum == signal.SIGINT
+    assert "interrupted by SIGINT after 3 of 9 images" in stop.value.report
     assert json.loads((out / "meta.json").read_text())["complete"] is False
     spec = get_dataset_spec("synthetic:train")
     with pytest.raises(DatasetError, match=r"was interrupted .*`cli\.py data synthetic --root"):

@@ -339,8 +339,13 @@ def tiny_bank(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("array", ["text/embeddings", "visual/level_2", "visual"])
 @pytest.mark.parametrize("damage", ["truncate", "not utf-8"])
 def test_a_damaged_zarr_json_in_a_bank_is_one_line(tiny_bank, tmp_path, capsys, array, damage):
+    """The line names the file and the bank's build command, with --out the copy at hand."""
+    import zarr
+
     bank = tmp_path / "bank.zarr"
     shutil.copytree(tiny_bank, bank)
+    recorded = "cli.py bank build --vocab 'red disc; green square' --out /elsewhere/bank.zarr"
+    zarr.open_group(str(bank), mode="r+").attrs["command"] = recorded
     meta = bank / array / "zarr.json"
     if damage == "truncate":
         meta.write_bytes(meta.read_bytes()[:40])
@@ -348,7 +353,8 @@ def test_a_damaged_zarr_json_in_a_bank_is_one_line(tiny_bank, tmp_path, capsys, 
         meta.write_bytes(b"\xff\xfe\x00garbage")
     for command in ("info", "repair"):
         line = user_error(capsys, "bank", command, str(bank))
-        assert f"{array}/zarr.json is damaged" in line and "bank build" in line, line
+        assert f"{array}/zarr.json is damaged" in line, line
+        assert f"(cli.py bank build --vocab 'red disc; green square' --out {bank})" in line, line
 
 
 def test_a_damaged_bank_given_to_lightning_test_is_one_line(world, tmp_path):
@@ -567,6 +573,22 @@ def _without_write_access() -> list[str]:
     return ["unshare", "-U"]
 
 
+def cli_where_mode_holds(path: Path, mode: int, *args: str) -> subprocess.CompletedProcess:
+    """``cli.py ARGS`` run while ``path`` has ``mode``, by a user that mode binds
+    (``_without_write_access``); the mode is restored after."""
+    original = path.stat().st_mode & 0o777
+    path.chmod(mode)
+    try:
+        return subprocess.run(
+            [*_without_write_access(), sys.executable, str(ROOT / "cli.py"), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        path.chmod(original)
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -580,23 +602,28 @@ def test_an_unwritable_output_folder_ends_in_one_line(tmp_path, command):
     and nothing written."""
     out = tmp_path / "locked"
     out.mkdir()
-    out.chmod(0o555)
-    try:
-        result = subprocess.run(
-            [*_without_write_access(), sys.executable, str(ROOT / "cli.py")]
-            + [arg.format(out=out) for arg in command]
-            + ["--quiet"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    finally:
-        out.chmod(0o755)
+    result = cli_where_mode_holds(out, 0o555, *(arg.format(out=out) for arg in command), "--quiet")
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "EACCES" in lines[0] and str(out) in lines[0], lines
     assert "choose a folder you may write to" in lines[0], lines
     assert list(out.iterdir()) == []
+
+
+def test_an_object_the_user_may_not_read_is_one_line_with_the_fix_for_reading(tiny_bank, tmp_path):
+    """A bank chunk with mode 000 (EACCES on a read): one line naming it, exit 2, and a fix
+    for reading it, not for writing a folder."""
+    import shutil
+
+    bank = tmp_path / "bank.zarr"
+    shutil.copytree(tiny_bank, bank)
+    chunk = next(p for p in sorted((bank / "visual/embeddings").rglob("*")) if p.is_file())
+    result = cli_where_mode_holds(chunk, 0o000, "bank", "verify", str(bank))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr == (
+        f"error: {chunk}: Permission denied (EACCES); you may not read it: fix its permissions "
+        "(chmod) or run as its owner\n"
+    )
 
 
 def test_an_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch):
@@ -644,6 +671,20 @@ def test_a_mistyped_preset_gets_a_did_you_mean(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            "vocab: café\n".encode("latin-1"),
+            "not UTF-8 text (invalid continuation byte: byte 0xe9 at offset 10); save it as UTF-8",
+        ),
+        (
+            b"vocab: [cat, dog\ntemplates: x: y\n",
+            "not valid YAML at line 2, column 10 (expected ',' or ']', but got ':'); fix the file",
+        ),
+    ],
+    ids=["latin-1", "malformed-yaml"],
+)
+@pytest.mark.parametrize(
     "command",
     [
         ["bank", "build", "--out", "b.zarr"],
@@ -651,15 +692,16 @@ def test_a_mistyped_preset_gets_a_did_you_mean(tmp_path):
         ["vip", "select-aliases"],
     ],
 )
-def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path, command):
-    config = tmp_path / "latin1.yaml"
-    config.write_bytes("vocab: café\n".encode("latin-1"))
-    result = run_cli(*command, "--config", str(config), cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert result.stderr.strip() == (
-        f"error: --config {config}: not UTF-8 text (invalid continuation byte at byte 10); "
-        "save it as UTF-8"
-    )
+def test_a_config_file_that_is_not_utf8_or_yaml_is_one_line(
+    tmp_path, capsys, monkeypatch, command, content, expected
+):
+    """Not jsonargparse's usage text and parser message: one line naming the file."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "bad.yaml"
+    config.write_bytes(content)
+    assert cli.main([*command, "--config", str(config)]) == 2
+    assert capsys.readouterr().err == f"error: --config {str(config)!r}: {expected}\n"
+    assert not (tmp_path / "b.zarr").exists()
 
 
 def test_explain_takes_one_class_not_a_vocabulary(tmp_path):

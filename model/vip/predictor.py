@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.config_files import read_config
 from common.errors import SettingError, check_device
 from data.transforms import image_tensor, rgb_uint8
 from data.vocabulary import load_vocabulary
 from model.labels import class_labels
-from model.lightning_cli import read_config
 from model.predictor import ImagePredictor
 from model.vip.aggregation import assign_labels
 from model.vip.lightning import VIPModule

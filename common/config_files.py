@@ -1,0 +1,42 @@
+"""``--config`` files read as their author meant: UTF-8 YAML, or one line naming the file.
+
+Every command (cli.py's own and LightningCLI's) reads its ``--config`` files here first, before
+jsonargparse parses them: a file that is not UTF-8 or not YAML ends in one user error
+(common/errors.py) rather than jsonargparse's usage text and parser message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from common.errors import UnreadableFileError, one_line
+
+
+def read_config(path: str):
+    """A ``--config`` file's YAML; one user error when it is not UTF-8 or not YAML."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UnreadableFileError(
+            f"--config {path!r}: not UTF-8 text ({e.reason}: byte 0x{e.object[e.start]:02x} at "
+            f"offset {e.start}); save it as UTF-8"
+        ) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or one_line(e)
+        raise UnreadableFileError(
+            f"--config {path!r}: not valid YAML{where} ({one_line(problem)}); fix the file"
+        ) from None
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Every ``--config`` file of ``argv`` read first (``read_config``); the files are only
+    checked here, jsonargparse parses them."""
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else path
+        if path is not None and Path(path).is_file():
+            read_config(path)
