@@ -154,6 +154,7 @@ def lightning_main(argv: list[str]) -> int:
     """fit/validate/test/predict, exactly LightningCLI's (model/lightning_cli.py)."""
 
     log_ours()
+    check_config_files(argv)  # before Lightning's imports (seconds): a bad file is one line at once
     from model.lightning_cli import main as run
 
     try:

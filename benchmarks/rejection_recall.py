@@ -98,7 +98,17 @@ def main() -> int:
         help="distractors with text prompts only (no --distractors bank)",
     )
     parser.add_argument("--json", default=None)
+    parser.add_argument("--plot", default=None, help="recall against classes decoded (PNG)")
+    parser.add_argument(
+        "--from-json", default=None, help="print and plot the rows of an earlier --json"
+    )
     args = parser.parse_args()
+    if args.from_json:
+        rows = json.loads(Path(args.from_json).read_text())
+        print_rows(rows)
+        if args.plot:
+            plot_recall(rows, args.plot)
+        return 0
     from PIL import Image
 
     from data.vocabulary import Vocabulary, load_vocabulary
@@ -131,9 +141,7 @@ def main() -> int:
     num_true = len(toy)
     rows = []
     predictor.set_vocabulary(toy, bank=args.bank)
-    settings = [(None, None)] + [
-        (t, m) for t in args.threshold for m in (None, *args.max_classes)
-    ]
+    settings = [(None, None)] + [(t, m) for t in args.threshold for m in (None, *args.max_classes)]
     for threshold, cap in settings:
         result = evaluate(predictor, images, labels, num_true, threshold, cap)
         rows.append({"vocabulary": "toy", **result})
@@ -145,6 +153,15 @@ def main() -> int:
         result = evaluate(predictor, images, labels, num_true, threshold, cap)
         rows.append({"vocabulary": f"toy + {len(extra)} ade847 names", **result})
     print(f"{len(images)} toy test images, {args.ckpt}")
+    print_rows(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    if args.plot:
+        plot_recall(rows, args.plot)
+    return 0
+
+
+def print_rows(rows: list[dict]) -> None:
     print(
         "| vocabulary | K | rejection | recall | decoded / image | distractors decoded | "
         "mIoU (toy classes) | s / image |"
@@ -163,9 +180,45 @@ def main() -> int:
             f"{r['decoded']:.1f} | {r['distractors_decoded']:.1f} | {r['mIoU']:.1f} | "
             f"{r['s_per_image']:.3f} |"
         )
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
-    return 0
+
+
+def plot_recall(rows: list[dict], path: str) -> None:
+    """Recall against classes decoded per image, one line per (vocabulary, threshold) over the
+    bounds, the 0.98 asked for dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    lines: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["recall"] is not None:
+            lines.setdefault((r["vocabulary"], r["threshold"]), []).append(r)
+    for (vocabulary, threshold), points in lines.items():
+        points = sorted(points, key=lambda r: r["decoded"])
+        xs, ys = [r["decoded"] for r in points], [r["recall"] for r in points]
+        ax.plot(xs, ys, marker="o", label=f"{vocabulary}, p >= {threshold}")
+        labels: dict[tuple, list[str]] = {}  # bounds that change nothing share one point
+        for r in points:
+            where = (round(r["decoded"], 1), r["recall"])
+            labels.setdefault(where, []).append(str(r["max_classes"] or "no bound"))
+        for (x, y), names in labels.items():
+            ax.annotate(
+                ", ".join(names), (x, y), fontsize=7, xytext=(4, -10), textcoords="offset points"
+            )
+    ax.axhline(0.98, color="grey", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ticks = [10, 20, 50, 100, 200, 500, 1000]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("classes decoded per image (log; labels: rejection_max_classes)")
+    ax.set_ylabel("recall of the true classes")
+    ax.set_title("Class early rejection: recall against classes decoded")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ module documents them.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import sys
 from collections.abc import Callable
 
 ROOT_HELP = "datasets root (default $DETECTRON2_DATASETS or ./datasets)"
@@ -136,11 +138,22 @@ def lazy(module: str, name: str) -> Callable:
     return call
 
 
+class StderrHandler(logging.StreamHandler):
+    """A log handler that writes to ``sys.stderr`` as it is at each message, not as it was when
+    the handler was made (a caller of ``cli.main``, or a test, may have replaced it since)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it: sys.stderr is read instead
+        pass
+
+
 def log_ours() -> None:
     """Our modules' info messages on stderr; other libraries' only from warnings up."""
-    import logging
-
-    handler = logging.StreamHandler()
+    handler = StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     for ours in ("model", "data", "prompt_bank", "pretrained"):
         logger = logging.getLogger(ours)

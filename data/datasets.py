@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,20 @@ def _rgb(image: Image.Image, path) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def _read_within(path, limit: int) -> np.ndarray:
+    """read_image's decoding: the pixel count checked from the header first."""
+    with Image.open(path) as image:
+        width, height = image.size
+        if width * height > limit:
+            raise UnreadableImageError(
+                path,
+                f"{width} x {height} = {width * height / 1e6:.1f} M pixels, more than "
+                f"the limit of {limit / 1e6:g} M",
+                "resize it, or raise the limit (segment --max-pixels N, or $DPSEG_MAX_PIXELS)",
+            )
+        return _rgb(ImageOps.exif_transpose(image), path)
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """(H, W, 3) uint8 RGB, EXIF orientation applied (as detectron2's ``read_image``); 16-bit and
     float grey images are scaled from their range (:func:`_rgb`).
@@ -111,19 +126,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             path, "not a regular file (a folder, pipe or device)", "give an image file"
         )
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > limit:
-                raise UnreadableImageError(
-                    path,
-                    f"{width} x {height} = {width * height / 1e6:.1f} M pixels, more than "
-                    f"the limit of {limit / 1e6:g} M",
-                    "resize it, or raise the limit (segment --max-pixels N, or $DPSEG_MAX_PIXELS)",
-                )
-            return _rgb(ImageOps.exif_transpose(image), path)
+        with warnings.catch_warnings():
+            # our limit is checked from the header (_read_within): PIL's warning between its
+            # two limits (89 M and 179 M pixels) would only be noise on stderr
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return _read_within(path, limit)
     except Image.DecompressionBombError as e:
         raise UnreadableImageError(
-            path, one_line(e).rstrip("."), "resize it (or raise PIL.Image.MAX_IMAGE_PIXELS)"
+            path,
+            one_line(e).rstrip("."),
+            "resize it: PIL refuses an image this large whatever --max-pixels says",
         ) from None
     except UnidentifiedImageError:
         raise UnreadableImageError(

@@ -373,6 +373,6 @@ def predict_images(
         raise NoReadableImageError(
             f"--images: none of the {len(skipped)} images could be read ({skipped[0]['image']}: "
             f"{skipped[0]['error']}{'; ...' if len(skipped) > 1 else ''}; all in "
-            f"{str(out / 'summary.json')!r}); give image files PIL can read"
+            f"{str(out / 'summary.json')!r}); fix or replace them as each reason says"
         )
     return summary

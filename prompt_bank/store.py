@@ -18,7 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.errors import UserError, one_line
-from prompt_bank.format import BankFormatError, BankLayout, validate_group
+from prompt_bank.format import (
+    REFETCH,
+    BankFormatError,
+    BankLayout,
+    build_command_for,
+    validate_group,
+)
 from prompt_bank.zarr_io import run_sync
 
 
@@ -163,7 +169,35 @@ def open_store(location: str | os.PathLike, read_only: bool, storage_options: di
             f"no bank at {location!r}; check the path, or build one there with `python cli.py "
             f"bank build --vocab VOCAB --out {location}` (or fetch one: `cli.py bank pull URL`)"
         )
+    refuse_irregular_files(location)
     return LocalStore(location, read_only=read_only)
+
+
+def refuse_irregular_files(location: str) -> None:
+    """A local bank holds folders and regular files only (ours): a FIFO there would block a read
+    forever, a device (a link to /dev/zero) would be read without end, and a link that loops
+    fails deep inside zarr. One stat per file, before anything is read."""
+    import stat
+
+    for folder, dirs, files in os.walk(location):  # links to folders are not followed
+        for name in [*files, *(d for d in dirs if os.path.islink(os.path.join(folder, d)))]:
+            path = os.path.join(folder, name)
+            try:
+                mode = os.stat(path).st_mode
+            except FileNotFoundError:
+                if not os.path.islink(path):
+                    continue  # removed since it was listed (a writer's temporary file)
+                kind = "a link that leads nowhere"
+            except OSError as e:  # a link that loops
+                kind = f"a link that cannot be followed ({e.strerror})"
+            else:
+                if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+                    continue
+                kind = "a pipe" if stat.S_ISFIFO(mode) else "a device, socket or other special file"
+            raise BankFormatError(
+                f"bank {location!r}: {os.path.relpath(path, location)} is {kind}, not a file; a "
+                f"bank holds folders and regular files only: {REFETCH}"
+            )
 
 
 def open_group(
@@ -207,6 +241,7 @@ def damaged_root_error(store, location: str, error: BaseException) -> BankFormat
         command = found.group(1) if found and found.group(1) != "not recorded" else None
     except Exception:  # no card, or a store that cannot read it: the message goes without
         pass
+    command = build_command_for(command, location)
     again = f" ({command})" if command else ""
     return BankFormatError(
         f"{location!r}: its root zarr.json is damaged ({type(error).__name__}: "

@@ -7,10 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch
 import numpy as np
 import pytest
 import torch
 import yaml
+
+assert lightning.pytorch  # imported here, outside any test's capture: its log handlers bind
+# sys.stderr when imported, and in-process runs (cli_here) must find it a live stream
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -167,3 +171,25 @@ def trained(world, fit_run) -> Path:
     ckpts = sorted(world.glob("runs/dpseg/version_*/checkpoints/last.ckpt"))
     assert ckpts, list(world.rglob("*.ckpt"))
     return ckpts[-1]
+
+
+def cli_here(capture, monkeypatch, *args: str, cwd: Path | None = None):
+    """``cli.py ARGS`` in this process (``cli.main``), as ``run_cli`` gives it: where a fresh
+    process would only add its start (about 7 s of imports for a Lightning command).
+    ``capture`` is pytest's capfd (also what log handlers made earlier write) or capsys."""
+    import cli
+
+    if cwd is not None:
+        monkeypatch.chdir(cwd)
+    try:
+        code = cli.main(list(args))
+    except SystemExit as e:
+        code = e.code
+    out, err = capture.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
+def tiny_cli_here(world, capsys, monkeypatch, *args: str) -> subprocess.CompletedProcess:
+    """``run_tiny_cli`` in this process (``cli_here``): for errors raised before any training."""
+    configs = ["--config", str(TINY), "--config", str(world / "overlay.yaml")]
+    return cli_here(capsys, monkeypatch, args[0], *configs, *args[1:], cwd=world)

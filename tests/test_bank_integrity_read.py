@@ -6,6 +6,7 @@ resumed ``build``."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -208,6 +209,24 @@ def test_command_line_user_errors_are_one_line(reference, tmp_path):
     ]:
         assert_one_line_error(run_cli(*args), *expected)
     assert not (tmp_path / "g.png").exists() and not (tmp_path / "g.xyz").exists()
+
+
+def test_a_damaged_root_points_its_build_command_at_the_bank_at_hand(reference, tmp_path):
+    """The card records the command with the --out it was first built in; the fix names this
+    copy (found by a fault probe: it named the original)."""
+    from prompt_bank.format import BankFormatError
+    from prompt_bank.store import Bank
+
+    bank = copy_of(reference, tmp_path)
+    card = (bank / "README.md").read_text()
+    recorded = "cli.py bank build --vocab 'cat; dog' --out /elsewhere/b.zarr"
+    (bank / "README.md").write_text(
+        re.sub(r"^- command: .*$", f"- command: `{recorded}`", card, count=1, flags=re.M)
+    )
+    (bank / "zarr.json").write_text("{\n garbage")
+    with pytest.raises(BankFormatError, match=r"root zarr\.json is damaged") as error:
+        Bank.open(bank)
+    assert f"(cli.py bank build --vocab 'cat; dog' --out {bank})" in str(error.value)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -333,3 +333,33 @@ def test_an_array_with_other_chunks_is_refused_before_repair_allocates_them(refe
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "visual/level_2 has chunks" in lines[0], lines
     assert (bank / "README.md").read_bytes() == card
+
+
+@pytest.mark.parametrize("kind", ["pipe", "device", "loop"])
+def test_a_pipe_a_device_or_a_looping_link_in_a_bank_is_refused_before_any_read(
+    reference, tmp_path, kind
+):
+    """Found by a fault probe: a FIFO blocked subset and verify forever (and the first signal
+    did not end them), a link to /dev/zero was read until memory ran out, and a looping link
+    was a traceback. Every opening of a local bank, to read or to build, refuses them."""
+    import os
+
+    from prompt_bank.store import open_group
+
+    bank = copy_of(reference, tmp_path)
+    victim = shard_object(bank, "visual/level_1", 0)
+    victim.unlink()
+    {
+        "pipe": os.mkfifo,
+        "device": lambda p: p.symlink_to("/dev/zero"),
+        "loop": lambda p: p.symlink_to(p.name),
+    }[kind](victim)
+    expected = {
+        "pipe": "is a pipe",
+        "device": "is a device",
+        "loop": "is a link that cannot be followed",
+    }[kind]
+    for opening in (lambda: Bank.open(bank), lambda: open_group(bank, mode="r+")):
+        with pytest.raises(BankFormatError, match=expected) as error:
+            opening()
+        assert str(victim.relative_to(bank)) in str(error.value)

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import ROOT, TEMPLATES, TINY, make_bank, run_cli, run_tiny_cli
+from conftest import ROOT, TEMPLATES, TINY, make_bank, run_tiny_cli, tiny_cli_here
 
 from data.catalog import IGNORE_INDEX
 from data.datasets import SegmentationFolder
@@ -611,8 +611,8 @@ def test_a_run_s_loggers_share_one_version_folder(world, tmp_path):
     assert [lg.version for lg in cli.trainer.loggers] == [1, "mine"]
 
 
-def test_print_config_shows_the_settings():
-    result = run_cli("fit", "--config", str(TINY), "--print_config")
+def test_print_config_shows_the_settings(world, capsys, monkeypatch):
+    result = tiny_cli_here(world, capsys, monkeypatch, "fit", "--print_config")
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     assert config["model"]["class_path"] == "model.lightning.DPSegModule"  # the default method
@@ -629,21 +629,6 @@ def error_line(result) -> str:
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, result.stderr[-3000:]
     return lines[0]
-
-
-def tiny_cli_here(world, capsys, monkeypatch, *args: str) -> subprocess.CompletedProcess:
-    """``run_tiny_cli`` in this process (``cli.main``): for errors raised before any training,
-    where a fresh process would only add its 7 s start."""
-    import cli
-
-    monkeypatch.chdir(world)
-    argv = [args[0], "--config", str(TINY), "--config", str(world / "overlay.yaml"), *args[1:]]
-    try:
-        code = cli.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(argv, code, out, err)
 
 
 @pytest.mark.parametrize(
@@ -748,7 +733,7 @@ def test_checkpoint_is_weights_only_safe_and_records_provenance(trained, world):
     assert all(k.startswith("segmenter.model.") for k in ckpt["state_dict"])  # no frozen parts
 
 
-def test_test_on_two_datasets_writes_metrics_and_summary(trained, world):
+def test_test_on_two_datasets_writes_metrics_and_summary(trained, world, capsys, monkeypatch):
     out = world / "results_two"
     test = json.dumps(
         [
@@ -756,8 +741,10 @@ def test_test_on_two_datasets_writes_metrics_and_summary(trained, world):
             {"dataset": "synthetic:train", "bank": str(world / "bank.zarr")},
         ]
     )
-    result = run_tiny_cli(
+    result = tiny_cli_here(
         world,
+        capsys,
+        monkeypatch,
         "test",
         "--ckpt_path",
         str(trained),
@@ -781,9 +768,13 @@ def test_test_on_two_datasets_writes_metrics_and_summary(trained, world):
     assert "is replaced by the checkpoint's" not in result.stderr  # the config agrees with it
 
 
-def test_a_network_setting_the_checkpoint_overrides_is_named(trained, world, tmp_path):
-    result = run_tiny_cli(
+def test_a_network_setting_the_checkpoint_overrides_is_named(
+    trained, world, tmp_path, capsys, monkeypatch
+):
+    result = tiny_cli_here(
         world,
+        capsys,
+        monkeypatch,
         "test",
         "--ckpt_path",
         str(trained),
@@ -828,10 +819,17 @@ def test_two_process_ddp_fit_and_test_match_one_process(trained, world):
     assert one["metrics"] == two["metrics"]
 
 
-def test_validate_and_predict_run_from_a_checkpoint(trained, world):
+def test_validate_and_predict_run_from_a_checkpoint(trained, world, capsys, monkeypatch):
     out = world / "predicted"
-    result = run_tiny_cli(
-        world, "predict", "--ckpt_path", str(trained), "--model.results_dir", str(out)
+    result = tiny_cli_here(
+        world,
+        capsys,
+        monkeypatch,
+        "predict",
+        "--ckpt_path",
+        str(trained),
+        "--model.results_dir",
+        str(out),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     maps = sorted((out / "predictions" / "synthetic").glob("*.png"))
@@ -840,7 +838,7 @@ def test_validate_and_predict_run_from_a_checkpoint(trained, world):
 
     label = np.asarray(Image.open(maps[0]))
     assert label.shape == (128, 128) and label.max() < 8
-    result = run_tiny_cli(world, "validate", "--ckpt_path", str(trained))
+    result = tiny_cli_here(world, capsys, monkeypatch, "validate", "--ckpt_path", str(trained))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "val/mIoU" in result.stdout
 

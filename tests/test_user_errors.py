@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli, run_tiny_cli
+from conftest import ROOT, run_cli, tiny_cli_here
 from PIL import Image
 
 import cli
@@ -164,8 +164,8 @@ def test_garbage_checkpoint_to_explain_is_one_line(files, capsys):
     assert "--ckpt" in line and "garbage.ckpt" in line
 
 
-def test_garbage_checkpoint_to_lightning_test_is_one_line(world, files):
-    result = run_tiny_cli(world, "test", "--ckpt_path", str(files["garbage"]))
+def test_garbage_checkpoint_to_lightning_test_is_one_line(world, files, capsys, monkeypatch):
+    result = tiny_cli_here(world, capsys, monkeypatch, "test", "--ckpt_path", str(files["garbage"]))
     assert result.returncode == 2, result.stderr[-3000:]
     line = one_error_line(result.stderr, only=False)
     assert "--ckpt_path" in line and "garbage.ckpt" in line and "not a checkpoint" in line
@@ -357,13 +357,13 @@ def test_a_damaged_zarr_json_in_a_bank_is_one_line(tiny_bank, tmp_path, capsys, 
         assert f"(cli.py bank build --vocab 'red disc; green square' --out {bank})" in line, line
 
 
-def test_a_damaged_bank_given_to_lightning_test_is_one_line(world, tmp_path):
+def test_a_damaged_bank_given_to_lightning_test_is_one_line(world, tmp_path, capsys, monkeypatch):
     bank = tmp_path / "bank.zarr"
     shutil.copytree(world / "bank.zarr", bank)
     meta = bank / "visual" / "embeddings" / "zarr.json"
     meta.write_bytes(meta.read_bytes()[:40])
     test_sets = json.dumps([{"dataset": "synthetic", "bank": str(bank)}])
-    result = run_tiny_cli(world, "test", "--data.test", test_sets)
+    result = tiny_cli_here(world, capsys, monkeypatch, "test", "--data.test", test_sets)
     assert result.returncode == 2, result.stderr[-3000:]
     line = one_error_line(result.stderr, only=False)
     assert "visual/embeddings/zarr.json is damaged" in line and "bank build" in line
@@ -407,9 +407,11 @@ def test_presets_pretrain_refuses_zero_steps(tmp_path, capsys):
 # 7. fit without a progress bar (and without loggers)
 
 
-def test_fit_without_progress_bar_or_loggers(world):
-    result = run_tiny_cli(
+def test_fit_without_progress_bar_or_loggers(world, capsys, monkeypatch):
+    result = tiny_cli_here(
         world,
+        capsys,
+        monkeypatch,
         "fit",
         "--trainer.enable_progress_bar",
         "false",
@@ -629,11 +631,18 @@ def test_an_object_the_user_may_not_read_is_one_line_with_the_fix_for_reading(ti
 def test_an_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch):
     """13000 x 13000 (169 M pixels, under PIL's own 179 M guard, 9 GB once decoded): refused
     from its header by dpseg's limit; the limit is a setting."""
+    import warnings
+
     from data.datasets import UnreadableImageError, read_image
 
     big = bomb_png(tmp_path / "big.png", side=13000)
-    with pytest.raises(UnreadableImageError, match=r"169\.0 M pixels, more than the limit of 80 M"):
-        read_image(big)
+    with warnings.catch_warnings(record=True) as warned:  # PIL's own warning is not shown
+        warnings.simplefilter("always")
+        with pytest.raises(
+            UnreadableImageError, match=r"169\.0 M pixels, more than the limit of 80 M"
+        ):
+            read_image(big)
+    assert [w for w in warned if issubclass(w.category, Image.DecompressionBombWarning)] == []
     small = tmp_path / "small.png"
     Image.new("RGB", (40, 30)).save(small)
     monkeypatch.setenv("DPSEG_MAX_PIXELS", "1000")

@@ -1,5 +1,6 @@
 """VIP through the real command line: test (with and without dual prompts), predict, alias
-selection, and the dataset configs."""
+selection, and the dataset configs. The first run is a real process; the others call
+``cli.main`` in this process (``cli_here``), which a fresh process would only slow down."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, SHARED, make_bank, run_cli
+from tests.conftest import ROOT, SHARED, cli_here, make_bank, run_cli
 
 VIP_TINY = ROOT / "configs" / "vip_tiny.yaml"
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -28,22 +29,26 @@ def vip_world(world, tmp_path_factory) -> Path:
     return root
 
 
-def run_vip(vip_world: Path, *args: str):
-    return run_cli(
-        args[0],
+def run_vip(vip_world: Path, capsys, monkeypatch, *args: str):
+    configs = ["--config", str(VIP_TINY), "--config", str(vip_world / "overlay.yaml")]
+    return cli_here(capsys, monkeypatch, args[0], *configs, *args[1:], cwd=vip_world)
+
+
+def test_vip_test_writes_metrics_and_dual_prompts_change_them(
+    vip_world, world, capsys, monkeypatch
+):
+    plain = run_cli(  # a real process, as a user runs it
+        "test",
         "--config",
         str(VIP_TINY),
         "--config",
         str(vip_world / "overlay.yaml"),
-        *args[1:],
+        "--model.results_dir",
+        str(vip_world / "plain"),
         env=ENV,
         cwd=vip_world,
         timeout=600,
     )
-
-
-def test_vip_test_writes_metrics_and_dual_prompts_change_them(vip_world, world):
-    plain = run_vip(vip_world, "test", "--model.results_dir", str(vip_world / "plain"))
     assert plain.returncode == 0, plain.stderr[-3000:]
     record = json.loads((vip_world / "plain" / "synthetic.run.json").read_text())
     assert record["method"] == "VIP" and record["attention"] == "clear"
@@ -58,6 +63,8 @@ def test_vip_test_writes_metrics_and_dual_prompts_change_them(vip_world, world):
     bank = vip_world / "vit_bank.zarr"
     dual = run_vip(
         vip_world,
+        capsys,
+        monkeypatch,
         "test",
         "--model.dual_prompts",
         str(bank),
@@ -74,6 +81,8 @@ def test_vip_test_writes_metrics_and_dual_prompts_change_them(vip_world, world):
     # a bank of another encoder: refused with the reason, no traceback
     other = run_vip(
         vip_world,
+        capsys,
+        monkeypatch,
         "test",
         "--model.dual_prompts",
         str(world / "bank.zarr"),
@@ -84,10 +93,12 @@ def test_vip_test_writes_metrics_and_dual_prompts_change_them(vip_world, world):
     assert "tiny-convnext" in other.stderr and "Traceback" not in other.stderr
 
 
-def test_vip_thresholds_low_confidence_pixels_to_ignore(vip_world):
+def test_vip_thresholds_low_confidence_pixels_to_ignore(vip_world, capsys, monkeypatch):
     out = vip_world / "ignored"
     result = run_vip(
         vip_world,
+        capsys,
+        monkeypatch,
         "test",
         "--model.vip.prob_thd",
         "0.99",
@@ -117,17 +128,17 @@ def scored_note() -> str:
     return "random tiny weights are expected to be unsure everywhere"
 
 
-def test_vip_predict_writes_label_maps_and_refuses_fit(vip_world):
+def test_vip_predict_writes_label_maps_and_refuses_fit(vip_world, capsys, monkeypatch):
     out = vip_world / "predicted"
-    result = run_vip(vip_world, "predict", "--model.results_dir", str(out))
+    result = run_vip(vip_world, capsys, monkeypatch, "predict", "--model.results_dir", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     maps = sorted((out / "predictions" / "synthetic").glob("*.png"))
     assert len(maps) == 3
-    fit = run_vip(vip_world, "fit")
+    fit = run_vip(vip_world, capsys, monkeypatch, "fit")
     assert fit.returncode != 0 and "training-free" in fit.stderr
 
 
-def test_select_aliases_command_writes_a_readable_alias_file(vip_world, world):
+def test_select_aliases_command_writes_a_readable_alias_file(vip_world, world, capsys, monkeypatch):
     from data.vocabulary import read_vocabulary_file
 
     vocab = vip_world / "aliases.txt"
@@ -137,7 +148,9 @@ def test_select_aliases_command_writes_a_readable_alias_file(vip_world, world):
         "orange cross, plus sign\n"
     )
     out = vip_world / "selected.txt"
-    result = run_cli(
+    result = cli_here(
+        capsys,
+        monkeypatch,
         "vip",
         "select-aliases",
         "--data",
@@ -157,7 +170,6 @@ def test_select_aliases_command_writes_a_readable_alias_file(vip_world, world):
         "--root",
         str(world / "datasets"),
         "--quiet",
-        env=ENV,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "8 classes, 12 aliases scored" in result.stdout
@@ -166,7 +178,9 @@ def test_select_aliases_command_writes_a_readable_alias_file(vip_world, world):
     selected = read_vocabulary_file(out)
     assert len(selected) == 8
     assert [c.name for c in selected] == [c.split(",")[0] for c in vocab.read_text().splitlines()]
-    bad = run_cli(
+    bad = cli_here(
+        capsys,
+        monkeypatch,
         "vip",
         "select-aliases",
         "--data",
@@ -177,7 +191,6 @@ def test_select_aliases_command_writes_a_readable_alias_file(vip_world, world):
         str(out),
         "--encoder",
         "tiny-vit",
-        env=ENV,
     )
     assert bad.returncode == 2 and "--data 'nowhere'" in bad.stderr
 
@@ -208,10 +221,9 @@ def test_vip_config_alias_files_fit_their_datasets(path, shared_vocab):
         assert len(vocab) == get_dataset_spec(dataset).num_classes, (dataset, name)
 
 
-def test_vip_config_parses_through_lightning_cli():
-    result = run_cli(
-        "test", "--config", str(ROOT / "configs" / "vip_voc21.yaml"), "--print_config", env=ENV
-    )
+def test_vip_config_parses_through_lightning_cli(capsys, monkeypatch):
+    config = str(ROOT / "configs" / "vip_voc21.yaml")
+    result = cli_here(capsys, monkeypatch, "test", "--config", config, "--print_config")
     assert result.returncode == 0, result.stderr[-3000:]
     printed = yaml.safe_load(result.stdout)
     assert printed["model"]["class_path"] == "model.vip.lightning.VIPModule"
@@ -219,10 +231,14 @@ def test_vip_config_parses_through_lightning_cli():
     assert printed["model"]["init_args"]["vocabularies"] == {"voc21": "cls_voc21"}
 
 
-def test_vip_image_predict_with_a_free_vocabulary_and_dual_prompts(vip_world, world):
+def test_vip_image_predict_with_a_free_vocabulary_and_dual_prompts(
+    vip_world, world, capsys, monkeypatch
+):
     images = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[:2]
     out = vip_world / "free"
-    result = run_cli(
+    result = cli_here(
+        capsys,
+        monkeypatch,
         "segment",
         "--method",
         "vip",
@@ -237,7 +253,6 @@ def test_vip_image_predict_with_a_free_vocabulary_and_dual_prompts(vip_world, wo
         "--dual-prompts",
         str(vip_world / "vit_bank.zarr"),
         "--quiet",
-        env=ENV,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 classes (dual prompts)" in result.stdout
@@ -246,8 +261,16 @@ def test_vip_image_predict_with_a_free_vocabulary_and_dual_prompts(vip_world, wo
     assert {c["name"] for c in record["classes"]} <= {"red disc", "background"}
     assert all(c["prompt"].startswith("text+visual") for c in record["classes"])
     assert (out / f"{images[0].stem}_overlay.png").is_file()
-    no_ckpt = run_cli(
-        "segment", "--images", str(images[0]), "--vocab", "a; b", "--out", str(out), env=ENV
+    no_ckpt = cli_here(
+        capsys,
+        monkeypatch,
+        "segment",
+        "--images",
+        str(images[0]),
+        "--vocab",
+        "a; b",
+        "--out",
+        str(out),
     )
     assert no_ckpt.returncode == 2 and "--method vip" in no_ckpt.stderr
 
@@ -273,24 +296,24 @@ def test_vip_toy_config_uses_the_toy_worlds_builtin_aliases():
 VIP_TINY_DINOTXT = ROOT / "configs" / "vip_tiny_dinotxt.yaml"
 
 
-def run_vip_dinotxt(vip_world: Path, *args: str):
-    return run_cli(
-        args[0],
+def run_vip_dinotxt(vip_world: Path, capsys, monkeypatch, *args: str):
+    configs = [
         "--config",
         str(VIP_TINY_DINOTXT),
         "--config",
         str(vip_world / "overlay_dinotxt.yaml"),
-        *args[1:],
-        env=ENV,
-        cwd=vip_world,
-        timeout=600,
-    )
+    ]
+    return cli_here(capsys, monkeypatch, args[0], *configs, *args[1:], cwd=vip_world)
 
 
-def test_vip_on_tiny_dinotxt_tests_with_and_without_dual_prompts(vip_world, world):
+def test_vip_on_tiny_dinotxt_tests_with_and_without_dual_prompts(
+    vip_world, world, capsys, monkeypatch
+):
     overlay = {"data": {"root": str(world / "datasets"), "limit_eval": 1}}
     (vip_world / "overlay_dinotxt.yaml").write_text(yaml.safe_dump(overlay))
-    plain = run_vip_dinotxt(vip_world, "test", "--model.results_dir", str(vip_world / "dt"))
+    plain = run_vip_dinotxt(
+        vip_world, capsys, monkeypatch, "test", "--model.results_dir", str(vip_world / "dt")
+    )
     assert plain.returncode == 0, plain.stderr[-3000:]
     record = json.loads((vip_world / "dt" / "synthetic.run.json").read_text())
     assert (record["encoder"], record["attention"]) == ("tiny-dinotxt", "proxy")
@@ -299,6 +322,8 @@ def test_vip_on_tiny_dinotxt_tests_with_and_without_dual_prompts(vip_world, worl
     bank = make_bank(vip_world / "dinotxt_bank.zarr", "seg", encoder="tiny-dinotxt")
     dual = run_vip_dinotxt(
         vip_world,
+        capsys,
+        monkeypatch,
         "test",
         "--model.dual_prompts",
         str(bank),
@@ -312,14 +337,16 @@ def test_vip_on_tiny_dinotxt_tests_with_and_without_dual_prompts(vip_world, worl
     assert dual_record["confusion_matrix"] != record["confusion_matrix"]
 
     # ClearCLIP's block is a CLIP ViT's, not a dense path of dino.txt (proxy or none)
-    clear = run_vip_dinotxt(vip_world, "test", "--model.attention", "clear")
+    clear = run_vip_dinotxt(vip_world, capsys, monkeypatch, "test", "--model.attention", "clear")
     assert clear.returncode == 2 and "attention='clear' is not available" in clear.stderr
 
 
-def test_vip_on_tiny_dinotxt_predicts_and_selects_aliases(vip_world, world):
+def test_vip_on_tiny_dinotxt_predicts_and_selects_aliases(vip_world, world, capsys, monkeypatch):
     images = sorted((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))[:1]
     out = vip_world / "dt_pred"
-    result = run_cli(
+    result = cli_here(
+        capsys,
+        monkeypatch,
         "segment",
         "--method",
         "vip",
@@ -332,12 +359,13 @@ def test_vip_on_tiny_dinotxt_predicts_and_selects_aliases(vip_world, world):
         "--out",
         str(out),
         "--quiet",
-        env=ENV,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / f"{images[0].stem}.json").read_text())["num_classes"] == 2
     selected = vip_world / "dt_selected.txt"
-    result = run_cli(
+    result = cli_here(
+        capsys,
+        monkeypatch,
         "vip",
         "select-aliases",
         "--data",
@@ -355,7 +383,6 @@ def test_vip_on_tiny_dinotxt_predicts_and_selects_aliases(vip_world, world):
         "--root",
         str(world / "datasets"),
         "--quiet",
-        env=ENV,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     text = selected.read_text()
@@ -364,15 +391,13 @@ def test_vip_on_tiny_dinotxt_predicts_and_selects_aliases(vip_world, world):
     assert "# class 1 'tomato': agreement" in text
 
 
-def test_published_vip_config_resolves_to_dinotxt_and_stops_offline_naming_both_files(tmp_path):
+def test_published_vip_config_resolves_to_dinotxt_and_stops_offline_naming_both_files(
+    tmp_path, capsys, monkeypatch
+):
     """No dino.txt files anywhere: one line naming both files and the option, exit 2."""
-    result = run_cli(
-        "test",
-        "--config",
-        str(ROOT / "configs" / "vip_voc21.yaml"),
-        env={**ENV, "TORCH_HOME": str(tmp_path)},
-        cwd=tmp_path,
-    )
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    config = str(ROOT / "configs" / "vip_voc21.yaml")
+    result = cli_here(capsys, monkeypatch, "test", "--config", config, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr
@@ -381,10 +406,12 @@ def test_published_vip_config_resolves_to_dinotxt_and_stops_offline_naming_both_
     assert "--model.encoder_weights DIR" in errors[0]
 
 
-def test_the_method_is_the_model_class_path():
+def test_the_method_is_the_model_class_path(capsys, monkeypatch):
     """LightningCLI's subclass mode chooses the method: DPSeg by default, VIP by class_path in a
     config or --model VIPModule; VIP refuses fit in one line."""
-    printed = run_cli(
+    printed = cli_here(
+        capsys,
+        monkeypatch,
         "test",
         "--model",
         "VIPModule",
@@ -393,13 +420,12 @@ def test_the_method_is_the_model_class_path():
         "--model.vip.tau",
         "2.5",
         "--print_config",
-        env=ENV,
     )
     assert printed.returncode == 0, printed.stderr[-3000:]
     model = yaml.safe_load(printed.stdout)["model"]
     assert model["class_path"] == "model.vip.lightning.VIPModule"
     assert (model["init_args"]["encoder"], model["init_args"]["vip"]["tau"]) == ("tiny-vit", 2.5)
-    fit = run_cli("fit", "--config", str(VIP_TINY), env=ENV)
+    fit = cli_here(capsys, monkeypatch, "fit", "--config", str(VIP_TINY))
     assert fit.returncode == 2
     assert fit.stderr.strip().splitlines()[-1] == (
         "error: VIPModule is training-free: use cli.py test (or validate, predict) with this config"
