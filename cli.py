@@ -14,8 +14,10 @@ import signal
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
+from jsonargparse import ArgumentError
+
 from commands.options import Command, log_ours
-from common.config_files import check_config_files
+from common.config_files import check_config_files, config_file_at_fault
 from common.errors import USER_ERRORS  # what ends a command in one line (cheap: no torch)
 from common.signals import Interrupted, interruptible
 
@@ -134,7 +136,20 @@ def _parse(argv: list[str]) -> tuple[Command, object]:
     parser = parsers[path]
     vars(parser).pop("parent_parser", None)  # a root now: --print_config prints its options
     check_config_files(argv)  # not UTF-8, not YAML: one line, not jsonargparse's usage text
-    return _chosen(parser.parse_args(argv[len(path) :]), command)
+    parser.exit_on_error = False
+    try:
+        return _chosen(parser.parse_args(argv[len(path) :]), command)
+    except ArgumentError as e:
+        file = config_file_at_fault(argv, str(e))
+        if file is None:  # a mistake on the command line: argparse's usage, then the message
+            parser.exit_on_error = True
+            parser.error(str(e))
+        from common.errors import UnreadableFileError, one_line
+
+        raise UnreadableFileError(
+            f"--config {file!r}: {one_line(e)}; fix the file (cli.py {' '.join(path)} --help "
+            "lists the settings it takes)"
+        ) from None
 
 
 def _chosen(config, command: Command | None = None) -> tuple[Command, object]:

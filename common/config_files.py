@@ -32,11 +32,32 @@ def read_config(path: str):
         ) from None
 
 
-def check_config_files(argv: list[str]) -> None:
-    """Every ``--config`` file of ``argv`` read first (``read_config``); the files are only
-    checked here, jsonargparse parses them."""
+def config_files(argv: list[str]) -> list[str]:
+    """The ``--config`` files ``argv`` names that exist."""
+    found = []
     for i, arg in enumerate(argv):
         path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
         path = arg.split("=", 1)[1] if arg.startswith("--config=") else path
         if path is not None and Path(path).is_file():
-            read_config(path)
+            found.append(path)
+    return found
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Every ``--config`` file of ``argv`` read first (``read_config``); the files are only
+    checked here, jsonargparse parses them."""
+    for path in config_files(argv):
+        read_config(path)
+
+
+def config_file_at_fault(argv: list[str], message: str) -> str | None:
+    """The ``--config`` file that jsonargparse's parse error ``message`` is about: the last one
+    that is not a mapping (``Unexpected config``) or that sets the key the message names; None
+    for a mistake on the command line itself."""
+    for path in reversed(config_files(argv)):
+        settings = read_config(path)
+        if not isinstance(settings, dict):
+            return path
+        if any(f'"{key}"' in message or f"'{key}'" in message for key in settings):
+            return path
+    return None

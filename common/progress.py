@@ -69,6 +69,9 @@ class ProgressBar:
             TransferSpeedColumn,
         )
 
+        console = Console(stderr=True)
+        if transient and not console.is_terminal:  # nothing would show but the blank line rich
+            return  # leaves on exit (found by a fault probe: errors became two lines)
         if unit == "bytes":
             counts = (DownloadColumn(), TransferSpeedColumn())
         else:
@@ -81,7 +84,7 @@ class ProgressBar:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            console=Console(stderr=True),
+            console=console,
             transient=transient,
         )
         self._task = self._bar.add_task(label, total=total, info="", unit=unit)

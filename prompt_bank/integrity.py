@@ -325,6 +325,17 @@ def sealed_contents(bank) -> dict | None:
             f"{bank.location}: its seal (the contents attribute of zarr.json) is malformed (the "
             f"root zarr.json was changed after the bank was sealed); {REFETCH}"
         )
+    items = len(attrs.get("classes") or []) * len(attrs.get("templates") or [])
+    items *= (
+        attrs.get("images_per_prompt") if isinstance(attrs.get("images_per_prompt"), int) else 0
+    )
+    size = contents.get("bytes")
+    if contents.get("items") != items or not (isinstance(size, int) and size > 0):
+        raise BankFormatError(
+            f"{bank.location}: its seal says {contents.get('items')!r} items and {size!r} bytes, "
+            f"where the bank's classes, templates and images per prompt make {items} items (the "
+            f"root zarr.json was changed after the bank was sealed); {REFETCH}"
+        )
     if content_key(attrs, contents["objects"]) != contents["content_key"]:
         raise BankFormatError(
             f"{bank.location}: its sealed content key does not match its attributes and "

@@ -153,7 +153,15 @@ def upload_folder(
             target = f"{base.rstrip('/')}/{name}"
             if local_fs:  # object stores have no folders to make
                 fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-            fs.put_file(str(root / name), target)
+            try:
+                fs.put_file(str(root / name), target)
+            except OSError as e:  # a full disk, a file size limit: no half-written file, and
+                # the message names what was being written (fsspec's local copy names the source)
+                if not local_fs or e.errno is None:
+                    raise
+                if fs.exists(target):
+                    fs.rm_file(target)
+                raise OSError(e.errno, e.strerror, target) from None
             bar.advance((root / name).stat().st_size)
 
 

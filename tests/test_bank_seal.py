@@ -234,6 +234,17 @@ def test_a_malformed_seal_is_refused_not_taken_for_a_bank_being_built(reference,
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("edit", [{"items": 999}, {"bytes": 1.5}, {"bytes": None}])
+def test_a_seal_whose_counts_were_edited_is_refused(reference, tmp_path, edit):
+    """Found by a fault probe: items 999 and bytes 1 were shown, verified, served and pushed."""
+    bank = copy_of(reference, tmp_path)
+    root = json.loads((bank / "zarr.json").read_text())
+    root["attributes"]["contents"].update(edit)
+    (bank / "zarr.json").write_text(json.dumps(root))
+    with pytest.raises(BankFormatError, match=r"its seal says .* make 48 items"):
+        Bank.open(bank)
+
+
 def test_subset_and_merge_refuse_a_shard_copied_in_from_another_bank(reference, other, tmp_path):
     """The shard and its manifest agree with each other, not with the seal: subset and merge
     judge shards as every reader does (they checked the manifest alone)."""

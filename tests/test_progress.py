@@ -45,3 +45,11 @@ def test_a_disabled_bar_is_silent_but_its_log_lines_still_reach_stderr(capsys):
         assert bar.speed is None
     out, err = capsys.readouterr()
     assert out == "" and err == "shard 0 is damaged, rebuilding it\n"
+
+
+def test_a_transient_bar_writes_nothing_where_stderr_is_not_a_terminal(capsys):
+    """Found by a fault probe: rich left a blank line on exit, so an error after a bar (data toy
+    in a pipe) was two lines."""
+    with ProgressBar("images", 3, unit="images") as bar:
+        bar.advance(3)
+    assert capsys.readouterr().err == ""

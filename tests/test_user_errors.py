@@ -541,12 +541,24 @@ def test_a_file_size_limit_ends_in_one_line(tmp_path):
         "2",
         "--test",
         "2",
-        "--quiet",
         limit=2000,
     )
     assert result.returncode == 2, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
+    lines = result.stderr.splitlines()  # no blank line before it (the progress bar's, once)
     assert len(lines) == 1 and "EFBIG" in lines[0] and str(tmp_path) in lines[0], lines
+
+
+def test_a_push_cut_by_a_file_size_limit_names_the_destination_and_leaves_no_half_file(
+    tiny_bank, tmp_path
+):
+    remote = tmp_path / "remote"
+    result = cli_under_file_size_limit(
+        "bank", "push", str(tiny_bank), f"file://{remote}", "--quiet", limit=1024
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: {remote}/") and "EFBIG" in line, line
+    assert [p for p in remote.rglob("*") if p.is_file()] == []
 
 
 def test_an_export_cut_by_a_file_size_limit_is_one_line_and_leaves_nothing(trained, tmp_path):
@@ -710,6 +722,34 @@ def test_a_config_file_that_is_not_utf8_or_yaml_is_one_line(
     config.write_bytes(content)
     assert cli.main([*command, "--config", str(config)]) == 2
     assert capsys.readouterr().err == f"error: --config {str(config)!r}: {expected}\n"
+    assert not (tmp_path / "b.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('images_per_prompt: "two"\n', "Expected a <class 'int'>. Got value: two"),
+        ("bogus_key: 1\n", "Option 'bogus_key' is not accepted"),
+        ("- a\n- b\n", "Unexpected config: - a - b"),
+    ],
+    ids=["type", "unknown-key", "not-a-mapping"],
+)
+def test_a_config_file_with_bad_settings_is_one_line_naming_it(
+    tmp_path, capsys, monkeypatch, content, expected
+):
+    """Found by a fault probe: jsonargparse's 25 lines of usage text; a mistake on the command
+    line itself keeps argparse's usage."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "bad.yaml"
+    config.write_text(content)
+    argv = ["bank", "build", "--config", str(config), "--vocab", "cat", "--out", "b.zarr"]
+    assert cli.main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: --config {str(config)!r}: ") and expected in line, line
+    assert "cli.py bank build --help lists the settings" in line
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["bank", "build", "--vocab", "cat", "--out", "b.zarr", "--bogus"])
+    assert stop.value.code == 2 and "usage:" in capsys.readouterr().err
     assert not (tmp_path / "b.zarr").exists()
 
 
