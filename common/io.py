@@ -16,7 +16,8 @@ def save_image_atomic(image: Image.Image, path: Path, fmt: str, **kwargs) -> Non
     file size limit), which left truncated images without an error."""
     import io
 
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two runs writing
+    # the same file (two `data toy` on one --root) each rename their own, the same bytes
     try:
         encoded = io.BytesIO()
         image.save(encoded, format=fmt, **kwargs)

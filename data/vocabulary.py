@@ -287,6 +287,12 @@ def load_vocabulary(
             f"vocabulary {text!r} is a folder, not a file; give a .json/.txt file (such as one "
             "in it), a name (cli.py vocab lists them) or classes like 'cat, kitty; dog'"
         )
+    if (is_json_or_txt or has_separator) and os.path.lexists(path):  # a pipe, a looping link
+        raise VocabularyError(
+            f"vocabulary file {text!r} is not a regular file (a pipe, device or a link that "
+            "cannot be followed); give a .json/.txt file, a name (cli.py vocab lists them) or "
+            "classes like 'cat, kitty; dog'"
+        )
     if is_json_or_txt or (has_separator and path.parent.is_dir()):
         raise VocabularyError(
             f"vocabulary file {text!r} does not exist; give an existing .json/.txt file, a "

@@ -207,3 +207,18 @@ def test_hostile_class_names_are_refused(text, message):
     with pytest.raises(VocabularyError, match=message):
         load_vocabulary(text)
     assert load_vocabulary("red disc;\n blue square").names == ["red disc", "blue square"]
+
+
+def test_a_vocabulary_path_that_is_a_pipe_or_a_looping_link_is_not_called_missing(tmp_path):
+    """Found by a fault probe: both were "does not exist"."""
+    import os
+
+    from data.vocabulary import VocabularyError
+
+    os.mkfifo(tmp_path / "pipe.txt")
+    (tmp_path / "loop.txt").symlink_to("loop.txt")
+    for name in ("pipe.txt", "loop.txt"):
+        with pytest.raises(VocabularyError, match="is not a regular file"):
+            load_vocabulary(str(tmp_path / name))
+    with pytest.raises(VocabularyError, match="does not exist"):
+        load_vocabulary(str(tmp_path / "none.txt"))
