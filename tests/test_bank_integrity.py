@@ -442,6 +442,7 @@ def test_a_signal_saves_finished_items_and_ends_in_one_line(tmp_path, signum):
     assert_same_bank(tmp_path / "direct.zarr", bank)
 
 
+@pytest.mark.e2e  # 40-50 s of three torchrun launches: make test-all (CI) runs it
 def test_a_signal_to_torchrun_stops_every_rank_in_one_line_each_and_the_bank_resumes(tmp_path):
     """Ctrl-C on ``torchrun ... bank build``: torchrun passes SIGINT on to its two ranks, each
     saves what it finished and says so in one line naming its rank; the same build in one

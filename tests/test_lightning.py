@@ -789,26 +789,19 @@ def test_a_network_setting_the_checkpoint_overrides_is_named(
     assert run["prompt_mode"] == "avg"  # what ran
 
 
-def test_two_process_ddp_fit_and_test_match_one_process(trained, world):
+@pytest.mark.e2e  # 45-55 s of two DDP launches (two processes each): make test-all (CI) runs it
+def test_two_process_ddp_fit_and_test_match_one_process(trained, world, capsys, monkeypatch):
     env = {"OMP_NUM_THREADS": "1"}
     ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
     result = run_tiny_cli(world, "fit", *ddp, "--trainer.max_steps", "2", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     confusions = []
     for devices, name in (("1", "one"), ("2", "two")):
-        args = ["--trainer.devices", devices] + (
-            ["--trainer.strategy", "ddp"] if devices == "2" else []
-        )
-        result = run_tiny_cli(
-            world,
-            "test",
-            "--ckpt_path",
-            str(trained),
-            *args,
-            "--model.results_dir",
-            str(world / name),
-            env=env,
-        )
+        test = ["test", "--ckpt_path", str(trained), "--model.results_dir", str(world / name)]
+        if devices == "1":  # one process: this one (DDP launches its ranks as new processes)
+            result = tiny_cli_here(world, capsys, monkeypatch, *test)
+        else:
+            result = run_tiny_cli(world, *test, *ddp, env=env)
         assert result.returncode == 0, result.stderr[-3000:]
         confusions.append(json.loads((world / name / "synthetic.run.json").read_text()))
     one, two = confusions
