@@ -7,6 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from common.errors import UserError
+
 
 def save_image_atomic(image: Image.Image, path: Path, fmt: str, **kwargs) -> None:
     """Write a whole file or nothing (temp file + rename): a killed run leaves no truncated file.
@@ -16,8 +18,7 @@ def save_image_atomic(image: Image.Image, path: Path, fmt: str, **kwargs) -> Non
     file size limit), which left truncated images without an error."""
     import io
 
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two runs writing
-    # the same file (two `data toy` on one --root) each rename their own, the same bytes
+    tmp = path.with_name(path.name + ".tmp")
     try:
         encoded = io.BytesIO()
         image.save(encoded, format=fmt, **kwargs)
@@ -25,7 +26,13 @@ def save_image_atomic(image: Image.Image, path: Path, fmt: str, **kwargs) -> Non
             tmp.write_bytes(encoded.getbuffer())
         except OSError as e:  # name the file (a write error names none)
             raise OSError(e.errno, e.strerror, str(path)) from None
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:  # another process renamed it first (found by a fault probe)
+            raise UserError(
+                f"{path}: another process was writing this file at the same time (its "
+                f"temporary file {tmp.name} went away); run one command per output folder"
+            ) from None
     finally:
         tmp.unlink(missing_ok=True)
 

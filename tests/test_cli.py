@@ -177,12 +177,13 @@ def test_bank_build_reads_a_yaml_file_and_options_override_it(capsys, tmp_path):
     assert code == 0 and yaml.safe_load(printed)["images_per_prompt"] == 3
 
 
-def test_bank_build_config_errors_exit_2_with_usage(capsys, tmp_path):
+def test_bank_build_config_errors_exit_2(capsys, tmp_path):
+    """A mistake in a --config file: one line naming the file; on the command line: usage."""
     config = tmp_path / "typo.yaml"
     config.write_text("vocab: cat\nout: x.zarr\nimages_per_promt: 2\n")
     code, _, err = main(capsys, "bank", "build", "--config", str(config))
     assert code == 2 and "Option 'images_per_promt' is not accepted" in err
-    assert err.startswith("usage: cli.py [options] bank [options] build")
+    assert err.startswith(f"error: --config {str(config)!r}: ") and err.count("\n") == 1
     code, _, err = main(
         capsys, "bank", "build", "--vocab", "cat", "--out", "x.zarr", "--level-dtype", "int8"
     )
