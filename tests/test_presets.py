@@ -9,7 +9,7 @@ import time
 import open_clip
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_here
 
 from pretrained.backbone import create_clip, create_encoder
 from pretrained.families import family_of
@@ -320,15 +320,15 @@ def test_real_preset_offline_fails_fast_and_clearly(tmp_path, env, kind, name, m
     assert "Traceback" not in result.stderr
 
 
-def test_cli_presets_lists_everything():
-    result = run_cli("presets", "--json")
+def test_cli_presets_lists_everything(capsys, monkeypatch):
+    result = cli_here(capsys, monkeypatch, "presets", "--json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [r["name"] for r in rows] == [n for names in EXPECTED.values() for n in names]
     needs = {r["name"]: r["needs"] for r in rows}
     assert needs["tiny-convnext"].startswith("nothing")
     assert "laion/CLIP-convnext_large_d_320" in needs["convnext-l-laion"]
-    text = run_cli("presets", "--fingerprints")
+    text = cli_here(capsys, monkeypatch, "presets", "--fingerprints")
     assert text.returncode == 0, text.stderr
     recorded = recorded_fingerprints()["fingerprints"]
     for name in OFFLINE:

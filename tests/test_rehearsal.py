@@ -61,11 +61,9 @@ def test_sd_turbo_unet_config_is_derived_from_sd21_at_512_px():
     }
 
 
-def test_reduced_rehearsal_runs_every_kind_of_row(home, tmp_path):
-    """A generator of each family (SD preset, SDXL open name), DPSeg fit + test from a paper
-    config on a hub encoder, and VIP on dino.txt's two files: the make rehearse table."""
+def run_rehearsal(home: Path, tmp_path: Path, rows: list[str]):
+    """``python -m rehearsal.run --scale reduced --rows ROWS``: (its table, the process)."""
     out = tmp_path / "rows.json"
-    rows = ["sd15", "stabilityai/sdxl-turbo", "convnext-b-laion", "dinotxt-l16"]
     result = subprocess.run(
         [
             sys.executable,
@@ -88,6 +86,24 @@ def test_reduced_rehearsal_runs_every_kind_of_row(home, tmp_path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     table = json.loads(out.read_text())
     assert list(table) == rows
+    return table, result
+
+
+def test_reduced_rehearsal_runs_the_generator_and_vip_rows(home, tmp_path):
+    """A generator of each family (SD preset, SDXL open name) and VIP on dino.txt's two files
+    (make test; the DPSeg row, 35 s more, is the e2e test below)."""
+    table, _ = run_rehearsal(home, tmp_path, ["sd15", "stabilityai/sdxl-turbo", "dinotxt-l16"])
+    assert table["sd15"]["shapes"].startswith("image 3x512x512; levels ")
+    assert table["stabilityai/sdxl-turbo"]["shapes"].startswith("image 3x64x64")
+    assert table["dinotxt-l16"]["shapes"] == "logits 1x20x4x4"
+
+
+@pytest.mark.e2e  # 70 s: make test-all (CI) runs it
+def test_reduced_rehearsal_runs_every_kind_of_row(home, tmp_path):
+    """A generator of each family (SD preset, SDXL open name), DPSeg fit + test from a paper
+    config on a hub encoder, and VIP on dino.txt's two files: the make rehearse table."""
+    rows = ["sd15", "stabilityai/sdxl-turbo", "convnext-b-laion", "dinotxt-l16"]
+    table, result = run_rehearsal(home, tmp_path, rows)
     # the generators' real resolutions (their configs), 1 step, encoded into 4 levels
     assert table["sd15"]["shapes"].startswith("image 3x512x512; levels ")
     assert len(table["sd15"]["shapes"].split("levels ")[1].split()) == 4
