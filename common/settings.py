@@ -1,7 +1,8 @@
 """The one validator of config dataclasses (ours): every ``bool``/``int``/``float``/``str`` field
 holds its type, every ``Literal`` field holds one of its values, and every rule a dataclass states
-holds, a bound (``">= 0"``, ``"in [0, 1)"``) or a ``Literal`` type; a failure is one :class:`SettingError` naming the setting as a config names it
-(``model.loss.aux_weight``), its value and what it must be.
+holds, a bound (``">= 0"``, ``"in [0, 1)"``) or a ``Literal`` type; a failure is one
+:class:`SettingError` naming the setting as a config names it (``model.loss.aux_weight``), its
+value and what it must be.
 
     IgnoreMode = Literal["negative", "mask"]
 
