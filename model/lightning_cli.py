@@ -28,7 +28,6 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from common.config_files import check_config_files
 from common.errors import SettingError, UserError
 from common.optional import available
 from common.signals import stopped
@@ -366,7 +365,6 @@ def quiet_lightning() -> None:
 def make_cli(argv: list[str], run: bool = True) -> LightningCLI:
     """The CLI over ``argv`` (``["fit", "--config", ...]``; without a subcommand when run=False)."""
     quiet_lightning()
-    check_config_files(argv)
     # the methods imported, so that --model takes their short names (DPSegModule, VIPModule)
     import model.lightning
     import model.vip.lightning  # noqa: F401
