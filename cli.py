@@ -17,9 +17,12 @@ from importlib.metadata import PackageNotFoundError, version
 from jsonargparse import ArgumentError
 
 from commands.options import Command, log_ours
-from common.config_files import check_config_files, config_file_at_fault
-from common.errors import USER_ERRORS  # what ends a command in one line (cheap: no torch)
-from common.signals import Interrupted, interruptible
+from common.config_files import check_config_files, config_file_error
+from common.errors import (  # what ends a command in one line (cheap: no torch)
+    USER_ERRORS,
+    broken_link,
+)
+from common.signals import Interrupted, interruptible, outside_the_command
 
 
 def _version() -> str:
@@ -140,16 +143,11 @@ def _parse(argv: list[str]) -> tuple[Command, object]:
     try:
         return _chosen(parser.parse_args(argv[len(path) :]), command)
     except ArgumentError as e:
-        file = config_file_at_fault(argv, str(e))
-        if file is None:  # a mistake on the command line: argparse's usage, then the message
+        error = config_file_error(argv, " ".join(path), str(e))
+        if error is None:  # a mistake on the command line: argparse's usage, then the message
             parser.exit_on_error = True
             parser.error(str(e))
-        from common.errors import UnreadableFileError, one_line
-
-        raise UnreadableFileError(
-            f"--config {file!r}: {one_line(e)}; fix the file (cli.py {' '.join(path)} --help "
-            "lists the settings it takes)"
-        ) from None
+        raise error from None
 
 
 def _chosen(config, command: Command | None = None) -> tuple[Command, object]:
@@ -185,11 +183,16 @@ def lightning_main(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, script: bool = False) -> int:
+    """``cli.py ARGS`` -> its exit status. ``script``: this is cli.py's own process (a signal
+    outside the command then ends it in one line too: ``signals.outside_the_command``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    args = None
     try:
         if argv and argv[0] in LIGHTNING_COMMANDS:
             return lightning_main(argv)
+        if script:
+            outside_the_command()
         command, args = _parse(argv)
         if args.get("root", "unset") is None:
             import os
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         with interruptible():  # Ctrl-C / SIGTERM: clean-ups run, then one line
             return command.run(args) or 0
     except USER_ERRORS as e:  # common/errors.py: one line, exit 2
-        return _one_line(f"error: {e}", 2)
+        return _one_line(f"error: {_link_fault(e) or e}", 2)
     except (Interrupted, KeyboardInterrupt) as e:
         signum = getattr(e, "signum", signal.SIGINT)
         report = getattr(e, "report", "") or (
@@ -217,14 +220,27 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13
     except OSError as e:
+        if e.errno == errno.ELOOP and _link_fault(e):
+            return _one_line(f"error: {_link_fault(e)}", 2)
         if e.errno not in STORAGE_ERRNOS:
             raise
-        where = f"{e.filename}: " if e.filename else ""
+        # the file at fault, else the output the command was writing (zarr's writes name none)
+        output = next(
+            (getattr(args, k, None) for k in ("out", "root") if getattr(args, k, None)), None
+        )
+        where = f"{e.filename}: " if e.filename else f"writing in {output}: " if output else ""
         return _one_line(
             f"error: {where}{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)}); "
             + _storage_fix(e),
             2,
         )
+
+
+def _link_fault(error: BaseException) -> str | None:
+    """What is wrong when the path an OSError names, or a folder above it, is a symbolic link
+    that loops or points nowhere (``--out self`` linked to itself); None when none is."""
+    name = getattr(error, "filename", None)
+    return broken_link(name) if isinstance(name, str) else None
 
 
 def _storage_fix(error: OSError) -> str:
@@ -272,4 +288,4 @@ def _one_line(message: str, status: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(script=True))

@@ -7,6 +7,7 @@ jsonargparse parses them: a file that is not UTF-8 or not YAML ends in one user 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -50,14 +51,49 @@ def check_config_files(argv: list[str]) -> None:
         read_config(path)
 
 
+def _keys(settings: dict, prefix: str = "") -> list[str]:
+    """Every key of nested ``settings`` as a dotted path (``trainer``, ``trainer.max_steps``)."""
+    keys = []
+    for key, value in settings.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys += _keys(value, f"{prefix}{key}.")
+    return keys
+
+
 def config_file_at_fault(argv: list[str], message: str) -> str | None:
     """The ``--config`` file that jsonargparse's parse error ``message`` is about: the last one
-    that is not a mapping (``Unexpected config``) or that sets the key the message names; None
-    for a mistake on the command line itself."""
+    that is not a mapping (``Unexpected config``) or that sets a key the message names (at any
+    depth, dotted: ``trainer.max_stepz``); None for a mistake on the command line itself."""
     for path in reversed(config_files(argv)):
         settings = read_config(path)
         if not isinstance(settings, dict):
             return path
-        if any(f'"{key}"' in message or f"'{key}'" in message for key in settings):
+        if any(f'"{key}"' in message or f"'{key}'" in message for key in _keys(settings)):
             return path
     return None
+
+
+def short_parse_error(message: str) -> str:
+    """jsonargparse's nested parse error (``Parser key "model": ... Parser key "optim": ...
+    Option 'lrr' is not accepted``, twenty lines) as one phrase: the setting's dotted path and
+    the innermost reason (``model.optim: Option 'lrr' is not accepted``); the message on one
+    line when it has no such reason."""
+    reason = re.search(r"(Option '[^']+' is not accepted|does not accept option '[^']+')", message)
+    if reason is None:
+        return one_line(message)
+    keys = re.findall(r'Parser key "([^"]+)"', message[: reason.start()])
+    return f"{'.'.join(keys)}: {reason.group(1)}" if keys else reason.group(1)
+
+
+def config_file_error(argv: list[str], command: str, message: str) -> UnreadableFileError | None:
+    """The one-line error for a parse error ``message`` of ``cli.py COMMAND`` that a ``--config``
+    file of ``argv`` caused (a setting it may not have); None for a mistake on the command line
+    (argparse's usage and message then)."""
+    file = config_file_at_fault(argv, message)
+    if file is None:
+        return None
+    return UnreadableFileError(
+        f"--config {file!r}: {short_parse_error(message)}; fix the file (cli.py {command} "
+        "--help lists the settings it takes)"
+    )

@@ -21,6 +21,10 @@ when signal N (SIGINT, SIGTERM) stopped it, after one line saying what was kept
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+
 
 class UserError(Exception):
     """A mistake in the user's input: one line naming the argument, the value and the fix; exit 2."""
@@ -129,3 +133,27 @@ def check_device(device, option: str = "--device") -> str:
                 f"cuda:{count - 1}, cuda or cpu"
             )
     return text
+
+
+def broken_link(path: str | os.PathLike) -> str | None:
+    """What is wrong when ``path``, or a folder above it, is a symbolic link that loops or
+    points nowhere ("out: a symbolic link that loops (to out); ..."), the outermost first;
+    None when no link on the way is broken."""
+    path = Path(path)
+    for link in reversed([path, *path.parents]):
+        if not link.is_symlink():
+            continue
+        try:
+            os.stat(link)
+        except OSError as e:
+            target = os.readlink(link)
+            if e.errno == errno.ELOOP:
+                return (
+                    f"{link}: a symbolic link that loops (to {target}); remove it or point it "
+                    "at a real folder"
+                )
+            return (
+                f"{link}: a symbolic link to {target}, which does not exist; create that or "
+                "remove the link"
+            )
+    return None

@@ -3,14 +3,19 @@
 Inside :func:`interruptible`, the first SIGINT or SIGTERM raises :class:`Interrupted` where the
 program is, so that ``finally`` blocks run (staged folders are removed, finished work is saved)
 and ``cli.py`` ends in one line; a second signal waits for that to finish instead of cutting it
-short.
+short. Outside it, in ``cli.py``'s own process, :func:`outside_the_command` ends the process in
+one line too (a signal that comes just before the command starts or just after it ends).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
+
+_command = {"ended": False}  # set once interruptible()'s block has run (read by the late handler)
 
 
 class Interrupted(BaseException):
@@ -53,5 +58,29 @@ def interruptible():
     try:
         yield
     finally:
+        _command["ended"] = True
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def outside_the_command() -> None:
+    """SIGINT/SIGTERM before the command's :func:`interruptible` block or after it end the
+    process at once, with one line and 128 + the signal's number: before, nothing was done;
+    after, the command's work is complete (its output is written; the signal only cut the
+    interpreter's shutdown short). For ``cli.py``'s own process only (it calls ``os._exit``),
+    never for a command run in-process (tests) or under Lightning, whose signal handling
+    chains the handlers it finds."""
+
+    def handler(signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if _command["ended"]:
+            line = f"error: interrupted by {name} as the command ended; its work is complete"
+        else:
+            line = f"error: interrupted by {name} before the command began; nothing was done"
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        os.write(2, (line + "\n").encode())
+        os._exit(128 + signum)
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, handler)

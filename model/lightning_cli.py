@@ -24,10 +24,12 @@ import warnings
 from pathlib import Path
 
 import torch
+from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from common.config_files import config_file_error
 from common.errors import SettingError, UserError
 from common.optional import available
 from common.signals import stopped
@@ -155,6 +157,14 @@ class SegmentationCLI(LightningCLI):
     """LightningCLI with the method chosen by ``model.class_path`` (DPSeg by default), a checked
     ``--ckpt_path``, one line for every user error and Ctrl-C / SIGTERM handling."""
 
+    def init_parser(self, **kwargs):
+        """Every parser (the root's and each subcommand's) raises its errors, which
+        :meth:`parse_arguments` turns into one line (a --config file's mistake) or the usage."""
+        parser = super().init_parser(**kwargs)
+        parser.exit_on_error = False
+        self.parsers = [*getattr(self, "parsers", []), parser]
+        return parser
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults(
             {"model": {"class_path": DEFAULT_METHOD}, "trainer.callbacks": CALLBACKS}
@@ -169,8 +179,17 @@ class SegmentationCLI(LightningCLI):
         # Lightning torch.loads --ckpt_path right after this (its hyperparameters): a file that
         # is not a checkpoint ends here in one line (model/checkpoint.py), not in torch's
         # unpickling error, and a torch file that is not Lightning's not in a KeyError once the
-        # run has started.
-        super().parse_arguments(parser, args)
+        # run has started. A setting a --config file may not have is one line naming the file
+        # (common/config_files.py); a mistake on the command line keeps the usage text.
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as e:
+            error = config_file_error(list(args), str(args[0]), str(e))
+            if error is None:  # the usage of the subcommand's parser, as jsonargparse prints it
+                own = [p for p in self.parsers if p.prog.endswith(f" {args[0]}")] or [parser]
+                own[0].exit_on_error = True
+                own[0].error(str(e))
+            raise error from None
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
         self.given_network = _network_settings(self.config[subcommand]) if subcommand else {}

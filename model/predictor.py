@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.errors import UserError, check_device, check_output_folder
+from common.errors import UserError, broken_link, check_device, check_output_folder
 from common.signals import Interrupted
 from data.transforms import ResizeSquare, SlidingWindow, image_tensor, rgb_uint8
 from data.vocabulary import Vocabulary, load_vocabulary
@@ -240,6 +240,8 @@ def expand_images(specs: list[str]) -> list[Path]:
             paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
         elif p.exists():
             paths.append(p)
+        elif p.is_symlink():
+            raise FileNotFoundError(f"--images {broken_link(p)}")
         else:
             matches = sorted(glob.glob(spec, recursive=True))
             if not matches:

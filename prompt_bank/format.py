@@ -304,18 +304,22 @@ def validate_group(group, location: str | os.PathLike) -> BankLayout:
     expected = layout.arrays()
     for path, (shape, dtype) in expected.items():
         if path not in arrays:
-            raise BankFormatError(f"{where} lacks the array {path} (expected {shape} {dtype})")
+            raise BankFormatError(
+                f"{where} lacks the array {path} (expected {shape} {dtype}); {REFETCH}"
+            )
         array = arrays[path]
         if tuple(array.shape) != shape:
             raise BankFormatError(
                 f"{where}: array {path} has shape {tuple(array.shape)}, expected {shape} "
-                "(from the classes, templates, images_per_prompt and encoder attributes)"
+                "(from the classes, templates, images_per_prompt and encoder attributes: one of "
+                f"their zarr.json files was edited or damaged); {REFETCH}"
             )
         if np.dtype(array.dtype) != np.dtype(dtype) or (
             path.startswith("visual/level_") and str(array.dtype) not in LEVEL_DTYPES
         ):
             raise BankFormatError(
-                f"{where}: array {path} has dtype {array.dtype}, expected {dtype}"
+                f"{where}: array {path} has dtype {array.dtype}, expected {dtype} (its "
+                f"zarr.json was edited or damaged); {REFETCH}"
             )
         chunks = (tuple(array.chunks), tuple(array.shards or array.chunks))
         if attrs["format_version"] >= 2 and chunks != chunk_shapes(layout, path, shape):

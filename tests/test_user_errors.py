@@ -511,6 +511,62 @@ def test_a_signal_ends_any_command_in_one_line(tmp_path, signum):
     assert len(lines) == 1 and "interrupted by SIG" in lines[0], err[-3000:]
 
 
+@pytest.mark.parametrize("when", ["ended", "began"])
+def test_a_signal_just_outside_the_command_ends_in_one_line(when):
+    """SIGTERM just after a command ended (its work complete) or just before it began, in
+    cli.py's own process: one line saying which, exit 143; not the default handler's silent
+    death (the probe's `bank pull` killed as it finished)."""
+    script = (
+        "import os, signal, sys, time\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import cli\n"
+        "from common import signals\n"
+        + (
+            "code = cli.main(['presets'], script=True)\n"
+            if when == "ended"
+            else "signals.outside_the_command()\n"
+        )
+        + "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(60)\n"
+        "sys.exit(0)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    expected = "its work is complete" if when == "ended" else "nothing was done"
+    assert len(lines) == 1 and "interrupted by SIGTERM" in lines[0], result.stderr[-3000:]
+    assert expected in lines[0], lines
+    if when == "ended":
+        assert "toy" in result.stdout  # the command's own output was flushed before the exit
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bank", "build", "--vocab", "toy", "--preset", "toy", "--out", "{loop}"],
+        ["data", "toy", "--root", "{loop}", "--quiet"],
+        ["data", "toy", "--root", "{dangling}/toy", "--quiet"],
+        ["segment", "--method", "vip", "--images", "{loop}", "--vocab", "toy", "--out", "o"],
+    ],
+    ids=["bank-build-out", "data-root", "data-root-dangling", "segment-images"],
+)
+def test_a_broken_link_is_named_as_one(tmp_path, capsys, monkeypatch, args):
+    """A path that is (or lies under) a symbolic link looping to itself or pointing nowhere:
+    the link named and what is wrong with it, exit 2 (the probe got "[Errno 17] File exists",
+    an ELOOP traceback, and "no image found")."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "dangling").symlink_to("nowhere")
+    line = user_error(
+        capsys, *[a.format(loop=tmp_path / "loop", dangling=tmp_path / "dangling") for a in args]
+    )
+    kind = "points nowhere" if "{dangling}" in " ".join(args) else "loops"
+    expected = "which does not exist" if kind == "points nowhere" else "a symbolic link that loops"
+    assert expected in line and str(tmp_path) in line, line
+
+
 def cli_under_file_size_limit(*args: str, limit: int) -> subprocess.CompletedProcess:
     """``cli.py ARGS`` with no file allowed to grow past ``limit`` bytes (``ulimit -f``: EFBIG,
     as a full disk)."""
@@ -559,6 +615,18 @@ def test_a_push_cut_by_a_file_size_limit_names_the_destination_and_leaves_no_hal
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"error: {remote}/") and "EFBIG" in line, line
     assert [p for p in remote.rglob("*") if p.is_file()] == []
+
+
+def test_a_subset_cut_by_a_file_size_limit_names_its_output_and_leaves_nothing(tiny_bank, tmp_path):
+    """zarr's writes raise EFBIG without a file name: the line names the command's --out."""
+    out = tmp_path / "subset.zarr"
+    result = cli_under_file_size_limit(
+        "bank", "subset", str(tiny_bank), "--vocab", "red disc", "--out", str(out), limit=1024
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: writing in {out}: ") and "EFBIG" in line, line
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_export_cut_by_a_file_size_limit_is_one_line_and_leaves_nothing(trained, tmp_path):
@@ -753,6 +821,37 @@ def test_a_config_file_with_bad_settings_is_one_line_naming_it(
     assert not (tmp_path / "b.zarr").exists()
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("trainer:\n  max_stepz: 10\n", "does not accept option 'trainer.max_stepz'"),
+        (
+            "model:\n  init_args:\n    optim:\n      lrr: 1\n",
+            "model.optim: Option 'lrr' is not accepted",
+        ),
+    ],
+    ids=["trainer-key", "nested-model-key"],
+)
+def test_a_lightning_config_file_with_a_bad_setting_is_one_line_naming_it(
+    tmp_path, capsys, monkeypatch, content, expected
+):
+    """fit/test's --config files as cli.py's own: the file and the setting's dotted path with
+    the innermost reason, in one line (jsonargparse printed the usage and, for a nested key,
+    twenty lines); a mistake on the command line keeps the subcommand's usage."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "bad.yaml"
+    config.write_text(content)
+    toy = str(ROOT / "configs" / "toy_world.yaml")
+    assert cli.main(["fit", "--config", toy, "--config", str(config)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: --config {str(config)!r}: {expected}; fix the file"), line
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["fit", "--config", toy, "--trainer.max_stepz", "3"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "usage: cli.py [options] fit" in err, err[-2000:]
+    assert "unrecognized arguments: --trainer.max_stepz 3" in err
+
+
 def test_explain_takes_one_class_not_a_vocabulary(tmp_path):
     result = run_cli(
         "explain",
@@ -787,3 +886,33 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
         assert reader.read(20)  # the first lines, then the reader hangs up
     assert process.wait(timeout=120) == 141
     assert process.stderr.read().decode() == ""
+
+
+def test_an_image_whose_temporary_file_another_writer_took_is_one_user_error(tmp_path):
+    """Two writers of one output folder (the probe ran two `data toy` at once): when the
+    temporary file goes away between the write and the rename, a UserError naming the file and
+    the fix, not FileNotFoundError's traceback; the image is never left half written. The other
+    writer is a real thread deleting the temporary file; the race is hit within a few tries."""
+    import threading
+
+    from common.io import save_image_atomic
+
+    path = tmp_path / "a.png"
+    image = Image.new("RGB", (64, 64), "red")
+    stop = threading.Event()
+
+    def other_writer() -> None:
+        while not stop.is_set():
+            path.with_name("a.png.tmp").unlink(missing_ok=True)
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    try:
+        with pytest.raises(UserError, match="another process was writing this file"):
+            for _ in range(20000):
+                save_image_atomic(image, path, "PNG")
+    finally:
+        stop.set()
+        thread.join()
+    if path.exists():  # an earlier try's rename: a whole image
+        assert Image.open(path).convert("RGB").getpixel((0, 0)) == (255, 0, 0)
