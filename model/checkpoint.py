@@ -31,19 +31,34 @@ def _fix(option: str, path: str) -> str:
 def check_checkpoint(path: str | os.PathLike, option: str = "--ckpt") -> Path:
     """``path`` if it can be a checkpoint (a torch zip archive with a pickle); else a user error.
 
-    Cheap: reads the archive's directory, not the tensors. A missing file is FileNotFoundError.
+    Reads the whole file once: every member's CRC-32 (which torch writes and never checks) is
+    compared, so a checkpoint changed after it was saved is refused rather than run with
+    damaged weights (a fault probe's 64 bytes overwritten in a tensor gave one class everywhere,
+    exit 0). That costs about a second per GB. A missing file is FileNotFoundError.
     """
     p = Path(path)
+    if p.exists() and not p.is_file():
+        raise CheckpointError(
+            f"{option} {str(path)!r}: not a regular file (a folder, device or pipe); pass a "
+            ".ckpt file that cli.py fit wrote"
+        )
     if not p.is_file():
         raise FileNotFoundError(f"{option} {str(path)!r}: no such checkpoint file")
     message = _fix(option, str(path))
     try:
         with zipfile.ZipFile(p) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
+            if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+                raise CheckpointError(message.format(why="a zip archive without torch's data.pkl"))
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):
         raise CheckpointError(message.format(why="not a torch zip archive")) from None
-    if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
-        raise CheckpointError(message.format(why="a zip archive without torch's data.pkl"))
+    if damaged is not None:
+        raise CheckpointError(
+            f"{option} {str(path)!r}: damaged (its member {damaged} does not match the CRC-32 "
+            "saved with it: the file changed after cli.py fit wrote it); copy it again from "
+            "where it was made, or use another checkpoint"
+        )
     return p
 
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.errors import UserError
-from prompt_bank.zarr_io import run_sync
+from prompt_bank.zarr_io import get_object, run_sync
 
 FORMAT_NAME = "dpseg-prompt-bank"
 FORMAT_VERSION = 2
@@ -258,6 +258,52 @@ def damaged_metadata_error(group, location: str, attrs: dict, error: BaseExcepti
     )
 
 
+def canonical_metadata(layout: BankLayout) -> dict[str, dict]:
+    """Each array's metadata exactly as :func:`create_arrays` writes it for ``layout`` (zarr's
+    ``to_dict``, JSON types): the format fixes every field, the byte order and codecs too."""
+    import json
+
+    import zarr
+    from zarr.storage import MemoryStore
+
+    group = zarr.open_group(MemoryStore(), mode="w", zarr_format=3)
+    create_arrays(group, layout)
+    return {
+        path: json.loads(get_object(group.store, f"{path}/zarr.json")) for path in layout.arrays()
+    }
+
+
+def _check_array_metadata(group, arrays: dict, layout: BankLayout, where: str) -> None:
+    """Every array's metadata is the format's to the last field (an edited byte order read
+    garbage as "missing data" before, and a repair then sealed it), and the root zarr.json's
+    consolidated copy of it (what remote readers use, and what push uploads) is the same as the
+    array's own zarr.json (what a local reader uses), when the group was opened from the latter.
+    """
+    import json
+
+    canonical = canonical_metadata(layout)
+    local = group.metadata.consolidated_metadata is None
+    copies: dict = {}
+    if local:  # the consolidated copy beside the arrays' own files
+        root = json.loads(get_object(group.store, "zarr.json") or b"{}")
+        copies = ((root.get("consolidated_metadata") or {}).get("metadata")) or {}
+    for path, want in canonical.items():
+        got = json.loads(json.dumps(arrays[path].metadata.to_dict()))
+        sources = [("its zarr.json" if local else "the root zarr.json's copy of it", got)]
+        if path in copies:
+            sources.append(("the root zarr.json's copy of it", copies[path]))
+        for source, meta in sources:
+            meta = {k: v for k, v in meta.items() if k != "attributes"}
+            differ = sorted(
+                k for k in set(want) | set(meta) if k != "attributes" and meta.get(k) != want.get(k)
+            )
+            if differ:
+                raise BankFormatError(
+                    f"{where}: array {path}'s metadata in {source} is not the format's (its "
+                    f"{', '.join(differ)}: edited or damaged after the bank was made); {REFETCH}"
+                )
+
+
 def validate_group(group, location: str | os.PathLike) -> BankLayout:
     """Check the zarr group of the bank at ``location`` against the format before any array
     data is read.
@@ -328,6 +374,8 @@ def validate_group(group, location: str | os.PathLike) -> BankLayout:
                 f"{chunk_shapes(layout, path, shape)} (its zarr.json was edited or damaged); "
                 f"{REFETCH}"
             )
+    if attrs["format_version"] >= 2:
+        _check_array_metadata(group, arrays, layout, where)
     extra = sorted(set(arrays) - set(expected))
     if extra:
         raise BankFormatError(

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from prompt_bank.format import REFETCH, BankFormatError, BankLayout, BankMismatchError
-from prompt_bank.zarr_io import run_sync
+from prompt_bank.zarr_io import get_object, put_object, run_sync
 
 MANIFEST_PREFIX = "manifest"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -43,23 +43,6 @@ def shard_key(array, shard: int) -> str:
 
 def sha256(raw: bytes | None) -> str | None:
     return None if raw is None else hashlib.sha256(raw).hexdigest()
-
-
-def get_object(store, key: str) -> bytes | None:
-    from prompt_bank.zarr_io import default_buffer_prototype
-
-    buffer = run_sync(store.get(key, prototype=default_buffer_prototype()))
-    return None if buffer is None else buffer.to_bytes()
-
-
-def put_object(store, key: str, raw: bytes | None) -> None:
-    """Write (or, for ``None``, delete) one object."""
-    from prompt_bank.zarr_io import default_buffer_prototype
-
-    if raw is None:
-        run_sync(store.delete(key))
-    else:
-        run_sync(store.set(key, default_buffer_prototype().buffer.from_bytes(raw)))
 
 
 def read_manifest_body(store, shard: int) -> dict | None:

@@ -36,3 +36,17 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
     from zarr.core.sync import sync
 
     return sync(coroutine)
+
+
+def get_object(store, key: str) -> bytes | None:
+    """One object's bytes (None when there is none)."""
+    buffer = run_sync(store.get(key, prototype=default_buffer_prototype()))
+    return None if buffer is None else buffer.to_bytes()
+
+
+def put_object(store, key: str, raw: bytes | None) -> None:
+    """Write (or, for ``None``, delete) one object."""
+    if raw is None:
+        run_sync(store.delete(key))
+    else:
+        run_sync(store.set(key, default_buffer_prototype().buffer.from_bytes(raw)))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import test_bank_integrity
-from conftest import run_cli
+from conftest import cli_here, run_cli
 from test_bank import arrays_of, small_config
 from test_bank_integrity import copy_of, shard_object
 
@@ -374,3 +374,40 @@ def test_a_pipe_a_device_or_a_looping_link_in_a_bank_is_refused_before_any_read(
         with pytest.raises(BankFormatError, match=expected) as error:
             opening()
         assert str(victim.relative_to(bank)) in str(error.value)
+
+
+@pytest.mark.parametrize("copy", ["array", "consolidated"])
+def test_array_metadata_edited_after_sealing_is_refused_and_never_resealed(
+    reference, tmp_path, capsys, monkeypatch, copy
+):
+    """A fault probe set one array's byte order to big-endian: in its own zarr.json, readers
+    took the garbage for missing data and `repair` rebuilt and sealed the bank under a new
+    content key; in the root zarr.json's consolidated copy (outside the seal), verify passed
+    and push uploaded a bank no remote reader could read. Both are now refused in one line
+    naming the array and the copy, by readers, repair and push, and nothing is re-sealed."""
+    bank = copy_of(reference, tmp_path)
+    root_path = bank / "zarr.json"
+    if copy == "array":
+        meta_path = bank / "visual" / "level_2" / "zarr.json"
+        meta = json.loads(meta_path.read_text())
+    else:
+        root = json.loads(root_path.read_text())
+        meta = root["consolidated_metadata"]["metadata"]["visual/level_2"]
+    meta["codecs"][0]["configuration"]["codecs"][0]["configuration"]["endian"] = "big"
+    if copy == "array":
+        meta_path.write_text(json.dumps(meta))
+    else:
+        root_path.write_text(json.dumps(root))
+    where = "its zarr.json" if copy == "array" else "the root zarr.json's copy of it"
+    expected = f"array visual/level_2's metadata in {where} is not the format's (its codecs"
+    with pytest.raises(BankFormatError) as refused:
+        Bank.open(bank)
+    assert expected in str(refused.value)
+    sealed = json.loads(root_path.read_text())["attributes"]["contents"]
+    for command in (["repair", str(bank)], ["push", str(bank), f"file://{tmp_path / 'remote'}"]):
+        result = cli_here(capsys, monkeypatch, "bank", *command, "--quiet")
+        assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], lines
+    assert json.loads(root_path.read_text())["attributes"]["contents"] == sealed
+    assert not (tmp_path / "remote").exists()

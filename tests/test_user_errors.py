@@ -148,6 +148,31 @@ def test_a_zip_that_is_not_a_checkpoint_is_one_line(tmp_path):
         check_checkpoint(archive, "--ckpt_path")
 
 
+def test_a_checkpoint_changed_after_it_was_saved_is_refused(trained, tmp_path, capsys):
+    """64 bytes overwritten inside a tensor (the fault probe): torch loads it without a word and
+    the model segments one class everywhere. The members' CRC-32 catch it, in one line naming
+    the member; a device or a folder as --ckpt is "not a regular file"."""
+    import zipfile
+
+    from model.checkpoint import CheckpointError, check_checkpoint
+
+    damaged = tmp_path / "damaged.ckpt"
+    shutil.copy(trained, damaged)
+    with zipfile.ZipFile(damaged) as archive:
+        largest = max(archive.infolist(), key=lambda member: member.file_size)
+    with open(damaged, "r+b") as f:
+        f.seek(largest.header_offset + 200)
+        f.write(b"\xff" * 64)
+    with pytest.raises(CheckpointError, match=f"damaged \\(its member {largest.filename} "):
+        check_checkpoint(damaged)
+    line = user_error(capsys, "model", "export", str(damaged), "--out", str(tmp_path / "m"))
+    assert "damaged" in line and not (tmp_path / "m").exists()
+    check_checkpoint(trained)  # the original passes
+    for path in ("/dev/zero", str(tmp_path)):
+        with pytest.raises(CheckpointError, match="not a regular file"):
+            check_checkpoint(path)
+
+
 def test_garbage_checkpoint_to_explain_is_one_line(files, capsys):
     line = user_error(
         capsys,
