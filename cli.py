@@ -9,6 +9,7 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import signal
 import sys
@@ -188,6 +189,10 @@ def main(argv: list[str] | None = None, script: bool = False) -> int:
     outside the command then ends it in one line too: ``signals.outside_the_command``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = None
+    # a path that is not UTF-8 (kept by Python as surrogates) is printed escaped, as stderr
+    # does, rather than ending a finished command in UnicodeEncodeError
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         if argv and argv[0] in LIGHTNING_COMMANDS:
             return lightning_main(argv)

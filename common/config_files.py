@@ -33,22 +33,49 @@ def read_config(path: str):
         ) from None
 
 
+def config_values(argv: list[str]) -> list[str]:
+    """Every value of ``--config`` (``-c``) in ``argv``: a path, or inline YAML."""
+    values = []
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else None
+        value = arg.split("=", 1)[1] if arg.startswith("--config=") else value
+        if value is not None:
+            values.append(value)
+    return values
+
+
 def config_files(argv: list[str]) -> list[str]:
     """The ``--config`` files ``argv`` names that exist."""
-    found = []
-    for i, arg in enumerate(argv):
-        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
-        path = arg.split("=", 1)[1] if arg.startswith("--config=") else path
-        if path is not None and Path(path).is_file():
-            found.append(path)
-    return found
+    return [value for value in config_values(argv) if Path(value).is_file()]
 
 
 def check_config_files(argv: list[str]) -> None:
-    """Every ``--config`` file of ``argv`` read first (``read_config``); the files are only
-    checked here, jsonargparse parses them."""
+    """Every ``--config`` of ``argv`` checked first: a path that is no regular file (a folder,
+    a pipe, which jsonargparse would wait on forever, a device) or that does not exist (unless
+    the value is inline YAML settings, which jsonargparse also takes) is one user error; each
+    file is read (``read_config``). jsonargparse parses them afterwards."""
+    for value in config_values(argv):
+        path = Path(value)
+        if path.exists() and not path.is_file():
+            raise UnreadableFileError(
+                f"--config {value!r}: not a regular file (a folder, pipe or device); give a "
+                "YAML file"
+            )
+        if not path.exists() and not _inline_settings(value):
+            raise FileNotFoundError(
+                f"--config {value!r}: no such file; give a YAML file of settings (or inline "
+                "YAML settings, '{name: value, ...}')"
+            )
     for path in config_files(argv):
         read_config(path)
+
+
+def _inline_settings(value: str) -> bool:
+    """Whether a ``--config`` value that names no file is inline YAML settings (a mapping)."""
+    try:
+        return isinstance(yaml.safe_load(value), dict)
+    except yaml.YAMLError:
+        return False
 
 
 def _keys(settings: dict, prefix: str = "") -> list[str]:

@@ -37,6 +37,42 @@ def save_image_atomic(image: Image.Image, path: Path, fmt: str, **kwargs) -> Non
         tmp.unlink(missing_ok=True)
 
 
+def write_json_atomic(path: Path, record: object) -> None:
+    """``record`` as indented JSON in UTF-8, whole or not at all (temp file + rename). Text
+    stays readable (no \\u escapes), except where a string holds a name that is not UTF-8 (a
+    file name's raw bytes, kept by Python as surrogates): then every non-ASCII character is
+    escaped, which json reads back to the same string (``os.fsencode`` gives the bytes)."""
+    import json
+
+    try:
+        text = json.dumps(record, indent=2, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(record, indent=2).encode("ascii")
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        try:
+            tmp.write_bytes(text + b"\n")
+        except OSError as e:  # name the file (a write error names none)
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def move_into_place(staging: str | os.PathLike, out: str | os.PathLike, taken: Exception) -> None:
+    """Rename a finished ``staging`` folder onto ``out`` (absent or an empty folder); raise
+    ``taken`` (a user error naming the option and the fix) when another process filled ``out``
+    while this one worked."""
+    import errno
+
+    try:
+        os.rename(staging, out)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        raise taken from None
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """The sha256 of a file's bytes, read in 4 MiB blocks (weights of any size)."""
     import hashlib

@@ -252,9 +252,13 @@ def write_rendered_dataset(
                     # Label first, image last, each written whole (temp file + rename): a killed
                     # run leaves no truncated file and no image without its label.
                     save_image_atomic(Image.fromarray(label), label_path, "PNG")
-                    save_image_atomic(
-                        Image.fromarray(image), image_path, "JPEG", quality=config.jpeg_quality
-                    )
+                    try:
+                        save_image_atomic(
+                            Image.fromarray(image), image_path, "JPEG", quality=config.jpeg_quality
+                        )
+                    except OSError:  # a full disk: the pair or nothing (the run stops here)
+                        label_path.unlink(missing_ok=True)
+                        raise
                     written += 1
                 done += 1
                 bar.advance()

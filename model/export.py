@@ -25,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from common.errors import SettingError, UnreadableFileError
-from common.io import file_sha256
+from common.io import file_sha256, move_into_place
 
 FORMAT, FORMAT_VERSION = "dpseg-model", 1
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
@@ -89,7 +89,11 @@ def export_model(
         raise type(e)(e.errno, e.strerror, str(final)) from None
     try:  # written whole into a staging folder, then renamed: a failed export leaves nothing
         _write_folder(module, raw, state, scores, ckpt, out)
-        out.rename(final)  # onto an absent or empty folder
+        taken = SettingError(
+            f"--out {str(final)!r}: another process exported a model there while this one "
+            "worked; give a new folder (nothing of this run was kept)"
+        )
+        move_into_place(out, final, taken)  # onto an absent or empty folder
     finally:
         shutil.rmtree(out, ignore_errors=True)
     return final

@@ -262,7 +262,7 @@ def write_prediction(
     """``stem.png`` (label ids: 8-bit, 16-bit when K > 256), ``stem_overlay.png``, ``stem.json``."""
     from PIL import Image
 
-    from common.io import save_image_atomic
+    from common.io import save_image_atomic, write_json_atomic
     from data.preview import overlay
 
     k = len(vocabulary)
@@ -270,8 +270,6 @@ def write_prediction(
         label_image = Image.fromarray(labels.astype(np.uint8))
     else:
         label_image = Image.fromarray(labels.astype(np.uint16))  # PNG 16-bit grey
-    save_image_atomic(label_image, out / f"{stem}.png", "PNG")
-    save_image_atomic(overlay(image, labels, vocabulary.names), out / f"{stem}_overlay.png", "PNG")
     counts = np.bincount(labels.ravel(), minlength=k)
     total = int(labels.size)
     classes = [
@@ -295,9 +293,15 @@ def write_prediction(
         "overlay": f"{stem}_overlay.png",
         "classes": classes,
     }
-    import json
-
-    (out / f"{stem}.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    files = [out / f"{stem}.png", out / f"{stem}_overlay.png", out / f"{stem}.json"]
+    try:  # all three or none (a full disk midway left a label map alone)
+        save_image_atomic(label_image, files[0], "PNG")
+        save_image_atomic(overlay(image, labels, vocabulary.names), files[1], "PNG")
+        write_json_atomic(files[2], record)
+    except BaseException:
+        for f in files:
+            f.unlink(missing_ok=True)
+        raise
     return record
 
 
@@ -314,9 +318,9 @@ def predict_images(
     names it and why) and the run goes on. When NO image could be read, after summary.json is
     written, it raises :class:`NoReadableImageError` (a user error: one line, exit status 2).
     """
-    import json
     import time
 
+    from common.io import write_json_atomic
     from common.progress import ProgressBar
     from data.datasets import UnreadableImageError, read_image
 
@@ -363,7 +367,7 @@ def predict_images(
     }
     if interrupted:
         summary["interrupted"] = f"after {len(written) + len(skipped)} of {len(paths)} images"
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_json_atomic(out / "summary.json", summary)
     if interrupted:
         raise Interrupted(
             interrupted,

@@ -99,6 +99,7 @@ def seal_bank(location: str) -> int:
     group.attrs.put(attrs)
     from prompt_bank.card import bank_card
 
-    put_object(group.store, CARD_KEY, bank_card(attrs).encode())
+    # a name that is not UTF-8 (a path's raw bytes in the recorded command) shown escaped
+    put_object(group.store, CARD_KEY, bank_card(attrs).encode("utf-8", "backslashreplace"))
     consolidate(location)
     return attrs["contents"]["bytes"]

@@ -15,7 +15,6 @@ bank that is already there downloads nothing but its root metadata, whatever URL
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -25,6 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
+from common.io import move_into_place
 from common.progress import ProgressBar
 from prompt_bank.format import BankFormatError, BankMismatchError
 from prompt_bank.integrity import manifest_key, require_intact
@@ -387,15 +387,11 @@ def staged_output(out: str, option: str = "--out", storage_options: dict | None 
         if is_url(out):
             upload_folder(staging, out, storage_options)
         else:
-            try:
-                os.rename(staging, out)
-            except OSError as e:  # another process finished a bank there while this one worked
-                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-                raise OutputTakenError(
-                    f"{option} {out}: another process wrote a bank there while this one worked; "
-                    "choose a new location (nothing of this run was kept)"
-                ) from None
+            taken = OutputTakenError(
+                f"{option} {out}: another process wrote a bank there while this one worked; "
+                "choose a new location (nothing of this run was kept)"
+            )
+            move_into_place(staging, out, taken)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

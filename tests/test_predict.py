@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_here, run_cli
 from PIL import Image
 
 
@@ -339,3 +339,27 @@ def test_explain_maps_keep_a_portrait_image_s_shape(trained, world):
     maps = class_maps(predictor, image, 0)
     assert set(maps) == {"text", "visual", "avg", "probability"}
     assert all(m.shape == (96, 40) for m in maps.values())  # the image's own aspect, not square
+
+
+def test_an_image_name_that_is_not_utf8_is_segmented_and_recorded(
+    world, trained, mixed_images, tmp_path, capsys, monkeypatch
+):
+    """The probe: an image named b"im\\xff.jpg" ended in UnicodeEncodeError writing its JSON
+    (and left it empty). Its JSON now escapes the name, which reads back to the same bytes."""
+    import os
+    import shutil
+
+    folder = tmp_path / "names"
+    folder.mkdir()
+    name = os.fsdecode(b"im\xff.jpg")
+    shutil.copy(mixed_images / "a_rgb.jpg", folder / name)
+    out = tmp_path / "pred"
+    args = ["segment", "--ckpt", str(trained), "--images", str(folder), "--vocab", "red disc"]
+    result = cli_here(
+        capsys, monkeypatch, *args, "--text-only", "--out", str(out), "--quiet", cwd=world
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    stem = os.fsdecode(b"im\xff")
+    record = json.loads((out / f"{stem}.json").read_text(encoding="ascii"))
+    assert os.fsencode(record["image"]) == os.fsencode(str(folder / name))
+    assert json.loads((out / "summary.json").read_text())["images"] == 1

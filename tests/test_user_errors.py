@@ -877,6 +877,32 @@ def test_a_lightning_config_file_with_a_bad_setting_is_one_line_naming_it(
     assert "unrecognized arguments: --trainer.max_stepz 3" in err
 
 
+@pytest.mark.parametrize("kind", ["missing", "folder", "device", "pipe"])
+@pytest.mark.parametrize("command", [["bank", "build", "--out", "b.zarr"], ["fit"]])
+def test_a_config_path_that_is_no_file_is_one_line(tmp_path, capsys, monkeypatch, kind, command):
+    """The probe: a missing --config or a folder printed the whole usage text (23 lines for
+    bank build, 58 for fit), /dev/zero too, and a named pipe blocked the command forever."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    path = {"missing": "nosuch.yaml", "folder": str(tmp_path), "device": "/dev/zero"}.get(kind)
+    if kind == "pipe":
+        path = str(tmp_path / "settings.yaml")
+        os.mkfifo(path)
+    line = user_error(capsys, *command, "--config", path)
+    expected = "no such file" if kind == "missing" else "not a regular file"
+    assert line.startswith(f"error: --config {path!r}: {expected}"), line
+
+
+def test_inline_yaml_settings_as_config_still_work(tmp_path, capsys, monkeypatch):
+    """jsonargparse takes inline YAML as --config: it is not mistaken for a missing file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "b").write_text("a file where the bank would go")
+    argv = ["bank", "build", "--config", "{batch_size: 4}", "--vocab", "a", "--preset", "tiny"]
+    line = user_error(capsys, *argv, "--out", "b")
+    assert line.startswith("error: --out b is a file"), line  # parsed: the next check speaks
+
+
 def test_explain_takes_one_class_not_a_vocabulary(tmp_path):
     result = run_cli(
         "explain",
@@ -941,3 +967,31 @@ def test_an_image_whose_temporary_file_another_writer_took_is_one_user_error(tmp
         thread.join()
     if path.exists():  # an earlier try's rename: a whole image
         assert Image.open(path).convert("RGB").getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_a_bank_whose_out_is_not_utf8_is_sealed(tmp_path):
+    """The probe: --out b"b\\xff.zarr" built every item, then the card (which quotes the build
+    command) failed to encode, so the bank was never sealed and every rerun failed the same
+    way. The card now shows the name escaped; the bank is complete and sealed."""
+    import os
+
+    from prompt_bank.store import Bank
+
+    out = os.fsdecode(b"b\xff.zarr")
+    result = run_cli(
+        "bank",
+        "build",
+        "--vocab",
+        "red disc",
+        "--preset",
+        "tiny",
+        "--templates",
+        "single",
+        "--out",
+        out,
+        "--quiet",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "\\udcff" in (tmp_path / out / "README.md").read_text()
+    assert Bank.open(tmp_path / out).attrs["contents"]["complete"] is True
