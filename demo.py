@@ -76,7 +76,7 @@ def overlay_config(out: Path, bank: Path, quick: bool) -> Path:
             "logger": [
                 {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": logger},
                 {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": logger},
-            ]
+            ],
         },
         "data": {
             **DEMO_SCHEDULE["data"],
