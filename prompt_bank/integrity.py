@@ -239,6 +239,18 @@ def check_shard(group, layout: BankLayout, shard: int, legacy: bool = False) -> 
     return state
 
 
+def repair_command(location: str) -> str:
+    """How to mend a damaged bank at ``location``: ``bank repair`` where it can be written (a
+    path, file://, s3://, gs://); for an http(s) URL, which readers cannot write, a good copy
+    pushed over it by its owner (push uploads the objects that differ)."""
+    if str(location).startswith(("http://", "https://")):
+        return (
+            f"a bank at a URL is mended by its owner: python cli.py bank push GOOD_COPY "
+            f"{location} (push uploads the objects that differ), or pull it from another source"
+        )
+    return f"python cli.py bank repair {location}"
+
+
 def require_intact(bank) -> list[ShardState]:
     """Every shard of a (``prompt_bank.store.Bank``) checked; the first damage is an error that
     names the object and the repair."""
@@ -248,7 +260,7 @@ def require_intact(bank) -> list[ShardState]:
         if state.damaged:
             raise BankMismatchError(
                 f"{bank.location} shard {shard}: {state.problems[0]}; repair it first: "
-                f"python cli.py bank repair {bank.location}"
+                f"{repair_command(bank.location)}"
             )
         states.append(state)
     return states
@@ -342,6 +354,6 @@ def disagreement_error(location: str, shard: int, keys: list[str]) -> str:
     return (
         f"bank {location!r}: shard {shard}'s objects {shown} are not the ones the bank was sealed "
         "with (its root zarr.json's contents; copied in from another bank, or changed "
-        f"together with their manifest); rebuild them with `python cli.py bank repair "
-        f"{location}`, or get the bank again from its source"
+        f"together with their manifest); rebuild them with `{repair_command(location)}`, or get "
+        "the bank again from its source"
     )

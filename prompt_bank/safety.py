@@ -142,10 +142,15 @@ def _take_over(store, stale: bytes | None, mine: dict, attempt: int = 0) -> None
             put_object(store, TAKEOVER_KEY, None)  # its owner died during a takeover
         return
     try:
-        if get_object(store, LOCK_KEY) == stale:
-            put_object(store, LOCK_KEY, None)
+        if stale is not None and get_object(store, LOCK_KEY) == stale:
+            put_object(store, LOCK_KEY, None)  # an absent lock is never "deleted"
     finally:
         put_object(store, TAKEOVER_KEY, None)
+
+
+UNREADABLE_TRIES = 20
+"""How many reads in a row (0.05 s apart) a lock that is empty or unreadable gets before it counts
+as left by a process that died while writing it (ours)."""
 
 
 @contextlib.contextmanager
@@ -159,14 +164,21 @@ def build_lock(group, location: str, command: str | None = None):
         "command": command,
         "token": uuid.uuid4().hex,
     }
+    unreadable = 0  # consecutive reads of an empty or unreadable lock
     for attempt in range(200):
         raw, holder = _claim(store, LOCK_KEY, mine)
         if holder.get("token") == mine["token"]:
             break
-        if (
-            _gone(holder, mine) or not holder
-        ):  # its builder is gone: take over, one process at a time
-            _take_over(store, raw, mine, attempt)
+        unreadable = unreadable + 1 if not holder else 0
+        if not holder and unreadable < UNREADABLE_TRIES:
+            # absent when read back (another process's takeover had just deleted it) or not
+            # readable: claim it again. Taking over a lock read as absent deleted the lock the
+            # other process created a moment later (check absent, then delete), and let both
+            # in (a fresh-clone CI run, 2026-12-07: 1 overlap in 30 trials).
+            time.sleep(0.05)
+            continue
+        if _gone(holder, mine) or not holder:  # its builder is gone (or died mid-write)
+            _take_over(store, raw, mine, attempt)  # one process at a time
             time.sleep(0.005 * (attempt % 10))
             continue
         raise BankLockError(

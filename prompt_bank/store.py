@@ -219,7 +219,10 @@ def open_group(
     except zarr.errors.ContainsArrayError:
         raise BankFormatError(f"{str(location)!r} is a zarr array, not a prompt bank") from None
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
-        raise BankFormatError(f"{str(location)!r} is not a zarr v3 group ({e})") from e
+        raise BankFormatError(
+            f"{str(location)!r} is not a prompt bank (no zarr v3 group there: {one_line(e)}); "
+            "give the folder or URL of a bank (cli.py bank build --out, or bank pull --to)"
+        ) from e
     except (ValueError, TypeError, UnicodeDecodeError) as e:  # a root zarr.json zarr can't read
         raise damaged_root_error(store, str(location), e) from None
 
@@ -311,6 +314,8 @@ class Bank:
 
     def repair_hint(self) -> str:
         """How to see and fix a damaged shard of this bank (the commands that exist)."""
+        from prompt_bank.integrity import repair_command
+
         if self.attrs.get("format_version", 2) < 2:  # v1: no manifests, no resume
             return (
                 f"see every problem with `python cli.py bank verify {self.location}`, then build "
@@ -319,8 +324,7 @@ class Bank:
             )
         return (
             f"see every problem with `python cli.py bank verify {self.location}` and rebuild the "
-            f"damaged shards with `python cli.py bank repair {self.location}` (or build the "
-            "bank again)"
+            f"damaged shards with `{repair_command(self.location)}` (or build the bank again)"
         )
 
     def check_shard(self, shard: int, images: bool = False):

@@ -389,6 +389,9 @@ def test_malformed_bank_refused(reference, tmp_path, how, message):
 def test_not_a_bank(tmp_path):
     with pytest.raises(FileNotFoundError, match="no bank at"):
         Bank.open(tmp_path / "nothing.zarr")
+    (tmp_path / "a.png").write_bytes(b"\x89PNG not a bank")  # a file given as --bank
+    with pytest.raises(BankFormatError, match=r"is not a prompt bank .*; give the folder or URL"):
+        Bank.open(tmp_path / "a.png")
     zarr.open_group(str(tmp_path / "other.zarr"), mode="w").create_array(
         "x", shape=(2,), dtype="i4"
     )

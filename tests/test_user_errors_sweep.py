@@ -127,7 +127,7 @@ CLI_CASES = [
     ((*DPSEG, "--config", "configs/vip_toy.yaml", "--out", "OUT"), "--config", "VIP only"),
     ((*VIP, "--config", "TEXT", "--out", "OUT"), "--config", "configs/vip_*.yaml"),
     ((*VIP, "--config", "configs/toy_world.yaml", "--out", "OUT"), "--config", "not VIP's"),
-    ((*VIP, "--config", "configs/nope.yaml", "--out", "OUT"), "--config", "does not exist"),
+    ((*VIP, "--config", "configs/nope.yaml", "--out", "OUT"), "--config", "no such file"),
     # explain: the picture's format, before the checkpoint is read
     (("explain", "--ckpt", "no.ckpt", "--image", "IMG", "--class", "a", "--out", "TMP/x.xyz"),
      "--out", "not a picture format"),
