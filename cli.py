@@ -225,8 +225,9 @@ def main(argv: list[str] | None = None, script: bool = False) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13
     except OSError as e:
-        if e.errno == errno.ELOOP and _link_fault(e):
-            return _one_line(f"error: {_link_fault(e)}", 2)
+        link = _link_fault(e) if e.errno == errno.ELOOP else None
+        if link:
+            return _one_line(f"error: {link}", 2)
         if e.errno not in STORAGE_ERRNOS:
             raise
         # the file at fault, else the output the command was writing (zarr's writes name none)

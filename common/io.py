@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -10,20 +11,15 @@ from PIL import Image
 from common.errors import UserError
 
 
-def save_image_atomic(image: Image.Image, path: Path, fmt: str, **kwargs) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write a whole file or nothing (temp file + rename): a killed run leaves no truncated file.
-
-    The image is encoded in memory and written by Python, which checks every write: PIL's
-    encoders write to the file descriptor themselves and ignore a short write (a full disk, a
-    file size limit), which left truncated images without an error."""
-    import io
-
+    Python writes the bytes and checks every write (a full disk, a file size limit), and the
+    error names ``path``. When the temporary file goes away before the rename (another process
+    writing the same file renamed it first), one :class:`UserError` says so."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        encoded = io.BytesIO()
-        image.save(encoded, format=fmt, **kwargs)
         try:
-            tmp.write_bytes(encoded.getbuffer())
+            tmp.write_bytes(data)
         except OSError as e:  # name the file (a write error names none)
             raise OSError(e.errno, e.strerror, str(path)) from None
         try:
@@ -37,10 +33,21 @@ def save_image_atomic(image: Image.Image, path: Path, fmt: str, **kwargs) -> Non
         tmp.unlink(missing_ok=True)
 
 
+def save_image_atomic(image: Image.Image, path: Path, fmt: str, **kwargs) -> None:
+    """An image written whole or not at all (:func:`write_atomic`). It is encoded in memory:
+    PIL's encoders write to the file descriptor themselves and ignore a short write (a full
+    disk, a file size limit), which left truncated images without an error."""
+    import io
+
+    encoded = io.BytesIO()
+    image.save(encoded, format=fmt, **kwargs)
+    write_atomic(path, encoded.getvalue())
+
+
 def write_json_atomic(path: Path, record: object) -> None:
-    """``record`` as indented JSON in UTF-8, whole or not at all (temp file + rename). Text
-    stays readable (no \\u escapes), except where a string holds a name that is not UTF-8 (a
-    file name's raw bytes, kept by Python as surrogates): then every non-ASCII character is
+    """``record`` as indented JSON in UTF-8, written whole or not at all (:func:`write_atomic`).
+    Text stays readable (no \\u escapes), except where a string holds a name that is not UTF-8
+    (a file name's raw bytes, kept by Python as surrogates): then every non-ASCII character is
     escaped, which json reads back to the same string (``os.fsencode`` gives the bytes)."""
     import json
 
@@ -48,23 +55,13 @@ def write_json_atomic(path: Path, record: object) -> None:
         text = json.dumps(record, indent=2, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         text = json.dumps(record, indent=2).encode("ascii")
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        try:
-            tmp.write_bytes(text + b"\n")
-        except OSError as e:  # name the file (a write error names none)
-            raise OSError(e.errno, e.strerror, str(path)) from None
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, text + b"\n")
 
 
 def move_into_place(staging: str | os.PathLike, out: str | os.PathLike, taken: Exception) -> None:
     """Rename a finished ``staging`` folder onto ``out`` (absent or an empty folder); raise
     ``taken`` (a user error naming the option and the fix) when another process filled ``out``
     while this one worked."""
-    import errno
-
     try:
         os.rename(staging, out)
     except OSError as e:

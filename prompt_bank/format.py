@@ -37,6 +37,7 @@ owns whole shards: two writers on one shard would overwrite each other's data.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -258,9 +259,11 @@ def damaged_metadata_error(group, location: str, attrs: dict, error: BaseExcepti
     )
 
 
+@functools.lru_cache(maxsize=32)
 def canonical_metadata(layout: BankLayout) -> dict[str, dict]:
     """Each array's metadata exactly as :func:`create_arrays` writes it for ``layout`` (zarr's
-    ``to_dict``, JSON types): the format fixes every field, the byte order and codecs too."""
+    ``to_dict``, JSON types): the format fixes every field, the byte order and codecs too.
+    Built once per layout in a process (cached: callers must not change the result)."""
     import json
 
     import zarr
@@ -293,10 +296,8 @@ def _check_array_metadata(group, arrays: dict, layout: BankLayout, where: str) -
         if path in copies:
             sources.append(("the root zarr.json's copy of it", copies[path]))
         for source, meta in sources:
-            meta = {k: v for k, v in meta.items() if k != "attributes"}
-            differ = sorted(
-                k for k in set(want) | set(meta) if k != "attributes" and meta.get(k) != want.get(k)
-            )
+            fields = (set(want) | set(meta)) - {"attributes"}
+            differ = sorted(k for k in fields if meta.get(k) != want.get(k))
             if differ:
                 raise BankFormatError(
                     f"{where}: array {path}'s metadata in {source} is not the format's (its "
