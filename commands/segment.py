@@ -38,7 +38,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         predictor.use_vocabulary(
             args.vocab, args.bank, args.text_only, args.generator_weights, not args.quiet
         )
-    summary = predict_images(predictor, paths, args.out, progress=not args.quiet)
+    summary = predict_images(predictor, paths, args.out, not args.quiet, args.redo)
     for item in summary["skipped"]:
         print(f"skipped {item['image']}: {item['error']}", file=sys.stderr)
     if args.method == "vip":
@@ -51,9 +51,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
             f"{len(predictor.vocabulary)} classes ({generated} with generated prompts, {text} "
             "text-only)"
         )
+    kept = summary["kept"]
+    made = summary["images"] - kept
+    speed = f"{summary['images_per_second']} images/s" if made else "nothing to segment"
+    earlier = f" ({kept} kept from an earlier run: --redo segments them again)" if kept else ""
     print(
-        f"segment: {summary['images']} images in {summary['seconds']} s "
-        f"({summary['images_per_second']} images/s), {len(summary['skipped'])} skipped; "
+        f"segment: {summary['images']} images{earlier} in {summary['seconds']} s "
+        f"({speed}), {len(summary['skipped'])} skipped; "
         f"{classes}; outputs in {args.out} (label maps, overlays, class areas, summary.json)"
     )
     return 0
@@ -133,7 +137,13 @@ def _segment_options(p) -> None:
         help="skip images with more pixels (default 80 M, or $DPSEG_MAX_PIXELS)",
     )
     p.add_argument("--vocab", required=True, help="'cat, kitty; dog', one class, a name or a file")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder; an image whose outputs there were made by the same model, settings "
+        "and vocabulary from the same bytes is kept, not segmented again",
+    )
+    p.add_argument("--redo", action="store_true", help="segment every image again")
     p.add_argument("--bank", help="DPSeg: prompt bank (default: the checkpoint's training bank)")
     p.add_argument(
         "--text-only", action="store_true", help="DPSeg: no visual prompts for missing classes"

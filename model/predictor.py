@@ -46,6 +46,43 @@ class ImagePredictor(ABC):
     def predict(self, image: np.ndarray) -> np.ndarray:
         """An image -> (H, W) int64 class ids of the vocabulary."""
 
+    module: torch.nn.Module
+    vocabulary: Vocabulary | None
+
+    @abstractmethod
+    def settings(self) -> object:
+        """The inference settings that decide the label maps (a dataclass)."""
+
+    @abstractmethod
+    def vocabulary_prompts(self) -> object:
+        """The vocabulary's encoded prompts or queries (a dataclass of tensors)."""
+
+    def identity(self) -> str:
+        """sha256 over what decides the label maps: the weights, the inference settings, the
+        vocabulary and its prompts. ``segment`` records it in each image's JSON and keeps the
+        outputs of an earlier run whose identity and image bytes match (ours: a resume)."""
+        import dataclasses
+        import hashlib
+        import json
+
+        from pretrained.fingerprint import state_fingerprint
+
+        if self.vocabulary is None:
+            raise RuntimeError("call set_vocabulary first")
+        state = {f"model.{k}": v for k, v in self.module.state_dict().items()}
+        rest = {"settings": repr(self.settings()), "classes": self.vocabulary.names}
+        for field in dataclasses.fields(prompts := self.vocabulary_prompts()):
+            value = getattr(prompts, field.name)
+            if isinstance(value, torch.Tensor):
+                state[f"prompts.{field.name}"] = value
+            elif isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
+                state.update({f"prompts.{field.name}.{i}": v for i, v in enumerate(value)})
+            else:
+                rest[field.name] = repr(value)
+        digest = hashlib.sha256(state_fingerprint(state).encode())
+        digest.update(json.dumps(rest, sort_keys=True).encode())
+        return digest.hexdigest()
+
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Several images, of any sizes -> their (H_i, W_i) label maps, in order. Every image is
         checked before any runs, so a bad one costs no work (its index is in the message)."""
@@ -201,6 +238,14 @@ class Predictor(ImagePredictor):
             bank = opened  # opened once
         return self.set_vocabulary(vocabulary, bank=bank, extra_banks=extra, text_only=text_only)
 
+    def settings(self):
+        return self.module.inference_config
+
+    def vocabulary_prompts(self) -> Prompts:
+        if self.prompts is None:
+            raise RuntimeError("call set_vocabulary first")
+        return self.prompts
+
     def protocol(self):
         """How an image of any size is fed: ConvNeXt resized to the training crop's side as a
         square (SED); a ViT in windows of its input size (CAT-Seg)."""
@@ -258,6 +303,7 @@ def write_prediction(
     vocabulary: Vocabulary,
     sources: dict[str, str],
     source: str,
+    provenance: dict[str, str] | None = None,
 ) -> dict:
     """``stem.png`` (label ids: 8-bit, 16-bit when K > 256), ``stem_overlay.png``, ``stem.json``."""
     from PIL import Image
@@ -292,6 +338,7 @@ def write_prediction(
         "label_map": f"{stem}.png",
         "overlay": f"{stem}_overlay.png",
         "classes": classes,
+        **(provenance or {}),
     }
     files = [out / f"{stem}.png", out / f"{stem}_overlay.png", out / f"{stem}.json"]
     try:  # all three or none (a full disk midway left a label map alone)
@@ -309,10 +356,40 @@ class NoReadableImageError(UserError):
     """Every input image was unreadable: nothing to segment (a user error, exit status 2)."""
 
 
+def earlier_prediction(out: Path, stem: str, path: Path, identity: str) -> dict | None:
+    """The record of an earlier run's outputs for this image, when the same predictor
+    (:meth:`ImagePredictor.identity`) made them from the same image bytes and its label map and
+    overlay are there; else None (the image is segmented again)."""
+    import json
+
+    from common.io import file_sha256
+
+    try:
+        record = json.loads((out / f"{stem}.json").read_text(encoding="utf-8"))
+        if record.get("predictor") != identity or record.get("image") != str(path):
+            return None
+        if not all((out / record[k]).is_file() for k in ("label_map", "overlay")):
+            return None
+        if record.get("image_sha256") != file_sha256(path):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # absent, garbled, other
+        return None
+    return record
+
+
 def predict_images(
-    predictor: Predictor, paths: list[Path], out: str | os.PathLike, progress: bool = True
+    predictor: ImagePredictor,
+    paths: list[Path],
+    out: str | os.PathLike,
+    progress: bool = True,
+    redo: bool = False,
 ) -> dict:
     """Segment every image; an unreadable one is reported and skipped. Returns a summary.
+
+    An image whose outputs an earlier run left in ``out``, made by the same predictor (weights,
+    settings, vocabulary and prompts: :meth:`ImagePredictor.identity`) from the same image bytes,
+    is kept, not segmented again (``summary["kept"]``), unless ``redo``: so the same command run
+    again after an interruption segments only the rest (ours).
 
     An image that does not decode, or is a decompression bomb, is skipped (``summary["skipped"]``
     names it and why) and the run goes on. When NO image could be read, after summary.json is
@@ -320,14 +397,15 @@ def predict_images(
     """
     import time
 
-    from common.io import write_json_atomic
+    from common.io import file_sha256, write_json_atomic
     from common.progress import ProgressBar
     from data.datasets import UnreadableImageError, read_image
 
     check_output_folder(out, "--out")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written, skipped, stems = [], [], set()
+    identity = predictor.identity()
+    written, skipped, stems, kept = [], [], set(), 0
     start = time.perf_counter()
     interrupted: str | None = None
     with ProgressBar("segment", len(paths), unit="images", enabled=progress) as bar:
@@ -338,6 +416,13 @@ def predict_images(
                 while stem in stems:  # the same name in two folders
                     n += 1
                     stem = f"{path.stem}_{n}"
+                earlier = None if redo else earlier_prediction(out, stem, path, identity)
+                if earlier is not None:
+                    stems.add(stem)
+                    written.append(earlier)
+                    kept += 1
+                    bar.advance()
+                    continue
                 try:
                     image = read_image(path)
                 except UnreadableImageError as e:  # also a decompression bomb: one line each
@@ -347,9 +432,17 @@ def predict_images(
                     continue
                 stems.add(stem)
                 labels = predictor.predict(image)
+                provenance = {"predictor": identity, "image_sha256": file_sha256(path)}
                 written.append(
                     write_prediction(
-                        out, stem, image, labels, predictor.vocabulary, predictor.sources, str(path)
+                        out,
+                        stem,
+                        image,
+                        labels,
+                        predictor.vocabulary,
+                        predictor.sources,
+                        str(path),
+                        provenance,
                     )
                 )
                 bar.advance()
@@ -357,11 +450,14 @@ def predict_images(
             # stays, and summary.json says so
             interrupted = signal.Signals(getattr(e, "signum", signal.SIGINT))
     seconds = time.perf_counter() - start
+    made = len(written) - kept
     summary = {
         "images": len(written),
+        "kept": kept,
         "skipped": skipped,
         "seconds": round(seconds, 2),
-        "images_per_second": round(len(written) / seconds, 2) if seconds else None,
+        "images_per_second": round(made / seconds, 2) if seconds and made else None,
+        "predictor": identity,
         "prompts": predictor.sources,
         "outputs": [r["label_map"] for r in written],
     }
@@ -373,7 +469,8 @@ def predict_images(
             interrupted,
             f"segment interrupted by {interrupted.name} after {len(written) + len(skipped)} of "
             f"{len(paths)} images: the {len(written)} segmented are in {str(out)!r} "
-            "(summary.json lists them); run the same command again to segment every image",
+            "(summary.json lists them); run the same command again to segment the rest (the "
+            "images done are kept)",
         )
     if skipped and not written:
         raise NoReadableImageError(

@@ -172,6 +172,53 @@ def test_ctrl_c_in_segment_keeps_what_is_written_and_ends_in_one_line(trained, w
     for name in summary["outputs"]:  # every image listed is whole
         assert np.asarray(Image.open(out / name)).shape == (128, 128)
     assert f"the {summary['images']} segmented are in" in lines[0]
+    assert lines[0].endswith(
+        "run the same command again to segment the rest (the images done are kept)"
+    )
+
+
+def test_segment_again_keeps_what_the_same_predictor_made(
+    trained, world, mixed_images, tmp_path, capsys, monkeypatch
+):
+    """A rerun keeps each image's outputs made by the same model, settings and vocabulary from
+    the same bytes; a changed image, another vocabulary or --redo segments again."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a_rgb.jpg", "b_rgba.png", "c_gray.png"):
+        (images / name).write_bytes((mixed_images / name).read_bytes())
+    out = tmp_path / "pred"
+
+    def segment(*extra, vocab="red disc; green square; background"):
+        args = ["segment", "--ckpt", str(trained), "--images", str(images), "--vocab", vocab]
+        result = cli_here(capsys, monkeypatch, *args, "--text-only", "--out", str(out), *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout, json.loads((out / "summary.json").read_text())
+
+    stdout, first = segment("--quiet")
+    assert (first["images"], first["kept"]) == (3, 0) and len(first["predictor"]) == 64
+    times = {f.name: f.stat().st_mtime_ns for f in out.iterdir() if f.name != "summary.json"}
+    record = json.loads((out / "a_rgb.json").read_text())
+    assert record["predictor"] == first["predictor"] and len(record["image_sha256"]) == 64
+
+    (images / "d_new.jpg").write_bytes((mixed_images / "d_exif.jpg").read_bytes())
+    Image.open(mixed_images / "a_rgb.jpg").rotate(90).save(images / "b_rgba.png")  # new bytes
+    stdout, second = segment("--quiet")
+    assert (second["images"], second["kept"]) == (4, 2), second
+    assert "4 images (2 kept from an earlier run" in stdout
+    assert second["outputs"] == ["a_rgb.png", "b_rgba.png", "c_gray.png", "d_new.png"]
+    for name in ("a_rgb.png", "a_rgb.json", "c_gray_overlay.png"):  # untouched
+        assert (out / name).stat().st_mtime_ns == times[name]
+    assert (out / "b_rgba.png").stat().st_mtime_ns != times["b_rgba.png"]
+    assert np.asarray(Image.open(out / "b_rgba.png")).shape == (128, 128)  # the new image's
+
+    (out / "c_gray_overlay.png").unlink()  # an output missing: that image is made again
+    _, third = segment("--quiet")
+    assert third["kept"] == 3 and (out / "c_gray_overlay.png").is_file()
+    _, other = segment("--quiet", vocab="red disc; background")  # another vocabulary
+    assert other["kept"] == 0 and other["predictor"] != first["predictor"]
+    _, again = segment("--quiet", "--redo", vocab="red disc; background")
+    assert (again["images"], again["kept"]) == (4, 0)
+    assert again["predictor"] == other["predictor"]  # the identity is reproducible
 
 
 def test_predict_errors_name_the_argument(trained, world, tmp_path):

@@ -88,6 +88,14 @@ class VIPPredictor(ImagePredictor):
         self.sources = {c.name: f"{kind}, {len(c.synonyms)} aliases" for c in vocab}
         return self.queries
 
+    def settings(self):
+        return self.module.config
+
+    def vocabulary_prompts(self):
+        if self.queries is None:
+            raise RuntimeError("call set_vocabulary first")
+        return self.queries
+
     @torch.no_grad()
     def logits(self, image: np.ndarray) -> torch.Tensor:
         """An image ((H, W, 3) uint8 RGB, or what ``data.transforms.rgb_uint8`` takes) ->
