@@ -20,8 +20,10 @@ from jsonargparse import ArgumentError
 from commands.options import Command, log_ours
 from common.config_files import check_config_files, config_file_error
 from common.errors import (  # what ends a command in one line (cheap: no torch)
+    STORAGE_ERRNOS,
     USER_ERRORS,
     broken_link,
+    storage_fault,
 )
 from common.signals import Interrupted, interruptible, outside_the_command
 
@@ -234,12 +236,8 @@ def main(argv: list[str] | None = None, script: bool = False) -> int:
         output = next(
             (getattr(args, k, None) for k in ("out", "root") if getattr(args, k, None)), None
         )
-        where = f"{e.filename}: " if e.filename else f"writing in {output}: " if output else ""
-        return _one_line(
-            f"error: {where}{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)}); "
-            + _storage_fix(e),
-            2,
-        )
+        where = f"writing in {output}" if output else None
+        return _one_line(f"error: {storage_fault(e, where)}", 2)
 
 
 def _link_fault(error: BaseException) -> str | None:
@@ -247,32 +245,6 @@ def _link_fault(error: BaseException) -> str | None:
     that loops or points nowhere (``--out self`` linked to itself); None when none is."""
     name = getattr(error, "filename", None)
     return broken_link(name) if isinstance(name, str) else None
-
-
-def _storage_fix(error: OSError) -> str:
-    """The fix for a storage error: a denied *read* (an existing file the user may not read)
-    has its own; a write stopped by the storage is the errno's (``STORAGE_ERRNOS``)."""
-    import os
-
-    name = error.filename
-    denied = error.errno in (errno.EACCES, errno.EPERM) and isinstance(name, str | bytes)
-    if denied and os.path.exists(name) and not os.access(name, os.R_OK):
-        return "you may not read it: fix its permissions (chmod) or run as its owner"
-    return f"{STORAGE_ERRNOS[error.errno]} (finished work is kept: run the command again then)"
-
-
-_FULL = "free some space or choose another folder"
-_DENIED = "choose a folder you may write to, or fix the permissions of this one"
-STORAGE_ERRNOS = {
-    errno.ENOSPC: _FULL,
-    errno.EDQUOT: _FULL,
-    errno.EFBIG: "a file size limit stops the write (ulimit -f); raise it or write elsewhere",
-    errno.EACCES: _DENIED,
-    errno.EPERM: _DENIED,
-    errno.EROFS: "the file system is read-only; choose a folder on a writable one",
-}
-"""OSErrors of the storage rather than of dpseg, each with its fix: a full disk or quota, a file
-size limit, a folder the user may not write to. They end in one line, exit 2."""
 
 
 def _stdout_is_open() -> bool:

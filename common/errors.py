@@ -21,6 +21,7 @@ when signal N (SIGINT, SIGTERM) stopped it, after one line saying what was kept
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -44,6 +45,58 @@ class UnreadableFileError(UserError, ValueError):
 class SettingError(UserError, ValueError):
     """A setting (a command-line option or a config value) out of its range: the message names
     the option, the value and the range (``--steps 0: must be >= 1``)."""
+
+
+class StorageError(UserError, OSError):
+    """A write stopped by the storage (``STORAGE_ERRNOS``), reported by the command that knows
+    what it was writing: one line, exit 2."""
+
+
+_FULL = "free some space or choose another folder"
+_DENIED = "choose a folder you may write to, or fix the permissions of this one"
+STORAGE_ERRNOS = {
+    errno.ENOSPC: _FULL,
+    errno.EDQUOT: _FULL,
+    errno.EFBIG: "a file size limit stops the write (ulimit -f); raise it or write elsewhere",
+    errno.EACCES: _DENIED,
+    errno.EPERM: _DENIED,
+    errno.EROFS: "the file system is read-only; choose a folder on a writable one",
+}
+"""OSErrors of the storage rather than of dpseg, each with its fix: a full disk or quota, a file
+size limit, a folder the user may not write to. They end in one line, exit 2."""
+
+KEPT = "finished work is kept: run the command again then"
+NOTHING_LEFT = "nothing partial is left: run the command again then"
+
+
+def storage_fault(error: OSError, where: str | None = None, after: str = KEPT) -> str:
+    """One line for a storage error: the file it names (else ``where``, such as ``writing in
+    OUT``), the reason, and the fix. A denied *read* (an existing file the user may not read)
+    has its own fix; a stopped write gets the errno's and ``after`` (what the run left)."""
+    name = error.filename
+    code = errno.errorcode.get(error.errno, error.errno)
+    place = f"{name}: " if name else f"{where}: " if where else ""
+    denied = error.errno in (errno.EACCES, errno.EPERM) and isinstance(name, str | bytes)
+    if denied and os.path.exists(name) and not os.access(name, os.R_OK):
+        fix = "you may not read it: fix its permissions (chmod) or run as its owner"
+    else:
+        fix = f"{STORAGE_ERRNOS[error.errno]} ({after})"
+    return f"{place}{error.strerror or error} ({code}); {fix}"
+
+
+@contextlib.contextmanager
+def staged_write(staging: str | os.PathLike, where: str):
+    """A storage error (``STORAGE_ERRNOS``) while a run writes into ``staging``, a folder that
+    goes when it fails, becomes one line naming the output instead (``where``: ``writing --out
+    OUT``) and saying that nothing partial is left."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS or isinstance(e, UserError):
+            raise
+        if e.filename is None or str(e.filename).startswith(str(staging)):
+            e.filename = None
+        raise StorageError(storage_fault(e, where, NOTHING_LEFT)) from None
 
 
 def one_line(text: object) -> str:

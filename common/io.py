@@ -70,6 +70,21 @@ def move_into_place(staging: str | os.PathLike, out: str | os.PathLike, taken: E
         raise taken from None
 
 
+def remove_staging(path: str | os.PathLike, settle: float = 0.1, limit: float = 2.0) -> None:
+    """Remove a failed run's staging folder, again until it stays gone for ``settle`` seconds
+    (at most ``limit``): zarr's writes run on its own event-loop thread, and one failed write
+    (a full disk) does not stop the others, which may still create files after a first removal."""
+    import shutil
+    import time
+
+    deadline = time.monotonic() + limit
+    while os.path.lexists(path):
+        shutil.rmtree(path, ignore_errors=True)
+        time.sleep(settle)
+        if time.monotonic() > deadline:
+            return
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """The sha256 of a file's bytes, read in 4 MiB blocks (weights of any size)."""
     import hashlib

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from importlib import resources
 from pathlib import Path
 
 from common.errors import UserError
+
+log = logging.getLogger(__name__)
 
 BUILTIN_VOCABULARIES = (
     "voc20",
@@ -323,6 +326,12 @@ def load_vocabulary(
             f"class per line, synonyms comma-separated) in {str(directory)!r} (set "
             f"${VOCAB_DIR_ENV} to use another directory), or pass a file path or an inline list "
             f"like 'cat, kitty; dog; grass' (one class named {text!r}: '{text};')"
+        )
+    if os.path.lexists(text):  # `--vocab classes` beside a file named classes: say which is read
+        log.warning(
+            "vocabulary %r is read as ONE class named so; to read the file of that name, give ./%s",
+            text,
+            text,
         )
     return Vocabulary.from_entries(
         [text], name="inline", source="inline class", allow_duplicates=allow_duplicates

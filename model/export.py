@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from dataclasses import asdict
 from pathlib import Path
 
-from common.errors import SettingError, UnreadableFileError
-from common.io import file_sha256, move_into_place
+from common.errors import SettingError, UnreadableFileError, staged_write
+from common.io import file_sha256, move_into_place, remove_staging
 
 FORMAT, FORMAT_VERSION = "dpseg-model", 1
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
@@ -88,14 +87,15 @@ def export_model(
     except OSError as e:  # named by the folder the user gave
         raise type(e)(e.errno, e.strerror, str(final)) from None
     try:  # written whole into a staging folder, then renamed: a failed export leaves nothing
-        _write_folder(module, raw, state, scores, ckpt, out)
-        taken = SettingError(
-            f"--out {str(final)!r}: another process exported a model there while this one "
-            "worked; give a new folder (nothing of this run was kept)"
-        )
-        move_into_place(out, final, taken)  # onto an absent or empty folder
+        with staged_write(out, f"writing --out {final}"):
+            _write_folder(module, raw, state, scores, ckpt, out)
+            taken = SettingError(
+                f"--out {str(final)!r}: another process exported a model there while this one "
+                "worked; give a new folder (nothing of this run was kept)"
+            )
+            move_into_place(out, final, taken)  # onto an absent or empty folder
     finally:
-        shutil.rmtree(out, ignore_errors=True)
+        remove_staging(out)
     return final
 
 

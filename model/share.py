@@ -37,6 +37,8 @@ import uuid
 from argparse import ArgumentError
 from pathlib import Path
 
+from common.errors import staged_write
+from common.io import remove_staging
 from common.progress import ProgressBar
 from model.export import CARD, CONFIG, ModelFileError, check_weights, parse_config, read_config
 from prompt_bank.store import filesystem, is_url, remote_errors, resolve_storage_options
@@ -227,37 +229,41 @@ def pull_model(
             )
         weights = config["weights"]
         start = time.perf_counter()
-        target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
+        where = f"writing {'--to' if to is not None else 'the model cache'} {target}"
         try:
-            with ProgressBar(
-                "pull",
-                int(fs.size(f"{base}/{weights['file']}") or 0),
-                unit="bytes",
-                enabled=progress,
-            ) as bar:
-                found = _download(fs, f"{base}/{weights['file']}", staging / weights["file"], bar)
-            if found != weights["sha256"]:
-                raise ModelFileError(
-                    f"{url}: {weights['file']} arrived with sha256 {found[:12]}..., its {CONFIG} "
-                    f"says {weights['sha256'][:12]}...; the remote copy is damaged (push it again "
-                    "from a good export)"
-                )
-            card = _read_remote(fs, f"{base}/{CARD}")
-            if card is not None:
-                (staging / CARD).write_bytes(card)
-            (staging / CONFIG).write_bytes(raw)
-            if not cached_copy_is_whole(target, raw):  # another pull may have finished it
-                if target.exists():  # a damaged copy of this model: replaced whole
-                    shutil.rmtree(target)
-                try:
-                    os.rename(staging, target)
-                except OSError:
-                    if not cached_copy_is_whole(target, raw):  # a pull beside this one won
-                        raise
+            with staged_write(staging, where):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                staging.mkdir()
+                with ProgressBar(
+                    "pull",
+                    int(fs.size(f"{base}/{weights['file']}") or 0),
+                    unit="bytes",
+                    enabled=progress,
+                ) as bar:
+                    found = _download(
+                        fs, f"{base}/{weights['file']}", staging / weights["file"], bar
+                    )
+                if found != weights["sha256"]:
+                    raise ModelFileError(
+                        f"{url}: {weights['file']} arrived with sha256 {found[:12]}..., its {CONFIG} "
+                        f"says {weights['sha256'][:12]}...; the remote copy is damaged (push it again "
+                        "from a good export)"
+                    )
+                card = _read_remote(fs, f"{base}/{CARD}")
+                if card is not None:
+                    (staging / CARD).write_bytes(card)
+                (staging / CONFIG).write_bytes(raw)
+                if not cached_copy_is_whole(target, raw):  # another pull may have finished it
+                    if target.exists():  # a damaged copy of this model: replaced whole
+                        shutil.rmtree(target)
+                    try:
+                        os.rename(staging, target)
+                    except OSError:
+                        if not cached_copy_is_whole(target, raw):  # a pull beside this one won
+                            raise
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_staging(staging)
     downloaded = sum(p.stat().st_size for p in target.iterdir() if p.is_file())
     return {
         "path": str(target),

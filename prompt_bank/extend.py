@@ -6,8 +6,8 @@
 The classes of a vocabulary that ``bank`` has (by entry, canonical name or an unambiguous
 synonym: ``data.vocabulary.match_entries``) are left to it; the others are generated and encoded
 with the bank's generator, encoder, templates, images per prompt and seed into a bank of their
-own next to it (``<bank>.cache/<hash of the classes>.zarr``; a remote bank's cache is local, under
-``banks/cache/<its content key>/``), and an interrupted one resumes. The cache is read class by
+own next to it (``<bank>.cache/<hash of the classes>.zarr``; a remote bank's cache, or a read-only
+local bank's, is local, under ``banks/cache/<its content key>/``), and an interrupted one resumes. The cache is read class by
 class: a class that any complete bank of the cache holds is taken from there, whatever set it
 was built with, and only the others are generated (with Stable Diffusion, each class is real
 time).
@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -30,16 +31,34 @@ from prompt_bank.store import Bank, is_url
 log = logging.getLogger(__name__)
 
 
-def cache_dir(bank: Bank) -> Path:
-    """The folder of ``bank``'s generated classes: beside a local bank; under
-    ``banks/cache/<content key>`` for a remote one (keyed, so that two remote banks never share
-    one)."""
+def cache_dirs(bank: Bank) -> list[Path]:
+    """Where ``bank``'s generated classes are looked for: beside a local bank
+    (``<bank>.cache``), then ``banks/cache/<content key>`` (a remote bank's, or that of a local
+    bank whose folder is read-only; keyed, so that two banks never share one)."""
+    key = (bank.seal or {}).get("content_key") or hashlib.sha256(
+        str(bank.location).encode()
+    ).hexdigest()
+    keyed = Path("banks") / "cache" / key[:16]
     if is_url(bank.location):  # a remote bank: the cache is local
-        key = (bank.seal or {}).get("content_key") or hashlib.sha256(
-            bank.location.encode()
-        ).hexdigest()
-        return Path("banks") / "cache" / key[:16]
-    return Path(str(bank.location).rstrip("/")).with_suffix(".cache")
+        return [keyed]
+    return [Path(str(bank.location).rstrip("/")).with_suffix(".cache"), keyed]
+
+
+def cache_dir(bank: Bank) -> Path:
+    """Where classes generated for ``bank`` are written: beside a local bank when its folder may
+    be written, else the keyed local cache (a team's bank on a read-only share; ours)."""
+    dirs = cache_dirs(bank)
+    if len(dirs) == 2 and not _may_write(dirs[0]):
+        log.info("%s is read-only: classes generated for it are cached in %s", *dirs)
+        return dirs[1]
+    return dirs[0]
+
+
+def _may_write(folder: Path) -> bool:
+    """Whether ``folder``, or the nearest folder above it that exists, may be written."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def cache_location(bank: Bank, vocabulary: Vocabulary) -> str:
@@ -78,10 +97,10 @@ def cached_banks(bank: Bank) -> list[Bank]:
     """The complete (sealed) banks in ``bank``'s cache made with ``bank``'s settings (a cache
     left by an earlier bank at the same path, built otherwise, is not mixed in); an incomplete
     or unreadable one is left to the build that resumes it."""
-    folder = cache_dir(bank)
     wanted = _settings(bank.attrs)
     found = []
-    for location in sorted(folder.glob("*.zarr")) if folder.is_dir() else []:
+    folders = [f for f in cache_dirs(bank) if f.is_dir()]
+    for location in [loc for f in folders for loc in sorted(f.glob("*.zarr"))]:
         try:
             cached = Bank.open(location)
         except (ValueError, OSError):

@@ -46,19 +46,20 @@ def sha256(raw: bytes | None) -> str | None:
 
 
 def read_manifest_body(store, shard: int) -> dict | None:
-    """The manifest as stored (None: absent; {}: unreadable, so every object is unexpected)."""
+    """The manifest as stored (None: absent; ``{"unreadable": why}``: garbled or edited, so
+    every object is unexpected)."""
     raw = get_object(store, manifest_key(shard))
     if raw is None:
         return None
     try:
         body = json.loads(raw)
     except ValueError:
-        return {}
+        return {"unreadable": "not JSON"}
     if not isinstance(body, dict) or not isinstance(body.get("objects"), dict):
-        return {}
+        return {"unreadable": "no objects table"}
     sizes = body.get("sizes", {})
     if not isinstance(sizes, dict) or not all(type(n) is int for n in sizes.values()):
-        return {}  # an edited manifest: as unreadable
+        return {"unreadable": "sizes that are not whole numbers"}  # an edited manifest
     return body
 
 
@@ -204,13 +205,20 @@ def check_shard(group, layout: BankLayout, shard: int, legacy: bool = False) -> 
     raws = {path: get_object(store, shard_key(group[path], shard)) for path in layout.arrays()}
     state.hashes = {shard_key(group[p], shard): sha256(r) for p, r in raws.items()}
     state.sizes = {shard_key(group[p], shard): len(r or b"") for p, r in raws.items()}
-    manifest = None if legacy else read_manifest(store, shard)
+    body = None if legacy else read_manifest_body(store, shard)
+    manifest = None if body is None else body.get("objects", {})
     state.settled = bool(manifest) and all(len(v) == 1 for v in manifest.values())
     if manifest is None and not legacy and any(r is not None for r in raws.values()):
         state.problems.append(
             f"{manifest_key(shard)} is missing although the shard holds objects (copied in, "
             "or written by a build killed before its first manifest)"
         )
+    if body is not None and "unreadable" in body:
+        state.problems.append(
+            f"{manifest_key(shard)} is garbled ({body['unreadable']}), so none of the shard's "
+            "objects can be checked"
+        )
+        manifest = None
     for key, found in state.hashes.items():
         if manifest is None:
             break

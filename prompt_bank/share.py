@@ -18,13 +18,13 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from common.io import move_into_place
+from common.errors import staged_write
+from common.io import move_into_place, remove_staging
 from common.progress import ProgressBar
 from prompt_bank.format import BankFormatError, BankMismatchError
 from prompt_bank.integrity import manifest_key, require_intact
@@ -341,20 +341,18 @@ def pull_bank(
     remote = Bank.open(url, options)
     contents = _require_sealed(remote, "pulled")
     target = Path(to) if to else cache_dir() / contents["content_key"]
-    if target.exists() and (target / "zarr.json").is_file():
-        here = sealed_contents(Bank.open(target))
-        if here is not None and here["content_key"] == contents["content_key"]:
-            return {"path": str(target), "downloaded": 0, "content_key": contents["content_key"]}
+    if _content_key(target) == contents["content_key"]:
+        return {"path": str(target), "downloaded": 0, "content_key": contents["content_key"]}
     start = time.perf_counter()
     try:
-        with staged_output(str(target), "--to") as staging:
+        with staged_output(str(target), "--to" if to else "the bank cache") as staging:
             downloaded = _download(remote, url, Path(staging), options, progress)
             local = sealed_contents(Bank.open(staging))
             if local is None or local["content_key"] != contents["content_key"]:
                 raise BankMismatchError(f"{url} changed while it was pulled; pull it again")
-    except OutputTakenError:  # a pull beside this one got there first: the same content key
-        here = sealed_contents(Bank.open(target))
-        if to is not None or here is None or here["content_key"] != contents["content_key"]:
+    except (OutputTakenError, FileExistsError):  # a pull beside this one got there first: the
+        # same bank is there, so this pull is done too
+        if _content_key(target) != contents["content_key"]:
             raise
         downloaded = 0
     return {
@@ -363,6 +361,17 @@ def pull_bank(
         "content_key": contents["content_key"],
         "seconds": time.perf_counter() - start,
     }
+
+
+def _content_key(folder: Path) -> str | None:
+    """The content key of the sealed bank in a local ``folder``; None if it holds none."""
+    if not (folder / "zarr.json").is_file():
+        return None
+    try:
+        here = sealed_contents(Bank.open(folder))
+    except (ValueError, OSError):  # garbled: not the bank pulled
+        return None
+    return here and here["content_key"]
 
 
 @contextlib.contextmanager
@@ -380,18 +389,18 @@ def staged_output(out: str, option: str = "--out", storage_options: dict | None 
         staging = Path(tempfile.mkdtemp(prefix="dpseg-bank-"))
     else:
         target = Path(out)
-        target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        yield str(staging)
-        if is_url(out):
-            upload_folder(staging, out, storage_options)
-        else:
-            taken = OutputTakenError(
-                f"{option} {out}: another process wrote a bank there while this one worked; "
-                "choose a new location (nothing of this run was kept)"
-            )
-            move_into_place(staging, out, taken)
+        with staged_write(staging, f"writing {option} {out}"):
+            staging.parent.mkdir(parents=True, exist_ok=True)
+            yield str(staging)
+            if is_url(out):
+                upload_folder(staging, out, storage_options)
+            else:
+                taken = OutputTakenError(
+                    f"{option} {out}: another process wrote a bank there while this one "
+                    "worked; choose a new location (nothing of this run was kept)"
+                )
+                move_into_place(staging, out, taken)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        remove_staging(staging)

@@ -303,8 +303,8 @@ def test_racing_writers_of_one_output_end_in_one_line_and_racing_pulls_share_it(
     reference, tmp_path, monkeypatch
 ):
     """Two commands staging the same --out: the one that finishes second is told so in one line
-    (a rename onto a folder the first made); a pull that loses the race to the cache uses the
-    bank the winner put there (the same content key)."""
+    (a rename onto a folder the first made); a pull that loses the race to the cache or to one
+    --to uses the bank the winner put there (the same content key)."""
     import prompt_bank.share as share
 
     out = tmp_path / "out.zarr"
@@ -327,6 +327,21 @@ def test_racing_writers_of_one_output_end_in_one_line_and_racing_pulls_share_it(
     pulled = share.pull_bank(f"file://{reference}", progress=False)
     assert pulled["path"] == str(cache / key) and pulled["downloaded"] == 0
     assert not list(cache.glob(".*.partial-*"))
+    mine = tmp_path / "mine.zarr"  # the same for two pulls into one --to (the probe: refused)
+
+    def racing_to(remote, url, staging, options, progress):
+        done = download(remote, url, staging, options, progress)
+        shutil.copytree(staging, mine)
+        return done
+
+    monkeypatch.setattr(share, "_download", racing_to)
+    pulled = share.pull_bank(f"file://{reference}", to=str(mine), progress=False)
+    assert pulled["path"] == str(mine) and pulled["downloaded"] == 0
+    other = tmp_path / "other.zarr"  # another bank there is still refused
+    shutil.copytree(reference, other)
+    (other / "zarr.json").write_text("{}")
+    with pytest.raises(ValueError, match=f"--to {other} is a zarr group that is not a dpseg"):
+        share.pull_bank(f"file://{reference}", to=str(other), progress=False)
 
 
 def test_an_array_with_other_chunks_is_refused_before_repair_allocates_them(reference, tmp_path):

@@ -25,7 +25,7 @@ from conftest import ROOT, run_cli, tiny_cli_here
 from PIL import Image
 
 import cli
-from common.errors import UserError
+from common.errors import SettingError, UserError
 
 
 def one_error_line(stderr: str, *, only: bool = True) -> str:
@@ -592,9 +592,12 @@ def test_a_broken_link_is_named_as_one(tmp_path, capsys, monkeypatch, args):
     assert expected in line and str(tmp_path) in line, line
 
 
-def cli_under_file_size_limit(*args: str, limit: int) -> subprocess.CompletedProcess:
+def cli_under_file_size_limit(
+    *args: str, limit: int, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """``cli.py ARGS`` with no file allowed to grow past ``limit`` bytes (``ulimit -f``: EFBIG,
     as a full disk)."""
+    import os
     import resource
 
     def set_limit() -> None:
@@ -606,6 +609,7 @@ def cli_under_file_size_limit(*args: str, limit: int) -> subprocess.CompletedPro
         text=True,
         preexec_fn=set_limit,
         timeout=300,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -650,8 +654,28 @@ def test_a_subset_cut_by_a_file_size_limit_names_its_output_and_leaves_nothing(t
     )
     assert result.returncode == 2, result.stderr[-3000:]
     (line,) = result.stderr.splitlines()
-    assert line.startswith(f"error: writing in {out}: ") and "EFBIG" in line, line
+    assert line.startswith(f"error: writing --out {out}: ") and "EFBIG" in line, line
+    assert line.endswith("(nothing partial is left: run the command again then)"), line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pull_into_the_cache_cut_by_a_file_size_limit_names_the_cache(
+    tiny_bank, tmp_path, capsys
+):
+    """Found by the probe: the line named no place. It names the cache folder the bank was
+    going to, says nothing partial is left, and the next pull (no limit) completes."""
+    remote = f"file://{tmp_path / 'remote.zarr'}"
+    assert run_main(capsys, "bank", "push", str(tiny_bank), remote, "--quiet")[0] == 0
+    cache = tmp_path / "cache"
+    env = {"DPSEG_CACHE": str(cache)}
+    result = cli_under_file_size_limit("bank", "pull", remote, "--quiet", limit=1024, env=env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: writing the bank cache {cache}/") and "EFBIG" in line, line
+    assert line.endswith("(nothing partial is left: run the command again then)"), line
+    assert list(cache.iterdir()) == []
+    result = cli_under_file_size_limit("bank", "pull", remote, "--quiet", limit=10**9, env=env)
+    assert result.returncode == 0 and len(list(cache.iterdir())) == 1, result.stderr[-3000:]
 
 
 def test_an_export_cut_by_a_file_size_limit_is_one_line_and_leaves_nothing(trained, tmp_path):
@@ -662,8 +686,47 @@ def test_an_export_cut_by_a_file_size_limit_is_one_line_and_leaves_nothing(train
     )
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "EFBIG" in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith(f"error: writing --out {out}: "), lines
+    assert "EFBIG" in lines[0] and "partial" in lines[0] and ".partial-" not in lines[0], lines
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_pull_cut_by_a_file_size_limit_names_the_cache(trained, tmp_path, capsys):
+    """The line names the model cache folder, not the staging file, and nothing is left."""
+    model, remote = tmp_path / "model", f"file://{tmp_path / 'remote'}"
+    assert run_main(capsys, "model", "export", str(trained), "--out", str(model))[0] == 0
+    assert run_main(capsys, "model", "push", str(model), remote, "--quiet")[0] == 0
+    cache = tmp_path / "cache"
+    env = {"DPSEG_CACHE": str(cache)}
+    result = cli_under_file_size_limit("model", "pull", remote, "--quiet", limit=4096, env=env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: writing the model cache {cache}/models/"), line
+    assert "EFBIG" in line and line.endswith(
+        "(nothing partial is left: run the command again then)"
+    )
+    assert [p for p in cache.rglob("*") if p.is_file()] == []
+
+
+def test_two_exports_racing_into_one_folder_end_in_one_line(trained, tmp_path, monkeypatch):
+    """The export that finishes second is told another process exported there, and leaves
+    nothing of its own: the winner's folder stays as it was."""
+    import model.export as export
+
+    out = tmp_path / "model"
+    write = export._write_folder
+
+    def racing(*args):  # the other export finishes while this one writes
+        write(*args)
+        out.mkdir()
+        (out / "theirs.txt").write_text("the winner's")
+
+    monkeypatch.setattr(export, "_write_folder", racing)
+    with pytest.raises(SettingError, match="another process exported a model there") as error:
+        export.export_model(trained, out)
+    assert str(out) in str(error.value) and "nothing of this run was kept" in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
 
 
 def _without_write_access() -> list[str]:
@@ -680,7 +743,9 @@ def _without_write_access() -> list[str]:
     return ["unshare", "-U"]
 
 
-def cli_where_mode_holds(path: Path, mode: int, *args: str) -> subprocess.CompletedProcess:
+def cli_where_mode_holds(
+    path: Path, mode: int, *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     """``cli.py ARGS`` run while ``path`` has ``mode``, by a user that mode binds
     (``_without_write_access``); the mode is restored after."""
     original = path.stat().st_mode & 0o777
@@ -691,6 +756,7 @@ def cli_where_mode_holds(path: Path, mode: int, *args: str) -> subprocess.Comple
             capture_output=True,
             text=True,
             timeout=300,
+            cwd=cwd,
         )
     finally:
         path.chmod(original)
@@ -715,6 +781,45 @@ def test_an_unwritable_output_folder_ends_in_one_line(tmp_path, command):
     assert len(lines) == 1 and "EACCES" in lines[0] and str(out) in lines[0], lines
     assert "choose a folder you may write to" in lines[0], lines
     assert list(out.iterdir()) == []
+
+
+def test_classes_missing_from_a_read_only_bank_are_cached_in_the_local_cache(world, trained):
+    """A team's bank on a folder the user may not write to: the classes it lacks are generated
+    into banks/cache/<content key> under the working folder, and read from there next time."""
+    import tempfile
+
+    from prompt_bank.store import Bank
+
+    place = Path(tempfile.mkdtemp(prefix="dpseg-ro-"))  # under /tmp: an unprivileged user
+    try:  # may reach it (pytest's folders are root's alone)
+        place.chmod(0o777)
+        share, work = place / "share", place / "work"
+        shutil.copytree(world / "bank.zarr", share / "bank.zarr")
+        work.mkdir(mode=0o777)
+        work.chmod(0o777)
+        shutil.copy(trained, place / "model.ckpt")
+        image = next((world / "datasets" / "synthetic" / "images" / "val").glob("*.jpg"))
+        shutil.copy(image, place / "image.jpg")
+        for path in [place / "model.ckpt", place / "image.jpg", *share.rglob("*")]:
+            path.chmod(0o777 if path.is_dir() else 0o644)
+        args = ["segment", "--ckpt", str(place / "model.ckpt"), "--bank", str(share / "bank.zarr")]
+        args += ["--images", str(place / "image.jpg"), "--vocab", "red disc; zebra"]
+        for run in range(2):
+            out = str(work / f"out{run}")
+            result = cli_where_mode_holds(share, 0o555, *args, "--out", out, "--quiet", cwd=work)
+            assert result.returncode == 0, result.stderr[-3000:]
+            assert "images/s" in result.stdout, result.stdout
+            assert json.loads((work / f"out{run}" / "summary.json").read_text())["prompts"] == {
+                "red disc": "bank",
+                "zebra": "generated",
+            }
+            assert sorted(p.name for p in share.iterdir()) == ["bank.zarr"]
+            (cached,) = (work / "banks" / "cache").glob("*/*.zarr")
+            assert Bank.open(cached).classes == ["zebra"] and Bank.open(cached).seal is not None
+            generated = "generating prompts for 1 classes" in result.stderr
+            assert generated == (run == 0), result.stderr  # the second run reads the cache
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
 
 
 def test_an_object_the_user_may_not_read_is_one_line_with_the_fix_for_reading(tiny_bank, tmp_path):

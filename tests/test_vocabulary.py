@@ -122,6 +122,26 @@ def test_inline_list():
     assert vocab.name == "inline"
 
 
+def test_a_bare_word_naming_a_file_here_is_one_class_and_says_so(tmp_path, monkeypatch, caplog):
+    """The probe's `--vocab fifo` beside a pipe named fifo: still one class (the documented
+    rule), with a warning that says how to read the file instead."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    os.mkfifo("fifo")
+    (tmp_path / "classes").write_text("cat\ndog\n")
+    with caplog.at_level("WARNING", logger="data.vocabulary"):
+        assert load_vocabulary("fifo").entries == ["fifo"]
+        assert load_vocabulary("classes").entries == ["classes"]
+        assert load_vocabulary("dog").entries == ["dog"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"vocabulary {name!r} is read as ONE class named so; to read the file of that name, "
+        f"give ./{name}"
+        for name in ("fifo", "classes")
+    ]
+    assert load_vocabulary("./classes").entries == ["cat", "dog"]
+
+
 @pytest.mark.parametrize(
     ("content", "suffix", "match"),
     [
