@@ -667,15 +667,23 @@ def test_a_pull_into_the_cache_cut_by_a_file_size_limit_names_the_cache(
     remote = f"file://{tmp_path / 'remote.zarr'}"
     assert run_main(capsys, "bank", "push", str(tiny_bank), remote, "--quiet")[0] == 0
     cache = tmp_path / "cache"
+    pull_cut_short("bank", remote, cache, f"the bank cache {cache}/", limit=1024)
+    result = cli_under_file_size_limit(
+        "bank", "pull", remote, "--quiet", limit=10**9, env={"DPSEG_CACHE": str(cache)}
+    )
+    assert result.returncode == 0 and len(list(cache.iterdir())) == 1, result.stderr[-3000:]
+
+
+def pull_cut_short(kind: str, remote: str, cache: Path, names: str, limit: int) -> None:
+    """``cli.py KIND pull REMOTE`` into ``cache`` under a file size limit: one line that
+    ``names`` where it was writing and says nothing partial is left, and no file left."""
     env = {"DPSEG_CACHE": str(cache)}
-    result = cli_under_file_size_limit("bank", "pull", remote, "--quiet", limit=1024, env=env)
+    result = cli_under_file_size_limit(kind, "pull", remote, "--quiet", limit=limit, env=env)
     assert result.returncode == 2, result.stderr[-3000:]
     (line,) = result.stderr.splitlines()
-    assert line.startswith(f"error: writing the bank cache {cache}/") and "EFBIG" in line, line
+    assert line.startswith(f"error: writing {names}") and "EFBIG" in line, line
     assert line.endswith("(nothing partial is left: run the command again then)"), line
-    assert list(cache.iterdir()) == []
-    result = cli_under_file_size_limit("bank", "pull", remote, "--quiet", limit=10**9, env=env)
-    assert result.returncode == 0 and len(list(cache.iterdir())) == 1, result.stderr[-3000:]
+    assert [p for p in cache.rglob("*") if p.is_file()] == []
 
 
 def test_an_export_cut_by_a_file_size_limit_is_one_line_and_leaves_nothing(trained, tmp_path):
@@ -697,15 +705,7 @@ def test_a_model_pull_cut_by_a_file_size_limit_names_the_cache(trained, tmp_path
     assert run_main(capsys, "model", "export", str(trained), "--out", str(model))[0] == 0
     assert run_main(capsys, "model", "push", str(model), remote, "--quiet")[0] == 0
     cache = tmp_path / "cache"
-    env = {"DPSEG_CACHE": str(cache)}
-    result = cli_under_file_size_limit("model", "pull", remote, "--quiet", limit=4096, env=env)
-    assert result.returncode == 2, result.stderr[-3000:]
-    (line,) = result.stderr.splitlines()
-    assert line.startswith(f"error: writing the model cache {cache}/models/"), line
-    assert "EFBIG" in line and line.endswith(
-        "(nothing partial is left: run the command again then)"
-    )
-    assert [p for p in cache.rglob("*") if p.is_file()] == []
+    pull_cut_short("model", remote, cache, f"the model cache {cache}/models/", limit=4096)
 
 
 def test_two_exports_racing_into_one_folder_end_in_one_line(trained, tmp_path, monkeypatch):
