@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/rejection_recall.py [--ckpt demo_out/.../last.ckpt]
         [--bank demo_out/banks/toy.zarr] [--distractors demo_out/banks/ade847_toy.zarr]
         [--data demo_out/datasets] [--images 500] [--threshold 0.05 0.2] [--max-classes 48 [96 ...]]
+        [--order standout rank] [--split val]
 
 The distractor bank is built once with the toy preset (the same encoder and templates; the toy
 renderer draws a name it does not know as background alone, so each distractor's visual prompt
@@ -15,7 +16,8 @@ list from ``$DPSEG_VOCAB_DIR``):
 A trained toy DPSeg (``make demo``'s) segments the first ``--images`` of the ``toy`` test split
 with the vocabulary "toy classes + the ade847 names not among them" (K = 31 + 847 - shared),
 through ``Predictor`` (the user's path), without and with rejection (``rejection_threshold`` each
-of ``--threshold``, with and without ``rejection_max_classes``). Prints per setting:
+of ``--threshold``, alone and with each ``rejection_max_classes`` in each ``--order``; and each
+bound without a threshold). Prints per setting:
 
 - recall: the share of each image's true classes that round I kept (summed over images);
 - classes decoded per image, and how many of them are distractors;
@@ -49,9 +51,12 @@ def miou(confusion: np.ndarray) -> float:
     return float((tp[present] / union[present]).mean())
 
 
-def evaluate(predictor: Predictor, images, labels, num_true: int, threshold, max_classes) -> dict:
+def evaluate(
+    predictor: Predictor, images, labels, num_true: int, threshold, max_classes, order
+) -> dict:
     config = predictor.module.inference_config
     config.rejection_threshold, config.rejection_max_classes = threshold, max_classes
+    config.rejection_order = order
     predictor.module.segmenter.config = config
     segmenter = predictor.module.segmenter
     k = predictor.prompts.num_classes
@@ -63,7 +68,7 @@ def evaluate(predictor: Predictor, images, labels, num_true: int, threshold, max
         pred = predictor.predict(image)
         valid = (label >= 0) & (label < num_true)
         np.add.at(confusion, (label[valid], pred[valid]), 1)
-        if segmenter.kept is not None:
+        if segmenter.kept is not None:  # rejection on
             present = np.unique(label[valid])
             mask = segmenter.kept.numpy()
             true += len(present)
@@ -74,11 +79,12 @@ def evaluate(predictor: Predictor, images, labels, num_true: int, threshold, max
     return {
         "threshold": threshold,
         "max_classes": max_classes,
+        "order": order if max_classes else None,
         "classes": k,
         "mIoU": 100 * miou(confusion),
         "recall": kept_true / true if true else None,
-        "decoded": kept / n if threshold is not None else k,
-        "distractors_decoded": distractors / n if threshold is not None else k - num_true,
+        "decoded": kept / n if config.rejects else k,
+        "distractors_decoded": distractors / n if config.rejects else k - num_true,
         "s_per_image": (time.perf_counter() - start) / n,
     }
 
@@ -92,6 +98,14 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--threshold", type=float, nargs="+", default=[0.05, 0.2])
     parser.add_argument("--max-classes", type=int, nargs="+", default=[48])
+    parser.add_argument(
+        "--order",
+        nargs="+",
+        choices=("standout", "rank"),
+        default=["standout"],
+        help="which classes the bound keeps (rejection_order), each",
+    )
+    parser.add_argument("--split", default="test", help="the toy split (val: to choose settings)")
     parser.add_argument(
         "--text-distractors",
         action="store_true",
@@ -129,10 +143,10 @@ def main() -> int:
         [*toy.entries, *extra], name="toy+ade847", allow_duplicates=True
     )
     root = Path(args.data) / "toy"
-    paths = sorted((root / "images" / "test").iterdir())[: args.images]
+    paths = sorted((root / "images" / args.split).iterdir())[: args.images]
     images = [np.array(Image.open(p).convert("RGB")) for p in paths]
     labels = [
-        np.array(Image.open(root / "annotations_detectron2" / "test" / f"{p.stem}.png")).astype(
+        np.array(Image.open(root / "annotations_detectron2" / args.split / f"{p.stem}.png")).astype(
             np.int64
         )
         for p in paths
@@ -141,18 +155,21 @@ def main() -> int:
     num_true = len(toy)
     rows = []
     predictor.set_vocabulary(toy, bank=args.bank)
-    settings = [(None, None)] + [(t, m) for t in args.threshold for m in (None, *args.max_classes)]
-    for threshold, cap in settings:
-        result = evaluate(predictor, images, labels, num_true, threshold, cap)
+    settings = [(None, None, None)]
+    for t in args.threshold:
+        settings += [(t, None, None)] + [(t, m, o) for m in args.max_classes for o in args.order]
+    settings += [(None, m, o) for m in args.max_classes for o in args.order]  # the bound alone
+    for threshold, cap, order in settings:
+        result = evaluate(predictor, images, labels, num_true, threshold, cap, order)
         rows.append({"vocabulary": "toy", **result})
     if args.text_distractors:
         predictor.set_vocabulary(large, bank=args.bank, text_only=True)
     else:
         predictor.set_vocabulary(large, bank=args.bank, extra_banks=[args.distractors])
-    for threshold, cap in settings:
-        result = evaluate(predictor, images, labels, num_true, threshold, cap)
+    for threshold, cap, order in settings:
+        result = evaluate(predictor, images, labels, num_true, threshold, cap, order)
         rows.append({"vocabulary": f"toy + {len(extra)} ade847 names", **result})
-    print(f"{len(images)} toy test images, {args.ckpt}")
+    print(f"{len(images)} toy {args.split} images, {args.ckpt}")
     print_rows(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
@@ -168,12 +185,10 @@ def print_rows(rows: list[dict]) -> None:
     )
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        rejection = (
-            "off"
-            if r["threshold"] is None
-            else f"p >= {r['threshold']}"
-            + (f", at most {r['max_classes']}" if r["max_classes"] else "")
-        )
+        parts = [f"p >= {r['threshold']}"] if r["threshold"] is not None else []
+        if r["max_classes"]:
+            parts.append(f"at most {r['max_classes']} by {r.get('order') or 'rank'}")
+        rejection = ", ".join(parts) or "off"
         recall = "—" if r["recall"] is None else f"{r['recall']:.3f}"
         print(
             f"| {r['vocabulary']} | {r['classes']} | {rejection} | {recall} | "
@@ -194,11 +209,13 @@ def plot_recall(rows: list[dict], path: str) -> None:
     lines: dict[tuple, list[dict]] = {}
     for r in rows:
         if r["recall"] is not None:
-            lines.setdefault((r["vocabulary"], r["threshold"]), []).append(r)
-    for (vocabulary, threshold), points in lines.items():
+            key = (r["vocabulary"], r["threshold"], r.get("order") or "rank")
+            lines.setdefault(key, []).append(r)
+    for (vocabulary, threshold, order), points in lines.items():
         points = sorted(points, key=lambda r: r["decoded"])
         xs, ys = [r["decoded"] for r in points], [r["recall"] for r in points]
-        ax.plot(xs, ys, marker="o", label=f"{vocabulary}, p >= {threshold}")
+        where = "no threshold" if threshold is None else f"p >= {threshold}"
+        ax.plot(xs, ys, marker="o", label=f"{vocabulary}, {where}, by {order}")
         labels: dict[tuple, list[str]] = {}  # bounds that change nothing share one point
         for r in points:
             where = (round(r["decoded"], 1), r["recall"])

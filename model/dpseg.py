@@ -33,7 +33,7 @@ from model.cost_volume import (
     visual_cost_volume,
 )
 from model.decoder import CVGDecoder, DecoderAttention
-from model.rejection import kept_classes, scatter_kept
+from model.rejection import RejectionOrder, kept_classes, scatter_kept
 from model.seeding import part_rng
 from pretrained.backbone import BackboneFeatures, ClipBackbone
 
@@ -204,18 +204,19 @@ class DPSeg(nn.Module):
         top_k: int | None = None,
         max_classes: int | None = None,
         features: BackboneFeatures | None = None,
+        order: RejectionOrder = "standout",
     ) -> tuple[DPSegOutput, list[torch.Tensor]]:
         """Round I with class early rejection (``model.rejection.kept_classes``): the first
         stage runs for all K classes, and only the classes its coarse head finds (probability
         >= ``threshold`` somewhere, among some position's ``top_k``, at most ``max_classes``
-        per image) go on through the finer stages (again from the cost volume). Returns
+        per image in ``order``) go on through the finer stages (again from the cost volume). Returns
         the output, whose logits are (B, K, H, W) with ``REJECTED_LOGIT`` for the rejected
         classes (the kept ones exactly as ``forward`` gives them) and whose cost volume is that
         of the kept classes (B, P, k, h, w), and per image the kept ids (k_b,)."""
         if features is None:
             features = self.backbone(images)
         coarse = self.coarse_logits(features, prompts)
-        kept = kept_classes(coarse, threshold, top_k, max_classes)
+        kept = kept_classes(coarse, threshold, top_k, max_classes, order)
         out = self.decode_classes(images.shape[-2:], features, [prompts] * len(kept), kept)
         logits = scatter_kept(out.logits, kept, prompts.num_classes)
         return DPSegOutput(logits, out.cost, features), kept

@@ -49,6 +49,7 @@ from common.settings import check_fields
 from model.cost_volume import Prompts, class_mean
 from model.dpseg import DPSeg, DPSegOutput
 from model.labels import class_labels
+from model.rejection import RejectionOrder
 from pretrained.backbone import BackboneFeatures, ClipEncoder
 from pretrained.families import family_of
 
@@ -74,13 +75,19 @@ class RefineConfig:
     # round I decodes past its first stage only the classes whose coarse-head probability
     # reaches this somewhere (model.rejection; None and no top_k: every class)
     rejection_top_k: int | None = None  # and (if set) that some position ranks among its k
-    rejection_max_classes: int | None = None  # at most this many per image (best rank at any
-    # position first, then peak): bounds round I's decode whatever K is (None: no bound)
+    rejection_max_classes: int | None = None  # at most this many per image, in
+    # rejection_order: bounds round I's decode whatever K is (None: no bound)
+    rejection_order: RejectionOrder = "standout"  # (ours) which classes the bound keeps:
+    # "standout", those whose logit stands out most of the vocabulary's somewhere; "rank", the
+    # best rank at any position, then peak (model.rejection.kept_classes)
 
     @property
     def rejects(self) -> bool:
-        """Whether round I rejects classes early."""
-        return self.rejection_threshold is not None or self.rejection_top_k is not None
+        """Whether round I rejects classes early (a threshold, a top-k or a bound)."""
+        return any(
+            v is not None
+            for v in (self.rejection_threshold, self.rejection_top_k, self.rejection_max_classes)
+        )
 
     def __post_init__(self) -> None:
         check_fields(
@@ -95,6 +102,7 @@ class RefineConfig:
             rejection_threshold="in (0, 1)",
             rejection_top_k=">= 1",
             rejection_max_classes=">= 1",
+            rejection_order=RejectionOrder,
         )
 
 
@@ -209,9 +217,10 @@ class TwoRoundSegmenter(nn.Module):
             return self.model(images, prompts)
         if not self.detector_trained:
             raise SettingError(
-                "model.inference.rejection_threshold / rejection_top_k: this checkpoint was "
-                "saved before class early rejection's coarse head existed, so nothing has "
-                "taught it where classes are; set both to null, or fine-tune it first"
+                "model.inference.rejection_threshold / rejection_top_k / rejection_max_classes: "
+                "this checkpoint was saved before class early rejection's coarse head existed, "
+                "so nothing has taught it where classes are; set them to null, or fine-tune it "
+                "first"
             )
         first, kept = self.model.forward_kept(
             images,
@@ -219,6 +228,7 @@ class TwoRoundSegmenter(nn.Module):
             config.rejection_threshold,
             config.rejection_top_k,
             config.rejection_max_classes,
+            order=config.rejection_order,
         )
         mask = torch.zeros(prompts.num_classes, dtype=torch.bool)
         for ids in kept:

@@ -5,8 +5,9 @@ with BCE on where each class is at 1/16 of the image: ``LossConfig.coarse_weight
 class a probability per position. A class passes when that probability reaches ``threshold``
 somewhere in the image and, with ``top_k``, when some position ranks it among its ``top_k``
 classes (SED's per-pixel top-k); only the classes that pass go on through the finer stages.
-``max_classes`` bounds the decode: at most that many per image, by their best rank at any
-position, then their peak probability. So round I's fine stages cost what min(K, passing,
+``max_classes`` bounds the decode: at most that many per image, those that stand out most
+(``standout``: the class's logit standardised over the vocabulary at some position; or, with
+``order="rank"``, by their best rank at any position, then their peak probability). So round I's fine stages cost what min(K, passing,
 ``max_classes``) classes cost.
 
 Differences from SED (ours): one rejection point (after the first stage) instead of one per
@@ -16,6 +17,8 @@ classes round I's argmax detects) and the evaluation work on the full (B, K, H, 
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 
@@ -37,22 +40,42 @@ def check_rejection(threshold: float | None, top_k: int | None, max_classes: int
         raise SettingError(f"rejection_max_classes={max_classes}: use None (no bound) or >= 1")
 
 
+RejectionOrder = Literal["standout", "rank"]
+
+
+def standout(coarse: torch.Tensor) -> torch.Tensor:
+    """coarse (B, K, h, w) logits -> (B, K): how far each class stands out of the vocabulary
+    somewhere: the maximum over positions of its logit standardised over the K classes at that
+    position ((x - mean) / std). Ours: scale-free, so a vocabulary of names the coarse head
+    gives a broadly raised logit (unknown words, many near-copies of one class) does not outrank
+    a class that stands out at its own object (docs/results.md, rejection's recall)."""
+    if coarse.shape[1] < 2:
+        return coarse.flatten(2).amax(dim=2)
+    mean = coarse.mean(dim=1, keepdim=True)
+    std = coarse.std(dim=1, keepdim=True).clamp_min(1e-6)
+    return ((coarse - mean) / std).flatten(2).amax(dim=2)
+
+
 def kept_classes(
     coarse: torch.Tensor,
     threshold: float | None = None,
     top_k: int | None = None,
     max_classes: int | None = None,
+    order: RejectionOrder = "standout",
 ) -> list[torch.Tensor]:
     """coarse (B, K, h, w) logits of the coarse head -> per image the (k_b,) ascending ids of
     the classes whose probability reaches ``threshold`` somewhere and (with ``top_k``) that some
-    position ranks among its ``top_k``. With ``max_classes``, at most that many: the best rank
-    at any position first (a class some position ranks first before one ranked second
-    everywhere), then the highest peak, then the lower id; so many near-copies of one class
-    (a vocabulary's synonyms) cannot push out the class a position ranks first. Every image
-    keeps at least its highest-peak class."""
+    position ranks among its ``top_k``. With ``max_classes``, at most that many, in ``order``:
+
+    - ``"standout"`` (default): the highest :func:`standout`, then the lower id;
+    - ``"rank"``: the best rank at any position first (a class some position ranks first before
+      one ranked second everywhere), then the highest peak, then the lower id.
+
+    Every image keeps at least its highest-peak class."""
     peak = coarse.flatten(2).amax(dim=2)  # (B, K) logits; sigmoid is monotonic
     ranks = coarse.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
     best = ranks.flatten(2).amin(dim=2)  # (B, K): each class's best rank over positions
+    stands = standout(coarse) if order == "standout" else None
     passing = torch.ones_like(peak, dtype=torch.bool)
     if threshold is not None:
         passing &= peak.sigmoid() >= threshold
@@ -64,9 +87,12 @@ def kept_classes(
         if len(ids) == 0:
             ids = peak[image].argmax().view(1)
         if max_classes is not None and len(ids) > max_classes:
-            by_peak = peak[image, ids].argsort(descending=True, stable=True)
-            order = by_peak[best[image, ids][by_peak].argsort(stable=True)][:max_classes]
-            ids = ids[order].sort().values
+            if stands is not None:
+                order_ids = stands[image, ids].argsort(descending=True, stable=True)
+            else:
+                by_peak = peak[image, ids].argsort(descending=True, stable=True)
+                order_ids = by_peak[best[image, ids][by_peak].argsort(stable=True)]
+            ids = ids[order_ids[:max_classes]].sort().values
         kept.append(ids)
     return kept
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model.refine import RefineConfig, TwoRoundSegmenter
-from model.rejection import REJECTED_LOGIT, kept_classes, scatter_kept
+from model.rejection import REJECTED_LOGIT, kept_classes, scatter_kept, standout
 from tests.test_model import K, build, random_prompts
 
 
@@ -22,11 +22,32 @@ def test_kept_classes_by_threshold_top_k_and_bound_by_hand():
     assert ids(kept_classes(coarse, threshold=0.15)) == [[0, 1, 2, 3, 4], [3, 4]]
     # top 1: class 0 ranks first at position 0, class 1 at position 1
     assert ids(kept_classes(coarse, threshold=0.15, top_k=1)) == [[0, 1], [4]]
-    # at most 3: the highest peaks 0.9 (0), 0.8 (2), 0.7 (1); ids ascending
-    assert ids(kept_classes(coarse, threshold=0.5, max_classes=3)) == [[0, 1, 2], [4]]
+    # at most 3, by rank: the classes ranked first somewhere (0, 1), then the best peak (2)
+    rank = {"order": "rank"}
+    assert ids(kept_classes(coarse, threshold=0.5, max_classes=3, **rank)) == [[0, 1, 2], [4]]
     # at most 2: the classes ranked first somewhere (0, 1), though class 2's peak beats class 1's
-    assert ids(kept_classes(coarse, threshold=0.5, max_classes=2)) == [[0, 1], [4]]
+    assert ids(kept_classes(coarse, threshold=0.5, max_classes=2, **rank)) == [[0, 1], [4]]
     assert kept_classes(coarse, top_k=99)[0].tolist() == [0, 1, 2, 3, 4]  # k > K: every class
+
+
+def test_the_bound_keeps_the_classes_that_stand_out_of_the_vocabulary():
+    """What the probe's 847 unknown names look like to the coarse head: three toy classes at
+    their object (position 0; class 2 a weak third), 30 unknown names low there but spread over
+    the background (position 1, where one of them ranks first). With a bound of 3, "rank" keeps
+    that name over class 2; "standout" keeps classes 0-2: class 2 is 2.5 standard deviations
+    above the vocabulary at its object, no name more than 1.5 anywhere."""
+    coarse = torch.full((1, 33, 1, 2), -6.0)
+    coarse[0, :3, 0, 0] = torch.tensor([3.0, 2.5, 1.0])
+    coarse[0, 3:, 0, 0] = torch.linspace(-5.0, -4.4, 30)
+    coarse[0, 3:, 0, 1] = torch.linspace(-4.0, 1.0, 30)
+    z = standout(coarse)
+    at_object = coarse[0, :, 0, 0]
+    assert torch.allclose(z[0, 2], (1.0 - at_object.mean()) / at_object.std())
+    assert z[0, 2] > 2.5 and z[0, 3:].max() < 1.5
+    assert kept_classes(coarse, max_classes=3)[0].tolist() == [0, 1, 2]
+    assert kept_classes(coarse, max_classes=3, order="rank")[0].tolist() == [0, 1, 32]
+    assert kept_classes(coarse, threshold=0.8, max_classes=3)[0].tolist() == [0, 1]  # passing
+    assert standout(coarse[:, :1]).tolist() == [[3.0]]  # one class: its peak
 
 
 def test_scatter_kept_fills_the_rejected_classes():
@@ -47,6 +68,7 @@ def test_kept_classes_decode_exactly_as_without_rejection(center):
         full = model(images, prompts)
         coarse = model.coarse_logits(full.features, prompts)  # 1/16 of 128 px
         out, kept = model.forward_kept(images, prompts, top_k=1, max_classes=3)
+        ranked, by_rank = model.forward_kept(images, prompts, top_k=1, max_classes=3, order="rank")
         by_threshold, _ = model.forward_kept(images, prompts, threshold=0.5)
     assert coarse.shape == (2, K, 8, 8)
     assert out.logits.shape == full.logits.shape == (2, K, 128, 128)
@@ -56,11 +78,16 @@ def test_kept_classes_decode_exactly_as_without_rejection(center):
         rejected = torch.ones(K, dtype=torch.bool)
         rejected[ids] = False
         assert (out.logits[b, rejected] == REJECTED_LOGIT).all()
-        # the kept ones are those the coarse head ranks first somewhere, highest peaks first
+        # the kept ones are those the coarse head ranks first somewhere, the 3 that stand out
+        # most (or, by rank, the 3 highest peaks)
         top1 = coarse[b].argmax(dim=0).unique()
+        stands = standout(coarse)[b]
+        expect = top1[stands[top1].argsort(descending=True)[:3]].sort().values
+        assert ids.tolist() == expect.tolist()
         peaks = coarse[b].amax(dim=(-2, -1))
         expect = top1[peaks[top1].argsort(descending=True)[:3]].sort().values
-        assert ids.tolist() == expect.tolist()
+        assert by_rank[b].tolist() == expect.tolist()
+        torch.testing.assert_close(ranked.logits[b, by_rank[b]], full.logits[b, by_rank[b]])
     passing = coarse.sigmoid().amax(dim=(-2, -1)) >= 0.5  # (2, K)
     for b in range(2):
         if passing[b].any():
