@@ -33,7 +33,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             )
         else:
             predictor = Predictor.from_checkpoint(args.ckpt, device=args.device, rounds=args.rounds)
-        if args.reject is not None:
+        if args.reject is not None or args.reject_max is not None:
             predictor.set_rejection(args.reject, args.reject_max)
         predictor.use_vocabulary(
             args.vocab, args.bank, args.text_only, args.generator_weights, not args.quiet
@@ -81,8 +81,6 @@ def _check_segment_arguments(args: argparse.Namespace) -> None:
     method (it would be silently ignored). One line naming the option (SettingError)."""
     from common.errors import SettingError, check_device, check_output_folder
 
-    if args.method == "dpseg" and args.reject_max is not None and args.reject is None:
-        raise SettingError(f"--reject-max {args.reject_max} bounds --reject: give --reject P too")
     if args.reject is not None and not 0 < args.reject < 1:
         raise SettingError(f"--reject {args.reject}: a probability in (0, 1), e.g. 0.05")
     if args.reject_max is not None and args.reject_max < 1:
@@ -162,7 +160,8 @@ def _segment_options(p) -> None:
         "--reject-max",
         type=int,
         metavar="N",
-        help="DPSeg: with --reject, decode at most N classes per image",
+        help="DPSeg: class early rejection, decode at most N classes per image, those that "
+        "stand out most of the vocabulary (48 in the configs; with or without --reject)",
     )
     p.add_argument("--generator-weights", help="DPSeg: local generator weights for missing classes")
     p.add_argument("--config", help="VIP: settings from a configs/vip_*.yaml (its model: section)")

@@ -151,16 +151,25 @@ class DecoderStage(nn.Module):
 
     def forward(self, x: torch.Tensor, level: torch.Tensor, visual_cost: torch.Tensor | None):
         """x (B, k, C, h, w) class maps; level (B, C_j, h_j, w_j); visual_cost (B, k, h_j, w_j)."""
-        b, k, _, h, w = x.shape
+        b, k, c, h, w = x.shape
         guidance = self.guidance(
             F.interpolate(level, size=(h, w), mode="bilinear", align_corners=False)
         )
-        parts = [x, guidance[:, None].expand(b, k, -1, h, w)]
+        # fuse = conv3x3(cat[x, guidance, F_v]), computed as conv(cat[x, F_v]) per class plus
+        # conv(guidance) once per image: a convolution is linear, and the guidance is the same
+        # for every class of an image (ours; the same weights, a third fewer FLOPs in fuse)
+        conv, weight = self.fuse[0], self.fuse[0].weight
+        g = guidance.shape[1]
+        per_class, parts = [weight[:, :c]], [x]
         if self.use_visual_cost:
             fv = F.interpolate(visual_cost, size=(h, w), mode="bilinear", align_corners=False)
+            per_class.append(weight[:, c + g :])
             parts.append(fv[:, :, None])
-        y = self.fuse(torch.cat(parts, dim=2).flatten(0, 1))  # (B*k, C, h, w)
-        y = self.hdc(y)
+        inputs = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+        y = F.conv2d(inputs.flatten(0, 1), torch.cat(per_class, dim=1), None, padding=conv.padding)
+        shared = F.conv2d(guidance, weight[:, c : c + g], conv.bias, padding=conv.padding)
+        y = (y.view(b, k, *y.shape[1:]) + shared[:, None]).flatten(0, 1)  # (B*k, C, h, w)
+        y = self.hdc(self.fuse[2](self.fuse[1](y)))
         if self.attention is not None:
             y = self.attention(y)
         y = self.up(y)

@@ -516,6 +516,7 @@ class DPSegModule(SegmentationModule):
             "threshold": self.inference_config.rejection_threshold,
             "top_k": self.inference_config.rejection_top_k,
             "max_classes": self.inference_config.rejection_max_classes,
+            "order": self.inference_config.rejection_order,
             "recall": kept_true / max(true, 1),
             "kept_per_image": kept / max(images, 1),
             "classes": classes // max(images, 1),

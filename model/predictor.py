@@ -145,8 +145,9 @@ class Predictor(ImagePredictor):
 
     def set_rejection(self, threshold: float | None, max_classes: int | None = None) -> None:
         """Class early rejection for the images to come (``model.rejection``; a checkpoint holds
-        no inference settings): probability ``threshold`` (None: off), at most ``max_classes``
-        decoded per image. A bad value raises SettingError naming it."""
+        no inference settings): probability ``threshold`` (None: none), at most ``max_classes``
+        decoded per image (None: no bound; both None: off). A bad value raises SettingError
+        naming it."""
         from common.errors import SettingError
         from model.rejection import check_rejection
 

@@ -163,6 +163,28 @@ def test_decoder_attention_modes():
         build("tiny-convnext", attention="swin")
 
 
+@pytest.mark.parametrize("use_visual_cost", [True, False])
+def test_a_stage_fuses_the_guidance_once_per_image_as_the_concatenation_would(use_visual_cost):
+    """fuse is conv3x3(cat[class map, guidance, F_v]) computed as a per-class convolution plus
+    the guidance's once per image: the same output as the concatenated input."""
+    from model.decoder import DecoderStage
+
+    torch.manual_seed(0)
+    stage = DecoderStage(16, 8, 12, 6, use_visual_cost, attention_heads=0).eval()
+    x, level = torch.randn(2, 5, 16, 6, 7), torch.randn(2, 12, 3, 4)
+    visual = torch.randn(2, 5, 3, 4) if use_visual_cost else None
+    with torch.no_grad():
+        out = stage(x, level, visual)
+        guidance = stage.guidance(F.interpolate(level, size=(6, 7), mode="bilinear"))
+        parts = [x, guidance[:, None].expand(2, 5, -1, 6, 7)]
+        if use_visual_cost:
+            parts.append(F.interpolate(visual, size=(6, 7), mode="bilinear")[:, :, None])
+        y = stage.hdc(stage.fuse(torch.cat(parts, dim=2).flatten(0, 1)))
+        expected = stage.up(y).view(2, 5, 8, 12, 14)
+    assert out.shape == (2, 5, 8, 12, 14)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_windowed_attention_attends_within_each_window():
     from model.decoder import SpatialSelfAttention
 

@@ -108,6 +108,23 @@ def test_predict_mixed_images_with_a_free_form_vocabulary(trained, world, mixed_
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(np.unique(np.asarray(Image.open(tmp_path / "r" / "a_rgb.png")))) == 1
+    result = run_cli(  # the bound alone rejects too
+        "segment",
+        "--ckpt",
+        str(trained),
+        "--images",
+        str(mixed_images / "a_rgb.jpg"),
+        "--vocab",
+        "red disc; green square; background",
+        "--reject-max",
+        "1",
+        "--out",
+        str(tmp_path / "r1"),
+        "--quiet",
+        cwd=world,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(np.unique(np.asarray(Image.open(tmp_path / "r1" / "a_rgb.png")))) == 1
     result = run_cli(
         "segment",
         "--ckpt",
