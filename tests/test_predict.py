@@ -70,75 +70,23 @@ def test_predict_mixed_images_with_a_free_form_vocabulary(trained, world, mixed_
     assert len(caches) == 1
     cached = json.loads((caches[0] / "zarr.json").read_text())["attributes"]
     assert cached["classes"] == ["zebra, striped horse"]
-    # text-only: no generation
-    result = run_cli(
-        "segment",
-        "--ckpt",
-        str(trained),
-        "--images",
-        str(mixed_images / "a_rgb.jpg"),
-        "--vocab",
-        "red disc; okapi",
-        "--text-only",
-        "--out",
-        str(tmp_path / "t"),
-        "--quiet",
-        cwd=world,
-    )
+
+    def segment_a(vocab: str, out: str, *options: str):
+        args = ["--ckpt", str(trained), "--images", str(mixed_images / "a_rgb.jpg")]
+        args += ["--vocab", vocab, *options, "--out", str(tmp_path / out), "--quiet"]
+        return run_cli("segment", *args, cwd=world)
+
+    result = segment_a("red disc; okapi", "t", "--text-only")  # text-only: no generation
     assert result.returncode == 0, result.stderr[-3000:]
     prompts = json.loads((tmp_path / "t" / "summary.json").read_text())["prompts"]
     assert prompts == {"red disc": "bank", "okapi": "text"}
-    # class early rejection bounded to one class per image: one label everywhere
-    result = run_cli(
-        "segment",
-        "--ckpt",
-        str(trained),
-        "--images",
-        str(mixed_images / "a_rgb.jpg"),
-        "--vocab",
-        "red disc; green square; background",
-        "--reject",
-        "0.01",
-        "--reject-max",
-        "1",
-        "--out",
-        str(tmp_path / "r"),
-        "--quiet",
-        cwd=world,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert len(np.unique(np.asarray(Image.open(tmp_path / "r" / "a_rgb.png")))) == 1
-    result = run_cli(  # the bound alone rejects too
-        "segment",
-        "--ckpt",
-        str(trained),
-        "--images",
-        str(mixed_images / "a_rgb.jpg"),
-        "--vocab",
-        "red disc; green square; background",
-        "--reject-max",
-        "1",
-        "--out",
-        str(tmp_path / "r1"),
-        "--quiet",
-        cwd=world,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert len(np.unique(np.asarray(Image.open(tmp_path / "r1" / "a_rgb.png")))) == 1
-    result = run_cli(
-        "segment",
-        "--ckpt",
-        str(trained),
-        "--images",
-        str(mixed_images / "a_rgb.jpg"),
-        "--vocab",
-        "red disc",
-        "--reject",
-        "1.5",
-        "--out",
-        str(tmp_path / "bad"),
-        cwd=world,
-    )
+    # class early rejection bounded to one class per image (with a threshold, or the bound
+    # alone): one label everywhere
+    for out, options in (("r", ["--reject", "0.01"]), ("r1", [])):
+        result = segment_a("red disc; green square; background", out, *options, "--reject-max", "1")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert len(np.unique(np.asarray(Image.open(tmp_path / out / "a_rgb.png")))) == 1
+    result = segment_a("red disc", "bad", "--reject", "1.5")
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --reject 1.5: a probability in (0, 1), e.g. 0.05"
 
