@@ -20,6 +20,7 @@ from jsonargparse import ArgumentError
 from commands.options import Command, log_ours
 from common.config_files import check_config_files, config_file_error
 from common.errors import (  # what ends a command in one line (cheap: no torch)
+    PATH_ERRNOS,
     STORAGE_ERRNOS,
     USER_ERRORS,
     broken_link,
@@ -208,6 +209,8 @@ def main(argv: list[str] | None = None, script: bool = False) -> int:
         with interruptible():  # Ctrl-C / SIGTERM: clean-ups run, then one line
             return command.run(args) or 0
     except USER_ERRORS as e:  # common/errors.py: one line, exit 2
+        if isinstance(e, OSError) and e.errno in PATH_ERRNOS and e.filename:  # the OS's own
+            return _one_line(f"error: {_link_fault(e) or storage_fault(e)}", 2)
         return _one_line(f"error: {_link_fault(e) or e}", 2)
     except (Interrupted, KeyboardInterrupt) as e:
         signum = getattr(e, "signum", signal.SIGINT)
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None, script: bool = False) -> int:
         link = _link_fault(e) if e.errno == errno.ELOOP else None
         if link:
             return _one_line(f"error: {link}", 2)
-        if e.errno not in STORAGE_ERRNOS:
+        if e.errno not in STORAGE_ERRNOS and e.errno not in PATH_ERRNOS:
             raise
         # the file at fault, else the output the command was writing (zarr's writes name none)
         output = next(

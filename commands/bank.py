@@ -157,7 +157,13 @@ def cmd_bank_info(args: argparse.Namespace) -> None:
 
 
 def cmd_bank_verify(args: argparse.Namespace) -> int:
+    from common.errors import SettingError
     from prompt_bank.verify import verify_bank
+
+    if args.regenerate < 0:
+        raise SettingError(f"--regenerate {args.regenerate}: give 0 or more items to rebuild")
+    if not args.tolerance >= 0:  # NaN too
+        raise SettingError(f"--tolerance {args.tolerance}: give 0 or more (0: bit-identical)")
 
     report = verify_bank(
         _open_bank(args.bank, args, check_seal=False),  # an edited seal is reported, not raised

@@ -65,6 +65,12 @@ STORAGE_ERRNOS = {
 """OSErrors of the storage rather than of dpseg, each with its fix: a full disk or quota, a file
 size limit, a folder the user may not write to. They end in one line, exit 2."""
 
+PATH_ERRNOS = {
+    errno.ENOTDIR: "a folder on that path is a file: choose a path under a folder",
+    errno.EEXIST: "a file of that name is in the way: remove it or choose another path",
+}
+"""OSErrors of a path the user gave (``--out photo.jpg/x``), each with its fix: one line, exit 2."""
+
 KEPT = "finished work is kept: run the command again then"
 NOTHING_LEFT = "nothing partial is left: run the command again then"
 
@@ -79,6 +85,8 @@ def storage_fault(error: OSError, where: str | None = None, after: str = KEPT) -
     denied = error.errno in (errno.EACCES, errno.EPERM) and isinstance(name, str | bytes)
     if denied and os.path.exists(name) and not os.access(name, os.R_OK):
         fix = "you may not read it: fix its permissions (chmod) or run as its owner"
+    elif error.errno in PATH_ERRNOS:
+        fix = PATH_ERRNOS[error.errno]
     else:
         fix = f"{STORAGE_ERRNOS[error.errno]} ({after})"
     return f"{place}{error.strerror or error} ({code}); {fix}"

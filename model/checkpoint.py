@@ -67,3 +67,37 @@ def reading_failed(error: BaseException, path: str | os.PathLike, option: str = 
     (an archive that passed :func:`check_checkpoint` but whose content is not a checkpoint)."""
     first = one_line(str(error).strip().splitlines()[0] if str(error).strip() else type(error))
     return CheckpointError(_fix(option, str(path)).format(why=f"{type(error).__name__}: {first}"))
+
+
+def weights_misfit(error: RuntimeError) -> str | None:
+    """The first line of torch's ``load_state_dict`` error when the weights do not fit the module
+    the recorded settings build (size mismatch, missing or unexpected keys); None otherwise."""
+    text = str(error)
+    if "Error(s) in loading state_dict" not in text:
+        return None
+    lines = [line.strip() for line in text.splitlines()[1:] if line.strip()]
+    return one_line(lines[0] if lines else text)[:200]
+
+
+def load_module(path: str | os.PathLike, option: str = "--ckpt"):
+    """The ``DPSegModule`` of a checkpoint of ``cli.py fit``, checked first
+    (:func:`check_checkpoint`); a file whose content is not a checkpoint, or whose weights do
+    not fit the settings it records (its ``hyper_parameters`` edited), is one CheckpointError."""
+    import pickle
+
+    from model.lightning import DPSegModule
+
+    check_checkpoint(path, option)  # garbage: one line, not torch's unpickling error
+    try:
+        return DPSegModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, KeyError) as e:  # an archive, not ours
+        raise reading_failed(e, path, option) from None
+    except RuntimeError as e:
+        misfit = weights_misfit(e)
+        if misfit is None:
+            raise
+        raise CheckpointError(
+            f"{option} {str(path)!r}: its weights do not fit the model its recorded settings "
+            f"(hyper_parameters) build ({misfit}); the settings were edited or belong to "
+            "another run: use the checkpoint as cli.py fit wrote it"
+        ) from None

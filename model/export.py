@@ -69,15 +69,14 @@ def export_model(
     test records to put in the card."""
     import torch
 
-    from model.checkpoint import check_checkpoint
-    from model.lightning import DPSegModule
+    from model.checkpoint import check_checkpoint, load_module
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise SettingError(f"--out {str(out)!r} is not empty; give a new folder")
     check_checkpoint(ckpt, "CKPT")
     scores = read_metrics(list(metrics))
-    module = DPSegModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    module = load_module(ckpt, "CKPT")
     # the step and epoch only: memory-mapped, the tensors are not read a second time
     raw = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
     state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import signal
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -106,15 +105,10 @@ class Predictor(ImagePredictor):
     def from_checkpoint(
         cls, path: str | os.PathLike, device: str | None = None, rounds: int | None = None
     ) -> Predictor:
-        from model.checkpoint import check_checkpoint, reading_failed
+        from model.checkpoint import load_module
 
         device = check_device(device)  # before the checkpoint is read
-        check_checkpoint(path, "--ckpt")  # garbage: one line, not torch's unpickling error
-        try:
-            module = DPSegModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, EOFError, KeyError) as e:  # an archive, not ours
-            raise reading_failed(e, path, "--ckpt") from None
-        return cls._with_rounds(module, device, rounds)
+        return cls._with_rounds(load_module(path, "--ckpt"), device, rounds)
 
     @classmethod
     def from_pretrained(

@@ -315,6 +315,8 @@ def load_model(location: str | os.PathLike, option: str = "--model"):
     first: :func:`resolve_model`), its weights checked and loaded strictly."""
     from safetensors.torch import load_file
 
+    from model.checkpoint import weights_misfit
+
     folder = resolve_model(location, option)
     config = read_config(folder, option)
     weights = check_weights(folder, config, option)
@@ -327,6 +329,16 @@ def load_model(location: str | os.PathLike, option: str = "--model"):
             "load the encoder weights it records "
             f"({config['encoder'].get('weights')}, revision {config['encoder'].get('revision')})"
         )
-    module.load_state_dict(load_file(str(weights)), strict=True)
+    try:
+        module.load_state_dict(load_file(str(weights)), strict=True)
+    except RuntimeError as e:
+        misfit = weights_misfit(e)
+        if misfit is None:
+            raise
+        raise ModelFileError(
+            f"{option}: {weights.name} does not fit the model {CONFIG} describes ({misfit}); "
+            f"{CONFIG} was edited or belongs to another model: export the model again "
+            "(cli.py model export)"
+        ) from None
     module.loaded_provenance = {"encoder": config["encoder"], "banks": config["banks"]}
     return module.eval()

@@ -503,6 +503,11 @@ def test_bank_verify_failure_is_status_1_and_a_missing_bank_is_2(tiny_bank, tmp_
     code, out, err = run_main(capsys, "bank", "verify", str(bank))
     assert code == 1 and "Traceback" not in err, out + err
     user_error(capsys, "bank", "verify", str(tmp_path / "nothing.zarr"))
+    # the probe: a traceback, and a "failed" bank with a max difference of 0
+    line = user_error(capsys, "bank", "verify", str(tiny_bank), "--regenerate", "-3")
+    assert line == "error: --regenerate -3: give 0 or more items to rebuild"
+    line = user_error(capsys, "bank", "verify", str(tiny_bank), "--tolerance", "-1")
+    assert line == "error: --tolerance -1.0: give 0 or more (0: bit-identical)"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -706,6 +711,54 @@ def test_a_model_pull_cut_by_a_file_size_limit_names_the_cache(trained, tmp_path
     assert run_main(capsys, "model", "push", str(model), remote, "--quiet")[0] == 0
     cache = tmp_path / "cache"
     pull_cut_short("model", remote, cache, f"the model cache {cache}/models/", limit=4096)
+
+
+def test_settings_that_do_not_fit_the_weights_are_one_line(trained, tmp_path, capsys):
+    """Found by the probe: a checkpoint whose hyper_parameters, or a model folder whose
+    config.json, were edited to another decoder size ended in torch's 40-line size mismatch."""
+    import torch
+
+    edited = tmp_path / "edited.ckpt"
+    state = torch.load(trained, map_location="cpu", weights_only=True)
+    state["hyper_parameters"]["dpseg"]["cost_channels"] = 16
+    torch.save(state, edited)
+    line = user_error(capsys, "model", "export", str(edited), "--out", str(tmp_path / "m"))
+    assert line.startswith(f"error: CKPT {str(edited)!r}: its weights do not fit the model its "), (
+        line
+    )
+    assert "size mismatch for" in line and "use the checkpoint as cli.py fit wrote it" in line
+    assert not (tmp_path / "m").exists()
+    model = tmp_path / "model"
+    assert run_main(capsys, "model", "export", str(trained), "--out", str(model))[0] == 0
+    config = json.loads((model / "config.json").read_text())
+    config["model"]["dpseg"]["cost_channels"] = 16
+    (model / "config.json").write_text(json.dumps(config))
+    Image.new("RGB", (32, 32)).save(tmp_path / "image.png")
+    for option, value in (("--model", model), ("--ckpt", edited)):
+        args = [option, str(value), "--images", str(tmp_path / "image.png"), "--vocab", "red disc"]
+        args.append("--out")
+        line = user_error(capsys, "segment", *args, str(tmp_path / "out"), "--text-only")
+        fits = "model.safetensors does not fit" if option == "--model" else "do not fit"
+        assert line.startswith(f"error: {option}") and fits in line, line
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["bank", "subset", "{bank}", "--vocab", "red disc", "--out", "{file}/s.zarr"],
+        ["bank", "subset", "{bank}", "--vocab", "red disc", "--out", "{file}"],
+        ["bank", "merge", "{bank}", "{bank}", "--out", "{file}/m.zarr"],
+    ],
+    ids=["subset under a file", "subset onto a file", "merge under a file"],
+)
+def test_an_output_path_through_a_file_is_one_line(tiny_bank, tmp_path, capsys, command):
+    """Found by the probe: NotADirectoryError (a traceback) and a bare "[Errno 17] File exists"."""
+    file = tmp_path / "photo.jpg"
+    file.write_bytes(b"jpeg")
+    args = [a.format(bank=tiny_bank, file=file) for a in command]
+    line = user_error(capsys, *args)
+    assert str(file) in line and "Errno" not in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.jpg"]
 
 
 def test_two_exports_racing_into_one_folder_end_in_one_line(trained, tmp_path, monkeypatch):
