@@ -290,6 +290,14 @@ def _check_array_metadata(group, arrays: dict, layout: BankLayout, where: str) -
     if local:  # the consolidated copy beside the arrays' own files
         root = json.loads(get_object(group.store, "zarr.json") or b"{}")
         copies = ((root.get("consolidated_metadata") or {}).get("metadata")) or {}
+        sealed = bool((dict(group.attrs).get("contents") or {}).get("complete"))
+        lacking = sorted(set(canonical) - set(copies)) if sealed else []
+        if lacking:  # what push uploads and every remote reader reads
+            raise BankFormatError(
+                f"{where}: the root zarr.json's consolidated metadata lacks the "
+                f"array{'s' if len(lacking) > 1 else ''} {', '.join(lacking)} (edited or damaged after the bank was sealed; a copy "
+                f"pushed from it could not be read); {REFETCH}"
+            )
     for path, want in canonical.items():
         got = json.loads(json.dumps(arrays[path].metadata.to_dict()))
         sources = [("its zarr.json" if local else "the root zarr.json's copy of it", got)]
@@ -298,6 +306,8 @@ def _check_array_metadata(group, arrays: dict, layout: BankLayout, where: str) -
         for source, meta in sources:
             fields = (set(want) | set(meta)) - {"attributes"}
             differ = sorted(k for k in fields if meta.get(k) != want.get(k))
+            if meta.get("attributes", {}) != got.get("attributes", {}):  # the copy's own
+                differ.append("attributes")
             if differ:
                 raise BankFormatError(
                     f"{where}: array {path}'s metadata in {source} is not the format's (its "

@@ -29,7 +29,7 @@ from common.progress import ProgressBar
 from prompt_bank.format import BankFormatError, BankMismatchError
 from prompt_bank.integrity import manifest_key, require_intact
 from prompt_bank.safety import LOCK_KEY, TAKEOVER_KEY, check_output
-from prompt_bank.seal import CARD_KEY, seal_disagreements, sealed_contents
+from prompt_bank.seal import CARD_KEY, manifest_hashes, seal_disagreements, sealed_contents
 from prompt_bank.store import Bank, filesystem, is_url, remote_errors, resolve_storage_options
 
 TRANSFER_BATCH = 16  # requests at once (ours: bounded, a small server's listen backlog holds them)
@@ -330,6 +330,13 @@ def _download(remote: Bank, url: str, staging: Path, options: dict, progress: bo
                 f"contents say {expected and expected[:12]}; the remote copy is damaged (its "
                 f"owner can check it with: python cli.py bank verify {url})"
             )
+    manifests = manifest_hashes(Bank.open(staging).group, remote.layout)
+    if manifests is None or manifests[0] != contents["objects"]:  # what repair and readers use
+        raise BankMismatchError(
+            f"{url}: its manifests (manifest/shard-*.json) disagree with the bank's sealed "
+            "contents; the remote copy is damaged (its owner can check it with: python cli.py "
+            f"bank verify {url})"
+        )
     return sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
 
 

@@ -440,3 +440,52 @@ def test_the_repair_advice_for_a_bank_at_a_url_is_a_push_not_a_repair():
     assert "bank repair" not in disagreement_error(url, 0, ["visual/level_1/c/0/0/0/0"])
     for writable in ("b.zarr", "file:///tmp/b.zarr", "s3://bucket/b.zarr"):
         assert repair_command(writable) == f"python cli.py bank repair {writable}"
+
+
+@pytest.mark.parametrize("edit", ["one array's entry", "the whole table", "attributes"])
+def test_a_sealed_bank_whose_consolidated_metadata_was_edited_is_neither_served_nor_pushed(
+    reference, tmp_path, capsys, monkeypatch, edit
+):
+    """Found by the probe: a root zarr.json without an array's entry verified and pushed, and the
+    pushed copy could not be read by anyone."""
+    bank = copy_of(reference, tmp_path)
+    root = json.loads((bank / "zarr.json").read_text())
+    if edit == "one array's entry":
+        del root["consolidated_metadata"]["metadata"]["visual/level_1"]
+    elif edit == "the whole table":
+        root["consolidated_metadata"] = None
+    else:
+        root["consolidated_metadata"]["metadata"]["visual/level_1"]["attributes"] = {"a": 1}
+    (bank / "zarr.json").write_text(json.dumps(root))
+    remote = tmp_path / "remote.zarr"
+    for command in (["info", str(bank)], ["push", str(bank), f"file://{remote}", "--quiet"]):
+        result = cli_here(capsys, monkeypatch, "bank", *command)
+        assert result.returncode == 2, result.stdout + result.stderr
+        (line,) = result.stderr.splitlines()
+        expected = "lacks the array" if edit != "attributes" else "(its attributes"
+        assert line.startswith(f"error: {str(bank)!r}: ") and expected in line, line
+    assert not remote.exists()
+
+
+def test_a_remote_whose_manifest_disagrees_with_its_seal_is_not_pulled(
+    reference, tmp_path, capsys, monkeypatch
+):
+    """Found by the probe: the objects matched the seal, so the pull said every object was
+    checked; the copy then failed verify, and stayed in the cache under its content key."""
+    remote = tmp_path / "remote.zarr"
+    assert (
+        cli_here(capsys, monkeypatch, "bank", "push", str(reference), f"file://{remote}").returncode
+        == 0
+    )
+    manifest = remote / "manifest" / "shard-00001.json"
+    body = json.loads(manifest.read_text())
+    key = sorted(body["objects"])[0]
+    body["objects"][key] = ["0" * 64]
+    manifest.write_text(json.dumps(body))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DPSEG_CACHE", str(cache))
+    result = cli_here(capsys, monkeypatch, "bank", "pull", f"file://{remote}", "--quiet")
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.splitlines()
+    assert "its manifests (manifest/shard-*.json) disagree with the bank's sealed" in line, line
+    assert not cache.exists() or [p for p in cache.rglob("*") if p.is_file()] == []
