@@ -159,6 +159,13 @@ def _layout_from_attrs(attrs: dict, arrays: dict) -> BankLayout:
         raise BankFormatError(
             f"attribute encoder.level_dims is {levels!r}; expected a list of ints"
         )
+    keep = build.get("keep_images", False)
+    if bool(keep) != (images is not None):  # repair would rebuild what the attribute says
+        raise BankFormatError(
+            f"attribute build.keep_images is {keep!r}, but the bank "
+            f"{'has no' if images is None else 'has a'} visual/images array (its zarr.json was "
+            f"edited or damaged); {REFETCH}"
+        )
     level_array = arrays.get("visual/level_1")
     return BankLayout(
         num_classes=len(classes),

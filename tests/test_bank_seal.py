@@ -489,3 +489,18 @@ def test_a_remote_whose_manifest_disagrees_with_its_seal_is_not_pulled(
     (line,) = result.stderr.splitlines()
     assert "its manifests (manifest/shard-*.json) disagree with the bank's sealed" in line, line
     assert not cache.exists() or [p for p in cache.rglob("*") if p.is_file()] == []
+
+
+def test_an_edited_keep_images_is_refused_not_a_repair_traceback(reference, tmp_path):
+    """Found by the probe: build.keep_images edited to true (of a bank without images) passed
+    every reader, and repair then ended in KeyError 'visual/images'; here the other way round."""
+    bank = copy_of(reference, tmp_path)
+    root = json.loads((bank / "zarr.json").read_text())
+    assert root["attributes"]["build"]["keep_images"] is True  # the reference keeps its images
+    root["attributes"]["build"]["keep_images"] = False
+    (bank / "zarr.json").write_text(json.dumps(root))
+    for command in ("info", "repair"):
+        result = run_cli("bank", command, str(bank))
+        assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+        (line,) = result.stderr.splitlines()
+        assert "attribute build.keep_images is False, but the bank has a visual/images" in line
