@@ -18,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from jsonargparse import ArgumentError
 
 from commands.options import Command, log_ours
-from common.config_files import check_config_files, config_file_error
+from common.config_files import check_config_files, config_file_error, option_type_error
 from common.errors import (  # what ends a command in one line (cheap: no torch)
     PATH_ERRNOS,
     STORAGE_ERRNOS,
@@ -148,6 +148,7 @@ def _parse(argv: list[str]) -> tuple[Command, object]:
         return _chosen(parser.parse_args(argv[len(path) :]), command)
     except ArgumentError as e:
         error = config_file_error(argv, " ".join(path), str(e))
+        error = error or option_type_error(argv, " ".join(path), str(e))
         if error is None:  # a mistake on the command line: argparse's usage, then the message
             parser.exit_on_error = True
             parser.error(str(e))

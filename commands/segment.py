@@ -94,6 +94,9 @@ def _check_segment_arguments(args: argparse.Namespace) -> None:
         raise SettingError(f"--ckpt {args.ckpt!r} and --model {args.model!r}: give one of them")
     check_device(args.device)
     check_output_folder(args.out, "--out")
+    from data.datasets import max_pixels
+
+    max_pixels()  # a bad $DPSEG_MAX_PIXELS: one line before --out is made
     if args.max_pixels is not None:
         if args.max_pixels < 1:
             raise SettingError(f"--max-pixels {args.max_pixels}: give a number of pixels >= 1")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from common.errors import UnreadableFileError, one_line
+from common.errors import SettingError, UnreadableFileError, one_line
 
 
 def read_config(path: str):
@@ -111,6 +111,37 @@ def short_parse_error(message: str) -> str:
         return one_line(message)
     keys = re.findall(r'Parser key "([^"]+)"', message[: reason.start()])
     return f"{'.'.join(keys)}: {reason.group(1)}" if keys else reason.group(1)
+
+
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "text", "bool": "true or false"}
+
+
+def option_type_error(argv: list[str], command: str, message: str) -> SettingError | None:
+    """jsonargparse's error for an option value of the wrong type (``Parser key "batch_size":
+    Does not validate ... Given value: abc``, ten lines after the usage) as one line naming the
+    option, the value and what it takes; None for any other error."""
+    key = re.match(r'Parser key "([^"]+)"', message)
+    given = re.search(r"(?:Given|Got) value: (.*)", message)
+    if key is None or given is None:
+        return None
+    name = key.group(1)
+    spellings = [f"--{name}", f"--{name.replace('_', '-')}"]
+    option = next((a for a in argv for s in spellings if a == s or a.startswith(s + "=")), None)
+    option = (option or spellings[1]).split("=")[0]
+    wanted = []
+    for kind in re.findall(r"Expected a (typing\.Literal\[[^\]]*\]|<class '(\w+)'>)", message):
+        literal, cls = kind
+        if cls == "NoneType":
+            continue
+        if literal.startswith("typing.Literal"):
+            wanted.append("one of " + literal[len("typing.Literal[") : -1])
+        else:
+            wanted.append(_TYPE_NAMES.get(cls, cls))
+    expected = " or ".join(dict.fromkeys(wanted)) or "another value"
+    return SettingError(
+        f"{option} {given.group(1).strip()!r}: expected {expected} (cli.py {command} --help "
+        "lists the options)"
+    )
 
 
 def config_file_error(argv: list[str], command: str, message: str) -> UnreadableFileError | None:

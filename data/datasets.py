@@ -121,6 +121,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             file, the reason and the fix, on one line.
     """
     limit = max_pixels()
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        # a limit raised past PIL's own guard (179 M pixels refused on open) is the user's
+        # choice: PIL's guard follows it
+        Image.MAX_IMAGE_PIXELS = limit
     if os.path.exists(path) and not os.path.isfile(path):  # a pipe would block the open forever
         raise UnreadableImageError(
             path, "not a regular file (a folder, pipe or device)", "give an image file"

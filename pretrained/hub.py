@@ -36,13 +36,13 @@ def _hub_unreachable_reason(timeout: float = 3.0) -> str | None:
 
 
 def unavailable_message(what: str, model_id: str, local_option: str, reason: str) -> str:
+    """One line: what needs which weights, why they cannot be had, and the three fixes."""
     return (
         f"{what} needs the weights {model_id!r} from the Hugging Face hub, which are not in the "
-        f"local cache and cannot be downloaded ({reason}).\n"
-        f"  fix 1: download them where there is internet (hf download {model_id}) "
-        f"and pass the folder or file with {local_option}\n"
-        "  fix 2: copy the Hugging Face cache (~/.cache/huggingface) to this machine\n"
-        "  fix 3: run offline with the tiny presets (PRESET=tiny, or --encoder tiny-convnext / "
+        f"local cache and cannot be downloaded ({reason}); download them where there is "
+        f"internet (hf download {model_id}) and pass the folder or file with {local_option}, "
+        "or copy the Hugging Face cache (~/.cache/huggingface) here, or run offline with the "
+        "tiny presets (--preset tiny; make bank PRESET=tiny; --encoder tiny-convnext / "
         "--generator tiny-sd), which need no download"
     )
 

@@ -1153,3 +1153,62 @@ def test_a_bank_whose_out_is_not_utf8_is_sealed(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "\\udcff" in (tmp_path / out / "README.md").read_text()
     assert Bank.open(tmp_path / out).attrs["contents"]["complete"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["bank", "build", "--vocab", "x", "--out", "y.zarr", "--batch-size", "abc"],
+            "error: --batch-size 'abc': expected an integer (cli.py bank build --help lists the "
+            "options)",
+        ),
+        (
+            [
+                "segment",
+                "--ckpt",
+                "x",
+                "--images",
+                "y",
+                "--vocab",
+                "z",
+                "--out",
+                "o",
+                "--rounds",
+                "3",
+            ],
+            "error: --rounds '3': expected one of 1, 2 (cli.py segment --help lists the options)",
+        ),
+        (
+            ["bank", "verify", "b.zarr", "--tolerance=xyz"],
+            "error: --tolerance 'xyz': expected a number (cli.py bank verify --help lists the "
+            "options)",
+        ),
+    ],
+    ids=["int", "literal", "float"],
+)
+def test_an_option_value_of_the_wrong_type_is_one_line(capsys, args, expected):
+    """Found by the probe: the usage, then jsonargparse's ten-line dump of the subtypes."""
+    code, _, err = run_main(capsys, *args)
+    assert (code, err) == (2, expected + "\n")
+
+
+def test_a_pixel_limit_above_pils_guard_lifts_it_and_a_bad_one_writes_nothing(
+    tmp_path, monkeypatch, capsys
+):
+    """Found by the probe: --max-pixels 500000000 still met PIL's own 179 M refusal on open;
+    DPSEG_MAX_PIXELS=abc left an empty --out behind."""
+    from data.datasets import read_image
+
+    small = tmp_path / "small.png"
+    Image.new("RGB", (40, 30)).save(small)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after
+    monkeypatch.setenv("DPSEG_MAX_PIXELS", "500000000")
+    assert read_image(small).shape == (30, 40, 3)
+    assert Image.MAX_IMAGE_PIXELS == 500_000_000  # PIL refuses from twice this, on open
+    monkeypatch.setenv("DPSEG_MAX_PIXELS", "abc")
+    out = tmp_path / "out"
+    args = ["--ckpt", "x.ckpt", "--images", str(small), "--vocab", "cat", "--out", str(out)]
+    line = user_error(capsys, "segment", *args)
+    assert line == "error: $DPSEG_MAX_PIXELS='abc': give a whole number of pixels >= 1"
+    assert not out.exists()
