@@ -41,6 +41,11 @@ def read_metrics(paths: list[str | os.PathLike]) -> list[dict]:
     for path in paths:
         path = Path(path)
         keep = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "fwIoU", "pACC")
+        if not path.is_file():
+            raise ModelFileError(
+                f"--metrics {str(path)!r}: no such file; give the DATASET.run.json that cli.py "
+                "test writes in --model.results_dir"
+            )
         try:
             run = json.loads(path.read_text())
             scores = {

@@ -49,13 +49,16 @@ def cache_dir(bank: Bank) -> Path:
     be written, else the keyed local cache (a team's bank on a read-only share; ours)."""
     dirs = cache_dirs(bank)
     if len(dirs) == 2 and not _may_write(dirs[0]):
-        log.info("%s is read-only: classes generated for it are cached in %s", *dirs)
+        log.info("%s cannot be written: classes generated for it are cached in %s", *dirs)
         return dirs[1]
     return dirs[0]
 
 
 def _may_write(folder: Path) -> bool:
-    """Whether ``folder``, or the nearest folder above it that exists, may be written."""
+    """Whether ``folder``, or the nearest folder above it that exists, may be written (a file
+    where the folder should be may not)."""
+    if folder.exists() and not folder.is_dir():
+        return False
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     return os.access(folder, os.W_OK | os.X_OK)

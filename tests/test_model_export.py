@@ -119,6 +119,8 @@ def test_the_card_lists_each_test_record_it_was_given(trained, tmp_path):
 
     with pytest.raises(ModelFileError, match="not a test record"):
         export_model(trained, tmp_path / "model2", [tmp_path / "bad.json"])
+    with pytest.raises(ModelFileError, match=r"nothere\.json': no such file; give the"):
+        export_model(trained, tmp_path / "model2", [tmp_path / "nothere.json"])
 
 
 @pytest.mark.parametrize(

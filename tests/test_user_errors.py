@@ -1212,3 +1212,20 @@ def test_a_pixel_limit_above_pils_guard_lifts_it_and_a_bad_one_writes_nothing(
     line = user_error(capsys, "segment", *args)
     assert line == "error: $DPSEG_MAX_PIXELS='abc': give a whole number of pixels >= 1"
     assert not out.exists()
+
+
+def test_a_file_where_a_banks_cache_belongs_sends_the_cache_to_the_keyed_folder(
+    tiny_bank, tmp_path
+):
+    """The probe: ``<bank>.cache`` a file was reported as a read-only folder."""
+    from prompt_bank.extend import cache_dir, cache_dirs
+    from prompt_bank.store import Bank
+
+    bank = tmp_path / "bank.zarr"
+    shutil.copytree(tiny_bank, bank)
+    opened = Bank.open(bank)
+    key = opened.seal["content_key"][:16]
+    assert cache_dir(opened) == tmp_path / "bank.cache"
+    (tmp_path / "bank.cache").write_text("not a folder")
+    assert cache_dir(opened) == Path("banks") / "cache" / key
+    assert cache_dirs(opened) == [tmp_path / "bank.cache", Path("banks") / "cache" / key]
