@@ -15,9 +15,15 @@ def _write_dataset(args: argparse.Namespace, config_class, write, class_names, w
     from common.errors import check_output_file, check_output_folder
     from data.catalog import datasets_root
 
+    from common.errors import SettingError
+
     splits = {"train_images": args.train, "val_images": args.val}
     if getattr(args, "test", None) is not None:
         splits["test_images"] = args.test
+    for key, count in splits.items():
+        if count < 0:  # named as the user typed it, not as the config's field
+            option = "--" + key.removesuffix("_images")
+            raise SettingError(f"{option} {count}: give 0 or more images")
     config = config_class(**splits, size=args.size, seed=args.seed)  # SettingError: one line
     check_output_folder(datasets_root(args.root), "--root")  # before any image is drawn
     if args.preview:

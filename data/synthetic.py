@@ -266,7 +266,7 @@ def write_rendered_dataset(
             signum = getattr(e, "signum", signal.SIGINT)
             raise Interrupted(
                 signum,
-                f"--root: interrupted by {signal.Signals(signum).name} after {done} of "
+                f"data interrupted by {signal.Signals(signum).name} after {done} of "
                 f"{len(jobs)} images; those are kept in {str(out)!r}: run the same command again "
                 "to finish the dataset",
             ) from None

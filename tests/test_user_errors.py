@@ -538,7 +538,13 @@ def test_a_signal_ends_any_command_in_one_line(tmp_path, signum):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signum, err[-3000:]
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and "interrupted by SIG" in lines[0], err[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: data interrupted by SIG"), err[-3000:]
+
+
+def test_a_negative_image_count_names_the_option(capsys):
+    """The probe: "train_images=-1, val_images=1: counts must be >= 0" (the config's names)."""
+    line = user_error(capsys, "data", "toy", "--root", "r", "--train", "-1")
+    assert line == "error: --train -1: give 0 or more images"
 
 
 @pytest.mark.parametrize("when", ["ended", "began"])
