@@ -12,10 +12,8 @@ def _write_dataset(args: argparse.Namespace, config_class, write, class_names, w
     """Write a rendered dataset (synthetic, toy) in the detectron2 layout, with a preview."""
     from pathlib import Path
 
-    from common.errors import check_output_file, check_output_folder
+    from common.errors import SettingError, check_output_file, check_output_folder
     from data.catalog import datasets_root
-
-    from common.errors import SettingError
 
     splits = {"train_images": args.train, "val_images": args.val}
     if getattr(args, "test", None) is not None:
