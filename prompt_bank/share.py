@@ -26,7 +26,7 @@ from pathlib import Path
 from common.errors import staged_write
 from common.io import move_into_place, remove_staging
 from common.progress import ProgressBar
-from prompt_bank.format import BankFormatError, BankMismatchError
+from prompt_bank.format import REFETCH, BankFormatError, BankMismatchError
 from prompt_bank.integrity import manifest_key, require_intact
 from prompt_bank.safety import LOCK_KEY, TAKEOVER_KEY, check_output
 from prompt_bank.seal import CARD_KEY, manifest_hashes, seal_disagreements, sealed_contents
@@ -314,7 +314,14 @@ def _download(remote: Bank, url: str, staging: Path, options: dict, progress: bo
         with ProgressBar("pull", contents["bytes"], unit="bytes", enabled=progress) as bar:
             for i in range(0, len(keys), TRANSFER_BATCH):  # bounded concurrent requests
                 batch = keys[i : i + TRANSFER_BATCH]
-                blobs = fs.cat([f"{base.rstrip('/')}/{k}" for k in batch])
+                try:
+                    blobs = fs.cat([f"{base.rstrip('/')}/{k}" for k in batch])
+                except FileNotFoundError as e:  # an object the seal lists is not there
+                    raise BankMismatchError(
+                        f"{url}: {e.filename or e} is missing there; the remote copy is "
+                        "incomplete (its owner can push a good copy over it: python cli.py bank "
+                        f"push GOOD_COPY {url}, which uploads what differs)"
+                    ) from None
                 for key in batch:
                     data = blobs[f"{base.rstrip('/')}/{key}"]
                     target = staging / key
@@ -330,7 +337,16 @@ def _download(remote: Bank, url: str, staging: Path, options: dict, progress: bo
                 f"contents say {expected and expected[:12]}; the remote copy is damaged (its "
                 f"owner can check it with: python cli.py bank verify {url})"
             )
-    manifests = manifest_hashes(Bank.open(staging).group, remote.layout)
+    try:
+        local = Bank.open(staging)
+    except (BankFormatError, BankMismatchError) as e:  # named by the URL, not the staging folder
+        reason = str(e).replace(f"; {REFETCH}", "")
+        reason = reason.replace(repr(str(staging)) + ": ", "").replace(str(staging), "the copy")
+        raise BankMismatchError(
+            f"{url}: the downloaded copy is not a whole bank ({reason}); the remote copy is "
+            f"damaged (its owner can check it with: python cli.py bank verify {url})"
+        ) from None
+    manifests = manifest_hashes(local.group, remote.layout)
     if manifests is None or manifests[0] != contents["objects"]:  # what repair and readers use
         raise BankMismatchError(
             f"{url}: its manifests (manifest/shard-*.json) disagree with the bank's sealed "

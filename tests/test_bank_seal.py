@@ -504,3 +504,30 @@ def test_an_edited_keep_images_is_refused_not_a_repair_traceback(reference, tmp_
         assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
         (line,) = result.stderr.splitlines()
         assert "attribute build.keep_images is False, but the bank has a visual/images" in line
+
+
+@pytest.mark.parametrize("damage", ["missing manifest", "edited array metadata"])
+def test_a_damaged_remote_is_named_by_its_url_when_pulled(
+    reference, tmp_path, capsys, monkeypatch, damage
+):
+    """Found by the probe: a raw "[Errno 2] No such file" for a file missing at the remote, and
+    the temporary .partial- folder named for an array zarr.json edited there."""
+    remote = tmp_path / "remote.zarr"
+    push = cli_here(capsys, monkeypatch, "bank", "push", str(reference), f"file://{remote}")
+    assert push.returncode == 0, push.stderr
+    if damage == "missing manifest":
+        (remote / "manifest" / "shard-00002.json").unlink()
+        expected = "manifest/shard-00002.json is missing there; the remote copy is incomplete"
+    else:
+        meta = json.loads((remote / "visual" / "level_1" / "zarr.json").read_text())
+        meta["fill_value"] = 1
+        (remote / "visual" / "level_1" / "zarr.json").write_text(json.dumps(meta))
+        expected = "the downloaded copy is not a whole bank (array visual/level_1's metadata"
+    monkeypatch.setenv("DPSEG_CACHE", str(tmp_path / "cache"))
+    result = cli_here(capsys, monkeypatch, "bank", "pull", f"file://{remote}", "--quiet")
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: file://{remote}: ") and expected in line, line
+    assert ".partial-" not in line and "Errno" not in line
+    cache = tmp_path / "cache"
+    assert not cache.exists() or [p for p in cache.rglob("*") if p.is_file()] == []
