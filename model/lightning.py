@@ -32,7 +32,7 @@ from model.data_module import stack_images
 from model.dpseg import DPSeg, DPSegConfig
 from model.evaluation import SegmentationModule
 from model.factory import build_dpseg
-from model.prompts import BankProvenance, load_prompts
+from model.prompts import BankProvenance, check_bank_encoder, load_prompts
 from model.refine import RefineConfig, background_class
 from pretrained.backbone import ClipEncoder
 from pretrained.fingerprint import fingerprint_mismatch, package_versions
@@ -338,7 +338,7 @@ class DPSegModule(SegmentationModule):
                 )
             prompts = self.text_only_prompts(vocabulary)
         else:
-            opened = self.check_templates(Bank.open(bank))
+            opened = self.check_bank(Bank.open(bank))
             prompts = self.bank_prompts([opened], vocabulary, self.allow_text_only)
             self._provenance[dataset] = asdict(BankProvenance.of(opened))
         self._prompts[dataset] = prompts
@@ -346,8 +346,10 @@ class DPSegModule(SegmentationModule):
         self._backgrounds[dataset] = background_class(vocabulary.names)
         return prompts
 
-    def check_templates(self, bank):
-        """The bank, if it has the model's number of templates P (the cost embedding's input)."""
+    def check_bank(self, bank):
+        """The bank, if it was built by the model's prompt encoder and has its number of
+        templates P (the cost embedding's input): checked before any class is generated for it."""
+        check_bank_encoder(bank, self.hparams.encoder, self.encoder_fingerprint)
         p = self.model.num_templates
         if len(bank.templates) != p:
             raise BankMismatchError(

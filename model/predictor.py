@@ -185,7 +185,7 @@ class Predictor(ImagePredictor):
             if bank is not None:
                 log.info("using the checkpoint's training bank %s", bank)
         banks = [] if bank is None else [bank, *extra_banks]
-        banks = [module.check_templates(b if isinstance(b, Bank) else Bank.open(b)) for b in banks]
+        banks = [module.check_bank(b if isinstance(b, Bank) else Bank.open(b)) for b in banks]
         self.sources = {}
         for i, opened in enumerate(banks):
             for c, row in zip(vocabulary, class_index(opened.classes, vocabulary)):
@@ -228,7 +228,7 @@ class Predictor(ImagePredictor):
         bank = bank or self.training_bank()
         extra = []
         if bank is not None and not text_only:
-            opened = self.module.check_templates(Bank.open(bank))  # before any generation
+            opened = self.module.check_bank(Bank.open(bank))  # before any generation
             extra = build_missing_classes(opened, vocabulary, generator_weights, progress)
             bank = opened  # opened once
         return self.set_vocabulary(vocabulary, bank=bank, extra_banks=extra, text_only=text_only)

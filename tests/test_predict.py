@@ -375,3 +375,19 @@ def test_an_image_name_that_is_not_utf8_is_segmented_and_recorded(
     record = json.loads((out / f"{stem}.json").read_text(encoding="ascii"))
     assert os.fsencode(record["image"]) == os.fsencode(str(folder / name))
     assert json.loads((out / "summary.json").read_text())["images"] == 1
+
+
+def test_a_bank_of_another_encoder_is_refused_before_any_class_is_generated(
+    trained, world, mixed_images, tmp_path, capsys, monkeypatch
+):
+    """Found by the probe: segment generated (and cached) the classes the bank lacked, and only
+    then refused the bank for its encoder."""
+    from conftest import TEMPLATES, make_bank
+
+    other = make_bank(tmp_path / "vit.zarr", f"imagenet80:{TEMPLATES}", encoder="tiny-vit")
+    args = ["segment", "--ckpt", str(trained), "--bank", str(other), "--images"]
+    args += [str(mixed_images / "a_rgb.jpg"), "--vocab", "red disc; zebra", "--quiet"]
+    result = cli_here(capsys, monkeypatch, *args, "--out", str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Build a bank with the model's encoder" in result.stderr.splitlines()[-1]
+    assert not (tmp_path / "vit.cache").exists() and not (tmp_path / "banks").exists()
