@@ -164,6 +164,12 @@ def build_lock(group, location: str, command: str | None = None):
         "command": command,
         "token": uuid.uuid4().hex,
     }
+    lock = Path(str(location)) / LOCK_KEY
+    if not is_url(str(location)) and lock.is_dir():  # no process writes a folder there
+        raise BankLockError(
+            f"{lock} is a folder, not a build lock (a process holds a bank with a file there); "
+            f"remove it (rm -r {lock}) and run the command again"
+        )
     unreadable = 0  # consecutive reads of an empty or unreadable lock
     for attempt in range(200):
         raw, holder = _claim(store, LOCK_KEY, mine)

@@ -531,3 +531,17 @@ def test_a_damaged_remote_is_named_by_its_url_when_pulled(
     assert ".partial-" not in line and "Errno" not in line
     cache = tmp_path / "cache"
     assert not cache.exists() or [p for p in cache.rglob("*") if p.is_file()] == []
+
+
+def test_a_folder_where_the_build_lock_belongs_is_named_with_its_fix(
+    reference, tmp_path, capsys, monkeypatch
+):
+    """The probe: 16 s of retries, then "delete build.lock.takeover", a file that is not there."""
+    bank = copy_of(reference, tmp_path)
+    (bank / "build.lock").mkdir()
+    result = cli_here(capsys, monkeypatch, "bank", "repair", str(bank))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == (
+        f"error: {bank}/build.lock is a folder, not a build lock (a process holds a bank with a "
+        f"file there); remove it (rm -r {bank}/build.lock) and run the command again\n"
+    )
