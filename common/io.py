@@ -85,6 +85,27 @@ def remove_staging(path: str | os.PathLike, settle: float = 0.1, limit: float = 
             return
 
 
+def special_file_kind(path: str | os.PathLike, folders: bool = False) -> str | None:
+    """What ``path`` is where a regular file belongs ("a pipe", "a folder", "a link that leads
+    nowhere", ...), or None for a regular file or nothing at all. A pipe would block a read
+    forever and a device (a link to /dev/zero) be read without end: one ``stat``, no read.
+    ``folders``: a folder passes too."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a link that leads nowhere" if os.path.islink(path) else None
+    except OSError as e:  # a link that loops, a path through a file
+        what = "a link" if os.path.islink(path) else "a path"
+        return f"{what} that cannot be followed ({e.strerror})"
+    if stat.S_ISREG(mode) or (folders and stat.S_ISDIR(mode)):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a pipe" if stat.S_ISFIFO(mode) else "a device, socket or other special file"
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """The sha256 of a file's bytes, read in 4 MiB blocks (weights of any size)."""
     import hashlib

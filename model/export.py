@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from common.errors import SettingError, UnreadableFileError, staged_write
-from common.io import file_sha256, move_into_place, remove_staging
+from common.io import file_sha256, move_into_place, remove_staging, special_file_kind
 
 FORMAT, FORMAT_VERSION = "dpseg-model", 1
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
@@ -245,6 +245,12 @@ def metrics_table(metrics: list[dict]) -> str:
 
 def read_config(folder: Path, option: str) -> dict:
     path = folder / CONFIG
+    special = special_file_kind(path)
+    if special is not None:
+        raise ModelFileError(
+            f"{option} {str(folder)!r}: {CONFIG} is {special}, not a file; export or pull the "
+            "model again"
+        )
     if not path.is_file():
         raise ModelFileError(
             f"{option} {str(folder)!r}: no {CONFIG}; an exported model is a folder written by "
@@ -256,6 +262,11 @@ def read_config(folder: Path, option: str) -> dict:
 def check_weights(folder: Path, config: dict, option: str) -> Path:
     """The weights file of a model folder, present and with the sha256 its config records."""
     weights = Path(folder) / config["weights"]["file"]
+    special = special_file_kind(weights)
+    if special is not None:
+        raise ModelFileError(
+            f"{option}: {weights} is {special}, not a file; export or pull the model again"
+        )
     if not weights.is_file():
         raise ModelFileError(f"{option}: {weights} is missing; export or pull the model again")
     found = file_sha256(weights)

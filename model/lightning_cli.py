@@ -250,7 +250,17 @@ class SegmentationCLI(LightningCLI):
 
     def _run_trainer(self, name: str, **kwargs) -> None:
         """``trainer.<name>(**kwargs)``; Lightning's exit after a Ctrl-C it caught (a second one
-        in fit, any in validate/test/predict) becomes one line."""
+        in fit, any in validate/test/predict) becomes one line. A run that fails before it made
+        anything (no step trained, no checkpoint) leaves no runs/<method>/version_N behind."""
+        made = _folders_to_be_made(self.trainer)
+        try:
+            self._run_trainer_once(name, **kwargs)
+        except BaseException:
+            if self.trainer.is_global_zero and (name != "fit" or self.trainer.global_step == 0):
+                _remove_unless_checkpointed(made)
+            raise
+
+    def _run_trainer_once(self, name: str, **kwargs) -> None:
         try:
             getattr(self.trainer, name)(**kwargs)
         except SystemExit as e:
@@ -306,6 +316,30 @@ class SegmentationCLI(LightningCLI):
         if self.subcommand == "fit":
             self.interruption.install()
         return trainer
+
+
+def _folders_to_be_made(trainer) -> list[Path]:
+    """The topmost folder of each logger's run folder (runs/dpseg/version_N) that does not exist
+    yet: the ones this run will make."""
+    made = []
+    for logger in trainer.loggers:
+        folder = Path(logger.log_dir) if logger.log_dir else None
+        if folder is None or folder.exists():
+            continue
+        while not folder.parent.exists():
+            folder = folder.parent
+        made.append(folder)
+    return made
+
+
+def _remove_unless_checkpointed(folders: list[Path]) -> None:
+    """Remove the folders a failed run made (its config.yaml and empty logs), unless a checkpoint
+    was saved in one (those are the run's work)."""
+    import shutil
+
+    for folder in folders:
+        if folder.is_dir() and not any(folder.rglob("*.ckpt")):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def method_class(config) -> type | None:

@@ -197,13 +197,15 @@ def pull_model(
         ModelFileError: ``url`` holds no model, or its weights arrive with another sha256.
         RemoteError: the store could not be reached.
     """
-    from prompt_bank.share import cache_dir
+    from prompt_bank.share import checked_cache_dir
 
     options = resolve_storage_options(storage_options)
     if to is not None:
         from common.errors import check_output_folder
 
         check_output_folder(to, "--to")  # a file, or a path below one: refused before any request
+    else:
+        cache = checked_cache_dir("models")
     with remote_errors(url, "model pull from"):
         fs, base = filesystem(url, options)
         base = base.rstrip("/")
@@ -215,7 +217,7 @@ def pull_model(
             )
         config = parse_config(raw, f"{url}/{CONFIG}", "URL")
         key = model_key(raw)
-        target = Path(to) if to is not None else cache_dir("models") / key
+        target = Path(to) if to is not None else cache / key
         if cached_copy_is_whole(target, raw):
             return {"path": str(target), "downloaded": 0, "key": key}
         if target.exists() and (target / CONFIG).is_file():

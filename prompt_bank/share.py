@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from common.errors import staged_write
+from common.errors import SettingError, staged_write
 from common.io import move_into_place, remove_staging
 from common.progress import ProgressBar
 from prompt_bank.format import REFETCH, BankFormatError, BankMismatchError
@@ -47,6 +47,22 @@ def cache_dir(kind: str = "banks") -> Path:
         return root if kind == "banks" else root / kind
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "dpseg" / kind
+
+
+def checked_cache_dir(kind: str = "banks") -> Path:
+    """:func:`cache_dir`, refused in one line (before any request) where a file stands in its
+    way, naming ``$DPSEG_CACHE`` where that chose it."""
+    folder = cache_dir(kind)
+    label = f"the {kind} cache"
+    if os.environ.get("DPSEG_CACHE"):
+        label += " ($DPSEG_CACHE)" if kind == "banks" else f" ($DPSEG_CACHE/{kind})"
+    in_the_way = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if in_the_way is not None and not in_the_way.is_dir():
+        raise SettingError(
+            f"{label} {str(folder)!r}: {str(in_the_way)!r} is a file, so the cache cannot be "
+            "there; remove the file, or set $DPSEG_CACHE to another folder"
+        )
+    return folder
 
 
 def bank_keys(bank: Bank) -> list[str]:
@@ -363,7 +379,7 @@ def pull_bank(
     options = resolve_storage_options(storage_options)
     remote = Bank.open(url, options)
     contents = _require_sealed(remote, "pulled")
-    target = Path(to) if to else cache_dir() / contents["content_key"]
+    target = Path(to) if to else checked_cache_dir() / contents["content_key"]
     if _content_key(target) == contents["content_key"]:
         return {"path": str(target), "downloaded": 0, "content_key": contents["content_key"]}
     start = time.perf_counter()

@@ -177,23 +177,14 @@ def refuse_irregular_files(location: str) -> None:
     """A local bank holds folders and regular files only (ours): a FIFO there would block a read
     forever, a device (a link to /dev/zero) would be read without end, and a link that loops
     fails deep inside zarr. One stat per file, before anything is read."""
-    import stat
+    from common.io import special_file_kind
 
     for folder, dirs, files in os.walk(location):  # links to folders are not followed
         for name in [*files, *(d for d in dirs if os.path.islink(os.path.join(folder, d)))]:
             path = os.path.join(folder, name)
-            try:
-                mode = os.stat(path).st_mode
-            except FileNotFoundError:
-                if not os.path.islink(path):
-                    continue  # removed since it was listed (a writer's temporary file)
-                kind = "a link that leads nowhere"
-            except OSError as e:  # a link that loops
-                kind = f"a link that cannot be followed ({e.strerror})"
-            else:
-                if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-                    continue
-                kind = "a pipe" if stat.S_ISFIFO(mode) else "a device, socket or other special file"
+            kind = special_file_kind(path, folders=True)
+            if kind is None:
+                continue  # a file, a folder, or removed since it was listed (a temporary file)
             raise BankFormatError(
                 f"bank {location!r}: {os.path.relpath(path, location)} is {kind}, not a file; a "
                 f"bank holds folders and regular files only: {REFETCH}"

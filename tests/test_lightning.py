@@ -645,6 +645,27 @@ def test_bad_settings_of_fit_are_one_line_errors(world, capsys, monkeypatch, arg
     assert expected in error_line(tiny_cli_here(world, capsys, monkeypatch, "fit", *args))
 
 
+def test_a_run_that_fails_before_training_leaves_no_run_folder(
+    world, capsys, monkeypatch, tmp_path
+):
+    """A bank of another encoder is refused in setup, after Lightning made runs/dpseg/version_N
+    (config.yaml, logs): the failed run removes what it made, and leaves earlier runs alone."""
+    from conftest import cli_here
+
+    vit = make_bank(tmp_path / "vit.zarr", f"imagenet80:{TEMPLATES}", encoder="tiny-vit")
+    configs = ["--config", str(TINY), "--config", str(world / "overlay.yaml")]
+    train = json.dumps({"dataset": "synthetic:train", "bank": str(vit)})
+    run = tmp_path / "run"
+    run.mkdir()
+    for earlier in ([], ["version_0"]):
+        for name in earlier:
+            (run / "runs" / "dpseg" / name).mkdir(parents=True)
+        result = cli_here(capsys, monkeypatch, "fit", *configs, "--data.train", train, cwd=run)
+        assert "tiny-vit" in error_line(result)
+        left = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+        assert left == ([] if not earlier else ["runs", "runs/dpseg", "runs/dpseg/version_0"])
+
+
 def test_a_torch_file_that_is_not_a_lightning_checkpoint_is_refused(
     world, capsys, monkeypatch, tmp_path
 ):

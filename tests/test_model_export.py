@@ -151,3 +151,34 @@ def test_a_config_json_with_settings_of_another_type_is_one_line(
     with pytest.raises(ModelFileError, match="holds settings DPSeg does not take") as error:
         load_model(folder)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["pipe", "device", "folder", "missing"])
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
+def test_a_model_file_that_is_not_a_file_is_named_for_what_it_is(trained, tmp_path, kind, name):
+    """Found by the probe: a pipe or a link to /dev/zero as model.safetensors was called
+    "missing" (and a pipe as config.json "no config.json"). Each is named for what it is, with
+    one stat and no read (a pipe would block it, /dev/zero never end)."""
+    import os
+
+    from model.export import ModelFileError, export_model
+    from model.share import load_model
+
+    folder = export_model(trained, tmp_path / "model", [])
+    path = folder / name
+    path.unlink()
+    {
+        "pipe": lambda: os.mkfifo(path),
+        "device": lambda: path.symlink_to("/dev/zero"),
+        "folder": path.mkdir,
+        "missing": lambda: None,
+    }[kind]()
+    expected = {
+        "pipe": "is a pipe, not a file",
+        "device": "is a device, socket or other special file, not a file",
+        "folder": "is a folder, not a file",
+        "missing": "is missing" if name == "model.safetensors" else "no config.json",
+    }[kind]
+    with pytest.raises(ModelFileError, match=expected) as error:
+        load_model(folder)
+    assert name in str(error.value) and "export" in str(error.value)

@@ -719,6 +719,27 @@ def test_a_model_pull_cut_by_a_file_size_limit_names_the_cache(trained, tmp_path
     pull_cut_short("model", remote, cache, f"the model cache {cache}/models/", limit=4096)
 
 
+def test_a_file_where_the_cache_belongs_is_named_with_dpseg_cache(
+    trained, tiny_bank, tmp_path, capsys, monkeypatch
+):
+    """Found by the probe: a pull into a cache under a file blamed the URL, the network and the
+    credentials. Both pulls now name the cache, $DPSEG_CACHE and the file, before any request."""
+    model, remote = tmp_path / "model", f"file://{tmp_path / 'remote'}"
+    assert run_main(capsys, "model", "export", str(trained), "--out", str(model))[0] == 0
+    assert run_main(capsys, "model", "push", str(model), remote, "--quiet")[0] == 0
+    (tmp_path / "afile").write_text("")
+    for cache in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        monkeypatch.setenv("DPSEG_CACHE", str(cache))
+        for kind, url, label in (
+            ("model", remote, "models cache ($DPSEG_CACHE/models)"),
+            ("bank", str(tiny_bank), "banks cache ($DPSEG_CACHE)"),
+        ):
+            line = user_error(capsys, kind, "pull", url, "--quiet")
+            assert line.startswith(f"error: the {label} '{cache}"), line
+            assert f"'{tmp_path / 'afile'}' is a file" in line and "network" not in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "model", "remote"]
+
+
 def test_settings_that_do_not_fit_the_weights_are_one_line(trained, tmp_path, capsys):
     """Found by the probe: a checkpoint whose hyper_parameters, or a model folder whose
     config.json, were edited to another decoder size ended in torch's 40-line size mismatch."""
