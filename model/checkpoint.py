@@ -86,10 +86,14 @@ def load_module(path: str | os.PathLike, option: str = "--ckpt"):
     import pickle
 
     from model.lightning import DPSegModule
+    from pretrained.errors import PresetError, recorded_encoder_error
 
     check_checkpoint(path, option)  # garbage: one line, not torch's unpickling error
     try:
         return DPSegModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except PresetError as e:  # an encoder this installation cannot build
+        reason = recorded_encoder_error(e, f"{option} {str(path)!r}")
+        raise CheckpointError(f"{reason}; use the checkpoint as cli.py fit wrote it") from None
     except (pickle.UnpicklingError, EOFError, KeyError) as e:  # an archive, not ours
         raise reading_failed(e, path, option) from None
     except RuntimeError as e:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 import signal
 import threading
 import warnings
@@ -33,7 +34,12 @@ from common.config_files import config_file_error
 from common.errors import SettingError, UserError
 from common.optional import available
 from common.signals import stopped
-from model.checkpoint import LIGHTNING_SHORTHANDS, check_checkpoint, reading_failed
+from model.checkpoint import (
+    LIGHTNING_SHORTHANDS,
+    CheckpointError,
+    check_checkpoint,
+    reading_failed,
+)
 from model.data_module import SegmentationData
 
 DEFAULT_METHOD = "model.lightning.DPSegModule"
@@ -293,7 +299,23 @@ class SegmentationCLI(LightningCLI):
             user_error = user_error_within(e)
             if user_error is None:
                 raise
-            raise user_error from None
+            raise self._said_of_the_checkpoint(user_error) from None
+
+    def _said_of_the_checkpoint(self, error: UserError) -> UserError:
+        """An encoder error said of what gave the encoder: --ckpt_path's hyper-parameters, or
+        ``--model.encoder`` (the option's name here; the other commands' is ``--encoder``)."""
+        from pretrained.errors import PresetError, recorded_encoder_error
+
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        ckpt = config.get("ckpt_path")
+        encoder = _network_settings(config).get("encoder")
+        if not isinstance(error, PresetError):
+            return error
+        if not ckpt or self.given_network.get("encoder") == encoder:  # the option's name here
+            return PresetError(re.sub(r"^--encoder ", "--model.encoder ", str(error)))
+        reason = recorded_encoder_error(error, f"--ckpt_path {str(ckpt)!r}")
+        return CheckpointError(f"{reason}; use the checkpoint as cli.py fit wrote it")
 
     def instantiate_trainer(self, **kwargs):
         # A feature turned off drops our default callback that needs it (Lightning refuses a

@@ -290,6 +290,7 @@ def _module_of(config: dict, folder: Path, option: str):
 
     from common.errors import one_line
     from model.lightning import DPSegModule
+    from pretrained.errors import PresetError, recorded_encoder_error
 
     settings = {
         **config["model"],
@@ -301,13 +302,16 @@ def _module_of(config: dict, folder: Path, option: str):
     try:
         parser.parse_object(settings)
         return DPSegModule(**settings)
+    except PresetError as e:  # an encoder this installation cannot build
+        reason = recorded_encoder_error(e, f"{option} {str(folder / CONFIG)!r}")
+        raise ModelFileError(f"{reason}; export or pull the model again") from None
     except (ArgumentError, TypeError, ValueError) as e:  # a SettingError (a bound) included
         reason = one_line(e)
         if reason.startswith('Parser key "'):  # jsonargparse's: the key, then every subtype tried
             key = reason.split('"')[1]
             reason = f"{key}: {settings.get(key)!r} is not of its type"
         raise ModelFileError(
-            f"{option}: {folder / CONFIG} holds settings DPSeg does not take ({reason[:200]}); "
+            f"{option}: {folder / CONFIG} holds settings DPSeg does not take ({reason}); "
             "export or pull the model again"
         ) from None
 

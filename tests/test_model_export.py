@@ -130,6 +130,8 @@ def test_the_card_lists_each_test_record_it_was_given(trained, tmp_path):
         ("dpseg", [1], "dpseg: [1] is not of its type"),
         ("image_size", -5, "model.image_size=-5: must be >= 1"),
         ("dpseg.cost_channels", None, "model.dpseg.cost_channels=None: must be an integer"),
+        # a long value is quoted whole, and the fix after it kept (was cut at 200 characters)
+        ("dpseg.prompt_mode", "averaged-" * 30, "-': use one of text, visual, avg, cost-avg"),
     ],
 )
 def test_a_config_json_with_settings_of_another_type_is_one_line(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli, tiny_cli_here
+from conftest import ROOT, TINY, cli_here, run_cli, tiny_cli_here
 from PIL import Image
 
 import cli
@@ -767,6 +767,45 @@ def test_settings_that_do_not_fit_the_weights_are_one_line(trained, tmp_path, ca
         line = user_error(capsys, "segment", *args, str(tmp_path / "out"), "--text-only")
         fits = "model.safetensors does not fit" if option == "--model" else "do not fit"
         assert line.startswith(f"error: {option}") and fits in line, line
+
+
+def test_an_encoder_this_installation_cannot_build_is_said_of_what_recorded_it(
+    trained, world, tmp_path, capsys, monkeypatch
+):
+    """Found by the probe: a checkpoint or model folder recording an unknown encoder was told
+    "--encoder 'x' is not a preset", an option the user never gave. The line names the file that
+    records it; the Lightning commands name their own option, --model.encoder."""
+    import torch
+
+    edited = tmp_path / "edited.ckpt"
+    state = torch.load(trained, map_location="cpu", weights_only=True)
+    state["hyper_parameters"]["encoder"] = "nope-encoder"
+    torch.save(state, edited)
+    model = tmp_path / "model"
+    assert run_main(capsys, "model", "export", str(trained), "--out", str(model))[0] == 0
+    config = json.loads((model / "config.json").read_text())
+    config["model"]["encoder"] = "nope-encoder"
+    (model / "config.json").write_text(json.dumps(config))
+    Image.new("RGB", (32, 32)).save(tmp_path / "image.png")
+    for option, value, source in (
+        ("--model", model, f"--model {str(model / 'config.json')!r}"),
+        ("--ckpt", edited, f"--ckpt {str(edited)!r}"),
+    ):
+        args = [option, str(value), "--images", str(tmp_path / "image.png"), "--vocab", "red disc"]
+        line = user_error(capsys, "segment", *args, "--out", str(tmp_path / "out"))
+        assert line.startswith(f"error: the encoder 'nope-encoder' that {source} records is not"), (
+            line
+        )
+    assert not (tmp_path / "out").exists()
+    configs = ["--config", str(TINY), "--config", str(world / "overlay.yaml")]
+    for extra, start in (
+        (["--ckpt_path", str(edited)], f"that --ckpt_path {str(edited)!r} records is not a"),
+        (["--model.encoder", "nope"], "error: --model.encoder 'nope' is not a preset"),
+    ):
+        result = cli_here(capsys, monkeypatch, "test", *configs, *extra, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert start in one_error_line(result.stderr, only=False)
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize(
