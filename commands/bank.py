@@ -15,6 +15,7 @@ from commands.options import (
     storage_options,
 )
 from common.io import command_line
+from common.signals import PUSH_CUT, STARTS_OVER, interruption_report
 
 
 def _run_build(config, location: str) -> None:
@@ -35,12 +36,14 @@ def _run_build(config, location: str) -> None:
             if (state.num_processes > 1)
             else ""
         )
-        raise Interrupted(
-            e.signum,
-            f"{rank}interrupted by {e}: the {e.saved} items this "
-            f"{'rank' if rank else 'run'} finished are saved in {location}; run the same "
-            "command again to resume",
-        ) from None
+        who = "rank" if rank else "run"
+        saved = (
+            f"the {e.saved} items this {who} finished are saved in {location}; run the same "
+            "command again to resume"
+            if e.saved
+            else f"before this {who} saved any item; run the same command again"
+        )
+        raise Interrupted(e.signum, f"{rank}interrupted by {e}: {saved}") from None
     state = PartialState()
     if state.is_main_process:
         print(summary.line())
@@ -180,9 +183,10 @@ def cmd_bank_verify(args: argparse.Namespace) -> int:
 def cmd_bank_merge(args: argparse.Namespace) -> None:
     from prompt_bank.compose import merge_banks
 
-    summary = merge_banks(
-        _open_bank(args.a, args), _open_bank(args.b, args), args.out, storage_options(args)
-    )
+    with interruption_report(f"bank merge interrupted by {{signal}}: {STARTS_OVER}"):
+        summary = merge_banks(
+            _open_bank(args.a, args), _open_bank(args.b, args), args.out, storage_options(args)
+        )
     print(
         f"merged bank {summary['out']}: {summary['classes']} classes ({summary['from_a']} from "
         f"{args.a}, {summary['from_b']} more from {args.b}, {summary['shared']} in both)"
@@ -193,9 +197,13 @@ def cmd_bank_subset(args: argparse.Namespace) -> None:
     from data.vocabulary import load_vocabulary
     from prompt_bank.compose import subset_bank
 
-    summary = subset_bank(
-        _open_bank(args.bank, args), load_vocabulary(args.vocab), args.out, storage_options(args)
-    )
+    with interruption_report(f"bank subset interrupted by {{signal}}: {STARTS_OVER}"):
+        summary = subset_bank(
+            _open_bank(args.bank, args),
+            load_vocabulary(args.vocab),
+            args.out,
+            storage_options(args),
+        )
     print(
         f"subset bank {summary['out']}: {summary['classes']} of the {summary['of']} classes of "
         f"{args.bank} ({summary['by_synonym']} found under another spelling or by synonym)"
@@ -205,7 +213,8 @@ def cmd_bank_subset(args: argparse.Namespace) -> None:
 def cmd_bank_push(args: argparse.Namespace) -> None:
     from prompt_bank.share import push_bank
 
-    result = push_bank(args.bank, args.url, storage_options(args), progress=not args.quiet)
+    with interruption_report(f"bank push interrupted by {{signal}}: {PUSH_CUT}"):
+        result = push_bank(args.bank, args.url, storage_options(args), progress=not args.quiet)
     if result["repaired"]:
         print(
             f"{args.url} held this bank damaged: {len(result['repaired'])} files differed or were "
@@ -228,7 +237,8 @@ def cmd_bank_push(args: argparse.Namespace) -> None:
 def cmd_bank_pull(args: argparse.Namespace) -> None:
     from prompt_bank.share import pull_bank
 
-    result = pull_bank(args.url, args.to, storage_options(args), progress=not args.quiet)
+    with interruption_report(f"bank pull interrupted by {{signal}}: {STARTS_OVER}"):
+        result = pull_bank(args.url, args.to, storage_options(args), progress=not args.quiet)
     if not result["downloaded"]:
         print(f"{result['path']} (already here; content key {result['content_key'][:16]})")
     else:

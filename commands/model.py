@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 
 from commands.options import Command, storage_options
+from common.signals import PUSH_CUT, STARTS_OVER, interruption_report
 
 
 def cmd_model_export(args: argparse.Namespace) -> None:
     from model.export import export_model
 
-    out = export_model(args.ckpt, args.out, args.metrics or [])
+    with interruption_report(f"model export interrupted by {{signal}}: {STARTS_OVER}"):
+        out = export_model(args.ckpt, args.out, args.metrics or [])
     print(
         f"model: {out} (model.safetensors, config.json, README.md); use it with "
         f"cli.py segment --model {out}"
@@ -21,7 +23,8 @@ def cmd_model_export(args: argparse.Namespace) -> None:
 def cmd_model_push(args: argparse.Namespace) -> None:
     from model.share import push_model
 
-    result = push_model(args.model, args.url, storage_options(args), progress=not args.quiet)
+    with interruption_report(f"model push interrupted by {{signal}}: {PUSH_CUT}"):
+        result = push_model(args.model, args.url, storage_options(args), progress=not args.quiet)
     if not result["uploaded"]:
         print(
             f"{args.url} already holds this model, its weights intact (content key "
@@ -38,7 +41,8 @@ def cmd_model_push(args: argparse.Namespace) -> None:
 def cmd_model_pull(args: argparse.Namespace) -> None:
     from model.share import pull_model
 
-    result = pull_model(args.url, args.to, storage_options(args), progress=not args.quiet)
+    with interruption_report(f"model pull interrupted by {{signal}}: {STARTS_OVER}"):
+        result = pull_model(args.url, args.to, storage_options(args), progress=not args.quiet)
     if not result["downloaded"]:
         print(f"{result['path']} (already here; content key {result['key'][:16]})")
         return

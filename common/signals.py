@@ -64,6 +64,29 @@ def interruptible():
             signal.signal(s, h)
 
 
+STARTS_OVER = (
+    "nothing partial is left (the output is written whole or not at all); run the same command "
+    "again, which starts over"
+)
+PUSH_CUT = (
+    "the URL may hold part of the upload, which no reader opens (the root file goes last); run the "
+    "same command again to complete it"
+)
+
+
+@contextlib.contextmanager
+def interruption_report(report: str):
+    """A signal inside the block ends the command in ``report`` (what the interrupted command
+    leaves behind and how to go on; ``{signal}`` is replaced by the signal's name), where the
+    command did not say so itself."""
+    try:
+        yield
+    except Interrupted as e:
+        if e.report:
+            raise
+        raise Interrupted(e.signum, report.format(signal=e)) from None
+
+
 def outside_the_command() -> None:
     """SIGINT/SIGTERM before the command's :func:`interruptible` block or after it end the
     process at once, with one line and 128 + the signal's number: before, nothing was done;

@@ -1295,3 +1295,90 @@ def test_a_file_where_a_banks_cache_belongs_sends_the_cache_to_the_keyed_folder(
     (tmp_path / "bank.cache").write_text("not a folder")
     assert cache_dir(opened) == Path("banks") / "cache" / key
     assert cache_dirs(opened) == [tmp_path / "bank.cache", Path("banks") / "cache" / key]
+
+
+@pytest.mark.parametrize(
+    "command, cut_in, says",
+    [
+        (["bank", "pull", "{remote}", "--to", "{out}", "--quiet"], "", "over"),
+        (["bank", "subset", "{bank}", "--vocab", "red disc", "--out", "{out}"], "", "over"),
+        (["bank", "merge", "{bank}", "{bank}", "--out", "{out}"], "", "over"),
+        (
+            ["bank", "push", "{bank}", "{fresh}", "--quiet"],
+            "prompt_bank.share.upload_folder",
+            "part",
+        ),
+        (["model", "export", "{ckpt}", "--out", "{out}"], "model.export.move_into_place", "over"),
+        (
+            ["model", "push", "{model}", "{fresh}", "--quiet"],
+            "prompt_bank.share.upload_folder",
+            "part",
+        ),
+        (
+            ["model", "pull", "{model_remote}", "--to", "{out}", "--quiet"],
+            "model.share._download",
+            "over",
+        ),
+    ],
+    ids=["bank-pull", "bank-subset", "bank-merge", "bank-push", "export", "model-push", "pull"],
+)
+def test_a_signal_in_a_transfer_says_what_a_rerun_does(
+    trained, tiny_bank, tmp_path, capsys, monkeypatch, command, cut_in, says
+):
+    """Found by the probe: every transfer ended in "finished work is kept and nothing partial is
+    left", where a pull or subset starts over and a push leaves part of its upload. A real
+    SIGINT arrives mid-command (sent from inside a step of ours): the line says which."""
+    import importlib
+    import os
+
+    model, model_remote = tmp_path / "model", f"file://{tmp_path / 'model_remote'}"
+    remote = f"file://{tmp_path / 'remote.zarr'}"
+    assert run_main(capsys, "model", "export", str(trained), "--out", str(model))[0] == 0
+    assert run_main(capsys, "model", "push", str(model), model_remote, "--quiet")[0] == 0
+    assert run_main(capsys, "bank", "push", str(tiny_bank), remote, "--quiet")[0] == 0
+    module, _, name = (cut_in or "prompt_bank.share.move_into_place").rpartition(".")
+    real = getattr(importlib.import_module(module), name)
+
+    def signal_then_go_on(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(f"{module}.{name}", signal_then_go_on)
+    out, fresh = tmp_path / "out", f"file://{tmp_path / 'fresh'}"
+    values = dict(bank=tiny_bank, remote=remote, out=out, fresh=fresh, ckpt=trained)
+    values.update(model=model, model_remote=model_remote)
+    code, _, err = run_main(capsys, *[a.format(**values) for a in command])
+    assert code == 128 + signal.SIGINT, err
+    line = one_error_line(err)
+    assert line.startswith(f"error: {command[0]} {command[1]} interrupted by SIGINT: "), line
+    if says == "over":
+        assert "nothing partial is left" in line and "which starts over" in line, line
+        assert not out.exists() and not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+    else:
+        assert "the URL may hold part of the upload" in line and "complete it" in line, line
+        monkeypatch.undo()
+        rerun = [a.format(**values) for a in command]
+        assert run_main(capsys, *rerun)[0] == 0
+
+
+def test_a_build_interrupted_before_its_first_item_says_so(tmp_path, capsys, monkeypatch):
+    """Found by the probe: a build stopped before its first flush said "the 0 items this run
+    finished are saved in OUT", a folder that did not exist."""
+    import os
+
+    import prompt_bank.build
+
+    real = prompt_bank.build.open_group
+
+    def signal_then_go_on(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prompt_bank.build, "open_group", signal_then_go_on)
+    out = tmp_path / "bank.zarr"
+    args = ["bank", "build", "--vocab", "toy", "--preset", "toy", "--out", str(out), "--quiet"]
+    code, _, err = run_main(capsys, *args)
+    assert code == 128 + signal.SIGTERM, err
+    assert one_error_line(err) == (
+        "error: interrupted by SIGTERM: before this run saved any item; run the same command again"
+    )
