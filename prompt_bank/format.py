@@ -322,6 +322,19 @@ def _check_array_metadata(group, arrays: dict, layout: BankLayout, where: str) -
                 )
 
 
+def _blame_the_shard_attribute(arrays: dict, layout: BankLayout, where: str) -> None:
+    """Where every array is sharded alike, by another number of classes than the root's
+    ``build.classes_per_shard``, the root attribute is what was edited: say so (not the
+    first array's zarr.json)."""
+    sharded = {int((array.shards or array.chunks)[0]) for array in arrays.values()}
+    if len(sharded) == 1 and sharded != {min(layout.classes_per_shard, layout.num_classes)}:
+        raise BankFormatError(
+            f"{where}: the root zarr.json's build.classes_per_shard is "
+            f"{layout.classes_per_shard}, but every array is sharded by {sharded.pop()} classes "
+            f"(the root zarr.json was edited or damaged); {REFETCH}"
+        )
+
+
 def validate_group(group, location: str | os.PathLike) -> BankLayout:
     """Check the zarr group of the bank at ``location`` against the format before any array
     data is read.
@@ -387,6 +400,7 @@ def validate_group(group, location: str | os.PathLike) -> BankLayout:
             )
         chunks = (tuple(array.chunks), tuple(array.shards or array.chunks))
         if attrs["format_version"] >= 2 and chunks != chunk_shapes(layout, path, shape):
+            _blame_the_shard_attribute(arrays, layout, where)
             raise BankFormatError(
                 f"{where}: array {path} has chunks {chunks[0]} in shards {chunks[1]}, expected "
                 f"{chunk_shapes(layout, path, shape)} (its zarr.json was edited or damaged); "

@@ -361,6 +361,23 @@ def test_an_array_with_other_chunks_is_refused_before_repair_allocates_them(refe
     assert (bank / "README.md").read_bytes() == card
 
 
+def test_an_edited_classes_per_shard_is_blamed_on_the_root(reference, tmp_path, capsys):
+    """Found by the probe: the root's build.classes_per_shard edited was blamed on the first
+    array's zarr.json. Every array sharded alike, by another number: the root is named."""
+    import cli
+
+    bank = copy_of(reference, tmp_path)
+    root = json.loads((bank / "zarr.json").read_text())
+    sharded = root["attributes"]["build"]["classes_per_shard"]
+    root["attributes"]["build"]["classes_per_shard"] = sharded - 1
+    (bank / "zarr.json").write_text(json.dumps(root))
+    for command in ("verify", "info", "repair"):
+        assert cli.main(["bank", command, str(bank)]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert f"the root zarr.json's build.classes_per_shard is {sharded - 1}, but every " in line
+        assert f"array is sharded by {sharded} classes (the root zarr.json was edited" in line
+
+
 @pytest.mark.parametrize("kind", ["pipe", "device", "loop"])
 def test_a_pipe_a_device_or_a_looping_link_in_a_bank_is_refused_before_any_read(
     reference, tmp_path, kind
