@@ -151,6 +151,17 @@ def config_file_error(argv: list[str], command: str, message: str) -> Unreadable
     file = config_file_at_fault(argv, message)
     if file is None:
         return None
+    settings = read_config(file)
+    if not isinstance(settings, dict):  # jsonargparse's "Unexpected config:"
+        what = (
+            "is empty"
+            if settings is None
+            else f"holds {type(settings).__name__} {one_line(repr(settings))[:60]}"
+        )
+        return UnreadableFileError(
+            f"--config {file!r} {what}, not a mapping of settings: write each as `key: value` "
+            f"(cli.py {command} --help lists the settings it takes)"
+        )
     return UnreadableFileError(
         f"--config {file!r}: {short_parse_error(message)}; fix the file (cli.py {command} "
         "--help lists the settings it takes)"

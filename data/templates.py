@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from common.errors import UserError
+from common.io import special_file_kind
 
 SINGLE_TEMPLATE = "A photo of a {} in the scene."  # CAT-Seg's template
 BUILTIN_TEMPLATES = ("imagenet80", "single", "seg", "city")
@@ -94,6 +95,12 @@ def load_templates(spec: str | os.PathLike) -> list[str]:
             )
         return imagenet80()[: int(count)]
     path = Path(text)
+    special = special_file_kind(path)
+    if special is not None:  # a pipe would block the read, a device never end it
+        raise TemplateError(
+            f"templates file {text!r} is {special}, not a file; give a text file with one "
+            "template per line containing '{}'"
+        )
     if path.is_file():
         try:
             lines = path.read_text(encoding="utf-8").splitlines()

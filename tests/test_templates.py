@@ -48,3 +48,23 @@ def test_bad_files(tmp_path, content, match):
 def test_unknown_name():
     with pytest.raises(TemplateError, match=r"unknown templates 'imagenet81'.*imagenet80, single"):
         load_templates("imagenet81")
+
+
+@pytest.mark.parametrize("kind", ["pipe", "folder", "device"])
+def test_a_templates_path_that_is_not_a_file_is_named_for_what_it_is(tmp_path, kind):
+    """Found by the probe: a pipe was "unknown templates" (and read, it would block)."""
+    import os
+
+    path = tmp_path / "templates.txt"
+    {
+        "pipe": lambda: os.mkfifo(path),
+        "folder": path.mkdir,
+        "device": lambda: path.symlink_to("/dev/zero"),
+    }[kind]()
+    what = {
+        "pipe": "a pipe",
+        "folder": "a folder",
+        "device": "a device, socket or other special file",
+    }
+    with pytest.raises(TemplateError, match=f"templates file '{path}' is {what[kind]}, not a file"):
+        load_templates(path)

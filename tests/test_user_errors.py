@@ -1047,9 +1047,11 @@ def test_a_config_file_that_is_not_utf8_or_yaml_is_one_line(
     [
         ('images_per_prompt: "two"\n', "Expected a <class 'int'>. Got value: two"),
         ("bogus_key: 1\n", "Option 'bogus_key' is not accepted"),
-        ("- a\n- b\n", "Unexpected config: - a - b"),
+        ("- a\n- b\n", " holds list ['a', 'b'], not a mapping of settings"),
+        ("", " is empty, not a mapping of settings"),  # the probe: "Unexpected config:"
+        ("\n# nothing\n", " is empty, not a mapping of settings"),
     ],
-    ids=["type", "unknown-key", "not-a-mapping"],
+    ids=["type", "unknown-key", "not-a-mapping", "empty", "only-a-comment"],
 )
 def test_a_config_file_with_bad_settings_is_one_line_naming_it(
     tmp_path, capsys, monkeypatch, content, expected
@@ -1062,7 +1064,7 @@ def test_a_config_file_with_bad_settings_is_one_line_naming_it(
     argv = ["bank", "build", "--config", str(config), "--vocab", "cat", "--out", "b.zarr"]
     assert cli.main(argv) == 2
     line = one_error_line(capsys.readouterr().err)
-    assert line.startswith(f"error: --config {str(config)!r}: ") and expected in line, line
+    assert line.startswith(f"error: --config {str(config)!r}") and expected in line, line
     assert "cli.py bank build --help lists the settings" in line
     with pytest.raises(SystemExit) as stop:
         cli.main(["bank", "build", "--vocab", "cat", "--out", "b.zarr", "--bogus"])
@@ -1078,8 +1080,9 @@ def test_a_config_file_with_bad_settings_is_one_line_naming_it(
             "model:\n  init_args:\n    optim:\n      lrr: 1\n",
             "model.optim: Option 'lrr' is not accepted",
         ),
+        ("", None),  # the probe: "Unexpected config:"
     ],
-    ids=["trainer-key", "nested-model-key"],
+    ids=["trainer-key", "nested-model-key", "empty"],
 )
 def test_a_lightning_config_file_with_a_bad_setting_is_one_line_naming_it(
     tmp_path, capsys, monkeypatch, content, expected
@@ -1093,6 +1096,12 @@ def test_a_lightning_config_file_with_a_bad_setting_is_one_line_naming_it(
     toy = str(ROOT / "configs" / "toy_world.yaml")
     assert cli.main(["fit", "--config", toy, "--config", str(config)]) == 2
     line = one_error_line(capsys.readouterr().err)
+    if expected is None:
+        assert line == (
+            f"error: --config {str(config)!r} is empty, not a mapping of settings: write each as "
+            "`key: value` (cli.py fit --help lists the settings it takes)"
+        )
+        return
     assert line.startswith(f"error: --config {str(config)!r}: {expected}; fix the file"), line
     with pytest.raises(SystemExit) as stop:
         cli.main(["fit", "--config", toy, "--trainer.max_stepz", "3"])
