@@ -16,6 +16,7 @@ signals that save finished work (all ours; docs/bank_format.md, "Safe outputs").
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -153,6 +154,24 @@ UNREADABLE_TRIES = 20
 as left by a process that died while writing it (ours)."""
 
 
+def _unwritable(group, location: str, error: OSError) -> BankLockError:
+    """A bank in a folder this user may not write to: building, resuming or repairing takes
+    its lock there. Said of the bank (not of the lock's temporary file), with what can be done
+    read-only."""
+    sealed = bool((dict(group.attrs).get("contents") or {}).get("complete"))
+    hint = (
+        f"the bank is complete: check it read-only with `python cli.py bank verify {location}`, "
+        "or copy it to a folder you may write to"
+        if sealed
+        else "fix its permissions, or build into a folder you may write to"
+    )
+    return BankLockError(
+        f"{location}: this user may not write in the bank's folder "
+        f"({errno.errorcode.get(error.errno, error.errno)}), and a build, resume or repair takes "
+        f"its lock ({LOCK_KEY}) there; {hint}"
+    )
+
+
 @contextlib.contextmanager
 def build_lock(group, location: str, command: str | None = None):
     """Hold ``build.lock`` in the bank for the duration; refuse a live holder, take a stale one."""
@@ -172,7 +191,12 @@ def build_lock(group, location: str, command: str | None = None):
         )
     unreadable = 0  # consecutive reads of an empty or unreadable lock
     for attempt in range(200):
-        raw, holder = _claim(store, LOCK_KEY, mine)
+        try:
+            raw, holder = _claim(store, LOCK_KEY, mine)
+        except OSError as e:  # the lock's temporary file named nothing the user knows
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            raise _unwritable(group, location, e) from None
         if holder.get("token") == mine["token"]:
             break
         unreadable = unreadable + 1 if not holder else 0

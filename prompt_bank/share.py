@@ -141,11 +141,13 @@ def upload_folder(
     progress=False,
     files: list[str] | None = None,
     last: str = "zarr.json",
-) -> None:
+) -> int:
     """Copy `files` of a local folder (default: a bank's, :func:`hub_upload_plan`) to `url`,
-    the file `last` (what makes readers see it) after all the others. To the hub: one commit."""
+    the file `last` (what makes readers see it) after all the others. To the hub: one commit.
+    Returns the bytes of the files sent."""
     root = Path(local)
     files = hub_upload_plan(root) if files is None else list(files)
+    total = sum((root / f).stat().st_size for f in files)
     if url.startswith("hf://"):
         from huggingface_hub import HfApi
 
@@ -159,10 +161,9 @@ def upload_folder(
             allow_patterns=files,
             commit_message=f"dpseg {'prompt bank' if repo_type == 'dataset' else 'model'}",
         )
-        return
+        return total
     fs, base = filesystem(url, storage_options)
     files.sort(key=lambda f: f == last)
-    total = sum((root / f).stat().st_size for f in files)
     with ProgressBar("push", total, unit="bytes", enabled=progress) as bar:
         local_fs = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
         for name in files:
@@ -179,6 +180,7 @@ def upload_folder(
                     fs.rm_file(target)
                 raise OSError(e.errno, e.strerror, target) from None
             bar.advance((root / name).stat().st_size)
+    return total
 
 
 def _holds_a_bank(location: str, url: str, storage_options: dict | None) -> bool:
@@ -236,10 +238,10 @@ def push_bank(location: str, url: str, storage_options: dict | None = None, prog
                 "content_key": contents["content_key"],
                 "seconds": time.perf_counter() - start,
             }
-        upload_folder(location, url, storage_options, progress)
+        uploaded = upload_folder(location, url, storage_options, progress)
     return {
         "url": url,
-        "uploaded": contents["bytes"],
+        "uploaded": uploaded,  # every file sent, as a pull counts what it receives
         "repaired": [],
         "content_key": contents["content_key"],
         "seconds": time.perf_counter() - start,

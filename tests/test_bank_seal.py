@@ -18,7 +18,7 @@ from test_bank_integrity import copy_of, shard_object
 from data.vocabulary import Vocabulary, load_vocabulary
 from prompt_bank.build import build_bank, config_from_bank
 from prompt_bank.format import BankFormatError, BankMismatchError
-from prompt_bank.share import push_bank
+from prompt_bank.share import pull_bank, push_bank
 from prompt_bank.store import Bank
 
 reference = test_bank_integrity.reference  # 8 classes in 4 shards, sealed
@@ -95,6 +95,13 @@ def test_pushing_again_over_a_damaged_remote_repairs_it(reference, tmp_path):
     url = f"file://{tmp_path / 'remote'}"
     first = push_bank(str(reference), url, progress=False)
     assert first["uploaded"] > 0 and first["repaired"] == []
+    # the probe: push and pull reported different MB for one bank; both count the files sent
+    pulled = pull_bank(url, to=str(tmp_path / "pulled"), progress=False)
+    assert (
+        first["uploaded"]
+        == pulled["downloaded"]
+        == sum(p.stat().st_size for p in (tmp_path / "pulled").rglob("*") if p.is_file())
+    )
     again = push_bank(str(reference), url, progress=False)
     assert again["uploaded"] == 0 and again["repaired"] == []
     remote = tmp_path / "remote"

@@ -941,6 +941,34 @@ def test_classes_missing_from_a_read_only_bank_are_cached_in_the_local_cache(wor
         shutil.rmtree(place, ignore_errors=True)
 
 
+def test_a_repair_in_a_read_only_folder_names_the_bank_and_what_can_be_done(tiny_bank):
+    """Found by the probe: resuming a complete bank in a folder the user may not write to named
+    the lock's temporary file (build.<hex>.partial). The line names the bank and its folder,
+    and says that the complete bank can be checked read-only."""
+    import tempfile
+
+    place = Path(tempfile.mkdtemp(prefix="dpseg-ro-"))  # under /tmp: reachable unprivileged
+    try:
+        place.chmod(0o777)
+        bank = place / "bank.zarr"
+        shutil.copytree(tiny_bank, bank)
+        for path in bank.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        before = sorted(p.relative_to(bank) for p in bank.rglob("*"))
+        result = cli_where_mode_holds(bank, 0o555, "bank", "repair", str(bank), "--quiet")
+        assert result.returncode == 2, result.stderr[-3000:]
+        (line,) = result.stderr.strip().splitlines()
+        assert line == (
+            f"error: {bank}: this user may not write in the bank's folder (EACCES), and a build, "
+            "resume or repair takes its lock (build.lock) there; the bank is complete: check it "
+            f"read-only with `python cli.py bank verify {bank}`, or copy it to a folder you may "
+            "write to"
+        )
+        assert sorted(p.relative_to(bank) for p in bank.rglob("*")) == before
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
+
+
 def test_an_object_the_user_may_not_read_is_one_line_with_the_fix_for_reading(tiny_bank, tmp_path):
     """A bank chunk with mode 000 (EACCES on a read): one line naming it, exit 2, and a fix
     for reading it, not for writing a folder."""
