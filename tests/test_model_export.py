@@ -6,13 +6,23 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import cli_here, run_cli
 from PIL import Image
 
 
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    from model.export import export_model
+
+    return export_model(trained, tmp_path_factory.mktemp("export") / "model", [])
+
+
 def test_export_then_segment_with_the_folder_gives_the_checkpoint_s_labels(
-    trained, world, tmp_path
+    trained, world, tmp_path, capsys, monkeypatch
 ):
+    def run_cli(*args, cwd):  # in this process: a fresh one would add 7 s of imports each
+        return cli_here(capsys, monkeypatch, *args, cwd=cwd)
+
     folder = tmp_path / "model"
     result = run_cli("model", "export", str(trained), "--out", str(folder), cwd=world)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -135,14 +145,17 @@ def test_the_card_lists_each_test_record_it_was_given(trained, tmp_path):
     ],
 )
 def test_a_config_json_with_settings_of_another_type_is_one_line(
-    trained, tmp_path, key, value, message
+    exported, tmp_path, key, value, message
 ):
     """Found by the fault probe: each was a traceback where the value was first used (and
     segment left an empty --out)."""
-    from model.export import ModelFileError, export_model
+    import shutil
+
+    from model.export import ModelFileError
     from model.share import load_model
 
-    folder = export_model(trained, tmp_path / "model", [])
+    folder = tmp_path / "model"
+    shutil.copytree(exported, folder)
     config = json.loads((folder / "config.json").read_text())
     *within, name = key.split(".")
     settings = config["model"]
@@ -157,16 +170,18 @@ def test_a_config_json_with_settings_of_another_type_is_one_line(
 
 @pytest.mark.parametrize("kind", ["pipe", "device", "folder", "missing"])
 @pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
-def test_a_model_file_that_is_not_a_file_is_named_for_what_it_is(trained, tmp_path, kind, name):
+def test_a_model_file_that_is_not_a_file_is_named_for_what_it_is(exported, tmp_path, kind, name):
     """Found by the probe: a pipe or a link to /dev/zero as model.safetensors was called
     "missing" (and a pipe as config.json "no config.json"). Each is named for what it is, with
     one stat and no read (a pipe would block it, /dev/zero never end)."""
     import os
+    import shutil
 
-    from model.export import ModelFileError, export_model
+    from model.export import ModelFileError
     from model.share import load_model
 
-    folder = export_model(trained, tmp_path / "model", [])
+    folder = tmp_path / "model"
+    shutil.copytree(exported, folder)
     path = folder / name
     path.unlink()
     {
