@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import os
 import socket
@@ -149,6 +150,10 @@ def _take_over(store, stale: bytes | None, mine: dict, attempt: int = 0) -> None
         put_object(store, TAKEOVER_KEY, None)
 
 
+TAKEOVER_SECONDS = 30
+"""How long processes contending for one stale lock may take turns before giving up (ours: a
+bound in time, not in attempts, so that a loaded machine that stalls the winner for seconds
+does not make the others give up; 200 quick attempts, about 4 s, did once on a loaded machine)."""
 UNREADABLE_TRIES = 20
 """How many reads in a row (0.05 s apart) a lock that is empty or unreadable gets before it counts
 as left by a process that died while writing it (ours)."""
@@ -190,7 +195,14 @@ def build_lock(group, location: str, command: str | None = None):
             f"remove it (rm -r {lock}) and run the command again"
         )
     unreadable = 0  # consecutive reads of an empty or unreadable lock
-    for attempt in range(200):
+    deadline = time.monotonic() + TAKEOVER_SECONDS
+    for attempt in itertools.count():
+        if time.monotonic() > deadline:
+            raise BankLockError(
+                f"could not take the lock {location}/{LOCK_KEY} (another process kept taking "
+                f"it over for {TAKEOVER_SECONDS} s); try again, and if this repeats delete "
+                f"{location.rstrip('/')}/{TAKEOVER_KEY}"
+            )
         try:
             raw, holder = _claim(store, LOCK_KEY, mine)
         except OSError as e:  # the lock's temporary file named nothing the user knows
@@ -216,11 +228,6 @@ def build_lock(group, location: str, command: str | None = None):
             f"since {holder.get('started')}; wait for it to finish (several processes build one "
             "bank only as ranks of one torchrun/accelerate launch). If that process is gone, "
             f"delete {location.rstrip('/')}/{LOCK_KEY}"
-        )
-    else:
-        raise BankLockError(
-            f"could not take the lock {location}/{LOCK_KEY} (another process kept taking it "
-            f"over); try again, and if this repeats delete {location.rstrip('/')}/{TAKEOVER_KEY}"
         )
     try:
         yield

@@ -177,16 +177,34 @@ def cli_here(capture, monkeypatch, *args: str, cwd: Path | None = None):
     """``cli.py ARGS`` in this process (``cli.main``), as ``run_cli`` gives it: where a fresh
     process would only add its start (about 7 s of imports for a Lightning command).
     ``capture`` is pytest's capfd (also what log handlers made earlier write) or capsys."""
+    import torch
+
     import cli
 
     if cwd is not None:
         monkeypatch.chdir(cwd)
+    threads = torch.get_num_threads()  # a bank build sets its recorded thread count
     try:
         code = cli.main(list(args))
     except SystemExit as e:
         code = e.code
+    finally:
+        torch.set_num_threads(threads)
     out, err = capture.readouterr()
     return subprocess.CompletedProcess(list(args), code, out, err)
+
+
+@pytest.fixture
+def cli_in_process(capfd, monkeypatch):
+    """``run_cli`` in this process (:func:`cli_here`): the same command, without the 2-7 s a
+    fresh process spends importing; ``env`` is set for the call (and undone after the test)."""
+
+    def run(*args: str, env: dict | None = None, cwd: Path | None = None):
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        return cli_here(capfd, monkeypatch, *args, cwd=cwd)
+
+    return run
 
 
 def tiny_cli_here(world, capsys, monkeypatch, *args: str) -> subprocess.CompletedProcess:

@@ -103,12 +103,14 @@ DAMAGE = {
         (("truncate", "manifest", "shard index", "delete embeddings"), 0),
     ],
 )
-def test_damage_is_named_and_a_resume_repairs_it(reference, tmp_path, damages, complete):
+def test_damage_is_named_and_a_resume_repairs_it(
+    reference, tmp_path, damages, complete, cli_in_process
+):
     bank = copy_of(reference, tmp_path)
     for damage in damages:
         _damage(bank, damage)
     if complete:  # as a user runs it
-        verify = run_cli("bank", "verify", str(bank))
+        verify = cli_in_process("bank", "verify", str(bank))
         assert verify.returncode == 1
         lines = verify.stdout
     else:
@@ -130,19 +132,19 @@ def test_damage_is_named_and_a_resume_repairs_it(reference, tmp_path, damages, c
     assert_same_bank(reference, bank)
 
 
-def test_bank_repair_uses_the_recorded_settings(reference, tmp_path):
+def test_bank_repair_uses_the_recorded_settings(reference, tmp_path, cli_in_process):
     bank = copy_of(reference, tmp_path)
     shard_object(bank, "visual/images", 2).unlink()
-    result = run_cli("bank", "repair", str(bank), "--quiet")
+    result = cli_in_process("bank", "repair", str(bank), "--quiet")
     assert result.returncode == 0, result.stderr
     assert "12 items built" in result.stdout
     assert_same_bank(reference, bank)
     sealed = Bank.open(bank).attrs["contents"]
     assert sealed["content_key"] == Bank.open(reference).attrs["contents"]["content_key"]
-    assert run_cli("bank", "verify", str(bank)).returncode == 0
+    assert cli_in_process("bank", "verify", str(bank)).returncode == 0
 
 
-def test_done_flags_must_agree_with_the_data(reference, tmp_path):
+def test_done_flags_must_agree_with_the_data(reference, tmp_path, cli_in_process):
     """Flags that claim an item whose data is zero are caught even with a valid manifest."""
     bank = copy_of(reference, tmp_path)
     group = zarr.open_group(str(bank), mode="r+")
@@ -150,7 +152,7 @@ def test_done_flags_must_agree_with_the_data(reference, tmp_path):
     buffers = {path: np.asarray(group[path][0:2]) for path in b.layout.arrays()}
     buffers["visual/level_1"][1, 2, 0] = 0  # the data of item (1, 2, 0) lost, its flag kept
     flush_shard(group, b.layout, 0, buffers)
-    result = run_cli("bank", "verify", str(bank))
+    result = cli_in_process("bank", "verify", str(bank))
     assert result.returncode == 1
     assert "visual/level_1 holds no data for 1 items marked done" in result.stdout
 
@@ -174,7 +176,7 @@ def test_sealed_bank_says_what_it_holds(reference):
 # items independent of the bank around them
 
 
-def test_merge_equals_a_direct_build_and_regenerates_exactly(reference, tmp_path):
+def test_merge_equals_a_direct_build_and_regenerates_exactly(reference, tmp_path, cli_in_process):
     vocab = load_vocabulary("synthetic")
     a = Vocabulary.from_entries(vocab.entries[:5], name="a")
     b = Vocabulary.from_entries(vocab.entries[3:], name="b")
@@ -183,7 +185,7 @@ def test_merge_equals_a_direct_build_and_regenerates_exactly(reference, tmp_path
     build_bank(
         small_config(vocabulary=b, keep_images=True, classes_per_shard=3), tmp_path / "b.zarr"
     )
-    merged = run_cli(
+    merged = cli_in_process(
         "bank",
         "merge",
         str(tmp_path / "a.zarr"),
@@ -214,10 +216,10 @@ def test_merge_equals_a_direct_build_and_regenerates_exactly(reference, tmp_path
     assert not (tmp_path / "e.zarr").exists()
 
 
-def test_subset_equals_the_rows_of_the_big_bank(reference, tmp_path):
+def test_subset_equals_the_rows_of_the_big_bank(reference, tmp_path, cli_in_process):
     vocab = load_vocabulary("synthetic")
     picked = [vocab.entries[6], vocab.entries[1], vocab.entries[4]]
-    result = run_cli(
+    result = cli_in_process(
         "bank",
         "subset",
         str(reference),
@@ -282,7 +284,7 @@ def test_classes_match_by_name_or_synonym():
     assert match_entries(entries, vocab) == [0, 1, 3, 4, 1, None]
 
 
-def test_failed_merge_leaves_nothing_and_the_retry_works(reference, tmp_path):
+def test_failed_merge_leaves_nothing_and_the_retry_works(reference, tmp_path, cli_in_process):
     vocab = load_vocabulary("synthetic")
     a = Vocabulary.from_entries(vocab.entries[:4], name="a")
     build_bank(small_config(vocabulary=a, keep_images=True), tmp_path / "a.zarr")
@@ -290,7 +292,7 @@ def test_failed_merge_leaves_nothing_and_the_retry_works(reference, tmp_path):
     path = shard_object(b, "visual/level_1", 3)
     path.write_bytes(path.read_bytes()[:40])
     out = tmp_path / "c.zarr"
-    failed = run_cli("bank", "merge", str(tmp_path / "a.zarr"), str(b), "--out", str(out))
+    failed = cli_in_process("bank", "merge", str(tmp_path / "a.zarr"), str(b), "--out", str(out))
     assert failed.returncode == 2, failed.stderr
     assert "visual/level_1/c/3/0/0/0" in failed.stderr and "bank repair" in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
@@ -306,7 +308,7 @@ def test_failed_merge_leaves_nothing_and_the_retry_works(reference, tmp_path):
 # safe outputs and the lock
 
 
-def test_out_that_is_not_a_bank_is_refused_untouched(tmp_path):
+def test_out_that_is_not_a_bank_is_refused_untouched(tmp_path, cli_in_process):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
@@ -326,7 +328,7 @@ def test_out_that_is_not_a_bank_is_refused_untouched(tmp_path):
         build_bank(small_config(), afile)
     array = tmp_path / "array.zarr"
     zarr.create_array(str(array), shape=(4,), dtype="i4")
-    result = run_cli("bank", "build", *SMALL, "--out", str(array))
+    result = cli_in_process("bank", "build", *SMALL, "--out", str(array))
     assert result.returncode == 2 and "is a zarr array, not a prompt bank" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 

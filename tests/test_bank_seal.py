@@ -55,7 +55,9 @@ def transplanted(reference: Path, other: Path, tmp_path: Path) -> Path:
     return bank
 
 
-def test_a_shard_copied_in_from_another_bank_is_refused_then_repaired(reference, other, tmp_path):
+def test_a_shard_copied_in_from_another_bank_is_refused_then_repaired(
+    reference, other, tmp_path, cli_in_process
+):
     bank = transplanted(reference, other, tmp_path)
     opened = Bank.open(bank)
     opened.read("text/embeddings", classes=slice(0, 2))  # shard 0 is the sealed one: readable
@@ -64,7 +66,7 @@ def test_a_shard_copied_in_from_another_bank_is_refused_then_repaired(reference,
     with pytest.raises(BankMismatchError, match="not the ones the bank was sealed with"):
         push_bank(str(bank), f"file://{tmp_path / 'remote'}", progress=False)
     assert not (tmp_path / "remote").exists()
-    verify = run_cli("bank", "verify", str(bank))
+    verify = cli_in_process("bank", "verify", str(bank))
     assert verify.returncode == 1 and "objects differ from zarr.json's contents" in verify.stdout
     summary = build_bank(config_from_bank(Bank.open(bank).attrs, progress=False), bank)
     assert summary.items_done == 12  # shard 1: 2 classes x 3 templates x 2 images, rebuilt
@@ -73,19 +75,21 @@ def test_a_shard_copied_in_from_another_bank_is_refused_then_repaired(reference,
     assert Bank.open(bank).seal == Bank.open(reference).seal
 
 
-def test_class_names_edited_after_sealing_are_refused_by_readers_and_repair(reference, tmp_path):
+def test_class_names_edited_after_sealing_are_refused_by_readers_and_repair(
+    reference, tmp_path, cli_in_process
+):
     bank = copy_of(reference, tmp_path)
     root = json.loads((bank / "zarr.json").read_text())
     root["attributes"]["classes"][0] = "lion"
     (bank / "zarr.json").write_text(json.dumps(root))
     with pytest.raises(BankFormatError, match=r"root zarr\.json was changed after"):
         Bank.open(bank)
-    info = run_cli("bank", "info", str(bank))
+    info = cli_in_process("bank", "info", str(bank))
     assert info.returncode == 2 and len(info.stderr.strip().splitlines()) == 1
     assert "root zarr.json was changed after" in info.stderr
-    verify = run_cli("bank", "verify", str(bank))
+    verify = cli_in_process("bank", "verify", str(bank))
     assert verify.returncode == 1 and "FAIL  sealed contents" in verify.stdout
-    repair = run_cli("bank", "repair", str(bank))
+    repair = cli_in_process("bank", "repair", str(bank))
     assert repair.returncode == 2 and "root zarr.json was changed after" in repair.stderr
     assert json.loads((bank / "zarr.json").read_text())["attributes"]["classes"][0] == "lion"
     assert "contents" in json.loads((bank / "zarr.json").read_text())["attributes"]  # not resealed
@@ -226,7 +230,9 @@ def test_a_repair_interrupted_within_a_shard_keeps_the_items_it_finished(
 
 
 @pytest.mark.parametrize("seal", [None, {"complete": False}, {"complete": True, "objects": "x"}])
-def test_a_malformed_seal_is_refused_not_taken_for_a_bank_being_built(reference, tmp_path, seal):
+def test_a_malformed_seal_is_refused_not_taken_for_a_bank_being_built(
+    reference, tmp_path, seal, cli_in_process
+):
     """A ``contents`` attribute that is not what the seal writes is an edit: readers refuse the
     bank in one line (it was read as "not sealed", and served)."""
     bank = copy_of(reference, tmp_path)
@@ -236,7 +242,7 @@ def test_a_malformed_seal_is_refused_not_taken_for_a_bank_being_built(reference,
     (bank / "zarr.json").write_text(json.dumps(root))
     with pytest.raises(BankFormatError, match=r"its seal .* is malformed"):
         Bank.open(bank)
-    result = run_cli("bank", "info", str(bank))
+    result = cli_in_process("bank", "info", str(bank))
     assert result.returncode == 2 and "is malformed" in result.stderr, result.stderr[-2000:]
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -282,12 +288,14 @@ def test_push_sends_the_bank_s_own_files_only(reference, tmp_path):
     "attribute, value",
     [("encoder", []), ("encoder", "x"), ("build", {}), ("images_per_prompt", "x")],
 )
-def test_an_attribute_of_another_type_is_one_line(reference, tmp_path, attribute, value):
+def test_an_attribute_of_another_type_is_one_line(
+    reference, tmp_path, attribute, value, cli_in_process
+):
     bank = copy_of(reference, tmp_path)
     root = json.loads((bank / "zarr.json").read_text())
     root["attributes"][attribute] = value
     (bank / "zarr.json").write_text(json.dumps(root))
-    result = run_cli("bank", "verify", str(bank))
+    result = cli_in_process("bank", "verify", str(bank))
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
@@ -351,7 +359,9 @@ def test_racing_writers_of_one_output_end_in_one_line_and_racing_pulls_share_it(
         share.pull_bank(f"file://{reference}", to=str(other), progress=False)
 
 
-def test_an_array_with_other_chunks_is_refused_before_repair_allocates_them(reference, tmp_path):
+def test_an_array_with_other_chunks_is_refused_before_repair_allocates_them(
+    reference, tmp_path, cli_in_process
+):
     """An array's zarr.json edited to a huge chunk shape: one line; repair used to allocate it
     (TiB), crash, and leave the bank unsealed with its card deleted."""
     bank = copy_of(reference, tmp_path)
@@ -361,7 +371,7 @@ def test_an_array_with_other_chunks_is_refused_before_repair_allocates_them(refe
     meta_path.write_text(json.dumps(meta))
     card = (bank / "README.md").read_bytes()
     for command in ("verify", "repair"):
-        result = run_cli("bank", command, str(bank))
+        result = cli_in_process("bank", command, str(bank))
         assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "visual/level_2 has chunks" in lines[0], lines
@@ -515,7 +525,9 @@ def test_a_remote_whose_manifest_disagrees_with_its_seal_is_not_pulled(
     assert not cache.exists() or [p for p in cache.rglob("*") if p.is_file()] == []
 
 
-def test_an_edited_keep_images_is_refused_not_a_repair_traceback(reference, tmp_path):
+def test_an_edited_keep_images_is_refused_not_a_repair_traceback(
+    reference, tmp_path, cli_in_process
+):
     """Found by the probe: build.keep_images edited to true (of a bank without images) passed
     every reader, and repair then ended in KeyError 'visual/images'; here the other way round."""
     bank = copy_of(reference, tmp_path)
@@ -524,7 +536,7 @@ def test_an_edited_keep_images_is_refused_not_a_repair_traceback(reference, tmp_
     root["attributes"]["build"]["keep_images"] = False
     (bank / "zarr.json").write_text(json.dumps(root))
     for command in ("info", "repair"):
-        result = run_cli("bank", command, str(bank))
+        result = cli_in_process("bank", command, str(bank))
         assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
         (line,) = result.stderr.splitlines()
         assert "attribute build.keep_images is False, but the bank has a visual/images" in line

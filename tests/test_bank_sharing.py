@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, cli_here
 from servers import MotoS3Server, RangeHTTPServer, s3fs_filesystem
 from test_bank import small_config
 
@@ -304,7 +304,7 @@ def test_pull_of_a_damaged_remote_object_fails_and_leaves_nothing(small, s3, s3_
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
 
 
-def test_fit_reads_its_banks_from_s3(world, s3, s3_env, tmp_path):
+def test_fit_reads_its_banks_from_s3(world, s3, s3_env, tmp_path, capfd, monkeypatch):
     url = f"s3://{BUCKET}/world.zarr"
     upload_folder(world / "bank.zarr", url, s3_options(s3))
     overlay = {
@@ -315,18 +315,14 @@ def test_fit_reads_its_banks_from_s3(world, s3, s3_env, tmp_path):
         }
     }
     (tmp_path / "s3.yaml").write_text(yaml.safe_dump(overlay))
-    result = cli(
-        "fit",
-        "--config",
-        str(TINY),
-        "--config",
-        str(world / "overlay.yaml"),
-        "--config",
-        str(tmp_path / "s3.yaml"),
-        env=s3_env,
-        cwd=tmp_path,
-        timeout=600,
-    )
+    # in this process (a fresh one adds 7 s of imports), with exactly s3_env
+    for key in set(os.environ) - set(s3_env):
+        monkeypatch.delenv(key)
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    configs = [str(TINY), str(world / "overlay.yaml"), str(tmp_path / "s3.yaml")]
+    args = [a for config in configs for a in ("--config", config)]
+    result = cli_here(capfd, monkeypatch, "fit", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpts = sorted(tmp_path.glob("runs/dpseg/version_*/checkpoints/last.ckpt"))
     assert ckpts, result.stderr[-3000:]

@@ -579,9 +579,10 @@ def test_cmd_eval_masks_vocab_out_and_skip(folders, tmp_path, capsys):
     assert "has 20 classes but --num-classes is 3" in capsys.readouterr().err
 
 
-def test_eval_masks_command_as_a_user_runs_it(folders, tmp_path):
-    """The real command line, in a fresh process: scores, JSON, result files, bad input."""
-    from conftest import run_cli
+def test_eval_masks_command_as_a_user_runs_it(folders, tmp_path, capfd, monkeypatch):
+    """The real command line, in a fresh process: scores, JSON, result files, bad input (after
+    the first, in this process: a fresh one adds its imports each time)."""
+    from conftest import cli_here, run_cli
 
     pred_dir, gt_dir = folders
     common = ["eval-masks", "--pred", str(pred_dir), "--gt", str(gt_dir), "--num-classes", "3"]
@@ -595,9 +596,9 @@ def test_eval_masks_command_as_a_user_runs_it(folders, tmp_path):
         "metrics_per_class.csv",
         "metrics_per_class_iou.png",
     ]
-    as_json = run_cli(*common, "--ignore-index", "255", "--json", "--quiet")
+    as_json = cli_here(capfd, monkeypatch, *common, "--ignore-index", "255", "--json", "--quiet")
     assert json.loads(as_json.stdout)["metrics"]["mIoU"] == pytest.approx(EXPECTED["mIoU"])
-    wrong = run_cli(*common, "--ignore-index", "255", "--vocab", "a; b")
+    wrong = cli_here(capfd, monkeypatch, *common, "--ignore-index", "255", "--vocab", "a; b")
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
 
 

@@ -32,7 +32,12 @@ def mixed_images(world, tmp_path_factory):
     return folder
 
 
-def test_predict_mixed_images_with_a_free_form_vocabulary(trained, world, mixed_images, tmp_path):
+def test_predict_mixed_images_with_a_free_form_vocabulary(
+    trained, world, mixed_images, tmp_path, capfd, monkeypatch
+):
+    def run_cli(*args, cwd):  # in this process: a fresh one would add 7 s of imports each
+        return cli_here(capfd, monkeypatch, *args, cwd=cwd)
+
     out = tmp_path / "pred"
     vocab = "red disc; green square; blue triangle; background; zebra, striped horse"
     result = run_cli(
