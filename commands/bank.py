@@ -100,7 +100,9 @@ def cmd_bank_build(args: argparse.Namespace) -> None:
     from data.templates import load_templates
     from data.vocabulary import load_vocabulary
     from prompt_bank.build import BuildConfig, resolve_preset
+    from prompt_bank.integrity import refuse_read_only_url
 
+    refuse_read_only_url(args.out, "--out")
     generator, encoder = resolve_preset(args.preset, args.generator, args.encoder)
     config = config_from(
         BuildConfig,
@@ -119,8 +121,14 @@ def cmd_bank_repair(args: argparse.Namespace) -> None:
     """Resume a bank with the settings it records: damaged shards are dropped and rebuilt."""
     from prompt_bank.build import config_from_bank
     from prompt_bank.format import BankFormatError
+    from prompt_bank.integrity import mend_advice, read_only_url
     from prompt_bank.store import open_group
 
+    if read_only_url(args.bank):
+        raise BankFormatError(
+            f"bank repair: BANK {args.bank} is an http(s) URL, which can be read but not "
+            f"written; {mend_advice(args.bank)}"
+        )
     try:
         attrs = dict(open_group(args.bank, mode="r").attrs)  # a damaged root: BankFormatError
     except FileNotFoundError:

@@ -60,6 +60,11 @@ def _pairs(value, what: str) -> list[DatasetBank]:
     return out
 
 
+MAX_CROP = 4096
+"""The largest training crop side (ours: 5x the paper's 768; a batch of larger crops does not fit
+in any GPU's memory with the encoder's features, and its allocation failed as a traceback)."""
+
+
 class SegmentationData(L.LightningDataModule):
     """Datasets for fit, validate, test and predict.
 
@@ -96,8 +101,20 @@ class SegmentationData(L.LightningDataModule):
             )
         if batch_size < 1:
             raise DatasetError(f"data.batch_size={batch_size} must be >= 1")
-        if crop < 8:
-            raise DatasetError(f"data.crop={crop}: the training crop side in pixels, must be >= 8")
+        if not 8 <= crop <= MAX_CROP:
+            raise DatasetError(
+                f"data.crop={crop}: the training crop side in pixels, must be 8 to {MAX_CROP}"
+            )
+        if num_workers < 0:
+            raise DatasetError(
+                f"data.num_workers={num_workers}: loader processes, must be >= 0 (0: load in "
+                "the training process)"
+            )
+        if limit_eval is not None and limit_eval < 1:
+            raise DatasetError(
+                f"data.limit_eval={limit_eval}: the first N images of each evaluated dataset, "
+                "must be >= 1 (or null: all of them)"
+            )
         if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
             raise DatasetError(
                 f"data.scale={list(scale)}: the random resize range [lo, hi], need 0 < lo <= hi"

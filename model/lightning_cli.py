@@ -28,7 +28,7 @@ import torch
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from common.config_files import config_file_error
 from common.errors import SettingError, UserError
@@ -197,6 +197,11 @@ class SegmentationCLI(LightningCLI):
                 own[0].error(str(e))
             raise error from None
         subcommand = self.config.get("subcommand")
+        seed = self.config[subcommand].get("seed_everything") if subcommand else None
+        if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < 2**32:
+            raise SettingError(  # Lightning's seed_everything: numpy's uint32 range
+                f"--seed_everything {seed}: give a seed from 0 to {2**32 - 1} (or true: random)"
+            )
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
         self.given_network = _network_settings(self.config[subcommand]) if subcommand else {}
         try:
@@ -332,7 +337,12 @@ class SegmentationCLI(LightningCLI):
                 trainer_config["callbacks"] = [
                     c for c in trainer_config.get("callbacks") or [] if not isinstance(c, needs_it)
                 ]
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as e:  # a trainer setting Lightning refuses
+            from common.errors import one_line
+
+            raise SettingError(f"a --trainer setting: {one_line(e)}") from None
         self.interruption = StopOnInterrupt()
         trainer.callbacks.append(self.interruption)
         if self.subcommand == "fit":

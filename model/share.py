@@ -164,7 +164,11 @@ def _read_remote(fs, path: str) -> bytes | None:
 def _download(fs, source: str, target: Path, bar: ProgressBar) -> str:
     """Stream ``source`` to ``target``; returns its sha256."""
     digest = hashlib.sha256()
-    with fs.open(source, "rb") as f, open(target, "wb") as out:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    # over HTTP, a stream (block_size=0): a plain server that ignores Range serves it whole,
+    # where fsspec's random-access file refuses such a server
+    options = {"block_size": 0} if {"http", "https"} & set(protocols) else {}
+    with fs.open(source, "rb", **options) as f, open(target, "wb") as out:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
             out.write(chunk)

@@ -126,6 +126,14 @@ class BuildConfig:
             if value is not None and value < 1:
                 default = " (leave it out for the default)" if option in OPTIONAL else ""
                 raise SettingError(f"--{option} {value}: must be >= 1{default}")
+        for option, value, most in (
+            ("images-per-prompt", self.images_per_prompt, 1000),
+            ("resolution", self.resolution, 2048),
+            ("steps", self.steps, 1000),
+            ("cpu-threads", self.cpu_threads, 1024),
+        ):  # ours: far above any use, below what runs out of memory before a line is said
+            if value is not None and value > most:
+                raise SettingError(f"--{option} {value}: must be <= {most}")
         if self.flush_seconds < 0:
             raise SettingError(
                 f"--flush-seconds {self.flush_seconds}: must be >= 0 (0: after every batch)"

@@ -247,16 +247,38 @@ def check_shard(group, layout: BankLayout, shard: int, legacy: bool = False) -> 
     return state
 
 
-def repair_command(location: str) -> str:
-    """How to mend a damaged bank at ``location``: ``bank repair`` where it can be written (a
-    path, file://, s3://, gs://); for an http(s) URL, which readers cannot write, a good copy
-    pushed over it by its owner (push uploads the objects that differ)."""
-    if str(location).startswith(("http://", "https://")):
-        return (
-            f"a bank at a URL is mended by its owner: python cli.py bank push GOOD_COPY "
-            f"{location} (push uploads the objects that differ), or pull it from another source"
+def read_only_url(location: str) -> bool:
+    """Whether ``location`` is an http(s) URL, which dpseg reads but cannot write."""
+    return str(location).startswith(("http://", "https://"))
+
+
+def refuse_read_only_url(location: str, option: str) -> None:
+    """One line, before any work, for an output that is an http(s) URL (ours: dpseg writes
+    banks to paths and to stores with a write API, and only reads over plain HTTP)."""
+    if read_only_url(location):
+        raise BankFormatError(
+            f"{option} {location}: an http(s) URL can be read but not written; write the bank to "
+            "a path or a writable URL (file://, s3://, gs://, hf://datasets/ORG/NAME), then serve "
+            "that"
         )
+
+
+def repair_command(location: str) -> str:
+    """``bank repair`` of a bank that can be written (a path, file://, s3://, gs://)."""
     return f"python cli.py bank repair {location}"
+
+
+def mend_advice(location: str, what: str = "the damaged shards") -> str:
+    """How to mend a damaged bank at ``location``, as a clause: rebuild ``what`` with ``bank
+    repair`` where it can be written; for an http(s) URL, which readers cannot write, a good
+    copy pushed over it by its owner (push uploads the objects that differ)."""
+    if read_only_url(location):
+        return (
+            f"a bank at an http(s) URL is mended by its owner, who pushes a good copy over it "
+            f"(python cli.py bank push GOOD_COPY {location} uploads the objects that differ); or "
+            "pull the bank from another source"
+        )
+    return f"rebuild {what} with `{repair_command(location)}` (or build the bank again)"
 
 
 def require_intact(bank) -> list[ShardState]:
@@ -267,8 +289,8 @@ def require_intact(bank) -> list[ShardState]:
         state = check_shard(bank.group, bank.layout, shard)
         if state.damaged:
             raise BankMismatchError(
-                f"{bank.location} shard {shard}: {state.problems[0]}; repair it first: "
-                f"{repair_command(bank.location)}"
+                f"{bank.location} shard {shard}: {state.problems[0]}; "
+                f"{mend_advice(bank.location, 'it')}"
             )
         states.append(state)
     return states
@@ -362,6 +384,5 @@ def disagreement_error(location: str, shard: int, keys: list[str]) -> str:
     return (
         f"bank {location!r}: shard {shard}'s objects {shown} are not the ones the bank was sealed "
         "with (its root zarr.json's contents; copied in from another bank, or changed "
-        f"together with their manifest); rebuild them with `{repair_command(location)}`, or get "
-        "the bank again from its source"
+        f"together with their manifest); {mend_advice(location, 'them')}"
     )

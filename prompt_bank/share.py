@@ -27,7 +27,7 @@ from common.errors import SettingError, staged_write
 from common.io import move_into_place, remove_staging
 from common.progress import ProgressBar
 from prompt_bank.format import REFETCH, BankFormatError, BankMismatchError
-from prompt_bank.integrity import manifest_key, require_intact
+from prompt_bank.integrity import manifest_key, refuse_read_only_url, require_intact
 from prompt_bank.safety import LOCK_KEY, TAKEOVER_KEY, check_output
 from prompt_bank.seal import CARD_KEY, manifest_hashes, seal_disagreements, sealed_contents
 from prompt_bank.store import Bank, filesystem, is_url, remote_errors, resolve_storage_options
@@ -419,6 +419,7 @@ def _content_key(folder: Path) -> str | None:
 def staged_output(out: str, option: str = "--out", storage_options: dict | None = None):
     """Yield a fresh local directory to write a bank in; on success it becomes `out` (renamed
     for a local `out`, uploaded with its root metadata last for a URL), on failure it goes."""
+    refuse_read_only_url(out, option)
     if check_output(out, option, storage_options):
         raise FileExistsError(
             f"{option} {out} already holds a bank; choose a new location (this command never "

@@ -305,7 +305,7 @@ class Bank:
 
     def repair_hint(self) -> str:
         """How to see and fix a damaged shard of this bank (the commands that exist)."""
-        from prompt_bank.integrity import repair_command
+        from prompt_bank.integrity import mend_advice
 
         if self.attrs.get("format_version", 2) < 2:  # v1: no manifests, no resume
             return (
@@ -314,8 +314,8 @@ class Bank:
                 "bank cannot be repaired)"
             )
         return (
-            f"see every problem with `python cli.py bank verify {self.location}` and rebuild the "
-            f"damaged shards with `{repair_command(self.location)}` (or build the bank again)"
+            f"see every problem with `python cli.py bank verify {self.location}`; "
+            f"{mend_advice(self.location)}"
         )
 
     def check_shard(self, shard: int, images: bool = False):

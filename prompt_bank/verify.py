@@ -9,7 +9,7 @@ import numpy as np
 
 from pretrained.fingerprint import fingerprint_mismatch
 from prompt_bank.format import BankFormatError
-from prompt_bank.integrity import check_shard
+from prompt_bank.integrity import check_shard, mend_advice
 from prompt_bank.seal import sealed_contents
 from prompt_bank.store import Bank
 
@@ -49,7 +49,7 @@ def _check_shards(bank: Bank, report: VerifyReport) -> dict[str, np.ndarray] | N
         for i in range(len(bank.layout.shard_ranges()))
     ]
     problems = [f"shard {s.index}: {p}" for s in states for p in s.problems]
-    repair = f"repair: python cli.py bank repair {bank.location}"
+    repair = mend_advice(bank.location)
     what = (
         "every object decodes and passes its checksum (format v1: no manifest to compare with)"
         if legacy

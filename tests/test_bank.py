@@ -332,7 +332,7 @@ def test_verify_catches_wrong_values(reference, tmp_path):
     # Written behind the builder's back: both objects differ from their manifests.
     assert "FAIL  objects: shard 0: object visual/done/c/0/0/0 has sha256" in result.stdout
     assert "shard 1: object visual/embeddings/c/1/0/0/0 has sha256" in result.stdout
-    assert f"repair: python cli.py bank repair {copy}" in result.stdout
+    assert f"rebuild the damaged shards with `python cli.py bank repair {copy}`" in result.stdout
     # Without manifests (a v1 bank) the values themselves are checked.
     attrs = dict(group.attrs)
     attrs.pop("contents")  # v1 banks are never sealed

@@ -119,7 +119,7 @@ def test_damage_is_named_and_a_resume_repairs_it(
         lines = "\n".join(report.lines())
     for damage in damages:
         assert re.search(DAMAGE[damage], lines), (damage, lines)
-    assert f"repair: python cli.py bank repair {bank}" in lines
+    assert f"rebuild the damaged shards with `python cli.py bank repair {bank}`" in lines
     # The same build command repairs it: each damaged shard (12 items) is built again.
     built = 12 * (4 - complete)
     if complete:

@@ -465,15 +465,18 @@ def test_array_metadata_edited_after_sealing_is_refused_and_never_resealed(
 def test_the_repair_advice_for_a_bank_at_a_url_is_a_push_not_a_repair():
     """The probe: a damaged bank read over HTTP advised `bank repair http://...`, which cannot
     write there; readers of a URL are told how its owner mends it."""
-    from prompt_bank.integrity import disagreement_error, repair_command
+    from prompt_bank.integrity import disagreement_error, mend_advice
 
     url = "http://127.0.0.1:9/b.zarr"
-    assert "bank repair" not in repair_command(url) and f"bank push GOOD_COPY {url}" in (
-        repair_command(url)
+    assert "bank repair" not in mend_advice(url) and f"bank push GOOD_COPY {url}" in (
+        mend_advice(url)
     )
     assert "bank repair" not in disagreement_error(url, 0, ["visual/level_1/c/0/0/0/0"])
     for writable in ("b.zarr", "file:///tmp/b.zarr", "s3://bucket/b.zarr"):
-        assert repair_command(writable) == f"python cli.py bank repair {writable}"
+        assert mend_advice(writable) == (
+            f"rebuild the damaged shards with `python cli.py bank repair {writable}` (or build "
+            "the bank again)"
+        )
 
 
 @pytest.mark.parametrize("edit", ["one array's entry", "the whole table", "attributes"])

@@ -638,6 +638,12 @@ def error_line(result) -> str:
         (["--model.dpseg.prompt_mode", "both"], "prompt_mode='both'"),
         (["--model.optim.lr", "-1"], "model.optim.lr=-1.0: must be > 0"),
         (["--data.crop", "-5"], "data.crop=-5"),
+        # found by the probe: tracebacks, or (limit_eval -1) the last image silently left out
+        (["--data.crop", "100000"], "data.crop=100000: the training crop side in pixels, must"),
+        (["--data.num_workers", "-2"], "data.num_workers=-2: loader processes, must be >= 0"),
+        (["--data.limit_eval", "-1"], "data.limit_eval=-1: the first N images of each evalu"),
+        (["--trainer.max_steps", "-5"], "a --trainer setting: `max_steps` must be a non-neg"),
+        (["--seed_everything", "99999999999999999999"], "give a seed from 0 to 4294967295"),
     ],
 )
 def test_bad_settings_of_fit_are_one_line_errors(world, capsys, monkeypatch, args, expected):

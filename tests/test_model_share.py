@@ -228,3 +228,29 @@ def test_pull_to_a_file_is_refused_before_any_request(exported, tmp_path):
     result = run_cli("model", "pull", f"file://{exported}", "--to", str(afile))
     assert result.returncode == 2 and "--to" in result.stderr and "is a file" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and afile.read_text() == "x"
+
+
+def test_pull_from_a_plain_http_server_that_ignores_range(exported, tmp_path, monkeypatch):
+    """Found by the probe: Python's own http.server (no Range support) gave fsspec's "doesn't
+    appear to support range requests" traceback; bank pulls from it worked. The weights are
+    streamed now."""
+    import functools
+    import http.server
+    import threading
+
+    from model.share import pull_model
+
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(exported.parent)
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{exported.name}"
+        pulled = pull_model(url, to=tmp_path / "pulled", progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert pulled["downloaded"] > 0
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "pulled" / name).read_bytes() == (exported / name).read_bytes()

@@ -1419,3 +1419,23 @@ def test_a_build_interrupted_before_its_first_item_says_so(tmp_path, capsys, mon
     assert one_error_line(err) == (
         "error: interrupted by SIGTERM: before this run saved any item; run the same command again"
     )
+
+
+@pytest.mark.parametrize(
+    "option, value, most",
+    [
+        ("--cpu-threads", "100000", 1024),
+        ("--images-per-prompt", "1000000", 1000),
+        ("--resolution", "100000", 2048),
+    ],
+)
+def test_a_build_size_beyond_any_use_is_refused_before_any_work(
+    tmp_path, capsys, option, value, most
+):
+    """Found by the probe: a diffusers traceback (threads), or the OOM killer with no message and
+    a half-made bank that refused the rerun with sane settings (images, resolution)."""
+    out = tmp_path / "b.zarr"
+    args = ["bank", "build", "--vocab", "red disc", "--preset", "tiny", "--out", str(out)]
+    line = user_error(capsys, *args, option, value, "--quiet")
+    assert line == f"error: {option} {value}: must be <= {most}"
+    assert not out.exists()
