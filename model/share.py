@@ -91,6 +91,7 @@ def push_model(
     if is_url(str(folder)):
         raise ModelFileError(f"model push: MODEL {str(folder)!r} must be a local model folder")
     folder, raw, config = _local_model(folder, "MODEL")
+    load_model(folder, "MODEL")  # a config.json edited to settings the weights do not fit
     key = model_key(raw)
     weights = config["weights"]["file"]
     files = [weights, *(f for f in (CARD, CONFIG) if (folder / f).is_file())]

@@ -254,7 +254,13 @@ def read_only_url(location: str) -> bool:
 
 def refuse_read_only_url(location: str, option: str) -> None:
     """One line, before any work, for an output that is an http(s) URL (ours: dpseg writes
-    banks to paths and to stores with a write API, and only reads over plain HTTP)."""
+    banks to paths and to stores with a write API, and only reads over plain HTTP), or empty
+    (which would mean the working folder)."""
+    if not str(location).strip():
+        raise BankFormatError(
+            f"{option} {str(location)!r}: empty; give the path or URL of the bank to write "
+            "(e.g. banks/mine.zarr)"
+        )
     if read_only_url(location):
         raise BankFormatError(
             f"{option} {location}: an http(s) URL can be read but not written; write the bank to "

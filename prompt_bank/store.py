@@ -10,10 +10,12 @@ variable ``DPSEG_STORAGE_OPTIONS``, a JSON object) are passed to the filesystem 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -126,6 +128,14 @@ def remote_errors(url: str, what: str):
     except OSError as e:
         if _local_storage_error(e):
             raise  # this machine's disk (cli.py says so in one line), not the store
+        if url.startswith("file://") and e.errno in (errno.ENOTDIR, errno.EEXIST):
+            path = Path(url.removeprefix("file://"))
+            blocking = next((p for p in (path, *path.parents) if p.exists()), None)
+            if blocking is not None and not blocking.is_dir():
+                raise RemoteError(
+                    f"{what} {url}: {str(blocking)!r} is a file, so no folder can be made "
+                    "there; give a URL under a folder"
+                ) from None
         raise RemoteError(
             f"{what} {url}: {type(e).__name__}: {one_line(e)[:300]}; check the URL, the network "
             "and the credentials (--storage-options, $DPSEG_STORAGE_OPTIONS, or huggingface-cli "

@@ -254,3 +254,20 @@ def test_pull_from_a_plain_http_server_that_ignores_range(exported, tmp_path, mo
     assert pulled["downloaded"] > 0
     for name in ("model.safetensors", "config.json"):
         assert (tmp_path / "pulled" / name).read_bytes() == (exported / name).read_bytes()
+
+
+def test_push_refuses_a_config_json_the_weights_do_not_fit(exported, tmp_path):
+    """Found by the probe: config.json edited (cost_channels 32 -> 64), the weights unchanged:
+    the push succeeded, and every segment --model of the pushed copy failed. The push loads the
+    model first and uploads nothing."""
+    from model.export import ModelFileError
+    from model.share import push_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model"]["dpseg"]["cost_channels"] *= 2
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="model.safetensors does not fit the model"):
+        push_model(folder, f"file://{tmp_path / 'remote'}", progress=False)
+    assert not (tmp_path / "remote").exists()

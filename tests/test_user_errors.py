@@ -1439,3 +1439,54 @@ def test_a_build_size_beyond_any_use_is_refused_before_any_work(
     line = user_error(capsys, *args, option, value, "--quiet")
     assert line == f"error: {option} {value}: must be <= {most}"
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        (
+            ["bank", "build", "--vocab", "red disc", "--preset", "tiny", "--out", "{http}/x.zarr"],
+            "error: --out {http}/x.zarr: an http(s) URL can be read but not written; write the",
+        ),
+        (
+            ["bank", "subset", "{bank}", "--vocab", "red disc", "--out", "{http}/s.zarr"],
+            "error: --out {http}/s.zarr: an http(s) URL can be read but not written",
+        ),
+        (
+            ["bank", "merge", "{bank}", "{bank}", "--out", "{http}/m.zarr"],
+            "error: --out {http}/m.zarr: an http(s) URL can be read but not written",
+        ),
+        (
+            ["bank", "repair", "{http}/b.zarr"],
+            "error: bank repair: BANK {http}/b.zarr is an http(s) URL, which can be read but "
+            "not written; a bank at an http(s) URL is mended by its owner, who pushes",
+        ),
+        (
+            ["bank", "build", "--vocab", "red disc", "--preset", "tiny", "--out", ""],
+            "error: --out '': empty; give the path or URL of the bank to write",
+        ),
+        (
+            ["bank", "push", "{bank}", "file://{file}/sub/b.zarr"],
+            "error: bank push to file://{file}/sub/b.zarr: '{file}' is a file, so no folder can",
+        ),
+    ],
+    ids=[
+        "build-http",
+        "subset-http",
+        "merge-http",
+        "repair-http",
+        "build-empty",
+        "push-under-file",
+    ],
+)
+def test_an_output_no_bank_can_be_written_to_is_one_line(
+    tiny_bank, tmp_path, capsys, command, expected
+):
+    """Found by the probe: aiohttp's 501 traceback for an http(s) --out or repair, a blank value
+    for --out '' (read as the working folder), and a file:// push under a file blamed on the
+    network. Each is refused before any request or work."""
+    values = {"http": "http://127.0.0.1:9", "bank": str(tiny_bank), "file": str(tmp_path / "f")}
+    (tmp_path / "f").write_text("")
+    line = user_error(capsys, *[a.format(**values) for a in command])
+    assert line.startswith(expected.format(**values)), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
