@@ -268,6 +268,6 @@ def test_push_refuses_a_config_json_the_weights_do_not_fit(exported, tmp_path):
     config = json.loads((folder / "config.json").read_text())
     config["model"]["dpseg"]["cost_channels"] *= 2
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelFileError, match="model.safetensors does not fit the model"):
+    with pytest.raises(ModelFileError, match=r"model\.safetensors does not fit the model"):
         push_model(folder, f"file://{tmp_path / 'remote'}", progress=False)
     assert not (tmp_path / "remote").exists()
