@@ -150,7 +150,7 @@ def load_prompts(
             "%d classes are not in bank %s and are served text-only: %s",
             len(missing),
             where,
-            ", ".join(missing[:20]),
+            "; ".join(missing[:20]),  # the vocabulary's own separator: ',' joins synonyms
         )
         if text_encoder is None:
             raise ValueError("allow_text_only needs a text_encoder for the missing classes")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from common.signals import Interrupted
 from data.vocabulary import Vocabulary, load_vocabulary, match_entries
 from prompt_bank.build import build_bank, config_from_bank
 from prompt_bank.store import Bank, is_url
@@ -162,6 +163,18 @@ def build_missing_classes(
     threads = torch.get_num_threads()
     try:
         build_bank(config, location)
+    except Interrupted as e:  # said of the generation, not of a bank the user did not name
+        saved = (
+            f"the {e.saved} items finished are cached in {location}, and the same command "
+            "goes on from them"
+            if e.saved
+            else "no item was finished yet; the same command starts them again"
+        )
+        raise Interrupted(
+            e.signum,
+            f"interrupted by {e} while generating prompts for {len(missing)} classes the bank "
+            f"lacks, before any image was segmented: {saved}",
+        ) from None
     finally:
         torch.set_num_threads(threads)  # the build sets the bank's recorded thread count
     return [*reused, location]

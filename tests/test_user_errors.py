@@ -1490,3 +1490,30 @@ def test_an_output_no_bank_can_be_written_to_is_one_line(
     line = user_error(capsys, *[a.format(**values) for a in command])
     assert line.startswith(expected.format(**values)), line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_a_signal_while_segment_generates_classes_says_so(trained, tmp_path, capsys, monkeypatch):
+    """Found by the probe: Ctrl-C while segment generated the classes its bank lacks said
+    "finished work is kept", with nothing cached and nothing segmented."""
+    import os
+
+    import prompt_bank.build
+
+    real = prompt_bank.build.open_group
+
+    def signal_then_go_on(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prompt_bank.build, "open_group", signal_then_go_on)
+    Image.new("RGB", (32, 32)).save(tmp_path / "image.png")
+    args = ["segment", "--ckpt", str(trained), "--images", str(tmp_path / "image.png")]
+    args += ["--vocab", "red disc; zebra", "--out", str(tmp_path / "out"), "--quiet"]
+    code, _, err = run_main(capsys, *args)
+    assert code == 128 + signal.SIGINT, err
+    assert one_error_line(err, only=False) == (
+        "error: interrupted by SIGINT while generating prompts for 1 classes the bank lacks, "
+        "before any image was segmented: no item was finished yet; the same command starts them "
+        "again"
+    )
+    assert not (tmp_path / "out").exists()
