@@ -14,6 +14,7 @@ def _write_dataset(args: argparse.Namespace, config_class, write, class_names, w
 
     from common.errors import SettingError, check_output_file, check_output_folder
     from data.catalog import datasets_root
+    from data.synthetic import MAX_SIZE, MIN_SIZE
 
     splits = {"train_images": args.train, "val_images": args.val}
     if getattr(args, "test", None) is not None:
@@ -22,6 +23,14 @@ def _write_dataset(args: argparse.Namespace, config_class, write, class_names, w
         if count < 0:  # named as the user typed it, not as the config's field
             option = "--" + key.removesuffix("_images")
             raise SettingError(f"{option} {count}: give 0 or more images")
+    if not MIN_SIZE <= args.size <= MAX_SIZE:
+        bound = f"at least {MIN_SIZE}" if args.size < MIN_SIZE else f"at most {MAX_SIZE}"
+        raise SettingError(
+            f"--size {args.size}: images must be {bound} px; give a side of {MIN_SIZE} to "
+            f"{MAX_SIZE} px (default 128)"
+        )
+    if args.seed < 0:
+        raise SettingError(f"--seed {args.seed}: give 0 or more (numpy seeds cannot be negative)")
     config = config_class(**splits, size=args.size, seed=args.seed)  # SettingError: one line
     check_output_folder(datasets_root(args.root), "--root")  # before any image is drawn
     if args.preview:

@@ -26,6 +26,7 @@ from data.datasets import read_label
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
 ON_BAD_SAMPLE = ("error", "skip")
 LIST_AT_MOST = 5  # file names listed in a message or a report, per reason
+MAX_CLASSES = 65536  # ours: label maps are 8- or 16-bit, so ids stop at 65535
 
 # Why a sample can be left out (on_bad_sample="skip"), and how the report words it.
 SKIP_REASONS = {
@@ -162,6 +163,12 @@ def evaluate_mask_folders(
             f"--num-classes {num_classes!r}: must be an int >= 1, the number of classes K "
             "(label values 0..K-1, plus the --ignore-index values)"
         )
+    if num_classes > MAX_CLASSES:
+        raise DatasetError(
+            f"--num-classes {num_classes}: must be at most {MAX_CLASSES}; label maps are 8- or "
+            "16-bit, so their class ids stop at 65535: give the number of classes K (e.g. 150 "
+            "for ADE-150)"
+        )
     ignore_values = (ignore_index,) if isinstance(ignore_index, int) else tuple(ignore_index)
     if class_names is not None and len(class_names) != num_classes:
         raise DatasetError(
@@ -211,11 +218,22 @@ def evaluate_mask_folders(
             missing,
             f"prediction missing for {len(missing)} of {len(gts)} ground-truth files: "
             f"{listing(missing)} (looked in {str(pred_root)!r} for the same stem with "
-            f"{', '.join(MASK_SUFFIXES)}); predict every image, or pass --on-bad-sample skip",
+            f"{', '.join(MASK_SUFFIXES)}); predict every image"
+            + ("" if skip else ", or pass --on-bad-sample skip"),
         )
     stems = [s for s in sorted(gts) if s in preds and s not in ambiguous_stems]
 
-    metric = SemSegMetric(num_classes, IGNORE_INDEX, background_from)
+    try:
+        metric = SemSegMetric(num_classes, IGNORE_INDEX, background_from)
+    except (RuntimeError, MemoryError) as e:  # the K x K int64 confusion matrix
+        if not isinstance(e, MemoryError) and "alloc" not in str(e):
+            raise
+        gib = num_classes**2 * 8 / 2**30
+        raise DatasetError(
+            f"--num-classes {num_classes}: its {num_classes} x {num_classes} confusion matrix "
+            f"needs {gib:.1f} GiB, more memory than this machine gives; check --num-classes "
+            "(the number of classes K, e.g. 150 for ADE-150)"
+        ) from None
     evaluated = 0
     from common.progress import ProgressBar
 

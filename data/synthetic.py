@@ -19,6 +19,7 @@ same bytes as a full run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -35,6 +36,9 @@ from data.vocabulary import load_vocabulary
 
 IGNORE_INDEX = 255
 SPLITS = ("train", "val")
+MIN_SIZE = 32  # px (ours: one cell of 32 px, the coarsest grid the models see)
+MAX_SIZE = 2048  # px (ours: a 2048 px render peaks near 0.5 GB and takes about a second; its
+# memory grows with the side squared, so 100000 px would need over a terabyte)
 
 # (name, shape, base RGB, texture): class id = position + 1; 0 is the background.
 # Names are what the prompts see; shape, colour and texture make each class learnable from pixels.
@@ -71,8 +75,12 @@ class SyntheticConfig:
             raise SettingError(
                 f"train_images={self.train_images}, val_images={self.val_images}: counts must be >= 0"
             )
-        if self.size < 32:
-            raise SettingError(f"size={self.size}: images must be at least 32 px")
+        if self.size < MIN_SIZE:
+            raise SettingError(f"size={self.size}: images must be at least {MIN_SIZE} px")
+        if self.size > MAX_SIZE:
+            raise SettingError(f"size={self.size}: images must be at most {MAX_SIZE} px")
+        if self.seed < 0:
+            raise SettingError(f"seed={self.seed}: must be >= 0 (numpy seeds are non-negative)")
         if not 1 <= self.min_objects <= self.max_objects:
             raise SettingError(
                 f"min_objects={self.min_objects}, max_objects={self.max_objects}: "
@@ -228,15 +236,64 @@ def write_rendered_dataset(
                 "another --root"
             )
     sizes = config.split_sizes()
-    for split in sizes:
-        (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        (out / "annotations_detectron2" / split).mkdir(parents=True, exist_ok=True)
-    # "complete": false until every image is written: a dataset cut short is refused when read
-    # (data.datasets.index_files), and the same command finishes it
-    meta_path.write_text(json.dumps({**meta, "complete": False}, indent=2) + "\n")
-    for name, text in files.items():
-        (out / name).write_text(text + "\n")
+    # What this run creates, undone if it fails before its first image (a render out of memory,
+    # a bad setting): a meta.json left without images would refuse the corrected rerun.
+    fresh = not meta_path.exists()
+    created = _missing_parents(out) if fresh else []
+    try:
+        for split in sizes:
+            for folder in (out / "images" / split, out / "annotations_detectron2" / split):
+                if fresh:
+                    created += [p for p in _missing_parents(folder) if p not in created]
+                folder.mkdir(parents=True, exist_ok=True)
+        # "complete": false until every image is written: a dataset cut short is refused when
+        # read (data.datasets.index_files), and the same command finishes it
+        if fresh:
+            created += [out / name for name in ("meta.json", *files) if not (out / name).exists()]
+        meta_path.write_text(json.dumps({**meta, "complete": False}, indent=2) + "\n")
+        for name, text in files.items():
+            (out / name).write_text(text + "\n")
+        return _write_images(out, config, render, meta, sizes, progress)
+    except Exception:
+        if fresh and not _has_images(out, sizes):
+            _remove_created(created)
+        raise
 
+
+def _missing_parents(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, outermost first."""
+    missing = []
+    for p in (folder, *folder.parents):
+        if p.exists():
+            break
+        missing.append(p)
+    return missing[::-1]
+
+
+def _has_images(out: Path, sizes: dict[str, int]) -> bool:
+    """Whether any image or label file is under ``out``'s split folders."""
+    return any(
+        any((out / kind / split).glob("*")) if (out / kind / split).is_dir() else False
+        for kind in ("images", "annotations_detectron2")
+        for split in sizes
+    )
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove the files, then the (now empty) folders, that a failed run created; leave anything
+    else (a folder someone wrote into meanwhile stays)."""
+    for p in created:
+        if p.is_file():
+            p.unlink(missing_ok=True)
+    for p in sorted((p for p in created if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty: someone else's files stay
+            p.rmdir()
+
+
+def _write_images(out: Path, config, render, meta: dict, sizes: dict[str, int], progress: bool):
+    """Render and write every image of ``sizes`` not already there, then mark ``meta.json``
+    complete; the summary of :func:`write_rendered_dataset`."""
+    meta_path = out / "meta.json"
     jobs = [(s, i) for s, count in sizes.items() for i in range(count)]
     start, written = time.perf_counter(), 0
     from common.progress import ProgressBar

@@ -103,7 +103,8 @@ def load_templates(spec: str | os.PathLike) -> list[str]:
         )
     if path.is_file():
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            # utf-8-sig: a byte order mark (Windows editors) is not part of the first template
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError) as e:
             raise TemplateError(f"cannot read templates file {text!r}: {e}") from e
         return _check([line.strip() for line in lines if line.strip()], text)

@@ -149,21 +149,27 @@ class Vocabulary:
                     f"{where}: entry {i} is {entry!r} ({type(entry).__name__}); "
                     "each class must be a string of comma-separated synonyms"
                 )
-            if len(entry) > MAX_ENTRY or any(c < " " and c != "\t" for c in entry.strip()):
+            control = [c for c in entry.strip() if c < " " and c != "\t"]
+            if len(entry) > MAX_ENTRY or control:
                 raise VocabularyError(
                     f"{where}: entry {i} ({entry[:40]!r}{'...' if len(entry) > 40 else ''}) "
                     + (
                         f"is {len(entry)} characters long, more than {MAX_ENTRY}"
                         if len(entry) > MAX_ENTRY
-                        else "holds a control character (a NUL or line break inside a name)"
+                        else f"holds a control character ({control[0]!r})"
                     )
                     + "; give class names as plain text, one class per entry"
+                )
+            if not entry.strip():
+                raise VocabularyError(
+                    f"{where}: entry {i} ({entry!r}) is empty; remove it or give a class name"
                 )
             parts = [s.strip() for s in entry.split(separator)]
             if not parts[0]:
                 raise VocabularyError(
-                    f"{where}: entry {i} ({entry!r}) has a blank class name; "
-                    "remove the empty entry or the leading comma"
+                    f"{where}: entry {i} ({entry!r}) has a blank class name before the first "
+                    f"{separator.strip()!r}; remove the leading {separator.strip()!r} or put the "
+                    "class name first"
                 )
             # A stray trailing comma ("marble floor, marble flooring, " in VIP's COCO-Stuff
             # file) adds an empty synonym: dropped, since an empty prompt would be encoded.
@@ -214,6 +220,15 @@ def read_vocabulary_file(
         # a class is never blank). Lines starting with "#" are comments (the scores of
         # `cli.py vip select-aliases`).
         entries = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        for number, line in enumerate(text.splitlines(), start=1):
+            if ";" in line and not line.lstrip().startswith("#"):
+                # an inline list pasted into a file would silently become one class
+                raise VocabularyError(
+                    f"vocabulary file {str(path)!r}: line {number} ({line[:40]!r}"
+                    f"{'...' if len(line) > 40 else ''}) holds ';'; a .txt file takes one class "
+                    "per line (',' between synonyms) and ';' separates classes only in an inline "
+                    "list: put each class on a line of its own"
+                )
     return Vocabulary.from_entries(
         entries,
         name=path.stem,
@@ -278,10 +293,27 @@ def load_vocabulary(
     is_json_or_txt = path.suffix.lower() in (".json", ".txt")
     if (is_json_or_txt or has_separator) and path.is_file():
         return read_vocabulary_file(path, allow_duplicates, separator)
+    if not text.strip():
+        raise VocabularyError(
+            f"vocabulary {text!r} is empty; give a name (cli.py vocab lists them), a .json/.txt "
+            "file or classes like 'cat, kitty; dog'"
+        )
     if ";" in text:
         entries = text.split(";")
         if len(entries) > 1 and not entries[-1].strip():  # "toys;": a list of one class
             entries = entries[:-1]
+        if not any(e.strip() for e in entries):
+            raise VocabularyError(
+                f"vocabulary {text!r} is an empty list: it holds only ';' separators and no class "
+                "name; give classes like 'cat, kitty; dog'"
+            )
+        for i, entry in enumerate(entries, start=1):
+            if not entry.strip():
+                where = "before the first ';'" if i == 1 else "between two ';' separators"
+                raise VocabularyError(
+                    f"inline list {text!r}: entry {i} is empty (nothing {where}); remove the "
+                    "extra ';' or put a class name there"
+                )
         return Vocabulary.from_entries(
             entries, name="inline", source="inline list", allow_duplicates=allow_duplicates
         )

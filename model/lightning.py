@@ -234,6 +234,10 @@ class DPSegModule(SegmentationModule):
                 "(model.num_templates) is unknown; build them (make bank VOCAB=...) or fix the "
                 "paths"
             )
+        if num_templates < 1:
+            raise SettingError(
+                f"model.num_templates={num_templates}: the templates P of the banks, must be >= 1"
+            )
         self.dpseg_config = _as(DPSegConfig, dpseg)
         self.optim_config = _as(OptimConfig, optim)
         self.loss_config = _as(LossConfig, loss)

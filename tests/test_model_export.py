@@ -142,6 +142,8 @@ def test_the_card_lists_each_test_record_it_was_given(trained, tmp_path):
         ("dpseg.cost_channels", None, "model.dpseg.cost_channels=None: must be an integer"),
         # a long value is quoted whole, and the fix after it kept (was cut at 200 characters)
         ("dpseg.prompt_mode", "averaged-" * 30, "-': use one of text, visual, avg, cost-avg"),
+        # the probe: "shared_templates=0 must be in 1..0", a key the file does not have
+        ("num_templates", 0, "model.num_templates=0: the templates P of the banks, must be >= 1"),
     ],
 )
 def test_a_config_json_with_settings_of_another_type_is_one_line(

@@ -118,6 +118,18 @@ class VIPPredictor(ImagePredictor):
 VIP_CLASS_PATH = f"{VIPModule.__module__}.{VIPModule.__qualname__}"
 """``model.class_path`` of a VIP config (model.vip.lightning.VIPModule)."""
 
+VIP_CONFIG_SECTIONS = (
+    "model",
+    "data",
+    "trainer",
+    "seed_everything",
+    "ckpt_path",
+    "verbose",
+    "weights_only",
+)
+"""The top-level keys a VIP config may have: those ``cli.py test --config`` takes (segment reads
+only ``model:``; the others are accepted so that one file serves both)."""
+
 
 def _vip_settings(config: str | Path) -> dict:
     """The ``model:`` section of a VIP config file, checked: one line naming ``--config``, the
@@ -132,11 +144,17 @@ def _vip_settings(config: str | Path) -> dict:
         state = "is a folder" if path.is_dir() else "does not exist"
         raise SettingError(f"--config {str(config)!r} {state}; {what}")
     loaded = read_config(str(config))  # not UTF-8 or not YAML: one line
-    if loaded is None:
-        loaded = {}
+    if loaded is None or loaded == {}:
+        raise SettingError(f"--config {str(config)!r} is empty, not a mapping of settings; {what}")
     if not isinstance(loaded, dict):
         raise SettingError(
             f"--config {str(config)!r} holds a YAML {type(loaded).__name__}, not a mapping; {what}"
+        )
+    unknown = sorted(str(k) for k in loaded if k not in VIP_CONFIG_SECTIONS)
+    if unknown:  # a misspelt section (modle:) would leave every setting at its default
+        raise SettingError(
+            f"--config {str(config)!r}: does not accept option {unknown[0]!r}; fix the file (a VIP "
+            f"config takes the sections {', '.join(VIP_CONFIG_SECTIONS)}, like configs/vip_*.yaml)"
         )
     model = loaded.get("model") or {}
     if not isinstance(model, dict):
