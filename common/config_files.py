@@ -116,18 +116,29 @@ def short_parse_error(message: str) -> str:
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "text", "bool": "true or false"}
 
 
-def option_type_error(argv: list[str], command: str, message: str) -> SettingError | None:
+def option_type_error(
+    argv: list[str], command: str, message: str, given_only: bool = False
+) -> SettingError | None:
     """jsonargparse's error for an option value of the wrong type (``Parser key "batch_size":
     Does not validate ... Given value: abc``, ten lines after the usage) as one line naming the
-    option, the value and what it takes; None for any other error."""
+    option, the value and what it takes; None for any other error. A nested setting's keys
+    (``Parser key "model": ... Parser key "optim": ... Parser key "lr"``) name the dotted
+    option (``--model.optim.lr``) where the command line gave it; ``given_only``: None where it
+    did not (the value came from a --config file)."""
     key = re.match(r'Parser key "([^"]+)"', message)
     given = re.search(r"(?:Given|Got) value: (.*)", message)
     if key is None or given is None:
         return None
     name = key.group(1)
-    spellings = [f"--{name}", f"--{name.replace('_', '-')}"]
-    option = next((a for a in argv for s in spellings if a == s or a.startswith(s + "=")), None)
-    option = (option or spellings[1]).split("=")[0]
+    dotted = ".".join(re.findall(r'Parser key "([^"]+)"', message[: given.start()]))
+    for candidate in (dotted, name):
+        spellings = [f"--{candidate}", f"--{candidate.replace('_', '-')}"]
+        option = next((a for a in argv for s in spellings if a == s or a.startswith(s + "=")), None)
+        if option is not None:
+            break
+    if option is None and given_only:
+        return None
+    option = (option or f"--{name.replace('_', '-')}").split("=")[0]
     wanted = []
     for kind in re.findall(r"Expected a (typing\.Literal\[[^\]]*\]|<class '(\w+)'>)", message):
         literal, cls = kind

@@ -30,7 +30,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from common.config_files import config_file_error
+from common.config_files import config_file_error, option_type_error
 from common.errors import SettingError, UserError
 from common.optional import available
 from common.signals import stopped
@@ -190,7 +190,8 @@ class SegmentationCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as e:
-            error = config_file_error(list(args), str(args[0]), str(e))
+            error = option_type_error(list(args), str(args[0]), str(e), given_only=True)
+            error = error or config_file_error(list(args), str(args[0]), str(e))
             if error is None:  # the usage of the subcommand's parser, as jsonargparse prints it
                 own = [p for p in self.parsers if p.prog.endswith(f" {args[0]}")] or [parser]
                 own[0].exit_on_error = True

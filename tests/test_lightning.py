@@ -649,6 +649,9 @@ def error_line(result) -> str:
         (["--data.limit_eval", "-1"], "data.limit_eval=-1: the first N images of each evalu"),
         (["--trainer.max_steps", "-5"], "a --trainer setting: `max_steps` must be a non-neg"),
         (["--seed_everything", "99999999999999999999"], "give a seed from 0 to 4294967295"),
+        # the probe: blamed on the --config file, as jsonargparse's nested Union dump
+        (["--model.optim.lr", "nan"], "error: --model.optim.lr 'nan': expected a number (cli"),
+        (["--data.batch_size", "abc"], "error: --data.batch_size 'abc': expected an integer"),
     ],
 )
 def test_bad_settings_of_fit_are_one_line_errors(world, capsys, monkeypatch, args, expected):
