@@ -196,6 +196,17 @@ def _agreement(data: dict[str, np.ndarray]) -> list[str]:
     return out
 
 
+def _absent(store, key: str) -> str:
+    """How an object that reads as absent is absent: "is missing", or, in a local bank, "is a
+    folder, not a file" (a folder where the object belongs reads as no object)."""
+    import os
+
+    root = getattr(store, "root", None)
+    if root is not None and os.path.isdir(os.path.join(str(root), key)):
+        return "is a folder, not a file"
+    return "is missing"
+
+
 def check_shard(group, layout: BankLayout, shard: int, legacy: bool = False) -> ShardState:
     """Read shard `shard` once and judge it: objects against the manifest (skipped for a
     ``legacy`` v1 bank, which has none), decoding and checksums, done flags against data."""
@@ -210,8 +221,11 @@ def check_shard(group, layout: BankLayout, shard: int, legacy: bool = False) -> 
     state.settled = bool(manifest) and all(len(v) == 1 for v in manifest.values())
     if manifest is None and not legacy and any(r is not None for r in raws.values()):
         state.problems.append(
-            f"{manifest_key(shard)} is missing although the shard holds objects (copied in, "
-            "or written by a build killed before its first manifest)"
+            f"{manifest_key(shard)} is a folder, not a file, so none of the shard's objects can "
+            "be checked"
+            if _absent(store, manifest_key(shard)) != "is missing"
+            else f"{manifest_key(shard)} is missing although the shard holds objects (copied "
+            "in, or written by a build killed before its first manifest)"
         )
     if body is not None and "unreadable" in body:
         state.problems.append(
@@ -225,7 +239,7 @@ def check_shard(group, layout: BankLayout, shard: int, legacy: bool = False) -> 
         allowed = manifest.get(key, [])
         if found not in allowed:
             what = (
-                "is missing"
+                _absent(store, key)
                 if found is None
                 else "is empty (0 bytes)"
                 if found == EMPTY_SHA256

@@ -584,3 +584,20 @@ def test_a_folder_where_the_build_lock_belongs_is_named_with_its_fix(
         f"error: {bank}/build.lock is a folder, not a build lock (a process holds a bank with a "
         f"file there); remove it (rm -r {bank}/build.lock) and run the command again\n"
     )
+
+
+@pytest.mark.parametrize("which", ["object", "manifest"])
+def test_a_folder_where_an_object_belongs_is_named_so_and_repaired(
+    reference, tmp_path, which, cli_in_process
+):
+    """Found by the probe: a folder in place of a shard object or a manifest was "missing"."""
+    bank = copy_of(reference, tmp_path)
+    key = "visual/level_1/c/0/0/0/0" if which == "object" else "manifest/shard-00000.json"
+    (bank / key).unlink()
+    (bank / key).mkdir()
+    verify = cli_in_process("bank", "verify", str(bank))
+    assert verify.returncode == 1, verify.stdout[-2000:]
+    assert f"{key} is a folder, not a file" in verify.stdout, verify.stdout[-2000:]
+    assert cli_in_process("bank", "repair", str(bank), "--quiet").returncode == 0
+    assert (bank / key).is_file()
+    assert cli_in_process("bank", "verify", str(bank)).returncode == 0
