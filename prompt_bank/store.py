@@ -179,7 +179,9 @@ def open_store(location: str | os.PathLike, read_only: bool, storage_options: di
             f"no bank at {location!r}; check the path, or build one there with `python cli.py "
             f"bank build --vocab VOCAB --out {location}` (or fetch one: `cli.py bank pull URL`)"
         )
-    refuse_irregular_files(location)
+    if os.path.lexists(os.path.join(location, "zarr.json")):  # a bank (or meant as one);
+        # any other folder is refused as "not a prompt bank", whatever it holds
+        refuse_irregular_files(location)
     return LocalStore(location, read_only=read_only)
 
 

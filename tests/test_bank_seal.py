@@ -601,3 +601,19 @@ def test_a_folder_where_an_object_belongs_is_named_so_and_repaired(
     assert cli_in_process("bank", "repair", str(bank), "--quiet").returncode == 0
     assert (bank / key).is_file()
     assert cli_in_process("bank", "verify", str(bank)).returncode == 0
+
+
+def test_a_folder_that_is_no_bank_is_called_so_whatever_it_holds(tmp_path, capsys):
+    """Found by the probe: a folder of other files holding a pipe was called a damaged bank
+    ("fifo.png is a pipe ... get the bank again from its source"). Without a root zarr.json it
+    is no bank, and is refused as such (without opening the pipe)."""
+    import os
+
+    import cli
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    os.mkfifo(folder / "fifo.png")
+    assert cli.main(["bank", "info", str(folder)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {str(folder)!r} is not a prompt bank"), line
