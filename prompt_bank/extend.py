@@ -123,6 +123,36 @@ def missing_classes(bank: Bank, vocabulary: Vocabulary) -> Vocabulary | None:
     return Vocabulary(f"{vocabulary.name}-extra", missing, "generated")
 
 
+WAIT_SECONDS = 3600
+"""How long a segment waits for another process generating the same classes into the cache
+(ours: it then reads them; a process that died is taken over at once by the lock)."""
+
+
+def _build_or_wait(config, location: str) -> None:
+    """Build (or resume) the cached bank at ``location``; where another process holds its lock
+    (a second segment asking for the same classes), wait for it, then read what it made."""
+    import time
+
+    from prompt_bank.safety import BankLockError
+
+    deadline = time.monotonic() + WAIT_SECONDS
+    said = False
+    while True:
+        try:
+            build_bank(config, location)
+            return
+        except BankLockError as e:
+            if "is being built by" not in str(e) or time.monotonic() > deadline:
+                raise
+            if not said:
+                log.warning(
+                    "another process is generating these classes into %s; waiting for it",
+                    location,
+                )
+                said = True
+            time.sleep(1.0)
+
+
 def build_missing_classes(
     bank: str | Bank,
     vocabulary: str | Vocabulary,
@@ -162,7 +192,7 @@ def build_missing_classes(
     )
     threads = torch.get_num_threads()
     try:
-        build_bank(config, location)
+        _build_or_wait(config, location)
     except Interrupted as e:  # said of the generation, not of a bank the user did not name
         saved = (
             f"the {e.saved} items finished are cached in {location}, and the same command "

@@ -1517,3 +1517,43 @@ def test_a_signal_while_segment_generates_classes_says_so(trained, tmp_path, cap
         "again"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_second_segment_waits_for_the_classes_another_is_generating(tiny_bank, tmp_path, caplog):
+    """Found by the probe: two segments generating the same missing class; the second ended
+    with a build lock's advice (torchrun ranks, delete build.lock). It now waits for the first,
+    then reads the classes it made."""
+    import os
+    import threading
+
+    from data.vocabulary import load_vocabulary
+    from prompt_bank.extend import build_missing_classes, cache_location, missing_classes
+    from prompt_bank.safety import build_lock
+    from prompt_bank.store import Bank, open_group
+
+    bank = tmp_path / "bank.zarr"
+    shutil.copytree(tiny_bank, bank)
+    opened = Bank.open(bank)
+    location = cache_location(opened, missing_classes(opened, load_vocabulary("red disc; zebra")))
+    os.makedirs(location)
+    group = open_group(location, mode="a")
+    group.attrs.update({"format": "dpseg-prompt-bank", "format_version": 2})
+    held, release = threading.Event(), threading.Event()
+
+    def the_other_segment():
+        with build_lock(group, location, "the other segment"):
+            held.set()
+            release.wait(30)
+
+    other = threading.Thread(target=the_other_segment)
+    other.start()
+    held.wait(30)
+    threading.Timer(2.0, release.set).start()
+    try:
+        caplog.set_level("WARNING")
+        (cached,) = build_missing_classes(opened, "red disc; zebra", progress=False)
+    finally:
+        release.set()
+        other.join()
+    assert "another process is generating these classes" in caplog.text
+    assert cached == location and Bank.open(cached).classes == ["zebra"]
