@@ -96,16 +96,21 @@ def _rgb(image: Image.Image, path) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def _over_the_limit(size: str, limit: int) -> tuple[str, str]:
+    """(reason, fix) for an image of ``size`` pixels over ``limit``."""
+    return (
+        f"{size} pixels, more than the limit of {limit / 1e6:g} M (--max-pixels)",
+        "resize it, or raise the limit (segment --max-pixels N, or $DPSEG_MAX_PIXELS)",
+    )
+
+
 def _read_within(path, limit: int) -> np.ndarray:
     """read_image's decoding: the pixel count checked from the header first."""
     with Image.open(path) as image:
         width, height = image.size
         if width * height > limit:
             raise UnreadableImageError(
-                path,
-                f"{width} x {height} = {width * height / 1e6:.1f} M pixels, more than "
-                f"the limit of {limit / 1e6:g} M",
-                "resize it, or raise the limit (segment --max-pixels N, or $DPSEG_MAX_PIXELS)",
+                path, *_over_the_limit(f"{width} x {height} = {width * height / 1e6:.1f} M", limit)
             )
         return _rgb(ImageOps.exif_transpose(image), path)
 
@@ -135,12 +140,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             # two limits (89 M and 179 M pixels) would only be noise on stderr
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return _read_within(path, limit)
-    except Image.DecompressionBombError as e:
-        raise UnreadableImageError(
-            path,
-            one_line(e).rstrip("."),
-            "resize it: PIL refuses an image this large whatever --max-pixels says",
-        ) from None
+    except Image.DecompressionBombError as e:  # PIL's guard, on open: before our header check
+        import re
+
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)) / 1e6:.1f} M" if found else one_line(e).rstrip(".")
+        raise UnreadableImageError(path, *_over_the_limit(size, limit)) from None
     except UnidentifiedImageError:
         raise UnreadableImageError(
             path, "not an image PIL can decode", "give a PNG, JPEG, TIFF or other picture"
