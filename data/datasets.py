@@ -96,6 +96,25 @@ def _rgb(image: Image.Image, path) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+BYTES_PER_PIXEL = 16
+"""What segmenting an image holds per pixel at once, about (ours: the decoded RGB, its float32
+tensor and the label map and overlay), checked against the free memory so that an image under a
+raised --max-pixels that this machine cannot hold is skipped in one line, not killed by the OOM
+killer without a word."""
+
+
+def _free_memory() -> int | None:
+    """Bytes of memory available now (Linux's MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _over_the_limit(size: str, limit: int) -> tuple[str, str]:
     """(reason, fix) for an image of ``size`` pixels over ``limit``."""
     return (
@@ -111,6 +130,14 @@ def _read_within(path, limit: int) -> np.ndarray:
         if width * height > limit:
             raise UnreadableImageError(
                 path, *_over_the_limit(f"{width} x {height} = {width * height / 1e6:.1f} M", limit)
+            )
+        need, free = width * height * BYTES_PER_PIXEL, _free_memory()
+        if free is not None and need > free:  # a limit raised past what this machine holds
+            raise UnreadableImageError(
+                path,
+                f"{width} x {height} pixels would need about {need / 2**30:.1f} GiB to decode and "
+                f"segment, more than the {free / 2**30:.1f} GiB free here",
+                "resize it, or segment it on a machine with more memory",
             )
         return _rgb(ImageOps.exif_transpose(image), path)
 

@@ -227,6 +227,23 @@ def test_decompression_bomb_is_skipped_and_the_run_goes_on(files, tmp_path):
     assert (out / "good.png").is_file()
 
 
+def test_an_image_this_machine_cannot_hold_is_skipped_in_one_line(files, monkeypatch):
+    """Found by the probe: under a raised --max-pixels, a PNG whose header claims 60000 x 60000
+    was decoded until the OOM killer ended segment without a word. The header's size against
+    the free memory refuses it first (free memory pinned to 1 GiB here)."""
+    import data.datasets
+    from data.datasets import UnreadableImageError, read_image
+
+    monkeypatch.setenv("DPSEG_MAX_PIXELS", str(10**9))
+    monkeypatch.setattr(data.datasets, "_free_memory", lambda: 2**30)
+    with pytest.raises(
+        UnreadableImageError,
+        match=r"20000 x 20000 pixels would need about 6\.0 "
+        r"GiB to decode and segment, more than the 1\.0 GiB free here",
+    ):
+        read_image(files["bomb"])
+
+
 def test_read_image_refuses_a_bomb_and_garbage_as_user_errors(files):
     from data.datasets import UnreadableImageError, read_image
 
