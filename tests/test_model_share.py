@@ -35,8 +35,9 @@ def _one_line_error(result) -> str:
 
 
 def test_push_to_a_file_url_then_segment_from_it_gives_the_checkpoint_s_labels(
-    trained, exported, world, tmp_path
+    trained, exported, world, tmp_path, cli_in_process
 ):
+    run_cli = cli_in_process  # the same commands, without a fresh process's imports each
     url = f"file://{tmp_path / 'remote' / 'toy'}"
     env = {"DPSEG_CACHE": str(tmp_path / "cache")}
     pushed = run_cli("model", "push", str(exported), url, "--quiet", cwd=world)
