@@ -234,6 +234,7 @@ def test_an_image_this_machine_cannot_hold_is_skipped_in_one_line(files, monkeyp
     import data.datasets
     from data.datasets import UnreadableImageError, read_image
 
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # lifted: restored
     monkeypatch.setenv("DPSEG_MAX_PIXELS", str(10**9))
     monkeypatch.setattr(data.datasets, "_free_memory", lambda: 2**30)
     with pytest.raises(
