@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.errors import UserError, broken_link, check_device, check_output_folder
+from common.errors import SettingError, UserError, broken_link, check_device, check_output_folder
 from common.signals import Interrupted
 from data.transforms import ResizeSquare, SlidingWindow, image_tensor, rgb_uint8
 from data.vocabulary import Vocabulary, load_vocabulary
@@ -303,7 +303,7 @@ def write_prediction(
     """``stem.png`` (label ids: 8-bit, 16-bit when K > 256), ``stem_overlay.png``, ``stem.json``."""
     from PIL import Image
 
-    from common.io import save_image_atomic, write_json_atomic
+    from common.io import file_sha256, save_image_atomic, write_json_atomic
     from data.preview import overlay
 
     k = len(vocabulary)
@@ -336,9 +336,13 @@ def write_prediction(
         **(provenance or {}),
     }
     files = [out / f"{stem}.png", out / f"{stem}_overlay.png", out / f"{stem}.json"]
+    for f in files:
+        refuse_folder_in_place(f, out)
     try:  # all three or none (a full disk midway left a label map alone)
         save_image_atomic(label_image, files[0], "PNG")
         save_image_atomic(overlay(image, labels, vocabulary.names), files[1], "PNG")
+        # what a rerun checks before it keeps them (a truncated label map is made again)
+        record["outputs_sha256"] = {f.name: file_sha256(f) for f in files[:2]}
         write_json_atomic(files[2], record)
     except BaseException:
         for f in files:
@@ -349,6 +353,15 @@ def write_prediction(
 
 class NoReadableImageError(UserError):
     """Every input image was unreadable: nothing to segment (a user error, exit status 2)."""
+
+
+def refuse_folder_in_place(path: Path, out: Path) -> None:
+    """One line where a folder stands where segment writes a file of ``out``."""
+    if path.is_dir():
+        raise SettingError(
+            f"--out {str(out)!r}: {path.name} is a folder where segment writes a file; remove it "
+            f"(rm -r {path}) and run the command again"
+        )
 
 
 def earlier_prediction(out: Path, stem: str, path: Path, identity: str) -> dict | None:
@@ -363,8 +376,11 @@ def earlier_prediction(out: Path, stem: str, path: Path, identity: str) -> dict 
         record = json.loads((out / f"{stem}.json").read_text(encoding="utf-8"))
         if record.get("predictor") != identity or record.get("image") != str(path):
             return None
-        if not all((out / record[k]).is_file() for k in ("label_map", "overlay")):
-            return None
+        hashes = record.get("outputs_sha256") or {}
+        for key in ("label_map", "overlay"):
+            name = record[key]
+            if hashes.get(name) is None or file_sha256(out / name) != hashes[name]:
+                return None  # missing, changed or cut short: made again
         if record.get("image_sha256") != file_sha256(path):
             return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # absent, garbled, other
@@ -399,6 +415,7 @@ def predict_images(
     check_output_folder(out, "--out")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    refuse_folder_in_place(out / "summary.json", out)
     identity = predictor.identity()
     written, skipped, stems, kept = [], [], set(), 0
     start = time.perf_counter()

@@ -184,6 +184,23 @@ def test_segment_again_keeps_what_the_same_predictor_made(
     (out / "c_gray_overlay.png").unlink()  # an output missing: that image is made again
     _, third = segment("--quiet")
     assert third["kept"] == 3 and (out / "c_gray_overlay.png").is_file()
+    # the probe: a label map cut short was "kept"; the record's sha256 of each output decides
+    whole = (out / "a_rgb.png").read_bytes()
+    (out / "a_rgb.png").write_bytes(whole[: len(whole) // 2])
+    _, cut = segment("--quiet")
+    assert cut["kept"] == 3 and (out / "a_rgb.png").read_bytes() == whole
+    # the probe: a folder where an output belongs was an IsADirectoryError traceback
+    for name in ("summary.json", "a_rgb.json"):
+        (out / name).unlink()
+        (out / name).mkdir()
+        args = ["segment", "--ckpt", str(trained), "--images", str(images), "--text-only"]
+        args += ["--vocab", "red disc; green square; background", "--out", str(out), "--redo"]
+        result = cli_here(capsys, monkeypatch, *args)
+        assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+            f"error: --out {str(out)!r}: {name} is a folder where segment writes a file; remove "
+            f"it (rm -r {out / name}) and run the command again"
+        ), result.stderr[-2000:]
+        (out / name).rmdir()
     _, other = segment("--quiet", vocab="red disc; background")  # another vocabulary
     assert other["kept"] == 0 and other["predictor"] != first["predictor"]
     _, again = segment("--quiet", "--redo", vocab="red disc; background")
