@@ -61,9 +61,13 @@ def _select_aliases_options(p) -> None:
 
 def cmd_vip_select_aliases(args: argparse.Namespace) -> int:
     """Score every alias on images of the target data; write the kept ones with their scores."""
+    from common.errors import SettingError
     from model.vip.selection import SelectionConfig, select_aliases
 
     log_ours()
+    for option, value, most in (("size", args.size, 2048), ("batch-size", args.batch_size, 1024)):
+        if not 1 <= value <= most:  # ours: beyond any use, and 100000 px was a 120 GB traceback
+            raise SettingError(f"--{option} {value}: must be 1 to {most}")
     # SelectionConfig's checks raise SettingError (a UserError): one line, exit 2
     if args.rule == "reported":
         given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SelectionConfig)}

@@ -570,6 +570,9 @@ class PretrainConfig:
                 raise SettingError(
                     f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1"
                 )
+        for name, most in (("pool", 200_000), ("scene_pool", 50_000), ("scene_size", 1024)):
+            if getattr(self, name) > most:  # ours: rendered and held in memory at once
+                raise SettingError(f"{option(name)}: must be at most {most} (held in memory)")
         for name in ("warmup_steps", "distractors", "seed", "scene_batch", "scene_pool"):
             if getattr(self, name) < 0:
                 raise SettingError(f"{option(name)}: must be >= 0")

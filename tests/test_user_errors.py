@@ -1581,3 +1581,24 @@ def test_a_second_segment_waits_for_the_classes_another_is_generating(tiny_bank,
         other.join()
     assert "another process is generating these classes" in caplog.text
     assert cached == location and Bank.open(cached).classes == ["zebra"]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            ["presets", "pretrain", "toy-vit", "--pool", "1000000000", "--out", "{tmp}/p.pt"],
+            "error: --pool 1000000000: must be at most 200000 (held in memory)",
+        ),
+        (
+            ["vip", "select-aliases", "--data", "x", "--vocab", "a", "--out", "{tmp}/a.txt"]
+            + ["--size", "100000"],
+            "error: --size 100000: must be 1 to 2048",
+        ),
+    ],
+    ids=["pretrain-pool", "select-aliases-size"],
+)
+def test_sizes_that_cannot_fit_in_memory_are_one_line(tmp_path, capsys, args, expected):
+    """Found by the re-probe: 11 TiB and 120 GB allocation tracebacks."""
+    assert user_error(capsys, *[a.format(tmp=tmp_path) for a in args]) == expected
+    assert list(tmp_path.iterdir()) == []
