@@ -1591,8 +1591,10 @@ def test_a_second_segment_waits_for_the_classes_another_is_generating(tiny_bank,
             "error: --pool 1000000000: must be at most 200000 (held in memory)",
         ),
         (
-            ["vip", "select-aliases", "--data", "x", "--vocab", "a", "--out", "{tmp}/a.txt"]
-            + ["--size", "100000"],
+            [
+                *("vip", "select-aliases", "--data", "x", "--vocab", "a", "--out", "{tmp}/a.txt"),
+                *("--size", "100000"),
+            ],
             "error: --size 100000: must be 1 to 2048",
         ),
     ],
