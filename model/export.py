@@ -37,10 +37,21 @@ class ModelFileError(UnreadableFileError):
 def read_metrics(paths: list[str | os.PathLike]) -> list[dict]:
     """The scores of ``cli.py test`` runs (their ``DATASET.run.json``) for a card, one row per
     file: dataset, rounds, metrics (%), command."""
-    rows = []
+    import math
+
+    rows, seen = [], set()
     for path in paths:
         path = Path(path)
         keep = ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "fwIoU", "pACC")
+        if path.resolve() in seen:  # the same record twice would be two rows of the card
+            raise ModelFileError(f"--metrics {str(path)!r} is given twice; give each record once")
+        seen.add(path.resolve())
+        special = special_file_kind(path)
+        if special is not None:
+            raise ModelFileError(
+                f"--metrics {str(path)!r} is {special}, not a file; give the DATASET.run.json "
+                "that cli.py test writes in --model.results_dir"
+            )
         if not path.is_file():
             raise ModelFileError(
                 f"--metrics {str(path)!r}: no such file; give the DATASET.run.json that cli.py "
@@ -48,9 +59,13 @@ def read_metrics(paths: list[str | os.PathLike]) -> list[dict]:
             )
         try:
             run = json.loads(path.read_text())
-            scores = {
-                k: round(100 * float(run["metrics"][k]), 2) for k in keep if k in run["metrics"]
-            }
+            values = {k: run["metrics"][k] for k in keep if k in run["metrics"]}
+            if not values or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in values.values()
+            ):  # NaN or Infinity would be written into config.json, which JSON does not allow
+                raise ValueError("no finite scores")
+            scores = {k: round(100 * float(v), 2) for k, v in values.items()}
         except (OSError, ValueError, KeyError, TypeError):
             raise ModelFileError(
                 f"--metrics {str(path)!r}: not a test record; give the DATASET.run.json that "
@@ -233,11 +248,17 @@ def metrics_table(metrics: list[dict]) -> str:
         "| dataset | rounds | mIoU | seen | unseen | hIoU | command |",
         "|---|---|---|---|---|---|---|",
     ]
+
+    def cell(value) -> str:
+        """A record's text as one table cell: one line, no '|' or HTML (a record is input)."""
+        text = " ".join(str(value).split())
+        return text.replace("|", "&#124;").replace("<", "&lt;").replace(">", "&gt;")
+
     for m in metrics:
-        command = str(m.get("command") or "?").replace("`", "'").replace("|", "&#124;")
+        command = cell(m.get("command") or "?").replace("`", "'")
         rows.append(
-            f"| {m.get('dataset')} | {m.get('rounds')} | {m.get('mIoU', '')} | {m.get('mIoU_seen', '')} | "
-            f"{m.get('mIoU_unseen', '')} | {m.get('hIoU', '')} | "
+            f"| {cell(m.get('dataset'))} | {cell(m.get('rounds'))} | {m.get('mIoU', '')} | "
+            f"{m.get('mIoU_seen', '')} | {m.get('mIoU_unseen', '')} | {m.get('hIoU', '')} | "
             f"`{command}` |"
         )
     return "\n".join(rows)

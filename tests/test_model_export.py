@@ -131,6 +131,24 @@ def test_the_card_lists_each_test_record_it_was_given(trained, tmp_path):
         export_model(trained, tmp_path / "model2", [tmp_path / "bad.json"])
     with pytest.raises(ModelFileError, match=r"nothere\.json': no such file; give the"):
         export_model(trained, tmp_path / "model2", [tmp_path / "nothere.json"])
+    # the re-probe: NaN went into config.json as bare NaN (not JSON), true became 100.0, an
+    # empty record passed, a record given twice made two rows, a folder was "no such file"
+    for metrics in ({"mIoU": float("nan")}, {"mIoU": True}, {}, {"mIoU": float("inf")}):
+        (tmp_path / "odd.json").write_text(json.dumps({"dataset": "toy", "metrics": metrics}))
+        with pytest.raises(ModelFileError, match="not a test record"):
+            export_model(trained, tmp_path / "model2", [tmp_path / "odd.json"])
+    with pytest.raises(ModelFileError, match="is given twice; give each record once"):
+        export_model(trained, tmp_path / "model2", [records[0], records[0]])
+    with pytest.raises(ModelFileError, match="is a folder, not a file"):
+        export_model(trained, tmp_path / "model2", [tmp_path])
+    assert not (tmp_path / "model2").exists()
+    # the re-probe: a hostile record's fields broke the card's table (and could inject HTML)
+    (tmp_path / "hostile.json").write_text(
+        json.dumps({"dataset": "a|b\n# heading <script>", "rounds": 1, "metrics": {"mIoU": 0.5}})
+    )
+    card = export_model(trained, tmp_path / "model3", [tmp_path / "hostile.json"]) / "README.md"
+    (row,) = [line for line in card.read_text().splitlines() if line.startswith("| a")]
+    assert row.startswith("| a&#124;b # heading &lt;script&gt; | 1 | 50.0 |"), row
 
 
 @pytest.mark.parametrize(
