@@ -263,8 +263,9 @@ def _check_gallery_options(args: argparse.Namespace) -> None:
 
     from PIL import Image
 
-    from common.errors import SettingError
+    from common.errors import SettingError, check_output_file
 
+    check_output_file(args.out, "--out", "gallery.png")  # a folder of that name: one line
     if args.max_classes < 1:
         raise SettingError(
             f"--max-classes {args.max_classes}: must be >= 1 (the number of classes shown, one "

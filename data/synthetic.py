@@ -226,8 +226,22 @@ def write_rendered_dataset(
     check_output_folder(out, "--root")  # a file in the way: one line, before any writing
     meta_path = out / "meta.json"
     meta = {"generator": generator, "version": 1, "config": asdict(config)}
+    if meta_path.exists() and not meta_path.is_file():
+        raise FileExistsError(
+            f"{str(meta_path)!r} is not a file (a folder or a special file); remove it, or "
+            "choose another --root"
+        )
     if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
+        try:
+            old = json.loads(meta_path.read_text(encoding="utf-8"))
+            if not isinstance(old, dict):
+                raise ValueError("not a mapping")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise FileExistsError(
+                f"{str(meta_path)!r} is damaged ({type(e).__name__}), so what made this dataset "
+                "is unknown; remove the folder and run the command again, or choose another "
+                "--root"
+            ) from None
         old.pop("complete", None)  # a run that was cut short: this one finishes it
         if old != meta:
             raise FileExistsError(

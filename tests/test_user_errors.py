@@ -1604,3 +1604,24 @@ def test_sizes_that_cannot_fit_in_memory_are_one_line(tmp_path, capsys, args, ex
     """Found by the re-probe: 11 TiB and 120 GB allocation tracebacks."""
     assert user_error(capsys, *[a.format(tmp=tmp_path) for a in args]) == expected
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["garbled", "folder"])
+def test_a_damaged_meta_json_of_a_toy_dataset_is_one_line(tmp_path, capsys, kind):
+    """Found by the re-probe: rerunning data toy over a damaged meta.json, or a folder in its
+    place, was a traceback."""
+    args = ["data", "toy", "--root", str(tmp_path), "--train", "1", "--val", "0", "--test", "0"]
+    assert run_main(capsys, *args, "--quiet")[0] == 0
+    meta = tmp_path / "toy" / "meta.json"
+    meta.unlink()
+    meta.write_text("garbage") if kind == "garbled" else meta.mkdir()
+    line = user_error(capsys, *args, "--quiet")
+    expected = "is damaged (JSONDecodeError)" if kind == "garbled" else "is not a file (a folder"
+    assert line.startswith(f"error: {str(meta)!r} {expected}"), line
+
+
+def test_a_gallery_out_that_is_a_folder_is_one_line(tiny_bank, tmp_path, capsys):
+    """Found by the re-probe: an IsADirectoryError traceback."""
+    (tmp_path / "x.png").mkdir()
+    line = user_error(capsys, "bank", "gallery", str(tiny_bank), "--out", str(tmp_path / "x.png"))
+    assert line.startswith(f"error: --out {str(tmp_path / 'x.png')!r} is a folder"), line
