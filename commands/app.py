@@ -17,6 +17,14 @@ def cmd_app(args: argparse.Namespace) -> None:
         from common.errors import SettingError
 
         raise SettingError(f"--model {config.model!r} and --ckpt {config.ckpt!r}: give one of them")
+    if config.vocab.strip():  # the page's starting vocabulary: its mistake said now, not later
+        from data.vocabulary import load_vocabulary
+
+        load_vocabulary(config.vocab)
+    if config.bank:  # the bank opened (and checked against its seal) before serving
+        from prompt_bank.store import Bank
+
+        Bank.open(config.bank)
     page = serve(config, block=False)
     print(f"serving on {page.local_url} (Ctrl-C stops it)", flush=True)
     import time

@@ -1625,3 +1625,21 @@ def test_a_gallery_out_that_is_a_folder_is_one_line(tiny_bank, tmp_path, capsys)
     (tmp_path / "x.png").mkdir()
     line = user_error(capsys, "bank", "gallery", str(tiny_bank), "--out", str(tmp_path / "x.png"))
     assert line.startswith(f"error: --out {str(tmp_path / 'x.png')!r} is a folder"), line
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--bank", "{tmp}/nope.zarr"], "error: no bank at '{tmp}/nope.zarr'"),
+        (["--vocab", ";;"], "error: vocabulary ';;' is an empty list"),
+    ],
+    ids=["bank", "vocab"],
+)
+def test_the_app_refuses_a_bad_bank_or_vocabulary_before_it_serves(
+    trained, tmp_path, capsys, extra, expected
+):
+    """Found by the re-probe: the app said it was serving, and refused the bank at the first
+    request; the one starting it saw no error."""
+    pytest.importorskip("gradio")
+    args = ["app", "--ckpt", str(trained), "--port", "0", *(a.format(tmp=tmp_path) for a in extra)]
+    assert user_error(capsys, *args).startswith(expected.format(tmp=tmp_path))
