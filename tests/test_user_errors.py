@@ -1643,3 +1643,16 @@ def test_the_app_refuses_a_bad_bank_or_vocabulary_before_it_serves(
     pytest.importorskip("gradio")
     args = ["app", "--ckpt", str(trained), "--port", "0", *(a.format(tmp=tmp_path) for a in extra)]
     assert user_error(capsys, *args).startswith(expected.format(tmp=tmp_path))
+
+
+def test_data_prepare_names_a_file_root_and_its_workers_option(tmp_path, capsys):
+    """Found by the re-probe: a --root that is a file "does not exist"; --workers 0 was named
+    "workers=0"."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    line = user_error(capsys, "data", "prepare", "ade150", "--root", str(afile))
+    assert line.startswith(f"error: datasets root {str(afile)!r} is a file, not a folder"), line
+    line = user_error(
+        capsys, "data", "prepare", "ade150", "--root", str(tmp_path), "--workers", "0"
+    )
+    assert line == "error: --workers 0: must be at least 1 (threads that convert)"

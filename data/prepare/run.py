@@ -57,6 +57,11 @@ def prepare_dataset(
         )
         raise DatasetError(f"cannot prepare {name!r}: known are {', '.join(PREPARABLE)}{extra}")
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DatasetError(
+            f"datasets root {str(root)!r} is a file, not a folder; give the folder that holds "
+            "the unpacked download (--root, or $DETECTRON2_DATASETS)"
+        )
     if not root.is_dir():
         raise DatasetError(
             f"datasets root {str(root)!r} does not exist; create it and put the download there "
@@ -65,7 +70,7 @@ def prepare_dataset(
         )
     workers = _default_workers() if workers is None else workers
     if workers < 1:
-        raise DatasetError(f"workers={workers}: must be at least 1")
+        raise DatasetError(f"--workers {workers}: must be at least 1 (threads that convert)")
     start = time.perf_counter()
     plan_of = CONVERTERS[name]
     given = {"name": name, "vocab_dir": vocab_dir}
