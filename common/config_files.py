@@ -148,6 +148,8 @@ def option_type_error(
             wanted.append("one of " + literal[len("typing.Literal[") : -1])
         else:
             wanted.append(_TYPE_NAMES.get(cls, cls))
+    if given.group(1).strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        wanted = ["a finite number" if w == "a number" else w for w in wanted]
     expected = " or ".join(dict.fromkeys(wanted)) or "another value"
     return SettingError(
         f"{option} {given.group(1).strip()!r}: expected {expected} (cli.py {command} --help "

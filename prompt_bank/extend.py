@@ -27,7 +27,7 @@ import torch
 from common.signals import Interrupted
 from data.vocabulary import Vocabulary, load_vocabulary, match_entries
 from prompt_bank.build import build_bank, config_from_bank
-from prompt_bank.store import Bank, is_url
+from prompt_bank.store import Bank, is_url, open_group
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,15 @@ def _build_or_wait(config, location: str) -> None:
             time.sleep(1.0)
 
 
+def _items_done(location: str, fallback: int) -> int:
+    """Items finished in the cached bank at ``location`` (every run's, not only the last one's);
+    ``fallback`` where its done flags cannot be read."""
+    try:
+        return int(open_group(location, mode="r")["visual/done"][:].sum())
+    except Exception:  # not created yet, or cut short before its arrays: the run's own count
+        return fallback
+
+
 def build_missing_classes(
     bank: str | Bank,
     vocabulary: str | Vocabulary,
@@ -194,16 +203,17 @@ def build_missing_classes(
     try:
         _build_or_wait(config, location)
     except Interrupted as e:  # said of the generation, not of a bank the user did not name
+        done = _items_done(location, e.saved)
         saved = (
-            f"the {e.saved} items finished are cached in {location}, and the same command "
-            "goes on from them"
-            if e.saved
+            f"the {done} items finished are cached in {location}, and the same command goes "
+            "on from them"
+            if done
             else "no item was finished yet; the same command starts them again"
         )
         raise Interrupted(
             e.signum,
             f"interrupted by {e} while generating prompts for {len(missing)} classes the bank "
-            f"lacks, before any image was segmented: {saved}",
+            f"lacks, before segmenting: {saved}",
         ) from None
     finally:
         torch.set_num_threads(threads)  # the build sets the bank's recorded thread count

@@ -650,7 +650,7 @@ def error_line(result) -> str:
         (["--trainer.max_steps", "-5"], "a --trainer setting: `max_steps` must be a non-neg"),
         (["--seed_everything", "99999999999999999999"], "give a seed from 0 to 4294967295"),
         # the probe: blamed on the --config file, as jsonargparse's nested Union dump
-        (["--model.optim.lr", "nan"], "error: --model.optim.lr 'nan': expected a number (cli"),
+        (["--model.optim.lr", "nan"], "error: --model.optim.lr 'nan': expected a finite number"),
         (["--data.batch_size", "abc"], "error: --data.batch_size 'abc': expected an integer"),
     ],
 )

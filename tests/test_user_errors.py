@@ -1537,8 +1537,7 @@ def test_a_signal_while_segment_generates_classes_says_so(trained, tmp_path, cap
     assert code == 128 + signal.SIGINT, err
     assert one_error_line(err, only=False) == (
         "error: interrupted by SIGINT while generating prompts for 1 classes the bank lacks, "
-        "before any image was segmented: no item was finished yet; the same command starts them "
-        "again"
+        "before segmenting: no item was finished yet; the same command starts them again"
     )
     assert not (tmp_path / "out").exists()
 
@@ -1656,3 +1655,12 @@ def test_data_prepare_names_a_file_root_and_its_workers_option(tmp_path, capsys)
         capsys, "data", "prepare", "ade150", "--root", str(tmp_path), "--workers", "0"
     )
     assert line == "error: --workers 0: must be at least 1 (threads that convert)"
+
+
+def test_an_interrupted_generation_counts_every_run_s_cached_items(tiny_bank, tmp_path):
+    """Found by the re-probe: a second interrupt said "40 items finished" where 272 were cached
+    (only its own run's). The count is read from the cached bank's done flags."""
+    from prompt_bank.extend import _items_done
+
+    assert _items_done(str(tiny_bank), 7) == 2  # two classes, one template, one image each
+    assert _items_done(str(tmp_path / "not-made.zarr"), 7) == 7
