@@ -118,9 +118,18 @@ def _blocking_file(path) -> object | None:
     folder would have to be), or None."""
     from pathlib import Path
 
-    for parent in Path(path).parents:
-        if parent.exists():
-            return None if parent.is_dir() else parent
+    return file_in_the_way(Path(path).parent)
+
+
+def file_in_the_way(folder) -> object | None:
+    """The first existing one of ``folder`` and its parents when it is not a folder (a file
+    where a folder would have to be), or None."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    for p in (folder, *folder.parents):
+        if p.exists():
+            return None if p.is_dir() else p
     return None
 
 

@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from common.errors import SettingError, staged_write
+from common.errors import SettingError, file_in_the_way, staged_write
 from common.io import move_into_place, remove_staging
 from common.progress import ProgressBar
 from prompt_bank.format import REFETCH, BankFormatError, BankMismatchError
@@ -56,8 +56,8 @@ def checked_cache_dir(kind: str = "banks") -> Path:
     label = f"the {kind} cache"
     if os.environ.get("DPSEG_CACHE"):
         label += " ($DPSEG_CACHE)" if kind == "banks" else f" ($DPSEG_CACHE/{kind})"
-    in_the_way = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if in_the_way is not None and not in_the_way.is_dir():
+    in_the_way = file_in_the_way(folder)
+    if in_the_way is not None:
         raise SettingError(
             f"{label} {str(folder)!r}: {str(in_the_way)!r} is a file, so the cache cannot be "
             "there; remove the file, or set $DPSEG_CACHE to another folder"

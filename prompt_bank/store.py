@@ -15,11 +15,10 @@ import functools
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from common.errors import UserError, one_line
+from common.errors import UserError, file_in_the_way, one_line
 from prompt_bank.format import (
     REFETCH,
     BankFormatError,
@@ -129,9 +128,8 @@ def remote_errors(url: str, what: str):
         if _local_storage_error(e):
             raise  # this machine's disk (cli.py says so in one line), not the store
         if url.startswith("file://") and e.errno in (errno.ENOTDIR, errno.EEXIST):
-            path = Path(url.removeprefix("file://"))
-            blocking = next((p for p in (path, *path.parents) if p.exists()), None)
-            if blocking is not None and not blocking.is_dir():
+            blocking = file_in_the_way(url.removeprefix("file://"))
+            if blocking is not None:
                 raise RemoteError(
                     f"{what} {url}: {str(blocking)!r} is a file, so no folder can be made "
                     "there; give a URL under a folder"
