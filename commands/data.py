@@ -72,12 +72,14 @@ def cmd_data_toy(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_data_stats(args: argparse.Namespace) -> None:
-    """Counts, label values, pixels per class and problems of a prepared dataset."""
-    from data.stats import dataset_stats, format_stats
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    """Counts, label values, pixels per class and problems of a prepared dataset; exit status 1
+    when it has problems (as `bank verify`), with what to do about them."""
+    from data.stats import dataset_stats, format_stats, has_problems
 
     stats = dataset_stats(args.name, args.root, progress=not (args.quiet or args.json))
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    return 1 if has_problems(stats) else 0
 
 
 def _dataset_options(train: int, val: int, what: str, test: int | None = None):
@@ -244,7 +246,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(
         f"{s['dataset']}: {s['written']} written, {s['skipped']} already converted, "
-        f"{s['missing']} missing from the download ({s['seconds']} s) -> " + ", ".join(s["outputs"])
+        + (f"{s['replaced']} damaged and converted again, " if s["replaced"] else "")
+        + f"{s['missing']} missing from the download ({s['seconds']} s) -> "
+        + ", ".join(s["outputs"])
     )
     for note in s["notes"]:
         print(note)

@@ -100,6 +100,37 @@ def _values(values: list[int], ignore: list[int]) -> str:
     return text + (f" ({', '.join(map(str, shown))} = ignore)" if shown else "")
 
 
+PROBLEMS = (
+    ("images_without_label", "images without a label"),
+    ("labels_without_image", "labels without an image"),
+    ("labels_outside_vocabulary", "label files with values outside the vocabulary"),
+    ("unreadable", "unreadable files"),
+    ("size_mismatches", "image/label size mismatches"),
+)
+"""The keys of :func:`dataset_stats` that list what is wrong, with how ``format_stats`` names
+them; ``cli.py data stats`` exits 1 when any is non-empty."""
+
+
+def has_problems(stats: dict) -> bool:
+    return any(stats[key] for key, _ in PROBLEMS)
+
+
+def problems_fix(stats: dict) -> str:
+    """What to do about the problems: ``data prepare`` converts a damaged or missing output
+    again, so it comes first for a dataset it prepares; a file it does not write (the images of
+    most sets, and every file of the ones it only checks) comes from the download."""
+    from data.prepare import PREPARABLE
+
+    name, root = stats["dataset"], stats["root"]
+    if name in PREPARABLE:
+        return (
+            f"run `python cli.py data prepare {name} --root {root}` again: it converts every "
+            "damaged or missing label map again; a file still listed after it comes from the "
+            "download: unpack that again"
+        )
+    return f"these files come from {name}'s download or its generator: make or unpack them again"
+
+
 def format_stats(stats: dict) -> str:
     expected = stats["expected_images"]
     count = f"{stats['images']} with labels"
@@ -107,13 +138,7 @@ def format_stats(stats: dict) -> str:
         count += f" (expected {expected}: {'ok' if stats['images'] == expected else 'MISMATCH'})"
     empty = stats["classes_without_pixels"]
     problems = []
-    for key, label in (
-        ("images_without_label", "images without a label"),
-        ("labels_without_image", "labels without an image"),
-        ("labels_outside_vocabulary", "label files with values outside the vocabulary"),
-        ("unreadable", "unreadable files"),
-        ("size_mismatches", "image/label size mismatches"),
-    ):
+    for key, label in PROBLEMS:
         items = stats[key]
         if items:
             first = (
@@ -141,4 +166,6 @@ def format_stats(stats: dict) -> str:
         ),
         f"problems   {'; '.join(problems) if problems else 'none'}",
     ]
+    if problems:
+        lines.append(f"fix        {problems_fix(stats)}")
     return "\n".join(lines)

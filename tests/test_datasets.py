@@ -267,7 +267,7 @@ def test_data_stats_cli(tmp_path):
     spec = get_dataset_spec("ade150")
     Image.new("RGB", (2, 2)).save(spec.image_root(tmp_path) / "c.jpg")  # no label
     result = run_cli("data", "stats", "ade150", "--root", str(tmp_path), "--json")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # it has problems, as `bank verify`
     stats = json.loads(result.stdout)
     assert stats["images"] == 2 and stats["expected_images"] == 2000
     assert stats["label_values"] == [0, 1, 2, 160, 255]
@@ -279,3 +279,9 @@ def test_data_stats_cli(tmp_path):
     assert "images     2 with labels (expected 2000: MISMATCH)" in text.stdout
     assert "values     0..2, 160, 255 (255 = ignore)" in text.stdout
     assert "1 images without a label (first: c)" in text.stdout
+    assert text.returncode == 1
+    assert text.stdout.splitlines()[-1] == (
+        f"fix        run `python cli.py data prepare ade150 --root {tmp_path}` again: it converts "
+        "every damaged or missing label map again; a file still listed after it comes from the "
+        "download: unpack that again"
+    )

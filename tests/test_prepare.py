@@ -131,6 +131,36 @@ def test_killed_run_resumes(tmp_path):
     assert not (out / "2007_000042.png.tmp").exists()
 
 
+def test_damaged_output_is_converted_again(tmp_path, capsys):
+    """An output cut short (or with a flipped byte) since the run that wrote it is not "already
+    converted": a rerun writes it again, says so, and leaves the whole ones as they are."""
+    base = make_voc(tmp_path)
+    (base / "JPEGImages").mkdir()
+    for image_id in VOC_VAL:  # `data stats` reads the images' headers too
+        Image.new("RGB", VOC_RAW.shape[::-1]).save(base / "JPEGImages" / f"{image_id}.jpg")
+    prepare_dataset("voc20", tmp_path, progress=False)
+    out = base / "annotations_detectron2" / "val"
+    cut, flipped = out / "2007_000042.png", out / "2007_000033.png"
+    whole = cut.read_bytes(), flipped.read_bytes()
+    cut.write_bytes(whole[0][:30])
+    data = bytearray(whole[1])
+    data[len(data) // 2] ^= 0xFF  # a byte inside the image data: its chunk's CRC no longer holds
+    flipped.write_bytes(bytes(data))
+    assert cli_main(["data", "stats", "voc20", "--root", str(tmp_path), "--quiet"]) == 1
+    stats = capsys.readouterr().out
+    assert "2 unreadable files (first: 2007_000033: " in stats
+    assert f"fix        run `python cli.py data prepare voc20 --root {tmp_path}` again" in stats
+    assert cli_main(["data", "prepare", "voc20", "--root", str(tmp_path), "--quiet"]) == 0
+    assert (
+        "0 written, 0 already converted, 2 damaged and converted again" in capsys.readouterr().out
+    )
+    assert (cut.read_bytes(), flipped.read_bytes()) == whole
+    again = prepare_dataset("voc20", tmp_path, progress=False)
+    assert (again["written"], again["skipped"], again["replaced"]) == (0, 2, 0)
+    assert cli_main(["data", "stats", "voc20", "--root", str(tmp_path), "--quiet"]) == 0
+    assert "problems   none" in capsys.readouterr().out
+
+
 def test_voc_errors(tmp_path):
     with pytest.raises(DatasetError, match=r"SegmentationClass.*VOCtrainval_11-May-2012\.tar"):
         prepare_dataset("voc20", tmp_path, progress=False)
@@ -336,6 +366,13 @@ def test_ade847_values_resize_and_rerun(tmp_path, ade847_entries):
     again = prepare_dataset("ade847", tmp_path, progress=False)
     assert (again["written"], again["skipped"]) == (0, 2)
     assert snapshot(tmp_path) == before
+
+    # a TIFF label or a JPEG image cut short is decoded to find out, and converted again
+    for damaged in (labels / "ADE_val_00000002.tif", images / "ADE_val_00000001.jpg"):
+        damaged.write_bytes(damaged.read_bytes()[:-100])
+    again = prepare_dataset("ade847", tmp_path, progress=False)
+    assert (again["written"], again["skipped"], again["replaced"]) == (0, 0, 2)
+    assert {k: v[0] for k, v in snapshot(tmp_path).items()} == {k: v[0] for k, v in before.items()}
 
 
 def test_ade847_size_rule():

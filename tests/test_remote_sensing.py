@@ -393,6 +393,16 @@ def test_prepare_potsdam_crops_values_and_rerun(tmp_path):
     assert (again["written"], again["skipped"]) == (0, 1)
     assert snapshot(tmp_path / "potsdam") == before
 
+    # a crop cut short since is written again; the tile's other crops stay as they are
+    cut = img_dir / f"{POTSDAM_CROPS[2]}.png"
+    cut.write_bytes(cut.read_bytes()[:50])
+    repaired = prepare_dataset("potsdam", tmp_path, progress=False)
+    assert (repaired["written"], repaired["skipped"], repaired["replaced"]) == (0, 0, 1)
+    now = snapshot(tmp_path / "potsdam")
+    assert [k for k in before if now[k] != before[k]] == [f"img_dir/val/{cut.name}"]
+    assert now[f"img_dir/val/{cut.name}"][0] == before[f"img_dir/val/{cut.name}"][0]
+    before = now
+
     # a killed run: one crop missing is written again, the others stay as they are
     (img_dir / f"{POTSDAM_CROPS[1]}.png").unlink()
     resumed = prepare_dataset("potsdam", tmp_path, progress=False)

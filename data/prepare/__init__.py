@@ -61,8 +61,9 @@ read at open-mmlab/mmsegmentation ``tools/dataset_converters/{potsdam,vaihingen,
 When the zips are absent but the mmseg layout is already on disk (made by mmseg's own
 converters), ``prepare`` says so instead of failing.
 
-Every output is written whole (temp file + ``os.replace``) and skipped when it already exists, so a
-rerun is a no-op and a killed run resumes. A missing or malformed download raises
+Every output is written whole (temp file + ``os.replace``) and skipped when it is already there
+and reads to its end (:func:`~data.prepare.common.whole_image`), so a rerun is a no-op, a killed
+run resumes, and an output damaged since (cut short by a copy or a full disk) is written again. A missing or malformed download raises
 :class:`~data.catalog.DatasetError` naming the file, what to download and where to put it.
 
 Modules: :mod:`~data.prepare.common` (the datasets and their downloads, path checks, plans and

@@ -13,7 +13,15 @@ from PIL import Image
 
 from common.io import save_image_atomic
 from data.catalog import DatasetError
-from data.prepare.common import IGNORE_U16, Job, _Plan, _rel, _require_file, converter
+from data.prepare.common import (
+    IGNORE_U16,
+    Job,
+    _Plan,
+    _rel,
+    _require_file,
+    converter,
+    earlier_outputs,
+)
 from data.vocabulary import Vocabulary, VocabularyError, load_vocabulary, read_vocabulary_file
 
 ADE847_MAX_SIDE = 512  # MaskFormer's prepare_ade20k_full_sem_seg.py: shorter side <= 512
@@ -233,8 +241,8 @@ def _read_ade_class_mask(path: Path) -> np.ndarray:
 
 def _ade847_job(image: Path, seg: Path, out_image: Path, out_label: Path, lut: np.ndarray) -> Job:
     def job() -> str:
-        if out_image.is_file() and out_label.is_file():
-            return "skipped"
+        if (earlier := earlier_outputs(out_label, out_image)) == "skipped":
+            return earlier
         mask = _read_ade_class_mask(seg)
         try:
             with Image.open(image) as im:
@@ -255,7 +263,7 @@ def _ade847_job(image: Path, seg: Path, out_image: Path, out_label: Path, lut: n
         # Label first, image last: an image on disk always has its label.
         save_image_atomic(Image.fromarray(lut[mask]), out_label, "TIFF")
         save_image_atomic(Image.fromarray(pixels), out_image, "JPEG", quality=ADE_JPEG_QUALITY)
-        return "written"
+        return earlier or "written"
 
     return job
 

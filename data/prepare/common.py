@@ -91,7 +91,31 @@ def _read_ids(path: Path) -> list[str]:
 # plans: what to write, checked before anything is written
 
 
-Job = Callable[[], str]  # converts one output; returns "written" or "skipped" (or "missing")
+Job = Callable[[], str]  # converts one output: "written", "skipped" or "replaced" (was damaged)
+
+
+def whole_image(path: Path) -> bool:
+    """True when ``path`` is an image file that reads to its end: a PNG by its chunk checksums
+    (PIL's ``verify``, no decoding), any other format decoded. An earlier output that a full disk,
+    a copy or an edit cut short is not whole, so a rerun converts it again (ours)."""
+    try:
+        with Image.open(path) as image:
+            if image.format == "PNG":
+                image.verify()
+            else:
+                image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+    return True
+
+
+def earlier_outputs(*paths: Path) -> str | None:
+    """What an earlier run left of one job's outputs: "skipped" when every one is there and whole,
+    "replaced" when one is there but damaged (the job writes it again), else None (to write)."""
+    there = [p for p in paths if p.exists()]
+    if not all(whole_image(p) for p in there):
+        return "replaced"
+    return "skipped" if len(there) == len(paths) else None
 
 
 @dataclass
@@ -106,11 +130,11 @@ class _Plan:
 
 def _lut_png_job(src: Path, dst: Path, lut: np.ndarray, what: str) -> Job:
     def job() -> str:
-        if dst.is_file():
-            return "skipped"
+        if (earlier := earlier_outputs(dst)) == "skipped":
+            return earlier
         label = _read_index_png(src, what)
         save_image_atomic(Image.fromarray(lut[label]), dst, "PNG")
-        return "written"
+        return earlier or "written"
 
     return job
 

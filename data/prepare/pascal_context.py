@@ -20,6 +20,7 @@ from data.prepare.common import (
     _require_dir,
     _require_file,
     converter,
+    earlier_outputs,
 )
 from data.vocabulary import load_vocabulary
 
@@ -120,10 +121,10 @@ def _read_label_map(path: Path) -> np.ndarray:
 
 def _mat_job(src: Path, dst: Path, lut: np.ndarray, fmt: str) -> Job:
     def job() -> str:
-        if dst.is_file():
-            return "skipped"
+        if (earlier := earlier_outputs(dst)) == "skipped":
+            return earlier
         save_image_atomic(Image.fromarray(lut[_read_label_map(src)]), dst, fmt)
-        return "written"
+        return earlier or "written"
 
     return job
 

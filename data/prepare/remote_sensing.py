@@ -16,7 +16,17 @@ from PIL import Image
 
 from common.io import save_image_atomic
 from data.catalog import DatasetError
-from data.prepare.common import IGNORE_U8, Job, _download, _Plan, _rel, _require_dir, converter
+from data.prepare.common import (
+    IGNORE_U8,
+    Job,
+    _download,
+    _Plan,
+    _rel,
+    _require_dir,
+    converter,
+    earlier_outputs,
+    whole_image,
+)
 
 ISPRS_CLIP = 512  # mmseg's potsdam.py / vaihingen.py: --clip_size 512
 ISPRS_STRIDE = 256  # their --stride_size 256: it sets only how many windows are computed
@@ -249,8 +259,8 @@ def _crop_job(
     ``crops(height, width)`` lists ((x0, y0, x1, y1), label path, image path) for the (padded)
     size; ``pad`` = (min height, min width): smaller inputs are padded at the bottom/right with
     0 (image) and 255 (label), as mmseg's isaid.py. Every crop is written whole, label first (an
-    image on disk always has its label); crops already on disk are kept, and a tile whose crops
-    all exist is not decoded at all ("skipped").
+    image on disk always has its label); crops already on disk and whole are kept, and a tile whose
+    crops all are is not decoded at all ("skipped"); a damaged crop is written again.
     """
 
     def job() -> str:
@@ -258,8 +268,9 @@ def _crop_job(
         if pad is not None:
             height, width = max(height, pad[0]), max(width, pad[1])
         planned = crops(height, width)
-        if all(lp.is_file() and ip.is_file() for _, lp, ip in planned):
-            return "skipped"
+        paths = [p for _, label_path, image_path in planned for p in (label_path, image_path)]
+        if (earlier := earlier_outputs(*paths)) == "skipped":
+            return earlier
         pixels = _zip_image(image, fix)
         colours = _zip_image(label, fix)
         if pixels.shape != colours.shape:
@@ -273,13 +284,13 @@ def _crop_job(
             pixels = _pad_to(pixels, height, width, 0)
             index = _pad_to(index, height, width, IGNORE_U8)
         for (x0, y0, x1, y1), label_path, image_path in planned:
-            if not label_path.is_file():
+            if not (label_path.is_file() and whole_image(label_path)):
                 crop = np.ascontiguousarray(index[y0:y1, x0:x1])
                 save_image_atomic(Image.fromarray(crop), label_path, "PNG")
-            if not image_path.is_file():
+            if not (image_path.is_file() and whole_image(image_path)):
                 crop = np.ascontiguousarray(pixels[y0:y1, x0:x1])
                 save_image_atomic(Image.fromarray(crop), image_path, "PNG")
-        return "written"
+        return earlier or "written"
 
     return job
 

@@ -44,7 +44,8 @@ def prepare_dataset(
         workers: threads (default min(8, CPUs)).
 
     Returns:
-        a summary: ``written`` and ``skipped`` (already converted) file counts, ``missing``
+        a summary: ``written``, ``skipped`` (already converted) and ``replaced`` (an earlier
+        output was damaged and is written again) counts, ``missing``
         (listed inputs absent from the download) with up to 10 ``missing_examples``, the
         ``outputs`` folders, ``warnings`` and ``seconds``.
 
@@ -90,6 +91,7 @@ def prepare_dataset(
         "outputs": [str(p) for p in plan.outputs],
         "written": counts["written"],
         "skipped": counts["skipped"],
+        "replaced": counts["replaced"],
         "missing": len(plan.missing),
         "missing_examples": plan.missing[:10],
         "warnings": plan.warnings,
