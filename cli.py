@@ -20,6 +20,8 @@ from jsonargparse import ArgumentError
 from commands.options import Command, log_ours
 from common.config_files import check_config_files, config_file_error, option_type_error
 from common.errors import (  # what ends a command in one line (cheap: no torch)
+    KEPT,
+    NOTHING_LEFT,
     PATH_ERRNOS,
     STORAGE_ERRNOS,
     USER_ERRORS,
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None, script: bool = False) -> int:
     """``cli.py ARGS`` -> its exit status. ``script``: this is cli.py's own process (a signal
     outside the command then ends it in one line too: ``signals.outside_the_command``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = None
+    args = command = None
     # a path that is not UTF-8 (kept by Python as surrogates) is printed escaped, as stderr
     # does, rather than ending a finished command in UnicodeEncodeError
     with contextlib.suppress(AttributeError, ValueError):
@@ -241,7 +243,8 @@ def main(argv: list[str] | None = None, script: bool = False) -> int:
             (getattr(args, k, None) for k in ("out", "root") if getattr(args, k, None)), None
         )
         where = f"writing in {output}" if output else None
-        return _one_line(f"error: {storage_fault(e, where)}", 2)
+        after = KEPT if command is not None and command.keeps_finished_work else NOTHING_LEFT
+        return _one_line(f"error: {storage_fault(e, where, after)}", 2)
 
 
 def _link_fault(error: BaseException) -> str | None:

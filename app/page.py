@@ -33,6 +33,7 @@ from typing import Literal
 import numpy as np
 
 from common.errors import USER_ERRORS, SettingError, one_line
+from common.io import save_figure_atomic
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ def probability_picture(predictor, image: np.ndarray, class_name: str, out: Path
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.savefig(out, dpi=90, bbox_inches="tight")
+    save_figure_atomic(fig, out, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return out
 

@@ -361,6 +361,7 @@ COMMANDS = {
                 "build or resume a prompt bank (Stable Diffusion + CLIP)",
                 _bank_build_options,
                 cmd_bank_build,
+                keeps_finished_work=True,
             ),
             "info": Command("what a bank holds", _bank_info_options, cmd_bank_info),
             "verify": Command(
@@ -372,6 +373,7 @@ COMMANDS = {
                 "rebuild damaged shards with the bank's recorded settings (a resume)",
                 _bank_repair_options,
                 cmd_bank_repair,
+                keeps_finished_work=True,
             ),
             "merge": Command(
                 "union of the classes of two compatible banks",

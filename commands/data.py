@@ -268,11 +268,13 @@ COMMANDS = {
                 "write the synthetic dataset (detectron2 layout)",
                 _dataset_options(400, 64, ""),
                 cmd_data_synthetic,
+                keeps_finished_work=True,
             ),
             "toy": Command(
                 "write the toy world's dataset: toy:train, toy:val, toy (test)",
                 _dataset_options(6000, 300, ", seen classes (val, test: all)", test=2000),
                 cmd_data_toy,
+                keeps_finished_work=True,
             ),
             "stats": Command(
                 "check a prepared dataset: counts, values, problems",
@@ -283,6 +285,7 @@ COMMANDS = {
                 "convert an official benchmark download into the detectron2 layout",
                 _prepare_options,
                 cmd_data_prepare,
+                keeps_finished_work=True,
             ),
         },
     ),

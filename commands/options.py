@@ -28,6 +28,8 @@ class Command:
     run: Callable | None = None  # run(args) -> exit status (None: 0); None: a group
     subcommands: dict[str, Command] = dataclasses.field(default_factory=dict)
     description: str | None = None  # the -h text (default: help)
+    keeps_finished_work: bool = False  # items are written one by one and a rerun goes on: what
+    # a storage error (a full disk) then tells the user; else nothing partial is left
 
 
 def field_docs(cls) -> dict[str, str]:

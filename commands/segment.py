@@ -226,6 +226,7 @@ COMMANDS = {
         "segment images with a checkpoint (DPSeg) or VIP and any vocabulary",
         _segment_options,
         cmd_segment,
+        keeps_finished_work=True,
     ),
     "explain": Command(
         "text, visual and dual-prompt cost maps of one class on one image",

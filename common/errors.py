@@ -133,9 +133,33 @@ def file_in_the_way(folder) -> object | None:
     return None
 
 
+def refuse_unwritable(path, option: str) -> None:
+    """Refuse, before any work, an output ``path`` (a file or a folder, there or to be made) in a
+    folder this user may not write in: one :class:`StorageError` naming ``option``, the folder,
+    why (a read-only file system, or its permissions) and the fix, so that no work is done and
+    then lost at the first write (ours)."""
+    from pathlib import Path
+
+    p = Path(path)
+    folder = p if p.is_dir() else next((q for q in p.parents if q.exists()), None)
+    if folder is None or not folder.is_dir() or os.access(folder, os.W_OK | os.X_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    code = "EROFS" if read_only else "EACCES"
+    fix = STORAGE_ERRNOS[errno.EROFS if read_only else errno.EACCES]
+    raise StorageError(
+        f"{option} {str(path)!r}: this user may not write in {str(folder)!r} ({code}); {fix} "
+        "(nothing was done)"
+    )
+
+
 def check_output_folder(path, option: str) -> None:
-    """Refuse, before any work, an output folder that cannot be one: an existing file, or a path
-    below a file. One line naming ``option``, the path and the fix (:class:`SettingError`)."""
+    """Refuse, before any work, an output folder that cannot be one: an existing file, a path
+    below a file (:class:`SettingError`) or a folder this user may not write in
+    (:func:`refuse_unwritable`). One line naming ``option``, the path and the fix."""
     from pathlib import Path
 
     p = Path(path)
@@ -150,12 +174,14 @@ def check_output_folder(path, option: str) -> None:
             f"{option} {str(path)!r}: {str(blocking)!r} is a file, so no folder can be made "
             "there; give a path under a folder"
         )
+    refuse_unwritable(p, option)
 
 
 def check_output_file(path, option: str, example: str = "out.txt") -> None:
-    """Refuse, before any work, an output file that cannot be written: an existing folder, or a
-    path below a file. One line naming ``option``, the path and the fix (:class:`SettingError`);
-    ``example``: a file name to suggest inside a folder given by mistake."""
+    """Refuse, before any work, an output file that cannot be written: an existing folder, a path
+    below a file (:class:`SettingError`; ``example``: a file name to suggest inside a folder given
+    by mistake) or one in a folder this user may not write in (:func:`refuse_unwritable`). One
+    line naming ``option``, the path and the fix."""
     from pathlib import Path
 
     p = Path(path)
@@ -169,6 +195,7 @@ def check_output_file(path, option: str, example: str = "out.txt") -> None:
             f"{option} {str(path)!r}: {str(blocking)!r} is a file, not a folder; give a path "
             "under a folder"
         )
+    refuse_unwritable(p, option)
 
 
 def check_device(device, option: str = "--device") -> str:

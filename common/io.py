@@ -33,15 +33,35 @@ def write_atomic(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_image_atomic(image: Image.Image, path: Path, fmt: str, **kwargs) -> None:
-    """An image written whole or not at all (:func:`write_atomic`). It is encoded in memory:
-    PIL's encoders write to the file descriptor themselves and ignore a short write (a full
-    disk, a file size limit), which left truncated images without an error."""
+def save_image_atomic(image: Image.Image, path: Path, fmt: str | None = None, **kwargs) -> None:
+    """An image written whole or not at all (:func:`write_atomic`), in ``fmt`` (default: the
+    format of ``path``'s suffix, as ``Image.save``). It is encoded in memory: PIL's encoders
+    write to the file descriptor themselves and ignore a short write (a full disk, a file size
+    limit), which left truncated images without an error."""
+    import io
+
+    if fmt is None:
+        fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+        if fmt is None:
+            raise ValueError(f"unknown file extension: {Path(path).suffix!r}")
+    encoded = io.BytesIO()
+    image.save(encoded, format=fmt, **kwargs)
+    write_atomic(Path(path), encoded.getvalue())
+
+
+def save_figure_atomic(figure, path: Path, **kwargs) -> None:
+    """A matplotlib figure written whole or not at all (:func:`write_atomic`), in the format of
+    ``path``'s suffix (PNG without one), as ``savefig`` would."""
     import io
 
     encoded = io.BytesIO()
-    image.save(encoded, format=fmt, **kwargs)
-    write_atomic(path, encoded.getvalue())
+    figure.savefig(encoded, format=Path(path).suffix.lstrip(".").lower() or "png", **kwargs)
+    write_atomic(Path(path), encoded.getvalue())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """``text`` in UTF-8, written whole or not at all (:func:`write_atomic`)."""
+    write_atomic(Path(path), text.encode("utf-8"))
 
 
 def write_json_atomic(path: Path, record: object) -> None:

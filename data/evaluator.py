@@ -25,6 +25,7 @@ Scores are fractions in [0, 1]; :func:`format_metrics` prints percentages as pap
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -38,6 +39,7 @@ import torch
 from torchmetrics import Metric
 
 from common.errors import SettingError, check_output_folder
+from common.io import save_figure_atomic, write_text_atomic
 from common.optional import available
 from data.catalog import IGNORE_INDEX
 
@@ -344,20 +346,22 @@ def write_results(
         "csv": out / f"{name}_per_class.csv",
         "png": out / f"{name}_per_class_iou.png",
     }
-    paths["json"].write_text(
-        json.dumps(metrics_to_json(metrics, class_names), indent=2, allow_nan=False) + "\n"
+    write_text_atomic(
+        paths["json"],
+        json.dumps(metrics_to_json(metrics, class_names), indent=2, allow_nan=False) + "\n",
     )
-    with paths["csv"].open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["class_id", "name", "iou", "acc", "gt_pixels"])
-        rows = zip(
-            class_names,
-            metrics["per_class_iou"],
-            metrics["per_class_acc"],
-            metrics["per_class_gt_pixels"],
-        )
-        for i, (cls, iou, acc, pixels) in enumerate(rows):
-            writer.writerow([i, cls, _csv_score(iou), _csv_score(acc), pixels])
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["class_id", "name", "iou", "acc", "gt_pixels"])
+    rows = zip(
+        class_names,
+        metrics["per_class_iou"],
+        metrics["per_class_acc"],
+        metrics["per_class_gt_pixels"],
+    )
+    for i, (cls, iou, acc, pixels) in enumerate(rows):
+        writer.writerow([i, cls, _csv_score(iou), _csv_score(acc), pixels])
+    write_text_atomic(paths["csv"], table.getvalue())
     if available("matplotlib"):
         _write_iou_chart(metrics, class_names, paths["png"])
     else:  # the metrics do not need it
@@ -399,6 +403,6 @@ def _write_iou_chart(metrics: dict[str, Any], class_names: Sequence[str], path: 
         ax.set_ylim(0, 100)
         ax.set_xlim(-0.6, max(n, 1) - 0.4)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        save_figure_atomic(fig, path, dpi=100)
     finally:
         plt.close(fig)

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from common.io import save_image_atomic
+
 IGNORE_COLOUR = (255, 255, 255)
 
 
@@ -117,7 +119,7 @@ def write_dataset_preview(base: Path, names: list[str], out: str | Path, count: 
     canvas.paste(key, (0, sheet.height))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
+    save_image_atomic(canvas, out)
     return out
 
 

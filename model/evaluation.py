@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from common.io import command_line, save_image_atomic
+from common.io import command_line, save_image_atomic, write_text_atomic
 from data.catalog import get_dataset_spec
 from data.evaluator import (
     SemSegMetric,
@@ -264,7 +264,7 @@ class SegmentationModule(L.LightningModule):
             }
             if unassigned is not None:  # labelled pixels predicted as no class, per gt class
                 meta["unassigned_per_class"] = unassigned
-            (out / f"{stem}.run.json").write_text(json.dumps(meta, indent=2) + "\n")
+            write_text_atomic(out / f"{stem}.run.json", json.dumps(meta, indent=2) + "\n")
             rows[dataset] = 100 * float(metrics["mIoU"])
             log.info("%s: %s", dataset, format_metrics(metrics))
             rejection = meta.get("rejection")
@@ -282,15 +282,16 @@ class SegmentationModule(L.LightningModule):
         line = "|" + "---|" * (len(order) + 1)
         row = f"| {label} | " + " | ".join(f"{rows[d]:.1f}" for d in order) + " |"
         table = "\n".join([header, line, row]) + "\n"
-        (out / "summary.md").write_text(table)
-        (out / "summary.csv").write_text(
+        write_text_atomic(out / "summary.md", table)
+        write_text_atomic(
+            out / "summary.csv",
             "model,"
             + ",".join(order)
             + "\n"
             + label
             + ","
             + ",".join(f"{rows[d]:.2f}" for d in order)
-            + "\n"
+            + "\n",
         )
         print(f"\nmIoU (%) by dataset, results in {out}:\n{table}")
         return out

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import SettingError, check_output_file
+from common.io import save_figure_atomic
 from common.optional import require
 from data.transforms import image_tensor
 from model.cost_volume import cost_volume, fuse_prompts
@@ -100,6 +101,6 @@ def write_explanation(
     fig.suptitle(f"{class_name!r}: cost maps (cosine, mean over templates); prompts: {source}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90, bbox_inches="tight")
+    save_figure_atomic(fig, out, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return out

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.io import save_image_atomic
 from pretrained.presets import PresetError, get_encoder_preset, get_generator_preset
 from prompt_bank.store import Bank
 
@@ -202,5 +203,5 @@ def write_gallery(bank: Bank, out: str | Path, max_classes: int = 32, max_column
             sheet.paste(tile, (label_w + col * w, row * h))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    save_image_atomic(sheet, out)
     return out

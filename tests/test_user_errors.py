@@ -363,7 +363,8 @@ def test_a_vip_segment_config_that_is_not_utf8_is_one_line(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_bank(tmp_path_factory) -> Path:
-    """Two classes, one template, one image each: the smallest bank the tiny presets build."""
+    """Two classes, one template, one image each (kept, for a gallery): the smallest bank the
+    tiny presets build."""
     import torch
 
     from data.templates import load_templates
@@ -377,6 +378,7 @@ def tiny_bank(tmp_path_factory) -> Path:
         classes_per_shard=2,
         batch_size=4,
         cpu_threads=1,
+        keep_images=True,
         progress=False,
     )
     threads = torch.get_num_threads()
@@ -666,6 +668,7 @@ def test_a_file_size_limit_ends_in_one_line(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.splitlines()  # no blank line before it (the progress bar's, once)
     assert len(lines) == 1 and "EFBIG" in lines[0] and str(tmp_path) in lines[0], lines
+    assert lines[0].endswith("(finished work is kept: run the command again then)"), lines
 
 
 def test_a_push_cut_by_a_file_size_limit_names_the_destination_and_leaves_no_half_file(
@@ -924,6 +927,109 @@ def test_an_unwritable_output_folder_ends_in_one_line(tmp_path, command):
     assert len(lines) == 1 and "EACCES" in lines[0] and str(out) in lines[0], lines
     assert "choose a folder you may write to" in lines[0], lines
     assert list(out.iterdir()) == []
+
+
+@pytest.fixture
+def open_place():
+    """A folder under /tmp that any user may read and write (pytest's folders are root's
+    alone), for the inputs of a command run as an unprivileged user; removed after."""
+    import tempfile
+
+    place = Path(tempfile.mkdtemp(prefix="dpseg-open-"))
+    place.chmod(0o777)
+    yield place
+    shutil.rmtree(place, ignore_errors=True)
+
+
+def readable_copy(source: Path, place: Path) -> Path:
+    """``source`` (a file or a folder) copied into ``place``, readable by any user."""
+    target = place / source.name
+    if source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        shutil.copy(source, target)
+    for path in [target, *target.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return target
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [
+            *("vip", "select-aliases", "--data", "x", "--vocab", "a"),
+            *("--out", "{out}/aliases.txt", "--quiet", "--device", "cpu"),
+        ],
+        ["bank", "gallery", "{bank}", "--out", "{out}/gallery.png"],
+        [
+            *("segment", "--ckpt", "{ckpt}", "--vocab", "red disc", "--images", "{image}"),
+            *("--bank", "{bank}", "--out", "{out}/o", "--quiet", "--device", "cpu"),
+        ],
+    ],
+    ids=["select-aliases", "gallery", "segment"],
+)
+def test_an_output_where_this_user_may_not_write_is_refused_before_any_work(
+    open_place, tiny_bank, trained, files, command
+):
+    """Found by the re-probe: select-aliases scored every image, then failed on the write naming
+    its temporary file and saying finished work was kept. Now: one line before any work, naming
+    the option, the folder, why and the fix."""
+    inputs = {
+        "bank": readable_copy(tiny_bank, open_place),
+        "ckpt": readable_copy(trained, open_place),
+        "image": readable_copy(files["good"], open_place),
+        "out": open_place / "locked",
+    }
+    inputs["out"].mkdir()
+    args = [arg.format(**inputs) for arg in command]
+    result = cli_where_mode_holds(inputs["out"], 0o555, *args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.splitlines()
+    option_value = f"--out {args[args.index('--out') + 1]!r}"
+    assert line == (
+        f"error: {option_value}: this user may not write in {str(inputs['out'])!r} (EACCES); "
+        "choose a folder you may write to, or fix the permissions of this one (nothing was done)"
+    )
+    assert list(inputs["out"].iterdir()) == []
+
+
+def test_an_output_on_a_read_only_file_system_is_refused_before_any_work(tmp_path):
+    """The same on a read-only mount (EROFS), made by a private mount namespace where this
+    user may make one (root, as CI); elsewhere it is skipped."""
+    out = tmp_path / "ro"
+    out.mkdir()
+    script = (
+        f"mount --bind {out} {out} && mount -o remount,ro,bind {out} {out} && "
+        f"exec {sys.executable} {ROOT / 'cli.py'} vip select-aliases --data x --vocab a "
+        f"--out {out}/aliases.txt"
+    )
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("this user may not make a mount namespace: no read-only mount here")
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr == (
+        f"error: --out '{out}/aliases.txt': this user may not write in '{out}' (EROFS); the "
+        "file system is read-only; choose a folder on a writable one (nothing was done)\n"
+    )
+
+
+def test_a_storage_error_of_a_command_with_one_output_promises_no_kept_work(tiny_bank, tmp_path):
+    """Found by the re-probe: a gallery cut by a file size limit said "finished work is kept",
+    where a command with one output keeps nothing; commands that write item by item (data
+    toy, segment, bank build) still say so."""
+    out = tmp_path / "gallery.png"
+    result = cli_under_file_size_limit(
+        "bank", "gallery", str(tiny_bank), "--out", str(out), limit=10
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.splitlines()
+    assert "EFBIG" in line and line.endswith(
+        "(nothing partial is left: run the command again then)"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_classes_missing_from_a_read_only_bank_are_cached_in_the_local_cache(world, trained):
