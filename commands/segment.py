@@ -189,6 +189,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
             f"--class {args.class_name!r}: one class name (the vocabulary goes in --vocab, "
             "classes separated by ';')"
         )
+    if "," in args.class_name:
+        first = args.class_name.split(",")[0].strip()
+        raise SettingError(
+            f"--class {args.class_name!r}: one class name, without synonyms (they go in "
+            f"--vocab: '{args.class_name}; ...' with --class {first!r})"
+        )
     check_device(args.device)  # the arguments, before the checkpoint is read
     check_explanation_out(args.out)
     image = read_image(args.image)
@@ -198,7 +204,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     else:  # the bank's classes: the other classes matter when prompts are centred
         bank = args.bank or predictor.training_bank()
         if bank is None:
-            raise FileNotFoundError("no bank recorded in the checkpoint is here: pass --vocab")
+            raise FileNotFoundError(
+                f"no vocabulary: {predictor.missing_bank_note()}, and its classes are explain's "
+                "default; give --vocab 'a; b; ...' (the other classes), or --bank BANK"
+            )
         vocabulary = Vocabulary.from_entries(Bank.open(bank).classes, name="bank")
     if args.class_name not in vocabulary.names:
         vocabulary = Vocabulary.from_entries(

@@ -153,14 +153,25 @@ class Predictor(ImagePredictor):
         config.rejection_threshold, config.rejection_max_classes = threshold, max_classes
         self.module.segmenter.config = config
 
+    def recorded_banks(self) -> list[str]:
+        """Where the checkpoint's training banks were when it was made."""
+        banks = self.module.loaded_provenance.get("banks", {})
+        return [info["location"] for info in banks.values() if info.get("location")]
+
     def training_bank(self) -> str | None:
         """The training bank the checkpoint records, if it is still there."""
-        banks = self.module.loaded_provenance.get("banks", {})
-        for info in banks.values():
-            location = info.get("location")
-            if location and (is_url(location) or Path(location).exists()):
+        for location in self.recorded_banks():
+            if is_url(location) or Path(location).exists():
                 return location
         return None
+
+    def missing_bank_note(self) -> str:
+        """Which recorded training bank is not here, for a message: "'B' that the checkpoint
+        records is not here" (or that it records none)."""
+        recorded = self.recorded_banks()
+        if not recorded:
+            return "the checkpoint records no training bank"
+        return f"the training bank {recorded[0]!r} that the checkpoint records is not here"
 
     def set_vocabulary(
         self,
@@ -178,9 +189,9 @@ class Predictor(ImagePredictor):
             bank = self.training_bank()
             if bank is None and not text_only:
                 raise FileNotFoundError(
-                    "no bank: the checkpoint's training bank is not found here; give bank= a "
-                    "bank built with the model's encoder (cli.py segment: --bank), or allow "
-                    "text prompts with text_only=True (--text-only)"
+                    f"no bank: {self.missing_bank_note()}; give --bank, a bank built with the "
+                    "model's encoder (that one copied here, or any other), or --text-only for "
+                    "text prompts alone (from Python: bank=, text_only=True)"
                 )
             if bank is not None:
                 log.info("using the checkpoint's training bank %s", bank)

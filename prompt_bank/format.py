@@ -186,7 +186,9 @@ def _arrays_of(group, attrs: dict, where: str) -> dict:
     arrays = {}
     for sub in ("text", "visual"):
         if sub not in group or not isinstance(group[sub], zarr.Group):
-            raise BankFormatError(f"{where} lacks the group {sub}/")
+            raise BankFormatError(
+                f"{where} lacks the group {sub}/ (removed or damaged since it was made); {REFETCH}"
+            )
         for name, node in group[sub].members():
             if isinstance(node, zarr.Array):
                 arrays[f"{sub}/{name}"] = node

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -356,6 +357,8 @@ def _malform(path: Path, how: str) -> None:
         group["visual"].create_array("embeddings", shape=(8, 3, 1, 64), dtype="float32")
     elif how == "missing":
         del group["text"]["embeddings"]
+    elif how == "no text group":  # found by the re-probe: the line named no fix
+        shutil.rmtree(path / "text")
     elif how == "strings":  # a non-numeric array where numbers belong is refused unread
         del group["text"]["embeddings"]
         group["text"].create_array("embeddings", shape=(8, 3, 64), dtype=str)
@@ -370,6 +373,7 @@ def _malform(path: Path, how: str) -> None:
         ("shape", r"array visual/embeddings has shape \(8, 3, 1, 64\), expected \(8, 3, 2, 64\)"),
         ("missing", r"lacks the array text/embeddings \(expected \(8, 3, 64\) float32\)"),
         ("strings", "array text/embeddings has dtype"),
+        ("no text group", r"lacks the group text/ \(removed or damaged since it was made\)"),
     ],
 )
 def test_malformed_bank_refused(reference, tmp_path, how, message):
@@ -380,7 +384,7 @@ def test_malformed_bank_refused(reference, tmp_path, how, message):
     _malform(copy, how)
     with pytest.raises(BankFormatError, match=message) as refused:
         Bank.open(copy)
-    if how in ("dtype", "shape", "missing", "strings"):  # the arrays' metadata: the fix is named
+    if how in ("dtype", "shape", "missing", "strings", "no text group"):  # the fix is named
         assert str(refused.value).endswith("get the bank again from its source, or rebuild it")
     result = run_cli("bank", "info", str(copy))
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -1294,19 +1294,52 @@ def test_inline_yaml_settings_as_config_still_work(tmp_path, capsys, monkeypatch
     assert line.startswith("error: --out b is a file"), line  # parsed: the next check speaks
 
 
-def test_explain_takes_one_class_not_a_vocabulary(tmp_path):
-    result = run_cli(
-        "explain",
-        "--ckpt",
-        "x.ckpt",
-        "--image",
-        "x.png",
-        "--class",
-        "red disc; flag",
-        "--out",
-        str(tmp_path / "e.png"),
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        (
+            "red disc; flag",
+            "one class name (the vocabulary goes in --vocab, classes separated by ';')",
+        ),
+        (  # found by the re-probe: "red disc" was then listed twice in the vocabulary
+            "red disc, red circle",
+            "one class name, without synonyms (they go in --vocab: 'red disc, red circle; ...' "
+            "with --class 'red disc')",
+        ),
+    ],
+)
+def test_explain_takes_one_class_not_a_vocabulary(tmp_path, capsys, given, expected):
+    argv = ["explain", "--ckpt", "x.ckpt", "--image", "x.png", "--class", given]
+    line = user_error(capsys, *argv, "--out", str(tmp_path / "e.png"))
+    assert line == f"error: --class {given!r}: {expected}", line
+
+
+def test_a_checkpoint_whose_training_bank_moved_names_it_and_the_options(
+    trained, files, tmp_path, capsys
+):
+    """Found by the re-probe: explain said "no bank recorded in the checkpoint is here" without
+    the path, and with --vocab the fix spoke Python (bank=, text_only=True) to a CLI user."""
+    import torch
+
+    checkpoint = torch.load(trained, map_location="cpu", weights_only=False)
+    gone = str(tmp_path / "moved" / "bank.zarr")
+    for info in checkpoint["dpseg"]["banks"].values():
+        info["location"] = gone
+    moved = tmp_path / "moved.ckpt"
+    torch.save(checkpoint, moved)
+    argv = ["explain", "--ckpt", str(moved), "--image", str(files["good"]), "--class", "red disc"]
+    argv += ["--device", "cpu", "--out", str(tmp_path / "e.png")]
+    note = f"the training bank {gone!r} that the checkpoint records is not here"
+    assert user_error(capsys, *argv) == (
+        f"error: no vocabulary: {note}, and its classes are explain's default; give --vocab "
+        "'a; b; ...' (the other classes), or --bank BANK"
     )
-    assert result.returncode == 2 and "one class name" in result.stderr
+    assert user_error(capsys, *argv, "--vocab", "red disc; green square") == (
+        f"error: no bank: {note}; give --bank, a bank built with the model's encoder (that one "
+        "copied here, or any other), or --text-only for text prompts alone (from Python: bank=, "
+        "text_only=True)"
+    )
+    assert not (tmp_path / "e.png").exists()
 
 
 def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
