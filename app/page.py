@@ -88,7 +88,9 @@ class Segmenters:
         if config.vip_config:
             from model.vip.predictor import VIPPredictor
 
-            self.vip = VIPPredictor.from_config(config.vip_config, device=config.device)
+            self.vip = VIPPredictor.from_config(
+                config.vip_config, device=config.device, option="--vip-config"
+            )
         self._vocab: dict[str, str] = {}
         self._scratch = tempfile.TemporaryDirectory(prefix="dpseg-app-")  # removed at exit
         self.scratch = Path(self._scratch.name)
@@ -286,10 +288,18 @@ def check_port(host: str, port: int) -> int:
 
     if not 0 <= port <= 65535:
         raise SettingError(f"--port {port}: give 1 to 65535, or 0 for a free port")
+    import errno
+
     with socket.socket() as probe:
         try:
             probe.bind((host, port))
         except OSError as e:
+            if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
+                raise SettingError(  # the host is not a name or an address of this machine
+                    f"--host {host!r}: cannot listen there ({e.strerror}); give an address of "
+                    "this machine: 127.0.0.1 (this machine only, the default) or 0.0.0.0 (every "
+                    "interface)"
+                ) from None
             raise SettingError(
                 f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); give another "
                 "port, or --port 0 for a free one"

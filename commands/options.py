@@ -153,16 +153,17 @@ class StderrHandler(logging.StreamHandler):
         pass
 
 
-def log_ours() -> None:
-    """Our modules' info messages on stderr; other libraries' only from warnings up."""
+def log_ours(quiet: bool = False) -> None:
+    """Our modules' info messages on stderr (with ``quiet``, as ``--quiet``: warnings only);
+    other libraries' only from warnings up."""
     handler = StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     for ours in ("model", "data", "prompt_bank", "pretrained"):
         logger = logging.getLogger(ours)
         if not logger.handlers:
             logger.addHandler(handler)
-            logger.setLevel(logging.INFO)
             logger.propagate = False  # Lightning's root handler would print it again
+        logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def add_storage_option(p) -> None:

@@ -15,7 +15,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     _check_segment_arguments(args)  # before torch is imported, a model loaded, a prompt made
     from model.predictor import expand_images, predict_images
 
-    log_ours()
+    log_ours(args.quiet)
     paths = expand_images(args.images)
     if not paths:
         raise FileNotFoundError(f"--images {' '.join(args.images)}: no image found")
@@ -171,7 +171,7 @@ def _segment_options(p) -> None:
     p.add_argument("--encoder", help="VIP: encoder preset (default: the config's, dinotxt-l16)")
     p.add_argument("--dual-prompts", metavar="BANK", help="VIP: add a bank's visual prompts")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info lines")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -183,7 +183,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from model.predictor import Predictor
     from prompt_bank.store import Bank
 
-    log_ours()
+    log_ours(args.quiet)
     if ";" in args.class_name or not args.class_name.strip():
         raise SettingError(
             f"--class {args.class_name!r}: one class name (the vocabulary goes in --vocab, "
@@ -213,7 +213,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         vocabulary = Vocabulary.from_entries(
             [*vocabulary.entries, args.class_name], vocabulary.name
         )
-    predictor.use_vocabulary(vocabulary, args.bank, args.text_only)
+    predictor.use_vocabulary(vocabulary, args.bank, args.text_only, progress=not args.quiet)
     out = write_explanation(predictor, image, args.class_name, args.out)
     print(f"explain: {out} ({args.class_name!r}: {predictor.sources[args.class_name]} prompts)")
     return 0
@@ -228,6 +228,7 @@ def _explain_options(p) -> None:
     p.add_argument("--text-only", action="store_true", help="no generated visual prompts")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     p.add_argument("--out", default="explain.png", help="output PNG")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info lines")
 
 
 COMMANDS = {

@@ -31,7 +31,7 @@ class SelectAliasesOptions:
     batch_size: int = 8  # images per batch
     root: str | None = None  # datasets root (default $DETECTRON2_DATASETS or ./datasets)
     device: str | None = None  # cpu, cuda, cuda:N (default: cuda when available)
-    quiet: bool = False  # no progress bar
+    quiet: bool = False  # no progress bar or info lines
 
 
 def _select_aliases_options(p) -> None:
@@ -64,7 +64,7 @@ def cmd_vip_select_aliases(args: argparse.Namespace) -> int:
     from common.errors import SettingError
     from model.vip.selection import SelectionConfig, select_aliases
 
-    log_ours()
+    log_ours(args.quiet)
     for option, value, most in (("size", args.size, 2048), ("batch-size", args.batch_size, 1024)):
         if value > most:  # ours: beyond any use, and 100000 px was a 120 GB traceback
             raise SettingError(f"--{option} {value}: must be at most {most}")

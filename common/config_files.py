@@ -15,13 +15,14 @@ import yaml
 from common.errors import SettingError, UnreadableFileError, one_line
 
 
-def read_config(path: str):
-    """A ``--config`` file's YAML; one user error when it is not UTF-8 or not YAML."""
+def read_config(path: str, option: str = "--config"):
+    """A ``--config`` file's YAML; one user error naming ``option`` when it is not UTF-8 or not
+    YAML."""
     try:
         return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise UnreadableFileError(
-            f"--config {path!r}: not UTF-8 text ({e.reason}: byte 0x{e.object[e.start]:02x} at "
+            f"{option} {path!r}: not UTF-8 text ({e.reason}: byte 0x{e.object[e.start]:02x} at "
             f"offset {e.start}); save it as UTF-8"
         ) from None
     except yaml.YAMLError as e:
@@ -29,7 +30,7 @@ def read_config(path: str):
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or one_line(e)
         raise UnreadableFileError(
-            f"--config {path!r}: not valid YAML{where} ({one_line(problem)}); fix the file"
+            f"{option} {path!r}: not valid YAML{where} ({one_line(problem)}); fix the file"
         ) from None
 
 

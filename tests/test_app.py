@@ -118,3 +118,28 @@ def test_a_port_in_use_is_one_line_before_any_model_loads(tmp_path):
         f"error: --port {port}: cannot listen on 127.0.0.1:{port} (Address already in use); "
         "give another port, or --port 0 for a free one"
     )
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "no-such-host.invalid"])
+def test_a_host_that_is_not_here_is_blamed_on_host(tmp_path, cli_in_process, host):
+    """Found by the re-probe: it was blamed on --port 0, the value already given."""
+    result = cli_in_process("app", "--model", str(tmp_path / "none"), "--host", host, "--port", "0")
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: --host {host!r}: cannot listen there ("), line
+    assert line.endswith(
+        "give an address of this machine: 127.0.0.1 (this machine only, the default) or "
+        "0.0.0.0 (every interface)"
+    )
+
+
+def test_a_vip_config_error_names_vip_config(tmp_path, cli_in_process):
+    """Found by the re-probe: the app's --vip-config was reported as --config."""
+    config = tmp_path / "unknown.yaml"
+    config.write_text("model:\n  no_such_setting: 1\n")
+    result = cli_in_process("app", "--vip-config", str(config), "--port", "0", "--device", "cpu")
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        f"error: --vip-config {str(config)!r}: model keys no_such_setting are not VIP's (a DPSeg "
+    ), line

@@ -55,6 +55,7 @@ def test_predict_mixed_images_with_a_free_form_vocabulary(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "e_broken.jpg" in result.stderr and "4 images" in result.stdout
+    assert "INFO" not in result.stderr  # --quiet: warnings only ("generating prompts" is info)
     sizes = {"a_rgb": (128, 128), "b_rgba": (150, 200), "c_gray": (170, 90), "d_exif": (160, 96)}
     for stem, shape in sizes.items():
         label = np.asarray(Image.open(out / f"{stem}.png"))

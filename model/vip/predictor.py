@@ -46,13 +46,15 @@ class VIPPredictor(ImagePredictor):
         config: str | Path | None = None,
         encoder: str | None = None,
         device: str | None = None,
+        option: str = "--config",
     ) -> VIPPredictor:
         """VIP with the ``model:`` settings of a ``configs/vip_*.yaml`` (default: VIPModule's
-        defaults), the encoder optionally replaced."""
+        defaults), the encoder optionally replaced; ``option``: how the file was given, for
+        messages (the app's ``--vip-config``)."""
         check_device(device)  # before the encoder is built
         settings: dict = {}
         if config is not None:
-            settings = _vip_settings(config)
+            settings = _vip_settings(config, option)
         for key in PREDICT_IGNORES:
             settings.pop(key, None)
         if encoder is not None:
@@ -67,7 +69,7 @@ class VIPPredictor(ImagePredictor):
             where = (
                 f"the model: section of {config}"
                 if config
-                else ("the model: section of a --config file (configs/vip_*.yaml)")
+                else (f"the model: section of a {option} file (configs/vip_*.yaml)")
             )
             raise WeightsUnavailableError(
                 re.sub(
@@ -131,8 +133,8 @@ VIP_CONFIG_SECTIONS = (
 only ``model:``; the others are accepted so that one file serves both)."""
 
 
-def _vip_settings(config: str | Path) -> dict:
-    """The ``model:`` section of a VIP config file, checked: one line naming ``--config``, the
+def _vip_settings(config: str | Path, option: str = "--config") -> dict:
+    """The ``model:`` section of a VIP config file, checked: one line naming ``option``, the
     file and what a VIP config is when the file is missing, not a mapping, another method's, or
     has keys VIPModule does not take."""
     what = (
@@ -142,36 +144,36 @@ def _vip_settings(config: str | Path) -> dict:
     path = Path(config)
     if not path.is_file():
         state = "is a folder" if path.is_dir() else "does not exist"
-        raise SettingError(f"--config {str(config)!r} {state}; {what}")
-    loaded = read_config(str(config))  # not UTF-8 or not YAML: one line
+        raise SettingError(f"{option} {str(config)!r} {state}; {what}")
+    loaded = read_config(str(config), option)  # not UTF-8 or not YAML: one line
     if loaded is None or loaded == {}:
-        raise SettingError(f"--config {str(config)!r} is empty, not a mapping of settings; {what}")
+        raise SettingError(f"{option} {str(config)!r} is empty, not a mapping of settings; {what}")
     if not isinstance(loaded, dict):
         raise SettingError(
-            f"--config {str(config)!r} holds a YAML {type(loaded).__name__}, not a mapping; {what}"
+            f"{option} {str(config)!r} holds a YAML {type(loaded).__name__}, not a mapping; {what}"
         )
     unknown = sorted(str(k) for k in loaded if k not in VIP_CONFIG_SECTIONS)
     if unknown:  # a misspelt section (modle:) would leave every setting at its default
         raise SettingError(
-            f"--config {str(config)!r}: does not accept option {unknown[0]!r}; fix the file (a VIP "
+            f"{option} {str(config)!r}: does not accept option {unknown[0]!r}; fix the file (a VIP "
             f"config takes the sections {', '.join(VIP_CONFIG_SECTIONS)}, like configs/vip_*.yaml)"
         )
     model = loaded.get("model") or {}
     if not isinstance(model, dict):
-        raise SettingError(f"--config {str(config)!r}: its model: section is not a mapping; {what}")
+        raise SettingError(f"{option} {str(config)!r}: its model: section is not a mapping; {what}")
     class_path = model.get("class_path")
     if class_path is not None and str(class_path) not in (VIP_CLASS_PATH, "VIPModule"):
-        raise SettingError(f"--config {str(config)!r} is a {class_path} config, not VIP's; {what}")
+        raise SettingError(f"{option} {str(config)!r} is a {class_path} config, not VIP's; {what}")
     settings = (model.get("init_args") or {}) if class_path is not None else model
     if not isinstance(settings, dict):
         raise SettingError(
-            f"--config {str(config)!r}: its model.init_args is not a mapping; {what}"
+            f"{option} {str(config)!r}: its model.init_args is not a mapping; {what}"
         )
     accepted = set(inspect.signature(VIPModule.__init__).parameters) - {"self"}
     unknown = sorted(str(k) for k in settings if k not in accepted)
     if unknown:
         hint = " (a DPSeg config? DPSeg takes --ckpt)" if class_path is None else ""
         raise SettingError(
-            f"--config {str(config)!r}: model keys {', '.join(unknown)} are not VIP's{hint}; {what}"
+            f"{option} {str(config)!r}: model keys {', '.join(unknown)} are not VIP's{hint}; {what}"
         )
     return dict(settings)
