@@ -217,9 +217,14 @@ def main(argv: list[str] | None = None, script: bool = False) -> int:
         return _one_line(f"error: {_link_fault(e) or e}", 2)
     except (Interrupted, KeyboardInterrupt) as e:
         signum = getattr(e, "signum", signal.SIGINT)
+        keeps = command is not None and command.keeps_finished_work
         report = getattr(e, "report", "") or (
-            f"interrupted by {signal.Signals(signum).name}; finished work is kept and nothing "
-            "partial is left (run the command again to go on)"
+            f"interrupted by {signal.Signals(signum).name}; "
+            + (
+                "finished work is kept and nothing partial is left (run the command again to go on)"
+                if keeps
+                else "nothing partial is left (the same command starts over)"
+            )
         )
         return _one_line(f"error: {report}", 128 + signum)
     except BrokenPipeError:
@@ -243,6 +248,11 @@ def main(argv: list[str] | None = None, script: bool = False) -> int:
             (getattr(args, k, None) for k in ("out", "root") if getattr(args, k, None)), None
         )
         where = f"writing in {output}" if output else None
+        if argv and argv[0] in LIGHTNING_COMMANDS:  # Lightning's writes name no file
+            where = (
+                f"{argv[0]}: writing the run's checkpoints, logs or results (under runs/, or "
+                "--trainer.default_root_dir, --model.results_dir)"
+            )
         after = KEPT if command is not None and command.keeps_finished_work else NOTHING_LEFT
         return _one_line(f"error: {storage_fault(e, where, after)}", 2)
 

@@ -259,11 +259,8 @@ def cmd_bank_pull(args: argparse.Namespace) -> None:
 
 def _check_gallery_options(args: argparse.Namespace) -> None:
     """``--max-classes`` and ``--out`` checked before the bank is read."""
-    from pathlib import Path
-
-    from PIL import Image
-
     from common.errors import SettingError, check_output_file
+    from common.io import check_picture_out
 
     check_output_file(args.out, "--out", "gallery.png")  # a folder of that name: one line
     if args.max_classes < 1:
@@ -271,15 +268,7 @@ def _check_gallery_options(args: argparse.Namespace) -> None:
             f"--max-classes {args.max_classes}: must be >= 1 (the number of classes shown, one "
             "row each)"
         )
-    Image.init()
-    suffix = Path(args.out).suffix.lower()
-    kind = Image.registered_extensions().get(suffix)
-    if kind is None or kind not in Image.SAVE:
-        what = f"unknown image file extension {suffix!r}" if suffix else "no file extension"
-        raise SettingError(
-            f"--out {args.out!r}: {what}; give a .png path (or another image format PIL "
-            "writes: .jpg, .webp, ...)"
-        )
+    check_picture_out(args.out, "--out")
 
 
 def cmd_bank_gallery(args: argparse.Namespace) -> None:

@@ -7,12 +7,17 @@ import json
 
 from commands.options import ROOT_HELP, Command
 
+MAX_IMAGES = 1_000_000
+"""(ours) The most images ``data synthetic|toy`` writes per split: far past any use, and under
+what the plan of a split holds in memory (a billion ran out of it)."""
+
 
 def _write_dataset(args: argparse.Namespace, config_class, write, class_names, what: str) -> int:
     """Write a rendered dataset (synthetic, toy) in the detectron2 layout, with a preview."""
     from pathlib import Path
 
     from common.errors import SettingError, check_output_file, check_output_folder
+    from common.io import check_picture_out
     from data.catalog import datasets_root
     from data.synthetic import MAX_SIZE, MIN_SIZE
 
@@ -20,9 +25,16 @@ def _write_dataset(args: argparse.Namespace, config_class, write, class_names, w
     if getattr(args, "test", None) is not None:
         splits["test_images"] = args.test
     for key, count in splits.items():
-        if count < 0:  # named as the user typed it, not as the config's field
-            option = "--" + key.removesuffix("_images")
+        option = "--" + key.removesuffix("_images")  # named as typed, not as the config's field
+        if count < 0:
             raise SettingError(f"{option} {count}: give 0 or more images")
+        if count > MAX_IMAGES:  # ours: a billion was the OOM killer's, without a word
+            raise SettingError(f"{option} {count}: give at most {MAX_IMAGES} images")
+    if args.preview and args.val == 0:
+        raise SettingError(
+            f"--preview {args.preview!r} shows val images, and --val is 0: give --val 1 or more, "
+            "or leave --preview out"
+        )
     if not MIN_SIZE <= args.size <= MAX_SIZE:
         bound = f"at least {MIN_SIZE}" if args.size < MIN_SIZE else f"at most {MAX_SIZE}"
         raise SettingError(
@@ -35,6 +47,7 @@ def _write_dataset(args: argparse.Namespace, config_class, write, class_names, w
     check_output_folder(datasets_root(args.root), "--root")  # before any image is drawn
     if args.preview:
         check_output_file(args.preview, "--preview", example="preview.png")
+        check_picture_out(args.preview, "--preview")
     summary = write(datasets_root(args.root), config, progress=not args.quiet)
     counts = " + ".join(f"{summary[s]} {s}" for s in config.split_sizes())
     print(

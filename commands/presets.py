@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from commands.options import Command, add_fields, config_file, config_from
 from common.errors import check_output_file
@@ -121,6 +122,9 @@ def _presets_pretrain_options(p) -> None:
             }
         },
     )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a file already at --out (refused else)"
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -134,9 +138,13 @@ def cmd_presets_pretrain(args: argparse.Namespace) -> int:
     config = config_from(PretrainConfig, args, **({} if steps is None else {"steps": steps}))
     out = args.out or f"runs/pretrain/{args.name}.safetensors"
     check_output_file(out, "--out", example=f"{args.name}.safetensors")  # before the training
+    if os.path.lexists(out) and not args.overwrite:
+        from pretrained.bundled_weights import existing_weights_error
+
+        raise existing_weights_error(out)
     from pretrained.toy_pretrain import pretrain  # torch: after the checks
 
-    report = pretrain(args.name, config, out, progress=not args.quiet)
+    report = pretrain(args.name, config, out, progress=not args.quiet, overwrite=args.overwrite)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -19,6 +19,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     paths = expand_images(args.images)
     if not paths:
         raise FileNotFoundError(f"--images {' '.join(args.images)}: no image found")
+    _refuse_images_in_out(paths, args.out)
     if args.method == "vip":
         from model.vip.predictor import VIPPredictor
 
@@ -74,6 +75,23 @@ DPSEG_ONLY = {
     "reject_max": "--reject-max",
 }
 VIP_ONLY = {"config": "--config", "encoder": "--encoder", "dual_prompts": "--dual-prompts"}
+
+
+def _refuse_images_in_out(paths: list, out: str) -> None:
+    """An --images file inside --out: the next run would segment this run's label maps and
+    overlays too (found by a probe). One line, before any work."""
+    from pathlib import Path
+
+    from common.errors import SettingError
+
+    folder = Path(out).resolve()
+    inside = next((p for p in paths if p.resolve().parent == folder), None)
+    if inside is not None:
+        raise SettingError(
+            f"--out {out!r} holds images that --images names ({str(inside)!r}): the outputs "
+            "(label maps, overlays) would be read as images on the next run; give an --out "
+            "folder of its own"
+        )
 
 
 def _check_segment_arguments(args: argparse.Namespace) -> None:

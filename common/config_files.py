@@ -14,12 +14,32 @@ import yaml
 
 from common.errors import SettingError, UnreadableFileError, one_line
 
+MAX_CONFIG_VALUES = 100_000
+"""(ours) The most values a ``--config`` file may hold once its YAML aliases are expanded: a
+config has hundreds; a file of nested aliases (a "billion laughs") has billions, and the
+parsers that copy it ran out of memory without a word."""
+
+
+def _expanded_size(loaded, limit: int) -> int:
+    """How many values ``loaded`` holds with every alias expanded, counted up to ``limit`` + 1
+    (a shared list or mapping counts each time it is reached)."""
+    count, stack = 0, [loaded]
+    while stack and count <= limit:
+        value = stack.pop()
+        count += 1
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return count
+
 
 def read_config(path: str, option: str = "--config"):
-    """A ``--config`` file's YAML; one user error naming ``option`` when it is not UTF-8 or not
-    YAML."""
+    """A ``--config`` file's YAML; one user error naming ``option`` when it is not UTF-8, not
+    YAML, or holds more than :data:`MAX_CONFIG_VALUES` values once its aliases are expanded."""
     try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise UnreadableFileError(
             f"{option} {path!r}: not UTF-8 text ({e.reason}: byte 0x{e.object[e.start]:02x} at "
@@ -32,6 +52,12 @@ def read_config(path: str, option: str = "--config"):
         raise UnreadableFileError(
             f"{option} {path!r}: not valid YAML{where} ({one_line(problem)}); fix the file"
         ) from None
+    if _expanded_size(loaded, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+        raise UnreadableFileError(
+            f"{option} {path!r}: its YAML aliases expand to more than {MAX_CONFIG_VALUES} values "
+            "(a file made to exhaust memory?); write the settings out without nested aliases"
+        )
+    return loaded
 
 
 def config_values(argv: list[str]) -> list[str]:

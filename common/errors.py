@@ -68,6 +68,8 @@ size limit, a folder the user may not write to. They end in one line, exit 2."""
 PATH_ERRNOS = {
     errno.ENOTDIR: "a folder on that path is a file: choose a path under a folder",
     errno.EEXIST: "a file of that name is in the way: remove it or choose another path",
+    errno.ENAMETOOLONG: "a name on that path is longer than the file system allows (255 bytes "
+    "on most): choose shorter names",
 }
 """OSErrors of a path the user gave (``--out photo.jpg/x``), each with its fix: one line, exit 2."""
 
@@ -133,11 +135,11 @@ def file_in_the_way(folder) -> object | None:
     return None
 
 
-def refuse_unwritable(path, option: str) -> None:
+def refuse_unwritable(path, option: str, fix: str | None = None) -> None:
     """Refuse, before any work, an output ``path`` (a file or a folder, there or to be made) in a
     folder this user may not write in: one :class:`StorageError` naming ``option``, the folder,
-    why (a read-only file system, or its permissions) and the fix, so that no work is done and
-    then lost at the first write (ours)."""
+    why (a read-only file system, or its permissions) and the fix (default: choose another
+    folder), so that no work is done and then lost at the first write (ours)."""
     from pathlib import Path
 
     p = Path(path)
@@ -149,7 +151,7 @@ def refuse_unwritable(path, option: str) -> None:
     except OSError:
         read_only = False
     code = "EROFS" if read_only else "EACCES"
-    fix = STORAGE_ERRNOS[errno.EROFS if read_only else errno.EACCES]
+    fix = fix or STORAGE_ERRNOS[errno.EROFS if read_only else errno.EACCES]
     raise StorageError(
         f"{option} {str(path)!r}: this user may not write in {str(folder)!r} ({code}); {fix} "
         "(nothing was done)"

@@ -11,11 +11,13 @@ from PIL import Image
 from common.errors import UserError
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, taken: Exception | None = None) -> None:
     """Write a whole file or nothing (temp file + rename): a killed run leaves no truncated file.
     Python writes the bytes and checks every write (a full disk, a file size limit), and the
     error names ``path``. When the temporary file goes away before the rename (another process
-    writing the same file renamed it first), one :class:`UserError` says so."""
+    writing the same file renamed it first), one :class:`UserError` says so. ``taken``: the
+    file must not exist: it is linked into place (never replacing one), and ``taken`` (a user
+    error naming the option) is raised when another process made it first."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         try:
@@ -23,7 +25,13 @@ def write_atomic(path: Path, data: bytes) -> None:
         except OSError as e:  # name the file (a write error names none)
             raise OSError(e.errno, e.strerror, str(path)) from None
         try:
-            os.replace(tmp, path)
+            if taken is None:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)  # atomic, and fails where a file is
+                except FileExistsError:
+                    raise taken from None
         except FileNotFoundError:  # another process renamed it first (found by a fault probe)
             raise UserError(
                 f"{path}: another process was writing this file at the same time (its "
@@ -47,6 +55,22 @@ def save_image_atomic(image: Image.Image, path: Path, fmt: str | None = None, **
     encoded = io.BytesIO()
     image.save(encoded, format=fmt, **kwargs)
     write_atomic(Path(path), encoded.getvalue())
+
+
+def check_picture_out(path: str | os.PathLike, option: str) -> None:
+    """An output picture's name checked before any work: its suffix must be a format PIL writes
+    (.png, .jpg, ...). One line naming ``option`` (:class:`~common.errors.SettingError`)."""
+    from common.errors import SettingError
+
+    Image.init()  # every plugin: the full table of suffixes
+    suffix = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        what = f"unknown image file extension {suffix!r}" if suffix else "no file extension"
+        raise SettingError(
+            f"{option} {str(path)!r}: {what}; give a .png path (or another image format PIL "
+            "writes: .jpg, .webp, ...)"
+        )
 
 
 def save_figure_atomic(figure, path: Path, **kwargs) -> None:

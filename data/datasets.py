@@ -190,10 +190,11 @@ LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
 """PIL modes that hold one class id per pixel (palette PNGs read as their indices)."""
 
 
-def read_label(path: str | os.PathLike) -> np.ndarray:
+def read_label(path: str | os.PathLike, what: str = "label") -> np.ndarray:
     """(H, W) int64 label ids as stored: palette PNGs give indices, 16-bit TIFFs their values.
 
-    The one reader of label and prediction maps (datasets, ``data stats``, ``eval-masks``).
+    The one reader of label and prediction maps (datasets, ``data stats``, ``eval-masks``);
+    ``what``: what messages call the file (eval-masks' ``prediction``).
 
     Raises:
         DatasetError: the file cannot be read, or holds colours rather than class ids.
@@ -204,11 +205,11 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
             array = np.asarray(image) if mode in LABEL_MODES else None
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise DatasetError(
-            f"cannot read label {str(path)!r}: cannot read it as an image ({e})"
+            f"cannot read {what} {str(path)!r}: cannot read it as an image ({e})"
         ) from e
     if array is None or array.ndim != 2:
         raise DatasetError(
-            f"label {str(path)!r} has mode {mode} ({bands} channels), and mode {mode!r} is not a "
+            f"{what} {str(path)!r} has mode {mode} ({bands} channels), and mode {mode!r} is not a "
             "label map: save class ids as a single-channel PNG (8-bit, 16-bit or palette) or a "
             "16-bit TIFF, not colours"
         )

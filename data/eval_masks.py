@@ -82,7 +82,7 @@ def _load_pair(
     except DatasetError as e:
         raise _BadSample("unreadable", str(e)) from e
     try:
-        pred = read_label(pred_path)
+        pred = read_label(pred_path, "prediction")
     except DatasetError as e:
         raise _BadSample("unreadable", str(e)) from e
     if pred.shape != label.shape:
@@ -178,7 +178,8 @@ def evaluate_mask_folders(
     pred_root, gt_root = Path(pred_dir), Path(gt_dir)
     for what, folder in (("prediction", pred_root), ("ground-truth", gt_root)):
         if not folder.is_dir():
-            raise DatasetError(f"{what} folder {str(folder)!r} does not exist")
+            state = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise DatasetError(f"{what} folder {str(folder)!r} {state}")
     start = time.perf_counter()
     gts, preds = _index_folder(gt_root), _index_folder(pred_root)
     if not gts:

@@ -23,7 +23,13 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
-from common.errors import SettingError, UnreadableFileError, staged_write
+from common.errors import (
+    SettingError,
+    UnreadableFileError,
+    check_output_folder,
+    one_line,
+    staged_write,
+)
 from common.io import file_sha256, move_into_place, remove_staging, special_file_kind
 
 FORMAT, FORMAT_VERSION = "dpseg-model", 1
@@ -60,17 +66,24 @@ def read_metrics(paths: list[str | os.PathLike]) -> list[dict]:
         try:
             run = json.loads(path.read_text())
             values = {k: run["metrics"][k] for k in keep if k in run["metrics"]}
-            if not values or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                for v in values.values()
-            ):  # NaN or Infinity would be written into config.json, which JSON does not allow
-                raise ValueError("no finite scores")
-            scores = {k: round(100 * float(v), 2) for k, v in values.items()}
         except (OSError, ValueError, KeyError, TypeError):
             raise ModelFileError(
                 f"--metrics {str(path)!r}: not a test record; give the DATASET.run.json that "
                 "cli.py test writes in --model.results_dir"
             ) from None
+        if not values:
+            raise ModelFileError(
+                f"--metrics {str(path)!r}: its metrics hold none of {', '.join(keep)}; give the "
+                "DATASET.run.json of a cli.py test that scored them"
+            )
+        for key, value in values.items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value):  # NaN, Infinity: not JSON in config.json
+                raise ModelFileError(
+                    f"--metrics {str(path)!r}: metrics.{key} is {json.dumps(value)}, not a "
+                    "finite number; give the record of a test that scored it (rerun cli.py test)"
+                )
+        scores = {k: round(100 * float(v), 2) for k, v in values.items()}
         rows.append(
             {
                 "dataset": run.get("dataset", path.stem.removesuffix(".run")),
@@ -92,6 +105,7 @@ def export_model(
     from model.checkpoint import check_checkpoint, load_module
 
     out = Path(out)
+    check_output_folder(out, "--out")  # a file there or above: one line naming --out
     if out.exists() and any(out.iterdir()):
         raise SettingError(f"--out {str(out)!r} is not empty; give a new folder")
     check_checkpoint(ckpt, "CKPT")
@@ -216,7 +230,10 @@ def parse_config(raw: bytes, path, option: str) -> dict:
     try:
         config = json.loads(raw)
     except ValueError as e:
-        raise ModelFileError(f"{option}: {path} is not JSON ({e})") from None
+        raise ModelFileError(
+            f"{option}: {path} is not JSON ({one_line(e)}): edited or damaged; export the model "
+            "again (`cli.py model export CKPT --out DIR`) or get it again from its source"
+        ) from None
     if (
         not isinstance(config, dict)
         or config.get("format") != FORMAT

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.errors import check_output_file
+from common.errors import SettingError, check_output_file
+from common.io import write_atomic
 from pretrained.hub import WeightsUnavailableError
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
@@ -38,10 +39,13 @@ def save_weights(
     path: str | os.PathLike,
     initial: dict[str, torch.Tensor],
     metadata: dict[str, str] | None = None,
+    overwrite: bool = True,
 ) -> int:
-    """Write ``model``'s state to ``path``; token tables keep only rows that differ from
-    ``initial`` (the state the training started from). Returns the file's size in bytes."""
-    from safetensors.torch import save_file
+    """Write ``model``'s state to ``path``, whole or not at all; token tables keep only rows that
+    differ from ``initial`` (the state the training started from). ``overwrite=False``: a file
+    already at ``path`` (made by another process meanwhile) is never replaced. Returns the
+    file's size in bytes."""
+    from safetensors.torch import save
 
     tensors = {}
     for name, value in model.state_dict().items():
@@ -55,14 +59,19 @@ def save_weights(
     check_output_file(path, "--out", example="weights.safetensors")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata or {})
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # no half-written file left behind
-        raise
+    # encoded in memory, then written by Python (a full disk: an OSError naming the file)
+    taken = None if overwrite else existing_weights_error(path)
+    write_atomic(path, save(tensors, metadata=metadata or {}), taken)
     return path.stat().st_size
+
+
+def existing_weights_error(path: str | os.PathLike) -> SettingError:
+    """What ``presets pretrain`` says of an ``--out`` that holds a file (ours: weights, maybe a
+    preset's own, are not replaced unasked)."""
+    return SettingError(
+        f"--out {str(path)!r} already holds a file (earlier weights?); give another path, or "
+        "--overwrite to replace it"
+    )
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -217,9 +217,11 @@ def pretrain(
     config: PretrainConfig,
     out: str | os.PathLike,
     progress: bool = True,
+    overwrite: bool = True,
 ) -> dict:
     """Pretrain a toy preset (CLIP, or dino.txt) from its portable initial weights and write its
-    file. ``preset_name``: a toy preset's name (or a preset object, for trials of other sizes).
+    file. ``preset_name``: a toy preset's name (or a preset object, for trials of other sizes);
+    ``overwrite=False``: a file at ``out`` is never replaced.
 
     Returns:
         A report: zero-shot accuracies (plain template; any template and style; for dino.txt
@@ -351,6 +353,6 @@ def pretrain(
     metadata = {k: str(v) for k, v in report.items() if k != "config"}
     metadata["config"] = str(asdict(config))
     metadata["command"] = f"cli.py presets pretrain {preset_name} (see config)"
-    report["bytes"] = save_weights(model, out, initial, metadata)
+    report["bytes"] = save_weights(model, out, initial, metadata, overwrite)
     report["out"] = str(out)
     return report

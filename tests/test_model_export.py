@@ -125,7 +125,8 @@ def test_the_card_lists_each_test_record_it_was_given(trained, tmp_path):
     card = (folder / "README.md").read_text()
     assert "`python cli.py test r1`" in card and "`python cli.py test r2`" in card
     (tmp_path / "bad.json").write_text("{}")
-    from model.export import ModelFileError
+    from common.errors import SettingError
+    from model.export import ModelFileError, parse_config
 
     with pytest.raises(ModelFileError, match="not a test record"):
         export_model(trained, tmp_path / "model2", [tmp_path / "bad.json"])
@@ -133,10 +134,22 @@ def test_the_card_lists_each_test_record_it_was_given(trained, tmp_path):
         export_model(trained, tmp_path / "model2", [tmp_path / "nothere.json"])
     # the re-probe: NaN went into config.json as bare NaN (not JSON), true became 100.0, an
     # empty record passed, a record given twice made two rows, a folder was "no such file"
-    for metrics in ({"mIoU": float("nan")}, {"mIoU": True}, {}, {"mIoU": float("inf")}):
+    # (and the probe after it: each message names the field and its value)
+    for metrics, expected in (
+        ({"mIoU": float("nan")}, "metrics.mIoU is NaN, not a finite number"),
+        ({"mIoU": True}, "metrics.mIoU is true, not a finite number"),
+        ({"hIoU": float("inf")}, "metrics.hIoU is Infinity, not a finite number"),
+        ({}, "its metrics hold none of mIoU, mIoU_seen, mIoU_unseen, hIoU, fwIoU, pACC"),
+    ):
         (tmp_path / "odd.json").write_text(json.dumps({"dataset": "toy", "metrics": metrics}))
-        with pytest.raises(ModelFileError, match="not a test record"):
+        with pytest.raises(ModelFileError, match=expected):
             export_model(trained, tmp_path / "model2", [tmp_path / "odd.json"])
+    with pytest.raises(SettingError, match=r"--out '.*last\.ckpt' is a file, not a folder"):
+        export_model(trained, trained, [])  # the probe: an ENOTDIR line that named no option
+    garbled = tmp_path / "config.json"
+    garbled.write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(ModelFileError, match=r"is not JSON \(.*\): edited or damaged; export the"):
+        parse_config(garbled.read_bytes(), garbled, "MODEL")
     with pytest.raises(ModelFileError, match="is given twice; give each record once"):
         export_model(trained, tmp_path / "model2", [records[0], records[0]])
     with pytest.raises(ModelFileError, match="is a folder, not a file"):

@@ -228,6 +228,11 @@ def test_vip_config_unknown_key_is_refused(capsys, tmp_path, image):
     assert "a VIP config takes the sections model, data, trainer" in line
     assert "encoder_weights" not in line and "dino.txt" not in line
     assert not (tmp_path / "out").exists()
+    config.write_text("foo: 1\nbar: 2\nmodel:\n  encoder: tiny-vit\n")  # every one named
+    line = _segment_vip(capsys, config, image, tmp_path / "out")
+    assert line.startswith(
+        f"error: --config {str(config)!r}: does not accept options 'bar', 'foo'; "
+    )
 
 
 @pytest.mark.parametrize("text", ["", "# nothing here\n", "{}\n"])

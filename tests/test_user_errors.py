@@ -630,10 +630,10 @@ def test_a_broken_link_is_named_as_one(tmp_path, capsys, monkeypatch, args):
 
 
 def cli_under_file_size_limit(
-    *args: str, limit: int, env: dict | None = None
+    *args: str, limit: int, env: dict | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
     """``cli.py ARGS`` with no file allowed to grow past ``limit`` bytes (``ulimit -f``: EFBIG,
-    as a full disk)."""
+    as a full disk), in ``cwd``."""
     import os
     import resource
 
@@ -647,6 +647,7 @@ def cli_under_file_size_limit(
         preexec_fn=set_limit,
         timeout=300,
         env=None if env is None else {**os.environ, **env},
+        cwd=cwd,
     )
 
 
@@ -1055,7 +1056,8 @@ def test_classes_missing_from_a_read_only_bank_are_cached_in_the_local_cache(wor
         args += ["--images", str(place / "image.jpg"), "--vocab", "red disc; zebra"]
         for run in range(2):
             out = str(work / f"out{run}")
-            result = cli_where_mode_holds(share, 0o555, *args, "--out", out, "--quiet", cwd=work)
+            # not --quiet: its info line says whether prompts were generated
+            result = cli_where_mode_holds(share, 0o555, *args, "--out", out, cwd=work)
             assert result.returncode == 0, result.stderr[-3000:]
             assert "images/s" in result.stdout, result.stdout
             assert json.loads((work / f"out{run}" / "summary.json").read_text())["prompts"] == {
@@ -1803,3 +1805,208 @@ def test_an_interrupted_generation_counts_every_run_s_cached_items(tiny_bank, tm
 
     assert _items_done(str(tiny_bank), 7) == 2  # two classes, one template, one image each
     assert _items_done(str(tmp_path / "not-made.zarr"), 7) == 7
+
+
+# ---------------------------------------------------------------------------------------------
+# found by the third probe (2026-12-07)
+
+
+def test_a_name_longer_than_the_file_system_allows_is_one_line(tmp_path, capsys):
+    root = tmp_path / ("x" * 300)
+    line = user_error(
+        capsys, "data", "synthetic", "--root", str(root), "--train", "1", "--val", "1"
+    )
+    assert "(ENAMETOOLONG); a name on that path is longer than the file system allows" in line
+    assert line.endswith("choose shorter names"), line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pretrain_cut_by_a_file_size_limit_is_one_line_naming_its_out(tmp_path):
+    """It was safetensors' own error (a traceback): the weights are now encoded in memory and
+    written by Python, whole or not at all."""
+    out = tmp_path / "w.safetensors"
+    result = cli_under_file_size_limit(
+        *("presets", "pretrain", "toy-vit", "--steps", "1", "--out", str(out), "--quiet"),
+        limit=10_000,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: {out}: File too large (EFBIG);"), line
+    assert line.endswith("(nothing partial is left: run the command again then)"), line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pretrain_never_replaces_a_file_unasked(tmp_path, capsys):
+    """It replaced any file at --out, the committed preset weights included."""
+    out = tmp_path / "precious.safetensors"
+    out.write_bytes(b"earlier weights")
+    argv = ["presets", "pretrain", "toy-vit", "--steps", "1", "--out", str(out), "--quiet"]
+    assert user_error(capsys, *argv) == (
+        f"error: --out {str(out)!r} already holds a file (earlier weights?); give another path, "
+        "or --overwrite to replace it"
+    )
+    assert out.read_bytes() == b"earlier weights"
+
+
+def test_weights_made_by_another_process_meanwhile_are_not_replaced(tmp_path):
+    """Two pretrains to one --out: the second to finish refuses instead of replacing."""
+    import torch
+
+    from common.errors import SettingError
+    from pretrained.bundled_weights import save_weights
+
+    out = tmp_path / "w.safetensors"
+    save_weights(torch.nn.Linear(2, 2), out, {}, overwrite=False)
+    first = out.read_bytes()
+    with pytest.raises(SettingError, match="already holds a file"):
+        save_weights(torch.nn.Linear(3, 3), out, {}, overwrite=False)
+    assert out.read_bytes() == first and sorted(tmp_path.iterdir()) == [out]
+    save_weights(torch.nn.Linear(3, 3), out, {})  # overwrite: the default of the Python API
+    assert out.read_bytes() != first
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            ["--preview", "{tmp}/preview.txt"],
+            "--preview '{tmp}/preview.txt': unknown image file extension '.txt'; give a .png "
+            "path (or another image format PIL writes: .jpg, .webp, ...)",
+        ),
+        (
+            ["--val", "0", "--preview", "{tmp}/p.png"],
+            "--preview '{tmp}/p.png' shows val images, and --val is 0: give --val 1 or more, or "
+            "leave --preview out",
+        ),
+        (["--train", "1000000000"], "--train 1000000000: give at most 1000000 images"),
+    ],
+    ids=["preview-suffix", "preview-without-val", "a-billion-images"],
+)
+@pytest.mark.parametrize("kind", ["synthetic", "toy"])
+def test_dataset_writers_check_preview_and_counts_before_any_image(
+    tmp_path, capsys, kind, args, expected
+):
+    """A --preview name PIL cannot write was a traceback after the dataset was written; --val 0
+    with --preview got a wrong fix; a billion images met the OOM killer."""
+    argv = ["data", kind, "--root", str(tmp_path / "d"), "--train", "1", "--val", "1"]
+    argv += [a.format(tmp=tmp_path) for a in args]
+    if kind == "toy":
+        argv += ["--test", "0"]
+    assert user_error(capsys, *argv) == f"error: {expected.format(tmp=tmp_path)}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_config_of_nested_aliases_is_refused_at_once(tmp_path, capsys):
+    """A "billion laughs" YAML hung fit and bank build while memory grew."""
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for previous, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]")
+    config = tmp_path / "laughs.yaml"
+    config.write_text("\n".join([*lines, "batch_size: *i"]) + "\n")
+    argv = ["bank", "build", "--config", str(config), "--vocab", "a", "--preset", "tiny"]
+    assert user_error(capsys, *argv, "--out", str(tmp_path / "b.zarr")) == (
+        f"error: --config {str(config)!r}: its YAML aliases expand to more than 100000 values (a "
+        "file made to exhaust memory?); write the settings out without nested aliases"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["laughs.yaml"]
+
+
+def test_segment_refuses_an_out_that_holds_its_images(trained, tmp_path, capsys):
+    """--images X --out X segmented its own label maps and overlays on the next run."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(folder / "a.png")
+    argv = ["segment", "--ckpt", str(trained), "--vocab", "red disc", "--images", str(folder)]
+    assert user_error(capsys, *argv, "--out", str(folder), "--device", "cpu") == (
+        f"error: --out {str(folder)!r} holds images that --images names "
+        f"({str(folder / 'a.png')!r}): the outputs (label maps, overlays) would be read as images "
+        "on the next run; give an --out folder of its own"
+    )
+    assert [p.name for p in folder.iterdir()] == ["a.png"]
+
+
+def test_a_signal_to_a_command_that_keeps_nothing_says_it_starts_over(
+    tmp_path, capsys, monkeypatch
+):
+    """eval-masks, pretrain, select-aliases and test said "finished work is kept" after a signal,
+    where they keep nothing: they start over."""
+    import os
+
+    import data.eval_masks
+
+    real = data.eval_masks._index_folder
+
+    def signal_then_go_on(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data.eval_masks, "_index_folder", signal_then_go_on)
+    for name in ("pred", "gt"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / name / "a.png")
+    argv = ["eval-masks", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]
+    argv += ["--num-classes", "2", "--ignore-index", "255", "--out", str(tmp_path / "out")]
+    code, _, err = run_main(capsys, *argv)
+    assert code == 128 + signal.SIGINT, err
+    assert one_error_line(err) == (
+        "error: interrupted by SIGINT; nothing partial is left (the same command starts over)"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_masks_names_a_prediction_as_one(tmp_path, capsys):
+    """A file given as --pred was "does not exist"; an RGB prediction was called a label."""
+    for name in ("pred", "gt"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / name / "a.png")
+    (tmp_path / "afile").write_text("x")
+    argv = [
+        "eval-masks",
+        "--gt",
+        str(tmp_path / "gt"),
+        "--num-classes",
+        "2",
+        "--ignore-index",
+        "255",
+    ]
+    line = user_error(capsys, *argv, "--pred", str(tmp_path / "afile"))
+    assert line == f"error: prediction folder {str(tmp_path / 'afile')!r} is a file, not a folder"
+    Image.new("RGB", (4, 4)).save(tmp_path / "pred" / "a.png")
+    _, out, err = run_main(capsys, *argv, "--pred", str(tmp_path / "pred"))
+    assert f"prediction {str(tmp_path / 'pred' / 'a.png')!r} has mode RGB" in out + err
+
+
+def test_fit_cut_by_a_file_size_limit_says_where_it_was_writing(world, tmp_path):
+    """Lightning's writes name no file: the line says what fit writes, and where."""
+    from conftest import TINY
+
+    args = ["fit", "--config", str(TINY), "--config", str(world / "overlay.yaml")]
+    result = cli_under_file_size_limit(*args, limit=20_000, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_error_line(result.stderr, only=False)
+    assert line.startswith("error: ") and "(EFBIG)" in line, line
+    assert "fit: writing the run's checkpoints, logs or results (under runs/" in line, line
+
+
+def test_prepare_beside_a_download_this_user_may_not_write_is_refused_before_converting(
+    open_place,
+):
+    """It failed at the first write saying "finished work is kept" and "choose a folder on a
+    writable one", which the outputs (beside the download) cannot."""
+    from test_prepare import make_voc
+
+    base = make_voc(open_place)
+    for path in [open_place, *open_place.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    result = cli_where_mode_holds(
+        base, 0o555, "data", "prepare", "voc20", "--root", str(open_place)
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.splitlines()
+    out = base / "annotations_detectron2" / "val"
+    assert line == (
+        f"error: the converted voc20 {str(out)!r}: this user may not write in {str(base)!r} "
+        "(EACCES); the converted files go beside the download: make its folder writable, or copy "
+        "the download to a folder you may write to and give that as --root (nothing was done)"
+    )
+    assert not (base / "annotations_detectron2").exists()

@@ -13,6 +13,7 @@ import data.prepare.ade847
 import data.prepare.natural
 import data.prepare.pascal_context
 import data.prepare.remote_sensing  # noqa: F401
+from common.errors import refuse_unwritable
 from data.catalog import DatasetError
 from data.prepare.common import (
     CONVERTERS,
@@ -81,6 +82,13 @@ def prepare_dataset(
         plan.warnings.append(
             f"{len(plan.missing)} listed inputs are absent from the download and were skipped "
             f"(e.g. {', '.join(plan.missing[:3])})"
+        )
+    for out in plan.outputs:  # before any conversion: nothing is done, then lost
+        refuse_unwritable(
+            out,
+            f"the converted {name}",
+            "the converted files go beside the download: make its folder writable, or copy "
+            "the download to a folder you may write to and give that as --root",
         )
     for out in plan.outputs:
         out.mkdir(parents=True, exist_ok=True)

@@ -155,7 +155,13 @@ def _vip_settings(config: str | Path, option: str = "--config") -> dict:
     unknown = sorted(str(k) for k in loaded if k not in VIP_CONFIG_SECTIONS)
     if unknown:  # a misspelt section (modle:) would leave every setting at its default
         raise SettingError(
-            f"{option} {str(config)!r}: does not accept option {unknown[0]!r}; fix the file (a VIP "
+            f"{option} {str(config)!r}: does not accept "
+            + (
+                f"option {unknown[0]!r}"
+                if len(unknown) == 1
+                else f"options {', '.join(map(repr, unknown))}"
+            )
+            + "; fix the file (a VIP "
             f"config takes the sections {', '.join(VIP_CONFIG_SECTIONS)}, like configs/vip_*.yaml)"
         )
     model = loaded.get("model") or {}
