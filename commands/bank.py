@@ -12,6 +12,7 @@ from commands.options import (
     add_storage_option,
     config_file,
     config_from,
+    pull_target,
     storage_options,
 )
 from common.io import command_line
@@ -246,7 +247,9 @@ def cmd_bank_pull(args: argparse.Namespace) -> None:
     from prompt_bank.share import pull_bank
 
     with interruption_report(f"bank pull interrupted by {{signal}}: {STARTS_OVER}"):
-        result = pull_bank(args.url, args.to, storage_options(args), progress=not args.quiet)
+        result = pull_bank(
+            args.url, pull_target(args), storage_options(args), progress=not args.quiet
+        )
     if not result["downloaded"]:
         print(f"{result['path']} (already here; content key {result['content_key'][:16]})")
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from commands.options import Command, storage_options
+from commands.options import Command, pull_target, storage_options
 from common.signals import PUSH_CUT, STARTS_OVER, interruption_report
 
 
@@ -42,7 +42,9 @@ def cmd_model_pull(args: argparse.Namespace) -> None:
     from model.share import pull_model
 
     with interruption_report(f"model pull interrupted by {{signal}}: {STARTS_OVER}"):
-        result = pull_model(args.url, args.to, storage_options(args), progress=not args.quiet)
+        result = pull_model(
+            args.url, pull_target(args), storage_options(args), progress=not args.quiet
+        )
     if not result["downloaded"]:
         print(f"{result['path']} (already here; content key {result['key'][:16]})")
         return

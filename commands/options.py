@@ -176,6 +176,18 @@ def add_storage_option(p) -> None:
     )
 
 
+def pull_target(args) -> str | None:
+    """A pull's ``--to`` (None: the cache). An empty one is refused: it read as "not given", and
+    the pull went to the cache unasked (found by a probe)."""
+    from common.errors import SettingError
+
+    if args.to is not None and not args.to.strip():
+        raise SettingError(
+            f"--to {args.to!r}: give a folder, or leave --to out to pull into the cache"
+        )
+    return args.to
+
+
 def storage_options(args) -> dict | None:
     """The parsed ``--storage-options`` (None: not given, the environment's apply)."""
     from prompt_bank.store import parse_storage_options

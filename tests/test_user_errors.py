@@ -2010,3 +2010,15 @@ def test_prepare_beside_a_download_this_user_may_not_write_is_refused_before_con
         "the download to a folder you may write to and give that as --root (nothing was done)"
     )
     assert not (base / "annotations_detectron2").exists()
+
+
+@pytest.mark.parametrize("kind", ["bank", "model"])
+def test_an_empty_pull_target_is_refused(tmp_path, capsys, monkeypatch, kind):
+    """`--to ''` pulled into the cache unasked (the probe); nothing is requested."""
+    env_cache = tmp_path / "cache"
+    monkeypatch.setenv("DPSEG_CACHE", str(env_cache))
+    argv = [kind, "pull", f"file://{tmp_path / 'remote'}", "--to", ""]
+    assert user_error(capsys, *argv) == (
+        "error: --to '': give a folder, or leave --to out to pull into the cache"
+    )
+    assert not env_cache.exists()
