@@ -249,12 +249,28 @@ def main(argv: list[str] | None = None, script: bool = False) -> int:
         )
         where = f"writing in {output}" if output else None
         if argv and argv[0] in LIGHTNING_COMMANDS:  # Lightning's writes name no file
+            given = {k: _option_value(argv, k) for k in LIGHTNING_OUTPUTS}
+            named = [f"{k} {v}" for k, v in given.items() if v] or ["under runs/"]
             where = (
-                f"{argv[0]}: writing the run's checkpoints, logs or results (under runs/, or "
-                "--trainer.default_root_dir, --model.results_dir)"
+                f"{argv[0]}: writing the run's checkpoints, logs or results ({', '.join(named)})"
             )
         after = KEPT if command is not None and command.keeps_finished_work else NOTHING_LEFT
         return _one_line(f"error: {storage_fault(e, where, after)}", 2)
+
+
+LIGHTNING_OUTPUTS = ("--trainer.default_root_dir", "--model.results_dir")
+"""The command-line options that say where a Lightning run writes (else runs/ and results/)."""
+
+
+def _option_value(argv: list[str], option: str) -> str | None:
+    """The last value ``argv`` gives ``option`` (``--x v`` or ``--x=v``), or None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == option and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(option + "="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def _link_fault(error: BaseException) -> str | None:

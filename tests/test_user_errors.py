@@ -1981,11 +1981,17 @@ def test_fit_cut_by_a_file_size_limit_says_where_it_was_writing(world, tmp_path)
     from conftest import TINY
 
     args = ["fit", "--config", str(TINY), "--config", str(world / "overlay.yaml")]
-    result = cli_under_file_size_limit(*args, limit=20_000, cwd=tmp_path)
+    runs = tmp_path / "runs_here"
+    result = cli_under_file_size_limit(
+        *args, "--trainer.default_root_dir", str(runs), limit=20_000, cwd=tmp_path
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     line = one_error_line(result.stderr, only=False)
     assert line.startswith("error: ") and "(EFBIG)" in line, line
-    assert "fit: writing the run's checkpoints, logs or results (under runs/" in line, line
+    expected = (
+        f"fit: writing the run's checkpoints, logs or results (--trainer.default_root_dir {runs})"
+    )
+    assert expected in line, line
 
 
 def test_prepare_beside_a_download_this_user_may_not_write_is_refused_before_converting(
