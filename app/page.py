@@ -81,8 +81,12 @@ class Segmenters:
             self.dpseg = Predictor.from_checkpoint(config.ckpt, device=config.device)
         self.vip = None
         if config.vip_config and not Path(config.vip_config).is_file():
+            from common.io import special_file_kind
+
+            kind = special_file_kind(config.vip_config, folders=False)
+            state = f"is {kind}, not a file" if kind else "does not exist"
             raise SettingError(
-                f"--vip-config {config.vip_config!r} does not exist; give a VIP config such as "
+                f"--vip-config {config.vip_config!r} {state}; give a VIP config such as "
                 "configs/vip_toy.yaml"
             )
         if config.vip_config:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 
 from commands.options import (
     Command,
@@ -98,12 +99,16 @@ def _bank_build_options(p) -> None:
 
 def cmd_bank_build(args: argparse.Namespace) -> None:
     """Build or resume a prompt bank (one process, or every rank of torchrun/accelerate)."""
+    from common.errors import refuse_unwritable
     from data.templates import load_templates
     from data.vocabulary import load_vocabulary
     from prompt_bank.build import BuildConfig, resolve_preset
     from prompt_bank.integrity import refuse_read_only_url
+    from prompt_bank.store import is_url
 
     refuse_read_only_url(args.out, "--out")
+    if not is_url(args.out) and not os.path.lexists(args.out):  # a new bank: its folder's
+        refuse_unwritable(args.out, "--out")  # fault now (an existing one: the lock says it)
     generator, encoder = resolve_preset(args.preset, args.generator, args.encoder)
     config = config_from(
         BuildConfig,

@@ -68,8 +68,9 @@ size limit, a folder the user may not write to. They end in one line, exit 2."""
 PATH_ERRNOS = {
     errno.ENOTDIR: "a folder on that path is a file: choose a path under a folder",
     errno.EEXIST: "a file of that name is in the way: remove it or choose another path",
-    errno.ENAMETOOLONG: "a name on that path is longer than the file system allows (255 bytes "
-    "on most): choose shorter names",
+    errno.ENAMETOOLONG: "a name on that path, or the whole path, is longer than the file system "
+    "allows (most: 255 bytes a name, 4096 a path): choose a shorter one",
+    errno.EISDIR: "a folder of that name is in the way: remove it, or choose another path",
 }
 """OSErrors of a path the user gave (``--out photo.jpg/x``), each with its fix: one line, exit 2."""
 
@@ -166,9 +167,10 @@ def check_output_folder(path, option: str) -> None:
 
     p = Path(path)
     if p.exists() and not p.is_dir():
+        kind = "a file" if p.is_file() else "a pipe, device or other special file"
         raise SettingError(
-            f"{option} {str(path)!r} is a file, not a folder: give a new or existing folder "
-            "for the outputs (or remove the file)"
+            f"{option} {str(path)!r} is {kind}, not a folder: give a new or existing folder "
+            "for the outputs"
         )
     blocking = _blocking_file(p)
     if blocking is not None:

@@ -11,13 +11,19 @@ from PIL import Image
 from common.errors import UserError
 
 
+class ConcurrentWriteError(UserError):
+    """Another process wrote the same file at the same time: what it wrote is whole and stays
+    (a caller must not remove it as its own partial work)."""
+
+
 def write_atomic(path: Path, data: bytes, taken: Exception | None = None) -> None:
     """Write a whole file or nothing (temp file + rename): a killed run leaves no truncated file.
     Python writes the bytes and checks every write (a full disk, a file size limit), and the
     error names ``path``. When the temporary file goes away before the rename (another process
-    writing the same file renamed it first), one :class:`UserError` says so. ``taken``: the
-    file must not exist: it is linked into place (never replacing one), and ``taken`` (a user
-    error naming the option) is raised when another process made it first."""
+    writing the same file renamed it first), one :class:`ConcurrentWriteError` says so; a folder
+    in the way is an OSError naming ``path`` (EISDIR). ``taken``: the file must not exist: it is
+    linked into place (never replacing one), and ``taken`` (a user error naming the option) is
+    raised when another process made it first."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         try:
@@ -26,14 +32,17 @@ def write_atomic(path: Path, data: bytes, taken: Exception | None = None) -> Non
             raise OSError(e.errno, e.strerror, str(path)) from None
         try:
             if taken is None:
-                os.replace(tmp, path)
+                try:
+                    os.replace(tmp, path)
+                except IsADirectoryError as e:  # a folder where the file goes: named as such
+                    raise OSError(e.errno, e.strerror, str(path)) from None
             else:
                 try:
                     os.link(tmp, path)  # atomic, and fails where a file is
                 except FileExistsError:
                     raise taken from None
         except FileNotFoundError:  # another process renamed it first (found by a fault probe)
-            raise UserError(
+            raise ConcurrentWriteError(
                 f"{path}: another process was writing this file at the same time (its "
                 f"temporary file {tmp.name} went away); run one command per output folder"
             ) from None

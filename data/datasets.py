@@ -199,6 +199,11 @@ def read_label(path: str | os.PathLike, what: str = "label") -> np.ndarray:
     Raises:
         DatasetError: the file cannot be read, or holds colours rather than class ids.
     """
+    from common.io import special_file_kind
+
+    kind = special_file_kind(path)
+    if kind is not None:  # a pipe would block the read forever
+        raise DatasetError(f"{what} {str(path)!r} is {kind}, not a file; replace it with the map")
     try:
         with Image.open(path) as image:
             mode, bands = image.mode, len(image.getbands())

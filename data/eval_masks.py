@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from common.io import special_file_kind
 from data.catalog import IGNORE_INDEX, DatasetError
 from data.datasets import read_label
 
@@ -49,8 +50,8 @@ class _BadSample(Exception):
 def _index_folder(folder: Path) -> dict[str, list[Path]]:
     """Stem -> the mask files with that stem (more than one is ambiguous)."""
     found: dict[str, list[Path]] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in MASK_SUFFIXES:
+    for p in sorted(folder.iterdir()):  # a pipe or device too: read_label names it
+        if p.suffix.lower() in MASK_SUFFIXES and (p.is_file() or special_file_kind(p)):
             found.setdefault(p.stem, []).append(p)
     return found
 

@@ -12,6 +12,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from common.io import special_file_kind
 from data.catalog import DatasetSpec, datasets_root, get_dataset_spec
 from data.datasets import index_files, read_label
 
@@ -39,6 +40,9 @@ def dataset_stats(
         for f in files:
             bar.advance()
             try:
+                kind = special_file_kind(f.image)
+                if kind is not None:  # a pipe would block the read forever
+                    raise ValueError(f"the image is {kind}, not a file")
                 with Image.open(f.image) as image:
                     width, height = image.size
                 raw = read_label(f.label)
@@ -122,13 +126,24 @@ def problems_fix(stats: dict) -> str:
     from data.prepare import PREPARABLE
 
     name, root = stats["dataset"], stats["root"]
-    if name in PREPARABLE:
-        return (
-            f"run `python cli.py data prepare {name} --root {root}` again: it converts every "
-            "damaged or missing label map again; a file still listed after it comes from the "
-            "download: unpack that again"
-        )
-    return f"these files come from {name}'s download or its generator: make or unpack them again"
+    fixes = []
+    if stats["labels_without_image"]:  # strays: nothing makes them whole
+        fixes.append("remove the label maps without an image (or put their images back)")
+    if any(stats[key] for key, _ in PROBLEMS if key != "labels_without_image"):
+        if name in PREPARABLE:
+            fixes.append(
+                f"run `python cli.py data prepare {name} --root {root}` again: it converts every "
+                "damaged or missing label map again; a file still listed after it comes from "
+                "the download: unpack that again"
+            )
+        elif name.split(":")[0] in ("synthetic", "toy"):
+            fixes.append(
+                f"write the set again into a new folder (`python cli.py data "
+                f"{name.split(':')[0]} --root NEW`): a rerun keeps the files it finds"
+            )
+        else:
+            fixes.append(f"these files come from {name}'s download: unpack them again")
+    return "; ".join(fixes)
 
 
 def format_stats(stats: dict) -> str:

@@ -314,7 +314,7 @@ def write_prediction(
     """``stem.png`` (label ids: 8-bit, 16-bit when K > 256), ``stem_overlay.png``, ``stem.json``."""
     from PIL import Image
 
-    from common.io import file_sha256, save_image_atomic, write_json_atomic
+    from common.io import ConcurrentWriteError, file_sha256, save_image_atomic, write_json_atomic
     from data.preview import overlay
 
     k = len(vocabulary)
@@ -355,6 +355,8 @@ def write_prediction(
         # what a rerun checks before it keeps them (a truncated label map is made again)
         record["outputs_sha256"] = {f.name: file_sha256(f) for f in files[:2]}
         write_json_atomic(files[2], record)
+    except ConcurrentWriteError:  # the other process writes these very files: they stay its
+        raise
     except BaseException:
         for f in files:
             f.unlink(missing_ok=True)
@@ -492,12 +494,17 @@ def predict_images(
             interrupted,
             f"segment interrupted by {interrupted.name} after {len(written) + len(skipped)} of "
             f"{len(paths)} images: the {len(written)} segmented are in {str(out)!r} "
-            "(summary.json lists them); run the same command again to segment the rest (the "
-            "images done are kept)",
+            "(summary.json lists them); "
+            + (
+                "run it again without --redo to segment the rest (with --redo it starts over)"
+                if redo
+                else "run the same command again to segment the rest (the images done are kept)"
+            ),
         )
     if skipped and not written:
         raise NoReadableImageError(
-            f"--images: none of the {len(skipped)} images could be read ({skipped[0]['image']}: "
+            f"--images: none of the {len(skipped)} images could be segmented "
+            f"({skipped[0]['image']}: "
             f"{skipped[0]['error']}{'; ...' if len(skipped) > 1 else ''}; all in "
             f"{str(out / 'summary.json')!r}); fix or replace them as each reason says"
         )

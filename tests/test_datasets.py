@@ -285,3 +285,27 @@ def test_data_stats_cli(tmp_path):
         "every damaged or missing label map again; a file still listed after it comes from the "
         "download: unpack that again"
     )
+
+
+def test_stats_fix_names_what_mends_each_problem():
+    """The probe: strays were told to rerun prepare, a damaged synthetic set to "make them
+    again" (a rerun keeps the files it finds)."""
+    from data.stats import PROBLEMS, problems_fix
+
+    def stats(dataset: str, **problems) -> dict:
+        return {"dataset": dataset, "root": "R", **{k: [] for k, _ in PROBLEMS}, **problems}
+
+    assert problems_fix(stats("ade150", labels_without_image=["a"])) == (
+        "remove the label maps without an image (or put their images back)"
+    )
+    assert problems_fix(stats("synthetic", unreadable=["a: cut"])) == (
+        "write the set again into a new folder (`python cli.py data synthetic --root NEW`): a "
+        "rerun keeps the files it finds"
+    )
+    assert problems_fix(stats("toy:val", size_mismatches=["a"])).startswith(
+        "write the set again into a new folder (`python cli.py data toy --root NEW`)"
+    )
+    both = problems_fix(stats("voc20", labels_without_image=["a"], unreadable=["b"]))
+    assert both.startswith("remove the label maps without an image") and (
+        "; run `python cli.py data prepare voc20 --root R` again" in both
+    )

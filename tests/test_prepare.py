@@ -600,3 +600,16 @@ def test_every_preparable_dataset_has_one_registered_converter():
     with pytest.raises(ValueError, match=r"converter for 'mydata': no DatasetSpec"):
         converter("mydata", source="x")(lambda root: None)
     assert "mydata" not in CONVERTERS
+
+
+def test_a_file_where_prepare_makes_its_output_folder_is_named(tmp_path):
+    """The probe: "choose a path under a folder", where the layout fixes the path."""
+    base = make_voc(tmp_path)
+    (base / "annotations_detectron2").write_text("in the way")
+    with pytest.raises(DatasetError) as error:
+        prepare_dataset("voc20", tmp_path, progress=False)
+    assert str(error.value) == (
+        f"{str(base / 'annotations_detectron2')!r} is a file where data prepare makes the folder "
+        f"{str(base / 'annotations_detectron2' / 'val')!r} (the layout the readers expect); "
+        "remove it, then run the command again"
+    )

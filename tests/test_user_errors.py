@@ -1816,8 +1816,8 @@ def test_a_name_longer_than_the_file_system_allows_is_one_line(tmp_path, capsys)
     line = user_error(
         capsys, "data", "synthetic", "--root", str(root), "--train", "1", "--val", "1"
     )
-    assert "(ENAMETOOLONG); a name on that path is longer than the file system allows" in line
-    assert line.endswith("choose shorter names"), line
+    assert "(ENAMETOOLONG); a name on that path, or the whole path, is longer than" in line
+    assert line.endswith("(most: 255 bytes a name, 4096 a path): choose a shorter one"), line
     assert list(tmp_path.iterdir()) == []
 
 
@@ -2028,3 +2028,96 @@ def test_an_empty_pull_target_is_refused(tmp_path, capsys, monkeypatch, kind):
         "error: --to '': give a folder, or leave --to out to pull into the cache"
     )
     assert not env_cache.exists()
+
+
+def test_segment_racing_another_on_one_file_leaves_the_other_s_outputs(tmp_path, monkeypatch):
+    """The probe: two segments on one --out; the one whose rename lost removed the image's
+    three files, which the other had written and listed in its summary."""
+    import common.io
+    from common.io import ConcurrentWriteError
+    from data.vocabulary import load_vocabulary
+    from model.predictor import write_prediction
+
+    vocabulary = load_vocabulary("red disc; green square")
+    image, labels = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.int64)
+    theirs = write_prediction(tmp_path, "a", image, labels, vocabulary, {}, "a.png")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def lost_the_race(path, record):
+        raise ConcurrentWriteError(f"{path}: another process was writing this file")
+
+    monkeypatch.setattr(common.io, "write_json_atomic", lost_the_race)
+    with pytest.raises(ConcurrentWriteError):
+        write_prediction(tmp_path, "a", image, labels, vocabulary, {}, "a.png")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert theirs["label_map"] == "a.png"
+
+
+@pytest.mark.parametrize("kind", ["prepare", "synthetic"])
+def test_a_folder_where_a_dataset_file_goes_is_one_line(tmp_path, capsys, kind):
+    """The probe: a rerun over a folder standing where a label map goes was a traceback."""
+    if kind == "prepare":
+        from test_prepare import make_voc
+
+        base = make_voc(tmp_path)
+        argv = ["data", "prepare", "voc20", "--root", str(tmp_path), "--quiet", "--workers", "1"]
+        assert run_main(capsys, *argv)[0] == 0
+        target = base / "annotations_detectron2" / "val" / "2007_000042.png"
+    else:
+        argv = ["data", "synthetic", "--root", str(tmp_path), "--train", "2", "--val", "1"]
+        argv += ["--quiet"]
+        assert run_main(capsys, *argv)[0] == 0
+        target = next((tmp_path / "synthetic" / "annotations_detectron2" / "val").iterdir())
+    target.unlink()
+    target.mkdir()
+    line = user_error(capsys, *argv)
+    assert line.startswith(f"error: {target}: "), line
+    assert line.endswith("a folder of that name is in the way: remove it, or choose another path")
+
+
+def test_pipes_among_dataset_files_are_named_not_waited_on(tmp_path):
+    """The probe: a pipe as a converted map, a source annotation or a ground-truth map hung
+    data prepare and data stats forever, and eval-masks dropped such a pair silently."""
+    import os
+
+    from test_prepare import make_voc
+
+    base = make_voc(tmp_path)
+    prepare = ["data", "prepare", "voc20", "--root", str(tmp_path), "--quiet", "--workers", "1"]
+    assert run_cli(*prepare, timeout=120).returncode == 0
+    converted = base / "annotations_detectron2" / "val" / "2007_000042.png"
+    whole = converted.read_bytes()
+    converted.unlink()
+    os.mkfifo(converted)  # a converted map: not whole, so converted again
+    result = run_cli(*prepare, timeout=120)
+    assert result.returncode == 0 and "1 damaged and converted again" in result.stdout
+    assert converted.read_bytes() == whole
+
+    (base / "JPEGImages").mkdir()
+    Image.new("RGB", (4, 2)).save(base / "JPEGImages" / "2007_000042.jpg")
+    converted.unlink()
+    os.mkfifo(converted)
+    stats = run_cli("data", "stats", "voc20", "--root", str(tmp_path), "--quiet", timeout=120)
+    assert stats.returncode == 1, stats.stderr
+    assert f"label {str(converted)!r} is a pipe, not a file" in stats.stdout
+
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    Image.fromarray(np.zeros((2, 4), np.uint8)).save(gt / "a.png")
+    os.mkfifo(gt / "b.png")
+    shutil.copytree(gt, tmp_path / "pred", ignore=shutil.ignore_patterns("b.png"))
+    Image.fromarray(np.zeros((2, 4), np.uint8)).save(tmp_path / "pred" / "b.png")
+    argv = ["eval-masks", "--pred", str(tmp_path / "pred"), "--gt", str(gt)]
+    result = run_cli(*argv, "--num-classes", "2", "--ignore-index", "255", timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert f"label {str(gt / 'b.png')!r} is a pipe, not a file" in result.stderr
+
+    source = base / "SegmentationClass" / "2007_000033.png"
+    source.unlink()
+    os.mkfifo(source)
+    shutil.rmtree(base / "annotations_detectron2")
+    result = run_cli(*prepare, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: {str(source)!r} is a pipe, not a file; extract it again from the official download"
+    )

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common.io import save_image_atomic
+from common.io import save_image_atomic, special_file_kind
 from data.catalog import DatasetError
 
 RAW_SOURCES: dict[str, str] = {}
@@ -60,8 +60,17 @@ def _require_file(path: Path, root: Path, expected: str, name: str) -> None:
         )
 
 
+def refuse_special(path: Path, fix: str) -> None:
+    """A pipe, device or folder where a file of the download belongs: one line (a pipe would
+    block the read forever)."""
+    kind = special_file_kind(path)
+    if kind is not None and kind != "a link that leads nowhere":
+        raise DatasetError(f"{str(path)!r} is {kind}, not a file; {fix}")
+
+
 def _read_index_png(path: Path, what: str) -> np.ndarray:
     """An 8-bit label PNG as (H, W) uint8; palette ('P') images give indices, not colours."""
+    refuse_special(path, "extract it again from the official download")
     try:
         with Image.open(path) as im:
             if im.mode not in ("L", "P"):
@@ -98,6 +107,8 @@ def whole_image(path: Path) -> bool:
     """True when ``path`` is an image file that reads to its end: a PNG by its chunk checksums
     (PIL's ``verify``, no decoding), any other format decoded. An earlier output that a full disk,
     a copy or an edit cut short is not whole, so a rerun converts it again (ours)."""
+    if special_file_kind(path) is not None:  # a pipe would block the read: not whole
+        return False
     try:
         with Image.open(path) as image:
             if image.format == "PNG":

@@ -178,7 +178,7 @@ def _plan_voc(root: Path, name: str) -> _Plan:
     plan = _Plan(f"{name} labels", [out], [])
     for image_id in _read_ids(val_list):
         src = src_dir / f"{image_id}.png"
-        if src.is_file():
+        if src.exists():  # a pipe or folder too: its job names it
             plan.jobs.append(_lut_png_job(src, out / src.name, lut, what))
         else:
             plan.missing.append(image_id)

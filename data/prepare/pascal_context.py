@@ -21,6 +21,7 @@ from data.prepare.common import (
     _require_file,
     converter,
     earlier_outputs,
+    refuse_special,
 )
 from data.vocabulary import load_vocabulary
 
@@ -97,6 +98,7 @@ def pc59_lut(labels: dict[int, str], source: str = "labels.txt") -> np.ndarray:
 
 def _read_label_map(path: Path) -> np.ndarray:
     loadmat = require("scipy.io", "PASCAL-Context's .mat annotations").loadmat
+    refuse_special(path, "unpack trainval.tar.gz of PASCAL-Context again")
 
     try:
         mat = loadmat(path, variable_names=["LabelMap"])
@@ -170,7 +172,7 @@ def _plan_pascal_context(root: Path, name: str) -> _Plan:
     plan = _Plan(f"{name} labels", [out], [])
     for image_id in _read_ids(val_list):
         src = mats / f"{image_id}.mat"
-        if src.is_file():
+        if src.exists():  # a pipe or folder too: its job names it
             plan.jobs.append(_mat_job(src, out / f"{image_id}{suffix}", lut, fmt))
         else:
             plan.missing.append(image_id)

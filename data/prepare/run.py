@@ -13,7 +13,7 @@ import data.prepare.ade847
 import data.prepare.natural
 import data.prepare.pascal_context
 import data.prepare.remote_sensing  # noqa: F401
-from common.errors import refuse_unwritable
+from common.errors import file_in_the_way, refuse_unwritable
 from data.catalog import DatasetError
 from data.prepare.common import (
     CONVERTERS,
@@ -84,6 +84,12 @@ def prepare_dataset(
             f"(e.g. {', '.join(plan.missing[:3])})"
         )
     for out in plan.outputs:  # before any conversion: nothing is done, then lost
+        blocking = file_in_the_way(out)
+        if blocking is not None:  # the layout fixes the path: the file must go
+            raise DatasetError(
+                f"{str(blocking)!r} is a file where data prepare makes the folder {str(out)!r} "
+                "(the layout the readers expect); remove it, then run the command again"
+            )
         refuse_unwritable(
             out,
             f"the converted {name}",

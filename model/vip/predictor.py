@@ -143,7 +143,10 @@ def _vip_settings(config: str | Path, option: str = "--config") -> dict:
     )
     path = Path(config)
     if not path.is_file():
-        state = "is a folder" if path.is_dir() else "does not exist"
+        from common.io import special_file_kind
+
+        kind = special_file_kind(path)
+        state = f"is {kind}, not a file" if kind else "does not exist"
         raise SettingError(f"{option} {str(config)!r} {state}; {what}")
     loaded = read_config(str(config), option)  # not UTF-8 or not YAML: one line
     if loaded is None or loaded == {}:
