@@ -143,3 +143,16 @@ def test_a_vip_config_error_names_vip_config(tmp_path, cli_in_process):
     assert line.startswith(
         f"error: --vip-config {str(config)!r}: model keys no_such_setting are not VIP's (a DPSeg "
     ), line
+
+
+def test_a_vip_config_that_is_a_pipe_is_named_as_one(tmp_path, cli_in_process):
+    """The probe: a pipe given as --vip-config was said not to exist."""
+    import os
+
+    os.mkfifo(tmp_path / "vip.yaml")
+    result = cli_in_process("app", "--vip-config", str(tmp_path / "vip.yaml"), "--port", "0")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip() == (
+        f"error: --vip-config {str(tmp_path / 'vip.yaml')!r} is a pipe, not a file; give a VIP "
+        "config such as configs/vip_toy.yaml"
+    )

@@ -2121,3 +2121,33 @@ def test_pipes_among_dataset_files_are_named_not_waited_on(tmp_path):
     assert result.stderr.strip() == (
         f"error: {str(source)!r} is a pipe, not a file; extract it again from the official download"
     )
+
+
+def test_segment_lines_say_what_was_read_and_what_redo_does(trained, tmp_path, capsys, monkeypatch):
+    """The probe: an interrupted --redo was told to run the same command (which starts over),
+    and images over --max-pixels were "could not be read"."""
+    import os
+
+    import model.predictor
+
+    for name in ("a", "b"):
+        Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / f"{name}.png")
+    argv = ["segment", "--ckpt", str(trained), "--vocab", "red disc", "--device", "cpu"]
+    argv += ["--images", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--quiet"]
+    monkeypatch.delenv("DPSEG_MAX_PIXELS", raising=False)  # --max-pixels sets it: undone after
+    line = user_error(capsys, *argv, "--out", str(tmp_path / "big"), "--max-pixels", "1")
+    assert line.startswith("error: --images: none of the 2 images could be segmented ("), line
+    monkeypatch.delenv("DPSEG_MAX_PIXELS")
+    real = model.predictor.write_prediction
+
+    def write_then_signal(*args, **kwargs):
+        record = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return record
+
+    monkeypatch.setattr(model.predictor, "write_prediction", write_then_signal)
+    code, _, err = run_main(capsys, *argv, "--out", str(tmp_path / "o"), "--redo")
+    assert code == 128 + signal.SIGINT, err
+    assert one_error_line(err).endswith(
+        "run it again without --redo to segment the rest (with --redo it starts over)"
+    )
