@@ -159,12 +159,20 @@ def refuse_unwritable(path, option: str, fix: str | None = None) -> None:
     )
 
 
+def refuse_empty(path, option: str, what: str) -> None:
+    """An empty path given for an output reads as the working folder: refused in one line
+    (``segment --out ''`` wrote into it; found by a probe)."""
+    if not str(path).strip():
+        raise SettingError(f"{option} {str(path)!r}: empty; give the path of a {what}")
+
+
 def check_output_folder(path, option: str) -> None:
     """Refuse, before any work, an output folder that cannot be one: an existing file, a path
     below a file (:class:`SettingError`) or a folder this user may not write in
     (:func:`refuse_unwritable`). One line naming ``option``, the path and the fix."""
     from pathlib import Path
 
+    refuse_empty(path, option, "folder")
     p = Path(path)
     if p.exists() and not p.is_dir():
         kind = "a file" if p.is_file() else "a pipe, device or other special file"
@@ -188,6 +196,7 @@ def check_output_file(path, option: str, example: str = "out.txt") -> None:
     line naming ``option``, the path and the fix."""
     from pathlib import Path
 
+    refuse_empty(path, option, "file")
     p = Path(path)
     if p.is_dir():
         raise SettingError(

@@ -286,6 +286,8 @@ def expand_images(specs: list[str]) -> list[Path]:
 
     paths: list[Path] = []
     for spec in specs:
+        if not spec.strip():  # Path("") is the working folder: never what was meant
+            raise FileNotFoundError(f"--images {spec!r}: empty; give an image file, folder or glob")
         p = Path(spec)
         if p.is_dir():
             paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)

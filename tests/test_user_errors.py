@@ -2151,3 +2151,28 @@ def test_segment_lines_say_what_was_read_and_what_redo_does(trained, tmp_path, c
     assert one_error_line(err).endswith(
         "run it again without --redo to segment the rest (with --redo it starts over)"
     )
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (
+            ["segment", "--method", "vip", "--vocab", "a", "--images", "x.png", "--out", ""],
+            "--out '': empty; give the path of a folder",
+        ),
+        (
+            ["segment", "--method", "vip", "--vocab", "a", "--images", "", "--out", "{tmp}/o"],
+            "--images '': empty; give an image file, folder or glob",
+        ),
+        (
+            ["bank", "gallery", "{tmp}/b.zarr", "--out", ""],
+            "--out '': empty; give the path of a file",
+        ),
+    ],
+    ids=["segment-out", "segment-images", "gallery-out"],
+)
+def test_an_empty_path_is_refused_not_read_as_the_working_folder(tmp_path, capsys, argv, expected):
+    """The probe: segment --out '' wrote into the working folder, --images '' read it."""
+    line = user_error(capsys, *[a.format(tmp=tmp_path) for a in argv])
+    assert line == f"error: {expected}"
+    assert list(tmp_path.iterdir()) == []
