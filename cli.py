@@ -227,6 +227,13 @@ def main(argv: list[str] | None = None, script: bool = False) -> int:
             )
         )
         return _one_line(f"error: {report}", 128 + signum)
+    except RecursionError:  # a JSON or YAML input nested a thousand levels deep (found by a probe)
+        return _one_line(
+            "error: an input of this command (a --config or --vocab file, or a bank's or model's "
+            "JSON) is nested too deeply to be read (Python's recursion limit); give a file of an "
+            "ordinary depth",
+            2,
+        )
     except BrokenPipeError:
         if _stdout_is_open():  # a socket's peer hung up: the command's own error, not ours
             raise

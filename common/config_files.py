@@ -45,6 +45,11 @@ def read_config(path: str, option: str = "--config"):
             f"{option} {path!r}: not UTF-8 text ({e.reason}: byte 0x{e.object[e.start]:02x} at "
             f"offset {e.start}); save it as UTF-8"
         ) from None
+    except RecursionError:  # PyYAML's composer recurses once per level
+        raise UnreadableFileError(
+            f"{option} {path!r}: nested too deeply to be read (a file made to exhaust the "
+            "parser?); write the settings out at an ordinary depth"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -70,7 +70,7 @@ PATH_ERRNOS = {
     errno.EEXIST: "a file of that name is in the way: remove it or choose another path",
     errno.ENAMETOOLONG: "a name on that path, or the whole path, is longer than the file system "
     "allows (most: 255 bytes a name, 4096 a path): choose a shorter one",
-    errno.EISDIR: "a folder of that name is in the way: remove it, or choose another path",
+    errno.EISDIR: "a folder of that name is in the way: remove it, then run the command again",
 }
 """OSErrors of a path the user gave (``--out photo.jpg/x``), each with its fix: one line, exit 2."""
 
@@ -151,12 +151,13 @@ def refuse_unwritable(path, option: str, fix: str | None = None) -> None:
         read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
     except OSError:
         read_only = False
-    code = "EROFS" if read_only else "EACCES"
-    fix = fix or STORAGE_ERRNOS[errno.EROFS if read_only else errno.EACCES]
-    raise StorageError(
-        f"{option} {str(path)!r}: this user may not write in {str(folder)!r} ({code}); {fix} "
-        "(nothing was done)"
+    why = (
+        f"{str(folder)!r} is on a read-only file system (EROFS)"
+        if read_only
+        else f"this user may not write in {str(folder)!r} (EACCES)"
     )
+    fix = fix or ("choose a folder on a writable one" if read_only else _DENIED)
+    raise StorageError(f"{option} {str(path)!r}: {why}; {fix} (nothing was done)")
 
 
 def refuse_empty(path, option: str, what: str) -> None:
@@ -173,6 +174,9 @@ def check_output_folder(path, option: str) -> None:
     from pathlib import Path
 
     refuse_empty(path, option, "folder")
+    link = broken_link(path)  # a link to nowhere: named, not "a file is in the way"
+    if link is not None:
+        raise SettingError(f"{option} {link}")
     p = Path(path)
     if p.exists() and not p.is_dir():
         kind = "a file" if p.is_file() else "a pipe, device or other special file"

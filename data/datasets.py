@@ -115,10 +115,15 @@ def _free_memory() -> int | None:
     return None
 
 
+def _pixels(n: int) -> str:
+    """A pixel count as people read it: 80 M, 1.5 M, or 1024 under a million."""
+    return f"{n / 1e6:.3g} M" if n >= 1_000_000 else str(n)
+
+
 def _over_the_limit(size: str, limit: int) -> tuple[str, str]:
     """(reason, fix) for an image of ``size`` pixels over ``limit``."""
     return (
-        f"{size} pixels, more than the limit of {limit / 1e6:g} M (--max-pixels)",
+        f"{size} pixels, more than the limit of {_pixels(limit)} (--max-pixels)",
         "resize it, or raise the limit (segment --max-pixels N, or $DPSEG_MAX_PIXELS)",
     )
 
@@ -129,7 +134,7 @@ def _read_within(path, limit: int) -> np.ndarray:
         width, height = image.size
         if width * height > limit:
             raise UnreadableImageError(
-                path, *_over_the_limit(f"{width} x {height} = {width * height / 1e6:.1f} M", limit)
+                path, *_over_the_limit(f"{width} x {height} = {_pixels(width * height)}", limit)
             )
         need, free = width * height * BYTES_PER_PIXEL, _free_memory()
         if free is not None and need > free:  # a limit raised past what this machine holds
@@ -171,7 +176,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         import re
 
         found = re.search(r"\((\d+) pixels\)", str(e))
-        size = f"{int(found.group(1)) / 1e6:.1f} M" if found else one_line(e).rstrip(".")
+        size = _pixels(int(found.group(1))) if found else one_line(e).rstrip(".")
         raise UnreadableImageError(path, *_over_the_limit(size, limit)) from None
     except UnidentifiedImageError:
         raise UnreadableImageError(

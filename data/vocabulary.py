@@ -149,6 +149,13 @@ class Vocabulary:
                     f"{where}: entry {i} is {entry!r} ({type(entry).__name__}); "
                     "each class must be a string of comma-separated synonyms"
                 )
+            undecodable = [c for c in entry if "\udc80" <= c <= "\udcff"]
+            if undecodable:  # bytes that are not UTF-8, kept by Python as surrogates
+                raise VocabularyError(
+                    f"{where}: entry {i} ({entry[:40].encode('utf-8', 'surrogateescape')!r}) "
+                    f"holds the byte 0x{ord(undecodable[0]) - 0xDC00:02x}, which is not UTF-8 "
+                    "text; type class names in UTF-8"
+                )
             control = [c for c in entry.strip() if c < " " and c != "\t"]
             if len(entry) > MAX_ENTRY or control:
                 raise VocabularyError(

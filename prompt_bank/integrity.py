@@ -291,12 +291,13 @@ def repair_command(location: str) -> str:
 def mend_advice(location: str, what: str = "the damaged shards") -> str:
     """How to mend a damaged bank at ``location``, as a clause: rebuild ``what`` with ``bank
     repair`` where it can be written; for an http(s) URL, which readers cannot write, a good
-    copy pushed over it by its owner (push uploads the objects that differ)."""
+    copy put in its place on that server by its owner (dpseg does not write over plain HTTP)."""
     if read_only_url(location):
         return (
-            f"a bank at an http(s) URL is mended by its owner, who pushes a good copy over it "
-            f"(python cli.py bank push GOOD_COPY {location} uploads the objects that differ); or "
-            "pull the bank from another source"
+            "a bank at an http(s) URL is mended by the owner of that server, who puts a good "
+            "copy in its place (dpseg reads plain HTTP but does not write to it: push to the "
+            "store behind it, s3:// or hf://, or copy the files there); or pull the bank from "
+            "another source"
         )
     return f"rebuild {what} with `{repair_command(location)}` (or build the bank again)"
 

@@ -27,7 +27,12 @@ from common.errors import SettingError, file_in_the_way, staged_write
 from common.io import move_into_place, remove_staging
 from common.progress import ProgressBar
 from prompt_bank.format import REFETCH, BankFormatError, BankMismatchError
-from prompt_bank.integrity import manifest_key, refuse_read_only_url, require_intact
+from prompt_bank.integrity import (
+    manifest_key,
+    read_only_url,
+    refuse_read_only_url,
+    require_intact,
+)
 from prompt_bank.safety import LOCK_KEY, TAKEOVER_KEY, check_output
 from prompt_bank.seal import CARD_KEY, manifest_hashes, seal_disagreements, sealed_contents
 from prompt_bank.store import Bank, filesystem, is_url, remote_errors, resolve_storage_options
@@ -337,8 +342,13 @@ def _download(remote: Bank, url: str, staging: Path, options: dict, progress: bo
                 except FileNotFoundError as e:  # an object the seal lists is not there
                     raise BankMismatchError(
                         f"{url}: {e.filename or e} is missing there; the remote copy is "
-                        "incomplete (its owner can push a good copy over it: python cli.py bank "
-                        f"push GOOD_COPY {url}, which uploads what differs)"
+                        "incomplete: "
+                        + (
+                            "its owner puts a good copy in its place on that server"
+                            if read_only_url(url)
+                            else "its owner can push a good copy over it (python cli.py bank "
+                            f"push GOOD_COPY {url}, which uploads what differs)"
+                        )
                     ) from None
                 for key in batch:
                     data = blobs[f"{base.rstrip('/')}/{key}"]
@@ -420,6 +430,10 @@ def staged_output(out: str, option: str = "--out", storage_options: dict | None 
     """Yield a fresh local directory to write a bank in; on success it becomes `out` (renamed
     for a local `out`, uploaded with its root metadata last for a URL), on failure it goes."""
     refuse_read_only_url(out, option)
+    if not is_url(out):
+        from common.errors import check_output_folder
+
+        check_output_folder(out, option)  # a file or a broken link in the way: one line
     if check_output(out, option, storage_options):
         raise FileExistsError(
             f"{option} {out} already holds a bank; choose a new location (this command never "

@@ -462,15 +462,15 @@ def test_array_metadata_edited_after_sealing_is_refused_and_never_resealed(
     assert not (tmp_path / "remote").exists()
 
 
-def test_the_repair_advice_for_a_bank_at_a_url_is_a_push_not_a_repair():
+def test_the_repair_advice_for_a_bank_at_a_url_is_neither_a_repair_nor_a_push():
     """The probe: a damaged bank read over HTTP advised `bank repair http://...`, which cannot
-    write there; readers of a URL are told how its owner mends it."""
+    write there; then `bank push GOOD_COPY http://...`, which cannot either (the fifth probe).
+    Readers of an http URL are told how its owner mends it."""
     from prompt_bank.integrity import disagreement_error, mend_advice
 
     url = "http://127.0.0.1:9/b.zarr"
-    assert "bank repair" not in mend_advice(url) and f"bank push GOOD_COPY {url}" in (
-        mend_advice(url)
-    )
+    assert "bank repair" not in mend_advice(url) and "bank push" not in mend_advice(url)
+    assert "dpseg reads plain HTTP but does not write to it" in mend_advice(url)
     assert "bank repair" not in disagreement_error(url, 0, ["visual/level_1/c/0/0/0/0"])
     for writable in ("b.zarr", "file:///tmp/b.zarr", "s3://bucket/b.zarr"):
         assert mend_advice(writable) == (

@@ -252,7 +252,7 @@ def test_read_image_refuses_a_bomb_and_garbage_as_user_errors(files):
     # decompression bomb DOS attack" and "whatever --max-pixels says", which was not so
     with pytest.raises(
         UnreadableImageError,
-        match=r"bomb.png.*400\.0 M pixels, more than the limit of 80 M \(--max-pixels\).*resize "
+        match=r"bomb.png.*400 M pixels, more than the limit of 80 M \(--max-pixels\).*resize "
         r"it, or raise the limit",
     ):
         read_image(files["bomb"])
@@ -1012,8 +1012,8 @@ def test_an_output_on_a_read_only_file_system_is_refused_before_any_work(tmp_pat
     )
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr == (
-        f"error: --out '{out}/aliases.txt': this user may not write in '{out}' (EROFS); the "
-        "file system is read-only; choose a folder on a writable one (nothing was done)\n"
+        f"error: --out '{out}/aliases.txt': '{out}' is on a read-only file system (EROFS); "
+        "choose a folder on a writable one (nothing was done)\n"
     )
 
 
@@ -1128,7 +1128,7 @@ def test_an_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monk
     with warnings.catch_warnings(record=True) as warned:  # PIL's own warning is not shown
         warnings.simplefilter("always")
         with pytest.raises(
-            UnreadableImageError, match=r"169\.0 M pixels, more than the limit of 80 M"
+            UnreadableImageError, match=r"169 M pixels, more than the limit of 80 M"
         ):
             read_image(big)
     assert [w for w in warned if issubclass(w.category, Image.DecompressionBombWarning)] == []
@@ -1624,7 +1624,7 @@ def test_a_build_size_beyond_any_use_is_refused_before_any_work(
         (
             ["bank", "repair", "{http}/b.zarr"],
             "error: bank repair: BANK {http}/b.zarr is an http(s) URL, which can be read but "
-            "not written; a bank at an http(s) URL is mended by its owner, who pushes",
+            "not written; a bank at an http(s) URL is mended by the owner of that server, who puts",
         ),
         (
             ["bank", "build", "--vocab", "red disc", "--preset", "tiny", "--out", ""],
@@ -2072,7 +2072,9 @@ def test_a_folder_where_a_dataset_file_goes_is_one_line(tmp_path, capsys, kind):
     target.mkdir()
     line = user_error(capsys, *argv)
     assert line.startswith(f"error: {target}: "), line
-    assert line.endswith("a folder of that name is in the way: remove it, or choose another path")
+    assert line.endswith(
+        "a folder of that name is in the way: remove it, then run the command again"
+    )
 
 
 def test_pipes_among_dataset_files_are_named_not_waited_on(tmp_path):
@@ -2134,10 +2136,14 @@ def test_segment_lines_say_what_was_read_and_what_redo_does(trained, tmp_path, c
         Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / f"{name}.png")
     argv = ["segment", "--ckpt", str(trained), "--vocab", "red disc", "--device", "cpu"]
     argv += ["--images", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--quiet"]
-    monkeypatch.delenv("DPSEG_MAX_PIXELS", raising=False)  # --max-pixels sets it: undone after
+    from data.datasets import MAX_PIXELS
+
+    # --max-pixels sets $DPSEG_MAX_PIXELS in this process: set here, so that it is undone after
+    monkeypatch.setenv("DPSEG_MAX_PIXELS", str(MAX_PIXELS))
     line = user_error(capsys, *argv, "--out", str(tmp_path / "big"), "--max-pixels", "1")
     assert line.startswith("error: --images: none of the 2 images could be segmented ("), line
-    monkeypatch.delenv("DPSEG_MAX_PIXELS")
+    assert "32 x 32 = 1024 pixels, more than the limit of 1 (--max-pixels)" in line, line
+    monkeypatch.setenv("DPSEG_MAX_PIXELS", str(MAX_PIXELS))
     real = model.predictor.write_prediction
 
     def write_then_signal(*args, **kwargs):
@@ -2176,3 +2182,38 @@ def test_an_empty_path_is_refused_not_read_as_the_working_folder(tmp_path, capsy
     line = user_error(capsys, *[a.format(tmp=tmp_path) for a in argv])
     assert line == f"error: {expected}"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_inputs_nested_too_deeply_or_not_utf8_are_one_line(tmp_path, capsys):
+    """The fifth probe: '[' * 1000 as --vocab, or as a --config, was a RecursionError
+    traceback; a byte that is not UTF-8 in --vocab was a UnicodeEncodeError."""
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 1000 + "]" * 1000)
+    line = user_error(capsys, "vocab", str(deep))
+    assert line.startswith("error: an input of this command (a --config or --vocab file"), line
+    config = tmp_path / "deep.yaml"
+    config.write_text("a: " + "[" * 3000 + "]" * 3000 + "\n")
+    line = user_error(capsys, "bank", "build", "--config", str(config), "--vocab", "a")
+    assert line == (
+        f"error: --config {str(config)!r}: nested too deeply to be read (a file made to exhaust "
+        "the parser?); write the settings out at an ordinary depth"
+    )
+    line = user_error(capsys, "vocab", "red disc; \udcff cat")
+    assert line == (
+        "error: inline list: entry 2 (b' \\xff cat') holds the byte 0xff, which is not UTF-8 "
+        "text; type class names in UTF-8"
+    )
+
+
+def test_an_output_that_is_a_link_to_nowhere_is_named_as_one(tiny_bank, tmp_path, capsys):
+    """The fifth probe: subset, merge, pull --to and export named their temporary folder and
+    said a file was in the way."""
+    out = tmp_path / "dangle.zarr"
+    out.symlink_to(tmp_path / "nowhere")
+    line = user_error(
+        capsys, "bank", "subset", str(tiny_bank), "--vocab", "red disc", "--out", str(out)
+    )
+    assert line == (
+        f"error: --out {out}: a symbolic link to {tmp_path / 'nowhere'}, which does not exist; "
+        "create that or remove the link"
+    )
