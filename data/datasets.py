@@ -186,6 +186,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         if isinstance(e, UnreadableImageError):
             raise
         reason = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
+        if "MAX_TEXT_" in reason:  # MAX_TEXT_CHUNK, MAX_TEXT_MEMORY
+            raise UnreadableImageError(  # PIL's own guard against huge PNG metadata
+                path,
+                "its PNG metadata (text chunks) is larger than PIL reads",
+                "save the picture again without its metadata (e.g. `convert IN -strip OUT`)",
+            ) from None
         raise UnreadableImageError(
             path, f"cannot read it ({reason})", "give a readable PNG, JPEG, TIFF or other picture"
         ) from None

@@ -165,8 +165,8 @@ def _unwritable(group, location: str, error: OSError) -> BankLockError:
     read-only."""
     sealed = bool((dict(group.attrs).get("contents") or {}).get("complete"))
     hint = (
-        f"the bank is complete: check it read-only with `python cli.py bank verify {location}`, "
-        "or copy it to a folder you may write to"
+        f"the bank is sealed as complete: check it read-only with `python cli.py bank verify "
+        f"{location}`, and to repair it, copy it to a folder you may write to and repair the copy"
         if sealed
         else "fix its permissions, or build into a folder you may write to"
     )

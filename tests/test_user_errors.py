@@ -1092,9 +1092,9 @@ def test_a_repair_in_a_read_only_folder_names_the_bank_and_what_can_be_done(tiny
         (line,) = result.stderr.strip().splitlines()
         assert line == (
             f"error: {bank}: this user may not write in the bank's folder (EACCES), and a build, "
-            "resume or repair takes its lock (build.lock) there; the bank is complete: check it "
-            f"read-only with `python cli.py bank verify {bank}`, or copy it to a folder you may "
-            "write to"
+            "resume or repair takes its lock (build.lock) there; the bank is sealed as complete: "
+            f"check it read-only with `python cli.py bank verify {bank}`, and to repair it, copy "
+            "it to a folder you may write to and repair the copy"
         )
         assert sorted(p.relative_to(bank) for p in bank.rglob("*")) == before
     finally:
@@ -2217,3 +2217,20 @@ def test_an_output_that_is_a_link_to_nowhere_is_named_as_one(tiny_bank, tmp_path
         f"error: --out {out}: a symbolic link to {tmp_path / 'nowhere'}, which does not exist; "
         "create that or remove the link"
     )
+
+
+def test_a_png_with_huge_metadata_names_the_fix(tmp_path):
+    """The fifth probe: PIL's guard against a 50 MB text chunk was named as a library constant."""
+    from PIL import PngImagePlugin
+
+    from data.datasets import UnreadableImageError, read_image
+
+    info = PngImagePlugin.PngInfo()
+    # compressed (zTXt): a few kB on disk, more than PIL's 1 MB once decompressed
+    info.add_text("comment", "x" * (PngImagePlugin.MAX_TEXT_CHUNK + 1), zip=True)
+    path = tmp_path / "meta.png"
+    Image.new("RGB", (4, 4)).save(path, pnginfo=info)
+    with pytest.raises(UnreadableImageError) as error:
+        read_image(path)
+    assert "its PNG metadata (text chunks) is larger than PIL reads" in str(error.value)
+    assert "save the picture again without its metadata" in str(error.value)
