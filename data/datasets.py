@@ -201,6 +201,19 @@ LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
 """PIL modes that hold one class id per pixel (palette PNGs read as their indices)."""
 
 
+def refuse_special_file(path: str | os.PathLike, fix: str, what: str = "") -> None:
+    """A pipe, device, folder or link to nowhere where a dataset file belongs: one
+    :class:`DatasetError` naming it (``what``: how to call the file) and ``fix``; a pipe would
+    block the read forever."""
+    from common.io import special_file_kind
+
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise DatasetError(
+            f"{what + ' ' if what else ''}{str(path)!r} is {kind}, not a file; {fix}"
+        )
+
+
 def read_label(path: str | os.PathLike, what: str = "label") -> np.ndarray:
     """(H, W) int64 label ids as stored: palette PNGs give indices, 16-bit TIFFs their values.
 
@@ -210,11 +223,7 @@ def read_label(path: str | os.PathLike, what: str = "label") -> np.ndarray:
     Raises:
         DatasetError: the file cannot be read, or holds colours rather than class ids.
     """
-    from common.io import special_file_kind
-
-    kind = special_file_kind(path)
-    if kind is not None:  # a pipe would block the read forever
-        raise DatasetError(f"{what} {str(path)!r} is {kind}, not a file; replace it with the map")
+    refuse_special_file(path, "replace it with the map", what)
     try:
         with Image.open(path) as image:
             mode, bands = image.mode, len(image.getbands())

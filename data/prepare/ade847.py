@@ -13,6 +13,7 @@ from PIL import Image
 
 from common.io import save_image_atomic
 from data.catalog import DatasetError
+from data.datasets import refuse_special_file
 from data.prepare.common import (
     IGNORE_U16,
     Job,
@@ -21,7 +22,6 @@ from data.prepare.common import (
     _require_file,
     converter,
     earlier_outputs,
-    refuse_special,
 )
 from data.vocabulary import Vocabulary, VocabularyError, load_vocabulary, read_vocabulary_file
 
@@ -225,7 +225,7 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def _read_ade_class_mask(path: Path) -> np.ndarray:
     """(H, W) int32 class mask of an ADE20K ``*_seg.png``: R // 10 * 256 + G."""
-    refuse_special(path, "unzip ADE20K_2021_17_01.zip again")
+    refuse_special_file(path, "unzip ADE20K_2021_17_01.zip again")
     try:
         with Image.open(path) as im:
             if im.mode not in ("RGB", "RGBA"):

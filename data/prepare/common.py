@@ -15,6 +15,7 @@ from PIL import Image
 
 from common.io import save_image_atomic, special_file_kind
 from data.catalog import DatasetError
+from data.datasets import refuse_special_file
 
 RAW_SOURCES: dict[str, str] = {}
 """Dataset name -> what to download and where to put it under ``<root>``: registered with each
@@ -60,17 +61,9 @@ def _require_file(path: Path, root: Path, expected: str, name: str) -> None:
         )
 
 
-def refuse_special(path: Path, fix: str) -> None:
-    """A pipe, device or folder where a file of the download belongs: one line (a pipe would
-    block the read forever)."""
-    kind = special_file_kind(path)
-    if kind is not None and kind != "a link that leads nowhere":
-        raise DatasetError(f"{str(path)!r} is {kind}, not a file; {fix}")
-
-
 def _read_index_png(path: Path, what: str) -> np.ndarray:
     """An 8-bit label PNG as (H, W) uint8; palette ('P') images give indices, not colours."""
-    refuse_special(path, "extract it again from the official download")
+    refuse_special_file(path, "extract it again from the official download")
     try:
         with Image.open(path) as im:
             if im.mode not in ("L", "P"):

@@ -10,6 +10,7 @@ from PIL import Image
 from common.io import save_image_atomic
 from common.optional import require
 from data.catalog import DatasetError
+from data.datasets import refuse_special_file
 from data.prepare.common import (
     IGNORE_U8,
     IGNORE_U16,
@@ -21,7 +22,6 @@ from data.prepare.common import (
     _require_file,
     converter,
     earlier_outputs,
-    refuse_special,
 )
 from data.vocabulary import load_vocabulary
 
@@ -98,7 +98,7 @@ def pc59_lut(labels: dict[int, str], source: str = "labels.txt") -> np.ndarray:
 
 def _read_label_map(path: Path) -> np.ndarray:
     loadmat = require("scipy.io", "PASCAL-Context's .mat annotations").loadmat
-    refuse_special(path, "unpack trainval.tar.gz of PASCAL-Context again")
+    refuse_special_file(path, "unpack trainval.tar.gz of PASCAL-Context again")
 
     try:
         mat = loadmat(path, variable_names=["LabelMap"])
