@@ -8,6 +8,7 @@ mismatches, reading only label maps and image headers (fast: no image is decoded
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -119,30 +120,74 @@ def has_problems(stats: dict) -> bool:
     return any(stats[key] for key, _ in PROBLEMS)
 
 
+def _linked_folder(folder: Path, root: Path) -> Path | None:
+    """The first folder from ``root`` down to ``folder`` that is a symbolic link, if any."""
+    try:
+        parts = folder.relative_to(root).parts
+    except ValueError:
+        return None
+    for k in range(1, len(parts) + 1):
+        if (root.joinpath(*parts[:k])).is_symlink():
+            return root.joinpath(*parts[:k])
+    return None
+
+
+def _prepare_converts(name: str, root: Path) -> bool:
+    """Whether a ``data prepare`` rerun would write ``name``'s label maps: it has a download to
+    convert from (a set it only checks, such as vdd, or tiles whose zips are gone, has none)."""
+    from common.errors import UserError
+    from data.prepare.run import plan_for
+
+    try:
+        plan = plan_for(name, root)
+    except (UserError, OSError):  # the download is gone or damaged: nothing to convert from
+        return False
+    return bool(plan.jobs)
+
+
 def problems_fix(stats: dict) -> str:
-    """What to do about the problems: ``data prepare`` converts a damaged or missing output
-    again, so it comes first for a dataset it prepares; a file it does not write (the images of
-    most sets, and every file of the ones it only checks) comes from the download."""
+    """What to do about the problems (ours). A ``data prepare`` rerun converts a damaged or
+    missing label map again but keeps a whole one, so a whole map with wrong values or a wrong
+    size has to be moved away first; a label folder that is a link to elsewhere (to the raw
+    maps, say) has to be removed, not converted into; a file prepare does not write (the images,
+    the maps of a set it only checks) comes from the download."""
     from data.prepare import PREPARABLE
 
     name, root = stats["dataset"], stats["root"]
+    labels = stats.get("labels")
+    linked = _linked_folder(Path(labels), Path(root)) if labels else None
+    if name in PREPARABLE and linked is not None:  # every problem may be the link's: only it
+        return (
+            f"{linked} is a link to {os.path.realpath(linked)}, where data prepare would write "
+            "its converted maps: remove the link (not what it points to), then run `python "
+            f"cli.py data prepare {name} --root {root}` again"
+        )
     fixes = []
     if stats["labels_without_image"]:  # strays: nothing makes them whole
         fixes.append("remove the label maps without an image (or put their images back)")
-    if any(stats[key] for key, _ in PROBLEMS if key != "labels_without_image"):
-        if name in PREPARABLE:
+    if not any(stats[key] for key, _ in PROBLEMS if key != "labels_without_image"):
+        return "; ".join(fixes)
+    if name.split(":")[0] in ("synthetic", "toy"):
+        fixes.append(
+            f"write the set again into a new folder (`python cli.py data "
+            f"{name.split(':')[0]} --root NEW`): a rerun keeps the files it finds"
+        )
+    elif name in PREPARABLE and _prepare_converts(name, Path(root)):
+        rerun = f"run `python cli.py data prepare {name} --root {root}` again"
+        if stats["labels_outside_vocabulary"] or stats["size_mismatches"]:
             fixes.append(
-                f"run `python cli.py data prepare {name} --root {root}` again: it converts every "
-                "damaged or missing label map again; a file still listed after it comes from "
-                "the download: unpack that again"
-            )
-        elif name.split(":")[0] in ("synthetic", "toy"):
-            fixes.append(
-                f"write the set again into a new folder (`python cli.py data "
-                f"{name.split(':')[0]} --root NEW`): a rerun keeps the files it finds"
+                "move the label maps listed with wrong values or sizes out of "
+                f"{labels or 'the label folder'} (a rerun keeps a whole map), then {rerun}: it "
+                "converts every damaged or missing label map again; a file still listed after "
+                "it comes from the download: unpack that again"
             )
         else:
-            fixes.append(f"these files come from {name}'s download: unpack them again")
+            fixes.append(
+                f"{rerun}: it converts every damaged or missing label map again; a file still "
+                "listed after it comes from the download: unpack that again"
+            )
+    else:
+        fixes.append(f"these files come from {name}'s download: unpack them again")
     return "; ".join(fixes)
 
 

@@ -280,20 +280,21 @@ def test_data_stats_cli(tmp_path):
     assert "values     0..2, 160, 255 (255 = ignore)" in text.stdout
     assert "1 images without a label (first: c)" in text.stdout
     assert text.returncode == 1
-    assert text.stdout.splitlines()[-1] == (
-        f"fix        run `python cli.py data prepare ade150 --root {tmp_path}` again: it converts "
-        "every damaged or missing label map again; a file still listed after it comes from the "
-        "download: unpack that again"
+    assert text.stdout.splitlines()[-1] == (  # no download here: prepare has nothing to redo
+        "fix        these files come from ade150's download: unpack them again"
     )
 
 
-def test_stats_fix_names_what_mends_each_problem():
+def test_stats_fix_names_what_mends_each_problem(tmp_path):
     """The probe: strays were told to rerun prepare, a damaged synthetic set to "make them
-    again" (a rerun keeps the files it finds)."""
+    again" (a rerun keeps the files it finds), and a set whose download is gone (or that prepare
+    only checks) to rerun a prepare that has nothing to convert from."""
+    from test_prepare import make_voc
+
     from data.stats import PROBLEMS, problems_fix
 
-    def stats(dataset: str, **problems) -> dict:
-        return {"dataset": dataset, "root": "R", **{k: [] for k, _ in PROBLEMS}, **problems}
+    def stats(dataset: str, root="R", **problems) -> dict:
+        return {"dataset": dataset, "root": str(root), **{k: [] for k, _ in PROBLEMS}, **problems}
 
     assert problems_fix(stats("ade150", labels_without_image=["a"])) == (
         "remove the label maps without an image (or put their images back)"
@@ -305,7 +306,13 @@ def test_stats_fix_names_what_mends_each_problem():
     assert problems_fix(stats("toy:val", size_mismatches=["a"])).startswith(
         "write the set again into a new folder (`python cli.py data toy --root NEW`)"
     )
-    both = problems_fix(stats("voc20", labels_without_image=["a"], unreadable=["b"]))
+    no_download = problems_fix(stats("voc20", unreadable=["b"]))
+    assert no_download == "these files come from voc20's download: unpack them again"
+    assert problems_fix(stats("vdd", unreadable=["b"])) == (
+        "these files come from vdd's download: unpack them again"
+    )
+    make_voc(tmp_path)
+    both = problems_fix(stats("voc20", tmp_path, labels_without_image=["a"], unreadable=["b"]))
     assert both.startswith("remove the label maps without an image") and (
-        "; run `python cli.py data prepare voc20 --root R` again" in both
+        f"; run `python cli.py data prepare voc20 --root {tmp_path}` again" in both
     )

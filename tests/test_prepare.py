@@ -161,6 +161,38 @@ def test_damaged_output_is_converted_again(tmp_path, capsys):
     assert "problems   none" in capsys.readouterr().out
 
 
+def test_stats_fix_for_maps_a_rerun_keeps(tmp_path, capsys):
+    """The probe: a label folder linked to the raw maps, and a whole map with wrong values, were
+    told to rerun prepare, which keeps whole maps (and would write into the link's target)."""
+    base = make_voc(tmp_path)
+    (base / "JPEGImages").mkdir()
+    for image_id in VOC_VAL:
+        Image.new("RGB", VOC_RAW.shape[::-1]).save(base / "JPEGImages" / f"{image_id}.jpg")
+    out = base / "annotations_detectron2" / "val"
+    out.parent.mkdir()
+    out.symlink_to(base / "SegmentationClass")  # raw maps in the converted maps' place
+    stats_args = ["data", "stats", "voc20", "--root", str(tmp_path), "--quiet"]
+    assert cli_main(stats_args) == 1
+    shown = capsys.readouterr().out
+    assert "label files with values outside the vocabulary" in shown
+    assert (
+        f"fix        {out} is a link to {base / 'SegmentationClass'}, where data prepare would "
+        "write its converted maps: remove the link (not what it points to), then run "
+        f"`python cli.py data prepare voc20 --root {tmp_path}` again"
+    ) in shown
+    out.unlink()
+    prepare_dataset("voc20", tmp_path, progress=False)
+    wrong = out / "2007_000033.png"
+    Image.fromarray(np.full(VOC_RAW.shape, 40, np.uint8)).save(wrong)  # whole, out of range
+    assert cli_main(stats_args) == 1
+    shown = capsys.readouterr().out
+    assert f"fix        move the label maps listed with wrong values or sizes out of {out}" in shown
+    wrong.rename(tmp_path / "aside.png")
+    assert prepare_dataset("voc20", tmp_path, progress=False)["written"] == 1
+    assert cli_main(stats_args) == 0
+    assert (base / "SegmentationClass" / "2007_000033.png").exists()  # the raw map untouched
+
+
 def test_voc_errors(tmp_path):
     with pytest.raises(DatasetError, match=r"SegmentationClass.*VOCtrainval_11-May-2012\.tar"):
         prepare_dataset("voc20", tmp_path, progress=False)

@@ -28,6 +28,15 @@ PREPARABLE: tuple[str, ...] = preparable()
 ``toy`` are rendered by ``data synthetic`` / ``data toy``), in data.catalog's order."""
 
 
+def plan_for(name: str, root: Path, vocab_dir: str | os.PathLike | None = None):
+    """The conversion plan of ``name`` under ``root`` (its registered converter, given the
+    arguments it takes); raises DatasetError where the download is missing or malformed."""
+    plan_of = CONVERTERS[name]
+    given = {"name": name, "vocab_dir": vocab_dir}
+    takes = inspect.signature(plan_of).parameters
+    return plan_of(root, **{k: v for k, v in given.items() if k in takes})
+
+
 def prepare_dataset(
     name: str,
     root: str | os.PathLike,
@@ -74,10 +83,7 @@ def prepare_dataset(
     if workers < 1:
         raise DatasetError(f"--workers {workers}: must be at least 1 (threads that convert)")
     start = time.perf_counter()
-    plan_of = CONVERTERS[name]
-    given = {"name": name, "vocab_dir": vocab_dir}
-    takes = inspect.signature(plan_of).parameters
-    plan = plan_of(root, **{k: v for k, v in given.items() if k in takes})
+    plan = plan_for(name, root, vocab_dir)
     if plan.missing:
         plan.warnings.append(
             f"{len(plan.missing)} listed inputs are absent from the download and were skipped "
