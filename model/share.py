@@ -40,6 +40,7 @@ from pathlib import Path
 from common.errors import staged_write
 from common.io import remove_staging
 from common.progress import ProgressBar
+from common.retry import with_retries
 from model.export import CARD, CONFIG, ModelFileError, check_weights, parse_config, read_config
 from prompt_bank.store import filesystem, is_url, remote_errors, resolve_storage_options
 
@@ -163,18 +164,28 @@ def _read_remote(fs, path: str) -> bytes | None:
 
 
 def _download(fs, source: str, target: Path, bar: ProgressBar) -> str:
-    """Stream ``source`` to ``target``; returns its sha256."""
-    digest = hashlib.sha256()
+    """Stream ``source`` to ``target``; returns its sha256. A transient failure (a 5xx, a cut
+    connection or a short body) starts the stream over, a few times (``common.retry``)."""
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     # over HTTP, a stream (block_size=0): a plain server that ignores Range serves it whole,
     # where fsspec's random-access file refuses such a server
     options = {"block_size": 0} if {"http", "https"} & set(protocols) else {}
-    with fs.open(source, "rb", **options) as f, open(target, "wb") as out:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            out.write(chunk)
-            bar.advance(len(chunk))
-    return digest.hexdigest()
+
+    def stream() -> str:
+        digest, received = hashlib.sha256(), 0
+        try:
+            with fs.open(source, "rb", **options) as f, open(target, "wb") as out:
+                while chunk := f.read(CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    received += len(chunk)
+                    bar.advance(len(chunk))
+        except BaseException:
+            bar.advance(-received)  # a retry counts from the start again
+            raise
+        return digest.hexdigest()
+
+    return with_retries(stream)
 
 
 def cached_copy_is_whole(target: Path, raw: bytes) -> bool:

@@ -26,6 +26,7 @@ from pathlib import Path
 from common.errors import SettingError, file_in_the_way, staged_write
 from common.io import move_into_place, remove_staging
 from common.progress import ProgressBar
+from common.retry import with_retries
 from prompt_bank.format import REFETCH, BankFormatError, BankMismatchError
 from prompt_bank.integrity import (
     manifest_key,
@@ -176,7 +177,7 @@ def upload_folder(
             if local_fs:  # object stores have no folders to make
                 fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
             try:
-                fs.put_file(str(root / name), target)
+                with_retries(lambda name=name, target=target: fs.put_file(str(root / name), target))
             except OSError as e:  # a full disk, a file size limit: no half-written file, and
                 # the message names what was being written (fsspec's local copy names the source)
                 if not local_fs or e.errno is None:
@@ -337,8 +338,9 @@ def _download(remote: Bank, url: str, staging: Path, options: dict, progress: bo
         with ProgressBar("pull", contents["bytes"], unit="bytes", enabled=progress) as bar:
             for i in range(0, len(keys), TRANSFER_BATCH):  # bounded concurrent requests
                 batch = keys[i : i + TRANSFER_BATCH]
-                try:
-                    blobs = fs.cat([f"{base.rstrip('/')}/{k}" for k in batch])
+                paths = [f"{base.rstrip('/')}/{k}" for k in batch]
+                try:  # a 5xx, a short body or a cut connection: asked again (common.retry)
+                    blobs = with_retries(lambda paths=paths: fs.cat(paths))
                 except FileNotFoundError as e:  # an object the seal lists is not there
                     raise BankMismatchError(
                         f"{url}: {e.filename or e} is missing there; the remote copy is "
@@ -389,7 +391,7 @@ def pull_bank(
 ) -> dict:
     """Download a sealed bank (checked object by object) into `to` or the content cache."""
     options = resolve_storage_options(storage_options)
-    remote = Bank.open(url, options)
+    remote = Bank.open(url, storage_options)  # None: $DPSEG_STORAGE_OPTIONS, named so
     contents = _require_sealed(remote, "pulled")
     target = Path(to) if to else checked_cache_dir() / contents["content_key"]
     if _content_key(target) == contents["content_key"]:
@@ -397,7 +399,8 @@ def pull_bank(
     start = time.perf_counter()
     try:
         with staged_output(str(target), "--to" if to else "the bank cache") as staging:
-            downloaded = _download(remote, url, Path(staging), options, progress)
+            with remote_errors(url, "bank pull from"):  # what the retries did not mend
+                downloaded = _download(remote, url, Path(staging), options, progress)
             local = sealed_contents(Bank.open(staging))
             if local is None or local["content_key"] != contents["content_key"]:
                 raise BankMismatchError(f"{url} changed while it was pulled; pull it again")

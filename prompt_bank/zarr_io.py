@@ -39,8 +39,12 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 def get_object(store, key: str) -> bytes | None:
-    """One object's bytes (None when there is none)."""
-    buffer = run_sync(store.get(key, prototype=default_buffer_prototype()))
+    """One object's bytes (None when there is none); a transient failure of a remote store is
+    asked again (``common.retry``)."""
+    from common.retry import with_retries
+
+    prototype = default_buffer_prototype()
+    buffer = with_retries(lambda: run_sync(store.get(key, prototype=prototype)))
     return None if buffer is None else buffer.to_bytes()
 
 

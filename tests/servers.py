@@ -4,7 +4,8 @@
 (zarr reads shard indexes with suffix ranges, fsspec reads blocks with ``a-b``),
 ``HEAD`` with sizes, no directory listings. It records every request, so a test
 can assert how much a reader fetched (say, that opening an array does not
-download whole shards). ``MotoS3Server`` runs moto's S3 server on a free port
+download whole shards), and it can fail requests the way a busy server or a
+flaky network does (``fail``: an HTTP 500, a reset, a short body). ``MotoS3Server`` runs moto's S3 server on a free port
 and says which environment variables make a subprocess (a CLI under test) talk
 to it without any code change on the subprocess' side.
 
@@ -18,6 +19,7 @@ import contextlib
 import logging
 import re
 import socket
+import struct
 import sys
 import threading
 import urllib.parse
@@ -31,6 +33,9 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     import s3fs
+
+Fault = Literal["500", "reset", "short", "redirect"]
+"""What :meth:`RangeHTTPServer.fail` makes a request meet."""
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
@@ -78,6 +83,18 @@ class _RangeHandler(BaseHTTPRequestHandler):
         pass  # quiet: pytest output should show test failures, not access logs
 
     def _serve(self, body: bool) -> None:
+        fault = self.server.take_fault(self.path) if body else None
+        if fault == "500":
+            self._empty(HTTPStatus.INTERNAL_SERVER_ERROR)
+            return
+        if fault == "redirect":  # to itself: a loop
+            self._empty(HTTPStatus.FOUND, {"Location": self.path})
+            return
+        if fault == "reset":  # a TCP reset (RST) instead of an answer
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+            return
         path = self._resolve()
         if isinstance(path, HTTPStatus):
             self._empty(path)
@@ -101,7 +118,14 @@ class _RangeHandler(BaseHTTPRequestHandler):
         if body:
             with path.open("rb") as f:
                 f.seek(first)
-                self.wfile.write(f.read(last - first + 1))
+                data = f.read(last - first + 1)
+            if fault == "short":  # half the promised body, then the connection closes
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self.wfile.write(data)
 
     def _resolve(self) -> Path | HTTPStatus:
         """The file a request path names, 404 if none (directories included), 403 outside the root."""
@@ -130,6 +154,8 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, root: Path) -> None:
         self.root = root
         self.requests: list[tuple[str, str]] = []
+        self.fault: tuple[Fault, str, int | None] | None = None
+        self.faults_met: dict[str, int] = {}
         self.lock = threading.Lock()
         self._open: set[socket.socket] = set()
         super().__init__(("127.0.0.1", 0), _RangeHandler)
@@ -137,6 +163,20 @@ class _Server(ThreadingHTTPServer):
     def record(self, method: str, path: str) -> None:
         with self.lock:
             self.requests.append((method, path))
+
+    def take_fault(self, path: str) -> Fault | None:
+        """The fault a GET of ``path`` meets, counting it against the path's allowance."""
+        with self.lock:
+            if self.fault is None:
+                return None
+            kind, match, times = self.fault
+            if match not in path:
+                return None
+            met = self.faults_met.get(path, 0)
+            if times is not None and met >= times:
+                return None
+            self.faults_met[path] = met + 1
+            return kind
 
     def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
         with self.lock:
@@ -183,6 +223,15 @@ class RangeHTTPServer:
     def reset(self) -> None:
         with self._server.lock:
             self._server.requests.clear()
+
+    def fail(self, kind: Fault | None, match: str = "/c/", times: int | None = None) -> None:
+        """Answer GETs whose path holds ``match`` (default: shard objects) with a fault: an HTTP
+        500, a TCP reset, a body cut short, or a redirect to itself; ``times`` times per path
+        (None: every time).
+        ``fail(None)`` serves everything again."""
+        with self._server.lock:
+            self._server.fault = None if kind is None else (kind, match, times)
+            self._server.faults_met.clear()
 
     def __enter__(self) -> RangeHTTPServer:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,6 +145,23 @@ def test_pull_over_http_caches_by_content_and_downloads_only_the_config_again(
         assert (folder / "model.safetensors").read_bytes() == (
             exported / "model.safetensors"
         ).read_bytes()
+
+
+@pytest.mark.parametrize("fault", ["500", "short"])
+def test_pull_over_http_asks_again_after_a_transient_fault(exported, tmp_path, monkeypatch, fault):
+    """A 503 or a body cut short once does not end a model pull: the stream starts over."""
+    import common.retry
+    from model.share import pull_model
+
+    monkeypatch.setattr(common.retry, "BACKOFF_S", 0.001)
+    with RangeHTTPServer(exported.parent) as server:
+        server.fail(fault, match="model.safetensors", times=1)
+        pulled = pull_model(f"{server.url}/{exported.name}", tmp_path / "m", progress=False)
+        weights = [p for m, p in server.requests if m == "GET" and p.endswith(".safetensors")]
+    assert len(weights) == 2  # failed once, then whole
+    assert (Path(pulled["path"]) / "model.safetensors").read_bytes() == (
+        exported / "model.safetensors"
+    ).read_bytes()
 
 
 def test_push_and_pull_through_s3(exported, tmp_path):
