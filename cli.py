@@ -153,8 +153,28 @@ def _parse(argv: list[str]) -> tuple[Command, object]:
         error = error or option_type_error(argv, " ".join(path), str(e))
         if error is None:  # a mistake on the command line: argparse's usage, then the message
             parser.exit_on_error = True
-            parser.error(str(e))
+            parser.error(_options_as_typed(parser, str(e)))
         raise error from None
+
+
+def _options_as_typed(parser, message: str) -> str:
+    """jsonargparse names missing options by their destination ("required: ignore_index"); say
+    them as the user types them ("--ignore-index"; found by a probe)."""
+    head = "the following arguments are required: "
+    if not message.startswith(head):
+        return message
+    import re
+
+    usage = parser.format_usage()
+
+    def typed(dest: str) -> str:
+        option = "--" + dest.replace("_", "-")
+        if re.search(rf"{re.escape(option)}\b", usage):
+            return option
+        other = re.search(rf"(--[\w-]+) {re.escape(dest.upper())}\b", usage)  # --class CLASS_NAME
+        return other.group(1) if other else dest  # a positional argument keeps its name
+
+    return head + ", ".join(typed(name.strip()) for name in message[len(head) :].split(","))
 
 
 def _chosen(config, command: Command | None = None) -> tuple[Command, object]:
@@ -209,6 +229,8 @@ def main(argv: list[str] | None = None, script: bool = False) -> int:
             import os
 
             args.root = os.environ.get("DETECTRON2_DATASETS", "datasets")
+            if "DETECTRON2_DATASETS" in os.environ:  # errors name it, not --root
+                args.root_from = "$DETECTRON2_DATASETS"
         with interruptible():  # Ctrl-C / SIGTERM: clean-ups run, then one line
             return command.run(args) or 0
     except USER_ERRORS as e:  # common/errors.py: one line, exit 2
@@ -249,6 +271,8 @@ def main(argv: list[str] | None = None, script: bool = False) -> int:
         if link:
             return _one_line(f"error: {link}", 2)
         if e.errno not in STORAGE_ERRNOS and e.errno not in PATH_ERRNOS:
+            if _remote_failure(e):
+                return _one_line(f"error: {_remote_fault(e, argv, command)}", 2)
             raise
         # the file at fault, else the output the command was writing (zarr's writes name none)
         output = next(
@@ -263,6 +287,37 @@ def main(argv: list[str] | None = None, script: bool = False) -> int:
             )
         after = KEPT if command is not None and command.keeps_finished_work else NOTHING_LEFT
         return _one_line(f"error: {storage_fault(e, where, after)}", 2)
+    except Exception as e:  # a store's client failed a request that no command wraps
+        if not _remote_failure(e):
+            raise
+        return _one_line(f"error: {_remote_fault(e, argv, command)}", 2)
+
+
+def _remote_failure(error: BaseException) -> bool:
+    """A request to a remote store failed (an HTTP status, a cut connection, a short body, a
+    refusal by S3 or the hub), after the retries of ``common.retry`` where they apply."""
+    from common.retry import transient
+    from prompt_bank.store import remote_client_errors
+
+    return isinstance(error, remote_client_errors()) or transient(error)
+
+
+def _remote_fault(error: BaseException, argv: list[str], command: Command | None) -> str:
+    """One line for a failed remote request: the command's URLs, the failure, the fix."""
+    from common.retry import request_failure
+
+    urls = [a for a in argv if "://" in a] or ["its remote store"]
+    import itertools
+    import re
+
+    words = itertools.takewhile(lambda a: re.fullmatch(r"[a-z][a-z-]*", a) is not None, argv)
+    name = " ".join(list(words)[:2]) or "cli.py"
+    after = KEPT if command is not None and command.keeps_finished_work else NOTHING_LEFT
+    return (
+        f"{name}: a request to {', '.join(urls)} failed ({type(error).__name__}: "
+        f"{request_failure(error)[:300]}); check the URL, the network and the credentials "
+        f"(--storage-options, $DPSEG_STORAGE_OPTIONS); {after}"
+    )
 
 
 LIGHTNING_OUTPUTS = ("--trainer.default_root_dir", "--model.results_dir")

@@ -126,7 +126,7 @@ def cmd_bank_build(args: argparse.Namespace) -> None:
 def cmd_bank_repair(args: argparse.Namespace) -> None:
     """Resume a bank with the settings it records: damaged shards are dropped and rebuilt."""
     from prompt_bank.build import config_from_bank
-    from prompt_bank.format import BankFormatError
+    from prompt_bank.format import BankFormatError, validate_group
     from prompt_bank.integrity import mend_advice, read_only_url
     from prompt_bank.store import open_group
 
@@ -136,17 +136,19 @@ def cmd_bank_repair(args: argparse.Namespace) -> None:
             f"written; {mend_advice(args.bank)}"
         )
     try:
-        attrs = dict(open_group(args.bank, mode="r").attrs)  # a damaged root: BankFormatError
+        group = open_group(args.bank, mode="r")  # a damaged root: BankFormatError
     except FileNotFoundError:
         raise BankFormatError(
             f"bank repair: BANK {args.bank!r} does not exist; give the path of a bank that "
             "`python cli.py bank build` started"
         ) from None
+    attrs = dict(group.attrs)
     if "classes" not in attrs or "build" not in attrs:
         raise BankFormatError(
             f"{args.bank} has no complete bank attributes (its root zarr.json is damaged or the "
             "build never started): run its bank build command again"
         )
+    validate_group(group, args.bank)  # attributes of other types, arrays that disagree: one line
     config = config_from_bank(
         attrs, args.generator_weights, args.encoder_weights, progress=not args.quiet
     )

@@ -12,6 +12,12 @@ MAX_IMAGES = 1_000_000
 what the plan of a split holds in memory (a billion ran out of it)."""
 
 
+def root_option(args: argparse.Namespace) -> str:
+    """How the datasets root was given: ``--root``, or ``$DETECTRON2_DATASETS`` when the option
+    was left out and the variable set it (cli.main), so errors name what the user set."""
+    return getattr(args, "root_from", None) or "--root"
+
+
 def _write_dataset(args: argparse.Namespace, config_class, write, class_names, what: str) -> int:
     """Write a rendered dataset (synthetic, toy) in the detectron2 layout, with a preview."""
     from pathlib import Path
@@ -44,7 +50,7 @@ def _write_dataset(args: argparse.Namespace, config_class, write, class_names, w
     if args.seed < 0:
         raise SettingError(f"--seed {args.seed}: give 0 or more (numpy seeds cannot be negative)")
     config = config_class(**splits, size=args.size, seed=args.seed)  # SettingError: one line
-    check_output_folder(datasets_root(args.root), "--root")  # before any image is drawn
+    check_output_folder(datasets_root(args.root), root_option(args))  # before any drawing
     if args.preview:
         check_output_file(args.preview, "--preview", example="preview.png")
         check_picture_out(args.preview, "--preview")

@@ -80,12 +80,14 @@ VIP_ONLY = {"config": "--config", "encoder": "--encoder", "dual_prompts": "--dua
 def _refuse_images_in_out(paths: list, out: str) -> None:
     """An --images file inside --out: the next run would segment this run's label maps and
     overlays too (found by a probe). One line, before any work."""
-    from pathlib import Path
+    import os
 
     from common.errors import SettingError
 
-    folder = Path(out).resolve()
-    inside = next((p for p in paths if p.resolve().parent == folder), None)
+    # realpath, not Path.resolve: a link that loops among the images (skipped later, with its
+    # reason) would raise RuntimeError here (found by a probe)
+    folder = os.path.realpath(out)
+    inside = next((p for p in paths if os.path.dirname(os.path.realpath(p)) == folder), None)
     if inside is not None:
         raise SettingError(
             f"--out {out!r} holds images that --images names ({str(inside)!r}): the outputs "
@@ -213,6 +215,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             f"--class {args.class_name!r}: one class name, without synonyms (they go in "
             f"--vocab: '{args.class_name}; ...' with --class {first!r})"
         )
+    Vocabulary.from_entries([args.class_name], source="--class")  # a control character, bytes
+    # that are not UTF-8: named as --class's (a probe: "bank: entry 9")
     check_device(args.device)  # the arguments, before the checkpoint is read
     check_explanation_out(args.out)
     image = read_image(args.image)

@@ -324,6 +324,11 @@ def index_files(spec: DatasetSpec, root: Path) -> tuple[list[SampleFiles], dict]
     every label file (``index_by="labels"``); else every image.
     """
     image_root, label_root = spec.image_root(root), spec.label_root(root)
+    if Path(root).is_file():  # found by a probe: "prepare it under the file" could not be done
+        raise DatasetError(
+            f"dataset {spec.name!r}: the datasets root {str(root)!r} is a file, not a folder; "
+            "give the folder that holds the datasets (--root or $DETECTRON2_DATASETS)"
+        )
     for what, folder in (("images", image_root), ("labels", label_root)):
         if not folder.is_dir():
             raise DatasetError(

@@ -346,10 +346,6 @@ def write_results(
         "csv": out / f"{name}_per_class.csv",
         "png": out / f"{name}_per_class_iou.png",
     }
-    write_text_atomic(
-        paths["json"],
-        json.dumps(metrics_to_json(metrics, class_names), indent=2, allow_nan=False) + "\n",
-    )
     table = io.StringIO(newline="")
     writer = csv.writer(table)
     writer.writerow(["class_id", "name", "iou", "acc", "gt_pixels"])
@@ -361,12 +357,24 @@ def write_results(
     )
     for i, (cls, iou, acc, pixels) in enumerate(rows):
         writer.writerow([i, cls, _csv_score(iou), _csv_score(acc), pixels])
-    write_text_atomic(paths["csv"], table.getvalue())
-    if available("matplotlib"):
-        _write_iou_chart(metrics, class_names, paths["png"])
-    else:  # the metrics do not need it
-        del paths["png"]
-        log.warning("no per-class IoU chart: it needs matplotlib (pip install 'dpseg[charts]')")
+    written: list[Path] = []
+    try:  # all three or none (found by a probe: a full disk left two of three)
+        write_text_atomic(
+            paths["json"],
+            json.dumps(metrics_to_json(metrics, class_names), indent=2, allow_nan=False) + "\n",
+        )
+        written.append(paths["json"])
+        write_text_atomic(paths["csv"], table.getvalue())
+        written.append(paths["csv"])
+        if available("matplotlib"):
+            _write_iou_chart(metrics, class_names, paths["png"])
+        else:  # the metrics do not need it
+            del paths["png"]
+            log.warning("no per-class IoU chart: it needs matplotlib (pip install 'dpseg[charts]')")
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     return paths
 
 

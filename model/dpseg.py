@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import SettingError
 from common.settings import check_fields
 from model.cost_volume import (
     CostEmbedding,
@@ -67,7 +68,18 @@ class DPSegConfig:
             attention=DecoderAttention,
             attention_window=">= 1",
             class_chunk=">= 1",
+            cost_channels=">= 1",
+            attention_heads=">= 0",
         )
+        for name in ("decoder_channels", "guidance_channels"):  # found by a probe: -1 crashed
+            values = getattr(self, name)
+            if len(values) != 3 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values
+            ):
+                raise SettingError(
+                    f"model.dpseg.{name}={list(values)!r}: must be 3 channel counts (the "
+                    "decoder's stages), each >= 1"
+                )
 
 
 @dataclass

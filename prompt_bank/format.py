@@ -96,7 +96,10 @@ class BankLayout:
                 f"level dtype {self.level_dtype!r} is not one of {', '.join(LEVEL_DTYPES)}"
             )
         if min(self.num_classes, self.num_templates, self.images_per_prompt) < 1:
-            raise BankFormatError("a bank needs at least one class, template and image")
+            raise BankFormatError(
+                f"a bank needs at least one class, template and image per prompt (it records "
+                f"{self.num_classes}, {self.num_templates} and {self.images_per_prompt})"
+            )
         if self.classes_per_shard < 1:
             raise BankFormatError(f"classes_per_shard={self.classes_per_shard} must be >= 1")
 
@@ -358,11 +361,17 @@ def validate_group(group, location: str | os.PathLike) -> BankLayout:
         )
     missing = [a for a in REQUIRED_ATTRS if a not in attrs]
     if missing:
-        raise BankFormatError(f"{where} lacks the attributes {', '.join(missing)}")
+        raise BankFormatError(
+            f"{where} lacks the attributes {', '.join(missing)} (its root zarr.json was edited "
+            f"or damaged); {REFETCH}"
+        )
     for name, kind in (("classes", str), ("templates", str)):
         value = attrs[name]
         if not isinstance(value, list) or not value or not all(isinstance(v, kind) for v in value):
-            raise BankFormatError(f"{where}: attribute {name} must be a non-empty list of strings")
+            raise BankFormatError(
+                f"{where}: attribute {name} must be a non-empty list of strings (its root "
+                f"zarr.json was edited or damaged); {REFETCH}"
+            )
 
     try:
         arrays = _arrays_of(group, attrs, where)

@@ -74,7 +74,13 @@ class RemoteError(UserError, OSError):
 def _remote_failures() -> tuple[type[BaseException], ...]:
     """The exception types a store's client raises for a failed request: OSError (requests,
     huggingface_hub, fsspec), and botocore's and aiohttp's own where they are installed."""
-    types: list[type[BaseException]] = [OSError]
+    return (OSError, *remote_client_errors())
+
+
+def remote_client_errors() -> tuple[type[BaseException], ...]:
+    """The store clients' own exception types for a failed request (botocore's, aiohttp's,
+    httpx's, the hub's), where they are installed; OSError is not among them."""
+    types: list[type[BaseException]] = []
     try:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -140,10 +146,12 @@ def remote_errors(url: str, what: str):
             "login for hf://)"
         ) from None
     except _remote_failures() as e:
+        from common.retry import request_failure
+
         raise RemoteError(
-            f"{what} {url}: {type(e).__name__}: {one_line(e)[:300]}; check the URL, the network "
-            "and the credentials (--storage-options, $DPSEG_STORAGE_OPTIONS, or huggingface-cli "
-            "login for hf://)"
+            f"{what} {url}: {type(e).__name__}: {request_failure(e)[:300]}; check the URL, the "
+            "network and the credentials (--storage-options, $DPSEG_STORAGE_OPTIONS, or "
+            "huggingface-cli login for hf://)"
         ) from None
 
 
@@ -173,6 +181,11 @@ def open_store(location: str | os.PathLike, read_only: bool, storage_options: di
                 f"cannot open {location!r}: {e}. {_protocol_hint(protocol)}"
             ) from e
     if read_only and not os.path.exists(location):
+        from common.errors import broken_link
+
+        link = broken_link(location)  # a link that loops or points nowhere: said so (a probe)
+        if link is not None:
+            raise FileNotFoundError(f"no bank at {location!r}: {link}")
         raise FileNotFoundError(
             f"no bank at {location!r}; check the path, or build one there with `python cli.py "
             f"bank build --vocab VOCAB --out {location}` (or fetch one: `cli.py bank pull URL`)"
@@ -224,8 +237,33 @@ def open_group(
             f"{str(location)!r} is not a prompt bank (no zarr v3 group there: {one_line(e)}); "
             "give the folder or URL of a bank (cli.py bank build --out, or bank pull --to)"
         ) from e
-    except (ValueError, TypeError, UnicodeDecodeError) as e:  # a root zarr.json zarr can't read
+    except (ValueError, TypeError, UnicodeDecodeError, AttributeError) as e:
+        # a root zarr.json zarr can't read (a JSON number: AttributeError), or storage options
+        # the store's client refuses (found by a probe: an unknown option read as damage)
+        refused = _refused_options(store, str(location), storage_options)
+        if refused is not None:
+            raise refused from None
         raise damaged_root_error(store, str(location), e) from None
+
+
+def _refused_options(store, location: str, storage_options: dict | None) -> BankFormatError | None:
+    """The error for storage options the store's client refuses, when reading the root's bytes
+    fails (rather than zarr failing to parse them); None when the bytes read."""
+    options = resolve_storage_options(storage_options)
+    if not is_url(location) or not options:
+        return None
+    from prompt_bank.zarr_io import get_object
+
+    try:
+        get_object(store, "zarr.json")
+    except (TypeError, ValueError, AttributeError) as e:
+        source = "$DPSEG_STORAGE_OPTIONS" if storage_options is None else "--storage-options"
+        return BankFormatError(
+            f"{source} {json.dumps(options)}: the store's client refuses them for {location} "
+            f"({type(e).__name__}: {one_line(e)[:200]}); fix or remove them (they are passed to "
+            "fsspec as they are)"
+        )
+    return None
 
 
 def damaged_root_error(store, location: str, error: BaseException) -> BankFormatError:
@@ -277,11 +315,11 @@ class Bank:
         except (BankFormatError, FileNotFoundError):
             raise
         except Exception as e:
-            from common.errors import one_line
+            from common.retry import request_failure
 
             raise BankFormatError(
-                f"cannot open a bank at {str(location)!r}: {one_line(e)}; check that the path "
-                "or URL names a bank that can be reached (credentials: --storage-options or "
+                f"cannot open a bank at {str(location)!r}: {request_failure(e)}; check that the "
+                "path or URL names a bank that can be reached (credentials: --storage-options or "
                 "$DPSEG_STORAGE_OPTIONS)"
             ) from e
         bank = cls(str(location), group, validate_group(group, location))

@@ -545,6 +545,67 @@ def test_an_edited_keep_images_is_refused_not_a_repair_traceback(
         assert "attribute build.keep_images is False, but the bank has a visual/images" in line
 
 
+def _drop(key):
+    def edit(attrs):
+        attrs.pop("contents", None)  # an unsealed bank, as a build in progress
+        del attrs[key]
+
+    return edit
+
+
+def _set(key, value):
+    def edit(attrs):
+        attrs.pop("contents", None)
+        attrs[key] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda attrs: attrs.pop("templates"), "lacks the attributes templates (its root"),
+        (_drop("images_per_prompt"), "lacks the attributes images_per_prompt"),
+        (_set("images_per_prompt", "two"), "do not have the format's types (ValueError"),
+        (_set("images_per_prompt", -1), "template and image per prompt (it records 8, 3 and -1)"),
+        (_set("classes", 5), "attribute classes must be a non-empty list of strings"),
+        (_set("encoder", "tiny-convnext"), "do not have the format's types (AttributeError"),
+    ],
+)
+def test_root_attributes_of_other_types_are_one_line_for_repair_as_for_readers(
+    reference, tmp_path, cli_in_process, edit, expected
+):
+    """Probe 6: info and verify refused these banks in one line, but `bank repair` read the
+    attributes as they were and ended in KeyError, ValueError or TypeError tracebacks (and one
+    blamed --images-per-prompt, an option repair has not)."""
+    bank = copy_of(reference, tmp_path)
+    root = json.loads((bank / "zarr.json").read_text())
+    edit(root["attributes"])
+    (bank / "zarr.json").write_text(json.dumps(root))
+    for command in ("info", "verify", "repair"):
+        result = cli_in_process("bank", command, str(bank))
+        assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"error: '{bank}'") and expected in line, (command, line)
+        assert "--images-per-prompt" not in line
+
+
+@pytest.mark.parametrize("raw", ["42", '"hello"', "null"])
+def test_a_root_zarr_json_that_is_not_an_object_is_named_damaged(
+    reference, tmp_path, cli_in_process, raw
+):
+    """Probe 6: a JSON number, string or null as the root zarr.json was "'int' object has no
+    attribute 'pop'; check the credentials" for info and verify, and a traceback for repair."""
+    bank = copy_of(reference, tmp_path)
+    (bank / "zarr.json").write_text(raw)
+    for command in ("info", "verify", "repair"):
+        result = cli_in_process("bank", command, str(bank))
+        assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+        (line,) = result.stderr.splitlines()
+        assert f"'{bank}': its root zarr.json is damaged" in line, (command, line)
+        assert "credentials" not in line
+
+
 @pytest.mark.parametrize("damage", ["missing manifest", "edited array metadata"])
 def test_a_damaged_remote_is_named_by_its_url_when_pulled(
     reference, tmp_path, capsys, monkeypatch, damage

@@ -384,6 +384,95 @@ def test_array_reads_over_http_equal_the_local_arrays(small, served, monkeypatch
     assert np.array_equal(remote.read("visual/level_2", part), local.read("visual/level_2", part))
 
 
+@pytest.fixture
+def flaky(served, monkeypatch):
+    """`served`, whose faults are cleared after the test; retries pause 1 ms, not 0.5 s."""
+    import common.retry
+
+    monkeypatch.setattr(common.retry, "BACKOFF_S", 0.001)
+    monkeypatch.delenv("DPSEG_STORAGE_OPTIONS", raising=False)
+    served.reset()
+    yield served
+    served.fail(None)
+
+
+@pytest.mark.parametrize("fault", ["500", "reset", "short"])
+def test_pull_over_http_asks_again_after_a_transient_fault(small, flaky, tmp_path, fault):
+    """The probe: one HTTP 500, one reset connection or one body cut short ended a pull in a
+    traceback. Each shard object now fails once and is asked again (common.retry)."""
+    flaky.fail(fault, times=1)
+    result = pull_bank(f"{flaky.url}/small.zarr", str(tmp_path / "pulled.zarr"), progress=False)
+    assert_same_arrays(arrays_of(str(tmp_path / "pulled.zarr")), arrays_of(str(small)))
+    assert result["content_key"] == sealed_contents(Bank.open(small))["content_key"]
+    shard_gets = [p for m, p in flaky.requests if m == "GET" and "/c/" in p]
+    assert len(shard_gets) == 2 * len(set(shard_gets)) > 0  # each failed once, then arrived
+
+
+def test_pull_verify_and_info_over_a_failing_server_end_in_one_line(
+    flaky, tmp_path, cli_in_process
+):
+    """The probe: a server that keeps failing gave tracebacks to `bank pull` and to `bank
+    verify` (which reads the remote bank object by object); now one line each, exit 2, naming
+    the URL, and a pull leaves nothing behind."""
+    from test_user_errors import one_error_line
+
+    from common.retry import RETRIES
+
+    url = f"{flaky.url}/small.zarr"
+    for fault in ("500", "short"):
+        flaky.fail(fault)
+        flaky.reset()
+        pulled = cli_in_process("bank", "pull", url, "--to", str(tmp_path / "p.zarr"), "--quiet")
+        assert pulled.returncode == 2
+        line = one_error_line(pulled.stderr)
+        assert line.startswith(f"error: bank pull from {url}: Client") and "network" in line
+        assert list(tmp_path.iterdir()) == []  # no staging folder, no half bank
+        gets = [p for m, p in flaky.requests if m == "GET" and "/c/" in p]
+        assert max(gets.count(p) for p in gets) == RETRIES + 1  # asked again, then given up
+        flaky.reset()
+        verified = cli_in_process("bank", "verify", url)
+        assert verified.returncode == 2
+        line = one_error_line(verified.stderr, only=False)
+        assert line.startswith(f"error: bank verify: a request to {url} failed (Client"), line
+        assert "check the URL, the network and the credentials" in line
+
+
+def test_storage_options_the_client_refuses_are_named_not_read_as_damage(
+    flaky, tmp_path, cli_in_process
+):
+    """Probe 6: an option aiohttp does not take was reported as "its root zarr.json is damaged:
+    delete the bank and rebuild", for a bank that was whole."""
+    from test_user_errors import one_error_line
+
+    url = f"{flaky.url}/small.zarr"
+    result = cli_in_process(
+        "bank", "info", url, env={"DPSEG_STORAGE_OPTIONS": '{"nonsense_option": 1}'}
+    )
+    assert result.returncode == 2
+    line = one_error_line(result.stderr)
+    assert line.startswith('error: $DPSEG_STORAGE_OPTIONS {"nonsense_option": 1}: the store')
+    assert "fix or remove them" in line and "damaged" not in line
+    pulled = cli_in_process(
+        "bank", "pull", url, "--to", str(tmp_path / "p.zarr"), "--storage-options",
+        '{"timeout": "abc"}', env={"DPSEG_STORAGE_OPTIONS": ""},
+    )  # fmt: skip
+    assert pulled.returncode == 2
+    line = one_error_line(pulled.stderr)
+    assert line.startswith('error: --storage-options {"timeout": "abc"}: the store'), line
+    assert not (tmp_path / "p.zarr").exists()
+
+
+def test_a_redirect_loop_is_named(flaky, cli_in_process):
+    """Probe 6: a server redirecting to itself was "0, message=''"."""
+    from test_user_errors import one_error_line
+
+    flaky.fail("redirect", match="zarr.json")
+    result = cli_in_process("bank", "info", f"{flaky.url}/small.zarr")
+    assert result.returncode == 2
+    line = one_error_line(result.stderr)
+    assert "too many redirects (the server redirects in a loop) at http://" in line, line
+
+
 # ---------------------------------------------------------------------------------------------
 # the card and the hub
 

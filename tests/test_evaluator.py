@@ -330,6 +330,17 @@ def test_write_results(tmp_path):
         write_results(metrics, tmp_path / "bad", names[:3])
 
 
+def test_results_are_written_all_three_or_none(tmp_path):
+    """Probe 6: a full disk while the chart was written left the JSON and the CSV, after a
+    message that said nothing partial was left. A failed write now takes the others back."""
+    metrics = _scores(PRED.copy(), GT, 4)
+    out = tmp_path / "out"
+    (out / "metrics_per_class_iou.png").mkdir(parents=True)  # the chart cannot go there
+    with pytest.raises(OSError):
+        write_results(metrics, out, ["sky", "tree", "road", "car"])
+    assert sorted(p.name for p in out.iterdir()) == ["metrics_per_class_iou.png"]
+
+
 def test_large_vocabulary_chart_names_the_ends(tmp_path):
     assert _named_positions(40) == list(range(40))
     assert _named_positions(150) == [*range(10), *range(140, 150)]

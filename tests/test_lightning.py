@@ -652,6 +652,9 @@ def error_line(result) -> str:
         # the probe: blamed on the --config file, as jsonargparse's nested Union dump
         (["--model.optim.lr", "nan"], "error: --model.optim.lr 'nan': expected a finite number"),
         (["--data.batch_size", "abc"], "error: --data.batch_size 'abc': expected an integer"),
+        # probe 6: a negative width reached torch (two tracebacks)
+        (["--model.dpseg.cost_channels", "-1"], "model.dpseg.cost_channels=-1: must be >= 1"),
+        (["--model.dpseg.decoder_channels", "[8, 0, 4]"], "decoder_channels=[8, 0, 4]: must be"),
     ],
 )
 def test_bad_settings_of_fit_are_one_line_errors(world, capsys, monkeypatch, args, expected):

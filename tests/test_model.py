@@ -225,6 +225,8 @@ def test_features_are_reused_not_recomputed():
         ({"visual_levels": (1,)}, r"levels \[1\] have no decoder stage; choose from \[2, 3, 4\]"),
         ({"prompt_mode": "both"}, "prompt_mode='both'"),
         ({"class_chunk": 0}, "class_chunk=0"),
+        ({"cost_channels": -1}, "cost_channels=-1: must be >= 1"),
+        ({"guidance_channels": (16, 8)}, r"guidance_channels=\[16, 8\]: must be 3 channel"),
         (
             {"attention": "window", "attention_window": 0},
             "model.dpseg.attention_window=0: must be >= 1",

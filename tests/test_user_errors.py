@@ -227,6 +227,26 @@ def test_decompression_bomb_is_skipped_and_the_run_goes_on(files, tmp_path):
     assert (out / "good.png").is_file()
 
 
+def test_a_link_that_loops_in_an_images_folder_is_skipped(files, tmp_path, cli_in_process):
+    """Probe 6: a folder holding two links that point at each other (one named *.png) ended
+    segment in a RuntimeError traceback (Path.resolve); now that entry is skipped with its
+    reason, as a folder named x.png is, and the other images are segmented."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "good.png").write_bytes(files["good"].read_bytes())
+    (folder / "loopA").symlink_to("loopB.png")
+    (folder / "loopB.png").symlink_to("loopA")
+    out = tmp_path / "out"
+    result = cli_in_process(
+        "segment", "--method", "vip", "--config", "configs/vip_tiny.yaml", "--images",
+        str(folder), "--vocab", "cat; dog", "--out", str(out), "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 1 and "loopB.png" in skipped[0] and "symbolic links" in skipped[0]
+    assert (out / "good.png").is_file()
+
+
 def test_an_image_this_machine_cannot_hold_is_skipped_in_one_line(files, monkeypatch):
     """Found by the probe: under a raised --max-pixels, a PNG whose header claims 60000 x 60000
     was decoded until the OOM killer ended segment without a word. The header's size against
@@ -1314,6 +1334,55 @@ def test_explain_takes_one_class_not_a_vocabulary(tmp_path, capsys, given, expec
     argv = ["explain", "--ckpt", "x.ckpt", "--image", "x.png", "--class", given]
     line = user_error(capsys, *argv, "--out", str(tmp_path / "e.png"))
     assert line == f"error: --class {given!r}: {expected}", line
+
+
+def test_a_control_character_in_explains_class_is_named_as_class(tmp_path, capsys):
+    """Probe 6: blamed on "bank: entry 9", a vocabulary the user did not type."""
+    argv = ["explain", "--ckpt", "x.ckpt", "--image", "x.png", "--class", "red\ndisc"]
+    line = user_error(capsys, *argv, "--out", str(tmp_path / "e.png"))
+    assert line.startswith("error: --class: entry 1 ('red\\ndisc') holds a control character")
+
+
+def test_missing_options_are_named_as_typed(capsys):
+    """Probe 6: "the following arguments are required: ignore_index" (the destination)."""
+    for argv, missing in [
+        (["eval-masks", "--pred", "p", "--gt", "g"], "--num-classes, --ignore-index"),
+        (["explain", "--ckpt", "x", "--image", "y"], "--class"),
+        (["bank", "gallery"], "bank, --out"),  # a positional keeps its name
+    ]:
+        with pytest.raises(SystemExit) as exited:  # argparse's usage, then the line
+            cli.main(argv)
+        assert exited.value.code == 2
+        last = capsys.readouterr().err.splitlines()[-1]
+        assert last == f"error: the following arguments are required: {missing}", last
+
+
+def test_a_datasets_root_that_is_a_file_is_named_by_how_it_was_given(tmp_path, capsys, monkeypatch):
+    """Probe 6: $DETECTRON2_DATASETS pointing at a file was blamed on --root, which was not
+    given; and `data stats` told to write a dataset under the file."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(afile))
+    line = user_error(capsys, "data", "toy", "--train", "1", "--val", "1", "--test", "1")
+    assert line.startswith(f"error: $DETECTRON2_DATASETS {str(afile)!r} is a file"), line
+    line = user_error(capsys, "data", "toy", "--root", str(afile), "--train", "1")
+    assert line.startswith(f"error: --root {str(afile)!r} is a file"), line
+    line = user_error(capsys, "data", "stats", "synthetic", "--root", str(afile))
+    assert line == (
+        f"error: dataset 'synthetic': the datasets root {str(afile)!r} is a file, not a folder; "
+        "give the folder that holds the datasets (--root or $DETECTRON2_DATASETS)"
+    )
+
+
+def test_a_bank_path_that_is_a_link_loop_is_named_so(tmp_path, capsys):
+    """Probe 6: `bank info` on a link loop said "build one there", which build refuses."""
+    (tmp_path / "a.zarr").symlink_to("b.zarr")
+    (tmp_path / "b.zarr").symlink_to("a.zarr")
+    line = user_error(capsys, "bank", "info", str(tmp_path / "a.zarr"))
+    assert line == (
+        f"error: no bank at '{tmp_path / 'a.zarr'}': {tmp_path / 'a.zarr'}: a symbolic link that "
+        "loops (to b.zarr); remove it or point it at a real folder"
+    )
 
 
 def test_a_checkpoint_whose_training_bank_moved_names_it_and_the_options(
