@@ -304,12 +304,12 @@ def _remote_failure(error: BaseException) -> bool:
 
 def _remote_fault(error: BaseException, argv: list[str], command: Command | None) -> str:
     """One line for a failed remote request: the command's URLs, the failure, the fix."""
-    from common.retry import request_failure
-
-    urls = [a for a in argv if "://" in a] or ["its remote store"]
     import itertools
     import re
 
+    from common.retry import request_failure
+
+    urls = [a for a in argv if "://" in a] or ["its remote store"]
     words = itertools.takewhile(lambda a: re.fullmatch(r"[a-z][a-z-]*", a) is not None, argv)
     name = " ".join(list(words)[:2]) or "cli.py"
     after = KEPT if command is not None and command.keeps_finished_work else NOTHING_LEFT

@@ -258,8 +258,9 @@ def _refused_options(store, location: str, storage_options: dict | None) -> Bank
         get_object(store, "zarr.json")
     except (TypeError, ValueError, AttributeError) as e:
         source = "$DPSEG_STORAGE_OPTIONS" if storage_options is None else "--storage-options"
+        keys = ", ".join(map(str, options))  # the keys only: values may be credentials
         return BankFormatError(
-            f"{source} {json.dumps(options)}: the store's client refuses them for {location} "
+            f"{source} (keys {keys}): the store's client refuses them for {location} "
             f"({type(e).__name__}: {one_line(e)[:200]}); fix or remove them (they are passed to "
             "fsspec as they are)"
         )

@@ -450,7 +450,7 @@ def test_storage_options_the_client_refuses_are_named_not_read_as_damage(
     )
     assert result.returncode == 2
     line = one_error_line(result.stderr)
-    assert line.startswith('error: $DPSEG_STORAGE_OPTIONS {"nonsense_option": 1}: the store')
+    assert line.startswith("error: $DPSEG_STORAGE_OPTIONS (keys nonsense_option): the store")
     assert "fix or remove them" in line and "damaged" not in line
     pulled = cli_in_process(
         "bank", "pull", url, "--to", str(tmp_path / "p.zarr"), "--storage-options",
@@ -458,7 +458,7 @@ def test_storage_options_the_client_refuses_are_named_not_read_as_damage(
     )  # fmt: skip
     assert pulled.returncode == 2
     line = one_error_line(pulled.stderr)
-    assert line.startswith('error: --storage-options {"timeout": "abc"}: the store'), line
+    assert line.startswith("error: --storage-options (keys timeout): the store"), line
     assert not (tmp_path / "p.zarr").exists()
 
 
