@@ -35,12 +35,16 @@ def is_url(location: str) -> bool:
 
 def parse_storage_options(raw: str, source: str) -> dict:
     """fsspec storage options from a JSON object; `source` names where it came from."""
+    # the text itself is not echoed: storage options carry credentials (ours)
     try:
         options = json.loads(raw) if raw else {}
     except ValueError as e:
-        raise BankFormatError(f"{source} {raw!r} is not JSON ({e})") from None
+        raise BankFormatError(f"{source} is not JSON ({e})") from None
     if not isinstance(options, dict):
-        raise BankFormatError(f"{source} {raw!r} must be a JSON object, e.g. '{{\"anon\": true}}'")
+        raise BankFormatError(
+            f"{source} is a JSON {type(options).__name__}; it must be a JSON object, e.g. "
+            "'{\"anon\": true}'"
+        )
     return options
 
 

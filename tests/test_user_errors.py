@@ -1374,6 +1374,19 @@ def test_a_datasets_root_that_is_a_file_is_named_by_how_it_was_given(tmp_path, c
     )
 
 
+def test_storage_options_are_never_echoed(capsys, monkeypatch):
+    """Storage options carry credentials: a malformed value is named by its source alone."""
+    monkeypatch.setenv("DPSEG_STORAGE_OPTIONS", '{"secret": "AKIA-SECRET", oops')
+    line = user_error(capsys, "bank", "info", "http://127.0.0.1:9/x.zarr")
+    assert line.startswith("error: $DPSEG_STORAGE_OPTIONS is not JSON (") and "AKIA" not in line
+    monkeypatch.setenv("DPSEG_STORAGE_OPTIONS", '["AKIA-SECRET"]')
+    line = user_error(capsys, "bank", "info", "http://127.0.0.1:9/x.zarr")
+    assert line == (
+        "error: $DPSEG_STORAGE_OPTIONS is a JSON list; it must be a JSON object, e.g. "
+        "'{\"anon\": true}'"
+    )
+
+
 def test_a_bank_path_that_is_a_link_loop_is_named_so(tmp_path, capsys):
     """Probe 6: `bank info` on a link loop said "build one there", which build refuses."""
     (tmp_path / "a.zarr").symlink_to("b.zarr")
