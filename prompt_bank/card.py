@@ -182,3 +182,29 @@ def bank_card(attrs: dict) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def card_bytes(attrs: dict) -> bytes:
+    """The card as the seal writes it (a name that is not UTF-8, a path's raw bytes in the
+    recorded command, shown escaped)."""
+    return bank_card(attrs).encode("utf-8", "backslashreplace")
+
+
+def card_problem(location: str, attrs: dict) -> str | None:
+    """What is wrong with a local sealed bank's card (README.md), which the seal does not hash:
+    missing, a link (a push would send the file it points to), not a file, or other bytes than
+    the card its attributes give (an edited licence or class count); None when it is that card.
+    Found by a probe: an edited card was verified, pushed and pulled as it was."""
+    import os
+
+    path = os.path.join(str(location), "README.md")
+    if os.path.islink(path):
+        return f"README.md (the card) is a link to {os.readlink(path)}, not the bank's own file"
+    if not os.path.lexists(path):
+        return "README.md (the card) is missing"
+    if not os.path.isfile(path):
+        return "README.md (the card) is not a file"
+    with open(path, "rb") as f:
+        if f.read() != card_bytes(attrs):
+            return "README.md (the card) is not the one its attributes give (edited?)"
+    return None

@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from prompt_bank.format import validate_group
+from prompt_bank.format import BankFormatError, validate_group
 from prompt_bank.integrity import (  # noqa: F401  (the reading side, re-exported)
     content_key,
     disagreement_error,
@@ -96,10 +96,29 @@ def seal_bank(location: str) -> int:
         "content_key": content_key(attrs, hashes),
         "objects": dict(sorted(hashes.items())),
     }
-    group.attrs.put(attrs)
-    from prompt_bank.card import bank_card
+    from prompt_bank.card import card_bytes
 
-    # a name that is not UTF-8 (a path's raw bytes in the recorded command) shown escaped
-    put_object(group.store, CARD_KEY, bank_card(attrs).encode("utf-8", "backslashreplace"))
+    refuse_folder_at_card(location)
+    # The order makes a cut anywhere resumable (ours; a probe found a full disk between the seal
+    # and the consolidation leaving a bank every reader refused): the card, then the arrays'
+    # metadata consolidated into the root, then the seal, in the root's last write, which keeps
+    # the consolidated metadata. Before that write the bank is unsealed, and a rerun seals it.
+    put_object(group.store, CARD_KEY, card_bytes(attrs))
     consolidate(location)
+    open_group(location, mode="r+", consolidated=True).attrs.put(attrs)
     return attrs["contents"]["bytes"]
+
+
+def refuse_folder_at_card(location: str) -> None:
+    """A folder where a local bank's card (README.md) goes is named, before the seal writes
+    anything (zarr's error named its own temporary file, which does not exist)."""
+    import os
+
+    from prompt_bank.store import is_url
+
+    path = os.path.join(str(location), CARD_KEY)
+    if not is_url(str(location)) and os.path.isdir(path):
+        raise BankFormatError(
+            f"{path} is a folder where the bank's card goes; remove it (rm -r {path}), then run "
+            f"`python cli.py bank repair {location}`, which writes the card"
+        )

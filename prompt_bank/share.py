@@ -23,10 +23,11 @@ import time
 import uuid
 from pathlib import Path
 
-from common.errors import SettingError, file_in_the_way, staged_write
+from common.errors import SettingError, file_in_the_way, refuse_unwritable, staged_write
 from common.io import move_into_place, remove_staging
 from common.progress import ProgressBar
 from common.retry import with_retries
+from prompt_bank.card import card_bytes, card_problem
 from prompt_bank.format import REFETCH, BankFormatError, BankMismatchError
 from prompt_bank.integrity import (
     manifest_key,
@@ -68,6 +69,9 @@ def checked_cache_dir(kind: str = "banks") -> Path:
             f"{label} {str(folder)!r}: {str(in_the_way)!r} is a file, so the cache cannot be "
             "there; remove the file, or set $DPSEG_CACHE to another folder"
         )
+    refuse_unwritable(  # a read-only or forbidden cache: how to choose another (a probe)
+        folder, label, "set $DPSEG_CACHE to a folder you may write to, or pull with --to DIR"
+    )
     return folder
 
 
@@ -214,6 +218,7 @@ def push_bank(location: str, url: str, storage_options: dict | None = None, prog
     """
     if is_url(location):
         raise BankFormatError(f"bank push: BANK {location!r} must be a local bank folder")
+    refuse_read_only_url(url, "bank push: URL")  # before any request (a probe: HTTP 501)
     if url.startswith("hf://"):
         bank_hub_repo(url)  # a dataset repository, refused before anything is read
     bank = Bank.open(location)
@@ -225,6 +230,12 @@ def push_bank(location: str, url: str, storage_options: dict | None = None, prog
             f"bank push: {location}: objects {', '.join(differ[:3])} are not the ones the bank "
             "was sealed with (copied in from another bank?); nothing was uploaded. Rebuild them "
             f"with: python cli.py bank repair {location}"
+        )
+    wrong = card_problem(location, dict(bank.attrs))
+    if wrong is not None:  # never a file from elsewhere, never a card that lies (a probe)
+        raise BankMismatchError(
+            f"bank push: {location}: {wrong}; nothing was uploaded. Write it again with: python "
+            f"cli.py bank repair {location}"
         )
     start = time.perf_counter()
     with remote_errors(url, "bank push to"):
@@ -358,6 +369,9 @@ def _download(remote: Bank, url: str, staging: Path, options: dict, progress: bo
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(data)
                     bar.advance(len(data))
+    # the card is no sealed object: the one the sealed attributes give is written (ours)
+    (staging / CARD_KEY).unlink(missing_ok=True)
+    (staging / CARD_KEY).write_bytes(card_bytes(dict(remote.attrs)))
     for key, expected in contents["objects"].items():
         path = staging / key
         found = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None

@@ -11,7 +11,7 @@ from pretrained.fingerprint import fingerprint_mismatch
 from prompt_bank.format import BankFormatError
 from prompt_bank.integrity import check_shard, mend_advice
 from prompt_bank.seal import sealed_contents
-from prompt_bank.store import Bank
+from prompt_bank.store import Bank, is_url
 
 NORM_TOLERANCE = 1e-3  # |norm - 1| allowed for stored embeddings (float32 normalisation)
 
@@ -74,6 +74,17 @@ def _check_shards(bank: Bank, report: VerifyReport) -> dict[str, np.ndarray] | N
             if not stale
             else f"{len(stale)} objects differ from zarr.json's contents ({', '.join(stale[:3])}) "
             f"({repair})",
+        )
+    if sealed is not None and not is_url(bank.location):  # the card, which no hash covers
+        from prompt_bank.card import card_problem
+
+        wrong = card_problem(bank.location, dict(bank.attrs))
+        report.add(
+            "card",
+            wrong is None,
+            "README.md is the card the attributes give"
+            if wrong is None
+            else f"{wrong} (python cli.py bank repair {bank.location} writes it again)",
         )
     if problems:
         return None

@@ -159,7 +159,12 @@ def test_a_push_that_cannot_reach_its_store_is_one_line(reference, where):
     result = run_cli("bank", "push", str(reference), url, "--quiet", env=env)
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"bank push to {url}: " in lines[0], lines
+    expected = (  # probe 7: http, which cannot be written, is refused before any request
+        f"bank push: URL {url}: an http(s) URL can be read but not written"
+        if where == "http"
+        else f"bank push to {url}: "
+    )
+    assert len(lines) == 1 and expected in lines[0], lines
 
 
 def test_a_repair_interrupted_after_its_first_shard_still_rebuilds_the_second(
@@ -678,3 +683,58 @@ def test_a_folder_that_is_no_bank_is_called_so_whatever_it_holds(tmp_path, capsy
     assert cli.main(["bank", "info", str(folder)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: {str(folder)!r} is not a prompt bank"), line
+
+
+@pytest.mark.parametrize("damage", ["edited", "link", "missing"])
+def test_a_card_that_is_not_the_attributes_is_failed_refused_and_rewritten(
+    reference, tmp_path, cli_in_process, damage
+):
+    """Probe 7: the seal hashes no card, so a card edited to another licence and class count
+    was verified, pushed and pulled as it was, a card that was a link sent the file it points
+    to (from outside the bank), and a missing card was a bare errno line. Now verify fails it,
+    push refuses it naming the repair, repair writes it again, and pull writes the right one."""
+    bank = copy_of(reference, tmp_path)
+    card = bank / "README.md"
+    good = card.read_bytes()
+    if damage == "edited":
+        card.write_bytes(good.replace(b"license: ", b"license: mit-not-"))
+        expected = "README.md (the card) is not the one its attributes give (edited?)"
+    elif damage == "link":
+        secret = tmp_path / "secret.txt"
+        secret.write_text("SECRET-TOKEN")
+        card.unlink()
+        card.symlink_to(secret)
+        expected = f"README.md (the card) is a link to {secret}, not the bank's own file"
+    else:
+        card.unlink()
+        expected = "README.md (the card) is missing"
+    verified = cli_in_process("bank", "verify", str(bank))
+    assert verified.returncode == 1, verified.stdout[-2000:] + verified.stderr[-2000:]
+    assert f"FAIL  card: {expected} (python cli.py bank repair {bank} writes it again)" in (
+        verified.stdout
+    )
+    remote = tmp_path / "remote.zarr"
+    pushed = cli_in_process("bank", "push", str(bank), f"file://{remote}")
+    assert pushed.returncode == 2
+    (line,) = pushed.stderr.splitlines()
+    assert line == (
+        f"error: bank push: {bank}: {expected}; nothing was uploaded. Write it again with: "
+        f"python cli.py bank repair {bank}"
+    )
+    assert not remote.exists()
+    repaired = cli_in_process("bank", "repair", str(bank), "--quiet")
+    assert repaired.returncode == 0, repaired.stderr[-2000:]
+    assert not card.is_symlink() and card.read_bytes() == good
+    assert cli_in_process("bank", "verify", str(bank)).returncode == 0
+
+
+def test_a_pull_writes_the_card_its_sealed_attributes_give(reference, tmp_path):
+    """A remote card edited there (another licence) does not travel: the pulled bank's card is
+    the one the sealed attributes give."""
+    remote = tmp_path / "remote.zarr"
+    push_bank(str(reference), f"file://{remote}", progress=False)
+    (remote / "README.md").write_text("---\nlicense: mit\n---\n200 classes\n")
+    pulled = pull_bank(f"file://{remote}", str(tmp_path / "pulled.zarr"), progress=False)
+    assert (Path(pulled["path"]) / "README.md").read_bytes() == (
+        reference / "README.md"
+    ).read_bytes()
