@@ -20,6 +20,41 @@ config has hundreds; a file of nested aliases (a "billion laughs") has billions,
 parsers that copy it ran out of memory without a word."""
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping that names a key twice (invalid YAML 1.2; PyYAML keeps the last silently)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (ours; a probe found a
+    config with two ``vocab`` lines building a one-class bank without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:  # the mapping's own keys: a merged one (<<) may be set
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+            seen.setdefault(key, key_node.start_mark.line + 1)
+            if first is not None:
+                raise DuplicateKeyError(
+                    None,
+                    None,
+                    f"the key {key!r} is given twice ("
+                    + (
+                        f"lines {first} and {line}"
+                        if (line := key_node.start_mark.line + 1) != first
+                        else f"on line {line}"
+                    )
+                    + "); keep one",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def _expanded_size(loaded, limit: int) -> int:
     """How many values ``loaded`` holds with every alias expanded, counted up to ``limit`` + 1
     (a shared list or mapping counts each time it is reached)."""
@@ -37,9 +72,10 @@ def _expanded_size(loaded, limit: int) -> int:
 
 def read_config(path: str, option: str = "--config"):
     """A ``--config`` file's YAML; one user error naming ``option`` when it is not UTF-8, not
-    YAML, or holds more than :data:`MAX_CONFIG_VALUES` values once its aliases are expanded."""
+    YAML (a key given twice in one mapping included), or holds more than :data:`MAX_CONFIG_VALUES` values once its aliases are expanded."""
     try:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
+        loaded = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no Python objects
     except UnicodeDecodeError as e:
         raise UnreadableFileError(
             f"{option} {path!r}: not UTF-8 text ({e.reason}: byte 0x{e.object[e.start]:02x} at "

@@ -28,6 +28,7 @@ import torch
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from common.config_files import config_file_error, option_type_error
@@ -344,11 +345,33 @@ class SegmentationCLI(LightningCLI):
             from common.errors import one_line
 
             raise SettingError(f"a --trainer setting: {one_line(e)}") from None
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         self.interruption = StopOnInterrupt()
         trainer.callbacks.append(self.interruption)
         if self.subcommand == "fit":
             self.interruption.install()
         return trainer
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, with a local checkpoint written beside its place and
+    renamed (ours; ``common.io.write_atomic``): fsspec's transaction wrote it in the system's
+    temporary folder and then copied it over, so a full disk left a truncated ``last.ckpt`` and
+    an error naming a /tmp file (found by a probe). Remote paths go to Lightning's own writer."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if "://" in str(path) or storage_options is not None:
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        import io
+
+        from common.io import write_atomic
+
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(path), buffer.getvalue())
 
 
 def _folders_to_be_made(trainer) -> list[Path]:
