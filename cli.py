@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None, script: bool = False) -> int:
             raise
         # the file at fault, else the output the command was writing (zarr's writes name none)
         output = next(
-            (getattr(args, k, None) for k in ("out", "root") if getattr(args, k, None)), None
+            (getattr(args, k, None) for k in ("out", "root", "bank") if getattr(args, k, None)),
+            None,
         )
         where = f"writing in {output}" if output else None
         if argv and argv[0] in LIGHTNING_COMMANDS:  # Lightning's writes name no file
@@ -307,7 +308,7 @@ def _remote_fault(error: BaseException, argv: list[str], command: Command | None
     import itertools
     import re
 
-    from common.retry import request_failure
+    from common.retry import failure_advice, request_failure
 
     urls = [a for a in argv if "://" in a] or ["its remote store"]
     words = itertools.takewhile(lambda a: re.fullmatch(r"[a-z][a-z-]*", a) is not None, argv)
@@ -315,8 +316,8 @@ def _remote_fault(error: BaseException, argv: list[str], command: Command | None
     after = KEPT if command is not None and command.keeps_finished_work else NOTHING_LEFT
     return (
         f"{name}: a request to {', '.join(urls)} failed ({type(error).__name__}: "
-        f"{request_failure(error)[:300]}); check the URL, the network and the credentials "
-        f"(--storage-options, $DPSEG_STORAGE_OPTIONS); {after}"
+        f"{request_failure(error)[:300]}); "
+        f"{failure_advice(error, '--storage-options, $DPSEG_STORAGE_OPTIONS')}; {after}"
     )
 
 

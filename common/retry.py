@@ -80,3 +80,12 @@ def request_failure(error: BaseException) -> str:
     if isinstance(error, aiohttp.ClientResponseError):
         return f"HTTP {error.status} {error.message} at {error.request_info.url}"
     return one_line(error)
+
+
+def failure_advice(error: BaseException, credentials: str) -> str:
+    """What to do about a failed request: a transient failure that outlived the retries is the
+    server's or the network's (try later), anything else may be the URL or the credentials
+    (``credentials``: where they are given). A probe found "check the credentials" for a 5xx."""
+    if transient(error):
+        return "the server or the network kept failing; try again later, or check the URL"
+    return f"check the URL, the network and the credentials ({credentials})"

@@ -277,9 +277,27 @@ class SampleFiles:
 
 
 def how_to_get(spec: DatasetSpec, root: Path) -> str:
-    """The fix for a missing dataset: its `cli.py data prepare` command, or what to unpack."""
-    how = spec.prepare.replace("DIR", str(root))
+    """The fix for a missing dataset: its `cli.py data prepare` command, or what to unpack. A
+    generated set that is partly there is made again with the options its ``meta.json``
+    records (a rerun with other options is refused; found by a probe)."""
+    how = spec.prepare.replace("DIR", str(root)) + _recorded_options(spec, root)
     return f"Prepare it with `{how}`" if how.startswith("cli.py") else f"To get it, {how}"
+
+
+def _recorded_options(spec: DatasetSpec, root: Path) -> str:
+    """`` --train 24 --val 6 ...``: the options a generated set's meta.json records, if any."""
+    meta = spec.image_root(root).parent.parent / "meta.json"
+    if not spec.prepare.startswith(("cli.py data toy", "cli.py data synthetic")):
+        return ""
+    try:
+        config = json.loads(meta.read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    if not isinstance(config, dict):
+        return ""
+    flags = {"train_images": "--train", "val_images": "--val", "test_images": "--test"}
+    flags.update(size="--size", seed="--seed")
+    return "".join(f" {flag} {config[key]}" for key, flag in flags.items() if key in config)
 
 
 def _scan(
@@ -333,8 +351,8 @@ def index_files(spec: DatasetSpec, root: Path) -> tuple[list[SampleFiles], dict]
         if not folder.is_dir():
             raise DatasetError(
                 f"dataset {spec.name!r}: the {what} folder {str(folder)!r} does not exist. "
-                f"{how_to_get(spec, root)} "
-                f"(root: --root or ${'DETECTRON2_DATASETS'}, now {str(root)!r})"
+                f"{how_to_get(spec, root)} (the datasets root: --root, or --data.root for "
+                f"fit and test, or ${'DETECTRON2_DATASETS'}; now {str(root)!r})"
             )
     _check_generation_finished(spec, image_root, root)
     split = spec.split_path(root)

@@ -91,6 +91,11 @@ def push_model(
     """
     if is_url(str(folder)):
         raise ModelFileError(f"model push: MODEL {str(folder)!r} must be a local model folder")
+    if url.split("://", 1)[0] in ("http", "https"):  # before any request (a probe: HTTP 501)
+        raise ModelFileError(
+            f"model push: URL {url}: an http(s) URL can be read but not written; push to a "
+            "writable URL (file://, s3://, gs://, hf://ORG/NAME), then serve that"
+        )
     folder, raw, config = _local_model(folder, "MODEL")
     load_model(folder, "MODEL")  # a config.json edited to settings the weights do not fit
     key = model_key(raw)

@@ -103,10 +103,14 @@ def fingerprint_mismatch(
         here / found: the preset built here and its fingerprint.
         recorded: the package versions recorded with ``expected``, if any.
     """
-    same = "the same preset" if made_with == here else f"preset {here!r}"
+    if made_with != here:  # another encoder: versions say nothing (found by a probe)
+        return (
+            f"{what} was made with preset {made_with!r} (fingerprint {expected[:12]}), but "
+            f"preset {here!r} gives {found[:12]} here: another encoder"
+        )
     return (
         f"{what} was made with preset {made_with!r} (fingerprint {expected[:12]}), but "
-        f"{same} gives {found[:12]} here; {versions_note(recorded)}"
+        f"the same preset gives {found[:12]} here; {versions_note(recorded)}"
     )
 
 

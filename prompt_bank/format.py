@@ -318,8 +318,8 @@ def _check_array_metadata(group, arrays: dict, layout: BankLayout, where: str) -
         for source, meta in sources:
             fields = (set(want) | set(meta)) - {"attributes"}
             differ = sorted(k for k in fields if meta.get(k) != want.get(k))
-            if meta.get("attributes", {}) != got.get("attributes", {}):  # the copy's own
-                differ.append("attributes")
+            if meta.get("attributes", {}) != want.get("attributes", {}):  # each against the
+                differ.append("attributes")  # format's, so the file edited is the one named
             if differ:
                 raise BankFormatError(
                     f"{where}: array {path}'s metadata in {source} is not the format's (its "

@@ -150,12 +150,13 @@ def remote_errors(url: str, what: str):
             "login for hf://)"
         ) from None
     except _remote_failures() as e:
-        from common.retry import request_failure
+        from common.retry import failure_advice, request_failure
 
+        advice = failure_advice(
+            e, "--storage-options, $DPSEG_STORAGE_OPTIONS, or huggingface-cli login for hf://"
+        )
         raise RemoteError(
-            f"{what} {url}: {type(e).__name__}: {request_failure(e)[:300]}; check the URL, the "
-            "network and the credentials (--storage-options, $DPSEG_STORAGE_OPTIONS, or "
-            "huggingface-cli login for hf://)"
+            f"{what} {url}: {type(e).__name__}: {request_failure(e)[:300]}; {advice}"
         ) from None
 
 

@@ -434,7 +434,7 @@ def test_pull_verify_and_info_over_a_failing_server_end_in_one_line(
         assert verified.returncode == 2
         line = one_error_line(verified.stderr, only=False)
         assert line.startswith(f"error: bank verify: a request to {url} failed (Client"), line
-        assert "check the URL, the network and the credentials" in line
+        assert "the server or the network kept failing; try again later" in line
 
 
 def test_storage_options_the_client_refuses_are_named_not_read_as_damage(

@@ -882,3 +882,15 @@ def test_fit_says_where_its_checkpoints_went_without_lightning_s_noise(fit_run, 
     assert f"fit: 4 steps; checkpoints in {folder} (last.ckpt, best step4-" in out, out[-3000:]
     for noise in ("💡 Tip", "exists and is not empty", "LeafSpec", "Epoch 0/"):
         assert noise not in out, noise
+
+
+def test_a_fingerprint_mismatch_of_another_preset_says_another_encoder():
+    """Probe 7: a bank of tiny-vit read by a tiny-convnext model said "package versions are the
+    same, so the weights themselves differ"."""
+    from pretrained.fingerprint import fingerprint_mismatch
+
+    line = fingerprint_mismatch("bank 'b.zarr'", "tiny-vit", "a" * 64, "tiny-convnext", "b" * 64)
+    assert line == (
+        "bank 'b.zarr' was made with preset 'tiny-vit' (fingerprint aaaaaaaaaaaa), but preset "
+        "'tiny-convnext' gives bbbbbbbbbbbb here: another encoder"
+    )

@@ -671,6 +671,47 @@ def cli_under_file_size_limit(
     )
 
 
+def test_a_full_disk_while_a_bank_is_sealed_leaves_a_bank_the_rerun_finishes(tmp_path):
+    """Probe 7: a full disk between the seal (the root's attributes) and the consolidated root
+    left a bank that every command refused for good, after "finished work is kept: run the
+    command again". The tiny bank's shards fit under 14 kB; its consolidated root does not."""
+    bank = tmp_path / "b.zarr"
+    build = ["bank", "build", "--vocab", "red disc; green square", "--preset", "tiny"]
+    build += ["--templates", "single", "--classes-per-shard", "1", "--batch-size", "4"]
+    build += ["--cpu-threads", "1", "--keep-images", "--quiet", "--out", str(bank)]
+    cut = cli_under_file_size_limit(*build, limit=14_000, env={"OMP_NUM_THREADS": "1"})
+    assert cut.returncode == 2, cut.stderr[-3000:]
+    line = one_error_line(cut.stderr)
+    assert f"writing in {bank}" in line and "finished work is kept" in line, line
+    again = run_cli(*build, env={"OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 items built" in again.stdout  # nothing was lost: the rerun only sealed it
+    verified = run_cli("bank", "verify", str(bank))
+    assert verified.returncode == 0 and "verified" in verified.stdout, verified.stderr[-3000:]
+
+
+def test_a_folder_where_the_card_goes_is_named_before_the_seal_writes_anything(
+    tiny_bank, tmp_path, capsys
+):
+    """Probe 7: `bank repair` of a whole bank whose README.md was a folder named zarr's
+    temporary file, after rewriting the root: the bank was then refused for good."""
+    bank = tmp_path / "bank.zarr"
+    shutil.copytree(tiny_bank, bank)
+    root = (bank / "zarr.json").read_bytes()
+    (bank / "README.md").unlink()
+    (bank / "README.md").mkdir()
+    line = user_error(capsys, "bank", "repair", str(bank), "--quiet")
+    assert line == (
+        f"error: {bank}/README.md is a folder where the bank's card goes; remove it (rm -r "
+        f"{bank}/README.md), then run `python cli.py bank repair {bank}`, which writes the card"
+    )
+    assert (bank / "zarr.json").read_bytes() == root  # nothing was written
+    (bank / "README.md").rmdir()
+    code, _, err = run_main(capsys, "bank", "repair", str(bank), "--quiet")
+    assert code == 0, err
+    assert run_main(capsys, "bank", "verify", str(bank))[0] == 0
+
+
 def test_a_file_size_limit_ends_in_one_line(tmp_path):
     """A full disk, as ``ulimit -f`` makes one (EFBIG): one line naming the file, exit 2."""
     result = cli_under_file_size_limit(
@@ -927,6 +968,27 @@ def cli_where_mode_holds(
         )
     finally:
         path.chmod(original)
+
+
+def test_a_cache_this_user_may_not_write_names_how_to_choose_another(
+    tiny_bank, tmp_path, monkeypatch
+):
+    """Probe 7: a read-only cache was named neither as the cache nor with $DPSEG_CACHE / --to."""
+    from prompt_bank.share import push_bank
+
+    remote = tmp_path / "remote.zarr"
+    push_bank(str(tiny_bank), f"file://{remote}", progress=False)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("DPSEG_CACHE", str(cache))
+    result = cli_where_mode_holds(cache, 0o555, "bank", "pull", f"file://{remote}", "--quiet")
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: the banks cache ($DPSEG_CACHE) '{cache}': "), line
+    assert line.endswith(
+        "set $DPSEG_CACHE to a folder you may write to, or pull with --to DIR (nothing was done)"
+    ), line
+    assert list(cache.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -1199,8 +1261,13 @@ def test_a_mistyped_preset_gets_a_did_you_mean(tmp_path):
             b"vocab: [cat, dog\ntemplates: x: y\n",
             "not valid YAML at line 2, column 10 (expected ',' or ']', but got ':'); fix the file",
         ),
+        (  # probe 7: the last one won silently (a one-class bank from two vocab lines)
+            b"vocab: red disc\nvocab: green square\n",
+            "not valid YAML at line 2, column 1 (the key 'vocab' is given twice (lines 1 and 2);"
+            " keep one); fix the file",
+        ),
     ],
-    ids=["latin-1", "malformed-yaml"],
+    ids=["latin-1", "malformed-yaml", "duplicate-key"],
 )
 @pytest.mark.parametrize(
     "command",
@@ -1220,6 +1287,28 @@ def test_a_config_file_that_is_not_utf8_or_yaml_is_one_line(
     assert cli.main([*command, "--config", str(config)]) == 2
     assert capsys.readouterr().err == f"error: --config {str(config)!r}: {expected}\n"
     assert not (tmp_path / "b.zarr").exists()
+
+
+def test_a_key_given_twice_is_refused_but_a_merged_key_may_be_set(tmp_path, capsys, world):
+    """Duplicate keys are invalid YAML 1.2 and PyYAML keeps the last; YAML's merge key (<<)
+    stays usable, its keys overridden in the mapping that merges them."""
+    from conftest import TINY
+
+    from common.config_files import read_config
+
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("base: &b {lr: 1, wd: 2}\nrun:\n  <<: *b\n  lr: 3\n")
+    assert read_config(str(merged))["run"] == {"lr": 3, "wd": 2}
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("a: {x: 1, x: 2}\n")
+    with pytest.raises(UserError, match=r"the key 'x' is given twice \(on line 1\)"):
+        read_config(str(flow))
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("data:\n  batch_size: 4\n  batch_size: 2\n")
+    argv = ["fit", "--config", str(TINY), "--config", str(world / "overlay.yaml")]
+    line = user_error(capsys, *argv, "--config", str(twice))
+    assert line.endswith("(the key 'batch_size' is given twice (lines 2 and 3); keep one); fix "
+                         "the file"), line  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -1385,6 +1474,19 @@ def test_storage_options_are_never_echoed(capsys, monkeypatch):
         "error: $DPSEG_STORAGE_OPTIONS is a JSON list; it must be a JSON object, e.g. "
         "'{\"anon\": true}'"
     )
+
+
+def test_a_generated_set_missing_a_split_gives_a_command_that_makes_it(tmp_path, capsys):
+    """Probe 7: the command printed for a missing split (`data synthetic --root R`) was refused,
+    since the folder holds a set made with other options; and `test` was told of --root."""
+    argv = ["data", "synthetic", "--root", str(tmp_path), "--train", "3", "--val", "2"]
+    assert run_main(capsys, *argv, "--quiet")[0] == 0
+    shutil.rmtree(tmp_path / "synthetic" / "images" / "val")
+    line = user_error(capsys, "data", "stats", "synthetic", "--root", str(tmp_path))
+    command = f"cli.py data synthetic --root {tmp_path} --train 3 --val 2 --size 128 --seed 0"
+    assert f"Prepare it with `{command}` (the datasets root: --root, or --data.root" in line
+    assert run_main(capsys, *command.split()[1:], "--quiet")[0] == 0
+    assert run_main(capsys, "data", "stats", "synthetic", "--root", str(tmp_path))[0] == 0
 
 
 def test_a_bank_path_that_is_a_link_loop_is_named_so(tmp_path, capsys):
@@ -2058,22 +2160,20 @@ def test_eval_masks_names_a_prediction_as_one(tmp_path, capsys):
     assert f"prediction {str(tmp_path / 'pred' / 'a.png')!r} has mode RGB" in out + err
 
 
-def test_fit_cut_by_a_file_size_limit_says_where_it_was_writing(world, tmp_path):
-    """Lightning's writes name no file: the line says what fit writes, and where."""
+def test_a_checkpoint_cut_by_a_full_disk_leaves_no_truncated_file(world, tmp_path):
+    """Probe 7: a disk that filled while a checkpoint was written left a truncated last.ckpt
+    (fsspec wrote it in /tmp, then copied it over), and the line named the /tmp file. The logs
+    fit under 1 MB; a checkpoint of the tiny model does not."""
     from conftest import TINY
 
     args = ["fit", "--config", str(TINY), "--config", str(world / "overlay.yaml")]
-    runs = tmp_path / "runs_here"
-    result = cli_under_file_size_limit(
-        *args, "--trainer.default_root_dir", str(runs), limit=20_000, cwd=tmp_path
-    )
+    result = cli_under_file_size_limit(*args, limit=1_000_000, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     line = one_error_line(result.stderr, only=False)
-    assert line.startswith("error: ") and "(EFBIG)" in line, line
-    expected = (
-        f"fit: writing the run's checkpoints, logs or results (--trainer.default_root_dir {runs})"
-    )
-    assert expected in line, line
+    assert line.startswith("error: runs/dpseg/version_0/checkpoints/step") and "(EFBIG)" in line
+    assert "/tmp/tmp" not in line and "nothing partial is left" in line, line
+    checkpoints = tmp_path / "runs" / "dpseg" / "version_0" / "checkpoints"
+    assert checkpoints.is_dir() and list(checkpoints.iterdir()) == []  # nothing truncated
 
 
 def test_prepare_beside_a_download_this_user_may_not_write_is_refused_before_converting(
