@@ -690,6 +690,26 @@ def test_a_full_disk_while_a_bank_is_sealed_leaves_a_bank_the_rerun_finishes(tmp
     assert verified.returncode == 0 and "verified" in verified.stdout, verified.stderr[-3000:]
 
 
+def test_a_full_disk_during_repair_names_the_bank_and_the_rerun_finishes(tiny_bank, tmp_path):
+    """Probe 7: a repair cut by a full disk named no file or folder (zarr's writes name none)."""
+    bank = tmp_path / "bank.zarr"
+    shutil.copytree(tiny_bank, bank)
+    shard = next(
+        p
+        for p in (bank / "visual" / "images").rglob("*")
+        if p.is_file() and p.stat().st_size > 8192
+    )
+    shard.unlink()
+    cut = cli_under_file_size_limit("bank", "repair", str(bank), "--quiet", limit=8192)
+    assert cut.returncode == 2, cut.stderr[-3000:]
+    line = one_error_line(cut.stderr, only=False)
+    assert line.startswith(f"error: writing in {bank}: File too large (EFBIG)"), line
+    assert "finished work is kept" in line
+    again = run_cli("bank", "repair", str(bank), "--quiet")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert run_cli("bank", "verify", str(bank)).returncode == 0
+
+
 def test_a_folder_where_the_card_goes_is_named_before_the_seal_writes_anything(
     tiny_bank, tmp_path, capsys
 ):
