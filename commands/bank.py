@@ -181,6 +181,8 @@ def cmd_bank_verify(args: argparse.Namespace) -> int:
 
     if args.regenerate < 0:
         raise SettingError(f"--regenerate {args.regenerate}: give 0 or more items to rebuild")
+    if args.seed < 0:  # numpy's seeds are unsigned (a probe: a traceback)
+        raise SettingError(f"--seed {args.seed}: give 0 or more")
     if not args.tolerance >= 0:  # NaN too
         raise SettingError(f"--tolerance {args.tolerance}: give 0 or more (0: bit-identical)")
 

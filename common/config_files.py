@@ -34,6 +34,13 @@ class _StrictLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             key = self.construct_object(key_node, deep=True)
+            if key is None:  # `null: 3` or `: 3` (a probe: "Key must be a string, got: None")
+                raise DuplicateKeyError(
+                    None,
+                    None,
+                    "a key is empty (null); give the setting's name",
+                    key_node.start_mark,
+                )
             try:
                 first = seen.get(key)
             except TypeError:  # an unhashable key: PyYAML's own error follows

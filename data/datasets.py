@@ -123,7 +123,7 @@ def _pixels(n: int) -> str:
 def _over_the_limit(size: str, limit: int) -> tuple[str, str]:
     """(reason, fix) for an image of ``size`` pixels over ``limit``."""
     return (
-        f"{size} pixels, more than the limit of {_pixels(limit)} (--max-pixels)",
+        f"{size} pixels, more than the limit of {_pixels(limit)} (--max-pixels or $DPSEG_MAX_PIXELS)",
         "resize it, or raise the limit (segment --max-pixels N, or $DPSEG_MAX_PIXELS)",
     )
 

@@ -24,6 +24,7 @@ an argmax (VIP's ``cls_ade20k.txt`` has ``shower`` twice); ``allow_duplicates=Tr
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
@@ -62,6 +63,11 @@ BUILTIN_VOCABULARIES = (
 """Shipped with the package (``data/vocabularies/<name>.txt``)."""
 
 VOCAB_DIR_ENV = "DPSEG_VOCAB_DIR"
+MAX_FILE_BYTES = 16_000_000
+"""(ours) The largest vocabulary file read: ade847's is 20 kB, LVIS's with synonyms about 100 kB;
+a 3 GB file was read whole (about 9 bytes of memory per byte) before any check (a probe)."""
+MAX_CLASSES = 100_000
+"""(ours) The most classes a vocabulary may hold (ImageNet-21k has 21,841)."""
 MAX_ENTRY = 1000
 """The longest vocabulary entry, in characters (ours: the longest of the reference lists, VIP's
 VOC-21 aliases, is 465; a name is encoded into every template's prompt and kept in the bank's
@@ -143,6 +149,11 @@ class Vocabulary:
         where = source or name
         classes = []
         first_seen: dict[tuple[str, ...], int] = {}
+        if len(entries) > MAX_CLASSES:
+            raise VocabularyError(
+                f"{where}: {len(entries)} classes, more than the {MAX_CLASSES} a vocabulary may "
+                "hold; give a list of class names"
+            )
         for i, entry in enumerate(entries, start=1):
             if not isinstance(entry, str):
                 raise VocabularyError(
@@ -181,7 +192,8 @@ class Vocabulary:
             # A stray trailing comma ("marble floor, marble flooring, " in VIP's COCO-Stuff
             # file) adds an empty synonym: dropped, since an empty prompt would be encoded.
             synonyms = tuple(s for s in parts if s)
-            key = tuple(s.casefold() for s in synonyms)
+            key = tuple(dict.fromkeys(s.casefold() for s in synonyms))  # a repeated synonym
+            # adds no prompt of its own ('red disc, red disc' is 'red disc'; found by a probe)
             if key in first_seen and not allow_duplicates:
                 raise VocabularyError(
                     f"{where}: entry {i} ({entry!r}) repeats entry {first_seen[key]}; two "
@@ -201,6 +213,14 @@ def read_vocabulary_file(
 ) -> Vocabulary:
     """Read a ``.json`` list (CAT-Seg format) or a text file with one class per line."""
     path = Path(path)
+    with contextlib.suppress(OSError):  # an unreadable file is named below
+        size = path.stat().st_size
+        if path.is_file() and size > MAX_FILE_BYTES:  # read whole, it was gigabytes of memory
+            raise VocabularyError(
+                f"vocabulary file {str(path)!r} is {size / 1e6:.0f} MB, more than the "
+                f"{MAX_FILE_BYTES // 1_000_000} MB a vocabulary may take (ade847's is 20 kB); "
+                "give a file of class names, one per line"
+            )
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte order mark (Windows editors) goes
     except OSError as e:
@@ -355,6 +375,11 @@ def load_vocabulary(
         if candidate.is_file():
             vocab = read_vocabulary_file(candidate, allow_duplicates, separator)
             return Vocabulary(name=text, classes=vocab.classes, source=vocab.source)
+        if os.path.lexists(candidate):  # a link to a device or nowhere, a folder, a pipe: named
+            raise VocabularyError(  # (a probe: "unknown vocabulary 'zero'; did you mean zero?")
+                f"vocabulary {text!r}: {str(candidate)!r} is not a regular file (a folder, pipe, "
+                "device, or a link that cannot be followed); put the class list there as a file"
+            )
     known = list_vocabularies()
     close = difflib.get_close_matches(text.casefold(), list(known), n=1, cutoff=0.8)
     if close or _looks_like_a_name(text):

@@ -272,7 +272,8 @@ def test_read_image_refuses_a_bomb_and_garbage_as_user_errors(files):
     # decompression bomb DOS attack" and "whatever --max-pixels says", which was not so
     with pytest.raises(
         UnreadableImageError,
-        match=r"bomb.png.*400 M pixels, more than the limit of 80 M \(--max-pixels\).*resize "
+        match=r"bomb.png.*400 M pixels, more than the limit of 80 M \(--max-pixels or "
+        r"\$DPSEG_MAX_PIXELS\).*resize "
         r"it, or raise the limit",
     ):
         read_image(files["bomb"])
@@ -1509,6 +1510,37 @@ def test_a_generated_set_missing_a_split_gives_a_command_that_makes_it(tmp_path,
     assert run_main(capsys, "data", "stats", "synthetic", "--root", str(tmp_path))[0] == 0
 
 
+def test_probe_8_inputs_are_one_line(tiny_bank, tmp_path, capsys, monkeypatch):
+    """Probe 8: `bank verify --seed -3` was a numpy traceback; a vocabulary file of gigabytes
+    was read whole (minutes, gigabytes of memory); a synonym repeated within an entry evaded the
+    duplicate-class check; a config key `null` was jsonargparse's bare "Key must be a string"."""
+    line = user_error(capsys, "bank", "verify", str(tiny_bank), "--regenerate", "1", "--seed", "-3")
+    assert line == "error: --seed -3: give 0 or more"
+    huge = tmp_path / "huge.txt"
+    with huge.open("wb") as f:
+        f.truncate(3_000_000_000)  # sparse: no disk used
+    line = user_error(capsys, "vocab", str(huge))
+    assert line == (
+        f"error: vocabulary file {str(huge)!r} is 3000 MB, more than the 16 MB a vocabulary may "
+        "take (ade847's is 20 kB); give a file of class names, one per line"
+    )
+    line = user_error(capsys, "vocab", "red disc, red disc; red disc")
+    assert "entry 2 (' red disc') repeats entry 1" in line, line
+    vocab_dir = tmp_path / "vocab"
+    vocab_dir.mkdir()
+    (vocab_dir / "zero.txt").symlink_to("/dev/zero")
+    monkeypatch.setenv("DPSEG_VOCAB_DIR", str(vocab_dir))
+    line = user_error(capsys, "vocab", "zero")
+    assert line.startswith(f"error: vocabulary 'zero': '{vocab_dir}/zero.txt' is not a regular")
+    config = tmp_path / "nullkey.yaml"
+    config.write_text("vocab: red disc\nnull: 3\n")
+    line = user_error(capsys, "bank", "build", "--config", str(config), "--out", "x.zarr")
+    assert line == (
+        f"error: --config {str(config)!r}: not valid YAML at line 2, column 1 (a key is empty "
+        "(null); give the setting's name); fix the file"
+    )
+
+
 def test_a_bank_path_that_is_a_link_loop_is_named_so(tmp_path, capsys):
     """Probe 6: `bank info` on a link loop said "build one there", which build refuses."""
     (tmp_path / "a.zarr").symlink_to("b.zarr")
@@ -2344,7 +2376,10 @@ def test_segment_lines_say_what_was_read_and_what_redo_does(trained, tmp_path, c
     monkeypatch.setenv("DPSEG_MAX_PIXELS", str(MAX_PIXELS))
     line = user_error(capsys, *argv, "--out", str(tmp_path / "big"), "--max-pixels", "1")
     assert line.startswith("error: --images: none of the 2 images could be segmented ("), line
-    assert "32 x 32 = 1024 pixels, more than the limit of 1 (--max-pixels)" in line, line
+    assert (
+        "32 x 32 = 1024 pixels, more than the limit of 1 (--max-pixels or $DPSEG_MAX_PIXELS)"
+        in line
+    ), line
     monkeypatch.setenv("DPSEG_MAX_PIXELS", str(MAX_PIXELS))
     real = model.predictor.write_prediction
 
