@@ -287,11 +287,29 @@ def main(argv: list[str] | None = None, script: bool = False) -> int:
                 f"{argv[0]}: writing the run's checkpoints, logs or results ({', '.join(named)})"
             )
         after = KEPT if command is not None and command.keeps_finished_work else NOTHING_LEFT
+        kept = _whole_checkpoint_beside(e.filename) if argv and argv[0] == "fit" else None
+        if kept is not None:  # the steps trained are not lost (a probe: "run it again" restarted)
+            after = (
+                f"nothing partial is left, and {kept} is whole: resume from it with the same "
+                f"command and --ckpt_path {kept}"
+            )
         return _one_line(f"error: {storage_fault(e, where, after)}", 2)
     except Exception as e:  # a store's client failed a request that no command wraps
         if not _remote_failure(e):
             raise
         return _one_line(f"error: {_remote_fault(e, argv, command)}", 2)
+
+
+def _whole_checkpoint_beside(filename) -> str | None:
+    """The newest other checkpoint in the folder of the checkpoint whose write failed (written
+    whole: model.lightning_cli.AtomicCheckpointIO), or None."""
+    from pathlib import Path
+
+    if not isinstance(filename, str) or not filename.endswith(".ckpt"):
+        return None
+    folder = Path(filename).parent
+    others = [p for p in folder.glob("*.ckpt") if p != Path(filename) and p.is_file()]
+    return str(max(others, key=lambda p: p.stat().st_mtime)) if others else None
 
 
 def _remote_failure(error: BaseException) -> bool:

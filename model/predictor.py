@@ -100,6 +100,7 @@ class Predictor(ImagePredictor):
         self.prompts: Prompts | None = None
         self.background: int | None = None  # the vocabulary's "background" class (round II)
         self.sources: dict[str, str] = {}  # class -> "bank", "generated" or "text"
+        self.recorded_in = "the checkpoint"  # what records the training banks, for messages
 
     @classmethod
     def from_checkpoint(
@@ -119,7 +120,9 @@ class Predictor(ImagePredictor):
         from model.share import load_model
 
         device = check_device(device)
-        return cls._with_rounds(load_model(path), device, rounds)
+        predictor = cls._with_rounds(load_model(path), device, rounds)
+        predictor.recorded_in = "the model folder's config.json"  # not a checkpoint (a probe)
+        return predictor
 
     @classmethod
     def _with_rounds(cls, module: DPSegModule, device, rounds: int | None) -> Predictor:
@@ -170,8 +173,8 @@ class Predictor(ImagePredictor):
         records is not here" (or that it records none)."""
         recorded = self.recorded_banks()
         if not recorded:
-            return "the checkpoint records no training bank"
-        return f"the training bank {recorded[0]!r} that the checkpoint records is not here"
+            return f"{self.recorded_in} records no training bank"
+        return f"the training bank {recorded[0]!r} that {self.recorded_in} records is not here"
 
     def set_vocabulary(
         self,

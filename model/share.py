@@ -30,6 +30,7 @@ hold the constructor's arguments alone, ours also the provenance a load checks).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -236,6 +237,14 @@ def pull_model(
                 f"{url}: no {CONFIG} there, so no model; check the URL (a model is pushed with "
                 "`cli.py model push MODEL URL`)"
             )
+        try:
+            json.loads(raw)
+        except ValueError:  # a login or error page (a probe: "export the model again")
+            raise ModelFileError(
+                f"{url}: the server answered {CONFIG} with something that is not JSON (it "
+                f"begins {raw[:40]!r}): a login or error page, or a wrong URL; check the URL "
+                "and the credentials (--storage-options, $DPSEG_STORAGE_OPTIONS)"
+            ) from None
         config = parse_config(raw, f"{url}/{CONFIG}", "URL")
         key = model_key(raw)
         target = Path(to) if to is not None else cache / key

@@ -290,3 +290,33 @@ def test_push_refuses_a_config_json_the_weights_do_not_fit(exported, tmp_path):
     with pytest.raises(ModelFileError, match=r"model\.safetensors does not fit the model"):
         push_model(folder, f"file://{tmp_path / 'remote'}", progress=False)
     assert not (tmp_path / "remote").exists()
+
+
+def test_a_model_folder_is_named_as_what_records_its_banks(exported, monkeypatch):
+    """Probe 8: `segment --model DIR` with a moved bank said "the checkpoint records"."""
+    from model.predictor import Predictor
+
+    predictor = Predictor.from_pretrained(exported)
+    monkeypatch.setattr(predictor, "recorded_banks", lambda: ["/gone/bank.zarr"])
+    assert predictor.missing_bank_note() == (
+        "the training bank '/gone/bank.zarr' that the model folder's config.json records is not "
+        "here"
+    )
+
+
+def test_a_server_answering_a_page_instead_of_the_config_is_named_so(tmp_path):
+    """Probe 8: an HTML page for config.json was "edited or damaged; export the model again"."""
+    from model.export import ModelFileError
+    from model.share import pull_model
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("<html>login</html>")
+    with RangeHTTPServer(tmp_path) as server:
+        url = f"{server.url}/m"
+        with pytest.raises(ModelFileError) as raised:
+            pull_model(url, tmp_path / "to", progress=False)
+    assert str(raised.value) == (
+        f"{url}: the server answered config.json with something that is not JSON (it begins "
+        "b'<html>login</html>'): a login or error page, or a wrong URL; check the URL and the "
+        "credentials (--storage-options, $DPSEG_STORAGE_OPTIONS)"
+    )

@@ -2228,6 +2228,33 @@ def test_a_checkpoint_cut_by_a_full_disk_leaves_no_truncated_file(world, tmp_pat
     assert checkpoints.is_dir() and list(checkpoints.iterdir()) == []  # nothing truncated
 
 
+def test_a_full_disk_at_a_later_checkpoint_names_the_whole_one_to_resume_from(
+    tmp_path, capsys, monkeypatch
+):
+    """Probe 8: "run the command again" after a full disk at a later checkpoint trained from
+    step 0, although an earlier checkpoint was whole."""
+    import errno
+    import os
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "step10.ckpt").write_bytes(b"whole")
+    os.utime(folder / "step10.ckpt", (1, 1))
+    (folder / "step20.ckpt").write_bytes(b"whole too")
+    failed = folder / "last.ckpt"
+
+    def full_disk(argv):
+        raise OSError(errno.ENOSPC, "No space left on device", str(failed))
+
+    monkeypatch.setattr(cli, "lightning_main", full_disk)
+    line = user_error(capsys, "fit", "--config", "x.yaml")
+    assert line == (
+        f"error: {failed}: No space left on device (ENOSPC); free some space or choose another "
+        f"folder (nothing partial is left, and {folder / 'step20.ckpt'} is whole: resume from "
+        f"it with the same command and --ckpt_path {folder / 'step20.ckpt'})"
+    )
+
+
 def test_prepare_beside_a_download_this_user_may_not_write_is_refused_before_converting(
     open_place,
 ):
