@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from prompt_bank.format import BankFormatError, validate_group
+from prompt_bank.format import REFETCH, BankFormatError, validate_group
 from prompt_bank.integrity import (  # noqa: F401  (the reading side, re-exported)
     content_key,
     disagreement_error,
@@ -21,6 +21,7 @@ from prompt_bank.integrity import (  # noqa: F401  (the reading side, re-exporte
     read_manifest_body,
     seal_disagreements,
     sealed_contents,
+    shard_key,
 )
 from prompt_bank.store import Bank, open_group
 
@@ -62,6 +63,32 @@ def manifest_hashes(group, layout) -> tuple[dict[str, str | None], int] | None:
     return hashes, size
 
 
+def manifest_disagreement(group, layout, contents: dict) -> str | None:
+    """How a sealed bank's manifests disagree with its seal (an object listed that the seal
+    does not hold, a total size, a shard's number or classes), or None; what readers and repair
+    use must be what the seal vouches for (a probe found an edited manifest verified and pushed,
+    then refused by every pull)."""
+    found = manifest_hashes(group, layout)
+    if found is None:
+        return "a manifest is missing, garbled or unsettled"
+    hashes, size = found
+    if hashes != contents["objects"]:
+        odd = sorted(set(hashes) ^ set(contents["objects"])) or sorted(
+            k for k in hashes if hashes[k] != contents["objects"].get(k)
+        )
+        return f"the manifests list objects the seal does not ({', '.join(odd[:3])})"
+    if size != contents["bytes"]:
+        return f"the manifests' sizes add up to {size} bytes, the seal says {contents['bytes']}"
+    for shard, (k0, k1) in enumerate(layout.shard_ranges()):
+        body = read_manifest_body(group.store, shard) or {}
+        if body.get("shard") != shard or body.get("classes") != [k0, k1]:
+            return (
+                f"manifest/shard-{shard:05d}.json names shard {body.get('shard')!r}, classes "
+                + (f"{body.get('classes')!r}; it is shard {shard}, classes [{k0}, {k1}]")
+            )
+    return None
+
+
 def consolidate(location: str) -> None:
     """Put every array's metadata into the root zarr.json (one request opens the bank).
 
@@ -95,6 +122,17 @@ def seal_bank(location: str) -> int:
     if found is None or not done.all():
         return Bank(location, group, layout).nbytes_stored()
     hashes, size = found
+    objects = {
+        shard_key(group[path], shard)
+        for path in layout.arrays()
+        for shard in range(len(layout.shard_ranges()))
+    }
+    stray = sorted(set(hashes) - objects)
+    if stray:  # never sealed in (a probe: repair sealed an edited manifest's extra entry)
+        raise BankFormatError(
+            f"{location}: its manifests list objects that are no part of the bank "
+            f"({', '.join(stray[:3])}; edited or damaged), so it is not sealed: {REFETCH}"
+        )
     attrs = dict(group.attrs)
     attrs.pop("previous_contents", None)
     attrs["contents"] = {

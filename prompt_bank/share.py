@@ -36,7 +36,13 @@ from prompt_bank.integrity import (
     require_intact,
 )
 from prompt_bank.safety import LOCK_KEY, TAKEOVER_KEY, check_output
-from prompt_bank.seal import CARD_KEY, manifest_hashes, seal_disagreements, sealed_contents
+from prompt_bank.seal import (
+    CARD_KEY,
+    manifest_disagreement,
+    manifest_hashes,
+    seal_disagreements,
+    sealed_contents,
+)
 from prompt_bank.store import Bank, filesystem, is_url, remote_errors, resolve_storage_options
 
 TRANSFER_BATCH = 16  # requests at once (ours: bounded, a small server's listen backlog holds them)
@@ -230,6 +236,12 @@ def push_bank(location: str, url: str, storage_options: dict | None = None, prog
             f"bank push: {location}: objects {', '.join(differ[:3])} are not the ones the bank "
             "was sealed with (copied in from another bank?); nothing was uploaded. Rebuild them "
             f"with: python cli.py bank repair {location}"
+        )
+    manifests = manifest_disagreement(bank.group, bank.layout, contents)
+    if manifests is not None:  # a pull would refuse the copy (a probe)
+        raise BankMismatchError(
+            f"bank push: {location}: {manifests} (edited or damaged); nothing was uploaded: "
+            f"{REFETCH}"
         )
     wrong = card_problem(location, dict(bank.attrs))
     if wrong is not None:  # never a file from elsewhere, never a card that lies (a probe)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pretrained.fingerprint import fingerprint_mismatch
-from prompt_bank.format import BankFormatError
+from prompt_bank.format import REFETCH, BankFormatError
 from prompt_bank.integrity import check_shard, mend_advice
 from prompt_bank.seal import sealed_contents
 from prompt_bank.store import Bank, is_url
@@ -74,6 +74,15 @@ def _check_shards(bank: Bank, report: VerifyReport) -> dict[str, np.ndarray] | N
             if not stale
             else f"{len(stale)} objects differ from zarr.json's contents ({', '.join(stale[:3])}) "
             f"({repair})",
+        )
+    if sealed is not None and not problems:  # what repair and pull read must be the seal's
+        from prompt_bank.seal import manifest_disagreement
+
+        wrong = manifest_disagreement(bank.group, bank.layout, sealed)
+        report.add(
+            "manifests",
+            wrong is None,
+            "agree with the seal" if wrong is None else f"{wrong} (edited or damaged: {REFETCH})",
         )
     if sealed is not None and not is_url(bank.location):  # the card, which no hash covers
         from prompt_bank.card import card_problem

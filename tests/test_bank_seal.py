@@ -738,3 +738,31 @@ def test_a_pull_writes_the_card_its_sealed_attributes_give(reference, tmp_path):
     assert (Path(pulled["path"]) / "README.md").read_bytes() == (
         reference / "README.md"
     ).read_bytes()
+
+
+@pytest.mark.parametrize("edit", ["extra object", "shard number", "sizes"])
+def test_a_manifest_that_disagrees_with_the_seal_is_failed_refused_and_never_sealed(
+    reference, tmp_path, cli_in_process, edit
+):
+    """Probe 9: a manifest edited to list an object the bank has not was verified, pushed (a
+    copy no pull accepts) and sealed in by repair; its shard number and sizes went unchecked."""
+    bank = copy_of(reference, tmp_path)
+    path = bank / "manifest" / "shard-00001.json"
+    body = json.loads(path.read_text())
+    if edit == "extra object":
+        body["objects"]["visual/level_9/c/1/0/0"] = ["ab" * 32]
+    elif edit == "shard number":
+        body["shard"] = 0
+    else:
+        body["sizes"] = {k: 1 for k in body["sizes"]}
+    path.write_text(json.dumps(body))
+    verified = cli_in_process("bank", "verify", str(bank))
+    assert verified.returncode == 1 and "FAIL  manifests: " in verified.stdout
+    pushed = cli_in_process("bank", "push", str(bank), f"file://{tmp_path / 'remote.zarr'}")
+    assert pushed.returncode == 2 and "nothing was uploaded" in pushed.stderr
+    assert not (tmp_path / "remote.zarr").exists()
+    if edit == "extra object":
+        repaired = cli_in_process("bank", "repair", str(bank), "--quiet")
+        assert repaired.returncode == 2
+        assert "its manifests list objects that are no part of the bank" in repaired.stderr
+        assert cli_in_process("bank", "verify", str(bank)).returncode == 1  # not sealed in
