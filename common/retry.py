@@ -2,7 +2,8 @@
 again, a few times, with a growing pause (ours: fsspec's HTTP filesystem retries nothing, and a
 pull of thousands of objects should not die of one 503 or one cut connection).
 
-Transient: an HTTP 5xx, 408 or 429, a body cut short, a connection reset, refused or timed out.
+Transient: an HTTP 5xx (but 501 and 505, which answer the same every time), 408 or 429, a body
+cut short, a connection reset, refused or timed out.
 Not transient (raised at once): a missing object (404, FileNotFoundError), a refusal (401/403),
 a bad certificate, and every local error.
 """
@@ -34,7 +35,10 @@ def transient(error: BaseException) -> bool:
         aiohttp = None
     if aiohttp is not None:
         if isinstance(error, aiohttp.ClientResponseError):
-            return error.status in (408, 429) or error.status >= 500
+            # 501 (a method the server does not have) and 505 answer the same every time
+            return error.status in (408, 429) or (
+                error.status >= 500 and error.status not in (501, 505)
+            )
         if isinstance(error, aiohttp.ClientSSLError):
             return False
         if isinstance(error, (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)):

@@ -43,6 +43,7 @@ from common.io import remove_staging
 from common.progress import ProgressBar
 from common.retry import with_retries
 from model.export import CARD, CONFIG, ModelFileError, check_weights, parse_config, read_config
+from prompt_bank.integrity import read_only_url
 from prompt_bank.store import filesystem, is_url, remote_errors, resolve_storage_options
 
 FILES = ("model.safetensors", CARD, CONFIG)  # the upload order: config.json last
@@ -92,7 +93,7 @@ def push_model(
     """
     if is_url(str(folder)):
         raise ModelFileError(f"model push: MODEL {str(folder)!r} must be a local model folder")
-    if url.split("://", 1)[0] in ("http", "https"):  # before any request (a probe: HTTP 501)
+    if read_only_url(url):  # before any request (a probe: HTTP 501)
         raise ModelFileError(
             f"model push: URL {url}: an http(s) URL can be read but not written; push to a "
             "writable URL (file://, s3://, gs://, hf://ORG/NAME), then serve that"

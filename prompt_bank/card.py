@@ -197,7 +197,9 @@ def card_problem(location: str, attrs: dict) -> str | None:
     Found by a probe: an edited card was verified, pushed and pulled as it was."""
     import os
 
-    path = os.path.join(str(location), "README.md")
+    from prompt_bank.seal import CARD_KEY
+
+    path = os.path.join(str(location), CARD_KEY)
     if os.path.islink(path):
         return f"README.md (the card) is a link to {os.readlink(path)}, not the bank's own file"
     if not os.path.lexists(path):

@@ -48,13 +48,14 @@ def unseal(group) -> None:
         put_object(group.store, CARD_KEY, None)
 
 
-def manifest_hashes(group, layout) -> tuple[dict[str, str | None], int] | None:
+def manifest_hashes(group, layout, bodies: list | None = None):
     """Every shard object's sha256 and their total size, from the manifests (one request per
-    shard); None unless every flush is finished."""
+    shard; ``bodies``: the manifests already read); None unless every flush is finished."""
+    if bodies is None:
+        bodies = [read_manifest_body(group.store, i) for i in range(len(layout.shard_ranges()))]
     hashes: dict[str, str | None] = {}
     size = 0
-    for shard in range(len(layout.shard_ranges())):
-        body = read_manifest_body(group.store, shard)
+    for body in bodies:
         entries = (body or {}).get("objects")
         if not entries or any(len(v) != 1 for v in entries.values()) or "sizes" not in body:
             return None
@@ -68,7 +69,8 @@ def manifest_disagreement(group, layout, contents: dict) -> str | None:
     does not hold, a total size, a shard's number or classes), or None; what readers and repair
     use must be what the seal vouches for (a probe found an edited manifest verified and pushed,
     then refused by every pull)."""
-    found = manifest_hashes(group, layout)
+    bodies = [read_manifest_body(group.store, i) for i in range(len(layout.shard_ranges()))]
+    found = manifest_hashes(group, layout, bodies)
     if found is None:
         return "a manifest is missing, garbled or unsettled"
     hashes, size = found
@@ -79,8 +81,7 @@ def manifest_disagreement(group, layout, contents: dict) -> str | None:
         return f"the manifests list objects the seal does not ({', '.join(odd[:3])})"
     if size != contents["bytes"]:
         return f"the manifests' sizes add up to {size} bytes, the seal says {contents['bytes']}"
-    for shard, (k0, k1) in enumerate(layout.shard_ranges()):
-        body = read_manifest_body(group.store, shard) or {}
+    for shard, ((k0, k1), body) in enumerate(zip(layout.shard_ranges(), bodies, strict=True)):
         if body.get("shard") != shard or body.get("classes") != [k0, k1]:
             return (
                 f"manifest/shard-{shard:05d}.json names shard {body.get('shard')!r}, classes "

@@ -19,6 +19,7 @@ def _status(code: int) -> aiohttp.ClientResponseError:
     [
         (_status(500), True),
         (_status(503), True),
+        (_status(501), False),
         (_status(429), True),
         (_status(408), True),
         (_status(403), False),
