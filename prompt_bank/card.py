@@ -197,7 +197,7 @@ def card_problem(location: str, attrs: dict) -> str | None:
     Found by a probe: an edited card was verified, pushed and pulled as it was."""
     import os
 
-    from prompt_bank.seal import CARD_KEY
+    from prompt_bank.format import CARD_KEY
 
     path = os.path.join(str(location), CARD_KEY)
     if os.path.islink(path):

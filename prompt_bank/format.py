@@ -65,6 +65,8 @@ LEVEL_DTYPES = ("float16", "float32")
 
 
 REFETCH = "get the bank again from its source, or rebuild it"
+CARD_KEY = "README.md"
+"""The bank's card (``prompt_bank.card``), written by the seal beside the arrays."""
 """The fix for a bank whose metadata was edited after it was made (nothing of it can be trusted)."""
 
 

@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from prompt_bank.format import REFETCH, BankFormatError, validate_group
+from prompt_bank.format import CARD_KEY, REFETCH, BankFormatError, validate_group
 from prompt_bank.integrity import (  # noqa: F401  (the reading side, re-exported)
     content_key,
     disagreement_error,
@@ -24,8 +24,6 @@ from prompt_bank.integrity import (  # noqa: F401  (the reading side, re-exporte
     shard_key,
 )
 from prompt_bank.store import Bank, open_group
-
-CARD_KEY = "README.md"
 
 # zarr's warnings about what consolidation meets in a bank are expected (the manifests, card and
 # lock beside the arrays are not zarr nodes; consolidated metadata is zarr-python's extension to
