@@ -8,6 +8,7 @@ in one :class:`CheckpointError` that names the option, the file and the fix.
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -22,8 +23,11 @@ class CheckpointError(UnreadableFileError):
 
 
 def _fix(option: str, path: str) -> str:
+    """The message template (``{why}`` to fill); braces of the path doubled, so that a file named
+    ``a{b}.ckpt`` is named, not a KeyError of ``str.format``."""
+    quoted = repr(path).replace("{", "{{").replace("}", "}}")
     return (
-        f"{option} {path!r}: not a checkpoint of cli.py fit ({{why}}); pass a .ckpt file that "
+        f"{option} {quoted}: not a checkpoint of cli.py fit ({{why}}); pass a .ckpt file that "
         "cli.py fit wrote (runs/dpseg/version_N/checkpoints/last.ckpt)"
     )
 
@@ -64,8 +68,21 @@ def check_checkpoint(path: str | os.PathLike, option: str = "--ckpt") -> Path:
 
 def reading_failed(error: BaseException, path: str | os.PathLike, option: str = "--ckpt"):
     """The :class:`CheckpointError` for an error torch or Lightning raised reading ``path``
-    (an archive that passed :func:`check_checkpoint` but whose content is not a checkpoint)."""
-    first = one_line(str(error).strip().splitlines()[0] if str(error).strip() else type(error))
+    (an archive that passed :func:`check_checkpoint` but whose content is not a checkpoint).
+
+    A pickle that names code (a class, a function: what ``weights_only=True`` refuses) is said
+    to be so, without torch's advice to load it with ``weights_only=False``, which would run
+    that code (a fault probe: the one line repeated it)."""
+    text = str(error)
+    if "weights_only" in text or "Weights only load failed" in text:
+        named = re.search(r"GLOBAL ([\w.]{1,80})", text)
+        what = f", such as {named.group(1)}" if named else ""
+        why = (
+            f"it holds objects other than tensors and plain data{what}, so it is not loaded: "
+            "loading it could run code"
+        )
+        return CheckpointError(_fix(option, str(path)).format(why=why))
+    first = one_line(text.strip().splitlines()[0] if text.strip() else type(error))
     return CheckpointError(_fix(option, str(path)).format(why=f"{type(error).__name__}: {first}"))
 
 

@@ -8,7 +8,8 @@
         config.json         all that rebuilds it: the encoder (name, weights source, revision,
                             fingerprint, licence), the DPSeg config, the inference settings, the
                             banks it was trained with, the training step, the weights' sha256
-        README.md           the card: what it is, what trained it, how to use it
+        README.md           the card: what it is, what trained it, how to use it (written
+                            from config.json by card_bytes; a push checks it, a pull writes it)
 
 Loading (``model.share.load_model``) reads safetensors only, checks the weights' sha256 against
 ``config.json`` (a changed or damaged file is one line), rebuilds the network from the config and
@@ -162,12 +163,47 @@ def _write_folder(module, raw: dict, state: dict, scores: list, ckpt, out: Path)
             "parameters": sum(int(v.numel()) for v in state.values()),
         },
     }
-    (out / CONFIG).write_text(json.dumps(config, indent=2, default=str))
-    (out / CARD).write_text(model_card(config))
+    text = json.dumps(config, indent=2, default=str)
+    (out / CONFIG).write_text(text)
+    # the card of the config as it reads back: what a push checks and a pull writes
+    (out / CARD).write_bytes(card_bytes(json.loads(text)))
+
+
+def card_bytes(config: dict) -> bytes:
+    """The card (README.md) that a model's ``config.json`` gives, as export writes it: the one
+    source of the card's text (a checkpoint name that is not UTF-8 is shown escaped).
+
+    Raises:
+        KeyError, TypeError, AttributeError, ValueError: ``config`` lacks what a card shows (a
+            config.json that export did not write).
+    """
+    return model_card(config).encode("utf-8", "backslashreplace")
+
+
+def card_problem(folder: str | os.PathLike, config: dict) -> str | None:
+    """What is wrong with a model folder's card (README.md), which the content key (the sha256
+    of config.json) does not cover: missing, a link (a push would send the file it points to),
+    not a file, or other bytes than the card its ``config.json`` gives (an edited licence);
+    None when it is that card. Found by a fault probe: an edited or missing card was pushed and
+    pulled under the same content key."""
+    path = Path(folder) / CARD
+    if path.is_symlink():
+        return f"{CARD} (the card) is a link to {os.readlink(path)}, not the model's own file"
+    if not os.path.lexists(path):
+        return f"{CARD} (the card) is missing"
+    if not path.is_file():
+        return f"{CARD} (the card) is not a file"
+    try:
+        expected = card_bytes(config)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return f"its {CONFIG} lacks what the card shows (not one that export wrote)"
+    if path.read_bytes() != expected:
+        return f"{CARD} (the card) is not the one its {CONFIG} gives (edited?)"
+    return None
 
 
 def model_card(config: dict) -> str:
-    """README.md of an exported model."""
+    """README.md of an exported model (written as :func:`card_bytes`)."""
     enc, model = config["encoder"], config["model"]
     banks = (
         "\n".join(

@@ -17,8 +17,16 @@ weights' sha256) and ``README.md``.
   (``~/.cache/...``; ``$DPSEG_CACHE/models``): pulling a model that is there downloads only its
   config, whatever URL it comes from.
 - **Dedupe and repair**: pushing to a URL that holds the same model uploads nothing when the
-  remote weights hash right, and uploads them again when they do not; a URL holding another
-  model is refused.
+  remote weights hash right and its card is the one config.json gives; it uploads the weights
+  again when they do not hash right, the card alone when only the card differs; a URL holding
+  another model is refused.
+- **The card** (``README.md``) is not in the content key, so it is held to ``config.json``
+  (ours, as a bank's card is held to its attributes; a fault probe pushed and pulled an edited
+  licence under the same key): a push refuses a folder whose card is missing, a link, not a file
+  or not the card its config.json gives (``model.export.card_problem``), and a pull writes the
+  card its config.json gives (``model.export.card_bytes``) and never reads the remote's, so a
+  remote card that differs is corrected, not refused. A cached copy whose card differs is pulled
+  again. Loading a folder does not look at the card.
 - **Errors**: a missing model, a damaged download, no network or no credentials end in one
   line.
 
@@ -42,7 +50,16 @@ from common.errors import staged_write
 from common.io import remove_staging
 from common.progress import ProgressBar
 from common.retry import with_retries
-from model.export import CARD, CONFIG, ModelFileError, check_weights, parse_config, read_config
+from model.export import (
+    CARD,
+    CONFIG,
+    ModelFileError,
+    card_bytes,
+    card_problem,
+    check_weights,
+    parse_config,
+    read_config,
+)
 from prompt_bank.integrity import read_only_url
 from prompt_bank.store import filesystem, is_url, remote_errors, resolve_storage_options
 
@@ -85,11 +102,13 @@ def push_model(
 ) -> dict:
     """Upload an exported model folder to ``url`` after checking its weights.
 
-    Returns {"url", "uploaded" (bytes; 0: the URL held it already), "key", "repaired"}.
+    Returns {"url", "uploaded" (bytes; 0: the URL held it already), "key", "repaired" (the URL
+    held this model with damaged or missing weights, or another card: those were sent again)}.
 
     Raises:
-        ModelFileError: the folder is not a complete, unchanged export, or ``url`` holds another
-            model. RemoteError: the store could not be reached or refused the upload.
+        ModelFileError: the folder is not a complete, unchanged export (its card included), or
+            ``url`` holds another model. RemoteError: the store could not be reached or refused
+            the upload.
     """
     if is_url(str(folder)):
         raise ModelFileError(f"model push: MODEL {str(folder)!r} must be a local model folder")
@@ -100,10 +119,13 @@ def push_model(
         )
     folder, raw, config = _local_model(folder, "MODEL")
     load_model(folder, "MODEL")  # a config.json edited to settings the weights do not fit
+    # the card is not in the content key: never one that lies, never a file from elsewhere (a
+    # probe: an edited licence was pushed under the same key). Read here, refused below once
+    # the URL is known to hold no other model: an edited config.json is first of all that.
+    wrong = card_problem(folder, config)
     key = model_key(raw)
     weights = config["weights"]["file"]
-    files = [weights, *(f for f in (CARD, CONFIG) if (folder / f).is_file())]
-    size = sum((folder / f).stat().st_size for f in files)
+    files = [weights, CARD, CONFIG]
     start = time.perf_counter()
     if url.startswith("hf://"):
         from prompt_bank.share import hub_repo
@@ -130,14 +152,24 @@ def push_model(
                 raise ModelFileError(
                     f"URL {url} holds other files ({', '.join(others[:5])}); push to a new URL"
                 )
+        if wrong is not None:
+            raise ModelFileError(
+                f"model push: MODEL {str(folder)!r}: {wrong}; nothing was uploaded. Restore "
+                "README.md as `cli.py model export` wrote it, or export the model again "
+                "(`cli.py model export CKPT --out DIR`)"
+            )
         if there is not None:
             found = _remote_sha256(fs, f"{base}/{weights}")
-            if found == config["weights"]["sha256"]:
+            if found != config["weights"]["sha256"]:
+                repaired = True  # same config, damaged or missing weights: send them again
+            elif _read_remote(fs, f"{base}/{CARD}") != card_bytes(config):
+                files, repaired = [CARD], True  # only the card differs there: send it alone
+            else:
                 return {"url": url, "uploaded": 0, "key": key, "repaired": False}
-            repaired = True  # same config, damaged or missing weights: send them again
         from prompt_bank.share import upload_folder
 
         upload_folder(folder, url, storage_options, progress, files=files, last=CONFIG)
+    size = sum((folder / f).stat().st_size for f in files)
     return {
         "url": url,
         "uploaded": size,
@@ -196,14 +228,16 @@ def _download(fs, source: str, target: Path, bar: ProgressBar) -> str:
 
 
 def cached_copy_is_whole(target: Path, raw: bytes) -> bool:
-    """Whether ``target`` holds this config and weights that hash right."""
+    """Whether ``target`` holds this config, weights that hash right and the card the config
+    gives (a copy whose card was edited or removed is pulled again)."""
     if not (target / CONFIG).is_file() or (target / CONFIG).read_bytes() != raw:
         return False
     try:
-        check_weights(target, parse_config(raw, target / CONFIG, "--to"), "--to")
+        config = parse_config(raw, target / CONFIG, "--to")
+        check_weights(target, config, "--to")
     except ModelFileError:
         return False
-    return True
+    return card_problem(target, config) is None
 
 
 def pull_model(
@@ -247,6 +281,14 @@ def pull_model(
                 "and the credentials (--storage-options, $DPSEG_STORAGE_OPTIONS)"
             ) from None
         config = parse_config(raw, f"{url}/{CONFIG}", "URL")
+        try:  # the card is written from config.json; the remote README.md is never read
+            card = card_bytes(config)
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise ModelFileError(
+                f"{url}: its {CONFIG} lacks what a model card shows (training, weights, banks "
+                "or metrics are not as `cli.py model export` writes them): edited or damaged; "
+                "push it again from a good export"
+            ) from None
         key = model_key(raw)
         target = Path(to) if to is not None else cache / key
         if cached_copy_is_whole(target, raw):
@@ -283,9 +325,7 @@ def pull_model(
                         f"says {weights['sha256'][:12]}...; the remote copy is damaged (push it again "
                         "from a good export)"
                     )
-                card = _read_remote(fs, f"{base}/{CARD}")
-                if card is not None:
-                    (staging / CARD).write_bytes(card)
+                (staging / CARD).write_bytes(card)  # whatever README.md the remote holds (ours)
                 (staging / CONFIG).write_bytes(raw)
                 if not cached_copy_is_whole(target, raw):  # another pull may have finished it
                     if target.exists():  # a damaged copy of this model: replaced whole
