@@ -59,12 +59,30 @@ def resolve_storage_options(storage_options: dict | None) -> dict:
     return storage_options_from_env() if storage_options is None else storage_options
 
 
+def with_http_timeout(url: str, options: dict) -> dict:
+    """``options`` for ``url``, with our read and connect timeout (``common.retry``:
+    ``$DPSEG_HTTP_TIMEOUT``, default 60 s) for an http(s):// URL whose options set none: aiohttp's
+    own allows 300 s per request and no limit per read, so a server that stops sending held a
+    pull for minutes (a probe). A bad ``$DPSEG_HTTP_TIMEOUT`` is refused in one line."""
+    if url.split("://", 1)[0].lower() not in ("http", "https"):
+        return options
+    client_kwargs = options.get("client_kwargs")
+    if client_kwargs is not None and not isinstance(client_kwargs, dict):
+        return options  # the client refuses it, and says so (_refused_options)
+    if client_kwargs and "timeout" in client_kwargs:
+        return options  # the user's own
+    from common.retry import http_client_timeout
+
+    return {**options, "client_kwargs": {**(client_kwargs or {}), "timeout": http_client_timeout()}}
+
+
 def filesystem(url: str, storage_options: dict | None = None):
     """(fsspec filesystem, path inside it) of a URL."""
     import fsspec
 
+    options = with_http_timeout(url, resolve_storage_options(storage_options))
     try:
-        return fsspec.core.url_to_fs(url, **resolve_storage_options(storage_options))
+        return fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as e:  # an unknown protocol, its package not installed
         raise BankFormatError(
             f"cannot open {url!r}: {e}. {_protocol_hint(url.split('://', 1)[0])}"
@@ -144,20 +162,23 @@ def remote_errors(url: str, what: str):
                     f"{what} {url}: {str(blocking)!r} is a file, so no folder can be made "
                     "there; give a URL under a folder"
                 ) from None
+        from common.retry import failure_advice, failure_text, worded
+
+        if worded(e):  # a timeout (fsspec's has no text at all): what happened, in words
+            advice = failure_advice(e, "")
+            raise RemoteError(f"{what} {url}: {failure_text(e)}; {advice}") from None
         raise RemoteError(
             f"{what} {url}: {type(e).__name__}: {one_line(e)[:300]}; check the URL, the network "
             "and the credentials (--storage-options, $DPSEG_STORAGE_OPTIONS, or huggingface-cli "
             "login for hf://)"
         ) from None
     except _remote_failures() as e:
-        from common.retry import failure_advice, request_failure
+        from common.retry import failure_advice, failure_text
 
         advice = failure_advice(
             e, "--storage-options, $DPSEG_STORAGE_OPTIONS, or huggingface-cli login for hf://"
         )
-        raise RemoteError(
-            f"{what} {url}: {type(e).__name__}: {request_failure(e)[:300]}; {advice}"
-        ) from None
+        raise RemoteError(f"{what} {url}: {failure_text(e)}; {advice}") from None
 
 
 def _protocol_hint(protocol: str) -> str:
@@ -177,6 +198,7 @@ def open_store(location: str | os.PathLike, read_only: bool, storage_options: di
         options = resolve_storage_options(storage_options)
         if protocol in ("file", "local") and not read_only:
             options = {"auto_mkdir": True, **options}  # fsspec's local files make no folders
+        options = with_http_timeout(location, options)
         try:
             return FsspecStore.from_url(
                 location, read_only=read_only, storage_options=options or None
@@ -230,14 +252,27 @@ def open_group(
     out of date (``consolidated`` overrides)."""
     import zarr
 
+    from common.retry import with_retries
+
     store = open_store(location, read_only=mode == "r", storage_options=storage_options)
     if consolidated is None:
         consolidated = None if is_url(str(location)) else False
-    try:
-        return zarr.open_group(store=store, mode=mode, zarr_format=3, use_consolidated=consolidated)
+    try:  # the root zarr.json: a 503 or a cut connection is asked again, as objects are
+        return with_retries(
+            lambda: zarr.open_group(
+                store=store, mode=mode, zarr_format=3, use_consolidated=consolidated
+            )
+        )
     except zarr.errors.ContainsArrayError:
         raise BankFormatError(f"{str(location)!r} is a zarr array, not a prompt bank") from None
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+        bucket = missing_bucket(str(location), storage_options, e)
+        if bucket is not None:  # not "no bank there": nothing can be there (a probe)
+            raise BankFormatError(
+                f"{str(location)!r}: the bucket {bucket!r} does not exist, so no bank is there; "
+                "check the bucket's name in the URL (and the endpoint and the credentials: "
+                "--storage-options or $DPSEG_STORAGE_OPTIONS, AWS_*)"
+            ) from None
         raise BankFormatError(
             f"{str(location)!r} is not a prompt bank (no zarr v3 group there: {one_line(e)}); "
             "give the folder or URL of a bank (cli.py bank build --out, or bank pull --to)"
@@ -249,6 +284,67 @@ def open_group(
         if refused is not None:
             raise refused from None
         raise damaged_root_error(store, str(location), e) from None
+
+
+BUCKET_PROTOCOLS = ("s3", "s3a", "gs", "gcs")
+"""Object stores whose URLs begin with a bucket that may not exist."""
+
+
+def _says_no_such_bucket(error: BaseException | None) -> bool:
+    """Whether ``error`` (or what it was raised from) is a store's "NoSuchBucket"."""
+    for _ in range(5):
+        if error is None:
+            return False
+        response = getattr(error, "response", None)
+        code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+        if code == "NoSuchBucket" or "bucket does not exist" in str(error).lower():
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def missing_bucket(
+    url: str, storage_options: dict | None = None, error: BaseException | None = None
+) -> str | None:
+    """The bucket of an object store URL (``s3://BUCKET/...``) when it does not exist, else None:
+    ``error`` says so (S3's NoSuchBucket), or else the store is asked (HEAD of the bucket: only
+    "not found" counts; a refusal or a failure says nothing)."""
+    protocol, _, rest = url.partition("://")
+    if protocol.lower() not in BUCKET_PROTOCOLS or not rest.split("/")[0]:
+        return None
+    bucket = rest.split("/")[0]
+    if _says_no_such_bucket(error):
+        return bucket
+    try:
+        fs, _ = filesystem(url, storage_options)
+        fs.info(bucket)
+    except FileNotFoundError:
+        return bucket
+    except Exception:  # no answer: nothing is known
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def bucket_must_exist(url: str, storage_options: dict | None, what: str):
+    """A write to ``url`` that fails because its bucket does not exist ends in one line naming
+    the URL and the fix (s3fs says only "The specified bucket does not exist"; a probe)."""
+    try:
+        yield
+    except FileNotFoundError as e:
+        bucket = missing_bucket(url, storage_options, e)
+        if bucket is None:
+            raise
+        protocol = url.split("://", 1)[0].lower()
+        create = (
+            f"gcloud storage buckets create gs://{bucket}"
+            if protocol in ("gs", "gcs")
+            else f"aws s3 mb s3://{bucket}, with the same endpoint"
+        )
+        raise RemoteError(
+            f"{what} {url}: the bucket {bucket!r} does not exist; create it (e.g. {create}) or "
+            "check its name in the URL; nothing was uploaded"
+        ) from None
 
 
 def _refused_options(store, location: str, storage_options: dict | None) -> BankFormatError | None:
@@ -318,9 +414,22 @@ class Bank:
         report it)."""
         try:
             group = open_group(location, mode="r", storage_options=storage_options)
-        except (BankFormatError, FileNotFoundError):
+        except (UserError, FileNotFoundError):  # ours: a bad $DPSEG_HTTP_TIMEOUT, say
             raise
         except Exception as e:
+            from common.retry import busy_status, failure_advice, failure_text, transient
+
+            status = busy_status(e)
+            if status is not None:  # not the path nor the credentials (a probe)
+                raise BankFormatError(
+                    f"cannot open a bank at {str(location)!r}: {failure_text(e)}; the server is "
+                    f"busy or failing (HTTP {status}); try again later"
+                ) from e
+            if transient(e):  # a timeout, a malformed reply, a cut connection
+                raise BankFormatError(
+                    f"cannot open a bank at {str(location)!r}: {failure_text(e)}; "
+                    f"{failure_advice(e, '--storage-options or $DPSEG_STORAGE_OPTIONS')}"
+                ) from e
             from common.retry import request_failure
 
             raise BankFormatError(

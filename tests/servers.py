@@ -5,9 +5,12 @@
 ``HEAD`` with sizes, no directory listings. It records every request, so a test
 can assert how much a reader fetched (say, that opening an array does not
 download whole shards), and it can fail requests the way a busy server or a
-flaky network does (``fail``: an HTTP 500, a reset, a short body). ``MotoS3Server`` runs moto's S3 server on a free port
-and says which environment variables make a subprocess (a CLI under test) talk
-to it without any code change on the subprocess' side.
+flaky network does (``fail``: an HTTP 500 or 503, a reset, a short body), or the
+way a hostile or broken one does (no answer, a body that stops half way over a
+connection kept open, a Content-Length shorter than the body).
+``MotoS3Server`` runs moto's S3 server on a free port and says which environment
+variables make a subprocess (a CLI under test) talk to it without any code change
+on the subprocess' side.
 
 Both bind 127.0.0.1 on port 0 and are context managers; on exit the listening
 socket is closed, so nothing is left on the port.
@@ -34,8 +37,12 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     import s3fs
 
-Fault = Literal["500", "reset", "short", "redirect"]
-"""What :meth:`RangeHTTPServer.fail` makes a request meet."""
+Fault = Literal["500", "503", "reset", "short", "redirect", "stall", "stall-body", "overlong"]
+"""What :meth:`RangeHTTPServer.fail` makes a request meet: an HTTP 500 or 503 (busy), a TCP reset,
+half the body and a closed connection (``short``), a redirect to itself, no answer at all
+(``stall``), half the body with the full Content-Length over a connection kept open
+(``stall-body``), or a Content-Length half the body's size, the rest of the body sent anyway
+(``overlong``: a keep-alive client reads those bytes as the next reply's status line)."""
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
@@ -84,8 +91,11 @@ class _RangeHandler(BaseHTTPRequestHandler):
 
     def _serve(self, body: bool) -> None:
         fault = self.server.take_fault(self.path) if body else None
-        if fault == "500":
-            self._empty(HTTPStatus.INTERNAL_SERVER_ERROR)
+        if fault in ("500", "503"):
+            self._empty(HTTPStatus(int(fault)))
+            return
+        if fault == "stall":  # the request is read, and never answered
+            self._stall()
             return
         if fault == "redirect":  # to itself: a loop
             self._empty(HTTPStatus.FOUND, {"Location": self.path})
@@ -111,7 +121,8 @@ class _RangeHandler(BaseHTTPRequestHandler):
         if span is not None:
             self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(last - first + 1))
+        length = last - first + 1
+        self.send_header("Content-Length", str(length // 2 if fault == "overlong" else length))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Last-Modified", formatdate(path.stat().st_mtime, usegmt=True))
         self.end_headers()
@@ -125,7 +136,21 @@ class _RangeHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
+            if fault == "stall-body":  # half the promised body, then nothing, the connection open
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self._stall()
+                return
             self.wfile.write(data)
+
+    def _stall(self) -> None:
+        """Send nothing more until the server stops or lets stalled requests go
+        (:meth:`RangeHTTPServer.release_stalled`, or a new :meth:`RangeHTTPServer.fail`), then
+        hang up."""
+        with self.server.lock:
+            released = self.server.released
+        released.wait()
+        self.close_connection = True
 
     def _resolve(self) -> Path | HTTPStatus:
         """The file a request path names, 404 if none (directories included), 403 outside the root."""
@@ -157,6 +182,7 @@ class _Server(ThreadingHTTPServer):
         self.fault: tuple[Fault, str, int | None] | None = None
         self.faults_met: dict[str, int] = {}
         self.lock = threading.Lock()
+        self.released = threading.Event()  # ends the handlers that stall (``fail("stall")``)
         self._open: set[socket.socket] = set()
         super().__init__(("127.0.0.1", 0), _RangeHandler)
 
@@ -225,13 +251,22 @@ class RangeHTTPServer:
             self._server.requests.clear()
 
     def fail(self, kind: Fault | None, match: str = "/c/", times: int | None = None) -> None:
-        """Answer GETs whose path holds ``match`` (default: shard objects) with a fault: an HTTP
-        500, a TCP reset, a body cut short, or a redirect to itself; ``times`` times per path
-        (None: every time).
-        ``fail(None)`` serves everything again."""
+        """Answer GETs whose path holds ``match`` (default: shard objects) with a fault
+        (:data:`Fault`): an HTTP 500 or 503, a TCP reset, a body cut short, a redirect to itself,
+        no answer, a body that stalls half way, or a Content-Length shorter than the body;
+        ``times`` times per path (None: every time).
+        ``fail(None)`` serves everything again. Requests stalled by an earlier fault hang up."""
         with self._server.lock:
             self._server.fault = None if kind is None else (kind, match, times)
             self._server.faults_met.clear()
+            self._server.released.set()
+            self._server.released = threading.Event()
+
+    def release_stalled(self) -> None:
+        """Hang up on the requests stalled so far (a test's watchdog: a client without a read
+        timeout then fails at once rather than waiting for ever)."""
+        with self._server.lock:
+            self._server.released.set()
 
     def __enter__(self) -> RangeHTTPServer:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -244,6 +279,7 @@ class RangeHTTPServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.release_stalled()
         self._server.shutdown()
         self._server.close_connections()
         self._server.server_close()
