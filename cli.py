@@ -26,6 +26,7 @@ from common.errors import (  # what ends a command in one line (cheap: no torch)
     STORAGE_ERRNOS,
     USER_ERRORS,
     broken_link,
+    printable,
     storage_fault,
 )
 from common.signals import Interrupted, interruptible, outside_the_command
@@ -326,15 +327,17 @@ def _remote_fault(error: BaseException, argv: list[str], command: Command | None
     import itertools
     import re
 
-    from common.retry import failure_advice, request_failure
+    from common.retry import failure_advice, failure_text, worded
 
     urls = [a for a in argv if "://" in a] or ["its remote store"]
     words = itertools.takewhile(lambda a: re.fullmatch(r"[a-z][a-z-]*", a) is not None, argv)
     name = " ".join(list(words)[:2]) or "cli.py"
     after = KEPT if command is not None and command.keeps_finished_work else NOTHING_LEFT
+    failed = f"a request to {', '.join(urls)} failed"
+    # a timeout or a malformed reply in words, without its type (failure_text)
+    failed += f": {failure_text(error)}" if worded(error) else f" ({failure_text(error)})"
     return (
-        f"{name}: a request to {', '.join(urls)} failed ({type(error).__name__}: "
-        f"{request_failure(error)[:300]}); "
+        f"{name}: {failed}; "
         f"{failure_advice(error, '--storage-options, $DPSEG_STORAGE_OPTIONS')}; {after}"
     )
 
@@ -374,7 +377,9 @@ def _stdout_is_open() -> bool:
 
 
 def _one_line(message: str, status: int) -> int:
-    sys.stderr.write(message + "\n")  # one write: the lines of several ranks stay whole
+    # one write: the lines of several ranks stay whole; a newline or control character inside
+    # the message (a path that holds one, found by a probe) is escaped, never a line break
+    sys.stderr.write(printable(message) + "\n")
     sys.stderr.flush()
     return status
 

@@ -110,6 +110,12 @@ def staged_write(staging: str | os.PathLike, where: str):
         raise StorageError(storage_fault(e, where, NOTHING_LEFT)) from None
 
 
+def printable(text: object) -> str:
+    """``text`` with every character that would break its line or hide (a newline in a path,
+    control characters) escaped as Python writes it: what one-line messages quote."""
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in str(text))
+
+
 def one_line(text: object) -> str:
     """``text`` on one line (newlines and runs of spaces folded), for messages that quote
     third-party errors."""

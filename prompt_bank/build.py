@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-from common.errors import SettingError
+from common.errors import SettingError, printable
 from common.progress import ProgressBar
 from data.vocabulary import Vocabulary
 from pretrained.fingerprint import package_versions
@@ -173,7 +173,7 @@ class BuildSummary:
                 f" by {len(self.rank_items)} processes ({' + '.join(map(str, self.rank_items))})"
             )
         return (
-            f"bank {self.location}: {self.items_done} items built{ranks} ({self.items_total} in "
+            f"bank {printable(self.location)}: {self.items_done} items built{ranks} ({self.items_total} in "
             f"the bank, {self.skipped_shards} shards already complete) in {self.seconds:.1f} s, "
             f"{rate:.2f} items/s, {self.bytes_stored / 1e6:.2f} MB stored"
             + (f"; time: {self.phases}" if self.phases else "")

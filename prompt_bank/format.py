@@ -290,6 +290,32 @@ def canonical_metadata(layout: BankLayout) -> dict[str, dict]:
     }
 
 
+GROUP_METADATA = {"text": {}, "visual": {}}
+"""The subgroups and their attributes (none): the format's, held like the arrays' metadata."""
+
+
+def _check_group_metadata(group, copies: dict, local: bool, where: str) -> None:
+    """Each subgroup is a group without attributes, in its own zarr.json and in the root's
+    consolidated copy (``copies``, read beside a ``local`` group; opened from that copy, its
+    entries are what zarr reads): a probe found attributes edited into the copy alone
+    verified, pushed and pulled."""
+    import json
+
+    for name, want in GROUP_METADATA.items():
+        sources = [("the root zarr.json's copy of it", copies[name])] if name in copies else []
+        if local:
+            own = json.loads(get_object(group.store, f"{name}/zarr.json") or b"{}")
+            sources.insert(0, ("its zarr.json", own))
+        else:
+            sources.append(("the root zarr.json's copy of it", group[name].metadata.to_dict()))
+        for source, meta in sources:
+            if meta.get("node_type") != "group" or meta.get("attributes", {}) != want:
+                raise BankFormatError(
+                    f"{where}: group {name}'s metadata in {source} is not the format's (a group "
+                    f"without attributes: edited or damaged after the bank was made); {REFETCH}"
+                )
+
+
 def _check_array_metadata(group, arrays: dict, layout: BankLayout, where: str) -> None:
     """Every array's metadata is the format's to the last field (an edited byte order read
     garbage as "missing data" before, and a repair then sealed it), and the root zarr.json's
@@ -312,6 +338,14 @@ def _check_array_metadata(group, arrays: dict, layout: BankLayout, where: str) -
                 f"array{'s' if len(lacking) > 1 else ''} {', '.join(lacking)} (edited or damaged after the bank was sealed; a copy "
                 f"pushed from it could not be read); {REFETCH}"
             )
+        stray = sorted(set(copies) - set(canonical) - set(GROUP_METADATA)) if sealed else []
+        if stray:  # a copy pushed from it names arrays no reader finds (a probe)
+            raise BankFormatError(
+                f"{where}: the root zarr.json's consolidated metadata names "
+                f"{', '.join(stray)}, which {'are no arrays' if len(stray) > 1 else 'is no array'} "
+                f"of the bank (edited or damaged after the bank was sealed); {REFETCH}"
+            )
+    _check_group_metadata(group, copies, local, where)
     for path, want in canonical.items():
         got = json.loads(json.dumps(arrays[path].metadata.to_dict()))
         sources = [("its zarr.json" if local else "the root zarr.json's copy of it", got)]

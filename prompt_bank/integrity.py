@@ -207,6 +207,47 @@ def _absent(store, key: str) -> str:
     return "is missing"
 
 
+def _manifest_fields(body: dict, state: ShardState, keys: set[str]) -> list[str]:
+    """What a shard's manifest says beyond its hashes, against the shard as found: its number
+    and classes, no object that is not one of the shard's ``keys`` (kept images included, read
+    or not), and (settled) the size of each object read.
+    Readers, verify, push and pull all judge a shard here, so none serves or sends a manifest
+    that the shard contradicts (a probe found each field edited and carried)."""
+    key = manifest_key(state.index)
+    out = []
+    if body.get("shard") != state.index or body.get("classes") != [state.k0, state.k1]:
+        out.append(
+            f"{key} names shard {body.get('shard')!r}, classes {body.get('classes')!r}; it is "
+            f"shard {state.index}, classes [{state.k0}, {state.k1}]"
+        )
+    stray = sorted(set(body["objects"]) - keys)
+    if stray:
+        out.append(
+            f"{key} lists objects that are no part of shard {state.index} ({shown_keys(stray)})"
+        )
+    sizes = body.get("sizes")
+    if sizes is not None:
+        vouched = [k for k in state.sizes if state.hashes[k] in body["objects"].get(k, [])]
+        wrong = sorted(k for k in vouched if sizes.get(k) != state.sizes[k])
+        wrong += sorted(set(sizes) - keys)
+        if wrong:
+            out.append(
+                f"{key} gives sizes that are not the objects' ({shown_keys(wrong)}: "
+                + ", ".join(
+                    f"{sizes.get(k)!r} bytes listed, {state.sizes.get(k, 0)} found"
+                    for k in wrong[:1]
+                )
+                + ")"
+            )
+    return out
+
+
+def shown_keys(keys: list[str], first: int = 3) -> str:
+    """Up to ``first`` keys, and how many more: what a one-line message names."""
+    more = len(keys) - first
+    return ", ".join(keys[:first]) + (f" and {more} more" if more > 0 else "")
+
+
 def check_shard(group, layout: BankLayout, shard: int, legacy: bool = False) -> ShardState:
     """Read shard `shard` once and judge it: objects against the manifest (skipped for a
     ``legacy`` v1 bank, which has none), decoding and checksums, done flags against data."""
@@ -247,6 +288,10 @@ def check_shard(group, layout: BankLayout, shard: int, legacy: bool = False) -> 
             )
             expected = " or ".join("absent" if h is None else h[:12] for h in allowed) or "none"
             state.problems.append(f"object {key} {what}, the manifest expects {expected}")
+    if manifest is not None:  # the rest of what the manifest says, of the objects it vouches for
+        paths = [*layout.arrays(), *(["visual/images"] if "visual/images" in group else [])]
+        keys = {shard_key(group[p], shard) for p in paths}
+        state.problems.extend(_manifest_fields(body, state, keys))
     data = {}
     for path, raw in raws.items():
         try:
@@ -401,9 +446,8 @@ def seal_disagreements(contents: dict | None, hashes: dict[str, str | None]) -> 
 
 def disagreement_error(location: str, shard: int, keys: list[str]) -> str:
     """The one line for a shard whose objects are not the ones its bank was sealed with."""
-    shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
     return (
-        f"bank {location!r}: shard {shard}'s objects {shown} are not the ones the bank was sealed "
+        f"bank {location!r}: shard {shard}'s objects {shown_keys(keys)} are not the ones the bank was sealed "
         "with (its root zarr.json's contents; copied in from another bank, or changed "
         f"together with their manifest); {mend_advice(location, 'them')}"
     )

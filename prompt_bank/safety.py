@@ -78,6 +78,8 @@ def check_output(location: str, option: str = "--out", storage_options: dict | N
                 f"{shown}){fix}"
             )
         return False
+    if location.startswith("file://") and Path(location.removeprefix("file://")).is_file():
+        raise BankFormatError(f"{option} {location} is a file, not a bank folder{fix}")
     store = open_store(location, read_only=True, storage_options=storage_options)
     raw = get_object(store, "zarr.json")
     if raw is not None:
@@ -93,7 +95,7 @@ def check_output(location: str, option: str = "--out", storage_options: dict | N
 
     key = run_sync(first_key())
     if key is not None:
-        raise BankFormatError(f"{option} {location} holds objects ({key}) but no bank{fix}")
+        raise BankFormatError(f"{option} {location} holds objects ({key!r}, ...) but no bank{fix}")
     return False
 
 

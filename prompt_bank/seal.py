@@ -22,6 +22,7 @@ from prompt_bank.integrity import (  # noqa: F401  (the reading side, re-exporte
     seal_disagreements,
     sealed_contents,
     shard_key,
+    shown_keys,
 )
 from prompt_bank.store import Bank, open_group
 
@@ -62,9 +63,12 @@ def manifest_hashes(group, layout, bodies: list | None = None):
     return hashes, size
 
 
-def manifest_disagreement(group, layout, contents: dict) -> str | None:
+def manifest_disagreement(
+    group, layout, contents: dict, lengths: dict[str, int] | None = None
+) -> str | None:
     """How a sealed bank's manifests disagree with its seal (an object listed that the seal
-    does not hold, a total size, a shard's number or classes), or None; what readers and repair
+    does not hold, a total size, a shard's number or classes) or, given ``lengths`` (object key
+    -> bytes found), with the objects' sizes; None where they agree. What readers and repair
     use must be what the seal vouches for (a probe found an edited manifest verified and pushed,
     then refused by every pull)."""
     bodies = [read_manifest_body(group.store, i) for i in range(len(layout.shard_ranges()))]
@@ -76,7 +80,7 @@ def manifest_disagreement(group, layout, contents: dict) -> str | None:
         odd = sorted(set(hashes) ^ set(contents["objects"])) or sorted(
             k for k in hashes if hashes[k] != contents["objects"].get(k)
         )
-        return f"the manifests list objects the seal does not ({', '.join(odd[:3])})"
+        return f"the manifests list objects the seal does not ({shown_keys(odd)})"
     if size != contents["bytes"]:
         return f"the manifests' sizes add up to {size} bytes, the seal says {contents['bytes']}"
     for shard, ((k0, k1), body) in enumerate(zip(layout.shard_ranges(), bodies, strict=True)):
@@ -84,6 +88,14 @@ def manifest_disagreement(group, layout, contents: dict) -> str | None:
             return (
                 f"manifest/shard-{shard:05d}.json names shard {body.get('shard')!r}, classes "
                 + (f"{body.get('classes')!r}; it is shard {shard}, classes [{k0}, {k1}]")
+            )
+        wrong = sorted(
+            k for k, n in body["sizes"].items() if lengths is not None and lengths.get(k, 0) != n
+        )
+        if wrong:
+            return (
+                f"manifest/shard-{shard:05d}.json gives sizes that are not the objects' "
+                f"({shown_keys(wrong)})"
             )
     return None
 

@@ -34,12 +34,12 @@ from prompt_bank.integrity import (
     read_only_url,
     refuse_read_only_url,
     require_intact,
+    shown_keys,
 )
 from prompt_bank.safety import LOCK_KEY, TAKEOVER_KEY, check_output
 from prompt_bank.seal import (
     CARD_KEY,
     manifest_disagreement,
-    manifest_hashes,
     seal_disagreements,
     sealed_contents,
 )
@@ -233,7 +233,7 @@ def push_bank(location: str, url: str, storage_options: dict | None = None, prog
     differ = seal_disagreements(contents, {k: v for s in states for k, v in s.hashes.items()})
     if differ:
         raise BankMismatchError(
-            f"bank push: {location}: objects {', '.join(differ[:3])} are not the ones the bank "
+            f"bank push: {location}: objects {shown_keys(differ)} are not the ones the bank "
             "was sealed with (copied in from another bank?); nothing was uploaded. Rebuild them "
             f"with: python cli.py bank repair {location}"
         )
@@ -250,7 +250,12 @@ def push_bank(location: str, url: str, storage_options: dict | None = None, prog
             f"cli.py bank repair {location}"
         )
     start = time.perf_counter()
-    with remote_errors(url, "bank push to"):
+    from prompt_bank.store import bucket_must_exist
+
+    with (
+        remote_errors(url, "bank push to"),
+        bucket_must_exist(url, storage_options, "bank push to"),
+    ):
         if not url.startswith("hf://") and _holds_a_bank(location, url, storage_options):
             if _remote_content_key(url, storage_options) != contents["content_key"]:
                 raise BankMismatchError(
@@ -402,12 +407,16 @@ def _download(remote: Bank, url: str, staging: Path, options: dict, progress: bo
             f"{url}: the downloaded copy is not a whole bank ({reason}); the remote copy is "
             f"damaged (its owner can check it with: python cli.py bank verify {url})"
         ) from None
-    manifests = manifest_hashes(local.group, remote.layout)
-    if manifests is None or manifests[0] != contents["objects"]:  # what repair and readers use
+    lengths = {
+        key: (staging / key).stat().st_size if (staging / key).is_file() else 0
+        for key in contents["objects"]
+    }
+    wrong = manifest_disagreement(local.group, remote.layout, contents, lengths)
+    if wrong is not None:  # what repair and readers use (a probe: shard and classes, sizes)
         raise BankMismatchError(
             f"{url}: its manifests (manifest/shard-*.json) disagree with the bank's sealed "
-            "contents; the remote copy is damaged (its owner can check it with: python cli.py "
-            f"bank verify {url})"
+            f"contents ({wrong}); the remote copy is damaged (its owner can check it with: "
+            f"python cli.py bank verify {url})"
         )
     return sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
 

@@ -740,29 +740,110 @@ def test_a_pull_writes_the_card_its_sealed_attributes_give(reference, tmp_path):
     ).read_bytes()
 
 
-@pytest.mark.parametrize("edit", ["extra object", "shard number", "sizes"])
-def test_a_manifest_that_disagrees_with_the_seal_is_failed_refused_and_never_sealed(
+MANIFEST_EDITS = {
+    "extra object": "lists objects that are no part of shard 1 (visual/level_9/c/1/0/0)",
+    "shard number": "names shard 0, classes [2, 4]; it is shard 1, classes [2, 4]",
+    "classes": "names shard 1, classes [0, 1]; it is shard 1, classes [2, 4]",
+    "sizes": "gives sizes that are not the objects' (",
+    "sizes swapped, same total": "gives sizes that are not the objects' (",
+}
+
+
+@pytest.mark.parametrize("edit", list(MANIFEST_EDITS))
+def test_a_manifest_that_disagrees_with_its_shard_is_failed_refused_and_rebuilt(
     reference, tmp_path, cli_in_process, edit
 ):
-    """Probe 9: a manifest edited to list an object the bank has not was verified, pushed (a
-    copy no pull accepts) and sealed in by repair; its shard number and sizes went unchecked."""
+    """Probes 9 and 10: a manifest edited to list an object the bank has not, or another shard
+    number, classes or object sizes (even sizes swapped between objects, their total kept), was
+    verified, pushed, served and sealed in by repair. Each shard's manifest is now judged with
+    the shard wherever it is read: verify fails, push and readers refuse, repair rebuilds it."""
     bank = copy_of(reference, tmp_path)
     path = bank / "manifest" / "shard-00001.json"
-    body = json.loads(path.read_text())
+    good = path.read_bytes()
+    body = json.loads(good)
     if edit == "extra object":
         body["objects"]["visual/level_9/c/1/0/0"] = ["ab" * 32]
     elif edit == "shard number":
         body["shard"] = 0
-    else:
+    elif edit == "classes":
+        body["classes"] = [0, 1]
+    elif edit == "sizes":
         body["sizes"] = {k: 1 for k in body["sizes"]}
+    else:
+        first, second = sorted(body["sizes"])[:2]
+        body["sizes"][first] += 5
+        body["sizes"][second] -= 5
     path.write_text(json.dumps(body))
+    expected = f"manifest/shard-00001.json {MANIFEST_EDITS[edit]}"
     verified = cli_in_process("bank", "verify", str(bank))
-    assert verified.returncode == 1 and "FAIL  manifests: " in verified.stdout
+    assert verified.returncode == 1 and "FAIL  objects: shard 1: " + expected in verified.stdout
+    assert "ok    objects" not in verified.stdout
     pushed = cli_in_process("bank", "push", str(bank), f"file://{tmp_path / 'remote.zarr'}")
-    assert pushed.returncode == 2 and "nothing was uploaded" in pushed.stderr
+    assert pushed.returncode == 2 and expected in pushed.stderr
     assert not (tmp_path / "remote.zarr").exists()
-    if edit == "extra object":
-        repaired = cli_in_process("bank", "repair", str(bank), "--quiet")
-        assert repaired.returncode == 2
-        assert "its manifests list objects that are no part of the bank" in repaired.stderr
-        assert cli_in_process("bank", "verify", str(bank)).returncode == 1  # not sealed in
+    text = cli_in_process("bank", "info", str(bank), "--prompts")
+    assert text.returncode == 2 and expected in text.stderr
+    assert len(text.stderr.splitlines()) == 1
+    repaired = cli_in_process("bank", "repair", str(bank), "--quiet")
+    assert repaired.returncode == 0, repaired.stderr[-2000:]
+    assert json.loads(path.read_bytes()) == json.loads(good)  # rebuilt, never sealed in
+    assert cli_in_process("bank", "verify", str(bank)).returncode == 0
+
+
+@pytest.mark.parametrize("edit", ["classes", "sizes swapped", "seal bytes"])
+def test_a_pull_refuses_a_remote_whose_manifests_or_seal_size_were_edited(
+    reference, tmp_path, edit
+):
+    """Probe 10: a pull took a remote whose manifests' classes or object sizes, or whose seal's
+    size, had been edited there; the pulled copy then failed verify but was served."""
+    remote = tmp_path / "remote.zarr"
+    push_bank(str(reference), f"file://{remote}", progress=False)
+    if edit == "seal bytes":
+        root = json.loads((remote / "zarr.json").read_text())
+        root["attributes"]["contents"]["bytes"] = 10**30
+        (remote / "zarr.json").write_text(json.dumps(root))
+    else:
+        path = remote / "manifest" / "shard-00001.json"
+        body = json.loads(path.read_text())
+        if edit == "classes":
+            body["classes"] = [0, 1]
+        else:
+            first, second = sorted(body["sizes"])[:2]
+            body["sizes"][first] += 5
+            body["sizes"][second] -= 5
+        path.write_text(json.dumps(body))
+    with pytest.raises((BankMismatchError, BankFormatError), match="remote copy is damaged"):
+        pull_bank(f"file://{remote}", str(tmp_path / "pulled.zarr"), progress=False)
+    assert not (tmp_path / "pulled.zarr").exists()
+    assert not list(tmp_path.glob("*partial*"))
+
+
+@pytest.mark.parametrize("edit", ["array named", "group attributes", "own group attributes"])
+def test_consolidated_metadata_naming_what_the_bank_has_not_is_failed_and_refused(
+    reference, tmp_path, cli_in_process, edit
+):
+    """Probe 10: the root's consolidated metadata naming an array the bank has not (or a
+    group's attributes edited in that copy alone) was verified and pushed, and the pushed copy
+    was refused by every reader (or carried the edit)."""
+    bank = copy_of(reference, tmp_path)
+    root = json.loads((bank / "zarr.json").read_text())
+    copies = root["consolidated_metadata"]["metadata"]
+    if edit == "array named":
+        copies["visual/level_9"] = dict(copies["visual/level_2"])
+        expected = "consolidated metadata names visual/level_9, which is no array of the bank"
+    elif edit == "group attributes":
+        copies["visual"]["attributes"] = {"evil": 1}
+        expected = "group visual's metadata in the root zarr.json's copy of it is not the format's"
+    else:
+        own = json.loads((bank / "text" / "zarr.json").read_text())
+        own["attributes"] = {"evil": 1}
+        (bank / "text" / "zarr.json").write_text(json.dumps(own))
+        expected = "group text's metadata in its zarr.json is not the format's"
+    (bank / "zarr.json").write_text(json.dumps(root))
+    verified = cli_in_process("bank", "verify", str(bank))
+    assert verified.returncode == 2 and expected in verified.stderr
+    remote = tmp_path / "remote.zarr"
+    pushed = cli_in_process("bank", "push", str(bank), f"file://{remote}")
+    assert pushed.returncode == 2 and expected in pushed.stderr
+    assert not remote.exists()
+    assert len(pushed.stderr.splitlines()) == 1

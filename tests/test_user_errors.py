@@ -2498,3 +2498,30 @@ def test_a_png_with_huge_metadata_names_the_fix(tmp_path):
         read_image(path)
     assert "its PNG metadata (text chunks) is larger than PIL reads" in str(error.value)
     assert "save the picture again without its metadata" in str(error.value)
+
+
+def test_a_push_to_a_file_url_that_is_a_file_says_so(tiny_bank, tmp_path, capsys):
+    """Probe 10: 'holds objects () but no bank', an empty list and not the cause."""
+    target = tmp_path / "afile.zarr"
+    target.write_text("hi")
+    line = user_error(capsys, "bank", "push", str(tiny_bank), f"file://{target}")
+    assert line == (
+        f"error: URL file://{target} is a file, not a bank folder; choose another URL (nothing "
+        "was written)"
+    )
+    assert target.read_text() == "hi"
+
+
+def test_a_newline_in_a_path_never_breaks_a_line(tiny_bank, tmp_path, capsys):
+    """Probe 10: a path holding a newline split every one-line message (and the summary)."""
+    odd = tmp_path / "b\u00e4nk \u2713\nx.zarr"
+    odd.write_text("not a bank")
+    line = user_error(capsys, "bank", "info", str(odd))
+    assert "\\n" in line and "b\u00e4nk \u2713\\nx.zarr" in line
+    built = tmp_path / "new\nbank.zarr"
+    build = ["bank", "build", "--vocab", "red disc; green square", "--preset", "tiny"]
+    build += ["--templates", "single", "--classes-per-shard", "2", "--batch-size", "4"]
+    code, out, err = run_main(capsys, *build, "--cpu-threads", "1", "--out", str(built))
+    assert code == 0, err
+    (summary,) = [line for line in out.splitlines() if "items built" in line]
+    assert summary.startswith(f"bank {tmp_path}/new\\nbank.zarr: ")
