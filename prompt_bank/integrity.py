@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from prompt_bank.format import REFETCH, BankFormatError, BankLayout, BankMismatchError
-from prompt_bank.zarr_io import get_object, put_object, run_sync
+from prompt_bank.zarr_io import get_object, get_objects, put_object, run_sync
 
 MANIFEST_PREFIX = "manifest"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -254,7 +254,8 @@ def check_shard(group, layout: BankLayout, shard: int, legacy: bool = False) -> 
     k0, k1 = layout.shard_ranges()[shard]
     state = ShardState(shard, k0, k1)
     store = group.store
-    raws = {path: get_object(store, shard_key(group[path], shard)) for path in layout.arrays()}
+    arrays = list(layout.arrays())
+    raws = dict(zip(arrays, get_objects(store, [shard_key(group[p], shard) for p in arrays])))
     state.hashes = {shard_key(group[p], shard): sha256(r) for p, r in raws.items()}
     state.sizes = {shard_key(group[p], shard): len(r or b"") for p, r in raws.items()}
     body = None if legacy else read_manifest_body(store, shard)

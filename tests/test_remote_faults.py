@@ -262,3 +262,30 @@ def test_a_malformed_reply_in_words_is_transient_and_quotes_no_bytes():
     said = request_failure(error)
     assert said == "the server sent a malformed reply for http://h/b.zarr/c/0 (Bad status line)"
     assert transient(error) and "check the server" in failure_advice(error, "")
+
+
+# ---------------------------------------------------------------------------------------------
+# N3: a remote shard's objects are asked for together
+
+
+def test_a_remote_shard_s_objects_are_asked_for_at_once(hostile):
+    """Probe 10: `bank subset URL` read a remote bank's objects one at a time (70 objects at 2 s
+    each took over 120 s). Here shard 0's objects get no answer until every one of them has been
+    asked for: a reader that asks one by one never gets past the first."""
+    from prompt_bank.integrity import shard_key
+    from prompt_bank.store import Bank
+
+    bank = Bank.open(f"{hostile.url}/{NAME}")
+    keys = {f"/{NAME}/{shard_key(bank.group[p], 0)}" for p in bank.layout.arrays()}
+    hostile.fail("stall", match="/c/0/")
+    read = {}
+    reader = threading.Thread(target=lambda: read.update(state=bank.check_shard(0)))
+    reader.start()
+    deadline = time.monotonic() + 20
+    while set(gets(hostile, "/c/0/")) != keys and time.monotonic() < deadline:
+        time.sleep(0.05)
+    asked = set(gets(hostile, "/c/0/"))
+    hostile.fail(None)  # the stalled requests hang up; asked again, they are served
+    reader.join(timeout=60)
+    assert asked == keys, sorted(keys - asked)
+    assert read["state"].status == "complete"
