@@ -68,6 +68,22 @@ def read_manifest(store, shard: int) -> dict[str, list[str | None]] | None:
     return None if body is None else body.get("objects", {})
 
 
+def manifest_hashes(group, layout, bodies: list | None = None):
+    """Every shard object's sha256 and their total size, from the manifests (one request per
+    shard; ``bodies``: the manifests already read); None unless every flush is finished."""
+    if bodies is None:
+        bodies = [read_manifest_body(group.store, i) for i in range(len(layout.shard_ranges()))]
+    hashes: dict[str, str | None] = {}
+    size = 0
+    for body in bodies:
+        entries = (body or {}).get("objects")
+        if not entries or any(len(v) != 1 for v in entries.values()) or "sizes" not in body:
+            return None
+        hashes.update({key: v[0] for key, v in entries.items()})
+        size += sum(int(n) for n in body["sizes"].values())
+    return hashes, size
+
+
 def write_manifest(
     store, shard: int, k0: int, k1: int, entries: dict, sizes: dict | None = None
 ) -> None:

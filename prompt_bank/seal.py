@@ -17,6 +17,7 @@ from prompt_bank.format import CARD_KEY, REFETCH, BankFormatError, validate_grou
 from prompt_bank.integrity import (  # noqa: F401  (the reading side, re-exported)
     content_key,
     disagreement_error,
+    manifest_hashes,
     put_object,
     read_manifest_body,
     seal_disagreements,
@@ -45,22 +46,6 @@ def unseal(group) -> None:
         attrs.setdefault("previous_contents", {"objects": contents.get("objects", {})})
         group.attrs.put(attrs)
         put_object(group.store, CARD_KEY, None)
-
-
-def manifest_hashes(group, layout, bodies: list | None = None):
-    """Every shard object's sha256 and their total size, from the manifests (one request per
-    shard; ``bodies``: the manifests already read); None unless every flush is finished."""
-    if bodies is None:
-        bodies = [read_manifest_body(group.store, i) for i in range(len(layout.shard_ranges()))]
-    hashes: dict[str, str | None] = {}
-    size = 0
-    for body in bodies:
-        entries = (body or {}).get("objects")
-        if not entries or any(len(v) != 1 for v in entries.values()) or "sizes" not in body:
-            return None
-        hashes.update({key: v[0] for key, v in entries.items()})
-        size += sum(int(n) for n in body["sizes"].values())
-    return hashes, size
 
 
 def manifest_disagreement(

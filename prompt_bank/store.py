@@ -438,9 +438,29 @@ class Bank:
                 "$DPSEG_STORAGE_OPTIONS)"
             ) from e
         bank = cls(str(location), group, validate_group(group, location))
-        if check_seal:
-            bank.seal  # noqa: B018 (raises for a root zarr.json changed after sealing)
+        if check_seal and bank.seal is not None and not is_url(str(location)):
+            bank._check_sealed_size()  # local: the manifests cost no request
         return bank
+
+    def _check_sealed_size(self) -> None:
+        """A local sealed bank whose manifests list its sealed objects but add up to another
+        size than the seal's ``bytes`` (outside the content key: an edit of the root zarr.json,
+        which `bank info` showed as 10^24 MB; probe 10) is refused, where the objects' files
+        add up to what the manifests say (else a manifest was edited: its shard's damage, which
+        ``check_shard`` finds and repair mends). A pull checks the remote's manifests whole."""
+        from prompt_bank.integrity import manifest_hashes
+
+        found = manifest_hashes(self.group, self.layout)
+        if found is None or found[0] != self.seal["objects"] or found[1] == self.seal["bytes"]:
+            return
+        files = (os.path.join(self.location, key) for key in self.seal["objects"])
+        stored = sum(os.path.getsize(path) for path in files if os.path.isfile(path))
+        if found[1] == stored:  # the manifests tell the truth: the seal's size was edited
+            raise BankFormatError(
+                f"{self.location}: its seal says {self.seal['bytes']} bytes, its manifests "
+                f"{found[1]} (the root zarr.json was changed after the bank was sealed); "
+                f"{REFETCH}"
+            )
 
     @functools.cached_property
     def seal(self) -> dict | None:

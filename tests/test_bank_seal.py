@@ -847,3 +847,21 @@ def test_consolidated_metadata_naming_what_the_bank_has_not_is_failed_and_refuse
     assert pushed.returncode == 2 and expected in pushed.stderr
     assert not remote.exists()
     assert len(pushed.stderr.splitlines()) == 1
+
+
+def test_a_seal_size_edited_in_a_local_bank_is_refused_by_readers(
+    reference, tmp_path, cli_in_process
+):
+    """Probe 10: a seal's ``bytes`` (outside the content key) edited to 10**30 was read, and
+    `bank info` showed 10^24 MB; verify failed it."""
+    bank = copy_of(reference, tmp_path)
+    root = json.loads((bank / "zarr.json").read_text())
+    size = root["attributes"]["contents"]["bytes"]
+    root["attributes"]["contents"]["bytes"] = 10**30
+    (bank / "zarr.json").write_text(json.dumps(root))
+    info = cli_in_process("bank", "info", str(bank))
+    assert info.returncode == 2 and len(info.stderr.splitlines()) == 1
+    assert f"its seal says {10**30} bytes, its manifests {size} (the root zarr.json" in info.stderr
+    verified = cli_in_process("bank", "verify", str(bank))
+    assert verified.returncode == 1
+    assert f"FAIL  manifests: the manifests' sizes add up to {size} bytes" in verified.stdout
