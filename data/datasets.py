@@ -128,6 +128,22 @@ def _over_the_limit(size: str, limit: int) -> tuple[str, str]:
     )
 
 
+def pil_guard_follows(limit: int) -> int:
+    """``limit``, with PIL's own guard (179 M pixels refused on open) raised to it where the
+    user raised it past that guard: their choice."""
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit
+    return limit
+
+
+def _bomb_size(error: BaseException) -> str:
+    """The pixel count PIL's DecompressionBombError names, as people read it."""
+    import re
+
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    return _pixels(int(found.group(1))) if found else one_line(error).rstrip(".")
+
+
 def _read_within(path, limit: int) -> np.ndarray:
     """read_image's decoding: the pixel count checked from the header first."""
     with Image.open(path) as image:
@@ -157,11 +173,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             header, before decoding) or PIL's decompression-bomb limit; the message names the
             file, the reason and the fix, on one line.
     """
-    limit = max_pixels()
-    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
-        # a limit raised past PIL's own guard (179 M pixels refused on open) is the user's
-        # choice: PIL's guard follows it
-        Image.MAX_IMAGE_PIXELS = limit
+    limit = pil_guard_follows(max_pixels())
     if os.path.exists(path) and not os.path.isfile(path):  # a pipe would block the open forever
         raise UnreadableImageError(
             path, "not a regular file (a folder, pipe or device)", "give an image file"
@@ -173,11 +185,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return _read_within(path, limit)
     except Image.DecompressionBombError as e:  # PIL's guard, on open: before our header check
-        import re
-
-        found = re.search(r"\((\d+) pixels\)", str(e))
-        size = _pixels(int(found.group(1))) if found else one_line(e).rstrip(".")
-        raise UnreadableImageError(path, *_over_the_limit(size, limit)) from None
+        raise UnreadableImageError(path, *_over_the_limit(_bomb_size(e), limit)) from None
     except UnidentifiedImageError:
         raise UnreadableImageError(
             path, "not an image PIL can decode", "give a PNG, JPEG, TIFF or other picture"
@@ -224,10 +232,22 @@ def read_label(path: str | os.PathLike, what: str = "label") -> np.ndarray:
         DatasetError: the file cannot be read, or holds colours rather than class ids.
     """
     refuse_special_file(path, "replace it with the map", what)
+    limit = pil_guard_follows(max_pixels())
     try:
-        with Image.open(path) as image:
-            mode, bands = image.mode, len(image.getbands())
-            array = np.asarray(image) if mode in LABEL_MODES else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # ours is below
+            with Image.open(path) as image:
+                mode, bands = image.mode, len(image.getbands())
+                width, height = image.size
+                if width * height > limit:  # from the header, before decoding (a probe)
+                    size = f"{width} x {height} = {_pixels(width * height)}"
+                    raise DatasetError(
+                        f"{what} {str(path)!r}: {'; '.join(_over_the_limit(size, limit))}"
+                    )
+                array = np.asarray(image) if mode in LABEL_MODES else None
+    except Image.DecompressionBombError as e:  # PIL's guard, on open (twice its 89 M pixels)
+        reason = "; ".join(_over_the_limit(_bomb_size(e), limit))
+        raise DatasetError(f"{what} {str(path)!r}: {reason}") from None
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise DatasetError(
             f"cannot read {what} {str(path)!r}: cannot read it as an image ({e})"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 from PIL import Image
-from test_user_errors import run_main, user_error
+from test_user_errors import bomb_png, run_main, user_error
 
 from data.templates import load_templates
 
@@ -257,3 +257,19 @@ def test_vip_config_lightning_sections_are_accepted():
 
     settings = _vip_settings(ROOT / "configs" / "vip_tiny.yaml")  # model, data, trainer, seed
     assert settings["encoder"] == "tiny-vit"
+
+
+@pytest.mark.parametrize("which", ["gt", "pred"])
+@pytest.mark.parametrize("side", [10000, 100000])
+def test_eval_masks_a_label_map_with_too_many_pixels_is_one_line(capsys, mask_folders, which, side):
+    """Probe 11: a 100 M-pixel (over the 80 M limit) or a 10 G-pixel PNG (PIL's bomb guard) of
+    a few kB as a label or prediction map ended in a traceback."""
+    pred, gt = mask_folders
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(pred / "a.png")
+    huge = bomb_png((gt if which == "gt" else pred) / "a.png", side=side)
+    line = user_error(
+        capsys, "eval-masks", "--pred", str(pred), "--gt", str(gt),
+        "--num-classes", "2", "--ignore-index", "255", "--quiet",
+    )  # fmt: skip
+    assert f"{'label' if which == 'gt' else 'prediction'} {str(huge)!r}: " in line, line
+    assert "more than the limit of 80 M (--max-pixels or $DPSEG_MAX_PIXELS)" in line, line
