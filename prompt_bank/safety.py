@@ -152,6 +152,9 @@ def _take_over(store, stale: bytes | None, mine: dict, attempt: int = 0) -> None
         put_object(store, TAKEOVER_KEY, None)
 
 
+SETTLE_S = 0.2
+"""How long a lock claimed on a store without create-exclusive writes settles before it is read
+back again (ours: far longer than the gap between another claim's check and its write)."""
 TAKEOVER_SECONDS = 30
 """How long processes contending for one stale lock may take turns before giving up (ours: a
 bound in time, not in attempts, so that a loaded machine that stalls the winner for seconds
@@ -180,9 +183,16 @@ def _unwritable(group, location: str, error: OSError) -> BankLockError:
 
 
 @contextlib.contextmanager
-def build_lock(group, location: str, command: str | None = None):
-    """Hold ``build.lock`` in the bank for the duration; refuse a live holder, take a stale one."""
+def build_lock(group, location: str, command: str | None = None, doing: str = "built"):
+    """Hold ``build.lock`` in the bank for the duration; refuse a live holder, take a stale one.
+    ``doing``: what the holder does there, as the refusal says it ("built", "pushed to": a push
+    takes the same lock at its URL). A store without create-exclusive writes (fsspec's object
+    stores check, then write) is read back again after SETTLE_S, so that of two claims made at
+    once the one overwritten finds out (ours)."""
+    from zarr.storage import LocalStore
+
     store = group.store
+    exclusive = isinstance(store, LocalStore)
     mine = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
@@ -212,7 +222,12 @@ def build_lock(group, location: str, command: str | None = None):
                 raise
             raise _unwritable(group, location, e) from None
         if holder.get("token") == mine["token"]:
-            break
+            if exclusive:
+                break
+            time.sleep(SETTLE_S)
+            if get_object(store, LOCK_KEY) == raw:
+                break
+            continue
         unreadable = unreadable + 1 if not holder else 0
         if not holder and unreadable < UNREADABLE_TRIES:
             # absent when read back (another process's takeover had just deleted it) or not
@@ -226,9 +241,10 @@ def build_lock(group, location: str, command: str | None = None):
             time.sleep(0.005 * (attempt % 10))
             continue
         raise BankLockError(
-            f"{location} is being built by pid {holder.get('pid')} on {holder.get('host')} "
-            f"since {holder.get('started')}; wait for it to finish (several processes build one "
-            "bank only as ranks of one torchrun/accelerate launch). If that process is gone, "
+            f"{location} is being {doing} by pid {holder.get('pid')} on {holder.get('host')} "
+            f"since {holder.get('started')} ({holder.get('command')}); wait for it to finish "
+            "(several processes build one bank only as ranks of one torchrun/accelerate "
+            "launch). If that process is gone, "
             f"delete {location.rstrip('/')}/{LOCK_KEY}"
         )
     try:

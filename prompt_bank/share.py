@@ -210,10 +210,35 @@ def _holds_a_bank(location: str, url: str, storage_options: dict | None) -> bool
         except BankFormatError:  # no filesystem for the URL: the first error says why
             raise refused from None
         prefix = base.rstrip("/") + "/"
-        there = {p.removeprefix(prefix) for p in fs.find(base)}
+        there = {p.removeprefix(prefix) for p in fs.find(base)} - {LOCK_KEY, TAKEOVER_KEY}
         if not there <= set(hub_upload_plan(location)):
             raise
         return False
+
+
+@contextlib.contextmanager
+def push_lock(url: str, storage_options: dict | None):
+    """The lock a build takes (``build.lock``), held at `url` while a push writes there: two
+    pushes of different banks to one URL both reported success and left a mix of the two
+    (probe 11). A local folder's lock is created exclusively; the hub's commits need none."""
+    path = url.removeprefix("file://")
+    if url.startswith("hf://") or (url.startswith("file://") and os.path.isfile(path)):
+        yield  # (a file at the URL: the push refuses it, saying so)
+        return
+    from types import SimpleNamespace
+
+    from zarr.storage import LocalStore
+
+    from prompt_bank.safety import build_lock
+    from prompt_bank.store import open_store
+
+    store = (
+        LocalStore(path)
+        if url.startswith("file://")
+        else open_store(url, read_only=False, storage_options=storage_options)
+    )
+    with build_lock(SimpleNamespace(store=store, attrs={}), url, "bank push", "pushed to"):
+        yield
 
 
 def push_bank(location: str, url: str, storage_options: dict | None = None, progress=True) -> dict:
@@ -255,6 +280,7 @@ def push_bank(location: str, url: str, storage_options: dict | None = None, prog
     with (
         remote_errors(url, "bank push to"),
         bucket_must_exist(url, storage_options, "bank push to"),
+        push_lock(url, storage_options),
     ):
         if not url.startswith("hf://") and _holds_a_bank(location, url, storage_options):
             if _remote_content_key(url, storage_options) != contents["content_key"]:
@@ -273,6 +299,13 @@ def push_bank(location: str, url: str, storage_options: dict | None = None, prog
                 "seconds": time.perf_counter() - start,
             }
         uploaded = upload_folder(location, url, storage_options, progress)
+        if not url.startswith("hf://") and (
+            _remote_content_key(url, storage_options) != contents["content_key"]
+        ):  # a writer that took no lock (an older dpseg, a copy by hand) wrote there too
+            raise BankMismatchError(
+                f"bank push to {url}: another writer changed the URL while this push ran (its "
+                "root is not this bank's); push again to a URL no one else writes to"
+            )
     return {
         "url": url,
         "uploaded": uploaded,  # every file sent, as a pull counts what it receives

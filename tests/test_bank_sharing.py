@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,9 @@ from prompt_bank.build import build_bank
 from prompt_bank.format import BankFormatError, BankLayout, create_arrays
 from prompt_bank.inspect import bank_info
 from prompt_bank.integrity import flush_shard
+from prompt_bank.safety import LOCK_KEY
 from prompt_bank.seal import seal_bank, sealed_contents
-from prompt_bank.share import hub_upload_plan, pull_bank, upload_folder
+from prompt_bank.share import hub_upload_plan, pull_bank, push_bank, upload_folder
 from prompt_bank.store import Bank, open_group
 
 BUCKET = "banks"
@@ -99,14 +101,16 @@ def bucket_keys(server: MotoS3Server, url: str) -> dict[str, str]:
 
 
 def versions(server: MotoS3Server, url: str) -> dict[str, int]:
-    """Relative key -> how many times it was written (the bucket keeps every version)."""
+    """Relative key -> how many times it was written (the bucket keeps every version); the
+    lock every push takes there (build.lock, written and deleted) is left out."""
     client = server.client()
     prefix = url.removeprefix(f"s3://{BUCKET}/").rstrip("/") + "/"
     counts: dict[str, int] = {}
     for page in client.get_paginator("list_object_versions").paginate(Bucket=BUCKET, Prefix=prefix):
         for version in page.get("Versions", []):
             key = version["Key"][len(prefix) :]
-            counts[key] = counts.get(key, 0) + 1
+            if key != LOCK_KEY:
+                counts[key] = counts.get(key, 0) + 1
     return counts
 
 
@@ -578,3 +582,43 @@ def test_etags_that_are_not_md5s_send_objects_to_be_read_not_uploaded(verdicts, 
     from prompt_bank.share import judge_by_etags
 
     assert judge_by_etags(verdicts) == (differ, to_read)
+
+
+@pytest.mark.parametrize("where", ["file", "s3"])
+def test_two_pushes_of_different_banks_to_one_url_never_both_succeed(
+    small, other, s3, tmp_path, where
+):
+    """Probe 11: two pushes of different banks to one URL both said "pushed" and left the other
+    bank, a mix of both, or a root with both writers' bytes. A push holds the URL's lock
+    (build.lock) while it writes: one push wins, the other is refused in one line."""
+    from prompt_bank.format import BankMismatchError
+
+    for trial in range(3):
+        if where == "file":
+            url, options = f"file://{tmp_path / f'race{trial}.zarr'}", None
+        else:
+            url, options = f"s3://{BUCKET}/race{trial}.zarr", s3_options(s3)
+        start, outcomes = threading.Barrier(2), {}
+
+        def push(bank: Path, url=url, options=options, start=start, outcomes=outcomes) -> None:
+            start.wait()
+            try:
+                outcomes[bank.name] = push_bank(str(bank), url, options, progress=False)
+            except BankMismatchError as e:
+                outcomes[bank.name] = e
+
+        racers = [threading.Thread(target=push, args=(b,)) for b in (small, other)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(timeout=120)
+        won = [name for name, out in outcomes.items() if isinstance(out, dict)]
+        assert len(outcomes) == 2 and len(won) == 1, outcomes
+        (lost,) = [out for out in outcomes.values() if not isinstance(out, dict)]
+        assert "being pushed to" in str(lost) or "holds another bank" in str(lost), lost
+        there = Bank.open(url, options)
+        assert there.seal["content_key"] == outcomes[won[0]]["content_key"]
+        winner = small if small.name == won[0] else other
+        assert np.array_equal(
+            there.read("visual/embeddings"), Bank.open(winner).read("visual/embeddings")
+        )
