@@ -61,7 +61,13 @@ from model.export import (
     read_config,
 )
 from prompt_bank.integrity import read_only_url
-from prompt_bank.store import filesystem, is_url, remote_errors, resolve_storage_options
+from prompt_bank.store import (
+    bucket_must_exist,
+    filesystem,
+    is_url,
+    remote_errors,
+    resolve_storage_options,
+)
 
 FILES = ("model.safetensors", CARD, CONFIG)  # the upload order: config.json last
 CHUNK = 1 << 20
@@ -136,7 +142,10 @@ def push_model(
                 f"URL {url!r}: a model goes to a hub model repository's main branch: write "
                 "hf://ORG/NAME (no datasets/, no @REVISION)"
             )
-    with remote_errors(url, "model push to"):
+    with (
+        remote_errors(url, "model push to"),
+        bucket_must_exist(url, storage_options, "model push to"),
+    ):
         repaired = False
         fs, base, there = _remote_model(url, storage_options)
         if there is not None and there != raw:

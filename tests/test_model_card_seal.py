@@ -249,3 +249,24 @@ def test_a_checkpoint_path_with_braces_is_named(tmp_path):
     assert str(raised.value).startswith(
         f"--ckpt_path {str(ckpt)!r}: not a checkpoint of cli.py fit (not a torch zip archive)"
     )
+
+
+def test_model_push_to_a_bucket_that_does_not_exist_names_the_url_and_the_fix(
+    exported, cli_in_process, monkeypatch
+):
+    """Probe 11: `model push` to a missing S3 bucket said only "The specified bucket does not
+    exist" (`bank push` names the URL and the fix)."""
+    import os
+
+    from servers import MotoS3Server
+
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    url = "s3://nosuchbucket/m"
+    with MotoS3Server() as s3:
+        env = {**s3.env(), "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}
+        result = cli_in_process("model", "push", str(exported), url, env=env)
+    line = _one_line_error(result)
+    assert line.startswith(
+        f"error: model push to {url}: the bucket 'nosuchbucket' does not exist; create it"
+    ), line
