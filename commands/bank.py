@@ -16,6 +16,7 @@ from commands.options import (
     pull_target,
     storage_options,
 )
+from common.errors import say
 from common.io import command_line
 from common.signals import PUSH_CUT, STARTS_OVER, interruption_report
 
@@ -234,19 +235,19 @@ def cmd_bank_push(args: argparse.Namespace) -> None:
     with interruption_report(f"bank push interrupted by {{signal}}: {PUSH_CUT}"):
         result = push_bank(args.bank, args.url, storage_options(args), progress=not args.quiet)
     if result["repaired"]:
-        print(
+        say(
             f"{args.url} held this bank damaged: {len(result['repaired'])} files differed or were "
             f"missing ({', '.join(result['repaired'][:3])}{' ...' if len(result['repaired']) > 3 else ''}); "
             f"uploaded them again, {result['uploaded'] / 1e6:.2f} MB (content key "
             f"{result['content_key'][:16]})"
         )
     elif not result["uploaded"]:
-        print(
+        say(
             f"{args.url} already holds this bank, every file checked (content key "
             f"{result['content_key'][:16]})"
         )
     else:
-        print(
+        say(
             f"pushed {args.bank} to {args.url}: {result['uploaded'] / 1e6:.2f} MB in "
             f"{result['seconds']:.1f} s (content key {result['content_key'][:16]})"
         )
@@ -260,9 +261,9 @@ def cmd_bank_pull(args: argparse.Namespace) -> None:
             args.url, pull_target(args), storage_options(args), progress=not args.quiet
         )
     if not result["downloaded"]:
-        print(f"{result['path']} (already here; content key {result['content_key'][:16]})")
+        say(f"{result['path']} (already here; content key {result['content_key'][:16]})")
     else:
-        print(
+        say(
             f"{result['path']}: {result['downloaded'] / 1e6:.2f} MB from {args.url} in "
             f"{result['seconds']:.1f} s, every object checked (content key "
             f"{result['content_key'][:16]})"

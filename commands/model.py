@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from commands.options import Command, pull_target, storage_options
+from common.errors import say
 from common.signals import PUSH_CUT, STARTS_OVER, interruption_report
 
 
@@ -14,7 +15,7 @@ def cmd_model_export(args: argparse.Namespace) -> None:
 
     with interruption_report(f"model export interrupted by {{signal}}: {STARTS_OVER}"):
         out = export_model(args.ckpt, args.out, args.metrics or [])
-    print(
+    say(
         f"model: {out} (model.safetensors, config.json, README.md); use it with "
         f"cli.py segment --model {out}"
     )
@@ -26,13 +27,13 @@ def cmd_model_push(args: argparse.Namespace) -> None:
     with interruption_report(f"model push interrupted by {{signal}}: {PUSH_CUT}"):
         result = push_model(args.model, args.url, storage_options(args), progress=not args.quiet)
     if not result["uploaded"]:
-        print(
+        say(
             f"{args.url} already holds this model, its weights intact (content key "
             f"{result['key'][:16]})"
         )
         return
     what = "repaired the damaged copy at" if result["repaired"] else "pushed"
-    print(
+    say(
         f"{what} {args.url}: {result['uploaded'] / 1e6:.2f} MB in {result['seconds']:.1f} s "
         f"(content key {result['key'][:16]}); load it with: cli.py segment --model {args.url}"
     )
@@ -46,9 +47,9 @@ def cmd_model_pull(args: argparse.Namespace) -> None:
             args.url, pull_target(args), storage_options(args), progress=not args.quiet
         )
     if not result["downloaded"]:
-        print(f"{result['path']} (already here; content key {result['key'][:16]})")
+        say(f"{result['path']} (already here; content key {result['key'][:16]})")
         return
-    print(
+    say(
         f"{result['path']}: {result['downloaded'] / 1e6:.2f} MB from {args.url} in "
         f"{result['seconds']:.1f} s, weights checked (content key {result['key'][:16]})"
     )

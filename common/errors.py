@@ -116,6 +116,11 @@ def printable(text: object) -> str:
     return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in str(text))
 
 
+def say(text: str) -> None:
+    """Print a one-line report, its paths' control characters escaped (:func:`printable`)."""
+    print(printable(text))
+
+
 def one_line(text: object) -> str:
     """``text`` on one line (newlines and runs of spaces folded), for messages that quote
     third-party errors."""

@@ -2525,3 +2525,10 @@ def test_a_newline_in_a_path_never_breaks_a_line(tiny_bank, tmp_path, capsys):
     assert code == 0, err
     (summary,) = [line for line in out.splitlines() if "items built" in line]
     assert summary.startswith(f"bank {tmp_path}/new\\nbank.zarr: ")
+    remote = f"file://{tmp_path}/pushed\nhere.zarr"
+    code, out, err = run_main(capsys, "bank", "push", str(tiny_bank), remote, "--quiet")
+    assert code == 0, err
+    assert out.splitlines() == [out.strip()] and "pushed\\nhere.zarr" in out  # probe 11
+    code, out, err = run_main(capsys, "bank", "pull", remote, "--to", str(tmp_path / "p\nq"))
+    assert code == 0, err
+    assert out.strip().splitlines()[-1].startswith(f"{tmp_path}/p\\nq: ")
