@@ -20,7 +20,6 @@ from jsonargparse import ArgumentError
 from commands.options import Command, log_ours
 from common.config_files import check_config_files, config_file_error, option_type_error
 from common.errors import (  # what ends a command in one line (cheap: no torch)
-    KEPT,
     NOTHING_LEFT,
     PATH_ERRNOS,
     STORAGE_ERRNOS,
@@ -287,7 +286,7 @@ def main(argv: list[str] | None = None, script: bool = False) -> int:
             where = (
                 f"{argv[0]}: writing the run's checkpoints, logs or results ({', '.join(named)})"
             )
-        after = KEPT if command is not None and command.keeps_finished_work else NOTHING_LEFT
+        after = command.after_a_stopped_write() if command is not None else NOTHING_LEFT
         kept = _whole_checkpoint_beside(e.filename) if argv and argv[0] == "fit" else None
         if kept is not None:  # the steps trained are not lost (a probe: "run it again" restarted)
             after = (
@@ -332,7 +331,7 @@ def _remote_fault(error: BaseException, argv: list[str], command: Command | None
     urls = [a for a in argv if "://" in a] or ["its remote store"]
     words = itertools.takewhile(lambda a: re.fullmatch(r"[a-z][a-z-]*", a) is not None, argv)
     name = " ".join(list(words)[:2]) or "cli.py"
-    after = KEPT if command is not None and command.keeps_finished_work else NOTHING_LEFT
+    after = command.after_a_stopped_write() if command is not None else NOTHING_LEFT
     failed = f"a request to {', '.join(urls)} failed"
     # a timeout or a malformed reply in words, without its type (failure_text)
     failed += f": {failure_text(error)}" if worded(error) else f" ({failure_text(error)})"

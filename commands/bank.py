@@ -391,6 +391,7 @@ COMMANDS = {
                 "upload a complete bank (hf://datasets/ORG/NAME, s3://, ...)",
                 _bank_push_options,
                 cmd_bank_push,
+                leaves=PUSH_CUT,
             ),
             "pull": Command(
                 "download a bank, check every object, cache it by content",

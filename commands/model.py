@@ -100,6 +100,7 @@ COMMANDS = {
                 "upload a model folder to a URL (its weights checked; config.json last)",
                 _model_push_options,
                 cmd_model_push,
+                leaves=PUSH_CUT,
             ),
             "pull": Command(
                 "download a model (weights checked) into the cache or --to",

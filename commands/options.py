@@ -30,6 +30,14 @@ class Command:
     description: str | None = None  # the -h text (default: help)
     keeps_finished_work: bool = False  # items are written one by one and a rerun goes on: what
     # a storage error (a full disk) then tells the user; else nothing partial is left
+    leaves: str | None = None  # what a stopped write leaves, where neither of those is true (a
+    # push: part of the upload at the URL, common.signals.PUSH_CUT)
+
+    def after_a_stopped_write(self) -> str:
+        """What a storage error's line says the stopped run left."""
+        from common.errors import KEPT, NOTHING_LEFT
+
+        return self.leaves or (KEPT if self.keeps_finished_work else NOTHING_LEFT)
 
 
 def field_docs(cls) -> dict[str, str]:

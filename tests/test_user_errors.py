@@ -2532,3 +2532,22 @@ def test_a_newline_in_a_path_never_breaks_a_line(tiny_bank, tmp_path, capsys):
     code, out, err = run_main(capsys, "bank", "pull", remote, "--to", str(tmp_path / "p\nq"))
     assert code == 0, err
     assert out.strip().splitlines()[-1].startswith(f"{tmp_path}/p\\nq: ")
+
+
+def test_a_full_disk_during_a_push_says_what_the_url_holds(tiny_bank, tmp_path):
+    """Probe 11: a push stopped by a full disk said "nothing partial is left" while the URL held
+    75 files of the upload (which no reader opens: the root goes last)."""
+    biggest = max(p.stat().st_size for p in tiny_bank.rglob("*") if p.is_file())
+    remote = tmp_path / "remote.zarr"
+    cut = cli_under_file_size_limit(
+        "bank", "push", str(tiny_bank), f"file://{remote}", "--quiet", limit=biggest // 2
+    )
+    line = one_error_line(cut.stderr)
+    assert (
+        cut.returncode == 2
+        and "(the URL may hold part of the upload, which no reader opens" in line
+    ), line
+    assert "nothing partial is left" not in line, line
+    again = run_cli("bank", "push", str(tiny_bank), f"file://{remote}", "--quiet")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert run_cli("bank", "verify", f"file://{remote}").returncode == 0
