@@ -49,7 +49,7 @@ from pathlib import Path
 from common.errors import staged_write
 from common.io import remove_staging
 from common.progress import ProgressBar
-from common.retry import with_retries
+from common.retry import transient, with_retries
 from model.export import (
     CARD,
     CONFIG,
@@ -211,6 +211,26 @@ def _read_remote(fs, path: str) -> bytes | None:
         return None
 
 
+def _remote_size(fs, path: str, url: str, name: str) -> int:
+    """The size of a pulled model's weights file. fsspec says "not found" (the bare URL) for a
+    stalled, failing or missing file alike (a probe): a failure that passes is asked again
+    (``common.retry``) and, when it outlives the retries, worded by the caller's
+    ``remote_errors``; a file that is not there is named so."""
+
+    def size() -> int:
+        try:
+            return int(fs.size(path) or 0)
+        except FileNotFoundError as e:
+            if e.__cause__ is not None and transient(e.__cause__):
+                raise e.__cause__ from None
+            raise ModelFileError(
+                f"{url}: its {name} is missing there, so the copy is incomplete; push it again "
+                f"from a good export (cli.py model push MODEL {url})"
+            ) from None
+
+    return with_retries(size)
+
+
 def _download(fs, source: str, target: Path, bar: ProgressBar) -> str:
     """Stream ``source`` to ``target``; returns its sha256. A transient failure (a 5xx, a cut
     connection or a short body) starts the stream over, a few times (``common.retry``)."""
@@ -321,7 +341,7 @@ def pull_model(
                 staging.mkdir()
                 with ProgressBar(
                     "pull",
-                    int(fs.size(f"{base}/{weights['file']}") or 0),
+                    _remote_size(fs, f"{base}/{weights['file']}", url, weights["file"]),
                     unit="bytes",
                     enabled=progress,
                 ) as bar:

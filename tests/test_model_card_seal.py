@@ -270,3 +270,36 @@ def test_model_push_to_a_bucket_that_does_not_exist_names_the_url_and_the_fix(
     assert line.startswith(
         f"error: model push to {url}: the bucket 'nosuchbucket' does not exist; create it"
     ), line
+
+
+@pytest.mark.parametrize("fault", ["missing", "500"])
+def test_model_pull_names_weights_that_are_missing_or_failing(
+    exported, tmp_path, cli_in_process, monkeypatch, fault
+):
+    """Probe 11: a pull whose model.safetensors was missing, or answered 500, printed only the
+    bare URL (fsspec's "not found"); a 500 was not asked again."""
+    from servers import RangeHTTPServer
+
+    import common.retry
+
+    monkeypatch.setattr(common.retry, "BACKOFF_S", 0.001)
+    root = tmp_path / "served"
+    remote = _copy(exported, root / "m")
+    if fault == "missing":
+        (remote / "model.safetensors").unlink()
+    with RangeHTTPServer(root) as server:
+        if fault == "500":
+            server.fail("500", match="model.safetensors")
+        url = f"{server.url}/{remote.name}"
+        result = cli_in_process("model", "pull", url, "--to", str(tmp_path / "got"), "--quiet")
+        asked = [p for m, p in server.requests if "model.safetensors" in p]
+    line = _one_line_error(result)
+    if fault == "missing":
+        assert line == (
+            f"error: {url}: its model.safetensors is missing there, so the copy is incomplete; "
+            f"push it again from a good export (cli.py model push MODEL {url})"
+        )
+    else:
+        assert "500" in line and url in line, line
+        assert len(asked) > 2, asked  # asked again
+    assert not (tmp_path / "got").exists()
