@@ -186,20 +186,13 @@ def card_problem(folder: str | os.PathLike, config: dict) -> str | None:
     not a file, or other bytes than the card its ``config.json`` gives (an edited licence);
     None when it is that card. Found by a fault probe: an edited or missing card was pushed and
     pulled under the same content key."""
-    path = Path(folder) / CARD
-    if path.is_symlink():
-        return f"{CARD} (the card) is a link to {os.readlink(path)}, not the model's own file"
-    if not os.path.lexists(path):
-        return f"{CARD} (the card) is missing"
-    if not path.is_file():
-        return f"{CARD} (the card) is not a file"
+    from prompt_bank.card import card_file_problem
+
     try:
         expected = card_bytes(config)
     except (KeyError, TypeError, AttributeError, ValueError):
         return f"its {CONFIG} lacks what the card shows (not one that export wrote)"
-    if path.read_bytes() != expected:
-        return f"{CARD} (the card) is not the one its {CONFIG} gives (edited?)"
-    return None
+    return card_file_problem(str(Path(folder) / CARD), expected, "model", f"its {CONFIG} gives")
 
 
 def model_card(config: dict) -> str:

@@ -199,14 +199,28 @@ def card_problem(location: str, attrs: dict) -> str | None:
 
     from prompt_bank.format import CARD_KEY
 
-    path = os.path.join(str(location), CARD_KEY)
+    return card_file_problem(
+        os.path.join(str(location), CARD_KEY),
+        card_bytes(attrs),
+        "bank",
+        "its attributes give",
+    )
+
+
+def card_file_problem(path: str, expected: bytes, owner: str, source: str) -> str | None:
+    """What is wrong with the card file at ``path`` (a bank's or a model's README.md, which no
+    hash covers): missing, a link (a push would send the file it points to), not a file, or
+    other bytes than ``expected``, the card that ``source`` ("its attributes give")
+    names; None when it is that card."""
+    import os
+
     if os.path.islink(path):
-        return f"README.md (the card) is a link to {os.readlink(path)}, not the bank's own file"
+        return f"README.md (the card) is a link to {os.readlink(path)}, not the {owner}'s own file"
     if not os.path.lexists(path):
         return "README.md (the card) is missing"
     if not os.path.isfile(path):
         return "README.md (the card) is not a file"
     with open(path, "rb") as f:
-        if f.read() != card_bytes(attrs):
-            return "README.md (the card) is not the one its attributes give (edited?)"
+        if f.read() != expected:
+            return f"README.md (the card) is not the one {source} (edited?)"
     return None
