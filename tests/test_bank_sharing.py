@@ -432,7 +432,9 @@ def test_pull_verify_and_info_over_a_failing_server_end_in_one_line(
         assert line.startswith(f"error: bank pull from {url}: Client") and "network" in line
         assert list(tmp_path.iterdir()) == []  # no staging folder, no half bank
         gets = [p for m, p in flaky.requests if m == "GET" and "/c/" in p]
-        assert max(gets.count(p) for p in gets) == RETRIES + 1  # asked again, then given up
+        # asked again, then given up; aiohttp itself asks once more when a kept-alive connection
+        # was cut under it (a fresh-clone CI of 771de4a counted 5 GETs of one object)
+        assert RETRIES + 1 <= max(gets.count(p) for p in gets) <= 2 * (RETRIES + 1), gets
         flaky.reset()
         verified = cli_in_process("bank", "verify", url)
         assert verified.returncode == 2
