@@ -198,7 +198,11 @@ def lightning_main(argv: list[str]) -> int:
     from model.lightning_cli import main as run
 
     try:
-        run(argv)
+        # SIGTERM raises Interrupted (one line, 143), as Ctrl-C raises KeyboardInterrupt: before,
+        # SIGTERM in the set-up ended the command silently (a probe). Lightning chains this
+        # handler behind its own; fit's StopOnInterrupt replaces it while training
+        with interruptible(signals=(signal.SIGTERM,)):
+            run(argv)
     except SystemExit as e:
         if e.code == 2 and argv[0] == "predict" and any(a.startswith("--images") for a in argv):
             print(

@@ -42,8 +42,8 @@ def stopped(signal_name: str | None, report: str) -> Interrupted:
 
 
 @contextlib.contextmanager
-def interruptible():
-    """SIGINT/SIGTERM raise :class:`Interrupted` once; later ones wait for the clean-up to end."""
+def interruptible(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
+    """``signals`` raise :class:`Interrupted` once; later ones wait for the clean-up to end."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -55,7 +55,7 @@ def interruptible():
         received.append(signum)
         raise Interrupted(signum)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, handler) for s in signals}
     try:
         yield
     finally:

@@ -245,12 +245,17 @@ class SegmentationCLI(LightningCLI):
                 raise
         checkpoints = self.trainer.checkpoint_callback
         if self.trainer.is_global_zero and checkpoints is not None and checkpoints.dirpath:
-            best = checkpoints.best_model_path
-            print(
-                f"fit: {self.trainer.global_step} steps; checkpoints in {checkpoints.dirpath} "
-                f"(last.ckpt{', best ' + Path(best).name if best else ''})",
-                flush=True,
-            )
+            # only the checkpoints that exist: a SIGTERM stops fit before last.ckpt is written
+            # (a probe found "(last.ckpt)" named beside a folder holding interrupted.ckpt only)
+            folder, best = Path(checkpoints.dirpath), checkpoints.best_model_path
+            names = ["last.ckpt"] if (folder / "last.ckpt").is_file() else []
+            names += [f"best {Path(best).name}"] if best and Path(best).is_file() else []
+            if names:
+                print(
+                    f"fit: {self.trainer.global_step} steps; checkpoints in {folder} "
+                    f"({', '.join(names)})",
+                    flush=True,
+                )
         stop = self.interruption
         if stop.saved is not None:
             raise stopped(

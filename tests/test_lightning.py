@@ -729,8 +729,11 @@ def test_ctrl_c_in_fit_saves_a_checkpoint_that_resumes(world, tmp_path, stop):
         time.sleep(0.05)
     time.sleep(2)  # a few steps
     process.send_signal(stop)
-    _, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + stop and "Traceback" not in stderr, stderr[-3000:]
+    for folder, names in re.findall(r"checkpoints in (\S+) \(([^)]*)\)", stdout):
+        for name in names.split(", "):  # the summary names only checkpoints that exist
+            assert (tmp_path / folder / name.removeprefix("best ")).is_file(), stdout[-3000:]
     line = [x for x in stderr.splitlines() if x.startswith("error:")]
     assert len(line) == 1, stderr[-3000:]
     found = re.search(
@@ -753,6 +756,36 @@ def test_ctrl_c_in_fit_saves_a_checkpoint_that_resumes(world, tmp_path, stop):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     last = sorted(tmp_path.glob("runs/dpseg/version_1/checkpoints/last.ckpt"))
     assert torch.load(last[0], map_location="cpu", weights_only=True)["global_step"] == step + 2
+
+
+def test_sigterm_while_test_sets_up_ends_in_one_line(trained, world, tmp_path):
+    """SIGTERM while `test` builds its model and trainer (before Lightning's loop): one line
+    and 143, as Ctrl-C gives 130; it ended silently under the default action (a probe)."""
+    argv = ["test", "--config", str(TINY), "--config", str(world / "overlay.yaml")]
+    script = (
+        "import os, signal, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import cli\n"
+        "from model import lightning_cli\n"
+        "def set_up(self):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "lightning_cli.SegmentationCLI.before_instantiate_classes = set_up\n"
+        f"sys.exit(cli.main({[*argv, '--ckpt_path', str(trained)]!r}, script=True))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
+    lines = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert lines == [
+        "error: interrupted by SIGTERM; nothing partial is left (the same command starts over)"
+    ], result.stderr[-3000:]
+    assert not list(tmp_path.glob("runs/*/*/results*")), "nothing partial is left"
 
 
 def test_checkpoint_is_weights_only_safe_and_records_provenance(trained, world):
