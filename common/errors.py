@@ -121,6 +121,16 @@ def say(text: str) -> None:
     print(printable(text))
 
 
+def not_json_answer(url: str, name: str, raw: bytes) -> str:
+    """The server answered a JSON file of ``url`` (``name``) with ``raw``, which is not JSON:
+    most often a login or error page (a proxy, an expired link), not damage to what it holds."""
+    return (
+        f"{url}: the server answered {name} with something that is not JSON (it begins "
+        f"{raw[:40]!r}): a login or error page, or a wrong URL; check the URL and the "
+        "credentials (--storage-options, $DPSEG_STORAGE_OPTIONS)"
+    )
+
+
 def one_line(text: object) -> str:
     """``text`` on one line (newlines and runs of spaces folded), for messages that quote
     third-party errors."""

@@ -46,7 +46,7 @@ import uuid
 from argparse import ArgumentError
 from pathlib import Path
 
-from common.errors import staged_write
+from common.errors import not_json_answer, staged_write
 from common.io import remove_staging
 from common.progress import ProgressBar
 from common.retry import transient, with_retries
@@ -304,11 +304,7 @@ def pull_model(
         try:
             json.loads(raw)
         except ValueError:  # a login or error page (a probe: "export the model again")
-            raise ModelFileError(
-                f"{url}: the server answered {CONFIG} with something that is not JSON (it "
-                f"begins {raw[:40]!r}): a login or error page, or a wrong URL; check the URL "
-                "and the credentials (--storage-options, $DPSEG_STORAGE_OPTIONS)"
-            ) from None
+            raise ModelFileError(not_json_answer(url, CONFIG, raw)) from None
         config = parse_config(raw, f"{url}/{CONFIG}", "URL")
         try:  # the card is written from config.json; the remote README.md is never read
             card = card_bytes(config)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.errors import UserError, file_in_the_way, one_line
+from common.errors import UserError, file_in_the_way, not_json_answer, one_line
 from prompt_bank.format import (
     REFETCH,
     BankFormatError,
@@ -375,11 +375,15 @@ def damaged_root_error(store, location: str, error: BaseException) -> BankFormat
     import re
 
     from common.errors import one_line
+    from prompt_bank.integrity import get_object
 
+    if is_url(location):  # an HTML page for the root: the server's answer, not a damaged bank
+        with contextlib.suppress(Exception):
+            raw = get_object(store, "zarr.json") or b""
+            if raw and not raw.lstrip().startswith(b"{"):
+                return BankFormatError(not_json_answer(location, "zarr.json", raw))
     command = None
     try:
-        from prompt_bank.integrity import get_object
-
         card = (get_object(store, "README.md") or b"").decode("utf-8", "replace")
         found = re.search(r"^- command: `(.+)`$", card, flags=re.M)
         command = found.group(1) if found and found.group(1) != "not recorded" else None

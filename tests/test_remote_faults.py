@@ -289,3 +289,25 @@ def test_a_remote_shard_s_objects_are_asked_for_at_once(hostile):
     reader.join(timeout=60)
     assert asked == keys, sorted(keys - asked)
     assert read["state"].status == "complete"
+
+
+@pytest.mark.parametrize("command", ["pull", "info"])
+def test_an_html_page_for_the_root_is_the_server_s_answer_not_a_damaged_bank(
+    bank, tmp_path, cli_in_process, command
+):
+    """The probe: a login page for a URL's root zarr.json was called a damaged bank, with a
+    local bank's advice (delete it and build it again)."""
+    shutil.copytree(bank, tmp_path / "served" / NAME)
+    (tmp_path / "served" / NAME / "zarr.json").write_bytes(b"<html>login</html>")
+    with RangeHTTPServer(tmp_path / "served") as server:
+        url = f"{server.url}/{NAME}"
+        args = ["--to", str(tmp_path / "p.zarr"), "--quiet"] if command == "pull" else []
+        result = cli_in_process("bank", command, url, *args)
+    line = one_error_line(result.stderr)
+    assert result.returncode == 2, result.stderr
+    assert line.endswith(
+        f"{url}: the server answered zarr.json with something that is not JSON (it begins "
+        "b'<html>login</html>'): a login or error page, or a wrong URL; check the URL and the "
+        "credentials (--storage-options, $DPSEG_STORAGE_OPTIONS)"
+    ), line
+    assert "bank build" not in line and not (tmp_path / "p.zarr").exists()
