@@ -197,10 +197,19 @@ def _printable(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
+def _cut_body(error: BaseException) -> bool:
+    """A reply whose body ended before its Content-Length (the connection closed under it)."""
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - fsspec's HTTP filesystem needs it
+        return False
+    return isinstance(error, aiohttp.ClientPayloadError)
+
+
 def worded(error: BaseException) -> bool:
     """Whether :func:`request_failure` says what happened without the error's type (a timeout,
-    a malformed reply): callers then leave the type out."""
-    return _timeout(error) is not None or _malformed_reply(error)
+    a malformed reply, a body cut short): callers then leave the type out."""
+    return _timeout(error) is not None or _malformed_reply(error) or _cut_body(error)
 
 
 def failure_text(error: BaseException, limit: int = 300) -> str:
@@ -241,6 +250,10 @@ def request_failure(error: BaseException) -> str:
         reason = _printable(getattr(error, "message", "") or "")
         where = f" for {url}" if url else ""
         return f"the server sent a malformed reply{where}" + _brackets(reason, _tries(error))
+    if _cut_body(error):  # aiohttp's text is the repr of its parser's error (a probe)
+        return "a reply's body ended before the length the server announced" + _brackets(
+            "the connection was cut", _tries(error)
+        )
     if isinstance(error, aiohttp.TooManyRedirects):
         return f"too many redirects (the server redirects in a loop) at {error.request_info.url}"
     if isinstance(error, aiohttp.ClientResponseError):

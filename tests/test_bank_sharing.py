@@ -429,7 +429,13 @@ def test_pull_verify_and_info_over_a_failing_server_end_in_one_line(
         pulled = cli_in_process("bank", "pull", url, "--to", str(tmp_path / "p.zarr"), "--quiet")
         assert pulled.returncode == 2
         line = one_error_line(pulled.stderr)
-        assert line.startswith(f"error: bank pull from {url}: Client") and "network" in line
+        said = {  # aiohttp's text for a cut body was the repr of its parser's error (a probe)
+            "500": "ClientResponseError: HTTP 500 Internal Server Error",
+            "short": "a reply's body ended before the length the server announced (the "
+            "connection was cut, tried ",
+        }[fault]
+        assert line.startswith(f"error: bank pull from {url}: {said}") and "network" in line, line
+        assert "<" not in line, line  # no repr
         assert list(tmp_path.iterdir()) == []  # no staging folder, no half bank
         gets = [p for m, p in flaky.requests if m == "GET" and "/c/" in p]
         # asked again, then given up; aiohttp itself asks once more when a kept-alive connection
@@ -439,7 +445,8 @@ def test_pull_verify_and_info_over_a_failing_server_end_in_one_line(
         verified = cli_in_process("bank", "verify", url)
         assert verified.returncode == 2
         line = one_error_line(verified.stderr, only=False)
-        assert line.startswith(f"error: bank verify: a request to {url} failed (Client"), line
+        opened = {"500": " (ClientResponseError: HTTP 500", "short": ": a reply's body ended"}
+        assert line.startswith(f"error: bank verify: a request to {url} failed{opened[fault]}")
         assert "the server or the network kept failing; try again later" in line
 
 
