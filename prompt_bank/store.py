@@ -273,10 +273,7 @@ def open_group(
                 "check the bucket's name in the URL (and the endpoint and the credentials: "
                 "--storage-options or $DPSEG_STORAGE_OPTIONS, AWS_*)"
             ) from None
-        raise BankFormatError(
-            f"{str(location)!r} is not a prompt bank (no zarr v3 group there: {one_line(e)}); "
-            "give the folder or URL of a bank (cli.py bank build --out, or bank pull --to)"
-        ) from e
+        raise _no_root_error(store, str(location)) from None
     except (ValueError, TypeError, UnicodeDecodeError, AttributeError) as e:
         # a root zarr.json zarr can't read (a JSON number: AttributeError), or storage options
         # the store's client refuses (found by a probe: an unknown option read as damage)
@@ -284,6 +281,31 @@ def open_group(
         if refused is not None:
             raise refused from None
         raise damaged_root_error(store, str(location), e) from None
+
+
+BANK_PARTS = ("README.md", "text/zarr.json")
+"""Objects a bank's build or push writes before its root zarr.json (which goes last)."""
+
+
+def _no_root_error(store, location: str) -> BankFormatError:
+    """No root zarr.json at ``location``: the end of a build or push that was cut short when
+    other parts of a bank are there (a probe: pulling a cut upload quoted zarr's store repr
+    and did not say so), else no bank."""
+    from prompt_bank.zarr_io import get_object
+
+    found = []
+    with contextlib.suppress(Exception):  # a store that cannot list: "not a bank" stands
+        found = [key for key in BANK_PARTS if get_object(store, key) is not None]
+    if found:
+        return BankFormatError(
+            f"{location!r} holds part of a bank ({', '.join(found)}) but no root zarr.json, "
+            "which is written last: a push or build that did not finish; run that push or build "
+            "again to complete it (or give the URL or folder of a whole bank)"
+        )
+    return BankFormatError(
+        f"{location!r} is not a prompt bank (no zarr.json there); give the folder or URL of a "
+        "bank (cli.py bank build --out, or bank pull --to)"
+    )
 
 
 BUCKET_PROTOCOLS = ("s3", "s3a", "gs", "gcs")

@@ -235,7 +235,33 @@ def test_a_missing_bank_in_a_bucket_that_exists_is_still_no_bank(s3, s3_env, cli
     result = cli_in_process("bank", "info", "s3://there/b", env=s3_env)
     assert result.returncode == 2
     line = one_error_line(result.stderr)
-    assert "is not a prompt bank" in line and "does not exist" not in line, line
+    assert "is not a prompt bank (no zarr.json there)" in line, line
+    assert "does not exist" not in line and "<" not in line, line  # no store repr
+
+
+@pytest.mark.parametrize("command", ["pull", "info"])
+def test_an_upload_cut_before_its_root_is_said_to_be_one(
+    bank, s3, s3_env, tmp_path, cli_in_process, command
+):
+    """The probe: pulling a push cut short (no root zarr.json yet: it goes last) said "not a
+    prompt bank (no zarr v3 group there: No group found in store <FsspecStore(...)>...)"."""
+    s3.make_bucket("cut")
+    url = "s3://cut/b"
+    assert cli_in_process("bank", "push", str(bank), url, "--quiet", env=s3_env).returncode == 0
+    s3.client().delete_object(Bucket="cut", Key="b/zarr.json")
+    args = ["--to", str(tmp_path / "p.zarr"), "--quiet"] if command == "pull" else []
+    result = cli_in_process("bank", command, url, *args, env=s3_env)
+    assert result.returncode == 2
+    line = one_error_line(result.stderr)
+    assert line.endswith(
+        f"{url!r} holds part of a bank (README.md, text/zarr.json) but no "
+        "root zarr.json, which is written last: a push or build that did not finish; run that "
+        "push or build again to complete it (or give the URL or folder of a whole bank)"
+    ), line
+    nothing_partial(tmp_path)
+    again = cli_in_process("bank", "push", str(bank), url, "--quiet", env=s3_env)
+    assert again.returncode == 0, again.stderr  # the same push completes it
+    assert cli_in_process("bank", "verify", url, env=s3_env).returncode == 0
 
 
 # ---------------------------------------------------------------------------------------------
