@@ -233,8 +233,8 @@ def _manifest_fields(body: dict, state: ShardState, keys: set[str]) -> list[str]
     out = []
     if body.get("shard") != state.index or body.get("classes") != [state.k0, state.k1]:
         out.append(
-            f"{key} names shard {body.get('shard')!r}, classes {body.get('classes')!r}; it is "
-            f"shard {state.index}, classes [{state.k0}, {state.k1}]"
+            f"{key} names shard {body.get('shard')!r}, classes {body.get('classes')!r}; "
+            + manifest_should_say(state.index, state.k0, state.k1)
         )
     stray = sorted(set(body["objects"]) - keys)
     if stray:
@@ -247,15 +247,20 @@ def _manifest_fields(body: dict, state: ShardState, keys: set[str]) -> list[str]
         wrong = sorted(k for k in vouched if sizes.get(k) != state.sizes[k])
         wrong += sorted(set(sizes) - keys)
         if wrong:
+            pairs = [
+                f"{k}: {sizes.get(k)!r} bytes listed, {state.sizes.get(k, 0)} found" for k in wrong
+            ]
+            more = f"; and {len(wrong) - 3} more" if len(wrong) > 3 else ""
             out.append(
-                f"{key} gives sizes that are not the objects' ({shown_keys(wrong)}: "
-                + ", ".join(
-                    f"{sizes.get(k)!r} bytes listed, {state.sizes.get(k, 0)} found"
-                    for k in wrong[:1]
-                )
-                + ")"
+                f"{key} gives sizes that are not the objects' ({'; '.join(pairs[:3])}{more})"
             )
     return out
+
+
+def manifest_should_say(shard: int, k0: int, k1: int) -> str:
+    """What a shard's manifest must say, in its own notation (``classes`` is ``[first, end)``;
+    the messages' "classes 0-0" is inclusive, so the two are not mixed in one line)."""
+    return f'it should say "shard": {shard}, "classes": [{k0}, {k1}] (classes {k0}-{k1 - 1})'
 
 
 def shown_keys(keys: list[str], first: int = 3) -> str:

@@ -18,6 +18,7 @@ from prompt_bank.integrity import (  # noqa: F401  (the reading side, re-exporte
     content_key,
     disagreement_error,
     manifest_hashes,
+    manifest_should_say,
     put_object,
     read_manifest_body,
     seal_disagreements,
@@ -72,7 +73,8 @@ def manifest_disagreement(
         if body.get("shard") != shard or body.get("classes") != [k0, k1]:
             return (
                 f"manifest/shard-{shard:05d}.json names shard {body.get('shard')!r}, classes "
-                + (f"{body.get('classes')!r}; it is shard {shard}, classes [{k0}, {k1}]")
+                + f"{body.get('classes')!r}; "
+                + manifest_should_say(shard, k0, k1)
             )
         wrong = sorted(
             k for k, n in body["sizes"].items() if lengths is not None and lengths.get(k, 0) != n
