@@ -123,8 +123,11 @@ def _pixels(n: int) -> str:
 def _over_the_limit(size: str, limit: int) -> tuple[str, str]:
     """(reason, fix) for an image of ``size`` pixels over ``limit``."""
     return (
-        f"{size} pixels, more than the limit of {_pixels(limit)} (--max-pixels or $DPSEG_MAX_PIXELS)",
-        "resize it, or raise the limit (segment --max-pixels N, or $DPSEG_MAX_PIXELS)",
+        # every command that reads images has $DPSEG_MAX_PIXELS; only segment has --max-pixels
+        # (a probe: `test` advised "segment --max-pixels N", another command's option)
+        f"{size} pixels, more than the limit of {_pixels(limit)} ($DPSEG_MAX_PIXELS; segment: "
+        "--max-pixels)",
+        "resize it, or raise the limit ($DPSEG_MAX_PIXELS=N; for segment, --max-pixels N)",
     )
 
 

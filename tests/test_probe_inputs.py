@@ -272,4 +272,5 @@ def test_eval_masks_a_label_map_with_too_many_pixels_is_one_line(capsys, mask_fo
         "--num-classes", "2", "--ignore-index", "255", "--quiet",
     )  # fmt: skip
     assert f"{'label' if which == 'gt' else 'prediction'} {str(huge)!r}: " in line, line
-    assert "more than the limit of 80 M (--max-pixels or $DPSEG_MAX_PIXELS)" in line, line
+    assert "more than the limit of 80 M ($DPSEG_MAX_PIXELS; segment: --max-pixels)" in line, line
+    assert "raise the limit ($DPSEG_MAX_PIXELS=N; for segment, --max-pixels N)" in line, line

@@ -272,9 +272,9 @@ def test_read_image_refuses_a_bomb_and_garbage_as_user_errors(files):
     # decompression bomb DOS attack" and "whatever --max-pixels says", which was not so
     with pytest.raises(
         UnreadableImageError,
-        match=r"bomb.png.*400 M pixels, more than the limit of 80 M \(--max-pixels or "
-        r"\$DPSEG_MAX_PIXELS\).*resize "
-        r"it, or raise the limit",
+        match=r"bomb.png.*400 M pixels, more than the limit of 80 M \(\$DPSEG_MAX_PIXELS; "
+        r"segment: --max-pixels\).*resize it, or raise the limit \(\$DPSEG_MAX_PIXELS=N; for "
+        r"segment, --max-pixels N\)",
     ):
         read_image(files["bomb"])
     with pytest.raises(UnreadableImageError, match=r"broken.jpg.*not an image"):
@@ -1238,7 +1238,7 @@ def test_an_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monk
     small = tmp_path / "small.png"
     Image.new("RGB", (40, 30)).save(small)
     monkeypatch.setenv("DPSEG_MAX_PIXELS", "1000")
-    with pytest.raises(UnreadableImageError, match="segment --max-pixels"):
+    with pytest.raises(UnreadableImageError, match="for segment, --max-pixels N"):
         read_image(small)
     monkeypatch.setenv("DPSEG_MAX_PIXELS", "1200")
     assert read_image(small).shape == (30, 40, 3)
@@ -2404,7 +2404,7 @@ def test_segment_lines_say_what_was_read_and_what_redo_does(trained, tmp_path, c
     line = user_error(capsys, *argv, "--out", str(tmp_path / "big"), "--max-pixels", "1")
     assert line.startswith("error: --images: none of the 2 images could be segmented ("), line
     assert (
-        "32 x 32 = 1024 pixels, more than the limit of 1 (--max-pixels or $DPSEG_MAX_PIXELS)"
+        "32 x 32 = 1024 pixels, more than the limit of 1 ($DPSEG_MAX_PIXELS; segment: --max-pixels)"
         in line
     ), line
     monkeypatch.setenv("DPSEG_MAX_PIXELS", str(MAX_PIXELS))
