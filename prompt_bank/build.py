@@ -527,7 +527,7 @@ def _build_bank(config: BuildConfig, location: str) -> BuildSummary:
             group = open_group(location, mode="a")
             if "format" not in group.attrs:  # the marker first: ours from now on
                 group.attrs.update({"format": FORMAT_NAME, "format_version": FORMAT_VERSION})
-            held.enter_context(build_lock(group, location, config.command))
+            held.enter_context(build_lock(group.store, location, config.command))
             attrs = dict(group.attrs)
             if "classes" in attrs and attrs.get("format_version") != FORMAT_VERSION:
                 raise BankFormatError(

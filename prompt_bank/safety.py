@@ -164,11 +164,14 @@ UNREADABLE_TRIES = 20
 as left by a process that died while writing it (ours)."""
 
 
-def _unwritable(group, location: str, error: OSError) -> BankLockError:
+def _unwritable(store, location: str, error: OSError) -> BankLockError:
     """A bank in a folder this user may not write to: building, resuming or repairing takes
     its lock there. Said of the bank (not of the lock's temporary file), with what can be done
     read-only."""
-    sealed = bool((dict(group.attrs).get("contents") or {}).get("complete"))
+    sealed = False
+    with contextlib.suppress(ValueError, TypeError, AttributeError, OSError):
+        root = json.loads(get_object(store, "zarr.json") or b"{}")
+        sealed = bool(((root.get("attributes") or {}).get("contents") or {}).get("complete"))
     hint = (
         f"the bank is sealed as complete: check it read-only with `python cli.py bank verify "
         f"{location}`, and to repair it, copy it to a folder you may write to and repair the copy"
@@ -183,15 +186,15 @@ def _unwritable(group, location: str, error: OSError) -> BankLockError:
 
 
 @contextlib.contextmanager
-def build_lock(group, location: str, command: str | None = None, doing: str = "built"):
-    """Hold ``build.lock`` in the bank for the duration; refuse a live holder, take a stale one.
-    ``doing``: what the holder does there, as the refusal says it ("built", "pushed to": a push
-    takes the same lock at its URL). A store without create-exclusive writes (fsspec's object
-    stores check, then write) is read back again after SETTLE_S, so that of two claims made at
-    once the one overwritten finds out (ours)."""
+def build_lock(store, location: str, command: str | None = None, doing: str = "built"):
+    """Hold ``build.lock`` in the zarr ``store`` of the bank at ``location`` for the duration;
+    refuse a live holder, take a stale one. ``doing``: what the holder does there, as the
+    refusal says it ("built", "pushed to": a push takes the same lock at its URL, where no bank
+    may be yet). A store without create-exclusive writes (fsspec's object stores check, then
+    write) is read back again after SETTLE_S, so that of two claims made at once the one
+    overwritten finds out (ours)."""
     from zarr.storage import LocalStore
 
-    store = group.store
     exclusive = isinstance(store, LocalStore)
     mine = {
         "pid": os.getpid(),
@@ -220,7 +223,7 @@ def build_lock(group, location: str, command: str | None = None, doing: str = "b
         except OSError as e:  # the lock's temporary file named nothing the user knows
             if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
-            raise _unwritable(group, location, e) from None
+            raise _unwritable(store, location, e) from None
         if holder.get("token") == mine["token"]:
             if exclusive:
                 break

@@ -228,8 +228,6 @@ def push_lock(url: str, storage_options: dict | None):
     if url.startswith("hf://") or (url.startswith("file://") and os.path.isfile(path)):
         yield  # (a file at the URL: the push refuses it, saying so)
         return
-    from types import SimpleNamespace
-
     from zarr.storage import LocalStore
 
     from prompt_bank.safety import build_lock
@@ -240,7 +238,7 @@ def push_lock(url: str, storage_options: dict | None):
         if url.startswith("file://")
         else open_store(url, read_only=False, storage_options=storage_options)
     )
-    with build_lock(SimpleNamespace(store=store, attrs={}), url, "bank push", "pushed to"):
+    with build_lock(store, url, "bank push", "pushed to"):
         yield
 
 

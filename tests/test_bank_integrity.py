@@ -616,7 +616,7 @@ def _hold_the_lock(location: str, barrier, held, overlaps, taken) -> None:
     group = zarr.open_group(location, mode="r+")
     barrier.wait()
     try:
-        with build_lock(group, location):
+        with build_lock(group.store, location):
             with held.get_lock():
                 held.value += 1
                 taken.value += 1

@@ -1941,7 +1941,7 @@ def test_a_second_segment_waits_for_the_classes_another_is_generating(tiny_bank,
     held, release = threading.Event(), threading.Event()
 
     def the_other_segment():
-        with build_lock(group, location, "the other segment"):
+        with build_lock(group.store, location, "the other segment"):
             held.set()
             release.wait(30)
 
