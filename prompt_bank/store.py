@@ -217,21 +217,32 @@ def open_store(location: str | os.PathLike, read_only: bool, storage_options: di
             f"no bank at {location!r}; check the path, or build one there with `python cli.py "
             f"bank build --vocab VOCAB --out {location}` (or fetch one: `cli.py bank pull URL`)"
         )
-    if os.path.lexists(os.path.join(location, "zarr.json")):  # a bank (or meant as one);
-        # any other folder is refused as "not a prompt bank", whatever it holds
-        refuse_irregular_files(location)
+    if os.path.lexists(os.path.join(location, "zarr.json")) or (
+        not read_only and os.path.isdir(location)
+    ):  # a bank (or meant as one); any other folder is refused as "not a prompt bank"
+        refuse_irregular_files(location, writing=not read_only)
     return LocalStore(location, read_only=read_only)
 
 
-def refuse_irregular_files(location: str) -> None:
+def refuse_irregular_files(location: str, writing: bool = False) -> None:
     """A local bank holds folders and regular files only (ours): a FIFO there would block a read
     forever, a device (a link to /dev/zero) would be read without end, and a link that loops
-    fails deep inside zarr. One stat per file, before anything is read."""
+    fails deep inside zarr. One stat per file, before anything is read. ``writing`` (a build,
+    resume, repair or seal): no link to a folder either, since zarr would write through it into
+    whatever it leads to (probe 12: `bank repair` rewrote another bank's shard through
+    ``c/20 -> other.zarr/.../c/20``); readers follow such links."""
     from common.io import special_file_kind
 
     for folder, dirs, files in os.walk(location):  # links to folders are not followed
         for name in [*files, *(d for d in dirs if os.path.islink(os.path.join(folder, d)))]:
             path = os.path.join(folder, name)
+            if writing and name in dirs and os.path.isdir(path):
+                raise BankFormatError(
+                    f"bank {location!r}: {os.path.relpath(path, location)} is a link to a folder "
+                    f"({os.path.realpath(path)}); a build or repair writes only inside the bank, "
+                    "never through a link: replace the link by a copy of what it leads to (cp -rL) "
+                    "and run the command again"
+                )
             kind = special_file_kind(path, folders=True)
             if kind is None:
                 continue  # a file, a folder, or removed since it was listed (a temporary file)

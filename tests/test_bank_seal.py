@@ -869,3 +869,33 @@ def test_a_seal_size_edited_in_a_local_bank_is_refused_by_readers(
     verified = cli_in_process("bank", "verify", str(bank))
     assert verified.returncode == 1
     assert f"FAIL  manifests: the manifests' sizes add up to {size} bytes" in verified.stdout
+
+
+@pytest.mark.parametrize("linked", ["visual/level_1/c/1", "manifest"])
+def test_a_writer_refuses_a_link_to_a_folder_and_writes_nothing_through_it(
+    reference, tmp_path, cli_in_process, linked
+):
+    """Probe 12: with X's `visual/level_1/c/20` a link into bank Y, `bank repair X` rewrote Y's
+    shard (Y then failed verify), and with `manifest/` linked it wrote X's manifests into Y.
+    Writers (build, resume, repair, seal) now refuse a link to a folder in one line; readers
+    still follow it."""
+    import os
+
+    mine, other = tmp_path / "x.zarr", tmp_path / "y.zarr"
+    shutil.copytree(reference, mine)
+    shutil.copytree(reference, other)
+    shutil.rmtree(mine / linked)
+    (mine / linked).symlink_to(other / linked)
+    shard_object(mine, "visual/level_2", 1).write_bytes(b"damaged")  # repair has work to do
+    before = {p: p.read_bytes() for p in other.rglob("*") if p.is_file()}
+    result = cli_in_process("bank", "repair", str(mine), "--quiet")
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line == (
+        f"error: bank {str(mine)!r}: {linked} is a link to a folder ({os.path.realpath(other / linked)}); "
+        "a build or repair writes only inside the bank, never through a link: replace the link "
+        "by a copy of what it leads to (cp -rL) and run the command again"
+    ), line
+    assert {p: p.read_bytes() for p in other.rglob("*") if p.is_file()} == before
+    assert cli_in_process("bank", "verify", str(other)).returncode == 0
+    assert Bank.open(mine).classes  # a reader follows it
