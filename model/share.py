@@ -142,9 +142,12 @@ def push_model(
                 f"URL {url!r}: a model goes to a hub model repository's main branch: write "
                 "hf://ORG/NAME (no datasets/, no @REVISION)"
             )
+    from prompt_bank.share import is_lock_file, push_lock
+
     with (
         remote_errors(url, "model push to"),
         bucket_must_exist(url, storage_options, "model push to"),
+        push_lock(url, storage_options, "model push"),
     ):
         repaired = False
         fs, base, there = _remote_model(url, storage_options)
@@ -154,9 +157,8 @@ def push_model(
                 "to a new URL (a push never replaces a model)"
             )
         if there is None and fs is not None and fs.exists(base):
-            others = sorted(
-                p.rsplit("/", 1)[-1] for p in fs.find(base) if p.rsplit("/", 1)[-1] not in FILES
-            )
+            names = (p.removeprefix(base + "/") for p in fs.find(base))
+            others = sorted(n for n in names if n not in FILES and not is_lock_file(n))
             if others:
                 raise ModelFileError(
                     f"URL {url} holds other files ({', '.join(others[:5])}); push to a new URL"
@@ -205,10 +207,19 @@ def _remote_model(url: str, storage_options: dict | None):
 
 
 def _read_remote(fs, path: str) -> bytes | None:
-    try:
-        return fs.cat_file(path)
-    except FileNotFoundError:
-        return None
+    """The bytes of ``path``, None where there is none; a transient failure is asked again
+    (``common.retry``): a single 503 for config.json failed a pull (probe 12), where a bank's
+    root zarr.json is asked again."""
+
+    def read() -> bytes | None:
+        try:
+            return fs.cat_file(path)
+        except FileNotFoundError as e:  # fsspec's "not found" for some failures too
+            if e.__cause__ is not None and transient(e.__cause__):
+                raise e.__cause__ from None
+            return None
+
+    return with_retries(read)
 
 
 def _remote_size(fs, path: str, url: str, name: str) -> int:
@@ -223,9 +234,14 @@ def _remote_size(fs, path: str, url: str, name: str) -> int:
         except FileNotFoundError as e:
             if e.__cause__ is not None and transient(e.__cause__):
                 raise e.__cause__ from None
+            where = (  # an http(s) URL is read only: the push goes to the store it serves
+                "to the store this URL serves"
+                if read_only_url(url)
+                else f"(cli.py model push MODEL {url})"
+            )
             raise ModelFileError(
                 f"{url}: its {name} is missing there, so the copy is incomplete; push it again "
-                f"from a good export (cli.py model push MODEL {url})"
+                f"from a good export {where}"
             ) from None
 
     return with_retries(size)

@@ -245,10 +245,14 @@ def build_lock(store, location: str, command: str | None = None, doing: str = "b
             continue
         raise BankLockError(
             f"{location} is being {doing} by pid {holder.get('pid')} on {holder.get('host')} "
-            f"since {holder.get('started')} ({holder.get('command')}); wait for it to finish "
-            "(several processes build one bank only as ranks of one torchrun/accelerate "
-            "launch). If that process is gone, "
-            f"delete {location.rstrip('/')}/{LOCK_KEY}"
+            f"since {holder.get('started')} ({holder.get('command')}); wait for it to finish"
+            + (  # a push's loser: the torchrun clause is a build's (probe 12)
+                " (several processes build one bank only as ranks of one torchrun/accelerate "
+                "launch)"
+                if doing == "built"
+                else ""
+            )
+            + f". If that process is gone, delete {location.rstrip('/')}/{LOCK_KEY}"
         )
     try:
         yield

@@ -211,19 +211,26 @@ def _holds_a_bank(location: str, url: str, storage_options: dict | None) -> bool
         except BankFormatError:  # no filesystem for the URL: the first error says why
             raise refused from None
         prefix = base.rstrip("/") + "/"
-        there = {p.removeprefix(prefix) for p in fs.find(base)} - {LOCK_KEY, TAKEOVER_KEY}
-        # a lock being claimed beside us: zarr writes it through build.<hex>.partial first
-        there = {p for p in there if not re.fullmatch(r"build\.(lock\.)?[0-9a-f]{32}\.partial", p)}
+        there = {p for p in (p.removeprefix(prefix) for p in fs.find(base)) if not is_lock_file(p)}
         if not there <= set(hub_upload_plan(location)):
             raise
         return False
 
 
+def is_lock_file(name: str) -> bool:
+    """Whether ``name`` (relative to a push's URL) is a push's lock, or its claim being written
+    (zarr writes ``build.<hex>.partial`` first): no part of what was pushed."""
+    return name in (LOCK_KEY, TAKEOVER_KEY) or bool(
+        re.fullmatch(r"build\.(lock\.)?[0-9a-f]{32}\.partial", name)
+    )
+
+
 @contextlib.contextmanager
-def push_lock(url: str, storage_options: dict | None):
-    """The lock a build takes (``build.lock``), held at `url` while a push writes there: two
-    pushes of different banks to one URL both reported success and left a mix of the two
-    (probe 11). A local folder's lock is created exclusively; the hub's commits need none."""
+def push_lock(url: str, storage_options: dict | None, command: str = "bank push"):
+    """The lock a build takes (``build.lock``), held at `url` while a push (``command``) writes
+    there: two pushes of different banks (probe 11) or models (probe 12) to one URL both
+    reported success, and the URL held one of them. A local folder's lock is created
+    exclusively; the hub's commits need none."""
     path = url.removeprefix("file://")
     if url.startswith("hf://") or (url.startswith("file://") and os.path.isfile(path)):
         yield  # (a file at the URL: the push refuses it, saying so)
@@ -238,7 +245,7 @@ def push_lock(url: str, storage_options: dict | None):
         if url.startswith("file://")
         else open_store(url, read_only=False, storage_options=storage_options)
     )
-    with build_lock(store, url, "bank push", "pushed to"):
+    with build_lock(store, url, command, "pushed to"):
         yield
 
 

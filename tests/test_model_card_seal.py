@@ -297,8 +297,8 @@ def test_model_pull_names_weights_that_are_missing_or_failing(
     if fault == "missing":
         assert line == (
             f"error: {url}: its model.safetensors is missing there, so the copy is incomplete; "
-            f"push it again from a good export (cli.py model push MODEL {url})"
-        )
+            "push it again from a good export to the store this URL serves"
+        )  # an http URL is read only (probe 12: "model push MODEL http://..." is refused)
     else:
         assert "500" in line and url in line, line
         assert len(asked) > 2, asked  # asked again

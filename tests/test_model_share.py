@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,6 +14,8 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 from servers import MotoS3Server, RangeHTTPServer
+
+from prompt_bank.safety import BankLockError
 
 VOCAB = "red disc; green square; blue triangle; background"
 
@@ -320,3 +323,79 @@ def test_a_server_answering_a_page_instead_of_the_config_is_named_so(tmp_path):
         "b'<html>login</html>'): a login or error page, or a wrong URL; check the URL and the "
         "credentials (--storage-options, $DPSEG_STORAGE_OPTIONS)"
     )
+
+
+@pytest.mark.parametrize("where", ["file", "s3"])
+def test_two_pushes_of_different_models_to_one_url_never_both_succeed(exported, tmp_path, where):
+    """Probe 12: two pushes of different models to one S3 URL both said "pushed" in 3 of 15
+    trials, and the URL held one of them. A push holds the URL's lock (build.lock, as a bank
+    push does) while it checks and writes: one wins, the other is refused in one line."""
+    import threading
+
+    from model.export import ModelFileError, card_bytes
+    from model.share import pull_model, push_model
+
+    other = tmp_path / "other"
+    shutil.copytree(exported, other)
+    config = json.loads((other / "config.json").read_text())
+    config["training"]["checkpoint"] = "another.ckpt"
+    (other / "config.json").write_text(json.dumps(config))
+    (other / "README.md").write_bytes(card_bytes(config))  # a whole export of another model
+    with contextlib.ExitStack() as held:
+        options = None
+        if where == "s3":
+            server = held.enter_context(MotoS3Server())
+            server.make_bucket("models")
+            options = {
+                "key": server.access_key,
+                "secret": server.secret_key,
+                "client_kwargs": {
+                    "endpoint_url": server.endpoint_url,
+                    "region_name": server.region,
+                },
+                "skip_instance_cache": True,
+            }
+        for trial in range(3):
+            url = (
+                f"file://{tmp_path / f'race{trial}'}"
+                if where == "file"
+                else f"s3://models/r{trial}"
+            )
+            start, outcomes = threading.Barrier(2), {}
+
+            def push(folder: Path, url=url, start=start, outcomes=outcomes) -> None:
+                start.wait()
+                try:
+                    outcomes[folder.name] = push_model(folder, url, options, progress=False)
+                except (ModelFileError, BankLockError) as e:
+                    outcomes[folder.name] = e
+
+            racers = [threading.Thread(target=push, args=(f,)) for f in (exported, other)]
+            for racer in racers:
+                racer.start()
+            for racer in racers:
+                racer.join(timeout=120)
+            won = [name for name, out in outcomes.items() if isinstance(out, dict)]
+            assert len(outcomes) == 2 and len(won) == 1, outcomes
+            (lost,) = [out for out in outcomes.values() if not isinstance(out, dict)]
+            assert "being pushed to" in str(lost) or "holds another model" in str(lost), lost
+            assert "torchrun" not in str(lost), lost  # a build's advice, not a push's
+            pulled = pull_model(url, tmp_path / f"pulled{trial}", options, progress=False)
+            assert pulled["key"] == outcomes[won[0]]["key"]
+
+
+def test_a_503_for_the_config_is_asked_again_like_the_weights(exported, tmp_path, monkeypatch):
+    """Probe 12: one 503 for config.json (the model's root file) failed `model pull` with "the
+    server or the network kept failing" after a single request."""
+    import common.retry
+    from model.share import pull_model
+
+    monkeypatch.setattr(common.retry, "BACKOFF_S", 0.001)
+    with RangeHTTPServer(exported.parent) as server:
+        server.fail("503", match="config.json", times=1)
+        pulled = pull_model(f"{server.url}/{exported.name}", tmp_path / "m", progress=False)
+        asked = [p for m, p in server.requests if m == "GET" and p.endswith("config.json")]
+    assert len(asked) == 2  # refused once, then read
+    assert (Path(pulled["path"]) / "config.json").read_bytes() == (
+        exported / "config.json"
+    ).read_bytes()
