@@ -150,21 +150,27 @@ def test_pull_over_http_caches_by_content_and_downloads_only_the_config_again(
         ).read_bytes()
 
 
-@pytest.mark.parametrize("fault", ["500", "short"])
-def test_pull_over_http_asks_again_after_a_transient_fault(exported, tmp_path, monkeypatch, fault):
-    """A 503 or a body cut short once does not end a model pull: the stream starts over."""
+@pytest.mark.parametrize(
+    ("fault", "name"),
+    [("500", "model.safetensors"), ("short", "model.safetensors"), ("503", "config.json")],
+)
+def test_pull_over_http_asks_again_after_a_transient_fault(
+    exported, tmp_path, monkeypatch, fault, name
+):
+    """A 5xx or a body cut short once does not end a model pull: the file is asked again. For
+    config.json (the model's root file) one 503 failed the pull after a single request, with
+    "the server or the network kept failing" (probe 12)."""
     import common.retry
     from model.share import pull_model
 
     monkeypatch.setattr(common.retry, "BACKOFF_S", 0.001)
     with RangeHTTPServer(exported.parent) as server:
-        server.fail(fault, match="model.safetensors", times=1)
+        server.fail(fault, match=name, times=1)
         pulled = pull_model(f"{server.url}/{exported.name}", tmp_path / "m", progress=False)
-        weights = [p for m, p in server.requests if m == "GET" and p.endswith(".safetensors")]
-    assert len(weights) == 2  # failed once, then whole
-    assert (Path(pulled["path"]) / "model.safetensors").read_bytes() == (
-        exported / "model.safetensors"
-    ).read_bytes()
+        asked = [p for m, p in server.requests if m == "GET" and p.endswith(name)]
+    assert len(asked) == 2  # failed once, then whole
+    for file in ("model.safetensors", "config.json"):
+        assert (Path(pulled["path"]) / file).read_bytes() == (exported / file).read_bytes()
 
 
 def test_push_and_pull_through_s3(exported, tmp_path):
@@ -382,20 +388,3 @@ def test_two_pushes_of_different_models_to_one_url_never_both_succeed(exported, 
             assert "torchrun" not in str(lost), lost  # a build's advice, not a push's
             pulled = pull_model(url, tmp_path / f"pulled{trial}", options, progress=False)
             assert pulled["key"] == outcomes[won[0]]["key"]
-
-
-def test_a_503_for_the_config_is_asked_again_like_the_weights(exported, tmp_path, monkeypatch):
-    """Probe 12: one 503 for config.json (the model's root file) failed `model pull` with "the
-    server or the network kept failing" after a single request."""
-    import common.retry
-    from model.share import pull_model
-
-    monkeypatch.setattr(common.retry, "BACKOFF_S", 0.001)
-    with RangeHTTPServer(exported.parent) as server:
-        server.fail("503", match="config.json", times=1)
-        pulled = pull_model(f"{server.url}/{exported.name}", tmp_path / "m", progress=False)
-        asked = [p for m, p in server.requests if m == "GET" and p.endswith("config.json")]
-    assert len(asked) == 2  # refused once, then read
-    assert (Path(pulled["path"]) / "config.json").read_bytes() == (
-        exported / "config.json"
-    ).read_bytes()
