@@ -198,11 +198,7 @@ def lightning_main(argv: list[str]) -> int:
     from model.lightning_cli import main as run
 
     try:
-        # SIGTERM raises Interrupted (one line, 143), as Ctrl-C raises KeyboardInterrupt: before,
-        # SIGTERM in the set-up ended the command silently (a probe). Lightning chains this
-        # handler behind its own; fit's StopOnInterrupt replaces it while training
-        with interruptible(signals=(signal.SIGTERM,)):
-            run(argv)
+        run(argv)
     except SystemExit as e:
         if e.code == 2 and argv[0] == "predict" and any(a.startswith("--images") for a in argv):
             print(
@@ -224,10 +220,15 @@ def main(argv: list[str] | None = None, script: bool = False) -> int:
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
-        if argv and argv[0] in LIGHTNING_COMMANDS:
-            return lightning_main(argv)
         if script:
             outside_the_command()
+        if argv and argv[0] in LIGHTNING_COMMANDS:
+            # a signal in the imports and set-up, or in validate/test/predict, raises
+            # Interrupted (one line); Lightning chains this handler behind its SIGTERM one, and
+            # fit's StopOnInterrupt replaces it while training. Before, SIGTERM in the set-up and
+            # either signal after the results were written ended `test` silently (probes 11, 12)
+            with interruptible():
+                return lightning_main(argv)
         command, args = _parse(argv)
         if args.get("root", "unset") is None:
             import os

@@ -42,8 +42,8 @@ def stopped(signal_name: str | None, report: str) -> Interrupted:
 
 
 @contextlib.contextmanager
-def interruptible(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
-    """``signals`` raise :class:`Interrupted` once; later ones wait for the clean-up to end."""
+def interruptible():
+    """SIGINT/SIGTERM raise :class:`Interrupted` once; later ones wait for the clean-up to end."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -55,7 +55,7 @@ def interruptible(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
         received.append(signum)
         raise Interrupted(signum)
 
-    previous = {s: signal.signal(s, handler) for s in signals}
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
@@ -92,8 +92,8 @@ def outside_the_command() -> None:
     process at once, with one line and 128 + the signal's number: before, nothing was done;
     after, the command's work is complete (its output is written; the signal only cut the
     interpreter's shutdown short). For ``cli.py``'s own process only (it calls ``os._exit``),
-    never for a command run in-process (tests) or under Lightning, whose signal handling
-    chains the handlers it finds."""
+    never for a command run in-process (tests). Lightning chains the handlers it finds when
+    its run starts: :func:`interruptible`'s, inside the command, never this one."""
 
     def handler(signum: int, frame) -> None:
         name = signal.Signals(signum).name

@@ -758,19 +758,25 @@ def test_ctrl_c_in_fit_saves_a_checkpoint_that_resumes(world, tmp_path, stop):
     assert torch.load(last[0], map_location="cpu", weights_only=True)["global_step"] == step + 2
 
 
-def test_sigterm_while_test_sets_up_ends_in_one_line(trained, world, tmp_path):
-    """SIGTERM while `test` builds its model and trainer (before Lightning's loop): one line
-    and 143, as Ctrl-C gives 130; it ended silently under the default action (a probe)."""
+@pytest.mark.parametrize("when", ["sets up", "ended"])
+def test_sigterm_while_test_sets_up_or_as_it_ends_is_one_line(trained, world, tmp_path, when):
+    """SIGTERM while `test` builds its model and trainer (before Lightning's loop), or just
+    after it wrote its results: one line and 143, as for other commands; both ended silently
+    under the default action (probes 11, 12)."""
     argv = ["test", "--config", str(TINY), "--config", str(world / "overlay.yaml")]
+    test = f"cli.main({[*argv, '--ckpt_path', str(trained)]!r}, script=True)"
     script = (
-        "import os, signal, sys\n"
+        "import os, signal, sys, time\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
         "import cli\n"
         "from model import lightning_cli\n"
         "def set_up(self):\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
-        "lightning_cli.SegmentationCLI.before_instantiate_classes = set_up\n"
-        f"sys.exit(cli.main({[*argv, '--ckpt_path', str(trained)]!r}, script=True))\n"
+        + (
+            f"lightning_cli.SegmentationCLI.before_instantiate_classes = set_up\nsys.exit({test})\n"
+            if when == "sets up"
+            else f"code = {test}\nos.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(60)\n"
+        )
     )
     result = subprocess.run(
         [sys.executable, "-c", script],
@@ -782,6 +788,12 @@ def test_sigterm_while_test_sets_up_ends_in_one_line(trained, world, tmp_path):
     )
     assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
     lines = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    if when == "ended":
+        assert lines == [
+            "error: interrupted by SIGTERM as the command ended; its work is complete"
+        ], result.stderr[-3000:]
+        assert list(tmp_path.glob("runs/*/*/results/summary.csv")), "the results were written"
+        return
     assert lines == [
         "error: interrupted by SIGTERM; nothing partial is left (the same command starts over)"
     ], result.stderr[-3000:]
