@@ -206,7 +206,7 @@ def cmd_bank_merge(args: argparse.Namespace) -> None:
         summary = merge_banks(
             _open_bank(args.a, args), _open_bank(args.b, args), args.out, storage_options(args)
         )
-    print(
+    say(
         f"merged bank {summary['out']}: {summary['classes']} classes ({summary['from_a']} from "
         f"{args.a}, {summary['from_b']} more from {args.b}, {summary['shared']} in both)"
     )
@@ -223,7 +223,7 @@ def cmd_bank_subset(args: argparse.Namespace) -> None:
             args.out,
             storage_options(args),
         )
-    print(
+    say(
         f"subset bank {summary['out']}: {summary['classes']} of the {summary['of']} classes of "
         f"{args.bank} ({summary['by_synonym']} found under another spelling or by synonym)"
     )

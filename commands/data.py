@@ -6,6 +6,7 @@ import argparse
 import json
 
 from commands.options import ROOT_HELP, Command
+from common.errors import say
 
 MAX_IMAGES = 1_000_000
 """(ours) The most images ``data synthetic|toy`` writes per split: far past any use, and under
@@ -214,7 +215,7 @@ def cmd_eval_masks(args: argparse.Namespace) -> int:
         print(f"skipped {count}: {SKIP_REASONS[reason]} ({files})", file=notes)
     if args.out:
         paths = write_results(metrics, args.out, names)
-        print(f"results: {', '.join(str(p) for p in paths.values())}", file=notes)
+        say(f"results: {', '.join(str(p) for p in paths.values())}", file=notes)
     return 0
 
 

@@ -7,6 +7,7 @@ import sys
 from typing import Literal
 
 from commands.options import Command, log_ours
+from common.errors import say
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -56,7 +57,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     made = summary["images"] - kept
     speed = f"{summary['images_per_second']} images/s" if made else "nothing to segment"
     earlier = f" ({kept} kept from an earlier run: --redo segments them again)" if kept else ""
-    print(
+    say(
         f"segment: {summary['images']} images{earlier} in {summary['seconds']} s "
         f"({speed}), {len(summary['skipped'])} skipped; "
         f"{classes}; outputs in {args.out} (label maps, overlays, class areas, summary.json)"
@@ -237,7 +238,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         )
     predictor.use_vocabulary(vocabulary, args.bank, args.text_only, progress=not args.quiet)
     out = write_explanation(predictor, image, args.class_name, args.out)
-    print(f"explain: {out} ({args.class_name!r}: {predictor.sources[args.class_name]} prompts)")
+    say(f"explain: {out} ({args.class_name!r}: {predictor.sources[args.class_name]} prompts)")
     return 0
 
 

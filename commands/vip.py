@@ -7,6 +7,7 @@ import dataclasses
 from typing import Literal
 
 from commands.options import Command, add_fields, config_file, config_from, log_ours
+from common.errors import say
 
 
 @dataclasses.dataclass
@@ -92,7 +93,7 @@ def cmd_vip_select_aliases(args: argparse.Namespace) -> int:
     )
     classes = len({s.owner for s in scores})
     kept = sum(s.kept for s in scores)
-    print(
+    say(
         f"select-aliases: {classes} classes, {len(scores)} aliases scored, {kept} kept "
         f"({kept - classes} besides the canonical names) -> {path}"
     )

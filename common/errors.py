@@ -116,9 +116,9 @@ def printable(text: object) -> str:
     return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in str(text))
 
 
-def say(text: str) -> None:
+def say(text: str, file=None) -> None:
     """Print a one-line report, its paths' control characters escaped (:func:`printable`)."""
-    print(printable(text))
+    print(printable(text), file=file)
 
 
 def not_json_answer(url: str, name: str, raw: bytes) -> str:

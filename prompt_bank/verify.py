@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.errors import printable
 from pretrained.fingerprint import fingerprint_mismatch
 from prompt_bank.format import REFETCH, BankFormatError
 from prompt_bank.integrity import check_shard, mend_advice
@@ -37,7 +38,8 @@ class VerifyReport:
 
     def lines(self) -> list[str]:
         out = [f"{'ok  ' if c.ok else 'FAIL'}  {c.name}: {c.detail}" for c in self.checks]
-        out.append(f"bank {self.location}: {'verified' if self.ok else 'FAILED verification'}")
+        verdict = "verified" if self.ok else "FAILED verification"
+        out.append(f"bank {printable(self.location)}: {verdict}")  # a newline in a path (a probe)
         return out
 
 

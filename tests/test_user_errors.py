@@ -2532,6 +2532,15 @@ def test_a_newline_in_a_path_never_breaks_a_line(tiny_bank, tmp_path, capsys):
     code, out, err = run_main(capsys, "bank", "pull", remote, "--to", str(tmp_path / "p\nq"))
     assert code == 0, err
     assert out.strip().splitlines()[-1].startswith(f"{tmp_path}/p\\nq: ")
+    subset, merged = tmp_path / "s\nt.zarr", tmp_path / "m\nn.zarr"  # probe 12: these too
+    code, out, err = run_main(capsys, "bank", "subset", str(tiny_bank), "--vocab", "red disc",
+                              "--out", str(subset))  # fmt: skip
+    assert code == 0 and out.splitlines() == [out.strip()] and "s\\nt.zarr" in out, out + err
+    code, out, err = run_main(capsys, "bank", "verify", str(subset))
+    assert code == 0 and out.strip().splitlines()[-1] == f"bank {tmp_path}/s\\nt.zarr: verified"
+    code, out, err = run_main(capsys, "bank", "merge", str(tiny_bank), str(subset), "--out",
+                              str(merged))  # fmt: skip
+    assert code == 0 and out.splitlines() == [out.strip()] and "m\\nn.zarr" in out, out + err
 
 
 def test_a_full_disk_during_a_push_says_what_the_url_holds(tiny_bank, tmp_path):
