@@ -74,6 +74,14 @@ def dataset_stats(
         "num_classes": spec.num_classes,
         "images": len(files),
         "expected_images": spec.expected_images,
+        # a set with no pair at all cannot be evaluated (`test` refuses it): said as a problem,
+        # not "problems none" (probe 12)
+        "no_image_with_a_label": []
+        if files
+        else [
+            f"images in {spec.image_root(root)}, labels *{spec.label_suffix} in "
+            f"{spec.label_root(root)}"
+        ],
         "images_without_label": unpaired["missing_labels"],
         "labels_without_image": unpaired["missing_images"],
         "label_values": sorted(counts),
@@ -106,6 +114,7 @@ def _values(values: list[int], ignore: list[int]) -> str:
 
 
 PROBLEMS = (
+    ("no_image_with_a_label", "no image with a label"),
     ("images_without_label", "images without a label"),
     ("labels_without_image", "labels without an image"),
     ("labels_outside_vocabulary", "label files with values outside the vocabulary"),
@@ -206,7 +215,11 @@ def format_stats(stats: dict) -> str:
                 if isinstance(items[0], str)
                 else f"{items[0]['file']} {items[0]['values']}"
             )
-            problems.append(f"{len(items)} {label} (first: {first})")
+            problems.append(
+                f"{label} ({first})"
+                if key == "no_image_with_a_label"
+                else f"{len(items)} {label} (first: {first})"
+            )
     lines = [
         f"dataset    {stats['dataset']}: {stats['num_classes']} classes ({stats['vocabulary']}), "
         f"labels in {stats['labels']}",

@@ -285,6 +285,21 @@ def test_data_stats_cli(tmp_path):
     )
 
 
+def test_data_stats_of_a_set_without_a_pair_is_a_problem(tmp_path):
+    """Probe 12: a set with no image at all gave "problems   none" and exit 0, while `test`
+    refuses it ("has no image with a label")."""
+    spec = get_dataset_spec("ade150")
+    spec.image_root(tmp_path).mkdir(parents=True)
+    spec.label_root(tmp_path).mkdir(parents=True)
+    text = run_cli("data", "stats", "ade150", "--root", str(tmp_path), "--quiet")
+    assert text.returncode == 1, text.stderr
+    assert (
+        f"problems   no image with a label (images in {spec.image_root(tmp_path)}, labels *.png "
+        f"in {spec.label_root(tmp_path)})" in text.stdout
+    ), text.stdout
+    assert text.stdout.splitlines()[-1].startswith("fix        "), text.stdout
+
+
 def test_stats_fix_names_what_mends_each_problem(tmp_path):
     """The probe: strays were told to rerun prepare, a damaged synthetic set to "make them
     again" (a rerun keeps the files it finds), and a set whose download is gone (or that prepare
