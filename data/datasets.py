@@ -248,12 +248,16 @@ def read_label(path: str | os.PathLike, what: str = "label") -> np.ndarray:
                         f"{what} {str(path)!r}: {'; '.join(_over_the_limit(size, limit))}"
                     )
                 array = np.asarray(image) if mode in LABEL_MODES else None
+    except DatasetError:  # ours, above: not wrapped in "cannot read it" (a probe: nested)
+        raise
     except Image.DecompressionBombError as e:  # PIL's guard, on open (twice its 89 M pixels)
         reason = "; ".join(_over_the_limit(_bomb_size(e), limit))
         raise DatasetError(f"{what} {str(path)!r}: {reason}") from None
     except (OSError, UnidentifiedImageError, ValueError) as e:
+        said = str(e).replace(f" {str(path)!r}", "").replace(f" {path}", "")  # named once
         raise DatasetError(
-            f"cannot read {what} {str(path)!r}: cannot read it as an image ({e})"
+            f"cannot read {what} {str(path)!r} as an image ({said}; empty, cut short or not a "
+            "picture): replace it with the map, a single-channel PNG or 16-bit TIFF of class ids"
         ) from e
     if array is None or array.ndim != 2:
         raise DatasetError(

@@ -117,7 +117,11 @@ def test_missing_labels_reported_then_skippable(tmp_path):
     [
         ("size", r"is 8x4 but its label .* is 4x4 \(W x H\)"),
         ("values", r"label values 150, 200 are outside the 150 classes"),
-        ("unreadable", "cannot read label"),
+        (  # the path named once, with a fix (probe 12: twice, and no fix)
+            "unreadable",
+            r"^cannot read label '[^']*bad.png' as an image \(cannot identify image file; empty, "
+            r"cut short or not a picture\): replace it with the map, a single-channel PNG",
+        ),
         ("rgb", "has mode RGB"),
     ],
 )
@@ -141,6 +145,22 @@ def test_bad_samples_error_or_skip(tmp_path, damage, match):
     batch = collate([skipping[0], skipping[1]])
     assert [name for name, _ in batch["skipped"]] == ["bad"]
     assert batch["name"] == ["good"]
+
+
+def test_a_label_over_the_pixel_limit_is_said_once(tmp_path, monkeypatch):
+    """Probe 12: "cannot read label X: cannot read it as an image (label X: 16 pixels, more
+    than the limit ...)" wrapped our own error, naming the file twice."""
+    from data.datasets import read_label
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(path)
+    monkeypatch.setenv("DPSEG_MAX_PIXELS", "10")
+    with pytest.raises(DatasetError) as err:
+        read_label(path)
+    assert str(err.value).startswith(
+        f"label {str(path)!r}: 4 x 4 = 16 pixels, more than the limit of 10 ($DPSEG_MAX_PIXELS"
+    ), err.value
+    assert str(err.value).count(str(path)) == 1
 
 
 def test_empty_and_missing_dataset(tmp_path):
