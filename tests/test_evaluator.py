@@ -446,7 +446,7 @@ def _pred_ignore(pred_dir, gt_dir):
 
 def _unreadable(pred_dir, gt_dir):
     (pred_dir / "a.png").write_bytes(b"not a png at all")
-    return "a.png", ["cannot read it"]
+    return "a.png", ["as an image (cannot identify image file", "replace it with the map"]
 
 
 def _rgb(pred_dir, gt_dir):
