@@ -116,6 +116,19 @@ def printable(text: object) -> str:
     return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in str(text))
 
 
+def without_bytes(error: BaseException) -> str:
+    """``TYPE: message`` on one line, cut before the first bytes literal it quotes (a codec's
+    "Stored: b'\\xdc...'" checksum, a parser's raw input: a probe found them in error lines)."""
+    import re
+
+    whole = one_line(error)
+    text = re.split(r"""(?:^|\s)b['"]""", whole, maxsplit=1)[0]
+    if text != whole and ". " in text:  # the sentence that quotes the bytes goes too
+        text = text[: text.rindex(". ") + 1]
+    text = text.rstrip(" :")
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def say(text: str, file=None) -> None:
     """Print a one-line report, its paths' control characters escaped (:func:`printable`)."""
     print(printable(text), file=file)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.errors import without_bytes
 from prompt_bank.format import REFETCH, BankFormatError, BankLayout, BankMismatchError
 from prompt_bank.zarr_io import get_object, get_objects, put_object, run_sync
 
@@ -320,7 +321,7 @@ def check_shard(group, layout: BankLayout, shard: int, legacy: bool = False) -> 
             data[path] = decode_shard(group[path], shard, k0, k1, raw)
         except Exception as e:  # truncated, bit flips (crc32c), damaged shard index
             key = shard_key(group[path], shard)
-            state.problems.append(f"object {key} does not decode: {type(e).__name__}: {e}")
+            state.problems.append(f"object {key} does not decode: {without_bytes(e)}")
     if not state.problems:
         state.problems.extend(f"classes {k0}-{k1 - 1}: {p}" for p in _agreement(data))
     if not state.problems:

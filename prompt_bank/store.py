@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.errors import UserError, file_in_the_way, not_json_answer, one_line
+from common.errors import UserError, file_in_the_way, not_json_answer, one_line, without_bytes
 from prompt_bank.format import (
     REFETCH,
     BankFormatError,
@@ -605,7 +605,6 @@ class Bank:
         flags' objects are read (one per shard), not checked against the manifests
         (:meth:`read_rows` checks); one that does not decode is a BankFormatError naming it and
         the fix."""
-        from common.errors import one_line
         from prompt_bank.integrity import decode_shard, get_object, shard_key
 
         array, out = self.group["visual/done"], []
@@ -616,7 +615,7 @@ class Bank:
             except Exception as e:
                 raise BankFormatError(
                     f"bank {self.location!r} is damaged in shard {shard} (classes {k0}-{k1 - 1}): "
-                    f"object {key} does not decode ({type(e).__name__}: {one_line(e)}); "
+                    f"object {key} does not decode ({without_bytes(e)}); "
                     f"{self.repair_hint()}"
                 ) from None
         return np.concatenate(out)

@@ -2560,3 +2560,17 @@ def test_a_full_disk_during_a_push_says_what_the_url_holds(tiny_bank, tmp_path):
     again = run_cli("bank", "push", str(tiny_bank), f"file://{remote}", "--quiet")
     assert again.returncode == 0, again.stderr[-2000:]
     assert run_cli("bank", "verify", f"file://{remote}").returncode == 0
+
+
+def test_a_codec_error_is_said_without_the_bytes_it_quotes():
+    """Probe 13: a shard whose checksum failed was reported as "ValueError: Stored and computed
+    checksum do not match. Stored: b'\\xdc\\x80\\xe3\\xf3'. Computed: b'\\xf3...'"."""
+    from common.errors import without_bytes
+
+    error = ValueError(
+        "Stored and computed checksum do not match. Stored: b'\\xdc\\x80\\xe3\\xf3'. "
+        "Computed: b'\\xf3\\xab\\xda\\xa9'."
+    )
+    assert without_bytes(error) == "ValueError: Stored and computed checksum do not match."
+    assert without_bytes(ValueError("no bytes here")) == "ValueError: no bytes here"
+    assert without_bytes(OSError(b"\x00raw")) == "OSError"
