@@ -245,8 +245,14 @@ def push_lock(url: str, storage_options: dict | None, command: str = "bank push"
         if url.startswith("file://")
         else open_store(url, read_only=False, storage_options=storage_options)
     )
-    with build_lock(store, url, command, "pushed to"):
-        yield
+    made = url.startswith("file://") and not os.path.lexists(path)
+    try:
+        with build_lock(store, url, command, "pushed to"):
+            yield
+    finally:  # a push refused under the lock leaves no empty folder that its lock made
+        if made:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
 
 
 def push_bank(location: str, url: str, storage_options: dict | None = None, progress=True) -> dict:

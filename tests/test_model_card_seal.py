@@ -83,7 +83,7 @@ def test_push_refuses_a_card_that_is_not_the_config_s(exported, tmp_path, cli_in
         "README.md as `cli.py model export` wrote it, or export the model again (`cli.py model "
         "export CKPT --out DIR`)"
     )
-    assert not remote.exists() or not any(remote.iterdir())
+    assert not remote.exists()  # not even the empty folder the URL's lock would leave
 
 
 def test_push_refuses_a_card_that_is_not_the_config_s_even_where_the_url_has_the_model(
