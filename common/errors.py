@@ -116,13 +116,18 @@ def printable(text: object) -> str:
     return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in str(text))
 
 
+def before_bytes(text: object) -> str:
+    """``text`` up to the first bytes literal it quotes (``b'(\\xb5/...'``)."""
+    import re
+
+    return re.split(r"""(?:^|\s)b['"]""", str(text), maxsplit=1)[0]
+
+
 def without_bytes(error: BaseException) -> str:
     """``TYPE: message`` on one line, cut before the first bytes literal it quotes (a codec's
     "Stored: b'\\xdc...'" checksum, a parser's raw input: a probe found them in error lines)."""
-    import re
-
     whole = one_line(error)
-    text = re.split(r"""(?:^|\s)b['"]""", whole, maxsplit=1)[0]
+    text = before_bytes(whole)
     if text != whole and ". " in text:  # the sentence that quotes the bytes goes too
         text = text[: text.rindex(". ") + 1]
     text = text.rstrip(" :")

@@ -19,7 +19,6 @@ import contextlib
 import errno
 import math
 import os
-import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -190,9 +189,9 @@ def _http_timeout_words(connecting: bool = False) -> str:
 def _printable(text: str, limit: int = 80) -> str:
     """A parser's message without the raw bytes it quotes (``b'(\\xb5/...'``), on one line,
     at most ``limit`` characters."""
-    from common.errors import one_line
+    from common.errors import before_bytes, one_line
 
-    text = re.split(r"""(?:^|\s)b['"]""", str(text), maxsplit=1)[0]  # up to a bytes literal
+    text = before_bytes(text)
     text = one_line("".join(c if c.isprintable() else " " for c in text)).strip(" :^")
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
