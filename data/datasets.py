@@ -147,14 +147,20 @@ def _bomb_size(error: BaseException) -> str:
     return _pixels(int(found.group(1))) if found else one_line(error).rstrip(".")
 
 
+def _oversized(image: Image.Image, limit: int) -> str | None:
+    """``W x H = N`` when an opened image's header gives more pixels than ``limit`` (checked
+    before anything is decoded), else None."""
+    width, height = image.size
+    return f"{width} x {height} = {_pixels(width * height)}" if width * height > limit else None
+
+
 def _read_within(path, limit: int) -> np.ndarray:
     """read_image's decoding: the pixel count checked from the header first."""
     with Image.open(path) as image:
+        size = _oversized(image, limit)
+        if size is not None:
+            raise UnreadableImageError(path, *_over_the_limit(size, limit))
         width, height = image.size
-        if width * height > limit:
-            raise UnreadableImageError(
-                path, *_over_the_limit(f"{width} x {height} = {_pixels(width * height)}", limit)
-            )
         need, free = width * height * BYTES_PER_PIXEL, _free_memory()
         if free is not None and need > free:  # a limit raised past what this machine holds
             raise UnreadableImageError(
@@ -241,9 +247,8 @@ def read_label(path: str | os.PathLike, what: str = "label") -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # ours is below
             with Image.open(path) as image:
                 mode, bands = image.mode, len(image.getbands())
-                width, height = image.size
-                if width * height > limit:  # from the header, before decoding (a probe)
-                    size = f"{width} x {height} = {_pixels(width * height)}"
+                size = _oversized(image, limit)  # from the header, before decoding (a probe)
+                if size is not None:
                     raise DatasetError(
                         f"{what} {str(path)!r}: {'; '.join(_over_the_limit(size, limit))}"
                     )

@@ -62,7 +62,6 @@ from model.export import (
 )
 from prompt_bank.integrity import read_only_url
 from prompt_bank.store import (
-    bucket_must_exist,
     filesystem,
     is_url,
     remote_errors,
@@ -142,13 +141,9 @@ def push_model(
                 f"URL {url!r}: a model goes to a hub model repository's main branch: write "
                 "hf://ORG/NAME (no datasets/, no @REVISION)"
             )
-    from prompt_bank.share import is_lock_file, push_lock
+    from prompt_bank.share import is_lock_file, pushing_to
 
-    with (
-        remote_errors(url, "model push to"),
-        bucket_must_exist(url, storage_options, "model push to"),
-        push_lock(url, storage_options, "model push"),
-    ):
+    with pushing_to(url, storage_options, "model push"):
         repaired = False
         fs, base, there = _remote_model(url, storage_options)
         if there is not None and there != raw:
@@ -206,6 +201,13 @@ def _remote_model(url: str, storage_options: dict | None):
     return fs, base, _read_remote(fs, f"{base}/{CONFIG}")
 
 
+def _raise_a_transient_cause(error: FileNotFoundError) -> None:
+    """fsspec says "not found" for a stalled or failing request too (a probe): its transient
+    cause is raised instead, for ``with_retries`` to ask again."""
+    if error.__cause__ is not None and transient(error.__cause__):
+        raise error.__cause__ from None
+
+
 def _read_remote(fs, path: str) -> bytes | None:
     """The bytes of ``path``, None where there is none; a transient failure is asked again
     (``common.retry``): a single 503 for config.json failed a pull (probe 12), where a bank's
@@ -214,9 +216,8 @@ def _read_remote(fs, path: str) -> bytes | None:
     def read() -> bytes | None:
         try:
             return fs.cat_file(path)
-        except FileNotFoundError as e:  # fsspec's "not found" for some failures too
-            if e.__cause__ is not None and transient(e.__cause__):
-                raise e.__cause__ from None
+        except FileNotFoundError as e:
+            _raise_a_transient_cause(e)
             return None
 
     return with_retries(read)
@@ -232,8 +233,7 @@ def _remote_size(fs, path: str, url: str, name: str) -> int:
         try:
             return int(fs.size(path) or 0)
         except FileNotFoundError as e:
-            if e.__cause__ is not None and transient(e.__cause__):
-                raise e.__cause__ from None
+            _raise_a_transient_cause(e)
             where = (  # an http(s) URL is read only: the push goes to the store it serves
                 "to the store this URL serves"
                 if read_only_url(url)

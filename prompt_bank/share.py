@@ -226,7 +226,7 @@ def is_lock_file(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def push_lock(url: str, storage_options: dict | None, command: str = "bank push"):
+def push_lock(url: str, storage_options: dict | None, command: str):
     """The lock a build takes (``build.lock``), held at `url` while a push (``command``) writes
     there: two pushes of different banks (probe 11) or models (probe 12) to one URL both
     reported success, and the URL held one of them. A local folder's lock is created
@@ -253,6 +253,20 @@ def push_lock(url: str, storage_options: dict | None, command: str = "bank push"
         if made:
             with contextlib.suppress(OSError):
                 os.rmdir(path)
+
+
+@contextlib.contextmanager
+def pushing_to(url: str, storage_options: dict | None, command: str):
+    """What a push (``command``: "bank push", "model push") holds while it checks and writes
+    at ``url``: store errors in one line, a bucket that must exist, the URL's lock."""
+    from prompt_bank.store import bucket_must_exist
+
+    with (
+        remote_errors(url, f"{command} to"),
+        bucket_must_exist(url, storage_options, f"{command} to"),
+        push_lock(url, storage_options, command),
+    ):
+        yield
 
 
 def push_bank(location: str, url: str, storage_options: dict | None = None, progress=True) -> dict:
@@ -289,13 +303,7 @@ def push_bank(location: str, url: str, storage_options: dict | None = None, prog
             f"cli.py bank repair {location}"
         )
     start = time.perf_counter()
-    from prompt_bank.store import bucket_must_exist
-
-    with (
-        remote_errors(url, "bank push to"),
-        bucket_must_exist(url, storage_options, "bank push to"),
-        push_lock(url, storage_options),
-    ):
+    with pushing_to(url, storage_options, "bank push"):
         if not url.startswith("hf://") and _holds_a_bank(location, url, storage_options):
             if _remote_content_key(url, storage_options) != contents["content_key"]:
                 raise BankMismatchError(

@@ -93,6 +93,31 @@ TINY = ROOT / "configs" / "tiny_synthetic.yaml"
 TEMPLATES = 4
 
 
+def race(push, first: Path, second: Path, refused: tuple[type[BaseException], ...]):
+    """``push(first)`` and ``push(second)`` at once (two threads behind a barrier): exactly one
+    may return. -> (the winner's folder, what it returned, the loser's error)."""
+    import threading
+
+    start, outcomes = threading.Barrier(2), {}
+
+    def one(folder: Path) -> None:
+        start.wait()
+        try:
+            outcomes[folder] = push(folder)
+        except refused as e:
+            outcomes[folder] = e
+
+    racers = [threading.Thread(target=one, args=(f,)) for f in (first, second)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(timeout=120)
+    won = [f for f, out in outcomes.items() if not isinstance(out, BaseException)]
+    assert len(outcomes) == 2 and len(won) == 1, outcomes
+    (lost,) = [out for out in outcomes.values() if isinstance(out, BaseException)]
+    return won[0], outcomes[won[0]], lost
+
+
 def make_bank(location: Path, templates: str, encoder: str = "tiny-convnext") -> Path:
     from data.templates import load_templates
     from data.vocabulary import load_vocabulary

@@ -16,14 +16,13 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT, TINY, cli_here
+from conftest import ROOT, TINY, cli_here, race
 from servers import MotoS3Server, RangeHTTPServer, s3fs_filesystem
 from test_bank import small_config
 
@@ -607,27 +606,17 @@ def test_two_pushes_of_different_banks_to_one_url_never_both_succeed(
             url, options = f"file://{tmp_path / f'race{trial}.zarr'}", None
         else:
             url, options = f"s3://{BUCKET}/race{trial}.zarr", s3_options(s3)
-        start, outcomes = threading.Barrier(2), {}
-
-        def push(bank: Path, url=url, options=options, start=start, outcomes=outcomes) -> None:
-            start.wait()
-            try:
-                outcomes[bank.name] = push_bank(str(bank), url, options, progress=False)
-            except BankMismatchError as e:
-                outcomes[bank.name] = e
-
-        racers = [threading.Thread(target=push, args=(b,)) for b in (small, other)]
-        for racer in racers:
-            racer.start()
-        for racer in racers:
-            racer.join(timeout=120)
-        won = [name for name, out in outcomes.items() if isinstance(out, dict)]
-        assert len(outcomes) == 2 and len(won) == 1, outcomes
-        (lost,) = [out for out in outcomes.values() if not isinstance(out, dict)]
+        winner, pushed, lost = race(
+            lambda bank, url=url, options=options: push_bank(
+                str(bank), url, options, progress=False
+            ),
+            small,
+            other,
+            (BankMismatchError,),
+        )
         assert "being pushed to" in str(lost) or "holds another bank" in str(lost), lost
         there = Bank.open(url, options)
-        assert there.seal["content_key"] == outcomes[won[0]]["content_key"]
-        winner = small if small.name == won[0] else other
+        assert there.seal["content_key"] == pushed["content_key"]
         assert np.array_equal(
             there.read("visual/embeddings"), Bank.open(winner).read("visual/embeddings")
         )

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import race, run_cli
 from PIL import Image
 from servers import MotoS3Server, RangeHTTPServer
+from test_bank_sharing import s3_options
 
 from prompt_bank.safety import BankLockError
 
@@ -178,12 +179,7 @@ def test_push_and_pull_through_s3(exported, tmp_path):
 
     with MotoS3Server() as server:
         server.make_bucket("models")
-        options = {
-            "key": server.access_key,
-            "secret": server.secret_key,
-            "client_kwargs": {"endpoint_url": server.endpoint_url, "region_name": server.region},
-            "skip_instance_cache": True,
-        }
+        options = s3_options(server)
         pushed = push_model(exported, "s3://models/toy", options, progress=False)
         assert pushed["uploaded"] == sum(p.stat().st_size for p in exported.iterdir())
         assert push_model(exported, "s3://models/toy", options, progress=False)["uploaded"] == 0
@@ -336,8 +332,6 @@ def test_two_pushes_of_different_models_to_one_url_never_both_succeed(exported, 
     """Probe 12: two pushes of different models to one S3 URL both said "pushed" in 3 of 15
     trials, and the URL held one of them. A push holds the URL's lock (build.lock, as a bank
     push does) while it checks and writes: one wins, the other is refused in one line."""
-    import threading
-
     from model.export import ModelFileError, card_bytes
     from model.share import pull_model, push_model
 
@@ -352,39 +346,20 @@ def test_two_pushes_of_different_models_to_one_url_never_both_succeed(exported, 
         if where == "s3":
             server = held.enter_context(MotoS3Server())
             server.make_bucket("models")
-            options = {
-                "key": server.access_key,
-                "secret": server.secret_key,
-                "client_kwargs": {
-                    "endpoint_url": server.endpoint_url,
-                    "region_name": server.region,
-                },
-                "skip_instance_cache": True,
-            }
+            options = s3_options(server)
         for trial in range(3):
             url = (
                 f"file://{tmp_path / f'race{trial}'}"
                 if where == "file"
                 else f"s3://models/r{trial}"
             )
-            start, outcomes = threading.Barrier(2), {}
-
-            def push(folder: Path, url=url, start=start, outcomes=outcomes) -> None:
-                start.wait()
-                try:
-                    outcomes[folder.name] = push_model(folder, url, options, progress=False)
-                except (ModelFileError, BankLockError) as e:
-                    outcomes[folder.name] = e
-
-            racers = [threading.Thread(target=push, args=(f,)) for f in (exported, other)]
-            for racer in racers:
-                racer.start()
-            for racer in racers:
-                racer.join(timeout=120)
-            won = [name for name, out in outcomes.items() if isinstance(out, dict)]
-            assert len(outcomes) == 2 and len(won) == 1, outcomes
-            (lost,) = [out for out in outcomes.values() if not isinstance(out, dict)]
+            _, pushed, lost = race(
+                lambda folder, url=url: push_model(folder, url, options, progress=False),
+                exported,
+                other,
+                (ModelFileError, BankLockError),
+            )
             assert "being pushed to" in str(lost) or "holds another model" in str(lost), lost
             assert "torchrun" not in str(lost), lost  # a build's advice, not a push's
             pulled = pull_model(url, tmp_path / f"pulled{trial}", options, progress=False)
-            assert pulled["key"] == outcomes[won[0]]["key"]
+            assert pulled["key"] == pushed["key"]
