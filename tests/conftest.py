@@ -202,10 +202,13 @@ def cli_here(capture, monkeypatch, *args: str, cwd: Path | None = None):
     """``cli.py ARGS`` in this process (``cli.main``), as ``run_cli`` gives it: where a fresh
     process would only add its start (about 7 s of imports for a Lightning command).
     ``capture`` is pytest's capfd (also what log handlers made earlier write) or capsys."""
+    import fsspec
     import torch
 
     import cli
 
+    for filesystem in fsspec.registry.values():  # a fresh process has no cached client: fsspec
+        filesystem.clear_instance_cache()  # keys them by arguments, not by $AWS_ENDPOINT_URL
     if cwd is not None:
         monkeypatch.chdir(cwd)
     threads = torch.get_num_threads()  # a bank build sets its recorded thread count
