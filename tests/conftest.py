@@ -207,8 +207,11 @@ def cli_here(capture, monkeypatch, *args: str, cwd: Path | None = None):
 
     import cli
 
-    for filesystem in fsspec.registry.values():  # a fresh process has no cached client: fsspec
-        filesystem.clear_instance_cache()  # keys them by arguments, not by $AWS_ENDPOINT_URL
+    filesystems = [fsspec.AbstractFileSystem]  # a fresh process has no cached client: fsspec
+    while filesystems:  # keys them by their arguments, not by $AWS_ENDPOINT_URL
+        filesystem = filesystems.pop()
+        filesystem.clear_instance_cache()
+        filesystems += filesystem.__subclasses__()
     if cwd is not None:
         monkeypatch.chdir(cwd)
     threads = torch.get_num_threads()  # a bank build sets its recorded thread count

@@ -209,3 +209,15 @@ def test_lightning_predict_keeps_its_meaning_and_hints_at_segment(capsys):
     assert code == 2
     assert "unrecognized arguments" in err.lower() or "--images" in err
     assert err.strip().splitlines()[-1].startswith("hint:") and "cli.py segment" in err
+
+
+def test_a_command_run_in_process_starts_with_no_cached_filesystem(cli_in_process):
+    """``cli_in_process`` stands for a fresh process: fsspec keys its cached clients by their
+    arguments, not by ``$AWS_ENDPOINT_URL``, so an earlier in-process command's S3 client (its
+    server stopped since) answered a later test's ``model push`` (a CI failure)."""
+    import s3fs
+
+    before = s3fs.S3FileSystem(anon=True)  # built without a request
+    assert s3fs.S3FileSystem(anon=True) is before  # fsspec's instance cache
+    assert cli_in_process("--version").returncode == 0
+    assert s3fs.S3FileSystem(anon=True) is not before
