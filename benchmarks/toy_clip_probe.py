@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/toy_clip_probe.py [--preset toy-convnext] [--weights FILE]
                                                   [--scenes 200] [--json OUT.json]
+                                                  [--plot OUT.png]
 
 Measured on multi-object scenes of the toy world (``toy:val``'s renderer and seeds, 128 px,
 all 31 classes), with the frozen encoder as DPSeg's prompt side sees it:
@@ -16,6 +17,11 @@ all 31 classes), with the frozen encoder as DPSeg's prompt side sees it:
 - **modality gap**: the mean cos(V_k, T_k) over the classes (real CLIP: about 0.3);
 - **distance to the image**: the mean 1 - cos(crop embedding, prompt of its class) for T, V
   and the dual prompt (the paper's t-SNE argument: 0.39, 0.33 and 0.18).
+
+``--plot`` draws the last two: the crops and the prompts of a few classes projected on the
+direction from the text prompts' centre to the visual prompts' and on the main axis of the rest
+(a linear projection keeps the gap between the modalities, which t-SNE, the paper's picture,
+does not), and the three distances beside the paper's.
 
 Everything here is ours (the toy world is).
 """
@@ -64,8 +70,25 @@ def visual_prompts(encoder: ClipEncoder, size: int) -> torch.Tensor:
     return torch.stack(out)
 
 
+PAPER_DISTANCES = {"text": 0.39, "visual": 0.33, "dual": 0.18}  # read off the paper's t-SNE
+PLOTTED_CLASSES = 6  # the classes with the most crops
+
+
+@dataclasses.dataclass
+class Embeddings:
+    """What the report's figures are measured on (D: the embedding width)."""
+
+    text: torch.Tensor  # (K, D) T_k, normalised
+    visual: torch.Tensor  # (K, D) V_k, normalised
+    dual: torch.Tensor  # (K, D) normalised avg(T_k, V_k)
+    crops: torch.Tensor  # (N, D) the crops' embeddings, normalised
+    labels: torch.Tensor  # (N,) each crop's class
+
+
 @torch.no_grad()
-def probe(preset: str, weights: str | None, scenes: int, gap: float | None = None) -> dict:
+def probe(
+    preset: str, weights: str | None, scenes: int, gap: float | None = None
+) -> tuple[dict, Embeddings]:
     chosen = get_encoder_preset(preset)
     if gap is not None:
         chosen = dataclasses.replace(chosen, modality_gap=gap)
@@ -113,7 +136,62 @@ def probe(preset: str, weights: str | None, scenes: int, gap: float | None = Non
             ((emb @ prompts.T).argmax(1) == labels).float().mean()
         )
         report[f"distance_{name}"] = float((1 - (emb * prompts[labels]).sum(-1)).mean())
-    return report
+    return report, Embeddings(text, visual, dual, emb, labels)
+
+
+def plot(report: dict, points: Embeddings, path: Path) -> None:
+    """The crops and prompts of the classes with the most crops, on the modalities' direction and
+    the main axis of the rest, and the mean distance of a crop to each of its class's prompts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from common.io import save_figure_atomic
+
+    counts = torch.bincount(points.labels, minlength=points.text.shape[0])
+    classes = counts.argsort(descending=True)[:PLOTTED_CLASSES].tolist()
+    shown = torch.isin(points.labels, torch.tensor(classes))
+    crops, labels = points.crops[shown], points.labels[shown]
+    prompts = {n: getattr(points, n)[classes] for n in ("text", "visual", "dual")}
+    everything = torch.cat([crops, *prompts.values()])
+    centre = everything.mean(dim=0)
+    gap = F.normalize(points.visual.mean(dim=0) - points.text.mean(dim=0), dim=0)  # (D,)
+    rest = (everything - centre) - torch.outer((everything - centre) @ gap, gap)
+    axes2 = torch.stack([gap, torch.linalg.svd(rest, full_matrices=False).Vh[0]], dim=1)  # (D, 2)
+    names = [world_classes()[c][0] for c in classes]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5.2), width_ratios=(1.4, 1))
+    colours = plt.get_cmap("tab10").colors
+    for i, cls in enumerate(classes):
+        xy = ((crops[labels == cls] - centre) @ axes2).numpy()
+        left.scatter(*xy.T, s=8, alpha=0.35, color=colours[i], label=names[i])
+    for (name, values), marker in zip(prompts.items(), ("^", "s", "*")):
+        xy = ((values - centre) @ axes2).numpy()
+        left.scatter(*xy.T, s=120, marker=marker, c=colours[: len(classes)], edgecolors="black")
+        left.scatter([], [], s=80, marker=marker, c="white", edgecolors="black", label=name)
+    left.set(
+        title=f"crops (dots) and prompts of {len(classes)} classes, {report['preset']}; mean "
+        f"cos(V_k, T_k) {report['modality_gap_cos_VT']:.2f}",
+        xlabel="from the text prompts' centre to the visual prompts'",
+        ylabel="the main axis of the rest",
+    )
+    left.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    kinds = list(PAPER_DISTANCES)
+    x = np.arange(len(kinds))
+    ours = [report[f"distance_{k}"] for k in kinds]
+    right.bar(x - 0.2, ours, 0.4, label=f"toy world ({report['crops']} crops)")
+    right.bar(x + 0.2, [PAPER_DISTANCES[k] for k in kinds], 0.4, label="the paper (t-SNE)")
+    for xi, value in zip(x - 0.2, ours):
+        right.text(xi, value, f"{value:.2f}", ha="center", va="bottom", fontsize=8)
+    right.set_xticks(x, [f"{k} prompt" for k in kinds])
+    right.set(
+        title="a crop's distance to its class's prompt",
+        ylabel="mean 1 - cos(crop, prompt)",
+    )
+    right.legend(fontsize=8)
+    figure.tight_layout()
+    save_figure_atomic(figure, path, dpi=110)
+    plt.close(figure)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,12 +205,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the preset's gap instead of its own (0: none, for weights pretrained without one)",
     )
     parser.add_argument("--json", help="also write the report here")
+    parser.add_argument("--plot", help="draw the crops, the prompts and their distances here")
     args = parser.parse_args(argv)
     if args.scenes < 1:
         parser.error(f"--scenes {args.scenes}: give 1 or more")
     if args.modality_gap is not None and args.modality_gap < 0:
         parser.error(f"--modality-gap {args.modality_gap}: give 0 or more")
-    report = probe(args.preset, args.weights, args.scenes, args.modality_gap)
+    report, points = probe(args.preset, args.weights, args.scenes, args.modality_gap)
     chance = 1 / len(world_classes())
     print(
         f"{report['preset']} ({report['weights']}, modality gap {report['modality_gap']}), "
@@ -149,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot:
+        plot(report, points, Path(args.plot))
+        print(f"picture: {args.plot}")
     return 0
 
 

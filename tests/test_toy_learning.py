@@ -192,6 +192,8 @@ def test_probe_reports_what_the_toy_clip_knows(tmp_path):
             "4",
             "--json",
             str(out),
+            "--plot",
+            str(tmp_path / "gap.png"),
         ],
         capture_output=True,
         text=True,
@@ -210,6 +212,13 @@ def test_probe_reports_what_the_toy_clip_knows(tmp_path):
         assert 0 <= report[key] <= 1
     assert report["modality_gap_cos_VT"] <= 0.5  # the gap is there
     assert "modality gap: mean cos(V_k, T_k)" in result.stdout
+    for kind in ("text", "visual", "dual"):
+        assert 0 <= report[f"distance_{kind}"] <= 2
+    assert report["distance_visual"] < report["distance_dual"] < report["distance_text"]
+    from PIL import Image
+
+    with Image.open(tmp_path / "gap.png") as picture:
+        assert picture.format == "PNG" and picture.width > 600
 
 
 # The learning guard: a short toy training, as a user runs it, whose mIoU must clear a floor, so
