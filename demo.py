@@ -32,9 +32,9 @@ DEMO_SCHEDULE = {
 """(ours) The demo's schedule over configs/toy_world.yaml's (batch 8, 2800 steps, which
 ``make claims`` trains 8000 steps): 7000 steps of 4 images, validated once at the end. Smaller
 batches learn more per image seen, and batch 4 more per second than batch 2: in a demo of about
-10 minutes on 2 cores, batch 4 x 7000 steps scored 62.5 / 63.3 / 59.0 (all / seen / unseen, test
-split; 62.2 / 62.9 / 59.2 validated half-way too) and batch 2 x 10000 steps 58.4 / 59.2 / 55.1
-(docs/toy_world.md, "The demo's schedule")."""
+10 minutes on 2 cores (the machine of 2026-12-08), batch 4 x 7000 steps scored 62.5 / 63.3 /
+59.0 (all / seen / unseen, test split; 62.2 / 62.9 / 59.2 validated half-way too) and batch 2
+x 10000 steps 58.4 / 59.2 / 55.1 (docs/toy_world.md, "The demo's schedule")."""
 
 
 def stale_bank(bank: Path) -> None:

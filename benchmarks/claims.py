@@ -98,10 +98,10 @@ CONFIG = ROOT / "configs" / "toy_world.yaml"
 
 CLAIMS_STEPS = 8000
 """Training steps per DPSeg run (ours): the claims are decided on models trained to convergence.
-configs/toy_world.yaml's 2800 steps fit `make demo`'s 10 minutes; on toy:val, seed 0, the same
-config scored 0.472 / 0.629 / 0.679 / 0.701 mIoU at steps 2000 / 4000 / 6000 / 8000 of an
-8000-step run (0.514 at the end of a 2800-step one), and 70.7 / 71.8 / 65.9 (all / seen /
-unseen) on the test split (docs/toy_world.md)."""
+configs/toy_world.yaml's 2800 steps fitted `make demo`'s 10 minutes before the demo had a
+schedule of its own; on toy:val, seed 0, the same config scored 0.472 / 0.629 / 0.679 / 0.701
+mIoU at steps 2000 / 4000 / 6000 / 8000 of an 8000-step run (0.514 at the end of a 2800-step
+one), and 70.7 / 71.8 / 65.9 (all / seen / unseen) on the test split (docs/toy_world.md)."""
 
 DPSEG_ROWS = [  # (key, row, the paper's claim it tests, ablation file or None)
     ("full", "DPSeg: dual prompt (avg), F_v^{2,3,4}", "the full model", None),

@@ -20,8 +20,9 @@ all 31 classes), with the frozen encoder as DPSeg's prompt side sees it:
 
 ``--plot`` draws the last two: the crops and the prompts of a few classes projected on the
 direction from the text prompts' centre to the visual prompts' and on the main axis of the rest
-(a linear projection keeps the gap between the modalities, which t-SNE, the paper's picture,
-does not), and the three distances beside the paper's.
+(a linear projection shows the gap along its own axis at its own size; t-SNE, the paper's
+picture, keeps neighbours rather than distances), and the three distances beside the figures
+the paper reads off its t-SNE (whose units it does not give).
 
 Everything here is ours (the toy world is).
 """
@@ -70,7 +71,7 @@ def visual_prompts(encoder: ClipEncoder, size: int) -> torch.Tensor:
     return torch.stack(out)
 
 
-PAPER_DISTANCES = {"text": 0.39, "visual": 0.33, "dual": 0.18}  # read off the paper's t-SNE
+PAPER_DISTANCES = {"text": 0.39, "visual": 0.33, "dual": 0.18}  # the paper's t-SNE (no units)
 PLOTTED_CLASSES = 6  # the classes with the most crops
 
 
@@ -139,9 +140,35 @@ def probe(
     return report, Embeddings(text, visual, dual, emb, labels)
 
 
+def most_cropped(labels: torch.Tensor, num_classes: int, count: int) -> list[int]:
+    """Up to ``count`` classes with the most crops, most first (ties by class index); a class
+    with no crop is never among them. ``labels``: (N,) each crop's class."""
+    crops = torch.bincount(labels, minlength=num_classes)
+    order = crops.argsort(descending=True, stable=True).tolist()
+    return [c for c in order if crops[c] > 0][:count]
+
+
+def project(points: Embeddings, classes: list[int]) -> dict[str, torch.Tensor]:
+    """2-D coordinates of the crops of ``classes`` and of their prompts: on the direction from
+    the text prompts' centre to the visual prompts' (where the modality gap lies), and on the
+    main axis of what is left. Returns "crops" (n, 2) with "labels" (n,), and "text",
+    "visual", "dual" (C, 2) in the order of ``classes``."""
+    shown = torch.isin(points.labels, torch.tensor(classes))
+    crops = points.crops[shown]  # (n, D)
+    prompts = {n: getattr(points, n)[classes] for n in ("text", "visual", "dual")}  # (C, D) each
+    everything = torch.cat([crops, *prompts.values()])  # (n + 3C, D)
+    centred = everything - everything.mean(dim=0)
+    gap = F.normalize(points.visual.mean(dim=0) - points.text.mean(dim=0), dim=0)  # (D,)
+    rest = centred - torch.outer(centred @ gap, gap)  # (n + 3C, D), orthogonal to the gap
+    axes = torch.stack([gap, torch.linalg.svd(rest, full_matrices=False).Vh[0]], dim=1)  # (D, 2)
+    xy = centred @ axes  # (n + 3C, 2)
+    parts = xy.split([len(crops)] + [len(classes)] * 3)
+    return {"crops": parts[0], "labels": points.labels[shown]} | dict(zip(prompts, parts[1:]))
+
+
 def plot(report: dict, points: Embeddings, path: Path) -> None:
-    """The crops and prompts of the classes with the most crops, on the modalities' direction and
-    the main axis of the rest, and the mean distance of a crop to each of its class's prompts."""
+    """The crops and prompts of the classes with the most crops (:func:`project`), and the mean
+    distance of a crop to each of its class's prompts beside the paper's t-SNE figures."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,26 +176,20 @@ def plot(report: dict, points: Embeddings, path: Path) -> None:
 
     from common.io import save_figure_atomic
 
-    counts = torch.bincount(points.labels, minlength=points.text.shape[0])
-    classes = counts.argsort(descending=True)[:PLOTTED_CLASSES].tolist()
-    shown = torch.isin(points.labels, torch.tensor(classes))
-    crops, labels = points.crops[shown], points.labels[shown]
-    prompts = {n: getattr(points, n)[classes] for n in ("text", "visual", "dual")}
-    everything = torch.cat([crops, *prompts.values()])
-    centre = everything.mean(dim=0)
-    gap = F.normalize(points.visual.mean(dim=0) - points.text.mean(dim=0), dim=0)  # (D,)
-    rest = (everything - centre) - torch.outer((everything - centre) @ gap, gap)
-    axes2 = torch.stack([gap, torch.linalg.svd(rest, full_matrices=False).Vh[0]], dim=1)  # (D, 2)
-    names = [world_classes()[c][0] for c in classes]
+    classes = most_cropped(points.labels, points.text.shape[0], PLOTTED_CLASSES)
+    xy = project(points, classes)
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5.2), width_ratios=(1.4, 1))
     colours = plt.get_cmap("tab10").colors
     for i, cls in enumerate(classes):
-        xy = ((crops[labels == cls] - centre) @ axes2).numpy()
-        left.scatter(*xy.T, s=8, alpha=0.35, color=colours[i], label=names[i])
-    for (name, values), marker in zip(prompts.items(), ("^", "s", "*")):
-        xy = ((values - centre) @ axes2).numpy()
-        left.scatter(*xy.T, s=120, marker=marker, c=colours[: len(classes)], edgecolors="black")
-        left.scatter([], [], s=80, marker=marker, c="white", edgecolors="black", label=name)
+        ours = xy["crops"][xy["labels"] == cls].numpy()  # (n_cls, 2)
+        left.scatter(*ours.T, s=8, alpha=0.5, color=colours[i], label=world_classes()[cls][0])
+    for name, marker in (("text", "^"), ("visual", "s"), ("dual", "*")):
+        left.scatter(
+            *xy[name].numpy().T, s=110, marker=marker, facecolors="none", linewidths=1.6,
+            edgecolors=colours[: len(classes)], zorder=3,
+        )  # fmt: skip
+        left.scatter([], [], s=80, marker=marker, facecolors="none", edgecolors="black", label=name)
+    left.set_aspect("equal", adjustable="datalim")  # both axes in the same units of cosine space
     left.set(
         title=f"crops (dots) and prompts of {len(classes)} classes, {report['preset']}; mean "
         f"cos(V_k, T_k) {report['modality_gap_cos_VT']:.2f}",
@@ -179,15 +200,14 @@ def plot(report: dict, points: Embeddings, path: Path) -> None:
     kinds = list(PAPER_DISTANCES)
     x = np.arange(len(kinds))
     ours = [report[f"distance_{k}"] for k in kinds]
-    right.bar(x - 0.2, ours, 0.4, label=f"toy world ({report['crops']} crops)")
-    right.bar(x + 0.2, [PAPER_DISTANCES[k] for k in kinds], 0.4, label="the paper (t-SNE)")
+    right.bar(x - 0.2, ours, 0.4, label=f"toy world: mean 1 - cos ({report['crops']} crops)")
+    right.bar(
+        x + 0.2, [PAPER_DISTANCES[k] for k in kinds], 0.4, label="the paper: its t-SNE's figures"
+    )
     for xi, value in zip(x - 0.2, ours):
         right.text(xi, value, f"{value:.2f}", ha="center", va="bottom", fontsize=8)
     right.set_xticks(x, [f"{k} prompt" for k in kinds])
-    right.set(
-        title="a crop's distance to its class's prompt",
-        ylabel="mean 1 - cos(crop, prompt)",
-    )
+    right.set(title="a crop's distance to its class's prompt", ylabel="distance")
     right.legend(fontsize=8)
     figure.tight_layout()
     save_figure_atomic(figure, path, dpi=110)

@@ -198,20 +198,28 @@ def trained(world, fit_run) -> Path:
     return ckpts[-1]
 
 
+def forget_cached_filesystems() -> None:
+    """What a fresh process starts with: no cached fsspec filesystem. fsspec caches them per
+    class, keyed by their arguments and not by the environment (``$AWS_ENDPOINT_URL``), so an
+    earlier in-process command's S3 client would answer for a server stopped since."""
+    import fsspec
+
+    classes = [fsspec.AbstractFileSystem]
+    while classes:
+        cls = classes.pop()
+        cls.clear_instance_cache()
+        classes += cls.__subclasses__()
+
+
 def cli_here(capture, monkeypatch, *args: str, cwd: Path | None = None):
     """``cli.py ARGS`` in this process (``cli.main``), as ``run_cli`` gives it: where a fresh
     process would only add its start (about 7 s of imports for a Lightning command).
     ``capture`` is pytest's capfd (also what log handlers made earlier write) or capsys."""
-    import fsspec
     import torch
 
     import cli
 
-    filesystems = [fsspec.AbstractFileSystem]  # a fresh process has no cached client: fsspec
-    while filesystems:  # keys them by their arguments, not by $AWS_ENDPOINT_URL
-        filesystem = filesystems.pop()
-        filesystem.clear_instance_cache()
-        filesystems += filesystem.__subclasses__()
+    forget_cached_filesystems()
     if cwd is not None:
         monkeypatch.chdir(cwd)
     threads = torch.get_num_threads()  # a bank build sets its recorded thread count

@@ -212,13 +212,35 @@ def test_probe_reports_what_the_toy_clip_knows(tmp_path):
         assert 0 <= report[key] <= 1
     assert report["modality_gap_cos_VT"] <= 0.5  # the gap is there
     assert "modality gap: mean cos(V_k, T_k)" in result.stdout
-    for kind in ("text", "visual", "dual"):
-        assert 0 <= report[f"distance_{kind}"] <= 2
     assert report["distance_visual"] < report["distance_dual"] < report["distance_text"]
     from PIL import Image
 
     with Image.open(tmp_path / "gap.png") as picture:
         assert picture.format == "PNG" and picture.width > 600
+
+
+def test_the_probe_s_picture_projects_the_gap_on_its_own_axis():
+    """``toy_clip_probe --plot``: the classes drawn are those with crops, and the first axis
+    runs from the text prompts to the visual ones, the crops' side."""
+    from benchmarks.toy_clip_probe import Embeddings, most_cropped, project
+
+    labels = torch.tensor([3, 3, 3, 1, 1, 4])
+    assert most_cropped(labels, num_classes=6, count=6) == [3, 1, 4]  # none without a crop
+    assert most_cropped(labels, num_classes=6, count=2) == [3, 1]
+    generator = torch.Generator().manual_seed(0)
+    shared = F.normalize(torch.randn(6, 16, generator=generator), dim=-1)  # (K, D)
+    modality = torch.zeros(16)
+    modality[-1] = 2.0  # the visual side: an offset common to images and visual prompts
+    text = F.normalize(shared - modality, dim=-1)
+    visual = F.normalize(shared + modality, dim=-1)
+    crops = F.normalize(shared[labels] + modality, dim=-1)  # (N, D)
+    points = Embeddings(text, visual, F.normalize(text + visual, dim=-1), crops, labels)
+    xy = project(points, [3, 1, 4])
+    assert xy["crops"].shape == (6, 2) and xy["text"].shape == (3, 2)
+    assert torch.equal(xy["labels"], labels)
+    assert (xy["text"][:, 0] < xy["dual"][:, 0]).all()
+    assert (xy["dual"][:, 0] < xy["visual"][:, 0]).all()
+    assert xy["crops"][:, 0].min() > xy["dual"][:, 0].max()
 
 
 # The learning guard: a short toy training, as a user runs it, whose mIoU must clear a floor, so
