@@ -42,6 +42,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common.errors import SettingError  # noqa: E402
+from common.io import check_picture_out  # noqa: E402
 from data.evaluator import SemSegMetric  # noqa: E402
 from data.templates import imagenet80  # noqa: E402
 from data.toy_world import ToySceneConfig, render_prompt, render_scene  # noqa: E402
@@ -231,6 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--scenes {args.scenes}: give 1 or more")
     if args.modality_gap is not None and args.modality_gap < 0:
         parser.error(f"--modality-gap {args.modality_gap}: give 0 or more")
+    if args.plot:  # before the probe's minute of work
+        try:
+            check_picture_out(args.plot, "--plot")
+        except SettingError as e:
+            parser.error(str(e))
+        if not Path(args.plot).resolve().parent.is_dir():
+            parser.error(f"--plot {args.plot!r}: its folder does not exist; create it first")
     report, points = probe(args.preset, args.weights, args.scenes, args.modality_gap)
     chance = 1 / len(world_classes())
     print(

@@ -219,6 +219,26 @@ def test_probe_reports_what_the_toy_clip_knows(tmp_path):
         assert picture.format == "PNG" and picture.width > 600
 
 
+@pytest.mark.parametrize(
+    "plot, said",
+    [
+        ("gap.txt", "unknown image file extension '.txt'; give a .png path"),
+        ("no/such/folder/gap.png", "its folder does not exist; create it first"),
+    ],
+)
+def test_the_probe_refuses_a_picture_path_it_cannot_write_before_any_work(tmp_path, plot, said):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "toy_clip_probe.py"), "--plot", plot],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert f"--plot '{plot}'" in result.stderr and said in result.stderr, result.stderr
+
+
 def test_the_probe_s_picture_projects_the_gap_on_its_own_axis():
     """``toy_clip_probe --plot``: the classes drawn are those with crops, and the first axis
     runs from the text prompts to the visual ones, the crops' side."""
