@@ -134,6 +134,13 @@ def probe(
         "pixel_zero_shot_miou": float(metric.compute()["mIoU"]),
         "modality_gap_cos_VT": float((visual * text).sum(-1).mean()),
     }
+    # cos(f, normalize(T + V)) = (cos(f, T) + cos(f, V)) / 2 / s with s = |T + V| / 2 for unit T,
+    # V: the dual prompt's cost volume is the cost-avg row's divided by s, class by class
+    scale = (text + visual).norm(dim=-1) / 2  # (K,)
+    report |= {
+        "dual_cost_scale_mean": float(scale.mean()),
+        "dual_cost_scale_std": float(scale.std()),
+    }
     for name, prompts in (("text", text), ("visual", visual), ("dual", dual)):
         report[f"crop_accuracy_{name}"] = float(
             ((emb @ prompts.T).argmax(1) == labels).float().mean()
@@ -251,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{100 * report['crop_accuracy_text']:.1f} / {100 * report['crop_accuracy_visual']:.1f} / "
         f"{100 * report['crop_accuracy_dual']:.1f} % (chance {100 * chance:.1f})\n"
         f"  modality gap: mean cos(V_k, T_k) {report['modality_gap_cos_VT']:.3f}\n"
+        f"  dual prompt's cost = (T's cost + V's cost) / 2 / s, s = |T_k + V_k| / 2: "
+        f"{report['dual_cost_scale_mean']:.3f} ± {report['dual_cost_scale_std']:.3f} over classes\n"
         f"  distance of a crop to its class's text / visual / dual prompt  "
         f"{report['distance_text']:.3f} / {report['distance_visual']:.3f} / "
         f"{report['distance_dual']:.3f}"

@@ -372,6 +372,16 @@ def test_claims_report_files(tmp_path):
     assert first["diffs"] == [2.0, 3.0, 4.0] and first["low"] == pytest.approx(0.516, abs=1e-3)
     for picture in ("claims.png", "claims_rows.png"):
         assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "2 runs side by side with 1 CPU thread(s) each, 1.5 min" in table
+    assert "Left out" not in table
+
+    # --report: written from the ledger, whose timing is not the runs', naming what it left out
+    record |= {"from_ledger": True, "left_out": ["seed 3 (not every DPSeg row)", "VIP"]}
+    (tmp_path / "report").mkdir()
+    table = write_report(tmp_path / "report", record)
+    assert "(the config's), written from the ledger alone" in table
+    assert "side by side" not in table and "1.5 min" not in table
+    assert "Left out: " in table and "seed 3 (not every DPSeg row); VIP." in table
 
 
 def test_claims_command_line_defaults_and_errors(tmp_path):

@@ -213,6 +213,10 @@ def test_probe_reports_what_the_toy_clip_knows(tmp_path):
     assert report["modality_gap_cos_VT"] <= 0.5  # the gap is there
     assert "modality gap: mean cos(V_k, T_k)" in result.stdout
     assert report["distance_visual"] < report["distance_dual"] < report["distance_text"]
+    # unit T and V at cosine c: |T + V| / 2 = sqrt((1 + c) / 2), nearly one scale for all classes
+    expected = ((1 + report["modality_gap_cos_VT"]) / 2) ** 0.5
+    assert report["dual_cost_scale_mean"] == pytest.approx(expected, abs=0.02)
+    assert report["dual_cost_scale_std"] < 0.05 and "s = |T_k + V_k| / 2: 0." in result.stdout
     from PIL import Image
 
     with Image.open(tmp_path / "gap.png") as picture:
