@@ -42,7 +42,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common.errors import SettingError  # noqa: E402
+from common.errors import SettingError, StorageError, check_output_file  # noqa: E402
 from common.io import check_picture_out  # noqa: E402
 from data.evaluator import SemSegMetric  # noqa: E402
 from data.templates import imagenet80  # noqa: E402
@@ -242,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--modality-gap {args.modality_gap}: give 0 or more")
     if args.plot:  # before the probe's minute of work
         try:
+            check_output_file(args.plot, "--plot", example="gap.png")  # a folder, under a file
             check_picture_out(args.plot, "--plot")
-        except SettingError as e:
+        except (SettingError, StorageError) as e:
             parser.error(str(e))
         if not Path(args.plot).resolve().parent.is_dir():
             parser.error(f"--plot {args.plot!r}: its folder does not exist; create it first")

@@ -228,9 +228,13 @@ def test_probe_reports_what_the_toy_clip_knows(tmp_path):
     [
         ("gap.txt", "unknown image file extension '.txt'; give a .png path"),
         ("no/such/folder/gap.png", "its folder does not exist; create it first"),
+        ("taken.png", "is a folder; give a file path, e.g. 'taken.png/gap.png'"),
+        ("notes/gap.png", "'notes' is a file, not a folder; give a path under a folder"),
     ],
 )
 def test_the_probe_refuses_a_picture_path_it_cannot_write_before_any_work(tmp_path, plot, said):
+    (tmp_path / "taken.png").mkdir()  # a folder where the picture would go
+    (tmp_path / "notes").write_text("a file, not a folder")
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "toy_clip_probe.py"), "--plot", plot],
         capture_output=True,
